@@ -1,0 +1,10 @@
+//! User side of the gateway: loading the eBPF object, reading its maps, and the test
+//! harness (network namespaces, privilege checks, packet fixtures) shared by the tests,
+//! benchmarks and the demo.
+
+pub mod dataplane;
+pub mod netns;
+pub mod privileges;
+pub mod testkit;
+
+pub use dataplane::Dataplane;

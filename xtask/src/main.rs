@@ -1,0 +1,67 @@
+//! `cargo xtask <task>`: the project's own automation, so a fresh machine needs nothing but
+//! this repository and a Rust toolchain.
+
+mod setup;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, test and set up the gateway")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent): the nightly rust-src component,
+    /// bpf-linker built against the nightly toolchain's own LLVM, and Debian packages used
+    /// by the tests (iproute2, nftables, bpftool).
+    Setup,
+    /// Run setup, then every test in the workspace (root-only tests included), with a
+    /// summary. Privileged tests skip when not root unless CI=true, where they fail.
+    Test {
+        /// Extra arguments passed to `cargo test` after `--` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run setup, then build everything (eBPF object included) in release mode.
+    Build,
+    /// `cargo fmt --check` and `cargo clippy` over the workspace, warnings denied.
+    Lint,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Test { args } => test::run(&args),
+        Task::Build => {
+            setup::run()?;
+            util::cargo(&[
+                "build",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "gateway-ebpf",
+            ])
+        }
+        Task::Lint => {
+            setup::run()?;
+            util::cargo(&["fmt", "--all", "--check"])?;
+            util::cargo(&[
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "gateway-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+        }
+    }
+}
