@@ -1,0 +1,649 @@
+//! Compiling a policy into the view of one host: sources -> classes, destinations ->
+//! atoms, (class, atom, protocol, port) -> verdict.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use gateway_common::flow::proto;
+use gateway_common::policy::Verdict;
+use ipnet::IpNet;
+
+use crate::model::*;
+
+/// The host a view is compiled for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Host {
+    /// A connector: enforces for the remote networks that list it.
+    Connector(String),
+    /// A client device: blocks protected traffic it is not authorized for.
+    Device(String),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error("no remote network lists connector `{0}`")]
+    UnknownConnector(String),
+    #[error("no device named `{0}`")]
+    UnknownDevice(String),
+}
+
+/// Serializes a [`Verdict`] as `"deny"`, `"allow"` or `"audit"`.
+pub(crate) fn ser_verdict<S: serde::Serializer>(v: &Verdict, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match v {
+        Verdict::Deny => "deny",
+        Verdict::Allow => "allow",
+        Verdict::Audit => "audit",
+    })
+}
+
+/// `SRC` entry: a principal address and its class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct SrcEntry {
+    pub addr: IpAddr,
+    pub principal: u32,
+    pub class: u32,
+}
+
+/// `DST` entry: a prefix and the atom it belongs to, with the atom's default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct DstEntry {
+    pub prefix: IpNet,
+    pub atom: u32,
+    #[serde(serialize_with = "ser_verdict")]
+    pub default_verdict: Verdict,
+    pub default_rule: u32,
+}
+
+/// Key of a `RULES` entry: ports `port .. port + 2^(16 - port_bits) - 1` (aligned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct RuleSlot {
+    pub class: u32,
+    pub atom: u32,
+    pub proto: u8,
+    pub port: u16,
+    /// Prefix bits of the port (16 = one port, 0 = any port).
+    pub port_bits: u8,
+}
+
+impl RuleSlot {
+    pub fn last_port(&self) -> u16 {
+        let span = 1u32 << (16 - u32::from(self.port_bits));
+        (u32::from(self.port) + span - 1) as u16
+    }
+}
+
+/// Value of a `RULES` entry: the decision until `valid_until_unix` (exclusive), then the
+/// `after_*` decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct RuleVal {
+    #[serde(serialize_with = "ser_verdict")]
+    pub verdict: Verdict,
+    pub rule: u32,
+    #[serde(serialize_with = "ser_verdict")]
+    pub after_verdict: Verdict,
+    pub after_rule: u32,
+    pub valid_until_unix: Option<i64>,
+}
+
+impl RuleVal {
+    pub fn at(&self, t: i64) -> (Verdict, u32) {
+        match self.valid_until_unix {
+            Some(u) if t >= u => (self.after_verdict, self.after_rule),
+            _ => (self.verdict, self.rule),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct RuleEntry {
+    pub key: RuleSlot,
+    pub value: RuleVal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PrincipalMeta {
+    /// "device" or "service_account_key".
+    pub kind: &'static str,
+    /// Device name, or `service-account/key`.
+    pub name: String,
+    /// Owner's email (devices).
+    pub user: Option<String>,
+    pub address: IpAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AtomMeta {
+    pub network: String,
+    /// Every resource covering the atom.
+    pub resources: Vec<String>,
+    pub prefixes: Vec<IpNet>,
+}
+
+/// Everything one host needs: map entries (sorted, deterministic) and user-side metadata.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HostView {
+    pub host: Host,
+    pub compiled_at: i64,
+    /// Remote networks the host enforces for.
+    pub networks: Vec<String>,
+    /// Connectors of those networks.
+    pub connectors: Vec<String>,
+    /// Protected space of this view.
+    pub protected: Vec<IpNet>,
+    pub sources: Vec<SrcEntry>,
+    pub atoms: Vec<DstEntry>,
+    pub rules: Vec<RuleEntry>,
+    /// The first instant (unix seconds) at which an entry would change a second time:
+    /// the agent must recompile before then. `None`: never.
+    pub recompile_at: Option<i64>,
+    pub principals: BTreeMap<u32, PrincipalMeta>,
+    pub atom_meta: BTreeMap<u32, AtomMeta>,
+    pub rule_meta: BTreeMap<u32, RuleMeta>,
+    pub classes: u32,
+}
+
+/// Splits `lo..=hi` into aligned power-of-two blocks: (first port, prefix bits).
+pub fn port_blocks(lo: u16, hi: u16) -> Vec<(u16, u8)> {
+    let (mut lo, hi) = (u32::from(lo), u32::from(hi));
+    let mut out = Vec::new();
+    while lo <= hi {
+        let mut size = if lo == 0 {
+            1u32 << 16
+        } else {
+            1u32 << lo.trailing_zeros()
+        };
+        while lo + size - 1 > hi {
+            size >>= 1;
+        }
+        out.push((lo as u16, (16 - size.trailing_zeros()) as u8));
+        lo += size;
+    }
+    out
+}
+
+/// Most specific prefixes first is what LPM does; this finds, for `p`, every key of `map`
+/// that contains it, using only the prefix lengths that occur.
+fn ancestors<'m, T>(
+    map: &'m HashMap<IpNet, T>,
+    lens: &BTreeSet<(bool, u8)>,
+    p: &IpNet,
+) -> impl Iterator<Item = (u8, &'m T)> {
+    let v6 = matches!(p, IpNet::V6(_));
+    let plen = p.prefix_len();
+    lens.iter()
+        .filter(move |(f, l)| *f == v6 && *l <= plen)
+        .filter_map(move |&(_, l)| {
+            let a = IpNet::new(p.addr(), l).ok()?.trunc();
+            map.get(&a).map(|t| (l, t))
+        })
+}
+
+/// (network, covering resources, prefixes, default) of one atom.
+type AtomInfo = (usize, Vec<usize>, Vec<IpNet>, (Verdict, u32));
+
+#[derive(Clone, Copy)]
+struct Contrib<'a> {
+    ranges: &'a [(u16, u16)],
+    /// 0 deny on enforcing resource, 1 deny on audit resource, 2 allow.
+    rank: u8,
+    rule: u32,
+    expires: Option<i64>,
+}
+
+fn decide_at(cs: &[Contrib<'_>], t: i64, default: (Verdict, u32)) -> (Verdict, u32) {
+    let mut best: Option<(u8, u32)> = None;
+    for c in cs {
+        if c.expires.is_some_and(|e| t >= e) {
+            continue;
+        }
+        let k = (c.rank, c.rule);
+        if best.is_none_or(|b| k < b) {
+            best = Some(k);
+        }
+    }
+    match best {
+        None => default,
+        Some((0, r)) => (Verdict::Deny, r),
+        Some((1, r)) => (Verdict::Audit, r),
+        Some((_, r)) => (Verdict::Allow, r),
+    }
+}
+
+/// (value, second change point) of a set of contributions at `now`.
+fn value_of(cs: &[Contrib<'_>], now: i64, default: (Verdict, u32)) -> (RuleVal, Option<i64>) {
+    let v0 = decide_at(cs, now, default);
+    let mut times: Vec<i64> = cs
+        .iter()
+        .filter_map(|c| c.expires)
+        .filter(|&e| e > now)
+        .collect();
+    times.sort_unstable();
+    times.dedup();
+    let mut first: Option<(i64, (Verdict, u32))> = None;
+    let mut second = None;
+    for &t in &times {
+        let v = decide_at(cs, t, default);
+        match first {
+            None if v != v0 => first = Some((t, v)),
+            Some((_, fv)) if v != fv => {
+                second = Some(t);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (after, until) = match first {
+        Some((t, v)) => (v, Some(t)),
+        None => (v0, None),
+    };
+    (
+        RuleVal {
+            verdict: v0.0,
+            rule: v0.1,
+            after_verdict: after.0,
+            after_rule: after.1,
+            valid_until_unix: until,
+        },
+        second,
+    )
+}
+
+/// Compiles the view of `host` at `now` (unix seconds).
+pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, CompileError> {
+    // Networks and protected space.
+    let (net_ids, device): (Vec<usize>, Option<&Device>) = match host {
+        Host::Connector(c) => {
+            let ids: Vec<usize> = (0..policy.networks.len())
+                .filter(|&i| policy.networks[i].connectors.iter().any(|x| x == c))
+                .collect();
+            if ids.is_empty() {
+                return Err(CompileError::UnknownConnector(c.clone()));
+            }
+            (ids, None)
+        }
+        Host::Device(d) => {
+            let dev = policy
+                .devices
+                .iter()
+                .find(|x| &x.name == d)
+                .ok_or_else(|| CompileError::UnknownDevice(d.clone()))?;
+            ((0..policy.networks.len()).collect(), Some(dev))
+        }
+    };
+    let mut protected: HashMap<IpNet, usize> = HashMap::new();
+    let mut protected_list: Vec<IpNet> = Vec::new();
+    for &n in &net_ids {
+        for c in &policy.networks[n].cidrs {
+            if !protected.contains_key(c) {
+                protected.insert(*c, n);
+                protected_list.push(*c);
+            }
+        }
+    }
+    protected_list.sort();
+    let mut prot_lens: BTreeSet<(bool, u8)> = BTreeSet::new();
+    for c in &protected_list {
+        prot_lens.insert((matches!(c, IpNet::V6(_)), c.prefix_len()));
+    }
+    let in_protected = |a: &IpNet| ancestors(&protected, &prot_lens, a).next().is_some();
+
+    // Resources overlapping the protected space.
+    let mut view_res = vec![false; policy.resources.len()];
+    let mut res_by_prefix: HashMap<IpNet, Vec<usize>> = HashMap::new();
+    let mut res_lens: BTreeSet<(bool, u8)> = BTreeSet::new();
+    let mut emitted: BTreeSet<IpNet> = protected_list.iter().copied().collect();
+    for (i, r) in policy.resources.iter().enumerate() {
+        let inside = in_protected(&r.address);
+        let contains = !inside && protected_list.iter().any(|c| r.address.contains(c));
+        if inside || contains {
+            view_res[i] = true;
+            res_by_prefix.entry(r.address).or_default().push(i);
+            res_lens.insert((matches!(r.address, IpNet::V6(_)), r.address.prefix_len()));
+            if inside {
+                emitted.insert(r.address);
+            }
+        }
+    }
+
+    // Atoms: one per (network, covering resources).
+    let mut atom_of_key: HashMap<(usize, Vec<usize>), u32> = HashMap::new();
+    let mut atom_info: Vec<AtomInfo> = Vec::new();
+    let mut dst_entries: Vec<(IpNet, u32)> = Vec::new();
+    for p in &emitted {
+        let mut covering: Vec<usize> = ancestors(&res_by_prefix, &res_lens, p)
+            .flat_map(|(_, v)| v.iter().copied())
+            .collect();
+        covering.sort_unstable();
+        let network = ancestors(&protected, &prot_lens, p)
+            .max_by_key(|(l, n)| (*l, std::cmp::Reverse(**n)))
+            .map_or(0, |(_, n)| *n);
+        let key = (network, covering);
+        let id = match atom_of_key.get(&key) {
+            Some(id) => *id,
+            None => {
+                let id = atom_info.len() as u32 + 1;
+                let default = key
+                    .1
+                    .iter()
+                    .filter_map(|&r| policy.resources[r].audit_rule)
+                    .min()
+                    .map_or(
+                        (Verdict::Deny, gateway_common::policy::RULE_DEFAULT_DENY),
+                        |r| (Verdict::Audit, r),
+                    );
+                atom_info.push((key.0, key.1.clone(), Vec::new(), default));
+                atom_of_key.insert(key, id);
+                id
+            }
+        };
+        atom_info[id as usize - 1].2.push(*p);
+        dst_entries.push((*p, id));
+    }
+    let mut resource_atoms: HashMap<usize, Vec<u32>> = HashMap::new();
+    for (i, (_, cov, _, _)) in atom_info.iter().enumerate() {
+        for &r in cov {
+            resource_atoms.entry(r).or_default().push(i as u32 + 1);
+        }
+    }
+
+    // Grants that matter here: active now and touching a resource of the view.
+    let relevant: Vec<bool> = policy
+        .grants
+        .iter()
+        .map(|g| g.is_active(now) && g.resources.iter().any(|&r| view_res[r]))
+        .collect();
+
+    // Classes: principals with the same relevant grants.
+    let candidates: Vec<&Principal> = match device {
+        Some(d) => policy.principal(d.principal).into_iter().collect(),
+        None => policy.principals.iter().collect(),
+    };
+    let mut memo: HashMap<(&[usize], &[usize]), u32> = HashMap::new();
+    let mut class_of_sig: HashMap<Vec<usize>, u32> = HashMap::new();
+    let mut signatures: Vec<Vec<usize>> = Vec::new();
+    let mut sources = Vec::new();
+    for p in candidates {
+        let parts = policy.entity_parts(policy.entity(p));
+        let class = match memo.get(&parts) {
+            Some(c) => *c,
+            None => {
+                let (groups, direct) = parts;
+                let mut sig: Vec<usize> = direct.iter().copied().filter(|&g| relevant[g]).collect();
+                for &gr in groups {
+                    sig.extend(
+                        policy.index.group_grants[gr]
+                            .iter()
+                            .copied()
+                            .filter(|&g| relevant[g]),
+                    );
+                }
+                sig.sort_unstable();
+                sig.dedup();
+                let c = if sig.is_empty() && device.is_none() {
+                    0
+                } else {
+                    let next = signatures.len() as u32 + 1;
+                    *class_of_sig.entry(sig.clone()).or_insert_with(|| {
+                        signatures.push(sig);
+                        next
+                    })
+                };
+                memo.insert(parts, c);
+                c
+            }
+        };
+        if class != 0 {
+            sources.push(SrcEntry {
+                addr: p.address,
+                principal: p.id,
+                class,
+            });
+        }
+    }
+
+    // Rules.
+    let mut rules: Vec<RuleEntry> = Vec::new();
+    let mut recompile_at: Option<i64> = None;
+    for (ci, sig) in signatures.iter().enumerate() {
+        let class = ci as u32 + 1;
+        let mut by_atom: BTreeMap<u32, Vec<(usize, usize)>> = BTreeMap::new();
+        for &g in sig {
+            for (k, &r) in policy.grants[g].resources.iter().enumerate() {
+                if !view_res[r] {
+                    continue;
+                }
+                for &a in resource_atoms.get(&r).map_or(&[][..], Vec::as_slice) {
+                    by_atom.entry(a).or_default().push((g, k));
+                }
+            }
+        }
+        for (atom, pairs) in by_atom {
+            let info = &atom_info[atom as usize - 1];
+            let default = info.3;
+            let v6 = matches!(info.2.first(), Some(IpNet::V6(_)));
+            let icmp = if v6 { proto::ICMPV6 } else { proto::ICMP };
+            let sets: Vec<(ProtoSet, u8, u32, Option<i64>)> = pairs
+                .iter()
+                .map(|&(g, k)| {
+                    let gr = &policy.grants[g];
+                    let res = &policy.resources[gr.resources[k]];
+                    let rank = match (gr.action, res.mode) {
+                        (Action::Deny, Mode::Enforce) => 0,
+                        (Action::Deny, Mode::Audit) => 1,
+                        (Action::Allow, _) => 2,
+                    };
+                    (gr.effective[k].clone(), rank, gr.rules[k], gr.expires_at)
+                })
+                .collect();
+            for pr in [proto::TCP, proto::UDP, icmp] {
+                let port_sets: Vec<PortSet> = sets
+                    .iter()
+                    .map(|s| s.0.for_proto(pr).unwrap_or_default())
+                    .collect();
+                let cs: Vec<Contrib<'_>> = sets
+                    .iter()
+                    .zip(&port_sets)
+                    .filter(|(_, ps)| !ps.is_empty())
+                    .map(|(s, ps)| Contrib {
+                        ranges: ps.ranges(),
+                        rank: s.1,
+                        rule: s.2,
+                        expires: s.3,
+                    })
+                    .collect();
+                if cs.is_empty() {
+                    continue;
+                }
+                let is_icmp = pr == icmp;
+                let mut bounds: BTreeSet<u32> = BTreeSet::from([0, 65536]);
+                if !is_icmp {
+                    for c in &cs {
+                        for &(a, b) in c.ranges {
+                            bounds.insert(u32::from(a));
+                            bounds.insert(u32::from(b) + 1);
+                        }
+                    }
+                }
+                let bounds: Vec<u32> = bounds.into_iter().collect();
+                // Maximal intervals of equal value.
+                let mut intervals: Vec<(u32, u32, RuleVal)> = Vec::new();
+                let mut active: Vec<Contrib<'_>> = Vec::new();
+                for w in bounds.windows(2) {
+                    let (lo, hi) = (w[0], w[1] - 1);
+                    active.clear();
+                    active.extend(cs.iter().copied().filter(|c| {
+                        is_icmp || {
+                            let i = c.ranges.partition_point(|r| u32::from(r.1) < lo);
+                            c.ranges.get(i).is_some_and(|r| u32::from(r.0) <= lo)
+                        }
+                    }));
+                    let (val, second) = value_of(&active, now, default);
+                    if let Some(s) = second {
+                        recompile_at = Some(recompile_at.map_or(s, |r| r.min(s)));
+                    }
+                    match intervals.last_mut() {
+                        Some(last) if last.2 == val && last.1 + 1 == lo => last.1 = hi,
+                        _ => intervals.push((lo, hi, val)),
+                    }
+                }
+                for (lo, hi, val) in intervals {
+                    if val.valid_until_unix.is_none() && (val.verdict, val.rule) == default {
+                        continue;
+                    }
+                    if is_icmp {
+                        rules.push(RuleEntry {
+                            key: RuleSlot {
+                                class,
+                                atom,
+                                proto: pr,
+                                port: 0,
+                                port_bits: 0,
+                            },
+                            value: val,
+                        });
+                        continue;
+                    }
+                    for (port, bits) in port_blocks(lo as u16, hi as u16) {
+                        rules.push(RuleEntry {
+                            key: RuleSlot {
+                                class,
+                                atom,
+                                proto: pr,
+                                port,
+                                port_bits: bits,
+                            },
+                            value: val,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    rules.sort_unstable();
+    sources.sort_unstable();
+
+    // Entries and metadata.
+    let mut atoms: Vec<DstEntry> = dst_entries
+        .iter()
+        .map(|&(prefix, atom)| {
+            let d = atom_info[atom as usize - 1].3;
+            DstEntry {
+                prefix,
+                atom,
+                default_verdict: d.0,
+                default_rule: d.1,
+            }
+        })
+        .collect();
+    atoms.sort_unstable();
+    let mut principals = BTreeMap::new();
+    for s in &sources {
+        if let Some(p) = policy.principal(s.principal) {
+            let (kind, user) = match p.kind {
+                PrincipalKind::Device { user, .. } => {
+                    ("device", Some(policy.users[user].email.clone()))
+                }
+                PrincipalKind::ServiceAccountKey { .. } => ("service_account_key", None),
+            };
+            principals.insert(
+                p.id,
+                PrincipalMeta {
+                    kind,
+                    name: policy.principal_name(p),
+                    user,
+                    address: p.address,
+                },
+            );
+        }
+    }
+    let mut atom_meta = BTreeMap::new();
+    for (i, (net, cov, prefixes, _)) in atom_info.iter().enumerate() {
+        let mut prefixes = prefixes.clone();
+        prefixes.sort_unstable();
+        atom_meta.insert(
+            i as u32 + 1,
+            AtomMeta {
+                network: policy
+                    .networks
+                    .get(*net)
+                    .map(|n| n.name.clone())
+                    .unwrap_or_default(),
+                resources: cov
+                    .iter()
+                    .map(|&r| policy.resources[r].name.clone())
+                    .collect(),
+                prefixes,
+            },
+        );
+    }
+    let mut rule_ids: BTreeSet<u32> = BTreeSet::new();
+    for r in &rules {
+        rule_ids.insert(r.value.rule);
+        rule_ids.insert(r.value.after_rule);
+    }
+    for a in &atoms {
+        rule_ids.insert(a.default_rule);
+    }
+    let rule_meta = rule_ids
+        .into_iter()
+        .filter_map(|id| policy.rule(id).map(|m| (id, m.clone())))
+        .collect();
+    let mut connectors: Vec<String> = net_ids
+        .iter()
+        .flat_map(|&n| policy.networks[n].connectors.iter().cloned())
+        .collect();
+    connectors.sort();
+    connectors.dedup();
+    Ok(HostView {
+        host: host.clone(),
+        compiled_at: now,
+        networks: net_ids
+            .iter()
+            .map(|&n| policy.networks[n].name.clone())
+            .collect(),
+        connectors,
+        protected: protected_list,
+        sources,
+        atoms,
+        rules,
+        recompile_at,
+        principals,
+        atom_meta,
+        rule_meta,
+        classes: signatures.len() as u32,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_cover_exactly() {
+        for (lo, hi) in [
+            (0u16, 65535u16),
+            (22, 22),
+            (8000, 8100),
+            (1, 1024),
+            (0, 0),
+            (65535, 65535),
+            (3, 65534),
+        ] {
+            let b = port_blocks(lo, hi);
+            let mut next = u32::from(lo);
+            for (p, bits) in &b {
+                assert_eq!(u32::from(*p), next);
+                let size = 1u32 << (16 - u32::from(*bits));
+                assert_eq!(u32::from(*p) % size, 0, "aligned");
+                next += size;
+            }
+            assert_eq!(next, u32::from(hi) + 1);
+        }
+        assert_eq!(port_blocks(0, 65535), vec![(0, 0)]);
+        assert_eq!(
+            port_blocks(8000, 8100),
+            vec![(8000, 10), (8064, 11), (8096, 14), (8100, 16)]
+        );
+    }
+}

@@ -1,0 +1,86 @@
+//! Policy model, TOML format, validation, reference evaluator and compiler to the eBPF
+//! map entries of `gateway_common::policy` — a pure library (no file or network I/O:
+//! callers pass text, a file name and the time).
+//!
+//! ```text
+//! parse(text, file, now) -> Policy (+ warnings) | Vec<Diagnostic>
+//! evaluate(&policy, &packet, now) -> Decision          reference semantics (slow, obvious)
+//! compile(&policy, &host, now) -> HostView             one host's entries + metadata
+//! to_kernel(&view, generation, unix_to_boot_ns)        exact map keys/values
+//! lookup(&entries, &packet, now_ns)                    what the XDP program does
+//! diff(&old, &new) · explain(..) · run_tests(..) · nft(..) · json_schema()
+//! ```
+//!
+//! # Precedence (the semantics; [`evaluate`] implements exactly this)
+//!
+//! For a packet `src -> dst` (protocol, destination port) at time `now` (unix seconds):
+//!
+//! 1. `dst` outside every remote network's `cidrs` -> **Allow**, reason `Unprotected`
+//!    (not our business; rule 0).
+//! 2. `src` is no device's and no service-account key's address -> reason
+//!    `UnknownSource`: **Audit** if some resource whose address covers `dst` is in audit
+//!    mode (rule: the lowest audit-default rule id among them), else **Deny** (rule 0).
+//! 3. `R` = resources whose address contains `dst` and whose protocol/port spec matches
+//!    (TCP/UDP by destination port; ICMP for IPv4 and ICMPv6 for IPv6 destinations by the
+//!    `icmp` flag; any other protocol matches nothing). The candidate grants are those
+//!    **active** at `now` (`expires_at` is exclusive: active iff `now < expires_at`;
+//!    expired grants do not exist) that name the source — the device's owner (user), or
+//!    the service account, directly or through any group containing it — for a resource in
+//!    `R` whose narrowing (if any) also matches.
+//! 4. A matching **deny** on an enforcing resource -> **Deny** (`DeniedByRule`); else a
+//!    matching deny on an audit-mode resource -> **Audit** (`AuditDenyRule`); else a
+//!    matching **allow** -> **Allow** (`Granted`); else, if any resource covering `dst` by
+//!    address is in audit mode -> **Audit** (`AuditNoGrant`, the lowest audit-default rule
+//!    id); else **Deny** (`NoGrant`, rule 0). Within a step the lowest rule id wins.
+//!
+//! Narrowing: a grant naming any of `tcp`/`udp`/`icmp` covers exactly what it names
+//! (unnamed protocols: nothing), intersected with each resource's own ports.
+//!
+//! # Rule ids
+//!
+//! One `u32` per (grant, resource) pair, numbered from 1 in file order of the `[[allow]]`
+//! and `[[deny]]` blocks, then of the resources listed in each; after them one id per
+//! audit-mode resource (its audit default) in file order. Rule 0 is the default deny.
+//! [`Policy::rule`] maps an id to grant, resource and action.
+//!
+//! # Compiled layout
+//!
+//! See [`compile`]: principals with the same active, relevant grants share a class;
+//! the DST trie holds every protected CIDR and every resource prefix inside the protected
+//! space — with longest-prefix match, the addresses decided by a prefix are covered by
+//! exactly the resources whose prefix contains it, so each prefix maps to the atom of
+//! (network, covering resources); RULES holds, per (class, atom, protocol), the maximal
+//! port intervals whose value differs from the atom default, as aligned power-of-two port
+//! blocks. Each value holds the decision now and the decision after the first expiry that
+//! changes it; [`HostView::recompile_at`] is the first second change.
+
+pub mod compile;
+mod diag;
+pub mod diff;
+pub mod eval;
+pub mod kernel;
+pub mod model;
+pub mod nft;
+pub mod parse;
+pub mod policytest;
+pub mod schema;
+
+pub use compile::{
+    AtomMeta, CompileError, DstEntry, Host, HostView, PrincipalMeta, RuleEntry, RuleSlot, RuleVal,
+    SrcEntry, compile, port_blocks,
+};
+pub use diag::{Diagnostic, Severity};
+pub use diff::{Delta, DstVal, MapDelta, diff};
+pub use eval::{
+    Consideration, Decision, Explanation, Outcome, Packet, Reason, RuleRef, evaluate, explain,
+};
+pub use gateway_common::policy::Verdict;
+pub use kernel::{KernelEntries, KernelIndex, LpmEntry, lookup, to_kernel};
+pub use model::{
+    Action, Mode, Policy, PortSet, Principal, PrincipalKind, PrincipalRef, ProtoSet, RuleKind,
+    RuleMeta, format_rfc3339, parse_rfc3339,
+};
+pub use nft::nft;
+pub use parse::{Parsed, parse};
+pub use policytest::{TestResult, run_tests};
+pub use schema::json_schema;

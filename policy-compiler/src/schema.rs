@@ -1,0 +1,95 @@
+//! JSON Schema (draft 2020-12) of the policy file format, for editors and tooling.
+
+use serde_json::{Value, json};
+
+/// The JSON Schema of the policy format (TOML documents map onto JSON one to one;
+/// datetimes may also be written as RFC 3339 strings).
+pub fn json_schema() -> Value {
+    let name = json!({ "type": "string", "minLength": 1 });
+    let address = json!({
+        "type": "string",
+        "description": "IPv4/IPv6 host address or CIDR, e.g. \"198.18.0.10\", \"198.18.0.0/24\", \"2001:db8::/48\""
+    });
+    let host = json!({
+        "type": "string",
+        "description": "IPv4 or IPv6 host address, e.g. \"198.19.0.10\" or \"2001:db8:ff::10\""
+    });
+    let ports = json!({
+        "description": "\"all\", \"none\", or a list of ports (1-65535) and ranges (\"8000-8100\")",
+        "oneOf": [
+            { "enum": ["all", "none"] },
+            { "type": "string", "pattern": "^[0-9]{1,5}(-[0-9]{1,5})?$" },
+            { "type": "integer", "minimum": 1, "maximum": 65535 },
+            { "type": "array", "items": { "oneOf": [
+                { "type": "integer", "minimum": 1, "maximum": 65535 },
+                { "type": "string", "pattern": "^[0-9]{1,5}(-[0-9]{1,5})?$" }
+            ] } }
+        ]
+    });
+    let timestamp = json!({ "type": "string", "format": "date-time", "description": "RFC 3339, with Z or an offset" });
+    let strings = json!({ "type": "array", "items": { "type": "string" } });
+    let grant = json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["name", "principals", "resources"],
+        "properties": {
+            "name": name,
+            "principals": { "type": "array", "minItems": 1, "items": { "type": "string" },
+                "description": "group names, user emails, service-account names; optionally prefixed group:, user:, service_account:" },
+            "resources": { "type": "array", "minItems": 1, "items": { "type": "string" } },
+            "tcp": ports, "udp": ports, "icmp": { "type": "boolean" },
+            "expires_at": timestamp
+        },
+        "description": "When any of tcp/udp/icmp is given, the grant covers exactly those (intersected with each resource's)."
+    });
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Access gateway policy",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "remote_network": { "type": "array", "items": {
+                "type": "object", "additionalProperties": false, "required": ["name", "cidrs"],
+                "properties": {
+                    "name": name,
+                    "cidrs": { "type": "array", "minItems": 1, "items": address },
+                    "connectors": strings
+                } } },
+            "resource": { "type": "array", "items": {
+                "type": "object", "additionalProperties": false, "required": ["name", "network", "address"],
+                "properties": {
+                    "name": name, "network": { "type": "string" }, "address": address,
+                    "tcp": ports, "udp": ports, "icmp": { "type": "boolean" },
+                    "mode": { "enum": ["enforce", "audit"], "default": "enforce" }
+                } } },
+            "user": { "type": "array", "items": {
+                "type": "object", "additionalProperties": false, "required": ["email"],
+                "properties": { "email": { "type": "string", "format": "email" } } } },
+            "device": { "type": "array", "items": {
+                "type": "object", "additionalProperties": false, "required": ["name", "owner", "address"],
+                "properties": { "name": name, "owner": { "type": "string" }, "address": host } } },
+            "service_account": { "type": "array", "items": {
+                "type": "object", "additionalProperties": false, "required": ["name"],
+                "properties": {
+                    "name": name,
+                    "keys": { "type": "array", "items": {
+                        "type": "object", "additionalProperties": false, "required": ["name", "address"],
+                        "properties": { "name": name, "address": host } } }
+                } } },
+            "group": { "type": "array", "items": {
+                "type": "object", "additionalProperties": false, "required": ["name"],
+                "properties": { "name": name, "members": strings } } },
+            "allow": { "type": "array", "items": grant },
+            "deny": { "type": "array", "items": grant },
+            "test": { "type": "array", "items": {
+                "type": "object", "additionalProperties": false, "required": ["from", "to", "expect"],
+                "properties": {
+                    "name": { "type": "string" },
+                    "from": { "type": "string", "description": "device name, sa-name/key-name, or an address" },
+                    "to": { "type": "string", "description": "addr:port/tcp, [v6]:port/udp, addr/icmp, or a resource name" },
+                    "expect": { "enum": ["allow", "deny", "audit"] },
+                    "at": timestamp
+                } } }
+        }
+    })
+}
