@@ -12,10 +12,11 @@ pub mod proto {
 
 /// One direction of a flow. IPv4 addresses are IPv4-mapped (see [`crate::addr`]).
 ///
-/// For TCP and UDP the ports are the transport ports. For ICMP/ICMPv6, `src_port` is the
-/// echo identifier (0 for other messages) and `dst_port` is `type << 8 | code`, so echo
-/// requests of different pings are different flows. Fragments after the first carry no
-/// transport header: both ports are 0 and `flags` has [`FlowKey::FLAG_FRAGMENT`].
+/// For TCP and UDP the ports are the transport ports. For ICMP/ICMPv6 echo request and
+/// reply, both ports hold the echo identifier, so different pings are different flows and
+/// a reply's reversed key is its request's key; other ICMP messages have `src_port` 0 and
+/// `dst_port` = `type << 8 | code`. Fragments after the first carry no
+/// transport header: their key has [`FlowKey::FLAG_FRAGMENT`] (see there).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
@@ -33,7 +34,9 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
-    /// Set on keys of non-first fragments (no ports).
+    /// Set on keys of fragments. Such a key names the fragmented datagram, not a flow: the
+    /// ports hold the fragment identification (IPv4: `dst_port` = 16-bit id; IPv6:
+    /// `src_port`:`dst_port` = 32-bit id), so later fragments can follow the first.
     pub const FLAG_FRAGMENT: u8 = 1;
 
     pub const fn src_port(&self) -> u16 {
@@ -59,16 +62,44 @@ impl FlowKey {
     }
 }
 
-/// Per-flow counters.
+/// Flow-table value: the cached decision of a flow and its counters.
+///
+/// A cached decision holds only while the policy generation it was taken under is still
+/// active and its rule has not expired (`valid_until_ns`); otherwise the next packet is
+/// decided again. Only passing decisions are cached: a denied packet is decided every
+/// time, so an attacker cannot fill the table with denied flows.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct FlowStats {
+pub struct FlowState {
+    /// Packets and frame bytes in the flow's direction (the key's).
     pub packets: u64,
-    /// Frame bytes as seen by XDP (L2 included).
     pub bytes: u64,
-    /// Boot-clock nanoseconds of the first and the latest packet.
+    /// Packets and frame bytes of replies (the reversed key).
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    /// Boot-clock nanoseconds.
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
+    /// The decision must be taken again from this boot-clock instant on (rule expiry).
+    pub valid_until_ns: u64,
+    /// Policy generation the decision was taken under.
+    pub generation: u32,
+    /// Rule id that decided.
+    pub rule: u32,
+    /// Principal id of the source (0 when unknown).
+    pub principal: u32,
+    /// Destination address atom.
+    pub atom: u32,
+    /// `crate::verdict::Reason` of the decision (`Allowed` or `Audit`).
+    pub reason: u8,
+    /// `FLOW_*` flags.
+    pub flags: u8,
+    pub _pad: [u8; 6],
+}
+
+impl FlowState {
+    /// A FIN or RST was seen; the flow-end event was sent.
+    pub const FLAG_ENDED: u8 = 1;
 }
 
 #[cfg(feature = "user")]
@@ -76,5 +107,5 @@ mod pod {
     // SAFETY: plain-old-data, `repr(C)`, no implicit padding (explicit `_pad` fields).
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::FlowState {}
 }

@@ -13,11 +13,15 @@
 #![no_std]
 
 pub mod addr;
+pub mod event;
 pub mod flow;
 pub mod maps;
 pub mod parse;
 pub mod policy;
+pub mod verdict;
 
 pub use addr::Addr;
-pub use flow::{FlowKey, FlowStats};
+pub use event::{Event, EventKind};
+pub use flow::{FlowKey, FlowState};
 pub use parse::ParseOutcome;
+pub use verdict::Reason;

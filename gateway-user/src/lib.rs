@@ -6,5 +6,6 @@ pub mod dataplane;
 pub mod netns;
 pub mod privileges;
 pub mod testkit;
+pub mod writer;
 
 pub use dataplane::Dataplane;

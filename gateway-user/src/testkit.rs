@@ -130,13 +130,15 @@ pub fn expected_key(src: IpAddr, dst: IpAddr, l4: L4) -> FlowKey {
     let (p, sp, dp) = match l4 {
         L4::Tcp { src, dst } => (proto::TCP, src, dst),
         L4::Udp { src, dst } => (proto::UDP, src, dst),
-        L4::EchoRequest { id } => {
+        L4::EchoRequest { id } => (
             if family == 4 {
-                (proto::ICMP, id, 8 << 8)
+                proto::ICMP
             } else {
-                (proto::ICMPV6, id, 128 << 8)
-            }
-        }
+                proto::ICMPV6
+            },
+            id,
+            id,
+        ),
     };
     FlowKey {
         src: s,
@@ -158,3 +160,98 @@ pub fn v4(a: u8, b: u8) -> IpAddr {
 pub fn v6(last: u16) -> IpAddr {
     IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last))
 }
+
+/// Parses `host` as `connector:NAME` or `device:NAME`.
+pub fn parse_host(host: &str) -> Result<policy_compiler::Host> {
+    match host.split_once(':') {
+        Some(("connector", name)) => Ok(policy_compiler::Host::Connector(name.to_string())),
+        Some(("device", name)) => Ok(policy_compiler::Host::Device(name.to_string())),
+        _ => anyhow::bail!("host must be connector:NAME or device:NAME, got {host:?}"),
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A policy loaded into a data plane through the real compiler and map writer.
+pub struct LoadedPolicy {
+    pub policy: policy_compiler::Policy,
+    pub view: policy_compiler::HostView,
+    pub writer: crate::writer::PolicyWriter,
+}
+
+/// Parses `toml`, compiles it for `host` at `now` and applies it to `dp`.
+pub fn load_policy(
+    dp: &mut crate::Dataplane,
+    toml: &str,
+    host: &str,
+    now: i64,
+) -> Result<LoadedPolicy> {
+    let parsed = policy_compiler::parse(toml, "test-policy.toml", now).map_err(|diags| {
+        anyhow::anyhow!(
+            "policy does not parse:\n{}",
+            diags
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    let view = policy_compiler::compile(&parsed.policy, &parse_host(host)?, now)?;
+    let mut writer =
+        crate::writer::PolicyWriter::new(dp.active_generation()?, crate::writer::BootClock::new());
+    writer.apply(&mut dp.policy, &view)?;
+    Ok(LoadedPolicy {
+        policy: parsed.policy,
+        view,
+        writer,
+    })
+}
+
+/// Protected: 198.18.0.0/16 and 2001:db8:1::/48, every port and ICMP as one resource per
+/// family; the device `tester` (198.19.0.1 and 2001:db8:ff::1) may reach all of it.
+pub const OPEN_LAB: &str = r#"
+[[remote_network]]
+name = "lab"
+cidrs = ["198.18.0.0/16", "2001:db8:1::/48"]
+connectors = ["lab-connector"]
+
+[[resource]]
+name = "lab-v4"
+network = "lab"
+address = "198.18.0.0/16"
+tcp = "all"
+udp = "all"
+icmp = true
+
+[[resource]]
+name = "lab-v6"
+network = "lab"
+address = "2001:db8:1::/48"
+tcp = "all"
+udp = "all"
+icmp = true
+
+[[user]]
+email = "tester@example.com"
+
+[[device]]
+name = "tester-v4"
+owner = "tester@example.com"
+address = "198.19.0.1"
+
+[[device]]
+name = "tester-v6"
+owner = "tester@example.com"
+address = "2001:db8:ff::1"
+
+[[allow]]
+name = "tester-everything"
+principals = ["tester@example.com"]
+resources = ["lab-v4", "lab-v6"]
+"#;

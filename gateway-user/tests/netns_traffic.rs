@@ -1,16 +1,19 @@
 //! Real traffic through a veth pair with the XDP program attached in native mode.
 //!
 //! Two namespaces, `sender` and `receiver`, joined by a veth; the program sits on the
-//! receiver's end. UDP (IPv4 and IPv6) and TCP traffic must arrive (the program passes
-//! everything) and be counted per parse outcome and per flow.
+//! receiver's end under the test policy `testkit::OPEN_LAB` (the receiver's addresses are
+//! protected, the sender is a device allowed everything there). UDP (IPv4 and IPv6) and
+//! TCP traffic must arrive and be counted per parse outcome, per verdict and per flow.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use aya::programs::XdpMode;
-use gateway_common::ParseOutcome;
+use gateway_common::{ParseOutcome, Reason};
 use gateway_user::{
     Dataplane,
     netns::{self, NetNs, veth_pair},
     skip_unless_privileged,
-    testkit::{L4, expected_key},
+    testkit::{L4, OPEN_LAB, expected_key, load_policy, unix_now},
 };
 use std::{
     io::{Read as _, Write as _},
@@ -18,10 +21,10 @@ use std::{
     time::Duration,
 };
 
-const SENDER_V4: &str = "198.18.0.1";
+const SENDER_V4: &str = "198.19.0.1";
 const RECEIVER_V4: &str = "198.18.0.2";
-const SENDER_V6: &str = "2001:db8::1";
-const RECEIVER_V6: &str = "2001:db8::2";
+const SENDER_V6: &str = "2001:db8:ff::1";
+const RECEIVER_V6: &str = "2001:db8:1::2";
 const DATAGRAMS: u64 = 50;
 
 fn sock(ip: &str, port: u16) -> SocketAddr {
@@ -37,13 +40,14 @@ fn udp_and_tcp_through_native_xdp_are_counted() {
     let receiver = NetNs::new("zgr").unwrap();
     let (_a, b) = veth_pair(
         &sender,
-        &[&format!("{SENDER_V4}/24"), &format!("{SENDER_V6}/64")],
+        &[&format!("{SENDER_V4}/15"), &format!("{SENDER_V6}/32")],
         &receiver,
-        &[&format!("{RECEIVER_V4}/24"), &format!("{RECEIVER_V6}/64")],
+        &[&format!("{RECEIVER_V4}/15"), &format!("{RECEIVER_V6}/32")],
     )
     .unwrap();
 
     let mut dp = Dataplane::load().unwrap();
+    load_policy(&mut dp, OPEN_LAB, "connector:lab-connector", unix_now()).unwrap();
     receiver
         .run(|| dp.attach_xdp(&b.iface, XdpMode::Driver))
         .unwrap()
@@ -115,6 +119,19 @@ fn udp_and_tcp_through_native_xdp_are_counted() {
     assert!(stats.get(ParseOutcome::Ipv4Tcp) >= 3, "{stats:?}");
     assert_eq!(stats.get(ParseOutcome::Truncated), 0);
     assert_eq!(stats.get(ParseOutcome::Malformed), 0);
+    // Three flows decided once each (UDP v4, UDP v6, TCP); the rest took the fast path.
+    let verdicts = dp.verdict_stats().unwrap();
+    assert_eq!(
+        verdicts.reason(Reason::Allowed),
+        3,
+        "{:?}",
+        verdicts.nonzero()
+    );
+    assert!(
+        verdicts.reason(Reason::Established) >= 2 * (DATAGRAMS - 1),
+        "{:?}",
+        verdicts.nonzero()
+    );
 
     // The flow table holds each flow under the exact 5-tuple, with its packet count.
     let udp4_src = udp4_tx.local_addr().unwrap();

@@ -1,19 +1,33 @@
-//! Packet fixtures through the real XDP program with BPF_PROG_TEST_RUN: each frame must
-//! produce exactly one parse outcome, the flow key a correct parser would produce (checked
-//! against the fixture's own addresses and ports), and XDP_PASS.
+//! Packet fixtures through the real XDP program with BPF_PROG_TEST_RUN, under a policy that
+//! protects the test ranges and allows one device everything there: each frame must
+//! produce exactly one parse outcome, the action the policy gives it, and — for frames
+//! that open a flow — the flow key a correct parser would produce (checked against the
+//! fixture's own addresses and ports). Frames the parser cannot read are dropped.
 
-use gateway_common::{FlowKey, ParseOutcome, addr::from_v4, flow::proto};
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use gateway_common::{FlowKey, ParseOutcome, Reason};
 use gateway_user::{
     Dataplane, skip_unless_privileged,
-    testkit::{self, L4, action, expected_key, frame, l3_offset, v4, v6},
+    testkit::{self, L4, action, expected_key, frame, l3_offset, load_policy, unix_now, v4},
 };
 
 struct Fixture {
     name: &'static str,
     frame: Vec<u8>,
     outcome: ParseOutcome,
-    /// The key the flow table must hold afterwards; `None` for frames without a flow.
+    /// The key the flow table must hold afterwards; `None` for frames that open no flow.
     key: Option<FlowKey>,
+}
+
+fn client4() -> std::net::IpAddr {
+    "198.19.0.1".parse().unwrap()
+}
+fn client6() -> std::net::IpAddr {
+    "2001:db8:ff::1".parse().unwrap()
+}
+fn server6() -> std::net::IpAddr {
+    "2001:db8:1::10".parse().unwrap()
 }
 
 fn tcp(src: u16, dst: u16) -> L4 {
@@ -70,15 +84,8 @@ fn with_ipv6_ext(mut f: Vec<u8>, exts: &[(u8, usize)], frag_offset: u16) -> Vec<
     f
 }
 
-fn fragment_key(src: std::net::IpAddr, dst: std::net::IpAddr, p: u8) -> FlowKey {
-    let mut k = expected_key(src, dst, udp(0, 0));
-    k.proto = p;
-    k.flags = FlowKey::FLAG_FRAGMENT;
-    k
-}
-
 fn fixtures() -> Vec<Fixture> {
-    let (a4, b4, a6, b6) = (v4(0, 1), v4(1, 10), v6(1), v6(0x10));
+    let (a4, b4, a6, b6) = (client4(), v4(1, 10), client6(), server6());
     let mut fx = vec![
         Fixture {
             name: "ipv4 tcp syn",
@@ -111,10 +118,10 @@ fn fixtures() -> Vec<Fixture> {
             key: Some(expected_key(a4, b4, udp(1000, 2000))),
         },
         Fixture {
-            name: "ipv4 later fragment has no ports",
+            name: "ipv4 later fragment without its first is dropped",
             frame: ipv4_frag(frame(a4, b4, udp(1000, 2000), &[], &[0; 64]), false, 185),
             outcome: ParseOutcome::Ipv4Fragment,
-            key: Some(fragment_key(a4, b4, proto::UDP)),
+            key: None,
         },
         Fixture {
             name: "ipv6 tcp",
@@ -157,10 +164,10 @@ fn fixtures() -> Vec<Fixture> {
             key: Some(expected_key(a6, b6, tcp(11, 12))),
         },
         Fixture {
-            name: "ipv6 later fragment has no ports",
+            name: "ipv6 later fragment without its first is dropped",
             frame: with_ipv6_ext(frame(a6, b6, udp(11, 12), &[], &[0; 32]), &[(44, 8)], 100),
             outcome: ParseOutcome::Ipv6Fragment,
-            key: Some(fragment_key(a6, b6, proto::UDP)),
+            key: None,
         },
         Fixture {
             name: "ipv6 six extension headers is the limit",
@@ -213,13 +220,11 @@ fn fixtures() -> Vec<Fixture> {
     // GRE inside IPv4: a protocol without ports.
     let mut gre = frame(a4, b4, udp(1, 2), &[], b"");
     gre[14 + 9] = 47;
-    let mut gre_key = expected_key(a4, b4, udp(0, 0));
-    gre_key.proto = 47;
     fx.push(Fixture {
-        name: "ipv4 gre has no ports",
+        name: "ipv4 gre has no ports (and no resource allows it)",
         frame: gre,
         outcome: ParseOutcome::Ipv4Other,
-        key: Some(gre_key),
+        key: None,
     });
 
     // IPv6 "no next header" after a destination-options header: no ports.
@@ -227,13 +232,11 @@ fn fixtures() -> Vec<Fixture> {
     let mut nonext = nonext[..14 + 48].to_vec();
     nonext[14 + 40] = 59;
     nonext[18..20].copy_from_slice(&8u16.to_be_bytes());
-    let mut nonext_key = expected_key(a6, b6, udp(0, 0));
-    nonext_key.proto = 59;
     fx.push(Fixture {
-        name: "ipv6 no-next-header has no ports",
+        name: "ipv6 no-next-header has no ports (and no resource allows it)",
         frame: nonext,
         outcome: ParseOutcome::Ipv6Other,
-        key: Some(nonext_key),
+        key: None,
     });
 
     // Truncations: every one must count as truncated and record no flow.
@@ -329,7 +332,7 @@ fn fixtures() -> Vec<Fixture> {
 }
 
 #[test]
-fn every_fixture_gives_its_outcome_and_flow_key() {
+fn every_fixture_gives_its_outcome_action_and_flow_key() {
     if skip_unless_privileged!() {
         return;
     }
@@ -343,13 +346,31 @@ fn every_fixture_gives_its_outcome_and_flow_key() {
     for f in &fixtures {
         // A fresh object per fixture: counters and flow table start empty.
         let mut dp = Dataplane::load().expect("load eBPF object");
+        load_policy(
+            &mut dp,
+            testkit::OPEN_LAB,
+            "connector:lab-connector",
+            unix_now(),
+        )
+        .unwrap();
         let act = testkit::run_xdp(dp.xdp().unwrap(), &f.frame)
             .unwrap_or_else(|e| panic!("{}: {e:#}", f.name));
         let stats = dp.parse_stats().unwrap();
-        let flows = dp.flows().unwrap();
+        // Flows proper: fragment keys (which first fragments also leave) aside.
+        let flows: Vec<_> = dp
+            .flows()
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.flags & FlowKey::FLAG_FRAGMENT == 0)
+            .collect();
         let mut problems = Vec::new();
-        if act != action::PASS {
-            problems.push(format!("action {act}, want PASS"));
+        let want = if f.key.is_some() || f.outcome == ParseOutcome::NotIp {
+            action::PASS
+        } else {
+            action::DROP
+        };
+        if act != want {
+            problems.push(format!("action {act}, want {want}"));
         }
         if stats.get(f.outcome) != 1 || stats.total() != 1 {
             problems.push(format!(
@@ -400,23 +421,33 @@ fn counters_accumulate_across_packets_of_one_flow() {
         return;
     }
     let mut dp = Dataplane::load().unwrap();
-    let f = frame(v4(0, 1), v4(1, 1), udp(1111, 2222), &[], b"0123456789");
+    load_policy(
+        &mut dp,
+        testkit::OPEN_LAB,
+        "connector:lab-connector",
+        unix_now(),
+    )
+    .unwrap();
+    let f = frame(client4(), v4(1, 1), udp(1111, 2222), &[], b"0123456789");
     for _ in 0..25 {
         testkit::run_xdp(dp.xdp().unwrap(), &f).unwrap();
     }
     let stats = dp
-        .flow(&expected_key(v4(0, 1), v4(1, 1), udp(1111, 2222)))
+        .flow(&expected_key(client4(), v4(1, 1), udp(1111, 2222)))
         .unwrap()
         .expect("flow recorded");
     assert_eq!(stats.packets, 25);
     assert_eq!(stats.bytes, 25 * f.len() as u64);
     assert!(stats.last_seen_ns >= stats.first_seen_ns);
     assert_eq!(dp.parse_stats().unwrap().get(ParseOutcome::Ipv4Udp), 25);
-    // The reverse direction is a different flow.
+    // One decision, then the fast path.
+    let verdicts = dp.verdict_stats().unwrap();
+    assert_eq!(verdicts.reason(Reason::Allowed), 1);
+    assert_eq!(verdicts.reason(Reason::Established), 24);
+    // The reverse direction is not a flow of its own.
     assert!(
-        dp.flow(&expected_key(v4(1, 1), v4(0, 1), udp(2222, 1111)))
+        dp.flow(&expected_key(v4(1, 1), client4(), udp(2222, 1111)))
             .unwrap()
             .is_none()
     );
-    let _ = from_v4([0; 4]);
 }

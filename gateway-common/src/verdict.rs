@@ -1,0 +1,115 @@
+//! Why the data plane passed or dropped a packet: one enum, one per-CPU counter each.
+
+/// The reason behind every data-plane decision. The value indexes the per-CPU
+/// `VERDICT_STATS` array. Each reason maps to exactly one action in [`Reason::passes`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Neither address is in protected space: not the gateway's business.
+    Unprotected = 0,
+    /// Not IP (ARP, LLDP, ...).
+    NotIp = 1,
+    /// First packet of a flow, allowed by a grant.
+    Allowed = 2,
+    /// Packet of a flow already allowed under the current policy generation (fast path).
+    Established = 3,
+    /// Reply direction of an allowed flow.
+    Reply = 4,
+    /// ICMP/ICMPv6 error quoting an allowed flow.
+    IcmpErrorRelated = 5,
+    /// Would be denied, but the resource is in audit mode: passed and reported.
+    Audit = 6,
+    /// Non-first fragment of an allowed first fragment.
+    FragmentAllowed = 7,
+    /// A deny grant matched.
+    DeniedByRule = 8,
+    /// Known principal, no grant for this destination, protocol and port.
+    DeniedNoGrant = 9,
+    /// Source address is no principal the policy knows.
+    DeniedUnknownSource = 10,
+    /// From protected space toward a client, and not a reply to an allowed flow.
+    DeniedUnsolicited = 11,
+    /// Non-first fragment whose first fragment was not seen or not allowed.
+    DeniedFragment = 12,
+    /// Truncated or malformed headers, too many VLAN tags or extension headers.
+    DeniedMalformed = 13,
+    /// An established flow whose cached verdict is denied (a revoked grant, re-decided).
+    DeniedEstablished = 14,
+}
+
+/// Number of reasons (size of the per-CPU counter array).
+pub const REASONS: u32 = 15;
+
+impl Reason {
+    /// Every reason, in counter-index order.
+    pub const ALL: [Reason; REASONS as usize] = [
+        Self::Unprotected,
+        Self::NotIp,
+        Self::Allowed,
+        Self::Established,
+        Self::Reply,
+        Self::IcmpErrorRelated,
+        Self::Audit,
+        Self::FragmentAllowed,
+        Self::DeniedByRule,
+        Self::DeniedNoGrant,
+        Self::DeniedUnknownSource,
+        Self::DeniedUnsolicited,
+        Self::DeniedFragment,
+        Self::DeniedMalformed,
+        Self::DeniedEstablished,
+    ];
+
+    /// The single place where a reason becomes an action.
+    #[inline(always)]
+    pub const fn passes(self) -> bool {
+        match self {
+            Self::Unprotected
+            | Self::NotIp
+            | Self::Allowed
+            | Self::Established
+            | Self::Reply
+            | Self::IcmpErrorRelated
+            | Self::Audit
+            | Self::FragmentAllowed => true,
+            Self::DeniedByRule
+            | Self::DeniedNoGrant
+            | Self::DeniedUnknownSource
+            | Self::DeniedUnsolicited
+            | Self::DeniedFragment
+            | Self::DeniedMalformed
+            | Self::DeniedEstablished => false,
+        }
+    }
+
+    /// Decodes a stored value; anything unknown is malformed (and so denied).
+    #[inline(always)]
+    pub const fn from_u32(v: u32) -> Reason {
+        if v < REASONS {
+            Self::ALL[v as usize]
+        } else {
+            Self::DeniedMalformed
+        }
+    }
+
+    /// Stable snake_case name for metrics and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Unprotected => "unprotected",
+            Self::NotIp => "not_ip",
+            Self::Allowed => "allowed",
+            Self::Established => "established",
+            Self::Reply => "reply",
+            Self::IcmpErrorRelated => "icmp_error_related",
+            Self::Audit => "audit",
+            Self::FragmentAllowed => "fragment_allowed",
+            Self::DeniedByRule => "denied_by_rule",
+            Self::DeniedNoGrant => "denied_no_grant",
+            Self::DeniedUnknownSource => "denied_unknown_source",
+            Self::DeniedUnsolicited => "denied_unsolicited",
+            Self::DeniedFragment => "denied_fragment",
+            Self::DeniedMalformed => "denied_malformed",
+            Self::DeniedEstablished => "denied_established",
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Writes compiled policy into the kernel maps, atomically.
+//!
+//! Every policy key carries a one-byte key slot; the `ACTIVE` array holds the active
+//! generation, whose low bit is the slot packets read. Applying a policy:
+//!
+//! 1. brings the *inactive* slot from whatever it holds to the new entries — only the
+//!    difference is written, so applying a small change costs a small number of map
+//!    operations (double buffering with incremental sync);
+//! 2. flips `ACTIVE` to the next generation (one 4-byte array write: packets see the old
+//!    policy or the new one, never a mix);
+//! 3. leaves the previous slot as it is: it is the base of the next apply's difference.
+//!
+//! Flows cached under the previous generation are decided again on their next packet.
+//! If writing the inactive slot fails (a full map, say), `ACTIVE` is not touched: the old
+//! policy stays in force whole, and the slot is rewritten from scratch next time.
+
+use crate::dataplane::PolicyMaps;
+use anyhow::{Context as _, Result};
+use aya::maps::{MapError, lpm_trie::Key};
+use gateway_common::policy::{AtomValue, DstKey, RuleKey, RuleValue, SrcKey, SrcValue};
+use policy_compiler::{HostView, KernelEntries, to_kernel};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Converts unix time to the boot clock the kernel reads (`bpf_ktime_get_boot_ns`), with an
+/// offset measured once so the same instant always converts to the same value.
+#[derive(Clone, Copy, Debug)]
+pub struct BootClock {
+    /// unix ns - boot ns, measured at creation.
+    offset_ns: i128,
+}
+
+impl BootClock {
+    pub fn new() -> Self {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as i128;
+        BootClock {
+            offset_ns: unix - boot_ns() as i128,
+        }
+    }
+
+    /// The boot-clock instant of unix second `t` (0 if before boot, saturating).
+    pub fn unix_to_boot_ns(&self, t: i64) -> u64 {
+        let ns = i128::from(t) * 1_000_000_000 - self.offset_ns;
+        ns.clamp(0, i128::from(u64::MAX)) as u64
+    }
+
+    /// Unix seconds of a boot-clock instant.
+    pub fn boot_to_unix_ns(&self, boot: u64) -> i128 {
+        i128::from(boot) + self.offset_ns
+    }
+}
+
+impl Default for BootClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// CLOCK_BOOTTIME in nanoseconds, the clock of `bpf_ktime_get_boot_ns`.
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_BOOTTIME always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What one apply did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// The generation now active.
+    pub generation: u32,
+    /// Map entries inserted or overwritten, and deleted, in the inactive slot.
+    pub written: usize,
+    pub deleted: usize,
+    /// Entries of the new policy.
+    pub entries: usize,
+    pub elapsed: Duration,
+}
+
+/// Applies compiled views to a host's policy maps.
+pub struct PolicyWriter {
+    clock: BootClock,
+    generation: u32,
+    /// What each key slot holds, when known.
+    slots: [Option<KernelEntries>; 2],
+}
+
+impl PolicyWriter {
+    /// A writer for maps whose active generation is `generation` and whose slot contents
+    /// are unknown (they are read back from the maps on first use).
+    pub fn new(generation: u32, clock: BootClock) -> Self {
+        PolicyWriter {
+            clock,
+            generation,
+            slots: [None, None],
+        }
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    pub fn clock(&self) -> BootClock {
+        self.clock
+    }
+
+    /// The entries the active generation holds, when known.
+    pub fn active_entries(&self) -> Option<&KernelEntries> {
+        self.slots[(self.generation & 1) as usize].as_ref()
+    }
+
+    /// Makes `view` the enforced policy, atomically (see the module docs).
+    pub fn apply(&mut self, maps: &mut PolicyMaps, view: &HostView) -> Result<ApplyStats> {
+        let started = Instant::now();
+        let next = self.generation.wrapping_add(1).max(1);
+        let slot = (next & 1) as u8;
+        let clock = self.clock;
+        let new = to_kernel(view, slot, |t| clock.unix_to_boot_ns(t));
+        let old = match self.slots[slot as usize].take() {
+            Some(old) => old,
+            None => read_slot(maps, slot).context("reading the inactive policy slot")?,
+        };
+        let (written, deleted) = sync_slot(maps, &old, &new)
+            .with_context(|| format!("writing policy generation {next} (slot {slot})"))?;
+        maps.active
+            .set(0, next, 0)
+            .context("switching the active policy generation")?;
+        self.generation = next;
+        let entries = new.src.len() + new.dst.len() + new.rules.len();
+        self.slots[slot as usize] = Some(new);
+        Ok(ApplyStats {
+            generation: next,
+            written,
+            deleted,
+            entries,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+/// Reads every entry of key slot `slot` back from the maps.
+pub fn read_slot(maps: &PolicyMaps, slot: u8) -> Result<KernelEntries> {
+    let mut out = KernelEntries {
+        generation: slot,
+        ..KernelEntries::default()
+    };
+    for item in maps.src.iter() {
+        let (k, v) = item?;
+        if k.generation == slot {
+            out.src.push((k, v));
+        }
+    }
+    for item in maps.dst.iter() {
+        let (k, v) = item?;
+        if k.data().generation == slot {
+            out.dst.push(policy_compiler::LpmEntry {
+                prefix_len: k.prefix_len(),
+                key: k.data(),
+                value: v,
+            });
+        }
+    }
+    for item in maps.rules.iter() {
+        let (k, v) = item?;
+        if k.data().generation == slot {
+            out.rules.push(policy_compiler::LpmEntry {
+                prefix_len: k.prefix_len(),
+                key: k.data(),
+                value: v,
+            });
+        }
+    }
+    out.src.sort_unstable();
+    out.dst.sort_unstable();
+    out.rules.sort_unstable();
+    Ok(out)
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+/// Brings one slot from `old` to `new`: deletes what is gone, writes what is new or
+/// changed. Returns (written, deleted).
+fn sync_slot(
+    maps: &mut PolicyMaps,
+    old: &KernelEntries,
+    new: &KernelEntries,
+) -> Result<(usize, usize)> {
+    let mut written = 0;
+    let mut deleted = 0;
+
+    let old_src: BTreeMap<SrcKey, SrcValue> = old.src.iter().copied().collect();
+    let new_src: BTreeMap<SrcKey, SrcValue> = new.src.iter().copied().collect();
+    for k in old_src.keys().filter(|k| !new_src.contains_key(k)) {
+        ignore_missing(maps.src.remove(k))?;
+        deleted += 1;
+    }
+    for (k, v) in &new_src {
+        if old_src.get(k) != Some(v) {
+            maps.src.insert(k, v, 0)?;
+            written += 1;
+        }
+    }
+
+    let old_dst: BTreeMap<(u32, DstKey), AtomValue> = old
+        .dst
+        .iter()
+        .map(|e| ((e.prefix_len, e.key), e.value))
+        .collect();
+    let new_dst: BTreeMap<(u32, DstKey), AtomValue> = new
+        .dst
+        .iter()
+        .map(|e| ((e.prefix_len, e.key), e.value))
+        .collect();
+    for (p, k) in old_dst.keys().filter(|k| !new_dst.contains_key(k)) {
+        ignore_missing(maps.dst.remove(&Key::new(*p, *k)))?;
+        deleted += 1;
+    }
+    for ((p, k), v) in &new_dst {
+        if old_dst.get(&(*p, *k)) != Some(v) {
+            maps.dst.insert(&Key::new(*p, *k), v, 0)?;
+            written += 1;
+        }
+    }
+
+    let old_rules: BTreeMap<(u32, RuleKey), RuleValue> = old
+        .rules
+        .iter()
+        .map(|e| ((e.prefix_len, e.key), e.value))
+        .collect();
+    let new_rules: BTreeMap<(u32, RuleKey), RuleValue> = new
+        .rules
+        .iter()
+        .map(|e| ((e.prefix_len, e.key), e.value))
+        .collect();
+    for (p, k) in old_rules.keys().filter(|k| !new_rules.contains_key(k)) {
+        ignore_missing(maps.rules.remove(&Key::new(*p, *k)))?;
+        deleted += 1;
+    }
+    for ((p, k), v) in &new_rules {
+        if old_rules.get(&(*p, *k)) != Some(v) {
+            maps.rules.insert(&Key::new(*p, *k), v, 0)?;
+            written += 1;
+        }
+    }
+    Ok((written, deleted))
+}
