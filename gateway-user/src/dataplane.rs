@@ -11,7 +11,7 @@ use aya::{
     programs::{SchedClassifier, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use gateway_common::{
-    FlowKey, FlowState, ParseOutcome, Reason, maps,
+    Event, FlowKey, FlowState, ParseOutcome, Reason, maps,
     policy::{AtomValue, DstKey, RuleKey, RuleValue, SrcKey, SrcValue},
 };
 
@@ -174,6 +174,14 @@ impl Dataplane {
         self.events.take()
     }
 
+    /// Every event waiting in the ring buffer (none once the buffer was taken).
+    pub fn drain_events(&mut self) -> Vec<Event> {
+        match self.events.as_mut() {
+            Some(rb) => drain(rb),
+            None => Vec::new(),
+        }
+    }
+
     /// Parse-outcome counters, summed over CPUs.
     pub fn parse_stats(&self) -> Result<ParseStats> {
         let mut stats = ParseStats::default();
@@ -215,6 +223,20 @@ impl Dataplane {
     pub fn active_generation(&self) -> Result<u32> {
         Ok(self.policy.active.get(&0, 0)?)
     }
+}
+
+/// Reads every event waiting in `rb`. Records of the wrong size are skipped (they cannot
+/// come from this object's programs).
+pub fn drain(rb: &mut RingBuf<MapData>) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Some(item) = rb.next() {
+        if item.len() == std::mem::size_of::<Event>() {
+            // SAFETY: the record is exactly one `Event` (plain data, any bit pattern valid);
+            // read unaligned because the ring buffer only guarantees 8-byte alignment.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+        }
+    }
+    out
 }
 
 /// An LPM trie key, for callers that build keys by hand.

@@ -44,7 +44,13 @@ const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 /// Transport of a fixture packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4 {
+    /// A TCP segment with SYN set.
     Tcp {
+        src: u16,
+        dst: u16,
+    },
+    /// A TCP segment with FIN and ACK set.
+    TcpFin {
         src: u16,
         dst: u16,
     },
@@ -69,6 +75,12 @@ pub fn frame(src: IpAddr, dst: IpAddr, l4: L4, vlans: &[u16], payload: &[u8]) ->
             match l4 {
                 L4::Tcp { src, dst } => {
                     let b = b.tcp(src, dst, 1000, 64240).syn();
+                    let mut v = Vec::with_capacity(b.size(payload.len()));
+                    b.write(&mut v, payload).expect("write frame");
+                    v
+                }
+                L4::TcpFin { src, dst } => {
+                    let b = b.tcp(src, dst, 1000, 64240).fin().ack(1);
                     let mut v = Vec::with_capacity(b.size(payload.len()));
                     b.write(&mut v, payload).expect("write frame");
                     v
@@ -120,6 +132,91 @@ pub fn l3_offset(vlans: usize) -> usize {
     14 + 4 * vlans
 }
 
+/// Inserts IPv4 options (`len` bytes of NOP, a multiple of 4) and fixes IHL and length.
+pub fn with_ipv4_options(mut f: Vec<u8>, vlans: usize, len: usize) -> Vec<u8> {
+    let l3 = l3_offset(vlans);
+    let ihl = (f[l3] & 0x0f) as usize * 4;
+    f.splice(l3 + ihl..l3 + ihl, std::iter::repeat_n(1u8, len));
+    f[l3] = 0x40 | ((ihl + len) / 4) as u8;
+    let total = u16::from_be_bytes([f[l3 + 2], f[l3 + 3]]) + len as u16;
+    f[l3 + 2..l3 + 4].copy_from_slice(&total.to_be_bytes());
+    f
+}
+
+/// Sets the IPv4 fragment field (flags + offset in 8-byte units).
+pub fn ipv4_frag(mut f: Vec<u8>, more_fragments: bool, offset_units: u16) -> Vec<u8> {
+    let l3 = l3_offset(0);
+    let v = offset_units | if more_fragments { 0x2000 } else { 0 };
+    f[l3 + 6..l3 + 8].copy_from_slice(&v.to_be_bytes());
+    f
+}
+
+/// Inserts IPv6 extension headers between the fixed header and the transport header.
+/// Each entry is (header type, total length in bytes). Fragment headers are 8 bytes with
+/// `frag_offset` (8-byte units) in them.
+pub fn with_ipv6_ext(mut f: Vec<u8>, exts: &[(u8, usize)], frag_offset: u16) -> Vec<u8> {
+    let l3 = l3_offset(0);
+    let transport = f[l3 + 6];
+    let mut inserted = Vec::new();
+    for (i, &(ty, len)) in exts.iter().enumerate() {
+        let next = exts.get(i + 1).map_or(transport, |e| e.0);
+        let mut h = vec![0u8; len];
+        h[0] = next;
+        match ty {
+            44 => {
+                assert_eq!(len, 8);
+                h[2..4].copy_from_slice(&(frag_offset << 3).to_be_bytes());
+            }
+            51 => h[1] = (len / 4 - 2) as u8,
+            _ => h[1] = (len / 8 - 1) as u8,
+        }
+        inserted.extend(h);
+    }
+    f[l3 + 6] = exts.first().map_or(transport, |e| e.0);
+    let payload = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]) + inserted.len() as u16;
+    f[l3 + 4..l3 + 6].copy_from_slice(&payload.to_be_bytes());
+    f.splice(l3 + 40..l3 + 40, inserted);
+    f
+}
+
+/// Sets the IPv4 identification field (fragments of one datagram share it).
+pub fn set_ipv4_id(mut f: Vec<u8>, id: u16) -> Vec<u8> {
+    let l3 = l3_offset(0);
+    f[l3 + 4..l3 + 6].copy_from_slice(&id.to_be_bytes());
+    f
+}
+
+/// An ICMP (IPv4) or ICMPv6 error from `src` to `dst` quoting the IP packet inside the
+/// Ethernet frame `offending` (its IP header and the first 8 transport bytes): destination
+/// port unreachable for IPv4, packet too big for IPv6.
+pub fn icmp_error(src: IpAddr, dst: IpAddr, offending: &[u8]) -> Vec<u8> {
+    use etherparse::{Icmpv4Type, Icmpv6Type, icmpv4::DestUnreachableHeader};
+    let eth = PacketBuilder::ethernet2(MAC_B, MAC_A);
+    let l3 = &offending[14..];
+    let ip_len = match l3[0] >> 4 {
+        4 => ((l3[0] & 0x0f) as usize) * 4,
+        _ => 40,
+    };
+    let quoted = &l3[..(ip_len + 8).min(l3.len())];
+    let mut v = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth
+            .ipv4(s.octets(), d.octets(), 64)
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                DestUnreachableHeader::Port,
+            ))
+            .write(&mut v, quoted)
+            .expect("write frame"),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth
+            .ipv6(s.octets(), d.octets(), 64)
+            .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
+            .write(&mut v, quoted)
+            .expect("write frame"),
+        _ => panic!("mixed families"),
+    }
+    v
+}
+
 /// The flow key the parser should produce for a [`frame`].
 pub fn expected_key(src: IpAddr, dst: IpAddr, l4: L4) -> FlowKey {
     let (s, d, family) = match (src, dst) {
@@ -128,7 +225,7 @@ pub fn expected_key(src: IpAddr, dst: IpAddr, l4: L4) -> FlowKey {
         _ => panic!("mixed families"),
     };
     let (p, sp, dp) = match l4 {
-        L4::Tcp { src, dst } => (proto::TCP, src, dst),
+        L4::Tcp { src, dst } | L4::TcpFin { src, dst } => (proto::TCP, src, dst),
         L4::Udp { src, dst } => (proto::UDP, src, dst),
         L4::EchoRequest { id } => (
             if family == 4 {
@@ -255,3 +352,20 @@ name = "tester-everything"
 principals = ["tester@example.com"]
 resources = ["lab-v4", "lab-v6"]
 "#;
+
+/// TC return codes.
+pub mod tc_action {
+    pub const OK: i32 = 0;
+    pub const SHOT: i32 = 2;
+}
+
+/// Runs `frame` through a TC program once and returns its return code.
+pub fn run_tc(prog: &mut aya::programs::SchedClassifier, frame: &[u8]) -> Result<i32> {
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        })
+        .context("BPF_PROG_TEST_RUN (tc)")?;
+    Ok(result.return_value as i32)
+}

@@ -9,7 +9,10 @@
 use gateway_common::{FlowKey, ParseOutcome, Reason};
 use gateway_user::{
     Dataplane, skip_unless_privileged,
-    testkit::{self, L4, action, expected_key, frame, l3_offset, load_policy, unix_now, v4},
+    testkit::{
+        self, L4, action, expected_key, frame, ipv4_frag, load_policy, unix_now, v4,
+        with_ipv4_options, with_ipv6_ext,
+    },
 };
 
 struct Fixture {
@@ -35,53 +38,6 @@ fn tcp(src: u16, dst: u16) -> L4 {
 }
 fn udp(src: u16, dst: u16) -> L4 {
     L4::Udp { src, dst }
-}
-
-/// Inserts IPv4 options (`len` bytes of NOP, a multiple of 4) and fixes IHL and length.
-fn with_ipv4_options(mut f: Vec<u8>, vlans: usize, len: usize) -> Vec<u8> {
-    let l3 = l3_offset(vlans);
-    let ihl = (f[l3] & 0x0f) as usize * 4;
-    f.splice(l3 + ihl..l3 + ihl, std::iter::repeat_n(1u8, len));
-    f[l3] = 0x40 | ((ihl + len) / 4) as u8;
-    let total = u16::from_be_bytes([f[l3 + 2], f[l3 + 3]]) + len as u16;
-    f[l3 + 2..l3 + 4].copy_from_slice(&total.to_be_bytes());
-    f
-}
-
-/// Sets the IPv4 fragment field (flags + offset in 8-byte units).
-fn ipv4_frag(mut f: Vec<u8>, more_fragments: bool, offset_units: u16) -> Vec<u8> {
-    let l3 = l3_offset(0);
-    let v = offset_units | if more_fragments { 0x2000 } else { 0 };
-    f[l3 + 6..l3 + 8].copy_from_slice(&v.to_be_bytes());
-    f
-}
-
-/// Inserts IPv6 extension headers between the fixed header and the transport header.
-/// Each entry is (header type, total length in bytes). Fragment headers are 8 bytes with
-/// `frag_offset` (8-byte units) in them.
-fn with_ipv6_ext(mut f: Vec<u8>, exts: &[(u8, usize)], frag_offset: u16) -> Vec<u8> {
-    let l3 = l3_offset(0);
-    let transport = f[l3 + 6];
-    let mut inserted = Vec::new();
-    for (i, &(ty, len)) in exts.iter().enumerate() {
-        let next = exts.get(i + 1).map_or(transport, |e| e.0);
-        let mut h = vec![0u8; len];
-        h[0] = next;
-        match ty {
-            44 => {
-                assert_eq!(len, 8);
-                h[2..4].copy_from_slice(&(frag_offset << 3).to_be_bytes());
-            }
-            51 => h[1] = (len / 4 - 2) as u8,
-            _ => h[1] = (len / 8 - 1) as u8,
-        }
-        inserted.extend(h);
-    }
-    f[l3 + 6] = exts.first().map_or(transport, |e| e.0);
-    let payload = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]) + inserted.len() as u16;
-    f[l3 + 4..l3 + 6].copy_from_slice(&payload.to_be_bytes());
-    f.splice(l3 + 40..l3 + 40, inserted);
-    f
 }
 
 fn fixtures() -> Vec<Fixture> {
