@@ -38,6 +38,8 @@ const IPPROTO_DSTOPTS: u8 = 60;
 pub trait Frame {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
+    /// The whole frame's length (TC: also the part not pulled into linear data).
+    fn len(&self) -> usize;
 }
 
 impl Frame for XdpContext {
@@ -49,6 +51,10 @@ impl Frame for XdpContext {
     fn data_end(&self) -> usize {
         XdpContext::data_end(self)
     }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        XdpContext::data_end(self) - XdpContext::data(self)
+    }
 }
 
 impl Frame for TcContext {
@@ -59,6 +65,10 @@ impl Frame for TcContext {
     #[inline(always)]
     fn data_end(&self) -> usize {
         TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        TcContext::len(self) as usize
     }
 }
 
@@ -277,8 +287,15 @@ fn parse_ipv4<C: Frame>(
         return Err(ParseOutcome::Malformed);
     }
     let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
-    if ihl < 20 || (u16::from_be_bytes(ip.total_len) as usize) < ihl {
+    let total_len = u16::from_be_bytes(ip.total_len) as usize;
+    if ihl < 20 || total_len < ihl {
         return Err(ParseOutcome::Malformed);
+    }
+    // A datagram longer than the frame lost its end (Ethernet padding may make the frame
+    // longer, never shorter).
+    let ip_end = l3 + total_len;
+    if ip_end > ctx.len() {
+        return Err(ParseOutcome::Truncated);
     }
     // The options must be inside the frame even though we do not read them.
     ptr_at::<C, u8>(ctx, l3 + ihl - 1)?;
@@ -300,15 +317,15 @@ fn parse_ipv4<C: Frame>(
     out.first_fragment = frag & 0x2000 != 0;
     match ip.proto {
         proto::TCP => {
-            out.tcp_flags = parse_tcp(ctx, l4, key)?;
+            out.tcp_flags = parse_tcp(ctx, l4, ip_end, key)?;
             Ok(ParseOutcome::Ipv4Tcp)
         }
         proto::UDP => {
-            parse_udp(ctx, l4, key)?;
+            parse_udp(ctx, l4, ip_end, key)?;
             Ok(ParseOutcome::Ipv4Udp)
         }
         proto::ICMP => {
-            parse_icmp(ctx, l4, key, 8, 0)?;
+            parse_icmp(ctx, l4, ip_end, key, 8, 0)?;
             Ok(ParseOutcome::Ipv4Icmp)
         }
         _ => Ok(ParseOutcome::Ipv4Other),
@@ -324,6 +341,10 @@ fn parse_ipv6<C: Frame>(
     let ip: &Ipv6Hdr = read(ctx, l3)?;
     if ip.version_class_flow[0] >> 4 != 6 {
         return Err(ParseOutcome::Malformed);
+    }
+    let ip_end = l3 + IPV6_HLEN + u16::from_be_bytes(ip.payload_len) as usize;
+    if ip_end > ctx.len() {
+        return Err(ParseOutcome::Truncated);
     }
     let key = &mut out.key;
     key.src = ip.src;
@@ -371,39 +392,67 @@ fn parse_ipv6<C: Frame>(
             next = ext.next_header;
         }
     }
+    // Every extension header must end inside the datagram, whatever follows.
+    if off > ip_end {
+        return Err(ParseOutcome::Truncated);
+    }
     key.proto = next;
     out.l4 = off;
     match next {
         proto::TCP => {
-            out.tcp_flags = parse_tcp(ctx, off, key)?;
+            out.tcp_flags = parse_tcp(ctx, off, ip_end, key)?;
             Ok(ParseOutcome::Ipv6Tcp)
         }
         proto::UDP => {
-            parse_udp(ctx, off, key)?;
+            parse_udp(ctx, off, ip_end, key)?;
             Ok(ParseOutcome::Ipv6Udp)
         }
         proto::ICMPV6 => {
-            parse_icmp(ctx, off, key, 128, 129)?;
+            parse_icmp(ctx, off, ip_end, key, 128, 129)?;
             Ok(ParseOutcome::Ipv6Icmp)
         }
         _ => Ok(ParseOutcome::Ipv6Other),
     }
 }
 
+/// The transport header, options included, must lie inside the IP datagram (`ip_end`):
+/// a header cut by the datagram's end is truncated, whatever the frame holds after it.
 #[inline(always)]
-fn parse_tcp<C: Frame>(ctx: &C, l4: usize, key: &mut FlowKey) -> Result<u8, ParseOutcome> {
+fn parse_tcp<C: Frame>(
+    ctx: &C,
+    l4: usize,
+    ip_end: usize,
+    key: &mut FlowKey,
+) -> Result<u8, ParseOutcome> {
     let tcp: &TcpHdr = read(ctx, l4)?;
-    if (tcp.data_off >> 4) < 5 {
+    let doff = (tcp.data_off >> 4) as usize * 4;
+    if doff < 20 {
         return Err(ParseOutcome::Malformed);
+    }
+    if l4 + doff > ip_end {
+        return Err(ParseOutcome::Truncated);
     }
     key.src_port = tcp.src;
     key.dst_port = tcp.dst;
     Ok(tcp.flags)
 }
 
+/// The UDP length must cover the header and end inside the IP datagram.
 #[inline(always)]
-fn parse_udp<C: Frame>(ctx: &C, l4: usize, key: &mut FlowKey) -> Result<(), ParseOutcome> {
+fn parse_udp<C: Frame>(
+    ctx: &C,
+    l4: usize,
+    ip_end: usize,
+    key: &mut FlowKey,
+) -> Result<(), ParseOutcome> {
     let udp: &UdpHdr = read(ctx, l4)?;
+    let len = u16::from_be_bytes(udp.len) as usize;
+    if len < 8 {
+        return Err(ParseOutcome::Malformed);
+    }
+    if l4 + len > ip_end {
+        return Err(ParseOutcome::Truncated);
+    }
     key.src_port = udp.src;
     key.dst_port = udp.dst;
     Ok(())
@@ -416,11 +465,15 @@ fn parse_udp<C: Frame>(ctx: &C, l4: usize, key: &mut FlowKey) -> Result<(), Pars
 fn parse_icmp<C: Frame>(
     ctx: &C,
     l4: usize,
+    ip_end: usize,
     key: &mut FlowKey,
     echo_request: u8,
     echo_reply: u8,
 ) -> Result<(), ParseOutcome> {
     let icmp: &IcmpHdr = read(ctx, l4)?;
+    if l4 + 8 > ip_end {
+        return Err(ParseOutcome::Truncated);
+    }
     key.dst_port = [icmp.ty, icmp.code];
     if icmp.ty == echo_request || icmp.ty == echo_reply {
         // Both ports hold the identifier, so a reply's reversed key is its request's.

@@ -3,6 +3,7 @@
 //! benchmarks and the demo.
 
 pub mod dataplane;
+pub mod fuzz;
 pub mod netns;
 pub mod privileges;
 pub mod testkit;

@@ -63,6 +63,7 @@ pub mod model;
 pub mod nft;
 pub mod parse;
 pub mod policytest;
+pub mod random;
 pub mod schema;
 
 pub use compile::{

@@ -32,6 +32,20 @@ enum Task {
     Build,
     /// `cargo fmt --check` and `cargo clippy` over the workspace, warnings denied.
     Lint,
+    /// Differential fuzzing: random policies and random (valid and malformed) packets
+    /// through the loaded XDP/TC programs and the reference evaluator. Prints one JSON
+    /// line; fails on any mismatch. Needs root.
+    FuzzDataplane {
+        /// Random policies to generate.
+        #[arg(long, default_value_t = 100)]
+        policies: u64,
+        /// Packets per policy (spread over the policy's connectors and devices).
+        #[arg(long, default_value_t = 10_000)]
+        packets: u64,
+        /// Seed of the generator (runs are deterministic per seed).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -47,6 +61,29 @@ fn main() -> Result<()> {
                 "--workspace",
                 "--exclude",
                 "gateway-ebpf",
+            ])
+        }
+        Task::FuzzDataplane {
+            policies,
+            packets,
+            seed,
+        } => {
+            setup::run()?;
+            util::cargo(&[
+                "run",
+                "--quiet",
+                "--release",
+                "--package",
+                "gateway-user",
+                "--bin",
+                "gateway-fuzz",
+                "--",
+                "--policies",
+                &policies.to_string(),
+                "--packets",
+                &packets.to_string(),
+                "--seed",
+                &seed.to_string(),
             ])
         }
         Task::Lint => {
