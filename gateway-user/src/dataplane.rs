@@ -139,6 +139,17 @@ impl Dataplane {
             .try_into()?)
     }
 
+    /// The XDP program and the policy maps at once (a thread can run packets while
+    /// another writes policy).
+    pub fn xdp_and_policy(&mut self) -> Result<(&mut Xdp, &mut PolicyMaps)> {
+        let xdp: &mut Xdp = self
+            .ebpf
+            .program_mut(maps::PROG_XDP_INGRESS)
+            .context("XDP program missing from the object")?
+            .try_into()?;
+        Ok((xdp, &mut self.policy))
+    }
+
     /// The TC egress program.
     pub fn tc(&mut self) -> Result<&mut SchedClassifier> {
         Ok(self
