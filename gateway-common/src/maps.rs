@@ -35,3 +35,11 @@ pub const EVENTS_BYTES: u32 = 1 << 22;
 pub const PROG_XDP_INGRESS: &str = "gateway_xdp";
 /// The TC program (egress on client hosts, attached with tcx).
 pub const PROG_TC_EGRESS: &str = "gateway_tc_egress";
+/// XDP program that passes every frame (benchmark floor, "no filter").
+pub const PROG_XDP_NOOP: &str = "gateway_noop";
+/// XDP program that drops every frame (benchmark ceiling of the drop path).
+pub const PROG_XDP_DROP_ALL: &str = "gateway_drop_all";
+/// XDP traffic generator (BPF_PROG_TEST_RUN live frames, redirects out of an interface).
+pub const PROG_XDP_TRAFFICGEN: &str = "gateway_trafficgen";
+/// Array with one `u32`: the interface index the traffic generator transmits on.
+pub const TRAFFICGEN_TARGET: &str = "TRAFFICGEN_TARGET_V1";

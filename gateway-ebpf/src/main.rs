@@ -87,6 +87,35 @@ pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Passes every frame untouched: the floor of benchmarks (the cost of running any XDP
+/// program), and "no filter" in throughput comparisons.
+#[xdp]
+pub fn gateway_noop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Drops every frame: the ceiling of what an XDP drop path can do on an interface.
+#[xdp]
+pub fn gateway_drop_all(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+/// Interface index the traffic generator redirects to (one entry, set by user space).
+#[map(name = "TRAFFICGEN_TARGET_V1")]
+static TRAFFICGEN_TARGET: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Traffic generator for throughput benchmarks: run with BPF_PROG_TEST_RUN in live-frames
+/// mode, it transmits each frame out of the interface in `TRAFFICGEN_TARGET` (as
+/// xdp-trafficgen does), fast enough not to be the bottleneck of the receiving side.
+#[xdp]
+pub fn gateway_trafficgen(_ctx: XdpContext) -> u32 {
+    let Some(ifindex) = TRAFFICGEN_TARGET.get(0).copied() else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: the helper has no memory preconditions; it returns an XDP action.
+    unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as u32 }
+}
+
 #[classifier]
 pub fn gateway_tc_egress(ctx: TcContext) -> i32 {
     let len = ctx.len();

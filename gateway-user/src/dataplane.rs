@@ -106,6 +106,18 @@ impl Dataplane {
             prog.load()
                 .context("the kernel verifier rejected the XDP program")?;
         }
+        for name in [
+            maps::PROG_XDP_NOOP,
+            maps::PROG_XDP_DROP_ALL,
+            maps::PROG_XDP_TRAFFICGEN,
+        ] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .with_context(|| format!("{name} missing from the object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel verifier rejected {name}"))?;
+        }
         {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(maps::PROG_TC_EGRESS)
@@ -136,6 +148,15 @@ impl Dataplane {
             .ebpf
             .program_mut(maps::PROG_XDP_INGRESS)
             .context("XDP program missing from the object")?
+            .try_into()?)
+    }
+
+    /// Another XDP program of the object by name (`maps::PROG_XDP_NOOP`, ...).
+    pub fn xdp_named(&mut self, name: &str) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("{name} missing from the object"))?
             .try_into()?)
     }
 
