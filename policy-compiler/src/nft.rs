@@ -7,6 +7,10 @@
 //! destination up in concatenated interval verdict maps (`daddr . l4proto . dport` and
 //! `daddr` for ICMP) built from the disjoint address atoms; whatever no class entry
 //! decides falls through to the per-atom default map (audit ranges) and then `drop`.
+//!
+//! Hooks: a connector's ruleset filters both forwarded traffic (`forward`) and traffic to
+//! the connector's own addresses (`input`), so protected addresses it serves itself are
+//! covered too; a device's filters what it sends (`output`). All at filter priority.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -178,9 +182,15 @@ pub fn render(view: &HostView, now: i64) -> String {
             _ => lst.push((lo, hi, verdict)),
         }
     }
-    let (hook, what) = match &view.host {
-        Host::Connector(c) => ("forward", format!("connector \"{c}\"")),
-        Host::Device(d) => ("output", format!("device \"{d}\"")),
+    // A connector decides traffic it forwards into the remote network and traffic to its
+    // own addresses in protected space (the same `protected` chain from `forward` and
+    // `input`); a device decides what it sends (`output`).
+    let (hooks, what): (&[(&str, &str)], String) = match &view.host {
+        Host::Connector(c) => (
+            &[("filter", "forward"), ("filter_input", "input")],
+            format!("connector \"{c}\""),
+        ),
+        Host::Device(d) => (&[("filter", "output")], format!("device \"{d}\"")),
     };
     let mut s = String::new();
     let _ = writeln!(
@@ -328,10 +338,16 @@ pub fn render(view: &HostView, now: i64) -> String {
     s.push_str("\t\tip saddr vmap @src_class_v4\n\t\tip6 saddr vmap @src_class_v6\n");
     s.push_str("\t\tip daddr vmap @default_v4\n\t\tip6 daddr vmap @default_v6\n");
     s.push_str("\t\tcounter drop\n\t}\n\n");
-    let _ = writeln!(
-        s,
-        "\tchain filter {{\n\t\ttype filter hook {hook} priority filter; policy accept;"
-    );
-    s.push_str("\t\tip daddr @protected_v4 jump protected\n\t\tip6 daddr @protected_v6 jump protected\n\t}\n}\n");
+    for (i, (chain, hook)) in hooks.iter().enumerate() {
+        if i > 0 {
+            s.push('\n');
+        }
+        let _ = writeln!(
+            s,
+            "\tchain {chain} {{\n\t\ttype filter hook {hook} priority filter; policy accept;"
+        );
+        s.push_str("\t\tip daddr @protected_v4 jump protected\n\t\tip6 daddr @protected_v6 jump protected\n\t}\n");
+    }
+    s.push_str("}\n");
     s
 }
