@@ -19,6 +19,14 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    pub const ALL: [EventKind; 5] = [
+        Self::FlowStart,
+        Self::FlowEnd,
+        Self::Deny,
+        Self::Audit,
+        Self::ScanAlert,
+    ];
+
     pub const fn from_u8(v: u8) -> Option<EventKind> {
         match v {
             1 => Some(Self::FlowStart),

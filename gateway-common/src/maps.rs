@@ -21,6 +21,23 @@ pub const RULES: &str = "RULES_V1";
 pub const SOURCES: &str = "SOURCES_V1";
 /// Ring buffer of [`crate::Event`].
 pub const EVENTS: &str = "EVENTS_V1";
+/// Per-CPU array with one `u64`: events lost to a full ring buffer.
+pub const EVENTS_LOST: &str = "EVENTS_LOST_V1";
+
+/// Maps that carry state across agent restarts: pinned in the agent's pin folder and
+/// re-adopted by the next agent (a restart keeps policy, flows and counters).
+pub const PERSISTENT: &[&str] = &[
+    ACTIVE,
+    SRC,
+    DST,
+    RULES,
+    FLOWS,
+    SOURCES,
+    VERDICT_STATS,
+    PARSE_STATS,
+    EVENTS,
+    EVENTS_LOST,
+];
 
 pub const FLOWS_CAPACITY: u32 = 262_144;
 /// Both generations' principals.

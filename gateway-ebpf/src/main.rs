@@ -69,6 +69,10 @@ struct Scratch {
 #[map(name = "SCRATCH_V1")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Events that found the ring buffer full (per CPU), for the agent's loss metric.
+#[map(name = "EVENTS_LOST_V1")]
+static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "EVENTS_V1")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
@@ -496,7 +500,8 @@ struct EventMeta {
 #[inline(always)]
 fn emit(meta: &EventMeta, key: &FlowKey, f: Option<&FlowState>, ifindex: u32, now: u64) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        // Ring buffer full: user space reads the loss from the buffer's own counters.
+        // Ring buffer full: counted, so the loss shows in the agent's metrics.
+        bump(&EVENTS_LOST, 0);
         return;
     };
     let ev = entry.as_mut_ptr();

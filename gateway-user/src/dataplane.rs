@@ -14,6 +14,7 @@ use gateway_common::{
     Event, FlowKey, FlowState, ParseOutcome, Reason, maps,
     policy::{AtomValue, DstKey, RuleKey, RuleValue, SrcKey, SrcValue},
 };
+use std::path::Path;
 
 /// The eBPF object built by `build.rs` from `gateway-ebpf`, embedded in this binary.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
@@ -34,6 +35,7 @@ pub struct Dataplane {
     parse_stats: PerCpuArray<MapData, u64>,
     verdict_stats: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
+    events_lost: PerCpuArray<MapData, u64>,
 }
 
 /// Per-CPU counters summed over CPUs, indexed by an enum's value.
@@ -95,7 +97,24 @@ fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
 impl Dataplane {
     /// Loads the embedded object and its programs into the kernel without attaching them.
     pub fn load() -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
+        Self::load_with(None)
+    }
+
+    /// Like [`Dataplane::load`], but the maps of `maps::PERSISTENT` are pinned in
+    /// `map_dir`: existing pins are re-adopted (state survives the agent), missing ones are
+    /// created and pinned.
+    pub fn load_pinned(map_dir: &Path) -> Result<Self> {
+        Self::load_with(Some(map_dir))
+    }
+
+    fn load_with(map_dir: Option<&Path>) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        if let Some(dir) = map_dir {
+            for name in maps::PERSISTENT {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the gateway eBPF object (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
         {
@@ -137,6 +156,7 @@ impl Dataplane {
             parse_stats: PerCpuArray::try_from(take(&mut ebpf, maps::PARSE_STATS)?)?,
             verdict_stats: PerCpuArray::try_from(take(&mut ebpf, maps::VERDICT_STATS)?)?,
             events: Some(RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?),
+            events_lost: PerCpuArray::try_from(take(&mut ebpf, maps::EVENTS_LOST)?)?,
             policy,
             ebpf,
         })
@@ -232,6 +252,16 @@ impl Dataplane {
             stats.0[reason as usize] = per_cpu.iter().sum();
         }
         Ok(stats)
+    }
+
+    /// Events lost to a full ring buffer, summed over CPUs.
+    pub fn events_lost(&self) -> Result<u64> {
+        Ok(self.events_lost.get(&0, 0)?.iter().sum())
+    }
+
+    /// The loaded object, for pinning its programs.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// Every flow in the flow table.

@@ -2,6 +2,7 @@
 //! harness (network namespaces, privilege checks, packet fixtures) shared by the tests,
 //! benchmarks and the demo.
 
+pub mod agent;
 pub mod dataplane;
 pub mod fuzz;
 pub mod netns;

@@ -70,10 +70,39 @@ impl NetNs {
             .args(args))
     }
 
-    /// A `Command` that runs `program` inside the namespace (for spawning servers).
+    /// A `Command` that runs `program` inside the namespace (for spawning servers) with
+    /// `ip netns exec`, which also gives it a private mount namespace with a fresh /sys.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// A `Command` that runs `program` in this network namespace only: unlike
+    /// [`NetNs::command`] it keeps the host's mounts, so /sys/fs/bpf is the host's bpffs and
+    /// pins made by the program outlive it (what an agent needs).
+    pub fn command_net_only(&self, program: &str) -> Command {
+        use std::os::unix::process::CommandExt as _;
+        let path = format!("/run/netns/{}", self.name);
+        let mut cmd = Command::new(program);
+        // SAFETY: the closure runs in the child between fork and exec and only makes
+        // async-signal-safe calls (open, setns, close).
+        unsafe {
+            cmd.pre_exec(move || {
+                let c = std::ffi::CString::new(path.clone())
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+                let fd = libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let rc = libc::setns(fd, libc::CLONE_NEWNET);
+                libc::close(fd);
+                if rc != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         cmd
     }
 

@@ -1,0 +1,130 @@
+//! `agent.toml`: one typed struct, validated at start-up.
+
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
+use std::{net::SocketAddr, path::PathBuf};
+
+/// What this host is in the policy.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Enforces for the remote networks that list it as a connector.
+    Connector,
+    /// A client device: enforces what the device itself may reach.
+    Device,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Native (driver) mode; falls back to generic mode with a warning where the driver
+    /// has no XDP support.
+    #[default]
+    Native,
+    /// Generic (skb) mode: works on every interface, slower.
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line with the gateway's own field names.
+    #[default]
+    Json,
+    /// OCSF Network Activity (class 4001) records, one per line.
+    Ocsf,
+}
+
+/// The agent's configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub role: Role,
+    /// The connector's or the device's name in the policy.
+    pub name: String,
+    /// The policy file (standalone mode): recompiled and applied when it changes.
+    pub policy_file: PathBuf,
+    /// bpffs folder for pinned maps, programs and links.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// Interfaces with the XDP ingress program: client-facing links on a connector, the
+    /// uplink on a device.
+    #[serde(default)]
+    pub xdp_interfaces: Vec<String>,
+    /// Interfaces with the TC egress program (tcx): the same links.
+    #[serde(default)]
+    pub tc_egress_interfaces: Vec<String>,
+    #[serde(default)]
+    pub xdp_mode: XdpModeSetting,
+    /// Connection log file (appended); absent: stdout.
+    pub log_file: Option<PathBuf>,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Prometheus `/metrics` listener; absent: no metrics.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Flows idle this long are ended (flow_end record) and forgotten.
+    #[serde(default = "default_idle")]
+    pub idle_timeout_secs: u64,
+    /// How often the policy file is checked for changes.
+    #[serde(default = "default_poll_ms")]
+    pub policy_poll_ms: u64,
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/zt-gateway")
+}
+
+fn default_idle() -> u64 {
+    120
+}
+
+fn default_poll_ms() -> u64 {
+    500
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &std::path::Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the agent configuration {}", path.display()))?;
+        let cfg: Config =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("invalid agent configuration {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.name.trim().is_empty() {
+            bail!("`name` is empty: give the connector's or device's name in the policy");
+        }
+        if self.xdp_interfaces.is_empty() && self.tc_egress_interfaces.is_empty() {
+            bail!(
+                "no interface to enforce on: set `xdp_interfaces` and `tc_egress_interfaces` \
+                 (a connector's client-facing links, a device's uplink)"
+            );
+        }
+        if !self.pin_dir.is_absolute() {
+            bail!("`pin_dir` must be an absolute path on bpffs, e.g. /sys/fs/bpf/zt-gateway");
+        }
+        if self.idle_timeout_secs == 0 {
+            bail!("`idle_timeout_secs` must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// `connector:NAME` or `device:NAME`, as the compiler and the logs name this host.
+    pub fn host(&self) -> policy_compiler::Host {
+        match self.role {
+            Role::Connector => policy_compiler::Host::Connector(self.name.clone()),
+            Role::Device => policy_compiler::Host::Device(self.name.clone()),
+        }
+    }
+
+    pub fn host_label(&self) -> String {
+        match self.role {
+            Role::Connector => format!("connector:{}", self.name),
+            Role::Device => format!("device:{}", self.name),
+        }
+    }
+}

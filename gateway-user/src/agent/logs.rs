@@ -1,0 +1,243 @@
+//! Connection log records: a kernel [`Event`] plus the compiled view's metadata becomes
+//! one JSON line naming who (user, device or service account, address), what (resource,
+//! destination, protocol, port), where (connector, remote network) and why (rule).
+//!
+//! Two shapes: the gateway's own flat JSON (default) and OCSF Network Activity (class
+//! 4001), for SIEMs that expect OCSF.
+
+use crate::writer::BootClock;
+use gateway_common::{Event, EventKind, Reason, addr::to_v4, flow::proto};
+use policy_compiler::{HostView, model::RuleKind};
+use serde_json::{Value, json};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// What a record needs besides the event.
+pub struct Context<'a> {
+    pub view: &'a HostView,
+    pub host: &'a str,
+    pub clock: BootClock,
+}
+
+fn addr(a: &[u8; 16]) -> IpAddr {
+    match to_v4(a) {
+        Some(v4) => IpAddr::V4(Ipv4Addr::from(v4)),
+        None => IpAddr::V6(Ipv6Addr::from(*a)),
+    }
+}
+
+fn protocol(p: u8) -> Value {
+    match p {
+        proto::TCP => json!("tcp"),
+        proto::UDP => json!("udp"),
+        proto::ICMP => json!("icmp"),
+        proto::ICMPV6 => json!("icmpv6"),
+        other => json!(other.to_string()),
+    }
+}
+
+fn rfc3339_ms(unix_ns: i128) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&fmt).unwrap_or_default()
+}
+
+/// The fields every record has, resolved from the view.
+struct Resolved {
+    kind: EventKind,
+    reason: Reason,
+    verdict: &'static str,
+    user: Value,
+    device: Value,
+    service_account: Value,
+    src: IpAddr,
+    dst: IpAddr,
+    resource: Value,
+    network: Value,
+    rule: Value,
+    unix_ns: i128,
+}
+
+fn resolve(ev: &Event, cx: &Context) -> Option<Resolved> {
+    let kind = EventKind::from_u8(ev.kind)?;
+    let reason = Reason::from_u32(u32::from(ev.reason));
+    let verdict = match (kind, reason) {
+        (EventKind::Audit, _) | (_, Reason::Audit) => "audit",
+        (EventKind::Deny | EventKind::ScanAlert, _) => "deny",
+        _ => "allow",
+    };
+    let principal = cx.view.principals.get(&ev.principal);
+    let (user, device, service_account) = match principal {
+        Some(p) if p.kind == "device" => (json!(p.user), json!(p.name), Value::Null),
+        Some(p) => (Value::Null, Value::Null, json!(p.name)),
+        None => (Value::Null, Value::Null, Value::Null),
+    };
+    let rule_meta = cx.view.rule_meta.get(&ev.rule);
+    let atom = cx.view.atom_meta.get(&ev.atom);
+    let (rule, resource) = match rule_meta.map(|m| &m.kind) {
+        Some(RuleKind::Grant {
+            grant, resource, ..
+        }) => (json!(grant), json!(resource)),
+        Some(RuleKind::AuditDefault { resource }) => {
+            (json!(format!("audit-mode:{resource}")), json!(resource))
+        }
+        None => (
+            if ev.rule == 0 && verdict == "deny" {
+                json!("default-deny")
+            } else {
+                Value::Null
+            },
+            // No rule named a resource: the resources covering the destination, if any.
+            match atom.map(|a| a.resources.as_slice()) {
+                Some([]) | None => Value::Null,
+                Some([one]) => json!(one),
+                Some(many) => json!(many.join(",")),
+            },
+        ),
+    };
+    Some(Resolved {
+        kind,
+        reason,
+        verdict,
+        user,
+        device,
+        service_account,
+        src: addr(&ev.key.src),
+        dst: addr(&ev.key.dst),
+        resource,
+        network: atom.map_or(Value::Null, |a| json!(a.network)),
+        rule,
+        unix_ns: cx.clock.boot_to_unix_ns(ev.ts_ns),
+    })
+}
+
+fn connector(cx: &Context) -> Value {
+    match &cx.view.host {
+        policy_compiler::Host::Connector(name) => json!(name),
+        policy_compiler::Host::Device(_) => Value::Null,
+    }
+}
+
+fn ports(ev: &Event) -> (Value, Value) {
+    match ev.key.proto {
+        proto::TCP | proto::UDP => (json!(ev.key.src_port()), json!(ev.key.dst_port())),
+        _ => (Value::Null, Value::Null),
+    }
+}
+
+/// The gateway's own record: flat JSON, stable field names.
+pub fn record(ev: &Event, cx: &Context) -> Option<Value> {
+    let r = resolve(ev, cx)?;
+    let (src_port, dst_port) = ports(ev);
+    let mut v = json!({
+        "timestamp": rfc3339_ms(r.unix_ns),
+        "event": r.kind.name(),
+        "verdict": r.verdict,
+        "reason": r.reason.name(),
+        "user": r.user,
+        "device": r.device,
+        "service_account": r.service_account,
+        // What the connector saw as the device's address; on a device, its own.
+        "public_ip": r.src.to_string(),
+        "src_ip": r.src.to_string(),
+        "src_port": src_port,
+        "resource": r.resource,
+        "dst_ip": r.dst.to_string(),
+        "protocol": protocol(ev.key.proto),
+        "dst_port": dst_port,
+        "connector": connector(cx),
+        "remote_network": r.network,
+        "rule": r.rule,
+        "rule_id": ev.rule,
+        "host": cx.host,
+    });
+    let obj = v.as_object_mut()?;
+    match r.kind {
+        EventKind::FlowEnd => {
+            obj.insert("packets".into(), json!(ev.packets));
+            obj.insert("bytes".into(), json!(ev.bytes));
+            obj.insert("reply_packets".into(), json!(ev.reply_packets));
+            obj.insert("reply_bytes".into(), json!(ev.reply_bytes));
+            obj.insert(
+                "duration_ms".into(),
+                json!(ev.ts_ns.saturating_sub(ev.first_seen_ns) / 1_000_000),
+            );
+        }
+        EventKind::ScanAlert => {
+            obj.insert("distinct_ports".into(), json!(ev.count));
+        }
+        EventKind::Deny => {
+            obj.insert("suppressed".into(), json!(ev.count));
+        }
+        EventKind::FlowStart | EventKind::Audit => {}
+    }
+    Some(v)
+}
+
+/// OCSF 1.1 Network Activity (category 4, class 4001).
+pub fn ocsf(ev: &Event, cx: &Context) -> Option<Value> {
+    let r = resolve(ev, cx)?;
+    let (src_port, dst_port) = ports(ev);
+    // activity: 1 Open, 2 Close, 5 Refuse, 99 Other.
+    let (activity_id, activity) = match r.kind {
+        EventKind::FlowStart | EventKind::Audit => (1, "Open"),
+        EventKind::FlowEnd => (2, "Close"),
+        EventKind::Deny => (5, "Refuse"),
+        EventKind::ScanAlert => (99, "Other"),
+    };
+    let blocked = r.verdict == "deny";
+    let severity_id = match r.kind {
+        EventKind::ScanAlert => 4,
+        EventKind::Deny => 3,
+        _ => 1,
+    };
+    Some(json!({
+        "class_uid": 4001,
+        "class_name": "Network Activity",
+        "category_uid": 4,
+        "category_name": "Network Activity",
+        "activity_id": activity_id,
+        "activity_name": activity,
+        "type_uid": 400100 + activity_id,
+        "time": r.unix_ns / 1_000_000,
+        "severity_id": severity_id,
+        "status_id": if blocked { 2 } else { 1 },
+        "action_id": if blocked { 2 } else { 1 },
+        "disposition_id": if blocked { 2 } else { 1 },
+        "message": format!("{} {}", r.kind.name(), r.reason.name()),
+        "metadata": {
+            "version": "1.1.0",
+            "product": { "name": "zt-gateway", "vendor_name": "zt-gateway" },
+            "log_name": "connections",
+        },
+        "actor": {
+            "user": { "email_addr": r.user },
+        },
+        "device": { "name": r.device, "hostname": cx.host },
+        "src_endpoint": { "ip": r.src.to_string(), "port": src_port, "name": r.device },
+        "dst_endpoint": { "ip": r.dst.to_string(), "port": dst_port, "name": r.resource },
+        "connection_info": {
+            "protocol_num": ev.key.proto,
+            "protocol_name": protocol(ev.key.proto),
+            "direction_id": 2,
+        },
+        "traffic": {
+            "packets_out": ev.packets,
+            "bytes_out": ev.bytes,
+            "packets_in": ev.reply_packets,
+            "bytes_in": ev.reply_bytes,
+        },
+        "policy": { "name": r.rule, "uid": ev.rule.to_string() },
+        "unmapped": {
+            "verdict": r.verdict,
+            "reason": r.reason.name(),
+            "service_account": r.service_account,
+            "connector": connector(cx),
+            "remote_network": r.network,
+            "public_ip": r.src.to_string(),
+            "distinct_ports": if r.kind == EventKind::ScanAlert { json!(ev.count) } else { Value::Null },
+        },
+    }))
+}

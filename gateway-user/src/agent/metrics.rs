@@ -1,0 +1,188 @@
+//! Prometheus `/metrics`: a snapshot the agent's loop refreshes, rendered in the text
+//! exposition format by a small HTTP listener.
+
+use gateway_common::{ParseOutcome, Reason};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{Arc, Mutex},
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// Upper bounds (seconds) of the apply-latency histogram buckets.
+const APPLY_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub verdicts: [u64; Reason::ALL.len()],
+    pub parse: [u64; ParseOutcome::ALL.len()],
+    /// (resource, event, verdict) -> count, from the connection log.
+    pub by_resource: BTreeMap<(String, &'static str, &'static str), u64>,
+    /// map -> (entries, capacity).
+    pub maps: BTreeMap<&'static str, (u64, u64)>,
+    pub events_lost: u64,
+    pub generation: u32,
+    pub policy_errors: u64,
+    pub last_apply_unix: f64,
+    apply_counts: [u64; APPLY_BUCKETS.len()],
+    apply_count: u64,
+    apply_sum: f64,
+}
+
+pub type Shared = Arc<Mutex<Metrics>>;
+
+impl Metrics {
+    pub fn observe_apply(&mut self, seconds: f64) {
+        for (i, le) in APPLY_BUCKETS.iter().enumerate() {
+            if seconds <= *le {
+                self.apply_counts[i] += 1;
+            }
+        }
+        self.apply_count += 1;
+        self.apply_sum += seconds;
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# HELP gateway_verdicts_total Packets decided by the data plane, by reason.\n\
+             # TYPE gateway_verdicts_total counter"
+        );
+        for r in Reason::ALL {
+            let _ = writeln!(
+                s,
+                "gateway_verdicts_total{{reason=\"{}\",action=\"{}\"}} {}",
+                r.name(),
+                if r.passes() { "pass" } else { "drop" },
+                self.verdicts[r as usize]
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP gateway_parse_outcomes_total Frames by parser outcome.\n\
+             # TYPE gateway_parse_outcomes_total counter"
+        );
+        for o in ParseOutcome::ALL {
+            let _ = writeln!(
+                s,
+                "gateway_parse_outcomes_total{{outcome=\"{}\"}} {}",
+                o.name(),
+                self.parse[o as usize]
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP gateway_resource_events_total Connection-log events by resource.\n\
+             # TYPE gateway_resource_events_total counter"
+        );
+        for ((resource, event, verdict), n) in &self.by_resource {
+            let _ = writeln!(
+                s,
+                "gateway_resource_events_total{{resource=\"{}\",event=\"{event}\",verdict=\"{verdict}\"}} {n}",
+                escape(resource)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP gateway_map_entries Entries in each eBPF map.\n# TYPE gateway_map_entries gauge"
+        );
+        for (map, (n, _)) in &self.maps {
+            let _ = writeln!(s, "gateway_map_entries{{map=\"{map}\"}} {n}");
+        }
+        let _ = writeln!(
+            s,
+            "# HELP gateway_map_capacity Capacity of each eBPF map.\n# TYPE gateway_map_capacity gauge"
+        );
+        for (map, (_, cap)) in &self.maps {
+            let _ = writeln!(s, "gateway_map_capacity{{map=\"{map}\"}} {cap}");
+        }
+        let _ = writeln!(
+            s,
+            "# HELP gateway_events_lost_total Events dropped because the ring buffer was full.\n\
+             # TYPE gateway_events_lost_total counter\ngateway_events_lost_total {}",
+            self.events_lost
+        );
+        let _ = writeln!(
+            s,
+            "# HELP gateway_policy_generation Active policy generation.\n\
+             # TYPE gateway_policy_generation gauge\ngateway_policy_generation {}",
+            self.generation
+        );
+        let _ = writeln!(
+            s,
+            "# HELP gateway_policy_errors_total Policy edits refused (the previous policy stayed in force).\n\
+             # TYPE gateway_policy_errors_total counter\ngateway_policy_errors_total {}",
+            self.policy_errors
+        );
+        let _ = writeln!(
+            s,
+            "# HELP gateway_policy_last_apply_timestamp_seconds When the active policy was applied.\n\
+             # TYPE gateway_policy_last_apply_timestamp_seconds gauge\n\
+             gateway_policy_last_apply_timestamp_seconds {}",
+            self.last_apply_unix
+        );
+        let _ = writeln!(
+            s,
+            "# HELP gateway_policy_apply_seconds Time from a policy change to entries live in the kernel maps.\n\
+             # TYPE gateway_policy_apply_seconds histogram"
+        );
+        for (i, le) in APPLY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "gateway_policy_apply_seconds_bucket{{le=\"{le}\"}} {}",
+                self.apply_counts[i]
+            );
+        }
+        let _ = writeln!(
+            s,
+            "gateway_policy_apply_seconds_bucket{{le=\"+Inf\"}} {}\n\
+             gateway_policy_apply_seconds_sum {}\ngateway_policy_apply_seconds_count {}",
+            self.apply_count, self.apply_sum, self.apply_count
+        );
+        s
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Shared) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = if path == "/metrics" {
+                let body = match metrics.lock() {
+                    Ok(m) => m.render(),
+                    Err(_) => String::new(),
+                };
+                ("200 OK", body)
+            } else {
+                ("404 Not Found", "try /metrics\n".to_string())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(response.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,535 @@
+//! The host agent (`gateway-agent`): loads and pins the programs, re-adopts pinned state,
+//! keeps the local policy file applied, and turns ring-buffer events into connection logs
+//! and Prometheus metrics.
+
+pub mod config;
+pub mod logs;
+pub mod metrics;
+pub mod pins;
+
+use crate::{
+    Dataplane,
+    dataplane::drain,
+    testkit::unix_now,
+    writer::{BootClock, PolicyWriter, boot_ns},
+};
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use config::{Config, LogFormat};
+use gateway_common::{
+    Event, EventKind, FlowKey, FlowState, ParseOutcome, Reason, maps,
+    policy::{SrcKey, SrcValue},
+};
+use policy_compiler::HostView;
+use serde_json::json;
+use std::{
+    io::Write as _,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+use tokio::io::unix::AsyncFd;
+
+/// A compiled policy in force, with what is needed to notice the next change.
+struct Active {
+    view: HostView,
+    /// Fingerprint of the policy file the view came from (modification time, length,
+    /// content).
+    source: Option<(SystemTime, u64, String)>,
+}
+
+/// Reads, parses and compiles the policy file. Errors come back as one message with every
+/// located diagnostic.
+fn compile_file(cfg: &Config, now: i64) -> Result<(HostView, String)> {
+    let path = &cfg.policy_file;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the policy {}", path.display()))?;
+    let file = path.display().to_string();
+    let parsed = policy_compiler::parse(&text, &file, now).map_err(|diags| {
+        anyhow::anyhow!(
+            "the policy has errors:\n{}",
+            diags
+                .iter()
+                .map(|d| format!("  {d}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    for w in &parsed.warnings {
+        eprintln!("gateway-agent: {w}");
+    }
+    let view = policy_compiler::compile(&parsed.policy, &cfg.host(), now)
+        .with_context(|| format!("compiling the policy for {}", cfg.host_label()))?;
+    Ok((view, text))
+}
+
+fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Where connection records go.
+struct Sink {
+    out: Box<dyn std::io::Write + Send>,
+    format: LogFormat,
+}
+
+impl Sink {
+    fn open(cfg: &Config) -> Result<Sink> {
+        let out: Box<dyn std::io::Write + Send> = match &cfg.log_file {
+            Some(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                Box::new(std::io::BufWriter::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .with_context(|| format!("opening the log file {}", path.display()))?,
+                ))
+            }
+            None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+        };
+        Ok(Sink {
+            out,
+            format: cfg.log_format,
+        })
+    }
+
+    fn write(&mut self, ev: &Event, cx: &logs::Context) -> Option<serde_json::Value> {
+        let own = logs::record(ev, cx)?;
+        let line = match self.format {
+            LogFormat::Json => own.clone(),
+            LogFormat::Ocsf => logs::ocsf(ev, cx)?,
+        };
+        if let Err(e) = writeln!(self.out, "{line}") {
+            eprintln!("gateway-agent: writing the connection log: {e}");
+        }
+        Some(own)
+    }
+
+    fn flush(&mut self) {
+        let _ = self.out.flush();
+    }
+}
+
+/// `gateway-agent run`: attach, enforce, log, until SIGINT/SIGTERM. Programs stay attached
+/// when it exits: enforcement does not depend on the agent.
+pub fn run(cfg: Config) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run_async(cfg))
+}
+
+async fn run_async(mut cfg: Config) -> Result<()> {
+    cfg.pin_dir = pins::prepare(&cfg.pin_dir)?;
+    let mut dp = Dataplane::load_pinned(&pins::maps_dir(&cfg.pin_dir))?;
+    let adopted = dp.active_generation()?;
+    let clock = BootClock::new();
+    let mut writer = PolicyWriter::new(adopted, clock);
+    let metrics: metrics::Shared = Arc::default();
+
+    // The policy goes in before any attachment, so a fresh host never runs the programs
+    // on empty maps. On a restart, a broken policy file leaves the pinned policy enforced.
+    let now = unix_now();
+    let mut active = match compile_file(&cfg, now) {
+        Ok((view, text)) => {
+            let stats = writer.apply(&mut dp.policy, &view)?;
+            eprintln!(
+                "gateway-agent: policy generation {} applied ({} entries, {} written, {:.1} ms)",
+                stats.generation,
+                stats.entries,
+                stats.written + stats.deleted,
+                stats.elapsed.as_secs_f64() * 1e3
+            );
+            if let Ok(mut m) = metrics.lock() {
+                m.observe_apply(stats.elapsed.as_secs_f64());
+                m.last_apply_unix = now as f64;
+            }
+            let fp = fingerprint(&cfg.policy_file);
+            Some(Active {
+                view,
+                source: fp.map(|(t, l)| (t, l, text)),
+            })
+        }
+        Err(e) if adopted != 0 => {
+            eprintln!(
+                "gateway-agent: {e:#}\ngateway-agent: keeping the pinned policy (generation \
+                 {adopted}) in force until the file is fixed"
+            );
+            None
+        }
+        Err(e) => return Err(e.context("no policy to enforce")),
+    };
+
+    let attached = pins::attach_all(&mut dp, &cfg)?;
+    for (what, how) in &attached {
+        match how {
+            pins::Attached::New { mode } => eprintln!("gateway-agent: attached {what} ({mode})"),
+            pins::Attached::Replaced => {
+                eprintln!("gateway-agent: re-adopted {what} (program replaced atomically)")
+            }
+        }
+    }
+
+    if let Some(listen) = cfg.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding the metrics listener {listen}"))?;
+        eprintln!("gateway-agent: metrics on http://{listen}/metrics");
+        tokio::spawn(metrics::serve(listener, metrics.clone()));
+    }
+
+    let mut sink = Sink::open(&cfg)?;
+    let host = cfg.host_label();
+    let rb = dp.take_events().context("event ring buffer")?;
+    // SAFETY: the ring buffer owns its fd, which stays open and the same until the
+    // `AsyncFd` (which owns the ring buffer) is dropped.
+    let mut events = unsafe { AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.policy_poll_ms.max(50)));
+    let mut last_reap = Instant::now();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    eprintln!(
+        "gateway-agent: ready: enforcing for {host}, generation {}",
+        writer.generation()
+    );
+
+    loop {
+        tokio::select! {
+            guard = events.readable_mut() => {
+                let mut guard = guard.context("event ring buffer")?;
+                let batch = drain(guard.get_inner_mut());
+                guard.clear_ready();
+                if let Some(a) = &active {
+                    log_events(&batch, a, &host, clock, &mut sink, &metrics);
+                }
+            }
+            _ = tick.tick() => {
+                reload_if_changed(&cfg, &mut dp, &mut writer, &mut active, &metrics);
+                if last_reap.elapsed() >= Duration::from_secs(2) {
+                    last_reap = Instant::now();
+                    if let Some(a) = &active {
+                        reap(&mut dp, &cfg, a, &host, clock, &mut sink, &metrics);
+                    }
+                    refresh_metrics(&dp, &writer, &metrics);
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    // Whatever is still buffered is logged before leaving.
+    let batch = drain(events.get_mut());
+    if let Some(a) = &active {
+        log_events(&batch, a, &host, clock, &mut sink, &metrics);
+    }
+    sink.flush();
+    eprintln!(
+        "gateway-agent: stopping; programs stay attached and keep enforcing generation {} \
+         (`gateway-agent detach` removes them)",
+        writer.generation()
+    );
+    Ok(())
+}
+
+fn log_events(
+    batch: &[Event],
+    a: &Active,
+    host: &str,
+    clock: BootClock,
+    sink: &mut Sink,
+    metrics: &metrics::Shared,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let cx = logs::Context {
+        view: &a.view,
+        host,
+        clock,
+    };
+    let mut counted = Vec::new();
+    for ev in batch {
+        if let Some(rec) = sink.write(ev, &cx) {
+            counted.push(rec);
+        }
+    }
+    sink.flush();
+    if let Ok(mut m) = metrics.lock() {
+        for rec in counted {
+            let resource = rec["resource"].as_str().unwrap_or("none").to_string();
+            let event = EventKind::ALL
+                .into_iter()
+                .find(|k| Some(k.name()) == rec["event"].as_str())
+                .map_or("unknown", |k| k.name());
+            let verdict = match rec["verdict"].as_str() {
+                Some("allow") => "allow",
+                Some("audit") => "audit",
+                _ => "deny",
+            };
+            *m.by_resource.entry((resource, event, verdict)).or_default() += 1;
+        }
+    }
+}
+
+/// Applies the policy file when it changed, and recompiles when the view asks for it
+/// (an expiry's second change point). A broken edit is reported and changes nothing.
+fn reload_if_changed(
+    cfg: &Config,
+    dp: &mut Dataplane,
+    writer: &mut PolicyWriter,
+    active: &mut Option<Active>,
+    metrics: &metrics::Shared,
+) {
+    let now = unix_now();
+    let fp = fingerprint(&cfg.policy_file);
+    let file_changed = match (active.as_ref().and_then(|a| a.source.as_ref()), fp) {
+        (Some((t, l, _)), Some((t2, l2))) => *t != t2 || *l != l2,
+        (None, Some(_)) => true,
+        (_, None) => false,
+    };
+    let due = active
+        .as_ref()
+        .and_then(|a| a.view.recompile_at)
+        .is_some_and(|at| now >= at);
+    if !file_changed && !due {
+        return;
+    }
+    let started = Instant::now();
+    match compile_file(cfg, now) {
+        Ok((view, text)) => {
+            let same_text = active
+                .as_ref()
+                .and_then(|a| a.source.as_ref())
+                .is_some_and(|(_, _, old)| *old == text);
+            let source = fp.map(|(t, l)| (t, l, text));
+            if same_text && !due {
+                // Touched, not changed.
+                if let Some(a) = active.as_mut() {
+                    a.source = source;
+                }
+                return;
+            }
+            match writer.apply(&mut dp.policy, &view) {
+                Ok(stats) => {
+                    let secs = started.elapsed().as_secs_f64();
+                    eprintln!(
+                        "gateway-agent: policy generation {} applied ({} map writes, {:.1} ms){}",
+                        stats.generation,
+                        stats.written + stats.deleted,
+                        secs * 1e3,
+                        if due && !file_changed {
+                            " [expiry]"
+                        } else {
+                            ""
+                        }
+                    );
+                    if let Ok(mut m) = metrics.lock() {
+                        m.observe_apply(secs);
+                        m.last_apply_unix = now as f64;
+                    }
+                    *active = Some(Active { view, source });
+                }
+                Err(e) => {
+                    eprintln!(
+                        "gateway-agent: applying the new policy failed, the previous one stays \
+                         in force: {e:#}"
+                    );
+                    if let Ok(mut m) = metrics.lock() {
+                        m.policy_errors += 1;
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "gateway-agent: {e:#}\ngateway-agent: the previous policy (generation {}) stays \
+                 in force",
+                writer.generation()
+            );
+            if let Ok(mut m) = metrics.lock() {
+                m.policy_errors += 1;
+            }
+            // Do not report the same broken file again until it changes.
+            if let (Some(a), Some((t, l))) = (active.as_mut(), fp) {
+                let text = a.source.take().map(|s| s.2).unwrap_or_default();
+                a.source = Some((t, l, text));
+            }
+        }
+    }
+}
+
+/// Ends flows that finished (FIN/RST, after a grace period) or went idle: a flow_end
+/// record for idle ones, and their entries leave the table.
+fn reap(
+    dp: &mut Dataplane,
+    cfg: &Config,
+    a: &Active,
+    host: &str,
+    clock: BootClock,
+    sink: &mut Sink,
+    metrics: &metrics::Shared,
+) {
+    let now = boot_ns();
+    let idle_ns = cfg.idle_timeout_secs * 1_000_000_000;
+    let Ok(flows) = dp.flows() else {
+        return;
+    };
+    let cx = logs::Context {
+        view: &a.view,
+        host,
+        clock,
+    };
+    let mut ended = Vec::new();
+    let mut live = 0u64;
+    for (key, st) in flows {
+        let idle = now.saturating_sub(st.last_seen_ns);
+        let fragment = key.flags & FlowKey::FLAG_FRAGMENT != 0;
+        let finished = st.flags & FlowState::FLAG_ENDED != 0;
+        let expire = if fragment {
+            idle >= 30_000_000_000
+        } else if finished {
+            idle >= 10_000_000_000
+        } else {
+            idle >= idle_ns
+        };
+        if !expire {
+            live += 1;
+            continue;
+        }
+        if !fragment && !finished {
+            ended.push(flow_end_event(&key, &st, now));
+        }
+        let _ = dp.flows.remove(&key);
+    }
+    for ev in &ended {
+        sink.write(ev, &cx);
+    }
+    sink.flush();
+    if let Ok(mut m) = metrics.lock() {
+        m.maps
+            .insert("flows", (live, u64::from(maps::FLOWS_CAPACITY)));
+    }
+}
+
+fn flow_end_event(key: &FlowKey, st: &FlowState, now: u64) -> Event {
+    Event {
+        kind: EventKind::FlowEnd as u8,
+        reason: st.reason,
+        rule: st.rule,
+        principal: st.principal,
+        atom: st.atom,
+        generation: st.generation,
+        key: *key,
+        packets: st.packets,
+        bytes: st.bytes,
+        reply_packets: st.reply_packets,
+        reply_bytes: st.reply_bytes,
+        first_seen_ns: st.first_seen_ns,
+        // The flow ended when it was last seen.
+        ts_ns: st.last_seen_ns.min(now),
+        ..Event::default()
+    }
+}
+
+fn refresh_metrics(dp: &Dataplane, writer: &PolicyWriter, metrics: &metrics::Shared) {
+    let verdicts = dp.verdict_stats().ok();
+    let parse = dp.parse_stats().ok();
+    let lost = dp.events_lost().ok();
+    let Ok(mut m) = metrics.lock() else {
+        return;
+    };
+    if let Some(v) = verdicts {
+        m.verdicts = v.0;
+    }
+    if let Some(p) = parse {
+        m.parse = p.0;
+    }
+    if let Some(l) = lost {
+        m.events_lost = l;
+    }
+    m.generation = writer.generation();
+    if let Some(e) = writer.active_entries() {
+        m.maps
+            .insert("src", (e.src.len() as u64, u64::from(maps::SRC_CAPACITY)));
+        m.maps
+            .insert("dst", (e.dst.len() as u64, u64::from(maps::DST_CAPACITY)));
+        m.maps.insert(
+            "rules",
+            (e.rules.len() as u64, u64::from(maps::RULES_CAPACITY)),
+        );
+    }
+}
+
+/// `gateway-agent detach`: removes links (detaching the programs), programs and maps.
+pub fn detach(cfg: &Config) -> Result<Vec<String>> {
+    let dir = pins::resolve(&cfg.pin_dir);
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    pins::detach(&dir)
+}
+
+fn pinned_map(pin_dir: &Path, name: &str) -> Result<Map> {
+    let path = pins::maps_dir(pin_dir).join(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening {} (is the agent attached?)", path.display()))?;
+    Ok(Map::from_map_data(data)?)
+}
+
+/// `gateway-agent status`: attachments, generation and counters, from the pinned state
+/// (works while the agent is stopped).
+pub fn status(cfg: &Config) -> Result<serde_json::Value> {
+    let mut cfg = cfg.clone();
+    cfg.pin_dir = pins::resolve(&cfg.pin_dir);
+    let cfg = &cfg;
+    if !cfg.pin_dir.exists() {
+        bail!(
+            "nothing pinned at {}: the agent has not attached on this host",
+            cfg.pin_dir.display()
+        );
+    }
+    let active: Array<MapData, u32> = pinned_map(&cfg.pin_dir, maps::ACTIVE)?.try_into()?;
+    let generation = active.get(&0, 0)?;
+    let slot = (generation & 1) as u8;
+    let verdicts: PerCpuArray<MapData, u64> =
+        pinned_map(&cfg.pin_dir, maps::VERDICT_STATS)?.try_into()?;
+    let parse: PerCpuArray<MapData, u64> =
+        pinned_map(&cfg.pin_dir, maps::PARSE_STATS)?.try_into()?;
+    let flows: HashMap<MapData, FlowKey, FlowState> =
+        pinned_map(&cfg.pin_dir, maps::FLOWS)?.try_into()?;
+    let src: HashMap<MapData, SrcKey, SrcValue> =
+        pinned_map(&cfg.pin_dir, maps::SRC)?.try_into()?;
+    let mut reasons = serde_json::Map::new();
+    for r in Reason::ALL {
+        let n: u64 = verdicts.get(&(r as u32), 0)?.iter().sum();
+        reasons.insert(r.name().into(), json!(n));
+    }
+    let mut outcomes = serde_json::Map::new();
+    for o in ParseOutcome::ALL {
+        let n: u64 = parse.get(&(o as u32), 0)?.iter().sum();
+        outcomes.insert(o.name().into(), json!(n));
+    }
+    let principals = src
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| k.generation == slot)
+        .count();
+    Ok(json!({
+        "host": cfg.host_label(),
+        "pin_dir": cfg.pin_dir.display().to_string(),
+        "links": pins::pinned_links(&cfg.pin_dir),
+        "policy_generation": generation,
+        "principals": principals,
+        "flows": flows.keys().count(),
+        "verdicts": reasons,
+        "parse_outcomes": outcomes,
+    }))
+}

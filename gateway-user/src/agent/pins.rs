@@ -1,0 +1,278 @@
+//! Programs, maps and links pinned on bpffs, so enforcement outlives the agent.
+//!
+//! Layout under the pin folder (readable with `bpftool map/prog/link show pinned ...`):
+//!
+//! ```text
+//! <pin_dir>/maps/<MAP>_V1       every persistent map (policy, flows, counters, events)
+//! <pin_dir>/progs/<program>     the programs currently attached
+//! <pin_dir>/links/xdp-<iface>   one link per attachment; a link holds its program
+//! <pin_dir>/links/tc-<iface>      attached even when no process has it open
+//! ```
+//!
+//! A starting agent loads the programs against the pinned maps (state re-adopted), then
+//! for each configured interface either swaps the new program into the existing pinned
+//! link (`bpf_link_update`: atomic, no gap) or attaches and pins a new link. Killing the
+//! agent — even with SIGKILL — leaves the links, programs and maps in place.
+
+use super::config::{Config, XdpModeSetting};
+use crate::Dataplane;
+use anyhow::{Context as _, Result, bail};
+use aya::programs::{
+    LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, TcAttachOptions},
+    xdp::XdpLink,
+};
+use gateway_common::maps;
+use std::path::{Path, PathBuf};
+
+pub fn maps_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("maps")
+}
+
+fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+fn progs_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("progs")
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: valid C string and a zeroed statfs buffer for the kernel to fill.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// The nearest existing ancestor of `path` (or `path`).
+fn existing_ancestor(path: &Path) -> PathBuf {
+    let mut p = path.to_path_buf();
+    while !p.exists() {
+        if !p.pop() {
+            break;
+        }
+    }
+    p
+}
+
+/// Where the pin folder really is for this process.
+///
+/// `ip netns exec` runs its command in a private mount namespace with a fresh /sys, where
+/// /sys/fs/bpf is not mounted; a bpffs mounted there would be a new, private instance, and
+/// pins made in it would vanish with the process. When the host's bpffs is reachable
+/// through PID 1's root instead, the pin folder is used through `/proc/1/root`, so pins
+/// stay on the host's bpffs and outlive the agent.
+pub fn resolve(pin_dir: &Path) -> PathBuf {
+    if is_bpffs(&existing_ancestor(pin_dir)) {
+        return pin_dir.to_path_buf();
+    }
+    let via_init = Path::new("/proc/1/root").join(pin_dir.strip_prefix("/").unwrap_or(pin_dir));
+    if is_bpffs(&existing_ancestor(&via_init)) {
+        return via_init;
+    }
+    pin_dir.to_path_buf()
+}
+
+/// Makes sure the pin folder is on a bpffs (mounting /sys/fs/bpf when nothing is there)
+/// and its sub-folders exist. Returns the folder to use (see [`resolve`]).
+pub fn prepare(pin_dir: &Path) -> Result<PathBuf> {
+    let mut dir = resolve(pin_dir);
+    if !is_bpffs(&existing_ancestor(&dir)) {
+        if !pin_dir.starts_with("/sys/fs/bpf") {
+            bail!(
+                "{} is not on a bpffs: mount one (mount -t bpf bpf <dir>) or use a folder \
+                 under /sys/fs/bpf",
+                pin_dir.display()
+            );
+        }
+        eprintln!(
+            "gateway-agent: mounting bpffs on /sys/fs/bpf (note: in a private mount namespace, \
+             such as `ip netns exec` makes, pins last only as long as this process; run the \
+             agent in the host's mount namespace)"
+        );
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status()
+            .context("running mount -t bpf")?;
+        if !status.success() {
+            bail!("could not mount bpffs on /sys/fs/bpf ({status})");
+        }
+        dir = pin_dir.to_path_buf();
+    }
+    if dir != pin_dir {
+        eprintln!(
+            "gateway-agent: /sys/fs/bpf is not mounted in this mount namespace (ip netns \
+             exec?); pinning on the host's bpffs through {}",
+            dir.display()
+        );
+    }
+    for sub in [maps_dir(&dir), links_dir(&dir), progs_dir(&dir)] {
+        std::fs::create_dir_all(&sub)
+            .with_context(|| format!("creating pin folder {}", sub.display()))?;
+    }
+    Ok(dir)
+}
+
+/// What happened to one attachment.
+#[derive(Debug)]
+pub enum Attached {
+    /// A new link, pinned.
+    New { mode: &'static str },
+    /// An existing pinned link now runs the new program (atomic replace).
+    Replaced,
+}
+
+/// Attaches (or re-adopts) every configured interface and pins the programs.
+pub fn attach_all(dp: &mut Dataplane, cfg: &Config) -> Result<Vec<(String, Attached)>> {
+    let mut out = Vec::new();
+    for iface in &cfg.xdp_interfaces {
+        let r = attach_xdp(dp, cfg, iface).with_context(|| format!("XDP on {iface}"))?;
+        out.push((format!("xdp {iface}"), r));
+    }
+    for iface in &cfg.tc_egress_interfaces {
+        let r = attach_tc(dp, cfg, iface).with_context(|| format!("TC egress on {iface}"))?;
+        out.push((format!("tc-egress {iface}"), r));
+    }
+    pin_programs(dp, &cfg.pin_dir)?;
+    Ok(out)
+}
+
+fn attach_xdp(dp: &mut Dataplane, cfg: &Config, iface: &str) -> Result<Attached> {
+    let pin = links_dir(&cfg.pin_dir).join(format!("xdp-{iface}"));
+    let prog: &mut Xdp = dp.xdp()?;
+    if pin.exists() {
+        let link: FdLink = PinnedLink::from_pin(&pin)
+            .with_context(|| format!("opening pinned link {}", pin.display()))?
+            .into();
+        let link = XdpLink::try_from(link).context("pinned link is not an XDP link")?;
+        prog.attach_to_link(link)
+            .context("replacing the program of the pinned XDP link")?;
+        return Ok(Attached::Replaced);
+    }
+    let (id, mode) = match cfg.xdp_mode {
+        XdpModeSetting::Generic => (prog.attach(iface, XdpMode::Skb)?, "generic"),
+        XdpModeSetting::Native => match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => (id, "native"),
+            Err(e) => {
+                eprintln!(
+                    "gateway-agent: WARNING: native XDP is not available on {iface} ({e}); \
+                     falling back to generic mode, which is slower"
+                );
+                (prog.attach(iface, XdpMode::Skb)?, "generic")
+            }
+        },
+    };
+    let link: FdLink = prog.take_link(id)?.try_into().context(
+        "the kernel gave a netlink XDP attachment, which cannot be pinned (kernel < 5.9?)",
+    )?;
+    link.pin(&pin)
+        .with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
+    Ok(Attached::New { mode })
+}
+
+fn attach_tc(dp: &mut Dataplane, cfg: &Config, iface: &str) -> Result<Attached> {
+    let pin = links_dir(&cfg.pin_dir).join(format!("tc-{iface}"));
+    let prog: &mut SchedClassifier = dp.tc()?;
+    if pin.exists() {
+        let link: FdLink = PinnedLink::from_pin(&pin)
+            .with_context(|| format!("opening pinned link {}", pin.display()))?
+            .into();
+        let link = SchedClassifierLink::try_from(link).context("pinned link is not a tcx link")?;
+        prog.attach_to_link(link)
+            .context("replacing the program of the pinned tcx link")?;
+        return Ok(Attached::Replaced);
+    }
+    let id = prog
+        .attach_with_options(
+            iface,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .context("tcx attach (needs Linux 6.6 or newer)")?;
+    let link: FdLink = prog.take_link(id)?.try_into().context("tcx link")?;
+    link.pin(&pin)
+        .with_context(|| format!("pinning the tcx link at {}", pin.display()))?;
+    Ok(Attached::New { mode: "tcx" })
+}
+
+/// Pins the attached programs for bpftool, replacing older pins.
+fn pin_programs(dp: &mut Dataplane, pin_dir: &Path) -> Result<()> {
+    let dir = progs_dir(pin_dir);
+    for name in [maps::PROG_XDP_INGRESS, maps::PROG_TC_EGRESS] {
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        dp.ebpf_mut()
+            .program_mut(name)
+            .with_context(|| format!("{name} missing"))?
+            .pin(&path)
+            .with_context(|| format!("pinning {name} at {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes every link (which detaches the programs), program pin and map pin.
+pub fn detach(pin_dir: &Path) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let links = links_dir(pin_dir);
+    if let Ok(entries) = std::fs::read_dir(&links) {
+        for e in entries.flatten() {
+            let path = e.path();
+            let link = PinnedLink::from_pin(&path)
+                .with_context(|| format!("opening pinned link {}", path.display()))?;
+            // Unpinning drops the last reference: the kernel detaches the program.
+            drop(
+                link.unpin()
+                    .with_context(|| format!("unpinning {}", path.display()))?,
+            );
+            removed.push(format!("link {}", e.file_name().to_string_lossy()));
+        }
+    }
+    for dir in [progs_dir(pin_dir), maps_dir(pin_dir)] {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                std::fs::remove_file(e.path())
+                    .with_context(|| format!("removing {}", e.path().display()))?;
+                removed.push(format!(
+                    "{} {}",
+                    dir.file_name().unwrap_or_default().to_string_lossy(),
+                    e.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    for dir in [
+        links,
+        progs_dir(pin_dir),
+        maps_dir(pin_dir),
+        pin_dir.to_path_buf(),
+    ] {
+        let _ = std::fs::remove_dir(&dir);
+    }
+    if pin_dir.exists() {
+        bail!(
+            "{} still holds files the agent did not create; left in place",
+            pin_dir.display()
+        );
+    }
+    Ok(removed)
+}
+
+/// The pinned links, by file name (`xdp-eth0`, `tc-eth0`).
+pub fn pinned_links(pin_dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(links_dir(pin_dir))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}

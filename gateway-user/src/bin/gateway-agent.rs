@@ -1,0 +1,104 @@
+//! `gateway-agent`: the host agent of the zero-trust gateway.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use gateway_user::agent::{self, config::Config};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "gateway-agent",
+    version,
+    about = "Enforces the access policy on this host with XDP and TC programs",
+    long_about = "Enforces the access policy on this host with XDP and TC programs.\n\n\
+                  Programs, maps and links are pinned under the configured pin folder, so \
+                  enforcement continues while the agent is stopped or restarting; \
+                  `detach` removes them."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach (or re-adopt) the programs, apply the policy file and keep it applied, and
+    /// write connection logs, until SIGINT/SIGTERM. Programs stay attached on exit.
+    Run {
+        /// The agent configuration (see deploy/agent.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Remove the links (detaching the programs), program pins and map pins.
+    Detach {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show attachments, the active policy generation and counters from pinned state.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// `text` or `json`.
+        #[arg(long, short, default_value = "text")]
+        output: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => agent::run(Config::load(&config)?),
+        Command::Detach { config } => {
+            let cfg = Config::load(&config)?;
+            let removed = agent::detach(&cfg)?;
+            if removed.is_empty() {
+                println!("nothing attached at {}", cfg.pin_dir.display());
+            }
+            for r in removed {
+                println!("removed {r}");
+            }
+            Ok(())
+        }
+        Command::Status { config, output } => {
+            let cfg = Config::load(&config)?;
+            let st = agent::status(&cfg)?;
+            match output.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&st)?),
+                "text" => print_status(&st),
+                other => anyhow::bail!("--output takes text or json, not {other:?}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_status(st: &serde_json::Value) {
+    println!("host:               {}", st["host"].as_str().unwrap_or("?"));
+    println!(
+        "pin folder:         {}",
+        st["pin_dir"].as_str().unwrap_or("?")
+    );
+    println!("policy generation:  {}", st["policy_generation"]);
+    println!("principals:         {}", st["principals"]);
+    println!("flows:              {}", st["flows"]);
+    let links: Vec<&str> = st["links"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    println!(
+        "attachments:        {}",
+        if links.is_empty() {
+            "none".to_string()
+        } else {
+            links.join(", ")
+        }
+    );
+    println!("verdicts:");
+    if let Some(v) = st["verdicts"].as_object() {
+        for (k, n) in v {
+            if n.as_u64().unwrap_or(0) > 0 {
+                println!("  {k:<24} {n}");
+            }
+        }
+    }
+}
