@@ -128,3 +128,39 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");
+        let cfg = Config::load(&path).unwrap();
+        assert_eq!(cfg.role, Role::Connector);
+        assert_eq!(cfg.host_label(), "connector:dc-connector-1");
+        assert_eq!(cfg.metrics_listen, Some("127.0.0.1:9477".parse().unwrap()));
+    }
+
+    #[test]
+    fn unknown_keys_and_empty_interfaces_are_refused() {
+        let dir = std::env::temp_dir().join(format!("zgw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.toml");
+        std::fs::write(
+            &p,
+            "role = \"device\"\nname = \"x\"\npolicy_file = \"/p\"\nxdp_intrefaces = [\"eth0\"]\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", Config::load(&p).unwrap_err());
+        assert!(e.contains("unknown field `xdp_intrefaces`"), "{e}");
+        std::fs::write(
+            &p,
+            "role = \"device\"\nname = \"x\"\npolicy_file = \"/p\"\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", Config::load(&p).unwrap_err());
+        assert!(e.contains("no interface to enforce on"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

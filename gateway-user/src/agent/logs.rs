@@ -241,3 +241,121 @@ pub fn ocsf(ev: &Event, cx: &Context) -> Option<Value> {
         },
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_common::{FlowKey, addr::from_v4};
+    use policy_compiler::Host;
+
+    fn view() -> HostView {
+        let text = include_str!("../../../examples/company.toml");
+        let now = 1_800_000_000;
+        let p = policy_compiler::parse(text, "company.toml", now)
+            .unwrap()
+            .policy;
+        policy_compiler::compile(&p, &Host::Connector("dc-connector-1".into()), now).unwrap()
+    }
+
+    fn event(view: &HostView, kind: EventKind) -> Event {
+        let principal = *view
+            .principals
+            .iter()
+            .find(|(_, p)| p.name == "alice-laptop")
+            .unwrap()
+            .0;
+        let rule = *view
+            .rule_meta
+            .iter()
+            .find(|(_, m)| {
+                matches!(&m.kind, RuleKind::Grant { grant, resource, .. }
+                    if grant == "engineering-ssh" && resource == "ssh-bastions")
+            })
+            .unwrap()
+            .0;
+        let atom = *view
+            .atom_meta
+            .iter()
+            .find(|(_, a)| a.resources.iter().any(|r| r == "ssh-bastions"))
+            .unwrap()
+            .0;
+        Event {
+            kind: kind as u8,
+            reason: Reason::Allowed as u8,
+            rule,
+            principal,
+            atom,
+            key: FlowKey {
+                src: from_v4([198, 19, 0, 10]),
+                dst: from_v4([198, 18, 1, 5]),
+                src_port: 40000u16.to_be_bytes(),
+                dst_port: 22u16.to_be_bytes(),
+                proto: proto::TCP,
+                family: 4,
+                ..FlowKey::default()
+            },
+            packets: 10,
+            bytes: 1000,
+            reply_packets: 8,
+            reply_bytes: 5000,
+            first_seen_ns: 1_000_000_000,
+            ts_ns: 3_500_000_000,
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn records_name_who_what_where_and_why() {
+        let view = view();
+        let cx = Context {
+            view: &view,
+            host: "connector:dc-connector-1",
+            clock: BootClock::new(),
+        };
+        let r = record(&event(&view, EventKind::FlowEnd), &cx).unwrap();
+        assert_eq!(r["event"], "flow_end");
+        assert_eq!(r["verdict"], "allow");
+        assert_eq!(r["user"], "alice@example.com");
+        assert_eq!(r["device"], "alice-laptop");
+        assert_eq!(r["service_account"], Value::Null);
+        assert_eq!(r["resource"], "ssh-bastions");
+        assert_eq!(r["rule"], "engineering-ssh");
+        assert_eq!(r["connector"], "dc-connector-1");
+        assert_eq!(r["remote_network"], "datacenter");
+        assert_eq!(r["src_ip"], "198.19.0.10");
+        assert_eq!(r["dst_ip"], "198.18.1.5");
+        assert_eq!(r["protocol"], "tcp");
+        assert_eq!(r["dst_port"], 22);
+        assert_eq!(r["duration_ms"], 2500);
+        assert_eq!(r["reply_bytes"], 5000);
+        assert!(r["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn ocsf_records_are_network_activity() {
+        let view = view();
+        let cx = Context {
+            view: &view,
+            host: "connector:dc-connector-1",
+            clock: BootClock::new(),
+        };
+        let o = ocsf(&event(&view, EventKind::FlowStart), &cx).unwrap();
+        assert_eq!(o["class_uid"], 4001);
+        assert_eq!(o["category_uid"], 4);
+        assert_eq!(o["activity_id"], 1);
+        assert_eq!(o["type_uid"], 400101);
+        assert_eq!(o["disposition_id"], 1);
+        assert_eq!(o["actor"]["user"]["email_addr"], "alice@example.com");
+        assert_eq!(o["dst_endpoint"]["port"], 22);
+        assert_eq!(o["dst_endpoint"]["name"], "ssh-bastions");
+        assert_eq!(o["policy"]["name"], "engineering-ssh");
+        assert!(o["time"].as_i64().unwrap() > 0);
+        let mut deny = event(&view, EventKind::Deny);
+        deny.reason = Reason::DeniedNoGrant as u8;
+        deny.rule = 0;
+        let o = ocsf(&deny, &cx).unwrap();
+        assert_eq!(o["activity_id"], 5);
+        assert_eq!(o["disposition_id"], 2);
+        assert_eq!(o["policy"]["name"], "default-deny");
+    }
+}
