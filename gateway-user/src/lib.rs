@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod dataplane;
+pub mod demo;
 pub mod fuzz;
 pub mod netns;
 pub mod privileges;

@@ -78,32 +78,10 @@ impl NetNs {
         cmd
     }
 
-    /// A `Command` that runs `program` in this network namespace only: unlike
-    /// [`NetNs::command`] it keeps the host's mounts, so /sys/fs/bpf is the host's bpffs and
-    /// pins made by the program outlive it (what an agent needs).
-    pub fn command_net_only(&self, program: &str) -> Command {
-        use std::os::unix::process::CommandExt as _;
-        let path = format!("/run/netns/{}", self.name);
-        let mut cmd = Command::new(program);
-        // SAFETY: the closure runs in the child between fork and exec and only makes
-        // async-signal-safe calls (open, setns, close).
-        unsafe {
-            cmd.pre_exec(move || {
-                let c = std::ffi::CString::new(path.clone())
-                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-                let fd = libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let rc = libc::setns(fd, libc::CLONE_NEWNET);
-                libc::close(fd);
-                if rc != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd
+    /// A `Command` that runs `program` in this network namespace only (see
+    /// [`command_in`]).
+    pub fn command_net_only(&self, program: impl AsRef<std::path::Path>) -> Result<Command> {
+        command_in(&self.name, program.as_ref())
     }
 
     /// Runs `f` on a fresh thread that has entered this namespace. Sockets created and
@@ -149,6 +127,29 @@ impl Drop for NetNs {
             );
         }
     }
+}
+
+/// A `Command` whose child enters the named network namespace — only the network
+/// namespace, like `nsenter --net` — and gets SIGTERM if its parent dies. Unlike `ip netns
+/// exec` it keeps the host's mounts, so /sys/fs/bpf is the host's bpffs and pins made by the
+/// program outlive it (what an agent needs).
+pub fn command_in(ns: &str, program: &std::path::Path) -> Result<Command> {
+    use std::os::unix::process::CommandExt as _;
+    let path = format!("/run/netns/{ns}");
+    let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+    let mut cmd = Command::new(program);
+    // SAFETY: between fork and exec only async-signal-safe system calls (setns, prctl) run;
+    // the namespace file was opened before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    Ok(cmd)
 }
 
 /// One end of a veth pair: its namespace, interface name and address with prefix length.

@@ -75,6 +75,7 @@ fn start_agent(conn: &NetNs, cfg: &Path, stderr: &Path) -> Agent {
         .unwrap();
     let child = conn
         .command_net_only(AGENT)
+        .unwrap()
         .args(["run", "--config"])
         .arg(cfg)
         .stdout(Stdio::null())

@@ -32,6 +32,23 @@ enum Task {
     Build,
     /// `cargo fmt --check` and `cargo clippy` over the workspace, warnings denied.
     Lint,
+    /// The end-to-end demo (needs root): builds gateway-agent, gateway-demo and gatewayctl
+    /// in release mode, then runs gateway-demo: two laptops, a connector and a resource
+    /// host as network namespaces, real agents, allowed and denied traffic and a port scan,
+    /// every outcome and log record checked against examples/demo.toml.
+    Demo {
+        /// Keep the agent configurations and connection logs (the folder is printed).
+        #[arg(long)]
+        keep_logs: bool,
+    },
+    /// Run setup, then the benchmark suite (decision cost, throughput against nftables,
+    /// compile and apply times); writes bench/results/<run>.json|.md, latest.* and
+    /// latest-*.svg. Needs root for the kernel suites. See bench/README.md.
+    Bench {
+        /// Fewer repetitions and sizes: well under 10 minutes.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Differential fuzzing: random policies and random (valid and malformed) packets
     /// through the loaded XDP/TC programs and the reference evaluator. Prints one JSON
     /// line; fails on any mismatch. Needs root.
@@ -85,6 +102,56 @@ fn main() -> Result<()> {
                 "--seed",
                 &seed.to_string(),
             ])
+        }
+        Task::Demo { keep_logs } => {
+            if !util::is_root() {
+                anyhow::bail!(
+                    "the demo creates network namespaces and loads eBPF programs: run it as \
+                     root (e.g. `sudo -E cargo xtask demo`)"
+                );
+            }
+            setup::run()?;
+            util::cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "gateway-user",
+                "--package",
+                "gatewayctl",
+                "--bin",
+                "gateway-agent",
+                "--bin",
+                "gateway-demo",
+                "--bin",
+                "gatewayctl",
+            ])?;
+            // Where cargo put them: CARGO_TARGET_DIR (relative to the workspace root, where
+            // `util::cargo` runs) or <workspace>/target.
+            let root = util::root();
+            let release = std::env::var_os("CARGO_TARGET_DIR")
+                .map(|d| root.join(d))
+                .unwrap_or_else(|| root.join("target"))
+                .join("release");
+            let mut demo = std::process::Command::new(release.join("gateway-demo"));
+            demo.arg("--agent")
+                .arg(release.join("gateway-agent"))
+                .arg("--gatewayctl")
+                .arg(release.join("gatewayctl"))
+                .arg("--policy")
+                .arg(root.join("examples/demo.toml"))
+                .current_dir(&root);
+            if keep_logs {
+                demo.arg("--keep-logs");
+            }
+            util::run(&mut demo)
+        }
+        Task::Bench { quick } => {
+            setup::run()?;
+            let mut args = vec!["run", "--release", "--package", "bench", "--"];
+            if quick {
+                args.push("--quick");
+            }
+            util::cargo(&args)
         }
         Task::Lint => {
             setup::run()?;

@@ -1,0 +1,57 @@
+//! `gateway-demo`: the end-to-end demo (`cargo xtask demo` builds and runs it). Builds two
+//! laptops, a connector and a resource host as network namespaces, runs `gateway-agent` on
+//! the connector and on one laptop, drives allowed and denied traffic and a port scan, and
+//! checks every outcome and connection-log record against the policy. Needs root; exits 1
+//! when anything did not behave as the policy says or something was left behind.
+
+use anyhow::Result;
+use clap::Parser;
+use gateway_user::demo::{self, Options};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "gateway-demo",
+    about = "End-to-end demo of the gateway with real agents, namespaces and traffic (root)"
+)]
+struct Cli {
+    /// The gateway-agent binary [default: gateway-agent next to this binary].
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// gatewayctl, used to check the policy first [default: next to this binary, if there].
+    #[arg(long)]
+    gatewayctl: Option<PathBuf>,
+    /// Policy file [default: the embedded examples/demo.toml]. Its addresses must match the
+    /// demo's hosts.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Keep the temporary folder with the agent configs and connection logs.
+    #[arg(long)]
+    keep_logs: bool,
+}
+
+fn sibling(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.join(name))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let agent = cli
+        .agent
+        .or_else(|| sibling("gateway-agent"))
+        .unwrap_or_else(|| PathBuf::from("gateway-agent"));
+    let gatewayctl = cli
+        .gatewayctl
+        .or_else(|| sibling("gatewayctl").filter(|p| p.is_file()));
+    let ok = demo::run(&Options {
+        agent,
+        gatewayctl,
+        policy: cli.policy,
+        keep_logs: cli.keep_logs,
+    })?;
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
