@@ -342,3 +342,193 @@ pub fn random_packet(
     }
 }
 
+/// Shape of a large, realistic policy ([`scaled_policy`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scale {
+    /// Users, each with 2 devices (IPv6 addresses in 2001:db8:ff::/48).
+    pub users: u32,
+    /// Service accounts, each with `keys_per_account` keys (IPv4 addresses in 198.19.0.0/16).
+    pub service_accounts: u32,
+    pub keys_per_account: u32,
+    /// Resources: every 10th an IPv6 host, every 100th a /24, the rest IPv4 hosts; every
+    /// 50th (from the 8th) in audit mode.
+    pub resources: u32,
+    /// Groups: 90% teams, 5% departments, the rest on-call groups.
+    pub groups: u32,
+    /// Grants per group (every 17th one a deny) and distinct resources per grant (at most).
+    pub grants_per_group: u32,
+    pub resources_per_grant: u32,
+    /// Adversarial memberships (3 random groups per user: nearly every user its own class)
+    /// instead of realistic ones (team, its department, 5% an on-call group).
+    pub random_membership: bool,
+}
+
+impl Scale {
+    /// The compile target: 100k principals (45k users x 2 devices + 1k service accounts
+    /// x 10 keys), 10k resources, 1k groups with 2 grants of 5 resources each.
+    pub const TARGET: Scale = Scale {
+        users: 45_000,
+        service_accounts: 1_000,
+        keys_per_account: 10,
+        resources: 10_000,
+        groups: 1_000,
+        grants_per_group: 2,
+        resources_per_grant: 5,
+        random_membership: false,
+    };
+
+    /// Principals (devices and service-account keys) the policy declares.
+    pub fn principals(&self) -> u64 {
+        u64::from(self.users) * 2
+            + u64::from(self.service_accounts) * u64::from(self.keys_per_account)
+    }
+
+    /// A policy of about `rules` rule ids (grant x resource pairs): `rules / 10` groups with
+    /// 2 grants of 5 resources, `rules / 10` resources (10 to 10k), `rules / 2` users
+    /// (5 to 50k) and `rules / 100` service accounts (2 to 1k) with 10 keys each.
+    pub fn for_rules(rules: u32) -> Scale {
+        Scale {
+            users: (rules / 2).clamp(5, 50_000),
+            service_accounts: (rules / 100).clamp(2, 1_000),
+            keys_per_account: 10,
+            resources: (rules / 10).clamp(10, 10_000),
+            groups: (rules / 10).max(1),
+            grants_per_group: 2,
+            resources_per_grant: 5,
+            random_membership: false,
+        }
+    }
+}
+
+/// A large policy in TOML, shaped by `scale` (one remote network `dc` with connector
+/// `conn`, protecting 198.18.0.0/16 and 2001:db8:1::/48). Grants of every 13th group expire
+/// an hour or two after `now`. Deterministic for a given `rng` state.
+pub fn scaled_policy(rng: &mut Rng, scale: &Scale, now: i64) -> String {
+    let Scale {
+        users,
+        service_accounts: sas,
+        keys_per_account,
+        resources,
+        groups,
+        grants_per_group,
+        resources_per_grant,
+        random_membership,
+    } = *scale;
+    let resources = resources.max(1);
+    let groups = groups.max(1);
+    let mut s = String::with_capacity(
+        (usize::try_from(scale.principals()).unwrap_or(0) + resources as usize) * 120,
+    );
+    s.push_str("[[remote_network]]\nname = \"dc\"\ncidrs = [\"198.18.0.0/16\", \"2001:db8:1::/48\"]\nconnectors = [\"conn\"]\n\n");
+    for i in 0..resources {
+        let addr = if i % 10 == 9 {
+            format!("2001:db8:1::{i:x}")
+        } else if i % 100 == 0 {
+            format!("198.18.{}.0/24", (i / 100) % 256)
+        } else {
+            format!("198.18.{}.{}", (i / 250) % 256, i % 250 + 1)
+        };
+        let tcp = match i % 4 {
+            0 => "[\"22\"]",
+            1 => "[\"443\", \"8000-8100\"]",
+            2 => "\"all\"",
+            _ => "[\"5432\"]",
+        };
+        let mode = if i % 50 == 7 {
+            "mode = \"audit\"\n"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            s,
+            "[[resource]]\nname = \"r{i}\"\nnetwork = \"dc\"\naddress = \"{addr}\"\ntcp = {tcp}\nicmp = {}\n{mode}",
+            i % 3 == 0
+        );
+    }
+    let mut dev = 0u32;
+    for u in 0..users {
+        let _ = writeln!(s, "[[user]]\nemail = \"u{u}@x.test\"\n");
+        for _ in 0..2 {
+            let _ = writeln!(
+                s,
+                "[[device]]\nname = \"d{dev}\"\nowner = \"u{u}@x.test\"\naddress = \"2001:db8:ff::{:x}:{:x}\"\n",
+                dev >> 16,
+                dev & 0xffff
+            );
+            dev += 1;
+        }
+    }
+    for a in 0..sas {
+        let keys: Vec<String> = (0..keys_per_account)
+            .map(|k| {
+                let idx = a * keys_per_account + k;
+                format!(
+                    "{{ name = \"k{k}\", address = \"198.19.{}.{}\" }}",
+                    (idx / 250) % 256,
+                    idx % 250 + 1
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "[[service_account]]\nname = \"sa{a}\"\nkeys = [{}]\n",
+            keys.join(", ")
+        );
+    }
+    let mut members: Vec<Vec<String>> = vec![Vec::new(); groups as usize];
+    let teams = (groups * 9 / 10).max(1);
+    let departments = (groups / 20).max(1).min(groups - teams);
+    let oncall = groups - teams - departments;
+    for u in 0..users {
+        let user = format!("\"u{u}@x.test\"");
+        if random_membership {
+            for _ in 0..3 {
+                members[rng.below(groups as usize)].push(user.clone());
+            }
+        } else {
+            let team = u % teams;
+            members[team as usize].push(user.clone());
+            if departments > 0 {
+                members[(teams + team % departments) as usize].push(user.clone());
+            }
+            if oncall > 0 && rng.below(20) == 0 {
+                let g = teams + departments + rng.below(oncall as usize) as u32;
+                members[g as usize].push(user);
+            }
+        }
+    }
+    for a in 0..sas {
+        members[rng.below(groups as usize)].push(format!("\"sa{a}\""));
+    }
+    for (g, m) in members.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "[[group]]\nname = \"g{g}\"\nmembers = [{}]\n",
+            m.join(", ")
+        );
+    }
+    for g in 0..groups {
+        for k in 0..grants_per_group {
+            let res: Vec<String> = (0..resources_per_grant)
+                .map(|_| format!("\"r{}\"", rng.below(resources as usize)))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let kind = if (g + k) % 17 == 0 { "deny" } else { "allow" };
+            let exp = if g % 13 == 0 {
+                format!(
+                    "expires_at = \"{}\"\n",
+                    format_rfc3339(now + 3600 * i64::from(k + 1))
+                )
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                s,
+                "[[{kind}]]\nname = \"grant-{g}-{k}\"\nprincipals = [\"group:g{g}\"]\nresources = [{}]\n{exp}",
+                res.join(", ")
+            );
+        }
+    }
+    s
+}

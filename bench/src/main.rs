@@ -1,0 +1,109 @@
+//! `bench [--quick] [--only decision,throughput,compile,apply] [--out DIR]`: the gateway's
+//! benchmark suite (see bench/README.md). Writes `<out>/<run>.json|.md`, `latest.*` copies
+//! and `latest-*.svg` plots; one progress line per step on stderr. Needs root for the
+//! decision, throughput and apply suites (BPF, namespaces).
+
+mod alloc;
+mod apply;
+mod compile_suite;
+mod decision;
+mod policies;
+mod report;
+mod throughput;
+
+use anyhow::{Context as _, Result, bail};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+#[global_allocator]
+static ALLOC: alloc::Counting = alloc::Counting;
+
+pub struct Opts {
+    pub quick: bool,
+    pub only: Option<Vec<String>>,
+    pub out: PathBuf,
+}
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+/// One progress line on stderr, with the time since start.
+pub fn progress(msg: &str) {
+    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    eprintln!("[bench {t:7.1}s] {msg}");
+}
+
+fn args() -> Result<Opts> {
+    let mut opts = Opts {
+        quick: false,
+        only: None,
+        out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => opts.quick = true,
+            "--only" => {
+                let v = it.next().context("--only needs a list")?;
+                opts.only = Some(v.split(',').map(str::to_string).collect());
+            }
+            "--out" => opts.out = PathBuf::from(it.next().context("--out needs a directory")?),
+            "-h" | "--help" => {
+                println!("bench [--quick] [--only decision,throughput,compile,apply] [--out DIR]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    Ok(opts)
+}
+
+fn main() -> Result<()> {
+    START.get_or_init(Instant::now);
+    let opts = args()?;
+    let wanted = |s: &str| opts.only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
+    let mut r = report::Results {
+        quick: opts.quick,
+        ..report::Results::default()
+    };
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut suite = |name: &str, f: &mut dyn FnMut(&mut report::Results) -> Result<()>| {
+        if !wanted(name) {
+            return;
+        }
+        if !root && name != "compile" {
+            progress(&format!("{name}: SKIP needs root"));
+            r.errors.push(format!("{name}: skipped, needs root"));
+            return;
+        }
+        let t = Instant::now();
+        progress(&format!("{name}: start"));
+        if let Err(e) = f(&mut r) {
+            progress(&format!("{name}: FAILED: {e:#}"));
+            r.errors.push(format!("{name}: {e:#}"));
+        }
+        r.suite_seconds
+            .insert(name.to_string(), t.elapsed().as_secs_f64());
+        progress(&format!(
+            "{name}: done in {:.1}s",
+            t.elapsed().as_secs_f64()
+        ));
+    };
+    suite("compile", &mut |r| {
+        compile_suite::run(&opts, &mut r.compile)
+    });
+    suite("decision", &mut |r| {
+        decision::run(&opts, &mut r.decision, &mut r.decision_checks)
+    });
+    suite("apply", &mut |r| apply::run(&opts, &mut r.apply_sizes));
+    suite("throughput", &mut |r| {
+        throughput::run(&opts, &mut r.throughput)
+    });
+    r.wall_seconds = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    let paths = report::write(&opts.out, &mut r)?;
+    for p in paths {
+        progress(&format!("wrote {}", p.display()));
+    }
+    Ok(())
+}

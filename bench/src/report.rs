@@ -1,0 +1,656 @@
+//! Results: the JSON document, goals, the markdown summary and SVG plots (hand-written
+//! SVG: no font or drawing libraries needed).
+
+use crate::{apply, compile_suite, decision, throughput};
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+#[derive(Default)]
+pub struct Results {
+    pub quick: bool,
+    pub decision: Vec<decision::Row>,
+    pub decision_checks: Vec<decision::Check>,
+    pub throughput: Vec<throughput::Row>,
+    pub compile: Vec<compile_suite::Row>,
+    pub apply_sizes: Vec<apply::Summary>,
+    pub errors: Vec<String>,
+    pub suite_seconds: BTreeMap<String, f64>,
+    pub wall_seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Goal {
+    pub goal: String,
+    pub target: String,
+    /// The measured ratio or value (null when the suite did not produce it).
+    pub measured: Option<f64>,
+    pub met: Option<bool>,
+    pub detail: String,
+}
+
+fn goal(
+    goal: &str,
+    target: &str,
+    measured: Option<f64>,
+    ok: impl Fn(f64) -> bool,
+    detail: String,
+) -> Goal {
+    Goal {
+        goal: goal.into(),
+        target: target.into(),
+        measured,
+        met: measured.map(ok),
+        detail,
+    }
+}
+
+impl Results {
+    fn dec(&self, rules: u32, case: &str) -> Option<&decision::Row> {
+        self.decision
+            .iter()
+            .find(|r| r.rules == rules && r.case == case)
+    }
+
+    fn tput(&self, rules: u32, engine: &str, traffic: &str) -> Option<f64> {
+        self.throughput
+            .iter()
+            .find(|r| r.rules == rules && r.engine == engine && r.traffic == traffic)
+            .map(|r| r.pps)
+    }
+
+    /// The headline apply figures: the 10k-rules size when measured, else the largest.
+    fn apply_headline(&self) -> Option<&apply::Summary> {
+        self.apply_sizes
+            .iter()
+            .find(|a| a.rules == 10_000)
+            .or(self.apply_sizes.last())
+    }
+
+    pub fn goals(&self) -> Vec<Goal> {
+        let mut out = Vec::new();
+        // 1. Decision cost independent of policy size.
+        let mut worst: Option<(f64, String)> = None;
+        let mut parts = Vec::new();
+        for r in self.decision.iter().filter(|r| r.rules == 100_000) {
+            if let Some(base) = self.dec(10, &r.case) {
+                let ratio = r.ns / base.ns;
+                parts.push(format!("{} {:.2}x", r.case, ratio));
+                if worst.as_ref().is_none_or(|w| ratio > w.0) {
+                    worst = Some((ratio, r.case.clone()));
+                }
+            }
+        }
+        out.push(goal(
+            "decision ns at 100k rules / at 10 rules (worst case)",
+            "<= 1.2",
+            worst.as_ref().map(|w| w.0),
+            |m| m <= 1.2,
+            parts.join(", "),
+        ));
+        // 2. Established flows cost little more than running any program.
+        let mut worst: Option<f64> = None;
+        let mut parts = Vec::new();
+        for r in self
+            .decision
+            .iter()
+            .filter(|r| r.case.ends_with("/established"))
+        {
+            let ratio = r.ns / r.noop_ns;
+            parts.push(format!("{}@{} {:.2}x", r.case, r.rules, ratio));
+            worst = Some(worst.map_or(ratio, |w: f64| w.max(ratio)));
+        }
+        out.push(goal(
+            "established ns / noop ns (worst)",
+            "<= 2",
+            worst,
+            |m| m <= 2.0,
+            parts.join(", "),
+        ));
+        // 3. Denied traffic at 10k rules.
+        let (x, f, n) = (
+            self.tput(10_000, "xdp", "deny"),
+            self.tput(10_000, "floor", "deny"),
+            self.tput(10_000, "nft", "deny"),
+        );
+        let ratio =
+            |a: Option<f64>, b: Option<f64>| a.zip(b).filter(|(_, b)| *b > 0.0).map(|(a, b)| a / b);
+        out.push(goal(
+            "denied pps at 10k rules: xdp / floor",
+            ">= 0.9",
+            ratio(x, f),
+            |m| m >= 0.9,
+            format!("xdp {} pps, floor {} pps", fmt_opt(x), fmt_opt(f)),
+        ));
+        out.push(goal(
+            "denied pps at 10k rules: xdp / nft",
+            ">= 3",
+            ratio(x, n),
+            |m| m >= 3.0,
+            format!("xdp {} pps, nft {} pps", fmt_opt(x), fmt_opt(n)),
+        ));
+        // 4. Allowed traffic.
+        let mut worst: Option<f64> = None;
+        let mut parts = Vec::new();
+        for rules in [10u32, 1_000, 10_000] {
+            if let Some(r) = ratio(
+                self.tput(rules, "xdp", "allow"),
+                self.tput(rules, "none", "allow"),
+            ) {
+                parts.push(format!("{rules} rules {r:.2}x"));
+                worst = Some(worst.map_or(r, |w: f64| w.min(r)));
+            }
+        }
+        out.push(goal(
+            "allowed pps delivered: xdp / none (worst)",
+            ">= 0.9",
+            worst,
+            |m| m >= 0.9,
+            parts.join(", "),
+        ));
+        // 5. Compile at the target size.
+        let big = self
+            .compile
+            .iter()
+            .filter(|c| c.principals >= 100_000 && c.resources >= 10_000)
+            .max_by_key(|c| c.principals);
+        out.push(goal(
+            "compile 100k principals x 10k resources: ms",
+            "< 1000",
+            big.map(|c| c.ms),
+            |m| m < 1000.0,
+            big.map(|c| format!("{} principals, {} entries", c.principals, c.entries))
+                .unwrap_or_default(),
+        ));
+        out.push(goal(
+            "compile 100k principals x 10k resources: peak MB",
+            "< 200",
+            big.map(|c| c.peak_mb),
+            |m| m < 200.0,
+            String::new(),
+        ));
+        // 6. Apply.
+        let a = self.apply_headline();
+        out.push(goal(
+            "apply p99 ms (policy text to entries live)",
+            "< 50",
+            a.map(|a| a.p99_ms),
+            |m| m < 50.0,
+            a.map(|a| {
+                format!(
+                    "{} rules, {} changes, p50 {:.2} ms",
+                    a.rules, a.changes, a.p50_ms
+                )
+            })
+            .unwrap_or_default(),
+        ));
+        out
+    }
+
+    pub fn json(&self, run: &str) -> Value {
+        let a = self.apply_headline();
+        json!({
+            "run": run,
+            "quick": self.quick,
+            "host": host(),
+            "wall_seconds": self.wall_seconds,
+            "suite_seconds": self.suite_seconds,
+            "decision": self.decision,
+            "decision_checks": self.decision_checks,
+            "throughput": self.throughput,
+            "compile": self.compile,
+            "apply": {
+                "p50_ms": a.map(|a| a.p50_ms),
+                "p99_ms": a.map(|a| a.p99_ms),
+                "rules": a.map(|a| a.rules),
+                "sizes": self.apply_sizes,
+            },
+            "goals": self.goals(),
+            "errors": self.errors,
+        })
+    }
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.0}"))
+}
+
+fn host() -> Value {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    json!({
+        "kernel": kernel.trim(),
+        "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "cpu": cpu,
+    })
+}
+
+/// `YYYYMMDDTHHMMSSZ` now (UTC).
+fn run_name() -> String {
+    let now = gateway_user::testkit::unix_now();
+    policy_compiler::format_rfc3339(now).replace(['-', ':'], "")
+}
+
+pub fn write(dir: &Path, r: &mut Results) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let run = run_name();
+    let json = serde_json::to_string_pretty(&r.json(&run))?;
+    let md = markdown(r, &run);
+    let mut out = Vec::new();
+    for (name, body) in [
+        (format!("{run}.json"), &json),
+        (format!("{run}.md"), &md),
+        ("latest.json".to_string(), &json),
+        ("latest.md".to_string(), &md),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, body)?;
+        out.push(p);
+    }
+    for (name, svg) in plots(r) {
+        let p = dir.join(format!("latest-{name}.svg"));
+        std::fs::write(&p, svg)?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
+fn markdown(r: &Results, run: &str) -> String {
+    let mut s = String::new();
+    let h = host();
+    let _ = writeln!(
+        s,
+        "# Benchmark run {run}{}\n\nKernel {}, {} CPUs ({}). Wall time {:.0} s. See `bench/README.md` for what each suite measures.\n",
+        if r.quick { " (--quick)" } else { "" },
+        h["kernel"].as_str().unwrap_or(""),
+        h["cpus"],
+        h["cpu"].as_str().unwrap_or(""),
+        r.wall_seconds
+    );
+    s.push_str("## Goals\n\n| goal | target | measured | met | detail |\n| --- | --- | --- | --- | --- |\n");
+    for g in r.goals() {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            g.goal,
+            g.target,
+            g.measured.map_or("-".into(), |m| format!("{m:.2}")),
+            match g.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "not measured",
+            },
+            g.detail
+        );
+    }
+    if !r.decision.is_empty() {
+        s.push_str("\n## Decision cost (ns per packet, BPF_PROG_TEST_RUN)\n\n| rules | rule ids | principals | case | ns | noop ns | x noop | x same case at 10 rules | method | reason |\n| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | --- |\n");
+        for d in &r.decision {
+            let base = r
+                .dec(10, &d.case)
+                .map_or("-".into(), |b| format!("{:.2}", d.ns / b.ns));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {} | {} | {} |",
+                d.rules,
+                d.rule_ids,
+                d.principals,
+                d.case,
+                d.ns,
+                d.noop_ns,
+                d.ns / d.noop_ns,
+                base,
+                d.method,
+                d.reason
+            );
+        }
+        if !r.decision_checks.is_empty() {
+            s.push_str("\nMethod check (a denied packet is never cached, so both methods apply):\n\n| rules | case | repeat ns | single-corrected ns |\n| ---: | --- | ---: | ---: |\n");
+            for c in &r.decision_checks {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.1} | {:.1} |",
+                    c.rules, c.case, c.repeat_ns, c.single_corrected_ns
+                );
+            }
+        }
+    }
+    if !r.throughput.is_empty() {
+        s.push_str("\n## Throughput (Mpps on the receiver; deny = dropped by the engine, allow = delivered to the receiver's stack)\n\n| rules | traffic | none | floor | xdp | nft | xdp / floor | xdp / nft | xdp / none | offered (xdp run) |\n| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        for rules in [10u32, 1_000, 10_000] {
+            for traffic in ["deny", "allow"] {
+                let g = |e: &str| r.tput(rules, e, traffic);
+                if g("xdp").is_none() && g("nft").is_none() {
+                    continue;
+                }
+                let m = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.3}", v / 1e6));
+                let q = |a: Option<f64>, b: Option<f64>| {
+                    a.zip(b)
+                        .filter(|(_, b)| *b > 0.0)
+                        .map_or("-".into(), |(a, b)| format!("{:.2}", a / b))
+                };
+                let offered = r
+                    .throughput
+                    .iter()
+                    .find(|x| x.rules == rules && x.engine == "xdp" && x.traffic == traffic)
+                    .map(|x| x.offered_pps);
+                let _ = writeln!(
+                    s,
+                    "| {rules} | {traffic} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    m(g("none")),
+                    m(g("floor")),
+                    m(g("xdp")),
+                    m(g("nft")),
+                    q(g("xdp"), g("floor")),
+                    q(g("xdp"), g("nft")),
+                    q(g("xdp"), g("none")),
+                    m(offered)
+                );
+            }
+        }
+        s.push_str("\n`none` with deny traffic delivers it (no filter); `floor` drops everything, so its allow row is frames dropped, not delivered.\n");
+    }
+    if !r.compile.is_empty() {
+        s.push_str("\n## Compile (connector view)\n\n| principals | resources | groups | rule ids | classes | entries | parse ms | compile ms | peak MB | diff ms (one grant) | diff entries |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        for c in &r.compile {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.2} | {} |",
+                c.principals,
+                c.resources,
+                c.groups,
+                c.rule_ids,
+                c.classes,
+                c.entries,
+                c.parse_ms,
+                c.ms,
+                c.peak_mb,
+                c.diff_ms,
+                c.diff_entries
+            );
+        }
+    }
+    if !r.apply_sizes.is_empty() {
+        s.push_str("\n## Apply (new policy text to entries live in the kernel)\n\n| rules | principals | changes | p50 ms | p99 ms | max ms | parse p50 | compile p50 | write p50 | entries written p50 |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        for a in &r.apply_sizes {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+                a.rules,
+                a.principals,
+                a.changes,
+                a.p50_ms,
+                a.p99_ms,
+                a.max_ms,
+                a.parse_p50_ms,
+                a.compile_p50_ms,
+                a.write_p50_ms,
+                a.written_p50
+            );
+        }
+    }
+    if !r.errors.is_empty() {
+        s.push_str("\n## Errors\n\n");
+        for e in &r.errors {
+            let _ = writeln!(s, "- {e}");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nSuite times: {}.",
+        r.suite_seconds
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.0} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    s
+}
+
+const COLORS: [&str; 6] = [
+    "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1",
+];
+
+/// A grouped bar chart: one group per label, one bar per series.
+fn bar_chart(
+    title: &str,
+    unit: &str,
+    groups: &[String],
+    series: &[(String, Vec<Option<f64>>)],
+) -> String {
+    let (w, h) = (900.0, 420.0);
+    let (left, right, top, bottom) = (70.0, 20.0, 40.0, 90.0);
+    let max = series
+        .iter()
+        .flat_map(|s| s.1.iter().flatten())
+        .fold(0.0f64, |a, &b| a.max(b))
+        .max(1e-9)
+        * 1.1;
+    let pw = w - left - right;
+    let ph = h - top - bottom;
+    let gw = pw / groups.len().max(1) as f64;
+    let bw = gw * 0.8 / series.len().max(1) as f64;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="20" font-size="14" text-anchor="middle">{}</text>"#,
+        w / 2.0,
+        esc(title)
+    );
+    for i in 0..=4 {
+        let v = max * f64::from(i) / 4.0;
+        let y = top + ph - ph * f64::from(i) / 4.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+            w - right,
+            left - 4.0,
+            y + 4.0,
+            short(v)
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">{}</text>"#,
+        top + ph / 2.0,
+        top + ph / 2.0,
+        esc(unit)
+    );
+    for (gi, g) in groups.iter().enumerate() {
+        let gx = left + gw * gi as f64 + gw * 0.1;
+        for (si, (_, vals)) in series.iter().enumerate() {
+            if let Some(Some(v)) = vals.get(gi) {
+                let bh = ph * v / max;
+                let x = gx + bw * si as f64;
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="{}"><title>{}</title></rect>"#,
+                    top + ph - bh,
+                    bw * 0.95,
+                    COLORS[si % COLORS.len()],
+                    short(*v)
+                );
+                if bw > 22.0 {
+                    let _ = writeln!(
+                        s,
+                        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="9">{}</text>"#,
+                        x + bw * 0.47,
+                        top + ph - bh - 3.0,
+                        short(*v)
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            gx + gw * 0.4,
+            top + ph + 16.0,
+            esc(g)
+        );
+    }
+    for (si, (name, _)) in series.iter().enumerate() {
+        let x = left + 150.0 * si as f64;
+        let y = h - 30.0;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{y}">{}</text>"#,
+            y - 10.0,
+            COLORS[si % COLORS.len()],
+            x + 16.0,
+            esc(name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn short(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else if v >= 10.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn plots(r: &Results) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if !r.decision.is_empty() {
+        let mut cases: Vec<String> = Vec::new();
+        for d in &r.decision {
+            if !cases.contains(&d.case) {
+                cases.push(d.case.clone());
+            }
+        }
+        let mut series: Vec<(String, Vec<Option<f64>>)> = [10u32, 1_000, 10_000, 100_000]
+            .iter()
+            .map(|&n| {
+                (
+                    format!("{n} rules"),
+                    cases.iter().map(|c| r.dec(n, c).map(|d| d.ns)).collect(),
+                )
+            })
+            .collect();
+        series.push((
+            "noop (10 rules run)".into(),
+            cases
+                .iter()
+                .map(|c| r.dec(10, c).map(|d| d.noop_ns))
+                .collect(),
+        ));
+        out.push((
+            "decision",
+            bar_chart("Decision cost per packet", "ns per packet", &cases, &series),
+        ));
+    }
+    if !r.throughput.is_empty() {
+        let mut groups = Vec::new();
+        let mut keys = Vec::new();
+        for rules in [10u32, 1_000, 10_000] {
+            for t in ["deny", "allow"] {
+                if r.throughput
+                    .iter()
+                    .any(|x| x.rules == rules && x.traffic == t)
+                {
+                    groups.push(format!("{t} @ {rules} rules"));
+                    keys.push((rules, t));
+                }
+            }
+        }
+        let series: Vec<(String, Vec<Option<f64>>)> = ["none", "floor", "xdp", "nft"]
+            .iter()
+            .map(|e| {
+                (
+                    e.to_string(),
+                    keys.iter().map(|(n, t)| r.tput(*n, e, t)).collect(),
+                )
+            })
+            .collect();
+        out.push((
+            "throughput",
+            bar_chart(
+                "Receiver throughput (deny: dropped, allow: delivered)",
+                "packets per second",
+                &groups,
+                &series,
+            ),
+        ));
+    }
+    if !r.compile.is_empty() {
+        let groups: Vec<String> = r
+            .compile
+            .iter()
+            .map(|c| format!("{}k x {}k", c.principals / 1000, c.resources / 1000))
+            .collect();
+        let series = vec![
+            (
+                "compile ms".to_string(),
+                r.compile.iter().map(|c| Some(c.ms)).collect(),
+            ),
+            (
+                "peak MB".to_string(),
+                r.compile.iter().map(|c| Some(c.peak_mb)).collect(),
+            ),
+            (
+                "parse ms".to_string(),
+                r.compile.iter().map(|c| Some(c.parse_ms)).collect(),
+            ),
+        ];
+        out.push((
+            "compile",
+            bar_chart(
+                "Compile (principals x resources)",
+                "ms / MB",
+                &groups,
+                &series,
+            ),
+        ));
+    }
+    if !r.apply_sizes.is_empty() {
+        let groups: Vec<String> = r
+            .apply_sizes
+            .iter()
+            .map(|a| format!("{} rules", a.rules))
+            .collect();
+        let series = vec![
+            (
+                "p50 ms".to_string(),
+                r.apply_sizes.iter().map(|a| Some(a.p50_ms)).collect(),
+            ),
+            (
+                "p99 ms".to_string(),
+                r.apply_sizes.iter().map(|a| Some(a.p99_ms)).collect(),
+            ),
+        ];
+        out.push((
+            "apply",
+            bar_chart("Apply: policy text to entries live", "ms", &groups, &series),
+        ));
+    }
+    out
+}

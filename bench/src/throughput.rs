@@ -1,0 +1,450 @@
+//! Throughput: a traffic generator in one namespace, the engine under test on the
+//! receiving end of a veth pair in another.
+//!
+//! Sender: `gateway_trafficgen` run with BPF_PROG_TEST_RUN in live-frames mode redirects
+//! every frame out of the sender's veth end (bounded count, one syscall). Receiver: the
+//! veth's NAPI poll runs the engine — `none` (gateway_noop: every frame to the stack),
+//! `floor` (gateway_drop_all), `xdp` (gateway_xdp with the policy) or `nft` (no XDP
+//! program; the `policy_compiler::nft` ruleset in the receiving namespace, whose
+//! connector ruleset filters `input` as well as `forward`). The receiver delivers what it
+//! lets through locally (`local 198.18.0.0/16` route), so "delivered" is `Ip InDelivers`
+//! for every engine. Not forwarding: live-frames pages are recycled with whatever the
+//! stack wrote into them, and forwarding rewrites TTL and MAC addresses in place, so
+//! after one trip round the page pool the frames were no longer for the receiver. The veth's NAPI runs threaded,
+//! pinned to the other CPU than the generator when both exist.
+
+use crate::policies::{self, NOW, Probe};
+use crate::{Opts, progress};
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::Array,
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+};
+use gateway_common::{Reason, maps};
+use gateway_user::{
+    Dataplane,
+    dataplane::EBPF_OBJECT,
+    netns::{NetNs, veth_pair},
+    testkit::load_policy,
+};
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub rules: u32,
+    pub engine: &'static str,
+    pub traffic: &'static str,
+    /// Packets per second the receiver dropped (`measure` = dropped) or forwarded
+    /// (`delivered`).
+    pub pps: f64,
+    pub measure: &'static str,
+    /// Frames the generator offered per second (sent or refused by a full veth ring).
+    pub offered_pps: f64,
+    /// Frames the receiving veth processed per second.
+    pub processed_pps: f64,
+    pub frames: u64,
+    pub seconds: f64,
+    /// Runs of which `pps` is the median.
+    pub rounds: usize,
+}
+
+/// Sender side: the trafficgen program of a second copy of the object.
+struct Generator {
+    ebpf: Ebpf,
+}
+
+impl Generator {
+    fn new(ifindex: u32) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .context("loading the object for the generator")?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(maps::PROG_XDP_TRAFFICGEN)
+            .context("trafficgen missing")?
+            .try_into()?;
+        prog.load()?;
+        let mut target: Array<_, u32> = Array::try_from(
+            ebpf.map_mut(maps::TRAFFICGEN_TARGET)
+                .context("TRAFFICGEN_TARGET missing")?,
+        )?;
+        target.set(0, ifindex, 0)?;
+        Ok(Generator { ebpf })
+    }
+
+    /// Sends `count` copies of `frame` from inside `ns`, on CPU 0; returns seconds taken.
+    fn send(&mut self, ns: &NetNs, frame: &[u8], count: u32) -> Result<f64> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(maps::PROG_XDP_TRAFFICGEN)
+            .context("trafficgen missing")?
+            .try_into()?;
+        ns.run(move || -> Result<f64> {
+            pin_self(0);
+            let t = Instant::now();
+            prog.test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat: count,
+                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                ..TestRunOptions::default()
+            })
+            .context("BPF_PROG_TEST_RUN live frames")?;
+            Ok(t.elapsed().as_secs_f64())
+        })?
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn pin(pid: i32, cpu: usize) {
+    if cpus() < 2 {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t with one bit set, passed by pointer with its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn pin_self(cpu: usize) {
+    pin(0, cpu);
+}
+
+/// Threaded NAPI for `iface` in `ns`, its kernel threads pinned to CPU 1. Returns whether
+/// a NAPI thread was found.
+fn threaded_napi(ns: &NetNs, iface: &str) -> bool {
+    let _ = ns.exec(
+        "sh",
+        &["-c", &format!("echo 1 > /sys/class/net/{iface}/threaded")],
+    );
+    let prefix = format!("napi/{iface}");
+    let prefix: String = prefix.chars().take(15).collect();
+    let mut found = false;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                && comm.trim_end().starts_with(&prefix)
+            {
+                pin(pid, 1);
+                found = true;
+            }
+        }
+    }
+    found
+}
+
+/// GRO on/off for `iface` (ETHTOOL_SGRO): on a veth without an XDP program, GRO enables
+/// the NAPI poll that XDP-redirected frames need.
+fn set_gro(ns: &NetNs, iface: &str, on: bool) -> Result<()> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct Ifreq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut libc::c_void,
+        _pad: [u8; 16],
+    }
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    let iface = iface.to_string();
+    ns.run(move || -> Result<()> {
+        let mut val = EthtoolValue {
+            cmd: ETHTOOL_SGRO,
+            data: u32::from(on),
+        };
+        let mut ifr = Ifreq {
+            name: [0; libc::IFNAMSIZ],
+            data: (&raw mut val).cast(),
+            _pad: [0; 16],
+        };
+        for (d, s) in ifr.name.iter_mut().zip(iface.bytes()) {
+            *d = s;
+        }
+        // SAFETY: plain socket; the ioctl reads `ifr` and the ethtool_value it points to,
+        // both alive for the call.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            if fd < 0 {
+                bail!("socket: {}", std::io::Error::last_os_error());
+            }
+            let rc = libc::ioctl(fd, SIOCETHTOOL as _, &mut ifr);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if rc != 0 {
+                bail!("ETHTOOL_SGRO on {iface}: {err}");
+            }
+        }
+        Ok(())
+    })?
+}
+
+fn link_stats(ns: &NetNs, iface: &str) -> Result<(u64, u64)> {
+    let out = ns.ip(&["-j", "-s", "link", "show", "dev", iface])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let s = &v[0]["stats64"];
+    let rx = s["rx"]["packets"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no rx stats for {iface}"))?;
+    let tx = s["tx"]["packets"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no tx stats for {iface}"))?;
+    Ok((rx, tx))
+}
+
+/// Sum of the packet counters in the nft `protected` chain (its final `counter drop`).
+fn nft_dropped(ns: &NetNs) -> Result<u64> {
+    let out = ns.exec(
+        "nft",
+        &["-j", "list", "chain", "inet", "zt_gateway", "protected"],
+    )?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    fn walk(v: &serde_json::Value, sum: &mut u64) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(c) = m.get("counter")
+                    && let Some(p) = c.get("packets").and_then(|p| p.as_u64())
+                {
+                    *sum += p;
+                }
+                m.values().for_each(|x| walk(x, sum));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, sum)),
+            _ => {}
+        }
+    }
+    let mut sum = 0;
+    walk(&v, &mut sum);
+    Ok(sum)
+}
+
+/// `Ip: InDelivers` of the namespace: datagrams handed to the transport layer.
+fn in_delivers(ns: &NetNs) -> Result<u64> {
+    let out = ns.exec("cat", &["/proc/net/snmp"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut ip = text.lines().filter(|l| l.starts_with("Ip:"));
+    let (Some(names), Some(values)) = (ip.next(), ip.next()) else {
+        bail!("no Ip lines in /proc/net/snmp");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "InDelivers")
+        .and_then(|(_, v)| v.parse().ok())
+        .context("no Ip InDelivers")
+}
+
+fn denied(dp: &Dataplane) -> Result<u64> {
+    let s = dp.verdict_stats()?;
+    Ok(Reason::ALL
+        .iter()
+        .filter(|r| !r.passes())
+        .map(|r| s.reason(*r))
+        .sum())
+}
+
+struct Topology {
+    tx: NetNs,
+    rx: NetNs,
+    rx_if: String,
+    tx_ifindex: u32,
+}
+
+fn topology() -> Result<Topology> {
+    let tx = NetNs::new("zbt")?;
+    let rx = NetNs::new("zbr")?;
+    let (a, b) = veth_pair(&tx, &["198.19.254.1/24"], &rx, &["198.19.254.2/24"])?;
+    tx.ip(&[
+        "link",
+        "set",
+        "dev",
+        &a.iface,
+        "address",
+        "02:00:00:00:00:0a",
+    ])?;
+    rx.ip(&[
+        "link",
+        "set",
+        "dev",
+        &b.iface,
+        "address",
+        "02:00:00:00:00:0b",
+    ])?;
+    // Everything toward the protected space is delivered locally (see the module docs).
+    rx.ip(&["route", "add", "local", "198.18.0.0/16", "dev", "lo"])?;
+    let name = a.iface.clone();
+    let tx_ifindex = tx.run(move || {
+        let c = std::ffi::CString::new(name).unwrap_or_default();
+        // SAFETY: a valid NUL-terminated string.
+        unsafe { libc::if_nametoindex(c.as_ptr()) }
+    })?;
+    if tx_ifindex == 0 {
+        bail!("sender veth has no ifindex");
+    }
+    Ok(Topology {
+        tx,
+        rx,
+        rx_if: b.iface,
+        tx_ifindex,
+    })
+}
+
+/// The resource and grant allowed throughput traffic uses.
+const UDP_GRANT: &str = "
+[[resource]]
+name = \"bench-udp\"
+network = \"dc\"
+address = \"198.18.250.250\"
+udp = [\"9000\"]
+
+[[allow]]
+name = \"bench-udp\"
+principals = [\"service_account:sa0\"]
+resources = [\"bench-udp\"]
+";
+
+pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> Result<()> {
+    let (secs, rounds) = if opts.quick { (1.0, 3) } else { (3.0, 5) };
+    let topo = topology()?;
+    let mut generator = Generator::new(topo.tx_ifindex)?;
+    for &rules in &[10u32, 1_000, 10_000] {
+        let mut g = policies::for_rules(rules, 0x7c00 + u64::from(rules))?;
+        // Allowed traffic is UDP (a TCP SYN delivered locally would cost a RST each): one
+        // more resource and grant for it.
+        g.text.push_str(UDP_GRANT);
+        g.policy = policies::parse(&g.text, NOW())?;
+        let probes = policies::probes(&g.policy, NOW())?;
+        let udp_allow = policies::udp_allow_probe(&g.policy, NOW())?;
+        let mut dp = Dataplane::load()?;
+        load_policy(&mut dp, &g.text, "connector:conn", NOW())?;
+        let t = Instant::now();
+        let ruleset = policy_compiler::nft(
+            &g.policy,
+            &policy_compiler::Host::Connector("conn".into()),
+            NOW(),
+        )?;
+        let nft_path =
+            std::env::temp_dir().join(format!("zt-bench-{}-{rules}.nft", std::process::id()));
+        std::fs::write(&nft_path, &ruleset)?;
+        progress(&format!(
+            "throughput: {rules} rules: policy loaded, nft ruleset {} KB rendered in {:.1}s",
+            ruleset.len() / 1024,
+            t.elapsed().as_secs_f64()
+        ));
+        let traffic: [(&'static str, &Probe); 2] =
+            [("deny", &probes.udp_deny), ("allow", &udp_allow)];
+        for engine in ["none", "floor", "xdp", "nft"] {
+            // Set the engine up.
+            let mut link = None;
+            match engine {
+                "nft" => {
+                    set_gro(&topo.rx, &topo.rx_if, true)?;
+                    let path = nft_path.to_string_lossy().to_string();
+                    let t = Instant::now();
+                    topo.rx.exec("timeout", &["300", "nft", "-f", &path])?;
+                    progress(&format!(
+                        "throughput: {rules} rules: nft -f took {:.1}s",
+                        t.elapsed().as_secs_f64()
+                    ));
+                }
+                _ => {
+                    let prog = match engine {
+                        "none" => maps::PROG_XDP_NOOP,
+                        "floor" => maps::PROG_XDP_DROP_ALL,
+                        _ => maps::PROG_XDP_INGRESS,
+                    };
+                    let iface = topo.rx_if.clone();
+                    let p = dp.xdp_named(prog)?;
+                    link = Some((
+                        prog,
+                        topo.rx.run(move || p.attach(&iface, XdpMode::Driver))??,
+                    ));
+                }
+            }
+            let threaded = threaded_napi(&topo.rx, &topo.rx_if);
+            for (kind, probe) in traffic {
+                let frame = policies::frame(probe, 18);
+                // Warm up and calibrate the count for about `secs` seconds.
+                let warm = 100_000u32;
+                let w = generator.send(&topo.tx, &frame, warm)?;
+                let count =
+                    ((f64::from(warm) / w.max(1e-6)) * secs).clamp(100_000.0, 30_000_000.0) as u32;
+                // Median of `rounds` runs (by the measured rate).
+                let mut runs: Vec<(f64, &'static str, f64, u64)> = Vec::new();
+                for _ in 0..rounds {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    let (rx0, _) = link_stats(&topo.rx, &topo.rx_if)?;
+                    let fwd0 = in_delivers(&topo.rx)?;
+                    let deny0 = if engine == "xdp" { denied(&dp)? } else { 0 };
+                    let nft0 = if engine == "nft" {
+                        nft_dropped(&topo.rx)?
+                    } else {
+                        0
+                    };
+                    let elapsed = generator.send(&topo.tx, &frame, count)?;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    let (rx1, _) = link_stats(&topo.rx, &topo.rx_if)?;
+                    let fwd1 = in_delivers(&topo.rx)?;
+                    let processed = rx1.saturating_sub(rx0);
+                    let forwarded = fwd1.saturating_sub(fwd0);
+                    let (measure, n) = match (engine, kind) {
+                        ("floor", _) => ("dropped", processed),
+                        ("xdp", "deny") => ("dropped", denied(&dp)?.saturating_sub(deny0)),
+                        ("nft", "deny") => ("dropped", nft_dropped(&topo.rx)?.saturating_sub(nft0)),
+                        _ => ("delivered", forwarded),
+                    };
+                    runs.push((n as f64 / elapsed, measure, elapsed, processed));
+                }
+                runs.sort_by(|x, y| x.0.total_cmp(&y.0));
+                let (pps, measure, elapsed, processed) = runs[runs.len() / 2];
+                progress(&format!(
+                    "throughput: {rules} rules {engine:>5} {kind:>5}: {:.3} Mpps {measure} (offered {:.3}, processed {:.3} Mpps, {count} frames in {elapsed:.2}s, napi thread: {threaded})",
+                    pps / 1e6,
+                    f64::from(count) / elapsed / 1e6,
+                    processed as f64 / elapsed / 1e6
+                ));
+                rows.push(Row {
+                    rules,
+                    engine: match engine {
+                        "none" => "none",
+                        "floor" => "floor",
+                        "xdp" => "xdp",
+                        _ => "nft",
+                    },
+                    traffic: kind,
+                    pps,
+                    measure,
+                    offered_pps: f64::from(count) / elapsed,
+                    processed_pps: processed as f64 / elapsed,
+                    frames: u64::from(count),
+                    rounds,
+                    seconds: elapsed,
+                });
+            }
+            // Tear the engine down.
+            match link {
+                Some((prog, id)) => {
+                    let p = dp.xdp_named(prog)?;
+                    topo.rx.run(move || p.detach(id))??;
+                }
+                None => {
+                    topo.rx
+                        .exec("nft", &["delete", "table", "inet", "zt_gateway"])?;
+                    set_gro(&topo.rx, &topo.rx_if, false)?;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&nft_path);
+    }
+    Ok(())
+}
