@@ -17,9 +17,7 @@
 use crate::dataplane::PolicyMaps;
 use anyhow::{Context as _, Result};
 use aya::maps::{MapError, lpm_trie::Key};
-use gateway_common::policy::{AtomValue, DstKey, RuleKey, RuleValue, SrcKey, SrcValue};
 use policy_compiler::{HostView, KernelEntries, to_kernel};
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Converts unix time to the boot clock the kernel reads (`bpf_ktime_get_boot_ns`), with an
@@ -189,69 +187,129 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
-/// Brings one slot from `old` to `new`: deletes what is gone, writes what is new or
-/// changed. Returns (written, deleted).
+/// An LPM entry as a (key, value) pair for [`merge_diff`].
+fn lpm<K: Copy, V: Copy>(e: &policy_compiler::LpmEntry<K, V>) -> ((u32, K), V) {
+    ((e.prefix_len, e.key), e.value)
+}
+
+/// Walks two key-sorted entry lists together and calls `op` with `(k, None)` for keys only
+/// in `old` (delete) and `(k, Some(v))` for keys only in `new` or whose value changed
+/// (write). O(n), no allocation.
+fn merge_diff<K: Ord + Copy, V: PartialEq + Copy>(
+    old: impl IntoIterator<Item = (K, V)>,
+    new: impl IntoIterator<Item = (K, V)>,
+    mut op: impl FnMut(K, Option<V>) -> Result<(), MapError>,
+) -> Result<(usize, usize), MapError> {
+    use std::cmp::Ordering::*;
+    let (mut written, mut deleted) = (0, 0);
+    let mut old = old.into_iter().peekable();
+    let mut new = new.into_iter().peekable();
+    loop {
+        match (old.peek().copied(), new.peek().copied()) {
+            (None, None) => break,
+            (Some((ko, _)), None) => {
+                op(ko, None)?;
+                deleted += 1;
+                old.next();
+            }
+            (None, Some((kn, vn))) => {
+                op(kn, Some(vn))?;
+                written += 1;
+                new.next();
+            }
+            (Some((ko, vo)), Some((kn, vn))) => match ko.cmp(&kn) {
+                Less => {
+                    op(ko, None)?;
+                    deleted += 1;
+                    old.next();
+                }
+                Greater => {
+                    op(kn, Some(vn))?;
+                    written += 1;
+                    new.next();
+                }
+                Equal => {
+                    if vo != vn {
+                        op(kn, Some(vn))?;
+                        written += 1;
+                    }
+                    old.next();
+                    new.next();
+                }
+            },
+        }
+    }
+    Ok((written, deleted))
+}
+
+/// Brings one slot from `old` to `new` (both sorted, as `to_kernel` and `read_slot` make
+/// them): deletes what is gone, writes what is new or changed. Returns (written, deleted).
 fn sync_slot(
     maps: &mut PolicyMaps,
     old: &KernelEntries,
     new: &KernelEntries,
 ) -> Result<(usize, usize)> {
-    let mut written = 0;
-    let mut deleted = 0;
+    let PolicyMaps {
+        src, dst, rules, ..
+    } = maps;
+    let (w1, d1) = merge_diff(
+        old.src.iter().copied(),
+        new.src.iter().copied(),
+        |k, v| match v {
+            Some(v) => src.insert(k, v, 0),
+            None => ignore_missing(src.remove(&k)),
+        },
+    )?;
+    let (w2, d2) = merge_diff(
+        old.dst.iter().map(lpm),
+        new.dst.iter().map(lpm),
+        |(p, k), v| match v {
+            Some(v) => dst.insert(&Key::new(p, k), v, 0),
+            None => ignore_missing(dst.remove(&Key::new(p, k))),
+        },
+    )?;
+    let (w3, d3) = merge_diff(
+        old.rules.iter().map(lpm),
+        new.rules.iter().map(lpm),
+        |(p, k), v| match v {
+            Some(v) => rules.insert(&Key::new(p, k), v, 0),
+            None => ignore_missing(rules.remove(&Key::new(p, k))),
+        },
+    )?;
+    Ok((w1 + w2 + w3, d1 + d2 + d3))
+}
 
-    let old_src: BTreeMap<SrcKey, SrcValue> = old.src.iter().copied().collect();
-    let new_src: BTreeMap<SrcKey, SrcValue> = new.src.iter().copied().collect();
-    for k in old_src.keys().filter(|k| !new_src.contains_key(k)) {
-        ignore_missing(maps.src.remove(k))?;
-        deleted += 1;
-    }
-    for (k, v) in &new_src {
-        if old_src.get(k) != Some(v) {
-            maps.src.insert(k, v, 0)?;
-            written += 1;
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_diff_writes_only_the_difference() {
+        let old = [(1, 'a'), (2, 'b'), (4, 'd'), (6, 'f')];
+        let new = [(2, 'b'), (3, 'c'), (4, 'D'), (7, 'g')];
+        let mut ops = Vec::new();
+        let (written, deleted) = merge_diff(old, new, |k, v| {
+            ops.push((k, v));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            ops,
+            vec![
+                (1, None),
+                (3, Some('c')),
+                (4, Some('D')),
+                (6, None),
+                (7, Some('g'))
+            ]
+        );
+        assert_eq!((written, deleted), (3, 2));
     }
 
-    let old_dst: BTreeMap<(u32, DstKey), AtomValue> = old
-        .dst
-        .iter()
-        .map(|e| ((e.prefix_len, e.key), e.value))
-        .collect();
-    let new_dst: BTreeMap<(u32, DstKey), AtomValue> = new
-        .dst
-        .iter()
-        .map(|e| ((e.prefix_len, e.key), e.value))
-        .collect();
-    for (p, k) in old_dst.keys().filter(|k| !new_dst.contains_key(k)) {
-        ignore_missing(maps.dst.remove(&Key::new(*p, *k)))?;
-        deleted += 1;
+    #[test]
+    fn merge_diff_of_equal_lists_does_nothing() {
+        let v = [(1, 1), (5, 5)];
+        let (w, d) = merge_diff(v, v, |_, _| panic!("no operation expected")).unwrap();
+        assert_eq!((w, d), (0, 0));
     }
-    for ((p, k), v) in &new_dst {
-        if old_dst.get(&(*p, *k)) != Some(v) {
-            maps.dst.insert(&Key::new(*p, *k), v, 0)?;
-            written += 1;
-        }
-    }
-
-    let old_rules: BTreeMap<(u32, RuleKey), RuleValue> = old
-        .rules
-        .iter()
-        .map(|e| ((e.prefix_len, e.key), e.value))
-        .collect();
-    let new_rules: BTreeMap<(u32, RuleKey), RuleValue> = new
-        .rules
-        .iter()
-        .map(|e| ((e.prefix_len, e.key), e.value))
-        .collect();
-    for (p, k) in old_rules.keys().filter(|k| !new_rules.contains_key(k)) {
-        ignore_missing(maps.rules.remove(&Key::new(*p, *k)))?;
-        deleted += 1;
-    }
-    for ((p, k), v) in &new_rules {
-        if old_rules.get(&(*p, *k)) != Some(v) {
-            maps.rules.insert(&Key::new(*p, *k), v, 0)?;
-            written += 1;
-        }
-    }
-    Ok((written, deleted))
 }
