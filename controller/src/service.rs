@@ -1,0 +1,282 @@
+//! The gRPC services: thin adapters from requests to [`State`] calls.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use gateway_proto::v1::{self, admin_server::Admin, agent_server::Agent};
+use tokio_stream::{Stream, StreamExt as _};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::objects::Kind;
+use crate::state::ChangeOpts;
+use crate::{Error, State};
+
+type R<T> = Result<Response<T>, Status>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Runs blocking state work (SQLite, compiling) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("task failed: {e}")))?
+        .map_err(Status::from)
+}
+
+fn opts(dry_run: bool, expected_revision: Option<u64>) -> ChangeOpts {
+    ChangeOpts {
+        dry_run,
+        expected_revision,
+        actor: "local".into(),
+    }
+}
+
+/// The Admin service.
+#[derive(Clone, Debug)]
+pub struct AdminService {
+    state: Arc<State>,
+}
+
+impl AdminService {
+    pub fn new(state: Arc<State>) -> Self {
+        AdminService { state }
+    }
+}
+
+fn object_arg(o: Option<v1::PolicyObject>) -> Result<(Kind, v1::PolicyObject), Status> {
+    let o = o.ok_or_else(|| Status::invalid_argument("missing `object`"))?;
+    Ok((Kind::from_wire(o.kind)?, o))
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn apply_policy(
+        &self,
+        req: Request<v1::ApplyPolicyRequest>,
+    ) -> R<v1::ApplyPolicyResponse> {
+        let r = req.into_inner();
+        let s = self.state.clone();
+        let plan = blocking(move || {
+            s.apply_policy(
+                &r.policy_toml,
+                &r.file_name,
+                &opts(r.dry_run, r.expected_revision),
+            )
+        })
+        .await?;
+        Ok(Response::new(v1::ApplyPolicyResponse {
+            plan: Some(plan),
+            applied: !r.dry_run,
+        }))
+    }
+
+    async fn get_policy(&self, _: Request<v1::GetPolicyRequest>) -> R<v1::GetPolicyResponse> {
+        let (policy_toml, revision) = self.state.policy();
+        Ok(Response::new(v1::GetPolicyResponse {
+            policy_toml,
+            revision,
+        }))
+    }
+
+    async fn get_object(&self, req: Request<v1::GetObjectRequest>) -> R<v1::GetObjectResponse> {
+        let r = req.into_inner();
+        let (o, revision) = self.state.object(Kind::from_wire(r.kind)?, &r.name)?;
+        Ok(Response::new(v1::GetObjectResponse {
+            object: Some(o.to_wire()),
+            revision,
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        req: Request<v1::ListObjectsRequest>,
+    ) -> R<v1::ListObjectsResponse> {
+        let r = req.into_inner();
+        let kind = if r.kind == v1::ObjectKind::Unspecified as i32 {
+            None
+        } else {
+            Some(Kind::from_wire(r.kind)?)
+        };
+        let (list, revision) = self.state.objects(kind);
+        Ok(Response::new(v1::ListObjectsResponse {
+            objects: list.iter().map(|o| o.to_wire()).collect(),
+            revision,
+        }))
+    }
+
+    async fn create_object(&self, req: Request<v1::CreateObjectRequest>) -> R<v1::ChangeResponse> {
+        let r = req.into_inner();
+        let (kind, o) = object_arg(r.object)?;
+        let s = self.state.clone();
+        let plan =
+            blocking(move || s.create_object(kind, &o.toml, &opts(r.dry_run, r.expected_revision)))
+                .await?;
+        Ok(Response::new(v1::ChangeResponse {
+            plan: Some(plan),
+            applied: !r.dry_run,
+        }))
+    }
+
+    async fn update_object(&self, req: Request<v1::UpdateObjectRequest>) -> R<v1::ChangeResponse> {
+        let r = req.into_inner();
+        let (kind, o) = object_arg(r.object)?;
+        let s = self.state.clone();
+        let plan = blocking(move || {
+            s.update_object(
+                kind,
+                &o.name,
+                &o.toml,
+                &opts(r.dry_run, r.expected_revision),
+            )
+        })
+        .await?;
+        Ok(Response::new(v1::ChangeResponse {
+            plan: Some(plan),
+            applied: !r.dry_run,
+        }))
+    }
+
+    async fn delete_object(&self, req: Request<v1::DeleteObjectRequest>) -> R<v1::ChangeResponse> {
+        let r = req.into_inner();
+        let kind = Kind::from_wire(r.kind)?;
+        let s = self.state.clone();
+        let plan =
+            blocking(move || s.delete_object(kind, &r.name, &opts(r.dry_run, r.expected_revision)))
+                .await?;
+        Ok(Response::new(v1::ChangeResponse {
+            plan: Some(plan),
+            applied: !r.dry_run,
+        }))
+    }
+
+    async fn explain(&self, req: Request<v1::ExplainRequest>) -> R<v1::ExplainResponse> {
+        let r = req.into_inner();
+        let s = self.state.clone();
+        Ok(Response::new(
+            blocking(move || s.explain(&r.from, &r.to, r.at)).await?,
+        ))
+    }
+
+    async fn test_access(&self, req: Request<v1::TestAccessRequest>) -> R<v1::TestAccessResponse> {
+        let r = req.into_inner();
+        let s = self.state.clone();
+        Ok(Response::new(
+            blocking(move || s.test_access(&r.assertions, r.include_policy_tests)).await?,
+        ))
+    }
+
+    async fn query_events(
+        &self,
+        req: Request<v1::QueryEventsRequest>,
+    ) -> R<v1::QueryEventsResponse> {
+        let r = req.into_inner();
+        let s = self.state.clone();
+        let filter = r.filter.unwrap_or_default();
+        let events = blocking(move || s.query_events(&filter, r.limit)).await?;
+        Ok(Response::new(v1::QueryEventsResponse { events }))
+    }
+
+    type FollowEventsStream = BoxStream<v1::StoredEvent>;
+
+    async fn follow_events(
+        &self,
+        req: Request<v1::FollowEventsRequest>,
+    ) -> R<Self::FollowEventsStream> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let rx = self.state.follow_events(filter);
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn audit_report(
+        &self,
+        req: Request<v1::AuditReportRequest>,
+    ) -> R<v1::AuditReportResponse> {
+        let r = req.into_inner();
+        let s = self.state.clone();
+        let records =
+            blocking(move || s.audit_report(r.since_unix_ms, r.until_unix_ms, r.limit)).await?;
+        Ok(Response::new(v1::AuditReportResponse { records }))
+    }
+
+    async fn create_enrollment_token(
+        &self,
+        req: Request<v1::CreateEnrollmentTokenRequest>,
+    ) -> R<v1::CreateEnrollmentTokenResponse> {
+        let r = req.into_inner();
+        let s = self.state.clone();
+        Ok(Response::new(
+            blocking(move || s.create_token(&r.host, r.ttl_seconds, "local")).await?,
+        ))
+    }
+
+    async fn list_agents(&self, _: Request<v1::ListAgentsRequest>) -> R<v1::ListAgentsResponse> {
+        Ok(Response::new(v1::ListAgentsResponse {
+            agents: self.state.agents(),
+        }))
+    }
+}
+
+/// The Agent service.
+#[derive(Clone, Debug)]
+pub struct AgentService {
+    state: Arc<State>,
+}
+
+impl AgentService {
+    pub fn new(state: Arc<State>) -> Self {
+        AgentService { state }
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn enroll(&self, req: Request<v1::EnrollRequest>) -> R<v1::EnrollResponse> {
+        let r = req.into_inner();
+        let s = self.state.clone();
+        Ok(Response::new(
+            blocking(move || s.enroll(&r.token, &r.hostname)).await?,
+        ))
+    }
+
+    type WatchStream = BoxStream<v1::WatchResponse>;
+
+    async fn watch(&self, req: Request<v1::WatchRequest>) -> R<Self::WatchStream> {
+        let r = req.into_inner();
+        let s = self.state.clone();
+        let rx = blocking(move || s.watch(r.auth.as_ref(), r.generation)).await?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn ack(&self, req: Request<v1::AckRequest>) -> R<v1::AckResponse> {
+        let r = req.into_inner();
+        let s = self.state.clone();
+        blocking(move || s.ack(r.auth.as_ref(), r.generation)).await?;
+        Ok(Response::new(v1::AckResponse {}))
+    }
+
+    async fn report_events(
+        &self,
+        req: Request<Streaming<v1::ReportEventsRequest>>,
+    ) -> R<v1::ReportEventsResponse> {
+        let mut stream = req.into_inner();
+        let mut agent: Option<String> = None;
+        let mut accepted = 0;
+        while let Some(msg) = stream.next().await {
+            let msg = msg?;
+            let id = match &agent {
+                Some(id) => id.clone(),
+                None => {
+                    let id = self.state.check_agent(msg.auth.as_ref())?;
+                    agent = Some(id.clone());
+                    id
+                }
+            };
+            let s = self.state.clone();
+            accepted += blocking(move || s.report_events(&id, msg.events)).await?;
+        }
+        Ok(Response::new(v1::ReportEventsResponse { accepted }))
+    }
+}

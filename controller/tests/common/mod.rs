@@ -1,0 +1,135 @@
+//! A real controller on 127.0.0.1 (ephemeral port) with a temporary database, and real
+//! tonic clients.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_proto::v1::{self, admin_client::AdminClient, agent_client::AgentClient};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+pub const DEMO: &str = include_str!("../../../examples/demo.toml");
+
+pub struct Controller {
+    pub addr: SocketAddr,
+    pub state: Arc<controller::State>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Controller {
+    pub async fn start(db: &Path) -> Controller {
+        let state = Arc::new(controller::State::open(db, 30).expect("open state"));
+        let (tx, rx) = oneshot::channel();
+        let (addr, task) =
+            controller::spawn("127.0.0.1:0".parse().unwrap(), state.clone(), async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("serve");
+        Controller {
+            addr,
+            state,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel().await)
+    }
+
+    pub async fn agent(&self) -> AgentClient<Channel> {
+        AgentClient::new(self.channel().await)
+    }
+
+    /// Stops the server and waits for it (bounded).
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.state.close_watchers();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .expect("server stops in time")
+                .expect("join")
+                .expect("server ok");
+        }
+    }
+}
+
+pub fn tempdir() -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("controller.db");
+    (d, p)
+}
+
+pub async fn apply(admin: &mut AdminClient<Channel>, text: &str) -> v1::Plan {
+    admin
+        .apply_policy(v1::ApplyPolicyRequest {
+            policy_toml: text.into(),
+            file_name: "policy.toml".into(),
+            dry_run: false,
+            expected_revision: None,
+        })
+        .await
+        .expect("apply")
+        .into_inner()
+        .plan
+        .unwrap()
+}
+
+/// Enrolls an agent for `host`; returns its auth.
+pub async fn enroll(ctl: &Controller, host: &str) -> v1::AgentAuth {
+    let mut admin = ctl.admin().await;
+    let tok = admin
+        .create_enrollment_token(v1::CreateEnrollmentTokenRequest {
+            host: host.into(),
+            ttl_seconds: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let r = ctl
+        .agent()
+        .await
+        .enroll(v1::EnrollRequest {
+            token: tok.token,
+            hostname: format!("test-{host}"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    v1::AgentAuth {
+        agent_id: r.agent_id,
+        credential: r.credential,
+    }
+}
+
+/// The next watch message, within `secs`.
+pub async fn next(
+    s: &mut tonic::Streaming<v1::WatchResponse>,
+    secs: u64,
+) -> Option<v1::WatchResponse> {
+    tokio::time::timeout(Duration::from_secs(secs), s.message())
+        .await
+        .ok()
+        .and_then(|r| r.expect("stream ok"))
+}
+
+pub fn now() -> i64 {
+    controller::now_unix()
+}

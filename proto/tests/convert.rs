@@ -1,0 +1,134 @@
+//! Wire conversions: snapshots round-trip exactly, and a snapshot followed by deltas
+//! ends at exactly the entries (and metadata) of a fresh compile.
+
+use std::collections::BTreeSet;
+
+use gateway_proto::{apply_delta, delta_is_empty, delta_to_wire, view_from_wire, view_to_wire};
+use policy_compiler::random::{Rng, gen_policy};
+use policy_compiler::{Host, HostView, Policy, compile, parse, to_kernel};
+use prost::Message as _;
+
+const NOW: i64 = 1_900_000_000;
+
+fn hosts(p: &Policy) -> BTreeSet<Host> {
+    let mut out: BTreeSet<Host> = p
+        .networks
+        .iter()
+        .flat_map(|n| n.connectors.iter().cloned().map(Host::Connector))
+        .collect();
+    out.extend(p.devices.iter().map(|d| Host::Device(d.name.clone())));
+    out
+}
+
+/// `n` valid random policies (the generator sometimes makes invalid ones).
+fn random_policies(seed: u64, n: usize) -> Vec<Policy> {
+    let mut rng = Rng(seed);
+    let mut out = Vec::new();
+    for _ in 0..n * 10 {
+        if out.len() == n {
+            break;
+        }
+        if let Ok(p) = parse(&gen_policy(&mut rng, NOW), "r.toml", NOW) {
+            out.push(p.policy);
+        }
+    }
+    assert_eq!(out.len(), n);
+    out
+}
+
+fn view(p: &Policy, h: &Host, now: i64) -> HostView {
+    compile(p, h, now).unwrap_or_else(|_| gateway_proto::empty_view(h, now))
+}
+
+fn demo() -> Policy {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/demo.toml"
+    ))
+    .expect("examples/demo.toml");
+    parse(&text, "demo.toml", NOW)
+        .expect("demo policy parses")
+        .policy
+}
+
+#[test]
+fn snapshot_round_trip_demo() {
+    let p = demo();
+    for h in hosts(&p) {
+        let v = view(&p, &h, NOW);
+        let w = view_to_wire(&v);
+        // Through the encoding too.
+        let w2 = gateway_proto::v1::HostView::decode(w.encode_to_vec().as_slice()).expect("decode");
+        assert_eq!(w, w2);
+        assert_eq!(view_from_wire(&w2).expect("valid"), v, "{h:?}");
+    }
+}
+
+#[test]
+fn snapshot_round_trip_random() {
+    for p in random_policies(7, 60) {
+        for h in hosts(&p) {
+            let v = view(&p, &h, NOW);
+            assert_eq!(view_from_wire(&view_to_wire(&v)).expect("valid"), v);
+        }
+    }
+}
+
+#[test]
+fn snapshot_plus_deltas_equals_fresh_compile() {
+    let policies = random_policies(11, 40);
+    let all: BTreeSet<Host> = policies.iter().flat_map(hosts).collect();
+    let mut nonempty = 0;
+    for h in &all {
+        // The agent starts from a snapshot of the first policy, then follows deltas.
+        let first = view(&policies[0], h, NOW);
+        let mut agent = view_from_wire(&view_to_wire(&first)).expect("valid");
+        let mut prev = first;
+        for (i, p) in policies.iter().enumerate().skip(1) {
+            let now = NOW + i as i64;
+            let next = view(p, h, now);
+            let d = delta_to_wire(&prev, &next);
+            if !delta_is_empty(&d) {
+                nonempty += 1;
+            }
+            apply_delta(&mut agent, &d).expect("delta applies");
+            assert_eq!(
+                to_kernel(&agent, 1, |t| t as u64),
+                to_kernel(&next, 1, |t| t as u64),
+                "{h:?} after policy {i}"
+            );
+            assert!(gateway_proto::same_meta(&agent, &next));
+            assert_eq!(
+                (&agent.sources, &agent.atoms, &agent.rules),
+                (&next.sources, &next.atoms, &next.rules)
+            );
+            prev = next;
+        }
+    }
+    assert!(nonempty > 20, "deltas exercised: {nonempty}");
+}
+
+#[test]
+fn unchanged_view_gives_empty_delta() {
+    let p = demo();
+    for h in hosts(&p) {
+        let a = view(&p, &h, NOW);
+        let b = view(&p, &h, NOW + 5);
+        assert!(delta_is_empty(&delta_to_wire(&a, &b)));
+    }
+}
+
+#[test]
+fn hosts_parse() {
+    for h in [
+        Host::Connector("c".into()),
+        Host::Device("alice-laptop".into()),
+    ] {
+        assert_eq!(
+            gateway_proto::parse_host(&gateway_proto::host_name(&h)),
+            Ok(h)
+        );
+    }
+    assert!(gateway_proto::parse_host("laptop").is_err());
+    assert!(gateway_proto::parse_host("device:").is_err());
+}
