@@ -43,7 +43,10 @@ pub struct Config {
     /// The connector's or the device's name in the policy.
     pub name: String,
     /// The policy file (standalone mode): recompiled and applied when it changes.
-    pub policy_file: PathBuf,
+    /// Exactly one of `policy_file` and `[controller]` is set.
+    pub policy_file: Option<PathBuf>,
+    /// Managed mode: the controller that streams this host's compiled view.
+    pub controller: Option<ControllerConfig>,
     /// bpffs folder for pinned maps, programs and links.
     #[serde(default = "default_pin_dir")]
     pub pin_dir: PathBuf,
@@ -68,6 +71,24 @@ pub struct Config {
     /// How often the policy file is checked for changes.
     #[serde(default = "default_poll_ms")]
     pub policy_poll_ms: u64,
+}
+
+/// `[controller]`: managed mode.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// The controller's gRPC address, e.g. `http://10.0.0.5:50051`.
+    pub url: String,
+    /// One-time enrollment token (`gatewayctl` / Admin.CreateEnrollmentToken); used once,
+    /// when `identity_file` does not exist yet.
+    pub enrollment_token: Option<String>,
+    /// Where the agent keeps the identity it received at enrollment.
+    #[serde(default = "default_identity")]
+    pub identity_file: PathBuf,
+}
+
+fn default_identity() -> PathBuf {
+    PathBuf::from("/var/lib/zt-gateway/identity.json")
 }
 
 fn default_pin_dir() -> PathBuf {
@@ -106,6 +127,17 @@ impl Config {
         }
         if !self.pin_dir.is_absolute() {
             bail!("`pin_dir` must be an absolute path on bpffs, e.g. /sys/fs/bpf/zt-gateway");
+        }
+        match (&self.policy_file, &self.controller) {
+            (None, None) => bail!(
+                "no policy source: set `policy_file` (standalone) or a `[controller]` table \
+                 (managed)"
+            ),
+            (Some(_), Some(_)) => bail!(
+                "both `policy_file` and `[controller]` are set: a host takes its policy from \
+                 one source"
+            ),
+            _ => {}
         }
         if self.idle_timeout_secs == 0 {
             bail!("`idle_timeout_secs` must be at least 1");

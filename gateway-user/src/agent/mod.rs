@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod logs;
+pub mod managed;
 pub mod metrics;
 pub mod pins;
 
@@ -28,7 +29,7 @@ use std::{
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
-use tokio::io::unix::AsyncFd;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 /// A compiled policy in force, with what is needed to notice the next change.
 struct Active {
@@ -41,7 +42,10 @@ struct Active {
 /// Reads, parses and compiles the policy file. Errors come back as one message with every
 /// located diagnostic.
 fn compile_file(cfg: &Config, now: i64) -> Result<(HostView, String)> {
-    let path = &cfg.policy_file;
+    let path = cfg
+        .policy_file
+        .as_ref()
+        .context("no policy_file in the configuration")?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the policy {}", path.display()))?;
     let file = path.display().to_string();
@@ -135,36 +139,68 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     let metrics: metrics::Shared = Arc::default();
 
     // The policy goes in before any attachment, so a fresh host never runs the programs
-    // on empty maps. On a restart, a broken policy file leaves the pinned policy enforced.
+    // on empty maps. On a restart, a broken or unreachable source leaves the pinned policy
+    // enforced.
     let now = unix_now();
-    let mut active = match compile_file(&cfg, now) {
-        Ok((view, text)) => {
-            let stats = writer.apply(&mut dp.policy, &view)?;
+    let mut managed_rx: Option<mpsc::Receiver<managed::Update>> = None;
+    let mut events_tx: Option<mpsc::Sender<gateway_proto::v1::ConnectionEvent>> = None;
+    let mut active = if let Some(ctl) = &cfg.controller {
+        let id = managed::identity(ctl, &cfg.host_label()).await?;
+        let (tx, mut rx) = mpsc::channel(4);
+        tokio::spawn(managed::watch(ctl.url.clone(), id.clone(), tx));
+        let (etx, erx) = mpsc::channel(65_536);
+        tokio::spawn(managed::report(ctl.url.clone(), id, erx));
+        events_tx = Some(etx);
+        let first = if adopted == 0 {
             eprintln!(
-                "gateway-agent: policy generation {} applied ({} entries, {} written, {:.1} ms)",
-                stats.generation,
-                stats.entries,
-                stats.written + stats.deleted,
-                stats.elapsed.as_secs_f64() * 1e3
+                "gateway-agent: waiting for this host's view from {}",
+                ctl.url
             );
-            if let Ok(mut m) = metrics.lock() {
-                m.observe_apply(stats.elapsed.as_secs_f64());
-                m.last_apply_unix = now as f64;
+            let update = rx.recv().await.context("the controller watch ended")?;
+            let first = apply_update(&mut dp, &mut writer, update, &metrics);
+            if first.is_none() {
+                bail!("the controller's first view could not be applied");
             }
-            let fp = fingerprint(&cfg.policy_file);
-            Some(Active {
-                view,
-                source: fp.map(|(t, l)| (t, l, text)),
-            })
-        }
-        Err(e) if adopted != 0 => {
+            first
+        } else {
             eprintln!(
-                "gateway-agent: {e:#}\ngateway-agent: keeping the pinned policy (generation \
-                 {adopted}) in force until the file is fixed"
+                "gateway-agent: enforcing the pinned policy (generation {adopted}) until the \
+                 controller sends this host's view"
             );
             None
+        };
+        managed_rx = Some(rx);
+        first
+    } else {
+        match compile_file(&cfg, now) {
+            Ok((view, text)) => {
+                let stats = writer.apply(&mut dp.policy, &view)?;
+                eprintln!(
+                    "gateway-agent: policy generation {} applied ({} entries, {} written, {:.1} ms)",
+                    stats.generation,
+                    stats.entries,
+                    stats.written + stats.deleted,
+                    stats.elapsed.as_secs_f64() * 1e3
+                );
+                if let Ok(mut m) = metrics.lock() {
+                    m.observe_apply(stats.elapsed.as_secs_f64());
+                    m.last_apply_unix = now as f64;
+                }
+                let fp = cfg.policy_file.as_deref().and_then(fingerprint);
+                Some(Active {
+                    view,
+                    source: fp.map(|(t, l)| (t, l, text)),
+                })
+            }
+            Err(e) if adopted != 0 => {
+                eprintln!(
+                    "gateway-agent: {e:#}\ngateway-agent: keeping the pinned policy (generation \
+                     {adopted}) in force until the file is fixed"
+                );
+                None
+            }
+            Err(e) => return Err(e.context("no policy to enforce")),
         }
-        Err(e) => return Err(e.context("no policy to enforce")),
     };
 
     let attached = pins::attach_all(&mut dp, &cfg)?;
@@ -208,15 +244,23 @@ async fn run_async(mut cfg: Config) -> Result<()> {
                 let batch = drain(guard.get_inner_mut());
                 guard.clear_ready();
                 if let Some(a) = &active {
-                    log_events(&batch, a, &host, clock, &mut sink, &metrics);
+                    log_events(&batch, a, &host, clock, &mut sink, &metrics, events_tx.as_ref());
+                }
+            }
+            Some(update) = next_update(&mut managed_rx) => {
+                if let Some(a) = apply_update(&mut dp, &mut writer, update, &metrics) {
+                    active = Some(a);
                 }
             }
             _ = tick.tick() => {
-                reload_if_changed(&cfg, &mut dp, &mut writer, &mut active, &metrics);
+                if cfg.policy_file.is_some() {
+                    reload_if_changed(&cfg, &mut dp, &mut writer, &mut active, &metrics);
+                }
                 if last_reap.elapsed() >= Duration::from_secs(2) {
                     last_reap = Instant::now();
                     if let Some(a) = &active {
-                        reap(&mut dp, &cfg, a, &host, clock, &mut sink, &metrics);
+                        let up = events_tx.as_ref();
+                        reap(&mut dp, &cfg, a, &host, clock, &mut sink, &metrics, up);
                     }
                     refresh_metrics(&dp, &writer, &metrics);
                 }
@@ -228,7 +272,15 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     // Whatever is still buffered is logged before leaving.
     let batch = drain(events.get_mut());
     if let Some(a) = &active {
-        log_events(&batch, a, &host, clock, &mut sink, &metrics);
+        log_events(
+            &batch,
+            a,
+            &host,
+            clock,
+            &mut sink,
+            &metrics,
+            events_tx.as_ref(),
+        );
     }
     sink.flush();
     eprintln!(
@@ -239,6 +291,59 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     Ok(())
 }
 
+/// The next view from the controller, or never in standalone mode.
+async fn next_update(rx: &mut Option<mpsc::Receiver<managed::Update>>) -> Option<managed::Update> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies a view from the controller and answers the watcher (which then acknowledges
+/// the generation). A failure leaves the previous policy in force.
+fn apply_update(
+    dp: &mut Dataplane,
+    writer: &mut PolicyWriter,
+    update: managed::Update,
+    metrics: &metrics::Shared,
+) -> Option<Active> {
+    let started = Instant::now();
+    match writer.apply(&mut dp.policy, &update.view) {
+        Ok(stats) => {
+            let secs = started.elapsed().as_secs_f64();
+            eprintln!(
+                "gateway-agent: controller generation {} applied as policy generation {} ({} map \
+                 writes, {:.1} ms)",
+                update.generation,
+                stats.generation,
+                stats.written + stats.deleted,
+                secs * 1e3
+            );
+            if let Ok(mut m) = metrics.lock() {
+                m.observe_apply(secs);
+                m.last_apply_unix = unix_now() as f64;
+            }
+            let _ = update.done.send(Ok(()));
+            Some(Active {
+                view: update.view,
+                source: None,
+            })
+        }
+        Err(e) => {
+            eprintln!(
+                "gateway-agent: applying controller generation {} failed, the previous policy \
+                 stays in force: {e:#}",
+                update.generation
+            );
+            if let Ok(mut m) = metrics.lock() {
+                m.policy_errors += 1;
+            }
+            let _ = update.done.send(Err(format!("{e:#}")));
+            None
+        }
+    }
+}
+
 fn log_events(
     batch: &[Event],
     a: &Active,
@@ -246,6 +351,7 @@ fn log_events(
     clock: BootClock,
     sink: &mut Sink,
     metrics: &metrics::Shared,
+    upstream: Option<&mpsc::Sender<gateway_proto::v1::ConnectionEvent>>,
 ) {
     if batch.is_empty() {
         return;
@@ -258,6 +364,10 @@ fn log_events(
     let mut counted = Vec::new();
     for ev in batch {
         if let Some(rec) = sink.write(ev, &cx) {
+            if let Some(tx) = upstream {
+                // A full queue drops the upstream copy only; the local log has the record.
+                let _ = tx.try_send(managed::wire_event(&rec));
+            }
             counted.push(rec);
         }
     }
@@ -289,7 +399,7 @@ fn reload_if_changed(
     metrics: &metrics::Shared,
 ) {
     let now = unix_now();
-    let fp = fingerprint(&cfg.policy_file);
+    let fp = cfg.policy_file.as_deref().and_then(fingerprint);
     let file_changed = match (active.as_ref().and_then(|a| a.source.as_ref()), fp) {
         (Some((t, l, _)), Some((t2, l2))) => *t != t2 || *l != l2,
         (None, Some(_)) => true,
@@ -368,6 +478,7 @@ fn reload_if_changed(
 
 /// Ends flows that finished (FIN/RST, after a grace period) or went idle: a flow_end
 /// record for idle ones, and their entries leave the table.
+#[allow(clippy::too_many_arguments)]
 fn reap(
     dp: &mut Dataplane,
     cfg: &Config,
@@ -376,6 +487,7 @@ fn reap(
     clock: BootClock,
     sink: &mut Sink,
     metrics: &metrics::Shared,
+    upstream: Option<&mpsc::Sender<gateway_proto::v1::ConnectionEvent>>,
 ) {
     let now = boot_ns();
     let idle_ns = cfg.idle_timeout_secs * 1_000_000_000;
@@ -410,7 +522,9 @@ fn reap(
         let _ = dp.flows.remove(&key);
     }
     for ev in &ended {
-        sink.write(ev, &cx);
+        if let (Some(rec), Some(tx)) = (sink.write(ev, &cx), upstream) {
+            let _ = tx.try_send(managed::wire_event(&rec));
+        }
     }
     sink.flush();
     if let Ok(mut m) = metrics.lock() {

@@ -1,0 +1,310 @@
+//! Managed mode: the agent enrolls with the controller once, then watches its host's
+//! compiled view (a snapshot, then deltas, each with a generation), applies every update
+//! through the same atomic writer as standalone mode, acknowledges it, and streams its
+//! connection events up. When the controller is unreachable it keeps enforcing the last
+//! policy and reconnects with backoff, resuming from the generation it has.
+
+use super::config::ControllerConfig;
+use anyhow::{Context as _, Result, anyhow, bail};
+use gateway_proto::v1::{
+    self, AckRequest, AgentAuth, EnrollRequest, ReportEventsRequest, WatchRequest,
+    agent_client::AgentClient, watch_response::Update as WireUpdate,
+};
+use policy_compiler::HostView;
+use serde::{Deserialize, Serialize};
+use std::{collections::VecDeque, path::Path, time::Duration};
+use tokio::sync::{mpsc, oneshot};
+
+/// What enrollment gave this agent; kept in `identity_file` (mode 0600).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Identity {
+    pub agent_id: String,
+    pub credential: String,
+    /// `connector:NAME` or `device:NAME`.
+    pub host: String,
+}
+
+impl Identity {
+    fn auth(&self) -> AgentAuth {
+        AgentAuth {
+            agent_id: self.agent_id.clone(),
+            credential: self.credential.clone(),
+        }
+    }
+}
+
+/// A view to apply; the main loop answers on `done` once it is live in the kernel.
+pub struct Update {
+    pub generation: u64,
+    pub view: HostView,
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Events kept while the controller is unreachable (oldest dropped beyond).
+const EVENT_BUFFER: usize = 50_000;
+
+fn save_identity(path: &Path, id: &Identity) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::io::Write::write_all(&mut f, serde_json::to_string_pretty(id)?.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The stored identity, or a new one from the enrollment token. The identity's host must
+/// be the host this agent is configured as.
+pub async fn identity(cfg: &ControllerConfig, host: &str) -> Result<Identity> {
+    if cfg.identity_file.exists() {
+        let text = std::fs::read_to_string(&cfg.identity_file)
+            .with_context(|| format!("reading {}", cfg.identity_file.display()))?;
+        let id: Identity = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", cfg.identity_file.display()))?;
+        if id.host != host {
+            bail!(
+                "{} holds the identity of {}, but this agent is configured as {host}",
+                cfg.identity_file.display(),
+                id.host
+            );
+        }
+        return Ok(id);
+    }
+    let token = cfg.enrollment_token.as_deref().ok_or_else(|| {
+        anyhow!(
+            "not enrolled yet ({} does not exist) and no `enrollment_token` in [controller]",
+            cfg.identity_file.display()
+        )
+    })?;
+    let mut client = AgentClient::connect(cfg.url.clone())
+        .await
+        .with_context(|| format!("connecting to the controller at {}", cfg.url))?;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let resp = client
+        .enroll(EnrollRequest {
+            token: token.to_string(),
+            hostname,
+        })
+        .await
+        .map_err(|s| anyhow!("enrollment refused: {}: {}", code(&s), s.message()))?
+        .into_inner();
+    let wire_host = resp.host.context("enrollment answer without a host")?;
+    let enrolled = gateway_proto::host_name(&gateway_proto::host_from_wire(&wire_host)?);
+    if enrolled != host {
+        bail!("the token enrolls {enrolled}, but this agent is configured as {host}");
+    }
+    let id = Identity {
+        agent_id: resp.agent_id,
+        credential: resp.credential,
+        host: enrolled,
+    };
+    save_identity(&cfg.identity_file, &id)?;
+    eprintln!(
+        "gateway-agent: enrolled as agent {} for {}",
+        id.agent_id, id.host
+    );
+    Ok(id)
+}
+
+fn code(s: &tonic::Status) -> String {
+    format!("{:?}", s.code())
+}
+
+/// Watches the view forever: reconnects with backoff, resuming from the last applied
+/// generation, and passes every update to the main loop through `tx`.
+pub async fn watch(url: String, id: Identity, tx: mpsc::Sender<Update>) {
+    let mut view: Option<HostView> = None;
+    let mut generation = 0u64;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match watch_once(&url, &id, &mut view, &mut generation, &tx, &mut backoff).await {
+            Ok(()) => eprintln!("gateway-agent: the controller closed the watch stream"),
+            Err(e) => eprintln!(
+                "gateway-agent: controller {url}: {e:#}; enforcing generation {generation}, \
+                 retrying in {} ms",
+                backoff.as_millis()
+            ),
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn watch_once(
+    url: &str,
+    id: &Identity,
+    view: &mut Option<HostView>,
+    generation: &mut u64,
+    tx: &mpsc::Sender<Update>,
+    backoff: &mut Duration,
+) -> Result<()> {
+    let mut client = AgentClient::connect(url.to_string())
+        .await
+        .context("connecting")?;
+    let mut stream = client
+        .watch(WatchRequest {
+            auth: Some(id.auth()),
+            generation: *generation,
+        })
+        .await
+        .map_err(|s| anyhow!("watch refused: {}: {}", code(&s), s.message()))?
+        .into_inner();
+    while let Some(msg) = stream
+        .message()
+        .await
+        .map_err(|s| anyhow!("watch stream: {}: {}", code(&s), s.message()))?
+    {
+        let next = match msg.update {
+            Some(WireUpdate::Snapshot(v)) => gateway_proto::view_from_wire(&v)?,
+            Some(WireUpdate::Delta(d)) => {
+                let base = view
+                    .as_ref()
+                    .filter(|_| msg.base_generation == *generation)
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "delta for generation {} on top of {} but this agent has {}",
+                            msg.generation,
+                            msg.base_generation,
+                            generation
+                        )
+                    })?;
+                let mut v = base.clone();
+                gateway_proto::apply_delta(&mut v, &d)?;
+                v
+            }
+            None => bail!(
+                "update {} carries neither snapshot nor delta",
+                msg.generation
+            ),
+        };
+        let (done, applied) = oneshot::channel();
+        tx.send(Update {
+            generation: msg.generation,
+            view: next.clone(),
+            done,
+        })
+        .await
+        .map_err(|_| anyhow!("agent shutting down"))?;
+        match applied.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("applying generation {} failed: {e}", msg.generation),
+            Err(_) => bail!("agent shutting down"),
+        }
+        *view = Some(next);
+        *generation = msg.generation;
+        *backoff = BACKOFF_MIN;
+        client
+            .ack(AckRequest {
+                auth: Some(id.auth()),
+                generation: msg.generation,
+            })
+            .await
+            .map_err(|s| anyhow!("ack refused: {}: {}", code(&s), s.message()))?;
+    }
+    Ok(())
+}
+
+/// The wire form of one of the agent's own JSON log records.
+pub fn wire_event(rec: &serde_json::Value) -> v1::ConnectionEvent {
+    let s = |k: &str| rec[k].as_str().map(str::to_string);
+    let u32_ = |k: &str| rec[k].as_u64().and_then(|v| u32::try_from(v).ok());
+    let u64_ = |k: &str| rec[k].as_u64();
+    v1::ConnectionEvent {
+        timestamp: s("timestamp").unwrap_or_default(),
+        event: s("event").unwrap_or_default(),
+        verdict: s("verdict").unwrap_or_default(),
+        reason: s("reason").unwrap_or_default(),
+        user: s("user"),
+        device: s("device"),
+        service_account: s("service_account"),
+        public_ip: s("public_ip"),
+        src_ip: s("src_ip"),
+        src_port: u32_("src_port"),
+        resource: s("resource"),
+        dst_ip: s("dst_ip"),
+        protocol: s("protocol"),
+        dst_port: u32_("dst_port"),
+        connector: s("connector"),
+        remote_network: s("remote_network"),
+        rule: s("rule"),
+        rule_id: u32_("rule_id").unwrap_or(0),
+        host: s("host").unwrap_or_default(),
+        packets: u64_("packets"),
+        bytes: u64_("bytes"),
+        reply_packets: u64_("reply_packets"),
+        reply_bytes: u64_("reply_bytes"),
+        duration_ms: u64_("duration_ms"),
+    }
+}
+
+/// Streams connection events to the controller in batches; while it is unreachable,
+/// events wait in a bounded buffer (the local log has every one in any case).
+pub async fn report(url: String, id: Identity, mut rx: mpsc::Receiver<v1::ConnectionEvent>) {
+    let mut pending: VecDeque<v1::ConnectionEvent> = VecDeque::new();
+    let mut dropped = 0u64;
+    let mut backoff = BACKOFF_MIN;
+    let mut client: Option<AgentClient<tonic::transport::Channel>> = None;
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(ev) => pending.push_back(ev),
+                None => return,
+            }
+        }
+        // Gather what else is waiting, up to one batch.
+        while pending.len() < 1024 {
+            match rx.try_recv() {
+                Ok(ev) => pending.push_back(ev),
+                Err(_) => break,
+            }
+        }
+        while pending.len() > EVENT_BUFFER {
+            pending.pop_front();
+            dropped += 1;
+        }
+        if client.is_none() {
+            client = AgentClient::connect(url.clone()).await.ok();
+        }
+        let batch: Vec<_> = pending.iter().take(1024).cloned().collect();
+        let sent = match client.as_mut() {
+            Some(c) => c
+                .report_events(tokio_stream::iter([ReportEventsRequest {
+                    auth: Some(id.auth()),
+                    events: batch.clone(),
+                }]))
+                .await
+                .is_ok(),
+            None => false,
+        };
+        if sent {
+            pending.drain(..batch.len());
+            backoff = BACKOFF_MIN;
+            if dropped > 0 {
+                eprintln!("gateway-agent: {dropped} events were not reported (buffer full)");
+                dropped = 0;
+            }
+        } else {
+            client = None;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! Managed mode with a real controller and real agents in namespaces.
+//!
+//! ```text
+//!  alice (agent: device) ──veth── conn (agent: connector) ──veth── res (services)
+//!                                    └──veth── ctl (gateway-controller, SQLite)
+//! ```
+//!
+//! An applied change reaches the kernel maps of exactly the affected agents; agents keep
+//! enforcing while the controller is down; a controller restart loses nothing; an agent
+//! that reconnects after missed changes converges to the entries of a fresh compile.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData};
+use gateway_common::maps;
+use gateway_proto::v1::{
+    ApplyPolicyRequest, CreateEnrollmentTokenRequest, ListAgentsRequest, admin_client::AdminClient,
+};
+use gateway_user::{
+    dataplane::PolicyMaps,
+    netns::{NetNs, unique_name, veth_pair},
+    skip_unless_privileged,
+    testkit::unix_now,
+    writer::{BootClock, read_slot},
+};
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+const POLICY: &str = include_str!("data/topology.toml");
+const AGENT: &str = env!("CARGO_BIN_EXE_gateway-agent");
+const CTL_ADDR: &str = "198.19.9.1:50051";
+const TIMEOUT: Duration = Duration::from_millis(700);
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// The controller, run in-process on threads inside the `ctl` namespace.
+struct Controller {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Controller {
+    fn start(ctl: &NetNs, db: &Path) -> Controller {
+        let ns = std::fs::File::open(format!("/run/netns/{}", ctl.name())).unwrap();
+        let db = db.to_path_buf();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: setns on a valid namespace fd, for this thread (and the runtime
+            // threads it creates) only.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let state = Arc::new(controller::State::open(&db, 30).unwrap());
+                let (_, task) = controller::spawn(sa(CTL_ADDR), state, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+                ready_tx.send(()).unwrap();
+                let _ = task.await;
+            });
+        });
+        ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        Controller {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs an Admin call from inside the `ctl` namespace.
+fn admin<T: Send>(
+    ctl: &NetNs,
+    f: impl for<'a> FnOnce(
+        &'a mut AdminClient<tonic::transport::Channel>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>
+    + Send,
+) -> T {
+    ctl.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = AdminClient::connect(format!("http://{CTL_ADDR}"))
+                .await
+                .unwrap();
+            f(&mut c).await
+        })
+    })
+    .unwrap()
+}
+
+fn apply(ctl: &NetNs, text: &str) {
+    let text = text.to_string();
+    admin(ctl, move |c| {
+        Box::pin(async move {
+            c.apply_policy(ApplyPolicyRequest {
+                policy_toml: text,
+                file_name: "policy.toml".into(),
+                dry_run: false,
+                expected_revision: None,
+            })
+            .await
+            .unwrap();
+        })
+    });
+}
+
+fn token(ctl: &NetNs, host: &str) -> String {
+    let host = host.to_string();
+    admin(ctl, move |c| {
+        Box::pin(async move {
+            c.create_enrollment_token(CreateEnrollmentTokenRequest {
+                host,
+                ttl_seconds: 600,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+        })
+    })
+}
+
+/// (host, current generation, acknowledged generation) of every agent.
+fn agents(ctl: &NetNs) -> Vec<(String, u64, u64)> {
+    admin(ctl, |c| {
+        Box::pin(async move {
+            c.list_agents(ListAgentsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .agents
+                .into_iter()
+                .map(|a| (a.host, a.current_generation, a.acked_generation))
+                .collect()
+        })
+    })
+}
+
+fn generation_of(ctl: &NetNs, host: &str) -> (u64, u64) {
+    agents(ctl)
+        .into_iter()
+        .find(|a| a.0 == host)
+        .map(|a| (a.1, a.2))
+        .unwrap_or_else(|| panic!("no agent for {host}"))
+}
+
+struct Agent {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_agent(ns: &NetNs, cfg: &Path, stderr: &Path) -> Agent {
+    let before = std::fs::read_to_string(stderr)
+        .unwrap_or_default()
+        .matches("ready:")
+        .count();
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(stderr)
+        .unwrap();
+    let child = ns
+        .command_net_only(AGENT)
+        .unwrap()
+        .args(["run", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let agent = Agent {
+        child,
+        stderr: stderr.to_path_buf(),
+    };
+    wait(
+        || log_of(&agent).matches("ready:").count() > before,
+        "agent ready",
+        &agent,
+    );
+    agent
+}
+
+fn log_of(a: &Agent) -> String {
+    std::fs::read_to_string(&a.stderr).unwrap_or_default()
+}
+
+fn wait(mut cond: impl FnMut() -> bool, what: &str, a: &Agent) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}; agent stderr:\n{}", log_of(a));
+}
+
+fn tcp_works(ns: &NetNs, dst: &str) -> bool {
+    let Ok(Ok(mut s)) = ns.run(|| TcpStream::connect_timeout(&sa(dst), TIMEOUT)) else {
+        return false;
+    };
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut b = [0u8; 1];
+    s.write_all(b"x").is_ok() && s.read_exact(&mut b).is_ok()
+}
+
+fn serve(res: &NetNs) {
+    for addr in ["198.18.1.5:443", "198.18.1.10:5432"] {
+        let l = res.run(|| TcpListener::bind(sa(addr)).unwrap()).unwrap();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                let mut b = [0u8; 1];
+                c.set_read_timeout(Some(TIMEOUT)).ok();
+                if c.read_exact(&mut b).is_ok() {
+                    let _ = c.write_all(&b);
+                }
+            }
+        });
+    }
+}
+
+fn pinned(pin: &Path, name: &str) -> Map {
+    Map::from_map_data(MapData::from_pin(pin.join("maps").join(name)).unwrap()).unwrap()
+}
+
+/// The entries an agent enforces now, read from its pinned maps.
+fn kernel_entries(pin: &Path) -> policy_compiler::KernelEntries {
+    let active: Array<MapData, u32> = pinned(pin, maps::ACTIVE).try_into().unwrap();
+    let maps = PolicyMaps {
+        src: HashMap::try_from(pinned(pin, maps::SRC)).unwrap(),
+        dst: LpmTrie::try_from(pinned(pin, maps::DST)).unwrap(),
+        rules: LpmTrie::try_from(pinned(pin, maps::RULES)).unwrap(),
+        active,
+    };
+    let slot = (maps.active.get(&0, 0).unwrap() & 1) as u8;
+    read_slot(&maps, slot).unwrap()
+}
+
+/// The entries a fresh compile of `text` gives `host`, in key slot `slot`.
+fn fresh(text: &str, host: &str, slot: u8) -> policy_compiler::KernelEntries {
+    let now = unix_now();
+    let p = policy_compiler::parse(text, "policy.toml", now)
+        .unwrap()
+        .policy;
+    let h = gateway_proto::parse_host(host).unwrap();
+    let view = policy_compiler::compile(&p, &h, now).unwrap();
+    let clock = BootClock::new();
+    policy_compiler::to_kernel(&view, slot, |t| clock.unix_to_boot_ns(t))
+}
+
+fn converged(pin: &Path, text: &str, host: &str) -> bool {
+    let k = kernel_entries(pin);
+    k == fresh(text, host, k.generation)
+}
+
+fn agent_config(
+    dir: &Path,
+    name: &str,
+    role: &str,
+    host_name: &str,
+    iface: &str,
+    token: &str,
+) -> PathBuf {
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "role = \"{role}\"\nname = \"{host_name}\"\npin_dir = \"/sys/fs/bpf/{pin}\"\n\
+             xdp_interfaces = [\"{iface}\"]\ntc_egress_interfaces = [\"{iface}\"]\n\
+             log_file = \"{log}\"\n\n[controller]\nurl = \"http://{CTL_ADDR}\"\n\
+             enrollment_token = \"{token}\"\nidentity_file = \"{id}\"\n",
+            pin = dir.file_name().unwrap().to_string_lossy().to_string() + "-" + name,
+            log = dir.join(format!("{name}.jsonl")).display(),
+            id = dir.join(format!("{name}.identity.json")).display(),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+struct Cleanup {
+    dir: PathBuf,
+    configs: Vec<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &self.configs {
+            let _ = Command::new(AGENT)
+                .args(["detach", "--config"])
+                .arg(c)
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn managed_agents_follow_the_controller() {
+    if skip_unless_privileged!() {
+        return;
+    }
+    let alice = NetNs::new("zma").unwrap();
+    let conn = NetNs::new("zmc").unwrap();
+    let res = NetNs::new("zmr").unwrap();
+    let ctl = NetNs::new("zmk").unwrap();
+    let (a_if, ca_if) = veth_pair(&alice, &["198.19.1.10/24"], &conn, &["198.19.1.1/24"]).unwrap();
+    veth_pair(
+        &conn,
+        &["198.18.1.1/24"],
+        &res,
+        &["198.18.1.5/24", "198.18.1.10/24"],
+    )
+    .unwrap();
+    veth_pair(&conn, &["198.19.9.2/24"], &ctl, &["198.19.9.1/24"]).unwrap();
+    alice
+        .ip(&["route", "add", "default", "via", "198.19.1.1"])
+        .unwrap();
+    res.ip(&["route", "add", "default", "via", "198.18.1.1"])
+        .unwrap();
+    ctl.ip(&["route", "add", "default", "via", "198.19.9.2"])
+        .unwrap();
+    conn.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
+    serve(&res);
+
+    let dir = std::env::temp_dir().join(unique_name("zgwmgd"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("controller.db");
+    let mut controller = Some(Controller::start(&ctl, &db));
+    apply(&ctl, POLICY);
+
+    let conn_cfg = agent_config(
+        &dir,
+        "conn",
+        "connector",
+        "conn",
+        &ca_if.iface,
+        &token(&ctl, "connector:conn"),
+    );
+    let alice_cfg = agent_config(
+        &dir,
+        "alice",
+        "device",
+        "alice-laptop",
+        &a_if.iface,
+        &token(&ctl, "device:alice-laptop"),
+    );
+    let _cleanup = Cleanup {
+        dir: dir.clone(),
+        configs: vec![conn_cfg.clone(), alice_cfg.clone()],
+    };
+    let conn_pin = PathBuf::from(format!(
+        "/sys/fs/bpf/{}-conn",
+        dir.file_name().unwrap().to_string_lossy()
+    ));
+    let conn_err = dir.join("conn.stderr");
+    let mut conn_agent = start_agent(&conn, &conn_cfg, &conn_err);
+    let alice_agent = start_agent(&alice, &alice_cfg, &dir.join("alice.stderr"));
+
+    assert!(tcp_works(&alice, "198.18.1.5:443"), "alice -> web");
+    assert!(tcp_works(&alice, "198.18.1.10:5432"), "alice -> db");
+    assert!(
+        !tcp_works(&alice, "198.18.1.5:23"),
+        "alice -> web:23 denied"
+    );
+
+    // A change that only the connector's view sees (a grant for bob, whose device has no
+    // agent): the connector's generation moves and is acknowledged; alice's does not.
+    let (c0, _) = generation_of(&ctl, "connector:conn");
+    let (a0, _) = generation_of(&ctl, "device:alice-laptop");
+    // Appended last, so no existing rule id moves.
+    let with_bob = format!(
+        "{POLICY}\n[[allow]]\nname = \"bob-db\"\nprincipals = [\"bob@example.com\"]\nresources = [\"db\"]\n"
+    );
+    apply(&ctl, &with_bob);
+    wait(
+        || generation_of(&ctl, "connector:conn") == (c0 + 1, c0 + 1),
+        "connector ack",
+        &conn_agent,
+    );
+    assert_eq!(
+        generation_of(&ctl, "device:alice-laptop").0,
+        a0,
+        "alice's view did not change"
+    );
+    assert!(
+        converged(&conn_pin, &with_bob, "connector:conn"),
+        "connector maps == fresh compile"
+    );
+
+    // A change both see: revoking alice-db stops her at her own host.
+    let no_db = with_bob.replace(
+        "name = \"alice-db\"",
+        "name = \"alice-db\"\nexpires_at = 2000-01-01T00:00:00Z",
+    );
+    apply(&ctl, &no_db);
+    wait(
+        || !tcp_works(&alice, "198.18.1.10:5432"),
+        "alice -> db revoked",
+        &alice_agent,
+    );
+    wait(
+        || generation_of(&ctl, "device:alice-laptop").0 == a0 + 1,
+        "alice generation",
+        &alice_agent,
+    );
+
+    // The controller goes away: agents keep enforcing the last policy.
+    drop(controller.take());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        tcp_works(&alice, "198.18.1.5:443"),
+        "still allowed without a controller"
+    );
+    assert!(
+        !tcp_works(&alice, "198.18.1.10:5432"),
+        "still denied without a controller"
+    );
+    assert!(
+        !tcp_works(&alice, "198.18.1.5:23"),
+        "still denied without a controller"
+    );
+
+    // Restarted on the same database, it lost nothing: the agents reconnect, and a new
+    // change reaches them.
+    controller = Some(Controller::start(&ctl, &db));
+    let hosts: Vec<String> = agents(&ctl).into_iter().map(|a| a.0).collect();
+    assert!(
+        hosts.contains(&"connector:conn".to_string())
+            && hosts.contains(&"device:alice-laptop".to_string()),
+        "{hosts:?}"
+    );
+    apply(&ctl, &with_bob);
+    wait(
+        || tcp_works(&alice, "198.18.1.10:5432"),
+        "alice -> db restored after restart",
+        &alice_agent,
+    );
+
+    // An agent that misses changes converges when it comes back.
+    drop(conn_agent);
+    apply(&ctl, POLICY);
+    apply(&ctl, &no_db);
+    conn_agent = start_agent(&conn, &conn_cfg, &conn_err);
+    wait(
+        || converged(&conn_pin, &no_db, "connector:conn"),
+        "connector converged",
+        &conn_agent,
+    );
+    let (cur, acked) = generation_of(&ctl, "connector:conn");
+    assert_eq!(cur, acked, "connector acknowledged the current generation");
+    drop(conn_agent);
+    drop(alice_agent);
+    drop(controller);
+}
