@@ -1,6 +1,7 @@
 //! The pieces of `gatewayctl` that are worth testing on their own: turning the command
 //! line's `--from`, `--to` and `--host` into what the policy compiler takes, with errors
-//! that say what would be valid.
+//! that say what would be valid; the remote commands' parsing helpers ([`remote`]) and
+//! text tables ([`table`]).
 //!
 //! `--from` and `--to` follow the syntax of the policy's `[[test]]` blocks:
 //!
@@ -15,6 +16,9 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use policy_compiler::{Host, Packet, Policy};
+
+pub mod remote;
+pub mod table;
 
 /// IP protocol numbers.
 pub mod proto {

@@ -1,14 +1,22 @@
-//! `gatewayctl`: the admin CLI. Offline policy commands for now (check, explain, compile,
-//! nft, schema); the control-plane commands arrive with the controller.
+//! `gatewayctl`: the admin CLI. Offline policy commands (`policy check|explain|compile|
+//! nft|schema`) and remote commands against a controller's Admin gRPC API (`apply`,
+//! `get`, `list`, `create`, `update`, `delete`, `explain`, `events`, `audit`, `agents`,
+//! `enroll-token`; see `client.rs`).
 //!
-//! Exit codes: 0 success; 1 the policy has errors or failing `[[test]]` blocks; 2 usage
-//! or I/O errors (bad arguments, unreadable files, unknown hosts).
+//! Exit codes: 0 success; 1 the policy has errors or failing `[[test]]` blocks, or the
+//! controller refused the request (invalid policy, not found, already exists, a
+//! concurrent change, a declined confirmation); 2 usage or I/O errors (bad arguments,
+//! unreadable files, unknown hosts, an unreachable controller, no terminal to confirm on).
+
+mod client;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use gateway_proto::v1::ObjectKind;
+use gatewayctl::remote::{parse_duration, parse_kind};
 use gatewayctl::{proto_name, resolve_from, resolve_host, resolve_to, verdict_name};
 use policy_compiler::{
     Diagnostic, HostView, Parsed, Policy, TestResult, compile, explain, format_rfc3339,
@@ -25,10 +33,27 @@ use serde_json::{Value, json};
         The `policy` commands work offline on TOML policy files: validate them and run their \
         [[test]] blocks, explain a decision, show what a host's compiled maps hold, or emit an \
         equivalent nftables ruleset.\n\n\
-        Exit codes: 0 success; 1 policy errors or failing tests; 2 usage or I/O errors.",
+        The other commands talk to a controller (`gateway-controller run`, see --controller): \
+        apply a policy file after reviewing its plan, read and change single objects, explain \
+        a decision with the live policy, query and follow connection events, read the admin \
+        audit trail, list agents and create their enrollment tokens. Every remote command \
+        takes `--output json` (one JSON document on stdout; `events --follow`: one JSON \
+        object per line; on failure `{\"error\": {\"message\", \"exit_code\", \"diagnostics\"?}}`).\n\n\
+        Exit codes: 0 success; 1 policy errors, failing tests, or a request the controller \
+        refused (invalid policy, not found, already exists, concurrent change, declined \
+        confirmation); 2 usage or I/O errors (including an unreachable controller).",
     propagate_version = true
 )]
 struct Cli {
+    /// The controller's gRPC URL, for the remote commands.
+    #[arg(
+        long,
+        global = true,
+        env = "GATEWAYCTL_CONTROLLER",
+        default_value = "http://127.0.0.1:50051",
+        value_name = "URL"
+    )]
+    controller: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,6 +63,214 @@ enum Command {
     /// Offline policy commands: check, explain, compile, nft, schema.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Apply a policy file to the controller: show the plan, confirm, apply.
+    ///
+    /// The controller validates the whole file (errors are printed located,
+    /// `file:line:col: error: ...`, exit 1) and plans the change: objects added, changed
+    /// and removed, and per affected host the entries added/changed/removed and its new
+    /// generation. The plan is shown, then "Apply these changes? [y/N]" is asked on a
+    /// terminal (`--yes` skips the question; without a terminal and without `--yes` the
+    /// command refuses, exit 2). The change is applied only if nobody changed the policy
+    /// since the plan was computed (otherwise exit 1, nothing applied).
+    ///
+    /// JSON: `{"dry_run", "applied", "plan": {"base_revision", "new_revision",
+    /// "objects": [{"kind", "name", "change", "before", "after"}], "hosts": [{"host",
+    /// "base_generation", "new_generation", "src"|"dst"|"rules"|"total": {"added",
+    /// "changed", "removed"}, "metadata_changed", "connected_agents"}], "warnings"}}`.
+    Apply {
+        /// Policy file (TOML).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        confirm: ConfirmArgs,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Show one object as its TOML table.
+    ///
+    /// JSON: `{"kind", "name", "toml", "revision"}`.
+    Get {
+        /// remote-network, resource, user, device, service-account, group, grant, test.
+        #[arg(value_name = "KIND", value_parser = kind_arg)]
+        kind: ObjectKind,
+        /// The object's name (a user's email).
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// List the objects of one kind (or all of them).
+    ///
+    /// JSON: `{"revision", "objects": [{"kind", "name", "toml"}]}`.
+    List {
+        /// remote-network, resource, user, device, service-account, group, grant, test
+        /// (default: every kind).
+        #[arg(value_name = "KIND", value_parser = kind_arg)]
+        kind: Option<ObjectKind>,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Add one object from a file holding its TOML table.
+    ///
+    /// The table's header is optional except for grants (`[[allow]]` or `[[deny]]`
+    /// decides the action). Plans, confirms and reports like `apply` (same JSON).
+    Create {
+        #[arg(value_name = "KIND", value_parser = kind_arg)]
+        kind: ObjectKind,
+        /// File with the object's TOML table.
+        #[arg(long, short, value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        confirm: ConfirmArgs,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Replace one object's table.
+    ///
+    /// The new table must keep the kind and name (renaming is delete + create). Plans,
+    /// confirms and reports like `apply` (same JSON).
+    Update {
+        #[arg(value_name = "KIND", value_parser = kind_arg)]
+        kind: ObjectKind,
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// File with the object's new TOML table.
+        #[arg(long, short, value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        confirm: ConfirmArgs,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Remove one object.
+    ///
+    /// Plans, confirms and reports like `apply` (same JSON); the controller refuses if
+    /// other objects still refer to it.
+    Delete {
+        #[arg(value_name = "KIND", value_parser = kind_arg)]
+        kind: ObjectKind,
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        confirm: ConfirmArgs,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Explain the decision for one packet with the controller's current policy (same
+    /// report as `gatewayctl policy explain`).
+    Explain {
+        /// Source: a device name, a service-account key (`ci-cd/runner-1`) or an IP
+        /// address.
+        #[arg(long, value_name = "PRINCIPAL")]
+        from: String,
+        /// Destination: `198.18.1.10:22/tcp`, `[2001:db8::5]:443/udp`, `198.18.1.1/icmp`,
+        /// or a resource name.
+        #[arg(long, value_name = "DEST")]
+        to: String,
+        #[command(flatten)]
+        at: AtArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Connection events stored by the controller, oldest first; `--follow` then streams
+    /// new ones until Ctrl-C.
+    ///
+    /// JSON: `{"events": [{"id", "time", "time_unix_ms", "received_unix_ms", "agent_id",
+    /// "event", "verdict", "reason", "user", "device", "service_account", "src_ip",
+    /// "src_port", "resource", "dst_ip", "dst_port", "protocol", "rule", "rule_id",
+    /// "connector", "remote_network", "host", ...}]}`; with `--follow` one such event
+    /// object per line.
+    Events {
+        /// Only events of this user (email).
+        #[arg(long, value_name = "EMAIL")]
+        user: Option<String>,
+        /// Only events of this device.
+        #[arg(long, value_name = "NAME")]
+        device: Option<String>,
+        /// Only events for this resource.
+        #[arg(long, value_name = "NAME")]
+        resource: Option<String>,
+        /// Only this event type (`flow_start`, `flow_end`, `deny`, `audit`, ...).
+        #[arg(long, value_name = "TYPE")]
+        event: Option<String>,
+        /// Only this verdict: allow, deny or audit.
+        #[arg(long, value_name = "VERDICT")]
+        verdict: Option<String>,
+        /// Only events reported by this host (`connector:NAME`, `device:NAME`).
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+        /// Events at or after this instant: RFC 3339, or a duration ago (`1h`).
+        #[arg(long, value_name = "RFC3339")]
+        since: Option<String>,
+        /// Events before this instant: RFC 3339, or a duration ago.
+        #[arg(long, value_name = "RFC3339")]
+        until: Option<String>,
+        /// At most this many (the oldest matching; the controller caps at 10000).
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// After the stored events, stream new ones until Ctrl-C.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// The admin audit trail: who changed what, oldest first.
+    ///
+    /// JSON: `{"records": [{"id", "time", "time_unix_ms", "actor", "action", "target",
+    /// "before", "after", "revision"}]}`.
+    Audit {
+        /// Records at or after this instant: RFC 3339, or a duration ago (`1h`).
+        #[arg(long, value_name = "RFC3339")]
+        since: Option<String>,
+        /// Records before this instant.
+        #[arg(long, value_name = "RFC3339")]
+        until: Option<String>,
+        /// At most this many (the oldest; the controller caps at 10000).
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Enrolled agents: host, connection, acknowledged vs current generation.
+    ///
+    /// JSON: `{"agents": [{"agent_id", "host", "hostname", "connected",
+    /// "acked_generation", "current_generation", "in_sync", "last_seen",
+    /// "last_seen_unix_ms", "enrolled", "enrolled_unix_ms"}]}`.
+    Agents {
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Create a one-time enrollment token for an agent (printed once, on stdout).
+    ///
+    /// JSON: `{"token", "host", "expires", "expires_unix_ms"}`.
+    EnrollToken {
+        /// The host the agent enforces for: `connector:NAME` or `device:NAME`.
+        #[arg(long, value_name = "HOST")]
+        host: String,
+        /// How long the token is valid: `90s`, `30m`, `1h`, `7d` (at most 365d).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = duration_arg)]
+        ttl: u64,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+}
+
+fn kind_arg(s: &str) -> Result<ObjectKind, String> {
+    parse_kind(s)
+}
+
+fn duration_arg(s: &str) -> Result<u64, String> {
+    parse_duration(s)
+}
+
+#[derive(Args, Debug)]
+struct ConfirmArgs {
+    /// Apply without asking for confirmation.
+    #[arg(long, short)]
+    yes: bool,
+    /// Only show the plan; change nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -141,8 +374,48 @@ enum PolicyCmd {
 enum Fail {
     /// Policy errors (already printed) or failing tests: exit 1.
     Policy,
+    /// A request the controller refused, or a failure: exit 1 (`gatewayctl: error: ...`).
+    Error(String),
+    /// Located diagnostics to print as they are: exit 1.
+    Raw(String),
+    /// Located diagnostics (printed as they are), then a summary: exit 1.
+    Diagnostics(String, String),
     /// Usage or I/O errors: exit 2.
     Usage(String),
+}
+
+impl Fail {
+    fn code(&self) -> u8 {
+        match self {
+            Fail::Policy | Fail::Error(_) | Fail::Raw(_) | Fail::Diagnostics(..) => 1,
+            Fail::Usage(_) => 2,
+        }
+    }
+
+    fn message(&self) -> Option<String> {
+        match self {
+            Fail::Policy => None,
+            Fail::Error(m) | Fail::Usage(m) if m.is_empty() => None,
+            Fail::Error(m) | Fail::Usage(m) => Some(format!("gatewayctl: error: {m}")),
+            Fail::Raw(m) => Some(m.clone()),
+            Fail::Diagnostics(d, m) => Some(format!("{d}\ngatewayctl: error: {m}")),
+        }
+    }
+
+    /// The failure as `{"error": {...}}` for `--output json`.
+    fn json(&self) -> Value {
+        let (message, diags) = match self {
+            Fail::Policy => (String::new(), None),
+            Fail::Error(m) | Fail::Usage(m) => (m.clone(), None),
+            Fail::Raw(d) => (d.lines().next().unwrap_or_default().to_string(), Some(d)),
+            Fail::Diagnostics(d, m) => (m.clone(), Some(d)),
+        };
+        let mut e = json!({"message": message, "exit_code": self.code()});
+        if let Some(d) = diags {
+            e["diagnostics"] = json!(d.lines().collect::<Vec<_>>());
+        }
+        json!({ "error": e })
+    }
 }
 
 type R<T> = Result<T, Fail>;
@@ -629,6 +902,136 @@ fn nft_cmd(file: &Path, host: &str, at: &AtArg) -> R<()> {
     Ok(())
 }
 
+/// The output format of a remote command (for reporting its failure).
+fn remote_output(c: &Command) -> Option<Output> {
+    Some(
+        match c {
+            Command::Policy(_) => return None,
+            Command::Apply { output, .. }
+            | Command::Get { output, .. }
+            | Command::List { output, .. }
+            | Command::Create { output, .. }
+            | Command::Update { output, .. }
+            | Command::Delete { output, .. }
+            | Command::Explain { output, .. }
+            | Command::Events { output, .. }
+            | Command::Audit { output, .. }
+            | Command::Agents { output }
+            | Command::EnrollToken { output, .. } => output,
+        }
+        .output,
+    )
+}
+
+async fn remote(url: &str, command: Command) -> R<()> {
+    // Argument errors first: they need no controller.
+    let at = match &command {
+        Command::Explain { at, .. } => Some(at_time(at)?),
+        _ => None,
+    };
+    let ctl = client::connect(url).await?;
+    match command {
+        Command::Policy(_) => Ok(()),
+        Command::Apply {
+            file,
+            confirm,
+            output,
+        } => client::apply(&ctl, &file, confirm.yes, confirm.dry_run, output.output).await,
+        Command::Get { kind, name, output } => client::get(&ctl, kind, &name, output.output).await,
+        Command::List { kind, output } => client::list(&ctl, kind, output.output).await,
+        Command::Create {
+            kind,
+            file,
+            confirm,
+            output,
+        } => {
+            client::create(
+                &ctl,
+                kind,
+                &file,
+                confirm.yes,
+                confirm.dry_run,
+                output.output,
+            )
+            .await
+        }
+        Command::Update {
+            kind,
+            name,
+            file,
+            confirm,
+            output,
+        } => {
+            client::update(
+                &ctl,
+                kind,
+                &name,
+                &file,
+                confirm.yes,
+                confirm.dry_run,
+                output.output,
+            )
+            .await
+        }
+        Command::Delete {
+            kind,
+            name,
+            confirm,
+            output,
+        } => {
+            client::delete(
+                &ctl,
+                kind,
+                &name,
+                confirm.yes,
+                confirm.dry_run,
+                output.output,
+            )
+            .await
+        }
+        Command::Explain {
+            from, to, output, ..
+        } => client::explain(&ctl, &from, &to, at, output.output).await,
+        Command::Events {
+            user,
+            device,
+            resource,
+            event,
+            verdict,
+            host,
+            since,
+            until,
+            limit,
+            follow,
+            output,
+        } => {
+            let args = client::EventArgs {
+                user,
+                device,
+                resource,
+                event,
+                verdict,
+                host,
+                since,
+                until,
+                limit,
+                follow,
+            };
+            client::events(&ctl, &args, output.output).await
+        }
+        Command::Audit {
+            since,
+            until,
+            limit,
+            output,
+        } => client::audit(&ctl, &since, &until, limit, output.output).await,
+        Command::Agents { output } => client::agents(&ctl, output.output).await,
+        Command::EnrollToken { host, ttl, output } => {
+            client::enroll_token(&ctl, &host, ttl, output.output).await
+        }
+    }
+}
+
 fn run(cli: Cli) -> R<()> {
     match cli.command {
         Command::Policy(cmd) => match cmd {
@@ -656,6 +1059,19 @@ fn run(cli: Cli) -> R<()> {
                 Ok(())
             }
         },
+        command => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Fail::Usage(format!("cannot start the async runtime: {e}")))?;
+            let json = remote_output(&command) == Some(Output::Json);
+            let r = rt.block_on(remote(&cli.controller, command));
+            // Scripts reading `--output json` get a JSON document on failure too.
+            if json && let Err(f) = &r {
+                print_json(&f.json());
+            }
+            r
+        }
     }
 }
 
@@ -669,12 +1085,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Fail::Policy) => ExitCode::from(1),
-        Err(Fail::Usage(msg)) => {
-            if !msg.is_empty() {
-                eprintln!("gatewayctl: error: {msg}");
+        Err(f) => {
+            if let Some(m) = f.message() {
+                eprintln!("{m}");
             }
-            ExitCode::from(2)
+            ExitCode::from(f.code())
         }
     }
 }
