@@ -140,6 +140,14 @@ fn client(who: Who) -> &'static Client {
 }
 
 const CONN_RES_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// The controller's host, behind the connector (management network).
+const CTL_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 9, 1);
+const CONN_CTL_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 9, 2);
+const CTL_PORT: u16 = 50051;
+
+fn controller_url() -> String {
+    format!("http://{CTL_IP}:{CTL_PORT}")
+}
 const WEB: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 5);
 const DB: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
 const DNS: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 53);
@@ -288,8 +296,11 @@ fn probes() -> Vec<Probe> {
 pub struct Options {
     /// The `gateway-agent` binary to run.
     pub agent: PathBuf,
-    /// `gatewayctl`, to check the policy first; skipped when absent.
+    /// `gatewayctl`: checks the policy, applies it to the controller, mints enrollment
+    /// tokens.
     pub gatewayctl: Option<PathBuf>,
+    /// The `gateway-controller` binary; the agents are managed by it.
+    pub controller: PathBuf,
     /// The policy; the embedded `examples/demo.toml` when absent. Its addresses must match
     /// the demo topology.
     pub policy: Option<PathBuf>,
@@ -431,10 +442,16 @@ fn tail(path: &Path, lines: usize) -> String {
 }
 
 #[derive(Serialize)]
+struct ControllerSection {
+    url: String,
+    enrollment_token: String,
+    identity_file: PathBuf,
+}
+
+#[derive(Serialize)]
 struct AgentConfig {
     role: &'static str,
     name: String,
-    policy_file: PathBuf,
     pin_dir: PathBuf,
     xdp_interfaces: Vec<String>,
     tc_egress_interfaces: Vec<String>,
@@ -444,6 +461,8 @@ struct AgentConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_listen: Option<String>,
     idle_timeout_secs: u64,
+    /// Managed mode: last, because TOML puts tables after plain keys.
+    controller: ControllerSection,
 }
 
 /// A running `gateway-agent run` in a namespace. Dropping it stops the agent and detaches
@@ -1050,6 +1069,9 @@ fn missing_records(conn: &[Value], dev: &[Value]) -> Vec<String> {
 struct Env {
     agents: Vec<Agent>,
     services: Option<Services>,
+    /// The controller process (stopped last).
+    controller: Option<Child>,
+    ctl: NetNs,
     alice: NetNs,
     bob: NetNs,
     conn: NetNs,
@@ -1058,6 +1080,41 @@ struct Env {
     alice_if: String,
     conn_alice_if: String,
     conn_bob_if: String,
+}
+
+impl Env {
+    /// Stops the controller (SIGTERM, then SIGKILL after 5 s).
+    fn stop_controller(&mut self) -> String {
+        let Some(mut child) = self.controller.take() else {
+            return "not running".into();
+        };
+        // SAFETY: plain kill(2) on our own child's pid, which is not reaped yet.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => return format!("exited ({st})"),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return "killed after 5 s".into();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Agents first (their Drop stops and detaches them), then the controller.
+        self.agents.clear();
+        self.stop_controller();
+    }
 }
 
 /// Removes the temporary folder on drop unless asked to keep it.
@@ -1240,7 +1297,9 @@ fn scenario(opts: &Options, checks: &mut Checks, created: &mut Created) -> Resul
     check_interrupted()?;
     let mut env = build_hosts(created)?;
     check_interrupted()?;
-    start_agents(opts, &mut env, &tmp.path, &policy, created)?;
+    let tokens = start_controller(opts, &mut env, &tmp.path, &policy, checks, created)?;
+    check_interrupted()?;
+    start_agents(opts, &mut env, &tmp.path, &tokens, created)?;
     check_interrupted()?;
     println!("\n== services on the resource host (echo servers)");
     env.services = Some(Services::start(&env.res)?);
@@ -1337,12 +1396,113 @@ fn build_hosts(created: &mut Created) -> Result<Env> {
     Ok(env)
 }
 
+/// Enrollment tokens for the two agents.
+struct Tokens {
+    connector: String,
+    device: String,
+}
+
+/// `gatewayctl --controller URL ARGS` run on the controller's host.
+fn gatewayctl(opts: &Options, env: &Env, args: &[&str]) -> Result<Output> {
+    let bin = opts.gatewayctl.as_deref().context(
+        "gatewayctl is needed to apply the policy (build it: cargo build -p gatewayctl)",
+    )?;
+    let mut cmd = ns_command(env.ctl.name(), bin)?;
+    cmd.args(["--controller", &controller_url()]).args(args);
+    run_bounded(cmd, Duration::from_secs(30))
+}
+
+/// Starts `gateway-controller` on its host, applies the policy with `gatewayctl apply`
+/// and mints one enrollment token per agent.
+fn start_controller(
+    opts: &Options,
+    env: &mut Env,
+    dir: &Path,
+    policy: &Path,
+    checks: &mut Checks,
+    created: &mut Created,
+) -> Result<Tokens> {
+    println!("\n== controller ({})", opts.controller.display());
+    if !opts.controller.is_file() {
+        bail!(
+            "gateway-controller not found at {} (build it: cargo build --release -p controller)",
+            opts.controller.display()
+        );
+    }
+    let db = dir.join("controller.db");
+    let listen = format!("{CTL_IP}:{CTL_PORT}");
+    let mut cmd = ns_command(env.ctl.name(), &opts.controller)?;
+    cmd.args(["run", "--listen", &listen, "--db"])
+        .arg(&db)
+        .stdin(Stdio::null())
+        .stdout(File::create(dir.join("controller.stdout"))?)
+        .stderr(File::create(dir.join("controller.stderr"))?);
+    let child = cmd.spawn().context("starting gateway-controller")?;
+    created.pids.push(child.id());
+    env.controller = Some(child);
+    progress!(
+        "gateway-controller run --listen {listen} --db {} (in {})",
+        db.display(),
+        env.ctl.name()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        check_interrupted()?;
+        if gatewayctl(opts, env, &["agents"])?.status.success() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the controller did not answer within 20 s; its stderr:\n{}",
+                tail(&dir.join("controller.stderr"), 20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let policy_arg = policy.display().to_string();
+    let out = gatewayctl(opts, env, &["apply", "--yes", &policy_arg])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    progress!("gatewayctl apply --yes {}:", policy.display());
+    // The plan: object rows summarised by their count line, host rows in full.
+    for l in text.lines().filter(|l| {
+        let t = l.trim_start();
+        !(t.starts_with("+ added") || t.starts_with("~ changed") || t.starts_with("- removed"))
+    }) {
+        println!("         {l}");
+    }
+    if !checks.check(
+        out.status.success(),
+        format!(
+            "gatewayctl apply succeeds: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    ) {
+        bail!("the policy could not be applied to the controller");
+    }
+    let token = |host: &str| -> Result<String> {
+        let out = gatewayctl(opts, env, &["enroll-token", "--host", host, "--ttl", "10m"])?;
+        if !out.status.success() {
+            bail!(
+                "enroll-token for {host}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let t = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        progress!("enrollment token for {host} minted (shown once, handed to its agent)");
+        Ok(t)
+    };
+    Ok(Tokens {
+        connector: token(&format!("connector:{CONNECTOR}"))?,
+        device: token(&format!("device:{}", ALICE.device))?,
+    })
+}
+
 /// Starts the connector's and alice's agents and waits until both enforce.
 fn start_agents(
     opts: &Options,
     env: &mut Env,
     dir: &Path,
-    policy: &Path,
+    tokens: &Tokens,
     created: &mut Created,
 ) -> Result<()> {
     println!("\n== agents ({})", opts.agent.display());
@@ -1355,7 +1515,6 @@ fn start_agents(
     let conn_cfg = AgentConfig {
         role: "connector",
         name: CONNECTOR.into(),
-        policy_file: policy.to_path_buf(),
         pin_dir: PathBuf::from(format!("/sys/fs/bpf/zt-demo-{pid}-connector")),
         xdp_interfaces: vec![conn_alice_if.clone(), conn_bob_if.clone()],
         tc_egress_interfaces: vec![conn_alice_if.clone(), conn_bob_if.clone()],
@@ -1364,11 +1523,15 @@ fn start_agents(
         log_format: "json",
         metrics_listen: Some(format!("127.0.0.1:{METRICS_PORT}")),
         idle_timeout_secs: IDLE_TIMEOUT_SECS,
+        controller: ControllerSection {
+            url: controller_url(),
+            enrollment_token: tokens.connector.clone(),
+            identity_file: dir.join("connector.identity.json"),
+        },
     };
     let dev_cfg = AgentConfig {
         role: "device",
         name: ALICE.device.into(),
-        policy_file: policy.to_path_buf(),
         pin_dir: PathBuf::from(format!("/sys/fs/bpf/zt-demo-{pid}-alice")),
         xdp_interfaces: vec![alice_if.clone()],
         tc_egress_interfaces: vec![alice_if.clone()],
@@ -1377,6 +1540,11 @@ fn start_agents(
         log_format: "json",
         metrics_listen: None,
         idle_timeout_secs: IDLE_TIMEOUT_SECS,
+        controller: ControllerSection {
+            url: controller_url(),
+            enrollment_token: tokens.device.clone(),
+            identity_file: dir.join("alice-laptop.identity.json"),
+        },
     };
     for cfg in [&conn_cfg, &dev_cfg] {
         if cfg.pin_dir.exists() {
@@ -2015,11 +2183,14 @@ fn teardown(checks: &mut Checks, mut env: Env) -> Result<()> {
     );
     env.agents.clear();
     env.services = None;
+    let how = env.stop_controller();
+    progress!("stopped the controller: {how}");
     let names = [
         env.alice.name().to_string(),
         env.bob.name().to_string(),
         env.conn.name().to_string(),
         env.res.name().to_string(),
+        env.ctl.name().to_string(),
     ];
     drop(env);
     progress!("deleted namespaces {}", names.join(", "));
@@ -2127,6 +2298,7 @@ fn build_env(created: &mut Created) -> Result<Env> {
     let bob = make("zdb")?;
     let conn = make("zdc")?;
     let res = make("zdr")?;
+    let ctl = make("zdk")?;
     let mut record = |(a, b): (VethEnd, VethEnd)| {
         created.interfaces.push(a.iface.clone());
         created.interfaces.push(b.iface.clone());
@@ -2154,6 +2326,13 @@ fn build_env(created: &mut Created) -> Result<Env> {
             &format!("{DNS}/24"),
         ],
     )?);
+    record(veth_pair(
+        &conn,
+        &[&format!("{CONN_CTL_IP}/24")],
+        &ctl,
+        &[&format!("{CTL_IP}/24")],
+    )?);
+    ctl.ip(&["route", "add", "default", "via", &CONN_CTL_IP.to_string()])?;
     alice.ip(&["route", "add", "default", "via", &ALICE.gateway.to_string()])?;
     bob.ip(&["route", "add", "default", "via", &BOB.gateway.to_string()])?;
     res.ip(&["route", "add", "default", "via", &CONN_RES_IP.to_string()])?;
@@ -2161,6 +2340,8 @@ fn build_env(created: &mut Created) -> Result<Env> {
     Ok(Env {
         agents: Vec::new(),
         services: None,
+        controller: None,
+        ctl,
         alice,
         bob,
         conn,

@@ -118,6 +118,10 @@ fn main() -> Result<()> {
                 "gateway-user",
                 "--package",
                 "gatewayctl",
+                "--package",
+                "controller",
+                "--bin",
+                "gateway-controller",
                 "--bin",
                 "gateway-agent",
                 "--bin",
@@ -137,6 +141,8 @@ fn main() -> Result<()> {
                 .arg(release.join("gateway-agent"))
                 .arg("--gatewayctl")
                 .arg(release.join("gatewayctl"))
+                .arg("--controller")
+                .arg(release.join("gateway-controller"))
                 .arg("--policy")
                 .arg(root.join("examples/demo.toml"))
                 .current_dir(&root);

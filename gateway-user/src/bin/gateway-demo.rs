@@ -1,5 +1,6 @@
 //! `gateway-demo`: the end-to-end demo (`cargo xtask demo` builds and runs it). Builds two
-//! laptops, a connector and a resource host as network namespaces, runs `gateway-agent` on
+//! laptops, a connector, a resource host and a controller host as network namespaces, runs
+//! `gateway-controller`, applies the policy with `gatewayctl`, runs managed `gateway-agent`s on
 //! the connector and on one laptop, drives allowed and denied traffic and a port scan, and
 //! checks every outcome and connection-log record against the policy. Needs root; exits 1
 //! when anything did not behave as the policy says or something was left behind.
@@ -18,9 +19,13 @@ struct Cli {
     /// The gateway-agent binary [default: gateway-agent next to this binary].
     #[arg(long)]
     agent: Option<PathBuf>,
-    /// gatewayctl, used to check the policy first [default: next to this binary, if there].
+    /// gatewayctl: checks the policy, applies it to the controller, mints enrollment tokens
+    /// [default: next to this binary].
     #[arg(long)]
     gatewayctl: Option<PathBuf>,
+    /// The gateway-controller binary [default: next to this binary].
+    #[arg(long)]
+    controller: Option<PathBuf>,
     /// Policy file [default: the embedded examples/demo.toml]. Its addresses must match the
     /// demo's hosts.
     #[arg(long)]
@@ -44,9 +49,14 @@ fn main() -> Result<()> {
     let gatewayctl = cli
         .gatewayctl
         .or_else(|| sibling("gatewayctl").filter(|p| p.is_file()));
+    let controller = cli
+        .controller
+        .or_else(|| sibling("gateway-controller"))
+        .unwrap_or_else(|| PathBuf::from("gateway-controller"));
     let ok = demo::run(&Options {
         agent,
         gatewayctl,
+        controller,
         policy: cli.policy,
         keep_logs: cli.keep_logs,
     })?;
