@@ -24,10 +24,34 @@ use crate::{Fail, Output, R, plural, print_json};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Where the controller is and how to prove who we are.
+pub struct Access {
+    pub url: String,
+    /// API key or session token, sent as `authorization: Bearer <secret>`.
+    pub api_key: Option<String>,
+    /// CA certificate (PEM) for `https://` URLs.
+    pub ca: Option<std::path::PathBuf>,
+}
+
+/// Adds the bearer credential to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Admin = AdminClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
 /// A connected Admin client and the URL it talks to (for messages).
 pub struct Ctl {
     url: String,
-    admin: AdminClient<Channel>,
+    admin: Admin,
 }
 
 /// The message of an error and its sources (`transport error: tcp connect error: ...`).
@@ -46,10 +70,16 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Connects to the controller (bounded); an unreachable controller is a usage error.
-pub async fn connect(url: &str) -> R<Ctl> {
-    let url = gatewayctl::remote::normalize_url(url)
+pub async fn connect(access: &Access) -> R<Ctl> {
+    let url = gatewayctl::remote::normalize_url(&access.url)
         .map_err(|e| Fail::Usage(format!("--controller: {e}")))?;
-    let ep = Endpoint::from_shared(url.clone())
+    let bearer = match &access.api_key {
+        Some(k) => Some(format!("Bearer {}", k.trim()).parse().map_err(|_| {
+            Fail::Usage("--api-key: not a valid credential (printable ASCII only)".into())
+        })?),
+        None => None,
+    };
+    let mut ep = Endpoint::from_shared(url.clone())
         .map_err(|e| {
             Fail::Usage(format!(
                 "--controller: `{url}` is not a valid URL: {}",
@@ -58,6 +88,23 @@ pub async fn connect(url: &str) -> R<Ctl> {
         })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
+    if url.starts_with("https://") {
+        let Some(ca) = &access.ca else {
+            return Err(Fail::Usage(
+                "--controller is https:// but no --ca (or GATEWAYCTL_CA) names the CA \
+                 certificate that signed the controller's certificate"
+                    .into(),
+            ));
+        };
+        let pem =
+            std::fs::read(ca).map_err(|e| Fail::Usage(format!("--ca {}: {e}", ca.display())))?;
+        ep = ep
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )
+            .map_err(|e| Fail::Usage(format!("--ca {}: {}", ca.display(), chain(&e))))?;
+    }
     let unreachable = |detail: String| {
         Fail::Usage(format!(
             "cannot reach the controller at {url}: {detail} (is `gateway-controller run` listening there? set --controller or GATEWAYCTL_CONTROLLER)"
@@ -75,7 +122,7 @@ pub async fn connect(url: &str) -> R<Ctl> {
     };
     Ok(Ctl {
         url,
-        admin: AdminClient::new(channel),
+        admin: AdminClient::with_interceptor(channel, Bearer(bearer)),
     })
 }
 

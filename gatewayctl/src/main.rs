@@ -54,6 +54,18 @@ struct Cli {
         value_name = "URL"
     )]
     controller: String,
+    /// API key or session token for the remote commands (sent as `authorization: Bearer`).
+    #[arg(
+        long,
+        global = true,
+        env = "GATEWAYCTL_API_KEY",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
+    /// CA certificate (PEM) that signed the controller's certificate, for `https://` URLs.
+    #[arg(long, global = true, env = "GATEWAYCTL_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -923,13 +935,13 @@ fn remote_output(c: &Command) -> Option<Output> {
     )
 }
 
-async fn remote(url: &str, command: Command) -> R<()> {
+async fn remote(access: &client::Access, command: Command) -> R<()> {
     // Argument errors first: they need no controller.
     let at = match &command {
         Command::Explain { at, .. } => Some(at_time(at)?),
         _ => None,
     };
-    let ctl = client::connect(url).await?;
+    let ctl = client::connect(access).await?;
     match command {
         Command::Policy(_) => Ok(()),
         Command::Apply {
@@ -1065,7 +1077,12 @@ fn run(cli: Cli) -> R<()> {
                 .build()
                 .map_err(|e| Fail::Usage(format!("cannot start the async runtime: {e}")))?;
             let json = remote_output(&command) == Some(Output::Json);
-            let r = rt.block_on(remote(&cli.controller, command));
+            let access = client::Access {
+                url: cli.controller.clone(),
+                api_key: cli.api_key.clone(),
+                ca: cli.ca.clone(),
+            };
+            let r = rt.block_on(remote(&access, command));
             // Scripts reading `--output json` get a JSON document on failure too.
             if json && let Err(f) = &r {
                 print_json(&f.json());

@@ -123,9 +123,12 @@ pub fn normalize_url(s: &str) -> Result<String, String> {
         return Err("empty controller URL (expected e.g. `http://127.0.0.1:50051`)".into());
     }
     if let Some(rest) = t.strip_prefix("https://") {
-        return Err(format!(
-            "`{s}`: TLS is not supported yet; the controller serves plaintext gRPC (use `http://{rest}`)"
-        ));
+        if rest.is_empty() || rest.contains('/') {
+            return Err(format!(
+                "`{s}` is not a controller URL (expected `https://HOST:PORT`)"
+            ));
+        }
+        return Ok(t.to_string());
     }
     let url = if t.contains("://") {
         t.to_string()
@@ -215,7 +218,7 @@ mod tests {
             normalize_url("127.0.0.1:50051"),
             Ok("http://127.0.0.1:50051".into())
         );
-        assert!(normalize_url("https://x:1").unwrap_err().contains("TLS"));
+        assert_eq!(normalize_url("https://x:1").unwrap(), "https://x:1");
         assert!(normalize_url("ftp://x:1").is_err());
         assert!(normalize_url("http://x:1/path").is_err());
         assert!(normalize_url("").is_err());

@@ -1163,7 +1163,7 @@ fn unreachable_controller_is_a_clear_usage_error() {
     // TLS and malformed URLs: say what is valid.
     all = vec!["--controller", "https://127.0.0.1:1", "list"];
     let err = fails(&run(&all), 2);
-    assert!(err.contains("TLS is not supported yet"), "{err}");
+    assert!(err.contains("no --ca"), "{err}");
     let err = fails(&run(&["--controller", "ftp://127.0.0.1:1", "list"]), 2);
     assert!(err.contains("http://HOST:PORT"), "{err}");
 }
