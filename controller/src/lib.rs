@@ -11,10 +11,12 @@
 //! Agent.Watch ─▶ State::watch: snapshot, or the missed deltas, then live deltas
 //! ```
 
+pub mod auth;
 pub mod objects;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,6 +41,10 @@ pub enum Error {
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -50,6 +56,8 @@ impl From<Error> for tonic::Status {
             Error::AlreadyExists(m) => tonic::Status::already_exists(m),
             Error::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             Error::Unauthenticated(m) => tonic::Status::unauthenticated(m),
+            Error::PermissionDenied(m) => tonic::Status::permission_denied(m),
+            Error::ResourceExhausted(m) => tonic::Status::resource_exhausted(m),
             Error::Internal(m) => tonic::Status::internal(m),
         }
     }
@@ -113,10 +121,23 @@ pub fn hash_secret(s: &str) -> String {
 
 /// Runs the Admin and Agent services, gRPC health and reflection on `listener` until
 /// `shutdown` completes, plus the background tasks (recompiling when a grant expires,
-/// pruning old events).
+/// pruning old events). Plaintext: for tests on loopback; deployments use
+/// [`serve_tls`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<State>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_tls(listener, state, None, shutdown).await
+}
+
+/// [`serve`], with TLS when `tls` is given (then plaintext connections are refused).
+/// Every Admin call is authenticated and authorized ([`auth::AdminGuard`]); Agent calls
+/// carry the agent's credential.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use gateway_proto::v1::admin_server::AdminServer;
@@ -154,11 +175,18 @@ pub async fn serve(
             }
         })
     };
-    let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let admin = auth::AdminGuard::new(
+        AdminServer::new(service::AdminService::new(state.clone())),
+        state.clone(),
+    );
+    let result = builder
         .add_service(health)
         .add_service(reflection)
-        .add_service(AdminServer::new(service::AdminService::new(state.clone())))
+        .add_service(admin)
         .add_service(AgentServer::new(service::AgentService::new(state.clone())))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), {
             // Open streams (watches, followers) end first, so the graceful
@@ -176,14 +204,27 @@ pub async fn serve(
     Ok(())
 }
 
-/// Binds `addr` and serves (see [`serve`]); returns the bound address (useful with
-/// port 0) and the server task.
+/// Binds `addr` and serves plaintext (see [`serve`]); returns the bound address (useful
+/// with port 0) and the server task.
 pub async fn spawn(
     addr: SocketAddr,
     state: Arc<State>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    spawn_tls(addr, state, None, shutdown).await
+}
+
+/// [`spawn`] with optional TLS (see [`serve_tls`]).
+pub async fn spawn_tls(
+    addr: SocketAddr,
+    state: Arc<State>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    Ok((local, tokio::spawn(serve(listener, state, shutdown))))
+    Ok((
+        local,
+        tokio::spawn(serve_tls(listener, state, tls, shutdown)),
+    ))
 }

@@ -7,6 +7,7 @@ use gateway_proto::v1::{self, admin_server::Admin, agent_server::Agent};
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Principal, Role};
 use crate::objects::Kind;
 use crate::state::ChangeOpts;
 use crate::{Error, State};
@@ -24,12 +25,25 @@ async fn blocking<T: Send + 'static>(
         .map_err(Status::from)
 }
 
-fn opts(dry_run: bool, expected_revision: Option<u64>) -> ChangeOpts {
+fn opts(dry_run: bool, expected_revision: Option<u64>, actor: String) -> ChangeOpts {
     ChangeOpts {
         dry_run,
         expected_revision,
-        actor: "local".into(),
+        actor,
     }
+}
+
+/// The caller, as authenticated by [`crate::auth::AdminGuard`].
+#[allow(clippy::result_large_err)]
+fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
+    req.extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("missing credential"))
+}
+
+fn actor<T>(req: &Request<T>) -> Result<String, Status> {
+    principal(req).map(|p| p.name)
 }
 
 /// The Admin service.
@@ -55,13 +69,14 @@ impl Admin for AdminService {
         &self,
         req: Request<v1::ApplyPolicyRequest>,
     ) -> R<v1::ApplyPolicyResponse> {
+        let who = actor(&req)?;
         let r = req.into_inner();
         let s = self.state.clone();
         let plan = blocking(move || {
             s.apply_policy(
                 &r.policy_toml,
                 &r.file_name,
-                &opts(r.dry_run, r.expected_revision),
+                &opts(r.dry_run, r.expected_revision, who),
             )
         })
         .await?;
@@ -106,12 +121,14 @@ impl Admin for AdminService {
     }
 
     async fn create_object(&self, req: Request<v1::CreateObjectRequest>) -> R<v1::ChangeResponse> {
+        let who = actor(&req)?;
         let r = req.into_inner();
         let (kind, o) = object_arg(r.object)?;
         let s = self.state.clone();
-        let plan =
-            blocking(move || s.create_object(kind, &o.toml, &opts(r.dry_run, r.expected_revision)))
-                .await?;
+        let plan = blocking(move || {
+            s.create_object(kind, &o.toml, &opts(r.dry_run, r.expected_revision, who))
+        })
+        .await?;
         Ok(Response::new(v1::ChangeResponse {
             plan: Some(plan),
             applied: !r.dry_run,
@@ -119,6 +136,7 @@ impl Admin for AdminService {
     }
 
     async fn update_object(&self, req: Request<v1::UpdateObjectRequest>) -> R<v1::ChangeResponse> {
+        let who = actor(&req)?;
         let r = req.into_inner();
         let (kind, o) = object_arg(r.object)?;
         let s = self.state.clone();
@@ -127,7 +145,7 @@ impl Admin for AdminService {
                 kind,
                 &o.name,
                 &o.toml,
-                &opts(r.dry_run, r.expected_revision),
+                &opts(r.dry_run, r.expected_revision, who),
             )
         })
         .await?;
@@ -138,12 +156,14 @@ impl Admin for AdminService {
     }
 
     async fn delete_object(&self, req: Request<v1::DeleteObjectRequest>) -> R<v1::ChangeResponse> {
+        let who = actor(&req)?;
         let r = req.into_inner();
         let kind = Kind::from_wire(r.kind)?;
         let s = self.state.clone();
-        let plan =
-            blocking(move || s.delete_object(kind, &r.name, &opts(r.dry_run, r.expected_revision)))
-                .await?;
+        let plan = blocking(move || {
+            s.delete_object(kind, &r.name, &opts(r.dry_run, r.expected_revision, who))
+        })
+        .await?;
         Ok(Response::new(v1::ChangeResponse {
             plan: Some(plan),
             applied: !r.dry_run,
@@ -204,10 +224,11 @@ impl Admin for AdminService {
         &self,
         req: Request<v1::CreateEnrollmentTokenRequest>,
     ) -> R<v1::CreateEnrollmentTokenResponse> {
+        let who = actor(&req)?;
         let r = req.into_inner();
         let s = self.state.clone();
         Ok(Response::new(
-            blocking(move || s.create_token(&r.host, r.ttl_seconds, "local")).await?,
+            blocking(move || s.create_token(&r.host, r.ttl_seconds, &who)).await?,
         ))
     }
 
@@ -215,6 +236,113 @@ impl Admin for AdminService {
         Ok(Response::new(v1::ListAgentsResponse {
             agents: self.state.agents(),
         }))
+    }
+
+    async fn revoke_agent(
+        &self,
+        req: Request<v1::RevokeAgentRequest>,
+    ) -> R<v1::RevokeAgentResponse> {
+        let who = actor(&req)?;
+        let r = req.into_inner();
+        let s = self.state.clone();
+        blocking(move || s.revoke_agent(&r.agent_id, &who)).await?;
+        Ok(Response::new(v1::RevokeAgentResponse {}))
+    }
+
+    async fn verify_audit(&self, _: Request<v1::VerifyAuditRequest>) -> R<v1::VerifyAuditResponse> {
+        let s = self.state.clone();
+        Ok(Response::new(blocking(move || s.verify_audit()).await?))
+    }
+
+    async fn who_am_i(&self, req: Request<v1::WhoAmIRequest>) -> R<v1::WhoAmIResponse> {
+        let p = principal(&req)?;
+        Ok(Response::new(v1::WhoAmIResponse {
+            principal: p.name,
+            role: p.role.to_wire(),
+            expires_unix_ms: p.expires_ms,
+        }))
+    }
+
+    async fn login(&self, req: Request<v1::LoginRequest>) -> R<v1::LoginResponse> {
+        let r = req.into_inner();
+        let s = self.state.clone();
+        Ok(Response::new(
+            blocking(move || s.login(&r.user, &r.password, &r.totp_code)).await?,
+        ))
+    }
+
+    async fn create_api_key(
+        &self,
+        req: Request<v1::CreateApiKeyRequest>,
+    ) -> R<v1::CreateApiKeyResponse> {
+        let who = actor(&req)?;
+        let r = req.into_inner();
+        let role = Role::from_wire(r.role)
+            .ok_or_else(|| Status::invalid_argument("`role` must be ADMIN, OPERATOR or AUDITOR"))?;
+        let s = self.state.clone();
+        let (key, info) =
+            blocking(move || s.create_api_key_ttl(&r.name, role, r.ttl_seconds, &who)).await?;
+        Ok(Response::new(v1::CreateApiKeyResponse {
+            key,
+            info: Some(info),
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        _: Request<v1::ListApiKeysRequest>,
+    ) -> R<v1::ListApiKeysResponse> {
+        Ok(Response::new(v1::ListApiKeysResponse {
+            keys: self.state.list_api_keys(),
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        req: Request<v1::RevokeApiKeyRequest>,
+    ) -> R<v1::RevokeApiKeyResponse> {
+        let who = actor(&req)?;
+        let r = req.into_inner();
+        let s = self.state.clone();
+        blocking(move || s.revoke_api_key(&r.name, &who)).await?;
+        Ok(Response::new(v1::RevokeApiKeyResponse {}))
+    }
+
+    async fn create_admin_user(
+        &self,
+        req: Request<v1::CreateAdminUserRequest>,
+    ) -> R<v1::CreateAdminUserResponse> {
+        let who = actor(&req)?;
+        let r = req.into_inner();
+        let role = Role::from_wire(r.role)
+            .ok_or_else(|| Status::invalid_argument("`role` must be ADMIN, OPERATOR or AUDITOR"))?;
+        let s = self.state.clone();
+        let (totp_secret, otpauth_uri) =
+            blocking(move || s.create_admin_user(&r.name, role, &r.password, &who)).await?;
+        Ok(Response::new(v1::CreateAdminUserResponse {
+            totp_secret,
+            otpauth_uri,
+        }))
+    }
+
+    async fn list_admin_users(
+        &self,
+        _: Request<v1::ListAdminUsersRequest>,
+    ) -> R<v1::ListAdminUsersResponse> {
+        Ok(Response::new(v1::ListAdminUsersResponse {
+            users: self.state.list_admin_users(),
+        }))
+    }
+
+    async fn delete_admin_user(
+        &self,
+        req: Request<v1::DeleteAdminUserRequest>,
+    ) -> R<v1::DeleteAdminUserResponse> {
+        let who = actor(&req)?;
+        let r = req.into_inner();
+        let s = self.state.clone();
+        blocking(move || s.delete_admin_user(&r.name, &who)).await?;
+        Ok(Response::new(v1::DeleteAdminUserResponse {}))
     }
 }
 
@@ -266,8 +394,12 @@ impl Agent for AgentService {
         let mut accepted = 0;
         while let Some(msg) = stream.next().await {
             let msg = msg?;
+            // Checked on every message, so a revoked agent's open stream stops too.
             let id = match &agent {
-                Some(id) => id.clone(),
+                Some(id) => {
+                    self.state.check_agent_id(id)?;
+                    id.clone()
+                }
                 None => {
                     let id = self.state.check_agent(msg.auth.as_ref())?;
                     agent = Some(id.clone());

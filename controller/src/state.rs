@@ -17,6 +17,12 @@ use crate::objects::{self, Kind, Object, Objects};
 use crate::store::{AgentRow, Audit, DELTA_HISTORY, HostUpdate, Store};
 use crate::{Error, hash_secret, now_ms, now_unix, random_hex};
 
+mod security;
+pub use security::{
+    DEFAULT_KEY_TTL_SECS, DEFAULT_SESSION_TTL_SECS, LOGIN_WINDOW_MS, MAX_LOGIN_FAILURES,
+    MIN_PASSWORD_LEN,
+};
+
 /// Updates buffered per watching agent; an agent that falls this far behind is
 /// disconnected and resumes from its generation when it reconnects.
 pub const WATCH_BUFFER: usize = 256;
@@ -26,7 +32,7 @@ pub const WATCH_BUFFER: usize = 256;
 pub struct ChangeOpts {
     pub dry_run: bool,
     pub expected_revision: Option<u64>,
-    /// "local" until admin authentication exists.
+    /// Who: `key:NAME`, `user:NAME` (the authenticated principal), `local:...`.
     pub actor: String,
 }
 
@@ -72,6 +78,9 @@ pub struct State {
     retention_days: u32,
     /// Set at shutdown: ends follower streams.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Admin credentials (locked after `inner` when both are needed).
+    creds: Mutex<security::Creds>,
+    session_ttl_ms: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for State {
@@ -174,6 +183,7 @@ impl State {
             .into_iter()
             .map(|a| (a.id.clone(), a))
             .collect();
+        let creds = security::Creds::new(loaded.api_keys, loaded.users);
         let (events, _) = broadcast::channel(4096);
         let state = State {
             inner: Mutex::new(Inner {
@@ -189,6 +199,10 @@ impl State {
             events,
             retention_days,
             closing: tokio::sync::watch::channel(false).0,
+            creds: Mutex::new(creds),
+            session_ttl_ms: std::sync::atomic::AtomicI64::new(
+                DEFAULT_SESSION_TTL_SECS as i64 * 1000,
+            ),
         };
         // Views may have changed while the controller was down (expired grants).
         state.refresh()?;
@@ -862,6 +876,7 @@ impl State {
                     enrolled_ms: now,
                     acked_generation: 0,
                     last_seen_ms: now,
+                    revoked_ms: None,
                 },
                 |a| Audit {
                     time_ms: now,
@@ -892,7 +907,16 @@ impl State {
         let auth =
             auth.ok_or_else(|| Error::Unauthenticated("missing agent credentials".into()))?;
         match g.agents.get_mut(&auth.agent_id) {
-            Some(a) if a.credential_hash == hash_secret(&auth.credential) => Ok(a),
+            Some(a) if a.credential_hash == hash_secret(&auth.credential) => {
+                if a.revoked_ms.is_some() {
+                    Err(Error::Unauthenticated(format!(
+                        "agent {} was revoked",
+                        auth.agent_id
+                    )))
+                } else {
+                    Ok(a)
+                }
+            }
             _ => Err(Error::Unauthenticated(
                 "unknown agent or wrong credential".into(),
             )),
@@ -905,6 +929,14 @@ impl State {
         let a = Self::authenticate(&mut g, auth)?;
         a.last_seen_ms = now_ms();
         Ok(a.id.clone())
+    }
+
+    /// Checks that an already authenticated agent is still enrolled and not revoked.
+    pub fn check_agent_id(&self, id: &str) -> Result<(), Error> {
+        match self.lock().agents.get(id) {
+            Some(a) if a.revoked_ms.is_none() => Ok(()),
+            _ => Err(Error::Unauthenticated(format!("agent {id} was revoked"))),
+        }
     }
 
     /// Starts watching: the catch-up (snapshot or missed deltas) is queued first, then
@@ -1003,6 +1035,7 @@ impl State {
                     current_generation: g.hosts.get(&a.host).map_or(0, |h| h.generation),
                     last_seen_unix_ms: a.last_seen_ms,
                     enrolled_unix_ms: a.enrolled_ms,
+                    revoked_unix_ms: a.revoked_ms,
                 })
                 .collect();
         out.sort_by(|a, b| {

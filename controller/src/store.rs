@@ -40,7 +40,151 @@ const MIGRATIONS: &[&str] = &[
         id INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL, actor TEXT NOT NULL,
         action TEXT NOT NULL, target TEXT NOT NULL, before TEXT NOT NULL,
         after TEXT NOT NULL, revision INTEGER NOT NULL);",
+    // 2: security: the audit hash chain, API keys, admin users, agent revocation.
+    // Records written before this migration are chained once, right after it.
+    "ALTER TABLE audit ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
+     ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT '';
+     CREATE TABLE audit_head (
+        one INTEGER PRIMARY KEY CHECK (one = 1), id INTEGER NOT NULL, hash TEXT NOT NULL);
+     CREATE TABLE api_keys (
+        name TEXT PRIMARY KEY, role TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
+        created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, revoked_ms INTEGER,
+        created_by TEXT NOT NULL);
+     CREATE TABLE admin_users (
+        name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL,
+        totp_secret TEXT NOT NULL, created_ms INTEGER NOT NULL);
+     ALTER TABLE agents ADD COLUMN revoked_ms INTEGER;",
 ];
+
+/// `prev_hash` of the first audit record.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The hash of one audit record: SHA-256 (hex) over a length-prefixed encoding of its
+/// id, time, actor, action, target, before, after, revision and the previous hash.
+#[allow(clippy::too_many_arguments)]
+pub fn audit_hash(
+    id: u64,
+    time_ms: i64,
+    actor: &str,
+    action: &str,
+    target: &str,
+    before: &str,
+    after: &str,
+    revision: u64,
+    prev_hash: &str,
+) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"ztgw-audit-v1");
+    for f in [
+        id.to_string().as_str(),
+        time_ms.to_string().as_str(),
+        actor,
+        action,
+        target,
+        before,
+        after,
+        revision.to_string().as_str(),
+        prev_hash,
+    ] {
+        h.update((f.len() as u64).to_be_bytes());
+        h.update(f.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn record_hash(r: &v1::AuditRecord) -> String {
+    audit_hash(
+        r.id,
+        r.time_unix_ms,
+        &r.actor,
+        &r.action,
+        &r.target,
+        &r.before,
+        &r.after,
+        r.revision,
+        &r.prev_hash,
+    )
+}
+
+/// Checks an audit chain (records in id order) against its recorded head.
+pub fn verify_chain(
+    records: &[v1::AuditRecord],
+    head: Option<(u64, String)>,
+) -> v1::VerifyAuditResponse {
+    let bad = |id: u64, reason: String| v1::VerifyAuditResponse {
+        ok: false,
+        records: records.len() as u64,
+        first_bad_id: Some(id),
+        reason,
+        head_hash: String::new(),
+    };
+    let mut prev: Option<&v1::AuditRecord> = None;
+    for r in records {
+        let expected_id = prev.map_or(1, |p| p.id + 1);
+        if r.id != expected_id {
+            return bad(
+                expected_id,
+                format!(
+                    "record {expected_id} is missing (the chain jumps from {} to {})",
+                    expected_id - 1,
+                    r.id
+                ),
+            );
+        }
+        if record_hash(r) != r.hash {
+            return bad(
+                r.id,
+                format!("record {}: its contents do not match its hash", r.id),
+            );
+        }
+        let want_prev = prev.map_or(GENESIS_HASH, |p| p.hash.as_str());
+        if r.prev_hash != want_prev {
+            // This record is intact (its hash covers prev_hash), so the one before was
+            // rewritten together with its hash.
+            return match prev {
+                Some(p) => bad(
+                    p.id,
+                    format!(
+                        "record {}: its hash was rewritten (record {} links to another hash)",
+                        p.id, r.id
+                    ),
+                ),
+                None => bad(r.id, format!("record {}: does not start the chain", r.id)),
+            };
+        }
+        prev = Some(r);
+    }
+    let last = prev.map(|p| (p.id, p.hash.clone()));
+    match (head, last) {
+        (Some((hid, hhash)), Some((lid, lhash))) if hid == lid && hhash == lhash => {}
+        (None, None) => {}
+        (Some((hid, _)), last) if last.as_ref().is_none_or(|(lid, _)| *lid < hid) => {
+            let from = last.map_or(1, |(lid, _)| lid + 1);
+            return bad(
+                from,
+                format!("records {from}..={hid} are missing (the head is record {hid})"),
+            );
+        }
+        (head, last) => {
+            let id = last.as_ref().map_or(0, |l| l.0);
+            return bad(
+                id,
+                format!(
+                    "record {id}: the chain's end does not match the recorded head ({})",
+                    head.map_or_else(|| "none".to_string(), |h| format!("record {}", h.0))
+                ),
+            );
+        }
+    }
+    v1::VerifyAuditResponse {
+        ok: true,
+        records: records.len() as u64,
+        first_bad_id: None,
+        reason: String::new(),
+        head_hash: prev.map_or_else(|| GENESIS_HASH.to_string(), |p| p.hash.clone()),
+    }
+}
 
 /// How many deltas per host are kept for resuming agents.
 pub const DELTA_HISTORY: i64 = 64;
@@ -69,6 +213,40 @@ pub struct AgentRow {
     pub enrolled_ms: i64,
     pub acked_generation: u64,
     pub last_seen_ms: i64,
+    pub revoked_ms: Option<i64>,
+}
+
+/// A stored API key (the secret only as its hash).
+#[derive(Clone, Debug)]
+pub struct ApiKeyRow {
+    pub name: String,
+    pub role: String,
+    pub hash: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub revoked_ms: Option<i64>,
+    pub created_by: String,
+}
+
+/// An interactive admin user.
+#[derive(Clone)]
+pub struct UserRow {
+    pub name: String,
+    pub role: String,
+    /// Argon2id, PHC string.
+    pub password_hash: String,
+    /// Base32 TOTP secret.
+    pub totp_secret: String,
+    pub created_ms: i64,
+}
+
+impl std::fmt::Debug for UserRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRow")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Everything loaded at start-up.
@@ -79,6 +257,8 @@ pub struct Loaded {
     pub hosts: Vec<HostRow>,
     pub deltas: Vec<DeltaRow>,
     pub agents: Vec<AgentRow>,
+    pub api_keys: Vec<ApiKeyRow>,
+    pub users: Vec<UserRow>,
 }
 
 /// One host's part of a committed change.
@@ -143,6 +323,7 @@ impl Store {
             .optional()
             .map_err(db)?;
         let current = current.unwrap_or(0) as usize;
+        let chain_legacy = current < 2;
         if current > MIGRATIONS.len() {
             return Err(Error::Internal(format!(
                 "database schema version {current} is newer than this controller ({})",
@@ -159,6 +340,9 @@ impl Store {
             [MIGRATIONS.len() as i64],
         )
         .map_err(db)?;
+        if chain_legacy {
+            chain_unhashed(&tx)?;
+        }
         tx.commit().map_err(db)
     }
 
@@ -244,7 +428,7 @@ impl Store {
         let mut st = self
             .conn
             .prepare(
-                "SELECT id, host, hostname, credential_hash, enrolled_ms, acked_generation, last_seen_ms FROM agents ORDER BY enrolled_ms, id",
+                "SELECT id, host, hostname, credential_hash, enrolled_ms, acked_generation, last_seen_ms, revoked_ms FROM agents ORDER BY enrolled_ms, id",
             )
             .map_err(db)?;
         let rows = st
@@ -257,11 +441,56 @@ impl Store {
                     enrolled_ms: r.get(4)?,
                     acked_generation: r.get::<_, i64>(5)? as u64,
                     last_seen_ms: r.get(6)?,
+                    revoked_ms: r.get(7)?,
                 })
             })
             .map_err(db)?;
         for row in rows {
             out.agents.push(row.map_err(db)?);
+        }
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT name, role, hash, created_ms, expires_ms, revoked_ms, created_by
+                 FROM api_keys ORDER BY created_ms, name",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(ApiKeyRow {
+                    name: r.get(0)?,
+                    role: r.get(1)?,
+                    hash: r.get(2)?,
+                    created_ms: r.get(3)?,
+                    expires_ms: r.get(4)?,
+                    revoked_ms: r.get(5)?,
+                    created_by: r.get(6)?,
+                })
+            })
+            .map_err(db)?;
+        for row in rows {
+            out.api_keys.push(row.map_err(db)?);
+        }
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT name, role, password_hash, totp_secret, created_ms FROM admin_users
+                 ORDER BY name",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(UserRow {
+                    name: r.get(0)?,
+                    role: r.get(1)?,
+                    password_hash: r.get(2)?,
+                    totp_secret: r.get(3)?,
+                    created_ms: r.get(4)?,
+                })
+            })
+            .map_err(db)?;
+        for row in rows {
+            out.users.push(row.map_err(db)?);
         }
         Ok(out)
     }
@@ -319,7 +548,65 @@ impl Store {
     }
 
     pub fn audit(&mut self, a: &Audit) -> Result<(), Error> {
-        insert_audit(&self.conn, a)
+        let tx = self.conn.transaction().map_err(db)?;
+        insert_audit(&tx, a)?;
+        tx.commit().map_err(db)
+    }
+
+    /// Runs one statement and writes an audit record, atomically; returns the rows
+    /// changed.
+    pub fn exec_audited(
+        &mut self,
+        sql: &str,
+        args: impl rusqlite::Params,
+        audit: &Audit,
+    ) -> Result<usize, Error> {
+        let tx = self.conn.transaction().map_err(db)?;
+        let n = tx.execute(sql, args).map_err(db)?;
+        insert_audit(&tx, audit)?;
+        tx.commit().map_err(db)?;
+        Ok(n)
+    }
+
+    pub fn insert_api_key(&mut self, k: &ApiKeyRow, audit: &Audit) -> Result<(), Error> {
+        self.exec_audited(
+            "INSERT INTO api_keys (name, role, hash, created_ms, expires_ms, revoked_ms, created_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                k.name,
+                k.role,
+                k.hash,
+                k.created_ms,
+                k.expires_ms,
+                k.revoked_ms,
+                k.created_by
+            ],
+            audit,
+        )
+        .map(|_| ())
+    }
+
+    pub fn insert_user(&mut self, u: &UserRow, audit: &Audit) -> Result<(), Error> {
+        self.exec_audited(
+            "INSERT INTO admin_users (name, role, password_hash, totp_secret, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![u.name, u.role, u.password_hash, u.totp_secret, u.created_ms],
+            audit,
+        )
+        .map(|_| ())
+    }
+
+    /// Every audit record, oldest first, and the recorded head.
+    pub fn verify_audit(&self) -> Result<v1::VerifyAuditResponse, Error> {
+        let records = self.audit_report(None, None, u32::MAX)?;
+        let head = self
+            .conn
+            .query_row("SELECT id, hash FROM audit_head WHERE one = 1", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })
+            .optional()
+            .map_err(db)?;
+        Ok(verify_chain(&records, head))
     }
 
     pub fn insert_token(
@@ -368,8 +655,8 @@ impl Store {
         .map_err(db)?;
         let a = make_agent(&host);
         tx.execute(
-            "INSERT INTO agents (id, host, hostname, credential_hash, enrolled_ms, acked_generation, last_seen_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO agents (id, host, hostname, credential_hash, enrolled_ms, acked_generation, last_seen_ms, revoked_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 a.id,
                 a.host,
@@ -377,7 +664,8 @@ impl Store {
                 a.credential_hash,
                 a.enrolled_ms,
                 a.acked_generation as i64,
-                a.last_seen_ms
+                a.last_seen_ms,
+                a.revoked_ms
             ],
         )
         .map_err(db)?;
@@ -514,13 +802,17 @@ impl Store {
         let mut st = self
             .conn
             .prepare(
-                "SELECT id, time_ms, actor, action, target, before, after, revision FROM audit
+                "SELECT id, time_ms, actor, action, target, before, after, revision, prev_hash, hash FROM audit
                  WHERE time_ms >= ?1 AND time_ms < ?2 ORDER BY id LIMIT ?3",
             )
             .map_err(db)?;
         let rows = st
             .query_map(
-                params![since.unwrap_or(i64::MIN), until.unwrap_or(i64::MAX), limit],
+                params![
+                    since.unwrap_or(i64::MIN),
+                    until.unwrap_or(i64::MAX),
+                    i64::from(limit)
+                ],
                 |r| {
                     Ok(v1::AuditRecord {
                         id: r.get::<_, i64>(0)? as u64,
@@ -531,6 +823,8 @@ impl Store {
                         before: r.get(5)?,
                         after: r.get(6)?,
                         revision: r.get::<_, i64>(7)? as u64,
+                        prev_hash: r.get(8)?,
+                        hash: r.get(9)?,
                     })
                 },
             )
@@ -539,20 +833,90 @@ impl Store {
     }
 }
 
+/// Appends an audit record to the chain (inside the caller's transaction): its id
+/// follows the last record's, its `prev_hash` is the last record's hash, and the head
+/// moves to it.
 fn insert_audit(conn: &Connection, a: &Audit) -> Result<(), Error> {
+    let (last_id, prev) = conn
+        .query_row(
+            "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+        )
+        .optional()
+        .map_err(db)?
+        .unwrap_or((0, GENESIS_HASH.to_string()));
+    let id = last_id + 1;
+    let hash = audit_hash(
+        id, a.time_ms, &a.actor, &a.action, &a.target, &a.before, &a.after, a.revision, &prev,
+    );
     conn.execute(
-        "INSERT INTO audit (time_ms, actor, action, target, before, after, revision)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO audit (id, time_ms, actor, action, target, before, after, revision, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
+            id as i64,
             a.time_ms,
             a.actor,
             a.action,
             a.target,
             a.before,
             a.after,
-            a.revision as i64
+            a.revision as i64,
+            prev,
+            hash
         ],
     )
     .map_err(db)?;
+    conn.execute(
+        "INSERT INTO audit_head (one, id, hash) VALUES (1, ?1, ?2)
+         ON CONFLICT (one) DO UPDATE SET id = excluded.id, hash = excluded.hash",
+        params![id as i64, hash],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Chains the records written before the audit trail had hashes (once, at migration 2):
+/// renumbers them 1.. in their order and links them.
+fn chain_unhashed(conn: &Connection) -> Result<(), Error> {
+    let rows: Vec<v1::AuditRecord> = {
+        let mut st = conn
+            .prepare(
+                "SELECT id, time_ms, actor, action, target, before, after, revision FROM audit ORDER BY id",
+            )
+            .map_err(db)?;
+        st.query_map([], |r| {
+            Ok(v1::AuditRecord {
+                id: r.get::<_, i64>(0)? as u64,
+                time_unix_ms: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                target: r.get(4)?,
+                before: r.get(5)?,
+                after: r.get(6)?,
+                revision: r.get::<_, i64>(7)? as u64,
+                prev_hash: String::new(),
+                hash: String::new(),
+            })
+        })
+        .map_err(db)?
+        .collect::<Result<_, _>>()
+        .map_err(db)?
+    };
+    conn.execute("DELETE FROM audit", []).map_err(db)?;
+    for r in rows {
+        insert_audit(
+            conn,
+            &Audit {
+                time_ms: r.time_unix_ms,
+                actor: r.actor,
+                action: r.action,
+                target: r.target,
+                before: r.before,
+                after: r.after,
+                revision: r.revision,
+            },
+        )?;
+    }
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use controller::auth::AuthedAdminClient;
 use gateway_proto::v1::{self, admin_client::AdminClient, agent_client::AgentClient};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -16,6 +17,8 @@ pub const DEMO: &str = include_str!("../../../examples/demo.toml");
 pub struct Controller {
     pub addr: SocketAddr,
     pub state: Arc<controller::State>,
+    /// An admin API key.
+    pub admin_key: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -23,6 +26,9 @@ pub struct Controller {
 impl Controller {
     pub async fn start(db: &Path) -> Controller {
         let state = Arc::new(controller::State::open(db, 30).expect("open state"));
+        let admin_key = state
+            .bootstrap_admin_key(&format!("test-admin-{}", controller::random_hex(4)))
+            .expect("admin key");
         let (tx, rx) = oneshot::channel();
         let (addr, task) =
             controller::spawn("127.0.0.1:0".parse().unwrap(), state.clone(), async {
@@ -33,6 +39,7 @@ impl Controller {
         Controller {
             addr,
             state,
+            admin_key,
             stop: Some(tx),
             task: Some(task),
         }
@@ -47,7 +54,18 @@ impl Controller {
             .expect("connect")
     }
 
-    pub async fn admin(&self) -> AdminClient<Channel> {
+    /// An Admin client with an admin API key.
+    pub async fn admin(&self) -> AuthedAdminClient {
+        controller::auth::admin_client(self.channel().await, &self.admin_key)
+    }
+
+    /// An Admin client sending `secret`.
+    pub async fn admin_as(&self, secret: &str) -> AuthedAdminClient {
+        controller::auth::admin_client(self.channel().await, secret)
+    }
+
+    /// An Admin client without credentials.
+    pub async fn anonymous(&self) -> AdminClient<Channel> {
         AdminClient::new(self.channel().await)
     }
 
@@ -77,7 +95,7 @@ pub fn tempdir() -> (tempfile::TempDir, PathBuf) {
     (d, p)
 }
 
-pub async fn apply(admin: &mut AdminClient<Channel>, text: &str) -> v1::Plan {
+pub async fn apply(admin: &mut AuthedAdminClient, text: &str) -> v1::Plan {
     admin
         .apply_policy(v1::ApplyPolicyRequest {
             policy_toml: text.into(),
