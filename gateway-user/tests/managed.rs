@@ -8,14 +8,15 @@
 //! An applied change reaches the kernel maps of exactly the affected agents; agents keep
 //! enforcing while the controller is down; a controller restart loses nothing; an agent
 //! that reconnects after missed changes converges to the entries of a fresh compile.
+//! Agents reach the controller over TLS, pinning the deployment CA; admin calls carry an
+//! API key.
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData};
+use controller::auth::AuthedAdminClient;
 use gateway_common::maps;
-use gateway_proto::v1::{
-    ApplyPolicyRequest, CreateEnrollmentTokenRequest, ListAgentsRequest, admin_client::AdminClient,
-};
+use gateway_proto::v1::{ApplyPolicyRequest, CreateEnrollmentTokenRequest, ListAgentsRequest};
 use gateway_user::{
     dataplane::PolicyMaps,
     netns::{NetNs, unique_name, veth_pair},
@@ -29,7 +30,7 @@ use std::{
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::Arc,
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -41,6 +42,15 @@ const TIMEOUT: Duration = Duration::from_millis(700);
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
+
+/// The deployment's TLS material (CA cert, CA key, server cert, server key), made once.
+fn tls() -> &'static (String, String, String, String) {
+    static TLS: OnceLock<(String, String, String, String)> = OnceLock::new();
+    TLS.get_or_init(|| controller::tls::generate_pem(&["198.19.9.1".to_string()]).unwrap())
+}
+
+/// An admin API key of the running controller.
+static ADMIN_KEY: Mutex<String> = Mutex::new(String::new());
 
 /// The controller, run in-process on threads inside the `ctl` namespace.
 struct Controller {
@@ -68,13 +78,20 @@ impl Controller {
                 .unwrap();
             rt.block_on(async move {
                 let state = Arc::new(controller::State::open(&db, 30).unwrap());
-                let (_, task) = controller::spawn(sa(CTL_ADDR), state, async {
+                *ADMIN_KEY.lock().unwrap() = state
+                    .bootstrap_admin_key(&format!("test-{}", controller::random_hex(4)))
+                    .unwrap();
+                let (_, _, cert, key) = tls();
+                let tls = controller::tls::server_config_pem(cert.as_bytes(), key.as_bytes());
+                let (_, task) = controller::spawn_tls(sa(CTL_ADDR), state, Some(tls), async {
                     let _ = stopped.await;
                 })
                 .await
                 .unwrap();
                 ready_tx.send(()).unwrap();
-                let _ = task.await;
+                if let Ok(Err(e)) = task.await {
+                    eprintln!("controller: {e:#}");
+                }
             });
         });
         ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -100,7 +117,7 @@ impl Drop for Controller {
 fn admin<T: Send>(
     ctl: &NetNs,
     f: impl for<'a> FnOnce(
-        &'a mut AdminClient<tonic::transport::Channel>,
+        &'a mut AuthedAdminClient,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>
     + Send,
 ) -> T {
@@ -110,9 +127,12 @@ fn admin<T: Send>(
             .build()
             .unwrap();
         rt.block_on(async {
-            let mut c = AdminClient::connect(format!("http://{CTL_ADDR}"))
-                .await
-                .unwrap();
+            let ch =
+                controller::tls::connect(&format!("https://{CTL_ADDR}"), Some(tls().0.as_bytes()))
+                    .await
+                    .unwrap();
+            let key = ADMIN_KEY.lock().unwrap().clone();
+            let mut c = controller::auth::admin_client(ch, &key);
             f(&mut c).await
         })
     })
@@ -302,16 +322,19 @@ fn agent_config(
     token: &str,
 ) -> PathBuf {
     let cfg = dir.join(format!("{name}.toml"));
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &tls().0).unwrap();
     std::fs::write(
         &cfg,
         format!(
             "role = \"{role}\"\nname = \"{host_name}\"\npin_dir = \"/sys/fs/bpf/{pin}\"\n\
              xdp_interfaces = [\"{iface}\"]\ntc_egress_interfaces = [\"{iface}\"]\n\
-             log_file = \"{log}\"\n\n[controller]\nurl = \"http://{CTL_ADDR}\"\n\
-             enrollment_token = \"{token}\"\nidentity_file = \"{id}\"\n",
+             log_file = \"{log}\"\n\n[controller]\nurl = \"https://{CTL_ADDR}\"\n\
+             ca_file = \"{ca}\"\nenrollment_token = \"{token}\"\nidentity_file = \"{id}\"\n",
             pin = dir.file_name().unwrap().to_string_lossy().to_string() + "-" + name,
             log = dir.join(format!("{name}.jsonl")).display(),
             id = dir.join(format!("{name}.identity.json")).display(),
+            ca = ca.display(),
         ),
     )
     .unwrap();

@@ -77,8 +77,12 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerConfig {
-    /// The controller's gRPC address, e.g. `http://10.0.0.5:50051`.
+    /// The controller's gRPC address: `https://controller.example:50051` in production
+    /// (with `ca_file`); `http://...` (plaintext) only for tests.
     pub url: String,
+    /// The deployment's CA certificate (PEM, `ca.pem` from `gateway-controller init`):
+    /// the only CA the agent trusts for the controller. Required with an https URL.
+    pub ca_file: Option<PathBuf>,
     /// One-time enrollment token (`gatewayctl` / Admin.CreateEnrollmentToken); used once,
     /// when `identity_file` does not exist yet.
     pub enrollment_token: Option<String>,
@@ -139,6 +143,27 @@ impl Config {
             ),
             _ => {}
         }
+        if let Some(c) = &self.controller {
+            let https = c.url.starts_with("https://");
+            match (&c.ca_file, https) {
+                (None, true) => bail!(
+                    "[controller] url `{}` is https but no `ca_file` is set: give the \
+                     deployment's CA certificate (ca.pem from `gateway-controller init`)",
+                    c.url
+                ),
+                (Some(_), false) => bail!(
+                    "[controller] `ca_file` is set but url `{}` is not https://",
+                    c.url
+                ),
+                _ => {}
+            }
+            if !https && !c.url.starts_with("http://") {
+                bail!(
+                    "[controller] url `{}` must start with https:// (or http:// for tests)",
+                    c.url
+                );
+            }
+        }
         if self.idle_timeout_secs == 0 {
             bail!("`idle_timeout_secs` must be at least 1");
         }
@@ -193,6 +218,24 @@ mod tests {
         .unwrap();
         let e = format!("{:#}", Config::load(&p).unwrap_err());
         assert!(e.contains("no interface to enforce on"), "{e}");
+        let managed = "role = \"device\"\nname = \"x\"\nxdp_interfaces = [\"eth0\"]\n\
+                       [controller]\n";
+        std::fs::write(&p, format!("{managed}url = \"https://c.example:50051\"\n")).unwrap();
+        let e = format!("{:#}", Config::load(&p).unwrap_err());
+        assert!(e.contains("no `ca_file`"), "{e}");
+        std::fs::write(
+            &p,
+            format!("{managed}url = \"http://c.example:50051\"\nca_file = \"/ca.pem\"\n"),
+        )
+        .unwrap();
+        let e = format!("{:#}", Config::load(&p).unwrap_err());
+        assert!(e.contains("is not https://"), "{e}");
+        std::fs::write(
+            &p,
+            format!("{managed}url = \"https://c.example:50051\"\nca_file = \"/ca.pem\"\n"),
+        )
+        .unwrap();
+        Config::load(&p).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,6 +3,10 @@
 //! through the same atomic writer as standalone mode, acknowledges it, and streams its
 //! connection events up. When the controller is unreachable it keeps enforcing the last
 //! policy and reconnects with backoff, resuming from the generation it has.
+//!
+//! Transport: with `ca_file` in `[controller]` (production), TLS to an `https://` URL
+//! that trusts only the deployment's CA; without, plaintext `http://` (tests). The agent
+//! authenticates with the credential it received at enrollment, in every call.
 
 use super::config::ControllerConfig;
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -14,6 +18,7 @@ use policy_compiler::HostView;
 use serde::{Deserialize, Serialize};
 use std::{collections::VecDeque, path::Path, time::Duration};
 use tokio::sync::{mpsc, oneshot};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// What enrollment gave this agent; kept in `identity_file` (mode 0600).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -66,9 +71,54 @@ fn save_identity(path: &Path, id: &Identity) -> Result<()> {
     Ok(())
 }
 
+/// How to reach the controller: its URL and, for `https://`, the pinned CA certificate.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub url: String,
+    ca: Option<Vec<u8>>,
+}
+
+impl Link {
+    /// Reads `ca_file` (if any) from the configuration.
+    pub fn new(cfg: &ControllerConfig) -> Result<Link> {
+        let ca = match &cfg.ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading the controller CA {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Link {
+            url: cfg.url.clone(),
+            ca,
+        })
+    }
+
+    /// A client: TLS with the pinned CA for https URLs (refused without one), plaintext
+    /// for http URLs (tests).
+    async fn connect(&self) -> Result<AgentClient<Channel>> {
+        let url = &self.url;
+        let mut ep = Endpoint::from_shared(url.to_string())
+            .with_context(|| format!("invalid controller URL `{url}`"))?
+            .connect_timeout(Duration::from_secs(10));
+        match &self.ca {
+            Some(ca) => {
+                ep = ep.tls_config(
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.clone())),
+                )?;
+            }
+            None if url.starts_with("https://") => {
+                bail!("`{url}` is https but no CA is pinned for it (`ca_file`)")
+            }
+            None => {}
+        }
+        Ok(AgentClient::new(ep.connect().await?))
+    }
+}
+
 /// The stored identity, or a new one from the enrollment token. The identity's host must
 /// be the host this agent is configured as.
-pub async fn identity(cfg: &ControllerConfig, host: &str) -> Result<Identity> {
+pub async fn identity(link: &Link, cfg: &ControllerConfig, host: &str) -> Result<Identity> {
     if cfg.identity_file.exists() {
         let text = std::fs::read_to_string(&cfg.identity_file)
             .with_context(|| format!("reading {}", cfg.identity_file.display()))?;
@@ -89,7 +139,8 @@ pub async fn identity(cfg: &ControllerConfig, host: &str) -> Result<Identity> {
             cfg.identity_file.display()
         )
     })?;
-    let mut client = AgentClient::connect(cfg.url.clone())
+    let mut client = link
+        .connect()
         .await
         .with_context(|| format!("connecting to the controller at {}", cfg.url))?;
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -127,12 +178,13 @@ fn code(s: &tonic::Status) -> String {
 
 /// Watches the view forever: reconnects with backoff, resuming from the last applied
 /// generation, and passes every update to the main loop through `tx`.
-pub async fn watch(url: String, id: Identity, tx: mpsc::Sender<Update>) {
+pub async fn watch(link: Link, id: Identity, tx: mpsc::Sender<Update>) {
     let mut view: Option<HostView> = None;
     let mut generation = 0u64;
     let mut backoff = BACKOFF_MIN;
     loop {
-        match watch_once(&url, &id, &mut view, &mut generation, &tx, &mut backoff).await {
+        let url = &link.url;
+        match watch_once(&link, &id, &mut view, &mut generation, &tx, &mut backoff).await {
             Ok(()) => eprintln!("gateway-agent: the controller closed the watch stream"),
             Err(e) => eprintln!(
                 "gateway-agent: controller {url}: {e:#}; enforcing generation {generation}, \
@@ -149,16 +201,14 @@ pub async fn watch(url: String, id: Identity, tx: mpsc::Sender<Update>) {
 }
 
 async fn watch_once(
-    url: &str,
+    link: &Link,
     id: &Identity,
     view: &mut Option<HostView>,
     generation: &mut u64,
     tx: &mpsc::Sender<Update>,
     backoff: &mut Duration,
 ) -> Result<()> {
-    let mut client = AgentClient::connect(url.to_string())
-        .await
-        .context("connecting")?;
+    let mut client = link.connect().await.context("connecting")?;
     let mut stream = client
         .watch(WatchRequest {
             auth: Some(id.auth()),
@@ -257,11 +307,11 @@ pub fn wire_event(rec: &serde_json::Value) -> v1::ConnectionEvent {
 
 /// Streams connection events to the controller in batches; while it is unreachable,
 /// events wait in a bounded buffer (the local log has every one in any case).
-pub async fn report(url: String, id: Identity, mut rx: mpsc::Receiver<v1::ConnectionEvent>) {
+pub async fn report(link: Link, id: Identity, mut rx: mpsc::Receiver<v1::ConnectionEvent>) {
     let mut pending: VecDeque<v1::ConnectionEvent> = VecDeque::new();
     let mut dropped = 0u64;
     let mut backoff = BACKOFF_MIN;
-    let mut client: Option<AgentClient<tonic::transport::Channel>> = None;
+    let mut client: Option<AgentClient<Channel>> = None;
     loop {
         if pending.is_empty() {
             match rx.recv().await {
@@ -281,7 +331,7 @@ pub async fn report(url: String, id: Identity, mut rx: mpsc::Receiver<v1::Connec
             dropped += 1;
         }
         if client.is_none() {
-            client = AgentClient::connect(url.clone()).await.ok();
+            client = link.connect().await.ok();
         }
         let batch: Vec<_> = pending.iter().take(1024).cloned().collect();
         let sent = match client.as_mut() {

@@ -145,11 +145,12 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     let mut managed_rx: Option<mpsc::Receiver<managed::Update>> = None;
     let mut events_tx: Option<mpsc::Sender<gateway_proto::v1::ConnectionEvent>> = None;
     let mut active = if let Some(ctl) = &cfg.controller {
-        let id = managed::identity(ctl, &cfg.host_label()).await?;
+        let link = managed::Link::new(ctl)?;
+        let id = managed::identity(&link, ctl, &cfg.host_label()).await?;
         let (tx, mut rx) = mpsc::channel(4);
-        tokio::spawn(managed::watch(ctl.url.clone(), id.clone(), tx));
+        tokio::spawn(managed::watch(link.clone(), id.clone(), tx));
         let (etx, erx) = mpsc::channel(65_536);
-        tokio::spawn(managed::report(ctl.url.clone(), id, erx));
+        tokio::spawn(managed::report(link, id, erx));
         events_tx = Some(etx);
         let first = if adopted == 0 {
             eprintln!(
