@@ -1159,6 +1159,45 @@ pub async fn events(ctl: &Ctl, args: &EventArgs, output: Output) -> R<()> {
 
 // ------------------------------------------------------------------ audit
 
+/// `gatewayctl audit verify`: the controller re-hashes the whole chain.
+pub async fn audit_verify(ctl: &Ctl, output: Output) -> R<()> {
+    let mut admin = ctl.admin.clone();
+    let r = admin
+        .verify_audit(gateway_proto::v1::VerifyAuditRequest {})
+        .await
+        .map_err(|s| ctl.fail("verify the audit trail", &s))?
+        .into_inner();
+    if output == Output::Json {
+        print_json(&serde_json::json!({
+            "ok": r.ok,
+            "records": r.records,
+            "first_bad_id": r.first_bad_id,
+            "reason": r.reason,
+            "head_hash": r.head_hash,
+        }));
+    } else if r.ok {
+        println!(
+            "audit trail intact: {} records, head hash {}",
+            r.records, r.head_hash
+        );
+        println!("(keep the head hash elsewhere: it also detects records cut from the end)");
+    } else {
+        println!(
+            "audit trail BROKEN at record {}: {}",
+            r.first_bad_id.map_or("?".into(), |i| i.to_string()),
+            r.reason
+        );
+    }
+    if r.ok {
+        Ok(())
+    } else {
+        Err(Fail::Error(format!(
+            "the audit trail does not verify (first bad record {})",
+            r.first_bad_id.map_or("?".into(), |i| i.to_string())
+        )))
+    }
+}
+
 pub async fn audit(
     ctl: &Ctl,
     since: &Option<String>,

@@ -70,6 +70,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum AuditAction {
+    /// Prove the audit trail's hash chain unbroken, or name the first bad record.
+    Verify,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Offline policy commands: check, explain, compile, nft, schema.
@@ -231,6 +237,10 @@ enum Command {
     /// JSON: `{"records": [{"id", "time", "time_unix_ms", "actor", "action", "target",
     /// "before", "after", "revision"}]}`.
     Audit {
+        /// `verify`: check the hash chain of the whole trail instead of listing it; exit 1
+        /// names the first altered, missing or reordered record.
+        #[arg(value_enum)]
+        action: Option<AuditAction>,
         /// Records at or after this instant: RFC 3339, or a duration ago (`1h`).
         #[arg(long, value_name = "RFC3339")]
         since: Option<String>,
@@ -1032,6 +1042,12 @@ async fn remote(access: &client::Access, command: Command) -> R<()> {
             client::events(&ctl, &args, output.output).await
         }
         Command::Audit {
+            action: Some(AuditAction::Verify),
+            output,
+            ..
+        } => client::audit_verify(&ctl, output.output).await,
+        Command::Audit {
+            action: None,
             since,
             until,
             limit,

@@ -29,6 +29,8 @@ fn demo_path() -> String {
 
 struct Controller {
     addr: SocketAddr,
+    /// An admin API key minted for the test (every Admin call needs a credential).
+    key: String,
     state: Arc<controller::State>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -40,6 +42,7 @@ impl Controller {
         let dir = tempfile::tempdir().unwrap();
         let state =
             Arc::new(controller::State::open(&dir.path().join("controller.db"), 30).unwrap());
+        let key = state.bootstrap_admin_key("gatewayctl-tests").unwrap();
         let (tx, rx) = oneshot::channel();
         let (addr, task) =
             controller::spawn("127.0.0.1:0".parse().unwrap(), state.clone(), async {
@@ -49,6 +52,7 @@ impl Controller {
             .unwrap();
         Controller {
             addr,
+            key,
             state,
             stop: Some(tx),
             task: Some(task),
@@ -62,7 +66,12 @@ impl Controller {
 
     /// Runs `gatewayctl --controller URL ARGS...`.
     fn ctl(&self, args: &[&str]) -> Output {
-        let mut all = vec!["--controller".to_string(), self.url()];
+        let mut all = vec![
+            "--controller".to_string(),
+            self.url(),
+            "--api-key".to_string(),
+            self.key.clone(),
+        ];
         all.extend(args.iter().map(|s| s.to_string()));
         run(&all)
     }
@@ -487,7 +496,14 @@ async fn apply_asks_on_a_terminal() {
     let c = Controller::start().await;
     let url = c.url();
     let demo = demo_path();
-    let args = ["--controller", url.as_str(), "apply", demo.as_str()];
+    let args = [
+        "--controller",
+        url.as_str(),
+        "--api-key",
+        c.key.as_str(),
+        "apply",
+        demo.as_str(),
+    ];
 
     // Declined: nothing changes, exit 1.
     let o = run_on_tty(&args, "n\n");
@@ -509,17 +525,27 @@ async fn apply_asks_on_a_terminal() {
     // A change by someone else between the plan and the answer: refused, nothing applied.
     let changed = DEMO.replace("tcp = [\"443\"]", "tcp = [\"443\", \"8443\"]");
     let f = c.file("changed.toml", &changed);
-    let o = answer_after_prompt(&["--controller", url.as_str(), "apply", f.as_str()], || {
-        let j = json(&c.ctl(&[
-            "delete",
-            "test",
-            "unknown sources are dropped",
-            "--yes",
-            "-o",
-            "json",
-        ]));
-        assert_eq!(j["applied"], true);
-    });
+    let o = answer_after_prompt(
+        &[
+            "--controller",
+            url.as_str(),
+            "--api-key",
+            c.key.as_str(),
+            "apply",
+            f.as_str(),
+        ],
+        || {
+            let j = json(&c.ctl(&[
+                "delete",
+                "test",
+                "unknown sources are dropped",
+                "--yes",
+                "-o",
+                "json",
+            ]));
+            assert_eq!(j["applied"], true);
+        },
+    );
     let err = fails(&o, 1);
     assert!(err.contains("changed since the plan was computed"), "{err}");
     assert!(err.contains("nothing was applied"), "{err}");
@@ -532,6 +558,8 @@ async fn apply_asks_on_a_terminal() {
         &[
             "--controller",
             url.as_str(),
+            "--api-key",
+            c.key.as_str(),
             "delete",
             "grant",
             "engineering-dns",
@@ -968,6 +996,8 @@ async fn enroll_agents_events_and_follow() {
     cmd.args([
         "--controller",
         &c.url(),
+        "--api-key",
+        &c.key,
         "events",
         "--follow",
         "--verdict",
@@ -1030,6 +1060,8 @@ async fn enroll_agents_events_and_follow() {
     cmd.args([
         "--controller",
         &c.url(),
+        "--api-key",
+        &c.key,
         "events",
         "-f",
         "--resource",
@@ -1053,7 +1085,10 @@ async fn enroll_agents_events_and_follow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_lists_the_changes() {
     let c = Controller::start().await;
-    assert!(ok(&c.ctl(&["audit"])).contains("no audit records"));
+    // The trail starts with the minting of the test's own admin key.
+    let first = ok(&c.ctl(&["audit"]));
+    assert_eq!(first.lines().count(), 2, "{first}");
+    assert!(first.contains("create_api_key"), "{first}");
     apply_demo(&c);
     ok(&c.ctl(&["delete", "grant", "engineering-dns", "--yes"]));
     ok(&c.ctl(&["enroll-token", "--host", "device:alice-laptop"]));
@@ -1065,9 +1100,9 @@ async fn audit_lists_the_changes() {
         "{t}"
     );
     assert!(
-        lines[1].contains("local")
-            && lines[1].contains("apply_policy")
-            && lines[1].contains("policy"),
+        lines[2].contains("key:gatewayctl-tests")
+            && lines[2].contains("apply_policy")
+            && lines[2].contains("policy"),
         "{t}"
     );
     assert!(
@@ -1079,11 +1114,18 @@ async fn audit_lists_the_changes() {
         "{t}"
     );
 
+    // The hash chain verifies.
+    let v = ok(&c.ctl(&["audit", "verify"]));
+    assert!(v.contains("audit trail intact: 4 records"), "{v}");
+    let vj = json(&c.ctl(&["audit", "verify", "--output", "json"]));
+    assert_eq!(vj["ok"], true);
+    assert_eq!(vj["records"], 4);
+
     let j = json(&c.ctl(&["audit", "--output", "json"]));
     let recs = j["records"].as_array().unwrap();
-    let apply = &recs[0];
+    let apply = &recs[1];
     assert_eq!(apply["action"], "apply_policy");
-    assert_eq!(apply["actor"], "local");
+    assert_eq!(apply["actor"], "key:gatewayctl-tests");
     assert_eq!(apply["target"], "policy");
     assert_eq!(apply["before"], "");
     assert!(
