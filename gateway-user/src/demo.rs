@@ -146,7 +146,7 @@ const CONN_CTL_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 9, 2);
 const CTL_PORT: u16 = 50051;
 
 fn controller_url() -> String {
-    format!("http://{CTL_IP}:{CTL_PORT}")
+    format!("https://{CTL_IP}:{CTL_PORT}")
 }
 const WEB: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 5);
 const DB: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
@@ -444,6 +444,7 @@ fn tail(path: &Path, lines: usize) -> String {
 #[derive(Serialize)]
 struct ControllerSection {
     url: String,
+    ca_file: PathBuf,
     enrollment_token: String,
     identity_file: PathBuf,
 }
@@ -1071,6 +1072,9 @@ struct Env {
     services: Option<Services>,
     /// The controller process (stopped last).
     controller: Option<Child>,
+    /// The admin API key `gateway-controller init` printed, and the deployment's CA.
+    api_key: String,
+    ca: PathBuf,
     ctl: NetNs,
     alice: NetNs,
     bob: NetNs,
@@ -1396,10 +1400,11 @@ fn build_hosts(created: &mut Created) -> Result<Env> {
     Ok(env)
 }
 
-/// Enrollment tokens for the two agents.
+/// Enrollment tokens for the two agents, and the CA they pin.
 struct Tokens {
     connector: String,
     device: String,
+    ca: PathBuf,
 }
 
 /// `gatewayctl --controller URL ARGS` run on the controller's host.
@@ -1408,7 +1413,11 @@ fn gatewayctl(opts: &Options, env: &Env, args: &[&str]) -> Result<Output> {
         "gatewayctl is needed to apply the policy (build it: cargo build -p gatewayctl)",
     )?;
     let mut cmd = ns_command(env.ctl.name(), bin)?;
-    cmd.args(["--controller", &controller_url()]).args(args);
+    cmd.args(["--controller", &controller_url()])
+        .arg("--ca")
+        .arg(&env.ca)
+        .env("GATEWAYCTL_API_KEY", &env.api_key)
+        .args(args);
     run_bounded(cmd, Duration::from_secs(30))
 }
 
@@ -1430,9 +1439,32 @@ fn start_controller(
         );
     }
     let db = dir.join("controller.db");
+    let tls = dir.join("tls");
+    // A new deployment: its own CA, the controller's certificate, the first admin key.
+    let mut init = Command::new(&opts.controller);
+    init.args(["init", "--db"])
+        .arg(&db)
+        .arg("--tls-dir")
+        .arg(&tls)
+        .args(["--san", &CTL_IP.to_string(), "--key-name", "demo-admin"]);
+    let out = run_bounded(init, Duration::from_secs(30))?;
+    if !out.status.success() {
+        bail!(
+            "gateway-controller init failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    env.api_key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    env.ca = tls.join("ca.pem");
+    progress!(
+        "gateway-controller init: CA and server certificate in {}, admin API key minted (shown once)",
+        tls.display()
+    );
     let listen = format!("{CTL_IP}:{CTL_PORT}");
     let mut cmd = ns_command(env.ctl.name(), &opts.controller)?;
-    cmd.args(["run", "--listen", &listen, "--db"])
+    cmd.args(["run", "--listen", &listen, "--tls-dir"])
+        .arg(&tls)
+        .arg("--db")
         .arg(&db)
         .stdin(Stdio::null())
         .stdout(File::create(dir.join("controller.stdout"))?)
@@ -1441,7 +1473,8 @@ fn start_controller(
     created.pids.push(child.id());
     env.controller = Some(child);
     progress!(
-        "gateway-controller run --listen {listen} --db {} (in {})",
+        "gateway-controller run --listen {listen} --tls-dir {} --db {} (in {})",
+        tls.display(),
         db.display(),
         env.ctl.name()
     );
@@ -1494,6 +1527,7 @@ fn start_controller(
     Ok(Tokens {
         connector: token(&format!("connector:{CONNECTOR}"))?,
         device: token(&format!("device:{}", ALICE.device))?,
+        ca: env.ca.clone(),
     })
 }
 
@@ -1525,6 +1559,7 @@ fn start_agents(
         idle_timeout_secs: IDLE_TIMEOUT_SECS,
         controller: ControllerSection {
             url: controller_url(),
+            ca_file: tokens.ca.clone(),
             enrollment_token: tokens.connector.clone(),
             identity_file: dir.join("connector.identity.json"),
         },
@@ -1542,6 +1577,7 @@ fn start_agents(
         idle_timeout_secs: IDLE_TIMEOUT_SECS,
         controller: ControllerSection {
             url: controller_url(),
+            ca_file: tokens.ca.clone(),
             enrollment_token: tokens.device.clone(),
             identity_file: dir.join("alice-laptop.identity.json"),
         },
@@ -2341,6 +2377,8 @@ fn build_env(created: &mut Created) -> Result<Env> {
         agents: Vec::new(),
         services: None,
         controller: None,
+        api_key: String::new(),
+        ca: PathBuf::new(),
         ctl,
         alice,
         bob,
