@@ -98,10 +98,12 @@ struct HostPlan {
     delta: v1::ViewDelta,
 }
 
+/// The next instant a grant or a service-account key expires: hosts are recompiled then.
 fn next_expiry(p: &Policy, now: i64) -> Option<i64> {
     p.grants
         .iter()
         .filter_map(|g| g.expires_at)
+        .chain(p.principals.iter().filter_map(|k| k.expires_at))
         .filter(|&e| e > now)
         .min()
 }

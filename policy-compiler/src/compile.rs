@@ -364,6 +364,10 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
     let mut signatures: Vec<Vec<usize>> = Vec::new();
     let mut sources = Vec::new();
     for p in candidates {
+        // An expired service-account key has no entry: its address is an unknown source.
+        if !p.is_active(now) {
+            continue;
+        }
         let parts = policy.entity_parts(policy.entity(p));
         let class = match memo.get(&parts) {
             Some(c) => *c,
@@ -595,6 +599,15 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
         .collect();
     connectors.sort();
     connectors.dedup();
+    // A key that expires drops out of SRC: the view must be recompiled then (SRC entries
+    // carry no expiry of their own).
+    for src in &sources {
+        if let Some(e) = policy.principal(src.principal).and_then(|p| p.expires_at)
+            && e > now
+        {
+            recompile_at = Some(recompile_at.map_or(e, |r| r.min(e)));
+        }
+    }
     Ok(HostView {
         host: host.clone(),
         compiled_at: now,

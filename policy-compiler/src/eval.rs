@@ -237,7 +237,8 @@ fn decide(
         },
     };
     // 2. Unknown source.
-    let Some(principal) = policy.principal_by_addr(src) else {
+    // An expired service-account key is no principal any more.
+    let Some(principal) = policy.principal_by_addr(src).filter(|p| p.is_active(now)) else {
         return fallback(Reason::UnknownSource, Reason::UnknownSource);
     };
     // 3. Matching grants of the principal.

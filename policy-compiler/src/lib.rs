@@ -17,7 +17,7 @@
 //!
 //! 1. `dst` outside every remote network's `cidrs` -> **Allow**, reason `Unprotected`
 //!    (not our business; rule 0).
-//! 2. `src` is no device's and no service-account key's address -> reason
+//! 2. `src` is no device's and no unexpired service-account key's address -> reason
 //!    `UnknownSource`: **Audit** if some resource whose address covers `dst` is in audit
 //!    mode (rule: the lowest audit-default rule id among them), else **Deny** (rule 0).
 //! 3. `R` = resources whose address contains `dst` and whose protocol/port spec matches

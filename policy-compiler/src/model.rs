@@ -248,6 +248,8 @@ pub struct ServiceAccountKey {
     pub name: String,
     pub address: IpAddr,
     pub principal: u32,
+    /// Unix seconds, exclusive: the key stops being a principal at this instant.
+    pub expires_at: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -309,6 +311,16 @@ pub struct Principal {
     pub id: u32,
     pub kind: PrincipalKind,
     pub address: IpAddr,
+    /// Service-account keys only: unix seconds, exclusive. From then on the key is no
+    /// principal at all (its address is an unknown source).
+    pub expires_at: Option<i64>,
+}
+
+impl Principal {
+    /// False once the principal's key has expired.
+    pub fn is_active(&self, now: i64) -> bool {
+        self.expires_at.is_none_or(|e| now < e)
+    }
 }
 
 /// What a rule id stands for.

@@ -883,6 +883,7 @@ impl P<'_> {
                     user: owner,
                 },
                 address,
+                expires_at: None,
             });
         } else if let Some(e) = self.devices.get_mut(&name.0)
             && e.0 == idx
@@ -917,7 +918,10 @@ impl P<'_> {
                                 header: item.span(),
                                 section: "service_account.keys",
                             };
-                            kt.check_keys(&mut self.sink, &["name", "address"]);
+                            kt.check_keys(&mut self.sink, &["name", "address", "expires_at"]);
+                            let kexp = kt
+                                .get("expires_at")
+                                .and_then(|v| timestamp(&mut self.sink, "expires_at", v));
                             let kname = kt.string(&mut self.sink, "name", "\"key-1\"");
                             let kaddr = kt.string(&mut self.sink, "address", "\"198.19.1.1\"");
                             let Some(kname) = kname else { continue };
@@ -946,6 +950,7 @@ impl P<'_> {
                                 name: kname.0,
                                 address,
                                 principal: 0,
+                                expires_at: kexp,
                             });
                         }
                     }
@@ -973,6 +978,7 @@ impl P<'_> {
                         key: ki,
                     },
                     address: k.address,
+                    expires_at: k.expires_at,
                 });
             }
             self.policy

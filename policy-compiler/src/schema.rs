@@ -74,7 +74,7 @@ pub fn json_schema() -> Value {
                     "name": name,
                     "keys": { "type": "array", "items": {
                         "type": "object", "additionalProperties": false, "required": ["name", "address"],
-                        "properties": { "name": name, "address": host } } }
+                        "properties": { "name": name, "address": host, "expires_at": timestamp } } }
                 } } },
             "group": { "type": "array", "items": {
                 "type": "object", "additionalProperties": false, "required": ["name"],

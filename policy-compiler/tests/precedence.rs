@@ -357,3 +357,78 @@ expires_at = "2026-01-01T00:03:20Z"
     assert_eq!(d.rules.changed.len(), 1);
     assert!(d.src.is_empty() && d.dst.is_empty());
 }
+
+/// A service-account key with `expires_at` is a principal until then and an unknown
+/// source from then on, in the evaluator and in the compiled view, and the view asks to
+/// be recompiled at the expiry.
+#[test]
+fn expiring_service_account_keys_stop_their_principal() {
+    let text = r#"
+[[remote_network]]
+name = "n"
+cidrs = ["198.18.0.0/16"]
+connectors = ["c"]
+
+[[resource]]
+name = "db"
+network = "n"
+address = "198.18.2.10"
+tcp = ["5432"]
+
+[[service_account]]
+name = "backup"
+keys = [
+  { name = "old", address = "198.19.1.1", expires_at = 2030-01-01T00:00:00Z },
+  { name = "new", address = "198.19.1.2" },
+]
+
+[[allow]]
+name = "backup-db"
+principals = ["service_account:backup"]
+resources = ["db"]
+"#;
+    let expiry = policy_compiler::parse_rfc3339("2030-01-01T00:00:00Z").unwrap();
+    let before = expiry - 10;
+    let p = policy_compiler::parse(text, "keys.toml", before)
+        .unwrap()
+        .policy;
+    let old: std::net::IpAddr = "198.19.1.1".parse().unwrap();
+    let new: std::net::IpAddr = "198.19.1.2".parse().unwrap();
+    let db: std::net::IpAddr = "198.18.2.10".parse().unwrap();
+    let d = |src, t| policy_compiler::evaluate(&p, &Packet::tcp(src, db, 5432), t).verdict;
+    assert_eq!(d(old, before), Verdict::Allow);
+    assert_eq!(d(old, expiry), Verdict::Deny);
+    assert_eq!(
+        policy_compiler::evaluate(&p, &Packet::tcp(old, db, 5432), expiry).reason,
+        policy_compiler::Reason::UnknownSource
+    );
+    assert_eq!(
+        d(new, expiry),
+        Verdict::Allow,
+        "the rotated key keeps working"
+    );
+
+    let host = Host::Connector("c".into());
+    let v = policy_compiler::compile(&p, &host, before).unwrap();
+    assert!(v.sources.iter().any(|s| s.addr == old));
+    assert_eq!(
+        v.recompile_at,
+        Some(expiry),
+        "recompile when the key expires"
+    );
+    let v = policy_compiler::compile(&p, &host, expiry).unwrap();
+    assert!(
+        !v.sources.iter().any(|s| s.addr == old),
+        "expired key has no SRC entry"
+    );
+    assert!(v.sources.iter().any(|s| s.addr == new));
+    let k = policy_compiler::to_kernel(&v, 0, |_| u64::MAX);
+    assert_eq!(
+        policy_compiler::lookup(&k, &Packet::tcp(old, db, 5432), 0).0,
+        Verdict::Deny
+    );
+    assert_eq!(
+        policy_compiler::lookup(&k, &Packet::tcp(new, db, 5432), 0).0,
+        Verdict::Allow
+    );
+}
