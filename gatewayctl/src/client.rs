@@ -1353,3 +1353,226 @@ pub async fn enroll_token(ctl: &Ctl, host: &str, ttl_seconds: u64, output: Outpu
     }
     Ok(())
 }
+
+fn role_name(r: i32) -> &'static str {
+    match v1::Role::try_from(r) {
+        Ok(v1::Role::Admin) => "admin",
+        Ok(v1::Role::Operator) => "operator",
+        Ok(v1::Role::Auditor) => "auditor",
+        _ => "unknown",
+    }
+}
+
+fn role_wire(r: &str) -> i32 {
+    match r {
+        "admin" => v1::Role::Admin as i32,
+        "operator" => v1::Role::Operator as i32,
+        _ => v1::Role::Auditor as i32,
+    }
+}
+
+fn key_json(k: &v1::ApiKeyInfo) -> serde_json::Value {
+    json!({
+        "name": k.name,
+        "role": role_name(k.role),
+        "created": format_ms_secs(k.created_unix_ms),
+        "expires": format_ms_secs(k.expires_unix_ms),
+        "revoked": k.revoked_unix_ms.map(format_ms_secs),
+        "created_by": k.created_by,
+    })
+}
+
+/// `gatewayctl keys create`: the secret goes to stdout once.
+pub async fn key_create(
+    ctl: &Ctl,
+    name: &str,
+    role: &str,
+    ttl: Option<u64>,
+    output: Output,
+) -> R<()> {
+    let mut a = ctl.admin.clone();
+    let r = ctl
+        .call(
+            "create an API key",
+            a.create_api_key(v1::CreateApiKeyRequest {
+                name: name.to_string(),
+                role: role_wire(role),
+                ttl_seconds: ttl.unwrap_or(0),
+            }),
+        )
+        .await?;
+    match output {
+        Output::Json => print_json(&json!({
+            "key": r.key,
+            "info": r.info.as_ref().map(key_json),
+        })),
+        Output::Text => {
+            println!("{}", r.key);
+            if let Some(i) = &r.info {
+                eprintln!(
+                    "gatewayctl: API key `{}` ({}), valid until {}; it is shown only once (the \
+                     controller keeps only its hash)",
+                    i.name,
+                    role_name(i.role),
+                    format_ms_secs(i.expires_unix_ms)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `gatewayctl keys list`.
+pub async fn key_list(ctl: &Ctl, output: Output) -> R<()> {
+    let mut a = ctl.admin.clone();
+    let keys = ctl
+        .call("list API keys", a.list_api_keys(v1::ListApiKeysRequest {}))
+        .await?
+        .keys;
+    match output {
+        Output::Json => {
+            print_json(&json!({ "keys": keys.iter().map(key_json).collect::<Vec<_>>() }))
+        }
+        Output::Text => {
+            let mut t = Table::new(&[
+                "name",
+                "role",
+                "created",
+                "expires",
+                "revoked",
+                "created by",
+            ]);
+            for k in &keys {
+                t.row(&[
+                    k.name.clone(),
+                    role_name(k.role).to_string(),
+                    format_ms_secs(k.created_unix_ms),
+                    format_ms_secs(k.expires_unix_ms),
+                    k.revoked_unix_ms
+                        .map(format_ms_secs)
+                        .unwrap_or_else(|| "-".into()),
+                    k.created_by.clone(),
+                ]);
+            }
+            print!("{}", t.render());
+        }
+    }
+    Ok(())
+}
+
+/// `gatewayctl keys revoke NAME`.
+pub async fn key_revoke(ctl: &Ctl, name: &str, output: Output) -> R<()> {
+    let mut a = ctl.admin.clone();
+    ctl.call(
+        "revoke the API key",
+        a.revoke_api_key(v1::RevokeApiKeyRequest {
+            name: name.to_string(),
+        }),
+    )
+    .await?;
+    match output {
+        Output::Json => print_json(&json!({ "revoked": name })),
+        Output::Text => println!("API key `{name}` revoked"),
+    }
+    Ok(())
+}
+
+/// `gatewayctl revoke-agent ID`.
+pub async fn revoke_agent(ctl: &Ctl, agent_id: &str, output: Output) -> R<()> {
+    let mut a = ctl.admin.clone();
+    ctl.call(
+        "revoke the agent",
+        a.revoke_agent(v1::RevokeAgentRequest {
+            agent_id: agent_id.to_string(),
+        }),
+    )
+    .await?;
+    match output {
+        Output::Json => print_json(&json!({ "revoked": agent_id })),
+        Output::Text => println!("agent {agent_id} revoked: it gets no policy any more"),
+    }
+    Ok(())
+}
+
+/// Reads one line: from standard input, or from the terminal without echo.
+fn secret_line(prompt: &str, from_stdin: bool) -> R<String> {
+    let line = if from_stdin {
+        let mut l = String::new();
+        std::io::stdin()
+            .read_line(&mut l)
+            .map_err(|e| Fail::Usage(format!("reading standard input: {e}")))?;
+        l
+    } else {
+        rpassword::prompt_password(prompt).map_err(|e| {
+            Fail::Usage(format!(
+                "cannot ask for it on a terminal ({e}); use --password-stdin"
+            ))
+        })?
+    };
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// `gatewayctl login`: password + TOTP -> a session token on stdout.
+pub async fn login(
+    ctl: &Ctl,
+    user: &str,
+    totp: Option<String>,
+    password_stdin: bool,
+    output: Output,
+) -> R<()> {
+    let password = secret_line("password: ", password_stdin)?;
+    let totp_code = match totp {
+        Some(t) => t,
+        None => secret_line("TOTP code: ", false)?,
+    };
+    let mut a = ctl.admin.clone();
+    let r = ctl
+        .call(
+            "log in",
+            a.login(v1::LoginRequest {
+                user: user.to_string(),
+                password,
+                totp_code,
+            }),
+        )
+        .await?;
+    match output {
+        Output::Json => print_json(&json!({
+            "session_token": r.session_token,
+            "role": role_name(r.role),
+            "expires": format_ms_secs(r.expires_unix_ms),
+        })),
+        Output::Text => {
+            println!("{}", r.session_token);
+            eprintln!(
+                "gatewayctl: logged in as {user} ({}) until {}; use the token as \
+                 GATEWAYCTL_API_KEY",
+                role_name(r.role),
+                format_ms_secs(r.expires_unix_ms)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `gatewayctl whoami`.
+pub async fn whoami(ctl: &Ctl, output: Output) -> R<()> {
+    let mut a = ctl.admin.clone();
+    let r = ctl
+        .call("ask who we are", a.who_am_i(v1::WhoAmIRequest {}))
+        .await?;
+    match output {
+        Output::Json => print_json(&json!({
+            "principal": r.principal,
+            "role": role_name(r.role),
+            "expires": format_ms_secs(r.expires_unix_ms),
+        })),
+        Output::Text => println!(
+            "{} ({}), credential valid until {}",
+            r.principal,
+            role_name(r.role),
+            format_ms_secs(r.expires_unix_ms)
+        ),
+    }
+    Ok(())
+}

@@ -70,6 +70,34 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Create an API key; the secret is printed once on stdout.
+    Create {
+        /// Unique name (never reused, also not after revocation).
+        name: String,
+        /// `admin`, `operator` or `auditor`.
+        #[arg(long, value_parser = ["admin", "operator", "auditor"])]
+        role: String,
+        /// Lifetime: `30d`, `12h`, ... [default: 90 days; at most 2 years].
+        #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+        ttl: Option<u64>,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// API keys: name, role, created, expires, revoked.
+    List {
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Revoke an API key: every later call with it is refused.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum AuditAction {
     /// Prove the audit trail's hash chain unbroken, or name the first bad record.
@@ -265,6 +293,35 @@ enum Command {
     /// Create a one-time enrollment token for an agent (printed once, on stdout).
     ///
     /// JSON: `{"token", "host", "expires", "expires_unix_ms"}`.
+    /// API keys for automation: create (the secret is printed once), list, revoke. Admin only.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Revoke an enrolled agent: its stream ends and every later call is refused.
+    RevokeAgent {
+        /// The agent id (`gatewayctl agents`).
+        agent_id: String,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Log in as an admin user with password and TOTP code; prints a session token to use
+    /// as `GATEWAYCTL_API_KEY` (it expires after the controller's --session-ttl).
+    Login {
+        #[arg(long)]
+        user: String,
+        /// The current 6-digit code of the authenticator app [default: asked].
+        #[arg(long, value_name = "CODE")]
+        totp: Option<String>,
+        /// Read the password from the first line of standard input instead of asking.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Who the controller takes the credential for, its role and expiry.
+    Whoami {
+        #[command(flatten)]
+        output: OutputArg,
+    },
     EnrollToken {
         /// The host the agent enforces for: `connector:NAME` or `device:NAME`.
         #[arg(long, value_name = "HOST")]
@@ -939,6 +996,14 @@ fn remote_output(c: &Command) -> Option<Output> {
             | Command::Events { output, .. }
             | Command::Audit { output, .. }
             | Command::Agents { output }
+            | Command::Keys(
+                KeysCommand::Create { output, .. }
+                | KeysCommand::List { output }
+                | KeysCommand::Revoke { output, .. },
+            )
+            | Command::RevokeAgent { output, .. }
+            | Command::Login { output, .. }
+            | Command::Whoami { output }
             | Command::EnrollToken { output, .. } => output,
         }
         .output,
@@ -1054,6 +1119,26 @@ async fn remote(access: &client::Access, command: Command) -> R<()> {
             output,
         } => client::audit(&ctl, &since, &until, limit, output.output).await,
         Command::Agents { output } => client::agents(&ctl, output.output).await,
+        Command::Keys(KeysCommand::Create {
+            name,
+            role,
+            ttl,
+            output,
+        }) => client::key_create(&ctl, &name, &role, ttl, output.output).await,
+        Command::Keys(KeysCommand::List { output }) => client::key_list(&ctl, output.output).await,
+        Command::Keys(KeysCommand::Revoke { name, output }) => {
+            client::key_revoke(&ctl, &name, output.output).await
+        }
+        Command::RevokeAgent { agent_id, output } => {
+            client::revoke_agent(&ctl, &agent_id, output.output).await
+        }
+        Command::Login {
+            user,
+            totp,
+            password_stdin,
+            output,
+        } => client::login(&ctl, &user, totp, password_stdin, output.output).await,
+        Command::Whoami { output } => client::whoami(&ctl, output.output).await,
         Command::EnrollToken { host, ttl, output } => {
             client::enroll_token(&ctl, &host, ttl, output.output).await
         }

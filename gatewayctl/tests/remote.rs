@@ -1209,3 +1209,86 @@ fn unreachable_controller_is_a_clear_usage_error() {
     let err = fails(&run(&["--controller", "ftp://127.0.0.1:1", "list"]), 2);
     assert!(err.contains("http://HOST:PORT"), "{err}");
 }
+
+/// API keys through the CLI: a key's role decides what it may do; a revoked key is
+/// refused; whoami names the credential; an enrolled agent can be revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_roles_revocation_and_whoami() {
+    let c = Controller::start().await;
+    let who = ok(&c.ctl(&["whoami"]));
+    assert!(who.contains("key:gatewayctl-tests (admin)"), "{who}");
+
+    let auditor = ok(&c.ctl(&[
+        "keys", "create", "ci-audit", "--role", "auditor", "--ttl", "1d",
+    ]));
+    let auditor = auditor.trim().to_string();
+    assert!(auditor.starts_with("zt-key-"), "{auditor}");
+    let as_auditor = |args: &[&str]| {
+        let mut all = vec!["--controller", &c.url(), "--api-key", auditor.as_str()]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        all.extend(args.iter().map(|s| s.to_string()));
+        run(&all)
+    };
+    // Auditors read, including the audit trail, and change nothing.
+    ok(&as_auditor(&["list"]));
+    ok(&as_auditor(&["audit", "verify"]));
+    let demo = demo_path();
+    let err = fails(&as_auditor(&["apply", "--yes", demo.as_str()]), 1);
+    assert!(err.contains("not allowed"), "{err}");
+    assert_eq!(revision(&c), 0, "the refused apply changed nothing");
+
+    let keys = json(&c.ctl(&["keys", "list", "--output", "json"]));
+    let names: Vec<&str> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"ci-audit") && names.contains(&"gatewayctl-tests"),
+        "{names:?}"
+    );
+
+    ok(&c.ctl(&["keys", "revoke", "ci-audit"]));
+    let err = fails(&as_auditor(&["list"]), 2);
+    assert!(err.contains("did not accept our credentials"), "{err}");
+    // A wrong key is refused the same way.
+    let err = fails(
+        &run(&["--controller", &c.url(), "--api-key", "zt-key-0000", "list"]),
+        2,
+    );
+    assert!(err.contains("did not accept our credentials"), "{err}");
+
+    // Agents: revoked by id.
+    apply_demo(&c);
+    let tok = ok(&c.ctl(&["enroll-token", "--host", "connector:demo-connector"]));
+    let enrolled = c
+        .agent()
+        .await
+        .enroll(v1::EnrollRequest {
+            token: tok.trim().into(),
+            hostname: "h".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    ok(&c.ctl(&["revoke-agent", &enrolled.agent_id]));
+    let refused = c
+        .agent()
+        .await
+        .ack(v1::AckRequest {
+            auth: Some(v1::AgentAuth {
+                agent_id: enrolled.agent_id.clone(),
+                credential: enrolled.credential,
+            }),
+            generation: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let audit = ok(&c.ctl(&["audit"]));
+    assert!(audit.contains("revoke"), "{audit}");
+    c.stop().await;
+}
