@@ -369,3 +369,45 @@ pub fn run_tc(prog: &mut aya::programs::SchedClassifier, frame: &[u8]) -> Result
         .context("BPF_PROG_TEST_RUN (tc)")?;
     Ok(result.return_value as i32)
 }
+
+/// A TCP connection from inside `ns` to `dst` (`addr:port`), one byte sent and echoed
+/// back, every step bounded by `timeout`: true when it all worked.
+pub fn tcp_echo(ns: &crate::netns::NetNs, dst: &str, timeout: Duration) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(dst) = dst.parse::<std::net::SocketAddr>() else {
+        return false;
+    };
+    let Ok(Ok(mut s)) = ns.run(|| std::net::TcpStream::connect_timeout(&dst, timeout)) else {
+        return false;
+    };
+    let mut b = [0u8; 1];
+    s.set_read_timeout(Some(timeout)).is_ok()
+        && s.write_all(b"x").is_ok()
+        && s.read_exact(&mut b).is_ok()
+        && b == *b"x"
+}
+
+/// TCP echo servers (every byte back, until EOF) listening on `addrs` inside `ns`, each
+/// connection on its own thread. They end with the process (tests) or when the namespace
+/// and its addresses go.
+pub fn tcp_echo_servers(ns: &crate::netns::NetNs, addrs: &[&str]) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    for addr in addrs {
+        let addr: std::net::SocketAddr = addr.parse().context("echo server address")?;
+        let l = ns.run(|| std::net::TcpListener::bind(addr))??;
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut c = c;
+                    let mut b = [0u8; 256];
+                    while let Ok(n) = c.read(&mut b) {
+                        if n == 0 || c.write_all(&b[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    Ok(())
+}

@@ -14,7 +14,7 @@ use gateway_user::{
 };
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -124,33 +124,12 @@ fn wait_for_count(agent: &Agent, needle: &str, n: usize, limit: Duration) {
     );
 }
 
-fn tcp_works(ns: &NetNs, dst: &str) -> bool {
-    let Ok(Ok(mut s)) = ns.run(|| TcpStream::connect_timeout(&sa(dst), TIMEOUT)) else {
-        return false;
-    };
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut b = [0u8; 1];
-    s.write_all(b"x").is_ok() && s.read_exact(&mut b).is_ok()
-}
-
-/// Echo servers (every byte back, until EOF) on the resource host.
 fn serve(res: &NetNs) {
-    for addr in ["198.18.1.5:443", "198.18.1.5:23", "198.18.1.10:5432"] {
-        let l = res.run(|| TcpListener::bind(sa(addr)).unwrap()).unwrap();
-        std::thread::spawn(move || {
-            for c in l.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let mut c = c;
-                    let mut b = [0u8; 256];
-                    while let Ok(n) = c.read(&mut b) {
-                        if n == 0 || c.write_all(&b[..n]).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-    }
+    gateway_user::testkit::tcp_echo_servers(
+        res,
+        &["198.18.1.5:443", "198.18.1.5:23", "198.18.1.10:5432"],
+    )
+    .unwrap();
 }
 
 /// Counts datagrams arriving on the resource host at `addr`.
@@ -345,9 +324,9 @@ fn agent_end_to_end() {
     let agent = start_agent(&conn, &cfg, &stderr);
 
     // --- Enforcement and the connection log.
-    assert!(tcp_works(&alice, "198.18.1.5:443"), "alice -> web:443");
+    assert!(tcp_echo_at(&alice, "198.18.1.5:443"), "alice -> web:443");
     assert!(
-        !tcp_works(&alice, "198.18.1.5:23"),
+        !tcp_echo_at(&alice, "198.18.1.5:23"),
         "alice -> web:23 must be denied"
     );
     let start = wait_record(&log, "flow_start to web:443", |r| {
@@ -395,12 +374,12 @@ fn agent_end_to_end() {
     let err = stderr_of(&agent);
     assert!(err.contains("policy.toml:"), "no location in: {err}");
     assert!(
-        tcp_works(&alice, "198.18.1.5:443"),
+        tcp_echo_at(&alice, "198.18.1.5:443"),
         "still allowed after a broken edit"
     );
-    assert!(tcp_works(&alice, "198.18.1.10:5432"), "db still allowed");
+    assert!(tcp_echo_at(&alice, "198.18.1.10:5432"), "db still allowed");
     assert!(
-        !tcp_works(&alice, "198.18.1.5:23"),
+        !tcp_echo_at(&alice, "198.18.1.5:23"),
         "still denied after a broken edit"
     );
     // A good edit (revoking alice-db) is applied as a new generation.
@@ -414,8 +393,8 @@ fn agent_end_to_end() {
     )
     .unwrap();
     wait_for_count(&agent, "applied", applied + 1, Duration::from_secs(5));
-    assert!(!tcp_works(&alice, "198.18.1.10:5432"), "db revoked");
-    assert!(tcp_works(&alice, "198.18.1.5:443"), "web still allowed");
+    assert!(!tcp_echo_at(&alice, "198.18.1.10:5432"), "db revoked");
+    assert!(tcp_echo_at(&alice, "198.18.1.5:443"), "web still allowed");
 
     // --- kill -9 under traffic: no denied packet gets through, allowed flows go on.
     let denied_rx = udp_counter(&res, "198.18.1.53:54");
@@ -521,7 +500,11 @@ fn agent_end_to_end() {
         "XDP still attached"
     );
     assert!(
-        tcp_works(&alice, "198.18.1.5:23"),
+        tcp_echo_at(&alice, "198.18.1.5:23"),
         "detached: nothing filters any more"
     );
+}
+
+fn tcp_echo_at(ns: &NetNs, dst: &str) -> bool {
+    gateway_user::testkit::tcp_echo(ns, dst, TIMEOUT)
 }

@@ -25,8 +25,7 @@ use gateway_user::{
     writer::{BootClock, read_slot},
 };
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::SocketAddr,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -255,28 +254,8 @@ fn wait(mut cond: impl FnMut() -> bool, what: &str, a: &Agent) {
     panic!("timed out waiting for {what}; agent stderr:\n{}", log_of(a));
 }
 
-fn tcp_works(ns: &NetNs, dst: &str) -> bool {
-    let Ok(Ok(mut s)) = ns.run(|| TcpStream::connect_timeout(&sa(dst), TIMEOUT)) else {
-        return false;
-    };
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut b = [0u8; 1];
-    s.write_all(b"x").is_ok() && s.read_exact(&mut b).is_ok()
-}
-
 fn serve(res: &NetNs) {
-    for addr in ["198.18.1.5:443", "198.18.1.10:5432"] {
-        let l = res.run(|| TcpListener::bind(sa(addr)).unwrap()).unwrap();
-        std::thread::spawn(move || {
-            for mut c in l.incoming().flatten() {
-                let mut b = [0u8; 1];
-                c.set_read_timeout(Some(TIMEOUT)).ok();
-                if c.read_exact(&mut b).is_ok() {
-                    let _ = c.write_all(&b);
-                }
-            }
-        });
-    }
+    gateway_user::testkit::tcp_echo_servers(res, &["198.18.1.5:443", "198.18.1.10:5432"]).unwrap();
 }
 
 fn pinned(pin: &Path, name: &str) -> Map {
@@ -421,10 +400,10 @@ fn managed_agents_follow_the_controller() {
     let mut conn_agent = start_agent(&conn, &conn_cfg, &conn_err);
     let alice_agent = start_agent(&alice, &alice_cfg, &dir.join("alice.stderr"));
 
-    assert!(tcp_works(&alice, "198.18.1.5:443"), "alice -> web");
-    assert!(tcp_works(&alice, "198.18.1.10:5432"), "alice -> db");
+    assert!(tcp_echo_at(&alice, "198.18.1.5:443"), "alice -> web");
+    assert!(tcp_echo_at(&alice, "198.18.1.10:5432"), "alice -> db");
     assert!(
-        !tcp_works(&alice, "198.18.1.5:23"),
+        !tcp_echo_at(&alice, "198.18.1.5:23"),
         "alice -> web:23 denied"
     );
 
@@ -459,7 +438,7 @@ fn managed_agents_follow_the_controller() {
     );
     apply(&ctl, &no_db);
     wait(
-        || !tcp_works(&alice, "198.18.1.10:5432"),
+        || !tcp_echo_at(&alice, "198.18.1.10:5432"),
         "alice -> db revoked",
         &alice_agent,
     );
@@ -473,15 +452,15 @@ fn managed_agents_follow_the_controller() {
     drop(controller.take());
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        tcp_works(&alice, "198.18.1.5:443"),
+        tcp_echo_at(&alice, "198.18.1.5:443"),
         "still allowed without a controller"
     );
     assert!(
-        !tcp_works(&alice, "198.18.1.10:5432"),
+        !tcp_echo_at(&alice, "198.18.1.10:5432"),
         "still denied without a controller"
     );
     assert!(
-        !tcp_works(&alice, "198.18.1.5:23"),
+        !tcp_echo_at(&alice, "198.18.1.5:23"),
         "still denied without a controller"
     );
 
@@ -496,7 +475,7 @@ fn managed_agents_follow_the_controller() {
     );
     apply(&ctl, &with_bob);
     wait(
-        || tcp_works(&alice, "198.18.1.10:5432"),
+        || tcp_echo_at(&alice, "198.18.1.10:5432"),
         "alice -> db restored after restart",
         &alice_agent,
     );
@@ -516,4 +495,8 @@ fn managed_agents_follow_the_controller() {
     drop(conn_agent);
     drop(alice_agent);
     drop(controller);
+}
+
+fn tcp_echo_at(ns: &NetNs, dst: &str) -> bool {
+    gateway_user::testkit::tcp_echo(ns, dst, TIMEOUT)
 }

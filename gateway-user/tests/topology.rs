@@ -23,7 +23,7 @@ use gateway_user::{
 };
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpListener, UdpSocket},
     time::Duration,
 };
 
@@ -112,21 +112,6 @@ fn build() -> Topology {
     }
 }
 
-/// A TCP connect from `ns` to `dst` (bounded by `TIMEOUT`), then a byte echoed back.
-fn tcp_works(ns: &NetNs, dst: &str) -> bool {
-    let stream = ns
-        .run(|| TcpStream::connect_timeout(&sa(dst), TIMEOUT))
-        .unwrap();
-    let Ok(mut s) = stream else {
-        return false;
-    };
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    s.write_all(b"x").is_ok() && {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).is_ok() && b == *b"x"
-    }
-}
-
 /// A UDP datagram from `ns` to `dst` and its echo, bounded by `TIMEOUT`.
 fn udp_works(ns: &NetNs, bind: &str, dst: &str) -> bool {
     let sock = ns.run(|| UdpSocket::bind(sa(bind)).unwrap()).unwrap();
@@ -175,15 +160,18 @@ fn client_connector_resource() {
     serve(&t.res);
 
     // Authorized: through both agents, replies included.
-    assert!(tcp_works(&t.alice, "198.18.1.5:443"), "alice -> web:443");
-    assert!(tcp_works(&t.alice, "198.18.1.10:5432"), "alice -> db:5432");
+    assert!(tcp_echo_at(&t.alice, "198.18.1.5:443"), "alice -> web:443");
+    assert!(
+        tcp_echo_at(&t.alice, "198.18.1.10:5432"),
+        "alice -> db:5432"
+    );
     assert!(
         udp_works(&t.alice, "198.19.1.10:0", "198.18.1.53:53"),
         "alice -> dns:53"
     );
-    assert!(tcp_works(&t.bob, "198.18.1.5:443"), "bob -> web:443");
+    assert!(tcp_echo_at(&t.bob, "198.18.1.5:443"), "bob -> web:443");
     assert!(
-        tcp_works(&t.bob, "[2001:db8:1::5]:443"),
+        tcp_echo_at(&t.bob, "[2001:db8:1::5]:443"),
         "bob -> web-v6:443"
     );
 
@@ -192,7 +180,7 @@ fn client_connector_resource() {
     let alice_before = t.alice_dp.verdict_stats().unwrap();
     let conn_before = t.conn_dp.verdict_stats().unwrap();
     assert!(
-        !tcp_works(&t.alice, "198.18.1.5:23"),
+        !tcp_echo_at(&t.alice, "198.18.1.5:23"),
         "alice -> web:23 must fail"
     );
     let alice_delta = t.alice_dp.verdict_stats().unwrap().since(&alice_before);
@@ -212,7 +200,7 @@ fn client_connector_resource() {
     // Unauthorized traffic from bob (no agent on his host) is stopped by the connector.
     let conn_before = t.conn_dp.verdict_stats().unwrap();
     assert!(
-        !tcp_works(&t.bob, "198.18.1.10:5432"),
+        !tcp_echo_at(&t.bob, "198.18.1.10:5432"),
         "bob -> db must fail"
     );
     assert!(
@@ -265,4 +253,8 @@ fn client_connector_resource() {
         matches!(bob_rx.recv_from(&mut b), Ok((5, _))),
         "connector -> bob datagram"
     );
+}
+
+fn tcp_echo_at(ns: &NetNs, dst: &str) -> bool {
+    gateway_user::testkit::tcp_echo(ns, dst, TIMEOUT)
 }
