@@ -77,7 +77,9 @@ pub struct FlowState {
     /// Packets and frame bytes of replies (the reversed key).
     pub reply_packets: u64,
     pub reply_bytes: u64,
-    /// Boot-clock nanoseconds.
+    /// Boot-clock nanoseconds: when the flow was first decided, and when it was last
+    /// decided, answered or ended. Packets of the fast path do not read the clock: user
+    /// space tells an idle flow by counters that stopped moving.
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     /// The decision must be taken again from this boot-clock instant on (rule expiry).

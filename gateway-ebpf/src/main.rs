@@ -318,22 +318,26 @@ fn enforce<C: Frame>(ctx: &C, scratch: &mut Scratch, len: u64, ifindex: u32) -> 
     let parsed = &scratch.parsed;
     let generation = active_generation();
     let slot = (generation & 1) as u8;
-    let now = now_ns();
     let key = &parsed.key;
     let fragment = key.flags & FlowKey::FLAG_FRAGMENT != 0;
     let ends = parsed.tcp_flags & (TCP_FIN | TCP_RST) != 0;
 
     // 1. Fast path: one lookup for a flow (or fragmented datagram) already allowed under
-    //    the active generation.
+    //    the active generation. The clock (a quarter of this path's cost) is read only for
+    //    flows whose rule expires and when a flow ends; user space tells idle flows by
+    //    their counters, not by a per-packet timestamp.
     let cached = FLOWS.get_ptr_mut(key);
     if let Some(flow) = cached {
         // SAFETY: pointer from a successful lookup, valid for this run (RCU).
         let f = unsafe { &mut *flow };
-        if f.generation == generation && now < f.valid_until_ns {
+        if f.generation == generation
+            && (f.valid_until_ns == u64::MAX || now_ns() < f.valid_until_ns)
+        {
             f.packets = f.packets.wrapping_add(1);
             f.bytes = f.bytes.wrapping_add(len);
-            f.last_seen_ns = now;
             if ends {
+                let now = now_ns();
+                f.last_seen_ns = now;
                 flow_end(key, f, ifindex, now);
             }
             return if fragment {
@@ -344,6 +348,7 @@ fn enforce<C: Frame>(ctx: &C, scratch: &mut Scratch, len: u64, ifindex: u32) -> 
         }
         // Stale: taken under another generation or expired. Decided again below.
     }
+    let now = now_ns();
 
     if fragment {
         // A later fragment whose datagram was not allowed (or not seen): it carries no

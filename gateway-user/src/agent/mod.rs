@@ -231,6 +231,7 @@ async fn run_async(mut cfg: Config) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.policy_poll_ms.max(50)));
     let mut last_reap = Instant::now();
+    let mut activity = Activity::default();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     eprintln!(
@@ -261,7 +262,7 @@ async fn run_async(mut cfg: Config) -> Result<()> {
                     last_reap = Instant::now();
                     if let Some(a) = &active {
                         let up = events_tx.as_ref();
-                        reap(&mut dp, &cfg, a, &host, clock, &mut sink, &metrics, up);
+                        reap(&mut dp, &mut activity, &cfg, a, &host, clock, &mut sink, &metrics, up);
                     }
                     refresh_metrics(&dp, &writer, &metrics);
                 }
@@ -479,9 +480,28 @@ fn reload_if_changed(
 
 /// Ends flows that finished (FIN/RST, after a grace period) or went idle: a flow_end
 /// record for idle ones, and their entries leave the table.
+/// When each flow's counters last moved, as seen by the agent: the fast path of the data
+/// plane does not timestamp packets, so activity is told by counters that change.
+#[derive(Default)]
+struct Activity(std::collections::HashMap<FlowKey, (u64, u64)>);
+
+impl Activity {
+    /// The last instant `key` was active: when its counters last changed between two
+    /// looks (first look: now, conservatively), or its own last timestamp if later.
+    fn last_active(&mut self, key: FlowKey, st: &FlowState, now: u64) -> u64 {
+        let total = st.packets.wrapping_add(st.reply_packets);
+        let e = self.0.entry(key).or_insert((total, now));
+        if e.0 != total {
+            *e = (total, now);
+        }
+        e.1.max(st.last_seen_ns)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn reap(
     dp: &mut Dataplane,
+    activity: &mut Activity,
     cfg: &Config,
     a: &Active,
     host: &str,
@@ -502,8 +522,12 @@ fn reap(
     };
     let mut ended = Vec::new();
     let mut live = 0u64;
+    // Forget flows that left the table (evicted, reaped, revoked).
+    let present: std::collections::HashSet<FlowKey> = flows.iter().map(|(k, _)| *k).collect();
+    activity.0.retain(|k, _| present.contains(k));
     for (key, st) in flows {
-        let idle = now.saturating_sub(st.last_seen_ns);
+        let last = activity.last_active(key, &st, now);
+        let idle = now.saturating_sub(last);
         let fragment = key.flags & FlowKey::FLAG_FRAGMENT != 0;
         let finished = st.flags & FlowState::FLAG_ENDED != 0;
         let expire = if fragment {
@@ -518,9 +542,10 @@ fn reap(
             continue;
         }
         if !fragment && !finished {
-            ended.push(flow_end_event(&key, &st, now));
+            ended.push(flow_end_event(&key, &st, last));
         }
         let _ = dp.flows.remove(&key);
+        activity.0.remove(&key);
     }
     for ev in &ended {
         if let (Some(rec), Some(tx)) = (sink.write(ev, &cx), upstream) {
@@ -534,7 +559,8 @@ fn reap(
     }
 }
 
-fn flow_end_event(key: &FlowKey, st: &FlowState, now: u64) -> Event {
+/// A flow_end record for a flow the agent ends; `last` is when it was last active.
+fn flow_end_event(key: &FlowKey, st: &FlowState, last: u64) -> Event {
     Event {
         kind: EventKind::FlowEnd as u8,
         reason: st.reason,
@@ -548,8 +574,8 @@ fn flow_end_event(key: &FlowKey, st: &FlowState, now: u64) -> Event {
         reply_packets: st.reply_packets,
         reply_bytes: st.reply_bytes,
         first_seen_ns: st.first_seen_ns,
-        // The flow ended when it was last seen.
-        ts_ns: st.last_seen_ns.min(now),
+        // The flow ended when it was last active.
+        ts_ns: last,
         ..Event::default()
     }
 }
@@ -647,4 +673,30 @@ pub fn status(cfg: &Config) -> Result<serde_json::Value> {
         "verdicts": reasons,
         "parse_outcomes": outcomes,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activity_is_told_by_moving_counters() {
+        let key = FlowKey::default();
+        let mut st = FlowState {
+            packets: 5,
+            last_seen_ns: 100,
+            ..FlowState::default()
+        };
+        let mut a = Activity::default();
+        // First look: active now (conservative), whatever the old timestamp says.
+        assert_eq!(a.last_active(key, &st, 1_000), 1_000);
+        // Counters unchanged: still the first look's instant.
+        assert_eq!(a.last_active(key, &st, 5_000), 1_000);
+        // Replies count as activity too.
+        st.reply_packets = 1;
+        assert_eq!(a.last_active(key, &st, 9_000), 9_000);
+        // A later timestamp of the flow's own (a decision, a FIN) wins.
+        st.last_seen_ns = 9_500;
+        assert_eq!(a.last_active(key, &st, 9_800), 9_500);
+    }
 }
