@@ -68,7 +68,7 @@ pub fn run(
         // Each policy is generated, compiled and judged at its own "now": its expiries lie
         // at least 50 s from it, far beyond the time its packets take, while the kernel
         // reads the real clock.
-        let now = testkit::unix_now();
+        let now = crate::writer::unix_now();
         // The generator can write a policy the validator rightly refuses (a narrowing that
         // leaves nothing, say): draw again.
         let policy = loop {

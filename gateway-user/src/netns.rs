@@ -70,14 +70,6 @@ impl NetNs {
             .args(args))
     }
 
-    /// A `Command` that runs `program` inside the namespace (for spawning servers) with
-    /// `ip netns exec`, which also gives it a private mount namespace with a fresh /sys.
-    pub fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
-        cmd
-    }
-
     /// A `Command` that runs `program` in this network namespace only (see
     /// [`command_in`]).
     pub fn command_net_only(&self, program: impl AsRef<std::path::Path>) -> Result<Command> {

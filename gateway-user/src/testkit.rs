@@ -267,13 +267,7 @@ pub fn parse_host(host: &str) -> Result<policy_compiler::Host> {
     }
 }
 
-/// Unix seconds now.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use crate::writer::unix_now;
 
 /// A policy loaded into a data plane through the real compiler and map writer.
 pub struct LoadedPolicy {

@@ -57,6 +57,14 @@ impl Default for BootClock {
     }
 }
 
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// CLOCK_BOOTTIME in nanoseconds, the clock of `bpf_ktime_get_boot_ns`.
 pub fn boot_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use gateway_proto::v1::{self, ObjectKind, admin_client::AdminClient};
+use gatewayctl::remote::now_unix;
 use gatewayctl::remote::{format_ms, format_ms_secs, kind_name, name_key, parse_time_ms};
 use gatewayctl::table::Table;
 use gatewayctl::{resolve_from, resolve_host, resolve_to};
@@ -204,10 +205,6 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn now_unix() -> i64 {
-    now_ms().div_euclid(1000)
 }
 
 fn read_file(path: &Path) -> R<String> {

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gateway_proto::v1::ObjectKind;
-use gatewayctl::remote::{parse_duration, parse_kind};
+use gatewayctl::remote::{now_unix, parse_duration, parse_kind};
 use gatewayctl::{proto_name, resolve_from, resolve_host, resolve_to, verdict_name};
 use policy_compiler::{
     Diagnostic, HostView, Parsed, Policy, TestResult, compile, explain, format_rfc3339,
@@ -498,12 +498,6 @@ impl Fail {
 }
 
 type R<T> = Result<T, Fail>;
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
 
 fn at_time(at: &AtArg) -> R<i64> {
     match &at.at {

@@ -115,6 +115,13 @@ pub fn parse_time_ms(s: &str, now_ms: i64) -> Result<i64, String> {
         })
 }
 
+/// Unix seconds now.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Checks and normalizes the controller URL: `http://host:port`; a bare `host:port`
 /// gets `http://`.
 pub fn normalize_url(s: &str) -> Result<String, String> {

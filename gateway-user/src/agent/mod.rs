@@ -11,8 +11,7 @@ pub mod pins;
 use crate::{
     Dataplane,
     dataplane::drain,
-    testkit::unix_now,
-    writer::{BootClock, PolicyWriter, boot_ns},
+    writer::{BootClock, PolicyWriter, boot_ns, unix_now},
 };
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
