@@ -105,7 +105,7 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>, checks: &mut Vec<Check>) -> Result<
         let t = Instant::now();
         let g = policies::for_rules(rules, 0xbe9c_0000 + u64::from(rules))?;
         let probes = policies::probes(&g.policy, NOW())?;
-        let mut dp = Dataplane::load()?;
+        let mut dp = Dataplane::load_with_bench()?;
         let loaded = load_policy(&mut dp, &g.text, "connector:conn", NOW())?;
         let entries = loaded.view.sources.len() + loaded.view.atoms.len() + loaded.view.rules.len();
         let rule_ids = g.policy.rules.len();
@@ -118,8 +118,8 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>, checks: &mut Vec<Check>) -> Result<
         drop(g);
 
         let noop_frame = frame(&probes.tcp_allow, 0);
-        let noop_ns = steady(&mut dp, maps::PROG_XDP_NOOP, &noop_frame, repeat, rounds)?;
-        let noop_single = single(&mut dp, maps::PROG_XDP_NOOP, &noop_frame, singles, None)?;
+        let noop_ns = steady(&mut dp, maps::bench::PROG_NOOP, &noop_frame, repeat, rounds)?;
+        let noop_single = single(&mut dp, maps::bench::PROG_NOOP, &noop_frame, singles, None)?;
         let mut push = |case: &str, ns: f64, method: &'static str, reason: Reason| {
             progress(&format!(
                 "decision: {rules} rules {case}: {ns:.1} ns (noop {noop_ns:.1} ns, {method}, {reason:?})"
@@ -155,7 +155,7 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>, checks: &mut Vec<Check>) -> Result<
                         "{name} at {rules} rules: first packet counted {first_reason:?}, expected Allowed"
                     );
                 }
-                let s = single(&mut dp, maps::PROG_XDP_INGRESS, &f, singles, Some(&key))?;
+                let s = single(&mut dp, maps::PROG_XDP, &f, singles, Some(&key))?;
                 push(
                     &format!("{name}/first"),
                     s - noop_single + noop_ns,
@@ -166,15 +166,15 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>, checks: &mut Vec<Check>) -> Result<
                 let _ = dp.flows.remove(&key);
                 reason_of(&mut dp, &f)?;
                 let est_reason = reason_of(&mut dp, &f)?;
-                let ns = steady(&mut dp, maps::PROG_XDP_INGRESS, &f, repeat, rounds)?;
+                let ns = steady(&mut dp, maps::PROG_XDP, &f, repeat, rounds)?;
                 push(&format!("{name}/established"), ns, "repeat", est_reason);
             } else {
                 // Never cached: every packet is a first decision.
                 let reason = reason_of(&mut dp, &f)?;
-                let ns = steady(&mut dp, maps::PROG_XDP_INGRESS, &f, repeat, rounds)?;
+                let ns = steady(&mut dp, maps::PROG_XDP, &f, repeat, rounds)?;
                 push(&format!("{name}/first"), ns, "repeat", reason);
                 if name == "udp-deny" {
-                    let s = single(&mut dp, maps::PROG_XDP_INGRESS, &f, singles, None)?;
+                    let s = single(&mut dp, maps::PROG_XDP, &f, singles, None)?;
                     checks.push(Check {
                         rules,
                         case: format!("{name}/first"),

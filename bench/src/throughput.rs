@@ -24,7 +24,7 @@ use aya::{
 use gateway_common::{Reason, maps};
 use gateway_user::{
     Dataplane,
-    dataplane::EBPF_OBJECT,
+    dataplane::BENCH_OBJECT,
     netns::{NetNs, veth_pair},
     testkit::load_policy,
 };
@@ -58,15 +58,15 @@ struct Generator {
 impl Generator {
     fn new(ifindex: u32) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
-            .load(EBPF_OBJECT)
+            .load(BENCH_OBJECT)
             .context("loading the object for the generator")?;
         let prog: &mut Xdp = ebpf
-            .program_mut(maps::PROG_XDP_TRAFFICGEN)
+            .program_mut(maps::bench::PROG_TRAFFICGEN)
             .context("trafficgen missing")?
             .try_into()?;
         prog.load()?;
         let mut target: Array<_, u32> = Array::try_from(
-            ebpf.map_mut(maps::TRAFFICGEN_TARGET)
+            ebpf.map_mut(maps::bench::TRAFFICGEN_TARGET)
                 .context("TRAFFICGEN_TARGET missing")?,
         )?;
         target.set(0, ifindex, 0)?;
@@ -77,7 +77,7 @@ impl Generator {
     fn send(&mut self, ns: &NetNs, frame: &[u8], count: u32) -> Result<f64> {
         let prog: &mut Xdp = self
             .ebpf
-            .program_mut(maps::PROG_XDP_TRAFFICGEN)
+            .program_mut(maps::bench::PROG_TRAFFICGEN)
             .context("trafficgen missing")?
             .try_into()?;
         ns.run(move || -> Result<f64> {
@@ -325,7 +325,7 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> Result<()> {
         g.policy = policies::parse(&g.text, NOW())?;
         let probes = policies::probes(&g.policy, NOW())?;
         let udp_allow = policies::udp_allow_probe(&g.policy, NOW())?;
-        let mut dp = Dataplane::load()?;
+        let mut dp = Dataplane::load_with_bench()?;
         load_policy(&mut dp, &g.text, "connector:conn", NOW())?;
         let t = Instant::now();
         let ruleset = policy_compiler::nft(
@@ -359,9 +359,9 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> Result<()> {
                 }
                 _ => {
                     let prog = match engine {
-                        "none" => maps::PROG_XDP_NOOP,
-                        "floor" => maps::PROG_XDP_DROP_ALL,
-                        _ => maps::PROG_XDP_INGRESS,
+                        "none" => maps::bench::PROG_NOOP,
+                        "floor" => maps::bench::PROG_DROP_ALL,
+                        _ => maps::PROG_XDP,
                     };
                     let iface = topo.rx_if.clone();
                     let p = dp.xdp_named(prog)?;

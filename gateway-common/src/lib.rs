@@ -13,6 +13,7 @@
 #![no_std]
 
 pub mod addr;
+pub mod config;
 pub mod event;
 pub mod flow;
 pub mod maps;
@@ -21,7 +22,8 @@ pub mod policy;
 pub mod verdict;
 
 pub use addr::Addr;
+pub use config::{DataplaneConfig, Role};
 pub use event::{Event, EventKind};
-pub use flow::{FlowKey, FlowState};
+pub use flow::{Direction, FlowKey, FlowState, FragKey, FragState};
 pub use parse::ParseOutcome;
 pub use verdict::Reason;

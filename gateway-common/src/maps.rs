@@ -1,14 +1,24 @@
-//! Map and program names and sizes, the single place both sides take them from.
+//! Map and program names and sizes, the single place user space takes them from. The
+//! kernel side spells each name once in its `#[map(name = ...)]` attribute (attribute
+//! arguments must be literals); `gateway-user`'s test `object_map_names` reads the built
+//! object and checks that its maps are exactly these.
 //!
-//! A name carries a layout version (`_V1`): when the layout of a pinned map changes, its
-//! name changes too, so an agent never re-adopts a map it would misread.
+//! A name carries a layout version (`_V2`): when the layout of a pinned map changes, its
+//! name changes too, so an agent never re-adopts a map it would misread. Names fit the
+//! kernel's 15-character limit (`BPF_OBJ_NAME_LEN`), so `bpftool` shows them whole.
 
 /// Per-CPU array of `u64`, indexed by [`crate::ParseOutcome`].
-pub const PARSE_STATS: &str = "PARSE_STATS_V1";
+pub const PARSE_STATS: &str = "PARSE_STATS_V2";
 /// Per-CPU array of `u64`, indexed by [`crate::Reason`].
-pub const VERDICT_STATS: &str = "VERDICT_STATS_V1";
-/// LRU hash [`crate::FlowKey`] -> [`crate::FlowState`].
-pub const FLOWS: &str = "FLOWS_V1";
+pub const VERDICT_STATS: &str = "VERDICTS_V2";
+/// LRU hash [`crate::FlowKey`] -> [`crate::FlowState`] of TCP flows.
+pub const FLOWS_TCP: &str = "FLOWS_TCP_V2";
+/// LRU hash [`crate::FlowKey`] -> [`crate::FlowState`] of UDP, ICMP and other flows.
+pub const FLOWS_OTHER: &str = "FLOWS_OTHER_V2";
+/// LRU hash [`crate::FragKey`] -> [`crate::FragState`]: fragmented datagrams in flight.
+pub const FRAGS: &str = "FRAGS_V2";
+/// Per-CPU array of `u64`, indexed by [`FlowCounter`].
+pub const FLOW_STATS: &str = "FLOW_STATS_V2";
 /// Array with one `u32`: the active policy generation (its low bit is the key slot).
 pub const ACTIVE: &str = "ACTIVE_V1";
 /// Hash [`crate::policy::SrcKey`] -> [`crate::policy::SrcValue`].
@@ -17,46 +27,148 @@ pub const SRC: &str = "SRC_V1";
 pub const DST: &str = "DST_V1";
 /// LPM trie of [`crate::policy::RuleKey`] -> [`crate::policy::RuleValue`].
 pub const RULES: &str = "RULES_V1";
-/// LRU hash source address -> [`crate::event::SourceState`].
-pub const SOURCES: &str = "SOURCES_V1";
-/// Ring buffer of [`crate::Event`].
-pub const EVENTS: &str = "EVENTS_V1";
-/// Per-CPU array with one `u64`: events lost to a full ring buffer.
-pub const EVENTS_LOST: &str = "EVENTS_LOST_V1";
+/// LRU hash source prefix ([`crate::Addr`], /32 or /64) -> [`crate::event::SourceState`].
+pub const SOURCES: &str = "SOURCES_V2";
+/// Ring buffer of [`crate::Event`]: flow_start, flow_end, audit of principals.
+pub const EVENTS_FLOW: &str = "EVENTS_FLOW_V2";
+/// Ring buffer of [`crate::Event`]: deny, scan_alert, audit of unknown sources.
+pub const EVENTS_ALERT: &str = "EVENTS_ALERT_V2";
+/// Per-CPU array of `u64`, indexed by [`Ring`]: events lost to a full ring buffer.
+pub const EVENTS_LOST: &str = "EVENTS_LOST_V2";
+/// Per-CPU array of [`crate::event::Budget`], indexed by [`crate::EventKind`].
+pub const BUDGETS: &str = "BUDGETS_V2";
+/// Array with one [`crate::DataplaneConfig`].
+pub const CONFIG: &str = "CONFIG_V2";
 
 /// Maps that carry state across agent restarts: pinned in the agent's pin folder and
 /// re-adopted by the next agent (a restart keeps policy, flows and counters).
 pub const PERSISTENT: &[&str] = &[
+    CONFIG,
     ACTIVE,
     SRC,
     DST,
     RULES,
-    FLOWS,
+    FLOWS_TCP,
+    FLOWS_OTHER,
+    FRAGS,
+    FLOW_STATS,
     SOURCES,
     VERDICT_STATS,
     PARSE_STATS,
-    EVENTS,
+    EVENTS_FLOW,
+    EVENTS_ALERT,
     EVENTS_LOST,
+    BUDGETS,
 ];
 
-pub const FLOWS_CAPACITY: u32 = 262_144;
+/// Per-CPU scratch space of the programs (not pinned: it holds nothing between packets).
+pub const SCRATCH: &str = "SCRATCH_V2";
+
+/// Every map of the production object.
+pub const ALL: &[&str] = &[
+    CONFIG,
+    ACTIVE,
+    SRC,
+    DST,
+    RULES,
+    FLOWS_TCP,
+    FLOWS_OTHER,
+    FRAGS,
+    FLOW_STATS,
+    SOURCES,
+    VERDICT_STATS,
+    PARSE_STATS,
+    EVENTS_FLOW,
+    EVENTS_ALERT,
+    EVENTS_LOST,
+    BUDGETS,
+    SCRATCH,
+];
+
+/// The rings of [`EVENTS_LOST`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ring {
+    Flow = 0,
+    Alert = 1,
+}
+
+/// Indices of [`FLOW_STATS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowCounter {
+    /// Flows inserted into the TCP / other table.
+    InsertTcp = 0,
+    InsertOther = 1,
+    /// Inserts the kernel refused (an LRU insert fails only when every CPU's free list and
+    /// the map are exhausted under contention).
+    InsertFailed = 2,
+    /// Flows the kernel removed (revoked).
+    Removed = 3,
+    /// Fragment datagrams recorded.
+    InsertFrag = 4,
+}
+
+pub const FLOW_COUNTERS: u32 = 5;
+
+impl FlowCounter {
+    pub const ALL: [FlowCounter; FLOW_COUNTERS as usize] = [
+        Self::InsertTcp,
+        Self::InsertOther,
+        Self::InsertFailed,
+        Self::Removed,
+        Self::InsertFrag,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::InsertTcp => "insert_tcp",
+            Self::InsertOther => "insert_other",
+            Self::InsertFailed => "insert_failed",
+            Self::Removed => "removed",
+            Self::InsertFrag => "insert_frag",
+        }
+    }
+}
+
+pub const FLOWS_TCP_CAPACITY: u32 = 262_144;
+pub const FLOWS_OTHER_CAPACITY: u32 = 131_072;
+pub const FRAGS_CAPACITY: u32 = 16_384;
 /// Both generations' principals.
 pub const SRC_CAPACITY: u32 = 262_144;
 pub const DST_CAPACITY: u32 = 131_072;
 pub const RULES_CAPACITY: u32 = 1_048_576;
 pub const SOURCES_CAPACITY: u32 = 65_536;
-/// Bytes of the event ring buffer (a power of two, multiple of the page size).
-pub const EVENTS_BYTES: u32 = 1 << 22;
+/// Bytes of each event ring buffer (a power of two, multiple of the page size).
+pub const EVENTS_FLOW_BYTES: u32 = 1 << 22;
+pub const EVENTS_ALERT_BYTES: u32 = 1 << 20;
 
-/// The XDP program (ingress on connector and client hosts).
-pub const PROG_XDP_INGRESS: &str = "gateway_xdp";
-/// The TC program (egress on client hosts, attached with tcx).
+/// XDP program (ingress on connector and device hosts).
+pub const PROG_XDP: &str = "gateway_xdp";
+/// TC program for tcx egress (connector client-facing links, device uplinks).
 pub const PROG_TC_EGRESS: &str = "gateway_tc_egress";
-/// XDP program that passes every frame (benchmark floor, "no filter").
-pub const PROG_XDP_NOOP: &str = "gateway_noop";
-/// XDP program that drops every frame (benchmark ceiling of the drop path).
-pub const PROG_XDP_DROP_ALL: &str = "gateway_drop_all";
-/// XDP traffic generator (BPF_PROG_TEST_RUN live frames, redirects out of an interface).
-pub const PROG_XDP_TRAFFICGEN: &str = "gateway_trafficgen";
-/// Array with one `u32`: the interface index the traffic generator transmits on.
-pub const TRAFFICGEN_TARGET: &str = "TRAFFICGEN_TARGET_V1";
+
+/// The benchmark object's programs (a separate object the agent never loads).
+pub mod bench {
+    /// XDP program that passes every frame (benchmark floor, "no filter").
+    pub const PROG_NOOP: &str = "bench_noop";
+    /// XDP program that drops every frame (benchmark ceiling of the drop path).
+    pub const PROG_DROP_ALL: &str = "bench_drop_all";
+    /// XDP traffic generator (BPF_PROG_TEST_RUN live frames, redirects out of an interface).
+    pub const PROG_TRAFFICGEN: &str = "bench_trafficgen";
+    /// Array with one `u32`: the interface index the traffic generator transmits on.
+    pub const TRAFFICGEN_TARGET: &str = "TGEN_TARGET";
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_fit_the_kernel_limit() {
+        for name in super::ALL
+            .iter()
+            .chain([super::bench::TRAFFICGEN_TARGET].iter())
+        {
+            assert!(name.len() <= 15, "{name} is longer than 15 characters");
+        }
+    }
+}

@@ -33,22 +33,28 @@ pub enum ParseOutcome {
     /// A header runs past the end of the frame.
     Truncated = 11,
     /// A header field is impossible: wrong IP version, IHL < 5, TCP data offset < 5,
-    /// IPv4 total length shorter than its header.
+    /// IPv4 total length shorter than its header, a malformed IPv4 option, a misplaced
+    /// hop-by-hop header, two fragment headers, a first fragment too short for its
+    /// transport header.
     Malformed = 12,
     /// More than [`MAX_VLAN_TAGS`] VLAN tags.
     TooManyVlans = 13,
     /// More than [`MAX_IPV6_EXT_HEADERS`] IPv6 extension headers.
     TooManyExtHeaders = 14,
+    /// IPv6 with an IPv4-mapped source or destination address.
+    MappedAddress = 15,
+    /// IPv4 source-route option (LSRR/SSRR) or IPv6 routing header with segments left.
+    SourceRoute = 16,
 }
 
 /// Number of parse outcomes (size of the per-CPU counter array).
-pub const PARSE_OUTCOMES: u32 = 15;
+pub const PARSE_OUTCOMES: u32 = 17;
 
 /// VLAN tags (802.1Q / 802.1ad) the parser walks before giving up.
 pub const MAX_VLAN_TAGS: usize = 2;
 
 /// IPv6 extension headers the parser walks before giving up.
-pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 
 impl ParseOutcome {
     /// Every outcome, in counter-index order.
@@ -68,6 +74,8 @@ impl ParseOutcome {
         Self::Malformed,
         Self::TooManyVlans,
         Self::TooManyExtHeaders,
+        Self::MappedAddress,
+        Self::SourceRoute,
     ];
 
     /// Stable snake_case name, used in metrics and test output.
@@ -88,6 +96,8 @@ impl ParseOutcome {
             Self::Malformed => "malformed",
             Self::TooManyVlans => "too_many_vlans",
             Self::TooManyExtHeaders => "too_many_ext_headers",
+            Self::MappedAddress => "mapped_address",
+            Self::SourceRoute => "source_route",
         }
     }
 

@@ -19,26 +19,36 @@ pub enum Reason {
     IcmpErrorRelated = 5,
     /// Would be denied, but the resource is in audit mode: passed and reported.
     Audit = 6,
-    /// Non-first fragment of an allowed first fragment.
+    /// Non-first fragment of a datagram whose first fragment passed with a flow.
     FragmentAllowed = 7,
     /// A deny grant matched.
     DeniedByRule = 8,
     /// Known principal, no grant for this destination, protocol and port.
     DeniedNoGrant = 9,
-    /// Source address is no principal the policy knows.
+    /// Source address is no principal this host knows.
     DeniedUnknownSource = 10,
-    /// From protected space toward a client, and not a reply to an allowed flow.
+    /// From protected space toward a client and not a reply of an open flow; or, at an
+    /// outbound hook, a packet claiming a protected source toward unprotected space.
     DeniedUnsolicited = 11,
-    /// Non-first fragment whose first fragment was not seen or not allowed.
+    /// Non-first fragment whose first fragment was not seen or opened no flow.
     DeniedFragment = 12,
     /// Truncated or malformed headers, too many VLAN tags or extension headers.
     DeniedMalformed = 13,
     /// An established flow whose cached verdict is denied (a revoked grant, re-decided).
     DeniedEstablished = 14,
+    /// An IPv6 packet with an IPv4-mapped source or destination: never an identity.
+    DeniedMappedAddress = 15,
+    /// Source routing (IPv4 LSRR/SSRR, an IPv6 routing header with segments left): the
+    /// packet's real destination is not the one the gateway would decide on.
+    DeniedSourceRoute = 16,
+    /// Toward protected space at an inbound hook, which never opens flows.
+    DeniedDirection = 17,
+    /// The host's role is not configured: every IP packet is dropped.
+    DeniedUnconfigured = 18,
 }
 
 /// Number of reasons (size of the per-CPU counter array).
-pub const REASONS: u32 = 15;
+pub const REASONS: u32 = 19;
 
 impl Reason {
     /// Every reason, in counter-index order.
@@ -58,6 +68,10 @@ impl Reason {
         Self::DeniedFragment,
         Self::DeniedMalformed,
         Self::DeniedEstablished,
+        Self::DeniedMappedAddress,
+        Self::DeniedSourceRoute,
+        Self::DeniedDirection,
+        Self::DeniedUnconfigured,
     ];
 
     /// The single place where a reason becomes an action.
@@ -78,7 +92,11 @@ impl Reason {
             | Self::DeniedUnsolicited
             | Self::DeniedFragment
             | Self::DeniedMalformed
-            | Self::DeniedEstablished => false,
+            | Self::DeniedEstablished
+            | Self::DeniedMappedAddress
+            | Self::DeniedSourceRoute
+            | Self::DeniedDirection
+            | Self::DeniedUnconfigured => false,
         }
     }
 
@@ -110,6 +128,10 @@ impl Reason {
             Self::DeniedFragment => "denied_fragment",
             Self::DeniedMalformed => "denied_malformed",
             Self::DeniedEstablished => "denied_established",
+            Self::DeniedMappedAddress => "denied_mapped_address",
+            Self::DeniedSourceRoute => "denied_source_route",
+            Self::DeniedDirection => "denied_direction",
+            Self::DeniedUnconfigured => "denied_unconfigured",
         }
     }
 }

@@ -1,125 +1,84 @@
-//! The gateway's kernel programs: XDP ingress (connector and client hosts) and TC egress
-//! (client hosts), both enforcing the compiled policy with the same decision code.
+//! The gateway's kernel programs: XDP ingress and tcx egress, enforcing the compiled policy
+//! with one decision path. The contract they implement is docs/dataplane.md; each step
+//! below names the rule it implements.
 //!
 //! Every program has the same shape: a thin entry point that calls [`process`] and maps
 //! the [`Reason`] it returns to an action through `Reason::passes`, the one place where a
 //! reason becomes pass or drop. All packet access goes through the bounds-checked helpers
 //! in [`parse`]; a frame the parser cannot read is never allowed.
+//!
+//! Modules: [`parse`] (frames to keys), [`maps`] (every map), [`decide`] (the policy
+//! lookups), [`events`] (ring buffers, budgets, scan detection); flows and fragments are
+//! here, with the order of the steps.
 #![no_std]
 #![no_main]
+// Atomic adds on map memory: the BPF target's `core` has no atomic types with fetch
+// operations; the intrinsic lowers to BPF's atomic add.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
+mod decide;
+mod events;
+mod maps;
 mod parse;
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT, xdp_action},
     helpers::bpf_ktime_get_boot_ns,
-    macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    macros::{classifier, xdp},
+    maps::LruHashMap,
     programs::{TcContext, XdpContext},
 };
 use gateway_common::{
-    Addr, Event, EventKind, FlowKey, FlowState, ParseOutcome, Reason,
-    event::{DENY_EVENTS_PER_WINDOW, DENY_WINDOW_NS, SCAN_THRESHOLD, SCAN_WINDOW_NS, SourceState},
-    flow::proto,
-    maps::{
-        DST_CAPACITY, EVENTS_BYTES, FLOWS_CAPACITY, RULES_CAPACITY, SOURCES_CAPACITY, SRC_CAPACITY,
-    },
-    parse::PARSE_OUTCOMES,
-    policy::{
-        AtomValue, DST_KEY_FIXED_BITS, DstKey, RULE_DEFAULT_DENY, RULE_KEY_FIXED_BITS, RuleKey,
-        RuleValue, SrcKey, SrcValue, Verdict,
-    },
-    verdict::REASONS,
+    DataplaneConfig, Direction, EventKind, FlowKey, FlowState, FragKey, FragState, ParseOutcome,
+    Reason, Role, event::FlowEndCause, flow::proto, maps::FlowCounter,
+};
+
+use decide::{Decision, audit_address, decide_into, is_protected};
+use events::{EventMeta, emit_flow, on_limited};
+use maps::{
+    ACTIVE, CONFIG, FLOW_STATS, FLOWS_OTHER, FLOWS_TCP, FRAGS, PARSE_STATS, SCRATCH, VERDICT_STATS,
+    bump,
 };
 use parse::{Frame, Parsed, TCP_FIN, TCP_RST};
 
-#[map(name = "PARSE_STATS_V1")]
-static PARSE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PARSE_OUTCOMES, 0);
-
-#[map(name = "VERDICT_STATS_V1")]
-static VERDICT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASONS, 0);
-
-#[map(name = "FLOWS_V1")]
-static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(FLOWS_CAPACITY, 0);
-
-#[map(name = "ACTIVE_V1")]
-static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
-
-#[map(name = "SRC_V1")]
-static SRC: HashMap<SrcKey, SrcValue> = HashMap::with_max_entries(SRC_CAPACITY, 0);
-
-#[map(name = "DST_V1")]
-static DST: LpmTrie<DstKey, AtomValue> = LpmTrie::with_max_entries(DST_CAPACITY, 0);
-
-#[map(name = "RULES_V1")]
-static RULES: LpmTrie<RuleKey, RuleValue> = LpmTrie::with_max_entries(RULES_CAPACITY, 0);
-
-#[map(name = "SOURCES_V1")]
-static SOURCES: LruHashMap<Addr, SourceState> = LruHashMap::with_max_entries(SOURCES_CAPACITY, 0);
-
 /// Per-CPU scratch space for values too big for the 512-byte stack: the parsed packet,
-/// the keys derived from it, and a flow state to insert.
-struct Scratch {
+/// the keys derived from it, and values to insert.
+pub struct Scratch {
     parsed: Parsed,
     reversed: FlowKey,
     inner: FlowKey,
     state: FlowState,
+    frag_key: FragKey,
+    frag_state: FragState,
 }
-
-#[map(name = "SCRATCH_V1")]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
-
-/// Events that found the ring buffer full (per CPU), for the agent's loss metric.
-#[map(name = "EVENTS_LOST_V1")]
-static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-#[map(name = "EVENTS_V1")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// Bytes of headers TC makes linear before parsing (Ethernet, two VLAN tags, IPv6 with
 /// extension headers, transport header, quoted headers of ICMP errors).
 const TC_PULL_BYTES: u32 = 256;
 
+/// Where a program runs; with the host's role it gives the direction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    Ingress,
+    Egress,
+}
+
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let ifindex = ctx.ingress_ifindex() as u32;
-    if process(&ctx, len, ifindex).passes() {
+    if process(&ctx, len, ifindex, Hook::Ingress).passes() {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
     }
 }
 
-/// Passes every frame untouched: the floor of benchmarks (the cost of running any XDP
-/// program), and "no filter" in throughput comparisons.
-#[xdp]
-pub fn gateway_noop(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
-/// Drops every frame: the ceiling of what an XDP drop path can do on an interface.
-#[xdp]
-pub fn gateway_drop_all(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_DROP
-}
-
-/// Interface index the traffic generator redirects to (one entry, set by user space).
-#[map(name = "TRAFFICGEN_TARGET_V1")]
-static TRAFFICGEN_TARGET: Array<u32> = Array::with_max_entries(1, 0);
-
-/// Traffic generator for throughput benchmarks: run with BPF_PROG_TEST_RUN in live-frames
-/// mode, it transmits each frame out of the interface in `TRAFFICGEN_TARGET` (as
-/// xdp-trafficgen does), fast enough not to be the bottleneck of the receiving side.
-#[xdp]
-pub fn gateway_trafficgen(_ctx: XdpContext) -> u32 {
-    let Some(ifindex) = TRAFFICGEN_TARGET.get(0).copied() else {
-        return xdp_action::XDP_ABORTED;
-    };
-    // SAFETY: the helper has no memory preconditions; it returns an XDP action.
-    unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as u32 }
-}
-
+/// tcx egress. The gateway attaches first in the chain and returns `TCX_NEXT` when it has
+/// no objection, so programs after it still run; a drop is final.
 #[classifier]
 pub fn gateway_tc_egress(ctx: TcContext) -> i32 {
     let len = ctx.len();
@@ -132,16 +91,25 @@ pub fn gateway_tc_egress(ctx: TcContext) -> i32 {
     });
     // SAFETY: `skb` is the context pointer the kernel passed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if process(&ctx, len as u64, ifindex).passes() {
-        TC_ACT_OK as i32
+    if process(&ctx, len as u64, ifindex, Hook::Egress).passes() {
+        TCX_NEXT
     } else {
         TC_ACT_SHOT as i32
     }
 }
 
+/// docs/dataplane.md, "Hooks and directions".
+#[inline(always)]
+fn direction(role: Role, hook: Hook) -> Direction {
+    match (role, hook) {
+        (Role::Connector, Hook::Ingress) | (Role::Device, Hook::Egress) => Direction::Outbound,
+        (Role::Connector, Hook::Egress) | (Role::Device, Hook::Ingress) => Direction::Inbound,
+    }
+}
+
 /// Decides one packet and counts the reason.
 #[inline(always)]
-fn process<C: Frame>(ctx: &C, len: u64, ifindex: u32) -> Reason {
+fn process<C: Frame>(ctx: &C, len: u64, ifindex: u32, hook: Hook) -> Reason {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         // Cannot happen (a one-entry per-CPU array); never allow on the impossible.
         bump(&VERDICT_STATS, Reason::DeniedMalformed as u32);
@@ -151,23 +119,51 @@ fn process<C: Frame>(ctx: &C, len: u64, ifindex: u32) -> Reason {
     let scratch = unsafe { &mut *scratch };
     let outcome = parse::parse(ctx, &mut scratch.parsed);
     bump(&PARSE_STATS, outcome as u32);
-    let reason = if outcome.has_flow() {
-        enforce(ctx, scratch, len, ifindex)
-    } else if outcome == ParseOutcome::NotIp {
+    let reason = if outcome == ParseOutcome::NotIp {
         Reason::NotIp
     } else {
-        Reason::DeniedMalformed
+        match CONFIG.get(0) {
+            Some(cfg) => match Role::from_u8(cfg.role) {
+                Some(role) => {
+                    let dir = direction(role, hook);
+                    let generation = ACTIVE.get(0).copied().unwrap_or(0);
+                    let cx = Cx {
+                        cfg,
+                        len,
+                        ifindex,
+                        dir,
+                        generation,
+                        slot: (generation & 1) as u8,
+                    };
+                    if !outcome.has_flow() {
+                        refused(&cx, scratch, outcome)
+                    } else if scratch.parsed.later_fragment {
+                        later_fragment(&cx, scratch)
+                    } else if dir == Direction::Outbound {
+                        outbound(ctx, &cx, scratch)
+                    } else {
+                        inbound(ctx, &cx, scratch)
+                    }
+                }
+                None => Reason::DeniedUnconfigured,
+            },
+            None => Reason::DeniedUnconfigured,
+        }
     };
     bump(&VERDICT_STATS, reason as u32);
     reason
 }
 
-#[inline(always)]
-fn bump(map: &PerCpuArray<u64>, index: u32) {
-    if let Some(counter) = map.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot; only this CPU writes it while the program runs.
-        unsafe { *counter += 1 };
-    }
+/// What every step needs to know about the packet beyond its headers.
+struct Cx<'a> {
+    cfg: &'a DataplaneConfig,
+    len: u64,
+    ifindex: u32,
+    dir: Direction,
+    /// The active policy generation, read once per packet: every lookup of this packet
+    /// uses the key slot `generation & 1`, so it sees one policy, never a mix of two.
+    generation: u32,
+    slot: u8,
 }
 
 #[inline(always)]
@@ -176,451 +172,428 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_boot_ns() }
 }
 
-/// The active policy generation, read once per packet: every lookup of this packet uses
-/// the key slot `generation & 1`, so it sees one policy, never a mix of two.
+/// The flow table of a protocol: TCP apart from the rest.
 #[inline(always)]
-fn active_generation() -> u32 {
-    ACTIVE.get(0).copied().unwrap_or(0)
-}
-
-/// A policy decision for a new flow.
-struct Decision {
-    reason: Reason,
-    rule: u32,
-    principal: u32,
-    atom: u32,
-    /// The decision must be taken again from this instant (rule expiry).
-    valid_until_ns: u64,
-}
-
-impl Decision {
-    const fn simple(reason: Reason) -> Self {
-        Decision {
-            reason,
-            rule: RULE_DEFAULT_DENY,
-            principal: 0,
-            atom: 0,
-            valid_until_ns: u64::MAX,
-        }
+fn flows(proto_nr: u8) -> &'static LruHashMap<FlowKey, FlowState> {
+    if proto_nr == proto::TCP {
+        &FLOWS_TCP
+    } else {
+        &FLOWS_OTHER
     }
 }
 
+/// True when a cached decision still holds: taken under the active generation and before
+/// its rule's expiry. The clock is read only for flows whose rule expires.
 #[inline(always)]
-fn protected(slot: u8, addr: &Addr) -> Option<&'static AtomValue> {
-    DST.get(Key::new(
-        DST_KEY_FIXED_BITS + 128,
-        DstKey {
-            generation: slot,
-            addr: *addr,
-        },
-    ))
+fn current(f: &FlowState, generation: u32) -> bool {
+    f.generation == generation && (f.valid_until_ns == u64::MAX || now_ns() < f.valid_until_ns)
 }
 
-/// Three lookups, each independent of the policy's size: source -> class, destination
-/// -> atom, (class, atom, protocol, port) -> verdict. Precedence (deny over allow, audit,
-/// expiry) was resolved by the compiler into the entries; a miss means the atom's default.
-///
-/// A separate BPF function (not inlined) with an out parameter, so its keys do not add to
-/// the caller's stack frame.
-#[inline(never)]
-fn decide_into(slot: u8, key: &FlowKey, now: u64, out: &mut Decision) {
-    *out = decide(slot, key, now);
+/// Adds a packet to a flow's counters. Several CPUs may carry one flow: atomic adds.
+#[inline(always)]
+fn count(packets: &mut u64, bytes: &mut u64, len: u64) {
+    // SAFETY: both point into a map value (8-byte aligned) valid for this run.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(packets, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(bytes, len);
+    }
 }
 
+/// Records what a packet tells about its flow's lifetime: a reply, FIN, RST.
 #[inline(always)]
-fn decide(slot: u8, key: &FlowKey, now: u64) -> Decision {
-    let Some(atom) = protected(slot, &key.dst) else {
-        // Not toward protected space. From it, only replies (handled before) may pass.
-        return if protected(slot, &key.src).is_some() {
-            Decision::simple(Reason::DeniedUnsolicited)
+fn note(f: &mut FlowState, tcp_flags: u8, reply: bool) {
+    let mut bits = if reply { FlowState::SEEN_REPLY } else { 0 };
+    if tcp_flags & TCP_FIN != 0 {
+        bits |= if reply {
+            FlowState::SEEN_FIN_REPLY
         } else {
-            Decision::simple(Reason::Unprotected)
+            FlowState::SEEN_FIN_ORIG
         };
-    };
-    let src = SrcKey {
-        generation: slot,
-        _pad: [0; 3],
-        addr: key.src,
-    };
-    // SAFETY: values are plain data written whole by the agent; a concurrent update can at
-    // worst give this packet the neighbouring generation's value of the same slot.
-    let Some(src) = (unsafe { SRC.get(&src) }) else {
-        let audit = Verdict::from_u8(atom.default_verdict) == Verdict::Audit;
-        return Decision {
-            reason: if audit {
-                Reason::Audit
-            } else {
-                Reason::DeniedUnknownSource
-            },
-            rule: if audit { atom.default_rule } else { 0 },
-            principal: 0,
-            atom: atom.atom,
-            valid_until_ns: u64::MAX,
-        };
-    };
-    let port = match key.proto {
-        proto::TCP | proto::UDP => key.dst_port,
-        _ => [0, 0],
-    };
-    let rule_key = Key::new(
-        RULE_KEY_FIXED_BITS + 16,
-        RuleKey {
-            generation: slot,
-            proto: key.proto,
-            class: src.class.to_be_bytes(),
-            atom: atom.atom.to_be_bytes(),
-            port,
-        },
-    );
-    let (verdict, rule, valid_until_ns) = match RULES.get(rule_key) {
-        Some(v) => {
-            let (verdict, rule) = v.at(now);
-            let until = if now < v.valid_until_ns {
-                v.valid_until_ns
-            } else {
-                u64::MAX
-            };
-            (verdict, rule, until)
-        }
-        None => (
-            Verdict::from_u8(atom.default_verdict),
-            atom.default_rule,
-            u64::MAX,
-        ),
-    };
-    let reason = match verdict {
-        Verdict::Allow => Reason::Allowed,
-        Verdict::Audit => Reason::Audit,
-        Verdict::Deny if rule != RULE_DEFAULT_DENY => Reason::DeniedByRule,
-        Verdict::Deny => Reason::DeniedNoGrant,
-    };
-    Decision {
-        reason,
-        rule,
-        principal: src.principal,
-        atom: atom.atom,
-        valid_until_ns,
+    }
+    if tcp_flags & TCP_RST != 0 {
+        bits |= FlowState::SEEN_RST;
+    }
+    // Written only when a bit is new, so rarely. Not atomic: the object is built for the
+    // generic BPF CPU, whose only atomic is a 64-bit add; two CPUs setting different bits
+    // at the same instant could lose one, which only lengthens an idle timeout.
+    if f.flags & bits != bits {
+        f.flags |= bits;
     }
 }
 
-/// True when `key` names a flow allowed under `generation` and not expired.
+/// True when `key` names a flow decided under the active generation and not expired.
 #[inline(always)]
-fn allowed_flow(key: &FlowKey, generation: u32, now: u64) -> bool {
+fn open_flow(key: &FlowKey, generation: u32) -> bool {
     // SAFETY: read-only look at plain data.
-    match unsafe { FLOWS.get(key) } {
-        Some(f) => f.generation == generation && now < f.valid_until_ns,
+    match unsafe { flows(key.proto).get(key) } {
+        Some(f) => current(f, generation),
         None => false,
     }
 }
 
+/// Lets the later fragments of this packet's datagram through this hook, as part of the
+/// flow `flow` (`reply`: the datagram travels in the flow's reply direction).
 #[inline(always)]
-fn enforce<C: Frame>(ctx: &C, scratch: &mut Scratch, len: u64, ifindex: u32) -> Reason {
-    let parsed = &scratch.parsed;
-    let generation = active_generation();
-    let slot = (generation & 1) as u8;
-    let key = &parsed.key;
-    let fragment = key.flags & FlowKey::FLAG_FRAGMENT != 0;
-    let ends = parsed.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-
-    // 1. Fast path: one lookup for a flow (or fragmented datagram) already allowed under
-    //    the active generation. The clock (a quarter of this path's cost) is read only for
-    //    flows whose rule expires and when a flow ends; user space tells idle flows by
-    //    their counters, not by a per-packet timestamp.
-    let cached = FLOWS.get_ptr_mut(key);
-    if let Some(flow) = cached {
-        // SAFETY: pointer from a successful lookup, valid for this run (RCU).
-        let f = unsafe { &mut *flow };
-        if f.generation == generation
-            && (f.valid_until_ns == u64::MAX || now_ns() < f.valid_until_ns)
-        {
-            f.packets = f.packets.wrapping_add(1);
-            f.bytes = f.bytes.wrapping_add(len);
-            if ends {
-                let now = now_ns();
-                f.last_seen_ns = now;
-                flow_end(key, f, ifindex, now);
-            }
-            return if fragment {
-                Reason::FragmentAllowed
-            } else {
-                Reason::Established
-            };
-        }
-        // Stale: taken under another generation or expired. Decided again below.
-    }
-    let now = now_ns();
-
-    if fragment {
-        // A later fragment whose datagram was not allowed (or not seen): it carries no
-        // ports, so it cannot be decided on its own.
-        let protected_space =
-            protected(slot, &key.dst).is_some() || protected(slot, &key.src).is_some();
-        return if protected_space {
-            Reason::DeniedFragment
-        } else {
-            Reason::Unprotected
-        };
-    }
-
-    // 2. Replies of an allowed flow. A reply of a flow decided under another generation
-    //    makes the flow be decided again: a revoked grant stops replies too.
-    scratch.reversed = key.reversed();
-    let reversed = &scratch.reversed;
-    if let Some(flow) = FLOWS.get_ptr_mut(reversed) {
-        // SAFETY: as above.
-        let f = unsafe { &mut *flow };
-        if f.generation != generation || now >= f.valid_until_ns {
-            let mut d = Decision::simple(Reason::DeniedMalformed);
-            decide_into(slot, reversed, now, &mut d);
-            if !d.reason.passes() || d.reason == Reason::Unprotected {
-                let _ = FLOWS.remove(reversed);
-                return Reason::DeniedEstablished;
-            }
-            f.generation = generation;
-            f.valid_until_ns = d.valid_until_ns;
-            f.rule = d.rule;
-            f.reason = d.reason as u8;
-        }
-        f.reply_packets = f.reply_packets.wrapping_add(1);
-        f.reply_bytes = f.reply_bytes.wrapping_add(len);
-        f.last_seen_ns = now;
-        if ends {
-            flow_end(reversed, f, ifindex, now);
-        }
-        if scratch.parsed.first_fragment {
-            let until = f.valid_until_ns;
-            follow_fragments(scratch, generation, until, now);
-        }
-        return Reason::Reply;
-    }
-
-    // 3. ICMP errors about an allowed flow, in either direction.
-    if parse::is_icmp_error(key)
-        && parse::quoted_key(ctx, parsed.l4, key.family, &mut scratch.inner)
+fn follow_fragments(cx: &Cx, scratch: &mut Scratch, reply: bool) {
+    let p = &scratch.parsed;
+    scratch.frag_key = FragKey {
+        src: p.key.src,
+        dst: p.key.dst,
+        id: p.frag_id,
+        proto: p.frag_proto,
+        family: p.key.family,
+        dir: cx.dir as u8,
+        _pad: 0,
+    };
+    scratch.frag_state = FragState {
+        flow: if reply { p.key.reversed() } else { p.key },
+        generation: cx.generation,
+        reply: reply as u8,
+        _pad: [0; 3],
+    };
+    if FRAGS
+        .insert(&scratch.frag_key, &scratch.frag_state, 0)
+        .is_ok()
     {
-        if allowed_flow(&scratch.inner, generation, now) {
-            return Reason::IcmpErrorRelated;
-        }
-        scratch.reversed = scratch.inner.reversed();
-        if allowed_flow(&scratch.reversed, generation, now) {
-            return Reason::IcmpErrorRelated;
-        }
-    }
-
-    // 4. A new flow (or one to decide again): the policy.
-    let mut d = Decision::simple(Reason::DeniedMalformed);
-    decide_into(slot, key, now, &mut d);
-    match d.reason {
-        Reason::Allowed | Reason::Audit => {
-            match cached {
-                Some(flow) => {
-                    // SAFETY: as above; the flow keeps its counters.
-                    let f = unsafe { &mut *flow };
-                    f.packets = f.packets.wrapping_add(1);
-                    f.bytes = f.bytes.wrapping_add(len);
-                    f.last_seen_ns = now;
-                    f.valid_until_ns = d.valid_until_ns;
-                    f.generation = generation;
-                    f.rule = d.rule;
-                    f.reason = d.reason as u8;
-                }
-                None => {
-                    let state = &mut scratch.state;
-                    *state = FlowState {
-                        packets: 1,
-                        bytes: len,
-                        first_seen_ns: now,
-                        last_seen_ns: now,
-                        valid_until_ns: d.valid_until_ns,
-                        generation,
-                        rule: d.rule,
-                        principal: d.principal,
-                        atom: d.atom,
-                        reason: d.reason as u8,
-                        ..FlowState::default()
-                    };
-                    // A full table evicts its least recently used flow.
-                    let _ = FLOWS.insert(key, &*state, 0);
-                    let kind = if d.reason == Reason::Audit {
-                        EventKind::Audit
-                    } else {
-                        EventKind::FlowStart
-                    };
-                    emit_flow(kind, key, state, ifindex, now);
-                }
-            }
-            if scratch.parsed.first_fragment {
-                follow_fragments(scratch, generation, d.valid_until_ns, now);
-            }
-        }
-        Reason::Unprotected => {}
-        _ => {
-            if cached.is_some() {
-                // An open flow whose grant was revoked: forget it.
-                let _ = FLOWS.remove(key);
-            }
-            on_deny(key, &d, generation, ifindex, now);
-        }
-    }
-    d.reason
-}
-
-/// Lets the later fragments of an allowed first fragment through.
-#[inline(always)]
-fn follow_fragments(scratch: &mut Scratch, generation: u32, valid_until_ns: u64, now: u64) {
-    scratch.inner = scratch.parsed.frag_key();
-    let state = &mut scratch.state;
-    *state = FlowState {
-        first_seen_ns: now,
-        last_seen_ns: now,
-        valid_until_ns,
-        generation,
-        reason: Reason::FragmentAllowed as u8,
-        ..FlowState::default()
-    };
-    let _ = FLOWS.insert(&scratch.inner, &scratch.state, 0);
-}
-
-#[inline(always)]
-fn flow_end(key: &FlowKey, f: &mut FlowState, ifindex: u32, now: u64) {
-    if f.flags & FlowState::FLAG_ENDED == 0 {
-        f.flags |= FlowState::FLAG_ENDED;
-        emit_flow(EventKind::FlowEnd, key, f, ifindex, now);
+        bump(&FLOW_STATS, FlowCounter::InsertFrag as u32);
+    } else {
+        bump(&FLOW_STATS, FlowCounter::InsertFailed as u32);
     }
 }
 
-/// What an event says beyond the flow key; written straight into the ring buffer.
-struct EventMeta {
-    kind: EventKind,
-    reason: Reason,
-    rule: u32,
-    principal: u32,
-    atom: u32,
-    generation: u32,
-    count: u32,
-}
-
-/// Sends one event. The record is written in place in the ring buffer (no copy of it on
-/// the 512-byte stack); every byte is written, padding included.
+/// Ends a flow the kernel stops: its final record, then it leaves the table.
 #[inline(always)]
-fn emit(meta: &EventMeta, key: &FlowKey, f: Option<&FlowState>, ifindex: u32, now: u64) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        // Ring buffer full: counted, so the loss shows in the agent's metrics.
-        bump(&EVENTS_LOST, 0);
-        return;
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` points at a reserved, exclusively owned record of size_of::<Event>().
-    unsafe {
-        (*ev).kind = meta.kind as u8;
-        (*ev).reason = meta.reason as u8;
-        (*ev)._pad = [0; 2];
-        (*ev).rule = meta.rule;
-        (*ev).principal = meta.principal;
-        (*ev).atom = meta.atom;
-        (*ev).ifindex = ifindex;
-        (*ev).generation = meta.generation;
-        (*ev).key = *key;
-        (*ev).count = meta.count;
-        (*ev)._pad2 = 0;
-        (*ev).ts_ns = now;
-        match f {
-            Some(f) => {
-                (*ev).packets = f.packets;
-                (*ev).bytes = f.bytes;
-                (*ev).reply_packets = f.reply_packets;
-                (*ev).reply_bytes = f.reply_bytes;
-                (*ev).first_seen_ns = f.first_seen_ns;
-            }
-            None => {
-                (*ev).packets = 1;
-                (*ev).bytes = 0;
-                (*ev).reply_packets = 0;
-                (*ev).reply_bytes = 0;
-                (*ev).first_seen_ns = now;
-            }
-        }
+fn end_flow(cx: &Cx, key: &FlowKey, f: &FlowState, now: u64) {
+    emit_flow(
+        cx.cfg,
+        EventKind::FlowEnd,
+        FlowEndCause::Revoked as u8,
+        key,
+        f,
+        Direction::Outbound as u8,
+        now,
+    );
+    if flows(key.proto).remove(key).is_ok() {
+        bump(&FLOW_STATS, FlowCounter::Removed as u32);
     }
-    entry.submit(0);
 }
 
 #[inline(always)]
-fn emit_flow(kind: EventKind, key: &FlowKey, f: &FlowState, ifindex: u32, now: u64) {
-    let meta = EventMeta {
+fn deny_meta(cx: &Cx, kind: EventKind, d: &Decision) -> EventMeta {
+    EventMeta {
         kind,
-        reason: Reason::from_u32(f.reason as u32),
-        rule: f.rule,
-        principal: f.principal,
-        atom: f.atom,
-        generation: f.generation,
-        count: 0,
-    };
-    emit(&meta, key, Some(f), ifindex, now);
-}
-
-/// Deny events, rate-limited per source, and port-scan detection: distinct denied
-/// destination ports per source within a window, one alert per window.
-#[inline(always)]
-fn on_deny(key: &FlowKey, d: &Decision, generation: u32, ifindex: u32, now: u64) {
-    let state = match SOURCES.get_ptr_mut(&key.src) {
-        Some(s) => s,
-        None => {
-            let _ = SOURCES.insert(&key.src, &SourceState::default(), 0);
-            match SOURCES.get_ptr_mut(&key.src) {
-                Some(s) => s,
-                None => return,
-            }
-        }
-    };
-    // SAFETY: pointer from a successful lookup, valid for this run (RCU).
-    let s = unsafe { &mut *state };
-    let mut meta = EventMeta {
-        kind: EventKind::Deny,
         reason: d.reason,
+        dir: cx.dir as u8,
+        detail: 0,
         rule: d.rule,
         principal: d.principal,
         atom: d.atom,
-        generation,
+        generation: cx.generation,
+        ifindex: cx.ifindex,
         count: 0,
-    };
-    if now.wrapping_sub(s.deny_window_start_ns) >= DENY_WINDOW_NS {
-        s.deny_window_start_ns = now;
-        s.deny_events = 0;
     }
-    if s.deny_events < DENY_EVENTS_PER_WINDOW {
-        s.deny_events += 1;
-        meta.count = s.deny_suppressed;
-        s.deny_suppressed = 0;
-        emit(&meta, key, None, ifindex, now);
-    } else {
-        s.deny_suppressed = s.deny_suppressed.wrapping_add(1);
-    }
+}
 
-    if key.proto != proto::TCP && key.proto != proto::UDP {
-        return;
-    }
-    if now.wrapping_sub(s.scan_window_start_ns) >= SCAN_WINDOW_NS {
-        s.scan_window_start_ns = now;
-        s.scan_ports = [0; 4];
-        s.scan_distinct = 0;
-        s.scan_alerted = 0;
-    }
-    // A 256-bit set of hashed ports: distinct ports are counted without a list.
-    let h = (key.dst_port() as u32).wrapping_mul(2_654_435_761) >> 24;
-    let bit = 1u64 << (h & 63);
-    let Some(word) = s.scan_ports.get_mut((h >> 6) as usize & 3) else {
-        return;
+/// A limited event (deny, or audit of what has no flow) for this packet.
+#[inline(always)]
+fn report(cx: &Cx, scratch: &Scratch, kind: EventKind, d: &Decision) {
+    let key = &scratch.parsed.key;
+    let dst_protected = is_protected(cx.slot, &key.dst);
+    let mut meta = deny_meta(cx, kind, d);
+    on_limited(
+        cx.cfg,
+        &mut meta,
+        key,
+        scratch.parsed.ports,
+        dst_protected,
+        now_ns(),
+    );
+}
+
+/// A packet the parser refused: dropped; reported when it touches protected space.
+#[inline(always)]
+fn refused(cx: &Cx, scratch: &Scratch, outcome: ParseOutcome) -> Reason {
+    let reason = match outcome {
+        ParseOutcome::MappedAddress => Reason::DeniedMappedAddress,
+        ParseOutcome::SourceRoute => Reason::DeniedSourceRoute,
+        _ => Reason::DeniedMalformed,
     };
-    if *word & bit == 0 {
-        *word |= bit;
-        s.scan_distinct += 1;
-        if s.scan_distinct >= SCAN_THRESHOLD && s.scan_alerted == 0 {
-            s.scan_alerted = 1;
-            meta.kind = EventKind::ScanAlert;
-            meta.count = s.scan_distinct;
-            emit(&meta, key, None, ifindex, now);
+    let key = &scratch.parsed.key;
+    if scratch.parsed.addrs && (is_protected(cx.slot, &key.dst) || is_protected(cx.slot, &key.src))
+    {
+        report(cx, scratch, EventKind::Deny, &Decision::simple(reason));
+    }
+    reason
+}
+
+/// docs/dataplane.md, step 1 of both directions: later fragments follow their first.
+#[inline(always)]
+fn later_fragment(cx: &Cx, scratch: &mut Scratch) -> Reason {
+    let p = &scratch.parsed;
+    scratch.frag_key = FragKey {
+        src: p.key.src,
+        dst: p.key.dst,
+        id: p.frag_id,
+        proto: p.frag_proto,
+        family: p.key.family,
+        dir: cx.dir as u8,
+        _pad: 0,
+    };
+    // SAFETY: read-only look at plain data.
+    if let Some(fs) = unsafe { FRAGS.get(&scratch.frag_key) }
+        && fs.generation == cx.generation
+    {
+        if let Some(flow) = flows(fs.flow.proto).get_ptr_mut(&fs.flow) {
+            // SAFETY: pointer from a successful lookup, valid for this run (RCU).
+            let f = unsafe { &mut *flow };
+            if fs.reply != 0 {
+                count(&mut f.reply_packets, &mut f.reply_bytes, cx.len);
+            } else {
+                count(&mut f.packets, &mut f.bytes, cx.len);
+            }
+        }
+        return Reason::FragmentAllowed;
+    }
+    let key = &scratch.parsed.key;
+    let dst = is_protected(cx.slot, &key.dst);
+    let src = is_protected(cx.slot, &key.src);
+    if !dst && !src {
+        return Reason::Unprotected;
+    }
+    let toward = if cx.dir == Direction::Outbound {
+        &key.dst
+    } else {
+        &key.src
+    };
+    if audit_address(cx.slot, toward) {
+        report(
+            cx,
+            scratch,
+            EventKind::Audit,
+            &Decision::simple(Reason::Audit),
+        );
+        return Reason::Audit;
+    }
+    report(
+        cx,
+        scratch,
+        EventKind::Deny,
+        &Decision::simple(Reason::DeniedFragment),
+    );
+    Reason::DeniedFragment
+}
+
+/// docs/dataplane.md, "Outbound hooks, in order".
+#[inline(always)]
+fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
+    let key = &scratch.parsed.key;
+    // 2. Established: one lookup for a flow decided under the active generation.
+    let cached = flows(key.proto).get_ptr_mut(key);
+    if let Some(flow) = cached {
+        // SAFETY: pointer from a successful lookup, valid for this run (RCU).
+        let f = unsafe { &mut *flow };
+        if current(f, cx.generation) {
+            count(&mut f.packets, &mut f.bytes, cx.len);
+            note(f, scratch.parsed.tcp_flags, false);
+            if scratch.parsed.first_fragment {
+                follow_fragments(cx, scratch, false);
+            }
+            return Reason::Established;
+        }
+        // Stale: decided under another generation or past expiry. Decided again below.
+    }
+    let now = now_ns();
+
+    // 3. ICMP errors into protected space: about a reply of an open flow, sent by that
+    //    flow's client to that flow's resource.
+    if parse::is_icmp_error(&scratch.parsed)
+        && parse::quoted_key(
+            ctx,
+            scratch.parsed.l4,
+            scratch.parsed.key.family,
+            &mut scratch.inner,
+        )
+    {
+        let key = &scratch.parsed.key;
+        let inner = &scratch.inner;
+        if key.dst == inner.src && key.src == inner.dst {
+            scratch.reversed = inner.reversed();
+            if open_flow(&scratch.reversed, cx.generation) {
+                return Reason::IcmpErrorRelated;
+            }
         }
     }
+
+    // 4. Policy.
+    let key = &scratch.parsed.key;
+    let mut d = Decision::simple(Reason::DeniedMalformed);
+    decide_into(cx.slot, key, now, &mut d);
+    let principal_passes = d.principal != 0 && matches!(d.reason, Reason::Allowed | Reason::Audit);
+    if principal_passes {
+        match cached {
+            Some(flow) => {
+                // SAFETY: as above; the flow keeps its counters.
+                let f = unsafe { &mut *flow };
+                count(&mut f.packets, &mut f.bytes, cx.len);
+                note(f, scratch.parsed.tcp_flags, false);
+                f.last_seen_ns = now;
+                f.valid_until_ns = d.valid_until_ns;
+                f.generation = cx.generation;
+                f.rule = d.rule;
+                f.principal = d.principal;
+                f.atom = d.atom;
+                f.reason = d.reason as u8;
+            }
+            None => {
+                let mut flags = 0u32;
+                if scratch.parsed.tcp_flags & TCP_FIN != 0 {
+                    flags |= FlowState::SEEN_FIN_ORIG;
+                }
+                if scratch.parsed.tcp_flags & TCP_RST != 0 {
+                    flags |= FlowState::SEEN_RST;
+                }
+                scratch.state = FlowState {
+                    packets: 1,
+                    bytes: cx.len,
+                    first_seen_ns: now,
+                    last_seen_ns: now,
+                    valid_until_ns: d.valid_until_ns,
+                    generation: cx.generation,
+                    rule: d.rule,
+                    principal: d.principal,
+                    atom: d.atom,
+                    ifindex: cx.ifindex,
+                    flags,
+                    reason: d.reason as u8,
+                    ..FlowState::default()
+                };
+                // A full table evicts its least recently used flow.
+                let counter = match flows(key.proto).insert(key, &scratch.state, 0) {
+                    Ok(()) if key.proto == proto::TCP => FlowCounter::InsertTcp,
+                    Ok(()) => FlowCounter::InsertOther,
+                    Err(_) => FlowCounter::InsertFailed,
+                };
+                bump(&FLOW_STATS, counter as u32);
+                let kind = if d.reason == Reason::Audit {
+                    EventKind::Audit
+                } else {
+                    EventKind::FlowStart
+                };
+                emit_flow(cx.cfg, kind, 0, key, &scratch.state, cx.dir as u8, now);
+            }
+        }
+        if scratch.parsed.first_fragment {
+            follow_fragments(cx, scratch, false);
+        }
+        return d.reason;
+    }
+    // Anything else ends a stale flow: it is no principal's allowed flow any more.
+    let revoked = match cached {
+        Some(flow) => {
+            // SAFETY: as above.
+            let f = unsafe { &*flow };
+            end_flow(cx, key, f, now);
+            true
+        }
+        None => false,
+    };
+    match d.reason {
+        Reason::Unprotected => Reason::Unprotected,
+        Reason::Audit => {
+            // An unknown source toward an audit-mode address: passed, reported, no flow.
+            report(cx, scratch, EventKind::Audit, &d);
+            Reason::Audit
+        }
+        _ => {
+            if revoked {
+                d.reason = Reason::DeniedEstablished;
+            }
+            report(cx, scratch, EventKind::Deny, &d);
+            d.reason
+        }
+    }
+}
+
+/// docs/dataplane.md, "Inbound hooks, in order".
+#[inline(always)]
+fn inbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
+    scratch.reversed = scratch.parsed.key.reversed();
+    let mut revoked = false;
+    // 2. Replies of an open flow (an echo request is never a reply).
+    if !parse::is_echo_request(&scratch.parsed)
+        && let Some(flow) = flows(scratch.reversed.proto).get_ptr_mut(&scratch.reversed)
+    {
+        // SAFETY: pointer from a successful lookup, valid for this run (RCU).
+        let f = unsafe { &mut *flow };
+        let mut live = true;
+        if !current(f, cx.generation) {
+            // Decided under another generation: decide the flow again; a revoked grant
+            // stops its replies too.
+            let now = now_ns();
+            let mut d = Decision::simple(Reason::DeniedMalformed);
+            decide_into(cx.slot, &scratch.reversed, now, &mut d);
+            if d.principal != 0 && matches!(d.reason, Reason::Allowed | Reason::Audit) {
+                f.generation = cx.generation;
+                f.valid_until_ns = d.valid_until_ns;
+                f.rule = d.rule;
+                f.principal = d.principal;
+                f.atom = d.atom;
+                f.reason = d.reason as u8;
+                f.last_seen_ns = now;
+            } else {
+                end_flow(cx, &scratch.reversed, f, now);
+                live = false;
+                revoked = true;
+            }
+        }
+        if live {
+            count(&mut f.reply_packets, &mut f.reply_bytes, cx.len);
+            note(f, scratch.parsed.tcp_flags, true);
+            if scratch.parsed.first_fragment {
+                follow_fragments(cx, scratch, true);
+            }
+            return Reason::Reply;
+        }
+    }
+
+    // 3. ICMP errors toward a client: about an original-direction packet of an open flow,
+    //    sent to that flow's client.
+    if parse::is_icmp_error(&scratch.parsed)
+        && parse::quoted_key(
+            ctx,
+            scratch.parsed.l4,
+            scratch.parsed.key.family,
+            &mut scratch.inner,
+        )
+        && scratch.parsed.key.dst == scratch.inner.src
+        && open_flow(&scratch.inner, cx.generation)
+    {
+        return Reason::IcmpErrorRelated;
+    }
+
+    // 4. Nothing else from or to protected space.
+    let key = &scratch.parsed.key;
+    let reason = if is_protected(cx.slot, &key.src) {
+        if revoked {
+            Reason::DeniedEstablished
+        } else if audit_address(cx.slot, &key.src) {
+            report(
+                cx,
+                scratch,
+                EventKind::Audit,
+                &Decision::simple(Reason::Audit),
+            );
+            return Reason::Audit;
+        } else {
+            Reason::DeniedUnsolicited
+        }
+    } else if is_protected(cx.slot, &key.dst) {
+        Reason::DeniedDirection
+    } else {
+        return Reason::Unprotected;
+    };
+    report(cx, scratch, EventKind::Deny, &Decision::simple(reason));
+    reason
 }
 
 #[cfg(not(test))]

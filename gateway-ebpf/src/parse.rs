@@ -1,15 +1,18 @@
-//! Frame parser: Ethernet (up to two VLAN tags), IPv4 (any IHL), IPv6 (bounded extension
-//! header walk), TCP/UDP/ICMP/ICMPv6, reduced to one `FlowKey`.
+//! Frame parser: Ethernet (up to two VLAN tags), IPv4 (options walked), IPv6 (bounded
+//! extension-header walk), TCP/UDP/ICMP/ICMPv6, reduced to one `FlowKey`. The rules are
+//! those of docs/dataplane.md, "Parsing: what is malformed".
 //!
 //! Every read goes through [`ptr_at`], which checks the read against `data_end` first.
 //! Offsets stay bounded (at most `MAX_VLAN_TAGS` tags, IHL <= 15, at most
 //! `MAX_IPV6_EXT_HEADERS` extension headers of at most 2 KiB each), so the verifier can
-//! prove every access. A frame that cannot be parsed yields an error outcome, never a key.
+//! prove every access. A frame that cannot be parsed yields an error outcome, never a key
+//! to decide on; what was read before the error (addresses, ports) is kept for the deny
+//! event.
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 use gateway_common::{
     FlowKey, ParseOutcome,
-    addr::from_v4,
+    addr::{V4_MAPPED_PREFIX, from_v4},
     flow::proto,
     parse::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS},
 };
@@ -19,13 +22,16 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
-/// Bound on a transport-header offset: Ethernet, two VLAN tags, IPv6 and six extension
+/// Bound on a transport-header offset: Ethernet, two VLAN tags, IPv6 and eight extension
 /// headers of at most 2 KiB each fit below it.
-const MAX_L4_OFFSET: usize = 16_384;
+const MAX_L4_OFFSET: usize = 32_768;
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const IPV6_HLEN: usize = 40;
+/// IPv4 options walked before giving up (as malformed): real stacks send one or two
+/// options and a little NOP padding; a longer list only costs the verifier states.
+const MAX_IPV4_OPTIONS: usize = 8;
 
 // IPv6 extension headers the walk understands.
 const IPPROTO_HOPOPTS: u8 = 0;
@@ -34,12 +40,20 @@ const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 
+// IPv4 options.
+const IPOPT_END: u8 = 0;
+const IPOPT_NOOP: u8 = 1;
+const IPOPT_LSRR: u8 = 131;
+const IPOPT_SSRR: u8 = 137;
+
 /// Linear packet data, as XDP and TC both expose it.
 pub trait Frame {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
     /// The whole frame's length (TC: also the part not pulled into linear data).
     fn len(&self) -> usize;
+    /// True for a GSO packet (TC only), whose IP length field may be 0 (BIG TCP).
+    fn gso(&self) -> bool;
 }
 
 impl Frame for XdpContext {
@@ -51,9 +65,16 @@ impl Frame for XdpContext {
     fn data_end(&self) -> usize {
         XdpContext::data_end(self)
     }
+    /// Hidden from the optimizer: knowing that `len == data_end - data`, LLVM drops
+    /// pointer bounds checks it can prove from length comparisons, and the verifier, which
+    /// only trusts pointer comparisons, then refuses the read.
     #[inline(always)]
     fn len(&self) -> usize {
-        XdpContext::data_end(self) - XdpContext::data(self)
+        core::hint::black_box(XdpContext::data_end(self) - XdpContext::data(self))
+    }
+    #[inline(always)]
+    fn gso(&self) -> bool {
+        false
     }
 }
 
@@ -70,24 +91,35 @@ impl Frame for TcContext {
     fn len(&self) -> usize {
         TcContext::len(self) as usize
     }
+    #[inline(always)]
+    fn gso(&self) -> bool {
+        // SAFETY: `skb` is the context pointer the kernel passed to this program.
+        unsafe { (*self.skb.skb).gso_size != 0 }
+    }
 }
 
-/// A parsed frame: its flow key, the outcome to count, and what the policy path needs
-/// beyond the key.
+/// A parsed frame: its flow key, and what the policy path needs beyond the key.
 #[derive(Clone, Copy)]
 pub struct Parsed {
     pub key: FlowKey,
-    pub outcome: ParseOutcome,
     /// Offset of the transport header (meaningful when the key has ports or ICMP).
     pub l4: usize,
     /// TCP flags byte (0 for other protocols).
     pub tcp_flags: u8,
-    /// Set on a first fragment (more fragments follow, offset 0): later fragments will
-    /// look for `frag_key`.
+    /// ICMP/ICMPv6 type (meaningful for those protocols).
+    pub icmp_type: u8,
+    /// Offset 0 with more fragments: later fragments will look for this datagram.
     pub first_fragment: bool,
-    /// Fragment identification (IPv4: `[0, 0, id]`; IPv6: the 32-bit id), for
-    /// [`Parsed::frag_key`].
+    /// Offset not 0: no transport header; the key's ports and protocol are meaningless.
+    pub later_fragment: bool,
+    /// The key's addresses (and family) were read, even if parsing failed later.
+    pub addrs: bool,
+    /// The key's ports were read, even if parsing failed later.
+    pub ports: bool,
+    /// Fragment identification (IPv4: `[0, 0, id]`; IPv6: the 32-bit id).
     pub frag_id: [u8; 4],
+    /// Protocol that names the datagram: the IPv4 protocol, 0 for IPv6 (RFC 8200).
+    pub frag_proto: u8,
 }
 
 impl Parsed {
@@ -99,25 +131,18 @@ impl Parsed {
             dst_port: [0; 2],
             proto: 0,
             family: 0,
-            flags: 0,
-            _pad: 0,
+            _pad: [0; 2],
         },
-        outcome: ParseOutcome::Truncated,
         l4: 0,
         tcp_flags: 0,
+        icmp_type: 0,
         first_fragment: false,
+        later_fragment: false,
+        addrs: false,
+        ports: false,
         frag_id: [0; 4],
+        frag_proto: 0,
     };
-
-    /// The key naming this packet's fragmented datagram (see `FlowKey::FLAG_FRAGMENT`).
-    #[inline(always)]
-    pub fn frag_key(&self) -> FlowKey {
-        let mut k = self.key;
-        k.flags = FlowKey::FLAG_FRAGMENT;
-        k.src_port = [self.frag_id[0], self.frag_id[1]];
-        k.dst_port = [self.frag_id[2], self.frag_id[3]];
-        k
-    }
 }
 
 /// TCP flags.
@@ -188,12 +213,15 @@ struct Ipv6Hdr {
     dst: [u8; 16],
 }
 
-/// The first two bytes every IPv6 extension header shares.
+/// The first four bytes every IPv6 extension header read here shares (for a routing
+/// header: next header, length, routing type, segments left).
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct ExtHdr {
     next_header: u8,
     len: u8,
+    routing_type: u8,
+    segments_left: u8,
 }
 
 #[derive(Clone, Copy)]
@@ -205,7 +233,13 @@ struct FragHdr {
     id: [u8; 4],
 }
 
-/// Ports plus the TCP data-offset byte (checked for TCP only).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Ports {
+    src: [u8; 2],
+    dst: [u8; 2],
+}
+
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct TcpHdr {
@@ -239,19 +273,15 @@ struct IcmpHdr {
     seq: [u8; 2],
 }
 
-/// Parses the frame in `ctx` into `out` and returns the outcome. `out` is meaningful only
-/// when the outcome `has_flow()`; otherwise the frame has no flow key (not IP, truncated,
-/// malformed, too deep). The parser writes into `out` in place (a per-CPU scratch slot in
-/// the programs): flow keys never get copied around on the 512-byte stack.
+/// Parses the frame in `ctx` into `out` and returns the outcome. `out.key` is a key to
+/// decide on only when the outcome `has_flow()`. The parser writes into `out` in place (a
+/// per-CPU scratch slot in the programs): flow keys never get copied around on the
+/// 512-byte stack.
 #[inline(always)]
 pub fn parse<C: Frame>(ctx: &C, out: &mut Parsed) -> ParseOutcome {
     *out = Parsed::EMPTY;
     match parse_frame(ctx, out) {
-        Ok(outcome) => {
-            out.outcome = outcome;
-            outcome
-        }
-        Err(outcome) => outcome,
+        Ok(outcome) | Err(outcome) => outcome,
     }
 }
 
@@ -286,50 +316,124 @@ fn parse_ipv4<C: Frame>(
     if ip.version_ihl >> 4 != 4 {
         return Err(ParseOutcome::Malformed);
     }
+    out.key.src = from_v4(ip.src);
+    out.key.dst = from_v4(ip.dst);
+    out.key.proto = ip.proto;
+    out.key.family = 4;
+    out.addrs = true;
     let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
-    let total_len = u16::from_be_bytes(ip.total_len) as usize;
-    if ihl < 20 || total_len < ihl {
+    if ihl < 20 {
         return Err(ParseOutcome::Malformed);
     }
+    let total_len = u16::from_be_bytes(ip.total_len) as usize;
     // A datagram longer than the frame lost its end (Ethernet padding may make the frame
-    // longer, never shorter).
-    let ip_end = l3 + total_len;
+    // longer, never shorter). Length 0 is a BIG TCP packet on a GSO path, nothing else.
+    let ip_end = if total_len == 0 && ctx.gso() {
+        ctx.len()
+    } else if total_len < ihl {
+        return Err(ParseOutcome::Malformed);
+    } else {
+        l3 + total_len
+    };
     if ip_end > ctx.len() {
         return Err(ParseOutcome::Truncated);
     }
-    // The options must be inside the frame even though we do not read them.
-    ptr_at::<C, u8>(ctx, l3 + ihl - 1)?;
+    // The options must be inside the frame (the walk reads each byte bounds-checked; a
+    // dominating check of the last byte would let LLVM drop those checks, which the
+    // verifier cannot follow), and well formed; source routes are refused.
+    if ihl > 20 {
+        ipv4_options(ctx, l3 + 20, l3 + ihl)?;
+    }
 
-    let key = &mut out.key;
-    key.src = from_v4(ip.src);
-    key.dst = from_v4(ip.dst);
-    key.proto = ip.proto;
-    key.family = 4;
     let frag = u16::from_be_bytes(ip.frag_off);
     out.frag_id = [0, 0, ip.id[0], ip.id[1]];
+    out.frag_proto = ip.proto;
     let l4 = l3 + ihl;
     out.l4 = l4;
     if frag & 0x1fff != 0 {
-        key.flags = FlowKey::FLAG_FRAGMENT;
-        key.dst_port = ip.id;
+        out.later_fragment = true;
         return Ok(ParseOutcome::Ipv4Fragment);
     }
     out.first_fragment = frag & 0x2000 != 0;
     match ip.proto {
         proto::TCP => {
-            out.tcp_flags = parse_tcp(ctx, l4, ip_end, key)?;
+            parse_tcp(ctx, l4, ip_end, out)?;
             Ok(ParseOutcome::Ipv4Tcp)
         }
         proto::UDP => {
-            parse_udp(ctx, l4, ip_end, key)?;
+            parse_udp(ctx, l4, ip_end, out)?;
             Ok(ParseOutcome::Ipv4Udp)
         }
         proto::ICMP => {
-            parse_icmp(ctx, l4, ip_end, key, 8, 0)?;
+            parse_icmp(ctx, l4, ip_end, out, 8, 0)?;
             Ok(ParseOutcome::Ipv4Icmp)
         }
         _ => Ok(ParseOutcome::Ipv4Other),
     }
+}
+
+/// Walks the IPv4 options in `start..end` (inside the frame): each option's length must
+/// be at least 2 and end inside the header, at most `MAX_IPV4_OPTIONS` options (NOPs
+/// count) before the end or an end-of-list; LSRR and SSRR are refused.
+///
+/// Bytes are read two at a time: a one-byte read's bounds check (`p + 1 > end`) is turned
+/// by LLVM into `p >= end`, which gives the verifier no range for a pointer with a variable
+/// offset. The last byte of the area is read as the second of a pair (the header's fixed
+/// 20 bytes precede it).
+#[inline(always)]
+fn ipv4_options<C: Frame>(ctx: &C, start: usize, end: usize) -> Result<(), ParseOutcome> {
+    let mut off = start;
+    for i in 0..=MAX_IPV4_OPTIONS {
+        if off >= end {
+            break;
+        }
+        if i == MAX_IPV4_OPTIONS {
+            return Err(ParseOutcome::Malformed);
+        }
+        let ty = if off + 1 < end {
+            let pair: &[u8; 2] = read(ctx, off)?;
+            pair[0]
+        } else {
+            let pair: &[u8; 2] = read(ctx, off - 1)?;
+            pair[1]
+        };
+        match ty {
+            IPOPT_END => break,
+            IPOPT_NOOP => off += 1,
+            ty => {
+                if off + 1 >= end {
+                    return Err(ParseOutcome::Malformed);
+                }
+                let pair: &[u8; 2] = read(ctx, off)?;
+                let len = pair[1] as usize;
+                if len < 2 || off + len > end {
+                    return Err(ParseOutcome::Malformed);
+                }
+                if ty == IPOPT_LSRR || ty == IPOPT_SSRR {
+                    return Err(ParseOutcome::SourceRoute);
+                }
+                off += len;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// True for an IPv4-mapped IPv6 address (`::ffff:0:0/96`).
+#[inline(always)]
+fn mapped(a: &[u8; 16]) -> bool {
+    a[0] == V4_MAPPED_PREFIX[0]
+        && a[1] == 0
+        && a[2] == 0
+        && a[3] == 0
+        && a[4] == 0
+        && a[5] == 0
+        && a[6] == 0
+        && a[7] == 0
+        && a[8] == 0
+        && a[9] == 0
+        && a[10] == 0xff
+        && a[11] == 0xff
 }
 
 #[inline(always)]
@@ -342,20 +446,32 @@ fn parse_ipv6<C: Frame>(
     if ip.version_class_flow[0] >> 4 != 6 {
         return Err(ParseOutcome::Malformed);
     }
-    let ip_end = l3 + IPV6_HLEN + u16::from_be_bytes(ip.payload_len) as usize;
+    out.key.src = ip.src;
+    out.key.dst = ip.dst;
+    out.key.family = 6;
+    out.addrs = true;
+    if mapped(&ip.src) || mapped(&ip.dst) {
+        return Err(ParseOutcome::MappedAddress);
+    }
+    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    // Payload length 0: a BIG TCP packet on a GSO path; a jumbogram otherwise, refused.
+    let ip_end = if payload_len == 0 {
+        if !ctx.gso() {
+            return Err(ParseOutcome::Malformed);
+        }
+        ctx.len()
+    } else {
+        l3 + IPV6_HLEN + payload_len
+    };
     if ip_end > ctx.len() {
         return Err(ParseOutcome::Truncated);
     }
-    let key = &mut out.key;
-    key.src = ip.src;
-    key.dst = ip.dst;
-    key.family = 6;
     let mut next = ip.next_header;
     let mut off = l3 + IPV6_HLEN;
-    let mut walked = 0;
+    let mut fragment_seen = false;
     // One more iteration than headers allowed: the last one only checks whether the walk
     // ended.
-    for _ in 0..=MAX_IPV6_EXT_HEADERS {
+    for walked in 0..=MAX_IPV6_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
             }
@@ -364,16 +480,24 @@ fn parse_ipv6<C: Frame>(
         if walked == MAX_IPV6_EXT_HEADERS {
             return Err(ParseOutcome::TooManyExtHeaders);
         }
-        walked += 1;
+        if next == IPPROTO_HOPOPTS && walked != 0 {
+            // RFC 8200 §4.1: hop-by-hop options only right after the IPv6 header.
+            return Err(ParseOutcome::Malformed);
+        }
         if next == IPPROTO_FRAGMENT {
+            if fragment_seen {
+                return Err(ParseOutcome::Malformed);
+            }
+            fragment_seen = true;
             let frag: &FragHdr = read(ctx, off)?;
+            if off + 8 > ip_end {
+                return Err(ParseOutcome::Truncated);
+            }
             let offset_flags = u16::from_be_bytes(frag.offset_flags);
             out.frag_id = frag.id;
+            out.frag_proto = 0;
             if offset_flags >> 3 != 0 {
-                key.proto = frag.next_header;
-                key.flags = FlowKey::FLAG_FRAGMENT;
-                key.src_port = [frag.id[0], frag.id[1]];
-                key.dst_port = [frag.id[2], frag.id[3]];
+                out.later_fragment = true;
                 out.l4 = off + 8;
                 return Ok(ParseOutcome::Ipv6Fragment);
             }
@@ -382,6 +506,9 @@ fn parse_ipv6<C: Frame>(
             off += 8;
         } else {
             let ext: &ExtHdr = read(ctx, off)?;
+            if next == IPPROTO_ROUTING && ext.segments_left != 0 {
+                return Err(ParseOutcome::SourceRoute);
+            }
             // AH counts its length in 4-byte units minus 2 (RFC 4302); the others in
             // 8-byte units not counting the first 8 (RFC 8200).
             off += if next == IPPROTO_AH {
@@ -396,65 +523,102 @@ fn parse_ipv6<C: Frame>(
     if off > ip_end {
         return Err(ParseOutcome::Truncated);
     }
-    key.proto = next;
+    out.key.proto = next;
     out.l4 = off;
     match next {
         proto::TCP => {
-            out.tcp_flags = parse_tcp(ctx, off, ip_end, key)?;
+            parse_tcp(ctx, off, ip_end, out)?;
             Ok(ParseOutcome::Ipv6Tcp)
         }
         proto::UDP => {
-            parse_udp(ctx, off, ip_end, key)?;
+            parse_udp(ctx, off, ip_end, out)?;
             Ok(ParseOutcome::Ipv6Udp)
         }
         proto::ICMPV6 => {
-            parse_icmp(ctx, off, ip_end, key, 128, 129)?;
+            parse_icmp(ctx, off, ip_end, out, 128, 129)?;
             Ok(ParseOutcome::Ipv6Icmp)
         }
         _ => Ok(ParseOutcome::Ipv6Other),
     }
 }
 
-/// The transport header, options included, must lie inside the IP datagram (`ip_end`):
-/// a header cut by the datagram's end is truncated, whatever the frame holds after it.
+/// Reads the ports (the first four transport bytes) when they lie inside the packet, so
+/// that even a packet refused afterwards names its ports in the deny event.
+#[inline(always)]
+fn read_ports<C: Frame>(
+    ctx: &C,
+    l4: usize,
+    ip_end: usize,
+    out: &mut Parsed,
+) -> Result<(), ParseOutcome> {
+    let ports: &Ports = read(ctx, l4)?;
+    if l4 + 4 > ip_end {
+        return Err(ParseOutcome::Truncated);
+    }
+    out.key.src_port = ports.src;
+    out.key.dst_port = ports.dst;
+    out.ports = true;
+    Ok(())
+}
+
+/// The TCP header, options included, must lie inside the packet (`ip_end`: the end of
+/// the datagram, or of the first fragment: the whole header must be in the first
+/// fragment). A first fragment too short for it is the tiny-fragment attack: malformed.
 #[inline(always)]
 fn parse_tcp<C: Frame>(
     ctx: &C,
     l4: usize,
     ip_end: usize,
-    key: &mut FlowKey,
-) -> Result<u8, ParseOutcome> {
-    let tcp: &TcpHdr = read(ctx, l4)?;
+    out: &mut Parsed,
+) -> Result<(), ParseOutcome> {
+    let short = if out.first_fragment {
+        ParseOutcome::Malformed
+    } else {
+        ParseOutcome::Truncated
+    };
+    read_ports(ctx, l4, ip_end, out).map_err(|_| short)?;
+    let tcp: &TcpHdr = read(ctx, l4).map_err(|_| short)?;
+    if l4 + 20 > ip_end {
+        return Err(short);
+    }
     let doff = (tcp.data_off >> 4) as usize * 4;
     if doff < 20 {
         return Err(ParseOutcome::Malformed);
     }
     if l4 + doff > ip_end {
-        return Err(ParseOutcome::Truncated);
+        return Err(short);
     }
-    key.src_port = tcp.src;
-    key.dst_port = tcp.dst;
-    Ok(tcp.flags)
+    out.tcp_flags = tcp.flags;
+    Ok(())
 }
 
-/// The UDP length must cover the header and end inside the IP datagram.
+/// The UDP header must lie inside the packet and its length cover the header. The length
+/// describes the whole datagram: it is checked against the IP payload only when the
+/// packet is not a fragment (a first fragment holds only the datagram's start).
 #[inline(always)]
 fn parse_udp<C: Frame>(
     ctx: &C,
     l4: usize,
     ip_end: usize,
-    key: &mut FlowKey,
+    out: &mut Parsed,
 ) -> Result<(), ParseOutcome> {
-    let udp: &UdpHdr = read(ctx, l4)?;
+    let short = if out.first_fragment {
+        ParseOutcome::Malformed
+    } else {
+        ParseOutcome::Truncated
+    };
+    read_ports(ctx, l4, ip_end, out).map_err(|_| short)?;
+    let udp: &UdpHdr = read(ctx, l4).map_err(|_| short)?;
+    if l4 + 8 > ip_end {
+        return Err(short);
+    }
     let len = u16::from_be_bytes(udp.len) as usize;
     if len < 8 {
         return Err(ParseOutcome::Malformed);
     }
-    if l4 + len > ip_end {
+    if !out.first_fragment && l4 + len > ip_end {
         return Err(ParseOutcome::Truncated);
     }
-    key.src_port = udp.src;
-    key.dst_port = udp.dst;
     Ok(())
 }
 
@@ -466,28 +630,35 @@ fn parse_icmp<C: Frame>(
     ctx: &C,
     l4: usize,
     ip_end: usize,
-    key: &mut FlowKey,
+    out: &mut Parsed,
     echo_request: u8,
     echo_reply: u8,
 ) -> Result<(), ParseOutcome> {
-    let icmp: &IcmpHdr = read(ctx, l4)?;
+    let short = if out.first_fragment {
+        ParseOutcome::Malformed
+    } else {
+        ParseOutcome::Truncated
+    };
+    let icmp: &IcmpHdr = read(ctx, l4).map_err(|_| short)?;
     if l4 + 8 > ip_end {
-        return Err(ParseOutcome::Truncated);
+        return Err(short);
     }
-    key.dst_port = [icmp.ty, icmp.code];
+    out.icmp_type = icmp.ty;
+    out.key.dst_port = [icmp.ty, icmp.code];
     if icmp.ty == echo_request || icmp.ty == echo_reply {
         // Both ports hold the identifier, so a reply's reversed key is its request's.
-        key.src_port = icmp.id;
-        key.dst_port = icmp.id;
+        out.key.src_port = icmp.id;
+        out.key.dst_port = icmp.id;
     }
+    out.ports = true;
     Ok(())
 }
 
 /// True for ICMP/ICMPv6 error messages, which quote the packet that caused them.
 #[inline(always)]
-pub fn is_icmp_error(key: &FlowKey) -> bool {
-    let ty = key.dst_port[0];
-    match key.proto {
+pub fn is_icmp_error(parsed: &Parsed) -> bool {
+    let ty = parsed.icmp_type;
+    match parsed.key.proto {
         // Destination unreachable, source quench, time exceeded, parameter problem.
         proto::ICMP => matches!(ty, 3 | 4 | 11 | 12),
         // Destination unreachable, packet too big, time exceeded, parameter problem.
@@ -496,9 +667,20 @@ pub fn is_icmp_error(key: &FlowKey) -> bool {
     }
 }
 
+/// True for an ICMP/ICMPv6 echo request (never a reply of anything).
+#[inline(always)]
+pub fn is_echo_request(parsed: &Parsed) -> bool {
+    match parsed.key.proto {
+        proto::ICMP => parsed.icmp_type == 8,
+        proto::ICMPV6 => parsed.icmp_type == 128,
+        _ => false,
+    }
+}
+
 /// The flow key of the packet quoted inside an ICMP error whose ICMP header is at `l4`.
-/// Only the quoted fixed IP header and the first 8 transport bytes are read (all an ICMP
-/// error must carry); quoted IPv6 extension headers are not walked.
+/// Only the quoted IP header (an IPv4 header with its options; an IPv6 header without
+/// extension headers) and the first 8 transport bytes are read (all an ICMP error must
+/// carry).
 #[inline(always)]
 pub fn quoted_key<C: Frame>(ctx: &C, l4: usize, family: u8, key: &mut FlowKey) -> bool {
     read_quoted_key(ctx, l4, family, key).is_ok()
@@ -542,7 +724,7 @@ fn read_quoted_key<C: Frame>(
     };
     match key.proto {
         proto::TCP | proto::UDP => {
-            let ports: &UdpHdr = read(ctx, ports_at)?;
+            let ports: &Ports = read(ctx, ports_at)?;
             key.src_port = ports.src;
             key.dst_port = ports.dst;
         }

@@ -7,17 +7,27 @@
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, PerCpuArray, RingBuf,
+        lpm_trie::Key,
+    },
     programs::{SchedClassifier, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use gateway_common::{
-    Event, FlowKey, FlowState, ParseOutcome, Reason, maps,
+    DataplaneConfig, Event, FlowKey, FlowState, FragKey, FragState, ParseOutcome, Reason,
+    event::Budget,
+    maps::{self, FlowCounter, Ring},
     policy::{AtomValue, DstKey, RuleKey, RuleValue, SrcKey, SrcValue},
 };
 use std::path::Path;
 
 /// The eBPF object built by `build.rs` from `gateway-ebpf`, embedded in this binary.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
+
+/// The benchmark programs' object (no-op, drop-all, traffic generator), built from the same
+/// crate but never loaded by the agent: only [`Dataplane::load_with_bench`] loads it.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-bench"));
 
 /// The policy maps, written by [`crate::writer::PolicyWriter`].
 pub struct PolicyMaps {
@@ -27,14 +37,94 @@ pub struct PolicyMaps {
     pub rules: LpmTrie<MapData, RuleKey, RuleValue>,
 }
 
+/// The flow tables: TCP, everything else, and fragmented datagrams in flight.
+pub struct FlowMaps {
+    pub tcp: HashMap<MapData, FlowKey, FlowState>,
+    pub other: HashMap<MapData, FlowKey, FlowState>,
+    pub frags: HashMap<MapData, FragKey, FragState>,
+}
+
+impl FlowMaps {
+    /// The table a flow of `proto` lives in.
+    pub fn table(&self, proto: u8) -> &HashMap<MapData, FlowKey, FlowState> {
+        if proto == gateway_common::flow::proto::TCP {
+            &self.tcp
+        } else {
+            &self.other
+        }
+    }
+
+    pub fn table_mut(&mut self, proto: u8) -> &mut HashMap<MapData, FlowKey, FlowState> {
+        if proto == gateway_common::flow::proto::TCP {
+            &mut self.tcp
+        } else {
+            &mut self.other
+        }
+    }
+
+    /// Every flow of both tables (read in batches of the kernel's choosing).
+    pub fn all(&self) -> Result<Vec<(FlowKey, FlowState)>> {
+        let mut out = crate::batch::read_all(self.tcp.map())?;
+        out.extend(crate::batch::read_all(self.other.map())?);
+        Ok(out)
+    }
+
+    /// One flow, if a table has it.
+    pub fn get(&self, key: &FlowKey) -> Result<Option<FlowState>> {
+        match self.table(key.proto).get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes one flow; `Ok(false)` when it was not there.
+    pub fn remove(&mut self, key: &FlowKey) -> Result<bool> {
+        match self.table_mut(key.proto).remove(key) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Empties every table (tests: each packet a first decision).
+    pub fn clear(&mut self) -> Result<()> {
+        for (k, _) in self.all()? {
+            self.remove(&k)?;
+        }
+        let frags: Vec<FragKey> = self.frags.keys().filter_map(|k| k.ok()).collect();
+        for k in frags {
+            let _ = self.frags.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Fragmented datagrams being followed.
+    pub fn frags(&self) -> Result<Vec<(FragKey, FragState)>> {
+        crate::batch::read_all(self.frags.map())
+    }
+}
+
+/// The event rings: flow records, and denials/alerts.
+pub struct EventRings {
+    pub flow: RingBuf<MapData>,
+    pub alert: RingBuf<MapData>,
+}
+
 /// The gateway's programs and maps, loaded into the kernel (not necessarily attached).
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// The benchmark object, when loaded for benchmarks.
+    bench: Option<Ebpf>,
     pub policy: PolicyMaps,
-    pub flows: HashMap<MapData, FlowKey, FlowState>,
+    pub flows: FlowMaps,
+    config: Array<MapData, DataplaneConfig>,
     parse_stats: PerCpuArray<MapData, u64>,
     verdict_stats: PerCpuArray<MapData, u64>,
-    events: Option<RingBuf<MapData>>,
+    flow_stats: PerCpuArray<MapData, u64>,
+    budgets: PerCpuArray<MapData, Budget>,
+    sources: HashMap<MapData, gateway_common::Addr, gateway_common::event::SourceState>,
+    events: Option<EventRings>,
     events_lost: PerCpuArray<MapData, u64>,
 }
 
@@ -67,6 +157,8 @@ impl<const N: usize> Counters<N> {
 pub type ParseStats = Counters<{ ParseOutcome::ALL.len() }>;
 /// Verdict-reason counters, indexed like [`Reason::ALL`].
 pub type VerdictStats = Counters<{ Reason::ALL.len() }>;
+/// Flow-table counters, indexed like [`FlowCounter::ALL`].
+pub type FlowStats = Counters<{ FlowCounter::ALL.len() }>;
 
 impl ParseStats {
     pub fn get(&self, outcome: ParseOutcome) -> u64 {
@@ -87,11 +179,29 @@ impl VerdictStats {
             .map(|r| (r.name(), self.0[*r as usize]))
             .collect()
     }
+
+    /// The one reason counted, when exactly one packet was counted.
+    pub fn single(&self) -> Option<Reason> {
+        (self.total() == 1)
+            .then(|| Reason::ALL.into_iter().find(|r| self.0[*r as usize] == 1))
+            .flatten()
+    }
+}
+
+impl FlowStats {
+    pub fn get(&self, c: FlowCounter) -> u64 {
+        self.0[c as usize]
+    }
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
     ebpf.take_map(name)
         .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+/// Sums a per-CPU array entry.
+fn per_cpu_sum(map: &PerCpuArray<MapData, u64>, index: u32) -> Result<u64> {
+    Ok(map.get(&index, 0)?.iter().sum())
 }
 
 impl Dataplane {
@@ -107,6 +217,25 @@ impl Dataplane {
         Self::load_with(Some(map_dir))
     }
 
+    /// [`Dataplane::load`] plus the benchmark object, whose programs [`Dataplane::xdp_named`]
+    /// then finds too (benchmarks only).
+    pub fn load_with_bench() -> Result<Self> {
+        let mut dp = Self::load_with(None)?;
+        let mut bench = EbpfLoader::new()
+            .load(BENCH_OBJECT)
+            .context("loading the benchmark eBPF object")?;
+        for name in [maps::bench::PROG_NOOP, maps::bench::PROG_DROP_ALL] {
+            let prog: &mut Xdp = bench
+                .program_mut(name)
+                .with_context(|| format!("{name} missing from the benchmark object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel verifier rejected {name}"))?;
+        }
+        dp.bench = Some(bench);
+        Ok(dp)
+    }
+
     fn load_with(map_dir: Option<&Path>) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         if let Some(dir) = map_dir {
@@ -119,23 +248,11 @@ impl Dataplane {
             .context("loading the gateway eBPF object (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
         {
             let prog: &mut Xdp = ebpf
-                .program_mut(maps::PROG_XDP_INGRESS)
+                .program_mut(maps::PROG_XDP)
                 .context("XDP program missing from the object")?
                 .try_into()?;
             prog.load()
                 .context("the kernel verifier rejected the XDP program")?;
-        }
-        for name in [
-            maps::PROG_XDP_NOOP,
-            maps::PROG_XDP_DROP_ALL,
-            maps::PROG_XDP_TRAFFICGEN,
-        ] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .with_context(|| format!("{name} missing from the object"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("the kernel verifier rejected {name}"))?;
         }
         {
             let prog: &mut SchedClassifier = ebpf
@@ -151,32 +268,83 @@ impl Dataplane {
             dst: LpmTrie::try_from(take(&mut ebpf, maps::DST)?)?,
             rules: LpmTrie::try_from(take(&mut ebpf, maps::RULES)?)?,
         };
+        let flows = FlowMaps {
+            tcp: HashMap::try_from(take(&mut ebpf, maps::FLOWS_TCP)?)?,
+            other: HashMap::try_from(take(&mut ebpf, maps::FLOWS_OTHER)?)?,
+            frags: HashMap::try_from(take(&mut ebpf, maps::FRAGS)?)?,
+        };
         Ok(Self {
-            flows: HashMap::try_from(take(&mut ebpf, maps::FLOWS)?)?,
+            config: Array::try_from(take(&mut ebpf, maps::CONFIG)?)?,
             parse_stats: PerCpuArray::try_from(take(&mut ebpf, maps::PARSE_STATS)?)?,
             verdict_stats: PerCpuArray::try_from(take(&mut ebpf, maps::VERDICT_STATS)?)?,
-            events: Some(RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?),
+            flow_stats: PerCpuArray::try_from(take(&mut ebpf, maps::FLOW_STATS)?)?,
+            budgets: PerCpuArray::try_from(take(&mut ebpf, maps::BUDGETS)?)?,
+            sources: HashMap::try_from(take(&mut ebpf, maps::SOURCES)?)?,
+            events: Some(EventRings {
+                flow: RingBuf::try_from(take(&mut ebpf, maps::EVENTS_FLOW)?)?,
+                alert: RingBuf::try_from(take(&mut ebpf, maps::EVENTS_ALERT)?)?,
+            }),
             events_lost: PerCpuArray::try_from(take(&mut ebpf, maps::EVENTS_LOST)?)?,
             policy,
+            flows,
             ebpf,
+            bench: None,
         })
     }
 
-    /// The XDP ingress program.
+    /// Writes the run-time configuration (role, tuning, hash key). The programs drop every
+    /// IP packet until a role is set.
+    pub fn set_config(&mut self, cfg: &DataplaneConfig) -> Result<()> {
+        self.config
+            .set(0, *cfg, 0)
+            .context("writing the data-plane configuration")
+    }
+
+    /// The configuration the programs read.
+    pub fn config(&self) -> Result<DataplaneConfig> {
+        Ok(self.config.get(&0, 0)?)
+    }
+
+    /// Forgets everything the programs learnt from traffic: flows, fragments, per-source
+    /// event state, event budgets, waiting events. Policy and counters stay. For tests
+    /// that run many independent cases on one loaded object.
+    pub fn reset_traffic_state(&mut self) -> Result<()> {
+        self.flows.clear()?;
+        let sources: Vec<_> = self.sources.keys().filter_map(|k| k.ok()).collect();
+        for k in sources {
+            let _ = self.sources.remove(&k);
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
+        for kind in 0..gateway_common::event::EVENT_KINDS {
+            let zero = aya::maps::PerCpuValues::try_from(vec![Budget::default(); cpus])?;
+            self.budgets.set(kind, zero, 0)?;
+        }
+        self.drain_events();
+        Ok(())
+    }
+
+    /// The XDP program.
     pub fn xdp(&mut self) -> Result<&mut Xdp> {
         Ok(self
             .ebpf
-            .program_mut(maps::PROG_XDP_INGRESS)
+            .program_mut(maps::PROG_XDP)
             .context("XDP program missing from the object")?
             .try_into()?)
     }
 
-    /// Another XDP program of the object by name (`maps::PROG_XDP_NOOP`, ...).
+    /// An XDP program by name: the gateway's, or (after [`Dataplane::load_with_bench`]) one
+    /// of the benchmark object's.
     pub fn xdp_named(&mut self, name: &str) -> Result<&mut Xdp> {
-        Ok(self
-            .ebpf
+        if name == maps::PROG_XDP {
+            return self.xdp();
+        }
+        let bench = self
+            .bench
+            .as_mut()
+            .context("the benchmark object is not loaded (Dataplane::load_with_bench)")?;
+        Ok(bench
             .program_mut(name)
-            .with_context(|| format!("{name} missing from the object"))?
+            .with_context(|| format!("{name} missing from the benchmark object"))?
             .try_into()?)
     }
 
@@ -185,7 +353,7 @@ impl Dataplane {
     pub fn xdp_and_policy(&mut self) -> Result<(&mut Xdp, &mut PolicyMaps)> {
         let xdp: &mut Xdp = self
             .ebpf
-            .program_mut(maps::PROG_XDP_INGRESS)
+            .program_mut(maps::PROG_XDP)
             .context("XDP program missing from the object")?
             .try_into()?;
         Ok((xdp, &mut self.policy))
@@ -207,29 +375,34 @@ impl Dataplane {
             .with_context(|| format!("attaching XDP ({mode:?}) to {iface}"))
     }
 
-    /// Attaches the TC program to `iface`'s egress with tcx (in the calling thread's
-    /// network namespace).
+    /// Attaches the TC program to `iface`'s egress with tcx, first in the chain (in the
+    /// calling thread's network namespace). The program returns `TCX_NEXT` when it has no
+    /// objection, so later programs still run; its drops are final.
     pub fn attach_tc_egress(&mut self, iface: &str) -> Result<()> {
         use aya::programs::{LinkOrder, TcAttachType, tc::TcAttachOptions};
         self.tc()?
             .attach_with_options(
                 iface,
                 TcAttachType::Egress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
             )
             .with_context(|| format!("attaching TC egress (tcx) to {iface}"))?;
         Ok(())
     }
 
-    /// Takes the event ring buffer (once) for an event reader.
-    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+    /// Takes the event ring buffers (once) for an event reader.
+    pub fn take_events(&mut self) -> Option<EventRings> {
         self.events.take()
     }
 
-    /// Every event waiting in the ring buffer (none once the buffer was taken).
+    /// Every event waiting in the ring buffers, flow ring first (none once taken).
     pub fn drain_events(&mut self) -> Vec<Event> {
         match self.events.as_mut() {
-            Some(rb) => drain(rb),
+            Some(rings) => {
+                let mut v = drain(&mut rings.flow);
+                v.extend(drain(&mut rings.alert));
+                v
+            }
             None => Vec::new(),
         }
     }
@@ -238,8 +411,7 @@ impl Dataplane {
     pub fn parse_stats(&self) -> Result<ParseStats> {
         let mut stats = ParseStats::default();
         for outcome in ParseOutcome::ALL {
-            let per_cpu = self.parse_stats.get(&(outcome as u32), 0)?;
-            stats.0[outcome as usize] = per_cpu.iter().sum();
+            stats.0[outcome as usize] = per_cpu_sum(&self.parse_stats, outcome as u32)?;
         }
         Ok(stats)
     }
@@ -248,37 +420,41 @@ impl Dataplane {
     pub fn verdict_stats(&self) -> Result<VerdictStats> {
         let mut stats = VerdictStats::default();
         for reason in Reason::ALL {
-            let per_cpu = self.verdict_stats.get(&(reason as u32), 0)?;
-            stats.0[reason as usize] = per_cpu.iter().sum();
+            stats.0[reason as usize] = per_cpu_sum(&self.verdict_stats, reason as u32)?;
         }
         Ok(stats)
     }
 
-    /// Events lost to a full ring buffer, summed over CPUs.
-    pub fn events_lost(&self) -> Result<u64> {
-        Ok(self.events_lost.get(&0, 0)?.iter().sum())
+    /// Flow-table counters, summed over CPUs.
+    pub fn flow_stats(&self) -> Result<FlowStats> {
+        let mut stats = FlowStats::default();
+        for c in FlowCounter::ALL {
+            stats.0[c as usize] = per_cpu_sum(&self.flow_stats, c as u32)?;
+        }
+        Ok(stats)
+    }
+
+    /// Events suppressed by the per-CPU budgets since the maps were created, by kind.
+    pub fn suppressed(&self) -> Result<Vec<(gateway_common::EventKind, u64)>> {
+        let mut out = Vec::new();
+        for kind in gateway_common::EventKind::ALL {
+            let per_cpu = self.budgets.get(&(kind as u32), 0)?;
+            out.push((kind, per_cpu.iter().map(|b| b.suppressed_total).sum()));
+        }
+        Ok(out)
+    }
+
+    /// Events lost to a full ring buffer, summed over CPUs: (flow ring, alert ring).
+    pub fn events_lost(&self) -> Result<(u64, u64)> {
+        Ok((
+            per_cpu_sum(&self.events_lost, Ring::Flow as u32)?,
+            per_cpu_sum(&self.events_lost, Ring::Alert as u32)?,
+        ))
     }
 
     /// The loaded object, for pinning its programs.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
-    }
-
-    /// Every flow in the flow table.
-    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowState)>> {
-        self.flows
-            .iter()
-            .map(|r| r.map_err(anyhow::Error::from))
-            .collect()
-    }
-
-    /// The state of one flow, if the table has it.
-    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowState>> {
-        match self.flows.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// The active policy generation.

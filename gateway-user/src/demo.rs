@@ -57,7 +57,8 @@ pub const DEMO_POLICY: &str = include_str!("../../examples/demo.toml");
 const CONNECTOR: &str = "demo-connector";
 const NETWORK: &str = "corp";
 const METRICS_PORT: u16 = 9464;
-/// Flows idle this long get a flow_end record (UDP has no FIN).
+/// Flows idle this long get a flow_end record (TCP after its FIN, UDP and ICMP after any
+/// packet).
 const IDLE_TIMEOUT_SECS: u64 = 2;
 /// Allowed exchanges get this long per step; denied attempts this long before counting as
 /// dropped.
@@ -461,9 +462,31 @@ struct AgentConfig {
     log_format: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_listen: Option<String>,
-    idle_timeout_secs: u64,
+    /// Short idle timeouts, so the demo sees flow_end records within seconds.
+    flow_timeouts: DemoTimeouts,
     /// Managed mode: last, because TOML puts tables after plain keys.
     controller: ControllerSection,
+}
+
+#[derive(Serialize)]
+struct DemoTimeouts {
+    tcp_closing: u64,
+    tcp_reset: u64,
+    udp_unreplied: u64,
+    udp_replied: u64,
+    other: u64,
+}
+
+impl DemoTimeouts {
+    fn short() -> Self {
+        DemoTimeouts {
+            tcp_closing: IDLE_TIMEOUT_SECS,
+            tcp_reset: IDLE_TIMEOUT_SECS,
+            udp_unreplied: IDLE_TIMEOUT_SECS,
+            udp_replied: IDLE_TIMEOUT_SECS,
+            other: IDLE_TIMEOUT_SECS,
+        }
+    }
 }
 
 /// A running `gateway-agent run` in a namespace. Dropping it stops the agent and detaches
@@ -1556,7 +1579,7 @@ fn start_agents(
         log_file: dir.join("connector.log"),
         log_format: "json",
         metrics_listen: Some(format!("127.0.0.1:{METRICS_PORT}")),
-        idle_timeout_secs: IDLE_TIMEOUT_SECS,
+        flow_timeouts: DemoTimeouts::short(),
         controller: ControllerSection {
             url: controller_url(),
             ca_file: tokens.ca.clone(),
@@ -1574,7 +1597,7 @@ fn start_agents(
         log_file: dir.join("alice-laptop.log"),
         log_format: "json",
         metrics_listen: None,
-        idle_timeout_secs: IDLE_TIMEOUT_SECS,
+        flow_timeouts: DemoTimeouts::short(),
         controller: ControllerSection {
             url: controller_url(),
             ca_file: tokens.ca.clone(),

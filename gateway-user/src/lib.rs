@@ -3,6 +3,7 @@
 //! benchmarks and the demo.
 
 pub mod agent;
+pub mod batch;
 pub mod dataplane;
 pub mod demo;
 pub mod fuzz;

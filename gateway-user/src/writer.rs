@@ -10,6 +10,15 @@
 //!    policy or the new one, never a mix);
 //! 3. leaves the previous slot as it is: it is the base of the next apply's difference.
 //!
+//! A packet reads `ACTIVE` once and then looks up keys of that slot, so a program run that
+//! read the old generation just before the flip may still be reading the old slot after
+//! it. The old slot is therefore rewritten (by the next apply) only after an RCU grace
+//! period has passed since the flip: XDP and TC programs run inside RCU read-side
+//! sections, so every run that could have read the old generation has finished.
+//! `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for one (`synchronize_rcu`, a few ms); it
+//! runs on a thread right after the flip, so an apply waits only when the previous one
+//! was moments ago.
+//!
 //! Flows cached under the previous generation are decided again on their next packet.
 //! If writing the inactive slot fails (a full map, say), `ACTIVE` is not touched: the old
 //! policy stays in force whole, and the slot is rewritten from scratch next time.
@@ -89,12 +98,27 @@ pub struct ApplyStats {
     pub elapsed: Duration,
 }
 
+/// Waits for an RCU grace period: every BPF program run that started before the call
+/// has finished when it returns. Falls back to a 100 ms sleep where membarrier cannot
+/// (nohz_full kernels).
+pub fn rcu_grace_period() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers; MEMBARRIER_CMD_GLOBAL with flags 0.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Applies compiled views to a host's policy maps.
 pub struct PolicyWriter {
     clock: BootClock,
     generation: u32,
     /// What each key slot holds, when known.
     slots: [Option<KernelEntries>; 2],
+    /// The grace period after the last flip, running on its own thread; `None` once
+    /// joined. A writer made for maps it did not flip itself starts with one pending.
+    grace: Option<std::thread::JoinHandle<()>>,
 }
 
 impl PolicyWriter {
@@ -105,6 +129,7 @@ impl PolicyWriter {
             clock,
             generation,
             slots: [None, None],
+            grace: Some(std::thread::spawn(rcu_grace_period)),
         }
     }
 
@@ -124,10 +149,14 @@ impl PolicyWriter {
     /// Makes `view` the enforced policy, atomically (see the module docs).
     pub fn apply(&mut self, maps: &mut PolicyMaps, view: &HostView) -> Result<ApplyStats> {
         let started = Instant::now();
-        let next = self.generation.wrapping_add(1).max(1);
+        let next = next_generation(self.generation);
         let slot = (next & 1) as u8;
         let clock = self.clock;
         let new = to_kernel(view, slot, |t| clock.unix_to_boot_ns(t));
+        // Packets that read the generation before the last flip may still read this slot.
+        if let Some(g) = self.grace.take() {
+            let _ = g.join();
+        }
         let old = match self.slots[slot as usize].take() {
             Some(old) => old,
             None => read_slot(maps, slot).context("reading the inactive policy slot")?,
@@ -138,6 +167,7 @@ impl PolicyWriter {
             .set(0, next, 0)
             .context("switching the active policy generation")?;
         self.generation = next;
+        self.grace = Some(std::thread::spawn(rcu_grace_period));
         let entries = new.src.len() + new.dst.len() + new.rules.len();
         self.slots[slot as usize] = Some(new);
         Ok(ApplyStats {
@@ -147,6 +177,15 @@ impl PolicyWriter {
             entries,
             elapsed: started.elapsed(),
         })
+    }
+}
+
+/// The generation after `g`: the next number, skipping 0 ("no policy yet") and keeping the
+/// alternation of key slots across the wrap (u32::MAX is slot 1, so the next is 2, slot 0).
+pub fn next_generation(g: u32) -> u32 {
+    match g.wrapping_add(1) {
+        0 => 2,
+        n => n,
     }
 }
 
@@ -312,6 +351,19 @@ mod tests {
             ]
         );
         assert_eq!((written, deleted), (3, 2));
+    }
+
+    #[test]
+    fn generations_alternate_slots_across_the_wrap() {
+        let mut g = u32::MAX - 3;
+        for _ in 0..8 {
+            let n = next_generation(g);
+            assert_ne!(n, 0, "0 means no policy");
+            assert_ne!(n & 1, g & 1, "{g} -> {n} reuses the active slot");
+            g = n;
+        }
+        assert_eq!(next_generation(0), 1);
+        assert_eq!(next_generation(u32::MAX), 2);
     }
 
     #[test]

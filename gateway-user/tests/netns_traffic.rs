@@ -136,7 +136,8 @@ fn udp_and_tcp_through_native_xdp_are_counted() {
     // The flow table holds each flow under the exact 5-tuple, with its packet count.
     let udp4_src = udp4_tx.local_addr().unwrap();
     let udp4_flow = dp
-        .flow(&expected_key(
+        .flows
+        .get(&expected_key(
             udp4_src.ip(),
             RECEIVER_V4.parse().unwrap(),
             L4::Udp {
@@ -148,7 +149,8 @@ fn udp_and_tcp_through_native_xdp_are_counted() {
         .expect("UDP flow recorded");
     assert_eq!(udp4_flow.packets, DATAGRAMS);
     let tcp_flow = dp
-        .flow(&expected_key(
+        .flows
+        .get(&expected_key(
             client_addr.ip(),
             RECEIVER_V4.parse::<IpAddr>().unwrap(),
             L4::Tcp {

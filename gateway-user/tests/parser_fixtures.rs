@@ -10,8 +10,8 @@ use gateway_common::{FlowKey, ParseOutcome, Reason};
 use gateway_user::{
     Dataplane, skip_unless_privileged,
     testkit::{
-        self, L4, action, expected_key, frame, ipv4_frag, load_policy, unix_now, v4,
-        with_ipv4_options, with_ipv6_ext,
+        self, L4, action, expected_key, frame, ipv4_frag, load_policy, record_route, unix_now, v4,
+        with_ipv4_option_bytes, with_ipv4_options, with_ipv6_ext,
     },
 };
 
@@ -62,10 +62,62 @@ fn fixtures() -> Vec<Fixture> {
             key: Some(expected_key(a4, b4, L4::EchoRequest { id: 777 })),
         },
         Fixture {
-            name: "ipv4 with 40 bytes of options (IHL 15)",
-            frame: with_ipv4_options(frame(a4, b4, tcp(1, 443), &[], b""), 0, 40),
+            name: "ipv4 with 40 bytes of options (IHL 15): record route, end of list",
+            frame: with_ipv4_option_bytes(
+                frame(a4, b4, tcp(1, 443), &[], b""),
+                0,
+                &record_route(39),
+            ),
             outcome: ParseOutcome::Ipv4Tcp,
             key: Some(expected_key(a4, b4, tcp(1, 443))),
+        },
+        Fixture {
+            name: "ipv4 with a few NOPs and a timestamp option",
+            frame: with_ipv4_option_bytes(
+                frame(a4, b4, udp(1, 53), &[], b""),
+                0,
+                &[1, 1, 68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ),
+            outcome: ParseOutcome::Ipv4Udp,
+            key: Some(expected_key(a4, b4, udp(1, 53))),
+        },
+        Fixture {
+            name: "ipv4 with 40 NOP options is refused (more options than any stack sends)",
+            frame: with_ipv4_options(frame(a4, b4, tcp(1, 443), &[], b""), 0, 40),
+            outcome: ParseOutcome::Malformed,
+            key: None,
+        },
+        Fixture {
+            name: "ipv4 option whose length runs past the header",
+            frame: with_ipv4_option_bytes(frame(a4, b4, tcp(1, 443), &[], b""), 0, &[7, 9, 4, 0]),
+            outcome: ParseOutcome::Malformed,
+            key: None,
+        },
+        Fixture {
+            name: "ipv4 option with length 1",
+            frame: with_ipv4_option_bytes(frame(a4, b4, tcp(1, 443), &[], b""), 0, &[7, 1, 0, 0]),
+            outcome: ParseOutcome::Malformed,
+            key: None,
+        },
+        Fixture {
+            name: "ipv4 loose source route is refused",
+            frame: with_ipv4_option_bytes(
+                frame(a4, b4, tcp(1, 443), &[], b""),
+                0,
+                &[1, 131, 7, 4, 198, 18, 2, 10],
+            ),
+            outcome: ParseOutcome::SourceRoute,
+            key: None,
+        },
+        Fixture {
+            name: "ipv4 strict source route after a NOP is refused",
+            frame: with_ipv4_option_bytes(
+                frame(a4, b4, tcp(1, 443), &[], b""),
+                0,
+                &[1, 137, 7, 4, 198, 18, 2, 10],
+            ),
+            outcome: ParseOutcome::SourceRoute,
+            key: None,
         },
         Fixture {
             name: "ipv4 first fragment keeps its ports",
@@ -126,15 +178,62 @@ fn fixtures() -> Vec<Fixture> {
             key: None,
         },
         Fixture {
-            name: "ipv6 six extension headers is the limit",
-            frame: with_ipv6_ext(frame(a6, b6, udp(1, 2), &[], b""), &[(60, 8); 6], 0),
+            name: "ipv6 eight extension headers is the limit",
+            frame: with_ipv6_ext(frame(a6, b6, udp(1, 2), &[], b""), &[(60, 8); 8], 0),
             outcome: ParseOutcome::Ipv6Udp,
             key: Some(expected_key(a6, b6, udp(1, 2))),
         },
         Fixture {
-            name: "ipv6 seven extension headers is too many",
-            frame: with_ipv6_ext(frame(a6, b6, udp(1, 2), &[], b""), &[(60, 8); 7], 0),
+            name: "ipv6 nine extension headers is too many",
+            frame: with_ipv6_ext(frame(a6, b6, udp(1, 2), &[], b""), &[(60, 8); 9], 0),
             outcome: ParseOutcome::TooManyExtHeaders,
+            key: None,
+        },
+        Fixture {
+            name: "ipv6 hop-by-hop after another header is malformed",
+            frame: with_ipv6_ext(frame(a6, b6, udp(1, 2), &[], b""), &[(60, 8), (0, 8)], 0),
+            outcome: ParseOutcome::Malformed,
+            key: None,
+        },
+        Fixture {
+            name: "ipv6 two fragment headers are malformed",
+            frame: with_ipv6_ext(frame(a6, b6, udp(1, 2), &[], b""), &[(44, 8), (44, 8)], 0),
+            outcome: ParseOutcome::Malformed,
+            key: None,
+        },
+        Fixture {
+            name: "ipv6 routing header with segments left is refused",
+            frame: {
+                let mut f = with_ipv6_ext(frame(a6, b6, udp(1, 2), &[], b""), &[(43, 24)], 0);
+                f[14 + 40 + 2] = 4; // segment routing
+                f[14 + 40 + 3] = 1; // segments left
+                f
+            },
+            outcome: ParseOutcome::SourceRoute,
+            key: None,
+        },
+        Fixture {
+            name: "ipv6 with an ipv4-mapped source is refused",
+            frame: frame(
+                "::ffff:198.19.0.1".parse().unwrap(),
+                b6,
+                udp(1, 2),
+                &[],
+                b"",
+            ),
+            outcome: ParseOutcome::MappedAddress,
+            key: None,
+        },
+        Fixture {
+            name: "ipv6 with an ipv4-mapped destination is refused",
+            frame: frame(
+                a6,
+                "::ffff:198.18.1.10".parse().unwrap(),
+                udp(1, 2),
+                &[],
+                b"",
+            ),
+            outcome: ParseOutcome::MappedAddress,
             key: None,
         },
         Fixture {
@@ -312,13 +411,7 @@ fn every_fixture_gives_its_outcome_action_and_flow_key() {
         let act = testkit::run_xdp(dp.xdp().unwrap(), &f.frame)
             .unwrap_or_else(|e| panic!("{}: {e:#}", f.name));
         let stats = dp.parse_stats().unwrap();
-        // Flows proper: fragment keys (which first fragments also leave) aside.
-        let flows: Vec<_> = dp
-            .flows()
-            .unwrap()
-            .into_iter()
-            .filter(|(k, _)| k.flags & FlowKey::FLAG_FRAGMENT == 0)
-            .collect();
+        let flows = dp.flows.all().unwrap();
         let mut problems = Vec::new();
         let want = if f.key.is_some() || f.outcome == ParseOutcome::NotIp {
             action::PASS
@@ -389,7 +482,8 @@ fn counters_accumulate_across_packets_of_one_flow() {
         testkit::run_xdp(dp.xdp().unwrap(), &f).unwrap();
     }
     let stats = dp
-        .flow(&expected_key(client4(), v4(1, 1), udp(1111, 2222)))
+        .flows
+        .get(&expected_key(client4(), v4(1, 1), udp(1111, 2222)))
         .unwrap()
         .expect("flow recorded");
     assert_eq!(stats.packets, 25);
@@ -402,7 +496,8 @@ fn counters_accumulate_across_packets_of_one_flow() {
     assert_eq!(verdicts.reason(Reason::Established), 24);
     // The reverse direction is not a flow of its own.
     assert!(
-        dp.flow(&expected_key(v4(1, 1), client4(), udp(2222, 1111)))
+        dp.flows
+            .get(&expected_key(v4(1, 1), client4(), udp(2222, 1111)))
             .unwrap()
             .is_none()
     );

@@ -65,9 +65,13 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Prometheus `/metrics` listener; absent: no metrics.
     pub metrics_listen: Option<SocketAddr>,
-    /// Flows idle this long are ended (flow_end record) and forgotten.
-    #[serde(default = "default_idle")]
-    pub idle_timeout_secs: u64,
+    /// How long a flow may stay idle, by protocol and state, before the agent ends it
+    /// (flow_end record) and forgets it.
+    #[serde(default)]
+    pub flow_timeouts: FlowTimeouts,
+    /// Tuning of the kernel programs (event budgets, scan detection).
+    #[serde(default)]
+    pub dataplane: DataplaneSettings,
     /// How often the policy file is checked for changes.
     #[serde(default = "default_poll_ms")]
     pub policy_poll_ms: u64,
@@ -99,8 +103,164 @@ fn default_pin_dir() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/zt-gateway")
 }
 
-fn default_idle() -> u64 {
-    120
+/// `[flow_timeouts]`, seconds of idleness (no packet either way) before a flow ends. The
+/// defaults follow Linux conntrack's spirit, with a shorter established TCP timeout.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowTimeouts {
+    /// TCP, no reply seen yet (a SYN nobody answered).
+    pub tcp_unreplied: u64,
+    /// TCP with replies, no FIN or RST.
+    pub tcp_established: u64,
+    /// TCP after a FIN from either side.
+    pub tcp_closing: u64,
+    /// TCP after a RST.
+    pub tcp_reset: u64,
+    pub udp_unreplied: u64,
+    pub udp_replied: u64,
+    /// ICMP, ICMPv6 and other protocols.
+    pub other: u64,
+    /// Fragmented datagrams being followed.
+    pub fragments: u64,
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        FlowTimeouts {
+            tcp_unreplied: 60,
+            tcp_established: 86_400,
+            tcp_closing: 120,
+            tcp_reset: 10,
+            udp_unreplied: 30,
+            udp_replied: 180,
+            other: 30,
+            fragments: 30,
+        }
+    }
+}
+
+impl FlowTimeouts {
+    /// The timeout of a flow in its current state, in seconds.
+    pub fn for_flow(&self, key: &gateway_common::FlowKey, st: &gateway_common::FlowState) -> u64 {
+        use gateway_common::{FlowState, flow::proto};
+        let replied = st.flags & FlowState::SEEN_REPLY != 0;
+        match key.proto {
+            proto::TCP if st.flags & FlowState::SEEN_RST != 0 => self.tcp_reset,
+            proto::TCP
+                if st.flags & (FlowState::SEEN_FIN_ORIG | FlowState::SEEN_FIN_REPLY) != 0 =>
+            {
+                self.tcp_closing
+            }
+            proto::TCP if replied => self.tcp_established,
+            proto::TCP => self.tcp_unreplied,
+            proto::UDP if replied => self.udp_replied,
+            proto::UDP => self.udp_unreplied,
+            _ => self.other,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let all = [
+            ("tcp_unreplied", self.tcp_unreplied),
+            ("tcp_established", self.tcp_established),
+            ("tcp_closing", self.tcp_closing),
+            ("tcp_reset", self.tcp_reset),
+            ("udp_unreplied", self.udp_unreplied),
+            ("udp_replied", self.udp_replied),
+            ("other", self.other),
+            ("fragments", self.fragments),
+        ];
+        for (name, v) in all {
+            if v == 0 {
+                bail!("[flow_timeouts] `{name}` must be at least 1 second");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[dataplane]`: tuning values the agent writes into the kernel's `CONFIG` map.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneSettings {
+    /// Deny events per source prefix (/32 IPv4, /64 IPv6) per second.
+    pub deny_events_per_source: u32,
+    /// Distinct denied ports / protected hosts from one source prefix within
+    /// `scan_window_secs` that raise a scan alert.
+    pub scan_ports: u32,
+    pub scan_hosts: u32,
+    pub scan_window_secs: u32,
+    /// Per-CPU budgets, events per second: flow records (start and audit of principals),
+    /// flow_end records the kernel sends (revocations), deny records, audit records of
+    /// unknown sources, scan alerts. Over budget, events are counted, not sent.
+    pub flow_events_per_cpu: u32,
+    pub flow_end_events_per_cpu: u32,
+    pub deny_events_per_cpu: u32,
+    pub audit_events_per_cpu: u32,
+    pub scan_alerts_per_cpu: u32,
+    /// Kernel diagnostics through aya-log (printed by the agent): off by default.
+    pub diagnostics: bool,
+}
+
+impl Default for DataplaneSettings {
+    fn default() -> Self {
+        let d = gateway_common::DataplaneConfig::DEFAULT;
+        use gateway_common::EventKind as K;
+        DataplaneSettings {
+            deny_events_per_source: d.deny_per_source,
+            scan_ports: d.scan_ports,
+            scan_hosts: d.scan_hosts,
+            scan_window_secs: (d.scan_window_ns / 1_000_000_000) as u32,
+            flow_events_per_cpu: d.budget[K::FlowStart as usize],
+            flow_end_events_per_cpu: d.budget[K::FlowEnd as usize],
+            deny_events_per_cpu: d.budget[K::Deny as usize],
+            audit_events_per_cpu: d.budget[K::Audit as usize],
+            scan_alerts_per_cpu: d.budget[K::ScanAlert as usize],
+            diagnostics: false,
+        }
+    }
+}
+
+impl DataplaneSettings {
+    /// The kernel configuration for a host of `role`, with a fresh hash key.
+    pub fn kernel_config(&self, role: Role, hash_key: [u64; 2]) -> gateway_common::DataplaneConfig {
+        use gateway_common::EventKind as K;
+        let mut budget = [0u32; gateway_common::event::EVENT_KINDS as usize];
+        budget[K::FlowStart as usize] = self.flow_events_per_cpu;
+        budget[K::FlowEnd as usize] = self.flow_end_events_per_cpu;
+        budget[K::Deny as usize] = self.deny_events_per_cpu;
+        budget[K::Audit as usize] = self.audit_events_per_cpu;
+        budget[K::ScanAlert as usize] = self.scan_alerts_per_cpu;
+        gateway_common::DataplaneConfig {
+            role: match role {
+                Role::Connector => gateway_common::Role::Connector as u8,
+                Role::Device => gateway_common::Role::Device as u8,
+            },
+            diagnostics: u8::from(self.diagnostics),
+            hash_key,
+            deny_per_source: self.deny_events_per_source,
+            scan_ports: self.scan_ports,
+            scan_hosts: self.scan_hosts,
+            deny_window_ns: 1_000_000_000,
+            scan_window_ns: u64::from(self.scan_window_secs) * 1_000_000_000,
+            budget,
+            ..gateway_common::DataplaneConfig::DEFAULT
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.scan_ports == 0 || self.scan_hosts == 0 || self.scan_window_secs == 0 {
+            bail!(
+                "[dataplane] `scan_ports`, `scan_hosts` and `scan_window_secs` must be at least 1"
+            );
+        }
+        if self.scan_ports > 256 || self.scan_hosts > 256 {
+            bail!(
+                "[dataplane] `scan_ports` and `scan_hosts` count distinct values in a 256-slot                  set: at most 256"
+            );
+        }
+        Ok(())
+    }
 }
 
 fn default_poll_ms() -> u64 {
@@ -164,9 +324,8 @@ impl Config {
                 );
             }
         }
-        if self.idle_timeout_secs == 0 {
-            bail!("`idle_timeout_secs` must be at least 1");
-        }
+        self.flow_timeouts.validate()?;
+        self.dataplane.validate()?;
         Ok(())
     }
 

@@ -6,7 +6,12 @@
 //! 4001), for SIEMs that expect OCSF.
 
 use crate::writer::BootClock;
-use gateway_common::{Event, EventKind, Reason, addr::to_v4, flow::proto};
+use gateway_common::{
+    Event, EventKind, Reason,
+    addr::to_v4,
+    event::{FlowEndCause, ScanKind},
+    flow::proto,
+};
 use policy_compiler::{HostView, model::RuleKind};
 use serde_json::{Value, json};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -151,6 +156,7 @@ pub fn record(ev: &Event, cx: &Context) -> Option<Value> {
         "remote_network": r.network,
         "rule": r.rule,
         "rule_id": ev.rule,
+        "direction": gateway_common::Direction::from_u8(ev.dir).map_or(Value::Null, |d| json!(d.name())),
         "host": cx.host,
     });
     let obj = v.as_object_mut()?;
@@ -164,12 +170,30 @@ pub fn record(ev: &Event, cx: &Context) -> Option<Value> {
                 "duration_ms".into(),
                 json!(ev.ts_ns.saturating_sub(ev.first_seen_ns) / 1_000_000),
             );
+            obj.insert(
+                "end_cause".into(),
+                FlowEndCause::from_u8(ev.detail).map_or(Value::Null, |c| json!(c.name())),
+            );
         }
         EventKind::ScanAlert => {
-            obj.insert("distinct_ports".into(), json!(ev.count));
+            let kind = ScanKind::from_u8(ev.detail);
+            obj.insert("scan".into(), kind.map_or(Value::Null, |k| json!(k.name())));
+            let field = match kind {
+                Some(ScanKind::Hosts) => "distinct_hosts",
+                _ => "distinct_ports",
+            };
+            obj.insert(field.into(), json!(ev.count));
+            obj.insert("suppressed_budget".into(), json!(ev.suppressed));
         }
         EventKind::Deny => {
+            // Records of this source the per-source limit held back since its previous
+            // one, and records of this kind the per-CPU budget held back.
             obj.insert("suppressed".into(), json!(ev.count));
+            obj.insert("suppressed_budget".into(), json!(ev.suppressed));
+        }
+        EventKind::Audit if ev.principal == 0 => {
+            obj.insert("suppressed".into(), json!(ev.count));
+            obj.insert("suppressed_budget".into(), json!(ev.suppressed));
         }
         EventKind::FlowStart | EventKind::Audit => {}
     }

@@ -20,7 +20,14 @@ pub struct Metrics {
     pub by_resource: BTreeMap<(String, &'static str, &'static str), u64>,
     /// map -> (entries, capacity).
     pub maps: BTreeMap<&'static str, (u64, u64)>,
-    pub events_lost: u64,
+    /// Events lost to a full ring: flow ring, alert ring.
+    pub events_lost: [u64; 2],
+    /// Events not sent because a per-CPU budget was used up, by kind.
+    pub suppressed: Vec<(&'static str, u64)>,
+    /// Flow-table counters, indexed like `maps::FlowCounter::ALL`.
+    pub flow_stats: [u64; gateway_common::maps::FLOW_COUNTERS as usize],
+    pub flows_evicted: u64,
+    pub flows_idle_ended: u64,
     pub generation: u32,
     pub policy_errors: u64,
     pub last_apply_unix: f64,
@@ -99,9 +106,40 @@ impl Metrics {
         }
         let _ = writeln!(
             s,
-            "# HELP gateway_events_lost_total Events dropped because the ring buffer was full.\n\
-             # TYPE gateway_events_lost_total counter\ngateway_events_lost_total {}",
-            self.events_lost
+            "# HELP gateway_events_lost_total Events dropped because their ring buffer was full.\n\
+             # TYPE gateway_events_lost_total counter\n\
+             gateway_events_lost_total{{ring=\"flow\"}} {}\n\
+             gateway_events_lost_total{{ring=\"alert\"}} {}",
+            self.events_lost[0], self.events_lost[1]
+        );
+        let _ = writeln!(
+            s,
+            "# HELP gateway_events_suppressed_total Events not sent: a per-CPU budget was used up.\n\
+             # TYPE gateway_events_suppressed_total counter"
+        );
+        for (kind, n) in &self.suppressed {
+            let _ = writeln!(s, "gateway_events_suppressed_total{{event=\"{kind}\"}} {n}");
+        }
+        let _ = writeln!(
+            s,
+            "# HELP gateway_flow_table_ops_total Flow-table operations of the kernel programs.\n\
+             # TYPE gateway_flow_table_ops_total counter"
+        );
+        for c in gateway_common::maps::FlowCounter::ALL {
+            let _ = writeln!(
+                s,
+                "gateway_flow_table_ops_total{{op=\"{}\"}} {}",
+                c.name(),
+                self.flow_stats[c as usize]
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP gateway_flows_ended_total Flows the agent ended, by cause.\n\
+             # TYPE gateway_flows_ended_total counter\n\
+             gateway_flows_ended_total{{cause=\"idle\"}} {}\n\
+             gateway_flows_ended_total{{cause=\"evicted\"}} {}",
+            self.flows_idle_ended, self.flows_evicted
         );
         let _ = writeln!(
             s,

@@ -3,6 +3,7 @@
 //! and Prometheus metrics.
 
 pub mod config;
+pub mod flows;
 pub mod logs;
 pub mod managed;
 pub mod metrics;
@@ -14,7 +15,7 @@ use crate::{
     writer::{BootClock, PolicyWriter, boot_ns, unix_now},
 };
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, RingBuf};
 use config::{Config, LogFormat};
 use gateway_common::{
     Event, EventKind, FlowKey, FlowState, ParseOutcome, Reason, maps,
@@ -132,6 +133,16 @@ pub fn run(cfg: Config) -> Result<()> {
 async fn run_async(mut cfg: Config) -> Result<()> {
     cfg.pin_dir = pins::prepare(&cfg.pin_dir)?;
     let mut dp = Dataplane::load_pinned(&pins::maps_dir(&cfg.pin_dir))?;
+    // The role and tuning go in before anything is attached (programs without a role drop
+    // every IP packet). The scan-hash key is drawn afresh: a scanner cannot learn it.
+    let mut hash_key = [0u8; 16];
+    getrandom::fill(&mut hash_key)
+        .map_err(|e| anyhow::anyhow!("drawing the scan-hash key from the OS: {e}"))?;
+    let hash_key = [
+        u64::from_ne_bytes(hash_key[..8].try_into().unwrap_or_default()),
+        u64::from_ne_bytes(hash_key[8..].try_into().unwrap_or_default()),
+    ];
+    dp.set_config(&cfg.dataplane.kernel_config(cfg.role, hash_key))?;
     let adopted = dp.active_generation()?;
     let clock = BootClock::new();
     let mut writer = PolicyWriter::new(adopted, clock);
@@ -221,16 +232,21 @@ async fn run_async(mut cfg: Config) -> Result<()> {
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
 
+    pins::remove_stale(&cfg.pin_dir);
     let mut sink = Sink::open(&cfg)?;
     let host = cfg.host_label();
-    let rb = dp.take_events().context("event ring buffer")?;
-    // SAFETY: the ring buffer owns its fd, which stays open and the same until the
-    // `AsyncFd` (which owns the ring buffer) is dropped.
-    let mut events = unsafe { AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+    let rings = dp.take_events().context("event ring buffers")?;
+    let register = |rb: RingBuf<MapData>| {
+        // SAFETY: the ring buffer owns its fd, which stays open and the same until the
+        // `AsyncFd` (which owns the ring buffer) is dropped.
+        unsafe { AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("polling an event ring buffer: {e}"))
+    };
+    let mut flow_ring = register(rings.flow)?;
+    let mut alert_ring = register(rings.alert)?;
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.policy_poll_ms.max(50)));
     let mut last_reap = Instant::now();
-    let mut activity = Activity::default();
+    let mut reaper = flows::Reaper::default();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     eprintln!(
@@ -240,8 +256,17 @@ async fn run_async(mut cfg: Config) -> Result<()> {
 
     loop {
         tokio::select! {
-            guard = events.readable_mut() => {
-                let mut guard = guard.context("event ring buffer")?;
+            guard = flow_ring.readable_mut() => {
+                let mut guard = guard.context("flow event ring buffer")?;
+                let batch = drain(guard.get_inner_mut());
+                guard.clear_ready();
+                reaper.note_events(&batch, boot_ns());
+                if let Some(a) = &active {
+                    log_events(&batch, a, &host, clock, &mut sink, &metrics, events_tx.as_ref());
+                }
+            }
+            guard = alert_ring.readable_mut() => {
+                let mut guard = guard.context("alert event ring buffer")?;
                 let batch = drain(guard.get_inner_mut());
                 guard.clear_ready();
                 if let Some(a) = &active {
@@ -261,9 +286,10 @@ async fn run_async(mut cfg: Config) -> Result<()> {
                     last_reap = Instant::now();
                     if let Some(a) = &active {
                         let up = events_tx.as_ref();
-                        reap(&mut dp, &mut activity, &cfg, a, &host, clock, &mut sink, &metrics, up);
+                        let mut out = Output { host: &host, clock, sink: &mut sink, metrics: &metrics, upstream: up };
+                        reap(&mut dp, &mut reaper, &cfg, a, flow_ring.get_mut(), &mut out);
                     }
-                    refresh_metrics(&dp, &writer, &metrics);
+                    refresh_metrics(&dp, &writer, &reaper, &metrics);
                 }
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -271,7 +297,8 @@ async fn run_async(mut cfg: Config) -> Result<()> {
         }
     }
     // Whatever is still buffered is logged before leaving.
-    let batch = drain(events.get_mut());
+    let mut batch = drain(flow_ring.get_mut());
+    batch.extend(drain(alert_ring.get_mut()));
     if let Some(a) = &active {
         log_events(
             &batch,
@@ -477,112 +504,79 @@ fn reload_if_changed(
     }
 }
 
-/// Ends flows that finished (FIN/RST, after a grace period) or went idle: a flow_end
-/// record for idle ones, and their entries leave the table.
-/// When each flow's counters last moved, as seen by the agent: the fast path of the data
-/// plane does not timestamp packets, so activity is told by counters that change.
-#[derive(Default)]
-struct Activity(std::collections::HashMap<FlowKey, (u64, u64)>);
-
-impl Activity {
-    /// The last instant `key` was active: when its counters last changed between two
-    /// looks (first look: now, conservatively), or its own last timestamp if later.
-    fn last_active(&mut self, key: FlowKey, st: &FlowState, now: u64) -> u64 {
-        let total = st.packets.wrapping_add(st.reply_packets);
-        let e = self.0.entry(key).or_insert((total, now));
-        if e.0 != total {
-            *e = (total, now);
-        }
-        e.1.max(st.last_seen_ns)
-    }
+/// Where records go: the local log, metrics, and the controller.
+struct Output<'a> {
+    host: &'a str,
+    clock: BootClock,
+    sink: &'a mut Sink,
+    metrics: &'a metrics::Shared,
+    upstream: Option<&'a mpsc::Sender<gateway_proto::v1::ConnectionEvent>>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Ends idle and evicted flows (see [`flows`]) and logs their flow_end records. The flow
+/// ring is drained between the table read and the eviction check, so a revocation the
+/// kernel recorded is never taken for an eviction.
 fn reap(
     dp: &mut Dataplane,
-    activity: &mut Activity,
+    reaper: &mut flows::Reaper,
     cfg: &Config,
     a: &Active,
-    host: &str,
-    clock: BootClock,
-    sink: &mut Sink,
-    metrics: &metrics::Shared,
-    upstream: Option<&mpsc::Sender<gateway_proto::v1::ConnectionEvent>>,
+    flow_ring: &mut RingBuf<MapData>,
+    out: &mut Output,
 ) {
     let now = boot_ns();
-    let idle_ns = cfg.idle_timeout_secs * 1_000_000_000;
-    let Ok(flows) = dp.flows() else {
-        return;
+    let mut pending = Vec::new();
+    let result = reaper.scan(&mut dp.flows, &cfg.flow_timeouts, now, |r| {
+        pending = drain(flow_ring);
+        r.note_events(&pending, now);
+    });
+    log_events(
+        &pending,
+        a,
+        out.host,
+        out.clock,
+        out.sink,
+        out.metrics,
+        out.upstream,
+    );
+    let (ended, stats) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gateway-agent: reading the flow tables: {e:#}");
+            return;
+        }
     };
-    let cx = logs::Context {
-        view: &a.view,
-        host,
-        clock,
-    };
-    let mut ended = Vec::new();
-    let mut live = 0u64;
-    // Forget flows that left the table (evicted, reaped, revoked).
-    let present: std::collections::HashSet<FlowKey> = flows.iter().map(|(k, _)| *k).collect();
-    activity.0.retain(|k, _| present.contains(k));
-    for (key, st) in flows {
-        let last = activity.last_active(key, &st, now);
-        let idle = now.saturating_sub(last);
-        let fragment = key.flags & FlowKey::FLAG_FRAGMENT != 0;
-        let finished = st.flags & FlowState::FLAG_ENDED != 0;
-        let expire = if fragment {
-            idle >= 30_000_000_000
-        } else if finished {
-            idle >= 10_000_000_000
-        } else {
-            idle >= idle_ns
-        };
-        if !expire {
-            live += 1;
-            continue;
-        }
-        if !fragment && !finished {
-            ended.push(flow_end_event(&key, &st, last));
-        }
-        let _ = dp.flows.remove(&key);
-        activity.0.remove(&key);
-    }
-    for ev in &ended {
-        if let (Some(rec), Some(tx)) = (sink.write(ev, &cx), upstream) {
-            let _ = tx.try_send(managed::wire_event(&rec));
-        }
-    }
-    sink.flush();
-    if let Ok(mut m) = metrics.lock() {
-        m.maps
-            .insert("flows", (live, u64::from(maps::FLOWS_CAPACITY)));
+    log_events(
+        &ended,
+        a,
+        out.host,
+        out.clock,
+        out.sink,
+        out.metrics,
+        out.upstream,
+    );
+    if let Ok(mut m) = out.metrics.lock() {
+        m.maps.insert(
+            "flows",
+            (
+                stats.live,
+                u64::from(maps::FLOWS_TCP_CAPACITY + maps::FLOWS_OTHER_CAPACITY),
+            ),
+        );
     }
 }
 
-/// A flow_end record for a flow the agent ends; `last` is when it was last active.
-fn flow_end_event(key: &FlowKey, st: &FlowState, last: u64) -> Event {
-    Event {
-        kind: EventKind::FlowEnd as u8,
-        reason: st.reason,
-        rule: st.rule,
-        principal: st.principal,
-        atom: st.atom,
-        generation: st.generation,
-        key: *key,
-        packets: st.packets,
-        bytes: st.bytes,
-        reply_packets: st.reply_packets,
-        reply_bytes: st.reply_bytes,
-        first_seen_ns: st.first_seen_ns,
-        // The flow ended when it was last active.
-        ts_ns: last,
-        ..Event::default()
-    }
-}
-
-fn refresh_metrics(dp: &Dataplane, writer: &PolicyWriter, metrics: &metrics::Shared) {
+fn refresh_metrics(
+    dp: &Dataplane,
+    writer: &PolicyWriter,
+    reaper: &flows::Reaper,
+    metrics: &metrics::Shared,
+) {
     let verdicts = dp.verdict_stats().ok();
     let parse = dp.parse_stats().ok();
     let lost = dp.events_lost().ok();
+    let flow_stats = dp.flow_stats().ok();
+    let suppressed = dp.suppressed().ok();
     let Ok(mut m) = metrics.lock() else {
         return;
     };
@@ -592,9 +586,17 @@ fn refresh_metrics(dp: &Dataplane, writer: &PolicyWriter, metrics: &metrics::Sha
     if let Some(p) = parse {
         m.parse = p.0;
     }
-    if let Some(l) = lost {
-        m.events_lost = l;
+    if let Some((flow, alert)) = lost {
+        m.events_lost = [flow, alert];
     }
+    if let Some(f) = flow_stats {
+        m.flow_stats = f.0;
+    }
+    if let Some(s) = suppressed {
+        m.suppressed = s.iter().map(|(k, n)| (k.name(), *n)).collect();
+    }
+    m.flows_evicted = reaper.evicted_total;
+    m.flows_idle_ended = reaper.idle_total;
     m.generation = writer.generation();
     if let Some(e) = writer.active_entries() {
         m.maps
@@ -643,8 +645,10 @@ pub fn status(cfg: &Config) -> Result<serde_json::Value> {
         pinned_map(&cfg.pin_dir, maps::VERDICT_STATS)?.try_into()?;
     let parse: PerCpuArray<MapData, u64> =
         pinned_map(&cfg.pin_dir, maps::PARSE_STATS)?.try_into()?;
-    let flows: HashMap<MapData, FlowKey, FlowState> =
-        pinned_map(&cfg.pin_dir, maps::FLOWS)?.try_into()?;
+    let tcp: HashMap<MapData, FlowKey, FlowState> =
+        pinned_map(&cfg.pin_dir, maps::FLOWS_TCP)?.try_into()?;
+    let other: HashMap<MapData, FlowKey, FlowState> =
+        pinned_map(&cfg.pin_dir, maps::FLOWS_OTHER)?.try_into()?;
     let src: HashMap<MapData, SrcKey, SrcValue> =
         pinned_map(&cfg.pin_dir, maps::SRC)?.try_into()?;
     let mut reasons = serde_json::Map::new();
@@ -668,34 +672,11 @@ pub fn status(cfg: &Config) -> Result<serde_json::Value> {
         "links": pins::pinned_links(&cfg.pin_dir),
         "policy_generation": generation,
         "principals": principals,
-        "flows": flows.keys().count(),
+        "flows": {
+            "tcp": crate::batch::read_all::<FlowKey, FlowState>(tcp.map())?.len(),
+            "other": crate::batch::read_all::<FlowKey, FlowState>(other.map())?.len(),
+        },
         "verdicts": reasons,
         "parse_outcomes": outcomes,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn activity_is_told_by_moving_counters() {
-        let key = FlowKey::default();
-        let mut st = FlowState {
-            packets: 5,
-            last_seen_ns: 100,
-            ..FlowState::default()
-        };
-        let mut a = Activity::default();
-        // First look: active now (conservative), whatever the old timestamp says.
-        assert_eq!(a.last_active(key, &st, 1_000), 1_000);
-        // Counters unchanged: still the first look's instant.
-        assert_eq!(a.last_active(key, &st, 5_000), 1_000);
-        // Replies count as activity too.
-        st.reply_packets = 1;
-        assert_eq!(a.last_active(key, &st, 9_000), 9_000);
-        // A later timestamp of the flow's own (a decision, a FIN) wins.
-        st.last_seen_ns = 9_500;
-        assert_eq!(a.last_active(key, &st, 9_800), 9_500);
-    }
 }

@@ -193,7 +193,9 @@ fn attach_tc(dp: &mut Dataplane, cfg: &Config, iface: &str) -> Result<Attached> 
         .attach_with_options(
             iface,
             TcAttachType::Egress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
+            // First in the chain: a program before the gateway's that passes a packet would
+            // end the chain before the gateway saw it.
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
         )
         .context("tcx attach (needs Linux 6.6 or newer)")?;
     let link: FdLink = prog.take_link(id)?.try_into().context("tcx link")?;
@@ -205,7 +207,7 @@ fn attach_tc(dp: &mut Dataplane, cfg: &Config, iface: &str) -> Result<Attached> 
 /// Pins the attached programs for bpftool, replacing older pins.
 fn pin_programs(dp: &mut Dataplane, pin_dir: &Path) -> Result<()> {
     let dir = progs_dir(pin_dir);
-    for name in [maps::PROG_XDP_INGRESS, maps::PROG_TC_EGRESS] {
+    for name in [maps::PROG_XDP, maps::PROG_TC_EGRESS] {
         let path = dir.join(name);
         let _ = std::fs::remove_file(&path);
         dp.ebpf_mut()
@@ -215,6 +217,27 @@ fn pin_programs(dp: &mut Dataplane, pin_dir: &Path) -> Result<()> {
             .with_context(|| format!("pinning {name} at {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Removes map pins this agent does not use: maps of an older layout (another name
+/// version), which the programs just swapped in no longer reference. Called after
+/// attaching, so the old programs kept their maps until the new ones took over.
+pub fn remove_stale(pin_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(maps_dir(pin_dir)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !maps::PERSISTENT.contains(&name.as_str()) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => eprintln!(
+                    "gateway-agent: removed the pin of map {name}, left by an agent with another \
+                     map layout"
+                ),
+                Err(err) => eprintln!("gateway-agent: could not remove stale pin {name}: {err}"),
+            }
+        }
+    }
 }
 
 /// Removes every link (which detaches the programs), program pin and map pin.

@@ -1,0 +1,50 @@
+//! Benchmark-only programs, in their own object (`gateway-bench`) so that no agent ever
+//! loads them: a no-op XDP program (the floor of any XDP program's cost, and "no filter"),
+//! a drop-all one (the ceiling of a drop path), and a traffic generator for throughput runs.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::Array,
+    programs::XdpContext,
+};
+
+/// Passes every frame untouched.
+#[xdp]
+pub fn bench_noop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Drops every frame.
+#[xdp]
+pub fn bench_drop_all(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+/// Interface index the traffic generator redirects to (one entry, set by user space).
+#[map(name = "TGEN_TARGET")]
+static TRAFFICGEN_TARGET: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Traffic generator: run with BPF_PROG_TEST_RUN in live-frames mode, it transmits each
+/// frame out of the interface in `TGEN_TARGET` (as xdp-trafficgen does), fast enough not to
+/// be the bottleneck of the receiving side.
+#[xdp]
+pub fn bench_trafficgen(_ctx: XdpContext) -> u32 {
+    let Some(ifindex) = TRAFFICGEN_TARGET.get(0).copied() else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: the helper has no memory preconditions; it returns an XDP action.
+    unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as u32 }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,152 @@
+//! The policy lookups: three, each independent of the policy's size. Source -> class
+//! (hash), destination -> atom (LPM trie), (class, atom, protocol, port) -> verdict (LPM
+//! trie). Precedence (deny over allow, audit, expiry) was resolved by the compiler into the
+//! entries; a miss means the atom's default.
+
+use aya_ebpf::maps::lpm_trie::Key;
+use gateway_common::{
+    Addr, FlowKey, Reason,
+    flow::proto,
+    policy::{
+        AtomValue, DST_KEY_FIXED_BITS, DstKey, RULE_DEFAULT_DENY, RULE_KEY_FIXED_BITS, RuleKey,
+        SrcKey, Verdict,
+    },
+};
+
+use crate::maps::{DST, RULES, SRC};
+
+/// A policy decision for a packet.
+pub struct Decision {
+    pub reason: Reason,
+    pub rule: u32,
+    /// Principal id of the source; 0 when the source is no principal.
+    pub principal: u32,
+    pub atom: u32,
+    /// The decision must be taken again from this instant (rule expiry).
+    pub valid_until_ns: u64,
+}
+
+impl Decision {
+    pub const fn simple(reason: Reason) -> Self {
+        Decision {
+            reason,
+            rule: RULE_DEFAULT_DENY,
+            principal: 0,
+            atom: 0,
+            valid_until_ns: u64::MAX,
+        }
+    }
+}
+
+/// The atom of `addr` when it lies in protected space.
+#[inline(always)]
+pub fn protected(slot: u8, addr: &Addr) -> Option<&'static AtomValue> {
+    DST.get(Key::new(
+        DST_KEY_FIXED_BITS + 128,
+        DstKey {
+            generation: slot,
+            addr: *addr,
+        },
+    ))
+}
+
+/// True when `addr` lies in protected space. A separate BPF function: where two such tests
+/// are combined, LLVM would otherwise OR the two map-value pointers, which the verifier
+/// refuses.
+#[inline(never)]
+pub fn is_protected(slot: u8, addr: &Addr) -> bool {
+    protected(slot, addr).is_some()
+}
+
+/// True when `addr` lies in an audit-mode part of protected space (its atom's default is
+/// audit: unknown sources pass there, reported).
+#[inline(always)]
+pub fn audit_address(slot: u8, addr: &Addr) -> bool {
+    match protected(slot, addr) {
+        Some(atom) => Verdict::from_u8(atom.default_verdict) == Verdict::Audit,
+        None => false,
+    }
+}
+
+/// A separate BPF function (not inlined) with an out parameter, so its keys do not add to
+/// the caller's stack frame.
+#[inline(never)]
+pub fn decide_into(slot: u8, key: &FlowKey, now: u64, out: &mut Decision) {
+    *out = decide(slot, key, now);
+}
+
+#[inline(always)]
+fn decide(slot: u8, key: &FlowKey, now: u64) -> Decision {
+    let Some(atom) = protected(slot, &key.dst) else {
+        // Not toward protected space: not ours, unless the packet claims to come from it.
+        return if protected(slot, &key.src).is_some() {
+            Decision::simple(Reason::DeniedUnsolicited)
+        } else {
+            Decision::simple(Reason::Unprotected)
+        };
+    };
+    let src = SrcKey {
+        generation: slot,
+        _pad: [0; 3],
+        addr: key.src,
+    };
+    // SAFETY: values are plain data written whole by the agent; a concurrent update can at
+    // worst give this packet the neighbouring generation's value of the same slot.
+    let Some(src) = (unsafe { SRC.get(&src) }) else {
+        let audit = Verdict::from_u8(atom.default_verdict) == Verdict::Audit;
+        return Decision {
+            reason: if audit {
+                Reason::Audit
+            } else {
+                Reason::DeniedUnknownSource
+            },
+            rule: if audit { atom.default_rule } else { 0 },
+            principal: 0,
+            atom: atom.atom,
+            valid_until_ns: u64::MAX,
+        };
+    };
+    let port = match key.proto {
+        proto::TCP | proto::UDP => key.dst_port,
+        _ => [0, 0],
+    };
+    let rule_key = Key::new(
+        RULE_KEY_FIXED_BITS + 16,
+        RuleKey {
+            generation: slot,
+            proto: key.proto,
+            class: src.class.to_be_bytes(),
+            atom: atom.atom.to_be_bytes(),
+            port,
+        },
+    );
+    let (verdict, rule, valid_until_ns) = match RULES.get(rule_key) {
+        Some(v) => {
+            let (verdict, rule) = v.at(now);
+            let until = if now < v.valid_until_ns {
+                v.valid_until_ns
+            } else {
+                u64::MAX
+            };
+            (verdict, rule, until)
+        }
+        None => (
+            Verdict::from_u8(atom.default_verdict),
+            atom.default_rule,
+            u64::MAX,
+        ),
+    };
+    let reason = match verdict {
+        Verdict::Allow => Reason::Allowed,
+        Verdict::Audit => Reason::Audit,
+        Verdict::Deny if rule != RULE_DEFAULT_DENY => Reason::DeniedByRule,
+        Verdict::Deny => Reason::DeniedNoGrant,
+    };
+    Decision {
+        reason,
+        rule,
+        principal: src.principal,
+        atom: atom.atom,
+        valid_until_ns,
+    }
+}
