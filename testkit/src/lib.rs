@@ -13,4 +13,7 @@
 //! (`policy_compiler::{Policy, evaluate}`) only: never on the compiler's output, the shared
 //! kernel layouts or the kernel programs it judges.
 
+pub mod oracle;
 pub mod wire;
+
+pub use oracle::{Direction, Expected, Model, Role};
