@@ -14,6 +14,8 @@
 //! kernel layouts or the kernel programs it judges.
 
 pub mod oracle;
+pub mod scenario;
 pub mod wire;
 
 pub use oracle::{Direction, Expected, Model, Role};
+pub use scenario::{Scenario, Step, generate, replay};
