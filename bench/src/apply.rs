@@ -68,7 +68,7 @@ pub fn run_one(rules: u32, changes: usize, deadline_s: f64) -> Result<Summary> {
         let t2 = Instant::now();
         let stats = loaded.writer.apply(&mut dp.policy, &view)?;
         // Read back the changed source entry from the new slot.
-        let addr = p.service_accounts[sa].keys[0].address;
+        let addr = p.service_accounts[sa].keys[0].addresses[0];
         let addr = match addr {
             IpAddr::V4(a) => from_v4(a.octets()),
             IpAddr::V6(a) => a.octets(),

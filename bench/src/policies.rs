@@ -98,7 +98,7 @@ fn sources(
         p.service_accounts[a]
             .keys
             .iter()
-            .map(|k| k.address)
+            .flat_map(|k| k.addresses.iter().copied())
             .collect()
     };
     let all: Vec<IpAddr> = match *r {
@@ -118,7 +118,10 @@ fn sources(
 fn find_allow(p: &Policy, v6: bool, now: i64) -> Option<Probe> {
     let mut devices: HashMap<usize, Vec<IpAddr>> = HashMap::new();
     for d in &p.devices {
-        devices.entry(d.owner).or_default().push(d.address);
+        devices
+            .entry(d.owner)
+            .or_default()
+            .extend(d.addresses.iter().copied());
     }
     let mut tries = 0;
     for g in p.grants.iter().filter(|g| g.action == Action::Allow) {
@@ -160,7 +163,11 @@ pub fn udp_allow_probe(p: &Policy, now: i64) -> Result<Probe> {
         .find(|s| s.name == "sa0")
         .context("no service account sa0")?;
     let probe = Probe {
-        src: sa.keys.first().context("sa0 has no key")?.address,
+        src: sa
+            .keys
+            .first()
+            .and_then(|k| k.addresses.iter().copied().find(IpAddr::is_ipv4))
+            .context("sa0 has no key with an IPv4 address")?,
         dst: IpAddr::V4(Ipv4Addr::new(198, 18, 250, 250)),
         proto: 17,
         dst_port: 9000,

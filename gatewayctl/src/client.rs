@@ -792,11 +792,12 @@ pub async fn explain(ctl: &Ctl, from: &str, to: &str, at: Option<i64>, output: O
     // The packet's addresses, resolved against the controller's policy like the
     // controller did (for the same report as `gatewayctl policy explain`).
     let policy = ctl.parsed_policy().await;
+    let target = policy.as_ref().and_then(|p| resolve_to(p, to).ok());
     let src = policy
         .as_ref()
-        .and_then(|p| resolve_from(p, from).ok())
+        .zip(target.as_ref())
+        .and_then(|(p, t)| resolve_from(p, from, t.addr).ok())
         .map(|a| a.to_string());
-    let target = policy.as_ref().and_then(|p| resolve_to(p, to).ok());
     let verdict = match v1::Verdict::try_from(r.verdict) {
         Ok(v1::Verdict::Allow) => "allow",
         Ok(v1::Verdict::Deny) => "deny",

@@ -15,7 +15,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use policy_compiler::{Host, Packet, Policy};
+use policy_compiler::{Host, Packet, Policy, address_like};
 
 pub mod remote;
 pub mod table;
@@ -107,26 +107,36 @@ pub fn principal_names(policy: &Policy) -> Vec<String> {
         .collect()
 }
 
-/// Resolves `--from`: a device name, `service-account/key`, or an IP address.
-pub fn resolve_from(policy: &Policy, from: &str) -> Result<IpAddr, String> {
+/// Resolves `--from`: a device name or `service-account/key` (its address of the family
+/// of `dst`, the resolved `--to`), or an IP address.
+pub fn resolve_from(policy: &Policy, from: &str, dst: IpAddr) -> Result<IpAddr, String> {
+    let family = if dst.to_canonical().is_ipv6() {
+        "IPv6"
+    } else {
+        "IPv4"
+    };
+    let of_family = |addrs: &[IpAddr]| {
+        address_like(addrs, dst).ok_or_else(|| {
+            format!(
+                "`{from}` has no {family} address (it has {}) to reach {dst} from",
+                list(addrs.iter().map(ToString::to_string))
+            )
+        })
+    };
     if let Some(d) = policy.devices.iter().find(|d| d.name == from) {
-        return Ok(d.address);
+        return of_family(&d.addresses);
     }
     if let Some((sa, key)) = from.split_once('/')
         && let Some(sa) = policy.service_accounts.iter().find(|s| s.name == sa)
     {
-        return sa
-            .keys
-            .iter()
-            .find(|k| k.name == key)
-            .map(|k| k.address)
-            .ok_or_else(|| {
-                format!(
-                    "service account `{}` has no key `{key}` (keys: {})",
-                    sa.name,
-                    list(sa.keys.iter().map(|k| k.name.clone()))
-                )
-            });
+        let k = sa.keys.iter().find(|k| k.name == key).ok_or_else(|| {
+            format!(
+                "service account `{}` has no key `{key}` (keys: {})",
+                sa.name,
+                list(sa.keys.iter().map(|k| k.name.clone()))
+            )
+        })?;
+        return of_family(&k.addresses);
     }
     if let Ok(a) = IpAddr::from_str(from) {
         return Ok(a.to_canonical());

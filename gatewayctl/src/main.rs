@@ -766,8 +766,9 @@ fn check(files: &[PathBuf], verbose: bool, output: Output) -> R<()> {
 fn explain_cmd(file: &Path, from: &str, to: &str, at: &AtArg, output: Output) -> R<()> {
     let at = at_time(at)?;
     let policy = load(file, now_unix())?;
-    let src = resolve_from(&policy, from).map_err(|e| Fail::Usage(format!("--from: {e}")))?;
     let target = resolve_to(&policy, to).map_err(|e| Fail::Usage(format!("--to: {e}")))?;
+    let src = resolve_from(&policy, from, target.addr)
+        .map_err(|e| Fail::Usage(format!("--from: {e}")))?;
     let e = explain(&policy, &target.packet(src), at);
     let d = e.decision;
     let deciding = d.rule.and_then(|r| policy.rule(r.0));

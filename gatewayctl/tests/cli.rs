@@ -316,6 +316,43 @@ fn usage_errors_are_exit_2() {
 }
 
 #[test]
+fn explain_sends_from_the_address_of_the_destination_family() {
+    let explain = |from: &str, to: &str| {
+        run(&[
+            "policy",
+            "explain",
+            &company(),
+            "--from",
+            from,
+            "--to",
+            to,
+            "-o",
+            "json",
+        ])
+    };
+    // alice-laptop is dual-stack: each family from its own address, same principal.
+    for (to, src) in [
+        ("198.18.1.5:22/tcp", "198.19.0.10"),
+        ("[2001:db8:1::10]:22/tcp", "2001:db8:ff::20"),
+    ] {
+        let o = explain("alice-laptop", to);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let v = json(&o);
+        assert_eq!(v["packet"]["src"], src, "{to}");
+        assert_eq!(v["packet"]["principal"], "alice-laptop", "{to}");
+        assert_eq!(v["verdict"], "allow", "{to}");
+    }
+    // bob-laptop has no IPv6 address: a usage error that says so.
+    let o = explain("bob-laptop", "[2001:db8:1::10]:22/tcp");
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("`bob-laptop` has no IPv6 address (it has 198.19.0.11)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn explain_names_the_deciding_grant() {
     let o = run(&[
         "policy",

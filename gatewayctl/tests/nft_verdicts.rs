@@ -605,8 +605,8 @@ fn nft_verdicts_match_the_evaluator() {
 
     let mut packets: Vec<(&str, &str, IpAddr, Target)> = Vec::new();
     for &(from, to) in SAMPLES {
-        let src = resolve_from(&policy, from).expect("from");
         let t = resolve_to(&policy, to).expect("to");
+        let src = resolve_from(&policy, from, t.addr).expect("from");
         assert_eq!(
             src.is_ipv6(),
             t.addr.is_ipv6(),
@@ -617,7 +617,11 @@ fn nft_verdicts_match_the_evaluator() {
     assert!(packets.len() >= 20);
     assert!(packets.iter().any(|p| p.2.is_ipv6()) && packets.iter().any(|p| !p.2.is_ipv6()));
 
-    let mut sources: Vec<IpAddr> = policy.principals.iter().map(|p| p.address).collect();
+    let mut sources: Vec<IpAddr> = policy
+        .principals
+        .iter()
+        .flat_map(|p| p.addresses.iter().copied())
+        .collect();
     sources.extend(["198.19.0.99", "2001:db8:ff::99"].map(|a| a.parse::<IpAddr>().expect("ip")));
     for s in &sources {
         assert!(

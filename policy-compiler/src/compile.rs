@@ -37,7 +37,7 @@ pub(crate) fn ser_verdict<S: serde::Serializer>(v: &Verdict, s: S) -> Result<S::
     })
 }
 
-/// `SRC` entry: a principal address and its class.
+/// `SRC` entry: a principal address and its class (one per address of a principal).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct SrcEntry {
     pub addr: IpAddr,
@@ -109,7 +109,8 @@ pub struct PrincipalMeta {
     pub name: String,
     /// Owner's email (devices).
     pub user: Option<String>,
-    pub address: IpAddr,
+    /// The principal's addresses (one or two, IPv4 first).
+    pub addresses: Vec<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -398,11 +399,13 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
             }
         };
         if class != 0 {
-            sources.push(SrcEntry {
-                addr: p.address,
-                principal: p.id,
-                class,
-            });
+            for &addr in &p.addresses {
+                sources.push(SrcEntry {
+                    addr,
+                    principal: p.id,
+                    class,
+                });
+            }
         }
     }
 
@@ -556,7 +559,7 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
                     kind,
                     name: policy.principal_name(p),
                     user,
-                    address: p.address,
+                    addresses: p.addresses.clone(),
                 },
             );
         }

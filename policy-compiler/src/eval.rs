@@ -169,6 +169,10 @@ impl Explanation {
 }
 
 /// Decides a packet at `now` (unix seconds). See the crate docs for the precedence.
+///
+/// Decided from the plain policy model only (devices, keys, groups, grants, resources as
+/// parsed), never from what the compiler derives (`Grant::effective`, the policy's
+/// lookup index): a bug there stays visible to the differential tests.
 pub fn evaluate(policy: &Policy, pkt: &Packet, now: i64) -> Decision {
     decide(policy, pkt, now, None)
 }
@@ -180,9 +184,7 @@ pub fn explain(policy: &Policy, pkt: &Packet, now: i64) -> Explanation {
     let dst = pkt.dst.to_canonical();
     Explanation {
         decision,
-        principal: policy
-            .principal_by_addr(pkt.src)
-            .map(|p| policy.principal_name(p)),
+        principal: source_of(policy, pkt.src.to_canonical()).map(|s| s.name),
         resources: policy
             .resources
             .iter()
@@ -193,8 +195,79 @@ pub fn explain(policy: &Policy, pkt: &Packet, now: i64) -> Explanation {
     }
 }
 
+/// Who sends from an address: a device (its owner's grants) or a service-account key
+/// (its account's grants).
+struct Source {
+    name: String,
+    who: Who,
+    /// Keys only: unix seconds, exclusive.
+    expires_at: Option<i64>,
+}
+
+#[derive(Clone, Copy)]
+enum Who {
+    User(usize),
+    ServiceAccount(usize),
+}
+
+/// The device or service-account key one of whose addresses is `addr`, found by looking at
+/// every one of them (expired keys included; the caller checks expiry).
+fn source_of(policy: &Policy, addr: IpAddr) -> Option<Source> {
+    for d in &policy.devices {
+        if d.addresses.iter().any(|a| a.to_canonical() == addr) {
+            return Some(Source {
+                name: d.name.clone(),
+                who: Who::User(d.owner),
+                expires_at: None,
+            });
+        }
+    }
+    for (si, sa) in policy.service_accounts.iter().enumerate() {
+        for k in &sa.keys {
+            if k.addresses.iter().any(|a| a.to_canonical() == addr) {
+                return Some(Source {
+                    name: format!("{}/{}", sa.name, k.name),
+                    who: Who::ServiceAccount(si),
+                    expires_at: k.expires_at,
+                });
+            }
+        }
+    }
+    None
+}
+
+/// Whether a grant names `who`: the user or service account itself, or a group holding it.
+fn grant_names(policy: &Policy, g: &Grant, who: Who) -> bool {
+    g.principals.iter().any(|r| match (*r, who) {
+        (PrincipalRef::User(u), Who::User(x)) => u == x,
+        (PrincipalRef::ServiceAccount(s), Who::ServiceAccount(x)) => s == x,
+        (PrincipalRef::Group(gi), Who::User(x)) => policy.groups[gi].users.contains(&x),
+        (PrincipalRef::Group(gi), Who::ServiceAccount(x)) => {
+            policy.groups[gi].service_accounts.contains(&x)
+        }
+        _ => false,
+    })
+}
+
+/// Whether the (grant, resource) pair covers the protocol and port: the resource's own
+/// ports and, when the grant narrows, the narrowing's too (their intersection).
+fn ports_match(res: &Resource, g: &Grant, pkt: &Packet, dst_is_v6: bool) -> bool {
+    res.ports.matches(pkt.proto, pkt.dst_port, dst_is_v6)
+        && g.narrowing
+            .as_ref()
+            .is_none_or(|n| n.matches(pkt.proto, pkt.dst_port, dst_is_v6))
+}
+
+/// What a (grant, resource) pair covers, for `explain`: resource ∩ narrowing.
+fn pair_ports(res: &Resource, g: &Grant) -> ProtoSet {
+    match &g.narrowing {
+        Some(n) => res.ports.intersect(n),
+        None => res.ports.clone(),
+    }
+}
+
 /// Lowest audit-default rule among audit-mode resources covering `dst`.
-pub(crate) fn audit_default(policy: &Policy, dst: IpAddr) -> Option<u32> {
+fn audit_default(policy: &Policy, dst: IpAddr) -> Option<u32> {
     policy
         .resources
         .iter()
@@ -236,24 +309,22 @@ fn decide(
             rule: None,
         },
     };
-    // 2. Unknown source.
-    // An expired service-account key is no principal any more.
-    let Some(principal) = policy.principal_by_addr(src).filter(|p| p.is_active(now)) else {
+    // 2. Unknown source. An expired service-account key is no principal any more.
+    let Some(source) = source_of(policy, src).filter(|s| s.expires_at.is_none_or(|e| now < e))
+    else {
         return fallback(Reason::UnknownSource, Reason::UnknownSource);
     };
     // 3. Matching grants of the principal.
-    let mine = policy.grants_of(principal);
-    let port = pkt.dst_port;
     let (mut deny_enforce, mut deny_audit, mut allow): (Option<u32>, Option<u32>, Option<u32>) =
         (None, None, None);
     let min = |slot: &mut Option<u32>, id: u32| *slot = Some(slot.map_or(id, |s| s.min(id)));
-    for (gi, g) in policy.grants.iter().enumerate() {
-        let for_me = mine.binary_search(&gi).is_ok();
+    for g in &policy.grants {
+        let for_me = grant_names(policy, g, source.who);
         for (k, &r) in g.resources.iter().enumerate() {
             let res = &policy.resources[r];
             let covers = res.address.contains(&dst);
-            let matches = covers && g.effective[k].matches(pkt.proto, port, dst.is_ipv6());
-            let active = g.is_active(now);
+            let matches = covers && ports_match(res, g, pkt, dst.is_ipv6());
+            let active = g.expires_at.is_none_or(|e| now < e);
             if let Some(log) = log.as_deref_mut() {
                 let outcome = if !covers {
                     if !for_me {
@@ -264,7 +335,7 @@ fn decide(
                     Outcome::NotForPrincipal
                 } else if !matches {
                     Outcome::PortMismatch {
-                        allowed: g.effective[k].to_string(),
+                        allowed: pair_ports(res, g).to_string(),
                     }
                 } else if !active {
                     Outcome::Expired {
@@ -314,4 +385,47 @@ fn decide(
         };
     }
     fallback(Reason::AuditNoGrant, Reason::NoGrant)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::random::{Rng, gen_policy, random_packet};
+
+    /// The evaluator reads the plain model only: wiping what the compiler derives (the
+    /// lookup index and each pair's precomputed ports) changes no decision.
+    #[test]
+    fn decides_without_derived_data() {
+        let now = 1_700_000_000;
+        let mut rng = Rng(0xe7a1);
+        let mut checked = 0;
+        while checked < 3000 {
+            let Ok(parsed) = crate::parse(&gen_policy(&mut rng, now), "r.toml", now) else {
+                continue;
+            };
+            let policy = parsed.policy;
+            let mut wiped = policy.clone();
+            wiped.index = Default::default();
+            for g in &mut wiped.grants {
+                for e in &mut g.effective {
+                    *e = ProtoSet::default();
+                }
+            }
+            let space: Vec<ipnet::IpNet> = policy
+                .networks
+                .iter()
+                .flat_map(|n| n.cidrs.iter().copied())
+                .collect();
+            for _ in 0..30 {
+                let pkt = random_packet(&mut rng, &policy, None, &space);
+                for t in [now, now + 150] {
+                    assert_eq!(evaluate(&policy, &pkt, t), evaluate(&wiped, &pkt, t));
+                    assert_eq!(explain(&policy, &pkt, t), explain(&wiped, &pkt, t));
+                    checked += 1;
+                }
+            }
+        }
+    }
 }

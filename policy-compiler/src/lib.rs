@@ -79,7 +79,7 @@ pub use gateway_common::policy::Verdict;
 pub use kernel::{KernelEntries, KernelIndex, LpmEntry, lookup, to_kernel};
 pub use model::{
     Action, Mode, Policy, PortSet, Principal, PrincipalKind, PrincipalRef, ProtoSet, RuleKind,
-    RuleMeta, format_rfc3339, parse_rfc3339,
+    RuleMeta, address_like, format_rfc3339, parse_rfc3339,
 };
 pub use nft::nft;
 pub use parse::{Parsed, parse};

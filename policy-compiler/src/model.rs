@@ -239,14 +239,16 @@ pub struct User {
 pub struct Device {
     pub name: String,
     pub owner: usize,
-    pub address: IpAddr,
+    /// One or two addresses, at most one per family, IPv4 first.
+    pub addresses: Vec<IpAddr>,
     pub principal: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceAccountKey {
     pub name: String,
-    pub address: IpAddr,
+    /// One or two addresses, at most one per family, IPv4 first.
+    pub addresses: Vec<IpAddr>,
     pub principal: u32,
     /// Unix seconds, exclusive: the key stops being a principal at this instant.
     pub expires_at: Option<i64>,
@@ -310,7 +312,9 @@ pub enum PrincipalKind {
 pub struct Principal {
     pub id: u32,
     pub kind: PrincipalKind,
-    pub address: IpAddr,
+    /// One or two addresses (an IPv4 and an IPv6 one at most), IPv4 first; each is the
+    /// principal's identity on the wire.
+    pub addresses: Vec<IpAddr>,
     /// Service-account keys only: unix seconds, exclusive. From then on the key is no
     /// principal at all (its address is an unknown source).
     pub expires_at: Option<i64>,
@@ -321,6 +325,17 @@ impl Principal {
     pub fn is_active(&self, now: i64) -> bool {
         self.expires_at.is_none_or(|e| now < e)
     }
+
+    /// The principal's address of the family of `like` (IPv4 or IPv6), if it has one.
+    pub fn address_like(&self, like: IpAddr) -> Option<IpAddr> {
+        address_like(&self.addresses, like)
+    }
+}
+
+/// The address of `addrs` in the family of `like`, if there is one.
+pub fn address_like(addrs: &[IpAddr], like: IpAddr) -> Option<IpAddr> {
+    let v6 = like.to_canonical().is_ipv6();
+    addrs.iter().copied().find(|a| a.is_ipv6() == v6)
 }
 
 /// What a rule id stands for.
@@ -485,7 +500,9 @@ impl Policy {
             ..Default::default()
         };
         for p in &self.principals {
-            ix.principal_by_addr.insert(p.address, p.id);
+            for a in &p.addresses {
+                ix.principal_by_addr.insert(*a, p.id);
+            }
         }
         for (gi, g) in self.groups.iter().enumerate() {
             for &u in &g.users {

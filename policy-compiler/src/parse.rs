@@ -21,11 +21,13 @@
 //! [[device]]
 //! name = "alice-laptop"
 //! owner = "alice@example.com"
-//! address = "198.19.0.10"
+//! address = "198.19.0.10"           # or both families:
+//! # addresses = ["198.19.0.10", "2001:db8:ff::10"]
 //!
 //! [[service_account]]
 //! name = "ci"
-//! keys = [{ name = "runner-1", address = "198.19.1.1" }]
+//! keys = [{ name = "runner-1", address = "198.19.1.1" },
+//!         { name = "runner-2", addresses = ["198.19.1.2", "2001:db8:ff::102"] }]
 //!
 //! [[group]]
 //! name = "engineering"
@@ -39,7 +41,8 @@
 //! expires_at = 2030-01-01T00:00:00Z # optional, exclusive
 //!
 //! [[test]]
-//! from = "alice-laptop"             # device, "sa/key" or an address
+//! from = "alice-laptop"             # device, "sa/key" (its address of the `to`
+//!                                   # family) or an address
 //! to = "198.18.1.10:22/tcp"         # addr:port/proto, addr/icmp, or a resource name
 //! expect = "allow"                  # allow | deny | audit
 //! at = 2029-01-01T00:00:00Z         # optional
@@ -49,7 +52,7 @@
 //! names (unnamed protocols: nothing), intersected with each resource's own ports.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::ops::Range;
 use std::str::FromStr;
 
@@ -327,12 +330,23 @@ fn canonical_net(net: IpNet) -> IpNet {
     net
 }
 
+/// A principal's address: one host, never IPv4-mapped (such an address is no identity on
+/// the wire, RFC 4291 §2.5.5.2; the data plane drops packets carrying one).
 fn parse_host(s: &str) -> Result<IpAddr, (String, String)> {
+    let bare = s.split_once('/').map_or(s, |(a, _)| a);
+    if let Ok(v6) = Ipv6Addr::from_str(bare)
+        && let Some(v4) = v6.to_ipv4_mapped()
+    {
+        return Err((
+            format!("`{s}` is an IPv4-mapped IPv6 address"),
+            format!("a principal's IPv4 address is written as IPv4: \"{v4}\""),
+        ));
+    }
     match parse_prefix(s) {
         Ok(n) if n.prefix_len() == n.max_prefix_len() => Ok(n.addr()),
         Ok(_) => Err((
             format!("`{s}` is a network, not a host address"),
-            "a principal has exactly one address, like \"198.18.0.10\" or \"2001:db8::10\""
+            "a principal's addresses are hosts, like \"198.18.0.10\" or \"2001:db8::10\""
                 .to_string(),
         )),
         Err(e) => Err((
@@ -826,32 +840,92 @@ impl P<'_> {
         }
     }
 
-    fn principal_addr(&mut self, what: String, s: &Sp<String>) -> Option<IpAddr> {
-        match parse_host(&s.0) {
-            Err((m, h)) => {
-                self.sink.error(&s.1, m, h);
+    /// The address strings of a device or service-account key: `address = "..."` or
+    /// `addresses = ["...", "..."]` (one of them, the list not empty).
+    fn addr_strings(&mut self, t: &Tbl<'_, '_>) -> Option<Vec<Sp<String>>> {
+        const BOTH: &str = "[\"198.19.0.10\", \"2001:db8:ff::10\"]";
+        match (t.get("address"), t.get("addresses")) {
+            (Some(_), Some(v)) => {
+                self.sink.error(
+                    &v.span(),
+                    format!("[[{}]] has both `address` and `addresses`", t.section),
+                    format!("keep one: `address = \"198.19.0.10\"`, or `addresses = {BOTH}` for an IPv4 and an IPv6 address"),
+                );
                 None
             }
-            Ok(a) => {
-                if let Some(other) = self.addrs.get(&a) {
+            (None, None) => {
+                self.sink.error(
+                    &t.header,
+                    format!("missing key `address` in [[{}]]", t.section),
+                    format!("add `address = \"198.19.0.10\"`, or `addresses = {BOTH}` for an IPv4 and an IPv6 address"),
+                );
+                None
+            }
+            (Some(_), None) => Some(vec![t.string(
+                &mut self.sink,
+                "address",
+                "\"198.19.0.10\"",
+            )?]),
+            (None, Some(v)) => {
+                let list = t.strings(&mut self.sink, "addresses", true, BOTH)?;
+                if list.is_empty() {
                     self.sink.error(
-                        &s.1,
-                        format!("address {a} of {what} is already used by {other}"),
-                        "each device and service-account key needs its own address",
+                        &v.span(),
+                        "`addresses` is empty",
+                        format!("list one or two addresses, at most one per family: `addresses = {BOTH}`"),
                     );
                     return None;
                 }
-                self.addrs.insert(a, what);
-                Some(a)
+                Some(list)
             }
         }
     }
 
+    /// Parses the addresses of `what` (a device or service-account key): hosts, at most one
+    /// per family, none used by another principal. Sorted IPv4 first.
+    fn principal_addrs(&mut self, what: &str, items: &[Sp<String>]) -> Option<Vec<IpAddr>> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        let mut ok = true;
+        for (s, span) in items {
+            let a = match parse_host(s) {
+                Ok(a) => a,
+                Err((m, h)) => {
+                    self.sink.error(span, m, h);
+                    ok = false;
+                    continue;
+                }
+            };
+            if let Some(prev) = out.iter().find(|p| p.is_ipv6() == a.is_ipv6()) {
+                let family = if a.is_ipv6() { "IPv6" } else { "IPv4" };
+                self.sink.error(
+                    span,
+                    format!("{what} has two {family} addresses, {prev} and {a}"),
+                    "a device or service-account key has at most one IPv4 and one IPv6 address",
+                );
+                ok = false;
+                continue;
+            }
+            if let Some(other) = self.addrs.get(&a) {
+                self.sink.error(
+                    span,
+                    format!("address {a} of {what} is already used by {other}"),
+                    "each device and service-account key needs its own addresses",
+                );
+                ok = false;
+                continue;
+            }
+            self.addrs.insert(a, what.to_string());
+            out.push(a);
+        }
+        out.sort_by_key(IpAddr::is_ipv6);
+        ok.then_some(out)
+    }
+
     fn device(&mut self, t: &Tbl<'_, '_>) {
-        t.check_keys(&mut self.sink, &["name", "owner", "address"]);
+        t.check_keys(&mut self.sink, &["name", "owner", "address", "addresses"]);
         let name = t.string(&mut self.sink, "name", "\"alice-laptop\"");
         let owner = t.string(&mut self.sink, "owner", "\"alice@example.com\"");
-        let address = t.string(&mut self.sink, "address", "\"198.19.0.10\"");
+        let address = self.addr_strings(t);
         let owner = owner.and_then(|(o, span)| match self.users.get(&o) {
             Some((i, _)) => Some(*i),
             None => {
@@ -864,16 +938,16 @@ impl P<'_> {
             }
         });
         let Some(name) = name else { return };
-        let addr = address.and_then(|a| self.principal_addr(format!("device `{}`", name.0), &a));
+        let addrs = address.and_then(|a| self.principal_addrs(&format!("device `{}`", name.0), &a));
         let idx = self.policy.devices.len();
         if self.unique("device", |p| &mut p.devices, &name, idx)
-            && let (Some(owner), Some(address)) = (owner, addr)
+            && let (Some(owner), Some(addresses)) = (owner, addrs)
         {
             let id = self.policy.principals.len() as u32 + 1;
             self.policy.devices.push(Device {
                 name: name.0,
                 owner,
-                address,
+                addresses: addresses.clone(),
                 principal: id,
             });
             self.policy.principals.push(Principal {
@@ -882,7 +956,7 @@ impl P<'_> {
                     device: idx,
                     user: owner,
                 },
-                address,
+                addresses,
                 expires_at: None,
             });
         } else if let Some(e) = self.devices.get_mut(&name.0)
@@ -918,12 +992,15 @@ impl P<'_> {
                                 header: item.span(),
                                 section: "service_account.keys",
                             };
-                            kt.check_keys(&mut self.sink, &["name", "address", "expires_at"]);
+                            kt.check_keys(
+                                &mut self.sink,
+                                &["name", "address", "addresses", "expires_at"],
+                            );
                             let kexp = kt
                                 .get("expires_at")
                                 .and_then(|v| timestamp(&mut self.sink, "expires_at", v));
                             let kname = kt.string(&mut self.sink, "name", "\"key-1\"");
-                            let kaddr = kt.string(&mut self.sink, "address", "\"198.19.1.1\"");
+                            let kaddr = self.addr_strings(&kt);
                             let Some(kname) = kname else { continue };
                             if let Some(first) = key_names.get(&kname.0) {
                                 let (line, col) = self.sink.position(first.start);
@@ -938,9 +1015,9 @@ impl P<'_> {
                                 continue;
                             }
                             key_names.insert(kname.0.clone(), kname.1.clone());
-                            let Some(address) = kaddr.and_then(|a| {
-                                self.principal_addr(
-                                    format!("service-account key `{sa_name}/{}`", kname.0),
+                            let Some(addresses) = kaddr.and_then(|a| {
+                                self.principal_addrs(
+                                    &format!("service-account key `{sa_name}/{}`", kname.0),
                                     &a,
                                 )
                             }) else {
@@ -948,7 +1025,7 @@ impl P<'_> {
                             };
                             keys.push(ServiceAccountKey {
                                 name: kname.0,
-                                address,
+                                addresses,
                                 principal: 0,
                                 expires_at: kexp,
                             });
@@ -977,7 +1054,7 @@ impl P<'_> {
                         service_account: idx,
                         key: ki,
                     },
-                    address: k.address,
+                    addresses: k.addresses.clone(),
                     expires_at: k.expires_at,
                 });
             }
@@ -1255,6 +1332,23 @@ impl P<'_> {
                 None
             }
         });
+        // A principal sends from its address of the destination's family.
+        let src = match (src, &dst, &from, &to) {
+            (Some(TestFrom::Addr(a)), _, _, _) => Some(a),
+            (Some(TestFrom::Principal(addrs)), Some((d, _, _)), Some((f, span)), Some((to, _))) => {
+                let a = address_like(&addrs, *d);
+                if a.is_none() {
+                    let family = if d.is_ipv6() { "IPv6" } else { "IPv4" };
+                    self.sink.error(
+                        span,
+                        format!("`{f}` has no {family} address to reach `{to}` from"),
+                        format!("give `{f}` one (`addresses = [\"198.19.0.10\", \"2001:db8:ff::10\"]`), or test a destination of a family it has"),
+                    );
+                }
+                a
+            }
+            _ => None,
+        };
         let (line, column) = self.sink.position(t.header.start);
         if let (Some(from), Some(to), Some(src), Some((dst, proto, port)), Some(expect)) =
             (from, to, src, dst, expect)
@@ -1275,9 +1369,13 @@ impl P<'_> {
         }
     }
 
-    fn resolve_from(&self, f: &str) -> Option<IpAddr> {
+    fn resolve_from(&self, f: &str) -> Option<TestFrom> {
         if let Some((i, _)) = self.devices.get(f) {
-            return self.policy.devices.get(*i).map(|d| d.address);
+            return self
+                .policy
+                .devices
+                .get(*i)
+                .map(|d| TestFrom::Principal(d.addresses.clone()));
         }
         if let Some((sa, key)) = f.split_once('/')
             && let Some((i, _)) = self.sas.get(sa)
@@ -1289,9 +1387,11 @@ impl P<'_> {
                 .keys
                 .iter()
                 .find(|k| k.name == key)
-                .map(|k| k.address);
+                .map(|k| TestFrom::Principal(k.addresses.clone()));
         }
-        IpAddr::from_str(f).ok().map(|a| a.to_canonical())
+        IpAddr::from_str(f)
+            .ok()
+            .map(|a| TestFrom::Addr(a.to_canonical()))
     }
 
     fn resolve_to(&self, s: &str) -> Result<(IpAddr, u8, u16), String> {
@@ -1344,6 +1444,12 @@ impl P<'_> {
             _ => Err(format!("unknown protocol `{pr}` in `{s}`")),
         }
     }
+}
+
+/// The `from` of a `[[test]]`: a principal's addresses, or an address as written.
+enum TestFrom {
+    Principal(Vec<IpAddr>),
+    Addr(IpAddr),
 }
 
 fn split_kind(s: &str) -> (Option<&'static str>, &str) {

@@ -102,7 +102,8 @@ fn ports(rng: &mut Rng) -> Option<String> {
 
 /// A random policy in TOML: up to 3 remote networks, 6 resources (overlapping prefixes,
 /// port lists, ranges, audit mode), users with devices, service accounts, groups, and
-/// allow/deny grants with narrowing and expiries around `now`.
+/// allow/deny grants with narrowing and expiries around `now`. About half of the devices
+/// and service-account keys have an IPv4 and an IPv6 address.
 pub fn gen_policy(rng: &mut Rng, now: i64) -> String {
     let mut s = String::new();
     let nets = 1 + rng.below(3);
@@ -165,13 +166,26 @@ pub fn gen_policy(rng: &mut Rng, now: i64) -> String {
     let nusers = 1 + rng.below(4);
     let mut v4 = 1u32;
     let mut v6 = 1u32;
+    // About half of the principals are dual-stack; the others have one address (60% IPv4).
     let mut addr = |rng: &mut Rng| {
-        if rng.chance(60) {
+        let (four, six) = match rng.below(10) {
+            0..5 => (true, true),
+            5..8 => (true, false),
+            _ => (false, true),
+        };
+        let mut a = Vec::new();
+        if four {
             v4 += 1;
-            format!("198.19.255.{v4}")
-        } else {
+            a.push(format!("\"198.19.255.{v4}\""));
+        }
+        if six {
             v6 += 1;
-            format!("2001:db8:ff::{v6:x}")
+            a.push(format!("\"2001:db8:ff::{v6:x}\""));
+        }
+        if a.len() == 1 {
+            format!("address = {}", a[0])
+        } else {
+            format!("addresses = [{}]", a.join(", "))
         }
     };
     let mut refs: Vec<String> = Vec::new();
@@ -185,14 +199,14 @@ pub fn gen_policy(rng: &mut Rng, now: i64) -> String {
             let a = addr(rng);
             let _ = writeln!(
                 s,
-                "[[device]]\nname = \"d{dev}\"\nowner = \"u{u}@x.test\"\naddress = \"{a}\"\n"
+                "[[device]]\nname = \"d{dev}\"\nowner = \"u{u}@x.test\"\n{a}\n"
             );
             dev += 1;
         }
     }
     for i in 0..rng.below(3) {
         let keys: Vec<String> = (0..1 + rng.below(2))
-            .map(|k| format!("{{ name = \"k{k}\", address = \"{}\" }}", addr(rng)))
+            .map(|k| format!("{{ name = \"k{k}\", {} }}", addr(rng)))
             .collect();
         let _ = writeln!(
             s,
@@ -305,7 +319,8 @@ pub fn random_packet(
                 "2001:db8:fe::1".parse().unwrap(),
             ])
         } else {
-            rng.pick(&p.principals).address
+            let principal = rng.pick(&p.principals);
+            *rng.pick(&principal.addresses)
         }
     });
     let mut spaces: Vec<ipnet::IpNet> = dst_space.to_vec();

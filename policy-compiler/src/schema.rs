@@ -14,6 +14,12 @@ pub fn json_schema() -> Value {
         "type": "string",
         "description": "IPv4 or IPv6 host address, e.g. \"198.19.0.10\" or \"2001:db8:ff::10\""
     });
+    let hosts = json!({
+        "type": "array", "minItems": 1, "maxItems": 2, "uniqueItems": true, "items": host,
+        "description": "one or two host addresses, at most one IPv4 and one IPv6 (never IPv4-mapped), e.g. [\"198.19.0.10\", \"2001:db8:ff::10\"]"
+    });
+    // A principal has `address` or `addresses`, not both.
+    let one_of_address = json!([{ "required": ["address"] }, { "required": ["addresses"] }]);
     let ports = json!({
         "description": "\"all\", \"none\", or a list of ports (1-65535) and ranges (\"8000-8100\")",
         "oneOf": [
@@ -66,15 +72,17 @@ pub fn json_schema() -> Value {
                 "type": "object", "additionalProperties": false, "required": ["email"],
                 "properties": { "email": { "type": "string", "format": "email" } } } },
             "device": { "type": "array", "items": {
-                "type": "object", "additionalProperties": false, "required": ["name", "owner", "address"],
-                "properties": { "name": name, "owner": { "type": "string" }, "address": host } } },
+                "type": "object", "additionalProperties": false, "required": ["name", "owner"],
+                "oneOf": one_of_address,
+                "properties": { "name": name, "owner": { "type": "string" }, "address": host, "addresses": hosts } } },
             "service_account": { "type": "array", "items": {
                 "type": "object", "additionalProperties": false, "required": ["name"],
                 "properties": {
                     "name": name,
                     "keys": { "type": "array", "items": {
-                        "type": "object", "additionalProperties": false, "required": ["name", "address"],
-                        "properties": { "name": name, "address": host, "expires_at": timestamp } } }
+                        "type": "object", "additionalProperties": false, "required": ["name"],
+                        "oneOf": one_of_address,
+                        "properties": { "name": name, "address": host, "addresses": hosts, "expires_at": timestamp } } }
                 } } },
             "group": { "type": "array", "items": {
                 "type": "object", "additionalProperties": false, "required": ["name"],
@@ -85,7 +93,7 @@ pub fn json_schema() -> Value {
                 "type": "object", "additionalProperties": false, "required": ["from", "to", "expect"],
                 "properties": {
                     "name": { "type": "string" },
-                    "from": { "type": "string", "description": "device name, sa-name/key-name, or an address" },
+                    "from": { "type": "string", "description": "device name or sa-name/key-name (its address of the destination's family), or an address" },
                     "to": { "type": "string", "description": "addr:port/tcp, [v6]:port/udp, addr/icmp, or a resource name" },
                     "expect": { "enum": ["allow", "deny", "audit"] },
                     "at": timestamp

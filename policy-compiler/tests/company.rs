@@ -107,9 +107,13 @@ fn compiled_views_agree_on_the_tests() {
                 dst_port: t.dst_port,
             };
             let relevant = match host {
-                Host::Device(d) => {
-                    p.devices.iter().find(|x| &x.name == d).unwrap().address == t.src
-                }
+                Host::Device(d) => p
+                    .devices
+                    .iter()
+                    .find(|x| &x.name == d)
+                    .unwrap()
+                    .addresses
+                    .contains(&t.src),
                 Host::Connector(_) => view.protected.iter().any(|c| c.contains(&t.dst)),
             };
             if !relevant {
@@ -154,6 +158,9 @@ fn connector_view_has_least_knowledge() {
     let class_of = |a: &str| dc.sources.iter().find(|s| s.addr == ip(a)).map(|s| s.class);
     assert_ne!(class_of("198.19.0.10"), class_of("198.19.0.11"));
     assert_eq!(class_of("198.19.0.12"), class_of("2001:db8:ff::12"));
+    // A dual-stack device: both addresses in SRC, same class.
+    assert!(class_of("2001:db8:ff::10").is_some());
+    assert_eq!(class_of("198.19.0.10"), class_of("2001:db8:ff::10"));
     assert_eq!(class_of("198.19.1.1"), None);
     // Carol's expiring grant: valid_until at expiry, after = default deny.
     let until = parse_rfc3339("2030-01-01T00:00:00Z").unwrap();
@@ -193,12 +200,14 @@ fn connector_view_has_least_knowledge() {
 fn device_view_only_has_its_own_source() {
     let p = policy();
     let v = compile(&p, &Host::Device("alice-laptop".into()), NOW).unwrap();
-    assert_eq!(v.sources.len(), 1);
-    assert_eq!(v.sources[0].addr, ip("198.19.0.10"));
-    assert_eq!(
-        v.principals[&v.sources[0].principal].user.as_deref(),
-        Some("alice@example.com")
-    );
+    // The dual-stack laptop: one SRC entry per address, same principal and class.
+    let addrs: Vec<IpAddr> = v.sources.iter().map(|s| s.addr).collect();
+    assert_eq!(addrs, [ip("198.19.0.10"), ip("2001:db8:ff::10")]);
+    assert_eq!(v.sources[0].principal, v.sources[1].principal);
+    assert_eq!(v.sources[0].class, v.sources[1].class);
+    let meta = &v.principals[&v.sources[0].principal];
+    assert_eq!(meta.user.as_deref(), Some("alice@example.com"));
+    assert_eq!(meta.addresses, addrs);
     assert_eq!(v.protected.len(), 3);
     assert!(v.rules.iter().all(|r| r.key.class == 1));
     assert!(compile(&p, &Host::Device("nobody".into()), NOW).is_err());

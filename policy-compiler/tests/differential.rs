@@ -79,7 +79,7 @@ fn kernel_lookup_matches_reference_evaluator() {
             {
                 with_expiry += 1;
             }
-            let (src, space): (Option<IpAddr>, Vec<ipnet::IpNet>) = match host {
+            let (src, space): (Option<Vec<IpAddr>>, Vec<ipnet::IpNet>) = match host {
                 Host::Device(d) => {
                     let dev = policy.devices.iter().find(|x| &x.name == d).unwrap();
                     let mut space: Vec<ipnet::IpNet> = policy
@@ -91,12 +91,14 @@ fn kernel_lookup_matches_reference_evaluator() {
                         "198.18.200.0/24".parse::<ipnet::IpNet>().unwrap(),
                         "2001:db8:9::/48".parse().unwrap(),
                     ]);
-                    (Some(dev.address), space)
+                    (Some(dev.addresses.clone()), space)
                 }
                 Host::Connector(_) => (None, view.protected.clone()),
             };
             for i in 0..40 {
-                let pkt = random_packet(&mut rng, &policy, src, &space);
+                // A device sends from either of its addresses.
+                let from = src.as_ref().map(|a| *rng.pick(a));
+                let pkt = random_packet(&mut rng, &policy, from, &space);
                 if let Host::Connector(_) = host
                     && !view
                         .protected

@@ -240,3 +240,35 @@ fixture!(
     wrong_type,
     "2:8: error: `name` must be a string, found an integer",
 );
+
+fixture!(
+    device_address_and_addresses,
+    "9:13: error: [[device]] has both `address` and `addresses`",
+);
+
+fixture!(
+    device_two_ipv4_addresses,
+    "8:29: error: device `alice-laptop` has two IPv4 addresses, 198.19.0.10 and 198.19.0.11",
+);
+
+fixture!(device_addresses_empty, "8:13: error: `addresses` is empty",);
+
+fixture!(
+    device_mapped_address,
+    "8:14: error: `::ffff:198.19.0.10` is an IPv4-mapped IPv6 address",
+);
+
+fixture!(
+    sa_key_address_is_network,
+    "4:53: error: `2001:db8:ff::/64` is a network, not a host address",
+);
+
+fixture!(
+    sa_key_reuses_device_ipv6_address,
+    "13:53: error: address 2001:db8:ff::10 of service-account key `ci/runner-1` is already used by device `alice-laptop`",
+);
+
+fixture!(
+    test_from_without_family,
+    "20:8: error: `alice-laptop` has no IPv6 address to reach `db` from",
+);

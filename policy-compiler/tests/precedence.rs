@@ -105,7 +105,7 @@ fn check(p: &Policy, pkt: Packet, at: i64, verdict: Verdict, reason: Reason, rul
     );
     // The compiled views say the same.
     let mut hosts = vec![Host::Connector("conn".into())];
-    if let Some(dev) = p.devices.iter().find(|x| x.address == pkt.src) {
+    if let Some(dev) = p.devices.iter().find(|x| x.addresses.contains(&pkt.src)) {
         hosts.push(Host::Device(dev.name.clone()));
     }
     for h in hosts {

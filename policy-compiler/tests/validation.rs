@@ -185,7 +185,7 @@ name = "ci"
 
 [[service_account.keys]]
 name = "k"
-address = "2001:db8:ff::1"
+addresses = ["2001:db8:ff::1", "198.19.255.1"]
 
 [[group]]
 name = "g"
@@ -230,6 +230,15 @@ at = 2030-01-01T00:00:00Z
         Some(parse_rfc3339("2030-01-01T00:00:00Z").unwrap())
     );
     assert_eq!(p.principals.len(), 1);
+    // IPv4 first; a test `from` a principal uses its address of the destination's family.
+    let k: Vec<String> = p.principals[0]
+        .addresses
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(k, ["198.19.255.1", "2001:db8:ff::1"]);
+    assert_eq!(p.tests[0].src.to_string(), "2001:db8:ff::1");
+    assert_eq!(p.tests[2].src.to_string(), "198.19.255.1");
     let results = run_tests(&p);
     assert_eq!(results.len(), 4);
     assert!(results.iter().all(|r| r.passed), "{results:?}");

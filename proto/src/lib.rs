@@ -233,7 +233,7 @@ pub fn meta_to_wire(v: &pc::HostView) -> v1::ViewMeta {
                 kind: p.kind.to_string(),
                 name: p.name.clone(),
                 user: p.user.clone(),
-                address: p.address.to_string(),
+                addresses: p.addresses.iter().map(ToString::to_string).collect(),
             })
             .collect(),
         atoms: v
@@ -289,7 +289,7 @@ pub fn set_meta(v: &mut pc::HostView, m: &v1::ViewMeta) -> R<()> {
                 kind,
                 name: p.name.clone(),
                 user: p.user.clone(),
-                address: addr(&p.address)?,
+                addresses: p.addresses.iter().map(|a| addr(a)).collect::<R<_>>()?,
             },
         );
     }
