@@ -543,7 +543,9 @@ fn inbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
             } else {
                 end_flow(cx, &scratch.reversed, f, now);
                 live = false;
-                revoked = true;
+                // A denial revokes; a flow that is merely no longer ours (unprotected, or
+                // an unknown source toward audit mode) is forgotten and the packet goes on.
+                revoked = !d.reason.passes();
             }
         }
         if live {

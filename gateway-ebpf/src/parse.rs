@@ -383,6 +383,7 @@ fn parse_ipv4<C: Frame>(
 #[inline(always)]
 fn ipv4_options<C: Frame>(ctx: &C, start: usize, end: usize) -> Result<(), ParseOutcome> {
     let mut off = start;
+    let mut source_route = false;
     for i in 0..=MAX_IPV4_OPTIONS {
         if off >= end {
             break;
@@ -410,11 +411,15 @@ fn ipv4_options<C: Frame>(ctx: &C, start: usize, end: usize) -> Result<(), Parse
                     return Err(ParseOutcome::Malformed);
                 }
                 if ty == IPOPT_LSRR || ty == IPOPT_SSRR {
-                    return Err(ParseOutcome::SourceRoute);
+                    source_route = true;
                 }
                 off += len;
             }
         }
+    }
+    // Malformed options anywhere come first; then a source route.
+    if source_route {
+        return Err(ParseOutcome::SourceRoute);
     }
     Ok(())
 }

@@ -25,6 +25,58 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// The per-CPU `u64` counters of a per-CPU array, summed over CPUs, in index order: one
+/// system call for the whole array (the agent and the fuzzer read them constantly).
+pub fn per_cpu_sums(map: &MapData) -> Result<Vec<u64>> {
+    let info = map.info()?;
+    if info.key_size() != 4 || info.value_size() != 8 {
+        bail!("map {:?} is not a per-CPU array of u64", info.name_as_str());
+    }
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow::anyhow!("counting CPUs: {e}"))?;
+    let n = info.max_entries() as usize;
+    let fd = map.fd().as_fd().as_raw_fd();
+    let mut keys = vec![0u8; n * 4];
+    let mut values = vec![0u8; n * 8 * cpus];
+    let mut token_out = [0u8; 8];
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: token_out.as_mut_ptr() as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: n as u32,
+        map_fd: fd as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: buffers sized for `n` keys and `n` per-CPU values, alive for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            &mut attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            bail!("BPF_MAP_LOOKUP_BATCH on {:?}: {e}", info.name_as_str());
+        }
+    }
+    let mut sums = vec![0u64; n];
+    for i in 0..attr.count as usize {
+        let key = u32::from_ne_bytes(keys[i * 4..i * 4 + 4].try_into()?) as usize;
+        let mut sum = 0u64;
+        for c in 0..cpus {
+            let at = (i * cpus + c) * 8;
+            sum = sum.wrapping_add(u64::from_ne_bytes(values[at..at + 8].try_into()?));
+        }
+        if let Some(s) = sums.get_mut(key) {
+            *s = sum;
+        }
+    }
+    Ok(sums)
+}
+
 /// Every (key, value) of a hash map (`BPF_MAP_TYPE_HASH` / `LRU_HASH`) whose key and
 /// value types are `K` and `V`.
 pub fn read_all<K: aya::Pod, V: aya::Pod>(map: &MapData) -> Result<Vec<(K, V)>> {

@@ -409,18 +409,20 @@ impl Dataplane {
 
     /// Parse-outcome counters, summed over CPUs.
     pub fn parse_stats(&self) -> Result<ParseStats> {
+        let sums = crate::batch::per_cpu_sums(self.parse_stats.map())?;
         let mut stats = ParseStats::default();
-        for outcome in ParseOutcome::ALL {
-            stats.0[outcome as usize] = per_cpu_sum(&self.parse_stats, outcome as u32)?;
+        for (i, v) in stats.0.iter_mut().enumerate() {
+            *v = sums.get(i).copied().unwrap_or(0);
         }
         Ok(stats)
     }
 
     /// Verdict-reason counters, summed over CPUs.
     pub fn verdict_stats(&self) -> Result<VerdictStats> {
+        let sums = crate::batch::per_cpu_sums(self.verdict_stats.map())?;
         let mut stats = VerdictStats::default();
-        for reason in Reason::ALL {
-            stats.0[reason as usize] = per_cpu_sum(&self.verdict_stats, reason as u32)?;
+        for (i, v) in stats.0.iter_mut().enumerate() {
+            *v = sums.get(i).copied().unwrap_or(0);
         }
         Ok(stats)
     }

@@ -6,7 +6,6 @@ pub mod agent;
 pub mod batch;
 pub mod dataplane;
 pub mod demo;
-pub mod fuzz;
 pub mod netns;
 pub mod privileges;
 pub mod testkit;

@@ -48,6 +48,12 @@ impl BootClock {
         }
     }
 
+    /// A clock with a given offset (unix ns - boot ns): tests that map boot time onto a
+    /// chosen unix time.
+    pub fn with_offset(offset_ns: i128) -> Self {
+        BootClock { offset_ns }
+    }
+
     /// The boot-clock instant of unix second `t` (0 if before boot, saturating).
     pub fn unix_to_boot_ns(&self, t: i64) -> u64 {
         let ns = i128::from(t) * 1_000_000_000 - self.offset_ns;
@@ -139,6 +145,11 @@ impl PolicyWriter {
 
     pub fn clock(&self) -> BootClock {
         self.clock
+    }
+
+    /// Converts expiries with another clock from the next apply on.
+    pub fn set_clock(&mut self, clock: BootClock) {
+        self.clock = clock;
     }
 
     /// The entries the active generation holds, when known.

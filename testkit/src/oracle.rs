@@ -14,11 +14,10 @@
 //! 1. **Frames shorter than an Ethernet header**, or cut inside a VLAN tag, carry no readable
 //!    ethertype: `denied_malformed` (fail closed), not `not_ip`. A third VLAN tag is
 //!    `denied_malformed` whatever follows it.
-//! 2. **"The end of the packet"**: headers are checked against the nearer of the frame's end
-//!    and the datagram's end (IPv4 total length, IPv6 payload length + 40). A datagram whose
-//!    length runs past the frame is not malformed in itself (only headers that do not fit
-//!    are); Ethernet padding after the datagram is ignored. The unfragmented UDP length is
-//!    checked against that same end.
+//! 2. **"The end of the packet"**: a datagram whose length (IPv4 total length, IPv6 payload
+//!    length + 40) runs past the frame lost its end: malformed. Headers are checked against
+//!    the datagram's end; Ethernet padding after the datagram is ignored. The unfragmented UDP
+//!    length is checked against that same end.
 //! 3. **GSO** (BIG TCP lengths of 0 on tcx) does not exist for the model: frames are as on the
 //!    wire, so a 0 total length / payload length is always `denied_malformed`.
 //! 4. **Order of the parse drops**: every malformed check first (the whole packet, including
@@ -26,7 +25,7 @@
 //!    `denied_source_route`. So a source-routed packet with a truncated TCP header is
 //!    malformed, and a mapped source with a routing header is `denied_mapped_address`.
 //! 5. **IPv6 extension headers** walked: hop-by-hop (0), routing (43), fragment (44),
-//!    destination options (60) — the ones the contract names. AH (51), ESP (50), mobility,
+//!    authentication (51, length in 4-byte units), destination options (60). ESP (50), mobility,
 //!    HIP, shim6 and no-next-header (59) end the walk and are the packet's protocol ("other
 //!    IP protocol": no ports). The fragment header counts as one of the 8. The walk stops at
 //!    the fragment header of a later fragment (what follows is fragment data).
@@ -37,9 +36,11 @@
 //! 8. **Ports of ICMP flows**: echo request/reply use the identifier as both ports; every
 //!    other ICMP type has source port 0 and `type << 8 | code` as destination port.
 //! 9. **Re-deciding a flow** (another generation, or past its expiry) runs step 4 on the
-//!    flow's own 5-tuple (its original direction, also when the packet is an inbound reply):
-//!    `allowed`/`audit` from a principal keeps the flow (now under the active generation) and
-//!    the packet passes as `established` (outbound) or `reply` (inbound); any denial forgets
+//!    flow's own 5-tuple (its original direction, also when the packet is an inbound reply);
+//!    outbound this happens at step 4 (steps 2 and 3 see only current flows), inbound at
+//!    step 2. `allowed`/`audit` from a principal keeps the flow (now under the active
+//!    generation) and the packet passes as `allowed`/`audit` (outbound: it was decided) or
+//!    `reply` (inbound); any denial forgets
 //!    the flow and drops the packet as `denied_established`; `unprotected` or `audit` from an
 //!    unknown source (the destination left protected space, or the principal is gone but the
 //!    address is audit-mode) forgets the flow and the packet goes on through the remaining
@@ -62,9 +63,11 @@
 //! 14. **Fragments matched by an ICMP error**: only steps 2 and 4 (a flow opened, matched or
 //!     kept by re-decision) let the later fragments of a first fragment through; an ICMP
 //!     error that is a first fragment does not. Inbound: only replies (step 2).
-//! 15. **Which sources a connector knows**: every active principal's addresses, including
-//!     principals no grant names (those get `denied_no_grant`, not `denied_unknown_source`).
-//!     A device knows only its own addresses; a device missing from the policy knows none.
+//! 15. **Which sources a connector knows**: least knowledge. The principals named (directly
+//!     or through a group) by a grant, allow or deny, active when the policy was applied and
+//!     naming a resource that overlaps the connector's protected space; every other address
+//!     is an unknown source to it. A device knows only its own addresses; a device missing
+//!     from the policy knows none.
 //! 16. **Audit mode on inbound hooks**: the audit paragraph says "inbound packets to or from
 //!     an audit-mode address pass as `audit`", the inbound steps name only the source (later
 //!     fragments: "when the source is an audit-mode address"; step 4: "from an audit-mode
@@ -294,10 +297,10 @@ fn parse_v4(b: &[u8]) -> Parse<'_> {
     }
     let ihl = usize::from(b[0] & 0x0f) * 4;
     let total = usize::from(be16(b, 2));
-    if ihl < 20 || total == 0 || total < ihl || ihl > b.len() {
+    if ihl < 20 || total == 0 || total < ihl || total > b.len() {
         return MALFORMED;
     }
-    let end = total.min(b.len());
+    let end = total;
     let mut source_route = false;
     let mut i = 20;
     while i < ihl {
@@ -344,10 +347,10 @@ fn parse_v6(b: &[u8]) -> Parse<'_> {
         return MALFORMED;
     }
     let payload = usize::from(be16(b, 4));
-    if payload == 0 {
+    if payload == 0 || 40 + payload > b.len() {
         return MALFORMED;
     }
-    let end = (40 + payload).min(b.len());
+    let end = 40 + payload;
     let addr = |i: usize| {
         let mut a = [0u8; 16];
         a.copy_from_slice(&b[i..i + 16]);
@@ -362,7 +365,7 @@ fn parse_v6(b: &[u8]) -> Parse<'_> {
     let mut source_route = false;
     loop {
         match next {
-            0 | 43 | 60 => {
+            0 | 43 | 51 | 60 => {
                 if next == 0 && count != 0 {
                     return MALFORMED; // hop-by-hop anywhere but first
                 }
@@ -370,7 +373,13 @@ fn parse_v6(b: &[u8]) -> Parse<'_> {
                 if count > 8 || off + 8 > end {
                     return MALFORMED;
                 }
-                let len = (usize::from(b[off + 1]) + 1) * 8;
+                // AH counts 4-byte units minus 2 (RFC 4302), the others 8-byte units
+                // beyond the first 8 (RFC 8200).
+                let len = if next == 51 {
+                    (usize::from(b[off + 1]) + 2) * 4
+                } else {
+                    (usize::from(b[off + 1]) + 1) * 8
+                };
                 if off + len > end {
                     return MALFORMED;
                 }
@@ -540,6 +549,59 @@ fn quoted(quote: &[u8], v6: bool) -> Option<Tuple> {
     })
 }
 
+/// The principal addresses a connector knows under a policy applied at `now`: those of
+/// active devices and keys named (directly or through a group) by a grant, allow or deny,
+/// that is active at `now` and names a resource overlapping the connector's protected
+/// space. Least knowledge: a connector does not learn principals that nothing there concerns
+/// (to it they are unknown sources).
+fn connector_sources(
+    policy: &Policy,
+    protected: &[IpNet],
+    now: i64,
+) -> std::collections::HashSet<IpAddr> {
+    use policy_compiler::model::PrincipalRef;
+    let overlaps = |r: &IpNet| protected.iter().any(|c| c.contains(r) || r.contains(c));
+    let mut users = std::collections::HashSet::new();
+    let mut sas = std::collections::HashSet::new();
+    for g in &policy.grants {
+        if g.expires_at.is_some_and(|e| now >= e)
+            || !g.resources.iter().any(|&r| overlaps(&policy.resources[r].address))
+        {
+            continue;
+        }
+        for who in &g.principals {
+            match *who {
+                PrincipalRef::User(u) => {
+                    users.insert(u);
+                }
+                PrincipalRef::ServiceAccount(s) => {
+                    sas.insert(s);
+                }
+                PrincipalRef::Group(gr) => {
+                    users.extend(policy.groups[gr].users.iter().copied());
+                    sas.extend(policy.groups[gr].service_accounts.iter().copied());
+                }
+            }
+        }
+    }
+    let mut out = std::collections::HashSet::new();
+    for d in &policy.devices {
+        if users.contains(&d.owner) {
+            out.extend(d.addresses.iter().copied());
+        }
+    }
+    for (i, sa) in policy.service_accounts.iter().enumerate() {
+        if sas.contains(&i) {
+            for k in &sa.keys {
+                if k.expires_at.is_none_or(|e| now < e) {
+                    out.extend(k.addresses.iter().copied());
+                }
+            }
+        }
+    }
+    out
+}
+
 /// What was decided about a flow.
 #[derive(Clone, Copy, Debug)]
 struct Flow {
@@ -586,6 +648,8 @@ pub struct Model {
     applied_at: i64,
     /// This host's protected space.
     protected: Vec<IpNet>,
+    /// Connector: the principal addresses it knows (least knowledge; see `apply`).
+    known: std::collections::HashSet<IpAddr>,
     flows: HashMap<Tuple, Flow>,
     /// Fragment datagrams whose first fragment opened or matched a flow, per hook, with the
     /// generation it happened under. Index: 0 outbound, 1 inbound.
@@ -601,6 +665,7 @@ impl Model {
             generation: 0,
             applied_at: now_unix,
             protected: Vec::new(),
+            known: std::collections::HashSet::new(),
             flows: HashMap::new(),
             frags: [HashMap::new(), HashMap::new()],
         };
@@ -623,6 +688,10 @@ impl Model {
                 .iter()
                 .flat_map(|n| n.cidrs.iter().copied())
                 .collect(),
+        };
+        self.known = match &self.role {
+            Role::Connector(_) => connector_sources(&policy, &self.protected, now_unix),
+            Role::Device(_) => std::collections::HashSet::new(),
         };
         self.policy = policy;
         self.generation += 1;
@@ -713,10 +782,10 @@ impl Model {
                 .iter()
                 .any(|d| &d.name == name && d.addresses.contains(&a)),
             Role::Connector(_) => {
-                self.policy.devices.iter().any(|d| d.addresses.contains(&a))
-                    || self.policy.service_accounts.iter().any(|sa| {
+                self.known.contains(&a)
+                    && !self.policy.service_accounts.iter().any(|sa| {
                         sa.keys.iter().any(|k| {
-                            k.addresses.contains(&a) && k.expires_at.is_none_or(|e| now < e)
+                            k.addresses.contains(&a) && k.expires_at.is_some_and(|e| now >= e)
                         })
                     })
             }
@@ -795,11 +864,15 @@ impl Model {
         f.generation == self.generation && f.valid_until.is_none_or(|u| now < u)
     }
 
-    /// Decides an existing flow again (module docs, item 9). `Some(true)`: kept;
-    /// `Some(false)`: revoked and forgotten; `None`: forgotten, the packet goes on.
-    fn redecide(&mut self, key: &Tuple, now: i64) -> Option<bool> {
+    /// Decides an existing flow again (module docs, item 9). `Some(Ok(reason))`: kept,
+    /// decided `allowed` or `audit`; `Some(Err(()))`: revoked and forgotten; `None`:
+    /// forgotten, the packet goes on.
+    fn redecide(&mut self, key: &Tuple, now: i64) -> Option<Result<&'static str, ()>> {
         match self.decide(key, now) {
-            Decided::Open { valid_until, .. } => {
+            Decided::Open {
+                valid_until,
+                reason,
+            } => {
                 self.flows.insert(
                     *key,
                     Flow {
@@ -807,7 +880,7 @@ impl Model {
                         valid_until,
                     },
                 );
-                Some(true)
+                Some(Ok(reason))
             }
             Decided::Unprotected | Decided::AuditUnknown => {
                 self.flows.remove(key);
@@ -815,7 +888,7 @@ impl Model {
             }
             Decided::Unsolicited | Decided::UnknownSource | Decided::Denied(_) => {
                 self.flows.remove(key);
-                Some(false)
+                Some(Err(()))
             }
         }
     }
@@ -846,21 +919,15 @@ impl Model {
             });
         }
         // 2. Established flows.
-        if let Some(f) = self.flows.get(&t).copied() {
-            let kept = if self.current(&f, now) {
-                Some(true)
-            } else {
-                self.redecide(&t, now)
-            };
-            match kept {
-                Some(true) => {
-                    self.first_fragment_matched(p, 0);
-                    return expected("established");
-                }
-                Some(false) => return expected("denied_established"),
-                None => {}
+        // Only a current flow passes here; a stale one is decided again at step 4.
+        let stale = match self.flows.get(&t).copied() {
+            Some(f) if self.current(&f, now) => {
+                self.first_fragment_matched(p, 0);
+                return expected("established");
             }
-        }
+            Some(_) => true,
+            None => false,
+        };
         // 3. ICMP errors into protected space about a reply of an open flow.
         if let Some(quote) = p.icmp_error()
             && self.is_protected(t.dst)
@@ -874,7 +941,18 @@ impl Model {
         {
             return expected("icmp_error_related");
         }
-        // 4. Policy.
+        // 4. Policy. A stale flow is decided again: kept (`allowed`/`audit`), revoked
+        // (`denied_established`), or no longer ours (forgotten, decided afresh below).
+        if stale {
+            match self.redecide(&t, now) {
+                Some(Ok(reason)) => {
+                    self.first_fragment_matched(p, 0);
+                    return expected(reason);
+                }
+                Some(Err(())) => return expected("denied_established"),
+                None => {}
+            }
+        }
         let d = self.decide(&t, now);
         if let Decided::Open { valid_until, .. } = d {
             self.flows.insert(
@@ -913,16 +991,16 @@ impl Model {
             && let Some(f) = self.flows.get(&flow_key).copied()
         {
             let kept = if self.current(&f, now) {
-                Some(true)
+                Some(Ok("reply"))
             } else {
                 self.redecide(&flow_key, now)
             };
             match kept {
-                Some(true) => {
+                Some(Ok(_)) => {
                     self.first_fragment_matched(p, 1);
                     return expected("reply");
                 }
-                Some(false) => return expected("denied_established"),
+                Some(Err(())) => return expected("denied_established"),
                 None => {}
             }
         }

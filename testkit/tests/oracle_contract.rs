@@ -75,6 +75,15 @@ name = "carol-laptop"
 owner = "carol@example.com"
 address = "198.19.0.12"
 
+[[user]]
+email = "dave@example.com"
+
+# Dave has no grant: no connector knows him (least knowledge).
+[[device]]
+name = "dave-laptop"
+owner = "dave@example.com"
+address = "198.19.0.13"
+
 [[service_account]]
 name = "ci"
 keys = [{ name = "k", address = "198.19.1.1", expires_at = "2026-01-01T00:01:40Z" }]
@@ -108,6 +117,11 @@ resources = ["db"]
 expires_at = "2026-01-01T00:01:00Z"
 
 [[allow]]
+name = "carol-db"
+principals = ["carol@example.com"]
+resources = ["db"]
+
+[[allow]]
 name = "ci-web"
 principals = ["service_account:ci"]
 resources = ["web"]
@@ -127,6 +141,7 @@ const ALICE: &str = "198.19.0.10";
 const ALICE6: &str = "2001:db8:ff::10";
 const BOB: &str = "198.19.0.11";
 const CAROL: &str = "198.19.0.12";
+const DAVE: &str = "198.19.0.13";
 const CI: &str = "198.19.1.1";
 const WEB: &str = "198.18.1.10";
 const WEB6: &str = "2001:db8:1::10";
@@ -333,8 +348,8 @@ fn ipv4_header_rules() {
             WEB,
             "ipv4: total length 1500 runs past the frame (headers fit)"
         ),
-        "denied_no_grant",
-        "udp to port 80 of web: decided by policy, not malformed"
+        "denied_malformed",
+        "a datagram longer than its frame lost its end: malformed"
     );
 }
 
@@ -656,8 +671,8 @@ fn revoked_grant_stops_the_next_packet() {
     );
     // Forgotten: the next packet is decided afresh.
     h.out_is(&tcp(ALICE, WEB, 40000, 80, flags::ACK), "denied_no_grant");
-    // Bob's flow is re-decided and kept.
-    h.out_is(&tcp(BOB, WEB, 40000, 80, flags::ACK), "established");
+    // Bob's flow is re-decided and kept: decided (`allowed`), then the fast path.
+    h.out_is(&tcp(BOB, WEB, 40000, 80, flags::ACK), "allowed");
     h.out_is(&tcp(BOB, WEB, 40000, 80, flags::ACK), "established");
 }
 
@@ -815,7 +830,8 @@ fn outbound_icmp_error_after_a_swap() {
     let reply = tcp(DB, BOB, 5432, 40000, flags::ACK);
     let e = wire::icmp_error(ip(BOB), ip(DB), IcmpError::Unreachable(1), &reply);
     h.out_is(&e, "denied_no_grant");
-    h.out_is(&tcp(BOB, DB, 40000, 5432, flags::ACK), "established");
+    // Decided again under the new generation (still allowed), then related.
+    h.out_is(&tcp(BOB, DB, 40000, 5432, flags::ACK), "allowed");
     h.out_is(&e, "icmp_error_related");
 }
 
@@ -991,7 +1007,8 @@ fn later_fragments_outbound() {
     // Fragments of one hook do not open the other: a first fragment outbound does not let
     // later fragments of the same datagram through inbound.
     let f8 = dg(ALICE, WEB, 8);
-    h.out_is(&f8[0], "established");
+    // The flow's first packet since the new generation: decided again, still allowed.
+    h.out_is(&f8[0], "allowed");
     h.in_is(&f8[1], "denied_fragment");
     // The overlapping-fragment attack (offset 8 rewriting the TCP header) is a later
     // fragment like any other: with no first fragment, dropped.
@@ -1114,17 +1131,22 @@ fn device_knows_only_itself() {
     };
     // The lab connector protects only the lab: the datacenter is unprotected there.
     lab.out_is(&tcp(ALICE, WEB, 40000, 80, flags::SYN), "unprotected");
+    // No grant names a lab resource: the lab connector knows no principal at all.
     lab.out_is(
         &tcp(ALICE, "198.19.200.5", 40000, 22, flags::SYN),
-        "denied_no_grant",
+        "denied_unknown_source",
     );
 }
 
-/// Ambiguity 15: a connector knows every active principal, also one no grant names.
+/// "Sources a connector knows": the principals named by a grant active at the last apply
+/// that concerns a resource of its networks (least knowledge); others are unknown sources.
 #[test]
-fn connector_knows_every_principal() {
+fn connector_knows_the_principals_its_grants_name() {
     let mut h = Host::connector();
-    h.out_is(&tcp(CAROL, DB, 40000, 5432, flags::SYN), "denied_no_grant");
+    // Carol has a grant here (db), not for web: a known principal without a grant.
+    h.out_is(&tcp(CAROL, WEB, 40000, 443, flags::SYN), "denied_no_grant");
+    // Dave has no grant anywhere: the connector does not know him.
+    h.out_is(&tcp(DAVE, DB, 40000, 5432, flags::SYN), "denied_unknown_source");
 }
 
 // ------------------------------------------------------------------ model

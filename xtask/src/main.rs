@@ -91,7 +91,7 @@ fn main() -> Result<()> {
                 "--quiet",
                 "--release",
                 "--package",
-                "gateway-user",
+                "gateway-fuzz",
                 "--bin",
                 "gateway-fuzz",
                 "--",

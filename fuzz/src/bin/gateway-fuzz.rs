@@ -1,6 +1,6 @@
-//! `gateway-fuzz --policies N --packets M [--seed S]`: differential fuzzing of the loaded
-//! data plane against the reference evaluator (see `gateway_user::fuzz`). Prints progress
-//! on stderr and one JSON line on stdout; exits 1 on any mismatch. Needs root.
+//! `gateway-fuzz --policies N --packets M [--seed S]`: stateful differential fuzzing of the
+//! loaded data plane against the reference model (see the `gateway_fuzz` crate). Prints
+//! progress on stderr and one JSON line on stdout; exits 1 on any disagreement. Needs root.
 
 use anyhow::{Result, bail};
 
@@ -24,23 +24,26 @@ fn main() -> Result<()> {
             "-h" | "--help" => {
                 println!(
                     "gateway-fuzz --policies N --packets M [--seed S]\n\n\
-                     Runs N random policies with M random (valid and malformed) packets each \
-                     through the loaded XDP/TC programs and the reference evaluator; prints \
-                     one JSON line; exits 1 on any mismatch. Needs root."
+                     For N random policies, runs sequences of about M packets in all (flows \
+                     opened and answered, ICMP errors real and forged, fragments of real \
+                     datagrams, policy swaps, time passing, malformed frames) through the \
+                     loaded XDP/tcx programs and the reference model; prints one JSON line \
+                     with wrong_allow, wrong_deny and wrong_reason; exits 1 if any is not 0. \
+                     Needs root."
                 );
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
-    let report = gateway_user::fuzz::run(policies, packets, seed, |done, r| {
+    let report = gateway_fuzz::run(policies, packets, seed, |done, r| {
         eprintln!(
-            "fuzz: {done}/{policies} policies, {} packets, {} mismatches",
-            r.packets, r.mismatches
+            "fuzz: {done}/{policies} policies, {} packets, {} wrong allow, {} wrong deny, {} wrong reason",
+            r.packets, r.wrong_allow, r.wrong_deny, r.wrong_reason
         );
     })?;
     println!("{}", serde_json::to_string(&report)?);
-    if report.mismatches > 0 {
+    if report.mismatches() > 0 {
         std::process::exit(1);
     }
     Ok(())
