@@ -2,6 +2,10 @@
 //!
 //! Rule: such a test skips (with a printed reason) only when the process is not root *and*
 //! `CI` is not `true`. Under `CI=true` a missing capability is a failure, never a skip.
+//!
+//! A skip is never counted as a pass: when `ZT_SKIP_DIR` is set (`cargo xtask test` sets
+//! it), a skipping test leaves a file named after itself there, and the runner reports
+//! those tests as skipped, not passed.
 
 /// True when running as root.
 pub fn is_root() -> bool {
@@ -32,6 +36,7 @@ fn decide(name: &str, root: bool, ci: bool) -> Gate {
         (true, _) => Gate::Run,
         (false, false) => {
             eprintln!("SKIP {name}: needs root (BPF, network namespaces); CI is not set");
+            record_skip(name);
             Gate::Skip
         }
         (false, true) => panic!(
@@ -41,11 +46,31 @@ fn decide(name: &str, root: bool, ci: bool) -> Gate {
     }
 }
 
+/// Leaves a marker for the test runner (see the module docs).
+fn record_skip(name: &str) {
+    let Some(dir) = std::env::var_os("ZT_SKIP_DIR") else {
+        return;
+    };
+    let file: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' })
+        .collect();
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(
+        std::path::Path::new(&dir).join(format!("{file}-{}", std::process::id())),
+        name,
+    );
+}
+
 /// `if skip_unless_privileged!() { return; }` at the top of a privileged test.
 #[macro_export]
 macro_rules! skip_unless_privileged {
     () => {
-        $crate::privileges::gate(module_path!()) == $crate::privileges::Gate::Skip
+        $crate::privileges::gate(&format!(
+            "{}::{}",
+            module_path!(),
+            std::thread::current().name().unwrap_or("?")
+        )) == $crate::privileges::Gate::Skip
     };
 }
 
@@ -60,8 +85,20 @@ mod tests {
     }
 
     #[test]
-    fn non_root_outside_ci_skips() {
-        assert_eq!(decide("t", false, false), Gate::Skip);
+    fn non_root_outside_ci_skips_and_leaves_a_marker() {
+        let dir = std::env::temp_dir().join(format!("zt-skip-test-{}", std::process::id()));
+        // SAFETY: the only test of this crate that reads or writes ZT_SKIP_DIR.
+        unsafe { std::env::set_var("ZT_SKIP_DIR", &dir) };
+        assert_eq!(decide("some::test", false, false), Gate::Skip);
+        // SAFETY: as above.
+        unsafe { std::env::remove_var("ZT_SKIP_DIR") };
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(names, ["some::test"], "the runner counts this test as skipped");
     }
 
     #[test]
