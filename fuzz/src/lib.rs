@@ -125,7 +125,10 @@ pub fn run_sequence(dp: &mut Dataplane, s: &Scenario, report: &mut Report) -> Re
     // boundary that matters (expiries are whole seconds away from any step's time).
     let mut now = s.start;
     // FUZZ_TRACE=<seed>: print every step of that sequence (debugging a disagreement).
-    let trace = std::env::var("FUZZ_TRACE").ok().and_then(|v| v.parse::<u64>().ok()) == Some(s.seed);
+    let trace = std::env::var("FUZZ_TRACE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        == Some(s.seed);
     for (i, step) in s.steps.iter().enumerate() {
         if trace && !matches!(step, Step::Packet { .. }) {
             eprintln!("trace {i}: {step:?}");
@@ -173,17 +176,19 @@ pub fn run_sequence(dp: &mut Dataplane, s: &Scenario, report: &mut Report) -> Re
                             continue;
                         }
                         Err(e) => {
-                            return Err(e.context(format!(
-                                "tcx test run of a {}-byte frame",
-                                frame.len()
-                            )));
+                            return Err(
+                                e.context(format!("tcx test run of a {}-byte frame", frame.len()))
+                            );
                         }
                     }
                 };
                 let got = k.dp.verdict_stats()?.since(&before).single();
                 let got_name = got.map_or("none", |r| r.name());
                 if trace {
-                    eprintln!("trace {i} {dir:?} {label}: kernel {got_name}, model {}", want.reason);
+                    eprintln!(
+                        "trace {i} {dir:?} {label}: kernel {got_name}, model {}",
+                        want.reason
+                    );
                 }
                 report.packets += 1;
                 *report.reasons.entry(got_name).or_default() += 1;

@@ -12,9 +12,15 @@ fn loaded_programs_agree_with_the_model() {
     assert_eq!(report.policies, 12);
     // The run must exercise both outcomes, swaps and time, or it proves nothing.
     assert!(report.packets >= 10_000, "{report:?}");
-    assert!(report.passed > 1_000 && report.dropped > 1_000, "{report:?}");
+    assert!(
+        report.passed > 1_000 && report.dropped > 1_000,
+        "{report:?}"
+    );
     assert!(report.swaps > 10 && report.time_steps > 10, "{report:?}");
-    assert!(report.reasons.len() >= 12, "too few reasons exercised: {report:?}");
+    assert!(
+        report.reasons.len() >= 12,
+        "too few reasons exercised: {report:?}"
+    );
     assert_eq!(
         report.mismatches(),
         0,

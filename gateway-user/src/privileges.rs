@@ -53,7 +53,13 @@ fn record_skip(name: &str) {
     };
     let file: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let _ = std::fs::create_dir_all(&dir);
     let _ = std::fs::write(
@@ -98,7 +104,11 @@ mod tests {
             .map(|e| std::fs::read_to_string(e.path()).unwrap())
             .collect();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(names, ["some::test"], "the runner counts this test as skipped");
+        assert_eq!(
+            names,
+            ["some::test"],
+            "the runner counts this test as skipped"
+        );
     }
 
     #[test]

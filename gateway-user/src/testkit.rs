@@ -579,21 +579,62 @@ pub fn run_tc(prog: &mut aya::programs::SchedClassifier, frame: &[u8]) -> Result
     Ok(result.return_value as i32)
 }
 
+/// What became of a TCP connection attempt with one byte echoed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TcpOutcome {
+    /// Connected, the byte came back.
+    Echoed,
+    /// A reset answered the SYN: a host said nothing listens there. Never what the gateway
+    /// does (it drops silently).
+    Refused,
+    /// No answer within the timeout: dropped on the way (the gateway's way of denying).
+    Silent,
+    /// Anything else (unreachable, reset after connecting, wrong byte).
+    Other(String),
+}
+
 /// A TCP connection from inside `ns` to `dst` (`addr:port`), one byte sent and echoed
-/// back, every step bounded by `timeout`: true when it all worked.
-pub fn tcp_echo(ns: &crate::netns::NetNs, dst: &str, timeout: Duration) -> bool {
-    use std::io::{Read as _, Write as _};
+/// back, every step bounded by `timeout`.
+pub fn tcp_try(ns: &crate::netns::NetNs, dst: &str, timeout: Duration) -> TcpOutcome {
+    use std::io::{ErrorKind, Read as _, Write as _};
     let Ok(dst) = dst.parse::<std::net::SocketAddr>() else {
-        return false;
+        return TcpOutcome::Other(format!("bad address {dst}"));
     };
-    let Ok(Ok(mut s)) = ns.run(|| std::net::TcpStream::connect_timeout(&dst, timeout)) else {
-        return false;
+    let mut s = match ns.run(|| std::net::TcpStream::connect_timeout(&dst, timeout)) {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => return TcpOutcome::Refused,
+        Ok(Err(e)) if e.kind() == ErrorKind::TimedOut => return TcpOutcome::Silent,
+        Ok(Err(e)) => return TcpOutcome::Other(e.to_string()),
+        Err(e) => return TcpOutcome::Other(format!("{e:#}")),
     };
     let mut b = [0u8; 1];
-    s.set_read_timeout(Some(timeout)).is_ok()
-        && s.write_all(b"x").is_ok()
-        && s.read_exact(&mut b).is_ok()
-        && b == *b"x"
+    if let Err(e) = s.set_read_timeout(Some(timeout)) {
+        return TcpOutcome::Other(e.to_string());
+    }
+    if let Err(e) = s.write_all(b"x") {
+        return TcpOutcome::Other(e.to_string());
+    }
+    match s.read_exact(&mut b) {
+        Ok(()) if b == *b"x" => TcpOutcome::Echoed,
+        Ok(()) => TcpOutcome::Other(format!("echoed {b:?}")),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            TcpOutcome::Silent
+        }
+        Err(e) => TcpOutcome::Other(e.to_string()),
+    }
+}
+
+/// True when a TCP echo to `dst` worked.
+pub fn tcp_echo(ns: &crate::netns::NetNs, dst: &str, timeout: Duration) -> bool {
+    tcp_try(ns, dst, timeout) == TcpOutcome::Echoed
+}
+
+/// True when the connection was dropped silently, the way the gateway denies. A test that
+/// asserts this must have a listener at `dst` that would answer (and a control run showing
+/// it does without the gateway): a port nobody listens on answers with a reset, and a
+/// reset is not a denial.
+pub fn tcp_dropped(ns: &crate::netns::NetNs, dst: &str, timeout: Duration) -> bool {
+    tcp_try(ns, dst, timeout) == TcpOutcome::Silent
 }
 
 /// TCP echo servers (every byte back, until EOF) listening on `addrs` inside `ns`, each

@@ -321,12 +321,19 @@ fn agent_end_to_end() {
     )
     .unwrap();
     let stderr = dirs.tmp.join("agent.stderr");
+    // Control: without the agent the destinations denied below answer.
+    for dst in ["198.18.1.5:23", "198.18.1.10:5432"] {
+        assert!(
+            tcp_echo_at(&alice, dst),
+            "control: {dst} answers without the agent"
+        );
+    }
     let agent = start_agent(&conn, &cfg, &stderr);
 
     // --- Enforcement and the connection log.
     assert!(tcp_echo_at(&alice, "198.18.1.5:443"), "alice -> web:443");
     assert!(
-        !tcp_echo_at(&alice, "198.18.1.5:23"),
+        tcp_dropped_at(&alice, "198.18.1.5:23"),
         "alice -> web:23 must be denied"
     );
     let start = wait_record(&log, "flow_start to web:443", |r| {
@@ -379,7 +386,7 @@ fn agent_end_to_end() {
     );
     assert!(tcp_echo_at(&alice, "198.18.1.10:5432"), "db still allowed");
     assert!(
-        !tcp_echo_at(&alice, "198.18.1.5:23"),
+        tcp_dropped_at(&alice, "198.18.1.5:23"),
         "still denied after a broken edit"
     );
     // A good edit (revoking alice-db) is applied as a new generation.
@@ -393,7 +400,7 @@ fn agent_end_to_end() {
     )
     .unwrap();
     wait_for_count(&agent, "applied", applied + 1, Duration::from_secs(5));
-    assert!(!tcp_echo_at(&alice, "198.18.1.10:5432"), "db revoked");
+    assert!(tcp_dropped_at(&alice, "198.18.1.10:5432"), "db revoked");
     assert!(tcp_echo_at(&alice, "198.18.1.5:443"), "web still allowed");
 
     // --- kill -9 under traffic: no denied packet gets through, allowed flows go on.
@@ -507,4 +514,9 @@ fn agent_end_to_end() {
 
 fn tcp_echo_at(ns: &NetNs, dst: &str) -> bool {
     gateway_user::testkit::tcp_echo(ns, dst, TIMEOUT)
+}
+
+/// Dropped silently (the gateway's denial), as opposed to refused by a closed port.
+fn tcp_dropped_at(ns: &NetNs, dst: &str) -> bool {
+    gateway_user::testkit::tcp_dropped(ns, dst, TIMEOUT)
 }

@@ -255,7 +255,11 @@ fn wait(mut cond: impl FnMut() -> bool, what: &str, a: &Agent) {
 }
 
 fn serve(res: &NetNs) {
-    gateway_user::testkit::tcp_echo_servers(res, &["198.18.1.5:443", "198.18.1.10:5432"]).unwrap();
+    gateway_user::testkit::tcp_echo_servers(
+        res,
+        &["198.18.1.5:443", "198.18.1.5:23", "198.18.1.10:5432"],
+    )
+    .unwrap();
 }
 
 fn pinned(pin: &Path, name: &str) -> Map {
@@ -397,13 +401,20 @@ fn managed_agents_follow_the_controller() {
         dir.file_name().unwrap().to_string_lossy()
     ));
     let conn_err = dir.join("conn.stderr");
+    // Control: without agents, every destination denied below answers.
+    for dst in ["198.18.1.5:23", "198.18.1.10:5432"] {
+        assert!(
+            tcp_echo_at(&alice, dst),
+            "control: {dst} answers without the agents"
+        );
+    }
     let mut conn_agent = start_agent(&conn, &conn_cfg, &conn_err);
     let alice_agent = start_agent(&alice, &alice_cfg, &dir.join("alice.stderr"));
 
     assert!(tcp_echo_at(&alice, "198.18.1.5:443"), "alice -> web");
     assert!(tcp_echo_at(&alice, "198.18.1.10:5432"), "alice -> db");
     assert!(
-        !tcp_echo_at(&alice, "198.18.1.5:23"),
+        tcp_dropped_at(&alice, "198.18.1.5:23"),
         "alice -> web:23 denied"
     );
 
@@ -438,7 +449,7 @@ fn managed_agents_follow_the_controller() {
     );
     apply(&ctl, &no_db);
     wait(
-        || !tcp_echo_at(&alice, "198.18.1.10:5432"),
+        || tcp_dropped_at(&alice, "198.18.1.10:5432"),
         "alice -> db revoked",
         &alice_agent,
     );
@@ -456,11 +467,11 @@ fn managed_agents_follow_the_controller() {
         "still allowed without a controller"
     );
     assert!(
-        !tcp_echo_at(&alice, "198.18.1.10:5432"),
+        tcp_dropped_at(&alice, "198.18.1.10:5432"),
         "still denied without a controller"
     );
     assert!(
-        !tcp_echo_at(&alice, "198.18.1.5:23"),
+        tcp_dropped_at(&alice, "198.18.1.5:23"),
         "still denied without a controller"
     );
 
@@ -499,4 +510,9 @@ fn managed_agents_follow_the_controller() {
 
 fn tcp_echo_at(ns: &NetNs, dst: &str) -> bool {
     gateway_user::testkit::tcp_echo(ns, dst, TIMEOUT)
+}
+
+/// Dropped silently (the gateway's denial), as opposed to refused by a closed port.
+fn tcp_dropped_at(ns: &NetNs, dst: &str) -> bool {
+    gateway_user::testkit::tcp_dropped(ns, dst, TIMEOUT)
 }

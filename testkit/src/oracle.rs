@@ -565,7 +565,10 @@ fn connector_sources(
     let mut sas = std::collections::HashSet::new();
     for g in &policy.grants {
         if g.expires_at.is_some_and(|e| now >= e)
-            || !g.resources.iter().any(|&r| overlaps(&policy.resources[r].address))
+            || !g
+                .resources
+                .iter()
+                .any(|&r| overlaps(&policy.resources[r].address))
         {
             continue;
         }

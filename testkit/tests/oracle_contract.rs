@@ -1146,7 +1146,10 @@ fn connector_knows_the_principals_its_grants_name() {
     // Carol has a grant here (db), not for web: a known principal without a grant.
     h.out_is(&tcp(CAROL, WEB, 40000, 443, flags::SYN), "denied_no_grant");
     // Dave has no grant anywhere: the connector does not know him.
-    h.out_is(&tcp(DAVE, DB, 40000, 5432, flags::SYN), "denied_unknown_source");
+    h.out_is(
+        &tcp(DAVE, DB, 40000, 5432, flags::SYN),
+        "denied_unknown_source",
+    );
 }
 
 // ------------------------------------------------------------------ model
