@@ -158,6 +158,10 @@ pub mod bench {
     pub const PROG_TRAFFICGEN: &str = "bench_trafficgen";
     /// Array with one `u32`: the interface index the traffic generator transmits on.
     pub const TRAFFICGEN_TARGET: &str = "TGEN_TARGET";
+    /// tc program that counts packets and returns TC_ACT_OK (TCX_PASS): ordering tests.
+    pub const PROG_TC_PASS: &str = "bench_tc_pass";
+    /// Per-CPU array with one `u64`: runs of `PROG_TC_PASS`.
+    pub const TC_PASS_RUNS: &str = "TC_PASS_RUNS";
 }
 
 #[cfg(test)]

@@ -45,10 +45,13 @@ pub enum Reason {
     DeniedDirection = 17,
     /// The host's role is not configured: every IP packet is dropped.
     DeniedUnconfigured = 18,
+    /// IPv6 neighbour discovery (ICMPv6 133-137 with hop limit 255: it never crossed a
+    /// router): the link's own business, passed in both directions.
+    NeighborDiscovery = 19,
 }
 
 /// Number of reasons (size of the per-CPU counter array).
-pub const REASONS: u32 = 19;
+pub const REASONS: u32 = 20;
 
 impl Reason {
     /// Every reason, in counter-index order.
@@ -72,6 +75,7 @@ impl Reason {
         Self::DeniedSourceRoute,
         Self::DeniedDirection,
         Self::DeniedUnconfigured,
+        Self::NeighborDiscovery,
     ];
 
     /// The single place where a reason becomes an action.
@@ -85,7 +89,8 @@ impl Reason {
             | Self::Reply
             | Self::IcmpErrorRelated
             | Self::Audit
-            | Self::FragmentAllowed => true,
+            | Self::FragmentAllowed
+            | Self::NeighborDiscovery => true,
             Self::DeniedByRule
             | Self::DeniedNoGrant
             | Self::DeniedUnknownSource
@@ -132,6 +137,7 @@ impl Reason {
             Self::DeniedSourceRoute => "denied_source_route",
             Self::DeniedDirection => "denied_direction",
             Self::DeniedUnconfigured => "denied_unconfigured",
+            Self::NeighborDiscovery => "neighbor_discovery",
         }
     }
 }

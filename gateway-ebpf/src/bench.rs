@@ -5,10 +5,10 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{map, xdp},
-    maps::Array,
-    programs::XdpContext,
+    bindings::{TC_ACT_OK, xdp_action},
+    macros::{classifier, map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::{TcContext, XdpContext},
 };
 
 /// Passes every frame untouched.
@@ -37,6 +37,21 @@ pub fn bench_trafficgen(_ctx: XdpContext) -> u32 {
     };
     // SAFETY: the helper has no memory preconditions; it returns an XDP action.
     unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as u32 }
+}
+
+/// Runs of `bench_tc_pass`, per CPU.
+#[map(name = "TC_PASS_RUNS")]
+static TC_PASS_RUNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// A tc program that counts and passes every packet with `TC_ACT_OK` (in tcx: TCX_PASS,
+/// which ends the chain). Tests put it beside the gateway's program to check the order.
+#[classifier]
+pub fn bench_tc_pass(_ctx: TcContext) -> i32 {
+    if let Some(n) = TC_PASS_RUNS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe { *n += 1 };
+    }
+    TC_ACT_OK as i32
 }
 
 #[cfg(not(test))]

@@ -137,6 +137,8 @@ fn process<C: Frame>(ctx: &C, len: u64, ifindex: u32, hook: Hook) -> Reason {
                     };
                     if !outcome.has_flow() {
                         refused(&cx, scratch, outcome)
+                    } else if parse::is_neighbor_discovery(&scratch.parsed) {
+                        Reason::NeighborDiscovery
                     } else if scratch.parsed.later_fragment {
                         later_fragment(&cx, scratch)
                     } else if dir == Direction::Outbound {

@@ -120,6 +120,8 @@ pub struct Parsed {
     pub frag_id: [u8; 4],
     /// Protocol that names the datagram: the IPv4 protocol, 0 for IPv6 (RFC 8200).
     pub frag_proto: u8,
+    /// IPv6 hop limit (0 for IPv4).
+    pub hop_limit: u8,
 }
 
 impl Parsed {
@@ -142,6 +144,7 @@ impl Parsed {
         ports: false,
         frag_id: [0; 4],
         frag_proto: 0,
+        hop_limit: 0,
     };
 }
 
@@ -455,6 +458,7 @@ fn parse_ipv6<C: Frame>(
     out.key.dst = ip.dst;
     out.key.family = 6;
     out.addrs = true;
+    out.hop_limit = ip.hop_limit;
     if mapped(&ip.src) || mapped(&ip.dst) {
         return Err(ParseOutcome::MappedAddress);
     }
@@ -670,6 +674,16 @@ pub fn is_icmp_error(parsed: &Parsed) -> bool {
         proto::ICMPV6 => matches!(ty, 1..=4),
         _ => false,
     }
+}
+
+/// True for IPv6 neighbour discovery that never crossed a router (RFC 4861: router and
+/// neighbour solicitations and advertisements, redirects, all sent with hop limit 255).
+#[inline(always)]
+pub fn is_neighbor_discovery(parsed: &Parsed) -> bool {
+    parsed.key.proto == proto::ICMPV6
+        && !parsed.later_fragment
+        && parsed.hop_limit == 255
+        && matches!(parsed.icmp_type, 133..=137)
 }
 
 /// True for an ICMP/ICMPv6 echo request (never a reply of anything).

@@ -305,6 +305,16 @@ impl Dataplane {
         Ok(self.config.get(&0, 0)?)
     }
 
+    /// Source prefixes with event/scan state (the LRU the kernel grows on denials).
+    pub fn source_states(&self) -> Result<usize> {
+        Ok(
+            crate::batch::read_all::<gateway_common::Addr, gateway_common::event::SourceState>(
+                self.sources.map(),
+            )?
+            .len(),
+        )
+    }
+
     /// Forgets everything the programs learnt from traffic: flows, fragments, per-source
     /// event state, event budgets, waiting events. Policy and counters stay. For tests
     /// that run many independent cases on one loaded object.

@@ -1515,6 +1515,74 @@ fn event_cases() -> Vec<Case> {
                 .collect(),
         ),
         case(
+            "a spoofed-source deny flood: budgets hold, state is not churned, flow records still flow",
+            "events: per-CPU budget per kind with counted suppression; no new source state while over budget; flow records on their own ring",
+            CONN,
+            // A real scanner first (its state must survive), then denied packets from
+            // 6000 spoofed /64s (more than two CPUs' budgets), then the scanner goes on and
+            // a legitimate flow opens.
+            (0..6u16)
+                .map(|i| Step::Out(pkt(carol(), web(), tcp(50003, 3000 + i)), DeniedNoGrant))
+                .chain((0..6000u32).map(|i| {
+                    let src = IpAddr::V6(std::net::Ipv6Addr::new(
+                        0x2001, 0xdb8, 0xf0, i as u16, 0, 0, 0, 1,
+                    ));
+                    Step::Out(pkt(src, web6(), tcp(1, 443)), DeniedUnknownSource)
+                }))
+                .chain(
+                    (6..16u16).map(|i| {
+                        Step::Out(pkt(carol(), web(), tcp(50003, 3000 + i)), DeniedNoGrant)
+                    }),
+                )
+                .chain([Step::Out(pkt(alice(), web(), tcp(40042, 443)), Allowed)])
+                .chain([check(|dp, evs| {
+                    let budget = gateway_common::DataplaneConfig::DEFAULT.budget
+                        [EventKind::Deny as usize] as usize;
+                    let denies = count(evs, EventKind::Deny);
+                    let suppressed: u64 = evs
+                        .iter()
+                        .filter(|e| e.kind == EventKind::Deny as u8)
+                        .map(|e| u64::from(e.suppressed))
+                        .sum();
+                    let sources = dp.source_states().unwrap();
+                    let scans = evs
+                        .iter()
+                        .filter(|e| e.kind == EventKind::ScanAlert as u8 && e.detail == 1)
+                        .count();
+                    let starts = count(evs, EventKind::FlowStart);
+                    let total_suppressed: u64 = dp
+                        .suppressed()
+                        .unwrap()
+                        .iter()
+                        .filter(|(k, _)| *k == EventKind::Deny)
+                        .map(|(_, n)| *n)
+                        .sum();
+                    if denies > budget * 2 {
+                        return Err(format!(
+                            "{denies} deny events for a budget of {budget}/s per CPU"
+                        ));
+                    }
+                    if total_suppressed + suppressed == 0 {
+                        return Err(format!(
+                            "no suppression counted ({denies} deny events, {sources} source states)"
+                        ));
+                    }
+                    if sources > budget * 2 + 1 {
+                        return Err(format!("{sources} source states: the flood grew the table"));
+                    }
+                    if scans != 1 {
+                        return Err(format!(
+                            "{scans} port-scan alerts for the scanner that began before the flood"
+                        ));
+                    }
+                    if starts != 1 {
+                        return Err(format!("{starts} flow_start records after the flood"));
+                    }
+                    Ok(())
+                })])
+                .collect(),
+        ),
+        case(
             "audit events of unknown sources are limited",
             "events: audit of unknown sources is limited like denials",
             CONN,

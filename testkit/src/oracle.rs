@@ -140,6 +140,7 @@ const REASONS: &[(&str, bool)] = &[
     ("denied_no_grant", false),
     ("reply", true),
     ("denied_direction", false),
+    ("neighbor_discovery", true),
 ];
 
 fn expected(reason: &'static str) -> Expected {
@@ -210,12 +211,24 @@ struct Pkt<'a> {
     /// ICMP (of the packet's own family): type, code and the bytes after the 8-byte header.
     icmp: Option<(u8, u8, &'a [u8])>,
     source_route: bool,
+    /// IPv6 hop limit (0 for IPv4).
+    hop_limit: u8,
 }
 
 impl Pkt<'_> {
     fn icmp_error(&self) -> Option<&[u8]> {
         let (ty, _, quote) = self.icmp?;
         is_icmp_error(self.v6, ty).then_some(quote)
+    }
+
+    /// IPv6 neighbour discovery that never crossed a router: ICMPv6 133-137, hop limit 255.
+    fn is_neighbor_discovery(&self) -> bool {
+        self.v6
+            && self.hop_limit == 255
+            && !matches!(self.frag, Frag::Later(_))
+            && self
+                .icmp
+                .is_some_and(|(ty, _, _)| (133..=137).contains(&ty))
     }
 
     fn is_echo_request(&self) -> bool {
@@ -339,7 +352,7 @@ fn parse_v4(b: &[u8]) -> Parse<'_> {
     } else {
         Frag::No
     };
-    transport(&b[ihl..end], src, dst, proto, false, frag, source_route)
+    transport(&b[ihl..end], src, dst, proto, false, frag, source_route, 0)
 }
 
 fn parse_v6(b: &[u8]) -> Parse<'_> {
@@ -415,7 +428,7 @@ fn parse_v6(b: &[u8]) -> Parse<'_> {
             _ => break,
         }
     }
-    transport(&b[off..end], src, dst, next, true, frag, source_route)
+    transport(&b[off..end], src, dst, next, true, frag, source_route, b[7])
 }
 
 /// The transport header of a packet whose IP layer is well-formed; `l4` ends at the end of
@@ -428,6 +441,7 @@ fn transport<'a>(
     v6: bool,
     frag: Frag,
     source_route: bool,
+    hop_limit: u8,
 ) -> Parse<'a> {
     let mut p = Pkt {
         t: Tuple {
@@ -441,6 +455,7 @@ fn transport<'a>(
         frag,
         icmp: None,
         source_route,
+        hop_limit,
     };
     if matches!(frag, Frag::Later(_)) {
         return Parse::Ip(p);
@@ -755,6 +770,9 @@ impl Model {
             Parse::Drop(reason) => return expected(reason),
             Parse::Ip(p) => p,
         };
+        if p.is_neighbor_discovery() {
+            return expected("neighbor_discovery");
+        }
         match dir {
             Direction::Outbound => self.outbound(&p, now_unix),
             Direction::Inbound => self.inbound(&p, now_unix),

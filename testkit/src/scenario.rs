@@ -581,7 +581,8 @@ impl Gen {
             66..68 => self.source_routed(),
             68..71 => self.other_protocol(),
             71..76 => self.malformed(),
-            76..78 => self.echo_request_inbound(),
+            76..77 => self.echo_request_inbound(),
+            77..78 => self.neighbor_discovery(),
             78..82 => self.unprotected(),
             82..85 => self.swap(),
             85..90 => self.advance(),
@@ -984,6 +985,31 @@ impl Gen {
                 format!("catalog: {} ({src} -> {dst})", v.label),
             );
         }
+    }
+
+    /// IPv6 neighbour discovery between a protected host and a client: a neighbour
+    /// advertisement with hop limit 255 (on-link) or fewer (crossed a router), either way.
+    fn neighbor_discovery(&mut self) {
+        let Some(IpAddr::V6(server)) = self.protected_addr(Some(true)) else {
+            return;
+        };
+        let client = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x2);
+        let ty = *self.rng.pick(&[133u8, 134, 135, 136, 137]).unwrap_or(&136);
+        let hop = if self.rng.chance(70) { 255 } else { 64 };
+        let mut body = vec![ty, 0, 0, 0, 0x60, 0, 0, 0];
+        body.extend_from_slice(&server.octets());
+        let (src, dst, dir) = if self.rng.chance(50) {
+            (server, client, Direction::Inbound)
+        } else {
+            (client, server, Direction::Outbound)
+        };
+        let mut d = wire::ipv6(src, dst, &[], &L4::other(wire::proto::ICMPV6, body));
+        d[7] = hop;
+        self.packet(
+            dir,
+            &d,
+            format!("neighbour discovery type {ty} hop limit {hop} {src} -> {dst}"),
+        );
     }
 
     /// An echo request from the server matching an echo flow's identifier: never a reply.

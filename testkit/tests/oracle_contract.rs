@@ -1187,9 +1187,37 @@ fn reason_names() {
         "audit",
         "allowed",
         "reply",
+        "neighbor_discovery",
     ];
     for n in &names {
         assert_eq!(Model::reason_passes(n), Some(passing.contains(n)), "{n}");
     }
-    assert_eq!(names.len(), 18);
+    assert_eq!(names.len(), 19);
+}
+
+/// "IPv6 neighbour discovery (ICMPv6 types 133-137) with hop limit 255 ... passes in both
+/// directions": an on-link resource's advertisement reaches a device; one that crossed a
+/// router (hop limit below 255) is ordinary ICMPv6 from protected space.
+#[test]
+fn neighbor_discovery_is_the_links_business() {
+    let mut h = Host::device("alice-laptop");
+    let na = |hop: u8| {
+        let mut d = wire::ipv6(
+            v6(WEB6),
+            v6(ALICE6),
+            &[],
+            &L4::other(
+                58,
+                vec![
+                    136, 0, 0, 0, 0x60, 0, 0, 0, 0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0,
+                    0, 0, 0x10,
+                ],
+            ),
+        );
+        d[7] = hop;
+        d
+    };
+    h.in_is(&na(255), "neighbor_discovery");
+    h.out_is(&na(255), "neighbor_discovery");
+    h.in_is(&na(64), "denied_unsolicited");
 }
