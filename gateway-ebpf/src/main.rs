@@ -109,7 +109,12 @@ fn direction(role: Role, hook: Hook) -> Direction {
 
 /// Decides one packet and counts the reason.
 #[inline(always)]
-fn process<C: Frame>(ctx: &C, len: u64, ifindex: u32, hook: Hook) -> Reason {
+fn process<C: Frame + aya_ebpf::EbpfContext>(
+    ctx: &C,
+    len: u64,
+    ifindex: u32,
+    hook: Hook,
+) -> Reason {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         // Cannot happen (a one-entry per-CPU array); never allow on the impossible.
         bump(&VERDICT_STATS, Reason::DeniedMalformed as u32);
@@ -153,7 +158,34 @@ fn process<C: Frame>(ctx: &C, len: u64, ifindex: u32, hook: Hook) -> Reason {
         }
     };
     bump(&VERDICT_STATS, reason as u32);
+    diagnose(ctx, scratch, reason);
     reason
+}
+
+/// Diagnostics (`[dataplane] diagnostics = true`): every drop, through aya-log, read and
+/// printed by the agent. Off by default: one array read and a branch per dropped packet.
+#[inline(always)]
+fn diagnose<C: Frame + aya_ebpf::EbpfContext>(ctx: &C, scratch: &Scratch, reason: Reason) {
+    if reason.passes() {
+        return;
+    }
+    let Some(cfg) = CONFIG.get(0) else {
+        return;
+    };
+    if cfg.diagnostics == 0 {
+        return;
+    }
+    let key = &scratch.parsed.key;
+    aya_log_ebpf::warn!(
+        ctx,
+        "drop {}: {:i} -> {:i} proto {} ports {} {}",
+        reason.name(),
+        key.src,
+        key.dst,
+        key.proto,
+        key.src_port(),
+        key.dst_port()
+    );
 }
 
 /// What every step needs to know about the packet beyond its headers.

@@ -400,6 +400,22 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Takes the kernel's diagnostics log (aya-log), printed on stderr as
+    /// `gateway-agent: kernel: ...` each time [`aya_log::EbpfLogger::flush`] runs. The
+    /// programs write to it only with `diagnostics` on in the configuration.
+    pub fn take_kernel_log(&mut self) -> Result<aya_log::EbpfLogger<KernelLog>> {
+        self.take_kernel_log_with(KernelLog)
+    }
+
+    /// [`Dataplane::take_kernel_log`] with another logger.
+    pub fn take_kernel_log_with<L: log::Log>(
+        &mut self,
+        logger: L,
+    ) -> Result<aya_log::EbpfLogger<L>> {
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, logger)
+            .context("the kernel diagnostics log (aya-log)")
+    }
+
     /// Takes the event ring buffers (once) for an event reader.
     pub fn take_events(&mut self) -> Option<EventRings> {
         self.events.take()
@@ -473,6 +489,26 @@ impl Dataplane {
     pub fn active_generation(&self) -> Result<u32> {
         Ok(self.policy.active.get(&0, 0)?)
     }
+}
+
+/// Prints the kernel programs' aya-log records on stderr.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        eprintln!(
+            "gateway-agent: kernel: {} {}",
+            record.level(),
+            record.args()
+        );
+    }
+
+    fn flush(&self) {}
 }
 
 /// Reads every event waiting in `rb`. Records of the wrong size are skipped (they cannot

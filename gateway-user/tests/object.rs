@@ -15,7 +15,8 @@ fn object_map_names() {
         .maps
         .keys()
         .map(String::as_str)
-        .filter(|n| !n.starts_with('.'))
+        // aya-log's own ring (kernel diagnostics) comes with the logging crate.
+        .filter(|n| !n.starts_with('.') && !n.starts_with("AYA_"))
         .collect();
     found.sort_unstable();
     let mut want: Vec<&str> = maps::ALL.to_vec();
@@ -53,5 +54,57 @@ fn programs_pass_the_verifier() {
     assert_eq!(
         delta.single(),
         Some(gateway_common::Reason::DeniedUnconfigured)
+    );
+}
+
+/// Collects log records (the agent prints them; the test reads them).
+#[derive(Clone, Default)]
+struct Collect(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl log::Log for Collect {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        self.0.lock().unwrap().push(r.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn kernel_diagnostics_only_when_switched_on() {
+    if skip_unless_privileged!() {
+        return;
+    }
+    use gateway_user::testkit::{self, L4, frame, load_policy, unix_now, v4};
+    let mut dp = Dataplane::load().unwrap();
+    load_policy(
+        &mut dp,
+        testkit::OPEN_LAB,
+        "connector:lab-connector",
+        unix_now(),
+    )
+    .unwrap();
+    let logs = Collect::default();
+    let mut logger = dp.take_kernel_log_with(logs.clone()).unwrap();
+    // From an unknown source: dropped.
+    let denied = frame(v4(200, 1), v4(1, 10), L4::Tcp { src: 1, dst: 22 }, &[], b"");
+    testkit::run_xdp(dp.xdp().unwrap(), &denied).unwrap();
+    logger.flush();
+    assert!(
+        logs.0.lock().unwrap().is_empty(),
+        "diagnostics are off by default"
+    );
+
+    let mut cfg = dp.config().unwrap();
+    cfg.diagnostics = 1;
+    dp.set_config(&cfg).unwrap();
+    testkit::run_xdp(dp.xdp().unwrap(), &denied).unwrap();
+    logger.flush();
+    let got = logs.0.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].contains("denied_unknown_source") && got[0].contains("198.18.200.1"),
+        "{got:?}"
     );
 }

@@ -244,6 +244,20 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     };
     let mut flow_ring = register(rings.flow)?;
     let mut alert_ring = register(rings.alert)?;
+    // Kernel diagnostics (aya-log), when switched on: printed as they come.
+    let mut kernel_log = if cfg.dataplane.diagnostics {
+        let logger = dp.take_kernel_log()?;
+        eprintln!(
+            "gateway-agent: kernel diagnostics on: every drop is printed (not for production)"
+        );
+        // SAFETY: the logger owns its ring buffer's fd, open until the AsyncFd is dropped.
+        Some(
+            unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+                .map_err(|e| anyhow::anyhow!("polling the kernel diagnostics log: {e}"))?,
+        )
+    } else {
+        None
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.policy_poll_ms.max(50)));
     let mut last_reap = Instant::now();
     let mut reaper = flows::Reaper::default();
@@ -264,6 +278,11 @@ async fn run_async(mut cfg: Config) -> Result<()> {
                 if let Some(a) = &active {
                     log_events(&batch, a, &host, clock, &mut sink, &metrics, events_tx.as_ref());
                 }
+            }
+            Some(guard) = kernel_log_ready(&mut kernel_log) => {
+                let mut guard = guard.context("kernel diagnostics log")?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
             }
             guard = alert_ring.readable_mut() => {
                 let mut guard = guard.context("alert event ring buffer")?;
@@ -317,6 +336,22 @@ async fn run_async(mut cfg: Config) -> Result<()> {
         writer.generation()
     );
     Ok(())
+}
+
+type KernelLogFd = AsyncFd<aya_log::EbpfLogger<crate::dataplane::KernelLog>>;
+
+/// The kernel log's readiness, or never when diagnostics are off.
+async fn kernel_log_ready(
+    log: &mut Option<KernelLogFd>,
+) -> Option<
+    std::io::Result<
+        tokio::io::unix::AsyncFdReadyMutGuard<'_, aya_log::EbpfLogger<crate::dataplane::KernelLog>>,
+    >,
+> {
+    match log {
+        Some(fd) => Some(fd.readable_mut().await),
+        None => std::future::pending().await,
+    }
 }
 
 /// The next view from the controller, or never in standalone mode.
