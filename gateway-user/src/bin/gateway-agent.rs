@@ -93,6 +93,7 @@ fn print_status(st: &serde_json::Value) {
             links.join(", ")
         }
     );
+    print_host_checks(&st["host_checks"]);
     println!("verdicts:");
     if let Some(v) = st["verdicts"].as_object() {
         for (k, n) in v {
@@ -100,5 +101,30 @@ fn print_status(st: &serde_json::Value) {
                 println!("  {k:<24} {n}");
             }
         }
+    }
+}
+
+fn print_host_checks(hc: &serde_json::Value) {
+    let findings = hc["findings"].as_array().map_or(&[][..], |a| a.as_slice());
+    println!(
+        "host checks:        {} performed, {} risk{}",
+        hc["checks"],
+        findings.len(),
+        if findings.len() == 1 { "" } else { "s" }
+    );
+    for f in findings {
+        println!(
+            "  RISK {} = {}: {}",
+            f["setting"].as_str().unwrap_or("?"),
+            f["value"].as_str().unwrap_or("?"),
+            f["why"].as_str().unwrap_or("?")
+        );
+        println!("       fix: {}", f["fix"].as_str().unwrap_or("?"));
+    }
+    for n in hc["info"].as_array().map_or(&[][..], |a| a.as_slice()) {
+        println!("  info {}", n["text"].as_str().unwrap_or("?"));
+    }
+    for e in hc["errors"].as_array().map_or(&[][..], |a| a.as_slice()) {
+        println!("  not checked: {}", e.as_str().unwrap_or("?"));
     }
 }
