@@ -3,6 +3,7 @@
 //! and Prometheus metrics.
 
 pub mod config;
+pub mod dump;
 pub mod flows;
 pub mod host_check;
 pub mod logs;

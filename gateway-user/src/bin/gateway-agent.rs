@@ -42,6 +42,30 @@ enum Command {
         #[arg(long, short, default_value = "text")]
         output: String,
     },
+    /// Read the pinned maps (which carry no BTF, so bpftool shows hex).
+    Maps {
+        #[command(subcommand)]
+        command: MapsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MapsCommand {
+    /// Decode every entry of the pinned maps: policy, flows, counters, configuration.
+    Dump {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this map (repeatable); `FLOWS_TCP_V2`, `flows_tcp` and `FLOWS_TCP` all work.
+        #[arg(long = "map", short, value_name = "NAME")]
+        maps: Vec<String>,
+        /// `text` (a header per map, a line per entry) or `json` (one object per map and
+        /// line).
+        #[arg(long, short, default_value = "text")]
+        output: String,
+        /// Entries shown per map, first by key; the rest are counted.
+        #[arg(long, default_value_t = agent::dump::DEFAULT_LIMIT)]
+        limit: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -66,6 +90,37 @@ fn main() -> Result<()> {
                 "json" => println!("{}", serde_json::to_string_pretty(&st)?),
                 "text" => print_status(&st),
                 other => anyhow::bail!("--output takes text or json, not {other:?}"),
+            }
+            Ok(())
+        }
+        Command::Maps {
+            command:
+                MapsCommand::Dump {
+                    config,
+                    maps,
+                    output,
+                    limit,
+                },
+        } => {
+            if output != "text" && output != "json" {
+                anyhow::bail!("--output takes text or json, not {output:?}");
+            }
+            let names = agent::dump::select(&maps)?;
+            let cfg = Config::load(&config)?;
+            let results = agent::dump::dump(&cfg, &names, limit)?;
+            let text = if output == "json" {
+                agent::dump::render_json_lines(&results)
+            } else {
+                agent::dump::render_text(&results)
+            };
+            print!("{text}");
+            let failed: Vec<&str> = results
+                .iter()
+                .filter(|(_, r)| r.is_err())
+                .map(|(n, _)| *n)
+                .collect();
+            if !failed.is_empty() {
+                anyhow::bail!("could not read {}", failed.join(", "));
             }
             Ok(())
         }
