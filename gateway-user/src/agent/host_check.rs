@@ -152,7 +152,9 @@ pub struct Finding {
 pub struct Note {
     pub check: &'static str,
     pub iface: String,
+    /// The value in effect, and its name (`off`, `strict`, `loose`).
     pub value: i64,
+    pub word: &'static str,
     pub text: String,
 }
 
@@ -300,24 +302,30 @@ pub fn assess(obs: &Observed) -> Report {
             continue;
         };
         let effective = all_rp.map_or(v, |a| a.max(v));
-        let meaning = match effective {
-            0 => "off: packets whose source address does not route back through this \
-                  interface are accepted"
-                .to_string(),
-            1 => "strict: a packet is accepted only when its source routes back through this \
-                  interface"
-                .to_string(),
-            2 => "loose: a packet is accepted when its source is reachable through any \
-                  interface"
-                .to_string(),
-            other => format!("value {other}"),
+        let (word, meaning) = match effective {
+            0 => (
+                "off",
+                "packets whose source address does not route back through this interface are \
+                 accepted",
+            ),
+            1 => (
+                "strict",
+                "a packet is accepted only when its source routes back through this interface",
+            ),
+            2 => (
+                "loose",
+                "a packet is accepted when its source is reachable through any interface",
+            ),
+            _ => ("unknown", "not a value the kernel documents"),
         };
         r.notes.push(Note {
             check: Sysctl::RpFilter.check(),
             iface: iface.clone(),
             value: effective,
+            word,
             text: format!(
-                "rp_filter on {iface}: {v} (in effect, with all = {}: {effective}, {meaning})",
+                "rp_filter on {iface}: {effective} in effect ({word}: {meaning}; {iface} {v}, \
+                 all {})",
                 all_rp.map_or("?".to_string(), |a| a.to_string())
             ),
         });
@@ -397,6 +405,7 @@ impl Report {
                 "check": n.check,
                 "iface": n.iface,
                 "value": n.value,
+                "meaning": n.word,
                 "text": n.text,
             })).collect::<Vec<_>>(),
             "errors": self.errors,
@@ -549,7 +558,7 @@ pub fn at_start(cfg: &Config, metrics: &super::metrics::Shared) {
     let notes: Vec<String> = report
         .notes
         .iter()
-        .map(|n| format!("rp_filter {}={}", n.iface, n.value))
+        .map(|n| format!("{} {} ({})", n.iface, n.value, n.word))
         .collect();
     eprintln!(
         "gateway-agent: host checks: {} performed, {} risk{}{}",
@@ -559,7 +568,7 @@ pub fn at_start(cfg: &Config, metrics: &super::metrics::Shared) {
         if notes.is_empty() {
             String::new()
         } else {
-            format!(" (in effect: {})", notes.join(", "))
+            format!("; rp_filter in effect: {}", notes.join(", "))
         }
     );
     if let Ok(mut m) = metrics.lock() {
@@ -775,7 +784,12 @@ mod tests {
             vec![],
         ));
         assert_eq!(r.notes[0].value, 2);
-        assert!(r.notes[0].text.contains("loose"), "{}", r.notes[0].text);
+        assert_eq!(r.notes[0].word, "loose");
+        assert!(
+            r.notes[0].text.ends_with("; eth1 1, all 2)"),
+            "{}",
+            r.notes[0].text
+        );
         assert!(r.findings.is_empty());
     }
 }
