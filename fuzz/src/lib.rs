@@ -13,7 +13,7 @@
 //! change is checked with real time in `gateway-user/tests/adversarial.rs`. Like the agent,
 //! the harness recompiles when the compiled view asks (`recompile_at`, e.g. a key expiry).
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use gateway_testkit::{
     oracle::{Direction, Model, Role},
     scenario::{self, Scenario, Step},

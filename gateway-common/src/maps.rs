@@ -93,6 +93,18 @@ pub enum Ring {
     Alert = 1,
 }
 
+impl Ring {
+    pub const ALL: [Ring; 2] = [Self::Flow, Self::Alert];
+
+    /// Stable name, as in the `ring` label of `gateway_events_lost_total`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Flow => "flow",
+            Self::Alert => "alert",
+        }
+    }
+}
+
 /// Indices of [`FLOW_STATS`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

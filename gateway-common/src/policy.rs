@@ -44,6 +44,15 @@ impl Verdict {
     pub const fn passes(self) -> bool {
         matches!(self, Verdict::Allow | Verdict::Audit)
     }
+
+    /// Stable lowercase name, for dumps and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Deny => "deny",
+            Verdict::Allow => "allow",
+            Verdict::Audit => "audit",
+        }
+    }
 }
 
 /// Rule id meaning "no rule decided": the default deny of protected space.

@@ -202,7 +202,7 @@ pub fn with_ipv4_option_bytes(mut f: Vec<u8>, vlans: usize, opts: &[u8]) -> Vec<
     let l3 = l3_offset(vlans);
     let ihl = (f[l3] & 0x0f) as usize * 4;
     let mut bytes = opts.to_vec();
-    while bytes.len() % 4 != 0 {
+    while !bytes.len().is_multiple_of(4) {
         bytes.push(0);
     }
     let len = bytes.len();

@@ -1637,7 +1637,7 @@ fn policy_text(now: i64, removed: &[&str]) -> String {
     // Drop the named [[allow]]/[[deny]] blocks.
     let mut out = String::new();
     for block in text.split("\n[[") {
-        let name_line = format!("name = \"");
+        let name_line = "name = \"".to_string();
         let skip = removed
             .iter()
             .any(|n| block.contains(&format!("{name_line}{n}\"")))

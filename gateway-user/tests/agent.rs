@@ -294,6 +294,14 @@ fn agent_end_to_end() {
         .unwrap();
     conn.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
         .unwrap();
+    // A tunnel terminating on the connector, outside the gateway's hooks: the host checks
+    // must warn about it at start, in the metrics and in `status`.
+    let vx = unique_name("zavx");
+    conn.ip(&[
+        "link", "add", &vx, "type", "vxlan", "id", "42", "dstport", "4789",
+    ])
+    .unwrap();
+    conn.ip(&["link", "set", &vx, "up"]).unwrap();
     serve(&res);
 
     let name = unique_name("zgwagent");
@@ -329,6 +337,15 @@ fn agent_end_to_end() {
         );
     }
     let agent = start_agent(&conn, &cfg, &stderr);
+
+    let err = stderr_of(&agent);
+    assert!(
+        err.contains(&format!(
+            "WARNING: tunnel interface {vx} (vxlan) terminates on this host"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("host checks: "), "{err}");
 
     // --- Enforcement and the connection log.
     assert!(tcp_echo_at(&alice, "198.18.1.5:443"), "alice -> web:443");
@@ -369,6 +386,11 @@ fn agent_end_to_end() {
     assert!(samples["gateway_verdicts_total{reason=\"denied_no_grant\",action=\"drop\"}"] >= 1.0);
     assert!(samples["gateway_policy_generation"] >= 1.0);
     assert!(samples["gateway_policy_apply_seconds_count"] >= 1.0);
+    assert!(samples["gateway_host_checks_total"] >= 1.0);
+    assert_eq!(
+        samples[&format!("gateway_host_risk{{check=\"tunnel\",iface=\"{vx}\"}}")],
+        1.0
+    );
     assert!(
         samples
             .keys()
@@ -487,6 +509,25 @@ fn agent_end_to_end() {
     assert!(st["policy_generation"].as_u64().unwrap() >= 3, "{st}");
     assert_eq!(st["links"].as_array().unwrap().len(), 2, "{st}");
     assert!(st["verdicts"]["denied_no_grant"].as_u64().unwrap() > 0);
+    // `status` checks the namespace it runs in: the connector's.
+    let st = conn
+        .command_net_only(AGENT)
+        .unwrap()
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert!(text.contains("host checks:"), "{text}");
+    assert!(
+        text.contains(&format!("RISK link {vx} (vxlan) = up")),
+        "{text}"
+    );
 
     // --- Detach: everything goes, and traffic is no longer filtered.
     drop(agent);

@@ -23,7 +23,7 @@ pub struct Context<'a> {
     pub clock: BootClock,
 }
 
-fn addr(a: &[u8; 16]) -> IpAddr {
+pub(crate) fn addr(a: &[u8; 16]) -> IpAddr {
     match to_v4(a) {
         Some(v4) => IpAddr::V4(Ipv4Addr::from(v4)),
         None => IpAddr::V6(Ipv6Addr::from(*a)),

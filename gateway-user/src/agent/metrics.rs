@@ -31,6 +31,9 @@ pub struct Metrics {
     pub generation: u32,
     pub policy_errors: u64,
     pub last_apply_unix: f64,
+    /// Host settings checked at start (`host_check`), and the (check, iface) of each risk.
+    pub host_checks: u64,
+    pub host_risks: Vec<(String, String)>,
     apply_counts: [u64; APPLY_BUCKETS.len()],
     apply_count: u64,
     apply_sum: f64,
@@ -162,6 +165,25 @@ impl Metrics {
         );
         let _ = writeln!(
             s,
+            "# HELP gateway_host_checks_total Host settings the agent checked at start.\n\
+             # TYPE gateway_host_checks_total gauge\ngateway_host_checks_total {}",
+            self.host_checks
+        );
+        let _ = writeln!(
+            s,
+            "# HELP gateway_host_risk A host setting that can deliver packets where the gateway did not decide (1 per finding).\n\
+             # TYPE gateway_host_risk gauge"
+        );
+        for (check, iface) in &self.host_risks {
+            let _ = writeln!(
+                s,
+                "gateway_host_risk{{check=\"{}\",iface=\"{}\"}} 1",
+                escape(check),
+                escape(iface)
+            );
+        }
+        let _ = writeln!(
+            s,
             "# HELP gateway_policy_apply_seconds Time from a policy change to entries live in the kernel maps.\n\
              # TYPE gateway_policy_apply_seconds histogram"
         );
@@ -222,5 +244,33 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Shared) {
             );
             let _ = conn.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_risks_are_one_series_each_and_none_without_findings() {
+        let mut m = Metrics {
+            host_checks: 10,
+            ..Metrics::default()
+        };
+        let text = m.render();
+        assert!(text.contains("\ngateway_host_checks_total 10\n"), "{text}");
+        assert!(text.contains("# TYPE gateway_host_risk gauge\n"));
+        assert!(!text.contains("gateway_host_risk{"), "{text}");
+        m.host_risks = vec![
+            ("tunnel".into(), "vx42".into()),
+            ("ipv4_accept_source_route".into(), "all".into()),
+        ];
+        let text = m.render();
+        assert!(text.contains("\ngateway_host_risk{check=\"tunnel\",iface=\"vx42\"} 1\n"));
+        assert!(
+            text.contains(
+                "\ngateway_host_risk{check=\"ipv4_accept_source_route\",iface=\"all\"} 1\n"
+            )
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! and Prometheus metrics.
 
 pub mod config;
+pub mod dump;
 pub mod flows;
+pub mod host_check;
 pub mod logs;
 pub mod managed;
 pub mod metrics;
@@ -223,6 +225,8 @@ async fn run_async(mut cfg: Config) -> Result<()> {
             }
         }
     }
+
+    host_check::at_start(&cfg, &metrics);
 
     if let Some(listen) = cfg.metrics_listen {
         let listener = tokio::net::TcpListener::bind(listen)
@@ -713,5 +717,6 @@ pub fn status(cfg: &Config) -> Result<serde_json::Value> {
         },
         "verdicts": reasons,
         "parse_outcomes": outcomes,
+        "host_checks": host_check::check(cfg).to_json(),
     }))
 }

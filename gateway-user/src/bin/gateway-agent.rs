@@ -42,6 +42,30 @@ enum Command {
         #[arg(long, short, default_value = "text")]
         output: String,
     },
+    /// Read the pinned maps (which carry no BTF, so bpftool shows hex).
+    Maps {
+        #[command(subcommand)]
+        command: MapsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MapsCommand {
+    /// Decode every entry of the pinned maps: policy, flows, counters, configuration.
+    Dump {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this map (repeatable); `FLOWS_TCP_V2`, `flows_tcp` and `FLOWS_TCP` all work.
+        #[arg(long = "map", short, value_name = "NAME")]
+        maps: Vec<String>,
+        /// `text` (a header per map, a line per entry) or `json` (one object per map and
+        /// line).
+        #[arg(long, short, default_value = "text")]
+        output: String,
+        /// Entries shown per map, first by key; the rest are counted.
+        #[arg(long, default_value_t = agent::dump::DEFAULT_LIMIT)]
+        limit: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -69,6 +93,37 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Maps {
+            command:
+                MapsCommand::Dump {
+                    config,
+                    maps,
+                    output,
+                    limit,
+                },
+        } => {
+            if output != "text" && output != "json" {
+                anyhow::bail!("--output takes text or json, not {output:?}");
+            }
+            let names = agent::dump::select(&maps)?;
+            let cfg = Config::load(&config)?;
+            let results = agent::dump::dump(&cfg, &names, limit)?;
+            let text = if output == "json" {
+                agent::dump::render_json_lines(&results)
+            } else {
+                agent::dump::render_text(&results)
+            };
+            print!("{text}");
+            let failed: Vec<&str> = results
+                .iter()
+                .filter(|(_, r)| r.is_err())
+                .map(|(n, _)| *n)
+                .collect();
+            if !failed.is_empty() {
+                anyhow::bail!("could not read {}", failed.join(", "));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -93,6 +148,7 @@ fn print_status(st: &serde_json::Value) {
             links.join(", ")
         }
     );
+    print_host_checks(&st["host_checks"]);
     println!("verdicts:");
     if let Some(v) = st["verdicts"].as_object() {
         for (k, n) in v {
@@ -100,5 +156,30 @@ fn print_status(st: &serde_json::Value) {
                 println!("  {k:<24} {n}");
             }
         }
+    }
+}
+
+fn print_host_checks(hc: &serde_json::Value) {
+    let findings = hc["findings"].as_array().map_or(&[][..], |a| a.as_slice());
+    println!(
+        "host checks:        {} performed, {} risk{}",
+        hc["checks"],
+        findings.len(),
+        if findings.len() == 1 { "" } else { "s" }
+    );
+    for f in findings {
+        println!(
+            "  RISK {} = {}: {}",
+            f["setting"].as_str().unwrap_or("?"),
+            f["value"].as_str().unwrap_or("?"),
+            f["why"].as_str().unwrap_or("?")
+        );
+        println!("       fix: {}", f["fix"].as_str().unwrap_or("?"));
+    }
+    for n in hc["info"].as_array().map_or(&[][..], |a| a.as_slice()) {
+        println!("  info {}", n["text"].as_str().unwrap_or("?"));
+    }
+    for e in hc["errors"].as_array().map_or(&[][..], |a| a.as_slice()) {
+        println!("  not checked: {}", e.as_str().unwrap_or("?"));
     }
 }
