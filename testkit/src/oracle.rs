@@ -433,6 +433,7 @@ fn parse_v6(b: &[u8]) -> Parse<'_> {
 
 /// The transport header of a packet whose IP layer is well-formed; `l4` ends at the end of
 /// the packet (the nearer of frame end and datagram end).
+#[allow(clippy::too_many_arguments)] // the IP layer's fields, handed on whole
 fn transport<'a>(
     l4: &'a [u8],
     src: IpAddr,
