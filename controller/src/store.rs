@@ -118,6 +118,7 @@ pub fn verify_chain(
         first_bad_id: Some(id),
         reason,
         head_hash: String::new(),
+        expected_head_id: None,
     };
     let mut prev: Option<&v1::AuditRecord> = None;
     for r in records {
@@ -183,6 +184,7 @@ pub fn verify_chain(
         first_bad_id: None,
         reason: String::new(),
         head_hash: prev.map_or_else(|| GENESIS_HASH.to_string(), |p| p.hash.clone()),
+        expected_head_id: None,
     }
 }
 

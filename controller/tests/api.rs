@@ -467,6 +467,7 @@ async fn enroll_watch_fanout_only_affected_hosts() {
         .enroll(v1::EnrollRequest {
             token: "zt-enroll-nope".into(),
             hostname: String::new(),
+            host: None,
         })
         .await
         .unwrap_err();
@@ -970,6 +971,7 @@ async fn restart_loses_nothing() {
         .enroll(v1::EnrollRequest {
             token: tok.clone(),
             hostname: "b".into(),
+            host: None,
         })
         .await
         .unwrap();
@@ -977,6 +979,7 @@ async fn restart_loses_nothing() {
         .enroll(v1::EnrollRequest {
             token: tok,
             hostname: "b".into(),
+            host: None,
         })
         .await
         .unwrap_err();

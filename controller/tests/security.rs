@@ -141,7 +141,7 @@ async fn call(c: &mut Client, method: &str) -> Result<(), Status> {
             })
             .await
             .map(|_| ()),
-        "VerifyAudit" => c.verify_audit(v1::VerifyAuditRequest {}).await.map(|_| ()),
+        "VerifyAudit" => c.verify_audit(v1::VerifyAuditRequest::default()).await.map(|_| ()),
         "WhoAmI" => c.who_am_i(v1::WhoAmIRequest {}).await.map(|_| ()),
         "Login" => c
             .login(v1::LoginRequest {
@@ -467,7 +467,7 @@ async fn audit_tampering_is_detected_at_the_record() {
             .await
             .unwrap();
         let v = admin
-            .verify_audit(v1::VerifyAuditRequest {})
+            .verify_audit(v1::VerifyAuditRequest::default())
             .await
             .unwrap()
             .into_inner();
@@ -687,6 +687,7 @@ async fn tls_only_and_plaintext_is_refused() {
         .enroll(v1::EnrollRequest {
             token: "zt-enroll-nope".into(),
             hostname: String::new(),
+            host: None,
         })
         .await
         .unwrap_err();
@@ -877,7 +878,7 @@ async fn sessions_expire_and_failed_logins_are_limited() {
     }
     assert!(
         admin
-            .verify_audit(v1::VerifyAuditRequest {})
+            .verify_audit(v1::VerifyAuditRequest::default())
             .await
             .unwrap()
             .into_inner()

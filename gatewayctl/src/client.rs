@@ -1160,7 +1160,7 @@ pub async fn events(ctl: &Ctl, args: &EventArgs, output: Output) -> R<()> {
 pub async fn audit_verify(ctl: &Ctl, output: Output) -> R<()> {
     let mut admin = ctl.admin.clone();
     let r = admin
-        .verify_audit(gateway_proto::v1::VerifyAuditRequest {})
+        .verify_audit(gateway_proto::v1::VerifyAuditRequest::default())
         .await
         .map_err(|s| ctl.fail("verify the audit trail", &s))?
         .into_inner();

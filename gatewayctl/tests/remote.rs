@@ -878,6 +878,7 @@ async fn enroll_agents_events_and_follow() {
         .enroll(v1::EnrollRequest {
             token: j["token"].as_str().unwrap().into(),
             hostname: "conn-host-1".into(),
+            host: None,
         })
         .await
         .unwrap()
@@ -1270,6 +1271,7 @@ async fn keys_roles_revocation_and_whoami() {
         .enroll(v1::EnrollRequest {
             token: tok.trim().into(),
             hostname: "h".into(),
+            host: None,
         })
         .await
         .unwrap()

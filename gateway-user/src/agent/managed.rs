@@ -150,6 +150,7 @@ pub async fn identity(link: &Link, cfg: &ControllerConfig, host: &str) -> Result
         .enroll(EnrollRequest {
             token: token.to_string(),
             hostname,
+            host: None,
         })
         .await
         .map_err(|s| anyhow!("enrollment refused: {}: {}", code(&s), s.message()))?
