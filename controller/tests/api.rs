@@ -850,12 +850,13 @@ async fn restart_loses_nothing() {
         .await
         .report_events(tokio_stream::iter(vec![v1::ReportEventsRequest {
             auth: Some(auth.clone()),
+            // Alice's own laptop reports its own flow (an agent reports for its host).
             events: vec![event(
                 "2026-01-01T10:00:00Z",
-                "deny",
-                "deny",
-                "bob@example.com",
-                "bob-laptop",
+                "flow_start",
+                "allow",
+                "alice@example.com",
+                "alice-laptop",
                 "db",
             )],
         }]))

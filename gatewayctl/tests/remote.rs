@@ -791,7 +791,15 @@ fn event(
         dst_port: Some(443),
         connector: Some("demo-connector".into()),
         remote_network: Some("corp".into()),
-        rule: Some(format!("rule 1 (allow 'x' -> '{resource}')")),
+        // As an agent names them: the grant that decided, or the default deny.
+        rule: Some(
+            match (verdict, resource) {
+                ("allow", "web") => "engineering-web",
+                ("deny", "db") => "contractors-no-db",
+                _ => "default-deny",
+            }
+            .into(),
+        ),
         rule_id: 1,
         host: "connector:demo-connector".into(),
         ..Default::default()
