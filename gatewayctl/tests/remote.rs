@@ -1202,15 +1202,20 @@ fn unreachable_controller_is_a_clear_usage_error() {
             .unwrap()
             .contains("cannot reach")
     );
-    // The default comes from GATEWAYCTL_CONTROLLER; a bare host:port is accepted.
+    // The default comes from GATEWAYCTL_CONTROLLER.
     let mut cmd = bin();
-    cmd.env("GATEWAYCTL_CONTROLLER", format!("127.0.0.1:{port}"))
-        .args(["agents"]);
+    cmd.env("GATEWAYCTL_CONTROLLER", &url).args(["agents"]);
     let err = fails(&run_cmd(cmd), 2);
     assert!(
         err.contains(&format!("cannot reach the controller at {url}")),
         "{err}"
     );
+    // A bare host:port means TLS (never plaintext): it needs the CA.
+    let mut cmd = bin();
+    cmd.env("GATEWAYCTL_CONTROLLER", format!("127.0.0.1:{port}"))
+        .args(["agents"]);
+    let err = fails(&run_cmd(cmd), 2);
+    assert!(err.contains("https://") && err.contains("no --ca"), "{err}");
     // TLS and malformed URLs: say what is valid.
     all = vec!["--controller", "https://127.0.0.1:1", "list"];
     let err = fails(&run(&all), 2);
