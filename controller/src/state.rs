@@ -854,6 +854,21 @@ impl State {
         blocks: &[(String, String, String, String, Option<i64>)],
         now: i64,
     ) -> Result<Policy, Error> {
+        for (name, from, to, expect, _) in blocks {
+            for (what, v) in [
+                ("name", name),
+                ("from", from),
+                ("to", to),
+                ("expect", expect),
+            ] {
+                if let Some(why) = crate::names::problem(v, 256) {
+                    return Err(Error::InvalidArgument(format!(
+                        "invalid `{what}` `{}`: {why}",
+                        shown(v)
+                    )));
+                }
+            }
+        }
         let mut text = {
             let g = self.lock();
             Self::refuse_if_broken(&g)?;
