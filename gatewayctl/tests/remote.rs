@@ -1307,3 +1307,58 @@ async fn keys_roles_revocation_and_whoami() {
     assert!(audit.contains("revoke"), "{audit}");
     c.stop().await;
 }
+
+/// Plaintext only to loopback; --ca only with https://.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_only_to_loopback_and_ca_only_with_https() {
+    let c = Controller::start().await;
+    // 198.18.0.1 answers nothing: refused before any connection attempt (exit 2 at
+    // once, not after a connect timeout).
+    let start = std::time::Instant::now();
+    let err = fails(
+        &run(&[
+            "--controller",
+            "http://198.18.0.1:50051",
+            "--api-key",
+            &c.key,
+            "agents",
+        ]),
+        2,
+    );
+    assert!(err.contains("loopback only"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    // A CA with a plaintext URL is a mistake, not something to ignore.
+    let ca = c.file("ca.pem", "not used");
+    let mut args = vec!["--ca", ca.as_str()];
+    let url = c.url();
+    args.extend(["--controller", &url, "--api-key", &c.key, "whoami"]);
+    let err = fails(&run(&args), 2);
+    assert!(err.contains("--ca") && err.contains("https://"), "{err}");
+    // The twin: plaintext to the controller on loopback, without --ca, works.
+    let who = ok(&c.ctl(&["whoami"]));
+    assert!(who.contains("key:gatewayctl-tests"), "{who}");
+    c.stop().await;
+}
+
+/// `audit verify --expect-head`: a head kept from earlier must still be in the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_checks_an_anchored_head() {
+    let c = Controller::start().await;
+    apply_demo(&c);
+    let head = json(&c.ctl(&["audit", "verify", "-o", "json"]))["head_hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(&c.ctl(&["enroll-token", "--host", "device:alice-laptop"]));
+    // Still in the chain, two records later.
+    let v = ok(&c.ctl(&["audit", "verify", "--expect-head", &head]));
+    assert!(v.contains("the anchored head is record 2"), "{v}");
+    // A head that is not in the chain (rewritten or cut since): exit 1.
+    let other = "ab".repeat(32);
+    let o = c.ctl(&["audit", "verify", "--expect-head", &other]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    assert!(stdout(&o).contains("not in the trail"), "{}", stdout(&o));
+    // Only with `verify`.
+    fails(&c.ctl(&["audit", "--expect-head", &head]), 2);
+    c.stop().await;
+}
