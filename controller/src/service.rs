@@ -234,9 +234,10 @@ impl Admin for AdminService {
     }
 
     async fn list_agents(&self, _: Request<v1::ListAgentsRequest>) -> R<v1::ListAgentsResponse> {
-        Ok(Response::new(v1::ListAgentsResponse {
-            agents: self.state.agents(),
-        }))
+        // The state's lock may be held by a change being compiled: not on a worker.
+        let s = self.state.clone();
+        let agents = blocking(move || Ok(s.agents())).await?;
+        Ok(Response::new(v1::ListAgentsResponse { agents }))
     }
 
     async fn revoke_agent(

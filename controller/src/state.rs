@@ -158,6 +158,9 @@ pub struct State {
     guard: security::Guard,
     /// Repeated refusals, aggregated before they reach the audit trail.
     refusals: Mutex<limits::Refusals>,
+    /// Refusal records not written yet: written by the server's one-second tick (and
+    /// before any read of the audit trail), never on the path of the refused call.
+    pending_refusals: Mutex<Vec<limits::Record>>,
 }
 
 impl std::fmt::Debug for State {
@@ -343,6 +346,7 @@ impl State {
                 REFUSAL_WINDOW_MS,
                 REFUSALS_IMMEDIATE,
             )),
+            pending_refusals: Mutex::new(Vec::new()),
         };
         // Views may have changed while the controller was down (expired grants).
         state.refresh()?;
@@ -1526,8 +1530,9 @@ impl State {
     // -------------------------------------------------------------- refusals
 
     /// Records a refusal in the audit trail, aggregated: the first of its kind in a
-    /// window at once, repeats as one record when the window ends (see
-    /// [`limits::Refusals`]).
+    /// window soon (within a second, and before any read of the trail), repeats as one
+    /// record when the window ends (see [`limits::Refusals`]). Cheap: no database work
+    /// on the refused call's path.
     pub fn refused(&self, action: &str, actor: String, target: String, detail: String) {
         let rec = self
             .refusals
@@ -1543,7 +1548,23 @@ impl State {
                 now_ms(),
             );
         if let Some(r) = rec {
-            self.write_refusals(&[r]);
+            self.pending_refusals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(r);
+        }
+    }
+
+    /// Writes the refusal records noted so far (blocking: SQLite).
+    fn write_pending_refusals(&self) {
+        let recs = std::mem::take(
+            &mut *self
+                .pending_refusals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if !recs.is_empty() {
+            self.write_refusals(&recs);
         }
     }
 
@@ -1569,6 +1590,7 @@ impl State {
     /// Writes the aggregate records of refusal windows that have ended (every pending
     /// one with `force`, e.g. at shutdown). Called every second by the server.
     pub fn flush_refusals(&self, force: bool) {
+        self.write_pending_refusals();
         let due = self
             .refusals
             .lock()
@@ -1590,6 +1612,7 @@ impl State {
         } else {
             limit.min(10_000)
         };
+        self.write_pending_refusals();
         self.lock().store.audit_report(since, until, limit)
     }
 }
