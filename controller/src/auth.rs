@@ -7,8 +7,10 @@
 //!   [`Perm`] it needs; a method missing from the table needs [`Perm::Admin`] (deny by
 //!   default).
 //! * [`AdminGuard`]: a tower service around the Admin server that authenticates every
-//!   call before it reaches a handler (UNAUTHENTICATED / PERMISSION_DENIED) and passes the
-//!   [`Principal`] to the handler in the request extensions.
+//!   call before it reaches a handler (UNAUTHENTICATED / PERMISSION_DENIED, both recorded
+//!   in the audit trail, aggregated) and passes the [`Principal`] to the handler in the
+//!   request extensions. Login, the one public call, is rate-limited per peer address and
+//!   overall before its request is read, and only a few are read and handled at once.
 //! * Passwords: Argon2id ([`hash_password`], [`verify_password`]); second factor: TOTP
 //!   (RFC 6238, HMAC-SHA-1, 30 s steps, 6 digits: [`totp_code`]).
 //! * [`BearerAuth`]: the client side, a tonic interceptor that adds the header.
