@@ -98,6 +98,8 @@ struct Snapshot {
     objects: Objects,
     text: String,
     revision: u64,
+    /// Why the stored policy does not load, when it does not.
+    broken: Option<String>,
 }
 
 /// How to open the state.
@@ -313,6 +315,7 @@ impl State {
             text: loaded.objects.render(),
             objects: loaded.objects.clone(),
             revision: loaded.revision,
+            broken: broken.clone(),
         };
         let state = State {
             inner: Mutex::new(Inner {
@@ -371,6 +374,7 @@ impl State {
             objects: g.objects.clone(),
             text: g.objects.render(),
             revision: g.revision,
+            broken: g.broken.clone(),
         });
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snap;
     }
@@ -382,7 +386,11 @@ impl State {
     }
 
     fn refuse_if_broken(g: &Inner) -> Result<(), Error> {
-        match &g.broken {
+        Self::refuse_broken(&g.broken)
+    }
+
+    fn refuse_broken(broken: &Option<String>) -> Result<(), Error> {
+        match broken {
             Some(why) => Err(Error::FailedPrecondition(format!(
                 "{why}. Changes are refused until a valid policy is applied as a whole \
                  (ApplyPolicy, `gatewayctl apply`)"
@@ -873,10 +881,11 @@ impl State {
                 }
             }
         }
+        // The published snapshot: an Explain never waits for a change in progress.
         let mut text = {
-            let g = self.lock();
-            Self::refuse_if_broken(&g)?;
-            g.objects.render()
+            let snap = self.snap();
+            Self::refuse_broken(&snap.broken)?;
+            snap.text.clone()
         };
         for (name, from, to, expect, at) in blocks {
             let q = |s: &str| toml::Value::String(s.to_string()).to_string();
@@ -986,7 +995,13 @@ impl State {
         include_policy_tests: bool,
     ) -> Result<v1::TestAccessResponse, Error> {
         let now = now_unix();
-        let own = self.lock().policy.tests.len();
+        let own = self
+            .snap()
+            .objects
+            .list
+            .iter()
+            .filter(|o| o.kind == Kind::Test)
+            .count();
         let blocks: Vec<_> = assertions
             .iter()
             .enumerate()
