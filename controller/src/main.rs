@@ -97,6 +97,44 @@ enum Command {
     },
 }
 
+/// Raises the soft file-descriptor limit to the hard one and keeps `wanted` connections
+/// below it (with room for the database, the listener and the runtime), so connections
+/// can never take the descriptors everything else needs.
+fn connections_within_fd_limit(wanted: usize) -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer, on this process.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return wanted;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    let room = usize::try_from(lim.rlim_cur)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(128)
+        .max(16);
+    if wanted > room {
+        eprintln!(
+            "gateway-controller: --max-connections {wanted} lowered to {room} (the file \
+             descriptor limit is {})",
+            lim.rlim_cur
+        );
+        room
+    } else {
+        wanted
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -168,7 +206,7 @@ async fn main() -> anyhow::Result<()> {
             )?);
             state.set_session_ttl(session_ttl);
             let opts = controller::ServeOptions {
-                max_connections,
+                max_connections: connections_within_fd_limit(max_connections),
                 audit_head_file,
                 audit_head_every: std::time::Duration::from_secs(audit_head_every),
                 ..controller::ServeOptions::default()
