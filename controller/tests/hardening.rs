@@ -539,3 +539,165 @@ async fn connections_beyond_the_limit_wait_for_a_free_place() {
     state.close_watchers();
     task.await.unwrap().unwrap();
 }
+
+/// The audit hash of databases from before the key: SHA-256 without a key.
+#[allow(clippy::too_many_arguments)]
+fn unkeyed_hash(
+    id: u64,
+    time_ms: i64,
+    actor: &str,
+    action: &str,
+    target: &str,
+    before: &str,
+    after: &str,
+    revision: u64,
+    prev_hash: &str,
+) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"ztgw-audit-v1");
+    for f in [
+        id.to_string().as_str(),
+        time_ms.to_string().as_str(),
+        actor,
+        action,
+        target,
+        before,
+        after,
+        revision.to_string().as_str(),
+        prev_hash,
+    ] {
+        h.update((f.len() as u64).to_be_bytes());
+        h.update(f.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The schema of a database written before keys (schema version 2).
+const SCHEMA_V2: &str = "
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+INSERT INTO schema_version (version) VALUES (2);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE objects (position INTEGER PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL,
+   toml TEXT NOT NULL, UNIQUE (kind, name));
+CREATE TABLE hosts (host TEXT PRIMARY KEY, generation INTEGER NOT NULL, view BLOB NOT NULL);
+CREATE TABLE host_deltas (host TEXT NOT NULL, generation INTEGER NOT NULL, base INTEGER NOT NULL,
+   delta BLOB NOT NULL, PRIMARY KEY (host, generation));
+CREATE TABLE tokens (hash TEXT PRIMARY KEY, host TEXT NOT NULL, created_ms INTEGER NOT NULL,
+   expires_ms INTEGER NOT NULL, used_ms INTEGER);
+CREATE TABLE agents (id TEXT PRIMARY KEY, host TEXT NOT NULL, hostname TEXT NOT NULL,
+   credential_hash TEXT NOT NULL, enrolled_ms INTEGER NOT NULL,
+   acked_generation INTEGER NOT NULL DEFAULT 0, last_seen_ms INTEGER NOT NULL, revoked_ms INTEGER);
+CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL,
+   received_ms INTEGER NOT NULL, agent_id TEXT NOT NULL, host TEXT NOT NULL,
+   event TEXT NOT NULL, verdict TEXT NOT NULL, user TEXT, device TEXT,
+   resource TEXT, data BLOB NOT NULL);
+CREATE INDEX events_time ON events (time_ms);
+CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL,
+   actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, before TEXT NOT NULL,
+   after TEXT NOT NULL, revision INTEGER NOT NULL, prev_hash TEXT NOT NULL DEFAULT '',
+   hash TEXT NOT NULL DEFAULT '');
+CREATE TABLE audit_head (one INTEGER PRIMARY KEY CHECK (one = 1), id INTEGER NOT NULL,
+   hash TEXT NOT NULL);
+CREATE TABLE api_keys (name TEXT PRIMARY KEY, role TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
+   created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, revoked_ms INTEGER,
+   created_by TEXT NOT NULL);
+CREATE TABLE admin_users (name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL,
+   totp_secret TEXT NOT NULL, created_ms INTEGER NOT NULL);
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_from_before_the_key_is_keyed_once_when_opened() {
+    let d = tempfile::tempdir().unwrap();
+    let db = d.path().join("controller.db");
+    let secret = controller::auth::new_totp_secret().unwrap();
+    let old_head = {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(SCHEMA_V2).unwrap();
+        let mut prev = controller::store::GENESIS_HASH.to_string();
+        for (id, action) in [(1i64, "create_api_key"), (2, "create_admin_user")] {
+            let h = unkeyed_hash(
+                id as u64,
+                id * 1000,
+                "local:init",
+                action,
+                "t",
+                "",
+                "",
+                0,
+                &prev,
+            );
+            c.execute(
+                "INSERT INTO audit (id, time_ms, actor, action, target, before, after, revision, prev_hash, hash)
+                 VALUES (?1, ?2, 'local:init', ?3, 't', '', '', 0, ?4, ?5)",
+                rusqlite::params![id, id * 1000, action, prev, h],
+            )
+            .unwrap();
+            prev = h;
+        }
+        c.execute(
+            "INSERT INTO audit_head (one, id, hash) VALUES (1, 2, ?1)",
+            [&prev],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO admin_users (name, role, password_hash, totp_secret, created_ms)
+             VALUES ('hana', 'admin', ?1, ?2, 0)",
+            rusqlite::params![controller::auth::hash_password(PASSWORD).unwrap(), secret],
+        )
+        .unwrap();
+        prev
+    };
+
+    // Opened with a key: the chain is keyed (and says from which head), the secret sealed.
+    let state = Arc::new(controller::State::open(&db, 30).unwrap());
+    let v = state.verify_audit(None).unwrap();
+    assert!(v.ok && v.records == 3, "{v:?}");
+    let recs = state.audit_report(None, None, 0).unwrap();
+    assert_eq!(recs[2].action, "audit_keyed");
+    assert!(recs[2].before.contains(&old_head), "{:?}", recs[2]);
+    let stored: String = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT totp_secret FROM admin_users WHERE name = 'hana'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!stored.contains(&secret), "{stored}");
+    // The user still logs in with the same authenticator.
+    state
+        .login(
+            None,
+            "hana",
+            PASSWORD,
+            &totp_code(&secret, controller::now_unix()),
+        )
+        .await
+        .unwrap();
+    drop(state);
+    // Once: opening again adds nothing.
+    let state = controller::State::open(&db, 30).unwrap();
+    let keyed = state
+        .audit_report(None, None, 0)
+        .unwrap()
+        .iter()
+        .filter(|r| r.action == "audit_keyed")
+        .count();
+    assert_eq!(keyed, 1);
+    drop(state);
+
+    // Without its key, or with another one, the database is refused.
+    let key = controller::keys::default_key_file(&db);
+    let saved = d.path().join("saved.key");
+    std::fs::rename(&key, &saved).unwrap();
+    let e = controller::State::open(&db, 30).unwrap_err().to_string();
+    assert!(e.contains("is missing"), "{e}");
+    assert!(!key.exists(), "no new key is made for a keyed database");
+    controller::keys::Keys::create(&key).unwrap();
+    let e = controller::State::open(&db, 30).unwrap_err().to_string();
+    assert!(e.contains("another key"), "{e}");
+    // The twin: with its own key it opens.
+    std::fs::rename(&saved, &key).unwrap();
+    controller::State::open(&db, 30).unwrap();
+}
