@@ -1,7 +1,8 @@
 //! Compiles `proto/ztgateway/v1/*.proto` with protox (a pure-Rust protobuf compiler: no
 //! system `protoc`) into a `FileDescriptorSet`, writes it encoded to
 //! `$OUT_DIR/ztgateway_descriptor.bin` (served by gRPC reflection), and generates the
-//! prost messages and the tonic clients and servers from it.
+//! prost messages and the tonic clients and servers from it (with `codec::ZtCodec`:
+//! undecodable requests are INVALID_ARGUMENT).
 
 use std::path::PathBuf;
 
@@ -22,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .codec_path("crate::codec::ZtCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -1,11 +1,12 @@
-//! `bench [--quick] [--only decision,throughput,compile,apply] [--out DIR]`: the gateway's
-//! benchmark suite (see bench/README.md). Writes `<out>/<run>.json|.md`, `latest.*` copies
-//! and `latest-*.svg` plots; one progress line per step on stderr. Needs root for the
-//! decision, throughput and apply suites (BPF, namespaces).
+//! `bench [--quick] [--only decision,throughput,compile,apply,controller] [--out DIR]`: the
+//! gateway's benchmark suite (see bench/README.md). Writes `<out>/<run>.json|.md`,
+//! `latest.*` copies and `latest-*.svg` plots; one progress line per step on stderr. Needs
+//! root for the decision, throughput and apply suites (BPF, namespaces).
 
 mod alloc;
 mod apply;
 mod compile_suite;
+mod controller_suite;
 mod decision;
 mod policies;
 mod report;
@@ -49,7 +50,9 @@ fn args() -> Result<Opts> {
             }
             "--out" => opts.out = PathBuf::from(it.next().context("--out needs a directory")?),
             "-h" | "--help" => {
-                println!("bench [--quick] [--only decision,throughput,compile,apply] [--out DIR]");
+                println!(
+                    "bench [--quick] [--only decision,throughput,compile,apply,controller] [--out DIR]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -72,7 +75,7 @@ fn main() -> Result<()> {
         if !wanted(name) {
             return;
         }
-        if !root && name != "compile" {
+        if !root && name != "compile" && name != "controller" {
             progress(&format!("{name}: SKIP needs root"));
             r.errors.push(format!("{name}: skipped, needs root"));
             return;
@@ -99,6 +102,9 @@ fn main() -> Result<()> {
     suite("apply", &mut |r| apply::run(&opts, &mut r.apply_sizes));
     suite("throughput", &mut |r| {
         throughput::run(&opts, &mut r.throughput)
+    });
+    suite("controller", &mut |r| {
+        controller_suite::run(&opts, &mut r.controller)
     });
     r.wall_seconds = START.get_or_init(Instant::now).elapsed().as_secs_f64();
     let paths = report::write(&opts.out, &mut r)?;

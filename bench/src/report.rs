@@ -1,7 +1,7 @@
 //! Results: the JSON document, goals, the markdown summary and SVG plots (hand-written
 //! SVG: no font or drawing libraries needed).
 
-use crate::{apply, compile_suite, decision, throughput};
+use crate::{apply, compile_suite, controller_suite, decision, throughput};
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -17,6 +17,7 @@ pub struct Results {
     pub throughput: Vec<throughput::Row>,
     pub compile: Vec<compile_suite::Row>,
     pub apply_sizes: Vec<apply::Summary>,
+    pub controller: Option<controller_suite::Summary>,
     pub errors: Vec<String>,
     pub suite_seconds: BTreeMap<String, f64>,
     pub wall_seconds: f64,
@@ -187,6 +188,21 @@ impl Results {
             })
             .unwrap_or_default(),
         ));
+        // 7. The control plane under a mixed load.
+        let c = self.controller.as_ref();
+        out.push(goal(
+            "controller: read p99 ms (1 KB policy, 20 clients, mixed reads and writes)",
+            "< 10",
+            c.map(|c| c.reads.p99_ms),
+            |m| m < 10.0,
+            c.map(|c| {
+                format!(
+                    "read p50 {:.2} ms, GetPolicy p99 {:.2} ms, write p50 {:.1} / p99 {:.1} ms, {} errors",
+                    c.reads.p50_ms, c.get_policy.p99_ms, c.writes.p50_ms, c.writes.p99_ms, c.errors
+                )
+            })
+            .unwrap_or_default(),
+        ));
         out
     }
 
@@ -208,6 +224,7 @@ impl Results {
                 "rules": a.map(|a| a.rules),
                 "sizes": self.apply_sizes,
             },
+            "controller": self.controller,
             "goals": self.goals(),
             "errors": self.errors,
         })
@@ -397,6 +414,25 @@ fn markdown(r: &Results, run: &str) -> String {
                 a.write_p50_ms,
                 a.written_p50
             );
+        }
+    }
+    if let Some(c) = &r.controller {
+        let _ = writeln!(
+            s,
+            "\n## Controller ({} clients for {:.0} s, mixed calls, policy of {} bytes)\n\n| calls | count | per s | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: | ---: |",
+            c.clients, c.seconds, c.policy_bytes
+        );
+        let mut rows = vec![("reads (all)".to_string(), &c.reads)];
+        rows.extend(c.by_call.iter().map(|(k, v)| (k.clone(), v)));
+        for (name, st) in rows {
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+                st.calls, st.per_sec, st.p50_ms, st.p99_ms, st.max_ms
+            );
+        }
+        if c.errors > 0 {
+            let _ = writeln!(s, "\n{} calls failed.", c.errors);
         }
     }
     if !r.errors.is_empty() {

@@ -7,8 +7,10 @@
 //!   [`Perm`] it needs; a method missing from the table needs [`Perm::Admin`] (deny by
 //!   default).
 //! * [`AdminGuard`]: a tower service around the Admin server that authenticates every
-//!   call before it reaches a handler (UNAUTHENTICATED / PERMISSION_DENIED) and passes the
-//!   [`Principal`] to the handler in the request extensions.
+//!   call before it reaches a handler (UNAUTHENTICATED / PERMISSION_DENIED, both recorded
+//!   in the audit trail, aggregated) and passes the [`Principal`] to the handler in the
+//!   request extensions. Login, the one public call, is rate-limited per peer address and
+//!   overall before its request is read, and only a few are read and handled at once.
 //! * Passwords: Argon2id ([`hash_password`], [`verify_password`]); second factor: TOTP
 //!   (RFC 6238, HMAC-SHA-1, 30 s steps, 6 digits: [`totp_code`]).
 //! * [`BearerAuth`]: the client side, a tonic interceptor that adds the header.
@@ -156,14 +158,37 @@ pub const ADMIN_METHODS: &[&str] = &[
 ];
 
 /// An authenticated caller.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Principal {
     /// `key:NAME` or `user:NAME` (the audit trail's actor).
     pub name: String,
     pub role: Role,
     /// When the credential expires (unix milliseconds).
     pub expires_ms: i64,
+    /// The SHA-256 of the secret presented (to re-check it on long-lived streams).
+    pub credential: String,
 }
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("expires_ms", &self.expires_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The peer address of a call (plaintext or TLS), when the transport knows it.
+pub fn peer_of(ext: &http::Extensions) -> Option<std::net::IpAddr> {
+    ext.get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|c| c.remote_addr())
+        .map(|a| a.ip())
+}
+
+/// How long a Login waits for its turn (see [`crate::state::LoginLimits::in_flight`])
+/// before it is refused.
+pub const LOGIN_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The bearer secret of an `authorization` header value.
 pub fn bearer(value: &str) -> Option<&str> {
@@ -218,23 +243,46 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().rsplit('/').next().unwrap_or("");
-        let perm = permission(method);
-        if perm != Perm::Public {
-            let header = req
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            match self.state.authorize(header, perm) {
-                Ok(p) => {
-                    req.extensions_mut().insert(p);
-                }
-                Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
-            }
-        }
+        let method = req
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let perm = permission(&method);
+        let peer = peer_of(req.extensions());
         // The clone is not necessarily ready: call the one that was polled.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        if perm == Perm::Public {
+            // Login: rate-limited before its request is read, then at most
+            // `in_flight` are read and handled at once; the others wait unread.
+            let gate = match self.state.admit_login(peer) {
+                Ok(g) => g,
+                Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+            };
+            return Box::pin(async move {
+                let permit = tokio::time::timeout(LOGIN_QUEUE_WAIT, gate.acquire_owned()).await;
+                let Ok(Ok(_permit)) = permit else {
+                    let status = tonic::Status::resource_exhausted(
+                        "too many logins in progress: try again later",
+                    );
+                    return Ok(status.into_http());
+                };
+                inner.call(req).await
+            });
+        }
+        let header = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match self.state.authorize_call(header, perm, &method, peer) {
+            Ok(p) => {
+                req.extensions_mut().insert(p);
+            }
+            Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+        }
         Box::pin(inner.call(req))
     }
 }
@@ -286,10 +334,8 @@ pub fn admin_client(channel: tonic::transport::Channel, secret: &str) -> AuthedA
 /// Argon2id (default parameters) PHC string of a password.
 pub fn hash_password(password: &str) -> Result<String, crate::Error> {
     use argon2::PasswordHasher as _;
-    let salt_hex = crate::random_hex(16);
-    let salt_bytes: Vec<u8> = (0..16)
-        .map(|i| u8::from_str_radix(&salt_hex[2 * i..2 * i + 2], 16).unwrap_or(0))
-        .collect();
+    let mut salt_bytes = [0u8; 16];
+    crate::fill_random(&mut salt_bytes)?;
     let salt = argon2::password_hash::SaltString::encode_b64(&salt_bytes)
         .map_err(|e| crate::Error::Internal(format!("salt: {e}")))?;
     argon2::Argon2::default()
@@ -349,12 +395,10 @@ pub fn base32_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 /// A new random TOTP secret (20 bytes), base32.
-pub fn new_totp_secret() -> String {
-    let hex = crate::random_hex(20);
-    let bytes: Vec<u8> = (0..20)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0))
-        .collect();
-    base32_encode(&bytes)
+pub fn new_totp_secret() -> Result<String, crate::Error> {
+    let mut bytes = [0u8; 20];
+    crate::fill_random(&mut bytes)?;
+    Ok(base32_encode(&bytes))
 }
 
 /// The HOTP value (RFC 4226) of `key` at `counter`, `digits` long.

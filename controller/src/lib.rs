@@ -12,6 +12,8 @@
 //! ```
 
 pub mod auth;
+pub mod keys;
+pub mod names;
 pub mod objects;
 pub mod service;
 pub mod state;
@@ -25,6 +27,7 @@ use std::time::Duration;
 
 pub use objects::{Kind, Object, Objects};
 pub use state::{ChangeOpts, State};
+pub use store::EventStore;
 pub use store::Store;
 
 /// Errors of the control-plane library; each maps to one gRPC status code.
@@ -48,8 +51,54 @@ pub enum Error {
     Internal(String),
 }
 
+/// The longest status message sent (grpc-message travels in a header; clients refuse
+/// headers beyond 16 KiB, and non-ASCII characters are percent-encoded, 3 bytes each).
+pub const MAX_STATUS_MESSAGE: usize = 4096;
+
+/// `m` cut to [`MAX_STATUS_MESSAGE`] bytes (at a character boundary), saying so.
+pub fn cap_message(m: String) -> String {
+    if m.len() <= MAX_STATUS_MESSAGE {
+        return m;
+    }
+    let mut end = MAX_STATUS_MESSAGE - 40;
+    while !m.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} … ({} bytes cut)", &m[..end], m.len() - end)
+}
+
+/// A value from a request, as error messages show it: at most 64 characters, control
+/// and other invisible characters escaped, so that no message echoes a huge or
+/// misleading field back.
+pub fn shown(s: &str) -> String {
+    const MAX: usize = 64;
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX {
+            out.push_str(&format!("… ({} characters)", s.chars().count()));
+            break;
+        }
+        if c.is_control() || names::is_invisible(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> tonic::Status {
+        let e = match e {
+            Error::InvalidArgument(m) => Error::InvalidArgument(cap_message(m)),
+            Error::NotFound(m) => Error::NotFound(cap_message(m)),
+            Error::AlreadyExists(m) => Error::AlreadyExists(cap_message(m)),
+            Error::FailedPrecondition(m) => Error::FailedPrecondition(cap_message(m)),
+            Error::Unauthenticated(m) => Error::Unauthenticated(cap_message(m)),
+            Error::PermissionDenied(m) => Error::PermissionDenied(cap_message(m)),
+            Error::ResourceExhausted(m) => Error::ResourceExhausted(cap_message(m)),
+            Error::Internal(m) => Error::Internal(cap_message(m)),
+        };
         match e {
             Error::InvalidArgument(m) => tonic::Status::invalid_argument(m),
             Error::NotFound(m) => tonic::Status::not_found(m),
@@ -95,34 +144,242 @@ pub fn parse_timestamp_ms(s: &str) -> Option<i64> {
         .map(|t| t * 1000 + ms)
 }
 
-/// Random bytes as hex (from the OS).
-pub fn random_hex(bytes: usize) -> String {
-    use std::io::Read as _;
+/// Fills `buf` from the operating system's CSPRNG (`getrandom(2)`: no file descriptor
+/// needed). Fails closed: there is no fallback.
+pub fn fill_random(buf: &mut [u8]) -> Result<(), Error> {
+    getrandom::fill(buf)
+        .map_err(|e| Error::Internal(format!("the system random generator failed: {e}")))
+}
+
+/// `bytes` random bytes as hex, from the OS CSPRNG; an error when it is unavailable
+/// (never a weaker fallback). Every secret the controller mints comes from here.
+pub fn try_random_hex(bytes: usize) -> Result<String, Error> {
     let mut buf = vec![0u8; bytes];
-    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
-    if ok.is_err() {
-        // Never expected on Linux; fall back to a time-and-address mix rather than panic.
-        let seed = now_ms() as u64 ^ (buf.as_ptr() as u64).rotate_left(17);
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = (seed.rotate_left(i as u32 * 7) >> 3) as u8;
-        }
+    fill_random(&mut buf)?;
+    Ok(hex(&buf))
+}
+
+/// [`try_random_hex`] for names that are not secrets (and tests): panics rather than
+/// return anything predictable when the OS generator fails.
+pub fn random_hex(bytes: usize) -> String {
+    match try_random_hex(bytes) {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
     }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Bytes of a hex string (`None` when it is not one).
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
 }
 
 /// SHA-256 of a secret, hex.
 pub fn hash_secret(s: &str) -> String {
     use sha2::Digest as _;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&sha2::Sha256::digest(s.as_bytes()))
+}
+
+/// Limits and periodic jobs of a server.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Connections open at once; more wait in the listen queue until one closes.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams (calls) per connection.
+    pub max_streams_per_connection: u32,
+    /// Calls handled at once per connection (streams count while their response
+    /// starts).
+    pub concurrency_per_connection: usize,
+    /// Append the audit chain's head to this file when it changed (one line: time,
+    /// record id, hash), to anchor it outside the database.
+    pub audit_head_file: Option<std::path::PathBuf>,
+    /// How often the head is exported (and logged on stderr) when it changed.
+    pub audit_head_every: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            max_connections: 1024,
+            max_streams_per_connection: 128,
+            concurrency_per_connection: 32,
+            audit_head_file: None,
+            audit_head_every: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Whether a plaintext (insecure) listener may bind `addr`: only on loopback, where
+/// credentials never cross a network.
+pub fn plaintext_allowed(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+/// One accepted connection, holding its place among `max_connections`.
+struct Conn {
+    tcp: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.tcp.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+}
+
+/// The accepted connections of `listener`: at most `max` open at once (accepting waits
+/// for a free place), each with TCP_NODELAY (small responses leave at once instead of
+/// waiting for the peer's delayed ACK). Accept errors (such as running out of file
+/// descriptors) are retried after a pause, never end the server.
+fn incoming(
+    listener: tokio::net::TcpListener,
+    max: usize,
+) -> impl tokio_stream::Stream<Item = Result<Conn, std::io::Error>> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max.max(1)));
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        loop {
+            // Ends (and closes the listener) when the server stops reading.
+            let slot = tokio::select! {
+                s = slots.clone().acquire_owned() => match s {
+                    Ok(s) => s,
+                    Err(_) => return,
+                },
+                _ = tx.closed() => return,
+            };
+            let tcp = loop {
+                tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok((tcp, _)) => break tcp,
+                        Err(e) => {
+                            eprintln!("gateway-controller: accepting a connection: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    },
+                    _ = tx.closed() => return,
+                }
+            };
+            if let Err(e) = tcp.set_nodelay(true) {
+                eprintln!("gateway-controller: TCP_NODELAY: {e}");
+            }
+            if tx.send(Ok(Conn { tcp, _slot: slot })).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Appends `time id=ID head=HASH` to the head file when the head changed since the
+/// last export; returns the head exported.
+fn export_head(
+    state: &State,
+    file: Option<&std::path::Path>,
+    last: &Option<(u64, String)>,
+) -> Option<(u64, String)> {
+    let head = match state.audit_head() {
+        Ok(Some(h)) => h,
+        Ok(None) => return last.clone(),
+        Err(e) => {
+            eprintln!("gateway-controller: reading the audit head: {e}");
+            return last.clone();
+        }
+    };
+    if last.as_ref() == Some(&head) {
+        return last.clone();
+    }
+    let line = format!(
+        "{} id={} head={}",
+        policy_compiler::format_rfc3339(now_unix()),
+        head.0,
+        head.1
+    );
+    eprintln!("gateway-controller: audit head {line}");
+    if let Some(path) = file {
+        use std::io::Write as _;
+        let r = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| writeln!(f, "{line}").and_then(|()| f.sync_data()));
+        if let Err(e) = r {
+            eprintln!(
+                "gateway-controller: exporting the audit head to {}: {e}",
+                path.display()
+            );
+            return last.clone();
+        }
+    }
+    Some(head)
 }
 
 /// Runs the Admin and Agent services, gRPC health and reflection on `listener` until
 /// `shutdown` completes, plus the background tasks (recompiling when a grant expires,
-/// pruning old events). Plaintext: for tests on loopback; deployments use
-/// [`serve_tls`].
+/// pruning old events). Plaintext: for tests on loopback (refused on other addresses);
+/// deployments use [`serve_tls`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<State>,
@@ -140,9 +397,27 @@ pub async fn serve_tls(
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with(listener, state, tls, ServeOptions::default(), shutdown).await
+}
+
+/// [`serve_tls`] with explicit limits and periodic jobs.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     use gateway_proto::v1::admin_server::AdminServer;
     use gateway_proto::v1::agent_server::AgentServer;
 
+    let local = listener.local_addr()?;
+    if tls.is_none() && !plaintext_allowed(&local) {
+        anyhow::bail!(
+            "refusing to serve plaintext on {local}: credentials would cross the network in \
+             clear; plaintext is for loopback only (use TLS)"
+        );
+    }
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<AdminServer<service::AdminService>>()
@@ -157,25 +432,55 @@ pub async fn serve_tls(
 
     let bg = {
         let state = state.clone();
+        let head_file = opts.audit_head_file.clone();
+        let head_every = opts.audit_head_every.as_millis().max(1000) as i64;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut last_prune = 0i64;
+            let mut last_export = 0i64;
+            let mut exported: Option<(u64, String)> = None;
             loop {
                 tick.tick().await;
-                if let Err(e) = state.refresh_if_due() {
-                    eprintln!("gateway-controller: recompiling: {e}");
-                }
+                let s = state.clone();
                 let now = now_ms();
-                if now - last_prune > 3_600_000 {
+                let prune = now - last_prune > 3_600_000;
+                let export = now - last_export >= head_every;
+                if prune {
                     last_prune = now;
-                    if let Err(e) = state.prune_events() {
+                }
+                if export {
+                    last_export = now;
+                }
+                let file = head_file.clone();
+                let before = exported.clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    if let Err(e) = s.refresh_if_due() {
+                        eprintln!("gateway-controller: recompiling: {e}");
+                    }
+                    s.flush_refusals(false);
+                    if prune && let Err(e) = s.prune_events() {
                         eprintln!("gateway-controller: pruning events: {e}");
                     }
+                    if export {
+                        export_head(&s, file.as_deref(), &before)
+                    } else {
+                        before
+                    }
+                })
+                .await;
+                if let Ok(e) = done {
+                    exported = e;
                 }
             }
         })
     };
-    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(opts.max_streams_per_connection)
+        .concurrency_limit_per_connection(opts.concurrency_per_connection)
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
@@ -188,7 +493,7 @@ pub async fn serve_tls(
         .add_service(reflection)
         .add_service(admin)
         .add_service(AgentServer::new(service::AgentService::new(state.clone())))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), {
+        .serve_with_incoming_shutdown(incoming(listener, opts.max_connections), {
             // Open streams (watches, followers) end first, so the graceful
             // shutdown does not wait for them.
             let state = state.clone();
@@ -200,6 +505,7 @@ pub async fn serve_tls(
         .await;
     bg.abort();
     state.close_watchers();
+    state.flush_refusals(true);
     result?;
     Ok(())
 }
@@ -221,10 +527,27 @@ pub async fn spawn_tls(
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    spawn_with(addr, state, tls, ServeOptions::default(), shutdown).await
+}
+
+/// [`spawn_tls`] with explicit [`ServeOptions`]. Plaintext is refused (before binding)
+/// on addresses other than loopback.
+pub async fn spawn_with(
+    addr: SocketAddr,
+    state: Arc<State>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    if tls.is_none() && !plaintext_allowed(&addr) {
+        anyhow::bail!(
+            "refusing to serve plaintext on {addr}: plaintext is for loopback only (use TLS)"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     Ok((
         local,
-        tokio::spawn(serve_tls(listener, state, tls, shutdown)),
+        tokio::spawn(serve_with(listener, state, tls, opts, shutdown)),
     ))
 }

@@ -38,6 +38,11 @@ enum Command {
         /// Name of the admin API key (unique; names are never reused).
         #[arg(long, default_value = "bootstrap-admin")]
         key_name: String,
+        /// The controller's secret key file (created, mode 0600, when missing): keys the
+        /// audit chain and seals TOTP secrets. Keep it where the database's readers and
+        /// writers cannot read it. [default: controller.key next to the database]
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
     /// Serve the Admin and Agent gRPC services (plus grpc.health.v1 and reflection).
     Run {
@@ -50,9 +55,26 @@ enum Command {
         /// Serve TLS with server.pem and server.key from this directory (see `init`).
         #[arg(long, required_unless_present = "insecure_plaintext")]
         tls_dir: Option<PathBuf>,
-        /// Serve plaintext gRPC (tests on loopback only: credentials travel in clear).
+        /// Serve plaintext gRPC (tests only: refused unless --listen is a loopback
+        /// address; credentials travel in clear).
         #[arg(long, conflicts_with = "tls_dir")]
         insecure_plaintext: bool,
+        /// The key file of the database (see `init --key-file`).
+        /// [default: controller.key next to the database]
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// Append the audit chain's head (time, record id, hash) to this file whenever
+        /// it changed, every --audit-head-every seconds; it is also printed on stderr.
+        /// Keep it, or ship it, where the controller's host cannot rewrite it, and check
+        /// it later with `gatewayctl audit verify --expect-head HASH`.
+        #[arg(long)]
+        audit_head_file: Option<PathBuf>,
+        /// Seconds between audit head exports.
+        #[arg(long, default_value_t = 300)]
+        audit_head_every: u64,
+        /// Connections open at once (more wait until one closes).
+        #[arg(long, default_value_t = 1024)]
+        max_connections: usize,
         /// Lifetime of interactive admin sessions, in seconds (then log in again).
         #[arg(long, default_value_t = controller::state::DEFAULT_SESSION_TTL_SECS)]
         session_ttl: u64,
@@ -65,7 +87,52 @@ enum Command {
     AuditVerify {
         #[arg(long, default_value = "/var/lib/zt-gateway/controller.db")]
         db: PathBuf,
+        /// The database's key file. [default: controller.key next to the database]
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// A head hash kept outside earlier (from `audit verify` or --audit-head-file):
+        /// it must still be in the chain.
+        #[arg(long, value_name = "HASH")]
+        expect_head: Option<String>,
     },
+}
+
+/// Raises the soft file-descriptor limit to the hard one and keeps `wanted` connections
+/// below it (with room for the database, the listener and the runtime), so connections
+/// can never take the descriptors everything else needs.
+fn connections_within_fd_limit(wanted: usize) -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer, on this process.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return wanted;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    let room = usize::try_from(lim.rlim_cur)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(128)
+        .max(16);
+    if wanted > room {
+        eprintln!(
+            "gateway-controller: --max-connections {wanted} lowered to {room} (the file \
+             descriptor limit is {})",
+            lim.rlim_cur
+        );
+        room
+    } else {
+        wanted
+    }
 }
 
 #[tokio::main]
@@ -77,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
             tls_dir,
             sans,
             key_name,
+            key_file,
         } => {
             if let Some(dir) = &tls_dir {
                 controller::tls::generate(dir, &sans)?;
@@ -90,7 +158,13 @@ async fn main() -> anyhow::Result<()> {
             } else if !sans.is_empty() {
                 bail!("--san needs --tls-dir");
             }
-            let state = controller::State::open(&db, 30)?;
+            let state = controller::State::open_with(
+                &db,
+                &controller::state::Options {
+                    retention_days: 30,
+                    key_file,
+                },
+            )?;
             let key = state
                 .bootstrap_admin_key(&key_name)
                 .context("creating the admin API key")?;
@@ -108,14 +182,36 @@ async fn main() -> anyhow::Result<()> {
             insecure_plaintext,
             session_ttl,
             event_retention_days,
+            key_file,
+            audit_head_file,
+            audit_head_every,
+            max_connections,
         } => {
+            if insecure_plaintext && !controller::plaintext_allowed(&listen) {
+                bail!(
+                    "--insecure-plaintext serves loopback addresses only (127.0.0.1, ::1), not \
+                     {listen}: credentials would cross the network in clear; use --tls-dir"
+                );
+            }
             let tls = match &tls_dir {
                 Some(dir) => Some(controller::tls::server_config(dir)?),
                 None => None,
             };
-            let state = Arc::new(controller::State::open(&db, event_retention_days)?);
+            let state = Arc::new(controller::State::open_with(
+                &db,
+                &controller::state::Options {
+                    retention_days: event_retention_days,
+                    key_file,
+                },
+            )?);
             state.set_session_ttl(session_ttl);
-            let (addr, task) = controller::spawn_tls(listen, state, tls, async {
+            let opts = controller::ServeOptions {
+                max_connections: connections_within_fd_limit(max_connections),
+                audit_head_file,
+                audit_head_every: std::time::Duration::from_secs(audit_head_every),
+                ..controller::ServeOptions::default()
+            };
+            let (addr, task) = controller::spawn_with(listen, state, tls, opts, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await?;
@@ -132,16 +228,31 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("gateway-controller: stopped");
             Ok(())
         }
-        Command::AuditVerify { db } => {
+        Command::AuditVerify {
+            db,
+            key_file,
+            expect_head,
+        } => {
             if !db.exists() {
                 bail!("{} does not exist", db.display());
             }
-            let v = controller::Store::open(&db)?.verify_audit()?;
+            let key_file = key_file.unwrap_or_else(|| controller::keys::default_key_file(&db));
+            if !key_file.exists() {
+                bail!(
+                    "the key file {} does not exist: the audit chain is keyed (--key-file)",
+                    key_file.display()
+                );
+            }
+            let keys = Arc::new(controller::keys::Keys::load(&key_file)?);
+            let v = controller::Store::open(&db, keys)?.verify_audit(expect_head.as_deref())?;
             if v.ok {
                 println!(
                     "audit trail ok: {} records, head {}",
                     v.records, v.head_hash
                 );
+                if let Some(id) = v.expected_head_id {
+                    println!("the anchored head is record {id}");
+                }
                 Ok(())
             } else {
                 eprintln!(

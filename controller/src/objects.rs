@@ -215,7 +215,16 @@ pub fn render_block(section: &str, table: &Table) -> String {
 
 fn name_of(kind: Kind, t: &Table, file: &str) -> Result<String, Error> {
     match t.get(kind.name_key()) {
-        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::String(s)) => {
+            if let Some(why) = crate::names::problem(s, crate::names::MAX_NAME) {
+                return Err(Error::InvalidArgument(format!(
+                    "{file}: invalid {kind} {} `{}`: {why}",
+                    kind.name_key(),
+                    crate::shown(s)
+                )));
+            }
+            Ok(s.clone())
+        }
         _ => Err(Error::InvalidArgument(format!(
             "{file}: a [[{kind}]] table has no string `{}`; every object needs one",
             kind.name_key()
@@ -289,18 +298,33 @@ pub fn split(text: &str, file: &str) -> Result<Objects, Error> {
     Ok(out)
 }
 
+/// The sections (`[[name]]` / `[name]`) of a parsed text other than `section`, for
+/// messages.
+fn other_sections(doc: &Table, section: &str) -> String {
+    doc.keys()
+        .filter(|k| k.as_str() != section)
+        .map(|k| format!("`{}`", crate::shown(k)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Parses the TOML of one object (header optional, except for grants) into the object
-/// and the text to validate it with (the given text, with its header when it had one).
-/// `file` names the object in diagnostics.
+/// and the text to locate its diagnostics with (the given text, with its header when it
+/// had one; the number of lines prepended). `file` names the object in diagnostics.
+///
+/// The text must be exactly one table of the kind and nothing else: a headless text is
+/// read under the kind's header, and anything that text would put outside that one table
+/// (another `[[section]]`, a `[table]`) is refused. The object keeps the table rendered
+/// canonically, and that rendering is what the policy is validated and stored with.
 pub fn parse_object(kind: Kind, text: &str, file: &str) -> Result<(Object, String, u32), Error> {
     let doc: Table = text.parse().map_err(|e| toml_error(file, text, &e))?;
-    let sections: Vec<&String> = doc.keys().collect();
-    let headed = sections.len() == 1
-        && Kind::of_section(sections[0]).is_some()
-        && matches!(doc.get(sections[0]), Some(Value::Array(a)) if a.iter().all(Value::is_table));
+    let headed = doc.len() == 1
+        && doc.keys().all(|k| Kind::of_section(k).is_some())
+        && doc
+            .values()
+            .all(|v| matches!(v, Value::Array(a) if a.iter().all(Value::is_table)));
     let (section, table, validate_text, line_shift) = if headed {
-        let sec = sections[0].clone();
-        let Some(Value::Array(a)) = doc.get(&sec) else {
+        let Some((sec, Value::Array(a))) = doc.iter().next() else {
             unreachable!("checked above")
         };
         if a.len() != 1 {
@@ -309,13 +333,13 @@ pub fn parse_object(kind: Kind, text: &str, file: &str) -> Result<(Object, Strin
                 a.len()
             )));
         }
-        if Kind::of_section(&sec) != Some(kind) {
+        if Kind::of_section(sec) != Some(kind) {
             return Err(Error::InvalidArgument(format!(
                 "{file}: a [[{sec}]] table is not a {kind} object"
             )));
         }
         let t = a[0].as_table().cloned().unwrap_or_default();
-        (sec, t, text.to_string(), 0)
+        (sec.clone(), t, text.to_string(), 0)
     } else {
         if kind == Kind::Grant {
             return Err(Error::InvalidArgument(format!(
@@ -323,7 +347,28 @@ pub fn parse_object(kind: Kind, text: &str, file: &str) -> Result<(Object, Strin
             )));
         }
         let sec = kind.as_str().to_string();
-        (sec.clone(), doc, format!("[[{sec}]]\n{text}"), 1)
+        let validate_text = format!("[[{sec}]]\n{text}");
+        let whole: Table = validate_text
+            .parse()
+            .map_err(|e| toml_error(file, text, &e))?;
+        let table = match whole.get(&sec) {
+            Some(Value::Array(a)) if whole.len() == 1 && a.len() == 1 => {
+                a[0].as_table().cloned().unwrap_or_default()
+            }
+            _ => {
+                let others = other_sections(&whole, &sec);
+                let also = if others.is_empty() {
+                    format!("it holds several [[{sec}]] tables")
+                } else {
+                    format!("it also holds {others}")
+                };
+                return Err(Error::InvalidArgument(format!(
+                    "{file}: the text of a {kind} object must be one [[{sec}]] table and \
+                     nothing else; {also} (create other objects separately)"
+                )));
+            }
+        };
+        (sec, table, validate_text, 1)
     };
     let name = name_of(kind, &table, file)?;
     Ok((

@@ -203,9 +203,10 @@ impl Admin for AdminService {
         &self,
         req: Request<v1::FollowEventsRequest>,
     ) -> R<Self::FollowEventsStream> {
+        let who = principal(&req)?;
         let filter = req.into_inner().filter.unwrap_or_default();
-        let rx = self.state.follow_events(filter);
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        let rx = self.state.follow_events(filter, who);
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -233,9 +234,10 @@ impl Admin for AdminService {
     }
 
     async fn list_agents(&self, _: Request<v1::ListAgentsRequest>) -> R<v1::ListAgentsResponse> {
-        Ok(Response::new(v1::ListAgentsResponse {
-            agents: self.state.agents(),
-        }))
+        // The state's lock may be held by a change being compiled: not on a worker.
+        let s = self.state.clone();
+        let agents = blocking(move || Ok(s.agents())).await?;
+        Ok(Response::new(v1::ListAgentsResponse { agents }))
     }
 
     async fn revoke_agent(
@@ -249,9 +251,15 @@ impl Admin for AdminService {
         Ok(Response::new(v1::RevokeAgentResponse {}))
     }
 
-    async fn verify_audit(&self, _: Request<v1::VerifyAuditRequest>) -> R<v1::VerifyAuditResponse> {
+    async fn verify_audit(
+        &self,
+        req: Request<v1::VerifyAuditRequest>,
+    ) -> R<v1::VerifyAuditResponse> {
+        let expect = req.into_inner().expect_head;
         let s = self.state.clone();
-        Ok(Response::new(blocking(move || s.verify_audit()).await?))
+        Ok(Response::new(
+            blocking(move || s.verify_audit(expect.as_deref())).await?,
+        ))
     }
 
     async fn who_am_i(&self, req: Request<v1::WhoAmIRequest>) -> R<v1::WhoAmIResponse> {
@@ -264,10 +272,12 @@ impl Admin for AdminService {
     }
 
     async fn login(&self, req: Request<v1::LoginRequest>) -> R<v1::LoginResponse> {
+        let peer = crate::auth::peer_of(req.extensions());
         let r = req.into_inner();
-        let s = self.state.clone();
         Ok(Response::new(
-            blocking(move || s.login(&r.user, &r.password, &r.totp_code)).await?,
+            self.state
+                .login(peer, &r.user, &r.password, &r.totp_code)
+                .await?,
         ))
     }
 
@@ -317,8 +327,12 @@ impl Admin for AdminService {
         let role = Role::from_wire(r.role)
             .ok_or_else(|| Status::invalid_argument("`role` must be ADMIN, OPERATOR or AUDITOR"))?;
         let s = self.state.clone();
-        let (totp_secret, otpauth_uri) =
-            blocking(move || s.create_admin_user(&r.name, role, &r.password, &who)).await?;
+        let permit = self.state.argon_permit().await;
+        let (totp_secret, otpauth_uri) = blocking(move || {
+            let _permit = permit;
+            s.create_admin_user(&r.name, role, &r.password, &who)
+        })
+        .await?;
         Ok(Response::new(v1::CreateAdminUserResponse {
             totp_secret,
             otpauth_uri,
@@ -361,10 +375,19 @@ impl AgentService {
 #[tonic::async_trait]
 impl Agent for AgentService {
     async fn enroll(&self, req: Request<v1::EnrollRequest>) -> R<v1::EnrollResponse> {
+        let peer = crate::auth::peer_of(req.extensions());
         let r = req.into_inner();
+        let expected = match &r.host {
+            Some(h) => Some(
+                gateway_proto::host_from_wire(h)
+                    .map(|h| gateway_proto::host_name(&h))
+                    .map_err(|_| Status::invalid_argument("invalid `host`"))?,
+            ),
+            None => None,
+        };
         let s = self.state.clone();
         Ok(Response::new(
-            blocking(move || s.enroll(&r.token, &r.hostname)).await?,
+            blocking(move || s.enroll(&r.token, &r.hostname, expected.as_deref(), peer)).await?,
         ))
     }
 
@@ -394,14 +417,15 @@ impl Agent for AgentService {
         let mut accepted = 0;
         while let Some(msg) = stream.next().await {
             let msg = msg?;
-            // Checked on every message, so a revoked agent's open stream stops too.
+            // The agent is authenticated by the first message; every message is
+            // stored as its host's, and a revoked agent's open stream stops too
+            // (report_events checks it).
             let id = match &agent {
-                Some(id) => {
-                    self.state.check_agent_id(id)?;
-                    id.clone()
-                }
+                Some(id) => id.clone(),
                 None => {
-                    let id = self.state.check_agent(msg.auth.as_ref())?;
+                    let s = self.state.clone();
+                    let auth = msg.auth.clone();
+                    let (id, _host) = blocking(move || s.check_agent(auth.as_ref())).await?;
                     agent = Some(id.clone());
                     id
                 }

@@ -4,28 +4,43 @@
 //! One mutex guards the in-memory state and the store, so a change is validated,
 //! committed and fanned out as one step, and a `Watch` registers at a well-defined
 //! generation (no update can slip between its catch-up and its registration).
+//!
+//! Reads of the policy (GetPolicy, GetObject, ListObjects) take a snapshot swapped in
+//! after each commit and never wait for a change in progress. Connection events have
+//! their own database connection ([`EventStore`]): ingestion and queries never take the
+//! state's lock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use gateway_proto::{self as gp, v1};
 use policy_compiler::{self as pc, Host, HostView, Policy};
 use tokio::sync::{broadcast, mpsc};
 
+use crate::keys::Keys;
 use crate::objects::{self, Kind, Object, Objects};
-use crate::store::{AgentRow, Audit, DELTA_HISTORY, HostUpdate, Store};
-use crate::{Error, hash_secret, now_ms, now_unix, random_hex};
+use crate::store::{AgentRow, Audit, DELTA_HISTORY, EventStore, HostUpdate, Store};
+use crate::{Error, hash_secret, now_ms, now_unix, shown, try_random_hex};
 
+mod events;
+pub mod limits;
 mod security;
 pub use security::{
-    DEFAULT_KEY_TTL_SECS, DEFAULT_SESSION_TTL_SECS, LOGIN_WINDOW_MS, MAX_LOGIN_FAILURES,
-    MIN_PASSWORD_LEN,
+    DEFAULT_KEY_TTL_SECS, DEFAULT_SESSION_TTL_SECS, LOGIN_WINDOW_MS, LoginLimits,
+    MAX_LOGIN_FAILURES, MIN_PASSWORD_LEN,
 };
 
 /// Updates buffered per watching agent; an agent that falls this far behind is
 /// disconnected and resumes from its generation when it reconnects.
 pub const WATCH_BUFFER: usize = 256;
+
+/// Kinds of refusal followed at once for aggregation (see [`limits::Refusals`]).
+const REFUSAL_KINDS: usize = 1024;
+/// The aggregation window of refusals in the audit trail.
+pub const REFUSAL_WINDOW_MS: i64 = 60_000;
+/// Refusals recorded at once per window; beyond, they are only counted.
+const REFUSALS_IMMEDIATE: f64 = 60.0;
 
 /// Who does a change, and how.
 #[derive(Clone, Debug)]
@@ -51,6 +66,59 @@ struct HostState {
     view: HostView,
     /// (generation, base, delta), oldest first, at most `DELTA_HISTORY`.
     deltas: VecDeque<(u64, u64, Arc<v1::ViewDelta>)>,
+    /// The names of the last few views, newest last (for checking reported events).
+    names: VecDeque<Arc<events::NameSet>>,
+}
+
+impl HostState {
+    fn new(generation: u64, view: HostView) -> HostState {
+        let mut names = VecDeque::new();
+        names.push_back(Arc::new(events::NameSet::of(&view)));
+        HostState {
+            generation,
+            view,
+            deltas: VecDeque::new(),
+            names,
+        }
+    }
+
+    fn set_view(&mut self, generation: u64, view: HostView) {
+        self.names.push_back(Arc::new(events::NameSet::of(&view)));
+        while self.names.len() > events::VIEWS_KEPT {
+            self.names.pop_front();
+        }
+        self.generation = generation;
+        self.view = view;
+    }
+}
+
+/// What policy reads need, swapped in after every commit.
+#[derive(Debug, Default)]
+struct Snapshot {
+    objects: Objects,
+    text: String,
+    revision: u64,
+    /// Why the stored policy does not load, when it does not.
+    broken: Option<String>,
+}
+
+/// How to open the state.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Connection events older than this are deleted.
+    pub retention_days: u32,
+    /// The key file ([`crate::keys`]); default: `controller.key` next to the database.
+    /// Created when missing, unless the database was keyed already.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            retention_days: 30,
+            key_file: None,
+        }
+    }
 }
 
 struct Watcher {
@@ -64,6 +132,10 @@ struct Inner {
     objects: Objects,
     revision: u64,
     policy: Policy,
+    /// Why the stored policy did not load, when it did not: the controller serves what
+    /// it has (the stored views, reads) and refuses changes other than a whole new
+    /// policy (ApplyPolicy), which repairs it.
+    broken: Option<String>,
     hosts: BTreeMap<String, HostState>,
     agents: HashMap<String, AgentRow>,
     watchers: HashMap<String, Vec<Watcher>>,
@@ -74,13 +146,23 @@ struct Inner {
 /// The controller state (see the module docs).
 pub struct State {
     inner: Mutex<Inner>,
+    snapshot: RwLock<Arc<Snapshot>>,
     events: broadcast::Sender<v1::StoredEvent>,
+    event_store: Mutex<EventStore>,
     retention_days: u32,
     /// Set at shutdown: ends follower streams.
     closing: tokio::sync::watch::Sender<bool>,
     /// Admin credentials (locked after `inner` when both are needed).
     creds: Mutex<security::Creds>,
     session_ttl_ms: std::sync::atomic::AtomicI64,
+    keys: Arc<Keys>,
+    /// Rate limits, concurrency bounds, quotas (see `security`).
+    guard: security::Guard,
+    /// Repeated refusals, aggregated before they reach the audit trail.
+    refusals: Mutex<limits::Refusals>,
+    /// Refusal records not written yet: written by the server's one-second tick (and
+    /// before any read of the audit trail), never on the path of the refused call.
+    pending_refusals: Mutex<Vec<limits::Record>>,
 }
 
 impl std::fmt::Debug for State {
@@ -148,32 +230,74 @@ struct ObjectSpan {
 }
 
 impl State {
-    /// Opens the store and loads the state it holds.
+    /// Opens the store (keys next to the database, see [`Options`]) and loads the
+    /// state it holds.
     pub fn open(db: &Path, retention_days: u32) -> Result<State, Error> {
-        let store = Store::open(db)?;
+        State::open_with(
+            db,
+            &Options {
+                retention_days,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// The keys of `db`: read from the key file, or a new key file when the database
+    /// has not been keyed yet. A keyed database whose key file is missing is refused.
+    pub fn keys_for(db: &Path, key_file: &Path) -> Result<Keys, Error> {
+        if key_file.exists() {
+            return Keys::load(key_file);
+        }
+        if let Some(fp) = crate::store::key_fingerprint(db)? {
+            return Err(Error::Internal(format!(
+                "the key file {} is missing, and {} was keyed (key fingerprint {fp}): \
+                 without its key the audit trail cannot be verified nor TOTP codes checked; \
+                 restore the key file or give it with --key-file",
+                key_file.display(),
+                db.display()
+            )));
+        }
+        Keys::create(key_file)
+    }
+
+    /// Opens the store and loads the state it holds. A stored policy that does not load
+    /// does not stop the controller: it starts with the stored views, serves reads and
+    /// agents, and refuses changes (saying why) until a valid policy is applied.
+    pub fn open_with(db: &Path, opts: &Options) -> Result<State, Error> {
+        let key_file = opts
+            .key_file
+            .clone()
+            .unwrap_or_else(|| crate::keys::default_key_file(db));
+        let keys = Arc::new(State::keys_for(db, &key_file)?);
+        let store = Store::open(db, keys.clone())?;
+        let event_store = EventStore::open(db)?;
         let loaded = store.load()?;
         let now = now_unix();
-        let policy = if loaded.objects.list.is_empty() {
-            Policy::default()
+        let (policy, broken) = if loaded.objects.list.is_empty() {
+            (Policy::default(), None)
         } else {
-            parse_policy(&loaded.objects.render(), "policy.toml", now)
-                .map_err(|d| {
-                    Error::Internal(format!("stored policy is invalid: {}", diag_text(&d)))
-                })?
-                .policy
+            match parse_policy(&loaded.objects.render(), "policy.toml", now) {
+                Ok(p) => (p.policy, None),
+                Err(d) => {
+                    let why = format!(
+                        "the stored policy (revision {}) does not load: {}",
+                        loaded.revision,
+                        diag_text(&d)
+                    );
+                    eprintln!(
+                        "gateway-controller: WARNING: {why}; serving the last compiled views \
+                         and reads only; changes are refused until a valid policy is applied \
+                         (gatewayctl apply)"
+                    );
+                    (Policy::default(), Some(why))
+                }
+            }
         };
         let mut hosts = BTreeMap::new();
         for h in loaded.hosts {
             let view = gp::view_from_wire(&h.view)
                 .map_err(|e| Error::Internal(format!("stored view of {}: {e}", h.host)))?;
-            hosts.insert(
-                h.host,
-                HostState {
-                    generation: h.generation,
-                    view,
-                    deltas: VecDeque::new(),
-                },
-            );
+            hosts.insert(h.host, HostState::new(h.generation, view));
         }
         for (host, g, b, d) in loaded.deltas {
             if let Some(hs) = hosts.get_mut(&host) {
@@ -187,24 +311,45 @@ impl State {
             .collect();
         let creds = security::Creds::new(loaded.api_keys, loaded.users);
         let (events, _) = broadcast::channel(4096);
+        let snapshot = Snapshot {
+            text: loaded.objects.render(),
+            objects: loaded.objects.clone(),
+            revision: loaded.revision,
+            broken: broken.clone(),
+        };
         let state = State {
             inner: Mutex::new(Inner {
                 store,
-                next_expiry: next_expiry(&policy, now),
+                next_expiry: if broken.is_some() {
+                    None
+                } else {
+                    next_expiry(&policy, now)
+                },
                 objects: loaded.objects,
                 revision: loaded.revision,
                 policy,
+                broken,
                 hosts,
                 agents,
                 watchers: HashMap::new(),
             }),
+            snapshot: RwLock::new(Arc::new(snapshot)),
             events,
-            retention_days,
+            event_store: Mutex::new(event_store),
+            retention_days: opts.retention_days,
             closing: tokio::sync::watch::channel(false).0,
             creds: Mutex::new(creds),
             session_ttl_ms: std::sync::atomic::AtomicI64::new(
                 DEFAULT_SESSION_TTL_SECS as i64 * 1000,
             ),
+            keys,
+            guard: security::Guard::new(LoginLimits::default()),
+            refusals: Mutex::new(limits::Refusals::new(
+                REFUSAL_KINDS,
+                REFUSAL_WINDOW_MS,
+                REFUSALS_IMMEDIATE,
+            )),
+            pending_refusals: Mutex::new(Vec::new()),
         };
         // Views may have changed while the controller was down (expired grants).
         state.refresh()?;
@@ -216,38 +361,76 @@ impl State {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn snap(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Publishes what reads see (after a commit of objects).
+    fn publish(&self, g: &Inner) {
+        let snap = Arc::new(Snapshot {
+            objects: g.objects.clone(),
+            text: g.objects.render(),
+            revision: g.revision,
+            broken: g.broken.clone(),
+        });
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snap;
+    }
+
+    /// Why the stored policy does not load, when it does not (then changes other than
+    /// ApplyPolicy are refused).
+    pub fn problem(&self) -> Option<String> {
+        self.lock().broken.clone()
+    }
+
+    fn refuse_if_broken(g: &Inner) -> Result<(), Error> {
+        Self::refuse_broken(&g.broken)
+    }
+
+    fn refuse_broken(broken: &Option<String>) -> Result<(), Error> {
+        match broken {
+            Some(why) => Err(Error::FailedPrecondition(format!(
+                "{why}. Changes are refused until a valid policy is applied as a whole \
+                 (ApplyPolicy, `gatewayctl apply`)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     // -------------------------------------------------------------- policy
 
     /// The policy text and revision.
     pub fn policy(&self) -> (String, u64) {
-        let g = self.lock();
-        (g.objects.render(), g.revision)
+        let s = self.snap();
+        (s.text.clone(), s.revision)
     }
 
     pub fn revision(&self) -> u64 {
-        self.lock().revision
+        self.snap().revision
     }
 
     /// Every object (of `kind`, when given) and the revision.
     pub fn objects(&self, kind: Option<Kind>) -> (Vec<Object>, u64) {
-        let g = self.lock();
-        let list = g
+        let s = self.snap();
+        let list = s
             .objects
             .list
             .iter()
             .filter(|o| kind.is_none_or(|k| o.kind == k))
             .cloned()
             .collect();
-        (list, g.revision)
+        (list, s.revision)
     }
 
     pub fn object(&self, kind: Kind, name: &str) -> Result<(Object, u64), Error> {
-        let g = self.lock();
-        g.objects
+        let s = self.snap();
+        s.objects
             .get(kind, name)
             .cloned()
-            .map(|o| (o, g.revision))
-            .ok_or_else(|| Error::NotFound(format!("no {kind} named `{name}`")))
+            .map(|o| (o, s.revision))
+            .ok_or_else(|| Error::NotFound(format!("no {kind} named `{}`", shown(name))))
     }
 
     /// Replaces the whole policy (declarative apply).
@@ -317,14 +500,17 @@ impl State {
         let now = now_unix();
         let mut g = self.lock();
         let Some(index) = g.objects.position(kind, name) else {
-            return Err(Error::NotFound(format!("no {kind} named `{name}`")));
+            return Err(Error::NotFound(format!(
+                "no {kind} named `{}`",
+                shown(name)
+            )));
         };
         let target = format!("{kind}:{name}");
         let (obj, vtext, shift) = objects::parse_object(kind, text, &target)?;
         if obj.name != name {
             return Err(Error::InvalidArgument(format!(
                 "{target}: the table names `{}`; renaming is delete + create",
-                obj.name
+                shown(&obj.name)
             )));
         }
         let mut new = g.objects.clone();
@@ -357,7 +543,10 @@ impl State {
         let now = now_unix();
         let mut g = self.lock();
         let Some(index) = g.objects.position(kind, name) else {
-            return Err(Error::NotFound(format!("no {kind} named `{name}`")));
+            return Err(Error::NotFound(format!(
+                "no {kind} named `{}`",
+                shown(name)
+            )));
         };
         let mut new = g.objects.clone();
         let removed = new.list.remove(index);
@@ -374,7 +563,10 @@ impl State {
 
     /// Recompiles every host when a grant has expired since the last compile.
     pub fn refresh_if_due(&self) -> Result<(), Error> {
-        let due = self.lock().next_expiry.is_some_and(|e| e <= now_unix());
+        let due = {
+            let g = self.lock();
+            g.broken.is_none() && g.next_expiry.is_some_and(|e| e <= now_unix())
+        };
         if due { self.refresh() } else { Ok(()) }
     }
 
@@ -383,6 +575,10 @@ impl State {
     pub fn refresh(&self) -> Result<(), Error> {
         let now = now_unix();
         let mut g = self.lock();
+        if g.broken.is_some() {
+            // Recompiling an empty stand-in would take every host's policy away.
+            return Ok(());
+        }
         let policy = g.policy.clone();
         let plans = self.plan_hosts(&g, &policy, now);
         if !plans.is_empty() {
@@ -403,6 +599,9 @@ impl State {
         audit: (&str, String, String, String),
         now: i64,
     ) -> Result<v1::Plan, Error> {
+        if audit.0 != "apply_policy" {
+            Self::refuse_if_broken(g)?;
+        }
         if let Some(exp) = opts.expected_revision
             && exp != g.revision
         {
@@ -411,25 +610,28 @@ impl State {
                 g.revision
             )));
         }
-        let parsed = match &span {
-            None => parse_policy(&new.render(), "policy.toml", now),
-            Some(s) => {
-                let (text, start) = new.render_with(Some((s.index, &s.text)));
-                let lines = s.text.lines().count().max(1) as u32 + s.shift;
-                parse_policy(&text, "policy.toml", now).map_err(|diags| {
-                    diags
-                        .into_iter()
-                        .map(|mut d| {
-                            if d.line >= start && d.line < start + lines {
-                                d.file = s.file.clone();
-                                d.line = (d.line - start + 1).saturating_sub(s.shift).max(1);
-                            }
-                            d
-                        })
-                        .collect()
-                })
+        // What is validated is what is stored: the objects' canonical text. When an
+        // object's own text was given, errors are located in that text instead.
+        let parsed = parse_policy(&new.render(), "policy.toml", now).map_err(|canonical| {
+            let Some(s) = &span else {
+                return canonical;
+            };
+            let (text, start) = new.render_with(Some((s.index, &s.text)));
+            let lines = s.text.lines().count().max(1) as u32 + s.shift;
+            match parse_policy(&text, "policy.toml", now) {
+                Ok(_) => canonical,
+                Err(diags) => diags
+                    .into_iter()
+                    .map(|mut d| {
+                        if d.line >= start && d.line < start + lines {
+                            d.file = s.file.clone();
+                            d.line = (d.line - start + 1).saturating_sub(s.shift).max(1);
+                        }
+                        d
+                    })
+                    .collect(),
             }
-        };
+        });
         let parsed = parsed.map_err(|d| Error::InvalidArgument(diag_text(&d)))?;
         let policy = parsed.policy;
 
@@ -512,6 +714,10 @@ impl State {
         g.objects = new;
         g.next_expiry = next_expiry(&policy, now);
         g.policy = policy;
+        if g.broken.take().is_some() {
+            eprintln!("gateway-controller: a valid policy was applied; changes are accepted again");
+        }
+        self.publish(g);
         Ok(plan)
     }
 
@@ -613,13 +819,10 @@ impl State {
         g.revision = revision;
         for p in plans {
             let delta = Arc::new(p.delta.clone());
-            let hs = g.hosts.entry(p.host.clone()).or_insert_with(|| HostState {
-                generation: 0,
-                view: gp::empty_view(&p.view.host, p.view.compiled_at),
-                deltas: VecDeque::new(),
+            let hs = g.hosts.entry(p.host.clone()).or_insert_with(|| {
+                HostState::new(0, gp::empty_view(&p.view.host, p.view.compiled_at))
             });
-            hs.generation = p.generation;
-            hs.view = p.view.clone();
+            hs.set_view(p.generation, p.view.clone());
             if p.base != 0 {
                 hs.deltas.push_back((p.generation, p.base, delta.clone()));
                 while hs.deltas.len() > DELTA_HISTORY as usize {
@@ -663,7 +866,27 @@ impl State {
         blocks: &[(String, String, String, String, Option<i64>)],
         now: i64,
     ) -> Result<Policy, Error> {
-        let mut text = self.lock().objects.render();
+        for (name, from, to, expect, _) in blocks {
+            for (what, v) in [
+                ("name", name),
+                ("from", from),
+                ("to", to),
+                ("expect", expect),
+            ] {
+                if let Some(why) = crate::names::problem(v, 256) {
+                    return Err(Error::InvalidArgument(format!(
+                        "invalid `{what}` `{}`: {why}",
+                        shown(v)
+                    )));
+                }
+            }
+        }
+        // The published snapshot: an Explain never waits for a change in progress.
+        let mut text = {
+            let snap = self.snap();
+            Self::refuse_broken(&snap.broken)?;
+            snap.text.clone()
+        };
         for (name, from, to, expect, at) in blocks {
             let q = |s: &str| toml::Value::String(s.to_string()).to_string();
             text.push_str(&format!(
@@ -772,7 +995,13 @@ impl State {
         include_policy_tests: bool,
     ) -> Result<v1::TestAccessResponse, Error> {
         let now = now_unix();
-        let own = self.lock().policy.tests.len();
+        let own = self
+            .snap()
+            .objects
+            .list
+            .iter()
+            .filter(|o| o.kind == Kind::Test)
+            .count();
         let blocks: Vec<_> = assertions
             .iter()
             .enumerate()
@@ -817,8 +1046,8 @@ impl State {
         ttl_seconds: u64,
         actor: &str,
     ) -> Result<v1::CreateEnrollmentTokenResponse, Error> {
-        let h = gp::parse_host(host).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let token = format!("zt-enroll-{}", random_hex(24));
+        let h = crate::names::host(host)?;
+        let token = format!("zt-enroll-{}", try_random_hex(24)?);
         let now = now_ms();
         let ttl = if ttl_seconds == 0 {
             3600
@@ -858,41 +1087,85 @@ impl State {
         })
     }
 
-    /// Exchanges a token for an agent identity.
-    pub fn enroll(&self, token: &str, hostname: &str) -> Result<v1::EnrollResponse, Error> {
+    /// Exchanges a token for an agent identity. With `expected_host` (the host the
+    /// agent is configured as), a token for another host is refused and stays unused.
+    pub fn enroll(
+        &self,
+        token: &str,
+        hostname: &str,
+        expected_host: Option<&str>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<v1::EnrollResponse, Error> {
+        if let Some(why) = crate::names::problem(hostname, 255).filter(|_| !hostname.is_empty()) {
+            return Err(Error::InvalidArgument(format!(
+                "invalid `hostname` `{}`: {why}",
+                shown(hostname)
+            )));
+        }
+        if let Some(h) = expected_host {
+            crate::names::host(h)?;
+        }
+        let refused = |detail: &str| {
+            self.refused(
+                "enroll_refused",
+                peer.map_or_else(|| "peer:unknown".into(), |p| format!("peer:{p}")),
+                "agent".into(),
+                detail.into(),
+            );
+        };
+        if token.len() > 128 {
+            refused("malformed token");
+            return Err(Error::Unauthenticated(
+                "enrollment token unknown, used or expired".into(),
+            ));
+        }
         let now = now_ms();
-        let credential = format!("zt-agent-{}", random_hex(32));
-        let id = format!("agent-{}", random_hex(8));
+        let credential = format!("zt-agent-{}", try_random_hex(32)?);
+        let id = format!("agent-{}", try_random_hex(8)?);
         let mut g = self.lock();
         let rev = g.revision;
-        let row = g
-            .store
-            .enroll(
-                &hash_secret(token),
-                now,
-                |host| AgentRow {
-                    id: id.clone(),
-                    host: host.to_string(),
-                    hostname: hostname.to_string(),
-                    credential_hash: hash_secret(&credential),
-                    enrolled_ms: now,
-                    acked_generation: 0,
-                    last_seen_ms: now,
-                    revoked_ms: None,
-                },
-                |a| Audit {
-                    time_ms: now,
-                    actor: format!("agent:{}", a.id),
-                    action: "enroll_agent".into(),
-                    target: a.host.clone(),
-                    before: String::new(),
-                    after: format!("agent {} ({})", a.id, a.hostname),
-                    revision: rev,
-                },
-            )?
-            .ok_or_else(|| {
-                Error::Unauthenticated("enrollment token unknown, used or expired".into())
-            })?;
+        let outcome = g.store.enroll(
+            &hash_secret(token),
+            now,
+            expected_host,
+            |host| AgentRow {
+                id: id.clone(),
+                host: host.to_string(),
+                hostname: hostname.to_string(),
+                credential_hash: hash_secret(&credential),
+                enrolled_ms: now,
+                acked_generation: 0,
+                last_seen_ms: now,
+                revoked_ms: None,
+            },
+            |a| Audit {
+                time_ms: now,
+                actor: format!("agent:{}", a.id),
+                action: "enroll_agent".into(),
+                target: a.host.clone(),
+                before: String::new(),
+                after: format!("agent {} ({})", a.id, a.hostname),
+                revision: rev,
+            },
+        )?;
+        let row = match outcome {
+            crate::store::Enrolled::Agent(row) => row,
+            crate::store::Enrolled::Unknown => {
+                drop(g);
+                refused("unknown, used or expired token");
+                return Err(Error::Unauthenticated(
+                    "enrollment token unknown, used or expired".into(),
+                ));
+            }
+            crate::store::Enrolled::OtherHost => {
+                drop(g);
+                refused("token for another host");
+                return Err(Error::FailedPrecondition(format!(
+                    "this token enrolls another host than {}; it was not used",
+                    expected_host.map(shown).unwrap_or_default()
+                )));
+            }
+        };
         let host = gp::parse_host(&row.host).map_err(|e| Error::Internal(e.to_string()))?;
         g.agents.insert(row.id.clone(), row);
         Ok(v1::EnrollResponse {
@@ -925,12 +1198,28 @@ impl State {
         }
     }
 
-    /// Checks an agent's credentials; returns its id.
-    pub fn check_agent(&self, auth: Option<&v1::AgentAuth>) -> Result<String, Error> {
+    /// Records a refused agent credential (aggregated) and passes the error on.
+    fn agent_refused(&self, auth: Option<&v1::AgentAuth>, e: Error) -> Error {
+        let who = auth.map_or_else(
+            || "agent:(none)".to_string(),
+            |a| format!("agent:{}", shown(&a.agent_id)),
+        );
+        self.refused("agent_auth_failure", who, "agent".into(), e.to_string());
+        e
+    }
+
+    /// Checks an agent's credentials; returns its id and host.
+    pub fn check_agent(&self, auth: Option<&v1::AgentAuth>) -> Result<(String, String), Error> {
         let mut g = self.lock();
-        let a = Self::authenticate(&mut g, auth)?;
-        a.last_seen_ms = now_ms();
-        Ok(a.id.clone())
+        let r = match Self::authenticate(&mut g, auth) {
+            Ok(a) => {
+                a.last_seen_ms = now_ms();
+                Ok((a.id.clone(), a.host.clone()))
+            }
+            Err(e) => Err(e),
+        };
+        drop(g);
+        r.map_err(|e| self.agent_refused(auth, e))
     }
 
     /// Checks that an already authenticated agent is still enrolled and not revoked.
@@ -950,9 +1239,16 @@ impl State {
     ) -> Result<mpsc::Receiver<v1::WatchResponse>, Error> {
         let mut g = self.lock();
         let now = now_ms();
-        let agent = Self::authenticate(&mut g, auth)?;
-        agent.last_seen_ms = now;
-        let (agent_id, host) = (agent.id.clone(), agent.host.clone());
+        let (agent_id, host) = match Self::authenticate(&mut g, auth) {
+            Ok(agent) => {
+                agent.last_seen_ms = now;
+                (agent.id.clone(), agent.host.clone())
+            }
+            Err(e) => {
+                drop(g);
+                return Err(self.agent_refused(auth, e));
+            }
+        };
         let Some(hs) = g.hosts.get(&host) else {
             return Err(Error::Internal(format!("host {host} has no view")));
         };
@@ -1005,8 +1301,13 @@ impl State {
     pub fn ack(&self, auth: Option<&v1::AgentAuth>, generation: u64) -> Result<(), Error> {
         let mut g = self.lock();
         let now = now_ms();
-        let agent = Self::authenticate(&mut g, auth)?;
-        let (id, host) = (agent.id.clone(), agent.host.clone());
+        let (id, host) = match Self::authenticate(&mut g, auth) {
+            Ok(agent) => (agent.id.clone(), agent.host.clone()),
+            Err(e) => {
+                drop(g);
+                return Err(self.agent_refused(auth, e));
+            }
+        };
         let current = g.hosts.get(&host).map_or(0, |h| h.generation);
         if generation > current {
             return Err(Error::FailedPrecondition(format!(
@@ -1071,28 +1372,94 @@ impl State {
 
     // -------------------------------------------------------------- events / audit
 
-    /// Stores an agent's events and passes them to followers.
+    fn event_store(&self) -> MutexGuard<'_, EventStore> {
+        self.event_store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores an agent's events (as its own host's: see [`events`]) and passes them to
+    /// followers; returns how many were stored. Events naming what the host's view does
+    /// not know are dropped (recorded, aggregated, in the audit trail). Over the agent's
+    /// quota, nothing is stored (RESOURCE_EXHAUSTED: send again later). Blocking
+    /// (SQLite): call off the async workers. Never takes the state's lock for the
+    /// database work.
     pub fn report_events(
         &self,
         agent_id: &str,
-        events: Vec<v1::ConnectionEvent>,
+        mut events: Vec<v1::ConnectionEvent>,
     ) -> Result<u64, Error> {
         if events.is_empty() {
             return Ok(0);
         }
-        let stored = {
+        if events.len() > events::MAX_EVENTS_PER_MESSAGE {
+            return Err(Error::InvalidArgument(format!(
+                "{} events in one message (at most {})",
+                events.len(),
+                events::MAX_EVENTS_PER_MESSAGE
+            )));
+        }
+        let now = now_ms();
+        let (host, names) = {
             let mut g = self.lock();
-            let now = now_ms();
-            if let Some(a) = g.agents.get_mut(agent_id) {
-                a.last_seen_ms = now;
-            }
-            g.store.insert_events(agent_id, now, events)?
+            let Some(a) = g
+                .agents
+                .get_mut(agent_id)
+                .filter(|a| a.revoked_ms.is_none())
+            else {
+                return Err(Error::Unauthenticated(format!(
+                    "agent {} was revoked",
+                    shown(agent_id)
+                )));
+            };
+            a.last_seen_ms = now;
+            let host = a.host.clone();
+            let names: Vec<Arc<events::NameSet>> = g
+                .hosts
+                .get(&host)
+                .map(|h| h.names.iter().cloned().collect())
+                .unwrap_or_default();
+            (host, names)
         };
+        if !self.guard.take_events(agent_id, events.len(), now) {
+            return Err(Error::ResourceExhausted(format!(
+                "agent {} sends more events than its quota ({} a second): nothing of this \
+                 message was stored; send it again later",
+                shown(agent_id),
+                self.guard.event_rate().per_sec
+            )));
+        }
+        let sets: Vec<&events::NameSet> = names.iter().map(|n| &**n).collect();
+        let mut rejected = 0u64;
+        let mut first_reason = None;
+        events.retain_mut(|ev| match events::check(ev, &host, &sets) {
+            Ok(()) => true,
+            Err(why) => {
+                rejected += 1;
+                first_reason.get_or_insert(why);
+                false
+            }
+        });
+        if let Some(why) = first_reason {
+            self.refused(
+                "agent_events_rejected",
+                format!("agent:{agent_id}"),
+                host.clone(),
+                format!("{rejected} events not stored: {why}"),
+            );
+        }
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let stored = self.event_store().insert_events(agent_id, now, events)?;
         let n = stored.len() as u64;
         for e in stored {
             let _ = self.events.send(e);
         }
         Ok(n)
+    }
+
+    /// Sets an agent's event quota (default: [`security::DEFAULT_EVENT_RATE`]).
+    pub fn set_event_quota(&self, burst: f64, per_sec: f64) {
+        self.guard.set_event_rate(limits::Rate { burst, per_sec });
     }
 
     pub fn query_events(
@@ -1105,17 +1472,31 @@ impl State {
         } else {
             limit.min(10_000)
         };
-        self.lock().store.query_events(f, limit)
+        self.event_store().query_events(f, limit)
     }
 
-    /// New events as they are stored.
-    /// Events matching `filter` as they are stored, until shutdown (a follower that
-    /// lags behind skips what it missed; `query_events` has it).
-    pub fn follow_events(&self, filter: v1::EventFilter) -> mpsc::Receiver<v1::StoredEvent> {
+    /// Events matching `filter` as they are stored, until shutdown or until the
+    /// follower's credential stops being valid (revoked, expired, its user deleted:
+    /// checked before every event and every second; then the stream ends with
+    /// UNAUTHENTICATED). A follower that lags behind skips what it missed;
+    /// `query_events` has it.
+    pub fn follow_events(
+        self: &Arc<Self>,
+        filter: v1::EventFilter,
+        who: crate::auth::Principal,
+    ) -> mpsc::Receiver<Result<v1::StoredEvent, tonic::Status>> {
         let mut rx = self.events.subscribe();
         let mut closing = self.closing.subscribe();
         let (tx, out) = mpsc::channel(1024);
+        let state = Arc::downgrade(self);
         tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            let valid = |who: &crate::auth::Principal| {
+                state
+                    .upgrade()
+                    .ok_or_else(|| tonic::Status::unavailable("the controller is stopping"))
+                    .and_then(|s| s.recheck(who))
+            };
             loop {
                 tokio::select! {
                     _ = async {
@@ -1127,9 +1508,22 @@ impl State {
                         }
                     } => break,
                     _ = tx.closed() => break,
+                    _ = tick.tick() => {
+                        if let Err(s) = valid(&who) {
+                            let _ = tx.send(Err(s)).await;
+                            break;
+                        }
+                    }
                     r = rx.recv() => match r {
                         Ok(e) => {
-                            if event_matches(&filter, &e) && tx.send(e).await.is_err() {
+                            if !event_matches(&filter, &e) {
+                                continue;
+                            }
+                            if let Err(s) = valid(&who) {
+                                let _ = tx.send(Err(s)).await;
+                                break;
+                            }
+                            if tx.send(Ok(e)).await.is_err() {
                                 break;
                             }
                         }
@@ -1145,7 +1539,81 @@ impl State {
     /// Deletes events older than the retention.
     pub fn prune_events(&self) -> Result<usize, Error> {
         let before = now_ms() - i64::from(self.retention_days) * 86_400_000;
-        self.lock().store.prune_events(before)
+        self.event_store().prune_events(before)
+    }
+
+    // -------------------------------------------------------------- refusals
+
+    /// Records a refusal in the audit trail, aggregated: the first of its kind in a
+    /// window soon (within a second, and before any read of the trail), repeats as one
+    /// record when the window ends (see [`limits::Refusals`]). Cheap: no database work
+    /// on the refused call's path.
+    pub fn refused(&self, action: &str, actor: String, target: String, detail: String) {
+        let rec = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note(
+                limits::Refusal {
+                    action: action.into(),
+                    actor,
+                    target,
+                    detail,
+                },
+                now_ms(),
+            );
+        if let Some(r) = rec {
+            self.pending_refusals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(r);
+        }
+    }
+
+    /// Writes the refusal records noted so far (blocking: SQLite).
+    fn write_pending_refusals(&self) {
+        let recs = std::mem::take(
+            &mut *self
+                .pending_refusals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if !recs.is_empty() {
+            self.write_refusals(&recs);
+        }
+    }
+
+    fn write_refusals(&self, recs: &[limits::Record]) {
+        let mut g = self.lock();
+        let revision = g.revision;
+        for (t, r) in recs {
+            let a = Audit {
+                time_ms: *t,
+                actor: r.actor.clone(),
+                action: r.action.clone(),
+                target: r.target.clone(),
+                before: String::new(),
+                after: r.detail.clone(),
+                revision,
+            };
+            if let Err(e) = g.store.audit(&a) {
+                eprintln!("gateway-controller: recording {}: {e}", r.action);
+            }
+        }
+    }
+
+    /// Writes the aggregate records of refusal windows that have ended (every pending
+    /// one with `force`, e.g. at shutdown). Called every second by the server.
+    pub fn flush_refusals(&self, force: bool) {
+        self.write_pending_refusals();
+        let due = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .due(now_ms(), force);
+        if !due.is_empty() {
+            self.write_refusals(&due);
+        }
     }
 
     pub fn audit_report(
@@ -1159,6 +1627,7 @@ impl State {
         } else {
             limit.min(10_000)
         };
+        self.write_pending_refusals();
         self.lock().store.audit_report(since, until, limit)
     }
 }

@@ -9,7 +9,10 @@ use gateway_proto::v1;
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use std::sync::Arc;
+
 use crate::Error;
+use crate::keys::Keys;
 use crate::objects::{Kind, Object, Objects};
 
 /// Schema migrations; `schema_version` holds how many have been applied.
@@ -54,15 +57,24 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL,
         totp_secret TEXT NOT NULL, created_ms INTEGER NOT NULL);
      ALTER TABLE agents ADD COLUMN revoked_ms INTEGER;",
+    // 3: keys outside the database: the audit chain becomes an HMAC chain and TOTP
+    // secrets are sealed (both done once, right after this migration, with the key);
+    // the last accepted TOTP step survives restarts.
+    "CREATE TABLE meta_text (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     ALTER TABLE admin_users ADD COLUMN totp_last_step INTEGER NOT NULL DEFAULT -1;",
 ];
 
 /// `prev_hash` of the first audit record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// The hash of one audit record: SHA-256 (hex) over a length-prefixed encoding of its
-/// id, time, actor, action, target, before, after, revision and the previous hash.
+/// The hash of one audit record: HMAC-SHA-256 under the audit key (see
+/// [`crate::keys`]), hex, over a length-prefixed encoding of its id, time, actor,
+/// action, target, before, after, revision and the previous hash. Without the key file
+/// nobody can compute a hash that verifies, so rewriting the database is not enough to
+/// rewrite the trail.
 #[allow(clippy::too_many_arguments)]
 pub fn audit_hash(
+    keys: &Keys,
     id: u64,
     time_ms: i64,
     actor: &str,
@@ -73,9 +85,9 @@ pub fn audit_hash(
     revision: u64,
     prev_hash: &str,
 ) -> String {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    h.update(b"ztgw-audit-v1");
+    use hmac::Mac as _;
+    let mut h = keys.audit_mac();
+    h.update(b"ztgw-audit-v2");
     for f in [
         id.to_string().as_str(),
         time_ms.to_string().as_str(),
@@ -87,14 +99,15 @@ pub fn audit_hash(
         revision.to_string().as_str(),
         prev_hash,
     ] {
-        h.update((f.len() as u64).to_be_bytes());
+        h.update(&(f.len() as u64).to_be_bytes());
         h.update(f.as_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex(&h.finalize().into_bytes())
 }
 
-fn record_hash(r: &v1::AuditRecord) -> String {
+fn record_hash(keys: &Keys, r: &v1::AuditRecord) -> String {
     audit_hash(
+        keys,
         r.id,
         r.time_unix_ms,
         &r.actor,
@@ -109,6 +122,7 @@ fn record_hash(r: &v1::AuditRecord) -> String {
 
 /// Checks an audit chain (records in id order) against its recorded head.
 pub fn verify_chain(
+    keys: &Keys,
     records: &[v1::AuditRecord],
     head: Option<(u64, String)>,
 ) -> v1::VerifyAuditResponse {
@@ -118,6 +132,7 @@ pub fn verify_chain(
         first_bad_id: Some(id),
         reason,
         head_hash: String::new(),
+        expected_head_id: None,
     };
     let mut prev: Option<&v1::AuditRecord> = None;
     for r in records {
@@ -132,7 +147,7 @@ pub fn verify_chain(
                 ),
             );
         }
-        if record_hash(r) != r.hash {
+        if record_hash(keys, r) != r.hash {
             return bad(
                 r.id,
                 format!("record {}: its contents do not match its hash", r.id),
@@ -183,7 +198,43 @@ pub fn verify_chain(
         first_bad_id: None,
         reason: String::new(),
         head_hash: prev.map_or_else(|| GENESIS_HASH.to_string(), |p| p.hash.clone()),
+        expected_head_id: None,
     }
+}
+
+/// [`verify_chain`], then: the anchored head `expected` (a head hash kept outside the
+/// database earlier) must still be in the chain. A chain rewritten or cut since the
+/// anchor was taken no longer holds it, even if it was recomputed with the key.
+pub fn verify_chain_anchored(
+    keys: &Keys,
+    records: &[v1::AuditRecord],
+    head: Option<(u64, String)>,
+    expected: Option<&str>,
+) -> v1::VerifyAuditResponse {
+    let mut v = verify_chain(keys, records, head);
+    let Some(want) = expected.map(str::trim) else {
+        return v;
+    };
+    if !v.ok {
+        return v;
+    }
+    if want == GENESIS_HASH {
+        v.expected_head_id = Some(0);
+        return v;
+    }
+    match records.iter().find(|r| r.hash.eq_ignore_ascii_case(want)) {
+        Some(r) => v.expected_head_id = Some(r.id),
+        None => {
+            v.ok = false;
+            v.first_bad_id = Some(records.first().map_or(0, |r| r.id));
+            v.reason = format!(
+                "the anchored head {} is not in the trail: records were rewritten or cut \
+                 since it was taken",
+                crate::shown(want)
+            );
+        }
+    }
+    v
 }
 
 /// How many deltas per host are kept for resuming agents.
@@ -235,9 +286,12 @@ pub struct UserRow {
     pub role: String,
     /// Argon2id, PHC string.
     pub password_hash: String,
-    /// Base32 TOTP secret.
+    /// The TOTP secret as stored: sealed with the TOTP key (see [`crate::keys`]).
     pub totp_secret: String,
     pub created_ms: i64,
+    /// The last TOTP time step accepted (-1: none): a code is accepted once, also
+    /// across restarts.
+    pub totp_last_step: i64,
 }
 
 impl std::fmt::Debug for UserRow {
@@ -271,6 +325,17 @@ pub struct HostUpdate<'a> {
     pub delta: &'a v1::ViewDelta,
 }
 
+/// What an enrollment did.
+#[derive(Debug)]
+pub enum Enrolled {
+    /// The token was consumed for this agent.
+    Agent(AgentRow),
+    /// The token is unknown, used or expired.
+    Unknown,
+    /// The token is for another host than the agent said it is (left unused).
+    OtherHost,
+}
+
 /// An admin audit record to write.
 #[derive(Debug, Clone)]
 pub struct Audit {
@@ -286,6 +351,7 @@ pub struct Audit {
 /// The SQLite store.
 pub struct Store {
     conn: Connection,
+    keys: Arc<Keys>,
 }
 
 impl std::fmt::Debug for Store {
@@ -294,23 +360,110 @@ impl std::fmt::Debug for Store {
     }
 }
 
-impl Store {
-    /// Opens (creating if needed) the database and applies pending migrations.
-    pub fn open(path: &Path) -> Result<Store, Error> {
-        if let Some(dir) = path.parent()
-            && !dir.as_os_str().is_empty()
+/// Creates `dir` (and its parents) if missing, the last one mode 0700.
+pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::Internal(format!("creating {}: {e}", dir.display())))
+}
+
+/// The database file and its companions (`-wal`, `-shm`, `-journal`).
+pub fn db_files(path: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        out.push(p.into());
+    }
+    out
+}
+
+/// Opens a connection to the database file, creating it mode 0600 (its folder 0700)
+/// when missing. SQLite gives the `-wal` and `-shm` files the mode of the database file;
+/// files left looser by older versions are tightened to 0600.
+fn connect(path: &Path) -> Result<Connection, Error> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        create_private_dir(dir)?;
+    }
+    if !path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::Internal(format!("creating {}: {e}", path.display())))?;
+    }
+    for f in db_files(path) {
+        if let Ok(m) = std::fs::metadata(&f)
+            && m.permissions().mode() & 0o077 != 0
         {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::Internal(format!("creating {}: {e}", dir.display())))?;
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::Internal(format!("chmod 600 {}: {e}", f.display())))?;
         }
-        let conn = Connection::open(path).map_err(db)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-        )
+    }
+    let conn = Connection::open(path).map_err(db)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(db)?;
-        let mut s = Store { conn };
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+    )
+    .map_err(db)?;
+    Ok(conn)
+}
+
+/// The fingerprint of the key a database was keyed with (`None`: not keyed yet, or no
+/// database).
+pub fn key_fingerprint(path: &Path) -> Result<Option<String>, Error> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(db)?;
+    let has_table: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta_text'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(db)?
+        > 0;
+    if !has_table {
+        return Ok(None);
+    }
+    conn.query_row(
+        "SELECT value FROM meta_text WHERE key = 'key_fingerprint'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(db)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, applies pending migrations, and keys it
+    /// with `keys` the first time (see [`Store::ensure_keyed`]). A database keyed with
+    /// another key is refused.
+    pub fn open(path: &Path, keys: Arc<Keys>) -> Result<Store, Error> {
+        let conn = connect(path)?;
+        let mut s = Store { conn, keys };
         s.migrate()?;
+        s.ensure_keyed()?;
         Ok(s)
+    }
+
+    /// The keys of this store.
+    pub fn keys(&self) -> &Arc<Keys> {
+        &self.keys
     }
 
     fn migrate(&mut self) -> Result<(), Error> {
@@ -341,9 +494,82 @@ impl Store {
         )
         .map_err(db)?;
         if chain_legacy {
-            chain_unhashed(&tx)?;
+            chain_unhashed(&tx, &self.keys)?;
         }
         tx.commit().map_err(db)
+    }
+
+    /// Keys the database once: records the key's fingerprint, re-chains the audit trail
+    /// with the keyed hash (one record notes the unkeyed head it replaced) and seals the
+    /// TOTP secrets stored in clear. Afterwards, checks that the key is the database's.
+    fn ensure_keyed(&mut self) -> Result<(), Error> {
+        let keys = self.keys.clone();
+        let fp: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta_text WHERE key = 'key_fingerprint'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        match fp {
+            Some(fp) if fp == keys.fingerprint() => Ok(()),
+            Some(fp) => Err(Error::Internal(format!(
+                "the database was keyed with another key (fingerprint {fp}; this key file's \
+                 is {}): give the key file it was initialised with (--key-file)",
+                keys.fingerprint()
+            ))),
+            None => {
+                let tx = self.conn.transaction().map_err(db)?;
+                let old_head: Option<(i64, String)> = tx
+                    .query_row("SELECT id, hash FROM audit_head WHERE one = 1", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()
+                    .map_err(db)?;
+                if let Some((id, hash)) = old_head {
+                    rechain(&tx, &keys)?;
+                    insert_audit(
+                        &tx,
+                        &keys,
+                        &Audit {
+                            time_ms: crate::now_ms(),
+                            actor: "local:controller".into(),
+                            action: "audit_keyed".into(),
+                            target: "audit".into(),
+                            before: format!("unkeyed chain, head record {id} hash {hash}"),
+                            after: format!("chain keyed (key {})", keys.fingerprint()),
+                            revision: 0,
+                        },
+                    )?;
+                }
+                let users: Vec<(String, String)> = {
+                    let mut st = tx
+                        .prepare("SELECT name, totp_secret FROM admin_users")
+                        .map_err(db)?;
+                    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .map_err(db)?
+                        .collect::<Result<_, _>>()
+                        .map_err(db)?
+                };
+                for (name, secret) in users {
+                    if !Keys::is_sealed(&secret) {
+                        tx.execute(
+                            "UPDATE admin_users SET totp_secret = ?2 WHERE name = ?1",
+                            params![name, keys.seal_totp(&name, &secret)?],
+                        )
+                        .map_err(db)?;
+                    }
+                }
+                tx.execute(
+                    "INSERT INTO meta_text (key, value) VALUES ('key_fingerprint', ?1)",
+                    [keys.fingerprint()],
+                )
+                .map_err(db)?;
+                tx.commit().map_err(db)
+            }
+        }
     }
 
     pub fn schema_version(&self) -> Result<i64, Error> {
@@ -474,8 +700,8 @@ impl Store {
         let mut st = self
             .conn
             .prepare(
-                "SELECT name, role, password_hash, totp_secret, created_ms FROM admin_users
-                 ORDER BY name",
+                "SELECT name, role, password_hash, totp_secret, created_ms, totp_last_step
+                 FROM admin_users ORDER BY name",
             )
             .map_err(db)?;
         let rows = st
@@ -486,6 +712,7 @@ impl Store {
                     password_hash: r.get(2)?,
                     totp_secret: r.get(3)?,
                     created_ms: r.get(4)?,
+                    totp_last_step: r.get(5)?,
                 })
             })
             .map_err(db)?;
@@ -542,14 +769,14 @@ impl Store {
             }
         }
         for a in audit {
-            insert_audit(&tx, a)?;
+            insert_audit(&tx, &self.keys, a)?;
         }
         tx.commit().map_err(db)
     }
 
     pub fn audit(&mut self, a: &Audit) -> Result<(), Error> {
         let tx = self.conn.transaction().map_err(db)?;
-        insert_audit(&tx, a)?;
+        insert_audit(&tx, &self.keys, a)?;
         tx.commit().map_err(db)
     }
 
@@ -563,7 +790,7 @@ impl Store {
     ) -> Result<usize, Error> {
         let tx = self.conn.transaction().map_err(db)?;
         let n = tx.execute(sql, args).map_err(db)?;
-        insert_audit(&tx, audit)?;
+        insert_audit(&tx, &self.keys, audit)?;
         tx.commit().map_err(db)?;
         Ok(n)
     }
@@ -588,25 +815,100 @@ impl Store {
 
     pub fn insert_user(&mut self, u: &UserRow, audit: &Audit) -> Result<(), Error> {
         self.exec_audited(
-            "INSERT INTO admin_users (name, role, password_hash, totp_secret, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![u.name, u.role, u.password_hash, u.totp_secret, u.created_ms],
+            "INSERT INTO admin_users (name, role, password_hash, totp_secret, created_ms, totp_last_step)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                u.name,
+                u.role,
+                u.password_hash,
+                u.totp_secret,
+                u.created_ms,
+                u.totp_last_step
+            ],
             audit,
         )
         .map(|_| ())
     }
 
-    /// Every audit record, oldest first, and the recorded head.
-    pub fn verify_audit(&self) -> Result<v1::VerifyAuditResponse, Error> {
+    /// Checks the whole audit chain against the recorded head (and, when given, that
+    /// the anchored head `expect_head` is still in it).
+    pub fn verify_audit(
+        &self,
+        expect_head: Option<&str>,
+    ) -> Result<v1::VerifyAuditResponse, Error> {
         let records = self.audit_report(None, None, u32::MAX)?;
-        let head = self
-            .conn
+        Ok(verify_chain_anchored(
+            &self.keys,
+            &records,
+            self.head()?,
+            expect_head,
+        ))
+    }
+
+    /// The recorded head of the audit chain: (record id, hash).
+    pub fn head(&self) -> Result<Option<(u64, String)>, Error> {
+        self.conn
             .query_row("SELECT id, hash FROM audit_head WHERE one = 1", [], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
             })
             .optional()
+            .map_err(db)
+    }
+
+    /// Records the last accepted TOTP step of a user.
+    pub fn set_totp_step(&mut self, user: &str, step: i64) -> Result<(), Error> {
+        self.conn
+            .execute(
+                "UPDATE admin_users SET totp_last_step = ?2 WHERE name = ?1 AND totp_last_step < ?2",
+                params![user, step],
+            )
             .map_err(db)?;
-        Ok(verify_chain(&records, head))
+        Ok(())
+    }
+
+    /// Deletes an admin user and revokes the API keys they created, atomically, with
+    /// the audit records; returns the names of the keys revoked.
+    pub fn delete_user(
+        &mut self,
+        name: &str,
+        now_ms: i64,
+        audit: &Audit,
+    ) -> Result<Vec<String>, Error> {
+        let tx = self.conn.transaction().map_err(db)?;
+        tx.execute("DELETE FROM admin_users WHERE name = ?1", [name])
+            .map_err(db)?;
+        let keys: Vec<String> = {
+            let mut st = tx
+                .prepare(
+                    "SELECT name FROM api_keys WHERE created_by = ?1 AND revoked_ms IS NULL ORDER BY name",
+                )
+                .map_err(db)?;
+            st.query_map([format!("user:{name}")], |r| r.get(0))
+                .map_err(db)?
+                .collect::<Result<_, _>>()
+                .map_err(db)?
+        };
+        insert_audit(&tx, &self.keys, audit)?;
+        for k in &keys {
+            tx.execute(
+                "UPDATE api_keys SET revoked_ms = ?2 WHERE name = ?1",
+                params![k, now_ms],
+            )
+            .map_err(db)?;
+            insert_audit(
+                &tx,
+                &self.keys,
+                &Audit {
+                    action: "revoke_api_key".into(),
+                    target: format!("api_key:{k}"),
+                    before: "active".into(),
+                    after: format!("revoked: its creator user:{name} was deleted"),
+                    ..audit.clone()
+                },
+            )?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(keys)
     }
 
     pub fn insert_token(
@@ -623,19 +925,21 @@ impl Store {
             params![hash, host, created_ms, expires_ms],
         )
         .map_err(db)?;
-        insert_audit(&tx, audit)?;
+        insert_audit(&tx, &self.keys, audit)?;
         tx.commit().map_err(db)
     }
 
-    /// Consumes a token and records the agent it enrolled, atomically. `Ok(None)`: the
-    /// token is unknown, used or expired.
+    /// Consumes a token and records the agent it enrolled, atomically. A token that is
+    /// unknown, used or expired, or (with `expected_host`) for another host, changes
+    /// nothing.
     pub fn enroll(
         &mut self,
         token_hash: &str,
         now_ms: i64,
+        expected_host: Option<&str>,
         make_agent: impl FnOnce(&str) -> AgentRow,
         audit: impl FnOnce(&AgentRow) -> Audit,
-    ) -> Result<Option<AgentRow>, Error> {
+    ) -> Result<Enrolled, Error> {
         let tx = self.conn.transaction().map_err(db)?;
         let host: Option<String> = tx
             .query_row(
@@ -646,8 +950,11 @@ impl Store {
             .optional()
             .map_err(db)?;
         let Some(host) = host else {
-            return Ok(None);
+            return Ok(Enrolled::Unknown);
         };
+        if expected_host.is_some_and(|e| e != host) {
+            return Ok(Enrolled::OtherHost);
+        }
         tx.execute(
             "UPDATE tokens SET used_ms = ?2 WHERE hash = ?1",
             params![token_hash, now_ms],
@@ -669,9 +976,9 @@ impl Store {
             ],
         )
         .map_err(db)?;
-        insert_audit(&tx, &audit(&a))?;
+        insert_audit(&tx, &self.keys, &audit(&a))?;
         tx.commit().map_err(db)?;
-        Ok(Some(a))
+        Ok(Enrolled::Agent(a))
     }
 
     pub fn update_agent(&mut self, id: &str, acked: u64, last_seen_ms: i64) -> Result<(), Error> {
@@ -682,6 +989,66 @@ impl Store {
             )
             .map_err(db)?;
         Ok(())
+    }
+
+    pub fn audit_report(
+        &self,
+        since: Option<i64>,
+        until: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<v1::AuditRecord>, Error> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, time_ms, actor, action, target, before, after, revision, prev_hash, hash FROM audit
+                 WHERE time_ms >= ?1 AND time_ms < ?2 ORDER BY id LIMIT ?3",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map(
+                params![
+                    since.unwrap_or(i64::MIN),
+                    until.unwrap_or(i64::MAX),
+                    i64::from(limit)
+                ],
+                |r| {
+                    Ok(v1::AuditRecord {
+                        id: r.get::<_, i64>(0)? as u64,
+                        time_unix_ms: r.get(1)?,
+                        actor: r.get(2)?,
+                        action: r.get(3)?,
+                        target: r.get(4)?,
+                        before: r.get(5)?,
+                        after: r.get(6)?,
+                        revision: r.get::<_, i64>(7)? as u64,
+                        prev_hash: r.get(8)?,
+                        hash: r.get(9)?,
+                    })
+                },
+            )
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+}
+
+/// The connection events, on a connection of their own: ingestion and queries never
+/// wait for the policy state (and its lock), and never hold it.
+pub struct EventStore {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventStore")
+    }
+}
+
+impl EventStore {
+    /// A second connection to a database [`Store::open`] has prepared.
+    pub fn open(path: &Path) -> Result<EventStore, Error> {
+        Ok(EventStore {
+            conn: connect(path)?,
+        })
     }
 
     /// Stores events; returns them with their ids.
@@ -792,51 +1159,12 @@ impl Store {
             .execute("DELETE FROM events WHERE received_ms < ?1", [before_ms])
             .map_err(db)
     }
-
-    pub fn audit_report(
-        &self,
-        since: Option<i64>,
-        until: Option<i64>,
-        limit: u32,
-    ) -> Result<Vec<v1::AuditRecord>, Error> {
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT id, time_ms, actor, action, target, before, after, revision, prev_hash, hash FROM audit
-                 WHERE time_ms >= ?1 AND time_ms < ?2 ORDER BY id LIMIT ?3",
-            )
-            .map_err(db)?;
-        let rows = st
-            .query_map(
-                params![
-                    since.unwrap_or(i64::MIN),
-                    until.unwrap_or(i64::MAX),
-                    i64::from(limit)
-                ],
-                |r| {
-                    Ok(v1::AuditRecord {
-                        id: r.get::<_, i64>(0)? as u64,
-                        time_unix_ms: r.get(1)?,
-                        actor: r.get(2)?,
-                        action: r.get(3)?,
-                        target: r.get(4)?,
-                        before: r.get(5)?,
-                        after: r.get(6)?,
-                        revision: r.get::<_, i64>(7)? as u64,
-                        prev_hash: r.get(8)?,
-                        hash: r.get(9)?,
-                    })
-                },
-            )
-            .map_err(db)?;
-        rows.collect::<Result<_, _>>().map_err(db)
-    }
 }
 
 /// Appends an audit record to the chain (inside the caller's transaction): its id
 /// follows the last record's, its `prev_hash` is the last record's hash, and the head
 /// moves to it.
-fn insert_audit(conn: &Connection, a: &Audit) -> Result<(), Error> {
+fn insert_audit(conn: &Connection, keys: &Keys, a: &Audit) -> Result<(), Error> {
     let (last_id, prev) = conn
         .query_row(
             "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1",
@@ -848,7 +1176,7 @@ fn insert_audit(conn: &Connection, a: &Audit) -> Result<(), Error> {
         .unwrap_or((0, GENESIS_HASH.to_string()));
     let id = last_id + 1;
     let hash = audit_hash(
-        id, a.time_ms, &a.actor, &a.action, &a.target, &a.before, &a.after, a.revision, &prev,
+        keys, id, a.time_ms, &a.actor, &a.action, &a.target, &a.before, &a.after, a.revision, &prev,
     );
     conn.execute(
         "INSERT INTO audit (id, time_ms, actor, action, target, before, after, revision, prev_hash, hash)
@@ -878,7 +1206,7 @@ fn insert_audit(conn: &Connection, a: &Audit) -> Result<(), Error> {
 
 /// Chains the records written before the audit trail had hashes (once, at migration 2):
 /// renumbers them 1.. in their order and links them.
-fn chain_unhashed(conn: &Connection) -> Result<(), Error> {
+fn chain_unhashed(conn: &Connection, keys: &Keys) -> Result<(), Error> {
     let rows: Vec<v1::AuditRecord> = {
         let mut st = conn
             .prepare(
@@ -907,6 +1235,7 @@ fn chain_unhashed(conn: &Connection) -> Result<(), Error> {
     for r in rows {
         insert_audit(
             conn,
+            keys,
             &Audit {
                 time_ms: r.time_unix_ms,
                 actor: r.actor,
@@ -917,6 +1246,57 @@ fn chain_unhashed(conn: &Connection) -> Result<(), Error> {
                 revision: r.revision,
             },
         )?;
+    }
+    Ok(())
+}
+
+/// Recomputes every record's links and hashes with `keys`, in id order (when the
+/// database is keyed: the records before were chained without a key).
+fn rechain(conn: &Connection, keys: &Keys) -> Result<(), Error> {
+    let rows: Vec<v1::AuditRecord> = {
+        let mut st = conn
+            .prepare(
+                "SELECT id, time_ms, actor, action, target, before, after, revision FROM audit ORDER BY id",
+            )
+            .map_err(db)?;
+        st.query_map([], |r| {
+            Ok(v1::AuditRecord {
+                id: r.get::<_, i64>(0)? as u64,
+                time_unix_ms: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                target: r.get(4)?,
+                before: r.get(5)?,
+                after: r.get(6)?,
+                revision: r.get::<_, i64>(7)? as u64,
+                prev_hash: String::new(),
+                hash: String::new(),
+            })
+        })
+        .map_err(db)?
+        .collect::<Result<_, _>>()
+        .map_err(db)?
+    };
+    let mut prev = GENESIS_HASH.to_string();
+    let mut last = None;
+    for mut r in rows {
+        r.prev_hash = prev;
+        let hash = record_hash(keys, &r);
+        conn.execute(
+            "UPDATE audit SET prev_hash = ?2, hash = ?3 WHERE id = ?1",
+            params![r.id as i64, r.prev_hash, hash],
+        )
+        .map_err(db)?;
+        last = Some((r.id, hash.clone()));
+        prev = hash;
+    }
+    if let Some((id, hash)) = last {
+        conn.execute(
+            "INSERT INTO audit_head (one, id, hash) VALUES (1, ?1, ?2)
+             ON CONFLICT (one) DO UPDATE SET id = excluded.id, hash = excluded.hash",
+            params![id as i64, hash],
+        )
+        .map_err(db)?;
     }
     Ok(())
 }

@@ -116,11 +116,15 @@ pub fn server_config(dir: &Path) -> Result<ServerTlsConfig> {
 }
 
 pub fn server_config_pem(cert: &[u8], key: &[u8]) -> ServerTlsConfig {
-    ServerTlsConfig::new().identity(Identity::from_pem(cert, key))
+    // A connection that does not finish its handshake in time is dropped, so idle
+    // connections cannot hold the server's connection places.
+    ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert, key))
+        .timeout(std::time::Duration::from_secs(10))
 }
 
 /// A channel to `url`: with `ca_pem`, TLS that trusts only that CA (the URL must be
-/// `https://`); without, plaintext (`http://`, tests only).
+/// `https://`); without, plaintext (`http://` to a loopback address only, tests).
 pub async fn connect(url: &str, ca_pem: Option<&[u8]>) -> Result<Channel> {
     endpoint(url, ca_pem)?
         .connect()
@@ -143,6 +147,12 @@ pub fn endpoint(url: &str, ca_pem: Option<&[u8]>) -> Result<Endpoint> {
         None => {
             if url.starts_with("https://") {
                 bail!("`{url}`: an https:// URL needs the deployment's CA certificate");
+            }
+            if !gateway_proto::plaintext_allowed(url) {
+                bail!(
+                    "`{url}`: plaintext (http://) is for loopback addresses only; use https:// \
+                     with the deployment's CA"
+                );
             }
         }
     }

@@ -467,6 +467,7 @@ async fn enroll_watch_fanout_only_affected_hosts() {
         .enroll(v1::EnrollRequest {
             token: "zt-enroll-nope".into(),
             hostname: String::new(),
+            host: None,
         })
         .await
         .unwrap_err();
@@ -849,12 +850,13 @@ async fn restart_loses_nothing() {
         .await
         .report_events(tokio_stream::iter(vec![v1::ReportEventsRequest {
             auth: Some(auth.clone()),
+            // Alice's own laptop reports its own flow (an agent reports for its host).
             events: vec![event(
                 "2026-01-01T10:00:00Z",
-                "deny",
-                "deny",
-                "bob@example.com",
-                "bob-laptop",
+                "flow_start",
+                "allow",
+                "alice@example.com",
+                "alice-laptop",
                 "db",
             )],
         }]))
@@ -970,6 +972,7 @@ async fn restart_loses_nothing() {
         .enroll(v1::EnrollRequest {
             token: tok.clone(),
             hostname: "b".into(),
+            host: None,
         })
         .await
         .unwrap();
@@ -977,6 +980,7 @@ async fn restart_loses_nothing() {
         .enroll(v1::EnrollRequest {
             token: tok,
             hostname: "b".into(),
+            host: None,
         })
         .await
         .unwrap_err();

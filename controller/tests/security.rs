@@ -141,7 +141,10 @@ async fn call(c: &mut Client, method: &str) -> Result<(), Status> {
             })
             .await
             .map(|_| ()),
-        "VerifyAudit" => c.verify_audit(v1::VerifyAuditRequest {}).await.map(|_| ()),
+        "VerifyAudit" => c
+            .verify_audit(v1::VerifyAuditRequest::default())
+            .await
+            .map(|_| ()),
         "WhoAmI" => c.who_am_i(v1::WhoAmIRequest {}).await.map(|_| ()),
         "Login" => c
             .login(v1::LoginRequest {
@@ -306,8 +309,8 @@ async fn role_matrix_over_every_admin_rpc() {
     }
     assert_eq!(checked, 7 * (methods.len() - 1));
 
-    // Refused calls change nothing and leave no audit record; allowed ones are
-    // attributed to the key that made them.
+    // Refused calls change nothing; they leave only their refusal in the audit trail
+    // (aggregated per kind); allowed ones are attributed to the key that made them.
     let records = ctl
         .admin()
         .await
@@ -324,7 +327,34 @@ async fn role_matrix_over_every_admin_rpc() {
     assert_eq!(tokens.len(), 2, "admin and operator");
     assert!(tokens[0].starts_with("key:test-admin-"));
     assert_eq!(tokens[1], "key:operator");
-    assert!(records.iter().all(|r| r.actor != "key:auditor"));
+    let denied = |who: &str| -> BTreeSet<String> {
+        records
+            .iter()
+            .filter(|r| r.actor == who && r.action == "permission_denied")
+            .map(|r| r.target.clone())
+            .collect()
+    };
+    // The auditor changed nothing: its only records are refusals.
+    assert!(
+        records
+            .iter()
+            .all(|r| r.actor != "key:auditor" || r.action == "permission_denied")
+    );
+    let want = |lists: &[&[&str]]| -> BTreeSet<String> {
+        lists
+            .iter()
+            .flat_map(|l| l.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    assert_eq!(denied("key:auditor"), want(&[WRITE, ADMIN_ONLY]));
+    assert_eq!(denied("key:operator"), want(&[AUDIT, ADMIN_ONLY]));
+    let unauthenticated: BTreeSet<&str> = records
+        .iter()
+        .filter(|r| r.action == "admin_auth_failure")
+        .map(|r| r.after.as_str())
+        .collect();
+    assert_eq!(unauthenticated.len(), 4, "{unauthenticated:?}");
     // No secret reaches the audit trail.
     for r in &records {
         for secret in [&operator, &auditor, &expired, &revoked, &ctl.admin_key] {
@@ -442,8 +472,50 @@ async fn agents_need_their_own_credential_and_can_be_revoked() {
     ctl.stop().await;
 }
 
+fn keys_of(db: &std::path::Path) -> std::sync::Arc<controller::keys::Keys> {
+    std::sync::Arc::new(
+        controller::keys::Keys::load(&controller::keys::default_key_file(db)).unwrap(),
+    )
+}
+
 fn verify(db: &std::path::Path) -> v1::VerifyAuditResponse {
-    controller::Store::open(db).unwrap().verify_audit().unwrap()
+    controller::Store::open(db, keys_of(db))
+        .unwrap()
+        .verify_audit(None)
+        .unwrap()
+}
+
+/// The audit hash of b4ae6b8: SHA-256 without a key, which anyone can compute.
+#[allow(clippy::too_many_arguments)]
+fn unkeyed_hash(
+    id: u64,
+    time_ms: i64,
+    actor: &str,
+    action: &str,
+    target: &str,
+    before: &str,
+    after: &str,
+    revision: u64,
+    prev_hash: &str,
+) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"ztgw-audit-v1");
+    for f in [
+        id.to_string().as_str(),
+        time_ms.to_string().as_str(),
+        actor,
+        action,
+        target,
+        before,
+        after,
+        revision.to_string().as_str(),
+        prev_hash,
+    ] {
+        h.update((f.len() as u64).to_be_bytes());
+        h.update(f.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,7 +539,7 @@ async fn audit_tampering_is_detected_at_the_record() {
             .await
             .unwrap();
         let v = admin
-            .verify_audit(v1::VerifyAuditRequest {})
+            .verify_audit(v1::VerifyAuditRequest::default())
             .await
             .unwrap()
             .into_inner();
@@ -510,7 +582,7 @@ async fn audit_tampering_is_detected_at_the_record() {
             5,
         ),
         (
-            "edit with a recomputed hash",
+            "edit with a hash recomputed without the key",
             |c| {
                 let (t, actor, action, target, before, after, rev, prev): (
                 i64, String, String, String, String, String, i64, String,
@@ -522,7 +594,7 @@ async fn audit_tampering_is_detected_at_the_record() {
                 )
                 .unwrap();
                 let after = format!("{after} (forged)");
-                let h = controller::store::audit_hash(
+                let h = unkeyed_hash(
                     2, t, &actor, &action, &target, &before, &after, rev as u64, &prev,
                 );
                 c.execute(
@@ -687,6 +759,7 @@ async fn tls_only_and_plaintext_is_refused() {
         .enroll(v1::EnrollRequest {
             token: "zt-enroll-nope".into(),
             hostname: String::new(),
+            host: None,
         })
         .await
         .unwrap_err();
@@ -852,7 +925,9 @@ async fn sessions_expire_and_failed_logins_are_limited() {
     let e = sess.who_am_i(v1::WhoAmIRequest {}).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
 
-    // Logins are in the audit trail, secrets are not.
+    // Logins are in the audit trail, secrets are not. Repeated refusals are aggregated:
+    // the first at once, the repeats in one record when the window ends (flushed here).
+    ctl.state.flush_refusals(true);
     let records = admin
         .audit_report(v1::AuditReportRequest::default())
         .await
@@ -869,7 +944,18 @@ async fn sessions_expire_and_failed_logins_are_limited() {
     assert!(logins.contains(&("login_failure", "user:alice", "TOTP code already used")));
     assert!(logins.contains(&("login_failure", "user:nobody", "unknown user")));
     assert!(logins.contains(&("login_failure", "user:bob", "rate limited")));
-    assert_eq!(logins.iter().filter(|l| l.1 == "user:bob").count(), 6);
+    let bob: Vec<&str> = logins
+        .iter()
+        .filter(|l| l.1 == "user:bob")
+        .map(|l| l.2)
+        .collect();
+    assert_eq!(bob.len(), 3, "{bob:?}");
+    assert_eq!(bob[..2], ["wrong password", "rate limited"]);
+    assert!(
+        bob[2].starts_with("wrong password (repeated 4 more times until "),
+        "{}",
+        bob[2]
+    );
     for r in &records {
         let body = format!("{r:?}");
         assert!(!body.contains(password) && !body.contains(&alice.totp_secret));
@@ -877,7 +963,7 @@ async fn sessions_expire_and_failed_logins_are_limited() {
     }
     assert!(
         admin
-            .verify_audit(v1::VerifyAuditRequest {})
+            .verify_audit(v1::VerifyAuditRequest::default())
             .await
             .unwrap()
             .into_inner()

@@ -89,6 +89,15 @@ pub async fn connect(access: &Access) -> R<Ctl> {
         })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
+    if !url.starts_with("https://")
+        && let Some(ca) = &access.ca
+    {
+        return Err(Fail::Usage(format!(
+            "--ca {} is for https:// controllers, but --controller `{url}` is plaintext: \
+             use https:// (or drop --ca for a plaintext test controller on loopback)",
+            ca.display()
+        )));
+    }
     if url.starts_with("https://") {
         let Some(ca) = &access.ca else {
             return Err(Fail::Usage(
@@ -1158,10 +1167,11 @@ pub async fn events(ctl: &Ctl, args: &EventArgs, output: Output) -> R<()> {
 // ------------------------------------------------------------------ audit
 
 /// `gatewayctl audit verify`: the controller re-hashes the whole chain.
-pub async fn audit_verify(ctl: &Ctl, output: Output) -> R<()> {
+pub async fn audit_verify(ctl: &Ctl, expect_head: Option<String>, output: Output) -> R<()> {
     let mut admin = ctl.admin.clone();
+    let anchored = expect_head.is_some();
     let r = admin
-        .verify_audit(gateway_proto::v1::VerifyAuditRequest {})
+        .verify_audit(gateway_proto::v1::VerifyAuditRequest { expect_head })
         .await
         .map_err(|s| ctl.fail("verify the audit trail", &s))?
         .into_inner();
@@ -1172,13 +1182,22 @@ pub async fn audit_verify(ctl: &Ctl, output: Output) -> R<()> {
             "first_bad_id": r.first_bad_id,
             "reason": r.reason,
             "head_hash": r.head_hash,
+            "expected_head_id": r.expected_head_id,
         }));
     } else if r.ok {
         println!(
             "audit trail intact: {} records, head hash {}",
             r.records, r.head_hash
         );
-        println!("(keep the head hash elsewhere: it also detects records cut from the end)");
+        match r.expected_head_id {
+            Some(id) if anchored => {
+                println!("the anchored head is record {id}: nothing before it was rewritten or cut")
+            }
+            _ => println!(
+                "(keep the head hash elsewhere and check it later with --expect-head: it \
+                 detects a trail rewritten or cut since)"
+            ),
+        }
     } else {
         println!(
             "audit trail BROKEN at record {}: {}",

@@ -45,12 +45,14 @@ use serde_json::{Value, json};
     propagate_version = true
 )]
 struct Cli {
-    /// The controller's gRPC URL, for the remote commands.
+    /// The controller's gRPC URL, for the remote commands: `https://HOST:PORT` (with
+    /// --ca; a bare HOST:PORT means https), or `http://` to a controller on loopback
+    /// only.
     #[arg(
         long,
         global = true,
         env = "GATEWAYCTL_CONTROLLER",
-        default_value = "http://127.0.0.1:50051",
+        default_value = "https://127.0.0.1:50051",
         value_name = "URL"
     )]
     controller: String,
@@ -63,7 +65,8 @@ struct Cli {
         hide_env_values = true
     )]
     api_key: Option<String>,
-    /// CA certificate (PEM) that signed the controller's certificate, for `https://` URLs.
+    /// CA certificate (PEM) that signed the controller's certificate, for `https://` URLs
+    /// (an error with an `http://` URL).
     #[arg(long, global = true, env = "GATEWAYCTL_CA", value_name = "FILE")]
     ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
@@ -278,6 +281,12 @@ enum Command {
         /// At most this many (the oldest; the controller caps at 10000).
         #[arg(long, value_name = "N")]
         limit: Option<u32>,
+        /// With `verify`: a head hash kept outside the controller earlier (printed by a
+        /// previous `audit verify`, or exported by the controller's --audit-head-file);
+        /// it must still be in the chain, otherwise records were rewritten or cut since
+        /// (exit 1).
+        #[arg(long, value_name = "HASH")]
+        expect_head: Option<String>,
         #[command(flatten)]
         output: OutputArg,
     },
@@ -1103,15 +1112,22 @@ async fn remote(access: &client::Access, command: Command) -> R<()> {
         }
         Command::Audit {
             action: Some(AuditAction::Verify),
+            expect_head,
             output,
             ..
-        } => client::audit_verify(&ctl, output.output).await,
+        } => client::audit_verify(&ctl, expect_head, output.output).await,
+        Command::Audit {
+            action: None,
+            expect_head: Some(_),
+            ..
+        } => Err(Fail::Usage("--expect-head goes with `audit verify`".into())),
         Command::Audit {
             action: None,
             since,
             until,
             limit,
             output,
+            ..
         } => client::audit(&ctl, &since, &until, limit, output.output).await,
         Command::Agents { output } => client::agents(&ctl, output.output).await,
         Command::Keys(KeysCommand::Create {

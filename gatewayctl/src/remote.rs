@@ -122,34 +122,37 @@ pub fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Checks and normalizes the controller URL: `http://host:port`; a bare `host:port`
-/// gets `http://`.
+/// Checks and normalizes the controller URL: `https://HOST:PORT`, or `http://HOST:PORT`
+/// when HOST is a loopback address (plaintext never leaves the machine); a bare
+/// `HOST:PORT` gets `https://`.
 pub fn normalize_url(s: &str) -> Result<String, String> {
+    const EXPECTED: &str =
+        "expected `https://HOST:PORT`, or `http://HOST:PORT` for a controller on loopback";
     let t = s.trim().trim_end_matches('/');
     if t.is_empty() {
-        return Err("empty controller URL (expected e.g. `http://127.0.0.1:50051`)".into());
-    }
-    if let Some(rest) = t.strip_prefix("https://") {
-        if rest.is_empty() || rest.contains('/') {
-            return Err(format!(
-                "`{s}` is not a controller URL (expected `https://HOST:PORT`)"
-            ));
-        }
-        return Ok(t.to_string());
+        return Err(format!("empty controller URL ({EXPECTED})"));
     }
     let url = if t.contains("://") {
         t.to_string()
     } else {
-        format!("http://{t}")
+        format!("https://{t}")
     };
-    let Some(authority) = url.strip_prefix("http://") else {
-        return Err(format!(
-            "`{s}` is not a controller URL (expected `http://HOST:PORT`, e.g. `http://127.0.0.1:50051`)"
-        ));
+    let (https, authority) = if let Some(a) = url.strip_prefix("https://") {
+        (true, a)
+    } else if let Some(a) = url.strip_prefix("http://") {
+        (false, a)
+    } else {
+        return Err(format!("`{s}` is not a controller URL ({EXPECTED})"));
     };
     if authority.is_empty() || authority.contains('/') {
         return Err(format!(
-            "`{s}` is not a controller URL (expected `http://HOST:PORT` without a path, e.g. `http://127.0.0.1:50051`)"
+            "`{s}` is not a controller URL ({EXPECTED}, without a path)"
+        ));
+    }
+    if !https && !gateway_proto::plaintext_allowed(&url) {
+        return Err(format!(
+            "`{s}`: plaintext (http://) is for a controller on loopback only (127.0.0.1, ::1, \
+             localhost); use https:// with --ca"
         ));
     }
     Ok(url)
@@ -222,10 +225,28 @@ mod tests {
             Ok("http://127.0.0.1:50051".into())
         );
         assert_eq!(
+            normalize_url("http://[::1]:50051"),
+            Ok("http://[::1]:50051".into())
+        );
+        // A bare HOST:PORT is TLS, never plaintext.
+        assert_eq!(
             normalize_url("127.0.0.1:50051"),
-            Ok("http://127.0.0.1:50051".into())
+            Ok("https://127.0.0.1:50051".into())
+        );
+        assert_eq!(
+            normalize_url("ctl.example:50051"),
+            Ok("https://ctl.example:50051".into())
         );
         assert_eq!(normalize_url("https://x:1").unwrap(), "https://x:1");
+        // Plaintext to anything but loopback is refused.
+        for bad in [
+            "http://10.0.0.5:50051",
+            "http://ctl.example:50051",
+            "http://127.0.0.1.example:1",
+        ] {
+            let e = normalize_url(bad).unwrap_err();
+            assert!(e.contains("loopback only"), "{bad}: {e}");
+        }
         assert!(normalize_url("ftp://x:1").is_err());
         assert!(normalize_url("http://x:1/path").is_err());
         assert!(normalize_url("").is_err());

@@ -791,7 +791,15 @@ fn event(
         dst_port: Some(443),
         connector: Some("demo-connector".into()),
         remote_network: Some("corp".into()),
-        rule: Some(format!("rule 1 (allow 'x' -> '{resource}')")),
+        // As an agent names them: the grant that decided, or the default deny.
+        rule: Some(
+            match (verdict, resource) {
+                ("allow", "web") => "engineering-web",
+                ("deny", "db") => "contractors-no-db",
+                _ => "default-deny",
+            }
+            .into(),
+        ),
         rule_id: 1,
         host: "connector:demo-connector".into(),
         ..Default::default()
@@ -878,6 +886,7 @@ async fn enroll_agents_events_and_follow() {
         .enroll(v1::EnrollRequest {
             token: j["token"].as_str().unwrap().into(),
             hostname: "conn-host-1".into(),
+            host: None,
         })
         .await
         .unwrap()
@@ -1193,15 +1202,20 @@ fn unreachable_controller_is_a_clear_usage_error() {
             .unwrap()
             .contains("cannot reach")
     );
-    // The default comes from GATEWAYCTL_CONTROLLER; a bare host:port is accepted.
+    // The default comes from GATEWAYCTL_CONTROLLER.
     let mut cmd = bin();
-    cmd.env("GATEWAYCTL_CONTROLLER", format!("127.0.0.1:{port}"))
-        .args(["agents"]);
+    cmd.env("GATEWAYCTL_CONTROLLER", &url).args(["agents"]);
     let err = fails(&run_cmd(cmd), 2);
     assert!(
         err.contains(&format!("cannot reach the controller at {url}")),
         "{err}"
     );
+    // A bare host:port means TLS (never plaintext): it needs the CA.
+    let mut cmd = bin();
+    cmd.env("GATEWAYCTL_CONTROLLER", format!("127.0.0.1:{port}"))
+        .args(["agents"]);
+    let err = fails(&run_cmd(cmd), 2);
+    assert!(err.contains("https://") && err.contains("no --ca"), "{err}");
     // TLS and malformed URLs: say what is valid.
     all = vec!["--controller", "https://127.0.0.1:1", "list"];
     let err = fails(&run(&all), 2);
@@ -1270,6 +1284,7 @@ async fn keys_roles_revocation_and_whoami() {
         .enroll(v1::EnrollRequest {
             token: tok.trim().into(),
             hostname: "h".into(),
+            host: None,
         })
         .await
         .unwrap()
@@ -1290,5 +1305,60 @@ async fn keys_roles_revocation_and_whoami() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let audit = ok(&c.ctl(&["audit"]));
     assert!(audit.contains("revoke"), "{audit}");
+    c.stop().await;
+}
+
+/// Plaintext only to loopback; --ca only with https://.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_only_to_loopback_and_ca_only_with_https() {
+    let c = Controller::start().await;
+    // 198.18.0.1 answers nothing: refused before any connection attempt (exit 2 at
+    // once, not after a connect timeout).
+    let start = std::time::Instant::now();
+    let err = fails(
+        &run(&[
+            "--controller",
+            "http://198.18.0.1:50051",
+            "--api-key",
+            &c.key,
+            "agents",
+        ]),
+        2,
+    );
+    assert!(err.contains("loopback only"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    // A CA with a plaintext URL is a mistake, not something to ignore.
+    let ca = c.file("ca.pem", "not used");
+    let mut args = vec!["--ca", ca.as_str()];
+    let url = c.url();
+    args.extend(["--controller", &url, "--api-key", &c.key, "whoami"]);
+    let err = fails(&run(&args), 2);
+    assert!(err.contains("--ca") && err.contains("https://"), "{err}");
+    // The twin: plaintext to the controller on loopback, without --ca, works.
+    let who = ok(&c.ctl(&["whoami"]));
+    assert!(who.contains("key:gatewayctl-tests"), "{who}");
+    c.stop().await;
+}
+
+/// `audit verify --expect-head`: a head kept from earlier must still be in the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_checks_an_anchored_head() {
+    let c = Controller::start().await;
+    apply_demo(&c);
+    let head = json(&c.ctl(&["audit", "verify", "-o", "json"]))["head_hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(&c.ctl(&["enroll-token", "--host", "device:alice-laptop"]));
+    // Still in the chain, two records later.
+    let v = ok(&c.ctl(&["audit", "verify", "--expect-head", &head]));
+    assert!(v.contains("the anchored head is record 2"), "{v}");
+    // A head that is not in the chain (rewritten or cut since): exit 1.
+    let other = "ab".repeat(32);
+    let o = c.ctl(&["audit", "verify", "--expect-head", &other]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    assert!(stdout(&o).contains("not in the trail"), "{}", stdout(&o));
+    // Only with `verify`.
+    fails(&c.ctl(&["audit", "--expect-head", &head]), 2);
     c.stop().await;
 }

@@ -17,6 +17,8 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use policy_compiler as pc;
 
+pub mod codec;
+
 /// Generated code of package `ztgateway.v1`.
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
@@ -45,6 +47,30 @@ pub enum ConvertError {
 }
 
 type R<T> = Result<T, ConvertError>;
+
+// ------------------------------------------------------------------ transport
+
+/// The host of a `scheme://host[:port]` URL (IPv6 literals without their brackets).
+pub fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split_once(']').map(|(h, _)| h);
+    }
+    Some(authority.split(':').next().unwrap_or(authority)).filter(|h| !h.is_empty())
+}
+
+/// Whether plaintext (`http://`) may be used to reach `url`: only when its host is a
+/// loopback address (127.0.0.0/8, ::1) or `localhost`, where credentials never cross a
+/// network. Everything else needs `https://` with the deployment's CA.
+pub fn plaintext_allowed(url: &str) -> bool {
+    match url_host(url) {
+        Some(h) if h.eq_ignore_ascii_case("localhost") => true,
+        Some(h) => h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
 
 // ------------------------------------------------------------------ hosts
 

@@ -132,3 +132,30 @@ fn hosts_parse() {
     assert!(gateway_proto::parse_host("laptop").is_err());
     assert!(gateway_proto::parse_host("device:").is_err());
 }
+
+#[test]
+fn plaintext_only_to_loopback() {
+    use gateway_proto::{plaintext_allowed, url_host};
+    assert_eq!(url_host("http://127.0.0.1:50051"), Some("127.0.0.1"));
+    assert_eq!(url_host("https://[::1]:1/"), Some("::1"));
+    assert_eq!(url_host("http://ctl.example"), Some("ctl.example"));
+    for ok in [
+        "http://127.0.0.1:50051",
+        "http://127.9.9.9:1",
+        "http://[::1]:50051",
+        "http://localhost:50051",
+    ] {
+        assert!(plaintext_allowed(ok), "{ok}");
+    }
+    for bad in [
+        "http://10.0.0.5:50051",
+        "http://[2001:db8::1]:1",
+        "http://ctl.example:50051",
+        "http://127.0.0.1.evil.example:1",
+        "http://localhost.evil.example:1",
+        "http://evil.example@127.0.0.1x:1",
+        "127.0.0.1:50051",
+    ] {
+        assert!(!plaintext_allowed(bad), "{bad}");
+    }
+}

@@ -5,17 +5,27 @@
 //! with an audit record in the same transaction); sessions live in memory only, so a
 //! controller restart ends every session (users log in again). Lock order: the main
 //! state lock before the credentials lock.
+//!
+//! What an unauthenticated caller of Login can cost is bounded before any password is
+//! hashed: logins per peer address and overall are rate-limited (token buckets, in
+//! [`crate::auth::AdminGuard`], before the request is even read), the user name must be
+//! a valid name, the attempt is counted against the user's failure window *before* the
+//! password is checked (so concurrent attempts cannot slip past the limit), and at most
+//! [`LoginLimits::argon_concurrency`] Argon2 computations (19 MiB each) run at once.
+//! Failure windows are kept for a bounded number of names; refusals reach the audit
+//! trail aggregated.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::OnceLock;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use gateway_proto::v1;
 use rusqlite::params;
 
 use super::State;
+use super::limits::{Attempts, Buckets, Rate};
 use crate::auth::{self, KEY_PREFIX, Perm, Principal, Role, SESSION_PREFIX};
 use crate::store::{ApiKeyRow, Audit, UserRow};
-use crate::{Error, hash_secret, now_ms, random_hex};
+use crate::{Error, hash_secret, now_ms, shown, try_random_hex};
 
 /// Failed logins per user within [`LOGIN_WINDOW_MS`] after which logins are refused.
 pub const MAX_LOGIN_FAILURES: usize = 5;
@@ -26,6 +36,92 @@ pub const MAX_KEY_TTL_SECS: u64 = 2 * 365 * 86_400;
 pub const DEFAULT_SESSION_TTL_SECS: u64 = 3600;
 /// Minimum password length of admin users.
 pub const MIN_PASSWORD_LEN: usize = 12;
+/// Longest password accepted (hashing cost must not depend on what a caller sends).
+pub const MAX_PASSWORD_LEN: usize = 1024;
+/// User names whose failure windows are remembered at most.
+const ATTEMPTS_CAP: usize = 10_000;
+/// Peer addresses whose login buckets are remembered at most.
+const PEERS_CAP: usize = 4096;
+/// Default event quota of one agent.
+pub const DEFAULT_EVENT_RATE: Rate = Rate {
+    burst: 50_000.0,
+    per_sec: 5_000.0,
+};
+
+/// Bounds of Login (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoginLimits {
+    /// Logins per peer address.
+    pub per_peer: Rate,
+    /// Logins overall.
+    pub global: Rate,
+    /// Argon2 computations at once.
+    pub argon_concurrency: usize,
+    /// Login requests being read and checked at once (the rest wait, unread).
+    pub in_flight: usize,
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        LoginLimits {
+            per_peer: Rate {
+                burst: 20.0,
+                per_sec: 0.5,
+            },
+            global: Rate {
+                burst: 60.0,
+                per_sec: 5.0,
+            },
+            argon_concurrency: 2,
+            in_flight: 8,
+        }
+    }
+}
+
+/// The rate limits and concurrency bounds in front of the expensive or unauthenticated
+/// work.
+pub(super) struct Guard {
+    limits: Mutex<LoginLimits>,
+    peers: Mutex<Buckets<IpAddr>>,
+    global: Mutex<super::limits::Bucket>,
+    argon: Mutex<Arc<tokio::sync::Semaphore>>,
+    in_flight: Mutex<Arc<tokio::sync::Semaphore>>,
+    event_rate: Mutex<Rate>,
+    agents: Mutex<Buckets<String>>,
+}
+
+fn lk<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Guard {
+    pub(super) fn new(l: LoginLimits) -> Guard {
+        Guard {
+            limits: Mutex::new(l),
+            peers: Mutex::new(Buckets::new(PEERS_CAP)),
+            global: Mutex::new(super::limits::Bucket::full(l.global, now_ms())),
+            argon: Mutex::new(Arc::new(tokio::sync::Semaphore::new(
+                l.argon_concurrency.max(1),
+            ))),
+            in_flight: Mutex::new(Arc::new(tokio::sync::Semaphore::new(l.in_flight.max(1)))),
+            event_rate: Mutex::new(DEFAULT_EVENT_RATE),
+            agents: Mutex::new(Buckets::new(100_000)),
+        }
+    }
+
+    pub(super) fn take_events(&self, agent: &str, n: usize, now: i64) -> bool {
+        let rate = *lk(&self.event_rate);
+        lk(&self.agents).take(&agent.to_string(), rate, now, n as f64)
+    }
+
+    pub(super) fn event_rate(&self) -> Rate {
+        *lk(&self.event_rate)
+    }
+
+    pub(super) fn set_event_rate(&self, r: Rate) {
+        *lk(&self.event_rate) = r;
+    }
+}
 
 struct Session {
     user: String,
@@ -34,17 +130,14 @@ struct Session {
 }
 
 /// In-memory credentials.
-#[derive(Default)]
 pub(super) struct Creds {
     /// By the hash of the secret.
-    keys: HashMap<String, ApiKeyRow>,
-    users: HashMap<String, UserRow>,
+    keys: std::collections::HashMap<String, ApiKeyRow>,
+    users: std::collections::HashMap<String, UserRow>,
     /// By the hash of the token.
-    sessions: HashMap<String, Session>,
-    /// Failed login times per user name (also unknown names).
-    failures: HashMap<String, VecDeque<i64>>,
-    /// The last TOTP step used per user: a code is accepted once.
-    totp_last_step: HashMap<String, i64>,
+    sessions: std::collections::HashMap<String, Session>,
+    /// Login attempts (counted before checking) per user name, also unknown ones.
+    attempts: Attempts,
 }
 
 impl Creds {
@@ -52,7 +145,8 @@ impl Creds {
         Creds {
             keys: keys.into_iter().map(|k| (k.hash.clone(), k)).collect(),
             users: users.into_iter().map(|u| (u.name.clone(), u)).collect(),
-            ..Creds::default()
+            sessions: std::collections::HashMap::new(),
+            attempts: Attempts::new(ATTEMPTS_CAP, LOGIN_WINDOW_MS),
         }
     }
 }
@@ -67,7 +161,8 @@ fn valid_name(what: &str, name: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "invalid {what} name `{name}`: 1 to 64 characters of letters, digits, `-_.@`"
+            "invalid {what} name `{}`: 1 to 64 characters of letters, digits, `-_.@`",
+            shown(name)
         )))
     }
 }
@@ -93,6 +188,14 @@ fn dummy_hash() -> &'static str {
     H.get_or_init(|| auth::hash_password("dummy password never matches").unwrap_or_default())
 }
 
+/// How a login attempt failed (for the audit trail; the caller always gets the same
+/// answer).
+enum Failure {
+    UnknownUser,
+    WrongPassword,
+    WrongCode,
+}
+
 impl State {
     fn creds(&self) -> std::sync::MutexGuard<'_, Creds> {
         self.creds.lock().unwrap_or_else(|p| p.into_inner())
@@ -106,6 +209,63 @@ impl State {
         );
     }
 
+    /// Replaces the Login bounds (see [`LoginLimits`]).
+    pub fn set_login_limits(&self, l: LoginLimits) {
+        let g = &self.guard;
+        *lk(&g.limits) = l;
+        *lk(&g.global) = super::limits::Bucket::full(l.global, now_ms());
+        *lk(&g.peers) = Buckets::new(PEERS_CAP);
+        *lk(&g.argon) = Arc::new(tokio::sync::Semaphore::new(l.argon_concurrency.max(1)));
+        *lk(&g.in_flight) = Arc::new(tokio::sync::Semaphore::new(l.in_flight.max(1)));
+    }
+
+    pub fn login_limits(&self) -> LoginLimits {
+        *lk(&self.guard.limits)
+    }
+
+    /// Admits a Login from `peer` before its request is read: the peer's and the global
+    /// rate limits (RESOURCE_EXHAUSTED beyond them). Returns the semaphore bounding the
+    /// Logins in flight, to hold a permit of while the request is handled.
+    pub fn admit_login(
+        &self,
+        peer: Option<IpAddr>,
+    ) -> Result<Arc<tokio::sync::Semaphore>, tonic::Status> {
+        let now = now_ms();
+        let l = self.login_limits();
+        let peer_ok = match peer {
+            Some(ip) => lk(&self.guard.peers).take(&ip, l.per_peer, now, 1.0),
+            None => true,
+        };
+        let why = if !peer_ok {
+            Some("too many logins from this address")
+        } else if !lk(&self.guard.global).take(l.global, now, 1.0) {
+            Some("too many logins")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.refused(
+                "login_refused",
+                peer.map_or_else(|| "peer:unknown".into(), |p| format!("peer:{p}")),
+                "session".into(),
+                format!("rate limited: {why}"),
+            );
+            return Err(tonic::Status::resource_exhausted(format!(
+                "{why}: try again later"
+            )));
+        }
+        Ok(lk(&self.guard.in_flight).clone())
+    }
+
+    /// A permit to compute one Argon2 hash (at most `argon_concurrency` at once).
+    pub async fn argon_permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        let sem = lk(&self.guard.argon).clone();
+        match sem.acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => unreachable!("the semaphore is never closed"),
+        }
+    }
+
     /// Authenticates a bearer credential (`authorization` header value) and checks that
     /// its role grants `perm`: UNAUTHENTICATED or PERMISSION_DENIED otherwise.
     #[allow(clippy::result_large_err)]
@@ -116,52 +276,114 @@ impl State {
         let secret = auth::bearer(header)
             .ok_or_else(|| unauth("the `authorization` header is not `Bearer <secret>`"))?;
         let hash = hash_secret(secret);
-        let now = now_ms();
-        let p = {
-            let mut c = self.creds();
-            if secret.starts_with(KEY_PREFIX) {
-                match c.keys.get(&hash) {
-                    None => return Err(unauth("unknown API key")),
-                    Some(k) if k.revoked_ms.is_some() => {
-                        return Err(unauth(format!("API key `{}` was revoked", k.name)));
-                    }
-                    Some(k) if k.expires_ms <= now => {
-                        return Err(unauth(format!(
-                            "API key `{}` expired at {}",
-                            k.name,
-                            policy_compiler::format_rfc3339(k.expires_ms / 1000)
-                        )));
-                    }
-                    Some(k) => Principal {
-                        name: format!("key:{}", k.name),
-                        role: Role::parse(&k.role)
-                            .ok_or_else(|| unauth("API key with an unknown role"))?,
-                        expires_ms: k.expires_ms,
-                    },
-                }
-            } else if secret.starts_with(SESSION_PREFIX) {
-                match c.sessions.get(&hash) {
-                    None => return Err(unauth("unknown or ended session: log in again")),
-                    Some(s) if s.expires_ms <= now => {
-                        c.sessions.remove(&hash);
-                        return Err(unauth("the session expired: log in again"));
-                    }
-                    Some(s) => Principal {
-                        name: format!("user:{}", s.user),
-                        role: s.role,
-                        expires_ms: s.expires_ms,
-                    },
-                }
-            } else {
-                return Err(unauth("unknown credential"));
-            }
-        };
+        let p = self.principal_of(secret, &hash)?;
         if p.role.allows(perm) {
             Ok(p)
         } else {
             Err(tonic::Status::permission_denied(format!(
                 "{} has role {}, which may not do this ({perm:?} access needed)",
                 p.name, p.role
+            )))
+        }
+    }
+
+    /// [`State::authorize`] for a call of `method` from `peer`; refused credentials and
+    /// permission denials are recorded in the audit trail (aggregated).
+    #[allow(clippy::result_large_err)]
+    pub fn authorize_call(
+        &self,
+        header: Option<&str>,
+        perm: Perm,
+        method: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<Principal, tonic::Status> {
+        let r = self.authorize(header, perm);
+        if let Err(s) = &r {
+            let method = shown(method);
+            match s.code() {
+                tonic::Code::PermissionDenied => {
+                    let who = self
+                        .authorize(header, Perm::Any)
+                        .map_or_else(|_| "unknown".into(), |p| p.name);
+                    self.refused("permission_denied", who, method, s.message().to_string());
+                }
+                _ => {
+                    // Aggregated per address and reason, whatever the method.
+                    let peer = peer.map_or_else(|| "peer:unknown".into(), |p| format!("peer:{p}"));
+                    self.refused(
+                        "admin_auth_failure",
+                        peer,
+                        "admin api".into(),
+                        s.message().to_string(),
+                    );
+                }
+            }
+        }
+        r
+    }
+
+    fn principal_of(&self, secret: &str, hash: &str) -> Result<Principal, tonic::Status> {
+        let now = now_ms();
+        let mut c = self.creds();
+        if secret.starts_with(KEY_PREFIX) {
+            match c.keys.get(hash) {
+                None => Err(unauth("unknown API key")),
+                Some(k) if k.revoked_ms.is_some() => {
+                    Err(unauth(format!("API key `{}` was revoked", k.name)))
+                }
+                Some(k) if k.expires_ms <= now => Err(unauth(format!(
+                    "API key `{}` expired at {}",
+                    k.name,
+                    policy_compiler::format_rfc3339(k.expires_ms / 1000)
+                ))),
+                Some(k) => Ok(Principal {
+                    name: format!("key:{}", k.name),
+                    role: Role::parse(&k.role)
+                        .ok_or_else(|| unauth("API key with an unknown role"))?,
+                    expires_ms: k.expires_ms,
+                    credential: hash.to_string(),
+                }),
+            }
+        } else if secret.starts_with(SESSION_PREFIX) {
+            match c.sessions.get(hash) {
+                None => Err(unauth("unknown or ended session: log in again")),
+                Some(s) if s.expires_ms <= now => {
+                    c.sessions.remove(hash);
+                    Err(unauth("the session expired: log in again"))
+                }
+                Some(s) => Ok(Principal {
+                    name: format!("user:{}", s.user),
+                    role: s.role,
+                    expires_ms: s.expires_ms,
+                    credential: hash.to_string(),
+                }),
+            }
+        } else {
+            Err(unauth("unknown credential"))
+        }
+    }
+
+    /// Whether the credential a principal authenticated with is still valid (not
+    /// revoked, not expired, its session not ended): long-lived streams check it.
+    #[allow(clippy::result_large_err)]
+    pub fn recheck(&self, p: &Principal) -> Result<(), tonic::Status> {
+        let now = now_ms();
+        let c = self.creds();
+        let ok = if p.name.starts_with("key:") {
+            c.keys
+                .get(&p.credential)
+                .is_some_and(|k| k.revoked_ms.is_none() && k.expires_ms > now)
+        } else {
+            c.sessions
+                .get(&p.credential)
+                .is_some_and(|s| s.expires_ms > now)
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(unauth(format!(
+                "the credential of {} was revoked or expired: the stream ends",
+                p.name
             )))
         }
     }
@@ -197,7 +419,7 @@ impl State {
         actor: &str,
     ) -> Result<(String, v1::ApiKeyInfo), Error> {
         valid_name("API key", name)?;
-        let secret = format!("{KEY_PREFIX}{}", random_hex(32));
+        let secret = format!("{KEY_PREFIX}{}", try_random_hex(32)?);
         let now = now_ms();
         let row = ApiKeyRow {
             name: name.to_string(),
@@ -266,7 +488,10 @@ impl State {
         let mut g = self.lock();
         let mut c = self.creds();
         let Some(k) = c.keys.values_mut().find(|k| k.name == name) else {
-            return Err(Error::NotFound(format!("no API key named `{name}`")));
+            return Err(Error::NotFound(format!(
+                "no API key named `{}`",
+                shown(name)
+            )));
         };
         if k.revoked_ms.is_some() {
             return Ok(());
@@ -291,7 +516,8 @@ impl State {
     // -------------------------------------------------------------- users, sessions
 
     /// Creates an interactive admin user; returns the TOTP secret (base32) and its
-    /// `otpauth://` URI, shown once.
+    /// `otpauth://` URI, shown once. The secret is stored sealed. Blocking (Argon2):
+    /// call off the async workers, holding an [`State::argon_permit`].
     pub fn create_admin_user(
         &self,
         name: &str,
@@ -305,19 +531,25 @@ impl State {
                 "the password must have at least {MIN_PASSWORD_LEN} characters"
             )));
         }
+        if password.len() > MAX_PASSWORD_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "the password must have at most {MAX_PASSWORD_LEN} bytes"
+            )));
+        }
         if self.creds().users.contains_key(name) {
             return Err(Error::AlreadyExists(format!(
                 "a user named `{name}` exists"
             )));
         }
         let password_hash = auth::hash_password(password)?;
-        let totp_secret = auth::new_totp_secret();
+        let totp_secret = auth::new_totp_secret()?;
         let row = UserRow {
             name: name.to_string(),
             role: role.as_str().to_string(),
             password_hash,
-            totp_secret: totp_secret.clone(),
+            totp_secret: self.keys.seal_totp(name, &totp_secret)?,
             created_ms: now_ms(),
+            totp_last_step: -1,
         };
         let mut g = self.lock();
         let mut c = self.creds();
@@ -357,12 +589,14 @@ impl State {
         out
     }
 
-    /// Deletes a user and ends their sessions.
+    /// Deletes a user, ends their sessions and revokes the API keys they created
+    /// (their open streams end within a second).
     pub fn delete_admin_user(&self, name: &str, actor: &str) -> Result<(), Error> {
+        let now = now_ms();
         let mut g = self.lock();
         let mut c = self.creds();
         let Some(u) = c.users.get(name) else {
-            return Err(Error::NotFound(format!("no user named `{name}`")));
+            return Err(Error::NotFound(format!("no user named `{}`", shown(name))));
         };
         let mut a = self.audit_now(
             actor,
@@ -372,90 +606,135 @@ impl State {
             "",
         );
         a.revision = g.revision;
-        g.store
-            .exec_audited("DELETE FROM admin_users WHERE name = ?1", params![name], &a)?;
+        let revoked = g.store.delete_user(name, now, &a)?;
         c.users.remove(name);
         c.sessions.retain(|_, s| s.user != name);
+        for k in c.keys.values_mut() {
+            if revoked.contains(&k.name) {
+                k.revoked_ms = Some(now);
+            }
+        }
         Ok(())
     }
 
     fn login_failed(&self, user: &str, why: &str) -> Error {
-        let now = now_ms();
-        self.creds()
-            .failures
-            .entry(user.to_string())
-            .or_default()
-            .push_back(now);
-        self.record_login("login_failure", user, why);
+        self.refused(
+            "login_failure",
+            format!("user:{user}"),
+            "session".into(),
+            why.into(),
+        );
         Error::Unauthenticated("login failed: wrong user, password or code".into())
     }
 
-    fn record_login(&self, action: &str, user: &str, detail: &str) {
-        let mut g = self.lock();
-        let mut a = self.audit_now(&format!("user:{user}"), action, "session", "", detail);
-        a.revision = g.revision;
-        if let Err(e) = g.store.audit(&a) {
-            eprintln!("gateway-controller: recording {action}: {e}");
-        }
-    }
-
-    /// Password + TOTP code -> a session. Blocking (Argon2): call off the async workers.
-    pub fn login(
-        &self,
+    /// Password + TOTP code -> a session. The user name is checked first, the attempt
+    /// is counted before the password is, and the Argon2 work waits for a permit (see
+    /// the module docs). `peer`: the caller's address, for the audit trail.
+    pub async fn login(
+        self: &Arc<Self>,
+        peer: Option<IpAddr>,
         user: &str,
         password: &str,
         code: &str,
     ) -> Result<v1::LoginResponse, Error> {
-        let now = now_ms();
-        let row = {
-            let mut c = self.creds();
-            let f = c.failures.entry(user.to_string()).or_default();
-            while f.front().is_some_and(|&t| t <= now - LOGIN_WINDOW_MS) {
-                f.pop_front();
-            }
-            if f.len() >= MAX_LOGIN_FAILURES {
-                let retry = (f.front().copied().unwrap_or(now) + LOGIN_WINDOW_MS - now) / 1000 + 1;
-                drop(c);
-                self.record_login("login_failure", user, "rate limited");
-                return Err(Error::ResourceExhausted(format!(
-                    "too many failed logins for `{user}`: retry in {retry} s"
-                )));
-            }
-            if f.is_empty() {
-                c.failures.remove(user);
-            }
-            c.users.get(user).cloned()
-        };
-        let Some(row) = row else {
-            // Same cost as a known user.
-            let _ = auth::verify_password(password, dummy_hash());
-            return Err(self.login_failed(user, "unknown user"));
-        };
-        if !auth::verify_password(password, &row.password_hash) {
-            return Err(self.login_failed(user, "wrong password"));
+        let who = || peer.map_or_else(|| "peer:unknown".into(), |p| format!("peer:{p}"));
+        if let Err(e) = valid_name("user", user) {
+            self.refused(
+                "login_refused",
+                who(),
+                "session".into(),
+                "invalid user name".into(),
+            );
+            return Err(e);
         }
-        let Some(step) = auth::totp_check(&row.totp_secret, code, now / 1000) else {
-            return Err(self.login_failed(user, "wrong TOTP code"));
+        let code = code.trim();
+        if password.len() > MAX_PASSWORD_LEN
+            || code.len() != 6
+            || !code.bytes().all(|b| b.is_ascii_digit())
+        {
+            self.refused(
+                "login_refused",
+                who(),
+                "session".into(),
+                "malformed password or code".into(),
+            );
+            return Err(Error::InvalidArgument(format!(
+                "a login needs a password of at most {MAX_PASSWORD_LEN} bytes and a 6-digit code"
+            )));
+        }
+        // Counted before anything is checked: concurrent attempts cannot exceed the
+        // limit.
+        let begun = self
+            .creds()
+            .attempts
+            .begin(user, now_ms(), MAX_LOGIN_FAILURES);
+        if let Err(ms) = begun {
+            self.refused(
+                "login_failure",
+                format!("user:{user}"),
+                "session".into(),
+                "rate limited".into(),
+            );
+            return Err(Error::ResourceExhausted(format!(
+                "too many failed logins for `{user}`: retry in {} s",
+                ms / 1000 + 1
+            )));
+        }
+        let row = self.creds().users.get(user).cloned();
+        let permit = self.argon_permit().await;
+        let (password, code) = (password.to_string(), code.to_string());
+        let state = self.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let Some(row) = row else {
+                // Same cost as a known user.
+                let _ = auth::verify_password(&password, dummy_hash());
+                return Err(Failure::UnknownUser);
+            };
+            if !auth::verify_password(&password, &row.password_hash) {
+                return Err(Failure::WrongPassword);
+            }
+            let secret = state
+                .keys
+                .open_totp(&row.name, &row.totp_secret)
+                .map_err(|_| Failure::WrongCode)?;
+            let step =
+                auth::totp_check(&secret, &code, now_ms() / 1000).ok_or(Failure::WrongCode)?;
+            Ok((row, step))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("login task failed: {e}")))?;
+        let (row, step) = match checked {
+            Ok(x) => x,
+            Err(Failure::UnknownUser) => return Err(self.login_failed(user, "unknown user")),
+            Err(Failure::WrongPassword) => return Err(self.login_failed(user, "wrong password")),
+            Err(Failure::WrongCode) => return Err(self.login_failed(user, "wrong TOTP code")),
         };
         let role = Role::parse(&row.role)
             .ok_or_else(|| Error::Internal(format!("user `{user}` has an unknown role")))?;
-        let token = format!("{SESSION_PREFIX}{}", random_hex(32));
+        let token = format!("{SESSION_PREFIX}{}", try_random_hex(32)?);
+        let now = now_ms();
         let ttl = self
             .session_ttl_ms
             .load(std::sync::atomic::Ordering::Relaxed);
         let expires_ms = now + ttl;
         {
+            let mut g = self.lock();
             let mut c = self.creds();
-            if c.totp_last_step.get(user).is_some_and(|&s| s >= step) {
+            let Some(u) = c.users.get_mut(user) else {
                 drop(c);
+                drop(g);
+                return Err(self.login_failed(user, "unknown user"));
+            };
+            // A code is accepted once, also across restarts (the step is stored).
+            if u.totp_last_step >= step {
+                drop(c);
+                drop(g);
                 return Err(self.login_failed(user, "TOTP code already used"));
             }
-            if !c.users.contains_key(user) {
-                drop(c);
-                return Err(self.login_failed(user, "unknown user"));
-            }
-            c.totp_last_step.insert(user.to_string(), step);
-            c.failures.remove(user);
+            g.store.set_totp_step(user, step)?;
+            u.totp_last_step = step;
+            c.attempts.clear(user);
             c.sessions.retain(|_, s| s.expires_ms > now);
             c.sessions.insert(
                 hash_secret(&token),
@@ -465,15 +744,21 @@ impl State {
                     expires_ms,
                 },
             );
+            let mut a = self.audit_now(
+                &format!("user:{user}"),
+                "login_success",
+                "session",
+                "",
+                &format!(
+                    "session until {}",
+                    policy_compiler::format_rfc3339(expires_ms / 1000)
+                ),
+            );
+            a.revision = g.revision;
+            if let Err(e) = g.store.audit(&a) {
+                eprintln!("gateway-controller: recording login_success: {e}");
+            }
         }
-        self.record_login(
-            "login_success",
-            user,
-            &format!(
-                "session until {}",
-                policy_compiler::format_rfc3339(expires_ms / 1000)
-            ),
-        );
         Ok(v1::LoginResponse {
             session_token: token,
             expires_unix_ms: expires_ms,
@@ -488,7 +773,7 @@ impl State {
         let now = now_ms();
         let mut g = self.lock();
         let Some(a) = g.agents.get(id) else {
-            return Err(Error::NotFound(format!("no agent `{id}`")));
+            return Err(Error::NotFound(format!("no agent `{}`", shown(id))));
         };
         if a.revoked_ms.is_some() {
             return Ok(());
@@ -516,8 +801,16 @@ impl State {
         Ok(())
     }
 
-    /// Checks the audit chain.
-    pub fn verify_audit(&self) -> Result<v1::VerifyAuditResponse, Error> {
-        self.lock().store.verify_audit()
+    /// Checks the audit chain (and that the anchored head `expect_head` is in it).
+    pub fn verify_audit(
+        &self,
+        expect_head: Option<&str>,
+    ) -> Result<v1::VerifyAuditResponse, Error> {
+        self.lock().store.verify_audit(expect_head)
+    }
+
+    /// The audit chain's head: (record id, hash).
+    pub fn audit_head(&self) -> Result<Option<(u64, String)>, Error> {
+        self.lock().store.head()
     }
 }

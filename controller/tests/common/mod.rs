@@ -127,6 +127,7 @@ pub async fn enroll(ctl: &Controller, host: &str) -> v1::AgentAuth {
         .enroll(v1::EnrollRequest {
             token: tok.token,
             hostname: format!("test-{host}"),
+            host: None,
         })
         .await
         .unwrap()

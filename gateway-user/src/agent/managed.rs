@@ -5,8 +5,9 @@
 //! policy and reconnects with backoff, resuming from the generation it has.
 //!
 //! Transport: with `ca_file` in `[controller]` (production), TLS to an `https://` URL
-//! that trusts only the deployment's CA; without, plaintext `http://` (tests). The agent
-//! authenticates with the credential it received at enrollment, in every call.
+//! that trusts only the deployment's CA; without, plaintext `http://` to a loopback
+//! address only (tests). The agent authenticates with the credential it received at
+//! enrollment, in every call.
 
 use super::config::ControllerConfig;
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -50,25 +51,41 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Events kept while the controller is unreachable (oldest dropped beyond).
 const EVENT_BUFFER: usize = 50_000;
 
+/// Writes the identity atomically: a new temporary file (mode 0600, `O_EXCL`: never
+/// through a file or link someone else placed there) renamed over the identity file;
+/// the folder is created mode 0700.
 fn save_identity(path: &Path, id: &Identity) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.is_dir()
     {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    // A leftover of a crashed run (ours: same name); unlinking never follows a link.
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| -> Result<()> {
         let mut f = std::fs::OpenOptions::new()
-            .create(true)
             .write(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
+            .with_context(|| format!("creating {}", tmp.display()))?;
         std::io::Write::write_all(&mut f, serde_json::to_string_pretty(id)?.as_bytes())?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    written
 }
 
 /// How to reach the controller: its URL and, for `https://`, the pinned CA certificate.
@@ -79,8 +96,15 @@ pub struct Link {
 }
 
 impl Link {
-    /// Reads `ca_file` (if any) from the configuration.
+    /// Reads `ca_file` (if any) from the configuration. Plaintext (no CA) is refused
+    /// unless the URL is a loopback address.
     pub fn new(cfg: &ControllerConfig) -> Result<Link> {
+        if cfg.ca_file.is_none() && !gateway_proto::plaintext_allowed(&cfg.url) {
+            bail!(
+                "`{}`: plaintext is for loopback addresses only; use https:// with `ca_file`",
+                cfg.url
+            );
+        }
         let ca = match &cfg.ca_file {
             Some(path) => Some(
                 std::fs::read(path)
@@ -116,8 +140,9 @@ impl Link {
     }
 }
 
-/// The stored identity, or a new one from the enrollment token. The identity's host must
-/// be the host this agent is configured as.
+/// The stored identity, or a new one from the enrollment token (`enrollment_token` or
+/// `enrollment_token_file`). The identity's host must be the host this agent is
+/// configured as; the controller refuses a token for another host without using it up.
 pub async fn identity(link: &Link, cfg: &ControllerConfig, host: &str) -> Result<Identity> {
     if cfg.identity_file.exists() {
         let text = std::fs::read_to_string(&cfg.identity_file)
@@ -133,12 +158,16 @@ pub async fn identity(link: &Link, cfg: &ControllerConfig, host: &str) -> Result
         }
         return Ok(id);
     }
-    let token = cfg.enrollment_token.as_deref().ok_or_else(|| {
+    let token = cfg.token()?;
+    let token = token.as_deref().ok_or_else(|| {
         anyhow!(
-            "not enrolled yet ({} does not exist) and no `enrollment_token` in [controller]",
+            "not enrolled yet ({} does not exist) and no `enrollment_token` or \
+             `enrollment_token_file` in [controller]",
             cfg.identity_file.display()
         )
     })?;
+    let configured =
+        gateway_proto::parse_host(host).map_err(|e| anyhow!("this agent's host `{host}`: {e}"))?;
     let mut client = link
         .connect()
         .await
@@ -150,6 +179,7 @@ pub async fn identity(link: &Link, cfg: &ControllerConfig, host: &str) -> Result
         .enroll(EnrollRequest {
             token: token.to_string(),
             hostname,
+            host: Some(gateway_proto::host_to_wire(&configured)),
         })
         .await
         .map_err(|s| anyhow!("enrollment refused: {}: {}", code(&s), s.message()))?
@@ -356,5 +386,54 @@ pub async fn report(link: Link, id: Identity, mut rx: mpsc::Receiver<v1::Connect
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_identity_is_never_written_through_a_planted_link() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = std::env::temp_dir().join(format!("zgw-identity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let path = d.join("identity.json");
+        let victim = d.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        // Links where a temporary file could be expected: the old fixed name and ours.
+        let mut ours = path.as_os_str().to_owned();
+        ours.push(format!(".tmp-{}", std::process::id()));
+        for tmp in [path.with_extension("tmp"), std::path::PathBuf::from(ours)] {
+            std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        }
+        let id = Identity {
+            agent_id: "agent-1".into(),
+            credential: "zt-agent-secret".into(),
+            host: "device:x".into(),
+        };
+        save_identity(&path, &id).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("zt-agent-secret")
+        );
+        assert_eq!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        assert!(
+            !std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -88,13 +88,8 @@ impl Sink {
                     std::fs::create_dir_all(dir)
                         .with_context(|| format!("creating {}", dir.display()))?;
                 }
-                Box::new(std::io::BufWriter::new(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                        .with_context(|| format!("opening the log file {}", path.display()))?,
-                ))
+                // Mode 0600: the log names users, devices and addresses.
+                Box::new(std::io::BufWriter::new(config::open_log(path)?))
             }
             None => Box::new(std::io::BufWriter::new(std::io::stdout())),
         };

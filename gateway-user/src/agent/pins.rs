@@ -113,11 +113,62 @@ pub fn prepare(pin_dir: &Path) -> Result<PathBuf> {
             dir.display()
         );
     }
-    for sub in [maps_dir(&dir), links_dir(&dir), progs_dir(&dir)] {
-        std::fs::create_dir_all(&sub)
-            .with_context(|| format!("creating pin folder {}", sub.display()))?;
+    for d in [
+        dir.clone(),
+        maps_dir(&dir),
+        links_dir(&dir),
+        progs_dir(&dir),
+    ] {
+        secure_dir(&d)?;
     }
     Ok(dir)
+}
+
+/// Makes sure a pin folder is the agent's own: creates it mode 0700 when missing, and
+/// refuses one that is a symbolic link or not a folder, belongs to another user, or
+/// that group or others may write to. (Under a world-writable /sys/fs/bpf, another
+/// local user could otherwise create `links/` first and later unlink the link pins,
+/// detaching enforcement.)
+pub fn secure_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    let m = match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating pin folder {}", dir.display()))?;
+            std::fs::symlink_metadata(dir)
+                .with_context(|| format!("pin folder {}", dir.display()))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("pin folder {}", dir.display())),
+        Ok(m) => m,
+    };
+    if m.file_type().is_symlink() || !m.is_dir() {
+        bail!(
+            "pin folder {} is not a folder (a symbolic link or a file): refusing it",
+            dir.display()
+        );
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != me {
+        bail!(
+            "pin folder {} belongs to uid {}, not to this agent (uid {me}): refusing it; \
+             remove it (someone else may have created it to tamper with the pins)",
+            dir.display(),
+            m.uid()
+        );
+    }
+    if m.mode() & 0o022 != 0 {
+        bail!(
+            "pin folder {} has mode {:o}: group or others may write to it; refusing it \
+             (chmod go-w it after checking its contents)",
+            dir.display(),
+            m.mode() & 0o7777
+        );
+    }
+    Ok(())
 }
 
 /// What happened to one attachment.
@@ -298,4 +349,53 @@ pub fn pinned_links(pin_dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn pin_folders_are_created_private_and_foreign_ones_refused() {
+        let base = std::env::temp_dir().join(format!("zgw-pins-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+
+        // Created: 0700, and accepted again.
+        let pins = base.join("pins").join("links");
+        secure_dir(&pins).unwrap();
+        assert_eq!(mode(&pins), 0o700);
+        secure_dir(&pins).unwrap();
+
+        // Writable by others: refused.
+        let loose = base.join("loose");
+        std::fs::create_dir(&loose).unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = format!("{:#}", secure_dir(&loose).unwrap_err());
+        assert!(e.contains("group or others may write"), "{e}");
+
+        // A symbolic link (to a folder of ours): refused.
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&pins, &link).unwrap();
+        let e = format!("{:#}", secure_dir(&link).unwrap_err());
+        assert!(e.contains("not a folder"), "{e}");
+
+        // Another user's folder: refused. As root, one handed to `nobody`; otherwise
+        // root's own /usr (this user is not root).
+        // SAFETY: geteuid has no preconditions.
+        let foreign = if unsafe { libc::geteuid() } == 0 {
+            let f = base.join("foreign");
+            std::fs::create_dir(&f).unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o700)).unwrap();
+            std::os::unix::fs::chown(&f, Some(65_534), Some(65_534)).unwrap();
+            f
+        } else {
+            PathBuf::from("/usr")
+        };
+        let e = format!("{:#}", secure_dir(&foreign).unwrap_err());
+        assert!(e.contains("belongs to uid"), "{e}");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }
