@@ -9,10 +9,8 @@ use crate::policies::{self, NOW, parse};
 use crate::{Opts, progress};
 use anyhow::{Context as _, Result, bail};
 use gateway_common::{addr::from_v4, policy::SrcKey};
-use gateway_user::{
-    Dataplane,
-    testkit::{load_policy, parse_host},
-};
+use gateway_test_support::testkit::{load_policy, parse_host};
+use gateway_user::Dataplane;
 use policy_compiler::compile;
 use serde::Serialize;
 use std::net::IpAddr;

@@ -11,10 +11,8 @@ use crate::policies::{self, NOW, Probe, frame};
 use crate::{Opts, progress};
 use anyhow::{Context as _, Result, bail};
 use gateway_common::{Reason, maps};
-use gateway_user::{
-    Dataplane,
-    testkit::{load_policy, run_xdp_repeat},
-};
+use gateway_test_support::testkit::{load_policy, run_xdp_repeat};
+use gateway_user::Dataplane;
 use serde::Serialize;
 use std::time::Instant;
 

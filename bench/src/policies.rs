@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr};
 #[allow(non_snake_case)]
 pub fn NOW() -> i64 {
     static T: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *T.get_or_init(gateway_user::testkit::unix_now)
+    *T.get_or_init(gateway_test_support::testkit::unix_now)
 }
 
 /// A generated policy: its text and the parsed model.
@@ -214,11 +214,11 @@ pub fn probes(p: &Policy, now: i64) -> Result<Probes> {
     })
 }
 
-/// An Ethernet frame of `probe` (from `gateway_user::testkit::frame`: source MAC
+/// An Ethernet frame of `probe` (from `gateway_test_support::testkit::frame`: source MAC
 /// 02:00:00:00:00:0a, destination 02:00:00:00:00:0b) with `payload` bytes after the
 /// transport header.
 pub fn frame(probe: &Probe, payload: usize) -> Vec<u8> {
-    use gateway_user::testkit::{L4, frame};
+    use gateway_test_support::testkit::{L4, frame};
     let l4 = match probe.proto {
         17 => L4::Udp {
             src: 40_000,
@@ -234,7 +234,7 @@ pub fn frame(probe: &Probe, payload: usize) -> Vec<u8> {
 
 /// The flow key the data plane files `probe` under.
 pub fn flow_key(probe: &Probe) -> gateway_common::FlowKey {
-    use gateway_user::testkit::{L4, expected_key};
+    use gateway_test_support::testkit::{L4, expected_key};
     let l4 = match probe.proto {
         17 => L4::Udp {
             src: 40_000,

@@ -254,7 +254,7 @@ fn host() -> Value {
 
 /// `YYYYMMDDTHHMMSSZ` now (UTC).
 fn run_name() -> String {
-    let now = gateway_user::testkit::unix_now();
+    let now = gateway_test_support::testkit::unix_now();
     policy_compiler::format_rfc3339(now).replace(['-', ':'], "")
 }
 

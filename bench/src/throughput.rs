@@ -22,12 +22,11 @@ use aya::{
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use gateway_common::{Reason, maps};
-use gateway_user::{
-    Dataplane,
-    dataplane::BENCH_OBJECT,
+use gateway_test_support::{
     netns::{NetNs, veth_pair},
     testkit::load_policy,
 };
+use gateway_user::{Dataplane, dataplane::BENCH_OBJECT};
 use serde::Serialize;
 use std::time::Instant;
 

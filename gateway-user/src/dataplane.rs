@@ -24,8 +24,10 @@ use std::path::Path;
 /// The eBPF object built by `build.rs` from `gateway-ebpf`, embedded in this binary.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
 
-/// The benchmark programs' object (no-op, drop-all, traffic generator), built from the same
-/// crate but never loaded by the agent: only [`Dataplane::load_with_bench`] loads it.
+/// The benchmark programs' object (no-op, drop-all, traffic generator, a tc pass-all), built
+/// from the same crate, embedded only with the `testing` feature and never loaded by the
+/// agent: only [`Dataplane::load_with_bench`] loads it.
+#[cfg(feature = "testing")]
 pub static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-bench"));
 
@@ -115,6 +117,7 @@ pub struct EventRings {
 pub struct Dataplane {
     ebpf: Ebpf,
     /// The benchmark object, when loaded for benchmarks.
+    #[cfg(feature = "testing")]
     bench: Option<Ebpf>,
     pub policy: PolicyMaps,
     pub flows: FlowMaps,
@@ -219,6 +222,7 @@ impl Dataplane {
 
     /// [`Dataplane::load`] plus the benchmark object, whose programs [`Dataplane::xdp_named`]
     /// then finds too (benchmarks only).
+    #[cfg(feature = "testing")]
     pub fn load_with_bench() -> Result<Self> {
         let mut dp = Self::load_with(None)?;
         let mut bench = EbpfLoader::new()
@@ -288,6 +292,7 @@ impl Dataplane {
             policy,
             flows,
             ebpf,
+            #[cfg(feature = "testing")]
             bench: None,
         })
     }
@@ -306,6 +311,7 @@ impl Dataplane {
     }
 
     /// Source prefixes with event/scan state (the LRU the kernel grows on denials).
+    #[cfg(feature = "testing")]
     pub fn source_states(&self) -> Result<usize> {
         Ok(
             crate::batch::read_all::<gateway_common::Addr, gateway_common::event::SourceState>(
@@ -318,6 +324,7 @@ impl Dataplane {
     /// Forgets everything the programs learnt from traffic: flows, fragments, per-source
     /// event state, event budgets, waiting events. Policy and counters stay. For tests
     /// that run many independent cases on one loaded object.
+    #[cfg(feature = "testing")]
     pub fn reset_traffic_state(&mut self) -> Result<()> {
         self.flows.clear()?;
         let sources: Vec<_> = self.sources.keys().filter_map(|k| k.ok()).collect();
@@ -344,6 +351,7 @@ impl Dataplane {
 
     /// An XDP program by name: the gateway's, or (after [`Dataplane::load_with_bench`]) one
     /// of the benchmark object's.
+    #[cfg(feature = "testing")]
     pub fn xdp_named(&mut self, name: &str) -> Result<&mut Xdp> {
         if name == maps::PROG_XDP {
             return self.xdp();

@@ -1,14 +1,11 @@
-//! User side of the gateway: loading the eBPF object, reading its maps, and the test
-//! harness (network namespaces, privilege checks, packet fixtures) shared by the tests,
-//! benchmarks and the demo.
+//! The host agent (`gateway-agent`): loading the eBPF object and reading its maps
+//! ([`dataplane`], [`batch`]), writing compiled policy into them atomically ([`writer`]), and
+//! the agent itself ([`agent`]). The test harness lives in `gateway-test-support`, the demo in
+//! `gateway-demo`: nothing of them ships with the agent.
 
 pub mod agent;
 pub mod batch;
 pub mod dataplane;
-pub mod demo;
-pub mod netns;
-pub mod privileges;
-pub mod testkit;
 pub mod writer;
 
 pub use dataplane::Dataplane;

@@ -12,13 +12,14 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use gateway_common::{Event, EventKind, FlowState, Reason, event::FlowEndCause};
-use gateway_user::{
-    Dataplane, skip_unless_privileged,
+use gateway_test_support::{
+    skip_unless_privileged,
     testkit::{
         self, L4, action, fragment_v4, fragment_v6, frame, icmp_error, icmp_error_quoting,
         load_policy, parse_host, tc_action, unix_now, with_ipv4_option_bytes, with_ipv6_ext,
     },
 };
+use gateway_user::Dataplane;
 use std::{net::IpAddr, time::Duration};
 
 const POLICY: &str = include_str!("data/fixtures.toml");

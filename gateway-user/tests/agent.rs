@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use gateway_user::{
+use gateway_test_support::{
     netns::{NetNs, unique_name, veth_pair},
     skip_unless_privileged,
 };
@@ -125,7 +125,7 @@ fn wait_for_count(agent: &Agent, needle: &str, n: usize, limit: Duration) {
 }
 
 fn serve(res: &NetNs) {
-    gateway_user::testkit::tcp_echo_servers(
+    gateway_test_support::testkit::tcp_echo_servers(
         res,
         &["198.18.1.5:443", "198.18.1.5:23", "198.18.1.10:5432"],
     )
@@ -554,10 +554,10 @@ fn agent_end_to_end() {
 }
 
 fn tcp_echo_at(ns: &NetNs, dst: &str) -> bool {
-    gateway_user::testkit::tcp_echo(ns, dst, TIMEOUT)
+    gateway_test_support::testkit::tcp_echo(ns, dst, TIMEOUT)
 }
 
 /// Dropped silently (the gateway's denial), as opposed to refused by a closed port.
 fn tcp_dropped_at(ns: &NetNs, dst: &str) -> bool {
-    gateway_user::testkit::tcp_dropped(ns, dst, TIMEOUT)
+    gateway_test_support::testkit::tcp_dropped(ns, dst, TIMEOUT)
 }

@@ -10,12 +10,12 @@
 
 use aya::programs::XdpMode;
 use gateway_common::Reason;
-use gateway_user::{
-    Dataplane,
+use gateway_test_support::{
     netns::{NetNs, veth_pair},
     skip_unless_privileged,
     testkit::{load_policy, unix_now},
 };
+use gateway_user::Dataplane;
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},

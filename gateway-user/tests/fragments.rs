@@ -8,12 +8,12 @@
 
 use aya::programs::XdpMode;
 use gateway_common::Reason;
-use gateway_user::{
-    Dataplane,
+use gateway_test_support::{
     netns::{NetNs, veth_pair},
     skip_unless_privileged,
     testkit::{load_policy, unix_now},
 };
+use gateway_user::Dataplane;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::{
     mem::MaybeUninit,

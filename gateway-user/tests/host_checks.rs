@@ -5,11 +5,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use gateway_user::{
-    agent::host_check::{self, Report},
+use gateway_test_support::{
     netns::{NetNs, unique_name},
     skip_unless_privileged,
 };
+use gateway_user::agent::host_check::{self, Report};
 
 /// A namespace with one veth pair inside it; `enforcing` is the end the gateway would be
 /// attached to.

@@ -17,11 +17,13 @@ use aya::maps::{Array, HashMap, LpmTrie, Map, MapData};
 use controller::auth::AuthedAdminClient;
 use gateway_common::maps;
 use gateway_proto::v1::{ApplyPolicyRequest, CreateEnrollmentTokenRequest, ListAgentsRequest};
-use gateway_user::{
-    dataplane::PolicyMaps,
+use gateway_test_support::{
     netns::{NetNs, unique_name, veth_pair},
     skip_unless_privileged,
     testkit::unix_now,
+};
+use gateway_user::{
+    dataplane::PolicyMaps,
     writer::{BootClock, read_slot},
 };
 use std::{
@@ -255,7 +257,7 @@ fn wait(mut cond: impl FnMut() -> bool, what: &str, a: &Agent) {
 }
 
 fn serve(res: &NetNs) {
-    gateway_user::testkit::tcp_echo_servers(
+    gateway_test_support::testkit::tcp_echo_servers(
         res,
         &["198.18.1.5:443", "198.18.1.5:23", "198.18.1.10:5432"],
     )
@@ -509,10 +511,10 @@ fn managed_agents_follow_the_controller() {
 }
 
 fn tcp_echo_at(ns: &NetNs, dst: &str) -> bool {
-    gateway_user::testkit::tcp_echo(ns, dst, TIMEOUT)
+    gateway_test_support::testkit::tcp_echo(ns, dst, TIMEOUT)
 }
 
 /// Dropped silently (the gateway's denial), as opposed to refused by a closed port.
 fn tcp_dropped_at(ns: &NetNs, dst: &str) -> bool {
-    gateway_user::testkit::tcp_dropped(ns, dst, TIMEOUT)
+    gateway_test_support::testkit::tcp_dropped(ns, dst, TIMEOUT)
 }

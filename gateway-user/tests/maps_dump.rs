@@ -7,12 +7,12 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use gateway_common::maps;
-use gateway_user::{
-    Dataplane,
+use gateway_test_support::{
     netns::unique_name,
     skip_unless_privileged,
     testkit::{self, L4, action, frame, load_policy, unix_now},
 };
+use gateway_user::Dataplane;
 use serde_json::Value;
 use std::{
     net::IpAddr,

@@ -9,12 +9,12 @@
 
 use aya::programs::XdpMode;
 use gateway_common::{ParseOutcome, Reason};
-use gateway_user::{
-    Dataplane,
+use gateway_test_support::{
     netns::{self, NetNs, veth_pair},
     skip_unless_privileged,
     testkit::{L4, OPEN_LAB, expected_key, load_policy, unix_now},
 };
+use gateway_user::Dataplane;
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},

@@ -5,7 +5,8 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use gateway_common::maps;
-use gateway_user::{Dataplane, dataplane::EBPF_OBJECT, skip_unless_privileged};
+use gateway_test_support::skip_unless_privileged;
+use gateway_user::{Dataplane, dataplane::EBPF_OBJECT};
 
 #[test]
 fn object_map_names() {
@@ -40,17 +41,17 @@ fn programs_pass_the_verifier() {
     }
     let mut dp = Dataplane::load().unwrap();
     // Unconfigured: every IP packet is dropped, whatever the policy.
-    let f = gateway_user::testkit::frame(
-        gateway_user::testkit::v4(1, 1),
-        gateway_user::testkit::v4(2, 2),
-        gateway_user::testkit::L4::Udp { src: 1, dst: 2 },
+    let f = gateway_test_support::testkit::frame(
+        gateway_test_support::testkit::v4(1, 1),
+        gateway_test_support::testkit::v4(2, 2),
+        gateway_test_support::testkit::L4::Udp { src: 1, dst: 2 },
         &[],
         b"",
     );
     let before = dp.verdict_stats().unwrap();
-    let action = gateway_user::testkit::run_xdp(dp.xdp().unwrap(), &f).unwrap();
+    let action = gateway_test_support::testkit::run_xdp(dp.xdp().unwrap(), &f).unwrap();
     let delta = dp.verdict_stats().unwrap().since(&before);
-    assert_eq!(action, gateway_user::testkit::action::DROP);
+    assert_eq!(action, gateway_test_support::testkit::action::DROP);
     assert_eq!(
         delta.single(),
         Some(gateway_common::Reason::DeniedUnconfigured)
@@ -76,7 +77,7 @@ fn kernel_diagnostics_only_when_switched_on() {
     if skip_unless_privileged!() {
         return;
     }
-    use gateway_user::testkit::{self, L4, frame, load_policy, unix_now, v4};
+    use gateway_test_support::testkit::{self, L4, frame, load_policy, unix_now, v4};
     let mut dp = Dataplane::load().unwrap();
     load_policy(
         &mut dp,

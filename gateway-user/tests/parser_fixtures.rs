@@ -7,13 +7,14 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use gateway_common::{FlowKey, ParseOutcome, Reason};
-use gateway_user::{
-    Dataplane, skip_unless_privileged,
+use gateway_test_support::{
+    skip_unless_privileged,
     testkit::{
         self, L4, action, expected_key, frame, ipv4_frag, load_policy, record_route, unix_now, v4,
         with_ipv4_option_bytes, with_ipv4_options, with_ipv6_ext,
     },
 };
+use gateway_user::Dataplane;
 
 struct Fixture {
     name: &'static str,

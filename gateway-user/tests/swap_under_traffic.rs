@@ -6,9 +6,12 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use gateway_common::{Reason, policy::Verdict};
-use gateway_user::{
-    Dataplane, skip_unless_privileged,
+use gateway_test_support::{
+    skip_unless_privileged,
     testkit::{self, L4, action, frame, unix_now},
+};
+use gateway_user::{
+    Dataplane,
     writer::{BootClock, PolicyWriter},
 };
 use policy_compiler::{Host, HostView, KernelEntries, Packet};

@@ -12,13 +12,12 @@ use aya::{
     programs::{LinkOrder, SchedClassifier, TcAttachType, XdpMode, tc::TcAttachOptions},
 };
 use gateway_common::maps::bench;
-use gateway_user::{
-    Dataplane,
-    dataplane::BENCH_OBJECT,
+use gateway_test_support::{
     netns::{NetNs, veth_pair},
     skip_unless_privileged,
     testkit::{self, load_policy, unix_now},
 };
+use gateway_user::{Dataplane, dataplane::BENCH_OBJECT};
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_millis(800);

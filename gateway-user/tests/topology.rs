@@ -15,12 +15,12 @@
 
 use aya::programs::XdpMode;
 use gateway_common::Reason;
-use gateway_user::{
-    Dataplane,
+use gateway_test_support::{
     netns::{NetNs, veth_pair},
     skip_unless_privileged,
     testkit::{self, load_policy, unix_now},
 };
+use gateway_user::Dataplane;
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, UdpSocket},
@@ -305,5 +305,5 @@ fn client_connector_resource() {
 }
 
 fn tcp_echo_at(ns: &NetNs, dst: &str) -> bool {
-    gateway_user::testkit::tcp_echo(ns, dst, TIMEOUT)
+    gateway_test_support::testkit::tcp_echo(ns, dst, TIMEOUT)
 }

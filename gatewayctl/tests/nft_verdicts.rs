@@ -38,10 +38,10 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 const WAIT: Duration = Duration::from_millis(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The one root/CI rule every privileged test follows (gateway_user::privileges): run as
+/// The one root/CI rule every privileged test follows (gateway_test_support::privileges): run as
 /// root; skip, reported as skipped, when not root outside CI; fail in CI.
 fn needs_root(name: &str) -> bool {
-    gateway_user::privileges::gate(name) == gateway_user::privileges::Gate::Run
+    gateway_test_support::privileges::gate(name) == gateway_test_support::privileges::Gate::Run
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {

@@ -72,12 +72,18 @@ fn main() -> Result<()> {
         Task::Test { args } => test::run(&args),
         Task::Build => {
             setup::run()?;
+            // What ships, built on its own: a workspace-wide build would unify the dev-only
+            // crates' features (gateway-user/testing) into the agent.
             util::cargo(&[
                 "build",
                 "--release",
-                "--workspace",
-                "--exclude",
-                "gateway-ebpf",
+                "--package",
+                "gateway-user",
+                "--package",
+                "controller",
+                "--package",
+                "gatewayctl",
+                "--bins",
             ])
         }
         Task::FuzzDataplane {
@@ -91,7 +97,7 @@ fn main() -> Result<()> {
                 "--quiet",
                 "--release",
                 "--package",
-                "gateway-fuzz",
+                "gateway-test-support",
                 "--bin",
                 "gateway-fuzz",
                 "--",
@@ -111,6 +117,8 @@ fn main() -> Result<()> {
                 );
             }
             setup::run()?;
+            // The shipped binaries as they ship (without the dev-only crates' features),
+            // then the demo.
             util::cargo(&[
                 "build",
                 "--release",
@@ -125,9 +133,15 @@ fn main() -> Result<()> {
                 "--bin",
                 "gateway-agent",
                 "--bin",
+                "gatewayctl",
+            ])?;
+            util::cargo(&[
+                "build",
+                "--release",
+                "--package",
                 "gateway-demo",
                 "--bin",
-                "gatewayctl",
+                "gateway-demo",
             ])?;
             // Where cargo put them: CARGO_TARGET_DIR (relative to the workspace root, where
             // `util::cargo` runs) or <workspace>/target.

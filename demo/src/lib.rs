@@ -30,8 +30,8 @@
 //! stopped (SIGTERM), `gateway-agent detach` run for each, namespaces deleted; then the
 //! demo verifies that no namespace, interface, pin folder or process is left.
 
-use crate::netns::{NetNs, VethEnd, veth_pair};
 use anyhow::{Context as _, Result, bail};
+use gateway_test_support::netns::{NetNs, VethEnd, veth_pair};
 use serde::Serialize;
 use serde_json::Value;
 use std::{
@@ -386,7 +386,7 @@ struct Created {
 // ---------------------------------------------------------------- processes
 
 fn ns_command(ns: &str, program: &Path) -> Result<Command> {
-    crate::netns::command_in(ns, program)
+    gateway_test_support::netns::command_in(ns, program)
 }
 
 /// Runs a command to completion, killing it after `timeout`.
@@ -1172,7 +1172,7 @@ fn bpffs_mounted() -> bool {
 pub fn run(opts: &Options) -> Result<bool> {
     START.get_or_init(Instant::now);
     install_signal_handlers();
-    if !crate::privileges::is_root() {
+    if !gateway_test_support::privileges::is_root() {
         bail!(
             "the demo creates network namespaces and loads eBPF programs: run it as root \
              (e.g. `sudo -E cargo xtask demo`)"
@@ -1266,7 +1266,7 @@ pub fn run(opts: &Options) -> Result<bool> {
 fn verify_cleanup(created: &Created) -> Vec<String> {
     let mut left = Vec::new();
     for ns in &created.namespaces {
-        if crate::netns::exists(ns) {
+        if gateway_test_support::netns::exists(ns) {
             left.push(format!("namespace {ns}"));
             // Last resort, so a failed run does not pile up namespaces.
             let _ = Command::new("ip").args(["netns", "del", ns]).output();

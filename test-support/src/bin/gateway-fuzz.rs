@@ -1,5 +1,5 @@
 //! `gateway-fuzz --policies N --packets M [--seed S]`: stateful differential fuzzing of the
-//! loaded data plane against the reference model (see the `gateway_fuzz` crate). Prints
+//! loaded data plane against the reference model (see `gateway_test_support::fuzz`). Prints
 //! progress on stderr and one JSON line on stdout; exits 1 on any disagreement. Needs root.
 
 use anyhow::{Result, bail};
@@ -36,7 +36,7 @@ fn main() -> Result<()> {
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
-    let report = gateway_fuzz::run(policies, packets, seed, |done, r| {
+    let report = gateway_test_support::fuzz::run(policies, packets, seed, |done, r| {
         eprintln!(
             "fuzz: {done}/{policies} policies, {} packets, {} wrong allow, {} wrong deny, {} wrong reason",
             r.packets, r.wrong_allow, r.wrong_deny, r.wrong_reason

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::defrag::IpDefragPool;
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use gateway_testkit::wire::{self, Ext, IcmpError, L4, V4, Vlan, flags};
+use gateway_model::wire::{self, Ext, IcmpError, L4, V4, Vlan, flags};
 
 fn a4(s: &str) -> Ipv4Addr {
     s.parse().unwrap()

@@ -1,7 +1,7 @@
 //! Prints a generated sequence with the model's expectations: `cargo run -p gateway-testkit
 //! --example dump -- SEED`.
 
-use gateway_testkit::scenario::{Step, generate, replay};
+use gateway_model::scenario::{Step, generate, replay};
 
 fn main() {
     let seed = std::env::args()

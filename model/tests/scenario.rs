@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use gateway_testkit::scenario::{self, START, Step};
-use gateway_testkit::{Direction, Model, Role};
+use gateway_model::scenario::{self, START, Step};
+use gateway_model::{Direction, Model, Role};
 
 const SEEDS: u64 = 60;
 

@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use clap::Parser;
-use gateway_user::demo::{self, Options};
+use gateway_demo::{self as demo, Options};
 use std::path::PathBuf;
 
 #[derive(Parser)]

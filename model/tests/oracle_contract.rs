@@ -5,8 +5,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use gateway_testkit::wire::{self, Ext, IcmpError, L4, V4, Vlan, flags};
-use gateway_testkit::{Direction, Expected, Model, Role};
+use gateway_model::wire::{self, Ext, IcmpError, L4, V4, Vlan, flags};
+use gateway_model::{Direction, Expected, Model, Role};
 
 const NOW: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 

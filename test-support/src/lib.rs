@@ -1,0 +1,26 @@
+//! The test harness of the gateway, in a crate of its own so that nothing of it ships with
+//! the agent (aya keeps its integration harness apart the same way).
+//!
+//! * [`privileges`]: the one root/CI rule every privileged test follows (skips are counted
+//!   as skips; in CI they fail);
+//! * [`netns`]: network namespaces and veth pairs a test creates and removes;
+//! * [`testkit`]: frames, the loaded data plane under test (BPF_PROG_TEST_RUN, policy
+//!   loading), and traffic helpers that tell a silent drop from a refusal;
+//! * [`process`]: `gateway-agent` and `gateway-controller` run as processes in namespaces,
+//!   supervised, stopped and cleaned up (tests and the demo share them);
+//! * [`fuzz`]: stateful differential fuzzing of the loaded programs against the reference
+//!   model (`gateway-model`), behind `cargo xtask fuzz-dataplane`.
+
+pub mod frames;
+pub mod fuzz;
+pub mod load;
+pub mod net;
+pub mod netns;
+pub mod privileges;
+
+/// Everything a data-plane test usually needs, in one place.
+pub mod testkit {
+    pub use crate::frames::*;
+    pub use crate::load::*;
+    pub use crate::net::*;
+}
