@@ -10,13 +10,14 @@
 
 use gateway_test_support::{
     netns::{NetNs, unique_name, veth_pair},
+    process::AgentProcess,
     skip_unless_privileged,
 };
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -50,78 +51,12 @@ impl Drop for Dirs {
     }
 }
 
-/// The agent process; killed when dropped.
-struct Agent {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_agent(conn: &NetNs, cfg: &Path, stderr: &Path) -> Agent {
-    let readies = std::fs::read_to_string(stderr)
-        .unwrap_or_default()
-        .matches("ready:")
-        .count();
-    let err = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(stderr)
-        .unwrap();
-    let child = conn
-        .command_net_only(AGENT)
-        .unwrap()
-        .args(["run", "--config"])
-        .arg(cfg)
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .unwrap();
-    let agent = Agent {
-        child,
-        stderr: stderr.to_path_buf(),
-    };
-    wait_for_count(&agent, "ready:", readies + 1, Duration::from_secs(30));
+/// Starts the agent in `conn` and waits for this run's `ready:` line.
+fn start_agent(conn: &NetNs, cfg: &Path, stderr: &Path) -> AgentProcess {
+    let mut agent =
+        AgentProcess::start("conn", conn.name(), Path::new(AGENT), cfg, stderr).unwrap();
+    agent.wait_ready(Duration::from_secs(30)).unwrap();
     agent
-}
-
-fn stderr_of(agent: &Agent) -> String {
-    std::fs::read_to_string(&agent.stderr).unwrap_or_default()
-}
-
-/// Waits until the agent's stderr says `needle`.
-fn wait_for(agent: &Agent, needle: &str, limit: Duration) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if stderr_of(agent).contains(needle) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("agent never said {needle:?}; stderr:\n{}", stderr_of(agent));
-}
-
-fn count_in(agent: &Agent, needle: &str) -> usize {
-    stderr_of(agent).matches(needle).count()
-}
-
-fn wait_for_count(agent: &Agent, needle: &str, n: usize, limit: Duration) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if count_in(agent, needle) >= n {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!(
-        "agent said {needle:?} fewer than {n} times; stderr:\n{}",
-        stderr_of(agent)
-    );
 }
 
 fn serve(res: &NetNs) {
@@ -336,9 +271,9 @@ fn agent_end_to_end() {
             "control: {dst} answers without the agent"
         );
     }
-    let agent = start_agent(&conn, &cfg, &stderr);
+    let mut agent = start_agent(&conn, &cfg, &stderr);
 
-    let err = stderr_of(&agent);
+    let err = agent.stderr();
     assert!(
         err.contains(&format!(
             "WARNING: tunnel interface {vx} (vxlan) terminates on this host"
@@ -399,8 +334,10 @@ fn agent_end_to_end() {
 
     // --- A broken edit is reported with its location; the previous policy stays.
     std::fs::write(&policy, format!("{POLICY}\n[[resource]]\nname = \"bad\"\nnetwork = \"corp\"\naddress = \"198.18.1.300\"\n")).unwrap();
-    wait_for(&agent, "stays in force", Duration::from_secs(5));
-    let err = stderr_of(&agent);
+    agent
+        .wait_for("stays in force", Duration::from_secs(5))
+        .unwrap();
+    let err = agent.stderr();
     assert!(err.contains("policy.toml:"), "no location in: {err}");
     assert!(
         tcp_echo_at(&alice, "198.18.1.5:443"),
@@ -412,7 +349,7 @@ fn agent_end_to_end() {
         "still denied after a broken edit"
     );
     // A good edit (revoking alice-db) is applied as a new generation.
-    let applied = count_in(&agent, "applied");
+    let applied = agent.count("applied");
     std::fs::write(
         &policy,
         POLICY.replace(
@@ -421,7 +358,9 @@ fn agent_end_to_end() {
         ),
     )
     .unwrap();
-    wait_for_count(&agent, "applied", applied + 1, Duration::from_secs(5));
+    agent
+        .wait_for_count("applied", applied + 1, Duration::from_secs(5))
+        .unwrap();
     assert!(tcp_dropped_at(&alice, "198.18.1.10:5432"), "db revoked");
     assert!(tcp_echo_at(&alice, "198.18.1.5:443"), "web still allowed");
 
@@ -451,26 +390,15 @@ fn agent_end_to_end() {
     open.write_all(b"1").unwrap();
     open.read_exact(&mut b).unwrap();
 
-    let mut agent = agent;
-    let pid = agent.child.id();
-    Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    let _ = agent.child.wait();
+    agent.crash();
     let allowed_at_kill = allowed_rx.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(800));
     let allowed_while_down = allowed_rx.load(Ordering::Relaxed) - allowed_at_kill;
     // The established flow works while no agent runs.
     open.write_all(b"2").unwrap();
     open.read_exact(&mut b).unwrap();
-    drop(agent);
-    let agent = start_agent(&conn, &cfg, &stderr);
-    assert!(
-        stderr_of(&agent).contains("re-adopted"),
-        "{}",
-        stderr_of(&agent)
-    );
+    let mut agent = start_agent(&conn, &cfg, &stderr);
+    assert!(agent.stderr().contains("re-adopted"), "{}", agent.stderr());
     open.write_all(b"3").unwrap();
     open.read_exact(&mut b).unwrap();
     assert_eq!(b, *b"3", "established flow after restart");
@@ -530,17 +458,9 @@ fn agent_end_to_end() {
     );
 
     // --- Detach: everything goes, and traffic is no longer filtered.
-    drop(agent);
-    let out = Command::new(AGENT)
-        .args(["detach", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(agent.stop().unwrap(), "exited on SIGTERM");
+    let removed = agent.detach().unwrap();
+    assert!(!removed.is_empty(), "detach removed nothing");
     assert!(!dirs.pin.exists(), "pin folder left behind");
     let links = conn.ip(&["-d", "link", "show", &ca.iface]).unwrap();
     assert!(

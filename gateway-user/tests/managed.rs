@@ -19,6 +19,7 @@ use gateway_common::maps;
 use gateway_proto::v1::{ApplyPolicyRequest, CreateEnrollmentTokenRequest, ListAgentsRequest};
 use gateway_test_support::{
     netns::{NetNs, unique_name, veth_pair},
+    process::AgentProcess,
     skip_unless_privileged,
     testkit::unix_now,
 };
@@ -30,9 +31,9 @@ use std::{
     net::SocketAddr,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{Arc, Mutex, OnceLock},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 const POLICY: &str = include_str!("data/topology.toml");
@@ -196,64 +197,18 @@ fn generation_of(ctl: &NetNs, host: &str) -> (u64, u64) {
         .unwrap_or_else(|| panic!("no agent for {host}"))
 }
 
-struct Agent {
-    child: Child,
-    stderr: PathBuf,
-}
+const WAIT: Duration = Duration::from_secs(20);
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_agent(ns: &NetNs, cfg: &Path, stderr: &Path) -> Agent {
-    let before = std::fs::read_to_string(stderr)
-        .unwrap_or_default()
-        .matches("ready:")
-        .count();
-    let err = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(stderr)
-        .unwrap();
-    let child = ns
-        .command_net_only(AGENT)
-        .unwrap()
-        .args(["run", "--config"])
-        .arg(cfg)
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .unwrap();
-    let agent = Agent {
-        child,
-        stderr: stderr.to_path_buf(),
-    };
-    wait(
-        || log_of(&agent).matches("ready:").count() > before,
-        "agent ready",
-        &agent,
-    );
+fn start_agent(ns: &NetNs, cfg: &Path, stderr: &Path) -> AgentProcess {
+    let label = cfg.file_stem().unwrap().to_string_lossy().to_string();
+    let mut agent = AgentProcess::start(&label, ns.name(), Path::new(AGENT), cfg, stderr).unwrap();
+    agent.wait_ready(WAIT).unwrap();
     agent
 }
 
-fn log_of(a: &Agent) -> String {
-    std::fs::read_to_string(&a.stderr).unwrap_or_default()
-}
-
-fn wait(mut cond: impl FnMut() -> bool, what: &str, a: &Agent) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}; agent stderr:\n{}", log_of(a));
+/// Waits (bounded) for `cond`; the failure carries the agent's stderr.
+fn wait(mut cond: impl FnMut() -> bool, what: &str, a: &mut AgentProcess) {
+    a.wait_until(what, WAIT, |_| cond()).unwrap();
 }
 
 fn serve(res: &NetNs) {
@@ -411,7 +366,7 @@ fn managed_agents_follow_the_controller() {
         );
     }
     let mut conn_agent = start_agent(&conn, &conn_cfg, &conn_err);
-    let alice_agent = start_agent(&alice, &alice_cfg, &dir.join("alice.stderr"));
+    let mut alice_agent = start_agent(&alice, &alice_cfg, &dir.join("alice.stderr"));
 
     assert!(tcp_echo_at(&alice, "198.18.1.5:443"), "alice -> web");
     assert!(tcp_echo_at(&alice, "198.18.1.10:5432"), "alice -> db");
@@ -432,7 +387,7 @@ fn managed_agents_follow_the_controller() {
     wait(
         || generation_of(&ctl, "connector:conn") == (c0 + 1, c0 + 1),
         "connector ack",
-        &conn_agent,
+        &mut conn_agent,
     );
     assert_eq!(
         generation_of(&ctl, "device:alice-laptop").0,
@@ -453,12 +408,12 @@ fn managed_agents_follow_the_controller() {
     wait(
         || tcp_dropped_at(&alice, "198.18.1.10:5432"),
         "alice -> db revoked",
-        &alice_agent,
+        &mut alice_agent,
     );
     wait(
         || generation_of(&ctl, "device:alice-laptop").0 == a0 + 1,
         "alice generation",
-        &alice_agent,
+        &mut alice_agent,
     );
 
     // The controller goes away: agents keep enforcing the last policy.
@@ -490,18 +445,18 @@ fn managed_agents_follow_the_controller() {
     wait(
         || tcp_echo_at(&alice, "198.18.1.10:5432"),
         "alice -> db restored after restart",
-        &alice_agent,
+        &mut alice_agent,
     );
 
     // An agent that misses changes converges when it comes back.
-    drop(conn_agent);
+    conn_agent.stop_keeping_pins().unwrap();
     apply(&ctl, POLICY);
     apply(&ctl, &no_db);
     conn_agent = start_agent(&conn, &conn_cfg, &conn_err);
     wait(
         || converged(&conn_pin, &no_db, "connector:conn"),
         "connector converged",
-        &conn_agent,
+        &mut conn_agent,
     );
     let (cur, acked) = generation_of(&ctl, "connector:conn");
     assert_eq!(cur, acked, "connector acknowledged the current generation");

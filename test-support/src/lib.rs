@@ -17,6 +17,7 @@ pub mod load;
 pub mod net;
 pub mod netns;
 pub mod privileges;
+pub mod process;
 
 /// Everything a data-plane test usually needs, in one place.
 pub mod testkit {

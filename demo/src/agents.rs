@@ -1,0 +1,131 @@
+//! The agents' configuration files and the supervised agent processes (the supervisor
+//! itself is `gateway_test_support::process`, shared with the tests).
+
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+pub(crate) use gateway_test_support::process::{AgentProcess, run_bounded, tail};
+
+pub(crate) fn ns_command(ns: &str, program: &Path) -> Result<Command> {
+    gateway_test_support::netns::command_in(ns, program)
+}
+
+#[derive(Serialize)]
+pub(crate) struct ControllerSection {
+    pub(crate) url: String,
+    pub(crate) ca_file: PathBuf,
+    pub(crate) enrollment_token: String,
+    pub(crate) identity_file: PathBuf,
+}
+
+#[derive(Serialize)]
+pub(crate) struct AgentConfig {
+    pub(crate) role: &'static str,
+    pub(crate) name: String,
+    pub(crate) pin_dir: PathBuf,
+    pub(crate) xdp_interfaces: Vec<String>,
+    pub(crate) tc_egress_interfaces: Vec<String>,
+    pub(crate) xdp_mode: &'static str,
+    pub(crate) log_file: PathBuf,
+    pub(crate) log_format: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) metrics_listen: Option<String>,
+    /// Short idle timeouts, so the demo sees flow_end records within seconds.
+    pub(crate) flow_timeouts: DemoTimeouts,
+    /// Managed mode: last, because TOML puts tables after plain keys.
+    pub(crate) controller: ControllerSection,
+}
+
+#[derive(Serialize)]
+pub(crate) struct DemoTimeouts {
+    pub(crate) tcp_closing: u64,
+    pub(crate) tcp_reset: u64,
+    pub(crate) udp_unreplied: u64,
+    pub(crate) udp_replied: u64,
+    pub(crate) other: u64,
+}
+
+impl DemoTimeouts {
+    pub(crate) fn short() -> Self {
+        DemoTimeouts {
+            tcp_closing: IDLE_TIMEOUT_SECS,
+            tcp_reset: IDLE_TIMEOUT_SECS,
+            udp_unreplied: IDLE_TIMEOUT_SECS,
+            udp_replied: IDLE_TIMEOUT_SECS,
+            other: IDLE_TIMEOUT_SECS,
+        }
+    }
+}
+
+/// A running `gateway-agent run` in a namespace, with what the demo checks about it.
+/// Dropping it stops the agent and detaches what it attached.
+pub(crate) struct Agent {
+    pub(crate) label: String,
+    pub(crate) pin_dir: PathBuf,
+    pub(crate) log: PathBuf,
+    pub(crate) process: AgentProcess,
+}
+
+impl Agent {
+    /// Writes `<file_stem>.toml` into `dir` and starts the agent on it.
+    pub(crate) fn start(
+        label: &str,
+        ns: &NetNs,
+        bin: &Path,
+        dir: &Path,
+        file_stem: &str,
+        cfg: AgentConfig,
+        created: &mut Created,
+    ) -> Result<Agent> {
+        let config = dir.join(format!("{file_stem}.toml"));
+        let text = toml::to_string(&cfg).context("writing the agent configuration")?;
+        std::fs::write(&config, &text).with_context(|| format!("writing {}", config.display()))?;
+        let stderr = dir.join(format!("{file_stem}.stderr"));
+        created.pin_dirs.push(cfg.pin_dir.clone());
+        let process = AgentProcess::start(label, ns.name(), bin, &config, &stderr)?;
+        created.pids.extend(process.pid());
+        Ok(Agent {
+            label: label.to_string(),
+            pin_dir: cfg.pin_dir,
+            log: cfg.log_file,
+            process,
+        })
+    }
+
+    /// Waits (bounded, Ctrl-C aware) for the agent's `ready:` line, then for `status` to
+    /// succeed; returns the line.
+    pub(crate) fn wait_ready(&mut self, timeout: Duration) -> Result<String> {
+        let line = self.process.wait_ready_or(timeout, check_interrupted)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status("text")?;
+            if status.status.success() {
+                return Ok(line);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agent {}: status keeps failing after ready: {}",
+                    self.label,
+                    String::from_utf8_lossy(&status.stderr).trim()
+                );
+            }
+            sleep(Duration::from_millis(100))?;
+        }
+    }
+
+    pub(crate) fn status(&self, output: &str) -> Result<Output> {
+        self.process.status(output)
+    }
+
+    pub(crate) fn stop(&mut self) -> Result<String> {
+        self.process.stop()
+    }
+
+    pub(crate) fn detach(&mut self) -> Result<Vec<String>> {
+        self.process.detach()
+    }
+
+    pub(crate) fn stderr(&self) -> String {
+        self.process.stderr()
+    }
+}

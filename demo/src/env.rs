@@ -1,0 +1,341 @@
+//! The environment: namespaces and links, the teardown, and the final audit that nothing
+//! is left behind.
+
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+// ---------------------------------------------------------------- the environment
+
+/// Everything the demo runs, in teardown order: agents first (detached while their
+/// namespaces exist), then the servers, then the namespaces.
+pub(crate) struct Env {
+    pub(crate) agents: Vec<Agent>,
+    pub(crate) services: Option<Services>,
+    /// The controller process (stopped last).
+    pub(crate) controller: Option<Child>,
+    /// The admin API key `gateway-controller init` printed, and the deployment's CA.
+    pub(crate) api_key: String,
+    pub(crate) ca: PathBuf,
+    pub(crate) ctl: NetNs,
+    pub(crate) alice: NetNs,
+    pub(crate) bob: NetNs,
+    pub(crate) conn: NetNs,
+    pub(crate) res: NetNs,
+    /// alice's uplink, and the connector's links toward alice and bob.
+    pub(crate) alice_if: String,
+    pub(crate) conn_alice_if: String,
+    pub(crate) conn_bob_if: String,
+}
+
+impl Env {
+    /// Stops the controller (SIGTERM, then SIGKILL after 5 s).
+    pub(crate) fn stop_controller(&mut self) -> String {
+        let Some(mut child) = self.controller.take() else {
+            return "not running".into();
+        };
+        // SAFETY: plain kill(2) on our own child's pid, which is not reaped yet.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => return format!("exited ({st})"),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return "killed after 5 s".into();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Agents first (their Drop stops and detaches them), then the controller.
+        self.agents.clear();
+        self.stop_controller();
+    }
+}
+
+/// Removes the temporary folder on drop unless asked to keep it.
+pub(crate) struct TempDir {
+    pub(crate) path: PathBuf,
+    pub(crate) keep: bool,
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+pub(crate) fn bpffs_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 2 && f[1] == "/sys/fs/bpf" && f[2] == "bpf"
+        })
+}
+
+/// Runs the demo; `Ok(true)` when every check passed and nothing was left behind.
+/// The four hosts, printed.
+pub(crate) fn build_hosts(created: &mut Created) -> Result<Env> {
+    println!("\n== hosts (network namespaces joined by veth pairs)");
+    if !bpffs_mounted() {
+        let st = Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status()
+            .context("mount -t bpf")?;
+        if !st.success() {
+            bail!("/sys/fs/bpf is not bpffs and mounting it failed ({st})");
+        }
+        progress!(
+            "mounted bpffs on /sys/fs/bpf (it was not mounted; it stays, as on systemd hosts)"
+        );
+    }
+    let env = build_env(created)?;
+    let (conn_alice_if, conn_bob_if) = (&env.conn_alice_if, &env.conn_bob_if);
+    progress!(
+        "alice     {:<10} {}/24 via {}   (laptop, runs the agent as device alice-laptop)",
+        env.alice.name(),
+        ALICE.ip,
+        ALICE.gateway
+    );
+    progress!(
+        "bob       {:<10} {}/24 via {}   (laptop, no agent)",
+        env.bob.name(),
+        BOB.ip,
+        BOB.gateway
+    );
+    progress!(
+        "connector {:<10} {} / {} / {} (forwarding; agent as {CONNECTOR} on {conn_alice_if}, {conn_bob_if})",
+        env.conn.name(),
+        ALICE.gateway,
+        BOB.gateway,
+        CONN_RES_IP
+    );
+    progress!(
+        "resources {:<10} {WEB} web, {DB} db, {DNS} dns",
+        env.res.name()
+    );
+    Ok(env)
+}
+
+pub(crate) fn build_env(created: &mut Created) -> Result<Env> {
+    let mut make = |prefix: &str| -> Result<NetNs> {
+        let ns = NetNs::new(prefix)?;
+        created.namespaces.push(ns.name().to_string());
+        Ok(ns)
+    };
+    let alice = make("zda")?;
+    let bob = make("zdb")?;
+    let conn = make("zdc")?;
+    let res = make("zdr")?;
+    let ctl = make("zdk")?;
+    let mut record = |(a, b): (VethEnd, VethEnd)| {
+        created.interfaces.push(a.iface.clone());
+        created.interfaces.push(b.iface.clone());
+        (a.iface, b.iface)
+    };
+    let (alice_if, conn_alice_if) = record(veth_pair(
+        &alice,
+        &[&format!("{}/24", ALICE.ip)],
+        &conn,
+        &[&format!("{}/24", ALICE.gateway)],
+    )?);
+    let (_bob_if, conn_bob_if) = record(veth_pair(
+        &bob,
+        &[&format!("{}/24", BOB.ip)],
+        &conn,
+        &[&format!("{}/24", BOB.gateway)],
+    )?);
+    record(veth_pair(
+        &conn,
+        &[&format!("{CONN_RES_IP}/24")],
+        &res,
+        &[
+            &format!("{WEB}/24"),
+            &format!("{DB}/24"),
+            &format!("{DNS}/24"),
+        ],
+    )?);
+    record(veth_pair(
+        &conn,
+        &[&format!("{CONN_CTL_IP}/24")],
+        &ctl,
+        &[&format!("{CTL_IP}/24")],
+    )?);
+    ctl.ip(&["route", "add", "default", "via", &CONN_CTL_IP.to_string()])?;
+    alice.ip(&["route", "add", "default", "via", &ALICE.gateway.to_string()])?;
+    bob.ip(&["route", "add", "default", "via", &BOB.gateway.to_string()])?;
+    res.ip(&["route", "add", "default", "via", &CONN_RES_IP.to_string()])?;
+    conn.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    Ok(Env {
+        agents: Vec::new(),
+        services: None,
+        controller: None,
+        api_key: String::new(),
+        ca: PathBuf::new(),
+        ctl,
+        alice,
+        bob,
+        conn,
+        res,
+        alice_if,
+        conn_alice_if,
+        conn_bob_if,
+    })
+}
+
+/// Stops the agents (enforcement must continue), detaches them (it must stop), deletes
+/// the hosts.
+pub(crate) fn teardown(checks: &mut Checks, mut env: Env) -> Result<()> {
+    println!("\n== teardown");
+    for a in env.agents.iter_mut() {
+        let r = a.stop();
+        progress!(
+            "stopped {}: {}",
+            a.label,
+            r.as_ref().map(String::as_str).unwrap_or("")
+        );
+        checks.check(
+            r.is_ok(),
+            format!(
+                "agent {} stops cleanly: {}",
+                a.label,
+                r.err().map(|e| format!("{e:#}")).unwrap_or_default()
+            ),
+        );
+    }
+    let still = probe_once(&env.bob, &probes()[4])?;
+    let alice_web = probe_once(&env.alice, &probes()[0])?;
+    progress!(
+        "with both agents stopped: bob -> web {}, alice -> web {}",
+        if still.blocked() {
+            "still blocked"
+        } else {
+            "GOT THROUGH"
+        },
+        if matches!(alice_web, Outcome::Exchanged { .. }) {
+            "still works"
+        } else {
+            "FAILS"
+        }
+    );
+    checks.check(
+        still.blocked(),
+        format!(
+            "enforcement continues after the agents exit: bob -> web {}",
+            still.describe()
+        ),
+    );
+    checks.check(
+        matches!(alice_web, Outcome::Exchanged { .. }),
+        format!(
+            "alice -> web after the agents exit: {}",
+            alice_web.describe()
+        ),
+    );
+    for a in env.agents.iter_mut() {
+        let r = a.detach();
+        match &r {
+            Ok(removed) => progress!(
+                "gateway-agent detach ({}): removed {} pins (links, programs, maps)",
+                a.label,
+                removed.len()
+            ),
+            Err(e) => progress!("gateway-agent detach ({}): {e:#}", a.label),
+        }
+        checks.check(r.is_ok(), format!("gateway-agent detach for {}", a.label));
+        checks.check(
+            !a.pin_dir.exists(),
+            format!("{} is gone after detach", a.pin_dir.display()),
+        );
+    }
+    let after = probe_once(&env.bob, &probes()[4])?;
+    progress!(
+        "after detach the programs are gone: bob -> web {}",
+        if after.reached() {
+            "reaches the server (no gateway any more)"
+        } else {
+            "gets no answer"
+        }
+    );
+    checks.check(
+        matches!(after, Outcome::Exchanged { .. }),
+        format!(
+            "after detach nothing enforces any more: bob -> web {}",
+            after.describe()
+        ),
+    );
+    env.agents.clear();
+    env.services = None;
+    let how = env.stop_controller();
+    progress!("stopped the controller: {how}");
+    let names = [
+        env.alice.name().to_string(),
+        env.bob.name().to_string(),
+        env.conn.name().to_string(),
+        env.res.name().to_string(),
+        env.ctl.name().to_string(),
+    ];
+    drop(env);
+    progress!("deleted namespaces {}", names.join(", "));
+    Ok(())
+}
+
+pub(crate) fn verify_cleanup(created: &Created) -> Vec<String> {
+    let mut left = Vec::new();
+    for ns in &created.namespaces {
+        if gateway_test_support::netns::exists(ns) {
+            left.push(format!("namespace {ns}"));
+            // Last resort, so a failed run does not pile up namespaces.
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+    let host_links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for iface in &created.interfaces {
+        let present = host_links.lines().any(|l| {
+            l.split(':')
+                .nth(1)
+                .map(|n| n.trim().split('@').next() == Some(iface.as_str()))
+                .unwrap_or(false)
+        });
+        if present {
+            left.push(format!("interface {iface} in the host namespace"));
+        }
+    }
+    for dir in &created.pin_dirs {
+        if dir.exists() {
+            left.push(format!("pin folder {}", dir.display()));
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    for pid in &created.pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // A reused pid would have another command name.
+        if stat.contains("(gateway-agent)") {
+            left.push(format!("agent process {pid}"));
+        }
+    }
+    if let Some(dir) = &created.temp_dir
+        && dir.exists()
+        && !created.keep_temp
+    {
+        left.push(format!("temporary folder {}", dir.display()));
+    }
+    left
+}

@@ -1,0 +1,114 @@
+//! The echo servers on the resource host, which record every peer they saw.
+
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+// ---------------------------------------------------------------- resource host
+
+/// Echo servers in the resource namespace. They record every peer they saw, stop when
+/// dropped, and stop by themselves after `SERVER_LIFETIME`.
+pub(crate) struct Services {
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) threads: Vec<JoinHandle<()>>,
+    pub(crate) seen: Arc<Mutex<Vec<(&'static str, IpAddr)>>>,
+}
+
+impl Services {
+    pub(crate) fn start(res: &NetNs) -> Result<Services> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut threads = Vec::new();
+        let deadline = Instant::now() + SERVER_LIFETIME;
+        for (name, addr, proto) in SERVICES {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            match proto {
+                Proto::Tcp => {
+                    let l = res
+                        .run(move || TcpListener::bind(addr))?
+                        .with_context(|| format!("binding {name} on {addr}"))?;
+                    l.set_nonblocking(true)?;
+                    threads.push(std::thread::spawn(move || {
+                        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                            match l.accept() {
+                                Ok((c, peer)) => {
+                                    if let Ok(mut s) = seen.lock() {
+                                        s.push((name, peer.ip()));
+                                    }
+                                    echo_tcp(c);
+                                }
+                                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                            }
+                        }
+                    }));
+                }
+                Proto::Udp => {
+                    let u = res
+                        .run(move || UdpSocket::bind(addr))?
+                        .with_context(|| format!("binding {name} on {addr}"))?;
+                    u.set_read_timeout(Some(Duration::from_millis(50)))?;
+                    threads.push(std::thread::spawn(move || {
+                        let mut b = [0u8; 512];
+                        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                            if let Ok((n, peer)) = u.recv_from(&mut b) {
+                                if let Ok(mut s) = seen.lock() {
+                                    s.push((name, peer.ip()));
+                                }
+                                let _ = u.send_to(&b[..n], peer);
+                            }
+                        }
+                    }));
+                }
+            }
+        }
+        Ok(Services {
+            stop,
+            threads,
+            seen,
+        })
+    }
+
+    pub(crate) fn saw(&self, service: &str, peer: Ipv4Addr) -> usize {
+        self.seen
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .filter(|(n, p)| *n == service && *p == IpAddr::V4(peer))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn saw_from(&self, peer: Ipv4Addr) -> usize {
+        self.seen
+            .lock()
+            .map(|s| s.iter().filter(|(_, p)| *p == IpAddr::V4(peer)).count())
+            .unwrap_or(0)
+    }
+}
+
+/// Echoes one connection until EOF (bounded in reads and time).
+pub(crate) fn echo_tcp(c: TcpStream) {
+    let mut c = c;
+    let _ = c.set_nonblocking(false);
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut b = [0u8; 512];
+    for _ in 0..64 {
+        match c.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if c.write_all(&b[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
