@@ -1,44 +1,123 @@
-//! Map and program names and sizes, the single place user space takes them from. The
-//! kernel side spells each name once in its `#[map(name = ...)]` attribute (attribute
-//! arguments must be literals); `gateway-user`'s test `object_map_names` reads the built
+//! Map and program names and sizes, one definition for kernel and user space. Map names
+//! live in the [`map_name!`](crate::map_name) table: the constants below expand it, and the
+//! kernel names its map statics with it (an attribute value may be a macro call that
+//! expands to a literal); `gateway-user`'s test `object_map_names` also reads the built
 //! object and checks that its maps are exactly these.
 //!
 //! A name carries a layout version (`_V2`): when the layout of a pinned map changes, its
 //! name changes too, so an agent never re-adopts a map it would misread. Names fit the
 //! kernel's 15-character limit (`BPF_OBJ_NAME_LEN`), so `bpftool` shows them whole.
 
+/// The one table of map names: `map_name!(CONFIG)` is `"CONFIG_V2"`. The constants below
+/// and the kernel's map statics (`#[unsafe(export_name = map_name!(…))]`) both take their
+/// names from here.
+#[macro_export]
+macro_rules! map_name {
+    (PARSE_STATS) => {
+        "PARSE_STATS_V2"
+    };
+    (VERDICT_STATS) => {
+        "VERDICTS_V2"
+    };
+    (FLOWS_TCP) => {
+        "FLOWS_TCP_V2"
+    };
+    (FLOWS_OTHER) => {
+        "FLOWS_OTHER_V2"
+    };
+    (FRAGS) => {
+        "FRAGS_V2"
+    };
+    (FLOW_STATS) => {
+        "FLOW_STATS_V2"
+    };
+    (ACTIVE) => {
+        "ACTIVE_V1"
+    };
+    (SRC) => {
+        "SRC_V1"
+    };
+    (DST) => {
+        "DST_V1"
+    };
+    (RULES) => {
+        "RULES_V1"
+    };
+    (SOURCES) => {
+        "SOURCES_V2"
+    };
+    (EVENTS_FLOW) => {
+        "EVENTS_FLOW_V2"
+    };
+    (EVENTS_ALERT) => {
+        "EVENTS_ALERT_V2"
+    };
+    (EVENTS_LOST) => {
+        "EVENTS_LOST_V2"
+    };
+    (BUDGETS) => {
+        "BUDGETS_V2"
+    };
+    (CONFIG) => {
+        "CONFIG_V2"
+    };
+    (SCRATCH) => {
+        "SCRATCH_V2"
+    };
+    (TRAFFICGEN_TARGET) => {
+        "TGEN_TARGET"
+    };
+    (TC_PASS_RUNS) => {
+        "TC_PASS_RUNS"
+    };
+}
+
+/// Declares a kernel map static under its name from [`map_name!`](crate::map_name), keyed by
+/// the static's own identifier: `kernel_map! { pub static CONFIG: Array<…> = …; }`. It
+/// emits what aya-ebpf's `#[map]` emits (the static in the `maps` section, exported under
+/// the map's name); that attribute only takes a literal name, which would be a second copy.
+#[macro_export]
+macro_rules! kernel_map {
+    ($(#[$attr:meta])* $vis:vis static $id:ident : $ty:ty = $init:expr;) => {
+        $(#[$attr])*
+        #[unsafe(link_section = "maps")]
+        #[unsafe(export_name = $crate::map_name!($id))]
+        $vis static $id: $ty = $init;
+    };
+}
+
 /// Per-CPU array of `u64`, indexed by [`crate::ParseOutcome`].
-pub const PARSE_STATS: &str = "PARSE_STATS_V2";
+pub const PARSE_STATS: &str = map_name!(PARSE_STATS);
 /// Per-CPU array of `u64`, indexed by [`crate::Reason`].
-pub const VERDICT_STATS: &str = "VERDICTS_V2";
+pub const VERDICT_STATS: &str = map_name!(VERDICT_STATS);
 /// LRU hash [`crate::FlowKey`] -> [`crate::FlowState`] of TCP flows.
-pub const FLOWS_TCP: &str = "FLOWS_TCP_V2";
+pub const FLOWS_TCP: &str = map_name!(FLOWS_TCP);
 /// LRU hash [`crate::FlowKey`] -> [`crate::FlowState`] of UDP, ICMP and other flows.
-pub const FLOWS_OTHER: &str = "FLOWS_OTHER_V2";
+pub const FLOWS_OTHER: &str = map_name!(FLOWS_OTHER);
 /// LRU hash [`crate::FragKey`] -> [`crate::FragState`]: fragmented datagrams in flight.
-pub const FRAGS: &str = "FRAGS_V2";
+pub const FRAGS: &str = map_name!(FRAGS);
 /// Per-CPU array of `u64`, indexed by [`FlowCounter`].
-pub const FLOW_STATS: &str = "FLOW_STATS_V2";
+pub const FLOW_STATS: &str = map_name!(FLOW_STATS);
 /// Array with one `u32`: the active policy generation (its low bit is the key slot).
-pub const ACTIVE: &str = "ACTIVE_V1";
+pub const ACTIVE: &str = map_name!(ACTIVE);
 /// Hash [`crate::policy::SrcKey`] -> [`crate::policy::SrcValue`].
-pub const SRC: &str = "SRC_V1";
+pub const SRC: &str = map_name!(SRC);
 /// LPM trie of [`crate::policy::DstKey`] -> [`crate::policy::AtomValue`].
-pub const DST: &str = "DST_V1";
+pub const DST: &str = map_name!(DST);
 /// LPM trie of [`crate::policy::RuleKey`] -> [`crate::policy::RuleValue`].
-pub const RULES: &str = "RULES_V1";
+pub const RULES: &str = map_name!(RULES);
 /// LRU hash source prefix ([`crate::Addr`], /32 or /64) -> [`crate::event::SourceState`].
-pub const SOURCES: &str = "SOURCES_V2";
+pub const SOURCES: &str = map_name!(SOURCES);
 /// Ring buffer of [`crate::Event`]: flow_start, flow_end, audit of principals.
-pub const EVENTS_FLOW: &str = "EVENTS_FLOW_V2";
+pub const EVENTS_FLOW: &str = map_name!(EVENTS_FLOW);
 /// Ring buffer of [`crate::Event`]: deny, scan_alert, audit of unknown sources.
-pub const EVENTS_ALERT: &str = "EVENTS_ALERT_V2";
+pub const EVENTS_ALERT: &str = map_name!(EVENTS_ALERT);
 /// Per-CPU array of `u64`, indexed by [`Ring`]: events lost to a full ring buffer.
-pub const EVENTS_LOST: &str = "EVENTS_LOST_V2";
+pub const EVENTS_LOST: &str = map_name!(EVENTS_LOST);
 /// Per-CPU array of [`crate::event::Budget`], indexed by [`crate::EventKind`].
-pub const BUDGETS: &str = "BUDGETS_V2";
+pub const BUDGETS: &str = map_name!(BUDGETS);
 /// Array with one [`crate::DataplaneConfig`].
-pub const CONFIG: &str = "CONFIG_V2";
+pub const CONFIG: &str = map_name!(CONFIG);
 
 /// Maps that carry state across agent restarts: pinned in the agent's pin folder and
 /// re-adopted by the next agent (a restart keeps policy, flows and counters).
@@ -62,7 +141,7 @@ pub const PERSISTENT: &[&str] = &[
 ];
 
 /// Per-CPU scratch space of the programs (not pinned: it holds nothing between packets).
-pub const SCRATCH: &str = "SCRATCH_V2";
+pub const SCRATCH: &str = map_name!(SCRATCH);
 
 /// Every map of the production object.
 pub const ALL: &[&str] = &[
@@ -169,11 +248,11 @@ pub mod bench {
     /// XDP traffic generator (BPF_PROG_TEST_RUN live frames, redirects out of an interface).
     pub const PROG_TRAFFICGEN: &str = "bench_trafficgen";
     /// Array with one `u32`: the interface index the traffic generator transmits on.
-    pub const TRAFFICGEN_TARGET: &str = "TGEN_TARGET";
+    pub const TRAFFICGEN_TARGET: &str = map_name!(TRAFFICGEN_TARGET);
     /// tc program that counts packets and returns TC_ACT_OK (TCX_PASS): ordering tests.
     pub const PROG_TC_PASS: &str = "bench_tc_pass";
     /// Per-CPU array with one `u64`: runs of `PROG_TC_PASS`.
-    pub const TC_PASS_RUNS: &str = "TC_PASS_RUNS";
+    pub const TC_PASS_RUNS: &str = map_name!(TC_PASS_RUNS);
 }
 
 #[cfg(test)]

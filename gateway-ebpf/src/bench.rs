@@ -6,10 +6,11 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
-    macros::{classifier, map, xdp},
+    macros::{classifier, xdp},
     maps::{Array, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
+use gateway_common::kernel_map;
 
 /// Passes every frame untouched.
 #[xdp]
@@ -23,9 +24,10 @@ pub fn bench_drop_all(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-/// Interface index the traffic generator redirects to (one entry, set by user space).
-#[map(name = "TGEN_TARGET")]
-static TRAFFICGEN_TARGET: Array<u32> = Array::with_max_entries(1, 0);
+kernel_map! {
+    /// Interface index the traffic generator redirects to (one entry, set by user space).
+    static TRAFFICGEN_TARGET: Array<u32> = Array::with_max_entries(1, 0);
+}
 
 /// Traffic generator: run with BPF_PROG_TEST_RUN in live-frames mode, it transmits each
 /// frame out of the interface in `TGEN_TARGET` (as xdp-trafficgen does), fast enough not to
@@ -39,9 +41,10 @@ pub fn bench_trafficgen(_ctx: XdpContext) -> u32 {
     unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as u32 }
 }
 
-/// Runs of `bench_tc_pass`, per CPU.
-#[map(name = "TC_PASS_RUNS")]
-static TC_PASS_RUNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+kernel_map! {
+    /// Runs of `bench_tc_pass`, per CPU.
+    static TC_PASS_RUNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+}
 
 /// A tc program that counts and passes every packet with `TC_ACT_OK` (in tcx: TCX_PASS,
 /// which ends the chain). Tests put it beside the gateway's program to check the order.

@@ -126,6 +126,7 @@ pub struct Dataplane {
     verdict_stats: PerCpuArray<MapData, u64>,
     flow_stats: PerCpuArray<MapData, u64>,
     budgets: PerCpuArray<MapData, Budget>,
+    #[cfg(feature = "testing")]
     sources: HashMap<MapData, gateway_common::Addr, gateway_common::event::SourceState>,
     events: Option<EventRings>,
     events_lost: PerCpuArray<MapData, u64>,
@@ -283,6 +284,7 @@ impl Dataplane {
             verdict_stats: PerCpuArray::try_from(take(&mut ebpf, maps::VERDICT_STATS)?)?,
             flow_stats: PerCpuArray::try_from(take(&mut ebpf, maps::FLOW_STATS)?)?,
             budgets: PerCpuArray::try_from(take(&mut ebpf, maps::BUDGETS)?)?,
+            #[cfg(feature = "testing")]
             sources: HashMap::try_from(take(&mut ebpf, maps::SOURCES)?)?,
             events: Some(EventRings {
                 flow: RingBuf::try_from(take(&mut ebpf, maps::EVENTS_FLOW)?)?,
