@@ -20,12 +20,15 @@
 //! was moments ago.
 //!
 //! Flows cached under the previous generation are decided again on their next packet.
-//! If writing the inactive slot fails (a full map, say), `ACTIVE` is not touched: the old
+//! Both slots share each map, so one policy may use only half of a map
+//! ([`usable_capacity`]): a policy larger than that is refused before any map is
+//! touched. If writing the inactive slot fails (a full map, say), `ACTIVE` is not touched: the old
 //! policy stays in force whole, and the slot is rewritten from scratch next time.
 
 use crate::dataplane::PolicyMaps;
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapError, lpm_trie::Key};
+use gateway_common::maps;
 use policy_compiler::{HostView, KernelEntries, to_kernel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -164,6 +167,7 @@ impl PolicyWriter {
         let slot = (next & 1) as u8;
         let clock = self.clock;
         let new = to_kernel(view, slot, |t| clock.unix_to_boot_ns(t));
+        check_fits(&new).with_context(|| format!("policy generation {next} not applied"))?;
         // Packets that read the generation before the last flip may still read this slot.
         if let Some(g) = self.grace.take() {
             let _ = g.join();
@@ -189,6 +193,32 @@ impl PolicyWriter {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// Entries one policy may hold in each policy map: half the map, since the slot being
+/// written and the slot in force live in it together. Names are the metrics' labels.
+pub fn usable_capacity() -> [(&'static str, u32); 3] {
+    [
+        ("src", maps::SRC_CAPACITY / 2),
+        ("dst", maps::DST_CAPACITY / 2),
+        ("rules", maps::RULES_CAPACITY / 2),
+    ]
+}
+
+/// Refuses entries that would not fit beside the policy in force.
+pub fn check_fits(new: &KernelEntries) -> Result<()> {
+    let sizes = [new.src.len(), new.dst.len(), new.rules.len()];
+    for ((map, cap), n) in usable_capacity().into_iter().zip(sizes) {
+        if n > cap as usize {
+            bail!(
+                "the compiled policy needs {n} {map} entries for this host; the map holds \
+                 {cap} per policy (half its {} entries, the other half keeps the policy in \
+                 force while the next one is written)",
+                cap * 2
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The generation after `g`: the next number, skipping 0 ("no policy yet") and keeping the
@@ -340,6 +370,31 @@ fn sync_slot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_policy_over_half_a_map_is_refused_whole() {
+        let mut e = KernelEntries {
+            generation: 0,
+            src: Vec::new(),
+            dst: Vec::new(),
+            rules: Vec::new(),
+        };
+        let half = (maps::SRC_CAPACITY / 2) as usize;
+        let entry = e_src();
+        e.src = vec![entry; half];
+        assert!(check_fits(&e).is_ok(), "exactly half fits");
+        e.src.push(entry);
+        let err = check_fits(&e).unwrap_err().to_string();
+        assert!(err.contains(&format!("{} src entries", half + 1)), "{err}");
+        assert!(err.contains(&format!("holds {half} per policy")), "{err}");
+    }
+
+    fn e_src() -> (
+        gateway_common::policy::SrcKey,
+        gateway_common::policy::SrcValue,
+    ) {
+        (Default::default(), Default::default())
+    }
 
     #[test]
     fn merge_diff_writes_only_the_difference() {

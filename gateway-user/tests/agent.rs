@@ -320,6 +320,12 @@ fn agent_end_to_end() {
     assert!(samples["gateway_verdicts_total{reason=\"allowed\",action=\"pass\"}"] >= 1.0);
     assert!(samples["gateway_verdicts_total{reason=\"denied_no_grant\",action=\"drop\"}"] >= 1.0);
     assert!(samples["gateway_policy_generation"] >= 1.0);
+    // Fill is reported against what one policy can use: half of each double-buffered map.
+    assert_eq!(
+        samples["gateway_map_capacity{map=\"rules\"}"],
+        f64::from(gateway_common::maps::RULES_CAPACITY / 2)
+    );
+    assert!(samples["gateway_map_entries{map=\"rules\"}"] >= 1.0);
     assert!(samples["gateway_policy_apply_seconds_count"] >= 1.0);
     assert!(samples["gateway_host_checks_total"] >= 1.0);
     assert_eq!(

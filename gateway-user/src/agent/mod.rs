@@ -633,14 +633,10 @@ fn refresh_metrics(
     m.flows_idle_ended = reaper.idle_total;
     m.generation = writer.generation();
     if let Some(e) = writer.active_entries() {
-        m.maps
-            .insert("src", (e.src.len() as u64, u64::from(maps::SRC_CAPACITY)));
-        m.maps
-            .insert("dst", (e.dst.len() as u64, u64::from(maps::DST_CAPACITY)));
-        m.maps.insert(
-            "rules",
-            (e.rules.len() as u64, u64::from(maps::RULES_CAPACITY)),
-        );
+        let used = [e.src.len(), e.dst.len(), e.rules.len()];
+        for ((map, usable), n) in crate::writer::usable_capacity().into_iter().zip(used) {
+            m.maps.insert(map, (n as u64, u64::from(usable)));
+        }
     }
 }
 
