@@ -259,9 +259,11 @@ pub(crate) fn start_agents(
         let err = agent.stderr();
         for l in err
             .lines()
-            .filter(|l| l.contains("attached") || l.contains("WARNING"))
+            .filter(|l| l.contains("attached") || l.contains(" WARN "))
         {
-            println!("         {}", l.trim_start_matches("gateway-agent: "));
+            // The agent's lines start with a timestamp; the level and message are enough.
+            let l = l.split_once(' ').map_or(l, |(_, rest)| rest.trim_start());
+            println!("         {l}");
         }
         progress!("{label} {ready} ({} ms)", t0.elapsed().as_millis());
     }

@@ -511,9 +511,10 @@ impl log::Log for KernelLog {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        eprintln!(
-            "gateway-agent: kernel: {} {}",
-            record.level(),
+        tracing::info!(
+            target: "kernel",
+            level = %record.level(),
+            "kernel: {}",
             record.args()
         );
     }

@@ -276,7 +276,7 @@ fn agent_end_to_end() {
     let err = agent.stderr();
     assert!(
         err.contains(&format!(
-            "WARNING: tunnel interface {vx} (vxlan) terminates on this host"
+            "WARN tunnel interface {vx} (vxlan) terminates on this host"
         )),
         "{err}"
     );

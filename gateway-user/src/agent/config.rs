@@ -305,8 +305,8 @@ impl Config {
             .is_some_and(|c| c.enrollment_token.is_some())
             && std::fs::metadata(path).is_ok_and(|m| m.mode() & 0o044 != 0)
         {
-            eprintln!(
-                "gateway-agent: WARNING: {} holds an enrollment token and others may read it; \
+            tracing::warn!(
+                "{} holds an enrollment token and others may read it; \
                  use `enrollment_token_file` (mode 0600), or chmod 600 the configuration",
                 path.display()
             );

@@ -377,16 +377,16 @@ impl Report {
             .iter()
             .map(|f| {
                 if f.check == "tunnel" {
-                    format!("WARNING: {}; fix: {}", f.why, f.fix)
+                    format!("{}; fix: {}", f.why, f.fix)
                 } else {
                     format!(
-                        "WARNING: host setting {} = {}: {}; fix: {}",
+                        "host setting {} = {}: {}; fix: {}",
                         f.setting, f.value, f.why, f.fix
                     )
                 }
             })
             .collect();
-        out.extend(self.errors.iter().map(|e| format!("WARNING: {e}")));
+        out.extend(self.errors.iter().cloned());
         out
     }
 
@@ -553,15 +553,15 @@ pub fn check(cfg: &Config) -> Report {
 pub fn at_start(cfg: &Config, metrics: &super::metrics::Shared) {
     let report = check(cfg);
     for w in report.warnings() {
-        eprintln!("gateway-agent: {w}");
+        tracing::warn!("{w}");
     }
     let notes: Vec<String> = report
         .notes
         .iter()
         .map(|n| format!("{} {} ({})", n.iface, n.value, n.word))
         .collect();
-    eprintln!(
-        "gateway-agent: host checks: {} performed, {} risk{}{}",
+    tracing::info!(
+        "host checks: {} performed, {} risk{}{}",
         report.checks,
         report.findings.len(),
         if report.findings.len() == 1 { "" } else { "s" },
@@ -731,7 +731,7 @@ mod tests {
         let w = r.warnings();
         assert_eq!(w.len(), 2);
         assert!(
-            w[0].starts_with("WARNING: tunnel interface vx42 (vxlan) terminates on this host"),
+            w[0].starts_with("tunnel interface vx42 (vxlan) terminates on this host"),
             "{}",
             w[0]
         );

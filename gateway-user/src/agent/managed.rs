@@ -195,10 +195,7 @@ pub async fn identity(link: &Link, cfg: &ControllerConfig, host: &str) -> Result
         host: enrolled,
     };
     save_identity(&cfg.identity_file, &id)?;
-    eprintln!(
-        "gateway-agent: enrolled as agent {} for {}",
-        id.agent_id, id.host
-    );
+    tracing::info!(agent_id = %id.agent_id, host = %id.host, "enrolled");
     Ok(id)
 }
 
@@ -215,11 +212,12 @@ pub async fn watch(link: Link, id: Identity, tx: mpsc::Sender<Update>) {
     loop {
         let url = &link.url;
         match watch_once(&link, &id, &mut view, &mut generation, &tx, &mut backoff).await {
-            Ok(()) => eprintln!("gateway-agent: the controller closed the watch stream"),
-            Err(e) => eprintln!(
-                "gateway-agent: controller {url}: {e:#}; enforcing generation {generation}, \
-                 retrying in {} ms",
-                backoff.as_millis()
+            Ok(()) => tracing::warn!(controller = %url, "the controller closed the watch stream"),
+            Err(e) => tracing::warn!(
+                controller = %url,
+                generation,
+                retry_ms = backoff.as_millis() as u64,
+                "{e:#}; enforcing the last policy and retrying"
             ),
         }
         if tx.is_closed() {
@@ -378,7 +376,10 @@ pub async fn report(link: Link, id: Identity, mut rx: mpsc::Receiver<v1::Connect
             pending.drain(..batch.len());
             backoff = BACKOFF_MIN;
             if dropped > 0 {
-                eprintln!("gateway-agent: {dropped} events were not reported (buffer full)");
+                tracing::warn!(
+                    dropped,
+                    "events not reported to the controller (buffer full)"
+                );
                 dropped = 0;
             }
         } else {

@@ -62,7 +62,7 @@ fn compile_file(cfg: &Config, now: i64) -> Result<(HostView, String)> {
         )
     })?;
     for w in &parsed.warnings {
-        eprintln!("gateway-agent: {w}");
+        tracing::warn!("{w}");
     }
     let view = policy_compiler::compile(&parsed.policy, &cfg.host(), now)
         .with_context(|| format!("compiling the policy for {}", cfg.host_label()))?;
@@ -106,7 +106,7 @@ impl Sink {
             LogFormat::Ocsf => logs::ocsf(ev, cx)?,
         };
         if let Err(e) = writeln!(self.out, "{line}") {
-            eprintln!("gateway-agent: writing the connection log: {e}");
+            tracing::error!(error = %e, "writing the connection log");
         }
         Some(own)
     }
@@ -160,10 +160,7 @@ async fn run_async(mut cfg: Config) -> Result<()> {
         tokio::spawn(managed::report(link, id, erx));
         events_tx = Some(etx);
         let first = if adopted == 0 {
-            eprintln!(
-                "gateway-agent: waiting for this host's view from {}",
-                ctl.url
-            );
+            tracing::info!(controller = %ctl.url, "waiting for this host's view");
             let update = rx.recv().await.context("the controller watch ended")?;
             let first = apply_update(&mut dp, &mut writer, update, &metrics);
             if first.is_none() {
@@ -171,9 +168,9 @@ async fn run_async(mut cfg: Config) -> Result<()> {
             }
             first
         } else {
-            eprintln!(
-                "gateway-agent: enforcing the pinned policy (generation {adopted}) until the \
-                 controller sends this host's view"
+            tracing::info!(
+                generation = adopted,
+                "enforcing the pinned policy until the controller sends this host's view"
             );
             None
         };
@@ -183,12 +180,12 @@ async fn run_async(mut cfg: Config) -> Result<()> {
         match compile_file(&cfg, now) {
             Ok((view, text)) => {
                 let stats = writer.apply(&mut dp.policy, &view)?;
-                eprintln!(
-                    "gateway-agent: policy generation {} applied ({} entries, {} written, {:.1} ms)",
-                    stats.generation,
-                    stats.entries,
-                    stats.written + stats.deleted,
-                    stats.elapsed.as_secs_f64() * 1e3
+                tracing::info!(
+                    generation = stats.generation,
+                    entries = stats.entries,
+                    map_writes = stats.written + stats.deleted,
+                    ms = stats.elapsed.as_secs_f64() * 1e3,
+                    "policy applied"
                 );
                 if let Ok(mut m) = metrics.lock() {
                     m.observe_apply(stats.elapsed.as_secs_f64());
@@ -201,9 +198,9 @@ async fn run_async(mut cfg: Config) -> Result<()> {
                 })
             }
             Err(e) if adopted != 0 => {
-                eprintln!(
-                    "gateway-agent: {e:#}\ngateway-agent: keeping the pinned policy (generation \
-                     {adopted}) in force until the file is fixed"
+                tracing::error!(
+                    generation = adopted,
+                    "{e:#}; the pinned policy stays in force until the file is fixed"
                 );
                 None
             }
@@ -214,9 +211,9 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     let attached = pins::attach_all(&mut dp, &cfg)?;
     for (what, how) in &attached {
         match how {
-            pins::Attached::New { mode } => eprintln!("gateway-agent: attached {what} ({mode})"),
+            pins::Attached::New { mode } => tracing::info!(%mode, "attached {what}"),
             pins::Attached::Replaced => {
-                eprintln!("gateway-agent: re-adopted {what} (program replaced atomically)")
+                tracing::info!("re-adopted {what} (program replaced atomically)")
             }
         }
     }
@@ -227,7 +224,7 @@ async fn run_async(mut cfg: Config) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding the metrics listener {listen}"))?;
-        eprintln!("gateway-agent: metrics on http://{listen}/metrics");
+        tracing::info!("metrics on http://{listen}/metrics");
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
 
@@ -246,9 +243,7 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     // Kernel diagnostics (aya-log), when switched on: printed as they come.
     let mut kernel_log = if cfg.dataplane.diagnostics {
         let logger = dp.take_kernel_log()?;
-        eprintln!(
-            "gateway-agent: kernel diagnostics on: every drop is printed (not for production)"
-        );
+        tracing::warn!("kernel diagnostics on: every drop is logged (not for production)");
         // SAFETY: the logger owns its ring buffer's fd, open until the AsyncFd is dropped.
         Some(
             unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
@@ -262,10 +257,7 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     let mut reaper = flows::Reaper::default();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    eprintln!(
-        "gateway-agent: ready: enforcing for {host}, generation {}",
-        writer.generation()
-    );
+    tracing::info!(%host, generation = writer.generation(), "ready: enforcing");
 
     loop {
         tokio::select! {
@@ -329,10 +321,9 @@ async fn run_async(mut cfg: Config) -> Result<()> {
         );
     }
     sink.flush();
-    eprintln!(
-        "gateway-agent: stopping; programs stay attached and keep enforcing generation {} \
-         (`gateway-agent detach` removes them)",
-        writer.generation()
+    tracing::info!(
+        generation = writer.generation(),
+        "stopping; programs stay attached and keep enforcing (`gateway-agent detach` removes them)"
     );
     Ok(())
 }
@@ -373,13 +364,12 @@ fn apply_update(
     match writer.apply(&mut dp.policy, &update.view) {
         Ok(stats) => {
             let secs = started.elapsed().as_secs_f64();
-            eprintln!(
-                "gateway-agent: controller generation {} applied as policy generation {} ({} map \
-                 writes, {:.1} ms)",
-                update.generation,
-                stats.generation,
-                stats.written + stats.deleted,
-                secs * 1e3
+            tracing::info!(
+                controller_generation = update.generation,
+                generation = stats.generation,
+                map_writes = stats.written + stats.deleted,
+                ms = secs * 1e3,
+                "policy from the controller applied"
             );
             if let Ok(mut m) = metrics.lock() {
                 m.observe_apply(secs);
@@ -392,10 +382,9 @@ fn apply_update(
             })
         }
         Err(e) => {
-            eprintln!(
-                "gateway-agent: applying controller generation {} failed, the previous policy \
-                 stays in force: {e:#}",
-                update.generation
+            tracing::error!(
+                controller_generation = update.generation,
+                "applying the controller's policy failed, the previous policy stays in force: {e:#}"
             );
             if let Ok(mut m) = metrics.lock() {
                 m.policy_errors += 1;
@@ -492,16 +481,16 @@ fn reload_if_changed(
             match writer.apply(&mut dp.policy, &view) {
                 Ok(stats) => {
                     let secs = started.elapsed().as_secs_f64();
-                    eprintln!(
-                        "gateway-agent: policy generation {} applied ({} map writes, {:.1} ms){}",
-                        stats.generation,
-                        stats.written + stats.deleted,
-                        secs * 1e3,
-                        if due && !file_changed {
-                            " [expiry]"
+                    tracing::info!(
+                        generation = stats.generation,
+                        map_writes = stats.written + stats.deleted,
+                        ms = secs * 1e3,
+                        cause = if due && !file_changed {
+                            "expiry"
                         } else {
-                            ""
-                        }
+                            "file"
+                        },
+                        "policy applied"
                     );
                     if let Ok(mut m) = metrics.lock() {
                         m.observe_apply(secs);
@@ -510,9 +499,8 @@ fn reload_if_changed(
                     *active = Some(Active { view, source });
                 }
                 Err(e) => {
-                    eprintln!(
-                        "gateway-agent: applying the new policy failed, the previous one stays \
-                         in force: {e:#}"
+                    tracing::error!(
+                        "applying the new policy failed, the previous one stays in force: {e:#}"
                     );
                     if let Ok(mut m) = metrics.lock() {
                         m.policy_errors += 1;
@@ -521,10 +509,9 @@ fn reload_if_changed(
             }
         }
         Err(e) => {
-            eprintln!(
-                "gateway-agent: {e:#}\ngateway-agent: the previous policy (generation {}) stays \
-                 in force",
-                writer.generation()
+            tracing::error!(
+                generation = writer.generation(),
+                "{e:#}; the previous policy stays in force"
             );
             if let Ok(mut m) = metrics.lock() {
                 m.policy_errors += 1;
@@ -576,7 +563,7 @@ fn reap(
     let (ended, stats) = match result {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("gateway-agent: reading the flow tables: {e:#}");
+            tracing::error!("reading the flow tables: {e:#}");
             return;
         }
     };

@@ -92,10 +92,10 @@ pub fn prepare(pin_dir: &Path) -> Result<PathBuf> {
                 pin_dir.display()
             );
         }
-        eprintln!(
-            "gateway-agent: mounting bpffs on /sys/fs/bpf (note: in a private mount namespace, \
-             such as `ip netns exec` makes, pins last only as long as this process; run the \
-             agent in the host's mount namespace)"
+        tracing::info!(
+            "mounting bpffs on /sys/fs/bpf (note: in a private mount namespace, such as `ip \
+             netns exec` makes, pins last only as long as this process; run the agent in the \
+             host's mount namespace)"
         );
         let status = std::process::Command::new("mount")
             .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
@@ -107,9 +107,9 @@ pub fn prepare(pin_dir: &Path) -> Result<PathBuf> {
         dir = pin_dir.to_path_buf();
     }
     if dir != pin_dir {
-        eprintln!(
-            "gateway-agent: /sys/fs/bpf is not mounted in this mount namespace (ip netns \
-             exec?); pinning on the host's bpffs through {}",
+        tracing::warn!(
+            "/sys/fs/bpf is not mounted in this mount namespace (ip netns exec?); pinning on \
+             the host's bpffs through {}",
             dir.display()
         );
     }
@@ -212,9 +212,10 @@ fn attach_xdp(dp: &mut Dataplane, cfg: &Config, iface: &str) -> Result<Attached>
         XdpModeSetting::Native => match prog.attach(iface, XdpMode::Driver) {
             Ok(id) => (id, "native"),
             Err(e) => {
-                eprintln!(
-                    "gateway-agent: WARNING: native XDP is not available on {iface} ({e}); \
-                     falling back to generic mode, which is slower"
+                tracing::warn!(
+                    %iface,
+                    "native XDP is not available ({e}); falling back to generic mode, which is \
+                     slower"
                 );
                 (prog.attach(iface, XdpMode::Skb)?, "generic")
             }
@@ -281,11 +282,11 @@ pub fn remove_stale(pin_dir: &Path) {
         let name = e.file_name().to_string_lossy().into_owned();
         if !maps::PERSISTENT.contains(&name.as_str()) {
             match std::fs::remove_file(e.path()) {
-                Ok(()) => eprintln!(
-                    "gateway-agent: removed the pin of map {name}, left by an agent with another \
-                     map layout"
+                Ok(()) => tracing::info!(
+                    map = %name,
+                    "removed a map pin left by an agent with another map layout"
                 ),
-                Err(err) => eprintln!("gateway-agent: could not remove stale pin {name}: {err}"),
+                Err(err) => tracing::warn!(map = %name, "could not remove a stale pin: {err}"),
             }
         }
     }

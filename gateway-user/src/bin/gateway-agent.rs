@@ -1,7 +1,7 @@
 //! `gateway-agent`: the host agent of the zero-trust gateway.
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use gateway_user::agent::{self, config::Config};
 use std::path::PathBuf;
 
@@ -16,8 +16,45 @@ use std::path::PathBuf;
                   `detach` removes them."
 )]
 struct Cli {
+    /// How the agent's own messages are written on stderr: `text` (a line per event: time,
+    /// level, message, fields) or `json` (an object per line). `RUST_LOG` picks which
+    /// (default `info`; `RUST_LOG=debug`, `RUST_LOG=warn,kernel=info`). Connection logs
+    /// are separate: `log_file` in the configuration.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Operational messages on stderr, timestamped and levelled, filtered by `RUST_LOG`
+/// (default `info`). A `RUST_LOG` that does not parse is reported, and `info` used.
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let (filter, bad) = match env.as_deref().map(EnvFilter::try_new) {
+        Some(Ok(f)) => (f, None),
+        Some(Err(e)) => (EnvFilter::new("info"), Some(e)),
+        None => (EnvFilter::new("info"), None),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    if let Some(e) = bad {
+        tracing::warn!(error = %e, "RUST_LOG does not parse: logging at info");
+    }
 }
 
 #[derive(Subcommand)]
@@ -70,6 +107,7 @@ enum MapsCommand {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match cli.command {
         Command::Run { config } => agent::run(Config::load(&config)?),
         Command::Detach { config } => {
