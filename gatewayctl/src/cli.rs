@@ -284,9 +284,6 @@ pub enum Command {
         #[command(flatten)]
         output: OutputArg,
     },
-    /// Create a one-time enrollment token for an agent (printed once, on stdout).
-    ///
-    /// JSON: `{"token", "host", "expires", "expires_unix_ms"}`.
     /// API keys for automation: create (the secret is printed once), list, revoke. Admin only.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -316,6 +313,9 @@ pub enum Command {
         #[command(flatten)]
         output: OutputArg,
     },
+    /// Create a one-time enrollment token for an agent (printed once, on stdout).
+    ///
+    /// JSON: `{"token", "host", "expires", "expires_unix_ms"}`.
     EnrollToken {
         /// The host the agent enforces for: `connector:NAME` or `device:NAME`.
         #[arg(long, value_name = "HOST")]
