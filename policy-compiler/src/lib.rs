@@ -9,6 +9,7 @@
 //! to_kernel(&view, generation, unix_to_boot_ns)        exact map keys/values
 //! lookup(&entries, &packet, now_ns)                    what the XDP program does (*)
 //! diff(&old, &new) · explain(..) · run_tests(..) · nft(..) · json_schema()
+//! resolve_source(&policy, from, dst) · resolve_target(&policy, to)   the [[test]] from/to grammar
 //! ```
 //!
 //! (*) Test support is behind the cargo feature `testing` (off by default; nothing that
@@ -71,6 +72,7 @@ pub mod policytest;
 #[cfg(any(test, feature = "testing"))]
 pub mod random;
 pub mod schema;
+pub mod target;
 
 pub use compile::{
     AtomMeta, CompileError, DstEntry, Host, HostView, PrincipalMeta, RuleEntry, RuleSlot, RuleVal,
@@ -93,3 +95,6 @@ pub use nft::nft;
 pub use parse::{Parsed, parse};
 pub use policytest::{TestResult, run_tests};
 pub use schema::json_schema;
+pub use target::{
+    Source, SourceError, Target, TargetError, parse_target, resolve_source, resolve_target,
+};

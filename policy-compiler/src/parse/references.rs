@@ -1,12 +1,10 @@
 //! Name resolution in the sections that refer to the others: grants (`[[allow]]`,
 //! `[[deny]]`: principals and resources) and `[[test]]` blocks (a source and a
-//! destination).
+//! destination, in the grammar of `crate::target`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::str::FromStr;
 
-use gateway_common::flow::proto;
 use gateway_common::policy::Verdict;
 
 use super::Span;
@@ -14,6 +12,7 @@ use super::access::Tbl;
 use super::sections::P;
 use super::values::{proto_keys, split_kind, timestamp};
 use crate::model::*;
+use crate::target::{Names, family, source_in, target_in};
 
 impl P<'_> {
     pub(super) fn grant(
@@ -227,39 +226,49 @@ impl P<'_> {
                 }
             });
         let at = t.get("at").and_then(|v| timestamp(&mut self.sink, "at", v));
-        let src = from.as_ref().and_then(|(f, span)| {
-            let r = self.resolve_from(f);
-            if r.is_none() {
-                self.sink.error(span, format!("unknown test source `{f}`"), "write a device name, a service-account key as \"sa-name/key-name\", or an IP address");
-            }
-            r
-        });
-        let dst = to.as_ref().and_then(|(s, span)| match self.resolve_to(s) {
-            Ok(d) => Some(d),
-            Err(m) => {
-                self.sink.error(span, m, "write \"addr:port/tcp\", \"addr:port/udp\", \"[v6addr]:port/tcp\", \"addr/icmp\" or a resource name");
-                None
-            }
-        });
+        let names = Tables {
+            devices: &self.devices,
+            sas: &self.sas,
+            resources: &self.resources,
+            policy: &self.policy,
+        };
+        let sink = &mut self.sink;
+        let src = from
+            .as_ref()
+            .and_then(|(f, span)| match source_in(&names, f) {
+                Ok(s) => Some(s),
+                Err(_) => {
+                    sink.error(span, format!("unknown test source `{f}`"), "write a device name, a service-account key as \"sa-name/key-name\", or an IP address");
+                    None
+                }
+            });
+        let dst = to
+            .as_ref()
+            .and_then(|(s, span)| match target_in(&names, s) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    sink.error(span, e.to_string(), "write \"addr:port/tcp\", \"addr:port/udp\", \"[v6addr]:port/tcp\", \"addr/icmp\" or a resource name");
+                    None
+                }
+            });
         // A principal sends from its address of the destination's family.
         let src = match (src, &dst, &from, &to) {
-            (Some(TestFrom::Addr(a)), _, _, _) => Some(a),
-            (Some(TestFrom::Principal(addrs)), Some((d, _, _)), Some((f, span)), Some((to, _))) => {
-                let a = address_like(&addrs, *d);
-                if a.is_none() {
-                    let family = if d.is_ipv6() { "IPv6" } else { "IPv4" };
-                    self.sink.error(
+            (Some(s), Some(d), Some((f, span)), Some((to, _))) => match s.address_for(d.addr) {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    let family = family(d.addr);
+                    sink.error(
                         span,
                         format!("`{f}` has no {family} address to reach `{to}` from"),
                         format!("give `{f}` one (`addresses = [\"198.19.0.10\", \"2001:db8:ff::10\"]`), or test a destination of a family it has"),
                     );
+                    None
                 }
-                a
-            }
+            },
             _ => None,
         };
         let (line, column) = self.sink.position(t.header.start);
-        if let (Some(from), Some(to), Some(src), Some((dst, proto, port)), Some(expect)) =
+        if let (Some(from), Some(to), Some(src), Some(dst), Some(expect)) =
             (from, to, src, dst, expect)
         {
             self.policy.tests.push(PolicyTest {
@@ -269,94 +278,38 @@ impl P<'_> {
                 from: from.0,
                 to: to.0,
                 src,
-                dst,
-                proto,
-                dst_port: port,
+                dst: dst.addr,
+                proto: dst.proto,
+                dst_port: dst.port,
                 expect,
                 at,
             });
         }
     }
-
-    fn resolve_from(&self, f: &str) -> Option<TestFrom> {
-        if let Some((i, _)) = self.devices.get(f) {
-            return self
-                .policy
-                .devices
-                .get(*i)
-                .map(|d| TestFrom::Principal(d.addresses.clone()));
-        }
-        if let Some((sa, key)) = f.split_once('/')
-            && let Some((i, _)) = self.sas.get(sa)
-        {
-            return self
-                .policy
-                .service_accounts
-                .get(*i)?
-                .keys
-                .iter()
-                .find(|k| k.name == key)
-                .map(|k| TestFrom::Principal(k.addresses.clone()));
-        }
-        IpAddr::from_str(f)
-            .ok()
-            .map(|a| TestFrom::Addr(a.to_canonical()))
-    }
-
-    fn resolve_to(&self, s: &str) -> Result<(IpAddr, u8, u16), String> {
-        if let Some((i, _)) = self.resources.get(s) {
-            let r = &self.policy.resources[*i];
-            let a = r.address.network();
-            return Ok(if let Some(p) = r.ports.tcp.first() {
-                (a, proto::TCP, p)
-            } else if let Some(p) = r.ports.udp.first() {
-                (a, proto::UDP, p)
-            } else if a.is_ipv6() {
-                (a, proto::ICMPV6, 0)
-            } else {
-                (a, proto::ICMP, 0)
-            });
-        }
-        let bad = || format!("`{s}` is not a destination");
-        let (addr_port, pr) = s.rsplit_once('/').ok_or_else(bad)?;
-        let addr_of = |x: &str| -> Result<IpAddr, String> {
-            let x = x
-                .strip_prefix('[')
-                .and_then(|x| x.strip_suffix(']'))
-                .unwrap_or(x);
-            IpAddr::from_str(x)
-                .map(|a| a.to_canonical())
-                .map_err(|_| format!("`{x}` is not an IP address"))
-        };
-        match pr {
-            "icmp" | "icmpv6" => {
-                let a = addr_of(addr_port)?;
-                Ok((
-                    a,
-                    if a.is_ipv6() {
-                        proto::ICMPV6
-                    } else {
-                        proto::ICMP
-                    },
-                    0,
-                ))
-            }
-            "tcp" | "udp" => {
-                let (a, p) = addr_port.rsplit_once(':').ok_or_else(bad)?;
-                if a.contains(':') && !a.starts_with('[') {
-                    return Err(format!("IPv6 address in `{s}` must be in brackets"));
-                }
-                let a = addr_of(a)?;
-                let port: u16 = p.parse().map_err(|_| format!("`{p}` is not a port"))?;
-                Ok((a, if pr == "tcp" { proto::TCP } else { proto::UDP }, port))
-            }
-            _ => Err(format!("unknown protocol `{pr}` in `{s}`")),
-        }
-    }
 }
 
-/// The `from` of a `[[test]]`: a principal's addresses, or an address as written.
-enum TestFrom {
-    Principal(Vec<IpAddr>),
-    Addr(IpAddr),
+/// The parser's name tables, for the `[[test]]` grammar (`crate::target`).
+struct Tables<'p> {
+    devices: &'p HashMap<String, (usize, Span)>,
+    sas: &'p HashMap<String, (usize, Span)>,
+    resources: &'p HashMap<String, (usize, Span)>,
+    policy: &'p Policy,
+}
+
+impl Names for Tables<'_> {
+    fn device(&self, name: &str) -> Option<Option<&[IpAddr]>> {
+        let (i, _) = self.devices.get(name)?;
+        // A device that did not validate keeps its name (usize::MAX): an unknown source.
+        Some(self.policy.devices.get(*i).map(|d| d.addresses.as_slice()))
+    }
+
+    fn service_account(&self, name: &str) -> Option<&ServiceAccount> {
+        let (i, _) = self.sas.get(name)?;
+        self.policy.service_accounts.get(*i)
+    }
+
+    fn resource(&self, name: &str) -> Option<&Resource> {
+        let (i, _) = self.resources.get(name)?;
+        self.policy.resources.get(*i)
+    }
 }
