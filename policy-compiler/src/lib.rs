@@ -7,9 +7,15 @@
 //! evaluate(&policy, &packet, now) -> Decision          reference semantics (slow, obvious)
 //! compile(&policy, &host, now) -> HostView             one host's entries + metadata
 //! to_kernel(&view, generation, unix_to_boot_ns)        exact map keys/values
-//! lookup(&entries, &packet, now_ns)                    what the XDP program does
+//! lookup(&entries, &packet, now_ns)                    what the XDP program does (*)
 //! diff(&old, &new) · explain(..) · run_tests(..) · nft(..) · json_schema()
+//! resolve_source(&policy, from, dst) · resolve_target(&policy, to)   the [[test]] from/to grammar
 //! ```
+//!
+//! (*) Test support is behind the cargo feature `testing` (off by default; nothing that
+//! ships needs it): [`kernel::lookup`] and [`kernel::KernelIndex`], the model of the data
+//! plane's lookup that the compiled layout is tested against, and [`random`], seeded random
+//! policies and packets for property tests, the fuzzer and the benchmarks.
 //!
 //! # Precedence (the semantics; [`evaluate`] implements exactly this)
 //!
@@ -63,8 +69,10 @@ pub mod model;
 pub mod nft;
 pub mod parse;
 pub mod policytest;
+#[cfg(any(test, feature = "testing"))]
 pub mod random;
 pub mod schema;
+pub mod target;
 
 pub use compile::{
     AtomMeta, CompileError, DstEntry, Host, HostView, PrincipalMeta, RuleEntry, RuleSlot, RuleVal,
@@ -76,7 +84,9 @@ pub use eval::{
     Consideration, Decision, Explanation, Outcome, Packet, Reason, RuleRef, evaluate, explain,
 };
 pub use gateway_common::policy::Verdict;
-pub use kernel::{KernelEntries, KernelIndex, LpmEntry, lookup, to_kernel};
+pub use kernel::{KernelEntries, LpmEntry, to_kernel};
+#[cfg(any(test, feature = "testing"))]
+pub use kernel::{KernelIndex, lookup};
 pub use model::{
     Action, Mode, Policy, PortSet, Principal, PrincipalKind, PrincipalRef, ProtoSet, RuleKind,
     RuleMeta, address_like, format_rfc3339, parse_rfc3339,
@@ -85,3 +95,6 @@ pub use nft::nft;
 pub use parse::{Parsed, parse};
 pub use policytest::{TestResult, run_tests};
 pub use schema::json_schema;
+pub use target::{
+    Source, SourceError, Target, TargetError, parse_target, resolve_source, resolve_target,
+};

@@ -1,5 +1,6 @@
 //! Random policies and packets (seeded, deterministic) for property tests, the data-plane
 //! fuzzer and benchmarks. Addresses stay inside 198.18.0.0/15 and 2001:db8::/32.
+//! Test support: only with the feature `testing`.
 
 #![allow(clippy::unwrap_used)] // parsing constant, known-good literals
 

@@ -1,0 +1,465 @@
+//! The command line: clap definitions of every command and option (the `--help` text is
+//! the reference of each command and its JSON output).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use gateway_proto::v1::ObjectKind;
+use gatewayctl::remote::{parse_duration, parse_kind};
+
+use crate::output::Output;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gatewayctl",
+    version,
+    about = "Admin CLI of the zero-trust access gateway",
+    long_about = "Admin CLI of the zero-trust access gateway.\n\n\
+        The `policy` commands work offline on TOML policy files: validate them and run their \
+        [[test]] blocks, explain a decision, show what a host's compiled maps hold, or emit an \
+        equivalent nftables ruleset.\n\n\
+        The other commands talk to a controller (`gateway-controller run`, see --controller): \
+        apply a policy file after reviewing its plan, read and change single objects, explain \
+        a decision with the live policy, query and follow connection events, read the admin \
+        audit trail, list agents and create their enrollment tokens. Every remote command \
+        takes `--output json` (one JSON document on stdout; `events --follow`: one JSON \
+        object per line; on failure `{\"error\": {\"message\", \"exit_code\", \"diagnostics\"?}}`).\n\n\
+        Exit codes: 0 success; 1 policy errors, failing tests, or a request the controller \
+        refused (invalid policy, not found, already exists, concurrent change, declined \
+        confirmation); 2 usage or I/O errors (including an unreachable controller).",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The controller's gRPC URL, for the remote commands: `https://HOST:PORT` (with
+    /// --ca; a bare HOST:PORT means https), or `http://` to a controller on loopback
+    /// only.
+    #[arg(
+        long,
+        global = true,
+        env = "GATEWAYCTL_CONTROLLER",
+        default_value = "https://127.0.0.1:50051",
+        value_name = "URL"
+    )]
+    pub controller: String,
+    /// API key or session token for the remote commands (sent as `authorization: Bearer`).
+    #[arg(
+        long,
+        global = true,
+        env = "GATEWAYCTL_API_KEY",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+    /// CA certificate (PEM) that signed the controller's certificate, for `https://` URLs
+    /// (an error with an `http://` URL).
+    #[arg(long, global = true, env = "GATEWAYCTL_CA", value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create an API key; the secret is printed once on stdout.
+    Create {
+        /// Unique name (never reused, also not after revocation).
+        name: String,
+        /// `admin`, `operator` or `auditor`.
+        #[arg(long, value_parser = ["admin", "operator", "auditor"])]
+        role: String,
+        /// Lifetime: `30d`, `12h`, ... [default: 90 days; at most 2 years].
+        #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+        ttl: Option<u64>,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// API keys: name, role, created, expires, revoked.
+    List {
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Revoke an API key: every later call with it is refused.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditAction {
+    /// Prove the audit trail's hash chain unbroken, or name the first bad record.
+    Verify,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Offline policy commands: check, explain, compile, nft, schema.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Apply a policy file to the controller: show the plan, confirm, apply.
+    ///
+    /// The controller validates the whole file (errors are printed located,
+    /// `file:line:col: error: ...`, exit 1) and plans the change: objects added, changed
+    /// and removed, and per affected host the entries added/changed/removed and its new
+    /// generation. The plan is shown, then "Apply these changes? [y/N]" is asked on a
+    /// terminal (`--yes` skips the question; without a terminal and without `--yes` the
+    /// command refuses, exit 2). The change is applied only if nobody changed the policy
+    /// since the plan was computed (otherwise exit 1, nothing applied).
+    ///
+    /// JSON: `{"dry_run", "applied", "plan": {"base_revision", "new_revision",
+    /// "objects": [{"kind", "name", "change", "before", "after"}], "hosts": [{"host",
+    /// "base_generation", "new_generation", "src"|"dst"|"rules"|"total": {"added",
+    /// "changed", "removed"}, "metadata_changed", "connected_agents"}], "warnings"}}`.
+    Apply {
+        /// Policy file (TOML).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        confirm: ConfirmArgs,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Show one object as its TOML table.
+    ///
+    /// JSON: `{"kind", "name", "toml", "revision"}`.
+    Get {
+        /// remote-network, resource, user, device, service-account, group, grant, test.
+        #[arg(value_name = "KIND", value_parser = kind_arg)]
+        kind: ObjectKind,
+        /// The object's name (a user's email).
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// List the objects of one kind (or all of them).
+    ///
+    /// JSON: `{"revision", "objects": [{"kind", "name", "toml"}]}`.
+    List {
+        /// remote-network, resource, user, device, service-account, group, grant, test
+        /// (default: every kind).
+        #[arg(value_name = "KIND", value_parser = kind_arg)]
+        kind: Option<ObjectKind>,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Add one object from a file holding its TOML table.
+    ///
+    /// The table's header is optional except for grants (`[[allow]]` or `[[deny]]`
+    /// decides the action). Plans, confirms and reports like `apply` (same JSON).
+    Create {
+        #[arg(value_name = "KIND", value_parser = kind_arg)]
+        kind: ObjectKind,
+        /// File with the object's TOML table.
+        #[arg(long, short, value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        confirm: ConfirmArgs,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Replace one object's table.
+    ///
+    /// The new table must keep the kind and name (renaming is delete + create). Plans,
+    /// confirms and reports like `apply` (same JSON).
+    Update {
+        #[arg(value_name = "KIND", value_parser = kind_arg)]
+        kind: ObjectKind,
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// File with the object's new TOML table.
+        #[arg(long, short, value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        confirm: ConfirmArgs,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Remove one object.
+    ///
+    /// Plans, confirms and reports like `apply` (same JSON); the controller refuses if
+    /// other objects still refer to it.
+    Delete {
+        #[arg(value_name = "KIND", value_parser = kind_arg)]
+        kind: ObjectKind,
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        confirm: ConfirmArgs,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Explain the decision for one packet with the controller's current policy (same
+    /// report as `gatewayctl policy explain`).
+    Explain {
+        /// Source: a device name, a service-account key (`ci-cd/runner-1`) or an IP
+        /// address.
+        #[arg(long, value_name = "PRINCIPAL")]
+        from: String,
+        /// Destination: `198.18.1.10:22/tcp`, `[2001:db8::5]:443/udp`, `198.18.1.1/icmp`,
+        /// or a resource name.
+        #[arg(long, value_name = "DEST")]
+        to: String,
+        #[command(flatten)]
+        at: AtArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Connection events stored by the controller, oldest first; `--follow` then streams
+    /// new ones until Ctrl-C.
+    ///
+    /// JSON: `{"events": [{"id", "time", "time_unix_ms", "received_unix_ms", "agent_id",
+    /// "event", "verdict", "reason", "user", "device", "service_account", "src_ip",
+    /// "src_port", "resource", "dst_ip", "dst_port", "protocol", "rule", "rule_id",
+    /// "connector", "remote_network", "host", ...}]}`; with `--follow` one such event
+    /// object per line.
+    Events {
+        /// Only events of this user (email).
+        #[arg(long, value_name = "EMAIL")]
+        user: Option<String>,
+        /// Only events of this device.
+        #[arg(long, value_name = "NAME")]
+        device: Option<String>,
+        /// Only events for this resource.
+        #[arg(long, value_name = "NAME")]
+        resource: Option<String>,
+        /// Only this event type (`flow_start`, `flow_end`, `deny`, `audit`, ...).
+        #[arg(long, value_name = "TYPE")]
+        event: Option<String>,
+        /// Only this verdict: allow, deny or audit.
+        #[arg(long, value_name = "VERDICT")]
+        verdict: Option<String>,
+        /// Only events reported by this host (`connector:NAME`, `device:NAME`).
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+        /// Events at or after this instant: RFC 3339, or a duration ago (`1h`).
+        #[arg(long, value_name = "RFC3339")]
+        since: Option<String>,
+        /// Events before this instant: RFC 3339, or a duration ago.
+        #[arg(long, value_name = "RFC3339")]
+        until: Option<String>,
+        /// At most this many (the oldest matching; the controller caps at 10000).
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// After the stored events, stream new ones until Ctrl-C.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// The admin audit trail: who changed what, oldest first.
+    ///
+    /// JSON: `{"records": [{"id", "time", "time_unix_ms", "actor", "action", "target",
+    /// "before", "after", "revision"}]}`.
+    Audit {
+        /// `verify`: check the hash chain of the whole trail instead of listing it; exit 1
+        /// names the first altered, missing or reordered record.
+        #[arg(value_enum)]
+        action: Option<AuditAction>,
+        /// Records at or after this instant: RFC 3339, or a duration ago (`1h`).
+        #[arg(long, value_name = "RFC3339")]
+        since: Option<String>,
+        /// Records before this instant.
+        #[arg(long, value_name = "RFC3339")]
+        until: Option<String>,
+        /// At most this many (the oldest; the controller caps at 10000).
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// With `verify`: a head hash kept outside the controller earlier (printed by a
+        /// previous `audit verify`, or exported by the controller's --audit-head-file);
+        /// it must still be in the chain, otherwise records were rewritten or cut since
+        /// (exit 1).
+        #[arg(long, value_name = "HASH")]
+        expect_head: Option<String>,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Enrolled agents: host, connection, acknowledged vs current generation.
+    ///
+    /// JSON: `{"agents": [{"agent_id", "host", "hostname", "connected",
+    /// "acked_generation", "current_generation", "in_sync", "last_seen",
+    /// "last_seen_unix_ms", "enrolled", "enrolled_unix_ms"}]}`.
+    Agents {
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// API keys for automation: create (the secret is printed once), list, revoke. Admin only.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Revoke an enrolled agent: its stream ends and every later call is refused.
+    RevokeAgent {
+        /// The agent id (`gatewayctl agents`).
+        agent_id: String,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Log in as an admin user with password and TOTP code; prints a session token to use
+    /// as `GATEWAYCTL_API_KEY` (it expires after the controller's --session-ttl).
+    Login {
+        #[arg(long)]
+        user: String,
+        /// The current 6-digit code of the authenticator app [default: asked].
+        #[arg(long, value_name = "CODE")]
+        totp: Option<String>,
+        /// Read the password from the first line of standard input instead of asking.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Who the controller takes the credential for, its role and expiry.
+    Whoami {
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Create a one-time enrollment token for an agent (printed once, on stdout).
+    ///
+    /// JSON: `{"token", "host", "expires", "expires_unix_ms"}`.
+    EnrollToken {
+        /// The host the agent enforces for: `connector:NAME` or `device:NAME`.
+        #[arg(long, value_name = "HOST")]
+        host: String,
+        /// How long the token is valid: `90s`, `30m`, `1h`, `7d` (at most 365d).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = duration_arg)]
+        ttl: u64,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+}
+
+fn kind_arg(s: &str) -> Result<ObjectKind, String> {
+    parse_kind(s)
+}
+
+fn duration_arg(s: &str) -> Result<u64, String> {
+    parse_duration(s)
+}
+
+#[derive(Args, Debug)]
+pub struct ConfirmArgs {
+    /// Apply without asking for confirmation.
+    #[arg(long, short)]
+    pub yes: bool,
+    /// Only show the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct OutputArg {
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct AtArg {
+    /// Evaluate at this instant (RFC 3339, e.g. `2030-01-01T00:00:00Z`) instead of now.
+    #[arg(long, value_name = "RFC3339")]
+    pub at: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Validate policy files and run their [[test]] blocks.
+    ///
+    /// Prints every error and warning as `file:line:col: severity: message (help: ...)`,
+    /// every failing test with the expected and actual verdict and the deciding rule, and a
+    /// summary line. Exits 0 only if no file has errors and every test passes (1 on policy
+    /// errors or failing tests, 2 if a file cannot be read). Diagnostics go to stderr, test
+    /// results and the summary to stdout; `--output json` prints only the JSON report.
+    Check {
+        /// Policy files (TOML).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Also list passing tests.
+        #[arg(long, short)]
+        verbose: bool,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Explain the decision for one packet: verdict, reason, deciding grant, and every
+    /// grant that was considered.
+    Explain {
+        /// Policy file (TOML).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Source: a device name (`alice-laptop`), a service-account key
+        /// (`ci-cd/runner-1`) or an IP address.
+        #[arg(long, value_name = "PRINCIPAL")]
+        from: String,
+        /// Destination: `198.18.1.10:22/tcp`, `[2001:db8::5]:443/udp`, `198.18.1.1/icmp`,
+        /// or a resource name (its address and first port).
+        #[arg(long, value_name = "DEST")]
+        to: String,
+        #[command(flatten)]
+        at: AtArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Compile the policy for one host and summarize the map entries it gets.
+    ///
+    /// Text output lists the SRC (source -> class), DST (prefix -> atom) and RULES
+    /// ((class, atom, proto, port block) -> verdict) entries with counts and when the host
+    /// must recompile; `--output json` dumps the whole compiled view.
+    Compile {
+        /// Policy file (TOML).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The host: `connector:<name>` or `device:<name>`.
+        #[arg(long, value_name = "HOST")]
+        host: String,
+        #[command(flatten)]
+        at: AtArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Print an nftables ruleset (`table inet zt_gateway`) with the same verdicts as the
+    /// host's compiled view.
+    ///
+    /// Load it with `gatewayctl policy nft FILE --host ... | nft -f -`. Decisions are
+    /// those at `--at` (default now): regenerate when a grant expires (the header says
+    /// when).
+    Nft {
+        /// Policy file (TOML).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The host: `connector:<name>` or `device:<name>`.
+        #[arg(long, value_name = "HOST")]
+        host: String,
+        #[command(flatten)]
+        at: AtArg,
+    },
+    /// Print the JSON Schema (draft 2020-12) of the policy file format.
+    Schema,
+}
+
+/// The output format of a remote command (for reporting its failure).
+pub fn remote_output(c: &Command) -> Option<Output> {
+    Some(
+        match c {
+            Command::Policy(_) => return None,
+            Command::Apply { output, .. }
+            | Command::Get { output, .. }
+            | Command::List { output, .. }
+            | Command::Create { output, .. }
+            | Command::Update { output, .. }
+            | Command::Delete { output, .. }
+            | Command::Explain { output, .. }
+            | Command::Events { output, .. }
+            | Command::Audit { output, .. }
+            | Command::Agents { output }
+            | Command::Keys(
+                KeysCommand::Create { output, .. }
+                | KeysCommand::List { output }
+                | KeysCommand::Revoke { output, .. },
+            )
+            | Command::RevokeAgent { output, .. }
+            | Command::Login { output, .. }
+            | Command::Whoami { output }
+            | Command::EnrollToken { output, .. } => output,
+        }
+        .output,
+    )
+}
