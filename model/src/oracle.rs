@@ -1,3 +1,6 @@
+//! One file on purpose (over 800 lines): it is read beside the contract, one section per
+//! rule, and splitting it would scatter a packet's decision across files.
+//!
 //! The stateful reference model of the data plane, written from `docs/dataplane.md` (the
 //! contract) and nothing else: given the policy, the host's role, and Ethernet frames as on
 //! the wire, it says what each hook must do and why (the contract's reason names).

@@ -1,3 +1,6 @@
+//! One file on purpose (over 800 lines): one generator whose steps share its state
+//! (open flows, clock, policy versions).
+//!
 //! Seeded sequences of steps for one policy and one host: packets in both directions,
 //! policy swaps and time passing. Deterministic per seed (own PRNG; the policy comes from
 //! `policy_compiler::random::gen_policy` with a few additions).
