@@ -1,6 +1,3 @@
-//! One file on purpose (over 800 lines): it is read beside the contract, one section per
-//! rule, and splitting it would scatter a packet's decision across files.
-//!
 //! The stateful reference model of the data plane, written from `docs/dataplane.md` (the
 //! contract) and nothing else: given the policy, the host's role, and Ethernet frames as on
 //! the wire, it says what each hook must do and why (the contract's reason names).
@@ -82,6 +79,9 @@
 //! 18. **`denied_unconfigured`** cannot happen here: a model always has a role.
 //! 19. FIN and RST are ignored entirely (they only shorten the agent's idle timeouts), as are
 //!     TCP sequence numbers, IP and transport checksums, TTL and the IPv4 DF bit.
+//!
+//! One file on purpose (over 800 lines): it is read beside the contract, one section per
+//! rule, and splitting it would scatter a packet's decision across files.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

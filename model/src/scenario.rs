@@ -1,6 +1,3 @@
-//! One file on purpose (over 800 lines): one generator whose steps share its state
-//! (open flows, clock, policy versions).
-//!
 //! Seeded sequences of steps for one policy and one host: packets in both directions,
 //! policy swaps and time passing. Deterministic per seed (own PRNG; the policy comes from
 //! `policy_compiler::random::gen_policy` with a few additions).
@@ -20,6 +17,9 @@
 //!
 //! [`replay`] runs a sequence through the [`Model`] and gives the expected outcome of every
 //! packet; a harness runs the same steps through the real data plane and compares.
+//!
+//! One file on purpose (over 800 lines): one generator whose steps share its state
+//! (open flows, clock, policy versions).
 
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -1,6 +1,3 @@
-//! One file on purpose (over 800 lines): the builders and the malformed catalog share
-//! their checksum and length helpers, and a catalog entry reads next to the builder it bends.
-//!
 //! Frames that look like the wire: Ethernet with 0-2 VLAN tags, IPv4 (options, fragments as
 //! a host's IP stack cuts them), IPv6 (extension headers, fragmentation per RFC 8200 §4.5),
 //! TCP with any flags, UDP, ICMP/ICMPv6 echo and errors quoting a real packet, other IP
@@ -10,6 +7,9 @@
 //! from an [`L4`], [`ether`] puts a datagram on the wire (padded to the 60-byte Ethernet
 //! minimum, as a NIC sends it), [`fragment_v4`] / [`fragment_v6`] cut a datagram.
 //! Checksums are correct on well-formed output.
+//!
+//! One file on purpose (over 800 lines): the builders and the malformed catalog share
+//! their checksum and length helpers, and a catalog entry reads next to the builder it bends.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
