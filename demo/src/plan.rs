@@ -23,35 +23,7 @@ pub(crate) const SCAN_PORTS: [u16; 30] = [
 /// Servers in the resource namespace stop by themselves after this long at the latest.
 pub(crate) const SERVER_LIFETIME: Duration = Duration::from_secs(170);
 
-/// The fields every connection record carries (null when unknown), and per event.
-pub const BASE_FIELDS: [&str; 19] = [
-    "timestamp",
-    "event",
-    "verdict",
-    "reason",
-    "user",
-    "device",
-    "service_account",
-    "public_ip",
-    "src_ip",
-    "src_port",
-    "resource",
-    "dst_ip",
-    "protocol",
-    "dst_port",
-    "connector",
-    "remote_network",
-    "rule",
-    "rule_id",
-    "host",
-];
-pub const FLOW_END_FIELDS: [&str; 5] = [
-    "packets",
-    "bytes",
-    "reply_packets",
-    "reply_bytes",
-    "duration_ms",
-];
+pub use gateway_test_support::records::{BASE_FIELDS, FLOW_END_FIELDS};
 pub(crate) const EVENTS: [&str; 5] = ["flow_start", "flow_end", "deny", "audit", "scan_alert"];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

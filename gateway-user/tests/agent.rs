@@ -11,6 +11,7 @@
 use gateway_test_support::{
     netns::{NetNs, unique_name, veth_pair},
     process::AgentProcess,
+    records::BASE_FIELDS,
     skip_unless_privileged,
 };
 use std::{
@@ -108,28 +109,6 @@ fn wait_record(
     }
     panic!("no {what} record in {:#?}", records(log));
 }
-
-const FIELDS: &[&str] = &[
-    "timestamp",
-    "event",
-    "verdict",
-    "reason",
-    "user",
-    "device",
-    "service_account",
-    "public_ip",
-    "src_ip",
-    "src_port",
-    "resource",
-    "dst_ip",
-    "protocol",
-    "dst_port",
-    "connector",
-    "remote_network",
-    "rule",
-    "rule_id",
-    "host",
-];
 
 /// A strict reading of the Prometheus text format: `# HELP`/`# TYPE` comments, then
 /// `name{label="value",...} number` samples, each metric named in a TYPE line.
@@ -291,7 +270,7 @@ fn agent_end_to_end() {
     let start = wait_record(&log, "flow_start to web:443", |r| {
         r["event"] == "flow_start" && r["dst_port"] == 443
     });
-    for f in FIELDS {
+    for f in &BASE_FIELDS {
         assert!(start.get(*f).is_some(), "field {f} missing in {start}");
     }
     assert_eq!(start["user"], "alice@example.com");
@@ -305,7 +284,7 @@ fn agent_end_to_end() {
     let deny = wait_record(&log, "deny of web:23", |r| {
         r["event"] == "deny" && r["dst_port"] == 23
     });
-    for f in FIELDS {
+    for f in &BASE_FIELDS {
         assert!(deny.get(*f).is_some(), "field {f} missing in {deny}");
     }
     assert_eq!(deny["verdict"], "deny");

@@ -8,6 +8,7 @@
 //!   loading), and traffic helpers that tell a silent drop from a refusal;
 //! * [`process`]: `gateway-agent` and `gateway-controller` run as processes in namespaces,
 //!   supervised, stopped and cleaned up (tests and the demo share them);
+//! * [`records`]: the fields a connection record must carry;
 //! * [`fuzz`]: stateful differential fuzzing of the loaded programs against the reference
 //!   model (`gateway-model`), behind `cargo xtask fuzz-dataplane`.
 
@@ -18,6 +19,7 @@ pub mod net;
 pub mod netns;
 pub mod privileges;
 pub mod process;
+pub mod records;
 
 /// Everything a data-plane test usually needs, in one place.
 pub mod testkit {
