@@ -19,7 +19,6 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use gateway_proto::v1;
-use rusqlite::params;
 
 use super::State;
 use super::limits::{Attempts, Buckets, Rate};
@@ -504,11 +503,7 @@ impl State {
             "revoked",
         );
         a.revision = g.revision;
-        g.store.exec_audited(
-            "UPDATE api_keys SET revoked_ms = ?2 WHERE name = ?1",
-            params![name, now],
-            &a,
-        )?;
+        g.store.revoke_api_key(name, now, &a)?;
         k.revoked_ms = Some(now);
         Ok(())
     }
@@ -786,11 +781,7 @@ impl State {
             "revoked",
         );
         rec.revision = g.revision;
-        g.store.exec_audited(
-            "UPDATE agents SET revoked_ms = ?2 WHERE id = ?1",
-            params![id, now],
-            &rec,
-        )?;
+        g.store.revoke_agent(id, now, &rec)?;
         if let Some(a) = g.agents.get_mut(id) {
             a.revoked_ms = Some(now);
         }
