@@ -387,7 +387,7 @@ impl State {
         }
     }
 
-    fn audit_now(
+    pub(super) fn audit_now(
         &self,
         actor: &str,
         action: &str,
@@ -759,49 +759,5 @@ impl State {
             expires_unix_ms: expires_ms,
             role: role.to_wire(),
         })
-    }
-
-    // -------------------------------------------------------------- agents, audit
-
-    /// Revokes an agent: its credential stops working and its watch streams end.
-    pub fn revoke_agent(&self, id: &str, actor: &str) -> Result<(), Error> {
-        let now = now_ms();
-        let mut g = self.lock();
-        let Some(a) = g.agents.get(id) else {
-            return Err(Error::NotFound(format!("no agent `{}`", shown(id))));
-        };
-        if a.revoked_ms.is_some() {
-            return Ok(());
-        }
-        let mut rec = self.audit_now(
-            actor,
-            "revoke_agent",
-            &a.host,
-            &format!("agent {} ({})", a.id, a.hostname),
-            "revoked",
-        );
-        rec.revision = g.revision;
-        g.store.revoke_agent(id, now, &rec)?;
-        if let Some(a) = g.agents.get_mut(id) {
-            a.revoked_ms = Some(now);
-        }
-        // Dropping the senders ends the streams.
-        for ws in g.watchers.values_mut() {
-            ws.retain(|w| w.agent_id != id);
-        }
-        Ok(())
-    }
-
-    /// Checks the audit chain (and that the anchored head `expect_head` is in it).
-    pub fn verify_audit(
-        &self,
-        expect_head: Option<&str>,
-    ) -> Result<v1::VerifyAuditResponse, Error> {
-        self.lock().store.verify_audit(expect_head)
-    }
-
-    /// The audit chain's head: (record id, hash).
-    pub fn audit_head(&self) -> Result<Option<(u64, String)>, Error> {
-        self.lock().store.head()
     }
 }
