@@ -1,7 +1,9 @@
 //! The zt-gateway controller as a library: [`Store`] (SQLite persistence) and [`State`]
 //! (the policy, per-host compiled views and generations, agents, and the fan-out of
-//! view changes to connected agents). The gRPC services in [`service`] are thin adapters
-//! over [`State`]; [`serve`] runs them (plus gRPC health and reflection) on a listener.
+//! view changes to connected agents), both split by aggregate (policy, agents, events,
+//! audit, security) and speaking the domain types of [`model`]. The gRPC services in
+//! [`service`] are thin adapters over [`State`], converting to and from the wire types
+//! ([`wire`]); [`serve`] runs them (plus gRPC health and reflection) on a listener.
 //!
 //! ```text
 //! ApplyPolicy / CRUD ─▶ State::change ─ parse (located errors) ─ compile every host ─ diff
@@ -13,12 +15,14 @@
 
 pub mod auth;
 pub mod keys;
+pub mod model;
 pub mod names;
 pub mod objects;
 pub mod service;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -47,6 +51,8 @@ pub enum Error {
     PermissionDenied(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -97,6 +103,7 @@ impl From<Error> for tonic::Status {
             Error::Unauthenticated(m) => Error::Unauthenticated(cap_message(m)),
             Error::PermissionDenied(m) => Error::PermissionDenied(cap_message(m)),
             Error::ResourceExhausted(m) => Error::ResourceExhausted(cap_message(m)),
+            Error::Unavailable(m) => Error::Unavailable(cap_message(m)),
             Error::Internal(m) => Error::Internal(cap_message(m)),
         };
         match e {
@@ -107,6 +114,7 @@ impl From<Error> for tonic::Status {
             Error::Unauthenticated(m) => tonic::Status::unauthenticated(m),
             Error::PermissionDenied(m) => tonic::Status::permission_denied(m),
             Error::ResourceExhausted(m) => tonic::Status::resource_exhausted(m),
+            Error::Unavailable(m) => tonic::Status::unavailable(m),
             Error::Internal(m) => tonic::Status::internal(m),
         }
     }

@@ -26,11 +26,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use gateway_proto::{self as gp, v1};
 use policy_compiler::Policy;
 use tokio::sync::broadcast;
 
 use crate::keys::Keys;
+use crate::model::EventRecord;
 use crate::objects::Objects;
 use crate::store::{AgentRow, EventStore, Store};
 use crate::{Error, now_unix};
@@ -42,12 +42,11 @@ pub mod limits;
 mod policy;
 mod security;
 
+pub use crate::model::ChangeOpts;
 pub use agents::WATCH_BUFFER;
 use agents::{HostState, Watcher};
 pub use audit::REFUSAL_WINDOW_MS;
 use audit::{REFUSAL_KINDS, REFUSALS_IMMEDIATE};
-pub use events::event_matches;
-pub use policy::ChangeOpts;
 use policy::{Snapshot, diag_text, next_expiry, parse_policy};
 pub use security::{
     DEFAULT_KEY_TTL_SECS, DEFAULT_SESSION_TTL_SECS, LOGIN_WINDOW_MS, LoginLimits,
@@ -93,7 +92,7 @@ struct Inner {
 pub struct State {
     inner: Mutex<Inner>,
     snapshot: RwLock<Arc<Snapshot>>,
-    events: broadcast::Sender<v1::StoredEvent>,
+    events: broadcast::Sender<EventRecord>,
     event_store: Mutex<EventStore>,
     retention_days: u32,
     /// Set at shutdown: ends follower streams.
@@ -183,13 +182,11 @@ impl State {
         };
         let mut hosts = BTreeMap::new();
         for h in loaded.hosts {
-            let view = gp::view_from_wire(&h.view)
-                .map_err(|e| Error::Internal(format!("stored view of {}: {e}", h.host)))?;
-            hosts.insert(h.host, HostState::new(h.generation, view));
+            hosts.insert(h.host, HostState::new(h.generation, Arc::new(h.view)));
         }
         for (host, g, b, d) in loaded.deltas {
             if let Some(hs) = hosts.get_mut(&host) {
-                hs.deltas.push_back((g, b, Arc::new(d)));
+                hs.deltas.push_back((g, b, d));
             }
         }
         let agents = loaded

@@ -27,7 +27,7 @@ pub mod policy;
 pub mod security;
 
 pub use agents::{AgentRow, Enrolled};
-pub use audit::{Audit, GENESIS_HASH, audit_hash, verify_chain, verify_chain_anchored};
+pub use audit::{GENESIS_HASH, audit_hash, record_hash, verify_chain, verify_chain_anchored};
 pub use events::EventStore;
 pub use policy::{DELTA_HISTORY, DeltaRow, HostRow, HostUpdate};
 pub use security::{ApiKeyRow, UserRow};

@@ -5,14 +5,18 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use gateway_proto::{self as gp, v1};
+use gateway_proto as gp;
 use policy_compiler::{self as pc, HostView};
 use tokio::sync::mpsc;
 
 use super::events::{NameSet, VIEWS_KEPT};
 use super::policy::HostPlan;
 use super::{Inner, State};
-use crate::store::{AgentRow, Audit};
+use crate::model::{
+    AgentCredential, AgentInfo, AuditEntry, Enrollment, EnrollmentToken, ViewDelta, ViewUpdate,
+    Watch, WatchUpdate,
+};
+use crate::store::AgentRow;
 use crate::{Error, hash_secret, now_ms, shown, try_random_hex};
 
 /// Updates buffered per watching agent; an agent that falls this far behind is
@@ -21,15 +25,15 @@ pub const WATCH_BUFFER: usize = 256;
 
 pub(super) struct HostState {
     pub(super) generation: u64,
-    pub(super) view: HostView,
+    pub(super) view: Arc<HostView>,
     /// (generation, base, delta), oldest first, at most `DELTA_HISTORY`.
-    pub(super) deltas: VecDeque<(u64, u64, Arc<v1::ViewDelta>)>,
+    pub(super) deltas: VecDeque<(u64, u64, ViewDelta)>,
     /// The names of the last few views, newest last (for checking reported events).
     pub(super) names: VecDeque<Arc<NameSet>>,
 }
 
 impl HostState {
-    pub(super) fn new(generation: u64, view: HostView) -> HostState {
+    pub(super) fn new(generation: u64, view: Arc<HostView>) -> HostState {
         let mut names = VecDeque::new();
         names.push_back(Arc::new(NameSet::of(&view)));
         HostState {
@@ -40,7 +44,7 @@ impl HostState {
         }
     }
 
-    pub(super) fn set_view(&mut self, generation: u64, view: HostView) {
+    pub(super) fn set_view(&mut self, generation: u64, view: Arc<HostView>) {
         self.names.push_back(Arc::new(NameSet::of(&view)));
         while self.names.len() > VIEWS_KEPT {
             self.names.pop_front();
@@ -52,7 +56,7 @@ impl HostState {
 
 pub(super) struct Watcher {
     pub(super) agent_id: String,
-    pub(super) tx: mpsc::Sender<v1::WatchResponse>,
+    pub(super) tx: mpsc::Sender<WatchUpdate>,
     pub(super) generation: u64,
 }
 
@@ -63,7 +67,7 @@ impl State {
         host: &str,
         ttl_seconds: u64,
         actor: &str,
-    ) -> Result<v1::CreateEnrollmentTokenResponse, Error> {
+    ) -> Result<EnrollmentToken, Error> {
         let h = crate::names::host(host)?;
         let token = format!("zt-enroll-{}", try_random_hex(24)?);
         let now = now_ms();
@@ -74,7 +78,7 @@ impl State {
         };
         let expires = now + ttl as i64 * 1000;
         let mut g = self.lock();
-        let audit = Audit {
+        let audit = AuditEntry {
             time_ms: now,
             actor: actor.to_string(),
             action: "create_enrollment_token".into(),
@@ -92,16 +96,16 @@ impl State {
                 host: host.to_string(),
                 base: 0,
                 generation: 1,
-                delta: gp::delta_to_wire(&view, &view),
-                view,
+                delta: ViewDelta::between(&view, &view),
+                view: Arc::new(view),
             };
             let rev = g.revision;
             self.commit(&mut g, None, rev, &[plan], &[])?;
         }
-        Ok(v1::CreateEnrollmentTokenResponse {
+        Ok(EnrollmentToken {
             token,
             host: host.to_string(),
-            expires_unix_ms: expires,
+            expires_ms: expires,
         })
     }
 
@@ -113,7 +117,7 @@ impl State {
         hostname: &str,
         expected_host: Option<&str>,
         peer: Option<std::net::IpAddr>,
-    ) -> Result<v1::EnrollResponse, Error> {
+    ) -> Result<Enrollment, Error> {
         if let Some(why) = crate::names::problem(hostname, 255).filter(|_| !hostname.is_empty()) {
             return Err(Error::InvalidArgument(format!(
                 "invalid `hostname` `{}`: {why}",
@@ -156,7 +160,7 @@ impl State {
                 last_seen_ms: now,
                 revoked_ms: None,
             },
-            |a| Audit {
+            |a| AuditEntry {
                 time_ms: now,
                 actor: format!("agent:{}", a.id),
                 action: "enroll_agent".into(),
@@ -186,16 +190,16 @@ impl State {
         };
         let host = gp::parse_host(&row.host).map_err(|e| Error::Internal(e.to_string()))?;
         g.agents.insert(row.id.clone(), row);
-        Ok(v1::EnrollResponse {
+        Ok(Enrollment {
             agent_id: id,
-            host: Some(gp::host_to_wire(&host)),
+            host,
             credential,
         })
     }
 
     fn authenticate<'g>(
         g: &'g mut Inner,
-        auth: Option<&v1::AgentAuth>,
+        auth: Option<&AgentCredential>,
     ) -> Result<&'g mut AgentRow, Error> {
         let auth =
             auth.ok_or_else(|| Error::Unauthenticated("missing agent credentials".into()))?;
@@ -217,7 +221,7 @@ impl State {
     }
 
     /// Records a refused agent credential (aggregated) and passes the error on.
-    pub(super) fn agent_refused(&self, auth: Option<&v1::AgentAuth>, e: Error) -> Error {
+    pub(super) fn agent_refused(&self, auth: Option<&AgentCredential>, e: Error) -> Error {
         let who = auth.map_or_else(
             || "agent:(none)".to_string(),
             |a| format!("agent:{}", shown(&a.agent_id)),
@@ -227,7 +231,7 @@ impl State {
     }
 
     /// Checks an agent's credentials; returns its id and host.
-    pub fn check_agent(&self, auth: Option<&v1::AgentAuth>) -> Result<(String, String), Error> {
+    pub fn check_agent(&self, auth: Option<&AgentCredential>) -> Result<(String, String), Error> {
         let mut g = self.lock();
         let r = match Self::authenticate(&mut g, auth) {
             Ok(a) => {
@@ -250,11 +254,7 @@ impl State {
 
     /// Starts watching: the catch-up (snapshot or missed deltas) is queued first, then
     /// every change of the agent's host.
-    pub fn watch(
-        &self,
-        auth: Option<&v1::AgentAuth>,
-        have: u64,
-    ) -> Result<mpsc::Receiver<v1::WatchResponse>, Error> {
+    pub fn watch(&self, auth: Option<&AgentCredential>, have: u64) -> Result<Watch, Error> {
         let mut g = self.lock();
         let now = now_ms();
         let (agent_id, host) = match Self::authenticate(&mut g, auth) {
@@ -282,22 +282,20 @@ impl State {
                 && have < current
                 && chain.first().is_some_and(|(_, b, _)| *b == have)
                 && chain.windows(2).all(|w| w[1].1 == w[0].0);
-            let msgs: Vec<v1::WatchResponse> = if resumable {
+            let msgs: Vec<WatchUpdate> = if resumable {
                 chain
                     .iter()
-                    .map(|(gen_, base, d)| v1::WatchResponse {
+                    .map(|(gen_, base, d)| WatchUpdate {
                         generation: *gen_,
                         base_generation: *base,
-                        update: Some(v1::watch_response::Update::Delta((**d).clone())),
+                        update: ViewUpdate::Delta(d.clone()),
                     })
                     .collect()
             } else {
-                vec![v1::WatchResponse {
+                vec![WatchUpdate {
                     generation: current,
                     base_generation: 0,
-                    update: Some(v1::watch_response::Update::Snapshot(gp::view_to_wire(
-                        &hs.view,
-                    ))),
+                    update: ViewUpdate::Snapshot(hs.view.clone()),
                 }]
             };
             for m in msgs {
@@ -305,18 +303,23 @@ impl State {
                     .map_err(|_| Error::Internal("watch buffer too small for catch-up".into()))?;
             }
         }
-        let ws = g.watchers.entry(host).or_default();
+        let ws = g.watchers.entry(host.clone()).or_default();
         ws.retain(|w| !w.tx.is_closed());
         ws.push(Watcher {
-            agent_id,
+            agent_id: agent_id.clone(),
             tx,
             generation: current,
         });
-        Ok(rx)
+        Ok(Watch {
+            agent_id,
+            host,
+            generation: current,
+            updates: rx,
+        })
     }
 
     /// Records the generation an agent applied.
-    pub fn ack(&self, auth: Option<&v1::AgentAuth>, generation: u64) -> Result<(), Error> {
+    pub fn ack(&self, auth: Option<&AgentCredential>, generation: u64) -> Result<(), Error> {
         let mut g = self.lock();
         let now = now_ms();
         let (id, host) = match Self::authenticate(&mut g, auth) {
@@ -340,12 +343,12 @@ impl State {
     }
 
     /// Every agent and its state.
-    pub fn agents(&self) -> Vec<v1::AgentInfo> {
+    pub fn agents(&self) -> Vec<AgentInfo> {
         let g = self.lock();
-        let mut out: Vec<v1::AgentInfo> =
+        let mut out: Vec<AgentInfo> =
             g.agents
                 .values()
-                .map(|a| v1::AgentInfo {
+                .map(|a| AgentInfo {
                     agent_id: a.id.clone(),
                     host: a.host.clone(),
                     hostname: a.hostname.clone(),
@@ -354,14 +357,12 @@ impl State {
                     }),
                     acked_generation: a.acked_generation,
                     current_generation: g.hosts.get(&a.host).map_or(0, |h| h.generation),
-                    last_seen_unix_ms: a.last_seen_ms,
-                    enrolled_unix_ms: a.enrolled_ms,
-                    revoked_unix_ms: a.revoked_ms,
+                    last_seen_ms: a.last_seen_ms,
+                    enrolled_ms: a.enrolled_ms,
+                    revoked_ms: a.revoked_ms,
                 })
                 .collect();
-        out.sort_by(|a, b| {
-            (a.enrolled_unix_ms, &a.agent_id).cmp(&(b.enrolled_unix_ms, &b.agent_id))
-        });
+        out.sort_by(|a, b| (a.enrolled_ms, &a.agent_id).cmp(&(b.enrolled_ms, &b.agent_id)));
         out
     }
 
@@ -379,7 +380,7 @@ impl State {
         self.lock()
             .hosts
             .get(host)
-            .map(|h| (h.generation, h.view.clone()))
+            .map(|h| (h.generation, (*h.view).clone()))
     }
 
     /// Ends every watch stream (at shutdown).
@@ -418,17 +419,16 @@ impl State {
     }
 
     /// Sends a committed host change to the watchers of that host (only them).
-    pub(super) fn fan_out(g: &mut Inner, p: &HostPlan, delta: &Arc<v1::ViewDelta>) {
-        // Fan-out: only the watchers of this host.
+    pub(super) fn fan_out(g: &mut Inner, p: &HostPlan) {
         if let Some(ws) = g.watchers.get_mut(&p.host) {
-            let msg = v1::WatchResponse {
+            let msg = WatchUpdate {
                 generation: p.generation,
                 base_generation: p.base,
-                update: Some(if p.base == 0 {
-                    v1::watch_response::Update::Snapshot(gp::view_to_wire(&p.view))
+                update: if p.base == 0 {
+                    ViewUpdate::Snapshot(p.view.clone())
                 } else {
-                    v1::watch_response::Update::Delta((**delta).clone())
-                }),
+                    ViewUpdate::Delta(p.delta.clone())
+                },
             };
             ws.retain_mut(|w| {
                 if w.generation != p.base && p.base != 0 {

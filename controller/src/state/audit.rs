@@ -1,12 +1,10 @@
 //! The audit aggregate: refusals noted cheaply and aggregated ([`limits::Refusals`])
 //! before they are written, the trail, its verification and its head.
 
-use gateway_proto::v1;
-
 use super::{State, limits};
 use crate::Error;
+use crate::model::{AuditEntry, AuditRecord, AuditVerification};
 use crate::now_ms;
-use crate::store::Audit;
 
 /// Kinds of refusal followed at once for aggregation (see [`limits::Refusals`]).
 pub(super) const REFUSAL_KINDS: usize = 1024;
@@ -59,7 +57,7 @@ impl State {
         let mut g = self.lock();
         let revision = g.revision;
         for (t, r) in recs {
-            let a = Audit {
+            let a = AuditEntry {
                 time_ms: *t,
                 actor: r.actor.clone(),
                 action: r.action.clone(),
@@ -93,7 +91,7 @@ impl State {
         since: Option<i64>,
         until: Option<i64>,
         limit: u32,
-    ) -> Result<Vec<v1::AuditRecord>, Error> {
+    ) -> Result<Vec<AuditRecord>, Error> {
         let limit = if limit == 0 {
             10_000
         } else {
@@ -104,10 +102,7 @@ impl State {
     }
 
     /// Checks the audit chain (and that the anchored head `expect_head` is in it).
-    pub fn verify_audit(
-        &self,
-        expect_head: Option<&str>,
-    ) -> Result<v1::VerifyAuditResponse, Error> {
+    pub fn verify_audit(&self, expect_head: Option<&str>) -> Result<AuditVerification, Error> {
         self.lock().store.verify_audit(expect_head)
     }
 

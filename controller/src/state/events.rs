@@ -4,10 +4,10 @@
 
 use std::sync::{Arc, MutexGuard};
 
-use gateway_proto::v1;
 use tokio::sync::{broadcast, mpsc};
 
 use super::{State, limits};
+use crate::model::{ConnectionEvent, EventFilter, EventRecord};
 use crate::store::EventStore;
 use crate::{Error, now_ms, shown};
 
@@ -30,7 +30,7 @@ impl State {
     pub fn report_events(
         &self,
         agent_id: &str,
-        mut events: Vec<v1::ConnectionEvent>,
+        mut events: Vec<ConnectionEvent>,
     ) -> Result<u64, Error> {
         if events.is_empty() {
             return Ok(0);
@@ -107,11 +107,7 @@ impl State {
         self.guard.set_event_rate(limits::Rate { burst, per_sec });
     }
 
-    pub fn query_events(
-        &self,
-        f: &v1::EventFilter,
-        limit: u32,
-    ) -> Result<Vec<v1::StoredEvent>, Error> {
+    pub fn query_events(&self, f: &EventFilter, limit: u32) -> Result<Vec<EventRecord>, Error> {
         let limit = if limit == 0 {
             10_000
         } else {
@@ -127,9 +123,9 @@ impl State {
     /// `query_events` has it.
     pub fn follow_events(
         self: &Arc<Self>,
-        filter: v1::EventFilter,
+        filter: EventFilter,
         who: crate::auth::Principal,
-    ) -> mpsc::Receiver<Result<v1::StoredEvent, tonic::Status>> {
+    ) -> mpsc::Receiver<Result<EventRecord, Error>> {
         let mut rx = self.events.subscribe();
         let mut closing = self.closing.subscribe();
         let (tx, out) = mpsc::channel(1024);
@@ -139,7 +135,7 @@ impl State {
             let valid = |who: &crate::auth::Principal| {
                 state
                     .upgrade()
-                    .ok_or_else(|| tonic::Status::unavailable("the controller is stopping"))
+                    .ok_or_else(|| Error::Unavailable("the controller is stopping".into()))
                     .and_then(|s| s.recheck(who))
             };
             loop {
@@ -161,7 +157,7 @@ impl State {
                     }
                     r = rx.recv() => match r {
                         Ok(e) => {
-                            if !event_matches(&filter, &e) {
+                            if !filter.matches(&e) {
                                 continue;
                             }
                             if let Err(s) = valid(&who) {
@@ -186,22 +182,4 @@ impl State {
         let before = now_ms() - i64::from(self.retention_days) * 86_400_000;
         self.event_store().prune_events(before)
     }
-}
-
-/// Whether an event matches a filter (for followers; queries filter in SQL).
-pub fn event_matches(f: &v1::EventFilter, e: &v1::StoredEvent) -> bool {
-    let Some(ev) = &e.event else {
-        return false;
-    };
-    let eq = |want: &Option<String>, have: Option<&String>| {
-        want.as_ref().is_none_or(|w| have == Some(w))
-    };
-    f.since_unix_ms.is_none_or(|s| e.time_unix_ms >= s)
-        && f.until_unix_ms.is_none_or(|u| e.time_unix_ms < u)
-        && eq(&f.user, ev.user.as_ref())
-        && eq(&f.device, ev.device.as_ref())
-        && eq(&f.resource, ev.resource.as_ref())
-        && eq(&f.event, Some(&ev.event))
-        && eq(&f.verdict, Some(&ev.verdict))
-        && eq(&f.host, Some(&ev.host))
 }

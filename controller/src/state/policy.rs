@@ -5,34 +5,18 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use gateway_proto::{self as gp, v1};
+use gateway_proto as gp;
 use policy_compiler::{self as pc, Host, HostView, Policy};
 
 use super::{HostState, Inner, State};
+use crate::model::{
+    AuditEntry, ChangeKind, ChangeOpts, EntryCounts, HostChange, ObjectChange, Plan, ViewDelta,
+};
 use crate::objects::{self, Kind, Object, Objects};
-use crate::store::{Audit, DELTA_HISTORY, HostUpdate};
+use crate::store::{DELTA_HISTORY, HostUpdate};
 use crate::{Error, now_ms, now_unix, shown};
 
 pub mod explain;
-
-/// Who does a change, and how.
-#[derive(Clone, Debug)]
-pub struct ChangeOpts {
-    pub dry_run: bool,
-    pub expected_revision: Option<u64>,
-    /// Who: `key:NAME`, `user:NAME` (the authenticated principal), `local:...`.
-    pub actor: String,
-}
-
-impl Default for ChangeOpts {
-    fn default() -> Self {
-        ChangeOpts {
-            dry_run: false,
-            expected_revision: None,
-            actor: "local".into(),
-        }
-    }
-}
 
 /// What policy reads need, swapped in after every commit.
 #[derive(Debug, Default)]
@@ -49,8 +33,8 @@ pub(super) struct HostPlan {
     pub(super) host: String,
     pub(super) base: u64,
     pub(super) generation: u64,
-    pub(super) view: HostView,
-    pub(super) delta: v1::ViewDelta,
+    pub(super) view: Arc<HostView>,
+    pub(super) delta: ViewDelta,
 }
 
 /// The next instant a grant or a service-account key expires: hosts are recompiled then.
@@ -173,12 +157,7 @@ impl State {
     }
 
     /// Replaces the whole policy (declarative apply).
-    pub fn apply_policy(
-        &self,
-        text: &str,
-        file: &str,
-        opts: &ChangeOpts,
-    ) -> Result<v1::Plan, Error> {
+    pub fn apply_policy(&self, text: &str, file: &str, opts: &ChangeOpts) -> Result<Plan, Error> {
         let file = if file.is_empty() { "policy.toml" } else { file };
         let now = now_unix();
         // Located against the caller's own text.
@@ -192,12 +171,7 @@ impl State {
     }
 
     /// Adds an object.
-    pub fn create_object(
-        &self,
-        kind: Kind,
-        text: &str,
-        opts: &ChangeOpts,
-    ) -> Result<v1::Plan, Error> {
+    pub fn create_object(&self, kind: Kind, text: &str, opts: &ChangeOpts) -> Result<Plan, Error> {
         let now = now_unix();
         let mut g = self.lock();
         let (obj, vtext, shift) = objects::parse_object(kind, text, &format!("{kind}"))?;
@@ -235,7 +209,7 @@ impl State {
         name: &str,
         text: &str,
         opts: &ChangeOpts,
-    ) -> Result<v1::Plan, Error> {
+    ) -> Result<Plan, Error> {
         let now = now_unix();
         let mut g = self.lock();
         let Some(index) = g.objects.position(kind, name) else {
@@ -273,12 +247,7 @@ impl State {
     }
 
     /// Removes an object.
-    pub fn delete_object(
-        &self,
-        kind: Kind,
-        name: &str,
-        opts: &ChangeOpts,
-    ) -> Result<v1::Plan, Error> {
+    pub fn delete_object(&self, kind: Kind, name: &str, opts: &ChangeOpts) -> Result<Plan, Error> {
         let now = now_unix();
         let mut g = self.lock();
         let Some(index) = g.objects.position(kind, name) else {
@@ -337,7 +306,7 @@ impl State {
         opts: &ChangeOpts,
         audit: (&str, String, String, String),
         now: i64,
-    ) -> Result<v1::Plan, Error> {
+    ) -> Result<Plan, Error> {
         if audit.0 != "apply_policy" {
             Self::refuse_if_broken(g)?;
         }
@@ -380,15 +349,10 @@ impl State {
         let mut changes = Vec::new();
         for (k, o) in &new_by {
             match old_by.get(k) {
-                None => changes.push((
-                    k.clone(),
-                    v1::ChangeKind::Added,
-                    String::new(),
-                    o.toml.clone(),
-                )),
+                None => changes.push((k.clone(), ChangeKind::Added, String::new(), o.toml.clone())),
                 Some(p) if p.toml != o.toml => changes.push((
                     k.clone(),
-                    v1::ChangeKind::Changed,
+                    ChangeKind::Changed,
                     p.toml.clone(),
                     o.toml.clone(),
                 )),
@@ -399,7 +363,7 @@ impl State {
             if !new_by.contains_key(k) {
                 changes.push((
                     k.clone(),
-                    v1::ChangeKind::Removed,
+                    ChangeKind::Removed,
                     o.toml.clone(),
                     String::new(),
                 ));
@@ -413,17 +377,17 @@ impl State {
             g.revision + 1
         };
         let plans = self.plan_hosts(g, &policy, now);
-        let plan = v1::Plan {
+        let plan = Plan {
             base_revision: g.revision,
             new_revision,
             objects: changes
-                .iter()
-                .map(|((kind, name), c, before, after)| v1::ObjectChange {
-                    kind: kind.to_wire(),
-                    name: name.clone(),
-                    change: *c as i32,
-                    before: before.clone(),
-                    after: after.clone(),
+                .into_iter()
+                .map(|((kind, name), change, before, after)| ObjectChange {
+                    kind,
+                    name,
+                    change,
+                    before,
+                    after,
                 })
                 .collect(),
             hosts: plans.iter().map(|p| Self::host_change(g, p)).collect(),
@@ -433,7 +397,7 @@ impl State {
             return Ok(plan);
         }
         let (action, target, before, after) = audit;
-        let record = Audit {
+        let record = AuditEntry {
             time_ms: now_ms(),
             actor: opts.actor.clone(),
             action: action.to_string(),
@@ -460,8 +424,8 @@ impl State {
         Ok(plan)
     }
 
-    fn host_change(g: &Inner, p: &HostPlan) -> v1::HostChange {
-        let old = g.hosts.get(&p.host).map(|h| &h.view);
+    fn host_change(g: &Inner, p: &HostPlan) -> HostChange {
+        let old = g.hosts.get(&p.host).map(|h| &*h.view);
         let empty;
         let old = match old {
             Some(v) => v,
@@ -471,21 +435,20 @@ impl State {
             }
         };
         let d = pc::diff(old, &p.view);
-        let (src, dst, rules) = (gp::counts(&d.src), gp::counts(&d.dst), gp::counts(&d.rules));
-        let total = v1::EntryCounts {
-            added: src.added + dst.added + rules.added,
-            changed: src.changed + dst.changed + rules.changed,
-            removed: src.removed + dst.removed + rules.removed,
-        };
-        v1::HostChange {
+        let (src, dst, rules) = (
+            EntryCounts::of(&d.src),
+            EntryCounts::of(&d.dst),
+            EntryCounts::of(&d.rules),
+        );
+        HostChange {
             host: p.host.clone(),
             base_generation: p.base,
             new_generation: p.generation,
-            src: Some(src),
-            dst: Some(dst),
-            rules: Some(rules),
-            total: Some(total),
-            metadata_changed: p.delta.meta.is_some(),
+            src,
+            dst,
+            rules,
+            total: EntryCounts::sum(&[src, dst, rules]),
+            metadata_changed: p.delta.metadata_changed(),
             connected_agents: g
                 .watchers
                 .get(&p.host)
@@ -506,19 +469,20 @@ impl State {
             let view = compile_or_empty(policy, &host, now);
             match g.hosts.get(&name) {
                 Some(hs) => {
-                    let delta = gp::delta_to_wire(&hs.view, &view);
-                    if !gp::delta_is_empty(&delta) {
+                    let delta = ViewDelta::between(&hs.view, &view);
+                    if !delta.is_empty() {
                         out.push(HostPlan {
                             host: name,
                             base: hs.generation,
                             generation: hs.generation + 1,
-                            view,
+                            view: Arc::new(view),
                             delta,
                         });
                     }
                 }
                 None => {
-                    let delta = gp::delta_to_wire(&gp::empty_view(&host, now), &view);
+                    let delta = ViewDelta::between(&gp::empty_view(&host, now), &view);
+                    let view = Arc::new(view);
                     out.push(HostPlan {
                         host: name,
                         base: 0,
@@ -539,36 +503,35 @@ impl State {
         objects: Option<&Objects>,
         revision: u64,
         plans: &[HostPlan],
-        audit: &[Audit],
+        audit: &[AuditEntry],
     ) -> Result<(), Error> {
-        let wire_views: Vec<v1::HostView> =
-            plans.iter().map(|p| gp::view_to_wire(&p.view)).collect();
         let updates: Vec<HostUpdate<'_>> = plans
             .iter()
-            .zip(&wire_views)
-            .map(|(p, v)| HostUpdate {
+            .map(|p| HostUpdate {
                 host: &p.host,
                 generation: p.generation,
                 base: p.base,
-                view: v,
+                view: &p.view,
                 delta: &p.delta,
             })
             .collect();
         g.store.commit(objects, revision, &updates, audit)?;
         g.revision = revision;
         for p in plans {
-            let delta = Arc::new(p.delta.clone());
             let hs = g.hosts.entry(p.host.clone()).or_insert_with(|| {
-                HostState::new(0, gp::empty_view(&p.view.host, p.view.compiled_at))
+                HostState::new(
+                    0,
+                    Arc::new(gp::empty_view(&p.view.host, p.view.compiled_at)),
+                )
             });
             hs.set_view(p.generation, p.view.clone());
             if p.base != 0 {
-                hs.deltas.push_back((p.generation, p.base, delta.clone()));
+                hs.deltas.push_back((p.generation, p.base, p.delta.clone()));
                 while hs.deltas.len() > DELTA_HISTORY as usize {
                     hs.deltas.pop_front();
                 }
             }
-            Self::fan_out(g, p, &delta);
+            Self::fan_out(g, p);
         }
         Ok(())
     }

@@ -18,12 +18,11 @@
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use gateway_proto::v1;
-
 use super::State;
 use super::limits::{Attempts, Buckets, Rate};
 use crate::auth::{self, KEY_PREFIX, Perm, Principal, Role, SESSION_PREFIX};
-use crate::store::{ApiKeyRow, Audit, UserRow};
+use crate::model::{AdminUserInfo, ApiKeyInfo, AuditEntry, Session};
+use crate::store::{ApiKeyRow, UserRow};
 use crate::{Error, hash_secret, now_ms, shown, try_random_hex};
 
 /// Failed logins per user within [`LOGIN_WINDOW_MS`] after which logins are refused.
@@ -122,7 +121,7 @@ impl Guard {
     }
 }
 
-struct Session {
+struct OpenSession {
     user: String,
     role: Role,
     expires_ms: i64,
@@ -134,7 +133,7 @@ pub(super) struct Creds {
     keys: std::collections::HashMap<String, ApiKeyRow>,
     users: std::collections::HashMap<String, UserRow>,
     /// By the hash of the token.
-    sessions: std::collections::HashMap<String, Session>,
+    sessions: std::collections::HashMap<String, OpenSession>,
     /// Login attempts (counted before checking) per user name, also unknown ones.
     attempts: Attempts,
 }
@@ -166,19 +165,19 @@ fn valid_name(what: &str, name: &str) -> Result<(), Error> {
     }
 }
 
-fn key_info(k: &ApiKeyRow) -> v1::ApiKeyInfo {
-    v1::ApiKeyInfo {
+fn key_info(k: &ApiKeyRow) -> ApiKeyInfo {
+    ApiKeyInfo {
         name: k.name.clone(),
-        role: Role::parse(&k.role).map_or(0, Role::to_wire),
-        created_unix_ms: k.created_ms,
-        expires_unix_ms: k.expires_ms,
-        revoked_unix_ms: k.revoked_ms,
+        role: Role::parse(&k.role),
+        created_ms: k.created_ms,
+        expires_ms: k.expires_ms,
+        revoked_ms: k.revoked_ms,
         created_by: k.created_by.clone(),
     }
 }
 
-fn unauth(m: impl Into<String>) -> tonic::Status {
-    tonic::Status::unauthenticated(m)
+fn unauth(m: impl Into<String>) -> Error {
+    Error::Unauthenticated(m.into())
 }
 
 /// A hash to verify against when the user is unknown (same cost as a real one).
@@ -225,10 +224,7 @@ impl State {
     /// Admits a Login from `peer` before its request is read: the peer's and the global
     /// rate limits (RESOURCE_EXHAUSTED beyond them). Returns the semaphore bounding the
     /// Logins in flight, to hold a permit of while the request is handled.
-    pub fn admit_login(
-        &self,
-        peer: Option<IpAddr>,
-    ) -> Result<Arc<tokio::sync::Semaphore>, tonic::Status> {
+    pub fn admit_login(&self, peer: Option<IpAddr>) -> Result<Arc<tokio::sync::Semaphore>, Error> {
         let now = now_ms();
         let l = self.login_limits();
         let peer_ok = match peer {
@@ -249,9 +245,7 @@ impl State {
                 "session".into(),
                 format!("rate limited: {why}"),
             );
-            return Err(tonic::Status::resource_exhausted(format!(
-                "{why}: try again later"
-            )));
+            return Err(Error::ResourceExhausted(format!("{why}: try again later")));
         }
         Ok(lk(&self.guard.in_flight).clone())
     }
@@ -267,8 +261,7 @@ impl State {
 
     /// Authenticates a bearer credential (`authorization` header value) and checks that
     /// its role grants `perm`: UNAUTHENTICATED or PERMISSION_DENIED otherwise.
-    #[allow(clippy::result_large_err)]
-    pub fn authorize(&self, header: Option<&str>, perm: Perm) -> Result<Principal, tonic::Status> {
+    pub fn authorize(&self, header: Option<&str>, perm: Perm) -> Result<Principal, Error> {
         let header = header.ok_or_else(|| {
             unauth("missing credential: send `authorization: Bearer <API key or session token>`")
         })?;
@@ -279,7 +272,7 @@ impl State {
         if p.role.allows(perm) {
             Ok(p)
         } else {
-            Err(tonic::Status::permission_denied(format!(
+            Err(Error::PermissionDenied(format!(
                 "{} has role {}, which may not do this ({perm:?} access needed)",
                 p.name, p.role
             )))
@@ -288,23 +281,22 @@ impl State {
 
     /// [`State::authorize`] for a call of `method` from `peer`; refused credentials and
     /// permission denials are recorded in the audit trail (aggregated).
-    #[allow(clippy::result_large_err)]
     pub fn authorize_call(
         &self,
         header: Option<&str>,
         perm: Perm,
         method: &str,
         peer: Option<IpAddr>,
-    ) -> Result<Principal, tonic::Status> {
+    ) -> Result<Principal, Error> {
         let r = self.authorize(header, perm);
-        if let Err(s) = &r {
+        if let Err(e) = &r {
             let method = shown(method);
-            match s.code() {
-                tonic::Code::PermissionDenied => {
+            match e {
+                Error::PermissionDenied(m) => {
                     let who = self
                         .authorize(header, Perm::Any)
                         .map_or_else(|_| "unknown".into(), |p| p.name);
-                    self.refused("permission_denied", who, method, s.message().to_string());
+                    self.refused("permission_denied", who, method, m.clone());
                 }
                 _ => {
                     // Aggregated per address and reason, whatever the method.
@@ -313,7 +305,7 @@ impl State {
                         "admin_auth_failure",
                         peer,
                         "admin api".into(),
-                        s.message().to_string(),
+                        e.to_string(),
                     );
                 }
             }
@@ -321,7 +313,7 @@ impl State {
         r
     }
 
-    fn principal_of(&self, secret: &str, hash: &str) -> Result<Principal, tonic::Status> {
+    fn principal_of(&self, secret: &str, hash: &str) -> Result<Principal, Error> {
         let now = now_ms();
         let mut c = self.creds();
         if secret.starts_with(KEY_PREFIX) {
@@ -364,8 +356,7 @@ impl State {
 
     /// Whether the credential a principal authenticated with is still valid (not
     /// revoked, not expired, its session not ended): long-lived streams check it.
-    #[allow(clippy::result_large_err)]
-    pub fn recheck(&self, p: &Principal) -> Result<(), tonic::Status> {
+    pub fn recheck(&self, p: &Principal) -> Result<(), Error> {
         let now = now_ms();
         let c = self.creds();
         let ok = if p.name.starts_with("key:") {
@@ -394,8 +385,8 @@ impl State {
         target: &str,
         before: &str,
         after: &str,
-    ) -> Audit {
-        Audit {
+    ) -> AuditEntry {
+        AuditEntry {
             time_ms: now_ms(),
             actor: actor.to_string(),
             action: action.to_string(),
@@ -416,7 +407,7 @@ impl State {
         role: Role,
         expires_ms: i64,
         actor: &str,
-    ) -> Result<(String, v1::ApiKeyInfo), Error> {
+    ) -> Result<(String, ApiKeyInfo), Error> {
         valid_name("API key", name)?;
         let secret = format!("{KEY_PREFIX}{}", try_random_hex(32)?);
         let now = now_ms();
@@ -460,7 +451,7 @@ impl State {
         role: Role,
         ttl_seconds: u64,
         actor: &str,
-    ) -> Result<(String, v1::ApiKeyInfo), Error> {
+    ) -> Result<(String, ApiKeyInfo), Error> {
         let ttl = if ttl_seconds == 0 {
             DEFAULT_KEY_TTL_SECS
         } else {
@@ -475,10 +466,10 @@ impl State {
             .map(|(s, _)| s)
     }
 
-    pub fn list_api_keys(&self) -> Vec<v1::ApiKeyInfo> {
+    pub fn list_api_keys(&self) -> Vec<ApiKeyInfo> {
         let c = self.creds();
         let mut out: Vec<_> = c.keys.values().map(key_info).collect();
-        out.sort_by(|a, b| (a.created_unix_ms, &a.name).cmp(&(b.created_unix_ms, &b.name)));
+        out.sort_by(|a, b| (a.created_ms, &a.name).cmp(&(b.created_ms, &b.name)));
         out
     }
 
@@ -569,15 +560,15 @@ impl State {
         Ok((totp_secret, uri))
     }
 
-    pub fn list_admin_users(&self) -> Vec<v1::AdminUserInfo> {
+    pub fn list_admin_users(&self) -> Vec<AdminUserInfo> {
         let c = self.creds();
         let mut out: Vec<_> = c
             .users
             .values()
-            .map(|u| v1::AdminUserInfo {
+            .map(|u| AdminUserInfo {
                 name: u.name.clone(),
-                role: Role::parse(&u.role).map_or(0, Role::to_wire),
-                created_unix_ms: u.created_ms,
+                role: Role::parse(&u.role),
+                created_ms: u.created_ms,
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -631,7 +622,7 @@ impl State {
         user: &str,
         password: &str,
         code: &str,
-    ) -> Result<v1::LoginResponse, Error> {
+    ) -> Result<Session, Error> {
         let who = || peer.map_or_else(|| "peer:unknown".into(), |p| format!("peer:{p}"));
         if let Err(e) = valid_name("user", user) {
             self.refused(
@@ -733,7 +724,7 @@ impl State {
             c.sessions.retain(|_, s| s.expires_ms > now);
             c.sessions.insert(
                 hash_secret(&token),
-                Session {
+                OpenSession {
                     user: user.to_string(),
                     role,
                     expires_ms,
@@ -754,10 +745,10 @@ impl State {
                 eprintln!("gateway-controller: recording login_success: {e}");
             }
         }
-        Ok(v1::LoginResponse {
-            session_token: token,
-            expires_unix_ms: expires_ms,
-            role: role.to_wire(),
+        Ok(Session {
+            token,
+            expires_ms,
+            role,
         })
     }
 }

@@ -3,9 +3,10 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::audit::{Audit, insert_audit};
+use super::audit::insert_audit;
 use super::{Loaded, Store, db};
 use crate::Error;
+use crate::model::AuditEntry;
 
 #[derive(Clone, Debug)]
 pub struct AgentRow {
@@ -65,7 +66,7 @@ impl Store {
         host: &str,
         created_ms: i64,
         expires_ms: i64,
-        audit: &Audit,
+        audit: &AuditEntry,
     ) -> Result<(), Error> {
         let tx = self.conn.transaction().map_err(db)?;
         tx.execute(
@@ -86,7 +87,7 @@ impl Store {
         now_ms: i64,
         expected_host: Option<&str>,
         make_agent: impl FnOnce(&str) -> AgentRow,
-        audit: impl FnOnce(&AgentRow) -> Audit,
+        audit: impl FnOnce(&AgentRow) -> AuditEntry,
     ) -> Result<Enrolled, Error> {
         let tx = self.conn.transaction().map_err(db)?;
         let host: Option<String> = tx
@@ -140,7 +141,7 @@ impl Store {
     }
 
     /// Revokes an agent, with its audit record.
-    pub fn revoke_agent(&mut self, id: &str, now_ms: i64, audit: &Audit) -> Result<(), Error> {
+    pub fn revoke_agent(&mut self, id: &str, now_ms: i64, audit: &AuditEntry) -> Result<(), Error> {
         self.exec_audited(
             "UPDATE agents SET revoked_ms = ?2 WHERE id = ?1",
             params![id, now_ms],

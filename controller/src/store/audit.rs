@@ -1,22 +1,30 @@
 //! The audit trail's SQL: appending a record to the chain (always inside the
 //! transaction of the change it records), reading the trail, its head, verifying it,
 //! and chaining it once when the database is keyed.
+//!
+//! Each record's hash is HMAC-SHA-256 under the audit key (see [`crate::keys`]), hex,
+//! of the record's [canonical bytes](AuditRecord::canonical_bytes), which cover its
+//! id, contents and the previous record's hash. Without the key file nobody can compute
+//! a hash that verifies, so rewriting the database is not enough to rewrite the trail.
 
-use gateway_proto::v1;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Store, db};
 use crate::Error;
 use crate::keys::Keys;
+pub use crate::model::GENESIS_HASH;
+use crate::model::{AuditEntry, AuditRecord, AuditVerification};
 
-/// `prev_hash` of the first audit record.
-pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// The hash of a record (see the module docs).
+pub fn record_hash(keys: &Keys, r: &AuditRecord) -> String {
+    use hmac::Mac as _;
+    let mut h = keys.audit_mac();
+    h.update(&r.canonical_bytes());
+    crate::hex(&h.finalize().into_bytes())
+}
 
-/// The hash of one audit record: HMAC-SHA-256 under the audit key (see
-/// [`crate::keys`]), hex, over a length-prefixed encoding of its id, time, actor,
-/// action, target, before, after, revision and the previous hash. Without the key file
-/// nobody can compute a hash that verifies, so rewriting the database is not enough to
-/// rewrite the trail.
+/// The hash of record `id` holding these fields after the record hashed `prev_hash`
+/// ([`record_hash`] of that record).
 #[allow(clippy::too_many_arguments)]
 pub fn audit_hash(
     keys: &Keys,
@@ -30,48 +38,25 @@ pub fn audit_hash(
     revision: u64,
     prev_hash: &str,
 ) -> String {
-    use hmac::Mac as _;
-    let mut h = keys.audit_mac();
-    h.update(b"ztgw-audit-v2");
-    for f in [
-        id.to_string().as_str(),
-        time_ms.to_string().as_str(),
-        actor,
-        action,
-        target,
-        before,
-        after,
-        revision.to_string().as_str(),
-        prev_hash,
-    ] {
-        h.update(&(f.len() as u64).to_be_bytes());
-        h.update(f.as_bytes());
-    }
-    crate::hex(&h.finalize().into_bytes())
-}
-
-fn record_hash(keys: &Keys, r: &v1::AuditRecord) -> String {
-    audit_hash(
-        keys,
-        r.id,
-        r.time_unix_ms,
-        &r.actor,
-        &r.action,
-        &r.target,
-        &r.before,
-        &r.after,
-        r.revision,
-        &r.prev_hash,
-    )
+    let entry = AuditEntry {
+        time_ms,
+        actor: actor.into(),
+        action: action.into(),
+        target: target.into(),
+        before: before.into(),
+        after: after.into(),
+        revision,
+    };
+    record_hash(keys, &AuditRecord::chained(id, entry, prev_hash.into()))
 }
 
 /// Checks an audit chain (records in id order) against its recorded head.
 pub fn verify_chain(
     keys: &Keys,
-    records: &[v1::AuditRecord],
+    records: &[AuditRecord],
     head: Option<(u64, String)>,
-) -> v1::VerifyAuditResponse {
-    let bad = |id: u64, reason: String| v1::VerifyAuditResponse {
+) -> AuditVerification {
+    let bad = |id: u64, reason: String| AuditVerification {
         ok: false,
         records: records.len() as u64,
         first_bad_id: Some(id),
@@ -79,7 +64,7 @@ pub fn verify_chain(
         head_hash: String::new(),
         expected_head_id: None,
     };
-    let mut prev: Option<&v1::AuditRecord> = None;
+    let mut prev: Option<&AuditRecord> = None;
     for r in records {
         let expected_id = prev.map_or(1, |p| p.id + 1);
         if r.id != expected_id {
@@ -137,7 +122,7 @@ pub fn verify_chain(
             );
         }
     }
-    v1::VerifyAuditResponse {
+    AuditVerification {
         ok: true,
         records: records.len() as u64,
         first_bad_id: None,
@@ -152,10 +137,10 @@ pub fn verify_chain(
 /// anchor was taken no longer holds it, even if it was recomputed with the key.
 pub fn verify_chain_anchored(
     keys: &Keys,
-    records: &[v1::AuditRecord],
+    records: &[AuditRecord],
     head: Option<(u64, String)>,
     expected: Option<&str>,
-) -> v1::VerifyAuditResponse {
+) -> AuditVerification {
     let mut v = verify_chain(keys, records, head);
     let Some(want) = expected.map(str::trim) else {
         return v;
@@ -182,20 +167,8 @@ pub fn verify_chain_anchored(
     v
 }
 
-/// An admin audit record to write.
-#[derive(Debug, Clone)]
-pub struct Audit {
-    pub time_ms: i64,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    pub before: String,
-    pub after: String,
-    pub revision: u64,
-}
-
 impl Store {
-    pub fn audit(&mut self, a: &Audit) -> Result<(), Error> {
+    pub fn audit(&mut self, a: &AuditEntry) -> Result<(), Error> {
         let tx = self.conn.transaction().map_err(db)?;
         insert_audit(&tx, &self.keys, a)?;
         tx.commit().map_err(db)
@@ -207,7 +180,7 @@ impl Store {
         &mut self,
         sql: &str,
         args: impl rusqlite::Params,
-        audit: &Audit,
+        audit: &AuditEntry,
     ) -> Result<usize, Error> {
         let tx = self.conn.transaction().map_err(db)?;
         let n = tx.execute(sql, args).map_err(db)?;
@@ -218,10 +191,7 @@ impl Store {
 
     /// Checks the whole audit chain against the recorded head (and, when given, that
     /// the anchored head `expect_head` is still in it).
-    pub fn verify_audit(
-        &self,
-        expect_head: Option<&str>,
-    ) -> Result<v1::VerifyAuditResponse, Error> {
+    pub fn verify_audit(&self, expect_head: Option<&str>) -> Result<AuditVerification, Error> {
         let records = self.audit_report(None, None, u32::MAX)?;
         Ok(verify_chain_anchored(
             &self.keys,
@@ -246,7 +216,7 @@ impl Store {
         since: Option<i64>,
         until: Option<i64>,
         limit: u32,
-    ) -> Result<Vec<v1::AuditRecord>, Error> {
+    ) -> Result<Vec<AuditRecord>, Error> {
         let mut st = self
             .conn
             .prepare(
@@ -262,9 +232,9 @@ impl Store {
                     i64::from(limit)
                 ],
                 |r| {
-                    Ok(v1::AuditRecord {
+                    Ok(AuditRecord {
                         id: r.get::<_, i64>(0)? as u64,
-                        time_unix_ms: r.get(1)?,
+                        time_ms: r.get(1)?,
                         actor: r.get(2)?,
                         action: r.get(3)?,
                         target: r.get(4)?,
@@ -295,7 +265,7 @@ pub(super) fn key_chain(tx: &Connection, keys: &Keys) -> Result<(), Error> {
         insert_audit(
             tx,
             keys,
-            &Audit {
+            &AuditEntry {
                 time_ms: crate::now_ms(),
                 actor: "local:controller".into(),
                 action: "audit_keyed".into(),
@@ -312,7 +282,7 @@ pub(super) fn key_chain(tx: &Connection, keys: &Keys) -> Result<(), Error> {
 /// Appends an audit record to the chain (inside the caller's transaction): its id
 /// follows the last record's, its `prev_hash` is the last record's hash, and the head
 /// moves to it.
-pub(super) fn insert_audit(conn: &Connection, keys: &Keys, a: &Audit) -> Result<(), Error> {
+pub(super) fn insert_audit(conn: &Connection, keys: &Keys, a: &AuditEntry) -> Result<(), Error> {
     let (last_id, prev) = conn
         .query_row(
             "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1",
@@ -322,31 +292,29 @@ pub(super) fn insert_audit(conn: &Connection, keys: &Keys, a: &Audit) -> Result<
         .optional()
         .map_err(db)?
         .unwrap_or((0, GENESIS_HASH.to_string()));
-    let id = last_id + 1;
-    let hash = audit_hash(
-        keys, id, a.time_ms, &a.actor, &a.action, &a.target, &a.before, &a.after, a.revision, &prev,
-    );
+    let mut r = AuditRecord::chained(last_id + 1, a.clone(), prev);
+    r.hash = record_hash(keys, &r);
     conn.execute(
         "INSERT INTO audit (id, time_ms, actor, action, target, before, after, revision, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
-            id as i64,
-            a.time_ms,
-            a.actor,
-            a.action,
-            a.target,
-            a.before,
-            a.after,
-            a.revision as i64,
-            prev,
-            hash
+            r.id as i64,
+            r.time_ms,
+            r.actor,
+            r.action,
+            r.target,
+            r.before,
+            r.after,
+            r.revision as i64,
+            r.prev_hash,
+            r.hash
         ],
     )
     .map_err(db)?;
     conn.execute(
         "INSERT INTO audit_head (one, id, hash) VALUES (1, ?1, ?2)
          ON CONFLICT (one) DO UPDATE SET id = excluded.id, hash = excluded.hash",
-        params![id as i64, hash],
+        params![r.id as i64, r.hash],
     )
     .map_err(db)?;
     Ok(())
@@ -355,45 +323,19 @@ pub(super) fn insert_audit(conn: &Connection, keys: &Keys, a: &Audit) -> Result<
 /// Chains the records written before the audit trail had hashes (once, at migration 2):
 /// renumbers them 1.. in their order and links them.
 pub(super) fn chain_unhashed(conn: &Connection, keys: &Keys) -> Result<(), Error> {
-    let rows: Vec<v1::AuditRecord> = {
-        let mut st = conn
-            .prepare(
-                "SELECT id, time_ms, actor, action, target, before, after, revision FROM audit ORDER BY id",
-            )
-            .map_err(db)?;
-        st.query_map([], |r| {
-            Ok(v1::AuditRecord {
-                id: r.get::<_, i64>(0)? as u64,
-                time_unix_ms: r.get(1)?,
-                actor: r.get(2)?,
-                action: r.get(3)?,
-                target: r.get(4)?,
-                before: r.get(5)?,
-                after: r.get(6)?,
-                revision: r.get::<_, i64>(7)? as u64,
-                prev_hash: String::new(),
-                hash: String::new(),
-            })
-        })
-        .map_err(db)?
-        .collect::<Result<_, _>>()
-        .map_err(db)?
-    };
+    let rows = unchained_records(conn)?;
     conn.execute("DELETE FROM audit", []).map_err(db)?;
     for r in rows {
-        insert_audit(
-            conn,
-            keys,
-            &Audit {
-                time_ms: r.time_unix_ms,
-                actor: r.actor,
-                action: r.action,
-                target: r.target,
-                before: r.before,
-                after: r.after,
-                revision: r.revision,
-            },
-        )?;
+        let entry = AuditEntry {
+            time_ms: r.time_ms,
+            actor: r.actor,
+            action: r.action,
+            target: r.target,
+            before: r.before,
+            after: r.after,
+            revision: r.revision,
+        };
+        insert_audit(conn, keys, &entry)?;
     }
     Ok(())
 }
@@ -401,30 +343,7 @@ pub(super) fn chain_unhashed(conn: &Connection, keys: &Keys) -> Result<(), Error
 /// Recomputes every record's links and hashes with `keys`, in id order (when the
 /// database is keyed: the records before were chained without a key).
 fn rechain(conn: &Connection, keys: &Keys) -> Result<(), Error> {
-    let rows: Vec<v1::AuditRecord> = {
-        let mut st = conn
-            .prepare(
-                "SELECT id, time_ms, actor, action, target, before, after, revision FROM audit ORDER BY id",
-            )
-            .map_err(db)?;
-        st.query_map([], |r| {
-            Ok(v1::AuditRecord {
-                id: r.get::<_, i64>(0)? as u64,
-                time_unix_ms: r.get(1)?,
-                actor: r.get(2)?,
-                action: r.get(3)?,
-                target: r.get(4)?,
-                before: r.get(5)?,
-                after: r.get(6)?,
-                revision: r.get::<_, i64>(7)? as u64,
-                prev_hash: String::new(),
-                hash: String::new(),
-            })
-        })
-        .map_err(db)?
-        .collect::<Result<_, _>>()
-        .map_err(db)?
-    };
+    let rows = unchained_records(conn)?;
     let mut prev = GENESIS_HASH.to_string();
     let mut last = None;
     for mut r in rows {
@@ -447,4 +366,30 @@ fn rechain(conn: &Connection, keys: &Keys) -> Result<(), Error> {
         .map_err(db)?;
     }
     Ok(())
+}
+
+/// Every record in id order, without their links and hashes (to chain them again).
+fn unchained_records(conn: &Connection) -> Result<Vec<AuditRecord>, Error> {
+    let mut st = conn
+        .prepare(
+            "SELECT id, time_ms, actor, action, target, before, after, revision FROM audit ORDER BY id",
+        )
+        .map_err(db)?;
+    st.query_map([], |r| {
+        Ok(AuditRecord {
+            id: r.get::<_, i64>(0)? as u64,
+            time_ms: r.get(1)?,
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            target: r.get(4)?,
+            before: r.get(5)?,
+            after: r.get(6)?,
+            revision: r.get::<_, i64>(7)? as u64,
+            prev_hash: String::new(),
+            hash: String::new(),
+        })
+    })
+    .map_err(db)?
+    .collect::<Result<_, _>>()
+    .map_err(db)
 }

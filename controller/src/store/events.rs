@@ -2,12 +2,12 @@
 
 use std::path::Path;
 
-use gateway_proto::v1;
-use prost::Message as _;
 use rusqlite::{Connection, params};
 
 use super::{connect, db};
 use crate::Error;
+use crate::model::{ConnectionEvent, EventFilter, EventRecord};
+use crate::wire;
 
 /// The connection events, on a connection of their own: ingestion and queries never
 /// wait for the policy state (and its lock), and never hold it.
@@ -34,8 +34,8 @@ impl EventStore {
         &mut self,
         agent_id: &str,
         received_ms: i64,
-        events: Vec<v1::ConnectionEvent>,
-    ) -> Result<Vec<v1::StoredEvent>, Error> {
+        events: Vec<ConnectionEvent>,
+    ) -> Result<Vec<EventRecord>, Error> {
         let tx = self.conn.transaction().map_err(db)?;
         let mut out = Vec::with_capacity(events.len());
         {
@@ -47,6 +47,7 @@ impl EventStore {
                 .map_err(db)?;
             for ev in events {
                 let time_ms = crate::parse_timestamp_ms(&ev.timestamp).unwrap_or(received_ms);
+                let (blob, ev) = wire::encode_event(ev);
                 st.execute(params![
                     time_ms,
                     received_ms,
@@ -57,13 +58,13 @@ impl EventStore {
                     ev.user,
                     ev.device,
                     ev.resource,
-                    ev.encode_to_vec()
+                    blob
                 ])
                 .map_err(db)?;
-                out.push(v1::StoredEvent {
+                out.push(EventRecord {
                     id: tx.last_insert_rowid() as u64,
-                    time_unix_ms: time_ms,
-                    received_unix_ms: received_ms,
+                    time_ms,
+                    received_ms,
                     agent_id: agent_id.to_string(),
                     event: Some(ev),
                 });
@@ -73,11 +74,7 @@ impl EventStore {
         Ok(out)
     }
 
-    pub fn query_events(
-        &self,
-        f: &v1::EventFilter,
-        limit: u32,
-    ) -> Result<Vec<v1::StoredEvent>, Error> {
+    pub fn query_events(&self, f: &EventFilter, limit: u32) -> Result<Vec<EventRecord>, Error> {
         let mut sql =
             String::from("SELECT id, time_ms, received_ms, agent_id, data FROM events WHERE 1 = 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -86,10 +83,10 @@ impl EventStore {
             sql.push_str(&format!(" AND {col} {op} ?{}", args.len()));
         };
         use rusqlite::types::Value as SV;
-        if let Some(s) = f.since_unix_ms {
+        if let Some(s) = f.since_ms {
             cond(&mut sql, "time_ms", ">=", SV::Integer(s));
         }
-        if let Some(u) = f.until_unix_ms {
+        if let Some(u) = f.until_ms {
             cond(&mut sql, "time_ms", "<", SV::Integer(u));
         }
         for (col, v) in [
@@ -120,12 +117,12 @@ impl EventStore {
         let mut out = Vec::new();
         for row in rows {
             let (id, t, rcv, agent, data) = row.map_err(db)?;
-            out.push(v1::StoredEvent {
+            out.push(EventRecord {
                 id: id as u64,
-                time_unix_ms: t,
-                received_unix_ms: rcv,
+                time_ms: t,
+                received_ms: rcv,
                 agent_id: agent,
-                event: v1::ConnectionEvent::decode(data.as_slice()).ok(),
+                event: wire::decode_event(&data),
             });
         }
         Ok(out)

@@ -2,14 +2,15 @@
 //! compiled view and generation, and the recent deltas agents resume from. A change is
 //! one transaction: objects, revision, views, deltas and its audit record.
 
-use gateway_proto::v1;
-use prost::Message as _;
+use policy_compiler::HostView;
 use rusqlite::{OptionalExtension, params};
 
-use super::audit::{Audit, insert_audit};
+use super::audit::insert_audit;
 use super::{Loaded, Store, db};
 use crate::Error;
+use crate::model::{AuditEntry, ViewDelta};
 use crate::objects::{Kind, Object, Objects};
+use crate::wire;
 
 /// How many deltas per host are kept for resuming agents.
 pub const DELTA_HISTORY: i64 = 64;
@@ -19,11 +20,11 @@ pub const DELTA_HISTORY: i64 = 64;
 pub struct HostRow {
     pub host: String,
     pub generation: u64,
-    pub view: v1::HostView,
+    pub view: HostView,
 }
 
 /// A stored delta: (host, generation, base generation, delta).
-pub type DeltaRow = (String, u64, u64, v1::ViewDelta);
+pub type DeltaRow = (String, u64, u64, ViewDelta);
 
 /// One host's part of a committed change.
 #[derive(Debug)]
@@ -31,8 +32,8 @@ pub struct HostUpdate<'a> {
     pub host: &'a str,
     pub generation: u64,
     pub base: u64,
-    pub view: &'a v1::HostView,
-    pub delta: &'a v1::ViewDelta,
+    pub view: &'a HostView,
+    pub delta: &'a ViewDelta,
 }
 
 impl Store {
@@ -76,7 +77,7 @@ impl Store {
             .map_err(db)?;
         for row in rows {
             let (host, generation, blob) = row.map_err(db)?;
-            let view = v1::HostView::decode(blob.as_slice())
+            let view = wire::decode_view(&blob)
                 .map_err(|e| Error::Internal(format!("stored view of {host}: {e}")))?;
             out.hosts.push(HostRow {
                 host,
@@ -102,7 +103,7 @@ impl Store {
             .map_err(db)?;
         for row in rows {
             let (host, g, b, blob) = row.map_err(db)?;
-            let d = v1::ViewDelta::decode(blob.as_slice())
+            let d = wire::decode_delta(&blob)
                 .map_err(|e| Error::Internal(format!("stored delta of {host}: {e}")))?;
             out.deltas.push((host, g as u64, b as u64, d));
         }
@@ -116,7 +117,7 @@ impl Store {
         objects: Option<&Objects>,
         revision: u64,
         hosts: &[HostUpdate<'_>],
-        audit: &[Audit],
+        audit: &[AuditEntry],
     ) -> Result<(), Error> {
         let tx = self.conn.transaction().map_err(db)?;
         if let Some(objects) = objects {
@@ -139,13 +140,13 @@ impl Store {
             tx.execute(
                 "INSERT INTO hosts (host, generation, view) VALUES (?1, ?2, ?3)
                  ON CONFLICT (host) DO UPDATE SET generation = excluded.generation, view = excluded.view",
-                params![h.host, h.generation as i64, h.view.encode_to_vec()],
+                params![h.host, h.generation as i64, wire::encode_view(h.view)],
             )
             .map_err(db)?;
             if h.base != 0 {
                 tx.execute(
                     "INSERT OR REPLACE INTO host_deltas (host, generation, base, delta) VALUES (?1, ?2, ?3, ?4)",
-                    params![h.host, h.generation as i64, h.base as i64, h.delta.encode_to_vec()],
+                    params![h.host, h.generation as i64, h.base as i64, wire::encode_delta(h.delta)],
                 )
                 .map_err(db)?;
                 tx.execute(

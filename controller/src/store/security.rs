@@ -4,10 +4,11 @@
 
 use rusqlite::{Connection, params};
 
-use super::audit::{Audit, insert_audit};
+use super::audit::insert_audit;
 use super::{Loaded, Store, db};
 use crate::Error;
 use crate::keys::Keys;
+use crate::model::AuditEntry;
 
 /// A stored API key (the secret only as its hash).
 #[derive(Clone, Debug)]
@@ -96,7 +97,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn insert_api_key(&mut self, k: &ApiKeyRow, audit: &Audit) -> Result<(), Error> {
+    pub fn insert_api_key(&mut self, k: &ApiKeyRow, audit: &AuditEntry) -> Result<(), Error> {
         self.exec_audited(
             "INSERT INTO api_keys (name, role, hash, created_ms, expires_ms, revoked_ms, created_by)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -114,7 +115,7 @@ impl Store {
         .map(|_| ())
     }
 
-    pub fn insert_user(&mut self, u: &UserRow, audit: &Audit) -> Result<(), Error> {
+    pub fn insert_user(&mut self, u: &UserRow, audit: &AuditEntry) -> Result<(), Error> {
         self.exec_audited(
             "INSERT INTO admin_users (name, role, password_hash, totp_secret, created_ms, totp_last_step)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -132,7 +133,12 @@ impl Store {
     }
 
     /// Revokes an API key, with its audit record.
-    pub fn revoke_api_key(&mut self, name: &str, now_ms: i64, audit: &Audit) -> Result<(), Error> {
+    pub fn revoke_api_key(
+        &mut self,
+        name: &str,
+        now_ms: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), Error> {
         self.exec_audited(
             "UPDATE api_keys SET revoked_ms = ?2 WHERE name = ?1",
             params![name, now_ms],
@@ -158,7 +164,7 @@ impl Store {
         &mut self,
         name: &str,
         now_ms: i64,
-        audit: &Audit,
+        audit: &AuditEntry,
     ) -> Result<Vec<String>, Error> {
         let tx = self.conn.transaction().map_err(db)?;
         tx.execute("DELETE FROM admin_users WHERE name = ?1", [name])
@@ -184,7 +190,7 @@ impl Store {
             insert_audit(
                 &tx,
                 &self.keys,
-                &Audit {
+                &AuditEntry {
                     action: "revoke_api_key".into(),
                     target: format!("api_key:{k}"),
                     before: "active".into(),

@@ -11,8 +11,9 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use gateway_proto::v1;
 use policy_compiler::{Host, HostView, model::RuleKind};
+
+use crate::model::ConnectionEvent;
 
 /// How many recent views of a host events are checked against.
 pub const VIEWS_KEPT: usize = 8;
@@ -108,7 +109,7 @@ fn ip(what: &str, v: &Option<String>) -> Result<(), String> {
 }
 
 /// Checks one event of `host` against its recent views; sets its `host`.
-pub fn check(ev: &mut v1::ConnectionEvent, host: &str, views: &[&NameSet]) -> Result<(), String> {
+pub fn check(ev: &mut ConnectionEvent, host: &str, views: &[&NameSet]) -> Result<(), String> {
     plain("timestamp", &ev.timestamp)?;
     word("event", &ev.event)?;
     word("reason", &ev.reason)?;

@@ -1,10 +1,10 @@
 //! Explain and test access: decisions of the published policy for given packets, with
 //! the reasons (never waiting for a change in progress).
 
-use gateway_proto::{self as gp, v1};
 use policy_compiler::{self as pc, Policy};
 
 use super::parse_policy;
+use crate::model::{Assertion, Consideration, Explanation, TestOutcome, TestReport};
 use crate::objects::Kind;
 use crate::state::State;
 use crate::{Error, now_unix, shown};
@@ -67,12 +67,7 @@ impl State {
     }
 
     /// Decides one packet (`from`/`to` in the `[[test]]` syntax) at `at` (default now).
-    pub fn explain(
-        &self,
-        from: &str,
-        to: &str,
-        at: Option<i64>,
-    ) -> Result<v1::ExplainResponse, Error> {
+    pub fn explain(&self, from: &str, to: &str, at: Option<i64>) -> Result<Explanation, Error> {
         let now = now_unix();
         let at = at.unwrap_or(now);
         let p = self.with_tests(
@@ -98,8 +93,8 @@ impl State {
         };
         let e = pc::explain(&p, &pkt, at);
         let d = e.decision;
-        Ok(v1::ExplainResponse {
-            verdict: gp::verdict_to_wire(d.verdict),
+        Ok(Explanation {
+            verdict: d.verdict,
             reason: snake(&format!("{:?}", d.reason)),
             rule_id: d.rule_id(),
             rule: d
@@ -123,7 +118,7 @@ impl State {
                         }
                         pc::eval::Outcome::NotForPrincipal => ("not_for_principal", String::new()),
                     };
-                    v1::Consideration {
+                    Consideration {
                         rule: c.rule,
                         grant: c.grant.clone(),
                         action: c.action.to_string(),
@@ -141,9 +136,9 @@ impl State {
     /// Runs assertions (and optionally the policy's own tests).
     pub fn test_access(
         &self,
-        assertions: &[v1::Assertion],
+        assertions: &[Assertion],
         include_policy_tests: bool,
-    ) -> Result<v1::TestAccessResponse, Error> {
+    ) -> Result<TestReport, Error> {
         let now = now_unix();
         let own = self
             .snap()
@@ -165,22 +160,22 @@ impl State {
             })
             .collect();
         let p = self.with_tests(&blocks, now)?;
-        let results: Vec<v1::TestResult> = pc::run_tests(&p)
+        let results: Vec<TestOutcome> = pc::run_tests(&p)
             .into_iter()
             .enumerate()
             .filter(|(i, _)| include_policy_tests || *i >= own)
-            .map(|(_, r)| v1::TestResult {
+            .map(|(_, r)| TestOutcome {
                 name: r.name.clone(),
                 passed: r.passed,
-                expected: gp::verdict_to_wire(r.expected),
-                got: gp::verdict_to_wire(r.decision.verdict),
+                expected: r.expected,
+                got: r.decision.verdict,
                 reason: snake(&format!("{:?}", r.decision.reason)),
                 rule_id: r.decision.rule_id(),
                 message: r.render(&p),
             })
             .collect();
         let passed = results.iter().filter(|r| r.passed).count() as u32;
-        Ok(v1::TestAccessResponse {
+        Ok(TestReport {
             failed: results.len() as u32 - passed,
             passed,
             results,
