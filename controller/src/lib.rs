@@ -29,6 +29,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::{error, info, warn};
+
 pub use objects::{Kind, Object, Objects};
 pub use state::{ChangeOpts, State};
 pub use store::EventStore;
@@ -197,6 +199,12 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// A peer address as logs and the audit trail show it (`unknown` when the transport
+/// does not know it).
+pub fn peer_name(peer: Option<std::net::IpAddr>) -> String {
+    peer.map_or_else(|| "unknown".into(), |p| p.to_string())
+}
+
 /// SHA-256 of a secret, hex.
 pub fn hash_secret(s: &str) -> String {
     use sha2::Digest as _;
@@ -323,7 +331,7 @@ fn incoming(
                     r = listener.accept() => match r {
                         Ok((tcp, _)) => break tcp,
                         Err(e) => {
-                            eprintln!("gateway-controller: accepting a connection: {e}");
+                            warn!(error = %e, "accepting a connection failed; retrying");
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                     },
@@ -331,7 +339,7 @@ fn incoming(
                 }
             };
             if let Err(e) = tcp.set_nodelay(true) {
-                eprintln!("gateway-controller: TCP_NODELAY: {e}");
+                warn!(error = %e, "setting TCP_NODELAY failed");
             }
             if tx.send(Ok(Conn { tcp, _slot: slot })).await.is_err() {
                 return;
@@ -352,20 +360,16 @@ fn export_head(
         Ok(Some(h)) => h,
         Ok(None) => return last.clone(),
         Err(e) => {
-            eprintln!("gateway-controller: reading the audit head: {e}");
+            error!(error = %e, "reading the audit head failed");
             return last.clone();
         }
     };
     if last.as_ref() == Some(&head) {
         return last.clone();
     }
-    let line = format!(
-        "{} id={} head={}",
-        policy_compiler::format_rfc3339(now_unix()),
-        head.0,
-        head.1
-    );
-    eprintln!("gateway-controller: audit head {line}");
+    let time = policy_compiler::format_rfc3339(now_unix());
+    let line = format!("{time} id={} head={}", head.0, head.1);
+    info!(id = head.0, head = %head.1, "audit head");
     if let Some(path) = file {
         use std::io::Write as _;
         let r = std::fs::OpenOptions::new()
@@ -374,10 +378,7 @@ fn export_head(
             .open(path)
             .and_then(|mut f| writeln!(f, "{line}").and_then(|()| f.sync_data()));
         if let Err(e) = r {
-            eprintln!(
-                "gateway-controller: exporting the audit head to {}: {e}",
-                path.display()
-            );
+            error!(file = %path.display(), error = %e, "exporting the audit head failed");
             return last.clone();
         }
     }
@@ -463,11 +464,15 @@ pub async fn serve_with(
                 let before = exported.clone();
                 let done = tokio::task::spawn_blocking(move || {
                     if let Err(e) = s.refresh_if_due() {
-                        eprintln!("gateway-controller: recompiling: {e}");
+                        error!(error = %e, "recompiling after an expiry failed");
                     }
                     s.flush_refusals(false);
-                    if prune && let Err(e) = s.prune_events() {
-                        eprintln!("gateway-controller: pruning events: {e}");
+                    if prune {
+                        match s.prune_events() {
+                            Ok(0) => {}
+                            Ok(n) => info!(deleted = n, "events past the retention deleted"),
+                            Err(e) => error!(error = %e, "pruning events failed"),
+                        }
                     }
                     if export {
                         export_head(&s, file.as_deref(), &before)

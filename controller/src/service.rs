@@ -7,6 +7,7 @@ use std::sync::Arc;
 use gateway_proto::v1::{self, admin_server::Admin, agent_server::Agent};
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::info;
 
 use crate::auth::Principal;
 use crate::model::{AgentCredential, Assertion, ChangeOpts, ConnectionEvent};
@@ -389,6 +390,19 @@ impl Admin for AdminService {
     }
 }
 
+/// Held by a watch stream: says when it ends (the agent went away, fell behind or was
+/// revoked, or the controller stops).
+struct Connected {
+    agent: String,
+    host: String,
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        info!(agent = %self.agent, host = %self.host, "agent disconnected");
+    }
+}
+
 /// The Agent service.
 #[derive(Clone, Debug)]
 pub struct AgentService {
@@ -429,8 +443,14 @@ impl Agent for AgentService {
         let s = self.state.clone();
         let auth = r.auth.map(AgentCredential::from);
         let watch = blocking(move || s.watch(auth.as_ref(), r.generation)).await?;
-        let stream = tokio_stream::wrappers::ReceiverStream::new(watch.updates)
-            .map(|u| Ok(v1::WatchResponse::from(u)));
+        let connected = Connected {
+            agent: watch.agent_id,
+            host: watch.host,
+        };
+        let stream = tokio_stream::wrappers::ReceiverStream::new(watch.updates).map(move |u| {
+            let _connected = &connected;
+            Ok(v1::WatchResponse::from(u))
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -171,9 +171,11 @@ impl State {
                         loaded.revision,
                         diag_text(&d)
                     );
-                    eprintln!(
-                        "gateway-controller: WARNING: {why}; serving the last compiled views \
-                         and reads only; changes are refused until a valid policy is applied \
+                    tracing::warn!(
+                        revision = loaded.revision,
+                        problem = %why,
+                        "the stored policy does not load: serving the last compiled views and \
+                         reads only; changes are refused until a valid policy is applied \
                          (gatewayctl apply)"
                     );
                     (Policy::default(), Some(why))

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use gateway_proto as gp;
 use policy_compiler::{self as pc, HostView};
 use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
 
 use super::events::{NameSet, VIEWS_KEPT};
 use super::policy::HostPlan;
@@ -17,7 +18,7 @@ use crate::model::{
     Watch, WatchUpdate,
 };
 use crate::store::AgentRow;
-use crate::{Error, hash_secret, now_ms, shown, try_random_hex};
+use crate::{Error, hash_secret, now_ms, peer_name, shown, try_random_hex};
 
 /// Updates buffered per watching agent; an agent that falls this far behind is
 /// disconnected and resumes from its generation when it reconnects.
@@ -89,6 +90,12 @@ impl State {
         };
         g.store
             .insert_token(&hash_secret(&token), host, now, expires, &audit)?;
+        info!(
+            host,
+            actor,
+            expires = %pc::format_rfc3339(expires / 1000),
+            "enrollment token created"
+        );
         // A host the policy does not name yet starts with an empty view.
         if !g.hosts.contains_key(host) {
             let view = gp::empty_view(&h, now / 1000);
@@ -128,6 +135,7 @@ impl State {
             crate::names::host(h)?;
         }
         let refused = |detail: &str| {
+            debug!(peer = %peer_name(peer), reason = detail, "enrollment refused");
             self.refused(
                 "enroll_refused",
                 peer.map_or_else(|| "peer:unknown".into(), |p| format!("peer:{p}")),
@@ -189,6 +197,13 @@ impl State {
             }
         };
         let host = gp::parse_host(&row.host).map_err(|e| Error::Internal(e.to_string()))?;
+        info!(
+            agent = %row.id,
+            host = %row.host,
+            hostname = %shown(&row.hostname),
+            peer = %peer_name(peer),
+            "agent enrolled"
+        );
         g.agents.insert(row.id.clone(), row);
         Ok(Enrollment {
             agent_id: id,
@@ -272,6 +287,7 @@ impl State {
         };
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let current = hs.generation;
+        let mut catch_up = "none";
         if have != current {
             let chain: Vec<_> = hs
                 .deltas
@@ -298,11 +314,20 @@ impl State {
                     update: ViewUpdate::Snapshot(hs.view.clone()),
                 }]
             };
+            catch_up = if resumable { "deltas" } else { "snapshot" };
             for m in msgs {
                 tx.try_send(m)
                     .map_err(|_| Error::Internal("watch buffer too small for catch-up".into()))?;
             }
         }
+        info!(
+            agent = %agent_id,
+            host = %host,
+            from_generation = have,
+            generation = current,
+            catch_up,
+            "agent connected"
+        );
         let ws = g.watchers.entry(host.clone()).or_default();
         ws.retain(|w| !w.tx.is_closed());
         ws.push(Watcher {
@@ -339,6 +364,7 @@ impl State {
             a.acked_generation = generation;
             a.last_seen_ms = now;
         }
+        debug!(agent = %id, host = %host, generation, "generation acknowledged");
         g.store.update_agent(&id, generation, now)
     }
 
@@ -408,6 +434,7 @@ impl State {
         );
         rec.revision = g.revision;
         g.store.revoke_agent(id, now, &rec)?;
+        info!(agent = id, host = %rec.target, actor, "agent revoked");
         if let Some(a) = g.agents.get_mut(id) {
             a.revoked_ms = Some(now);
         }
@@ -432,6 +459,13 @@ impl State {
             };
             ws.retain_mut(|w| {
                 if w.generation != p.base && p.base != 0 {
+                    debug!(
+                        agent = %w.agent_id,
+                        host = %p.host,
+                        at = w.generation,
+                        base = p.base,
+                        "watch stream out of step: ended (the agent resumes)"
+                    );
                     return false;
                 }
                 match w.tx.try_send(msg.clone()) {
@@ -439,8 +473,18 @@ impl State {
                         w.generation = p.generation;
                         true
                     }
-                    // Full or closed: disconnect; the agent resumes from its generation.
-                    Err(_) => false,
+                    // Full: disconnect; the agent resumes from its generation.
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        warn!(
+                            agent = %w.agent_id,
+                            host = %p.host,
+                            generation = w.generation,
+                            "agent fell behind: its watch stream ends (it resumes when it \
+                             reconnects)"
+                        );
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
                 }
             });
         }

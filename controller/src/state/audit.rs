@@ -66,8 +66,19 @@ impl State {
                 after: r.detail.clone(),
                 revision,
             };
-            if let Err(e) = g.store.audit(&a) {
-                eprintln!("gateway-controller: recording {}: {e}", r.action);
+            match g.store.audit(&a) {
+                Ok(()) => tracing::info!(
+                    action = %r.action,
+                    actor = %r.actor,
+                    target = %r.target,
+                    detail = %r.detail,
+                    "refusal recorded in the audit trail"
+                ),
+                Err(e) => tracing::error!(
+                    action = %r.action,
+                    error = %e,
+                    "recording a refusal in the audit trail failed"
+                ),
             }
         }
     }

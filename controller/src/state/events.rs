@@ -5,6 +5,7 @@
 use std::sync::{Arc, MutexGuard};
 
 use tokio::sync::{broadcast, mpsc};
+use tracing::debug;
 
 use super::{State, limits};
 use crate::model::{ConnectionEvent, EventFilter, EventRecord};
@@ -65,6 +66,7 @@ impl State {
             (host, names)
         };
         if !self.guard.take_events(agent_id, events.len(), now) {
+            debug!(agent = agent_id, host = %host, events = events.len(), "event quota exceeded");
             return Err(Error::ResourceExhausted(format!(
                 "agent {} sends more events than its quota ({} a second): nothing of this \
                  message was stored; send it again later",
@@ -96,6 +98,7 @@ impl State {
         }
         let stored = self.event_store().insert_events(agent_id, now, events)?;
         let n = stored.len() as u64;
+        debug!(agent = agent_id, host = %host, stored = n, "events stored");
         for e in stored {
             let _ = self.events.send(e);
         }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use gateway_proto as gp;
 use policy_compiler::{self as pc, Host, HostView, Policy};
+use tracing::{debug, info};
 
 use super::{HostState, Inner, State};
 use crate::model::{
@@ -292,6 +293,11 @@ impl State {
         if !plans.is_empty() {
             let rev = g.revision;
             self.commit(&mut g, None, rev, &plans, &[])?;
+            info!(
+                revision = rev,
+                hosts_changed = plans.len(),
+                "views recompiled (the time changed them: an expiry)"
+            );
         }
         g.next_expiry = next_expiry(&policy, now);
         Ok(())
@@ -394,9 +400,16 @@ impl State {
             warnings: parsed.warnings.iter().map(ToString::to_string).collect(),
         };
         if opts.dry_run {
+            debug!(
+                actor = %opts.actor,
+                action = audit.0,
+                target = %audit.1,
+                "dry run planned"
+            );
             return Ok(plan);
         }
         let (action, target, before, after) = audit;
+        let logged_target = target.clone();
         let record = AuditEntry {
             time_ms: now_ms(),
             actor: opts.actor.clone(),
@@ -417,8 +430,27 @@ impl State {
         g.objects = new;
         g.next_expiry = next_expiry(&policy, now);
         g.policy = policy;
+        info!(
+            actor = %opts.actor,
+            action,
+            target = %logged_target,
+            revision = new_revision,
+            objects_changed = plan.objects.len(),
+            hosts_changed = plan.hosts.len(),
+            "policy changed"
+        );
+        for h in &plan.hosts {
+            debug!(
+                host = %h.host,
+                generation = h.new_generation,
+                base = h.base_generation,
+                entries_changed = h.total.added + h.total.changed + h.total.removed,
+                agents = h.connected_agents,
+                "host view changed"
+            );
+        }
         if g.broken.take().is_some() {
-            eprintln!("gateway-controller: a valid policy was applied; changes are accepted again");
+            info!("a valid policy was applied: changes are accepted again");
         }
         self.publish(g);
         Ok(plan)

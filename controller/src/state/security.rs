@@ -18,12 +18,14 @@
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use tracing::{debug, info, warn};
+
 use super::State;
 use super::limits::{Attempts, Buckets, Rate};
 use crate::auth::{self, KEY_PREFIX, Perm, Principal, Role, SESSION_PREFIX};
 use crate::model::{AdminUserInfo, ApiKeyInfo, AuditEntry, Session};
 use crate::store::{ApiKeyRow, UserRow};
-use crate::{Error, hash_secret, now_ms, shown, try_random_hex};
+use crate::{Error, hash_secret, now_ms, peer_name, shown, try_random_hex};
 
 /// Failed logins per user within [`LOGIN_WINDOW_MS`] after which logins are refused.
 pub const MAX_LOGIN_FAILURES: usize = 5;
@@ -239,6 +241,9 @@ impl State {
             None
         };
         if let Some(why) = why {
+            // Unbounded by nature (the limit is what bounds the rest): not logged one by
+            // one above debug; the audit trail aggregates them.
+            debug!(peer = %peer_name(peer), reason = why, "login rate limited");
             self.refused(
                 "login_refused",
                 peer.map_or_else(|| "peer:unknown".into(), |p| format!("peer:{p}")),
@@ -296,10 +301,12 @@ impl State {
                     let who = self
                         .authorize(header, Perm::Any)
                         .map_or_else(|_| "unknown".into(), |p| p.name);
+                    debug!(principal = %who, method = %method, "permission denied");
                     self.refused("permission_denied", who, method, m.clone());
                 }
                 _ => {
                     // Aggregated per address and reason, whatever the method.
+                    debug!(peer = %peer_name(peer), method = %method, reason = %e, "admin call refused");
                     let peer = peer.map_or_else(|| "peer:unknown".into(), |p| format!("peer:{p}"));
                     self.refused(
                         "admin_auth_failure",
@@ -439,6 +446,13 @@ impl State {
         );
         a.revision = g.revision;
         g.store.insert_api_key(&row, &a)?;
+        info!(
+            key = name,
+            role = %role,
+            actor,
+            expires = %policy_compiler::format_rfc3339(expires_ms / 1000),
+            "API key created"
+        );
         let info = key_info(&row);
         c.keys.insert(row.hash.clone(), row);
         Ok((secret, info))
@@ -495,6 +509,7 @@ impl State {
         );
         a.revision = g.revision;
         g.store.revoke_api_key(name, now, &a)?;
+        info!(key = name, actor, "API key revoked");
         k.revoked_ms = Some(now);
         Ok(())
     }
@@ -553,6 +568,7 @@ impl State {
         );
         a.revision = g.revision;
         g.store.insert_user(&row, &a)?;
+        info!(user = name, role = %role, actor, "admin user created");
         c.users.insert(name.to_string(), row);
         let uri = format!(
             "otpauth://totp/zt-gateway:{name}?secret={totp_secret}&issuer=zt-gateway&algorithm=SHA1&digits=6&period=30"
@@ -593,6 +609,15 @@ impl State {
         );
         a.revision = g.revision;
         let revoked = g.store.delete_user(name, now, &a)?;
+        info!(
+            user = name,
+            actor,
+            keys_revoked = revoked.len(),
+            "admin user deleted (sessions ended, keys revoked)"
+        );
+        for k in &revoked {
+            info!(key = %k, actor, "API key revoked (its creator was deleted)");
+        }
         c.users.remove(name);
         c.sessions.retain(|_, s| s.user != name);
         for k in c.keys.values_mut() {
@@ -603,7 +628,8 @@ impl State {
         Ok(())
     }
 
-    fn login_failed(&self, user: &str, why: &str) -> Error {
+    fn login_failed(&self, user: &str, peer: Option<IpAddr>, why: &str) -> Error {
+        warn!(user, peer = %peer_name(peer), reason = why, "login failed");
         self.refused(
             "login_failure",
             format!("user:{user}"),
@@ -625,6 +651,7 @@ impl State {
     ) -> Result<Session, Error> {
         let who = || peer.map_or_else(|| "peer:unknown".into(), |p| format!("peer:{p}"));
         if let Err(e) = valid_name("user", user) {
+            warn!(peer = %peer_name(peer), reason = "invalid user name", "login refused");
             self.refused(
                 "login_refused",
                 who(),
@@ -638,6 +665,12 @@ impl State {
             || code.len() != 6
             || !code.bytes().all(|b| b.is_ascii_digit())
         {
+            warn!(
+                user,
+                peer = %peer_name(peer),
+                reason = "malformed password or code",
+                "login refused"
+            );
             self.refused(
                 "login_refused",
                 who(),
@@ -655,6 +688,12 @@ impl State {
             .attempts
             .begin(user, now_ms(), MAX_LOGIN_FAILURES);
         if let Err(ms) = begun {
+            warn!(
+                user,
+                peer = %peer_name(peer),
+                reason = "too many failed logins",
+                "login refused"
+            );
             self.refused(
                 "login_failure",
                 format!("user:{user}"),
@@ -692,9 +731,13 @@ impl State {
         .map_err(|e| Error::Internal(format!("login task failed: {e}")))?;
         let (row, step) = match checked {
             Ok(x) => x,
-            Err(Failure::UnknownUser) => return Err(self.login_failed(user, "unknown user")),
-            Err(Failure::WrongPassword) => return Err(self.login_failed(user, "wrong password")),
-            Err(Failure::WrongCode) => return Err(self.login_failed(user, "wrong TOTP code")),
+            Err(Failure::UnknownUser) => return Err(self.login_failed(user, peer, "unknown user")),
+            Err(Failure::WrongPassword) => {
+                return Err(self.login_failed(user, peer, "wrong password"));
+            }
+            Err(Failure::WrongCode) => {
+                return Err(self.login_failed(user, peer, "wrong TOTP code"));
+            }
         };
         let role = Role::parse(&row.role)
             .ok_or_else(|| Error::Internal(format!("user `{user}` has an unknown role")))?;
@@ -710,13 +753,13 @@ impl State {
             let Some(u) = c.users.get_mut(user) else {
                 drop(c);
                 drop(g);
-                return Err(self.login_failed(user, "unknown user"));
+                return Err(self.login_failed(user, peer, "unknown user"));
             };
             // A code is accepted once, also across restarts (the step is stored).
             if u.totp_last_step >= step {
                 drop(c);
                 drop(g);
-                return Err(self.login_failed(user, "TOTP code already used"));
+                return Err(self.login_failed(user, peer, "TOTP code already used"));
             }
             g.store.set_totp_step(user, step)?;
             u.totp_last_step = step;
@@ -742,9 +785,16 @@ impl State {
             );
             a.revision = g.revision;
             if let Err(e) = g.store.audit(&a) {
-                eprintln!("gateway-controller: recording login_success: {e}");
+                tracing::error!(user, error = %e, "recording login_success failed");
             }
         }
+        info!(
+            user,
+            peer = %peer_name(peer),
+            role = %role,
+            expires = %policy_compiler::format_rfc3339(expires_ms / 1000),
+            "login succeeded"
+        );
         Ok(Session {
             token,
             expires_ms,
