@@ -11,6 +11,9 @@
 //! * [`security`]: API keys, admin users, sessions, logins and their bounds
 //!   ([`limits`]).
 //!
+//! Every operation takes and returns the domain types of [`crate::model`]; the wire
+//! types stay in [`crate::service`] and [`crate::wire`].
+//!
 //! One mutex guards the policy, the hosts' views, the agents, their watchers and the
 //! store, so a change is validated, committed and fanned out as one step, and a
 //! `Watch` registers at a well-defined generation (no update can slip between its
@@ -72,8 +75,11 @@ impl Default for Options {
     }
 }
 
+/// What the state's lock guards (see the module docs).
 struct Inner {
+    /// The database, for every aggregate but the events.
     store: Store,
+    // The policy aggregate.
     objects: Objects,
     revision: u64,
     policy: Policy,
@@ -81,11 +87,13 @@ struct Inner {
     /// it has (the stored views, reads) and refuses changes other than a whole new
     /// policy (ApplyPolicy), which repairs it.
     broken: Option<String>,
+    /// The next instant (unix seconds) a grant expires: views change then.
+    next_expiry: Option<i64>,
+    // The agents aggregate: each host's view, generation and deltas; the agents; the
+    // open watch streams of each host.
     hosts: BTreeMap<String, HostState>,
     agents: HashMap<String, AgentRow>,
     watchers: HashMap<String, Vec<Watcher>>,
-    /// The next instant (unix seconds) a grant expires: views change then.
-    next_expiry: Option<i64>,
 }
 
 /// The controller state (see the module docs).
