@@ -1,14 +1,14 @@
 //! The controller's state and every operation on it, by aggregate:
 //!
-//! * [`policy`]: the objects, apply/plan/revisions, compiling every host, and
-//!   ([`policy::explain`]) explain and test access;
-//! * [`agents`]: enrollment tokens, agents, each host's view and generations, watch
+//! * `policy`: the objects, apply/plan/revisions, compiling every host, and
+//!   (`policy::explain`) explain and test access;
+//! * `agents`: enrollment tokens, agents, each host's view and generations, watch
 //!   streams (catch-up, fan-out of deltas), acks, revocation;
-//! * [`events`]: connection events reported by agents (checked against their host's
+//! * `events`: connection events reported by agents (checked against their host's
 //!   view), queries, followers, retention;
-//! * [`audit`]: refusals aggregated into the audit trail, the trail, its verification
+//! * `audit`: refusals aggregated into the audit trail, the trail, its verification
 //!   and head;
-//! * [`security`]: API keys, admin users, sessions, logins and their bounds
+//! * `security`: API keys, admin users, sessions, logins and their bounds
 //!   ([`limits`]).
 //!
 //! Every operation takes and returns the domain types of [`crate::model`]; the wire

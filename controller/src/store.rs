@@ -200,7 +200,7 @@ pub fn key_fingerprint(path: &Path) -> Result<Option<String>, Error> {
 
 impl Store {
     /// Opens (creating if needed) the database, applies pending migrations, and keys it
-    /// with `keys` the first time (see [`Store::ensure_keyed`]). A database keyed with
+    /// with `keys` the first time (see `ensure_keyed`). A database keyed with
     /// another key is refused.
     pub fn open(path: &Path, keys: Arc<Keys>) -> Result<Store, Error> {
         let conn = connect(path)?;

@@ -22,7 +22,7 @@ impl State {
         self.event_store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stores an agent's events (as its own host's: see [`events`]) and passes them to
+    /// Stores an agent's events (as its own host's: see `check`) and passes them to
     /// followers; returns how many were stored. Events naming what the host's view does
     /// not know are dropped (recorded, aggregated, in the audit trail). Over the agent's
     /// quota, nothing is stored (RESOURCE_EXHAUSTED: send again later). Blocking
@@ -105,7 +105,7 @@ impl State {
         Ok(n)
     }
 
-    /// Sets an agent's event quota (default: [`security::DEFAULT_EVENT_RATE`]).
+    /// Sets an agent's event quota (default: `DEFAULT_EVENT_RATE`).
     pub fn set_event_quota(&self, burst: f64, per_sec: f64) {
         self.guard.set_event_rate(limits::Rate { burst, per_sec });
     }

@@ -1,5 +1,5 @@
 //! Admin credentials (API keys, admin users, sessions) and their checks: the [`State`]
-//! operations behind `crate::auth`; Login and its bounds in [`login`].
+//! operations behind `crate::auth`; Login and its bounds in `login`.
 //!
 //! Keys and users are kept in memory (loaded at start, written through to the store
 //! with an audit record in the same transaction); sessions live in memory only, so a

@@ -22,7 +22,7 @@ impl std::fmt::Debug for EventStore {
 }
 
 impl EventStore {
-    /// A second connection to a database [`Store::open`] has prepared.
+    /// A second connection to a database [`super::Store::open`] has prepared.
     pub fn open(path: &Path) -> Result<EventStore, Error> {
         Ok(EventStore {
             conn: connect(path)?,
