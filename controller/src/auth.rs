@@ -59,23 +59,6 @@ impl Role {
         }
     }
 
-    pub fn to_wire(self) -> i32 {
-        match self {
-            Role::Admin => v1::Role::Admin as i32,
-            Role::Operator => v1::Role::Operator as i32,
-            Role::Auditor => v1::Role::Auditor as i32,
-        }
-    }
-
-    pub fn from_wire(r: i32) -> Option<Role> {
-        match v1::Role::try_from(r).ok()? {
-            v1::Role::Admin => Some(Role::Admin),
-            v1::Role::Operator => Some(Role::Operator),
-            v1::Role::Auditor => Some(Role::Auditor),
-            v1::Role::Unspecified => None,
-        }
-    }
-
     /// Whether this role grants `perm`.
     pub fn allows(self, perm: Perm) -> bool {
         matches!(
@@ -260,7 +243,10 @@ where
             // `in_flight` are read and handled at once; the others wait unread.
             let gate = match self.state.admit_login(peer) {
                 Ok(g) => g,
-                Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+                Err(e) => {
+                    let status = tonic::Status::from(e);
+                    return Box::pin(async move { Ok(status.into_http()) });
+                }
             };
             return Box::pin(async move {
                 let permit = tokio::time::timeout(LOGIN_QUEUE_WAIT, gate.acquire_owned()).await;
@@ -281,7 +267,10 @@ where
             Ok(p) => {
                 req.extensions_mut().insert(p);
             }
-            Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+            Err(e) => {
+                let status = tonic::Status::from(e);
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
         }
         Box::pin(inner.call(req))
     }

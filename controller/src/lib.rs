@@ -1,7 +1,9 @@
 //! The zt-gateway controller as a library: [`Store`] (SQLite persistence) and [`State`]
 //! (the policy, per-host compiled views and generations, agents, and the fan-out of
-//! view changes to connected agents). The gRPC services in [`service`] are thin adapters
-//! over [`State`]; [`serve`] runs them (plus gRPC health and reflection) on a listener.
+//! view changes to connected agents), both split by aggregate (policy, agents, events,
+//! audit, security) and speaking the domain types of [`model`]. The gRPC services in
+//! [`service`] are thin adapters over [`State`], converting to and from the wire types
+//! ([`wire`]); [`serve`] runs them (plus gRPC health and reflection) on a listener.
 //!
 //! ```text
 //! ApplyPolicy / CRUD ─▶ State::change ─ parse (located errors) ─ compile every host ─ diff
@@ -13,17 +15,21 @@
 
 pub mod auth;
 pub mod keys;
+pub mod model;
 pub mod names;
 pub mod objects;
 pub mod service;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tracing::{error, info, warn};
 
 pub use objects::{Kind, Object, Objects};
 pub use state::{ChangeOpts, State};
@@ -47,6 +53,8 @@ pub enum Error {
     PermissionDenied(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -97,6 +105,7 @@ impl From<Error> for tonic::Status {
             Error::Unauthenticated(m) => Error::Unauthenticated(cap_message(m)),
             Error::PermissionDenied(m) => Error::PermissionDenied(cap_message(m)),
             Error::ResourceExhausted(m) => Error::ResourceExhausted(cap_message(m)),
+            Error::Unavailable(m) => Error::Unavailable(cap_message(m)),
             Error::Internal(m) => Error::Internal(cap_message(m)),
         };
         match e {
@@ -107,6 +116,7 @@ impl From<Error> for tonic::Status {
             Error::Unauthenticated(m) => tonic::Status::unauthenticated(m),
             Error::PermissionDenied(m) => tonic::Status::permission_denied(m),
             Error::ResourceExhausted(m) => tonic::Status::resource_exhausted(m),
+            Error::Unavailable(m) => tonic::Status::unavailable(m),
             Error::Internal(m) => tonic::Status::internal(m),
         }
     }
@@ -187,6 +197,12 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
         .collect()
+}
+
+/// A peer address as logs and the audit trail show it (`unknown` when the transport
+/// does not know it).
+pub fn peer_name(peer: Option<std::net::IpAddr>) -> String {
+    peer.map_or_else(|| "unknown".into(), |p| p.to_string())
 }
 
 /// SHA-256 of a secret, hex.
@@ -315,7 +331,7 @@ fn incoming(
                     r = listener.accept() => match r {
                         Ok((tcp, _)) => break tcp,
                         Err(e) => {
-                            eprintln!("gateway-controller: accepting a connection: {e}");
+                            warn!(error = %e, "accepting a connection failed; retrying");
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                     },
@@ -323,7 +339,7 @@ fn incoming(
                 }
             };
             if let Err(e) = tcp.set_nodelay(true) {
-                eprintln!("gateway-controller: TCP_NODELAY: {e}");
+                warn!(error = %e, "setting TCP_NODELAY failed");
             }
             if tx.send(Ok(Conn { tcp, _slot: slot })).await.is_err() {
                 return;
@@ -344,20 +360,16 @@ fn export_head(
         Ok(Some(h)) => h,
         Ok(None) => return last.clone(),
         Err(e) => {
-            eprintln!("gateway-controller: reading the audit head: {e}");
+            error!(error = %e, "reading the audit head failed");
             return last.clone();
         }
     };
     if last.as_ref() == Some(&head) {
         return last.clone();
     }
-    let line = format!(
-        "{} id={} head={}",
-        policy_compiler::format_rfc3339(now_unix()),
-        head.0,
-        head.1
-    );
-    eprintln!("gateway-controller: audit head {line}");
+    let time = policy_compiler::format_rfc3339(now_unix());
+    let line = format!("{time} id={} head={}", head.0, head.1);
+    info!(id = head.0, head = %head.1, "audit head");
     if let Some(path) = file {
         use std::io::Write as _;
         let r = std::fs::OpenOptions::new()
@@ -366,10 +378,7 @@ fn export_head(
             .open(path)
             .and_then(|mut f| writeln!(f, "{line}").and_then(|()| f.sync_data()));
         if let Err(e) = r {
-            eprintln!(
-                "gateway-controller: exporting the audit head to {}: {e}",
-                path.display()
-            );
+            error!(file = %path.display(), error = %e, "exporting the audit head failed");
             return last.clone();
         }
     }
@@ -455,11 +464,15 @@ pub async fn serve_with(
                 let before = exported.clone();
                 let done = tokio::task::spawn_blocking(move || {
                     if let Err(e) = s.refresh_if_due() {
-                        eprintln!("gateway-controller: recompiling: {e}");
+                        error!(error = %e, "recompiling after an expiry failed");
                     }
                     s.flush_refusals(false);
-                    if prune && let Err(e) = s.prune_events() {
-                        eprintln!("gateway-controller: pruning events: {e}");
+                    if prune {
+                        match s.prune_events() {
+                            Ok(0) => {}
+                            Ok(n) => info!(deleted = n, "events past the retention deleted"),
+                            Err(e) => error!(error = %e, "pruning events failed"),
+                        }
                     }
                     if export {
                         export_head(&s, file.as_deref(), &before)

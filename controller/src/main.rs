@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing::{error, info, warn};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -16,8 +17,43 @@ use clap::{Parser, Subcommand};
     long_about = None
 )]
 struct Cli {
+    /// How logs are written on stderr: `text` (one line per event: time, level, message,
+    /// fields) or `json` (one object per line). Which events: `RUST_LOG` (default
+    /// `info`; e.g. `RUST_LOG=debug` or `RUST_LOG=info,controller::state=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs on stderr, with timestamps, filtered by `RUST_LOG` (default `info`). A
+/// `RUST_LOG` that does not parse is reported, and `info` used instead.
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let (filter, bad) = match env.as_deref().map(EnvFilter::try_new) {
+        Some(Ok(f)) => (f, None),
+        Some(Err(e)) => (EnvFilter::new("info"), Some(e)),
+        None => (EnvFilter::new("info"), None),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    if let Some(e) = bad {
+        warn!(error = %e, "RUST_LOG does not parse: logging at info");
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -124,10 +160,11 @@ fn connections_within_fd_limit(wanted: usize) -> usize {
         .saturating_sub(128)
         .max(16);
     if wanted > room {
-        eprintln!(
-            "gateway-controller: --max-connections {wanted} lowered to {room} (the file \
-             descriptor limit is {})",
-            lim.rlim_cur
+        warn!(
+            requested = wanted,
+            allowed = room,
+            fd_limit = lim.rlim_cur,
+            "--max-connections lowered below the file descriptor limit"
         );
         room
     } else {
@@ -138,6 +175,7 @@ fn connections_within_fd_limit(wanted: usize) -> usize {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match cli.command {
         Command::Init {
             db,
@@ -148,12 +186,11 @@ async fn main() -> anyhow::Result<()> {
         } => {
             if let Some(dir) = &tls_dir {
                 controller::tls::generate(dir, &sans)?;
-                eprintln!(
-                    "gateway-controller: wrote the CA and server certificate ({}) to {}; \
-                     agents and gatewayctl pin {}",
-                    sans.join(", "),
-                    dir.display(),
-                    dir.join(controller::tls::CA_CERT).display()
+                info!(
+                    dir = %dir.display(),
+                    sans = %sans.join(", "),
+                    ca = %dir.join(controller::tls::CA_CERT).display(),
+                    "wrote the CA and the server certificate; agents and gatewayctl pin the CA"
                 );
             } else if !sans.is_empty() {
                 bail!("--san needs --tls-dir");
@@ -168,9 +205,10 @@ async fn main() -> anyhow::Result<()> {
             let key = state
                 .bootstrap_admin_key(&key_name)
                 .context("creating the admin API key")?;
-            eprintln!(
-                "gateway-controller: admin API key `{key_name}` (shown once; valid {} days):",
-                controller::state::DEFAULT_KEY_TTL_SECS / 86_400
+            info!(
+                key = %key_name,
+                valid_days = controller::state::DEFAULT_KEY_TTL_SECS / 86_400,
+                "admin API key created: printed once on stdout"
             );
             println!("{key}");
             Ok(())
@@ -215,17 +253,18 @@ async fn main() -> anyhow::Result<()> {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await?;
-            eprintln!(
-                "gateway-controller: listening on {addr} ({}; database {})",
-                if insecure_plaintext {
+            info!(
+                %addr,
+                transport = if insecure_plaintext {
                     "PLAINTEXT, for tests only"
                 } else {
                     "TLS"
                 },
-                db.display()
+                db = %db.display(),
+                "listening"
             );
             task.await??;
-            eprintln!("gateway-controller: stopped");
+            info!("stopped");
             Ok(())
         }
         Command::AuditVerify {
@@ -255,10 +294,10 @@ async fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             } else {
-                eprintln!(
-                    "audit trail BROKEN at record {}: {}",
-                    v.first_bad_id.unwrap_or(0),
-                    v.reason
+                let id = v.first_bad_id.unwrap_or(0);
+                error!(
+                    first_bad_id = id,
+                    "audit trail BROKEN at record {id}: {}", v.reason
                 );
                 std::process::exit(1);
             }

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
-use gateway_proto::v1;
 use toml::{Table, Value};
 
 use crate::Error;
@@ -65,35 +64,6 @@ impl Kind {
             other => Kind::parse(other),
         }
     }
-
-    pub fn from_wire(k: i32) -> Result<Kind, Error> {
-        use v1::ObjectKind as O;
-        Ok(match O::try_from(k) {
-            Ok(O::RemoteNetwork) => Kind::RemoteNetwork,
-            Ok(O::Resource) => Kind::Resource,
-            Ok(O::User) => Kind::User,
-            Ok(O::Device) => Kind::Device,
-            Ok(O::ServiceAccount) => Kind::ServiceAccount,
-            Ok(O::Group) => Kind::Group,
-            Ok(O::Grant) => Kind::Grant,
-            Ok(O::Test) => Kind::Test,
-            _ => return Err(Error::InvalidArgument(format!("invalid object kind {k}"))),
-        })
-    }
-
-    pub fn to_wire(self) -> i32 {
-        use v1::ObjectKind as O;
-        (match self {
-            Kind::RemoteNetwork => O::RemoteNetwork,
-            Kind::Resource => O::Resource,
-            Kind::User => O::User,
-            Kind::Device => O::Device,
-            Kind::ServiceAccount => O::ServiceAccount,
-            Kind::Group => O::Group,
-            Kind::Grant => O::Grant,
-            Kind::Test => O::Test,
-        }) as i32
-    }
 }
 
 impl fmt::Display for Kind {
@@ -114,14 +84,6 @@ pub struct Object {
 impl Object {
     pub fn key(&self) -> (Kind, String) {
         (self.kind, self.name.clone())
-    }
-
-    pub fn to_wire(&self) -> v1::PolicyObject {
-        v1::PolicyObject {
-            kind: self.kind.to_wire(),
-            name: self.name.clone(),
-            toml: self.toml.clone(),
-        }
     }
 }
 

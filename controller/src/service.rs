@@ -1,4 +1,5 @@
-//! The gRPC services: thin adapters from requests to [`State`] calls.
+//! The gRPC services: thin adapters from requests to [`State`] calls, converting the
+//! wire types to and from the domain types (see [`crate::wire`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -6,10 +7,12 @@ use std::sync::Arc;
 use gateway_proto::v1::{self, admin_server::Admin, agent_server::Agent};
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::info;
 
-use crate::auth::{Principal, Role};
+use crate::auth::Principal;
+use crate::model::{AgentCredential, Assertion, ChangeOpts, ConnectionEvent};
 use crate::objects::Kind;
-use crate::state::ChangeOpts;
+use crate::wire::{kind_from_wire, object_to_wire, role_from_wire, role_to_wire};
 use crate::{Error, State};
 
 type R<T> = Result<Response<T>, Status>;
@@ -60,7 +63,7 @@ impl AdminService {
 
 fn object_arg(o: Option<v1::PolicyObject>) -> Result<(Kind, v1::PolicyObject), Status> {
     let o = o.ok_or_else(|| Status::invalid_argument("missing `object`"))?;
-    Ok((Kind::from_wire(o.kind)?, o))
+    Ok((kind_from_wire(o.kind)?, o))
 }
 
 #[tonic::async_trait]
@@ -81,7 +84,7 @@ impl Admin for AdminService {
         })
         .await?;
         Ok(Response::new(v1::ApplyPolicyResponse {
-            plan: Some(plan),
+            plan: Some(plan.into()),
             applied: !r.dry_run,
         }))
     }
@@ -96,9 +99,9 @@ impl Admin for AdminService {
 
     async fn get_object(&self, req: Request<v1::GetObjectRequest>) -> R<v1::GetObjectResponse> {
         let r = req.into_inner();
-        let (o, revision) = self.state.object(Kind::from_wire(r.kind)?, &r.name)?;
+        let (o, revision) = self.state.object(kind_from_wire(r.kind)?, &r.name)?;
         Ok(Response::new(v1::GetObjectResponse {
-            object: Some(o.to_wire()),
+            object: Some(object_to_wire(&o)),
             revision,
         }))
     }
@@ -111,11 +114,11 @@ impl Admin for AdminService {
         let kind = if r.kind == v1::ObjectKind::Unspecified as i32 {
             None
         } else {
-            Some(Kind::from_wire(r.kind)?)
+            Some(kind_from_wire(r.kind)?)
         };
         let (list, revision) = self.state.objects(kind);
         Ok(Response::new(v1::ListObjectsResponse {
-            objects: list.iter().map(|o| o.to_wire()).collect(),
+            objects: list.iter().map(object_to_wire).collect(),
             revision,
         }))
     }
@@ -130,7 +133,7 @@ impl Admin for AdminService {
         })
         .await?;
         Ok(Response::new(v1::ChangeResponse {
-            plan: Some(plan),
+            plan: Some(plan.into()),
             applied: !r.dry_run,
         }))
     }
@@ -150,7 +153,7 @@ impl Admin for AdminService {
         })
         .await?;
         Ok(Response::new(v1::ChangeResponse {
-            plan: Some(plan),
+            plan: Some(plan.into()),
             applied: !r.dry_run,
         }))
     }
@@ -158,14 +161,14 @@ impl Admin for AdminService {
     async fn delete_object(&self, req: Request<v1::DeleteObjectRequest>) -> R<v1::ChangeResponse> {
         let who = actor(&req)?;
         let r = req.into_inner();
-        let kind = Kind::from_wire(r.kind)?;
+        let kind = kind_from_wire(r.kind)?;
         let s = self.state.clone();
         let plan = blocking(move || {
             s.delete_object(kind, &r.name, &opts(r.dry_run, r.expected_revision, who))
         })
         .await?;
         Ok(Response::new(v1::ChangeResponse {
-            plan: Some(plan),
+            plan: Some(plan.into()),
             applied: !r.dry_run,
         }))
     }
@@ -174,15 +177,20 @@ impl Admin for AdminService {
         let r = req.into_inner();
         let s = self.state.clone();
         Ok(Response::new(
-            blocking(move || s.explain(&r.from, &r.to, r.at)).await?,
+            blocking(move || s.explain(&r.from, &r.to, r.at))
+                .await?
+                .into(),
         ))
     }
 
     async fn test_access(&self, req: Request<v1::TestAccessRequest>) -> R<v1::TestAccessResponse> {
         let r = req.into_inner();
+        let assertions: Vec<Assertion> = r.assertions.into_iter().map(Into::into).collect();
         let s = self.state.clone();
         Ok(Response::new(
-            blocking(move || s.test_access(&r.assertions, r.include_policy_tests)).await?,
+            blocking(move || s.test_access(&assertions, r.include_policy_tests))
+                .await?
+                .into(),
         ))
     }
 
@@ -192,9 +200,11 @@ impl Admin for AdminService {
     ) -> R<v1::QueryEventsResponse> {
         let r = req.into_inner();
         let s = self.state.clone();
-        let filter = r.filter.unwrap_or_default();
+        let filter = r.filter.unwrap_or_default().into();
         let events = blocking(move || s.query_events(&filter, r.limit)).await?;
-        Ok(Response::new(v1::QueryEventsResponse { events }))
+        Ok(Response::new(v1::QueryEventsResponse {
+            events: events.into_iter().map(Into::into).collect(),
+        }))
     }
 
     type FollowEventsStream = BoxStream<v1::StoredEvent>;
@@ -204,9 +214,10 @@ impl Admin for AdminService {
         req: Request<v1::FollowEventsRequest>,
     ) -> R<Self::FollowEventsStream> {
         let who = principal(&req)?;
-        let filter = req.into_inner().filter.unwrap_or_default();
+        let filter = req.into_inner().filter.unwrap_or_default().into();
         let rx = self.state.follow_events(filter, who);
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(|r| r.map(Into::into).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -218,7 +229,9 @@ impl Admin for AdminService {
         let s = self.state.clone();
         let records =
             blocking(move || s.audit_report(r.since_unix_ms, r.until_unix_ms, r.limit)).await?;
-        Ok(Response::new(v1::AuditReportResponse { records }))
+        Ok(Response::new(v1::AuditReportResponse {
+            records: records.into_iter().map(Into::into).collect(),
+        }))
     }
 
     async fn create_enrollment_token(
@@ -229,7 +242,9 @@ impl Admin for AdminService {
         let r = req.into_inner();
         let s = self.state.clone();
         Ok(Response::new(
-            blocking(move || s.create_token(&r.host, r.ttl_seconds, &who)).await?,
+            blocking(move || s.create_token(&r.host, r.ttl_seconds, &who))
+                .await?
+                .into(),
         ))
     }
 
@@ -237,7 +252,9 @@ impl Admin for AdminService {
         // The state's lock may be held by a change being compiled: not on a worker.
         let s = self.state.clone();
         let agents = blocking(move || Ok(s.agents())).await?;
-        Ok(Response::new(v1::ListAgentsResponse { agents }))
+        Ok(Response::new(v1::ListAgentsResponse {
+            agents: agents.into_iter().map(Into::into).collect(),
+        }))
     }
 
     async fn revoke_agent(
@@ -258,7 +275,9 @@ impl Admin for AdminService {
         let expect = req.into_inner().expect_head;
         let s = self.state.clone();
         Ok(Response::new(
-            blocking(move || s.verify_audit(expect.as_deref())).await?,
+            blocking(move || s.verify_audit(expect.as_deref()))
+                .await?
+                .into(),
         ))
     }
 
@@ -266,7 +285,7 @@ impl Admin for AdminService {
         let p = principal(&req)?;
         Ok(Response::new(v1::WhoAmIResponse {
             principal: p.name,
-            role: p.role.to_wire(),
+            role: role_to_wire(p.role),
             expires_unix_ms: p.expires_ms,
         }))
     }
@@ -277,7 +296,8 @@ impl Admin for AdminService {
         Ok(Response::new(
             self.state
                 .login(peer, &r.user, &r.password, &r.totp_code)
-                .await?,
+                .await?
+                .into(),
         ))
     }
 
@@ -287,14 +307,14 @@ impl Admin for AdminService {
     ) -> R<v1::CreateApiKeyResponse> {
         let who = actor(&req)?;
         let r = req.into_inner();
-        let role = Role::from_wire(r.role)
+        let role = role_from_wire(r.role)
             .ok_or_else(|| Status::invalid_argument("`role` must be ADMIN, OPERATOR or AUDITOR"))?;
         let s = self.state.clone();
         let (key, info) =
             blocking(move || s.create_api_key_ttl(&r.name, role, r.ttl_seconds, &who)).await?;
         Ok(Response::new(v1::CreateApiKeyResponse {
             key,
-            info: Some(info),
+            info: Some(info.into()),
         }))
     }
 
@@ -303,7 +323,12 @@ impl Admin for AdminService {
         _: Request<v1::ListApiKeysRequest>,
     ) -> R<v1::ListApiKeysResponse> {
         Ok(Response::new(v1::ListApiKeysResponse {
-            keys: self.state.list_api_keys(),
+            keys: self
+                .state
+                .list_api_keys()
+                .into_iter()
+                .map(Into::into)
+                .collect(),
         }))
     }
 
@@ -324,7 +349,7 @@ impl Admin for AdminService {
     ) -> R<v1::CreateAdminUserResponse> {
         let who = actor(&req)?;
         let r = req.into_inner();
-        let role = Role::from_wire(r.role)
+        let role = role_from_wire(r.role)
             .ok_or_else(|| Status::invalid_argument("`role` must be ADMIN, OPERATOR or AUDITOR"))?;
         let s = self.state.clone();
         let permit = self.state.argon_permit().await;
@@ -344,7 +369,12 @@ impl Admin for AdminService {
         _: Request<v1::ListAdminUsersRequest>,
     ) -> R<v1::ListAdminUsersResponse> {
         Ok(Response::new(v1::ListAdminUsersResponse {
-            users: self.state.list_admin_users(),
+            users: self
+                .state
+                .list_admin_users()
+                .into_iter()
+                .map(Into::into)
+                .collect(),
         }))
     }
 
@@ -357,6 +387,19 @@ impl Admin for AdminService {
         let s = self.state.clone();
         blocking(move || s.delete_admin_user(&r.name, &who)).await?;
         Ok(Response::new(v1::DeleteAdminUserResponse {}))
+    }
+}
+
+/// Held by a watch stream: says when it ends (the agent went away, fell behind or was
+/// revoked, or the controller stops).
+struct Connected {
+    agent: String,
+    host: String,
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        info!(agent = %self.agent, host = %self.host, "agent disconnected");
     }
 }
 
@@ -387,7 +430,9 @@ impl Agent for AgentService {
         };
         let s = self.state.clone();
         Ok(Response::new(
-            blocking(move || s.enroll(&r.token, &r.hostname, expected.as_deref(), peer)).await?,
+            blocking(move || s.enroll(&r.token, &r.hostname, expected.as_deref(), peer))
+                .await?
+                .into(),
         ))
     }
 
@@ -396,15 +441,24 @@ impl Agent for AgentService {
     async fn watch(&self, req: Request<v1::WatchRequest>) -> R<Self::WatchStream> {
         let r = req.into_inner();
         let s = self.state.clone();
-        let rx = blocking(move || s.watch(r.auth.as_ref(), r.generation)).await?;
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        let auth = r.auth.map(AgentCredential::from);
+        let watch = blocking(move || s.watch(auth.as_ref(), r.generation)).await?;
+        let connected = Connected {
+            agent: watch.agent_id,
+            host: watch.host,
+        };
+        let stream = tokio_stream::wrappers::ReceiverStream::new(watch.updates).map(move |u| {
+            let _connected = &connected;
+            Ok(v1::WatchResponse::from(u))
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
     async fn ack(&self, req: Request<v1::AckRequest>) -> R<v1::AckResponse> {
         let r = req.into_inner();
         let s = self.state.clone();
-        blocking(move || s.ack(r.auth.as_ref(), r.generation)).await?;
+        let auth = r.auth.map(AgentCredential::from);
+        blocking(move || s.ack(auth.as_ref(), r.generation)).await?;
         Ok(Response::new(v1::AckResponse {}))
     }
 
@@ -424,14 +478,15 @@ impl Agent for AgentService {
                 Some(id) => id.clone(),
                 None => {
                     let s = self.state.clone();
-                    let auth = msg.auth.clone();
+                    let auth = msg.auth.clone().map(AgentCredential::from);
                     let (id, _host) = blocking(move || s.check_agent(auth.as_ref())).await?;
                     agent = Some(id.clone());
                     id
                 }
             };
             let s = self.state.clone();
-            accepted += blocking(move || s.report_events(&id, msg.events)).await?;
+            let events: Vec<ConnectionEvent> = msg.events.into_iter().map(Into::into).collect();
+            accepted += blocking(move || s.report_events(&id, events)).await?;
         }
         Ok(Response::new(v1::ReportEventsResponse { accepted }))
     }

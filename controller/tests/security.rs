@@ -478,7 +478,7 @@ fn keys_of(db: &std::path::Path) -> std::sync::Arc<controller::keys::Keys> {
     )
 }
 
-fn verify(db: &std::path::Path) -> v1::VerifyAuditResponse {
+fn verify(db: &std::path::Path) -> controller::model::AuditVerification {
     controller::Store::open(db, keys_of(db))
         .unwrap()
         .verify_audit(None)

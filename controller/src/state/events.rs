@@ -1,162 +1,188 @@
-//! Checking connection events an agent reports against what its host may know.
-//!
-//! An agent reports for the host it enrolled as — never for another: the stored `host`
-//! is the agent's, whatever the event says. The names in an event (user, device,
-//! service account, resource, remote network, connector, rule) must be ones the host's
-//! compiled view holds (the current view or one of the few before it, since an agent
-//! may report events of a view it enforced a moment ago). The agent builds every one of
-//! those fields from its view, so an event naming anything else was not produced by an
-//! honest agent of that host and is not stored.
+//! The events aggregate: connection events reported by agents (checked against their
+//! host's recent views: [`check`]), stored on the event connection, queried, followed,
+//! pruned after the retention. Never takes the state's lock for database work.
 
-use std::collections::HashSet;
-use std::net::IpAddr;
+use std::sync::{Arc, MutexGuard};
 
-use gateway_proto::v1;
-use policy_compiler::{Host, HostView, model::RuleKind};
+use tokio::sync::{broadcast, mpsc};
+use tracing::debug;
 
-/// How many recent views of a host events are checked against.
-pub const VIEWS_KEPT: usize = 8;
-/// The most events one ReportEvents message may carry.
-pub const MAX_EVENTS_PER_MESSAGE: usize = 10_000;
-const MAX_FIELD: usize = 512;
+use super::{State, limits};
+use crate::model::{ConnectionEvent, EventFilter, EventRecord};
+use crate::store::EventStore;
+use crate::{Error, now_ms, shown};
 
-/// The names a host's view holds.
-#[derive(Debug, Default)]
-pub struct NameSet {
-    users: HashSet<String>,
-    devices: HashSet<String>,
-    service_accounts: HashSet<String>,
-    resources: HashSet<String>,
-    networks: HashSet<String>,
-    connectors: HashSet<String>,
-    rules: HashSet<String>,
-}
+mod check;
 
-impl NameSet {
-    pub fn of(view: &HostView) -> NameSet {
-        let mut n = NameSet::default();
-        for p in view.principals.values() {
-            if p.kind == "device" {
-                n.devices.insert(p.name.clone());
-                if let Some(u) = &p.user {
-                    n.users.insert(u.clone());
-                }
-            } else {
-                n.service_accounts.insert(p.name.clone());
-            }
+use check::MAX_EVENTS_PER_MESSAGE;
+pub(super) use check::{NameSet, VIEWS_KEPT};
+
+impl State {
+    fn event_store(&self) -> MutexGuard<'_, EventStore> {
+        self.event_store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores an agent's events (as its own host's: see `check`) and passes them to
+    /// followers; returns how many were stored. Events naming what the host's view does
+    /// not know are dropped (recorded, aggregated, in the audit trail). Over the agent's
+    /// quota, nothing is stored (RESOURCE_EXHAUSTED: send again later). Blocking
+    /// (SQLite): call off the async workers. Never takes the state's lock for the
+    /// database work.
+    pub fn report_events(
+        &self,
+        agent_id: &str,
+        mut events: Vec<ConnectionEvent>,
+    ) -> Result<u64, Error> {
+        if events.is_empty() {
+            return Ok(0);
         }
-        for a in view.atom_meta.values() {
-            n.networks.insert(a.network.clone());
-            n.resources.extend(a.resources.iter().cloned());
+        if events.len() > MAX_EVENTS_PER_MESSAGE {
+            return Err(Error::InvalidArgument(format!(
+                "{} events in one message (at most {})",
+                events.len(),
+                MAX_EVENTS_PER_MESSAGE
+            )));
         }
-        n.networks.extend(view.networks.iter().cloned());
-        match &view.host {
-            Host::Connector(c) => {
-                n.connectors.insert(c.clone());
-            }
-            Host::Device(_) => n.connectors.extend(view.connectors.iter().cloned()),
-        }
-        n.rules.insert("default-deny".into());
-        for m in view.rule_meta.values() {
-            match &m.kind {
-                RuleKind::Grant {
-                    grant, resource, ..
-                } => {
-                    n.rules.insert(grant.clone());
-                    n.resources.insert(resource.clone());
-                }
-                RuleKind::AuditDefault { resource } => {
-                    n.rules.insert(format!("audit-mode:{resource}"));
-                    n.resources.insert(resource.clone());
-                }
-            }
-        }
-        n
-    }
-}
-
-fn plain(what: &str, v: &str) -> Result<(), String> {
-    if v.len() > MAX_FIELD {
-        return Err(format!("`{what}` is {} bytes long", v.len()));
-    }
-    if v.chars()
-        .any(|c| c.is_control() || crate::names::is_invisible(c))
-    {
-        return Err(format!("`{what}` holds control or invisible characters"));
-    }
-    Ok(())
-}
-
-fn word(what: &str, v: &str) -> Result<(), String> {
-    if v.len() > 32
-        || !v
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        return Err(format!("`{what}` is not a short lower-case word"));
-    }
-    Ok(())
-}
-
-fn ip(what: &str, v: &Option<String>) -> Result<(), String> {
-    match v {
-        Some(s) if s.parse::<IpAddr>().is_err() => {
-            Err(format!("`{what}` `{}` is not an address", crate::shown(s)))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Checks one event of `host` against its recent views; sets its `host`.
-pub fn check(ev: &mut v1::ConnectionEvent, host: &str, views: &[&NameSet]) -> Result<(), String> {
-    plain("timestamp", &ev.timestamp)?;
-    word("event", &ev.event)?;
-    word("reason", &ev.reason)?;
-    if !matches!(ev.verdict.as_str(), "allow" | "deny" | "audit") {
-        return Err(format!(
-            "`verdict` `{}` is not allow, deny or audit",
-            crate::shown(&ev.verdict)
-        ));
-    }
-    if let Some(p) = &ev.protocol {
-        word("protocol", p)?;
-    }
-    ip("public_ip", &ev.public_ip)?;
-    ip("src_ip", &ev.src_ip)?;
-    ip("dst_ip", &ev.dst_ip)?;
-    if ev.src_port.is_some_and(|p| p > 65_535) || ev.dst_port.is_some_and(|p| p > 65_535) {
-        return Err("a port is beyond 65535".into());
-    }
-    type Pick = fn(&NameSet) -> &HashSet<String>;
-    let fields: [(&str, &Option<String>, Pick); 7] = [
-        ("user", &ev.user, |n| &n.users),
-        ("device", &ev.device, |n| &n.devices),
-        ("service_account", &ev.service_account, |n| {
-            &n.service_accounts
-        }),
-        ("remote_network", &ev.remote_network, |n| &n.networks),
-        ("connector", &ev.connector, |n| &n.connectors),
-        ("rule", &ev.rule, |n| &n.rules),
-        ("resource", &ev.resource, |n| &n.resources),
-    ];
-    for (what, value, pick) in fields {
-        let Some(value) = value else { continue };
-        plain(what, value)?;
-        // The agent names every resource covering an address, comma-separated.
-        let parts: Vec<&str> = if what == "resource" {
-            value.split(',').collect()
-        } else {
-            vec![value.as_str()]
+        let now = now_ms();
+        let (host, names) = {
+            let mut g = self.lock();
+            let Some(a) = g
+                .agents
+                .get_mut(agent_id)
+                .filter(|a| a.revoked_ms.is_none())
+            else {
+                return Err(Error::Unauthenticated(format!(
+                    "agent {} was revoked",
+                    shown(agent_id)
+                )));
+            };
+            a.last_seen_ms = now;
+            let host = a.host.clone();
+            let names: Vec<Arc<NameSet>> = g
+                .hosts
+                .get(&host)
+                .map(|h| h.names.iter().cloned().collect())
+                .unwrap_or_default();
+            (host, names)
         };
-        for part in parts {
-            if !views.iter().any(|n| pick(n).contains(part)) {
-                return Err(format!(
-                    "`{what}` `{}` is not in the view of {host}",
-                    crate::shown(part)
-                ));
-            }
+        if !self.guard.take_events(agent_id, events.len(), now) {
+            debug!(agent = agent_id, host = %host, events = events.len(), "event quota exceeded");
+            return Err(Error::ResourceExhausted(format!(
+                "agent {} sends more events than its quota ({} a second): nothing of this \
+                 message was stored; send it again later",
+                shown(agent_id),
+                self.guard.event_rate().per_sec
+            )));
         }
+        let sets: Vec<&NameSet> = names.iter().map(|n| &**n).collect();
+        let mut rejected = 0u64;
+        let mut first_reason = None;
+        events.retain_mut(|ev| match check::check(ev, &host, &sets) {
+            Ok(()) => true,
+            Err(why) => {
+                rejected += 1;
+                first_reason.get_or_insert(why);
+                false
+            }
+        });
+        if let Some(why) = first_reason {
+            self.refused(
+                "agent_events_rejected",
+                format!("agent:{agent_id}"),
+                host.clone(),
+                format!("{rejected} events not stored: {why}"),
+            );
+        }
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let stored = self.event_store().insert_events(agent_id, now, events)?;
+        let n = stored.len() as u64;
+        debug!(agent = agent_id, host = %host, stored = n, "events stored");
+        for e in stored {
+            let _ = self.events.send(e);
+        }
+        Ok(n)
     }
-    ev.host = host.to_string();
-    Ok(())
+
+    /// Sets an agent's event quota (default: `DEFAULT_EVENT_RATE`).
+    pub fn set_event_quota(&self, burst: f64, per_sec: f64) {
+        self.guard.set_event_rate(limits::Rate { burst, per_sec });
+    }
+
+    pub fn query_events(&self, f: &EventFilter, limit: u32) -> Result<Vec<EventRecord>, Error> {
+        let limit = if limit == 0 {
+            10_000
+        } else {
+            limit.min(10_000)
+        };
+        self.event_store().query_events(f, limit)
+    }
+
+    /// Events matching `filter` as they are stored, until shutdown or until the
+    /// follower's credential stops being valid (revoked, expired, its user deleted:
+    /// checked before every event and every second; then the stream ends with
+    /// UNAUTHENTICATED). A follower that lags behind skips what it missed;
+    /// `query_events` has it.
+    pub fn follow_events(
+        self: &Arc<Self>,
+        filter: EventFilter,
+        who: crate::auth::Principal,
+    ) -> mpsc::Receiver<Result<EventRecord, Error>> {
+        let mut rx = self.events.subscribe();
+        let mut closing = self.closing.subscribe();
+        let (tx, out) = mpsc::channel(1024);
+        let state = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            let valid = |who: &crate::auth::Principal| {
+                state
+                    .upgrade()
+                    .ok_or_else(|| Error::Unavailable("the controller is stopping".into()))
+                    .and_then(|s| s.recheck(who))
+            };
+            loop {
+                tokio::select! {
+                    _ = async {
+                        loop {
+                            let closed = *closing.borrow_and_update();
+                            if closed || closing.changed().await.is_err() {
+                                break;
+                            }
+                        }
+                    } => break,
+                    _ = tx.closed() => break,
+                    _ = tick.tick() => {
+                        if let Err(s) = valid(&who) {
+                            let _ = tx.send(Err(s)).await;
+                            break;
+                        }
+                    }
+                    r = rx.recv() => match r {
+                        Ok(e) => {
+                            if !filter.matches(&e) {
+                                continue;
+                            }
+                            if let Err(s) = valid(&who) {
+                                let _ = tx.send(Err(s)).await;
+                                break;
+                            }
+                            if tx.send(Ok(e)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                }
+            }
+        });
+        out
+    }
+
+    /// Deletes events older than the retention.
+    pub fn prune_events(&self) -> Result<usize, Error> {
+        let before = now_ms() - i64::from(self.retention_days) * 86_400_000;
+        self.event_store().prune_events(before)
+    }
 }

@@ -1,35 +1,27 @@
-//! Admin credentials (API keys, admin users, sessions), login with rate limiting, agent
-//! revocation and audit verification: the [`State`] operations behind `crate::auth`.
+//! Admin credentials (API keys, admin users, sessions) and their checks: the [`State`]
+//! operations behind `crate::auth`; Login and its bounds in `login`.
 //!
 //! Keys and users are kept in memory (loaded at start, written through to the store
 //! with an audit record in the same transaction); sessions live in memory only, so a
 //! controller restart ends every session (users log in again). Lock order: the main
 //! state lock before the credentials lock.
-//!
-//! What an unauthenticated caller of Login can cost is bounded before any password is
-//! hashed: logins per peer address and overall are rate-limited (token buckets, in
-//! [`crate::auth::AdminGuard`], before the request is even read), the user name must be
-//! a valid name, the attempt is counted against the user's failure window *before* the
-//! password is checked (so concurrent attempts cannot slip past the limit), and at most
-//! [`LoginLimits::argon_concurrency`] Argon2 computations (19 MiB each) run at once.
-//! Failure windows are kept for a bounded number of names; refusals reach the audit
-//! trail aggregated.
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
-use gateway_proto::v1;
-use rusqlite::params;
+use tracing::{debug, info};
 
 use super::State;
 use super::limits::{Attempts, Buckets, Rate};
 use crate::auth::{self, KEY_PREFIX, Perm, Principal, Role, SESSION_PREFIX};
-use crate::store::{ApiKeyRow, Audit, UserRow};
-use crate::{Error, hash_secret, now_ms, shown, try_random_hex};
+use crate::model::{AdminUserInfo, ApiKeyInfo, AuditEntry};
+use crate::store::{ApiKeyRow, UserRow};
+use crate::{Error, hash_secret, now_ms, peer_name, shown, try_random_hex};
 
-/// Failed logins per user within [`LOGIN_WINDOW_MS`] after which logins are refused.
-pub const MAX_LOGIN_FAILURES: usize = 5;
-pub const LOGIN_WINDOW_MS: i64 = 60_000;
+mod login;
+
+pub use login::{LOGIN_WINDOW_MS, LoginLimits, MAX_LOGIN_FAILURES};
+
 /// Default lifetime of an API key and of a session.
 pub const DEFAULT_KEY_TTL_SECS: u64 = 90 * 86_400;
 pub const MAX_KEY_TTL_SECS: u64 = 2 * 365 * 86_400;
@@ -47,36 +39,6 @@ pub const DEFAULT_EVENT_RATE: Rate = Rate {
     burst: 50_000.0,
     per_sec: 5_000.0,
 };
-
-/// Bounds of Login (see the module docs).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LoginLimits {
-    /// Logins per peer address.
-    pub per_peer: Rate,
-    /// Logins overall.
-    pub global: Rate,
-    /// Argon2 computations at once.
-    pub argon_concurrency: usize,
-    /// Login requests being read and checked at once (the rest wait, unread).
-    pub in_flight: usize,
-}
-
-impl Default for LoginLimits {
-    fn default() -> Self {
-        LoginLimits {
-            per_peer: Rate {
-                burst: 20.0,
-                per_sec: 0.5,
-            },
-            global: Rate {
-                burst: 60.0,
-                per_sec: 5.0,
-            },
-            argon_concurrency: 2,
-            in_flight: 8,
-        }
-    }
-}
 
 /// The rate limits and concurrency bounds in front of the expensive or unauthenticated
 /// work.
@@ -123,7 +85,7 @@ impl Guard {
     }
 }
 
-struct Session {
+struct OpenSession {
     user: String,
     role: Role,
     expires_ms: i64,
@@ -135,7 +97,7 @@ pub(super) struct Creds {
     keys: std::collections::HashMap<String, ApiKeyRow>,
     users: std::collections::HashMap<String, UserRow>,
     /// By the hash of the token.
-    sessions: std::collections::HashMap<String, Session>,
+    sessions: std::collections::HashMap<String, OpenSession>,
     /// Login attempts (counted before checking) per user name, also unknown ones.
     attempts: Attempts,
 }
@@ -167,33 +129,19 @@ fn valid_name(what: &str, name: &str) -> Result<(), Error> {
     }
 }
 
-fn key_info(k: &ApiKeyRow) -> v1::ApiKeyInfo {
-    v1::ApiKeyInfo {
+fn key_info(k: &ApiKeyRow) -> ApiKeyInfo {
+    ApiKeyInfo {
         name: k.name.clone(),
-        role: Role::parse(&k.role).map_or(0, Role::to_wire),
-        created_unix_ms: k.created_ms,
-        expires_unix_ms: k.expires_ms,
-        revoked_unix_ms: k.revoked_ms,
+        role: Role::parse(&k.role),
+        created_ms: k.created_ms,
+        expires_ms: k.expires_ms,
+        revoked_ms: k.revoked_ms,
         created_by: k.created_by.clone(),
     }
 }
 
-fn unauth(m: impl Into<String>) -> tonic::Status {
-    tonic::Status::unauthenticated(m)
-}
-
-/// A hash to verify against when the user is unknown (same cost as a real one).
-fn dummy_hash() -> &'static str {
-    static H: OnceLock<String> = OnceLock::new();
-    H.get_or_init(|| auth::hash_password("dummy password never matches").unwrap_or_default())
-}
-
-/// How a login attempt failed (for the audit trail; the caller always gets the same
-/// answer).
-enum Failure {
-    UnknownUser,
-    WrongPassword,
-    WrongCode,
+fn unauth(m: impl Into<String>) -> Error {
+    Error::Unauthenticated(m.into())
 }
 
 impl State {
@@ -209,67 +157,9 @@ impl State {
         );
     }
 
-    /// Replaces the Login bounds (see [`LoginLimits`]).
-    pub fn set_login_limits(&self, l: LoginLimits) {
-        let g = &self.guard;
-        *lk(&g.limits) = l;
-        *lk(&g.global) = super::limits::Bucket::full(l.global, now_ms());
-        *lk(&g.peers) = Buckets::new(PEERS_CAP);
-        *lk(&g.argon) = Arc::new(tokio::sync::Semaphore::new(l.argon_concurrency.max(1)));
-        *lk(&g.in_flight) = Arc::new(tokio::sync::Semaphore::new(l.in_flight.max(1)));
-    }
-
-    pub fn login_limits(&self) -> LoginLimits {
-        *lk(&self.guard.limits)
-    }
-
-    /// Admits a Login from `peer` before its request is read: the peer's and the global
-    /// rate limits (RESOURCE_EXHAUSTED beyond them). Returns the semaphore bounding the
-    /// Logins in flight, to hold a permit of while the request is handled.
-    pub fn admit_login(
-        &self,
-        peer: Option<IpAddr>,
-    ) -> Result<Arc<tokio::sync::Semaphore>, tonic::Status> {
-        let now = now_ms();
-        let l = self.login_limits();
-        let peer_ok = match peer {
-            Some(ip) => lk(&self.guard.peers).take(&ip, l.per_peer, now, 1.0),
-            None => true,
-        };
-        let why = if !peer_ok {
-            Some("too many logins from this address")
-        } else if !lk(&self.guard.global).take(l.global, now, 1.0) {
-            Some("too many logins")
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            self.refused(
-                "login_refused",
-                peer.map_or_else(|| "peer:unknown".into(), |p| format!("peer:{p}")),
-                "session".into(),
-                format!("rate limited: {why}"),
-            );
-            return Err(tonic::Status::resource_exhausted(format!(
-                "{why}: try again later"
-            )));
-        }
-        Ok(lk(&self.guard.in_flight).clone())
-    }
-
-    /// A permit to compute one Argon2 hash (at most `argon_concurrency` at once).
-    pub async fn argon_permit(&self) -> tokio::sync::OwnedSemaphorePermit {
-        let sem = lk(&self.guard.argon).clone();
-        match sem.acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => unreachable!("the semaphore is never closed"),
-        }
-    }
-
     /// Authenticates a bearer credential (`authorization` header value) and checks that
     /// its role grants `perm`: UNAUTHENTICATED or PERMISSION_DENIED otherwise.
-    #[allow(clippy::result_large_err)]
-    pub fn authorize(&self, header: Option<&str>, perm: Perm) -> Result<Principal, tonic::Status> {
+    pub fn authorize(&self, header: Option<&str>, perm: Perm) -> Result<Principal, Error> {
         let header = header.ok_or_else(|| {
             unauth("missing credential: send `authorization: Bearer <API key or session token>`")
         })?;
@@ -280,7 +170,7 @@ impl State {
         if p.role.allows(perm) {
             Ok(p)
         } else {
-            Err(tonic::Status::permission_denied(format!(
+            Err(Error::PermissionDenied(format!(
                 "{} has role {}, which may not do this ({perm:?} access needed)",
                 p.name, p.role
             )))
@@ -289,32 +179,33 @@ impl State {
 
     /// [`State::authorize`] for a call of `method` from `peer`; refused credentials and
     /// permission denials are recorded in the audit trail (aggregated).
-    #[allow(clippy::result_large_err)]
     pub fn authorize_call(
         &self,
         header: Option<&str>,
         perm: Perm,
         method: &str,
         peer: Option<IpAddr>,
-    ) -> Result<Principal, tonic::Status> {
+    ) -> Result<Principal, Error> {
         let r = self.authorize(header, perm);
-        if let Err(s) = &r {
+        if let Err(e) = &r {
             let method = shown(method);
-            match s.code() {
-                tonic::Code::PermissionDenied => {
+            match e {
+                Error::PermissionDenied(m) => {
                     let who = self
                         .authorize(header, Perm::Any)
                         .map_or_else(|_| "unknown".into(), |p| p.name);
-                    self.refused("permission_denied", who, method, s.message().to_string());
+                    debug!(principal = %who, method = %method, "permission denied");
+                    self.refused("permission_denied", who, method, m.clone());
                 }
                 _ => {
                     // Aggregated per address and reason, whatever the method.
+                    debug!(peer = %peer_name(peer), method = %method, reason = %e, "admin call refused");
                     let peer = peer.map_or_else(|| "peer:unknown".into(), |p| format!("peer:{p}"));
                     self.refused(
                         "admin_auth_failure",
                         peer,
                         "admin api".into(),
-                        s.message().to_string(),
+                        e.to_string(),
                     );
                 }
             }
@@ -322,7 +213,7 @@ impl State {
         r
     }
 
-    fn principal_of(&self, secret: &str, hash: &str) -> Result<Principal, tonic::Status> {
+    fn principal_of(&self, secret: &str, hash: &str) -> Result<Principal, Error> {
         let now = now_ms();
         let mut c = self.creds();
         if secret.starts_with(KEY_PREFIX) {
@@ -365,8 +256,7 @@ impl State {
 
     /// Whether the credential a principal authenticated with is still valid (not
     /// revoked, not expired, its session not ended): long-lived streams check it.
-    #[allow(clippy::result_large_err)]
-    pub fn recheck(&self, p: &Principal) -> Result<(), tonic::Status> {
+    pub fn recheck(&self, p: &Principal) -> Result<(), Error> {
         let now = now_ms();
         let c = self.creds();
         let ok = if p.name.starts_with("key:") {
@@ -388,15 +278,15 @@ impl State {
         }
     }
 
-    fn audit_now(
+    pub(super) fn audit_now(
         &self,
         actor: &str,
         action: &str,
         target: &str,
         before: &str,
         after: &str,
-    ) -> Audit {
-        Audit {
+    ) -> AuditEntry {
+        AuditEntry {
             time_ms: now_ms(),
             actor: actor.to_string(),
             action: action.to_string(),
@@ -417,7 +307,7 @@ impl State {
         role: Role,
         expires_ms: i64,
         actor: &str,
-    ) -> Result<(String, v1::ApiKeyInfo), Error> {
+    ) -> Result<(String, ApiKeyInfo), Error> {
         valid_name("API key", name)?;
         let secret = format!("{KEY_PREFIX}{}", try_random_hex(32)?);
         let now = now_ms();
@@ -449,6 +339,13 @@ impl State {
         );
         a.revision = g.revision;
         g.store.insert_api_key(&row, &a)?;
+        info!(
+            key = name,
+            role = %role,
+            actor,
+            expires = %policy_compiler::format_rfc3339(expires_ms / 1000),
+            "API key created"
+        );
         let info = key_info(&row);
         c.keys.insert(row.hash.clone(), row);
         Ok((secret, info))
@@ -461,7 +358,7 @@ impl State {
         role: Role,
         ttl_seconds: u64,
         actor: &str,
-    ) -> Result<(String, v1::ApiKeyInfo), Error> {
+    ) -> Result<(String, ApiKeyInfo), Error> {
         let ttl = if ttl_seconds == 0 {
             DEFAULT_KEY_TTL_SECS
         } else {
@@ -476,10 +373,10 @@ impl State {
             .map(|(s, _)| s)
     }
 
-    pub fn list_api_keys(&self) -> Vec<v1::ApiKeyInfo> {
+    pub fn list_api_keys(&self) -> Vec<ApiKeyInfo> {
         let c = self.creds();
         let mut out: Vec<_> = c.keys.values().map(key_info).collect();
-        out.sort_by(|a, b| (a.created_unix_ms, &a.name).cmp(&(b.created_unix_ms, &b.name)));
+        out.sort_by(|a, b| (a.created_ms, &a.name).cmp(&(b.created_ms, &b.name)));
         out
     }
 
@@ -504,11 +401,8 @@ impl State {
             "revoked",
         );
         a.revision = g.revision;
-        g.store.exec_audited(
-            "UPDATE api_keys SET revoked_ms = ?2 WHERE name = ?1",
-            params![name, now],
-            &a,
-        )?;
+        g.store.revoke_api_key(name, now, &a)?;
+        info!(key = name, actor, "API key revoked");
         k.revoked_ms = Some(now);
         Ok(())
     }
@@ -567,6 +461,7 @@ impl State {
         );
         a.revision = g.revision;
         g.store.insert_user(&row, &a)?;
+        info!(user = name, role = %role, actor, "admin user created");
         c.users.insert(name.to_string(), row);
         let uri = format!(
             "otpauth://totp/zt-gateway:{name}?secret={totp_secret}&issuer=zt-gateway&algorithm=SHA1&digits=6&period=30"
@@ -574,15 +469,15 @@ impl State {
         Ok((totp_secret, uri))
     }
 
-    pub fn list_admin_users(&self) -> Vec<v1::AdminUserInfo> {
+    pub fn list_admin_users(&self) -> Vec<AdminUserInfo> {
         let c = self.creds();
         let mut out: Vec<_> = c
             .users
             .values()
-            .map(|u| v1::AdminUserInfo {
+            .map(|u| AdminUserInfo {
                 name: u.name.clone(),
-                role: Role::parse(&u.role).map_or(0, Role::to_wire),
-                created_unix_ms: u.created_ms,
+                role: Role::parse(&u.role),
+                created_ms: u.created_ms,
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -607,6 +502,15 @@ impl State {
         );
         a.revision = g.revision;
         let revoked = g.store.delete_user(name, now, &a)?;
+        info!(
+            user = name,
+            actor,
+            keys_revoked = revoked.len(),
+            "admin user deleted (sessions ended, keys revoked)"
+        );
+        for k in &revoked {
+            info!(key = %k, actor, "API key revoked (its creator was deleted)");
+        }
         c.users.remove(name);
         c.sessions.retain(|_, s| s.user != name);
         for k in c.keys.values_mut() {
@@ -615,202 +519,5 @@ impl State {
             }
         }
         Ok(())
-    }
-
-    fn login_failed(&self, user: &str, why: &str) -> Error {
-        self.refused(
-            "login_failure",
-            format!("user:{user}"),
-            "session".into(),
-            why.into(),
-        );
-        Error::Unauthenticated("login failed: wrong user, password or code".into())
-    }
-
-    /// Password + TOTP code -> a session. The user name is checked first, the attempt
-    /// is counted before the password is, and the Argon2 work waits for a permit (see
-    /// the module docs). `peer`: the caller's address, for the audit trail.
-    pub async fn login(
-        self: &Arc<Self>,
-        peer: Option<IpAddr>,
-        user: &str,
-        password: &str,
-        code: &str,
-    ) -> Result<v1::LoginResponse, Error> {
-        let who = || peer.map_or_else(|| "peer:unknown".into(), |p| format!("peer:{p}"));
-        if let Err(e) = valid_name("user", user) {
-            self.refused(
-                "login_refused",
-                who(),
-                "session".into(),
-                "invalid user name".into(),
-            );
-            return Err(e);
-        }
-        let code = code.trim();
-        if password.len() > MAX_PASSWORD_LEN
-            || code.len() != 6
-            || !code.bytes().all(|b| b.is_ascii_digit())
-        {
-            self.refused(
-                "login_refused",
-                who(),
-                "session".into(),
-                "malformed password or code".into(),
-            );
-            return Err(Error::InvalidArgument(format!(
-                "a login needs a password of at most {MAX_PASSWORD_LEN} bytes and a 6-digit code"
-            )));
-        }
-        // Counted before anything is checked: concurrent attempts cannot exceed the
-        // limit.
-        let begun = self
-            .creds()
-            .attempts
-            .begin(user, now_ms(), MAX_LOGIN_FAILURES);
-        if let Err(ms) = begun {
-            self.refused(
-                "login_failure",
-                format!("user:{user}"),
-                "session".into(),
-                "rate limited".into(),
-            );
-            return Err(Error::ResourceExhausted(format!(
-                "too many failed logins for `{user}`: retry in {} s",
-                ms / 1000 + 1
-            )));
-        }
-        let row = self.creds().users.get(user).cloned();
-        let permit = self.argon_permit().await;
-        let (password, code) = (password.to_string(), code.to_string());
-        let state = self.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let Some(row) = row else {
-                // Same cost as a known user.
-                let _ = auth::verify_password(&password, dummy_hash());
-                return Err(Failure::UnknownUser);
-            };
-            if !auth::verify_password(&password, &row.password_hash) {
-                return Err(Failure::WrongPassword);
-            }
-            let secret = state
-                .keys
-                .open_totp(&row.name, &row.totp_secret)
-                .map_err(|_| Failure::WrongCode)?;
-            let step =
-                auth::totp_check(&secret, &code, now_ms() / 1000).ok_or(Failure::WrongCode)?;
-            Ok((row, step))
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("login task failed: {e}")))?;
-        let (row, step) = match checked {
-            Ok(x) => x,
-            Err(Failure::UnknownUser) => return Err(self.login_failed(user, "unknown user")),
-            Err(Failure::WrongPassword) => return Err(self.login_failed(user, "wrong password")),
-            Err(Failure::WrongCode) => return Err(self.login_failed(user, "wrong TOTP code")),
-        };
-        let role = Role::parse(&row.role)
-            .ok_or_else(|| Error::Internal(format!("user `{user}` has an unknown role")))?;
-        let token = format!("{SESSION_PREFIX}{}", try_random_hex(32)?);
-        let now = now_ms();
-        let ttl = self
-            .session_ttl_ms
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let expires_ms = now + ttl;
-        {
-            let mut g = self.lock();
-            let mut c = self.creds();
-            let Some(u) = c.users.get_mut(user) else {
-                drop(c);
-                drop(g);
-                return Err(self.login_failed(user, "unknown user"));
-            };
-            // A code is accepted once, also across restarts (the step is stored).
-            if u.totp_last_step >= step {
-                drop(c);
-                drop(g);
-                return Err(self.login_failed(user, "TOTP code already used"));
-            }
-            g.store.set_totp_step(user, step)?;
-            u.totp_last_step = step;
-            c.attempts.clear(user);
-            c.sessions.retain(|_, s| s.expires_ms > now);
-            c.sessions.insert(
-                hash_secret(&token),
-                Session {
-                    user: user.to_string(),
-                    role,
-                    expires_ms,
-                },
-            );
-            let mut a = self.audit_now(
-                &format!("user:{user}"),
-                "login_success",
-                "session",
-                "",
-                &format!(
-                    "session until {}",
-                    policy_compiler::format_rfc3339(expires_ms / 1000)
-                ),
-            );
-            a.revision = g.revision;
-            if let Err(e) = g.store.audit(&a) {
-                eprintln!("gateway-controller: recording login_success: {e}");
-            }
-        }
-        Ok(v1::LoginResponse {
-            session_token: token,
-            expires_unix_ms: expires_ms,
-            role: role.to_wire(),
-        })
-    }
-
-    // -------------------------------------------------------------- agents, audit
-
-    /// Revokes an agent: its credential stops working and its watch streams end.
-    pub fn revoke_agent(&self, id: &str, actor: &str) -> Result<(), Error> {
-        let now = now_ms();
-        let mut g = self.lock();
-        let Some(a) = g.agents.get(id) else {
-            return Err(Error::NotFound(format!("no agent `{}`", shown(id))));
-        };
-        if a.revoked_ms.is_some() {
-            return Ok(());
-        }
-        let mut rec = self.audit_now(
-            actor,
-            "revoke_agent",
-            &a.host,
-            &format!("agent {} ({})", a.id, a.hostname),
-            "revoked",
-        );
-        rec.revision = g.revision;
-        g.store.exec_audited(
-            "UPDATE agents SET revoked_ms = ?2 WHERE id = ?1",
-            params![id, now],
-            &rec,
-        )?;
-        if let Some(a) = g.agents.get_mut(id) {
-            a.revoked_ms = Some(now);
-        }
-        // Dropping the senders ends the streams.
-        for ws in g.watchers.values_mut() {
-            ws.retain(|w| w.agent_id != id);
-        }
-        Ok(())
-    }
-
-    /// Checks the audit chain (and that the anchored head `expect_head` is in it).
-    pub fn verify_audit(
-        &self,
-        expect_head: Option<&str>,
-    ) -> Result<v1::VerifyAuditResponse, Error> {
-        self.lock().store.verify_audit(expect_head)
-    }
-
-    /// The audit chain's head: (record id, hash).
-    pub fn audit_head(&self) -> Result<Option<(u64, String)>, Error> {
-        self.lock().store.head()
     }
 }

@@ -1,0 +1,492 @@
+//! The agents aggregate: enrollment tokens, agents and their credentials, each host's
+//! compiled view, generation and recent deltas, watch streams (catch-up, then the
+//! deltas fanned out on every commit), acks, revocation.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use gateway_proto as gp;
+use policy_compiler::{self as pc, HostView};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::events::{NameSet, VIEWS_KEPT};
+use super::policy::HostPlan;
+use super::{Inner, State};
+use crate::model::{
+    AgentCredential, AgentInfo, AuditEntry, Enrollment, EnrollmentToken, ViewDelta, ViewUpdate,
+    Watch, WatchUpdate,
+};
+use crate::store::AgentRow;
+use crate::{Error, hash_secret, now_ms, peer_name, shown, try_random_hex};
+
+/// Updates buffered per watching agent; an agent that falls this far behind is
+/// disconnected and resumes from its generation when it reconnects.
+pub const WATCH_BUFFER: usize = 256;
+
+pub(super) struct HostState {
+    pub(super) generation: u64,
+    pub(super) view: Arc<HostView>,
+    /// (generation, base, delta), oldest first, at most `DELTA_HISTORY`.
+    pub(super) deltas: VecDeque<(u64, u64, ViewDelta)>,
+    /// The names of the last few views, newest last (for checking reported events).
+    pub(super) names: VecDeque<Arc<NameSet>>,
+}
+
+impl HostState {
+    pub(super) fn new(generation: u64, view: Arc<HostView>) -> HostState {
+        let mut names = VecDeque::new();
+        names.push_back(Arc::new(NameSet::of(&view)));
+        HostState {
+            generation,
+            view,
+            deltas: VecDeque::new(),
+            names,
+        }
+    }
+
+    pub(super) fn set_view(&mut self, generation: u64, view: Arc<HostView>) {
+        self.names.push_back(Arc::new(NameSet::of(&view)));
+        while self.names.len() > VIEWS_KEPT {
+            self.names.pop_front();
+        }
+        self.generation = generation;
+        self.view = view;
+    }
+}
+
+pub(super) struct Watcher {
+    pub(super) agent_id: String,
+    pub(super) tx: mpsc::Sender<WatchUpdate>,
+    pub(super) generation: u64,
+}
+
+impl State {
+    /// A one-time enrollment token for `host` (`connector:NAME` / `device:NAME`).
+    pub fn create_token(
+        &self,
+        host: &str,
+        ttl_seconds: u64,
+        actor: &str,
+    ) -> Result<EnrollmentToken, Error> {
+        let h = crate::names::host(host)?;
+        let token = format!("zt-enroll-{}", try_random_hex(24)?);
+        let now = now_ms();
+        let ttl = if ttl_seconds == 0 {
+            3600
+        } else {
+            ttl_seconds.min(365 * 86400)
+        };
+        let expires = now + ttl as i64 * 1000;
+        let mut g = self.lock();
+        let audit = AuditEntry {
+            time_ms: now,
+            actor: actor.to_string(),
+            action: "create_enrollment_token".into(),
+            target: host.to_string(),
+            before: String::new(),
+            after: format!("expires {}", pc::format_rfc3339(expires / 1000)),
+            revision: g.revision,
+        };
+        g.store
+            .insert_token(&hash_secret(&token), host, now, expires, &audit)?;
+        info!(
+            host,
+            actor,
+            expires = %pc::format_rfc3339(expires / 1000),
+            "enrollment token created"
+        );
+        // A host the policy does not name yet starts with an empty view.
+        if !g.hosts.contains_key(host) {
+            let view = gp::empty_view(&h, now / 1000);
+            let plan = HostPlan {
+                host: host.to_string(),
+                base: 0,
+                generation: 1,
+                delta: ViewDelta::between(&view, &view),
+                view: Arc::new(view),
+            };
+            let rev = g.revision;
+            self.commit(&mut g, None, rev, &[plan], &[])?;
+        }
+        Ok(EnrollmentToken {
+            token,
+            host: host.to_string(),
+            expires_ms: expires,
+        })
+    }
+
+    /// Exchanges a token for an agent identity. With `expected_host` (the host the
+    /// agent is configured as), a token for another host is refused and stays unused.
+    pub fn enroll(
+        &self,
+        token: &str,
+        hostname: &str,
+        expected_host: Option<&str>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Enrollment, Error> {
+        if let Some(why) = crate::names::problem(hostname, 255).filter(|_| !hostname.is_empty()) {
+            return Err(Error::InvalidArgument(format!(
+                "invalid `hostname` `{}`: {why}",
+                shown(hostname)
+            )));
+        }
+        if let Some(h) = expected_host {
+            crate::names::host(h)?;
+        }
+        let refused = |detail: &str| {
+            debug!(peer = %peer_name(peer), reason = detail, "enrollment refused");
+            self.refused(
+                "enroll_refused",
+                peer.map_or_else(|| "peer:unknown".into(), |p| format!("peer:{p}")),
+                "agent".into(),
+                detail.into(),
+            );
+        };
+        if token.len() > 128 {
+            refused("malformed token");
+            return Err(Error::Unauthenticated(
+                "enrollment token unknown, used or expired".into(),
+            ));
+        }
+        let now = now_ms();
+        let credential = format!("zt-agent-{}", try_random_hex(32)?);
+        let id = format!("agent-{}", try_random_hex(8)?);
+        let mut g = self.lock();
+        let rev = g.revision;
+        let outcome = g.store.enroll(
+            &hash_secret(token),
+            now,
+            expected_host,
+            |host| AgentRow {
+                id: id.clone(),
+                host: host.to_string(),
+                hostname: hostname.to_string(),
+                credential_hash: hash_secret(&credential),
+                enrolled_ms: now,
+                acked_generation: 0,
+                last_seen_ms: now,
+                revoked_ms: None,
+            },
+            |a| AuditEntry {
+                time_ms: now,
+                actor: format!("agent:{}", a.id),
+                action: "enroll_agent".into(),
+                target: a.host.clone(),
+                before: String::new(),
+                after: format!("agent {} ({})", a.id, a.hostname),
+                revision: rev,
+            },
+        )?;
+        let row = match outcome {
+            crate::store::Enrolled::Agent(row) => row,
+            crate::store::Enrolled::Unknown => {
+                drop(g);
+                refused("unknown, used or expired token");
+                return Err(Error::Unauthenticated(
+                    "enrollment token unknown, used or expired".into(),
+                ));
+            }
+            crate::store::Enrolled::OtherHost => {
+                drop(g);
+                refused("token for another host");
+                return Err(Error::FailedPrecondition(format!(
+                    "this token enrolls another host than {}; it was not used",
+                    expected_host.map(shown).unwrap_or_default()
+                )));
+            }
+        };
+        let host = gp::parse_host(&row.host).map_err(|e| Error::Internal(e.to_string()))?;
+        info!(
+            agent = %row.id,
+            host = %row.host,
+            hostname = %shown(&row.hostname),
+            peer = %peer_name(peer),
+            "agent enrolled"
+        );
+        g.agents.insert(row.id.clone(), row);
+        Ok(Enrollment {
+            agent_id: id,
+            host,
+            credential,
+        })
+    }
+
+    fn authenticate<'g>(
+        g: &'g mut Inner,
+        auth: Option<&AgentCredential>,
+    ) -> Result<&'g mut AgentRow, Error> {
+        let auth =
+            auth.ok_or_else(|| Error::Unauthenticated("missing agent credentials".into()))?;
+        match g.agents.get_mut(&auth.agent_id) {
+            Some(a) if a.credential_hash == hash_secret(&auth.credential) => {
+                if a.revoked_ms.is_some() {
+                    Err(Error::Unauthenticated(format!(
+                        "agent {} was revoked",
+                        auth.agent_id
+                    )))
+                } else {
+                    Ok(a)
+                }
+            }
+            _ => Err(Error::Unauthenticated(
+                "unknown agent or wrong credential".into(),
+            )),
+        }
+    }
+
+    /// Records a refused agent credential (aggregated) and passes the error on.
+    pub(super) fn agent_refused(&self, auth: Option<&AgentCredential>, e: Error) -> Error {
+        let who = auth.map_or_else(
+            || "agent:(none)".to_string(),
+            |a| format!("agent:{}", shown(&a.agent_id)),
+        );
+        self.refused("agent_auth_failure", who, "agent".into(), e.to_string());
+        e
+    }
+
+    /// Checks an agent's credentials; returns its id and host.
+    pub fn check_agent(&self, auth: Option<&AgentCredential>) -> Result<(String, String), Error> {
+        let mut g = self.lock();
+        let r = match Self::authenticate(&mut g, auth) {
+            Ok(a) => {
+                a.last_seen_ms = now_ms();
+                Ok((a.id.clone(), a.host.clone()))
+            }
+            Err(e) => Err(e),
+        };
+        drop(g);
+        r.map_err(|e| self.agent_refused(auth, e))
+    }
+
+    /// Checks that an already authenticated agent is still enrolled and not revoked.
+    pub fn check_agent_id(&self, id: &str) -> Result<(), Error> {
+        match self.lock().agents.get(id) {
+            Some(a) if a.revoked_ms.is_none() => Ok(()),
+            _ => Err(Error::Unauthenticated(format!("agent {id} was revoked"))),
+        }
+    }
+
+    /// Starts watching: the catch-up (snapshot or missed deltas) is queued first, then
+    /// every change of the agent's host.
+    pub fn watch(&self, auth: Option<&AgentCredential>, have: u64) -> Result<Watch, Error> {
+        let mut g = self.lock();
+        let now = now_ms();
+        let (agent_id, host) = match Self::authenticate(&mut g, auth) {
+            Ok(agent) => {
+                agent.last_seen_ms = now;
+                (agent.id.clone(), agent.host.clone())
+            }
+            Err(e) => {
+                drop(g);
+                return Err(self.agent_refused(auth, e));
+            }
+        };
+        let Some(hs) = g.hosts.get(&host) else {
+            return Err(Error::Internal(format!("host {host} has no view")));
+        };
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let current = hs.generation;
+        let mut catch_up = "none";
+        if have != current {
+            let chain: Vec<_> = hs
+                .deltas
+                .iter()
+                .filter(|(gen_, _, _)| *gen_ > have)
+                .collect();
+            let resumable = have != 0
+                && have < current
+                && chain.first().is_some_and(|(_, b, _)| *b == have)
+                && chain.windows(2).all(|w| w[1].1 == w[0].0);
+            let msgs: Vec<WatchUpdate> = if resumable {
+                chain
+                    .iter()
+                    .map(|(gen_, base, d)| WatchUpdate {
+                        generation: *gen_,
+                        base_generation: *base,
+                        update: ViewUpdate::Delta(d.clone()),
+                    })
+                    .collect()
+            } else {
+                vec![WatchUpdate {
+                    generation: current,
+                    base_generation: 0,
+                    update: ViewUpdate::Snapshot(hs.view.clone()),
+                }]
+            };
+            catch_up = if resumable { "deltas" } else { "snapshot" };
+            for m in msgs {
+                tx.try_send(m)
+                    .map_err(|_| Error::Internal("watch buffer too small for catch-up".into()))?;
+            }
+        }
+        info!(
+            agent = %agent_id,
+            host = %host,
+            from_generation = have,
+            generation = current,
+            catch_up,
+            "agent connected"
+        );
+        let ws = g.watchers.entry(host.clone()).or_default();
+        ws.retain(|w| !w.tx.is_closed());
+        ws.push(Watcher {
+            agent_id: agent_id.clone(),
+            tx,
+            generation: current,
+        });
+        Ok(Watch {
+            agent_id,
+            host,
+            generation: current,
+            updates: rx,
+        })
+    }
+
+    /// Records the generation an agent applied.
+    pub fn ack(&self, auth: Option<&AgentCredential>, generation: u64) -> Result<(), Error> {
+        let mut g = self.lock();
+        let now = now_ms();
+        let (id, host) = match Self::authenticate(&mut g, auth) {
+            Ok(agent) => (agent.id.clone(), agent.host.clone()),
+            Err(e) => {
+                drop(g);
+                return Err(self.agent_refused(auth, e));
+            }
+        };
+        let current = g.hosts.get(&host).map_or(0, |h| h.generation);
+        if generation > current {
+            return Err(Error::FailedPrecondition(format!(
+                "generation {generation} was never sent to {host} (current generation {current})"
+            )));
+        }
+        if let Some(a) = g.agents.get_mut(&id) {
+            a.acked_generation = generation;
+            a.last_seen_ms = now;
+        }
+        debug!(agent = %id, host = %host, generation, "generation acknowledged");
+        g.store.update_agent(&id, generation, now)
+    }
+
+    /// Every agent and its state.
+    pub fn agents(&self) -> Vec<AgentInfo> {
+        let g = self.lock();
+        let mut out: Vec<AgentInfo> =
+            g.agents
+                .values()
+                .map(|a| AgentInfo {
+                    agent_id: a.id.clone(),
+                    host: a.host.clone(),
+                    hostname: a.hostname.clone(),
+                    connected: g.watchers.get(&a.host).is_some_and(|ws| {
+                        ws.iter().any(|w| w.agent_id == a.id && !w.tx.is_closed())
+                    }),
+                    acked_generation: a.acked_generation,
+                    current_generation: g.hosts.get(&a.host).map_or(0, |h| h.generation),
+                    last_seen_ms: a.last_seen_ms,
+                    enrolled_ms: a.enrolled_ms,
+                    revoked_ms: a.revoked_ms,
+                })
+                .collect();
+        out.sort_by(|a, b| (a.enrolled_ms, &a.agent_id).cmp(&(b.enrolled_ms, &b.agent_id)));
+        out
+    }
+
+    /// The current generation of every host.
+    pub fn generations(&self) -> BTreeMap<String, u64> {
+        self.lock()
+            .hosts
+            .iter()
+            .map(|(k, h)| (k.clone(), h.generation))
+            .collect()
+    }
+
+    /// The current view of a host.
+    pub fn view(&self, host: &str) -> Option<(u64, HostView)> {
+        self.lock()
+            .hosts
+            .get(host)
+            .map(|h| (h.generation, (*h.view).clone()))
+    }
+
+    /// Ends every watch stream (at shutdown).
+    pub fn close_watchers(&self) {
+        self.closing.send_replace(true);
+        self.lock().watchers.clear();
+    }
+
+    /// Revokes an agent: its credential stops working and its watch streams end.
+    pub fn revoke_agent(&self, id: &str, actor: &str) -> Result<(), Error> {
+        let now = now_ms();
+        let mut g = self.lock();
+        let Some(a) = g.agents.get(id) else {
+            return Err(Error::NotFound(format!("no agent `{}`", shown(id))));
+        };
+        if a.revoked_ms.is_some() {
+            return Ok(());
+        }
+        let mut rec = self.audit_now(
+            actor,
+            "revoke_agent",
+            &a.host,
+            &format!("agent {} ({})", a.id, a.hostname),
+            "revoked",
+        );
+        rec.revision = g.revision;
+        g.store.revoke_agent(id, now, &rec)?;
+        info!(agent = id, host = %rec.target, actor, "agent revoked");
+        if let Some(a) = g.agents.get_mut(id) {
+            a.revoked_ms = Some(now);
+        }
+        // Dropping the senders ends the streams.
+        for ws in g.watchers.values_mut() {
+            ws.retain(|w| w.agent_id != id);
+        }
+        Ok(())
+    }
+
+    /// Sends a committed host change to the watchers of that host (only them).
+    pub(super) fn fan_out(g: &mut Inner, p: &HostPlan) {
+        if let Some(ws) = g.watchers.get_mut(&p.host) {
+            let msg = WatchUpdate {
+                generation: p.generation,
+                base_generation: p.base,
+                update: if p.base == 0 {
+                    ViewUpdate::Snapshot(p.view.clone())
+                } else {
+                    ViewUpdate::Delta(p.delta.clone())
+                },
+            };
+            ws.retain_mut(|w| {
+                if w.generation != p.base && p.base != 0 {
+                    debug!(
+                        agent = %w.agent_id,
+                        host = %p.host,
+                        at = w.generation,
+                        base = p.base,
+                        "watch stream out of step: ended (the agent resumes)"
+                    );
+                    return false;
+                }
+                match w.tx.try_send(msg.clone()) {
+                    Ok(()) => {
+                        w.generation = p.generation;
+                        true
+                    }
+                    // Full: disconnect; the agent resumes from its generation.
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        warn!(
+                            agent = %w.agent_id,
+                            host = %p.host,
+                            generation = w.generation,
+                            "agent fell behind: its watch stream ends (it resumes when it \
+                             reconnects)"
+                        );
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! The policy aggregate: the objects and their revision, changes (validate against
+//! the whole policy, plan, commit with the compiled view of every host and the audit
+//! record), the published snapshot reads take, and recompiling when grants expire.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use gateway_proto as gp;
+use policy_compiler::{self as pc, Host, HostView, Policy};
+use tracing::{debug, info};
+
+use super::{HostState, Inner, State};
+use crate::model::{
+    AuditEntry, ChangeKind, ChangeOpts, EntryCounts, HostChange, ObjectChange, Plan, ViewDelta,
+};
+use crate::objects::{self, Kind, Object, Objects};
+use crate::store::{DELTA_HISTORY, HostUpdate};
+use crate::{Error, now_ms, now_unix, shown};
+
+pub mod explain;
+
+/// What policy reads need, swapped in after every commit.
+#[derive(Debug, Default)]
+pub(super) struct Snapshot {
+    pub(super) objects: Objects,
+    pub(super) text: String,
+    pub(super) revision: u64,
+    /// Why the stored policy does not load, when it does not.
+    pub(super) broken: Option<String>,
+}
+
+/// A planned (or committed) host change.
+pub(super) struct HostPlan {
+    pub(super) host: String,
+    pub(super) base: u64,
+    pub(super) generation: u64,
+    pub(super) view: Arc<HostView>,
+    pub(super) delta: ViewDelta,
+}
+
+/// The next instant a grant or a service-account key expires: hosts are recompiled then.
+pub(super) fn next_expiry(p: &Policy, now: i64) -> Option<i64> {
+    p.grants
+        .iter()
+        .filter_map(|g| g.expires_at)
+        .chain(p.principals.iter().filter_map(|k| k.expires_at))
+        .filter(|&e| e > now)
+        .min()
+}
+
+fn policy_hosts(p: &Policy) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for n in &p.networks {
+        for c in &n.connectors {
+            out.insert(gp::host_name(&Host::Connector(c.clone())));
+        }
+    }
+    for d in &p.devices {
+        out.insert(gp::host_name(&Host::Device(d.name.clone())));
+    }
+    out
+}
+
+fn compile_or_empty(p: &Policy, host: &Host, now: i64) -> HostView {
+    pc::compile(p, host, now).unwrap_or_else(|_| gp::empty_view(host, now))
+}
+
+pub(super) fn parse_policy(
+    text: &str,
+    file: &str,
+    now: i64,
+) -> Result<pc::Parsed, Vec<pc::Diagnostic>> {
+    pc::parse(text, file, now)
+}
+
+pub(super) fn diag_text(d: &[pc::Diagnostic]) -> String {
+    d.iter()
+        .filter(|d| d.is_error())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Where the text of one object sits inside a policy text being validated, so its
+/// diagnostics can be reported against the object's own text.
+struct ObjectSpan {
+    index: usize,
+    text: String,
+    /// Lines prepended to the object's text (its header, when it had none).
+    shift: u32,
+    file: String,
+}
+
+impl State {
+    /// Publishes what reads see (after a commit of objects).
+    pub(super) fn publish(&self, g: &Inner) {
+        let snap = Arc::new(Snapshot {
+            objects: g.objects.clone(),
+            text: g.objects.render(),
+            revision: g.revision,
+            broken: g.broken.clone(),
+        });
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snap;
+    }
+
+    /// Why the stored policy does not load, when it does not (then changes other than
+    /// ApplyPolicy are refused).
+    pub fn problem(&self) -> Option<String> {
+        self.lock().broken.clone()
+    }
+
+    fn refuse_if_broken(g: &Inner) -> Result<(), Error> {
+        Self::refuse_broken(&g.broken)
+    }
+
+    pub(super) fn refuse_broken(broken: &Option<String>) -> Result<(), Error> {
+        match broken {
+            Some(why) => Err(Error::FailedPrecondition(format!(
+                "{why}. Changes are refused until a valid policy is applied as a whole \
+                 (ApplyPolicy, `gatewayctl apply`)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    // -------------------------------------------------------------- policy
+
+    /// The policy text and revision.
+    pub fn policy(&self) -> (String, u64) {
+        let s = self.snap();
+        (s.text.clone(), s.revision)
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.snap().revision
+    }
+
+    /// Every object (of `kind`, when given) and the revision.
+    pub fn objects(&self, kind: Option<Kind>) -> (Vec<Object>, u64) {
+        let s = self.snap();
+        let list = s
+            .objects
+            .list
+            .iter()
+            .filter(|o| kind.is_none_or(|k| o.kind == k))
+            .cloned()
+            .collect();
+        (list, s.revision)
+    }
+
+    pub fn object(&self, kind: Kind, name: &str) -> Result<(Object, u64), Error> {
+        let s = self.snap();
+        s.objects
+            .get(kind, name)
+            .cloned()
+            .map(|o| (o, s.revision))
+            .ok_or_else(|| Error::NotFound(format!("no {kind} named `{}`", shown(name))))
+    }
+
+    /// Replaces the whole policy (declarative apply).
+    pub fn apply_policy(&self, text: &str, file: &str, opts: &ChangeOpts) -> Result<Plan, Error> {
+        let file = if file.is_empty() { "policy.toml" } else { file };
+        let now = now_unix();
+        // Located against the caller's own text.
+        parse_policy(text, file, now).map_err(|d| Error::InvalidArgument(diag_text(&d)))?;
+        let new = objects::split(text, file)?;
+        let mut g = self.lock();
+        let before = g.objects.render();
+        let after = new.render();
+        let audit = ("apply_policy", "policy".to_string(), before, after);
+        self.change(&mut g, new, None, opts, audit, now)
+    }
+
+    /// Adds an object.
+    pub fn create_object(&self, kind: Kind, text: &str, opts: &ChangeOpts) -> Result<Plan, Error> {
+        let now = now_unix();
+        let mut g = self.lock();
+        let (obj, vtext, shift) = objects::parse_object(kind, text, &format!("{kind}"))?;
+        if g.objects.get(kind, &obj.name).is_some() {
+            return Err(Error::AlreadyExists(format!(
+                "a {kind} named `{}` exists (update it instead)",
+                obj.name
+            )));
+        }
+        let mut new = g.objects.clone();
+        let target = format!("{kind}:{}", obj.name);
+        let after = obj.toml.clone();
+        new.insert(obj.clone());
+        let index = new.position(kind, &obj.name).unwrap_or(0);
+        let span = ObjectSpan {
+            index,
+            text: vtext,
+            shift,
+            file: target.clone(),
+        };
+        self.change(
+            &mut g,
+            new,
+            Some(span),
+            opts,
+            ("create_object", target, String::new(), after),
+            now,
+        )
+    }
+
+    /// Replaces an object's table (same kind and name).
+    pub fn update_object(
+        &self,
+        kind: Kind,
+        name: &str,
+        text: &str,
+        opts: &ChangeOpts,
+    ) -> Result<Plan, Error> {
+        let now = now_unix();
+        let mut g = self.lock();
+        let Some(index) = g.objects.position(kind, name) else {
+            return Err(Error::NotFound(format!(
+                "no {kind} named `{}`",
+                shown(name)
+            )));
+        };
+        let target = format!("{kind}:{name}");
+        let (obj, vtext, shift) = objects::parse_object(kind, text, &target)?;
+        if obj.name != name {
+            return Err(Error::InvalidArgument(format!(
+                "{target}: the table names `{}`; renaming is delete + create",
+                shown(&obj.name)
+            )));
+        }
+        let mut new = g.objects.clone();
+        let before = new.list[index].toml.clone();
+        let after = obj.toml.clone();
+        new.list[index] = obj;
+        let span = ObjectSpan {
+            index,
+            text: vtext,
+            shift,
+            file: target.clone(),
+        };
+        self.change(
+            &mut g,
+            new,
+            Some(span),
+            opts,
+            ("update_object", target, before, after),
+            now,
+        )
+    }
+
+    /// Removes an object.
+    pub fn delete_object(&self, kind: Kind, name: &str, opts: &ChangeOpts) -> Result<Plan, Error> {
+        let now = now_unix();
+        let mut g = self.lock();
+        let Some(index) = g.objects.position(kind, name) else {
+            return Err(Error::NotFound(format!(
+                "no {kind} named `{}`",
+                shown(name)
+            )));
+        };
+        let mut new = g.objects.clone();
+        let removed = new.list.remove(index);
+        let target = format!("{kind}:{name}");
+        self.change(
+            &mut g,
+            new,
+            None,
+            opts,
+            ("delete_object", target, removed.toml, String::new()),
+            now,
+        )
+    }
+
+    /// Recompiles every host when a grant has expired since the last compile.
+    pub fn refresh_if_due(&self) -> Result<(), Error> {
+        let due = {
+            let g = self.lock();
+            g.broken.is_none() && g.next_expiry.is_some_and(|e| e <= now_unix())
+        };
+        if due { self.refresh() } else { Ok(()) }
+    }
+
+    /// Recompiles every host with the current policy (views depend on the time through
+    /// grant expiry); changed hosts get a new generation and their agents the delta.
+    pub fn refresh(&self) -> Result<(), Error> {
+        let now = now_unix();
+        let mut g = self.lock();
+        if g.broken.is_some() {
+            // Recompiling an empty stand-in would take every host's policy away.
+            return Ok(());
+        }
+        let policy = g.policy.clone();
+        let plans = self.plan_hosts(&g, &policy, now);
+        if !plans.is_empty() {
+            let rev = g.revision;
+            self.commit(&mut g, None, rev, &plans, &[])?;
+            info!(
+                revision = rev,
+                hosts_changed = plans.len(),
+                "views recompiled (the time changed them: an expiry)"
+            );
+        }
+        g.next_expiry = next_expiry(&policy, now);
+        Ok(())
+    }
+
+    /// Validates `new`, plans, and (unless a dry run) commits and fans out.
+    fn change(
+        &self,
+        g: &mut Inner,
+        new: Objects,
+        span: Option<ObjectSpan>,
+        opts: &ChangeOpts,
+        audit: (&str, String, String, String),
+        now: i64,
+    ) -> Result<Plan, Error> {
+        if audit.0 != "apply_policy" {
+            Self::refuse_if_broken(g)?;
+        }
+        if let Some(exp) = opts.expected_revision
+            && exp != g.revision
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "the policy is at revision {}, not the expected revision {exp}: reload it and retry",
+                g.revision
+            )));
+        }
+        // What is validated is what is stored: the objects' canonical text. When an
+        // object's own text was given, errors are located in that text instead.
+        let parsed = parse_policy(&new.render(), "policy.toml", now).map_err(|canonical| {
+            let Some(s) = &span else {
+                return canonical;
+            };
+            let (text, start) = new.render_with(Some((s.index, &s.text)));
+            let lines = s.text.lines().count().max(1) as u32 + s.shift;
+            match parse_policy(&text, "policy.toml", now) {
+                Ok(_) => canonical,
+                Err(diags) => diags
+                    .into_iter()
+                    .map(|mut d| {
+                        if d.line >= start && d.line < start + lines {
+                            d.file = s.file.clone();
+                            d.line = (d.line - start + 1).saturating_sub(s.shift).max(1);
+                        }
+                        d
+                    })
+                    .collect(),
+            }
+        });
+        let parsed = parsed.map_err(|d| Error::InvalidArgument(diag_text(&d)))?;
+        let policy = parsed.policy;
+
+        // Object changes.
+        let old_by = g.objects.by_key();
+        let new_by = new.by_key();
+        let mut changes = Vec::new();
+        for (k, o) in &new_by {
+            match old_by.get(k) {
+                None => changes.push((k.clone(), ChangeKind::Added, String::new(), o.toml.clone())),
+                Some(p) if p.toml != o.toml => changes.push((
+                    k.clone(),
+                    ChangeKind::Changed,
+                    p.toml.clone(),
+                    o.toml.clone(),
+                )),
+                Some(_) => {}
+            }
+        }
+        for (k, o) in &old_by {
+            if !new_by.contains_key(k) {
+                changes.push((
+                    k.clone(),
+                    ChangeKind::Removed,
+                    o.toml.clone(),
+                    String::new(),
+                ));
+            }
+        }
+        // Order matters too (grant order decides rule ids).
+        let reordered = changes.is_empty() && g.objects != new;
+        let new_revision = if changes.is_empty() && !reordered {
+            g.revision
+        } else {
+            g.revision + 1
+        };
+        let plans = self.plan_hosts(g, &policy, now);
+        let plan = Plan {
+            base_revision: g.revision,
+            new_revision,
+            objects: changes
+                .into_iter()
+                .map(|((kind, name), change, before, after)| ObjectChange {
+                    kind,
+                    name,
+                    change,
+                    before,
+                    after,
+                })
+                .collect(),
+            hosts: plans.iter().map(|p| Self::host_change(g, p)).collect(),
+            warnings: parsed.warnings.iter().map(ToString::to_string).collect(),
+        };
+        if opts.dry_run {
+            debug!(
+                actor = %opts.actor,
+                action = audit.0,
+                target = %audit.1,
+                "dry run planned"
+            );
+            return Ok(plan);
+        }
+        let (action, target, before, after) = audit;
+        let logged_target = target.clone();
+        let record = AuditEntry {
+            time_ms: now_ms(),
+            actor: opts.actor.clone(),
+            action: action.to_string(),
+            target,
+            before,
+            after,
+            revision: new_revision,
+        };
+        let objects_changed = new_revision != g.revision;
+        self.commit(
+            g,
+            objects_changed.then_some(&new),
+            new_revision,
+            &plans,
+            &[record],
+        )?;
+        g.objects = new;
+        g.next_expiry = next_expiry(&policy, now);
+        g.policy = policy;
+        info!(
+            actor = %opts.actor,
+            action,
+            target = %logged_target,
+            revision = new_revision,
+            objects_changed = plan.objects.len(),
+            hosts_changed = plan.hosts.len(),
+            "policy changed"
+        );
+        for h in &plan.hosts {
+            debug!(
+                host = %h.host,
+                generation = h.new_generation,
+                base = h.base_generation,
+                entries_changed = h.total.added + h.total.changed + h.total.removed,
+                agents = h.connected_agents,
+                "host view changed"
+            );
+        }
+        if g.broken.take().is_some() {
+            info!("a valid policy was applied: changes are accepted again");
+        }
+        self.publish(g);
+        Ok(plan)
+    }
+
+    fn host_change(g: &Inner, p: &HostPlan) -> HostChange {
+        let old = g.hosts.get(&p.host).map(|h| &*h.view);
+        let empty;
+        let old = match old {
+            Some(v) => v,
+            None => {
+                empty = gp::empty_view(&p.view.host, p.view.compiled_at);
+                &empty
+            }
+        };
+        let d = pc::diff(old, &p.view);
+        let (src, dst, rules) = (
+            EntryCounts::of(&d.src),
+            EntryCounts::of(&d.dst),
+            EntryCounts::of(&d.rules),
+        );
+        HostChange {
+            host: p.host.clone(),
+            base_generation: p.base,
+            new_generation: p.generation,
+            src,
+            dst,
+            rules,
+            total: EntryCounts::sum(&[src, dst, rules]),
+            metadata_changed: p.delta.metadata_changed(),
+            connected_agents: g
+                .watchers
+                .get(&p.host)
+                .map_or(0, |w| w.iter().filter(|w| !w.tx.is_closed()).count() as u32),
+        }
+    }
+
+    /// Compiles every known host and every host of `policy`; returns those whose view
+    /// changes.
+    fn plan_hosts(&self, g: &Inner, policy: &Policy, now: i64) -> Vec<HostPlan> {
+        let mut names: BTreeSet<String> = g.hosts.keys().cloned().collect();
+        names.extend(policy_hosts(policy));
+        let mut out = Vec::new();
+        for name in names {
+            let Ok(host) = gp::parse_host(&name) else {
+                continue;
+            };
+            let view = compile_or_empty(policy, &host, now);
+            match g.hosts.get(&name) {
+                Some(hs) => {
+                    let delta = ViewDelta::between(&hs.view, &view);
+                    if !delta.is_empty() {
+                        out.push(HostPlan {
+                            host: name,
+                            base: hs.generation,
+                            generation: hs.generation + 1,
+                            view: Arc::new(view),
+                            delta,
+                        });
+                    }
+                }
+                None => {
+                    let delta = ViewDelta::between(&gp::empty_view(&host, now), &view);
+                    let view = Arc::new(view);
+                    out.push(HostPlan {
+                        host: name,
+                        base: 0,
+                        generation: 1,
+                        view,
+                        delta,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Persists, updates memory, and sends each changed host's delta to its watchers.
+    pub(super) fn commit(
+        &self,
+        g: &mut Inner,
+        objects: Option<&Objects>,
+        revision: u64,
+        plans: &[HostPlan],
+        audit: &[AuditEntry],
+    ) -> Result<(), Error> {
+        let updates: Vec<HostUpdate<'_>> = plans
+            .iter()
+            .map(|p| HostUpdate {
+                host: &p.host,
+                generation: p.generation,
+                base: p.base,
+                view: &p.view,
+                delta: &p.delta,
+            })
+            .collect();
+        g.store.commit(objects, revision, &updates, audit)?;
+        g.revision = revision;
+        for p in plans {
+            let hs = g.hosts.entry(p.host.clone()).or_insert_with(|| {
+                HostState::new(
+                    0,
+                    Arc::new(gp::empty_view(&p.view.host, p.view.compiled_at)),
+                )
+            });
+            hs.set_view(p.generation, p.view.clone());
+            if p.base != 0 {
+                hs.deltas.push_back((p.generation, p.base, p.delta.clone()));
+                while hs.deltas.len() > DELTA_HISTORY as usize {
+                    hs.deltas.pop_front();
+                }
+            }
+            Self::fan_out(g, p);
+        }
+        Ok(())
+    }
+}

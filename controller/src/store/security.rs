@@ -1,0 +1,228 @@
+//! The admin credentials' SQL: API keys (the secret only as its hash) and admin users
+//! (Argon2id password hashes, TOTP secrets sealed with the controller key, the last
+//! accepted TOTP step).
+
+use rusqlite::{Connection, params};
+
+use super::audit::insert_audit;
+use super::{Loaded, Store, db};
+use crate::Error;
+use crate::keys::Keys;
+use crate::model::AuditEntry;
+
+/// A stored API key (the secret only as its hash).
+#[derive(Clone, Debug)]
+pub struct ApiKeyRow {
+    pub name: String,
+    pub role: String,
+    pub hash: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub revoked_ms: Option<i64>,
+    pub created_by: String,
+}
+
+/// An interactive admin user.
+#[derive(Clone)]
+pub struct UserRow {
+    pub name: String,
+    pub role: String,
+    /// Argon2id, PHC string.
+    pub password_hash: String,
+    /// The TOTP secret as stored: sealed with the TOTP key (see [`crate::keys`]).
+    pub totp_secret: String,
+    pub created_ms: i64,
+    /// The last TOTP time step accepted (-1: none): a code is accepted once, also
+    /// across restarts.
+    pub totp_last_step: i64,
+}
+
+impl std::fmt::Debug for UserRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRow")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Every API key and admin user (at start-up).
+    pub(super) fn load_security(&self, out: &mut Loaded) -> Result<(), Error> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT name, role, hash, created_ms, expires_ms, revoked_ms, created_by
+                 FROM api_keys ORDER BY created_ms, name",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(ApiKeyRow {
+                    name: r.get(0)?,
+                    role: r.get(1)?,
+                    hash: r.get(2)?,
+                    created_ms: r.get(3)?,
+                    expires_ms: r.get(4)?,
+                    revoked_ms: r.get(5)?,
+                    created_by: r.get(6)?,
+                })
+            })
+            .map_err(db)?;
+        for row in rows {
+            out.api_keys.push(row.map_err(db)?);
+        }
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT name, role, password_hash, totp_secret, created_ms, totp_last_step
+                 FROM admin_users ORDER BY name",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(UserRow {
+                    name: r.get(0)?,
+                    role: r.get(1)?,
+                    password_hash: r.get(2)?,
+                    totp_secret: r.get(3)?,
+                    created_ms: r.get(4)?,
+                    totp_last_step: r.get(5)?,
+                })
+            })
+            .map_err(db)?;
+        for row in rows {
+            out.users.push(row.map_err(db)?);
+        }
+        Ok(())
+    }
+
+    pub fn insert_api_key(&mut self, k: &ApiKeyRow, audit: &AuditEntry) -> Result<(), Error> {
+        self.exec_audited(
+            "INSERT INTO api_keys (name, role, hash, created_ms, expires_ms, revoked_ms, created_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                k.name,
+                k.role,
+                k.hash,
+                k.created_ms,
+                k.expires_ms,
+                k.revoked_ms,
+                k.created_by
+            ],
+            audit,
+        )
+        .map(|_| ())
+    }
+
+    pub fn insert_user(&mut self, u: &UserRow, audit: &AuditEntry) -> Result<(), Error> {
+        self.exec_audited(
+            "INSERT INTO admin_users (name, role, password_hash, totp_secret, created_ms, totp_last_step)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                u.name,
+                u.role,
+                u.password_hash,
+                u.totp_secret,
+                u.created_ms,
+                u.totp_last_step
+            ],
+            audit,
+        )
+        .map(|_| ())
+    }
+
+    /// Revokes an API key, with its audit record.
+    pub fn revoke_api_key(
+        &mut self,
+        name: &str,
+        now_ms: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), Error> {
+        self.exec_audited(
+            "UPDATE api_keys SET revoked_ms = ?2 WHERE name = ?1",
+            params![name, now_ms],
+            audit,
+        )
+        .map(|_| ())
+    }
+
+    /// Records the last accepted TOTP step of a user.
+    pub fn set_totp_step(&mut self, user: &str, step: i64) -> Result<(), Error> {
+        self.conn
+            .execute(
+                "UPDATE admin_users SET totp_last_step = ?2 WHERE name = ?1 AND totp_last_step < ?2",
+                params![user, step],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Deletes an admin user and revokes the API keys they created, atomically, with
+    /// the audit records; returns the names of the keys revoked.
+    pub fn delete_user(
+        &mut self,
+        name: &str,
+        now_ms: i64,
+        audit: &AuditEntry,
+    ) -> Result<Vec<String>, Error> {
+        let tx = self.conn.transaction().map_err(db)?;
+        tx.execute("DELETE FROM admin_users WHERE name = ?1", [name])
+            .map_err(db)?;
+        let keys: Vec<String> = {
+            let mut st = tx
+                .prepare(
+                    "SELECT name FROM api_keys WHERE created_by = ?1 AND revoked_ms IS NULL ORDER BY name",
+                )
+                .map_err(db)?;
+            st.query_map([format!("user:{name}")], |r| r.get(0))
+                .map_err(db)?
+                .collect::<Result<_, _>>()
+                .map_err(db)?
+        };
+        insert_audit(&tx, &self.keys, audit)?;
+        for k in &keys {
+            tx.execute(
+                "UPDATE api_keys SET revoked_ms = ?2 WHERE name = ?1",
+                params![k, now_ms],
+            )
+            .map_err(db)?;
+            insert_audit(
+                &tx,
+                &self.keys,
+                &AuditEntry {
+                    action: "revoke_api_key".into(),
+                    target: format!("api_key:{k}"),
+                    before: "active".into(),
+                    after: format!("revoked: its creator user:{name} was deleted"),
+                    ..audit.clone()
+                },
+            )?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(keys)
+    }
+}
+
+/// Seals the TOTP secrets stored in clear (once, when the database is keyed).
+pub(super) fn seal_plain_totp_secrets(tx: &Connection, keys: &Keys) -> Result<(), Error> {
+    let users: Vec<(String, String)> = {
+        let mut st = tx
+            .prepare("SELECT name, totp_secret FROM admin_users")
+            .map_err(db)?;
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?
+    };
+    for (name, secret) in users {
+        if !Keys::is_sealed(&secret) {
+            tx.execute(
+                "UPDATE admin_users SET totp_secret = ?2 WHERE name = ?1",
+                params![name, keys.seal_totp(&name, &secret)?],
+            )
+            .map_err(db)?;
+        }
+    }
+    Ok(())
+}
