@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use gateway_logging::LogFormat;
 use tracing::{error, info, warn};
 
 #[derive(Parser, Debug)]
@@ -24,36 +25,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Logs on stderr, with timestamps, filtered by `RUST_LOG` (default `info`). A
-/// `RUST_LOG` that does not parse is reported, and `info` used instead.
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let env = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|v| !v.trim().is_empty());
-    let (filter, bad) = match env.as_deref().map(EnvFilter::try_new) {
-        Some(Ok(f)) => (f, None),
-        Some(Err(e)) => (EnvFilter::new("info"), Some(e)),
-        None => (EnvFilter::new("info"), None),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-    if let Some(e) = bad {
-        warn!(error = %e, "RUST_LOG does not parse: logging at info");
-    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -175,7 +146,7 @@ fn connections_within_fd_limit(wanted: usize) -> usize {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    gateway_logging::init(cli.log_format, true);
     match cli.command {
         Command::Init {
             db,

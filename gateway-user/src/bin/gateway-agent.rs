@@ -1,7 +1,8 @@
 //! `gateway-agent`: the host agent of the zero-trust gateway.
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use gateway_logging::LogFormat;
 use gateway_user::agent::{self, config::Config};
 use std::path::PathBuf;
 
@@ -24,37 +25,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Operational messages on stderr, timestamped and levelled, filtered by `RUST_LOG`
-/// (default `info`). A `RUST_LOG` that does not parse is reported, and `info` used.
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let env = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|v| !v.trim().is_empty());
-    let (filter, bad) = match env.as_deref().map(EnvFilter::try_new) {
-        Some(Ok(f)) => (f, None),
-        Some(Err(e)) => (EnvFilter::new("info"), Some(e)),
-        None => (EnvFilter::new("info"), None),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(false).init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-    if let Some(e) = bad {
-        tracing::warn!(error = %e, "RUST_LOG does not parse: logging at info");
-    }
 }
 
 #[derive(Subcommand)]
@@ -107,7 +77,7 @@ enum MapsCommand {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    gateway_logging::init(cli.log_format, false);
     match cli.command {
         Command::Run { config } => agent::run(Config::load(&config)?),
         Command::Detach { config } => {
