@@ -121,7 +121,8 @@ pub const CONFIG: &str = map_name!(CONFIG);
 
 /// Maps that carry state across agent restarts: pinned in the agent's pin folder and
 /// re-adopted by the next agent (a restart keeps policy, flows and counters).
-pub const PERSISTENT: &[&str] = &[
+pub const PERSISTENT: &[&str] = &PINNED;
+const PINNED: [&str; 16] = [
     CONFIG,
     ACTIVE,
     SRC,
@@ -143,26 +144,16 @@ pub const PERSISTENT: &[&str] = &[
 /// Per-CPU scratch space of the programs (not pinned: it holds nothing between packets).
 pub const SCRATCH: &str = map_name!(SCRATCH);
 
-/// Every map of the production object.
-pub const ALL: &[&str] = &[
-    CONFIG,
-    ACTIVE,
-    SRC,
-    DST,
-    RULES,
-    FLOWS_TCP,
-    FLOWS_OTHER,
-    FRAGS,
-    FLOW_STATS,
-    SOURCES,
-    VERDICT_STATS,
-    PARSE_STATS,
-    EVENTS_FLOW,
-    EVENTS_ALERT,
-    EVENTS_LOST,
-    BUDGETS,
-    SCRATCH,
-];
+/// Every map of the production object: the persistent ones and [`SCRATCH`].
+pub const ALL: &[&str] = &{
+    let mut all = [SCRATCH; PINNED.len() + 1];
+    let mut i = 0;
+    while i < PINNED.len() {
+        all[i] = PINNED[i];
+        i += 1;
+    }
+    all
+};
 
 /// The rings of [`EVENTS_LOST`].
 #[repr(u32)]

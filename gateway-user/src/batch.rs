@@ -48,19 +48,10 @@ pub fn per_cpu_sums(map: &MapData) -> Result<Vec<u64>> {
         ..BatchAttr::default()
     };
     // SAFETY: buffers sized for `n` keys and `n` per-CPU values, alive for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ENOENT) {
-            bail!("BPF_MAP_LOOKUP_BATCH on {:?}: {e}", info.name_as_str());
-        }
+    if let Err(e) = unsafe { lookup_batch(&mut attr) }
+        && e.raw_os_error() != Some(libc::ENOENT)
+    {
+        bail!("BPF_MAP_LOOKUP_BATCH on {:?}: {e}", info.name_as_str());
     }
     let mut sums = vec![0u64; n];
     for i in 0..attr.count as usize {
@@ -114,15 +105,7 @@ pub fn read_all<K: aya::Pod, V: aya::Pod>(map: &MapData) -> Result<Vec<(K, V)>> 
         };
         // SAFETY: `attr` describes buffers that stay alive and are large enough for
         // `count` keys and values of the map's sizes (checked above) and for the token.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>() as u32,
-            )
-        };
-        let err = (rc < 0).then(std::io::Error::last_os_error);
+        let err = unsafe { lookup_batch(&mut attr) }.err();
         let done = match &err {
             None => false,
             Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
@@ -144,5 +127,27 @@ pub fn read_all<K: aya::Pod, V: aya::Pod>(map: &MapData) -> Result<Vec<(K, V)>> 
         }
         token_in = token_out;
         first = false;
+    }
+}
+
+/// `BPF_MAP_LOOKUP_BATCH` with `attr`; the kernel updates `attr.count`.
+///
+/// # Safety
+/// `attr` must point at key, value and token buffers that are alive for the call and large
+/// enough for `attr.count` entries of the map's key and value sizes.
+unsafe fn lookup_batch(attr: &mut BatchAttr) -> std::io::Result<()> {
+    // SAFETY: the caller vouches for the buffers `attr` points at.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }

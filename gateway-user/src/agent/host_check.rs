@@ -199,6 +199,28 @@ fn scope_text(scope: &str) -> String {
     }
 }
 
+/// A setting in effect only when `all` and the interface's own value are both on: when
+/// `all` is on, one finding for `all` and one per interface (and `default`) that is on.
+fn scoped_findings(obs: &Observed, r: &mut Report, s: Sysctl, why: impl Fn(&str) -> String) {
+    let Some(all) = obs.value(s, "all").filter(|v| *v != 0) else {
+        return;
+    };
+    let scopes = ["all".to_string(), "default".to_string()]
+        .into_iter()
+        .chain(obs.enforcing.iter().cloned());
+    for scope in scopes {
+        let v = if scope == "all" {
+            Some(all)
+        } else {
+            obs.value(s, &scope)
+        };
+        if let Some(v) = v.filter(|v| *v != 0) {
+            let text = why(&scope_text(&scope));
+            r.findings.push(sysctl_finding(s, &scope, v, text));
+        }
+    }
+}
+
 fn sysctl_finding(s: Sysctl, scope: &str, value: i64, why: String) -> Finding {
     Finding {
         check: s.check(),
@@ -224,63 +246,23 @@ pub fn assess(obs: &Observed) -> Report {
                 .push(format!("could not check {}: {e}", s.name(scope))),
         }
     }
-    let scoped = |extra: &'static str| {
-        std::iter::once(extra.to_string()).chain(obs.enforcing.iter().cloned())
-    };
 
     // IPv4 source routing: `all` AND the receiving interface.
-    let s = Sysctl::Ipv4AcceptSourceRoute;
-    if let Some(all) = obs.value(s, "all").filter(|v| *v != 0) {
-        for scope in std::iter::once("all".to_string()).chain(scoped("default")) {
-            let Some(v) = (if scope == "all" {
-                Some(all)
-            } else {
-                obs.value(s, &scope)
-            }) else {
-                continue;
-            };
-            if v != 0 {
-                r.findings.push(sysctl_finding(
-                    s,
-                    &scope,
-                    v,
-                    format!(
-                        "IPv4 source-routed packets (LSRR/SSRR options) are accepted on {}: the \
-                         kernel sends such a packet on to an address listed in its options, not \
-                         to the destination the gateway decided on",
-                        scope_text(&scope)
-                    ),
-                ));
-            }
-        }
-    }
-
+    scoped_findings(obs, &mut r, Sysctl::Ipv4AcceptSourceRoute, |scope| {
+        format!(
+            "IPv4 source-routed packets (LSRR/SSRR options) are accepted on {scope}: the kernel \
+             sends such a packet on to an address listed in its options, not to the \
+             destination the gateway decided on"
+        )
+    });
     // SRv6: the smaller of `all` and the receiving interface.
-    let s = Sysctl::Ipv6Seg6Enabled;
-    if let Some(all) = obs.value(s, "all").filter(|v| *v != 0) {
-        for scope in std::iter::once("all".to_string()).chain(scoped("default")) {
-            let Some(v) = (if scope == "all" {
-                Some(all)
-            } else {
-                obs.value(s, &scope)
-            }) else {
-                continue;
-            };
-            if v != 0 {
-                r.findings.push(sysctl_finding(
-                    s,
-                    &scope,
-                    v,
-                    format!(
-                        "IPv6 segment routing is on for {}: a packet with a segment routing \
-                         header addressed to this host is forwarded to its next segment, an \
-                         address the gateway never decided on",
-                        scope_text(&scope)
-                    ),
-                ));
-            }
-        }
-    }
+    scoped_findings(obs, &mut r, Sysctl::Ipv6Seg6Enabled, |scope| {
+        format!(
+            "IPv6 segment routing is on for {scope}: a packet with a segment routing header \
+             addressed to this host is forwarded to its next segment, an address the gateway \
+             never decided on"
+        )
+    });
 
     let s = Sysctl::Ipv6AcceptSourceRoute;
     if let Some(v) = obs.value(s, "all").filter(|v| *v > 0) {
