@@ -265,12 +265,11 @@ fn open_flow(key: &FlowKey, generation: u32) -> bool {
     }
 }
 
-/// Lets the later fragments of this packet's datagram through this hook, as part of the
-/// flow `flow` (`reply`: the datagram travels in the flow's reply direction).
+/// The key of this packet's datagram in `FRAGS`: the same for its first fragment (which
+/// records the decision) and its later ones (which look it up), in this hook's direction.
 #[inline(always)]
-fn follow_fragments(cx: &Cx, scratch: &mut Scratch, reply: bool) {
-    let p = &scratch.parsed;
-    scratch.frag_key = FragKey {
+fn frag_key(p: &Parsed, cx: &Cx) -> FragKey {
+    FragKey {
         src: p.key.src,
         dst: p.key.dst,
         id: p.frag_id,
@@ -278,7 +277,15 @@ fn follow_fragments(cx: &Cx, scratch: &mut Scratch, reply: bool) {
         family: p.key.family,
         dir: cx.dir as u8,
         _pad: 0,
-    };
+    }
+}
+
+/// Lets the later fragments of this packet's datagram through this hook, as part of the
+/// flow `flow` (`reply`: the datagram travels in the flow's reply direction).
+#[inline(always)]
+fn follow_fragments(cx: &Cx, scratch: &mut Scratch, reply: bool) {
+    let p = &scratch.parsed;
+    scratch.frag_key = frag_key(p, cx);
     scratch.frag_state = FragState {
         flow: if reply { p.key.reversed() } else { p.key },
         generation: cx.generation,
@@ -364,15 +371,7 @@ fn refused(cx: &Cx, scratch: &Scratch, outcome: ParseOutcome) -> Reason {
 #[inline(always)]
 fn later_fragment(cx: &Cx, scratch: &mut Scratch) -> Reason {
     let p = &scratch.parsed;
-    scratch.frag_key = FragKey {
-        src: p.key.src,
-        dst: p.key.dst,
-        id: p.frag_id,
-        proto: p.frag_proto,
-        family: p.key.family,
-        dir: cx.dir as u8,
-        _pad: 0,
-    };
+    scratch.frag_key = frag_key(p, cx);
     // SAFETY: read-only look at plain data.
     if let Some(fs) = unsafe { FRAGS.get(&scratch.frag_key) }
         && fs.generation == cx.generation
