@@ -867,39 +867,6 @@ async fn database_files_are_private_and_totp_secrets_are_not_stored_in_clear() {
 
 // ------------------------------------------------------------------ 10: audit
 
-/// The audit hash before the fix: SHA-256 without a key, which anyone can compute.
-#[allow(clippy::too_many_arguments)]
-fn unkeyed_hash(
-    id: u64,
-    time_ms: i64,
-    actor: &str,
-    action: &str,
-    target: &str,
-    before: &str,
-    after: &str,
-    revision: u64,
-    prev_hash: &str,
-) -> String {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    h.update(b"ztgw-audit-v1");
-    for f in [
-        id.to_string().as_str(),
-        time_ms.to_string().as_str(),
-        actor,
-        action,
-        target,
-        before,
-        after,
-        revision.to_string().as_str(),
-        prev_hash,
-    ] {
-        h.update((f.len() as u64).to_be_bytes());
-        h.update(f.as_bytes());
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn audit_verify(db: &Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_gateway-controller"))
         .args(["audit-verify", "--db"])

@@ -540,39 +540,6 @@ async fn connections_beyond_the_limit_wait_for_a_free_place() {
     task.await.unwrap().unwrap();
 }
 
-/// The audit hash of databases from before the key: SHA-256 without a key.
-#[allow(clippy::too_many_arguments)]
-fn unkeyed_hash(
-    id: u64,
-    time_ms: i64,
-    actor: &str,
-    action: &str,
-    target: &str,
-    before: &str,
-    after: &str,
-    revision: u64,
-    prev_hash: &str,
-) -> String {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    h.update(b"ztgw-audit-v1");
-    for f in [
-        id.to_string().as_str(),
-        time_ms.to_string().as_str(),
-        actor,
-        action,
-        target,
-        before,
-        after,
-        revision.to_string().as_str(),
-        prev_hash,
-    ] {
-        h.update((f.len() as u64).to_be_bytes());
-        h.update(f.as_bytes());
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The schema of a database written before keys (schema version 2).
 const SCHEMA_V2: &str = "
 CREATE TABLE schema_version (version INTEGER NOT NULL);

@@ -485,39 +485,6 @@ fn verify(db: &std::path::Path) -> controller::model::AuditVerification {
         .unwrap()
 }
 
-/// The audit hash of b4ae6b8: SHA-256 without a key, which anyone can compute.
-#[allow(clippy::too_many_arguments)]
-fn unkeyed_hash(
-    id: u64,
-    time_ms: i64,
-    actor: &str,
-    action: &str,
-    target: &str,
-    before: &str,
-    after: &str,
-    revision: u64,
-    prev_hash: &str,
-) -> String {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    h.update(b"ztgw-audit-v1");
-    for f in [
-        id.to_string().as_str(),
-        time_ms.to_string().as_str(),
-        actor,
-        action,
-        target,
-        before,
-        after,
-        revision.to_string().as_str(),
-        prev_hash,
-    ] {
-        h.update((f.len() as u64).to_be_bytes());
-        h.update(f.as_bytes());
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_tampering_is_detected_at_the_record() {
     let (d, db) = tempdir();

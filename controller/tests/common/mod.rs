@@ -152,3 +152,37 @@ pub async fn next(
 pub fn now() -> i64 {
     controller::now_unix()
 }
+
+/// The audit hash of databases from before the key (b4ae6b8): SHA-256 without a key,
+/// which anyone can compute.
+#[allow(clippy::too_many_arguments)]
+pub fn unkeyed_hash(
+    id: u64,
+    time_ms: i64,
+    actor: &str,
+    action: &str,
+    target: &str,
+    before: &str,
+    after: &str,
+    revision: u64,
+    prev_hash: &str,
+) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"ztgw-audit-v1");
+    for f in [
+        id.to_string().as_str(),
+        time_ms.to_string().as_str(),
+        actor,
+        action,
+        target,
+        before,
+        after,
+        revision.to_string().as_str(),
+        prev_hash,
+    ] {
+        h.update((f.len() as u64).to_be_bytes());
+        h.update(f.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
