@@ -1,14 +1,12 @@
 //! The agents' configuration files and the supervised agent processes (the supervisor
 //! itself is `gateway_test_support::process`, shared with the tests).
 
-#[allow(unused_imports)]
 use crate::prelude::*;
 
-pub(crate) use gateway_test_support::process::{AgentProcess, run_bounded, tail};
-
-pub(crate) fn ns_command(ns: &str, program: &Path) -> Result<Command> {
-    gateway_test_support::netns::command_in(ns, program)
-}
+pub(crate) use gateway_test_support::{
+    netns::command_in as ns_command,
+    process::{AgentProcess, run_bounded, tail},
+};
 
 #[derive(Serialize)]
 pub(crate) struct ControllerSection {

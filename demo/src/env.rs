@@ -1,7 +1,6 @@
 //! The environment: namespaces and links, the teardown, and the final audit that nothing
 //! is left behind.
 
-#[allow(unused_imports)]
 use crate::prelude::*;
 
 // ---------------------------------------------------------------- the environment

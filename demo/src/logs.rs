@@ -1,6 +1,5 @@
 //! Reading and validating the agents' connection logs.
 
-#[allow(unused_imports)]
 use crate::prelude::*;
 
 // ---------------------------------------------------------------- connection logs

@@ -1,6 +1,5 @@
 //! Progress lines, Ctrl-C, the check list and the record of what the run created.
 
-#[allow(unused_imports)]
 use crate::prelude::*;
 
 pub(crate) static START: OnceLock<Instant> = OnceLock::new();

@@ -1,7 +1,6 @@
 //! What the demo builds and expects: the hosts, their addresses, the services and
 //! every probe with the outcome the policy implies.
 
-#[allow(unused_imports)]
 use crate::prelude::*;
 
 pub(crate) const CONNECTOR: &str = "demo-connector";

@@ -1,6 +1,5 @@
 //! Each outcome checked against the policy and printed: probes, scan, logs, status.
 
-#[allow(unused_imports)]
 use crate::prelude::*;
 
 /// Each probe against the policy, on the client, the resource host and in the logs.

@@ -1,6 +1,5 @@
 //! The echo servers on the resource host, which record every peer they saw.
 
-#[allow(unused_imports)]
 use crate::prelude::*;
 
 // ---------------------------------------------------------------- resource host

@@ -1,6 +1,5 @@
 //! The scenario's steps: the policy, the controller, the agents, the traffic, the logs.
 
-#[allow(unused_imports)]
 use crate::prelude::*;
 
 /// Writes the policy into the demo folder and runs `gatewayctl policy check` on it.

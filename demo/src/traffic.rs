@@ -1,7 +1,6 @@
 //! Client traffic: TCP and UDP exchanges told apart as answered, refused or silently
 //! dropped, and bob's port scan.
 
-#[allow(unused_imports)]
 use crate::prelude::*;
 
 // ---------------------------------------------------------------- traffic
