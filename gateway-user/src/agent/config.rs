@@ -75,6 +75,119 @@ pub struct Config {
     /// How often the policy file is checked for changes.
     #[serde(default = "default_poll_ms")]
     pub policy_poll_ms: u64,
+    /// `[tunnel]`: the WireGuard tunnel between devices and connectors. Absent: no tunnel
+    /// (the data plane trusts overlay source addresses, as before the tunnel existed).
+    pub tunnel: Option<TunnelConfig>,
+}
+
+/// Which WireGuard implementation carries the tunnel.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// The kernel's WireGuard where the kernel has it, userspace otherwise.
+    #[default]
+    Auto,
+    /// boringtun on a TUN device: works on every kernel.
+    Userspace,
+    /// The kernel's WireGuard module, configured over netlink; fails where it is missing.
+    Kernel,
+}
+
+/// `[tunnel]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelConfig {
+    #[serde(default)]
+    pub transport: Transport,
+    /// The tunnel interface the agent creates and owns.
+    #[serde(default = "default_tunnel_interface")]
+    pub interface: String,
+    /// UDP port the tunnel listens on (a connector's must match its `endpoint` in the
+    /// policy). 0: any free port (devices).
+    #[serde(default = "default_listen_port")]
+    pub listen_port: u16,
+    /// The host's WireGuard private key (created on first start, mode 0600; rotated by
+    /// `gateway-agent rotate-key`). It never leaves the host.
+    #[serde(default = "default_private_key_file")]
+    pub private_key_file: PathBuf,
+    /// MTU of the tunnel interface: the uplink's MTU minus 80 (IPv6 + UDP + WireGuard).
+    #[serde(default = "default_tunnel_mtu")]
+    pub mtu: u16,
+    /// Connectors: rewrite tunnel traffic to the connector's own address toward
+    /// resources (nftables masquerade), so resources need no route back to devices.
+    #[serde(default = "default_true")]
+    pub masquerade: bool,
+    /// Handshake initiations accepted per source address (/32, /64) per second on the
+    /// physical links, and the burst above that rate; more are dropped in XDP.
+    #[serde(default = "default_handshake_rate")]
+    pub handshakes_per_source: u32,
+    #[serde(default = "default_handshake_burst")]
+    pub handshake_burst: u32,
+    /// Keepalive interval for devices (seconds, 0: off): keeps NAT bindings open.
+    #[serde(default = "default_keepalive")]
+    pub persistent_keepalive: u16,
+    /// DANGEROUS, for demonstrations and control runs only: accept decrypted packets
+    /// whatever their source address. Any device could then send as any other.
+    #[serde(default)]
+    pub insecure_skip_cryptokey_routing: bool,
+}
+
+fn default_tunnel_interface() -> String {
+    "ztg0".into()
+}
+fn default_listen_port() -> u16 {
+    51820
+}
+fn default_private_key_file() -> PathBuf {
+    PathBuf::from("/var/lib/zt-gateway/wireguard.key")
+}
+fn default_tunnel_mtu() -> u16 {
+    1420
+}
+fn default_true() -> bool {
+    true
+}
+fn default_handshake_rate() -> u32 {
+    20
+}
+fn default_handshake_burst() -> u32 {
+    40
+}
+fn default_keepalive() -> u16 {
+    25
+}
+
+impl TunnelConfig {
+    fn validate(&self) -> Result<()> {
+        let name = &self.interface;
+        if name.is_empty()
+            || name.len() > 15
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            bail!(
+                "[tunnel] `interface` = {name:?}: 1 to 15 characters of letters, digits, \
+                 `-`, `_`, `.`"
+            );
+        }
+        if !(1280..=9000).contains(&self.mtu) {
+            bail!(
+                "[tunnel] `mtu` = {}: between 1280 (the IPv6 minimum) and 9000",
+                self.mtu
+            );
+        }
+        if self.handshakes_per_source == 0 || self.handshake_burst < self.handshakes_per_source {
+            bail!(
+                "[tunnel] `handshakes_per_source` must be at least 1 and `handshake_burst` at \
+                 least `handshakes_per_source`"
+            );
+        }
+        if !self.private_key_file.is_absolute() {
+            bail!("[tunnel] `private_key_file` must be an absolute path");
+        }
+        Ok(())
+    }
 }
 
 /// `[controller]`: managed mode.
@@ -326,6 +439,18 @@ impl Config {
         }
         if !self.pin_dir.is_absolute() {
             bail!("`pin_dir` must be an absolute path on bpffs, e.g. /sys/fs/bpf/zt-gateway");
+        }
+        if let Some(t) = &self.tunnel {
+            t.validate()?;
+            if self.xdp_interfaces.contains(&t.interface)
+                || self.tc_egress_interfaces.contains(&t.interface)
+            {
+                bail!(
+                    "[tunnel] `interface` {:?} is also listed as a physical link; the agent \
+                     attaches the tunnel's own programs to it",
+                    t.interface
+                );
+            }
         }
         match (&self.policy_file, &self.controller) {
             (None, None) => bail!(
