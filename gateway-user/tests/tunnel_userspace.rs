@@ -32,8 +32,10 @@ const T: Duration = Duration::from_millis(1500);
 
 /// A host's tunnel, running on its own thread inside the host's namespace. Commands go in
 /// as closures; dropping it stops the tunnel.
+type Cmd = Box<dyn FnOnce(&Tunnel) + Send>;
+
 struct Host {
-    tx: Option<mpsc::Sender<Box<dyn FnOnce(&Tunnel) + Send>>>,
+    tx: Option<mpsc::Sender<Cmd>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -45,7 +47,7 @@ impl Host {
         setup: impl FnOnce(&Tunnel) + Send + 'static,
     ) -> Host {
         let path = format!("/run/netns/{}", ns.name());
-        let (tx, rx) = mpsc::channel::<Box<dyn FnOnce(&Tunnel) + Send>>();
+        let (tx, rx) = mpsc::channel::<Cmd>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::spawn(move || {
             let f = std::fs::File::open(&path).unwrap();
