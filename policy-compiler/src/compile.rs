@@ -9,6 +9,7 @@ use gateway_common::policy::Verdict;
 use ipnet::IpNet;
 
 use crate::model::*;
+use crate::peers::{self, Peer};
 
 /// The host a view is compiled for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -142,6 +143,11 @@ pub struct HostView {
     pub atom_meta: BTreeMap<u32, AtomMeta>,
     pub rule_meta: BTreeMap<u32, RuleMeta>,
     pub classes: u32,
+    /// WireGuard peers of this host, sorted by public key (least knowledge: see
+    /// [`crate::peers`]).
+    pub peers: Vec<Peer>,
+    /// The host's own overlay addresses (a device: its `addresses`; a connector: empty).
+    pub tunnel_addresses: Vec<IpAddr>,
 }
 
 /// Splits `lo..=hi` into aligned power-of-two blocks: (first port, prefix bits).
@@ -611,6 +617,14 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
             recompile_at = Some(recompile_at.map_or(e, |r| r.min(e)));
         }
     }
+    // Peers, and the first instant they change (a grant or key expiry the entries carry
+    // as their `after_*` value changes the peers without a second change).
+    let entries = peers::Entries::new(&sources, &atoms, &rules);
+    let peers = peers::peers_at(policy, host, &entries, now);
+    if let Some(t) = peers::first_change(policy, host, &entries, &peers, now, recompile_at) {
+        recompile_at = Some(t);
+    }
+    let tunnel_addresses = device.map(|d| d.addresses.clone()).unwrap_or_default();
     Ok(HostView {
         host: host.clone(),
         compiled_at: now,
@@ -628,6 +642,8 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
         atom_meta,
         rule_meta,
         classes: signatures.len() as u32,
+        peers,
+        tunnel_addresses,
     })
 }
 

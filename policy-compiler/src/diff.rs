@@ -7,6 +7,8 @@ use gateway_common::policy::Verdict;
 use ipnet::IpNet;
 
 use crate::compile::{HostView, RuleSlot, RuleVal};
+use crate::model::WgKey;
+use crate::peers::Peer;
 
 /// Entries to add, change (old, new) and remove in one map.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -62,17 +64,19 @@ pub struct DstVal {
 }
 
 /// Per-map changes from one view to the next. Values: `src` (principal, class), `dst`
-/// (atom, default verdict, default rule).
+/// (atom, default verdict, default rule); `peers` by public key.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Delta {
     pub src: MapDelta<IpAddr, (u32, u32)>,
     pub dst: MapDelta<IpNet, DstVal>,
     pub rules: MapDelta<RuleSlot, RuleVal>,
+    /// WireGuard peers added, changed (name, endpoint or allowed IPs) and removed.
+    pub peers: MapDelta<WgKey, Peer>,
 }
 
 impl Delta {
     pub fn is_empty(&self) -> bool {
-        self.src.is_empty() && self.dst.is_empty() && self.rules.is_empty()
+        self.src.is_empty() && self.dst.is_empty() && self.rules.is_empty() && self.peers.is_empty()
     }
 }
 
@@ -108,6 +112,10 @@ pub fn diff(old: &HostView, new: &HostView) -> Delta {
         rules: delta(
             old.rules.iter().map(|r| (r.key, r.value)),
             new.rules.iter().map(|r| (r.key, r.value)),
+        ),
+        peers: delta(
+            old.peers.iter().map(|p| (p.public_key, p.clone())),
+            new.peers.iter().map(|p| (p.public_key, p.clone())),
         ),
     }
 }

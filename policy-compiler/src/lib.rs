@@ -68,11 +68,13 @@ pub mod kernel;
 pub mod model;
 pub mod nft;
 pub mod parse;
+pub mod peers;
 pub mod policytest;
 #[cfg(any(test, feature = "testing"))]
 pub mod random;
 pub mod schema;
 pub mod target;
+mod wgkey;
 
 pub use compile::{
     AtomMeta, CompileError, DstEntry, Host, HostView, PrincipalMeta, RuleEntry, RuleSlot, RuleVal,
@@ -88,11 +90,12 @@ pub use kernel::{KernelEntries, LpmEntry, to_kernel};
 #[cfg(any(test, feature = "testing"))]
 pub use kernel::{KernelIndex, lookup};
 pub use model::{
-    Action, Mode, Policy, PortSet, Principal, PrincipalKind, PrincipalRef, ProtoSet, RuleKind,
-    RuleMeta, address_like, format_rfc3339, parse_rfc3339,
+    Action, Connector, KeyError, Mode, Policy, PortSet, Principal, PrincipalKind, PrincipalRef,
+    ProtoSet, RuleKind, RuleMeta, WgKey, address_like, format_rfc3339, parse_rfc3339,
 };
 pub use nft::nft;
 pub use parse::{Parsed, parse};
+pub use peers::{Peer, PeerKind};
 pub use policytest::{TestResult, run_tests};
 pub use schema::json_schema;
 pub use target::{

@@ -11,6 +11,8 @@ use gateway_common::flow::proto;
 use gateway_common::policy::Verdict;
 use ipnet::IpNet;
 
+pub use crate::wgkey::{KeyError, WgKey};
+
 /// A set of ports: sorted, disjoint, non-adjacent inclusive ranges.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortSet {
@@ -242,6 +244,8 @@ pub struct Device {
     /// One or two addresses, at most one per family, IPv4 first.
     pub addresses: Vec<IpAddr>,
     pub principal: u32,
+    /// The device's WireGuard key (`public_key`), if the policy names one.
+    pub public_key: Option<WgKey>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -252,6 +256,20 @@ pub struct ServiceAccountKey {
     pub principal: u32,
     /// Unix seconds, exclusive: the key stops being a principal at this instant.
     pub expires_at: Option<i64>,
+    /// The key's WireGuard key (`public_key`), if the policy names one.
+    pub public_key: Option<WgKey>,
+}
+
+/// A `[[connector]]`: the WireGuard identity and endpoint of a connector that some
+/// remote network lists. Connectors without one have no tunnel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connector {
+    pub name: String,
+    pub public_key: WgKey,
+    /// `host:port`: an IPv4 literal, a bracketed IPv6 literal or a DNS name, port 1-65535.
+    pub endpoint: String,
+    /// 1-based line of the block in the policy file.
+    pub line: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -402,6 +420,8 @@ pub struct Policy {
     pub devices: Vec<Device>,
     pub service_accounts: Vec<ServiceAccount>,
     pub groups: Vec<Group>,
+    /// `[[connector]]` blocks, in file order.
+    pub connectors: Vec<Connector>,
     /// In file order (allow and deny blocks interleaved as written).
     pub grants: Vec<Grant>,
     pub tests: Vec<PolicyTest>,
@@ -444,6 +464,22 @@ impl Policy {
 
     pub fn rule(&self, id: u32) -> Option<&RuleMeta> {
         self.rules.get((id as usize).checked_sub(1)?)
+    }
+
+    /// The WireGuard key the policy gives a principal (its device's or its key's).
+    pub fn principal_key(&self, p: &Principal) -> Option<WgKey> {
+        match p.kind {
+            PrincipalKind::Device { device, .. } => self.devices[device].public_key,
+            PrincipalKind::ServiceAccountKey {
+                service_account,
+                key,
+            } => self.service_accounts[service_account].keys[key].public_key,
+        }
+    }
+
+    /// The `[[connector]]` declaration of a connector, if there is one.
+    pub fn connector(&self, name: &str) -> Option<&Connector> {
+        self.connectors.iter().find(|c| c.name == name)
     }
 
     /// Human name of a principal: the device name, or `service-account/key`.

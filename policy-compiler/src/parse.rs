@@ -22,6 +22,7 @@
 //! name = "alice-laptop"
 //! owner = "alice@example.com"
 //! address = "198.19.0.10"           # or both families:
+//! public_key = "..."                # optional WireGuard key (devices and SA keys)
 //! # addresses = ["198.19.0.10", "2001:db8:ff::10"]
 //!
 //! [[service_account]]
@@ -39,6 +40,11 @@
 //! resources = ["bastion"]
 //! tcp = ["22"]                      # optional narrowing (see below)
 //! expires_at = 2030-01-01T00:00:00Z # optional, exclusive
+//!
+//! [[connector]]                    # optional: the connector's WireGuard tunnel
+//! name = "dc-connector-1"           # a connector some [[remote_network]] lists
+//! public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+//! endpoint = "203.0.113.7:51820"    # IPv4, [IPv6] or DNS name, and a port
 //!
 //! [[test]]
 //! from = "alice-laptop"             # device, "sa/key" (its address of the `to`
@@ -61,6 +67,7 @@ mod access;
 mod lints;
 mod references;
 mod sections;
+mod tunnel;
 mod values;
 
 use std::ops::Range;

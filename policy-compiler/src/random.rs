@@ -106,7 +106,11 @@ fn ports(rng: &mut Rng) -> Option<String> {
 /// allow/deny grants with narrowing and expiries around `now`. About half of the devices
 /// and service-account keys have an IPv4 and an IPv6 address.
 pub fn gen_policy(rng: &mut Rng, now: i64) -> String {
+    // WireGuard keys, key expiries and [[connector]] blocks come from a second generator,
+    // so that the rest of a seed's policy is what it was before they existed.
+    let mut krng = Rng(rng.0 ^ 0x7e57_4b65_7973_0001);
     let mut s = String::new();
+    let mut listed: BTreeSet<String> = BTreeSet::new();
     let nets = 1 + rng.below(3);
     let mut net_cidrs: Vec<Vec<&str>> = Vec::new();
     for i in 0..nets {
@@ -124,6 +128,7 @@ pub fn gen_policy(rng: &mut Rng, now: i64) -> String {
                 conns.push(c);
             }
         }
+        listed.extend(conns.iter().map(|c| c.trim_matches('"').to_string()));
         let cl: Vec<String> = cidrs.iter().map(|c| format!("\"{c}\"")).collect();
         let _ = writeln!(
             s,
@@ -198,16 +203,31 @@ pub fn gen_policy(rng: &mut Rng, now: i64) -> String {
         members.push(format!("u{u}@x.test"));
         for _ in 0..rng.below(3) {
             let a = addr(rng);
+            let key = if krng.chance(75) {
+                format!("public_key = \"{}\"\n", test_key(1, dev))
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 s,
-                "[[device]]\nname = \"d{dev}\"\nowner = \"u{u}@x.test\"\n{a}\n"
+                "[[device]]\nname = \"d{dev}\"\nowner = \"u{u}@x.test\"\n{a}\n{key}"
             );
             dev += 1;
         }
     }
     for i in 0..rng.below(3) {
         let keys: Vec<String> = (0..1 + rng.below(2))
-            .map(|k| format!("{{ name = \"k{k}\", {} }}", addr(rng)))
+            .map(|k| {
+                let mut extra = String::new();
+                if krng.chance(60) {
+                    extra.push_str(&format!(", public_key = \"{}\"", test_key(2, i * 2 + k)));
+                }
+                if krng.chance(20) {
+                    let e = now + *krng.pick(&[-100i64, 100, 200]);
+                    extra.push_str(&format!(", expires_at = \"{}\"", format_rfc3339(e)));
+                }
+                format!("{{ name = \"k{k}\", {}{extra} }}", addr(rng))
+            })
             .collect();
         let _ = writeln!(
             s,
@@ -269,7 +289,30 @@ pub fn gen_policy(rng: &mut Rng, now: i64) -> String {
         }
         s.push('\n');
     }
+    for (i, c) in listed.iter().enumerate() {
+        if !krng.chance(70) {
+            continue;
+        }
+        let endpoint = match krng.below(3) {
+            0 => format!("198.51.100.{}:51820", i + 1),
+            1 => format!("[2001:db8:100::{}]:51820", i + 1),
+            _ => format!("{c}.example.net:51820"),
+        };
+        let _ = writeln!(
+            s,
+            "[[connector]]\nname = \"{c}\"\npublic_key = \"{}\"\nendpoint = \"{endpoint}\"\n",
+            test_key(3, i)
+        );
+    }
     s
+}
+
+/// A distinct, valid WireGuard public key for tests: `kind` and `n` make it unique.
+pub fn test_key(kind: u8, n: usize) -> crate::model::WgKey {
+    let mut b = [0x5a; 32];
+    b[0] = kind;
+    b[1..9].copy_from_slice(&(n as u64).to_be_bytes());
+    crate::model::WgKey(b)
 }
 
 /// A random address in `net`, biased to its edges.

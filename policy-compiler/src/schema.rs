@@ -34,6 +34,10 @@ pub fn json_schema() -> Value {
     });
     let timestamp = json!({ "type": "string", "format": "date-time", "description": "RFC 3339, with Z or an offset" });
     let strings = json!({ "type": "array", "items": { "type": "string" } });
+    let public_key = json!({
+        "type": "string", "pattern": "^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$",
+        "description": "WireGuard public key: 32 bytes in standard base64 (44 characters), as `wg pubkey` prints it; used once in the policy"
+    });
     let grant = json!({
         "type": "object",
         "additionalProperties": false,
@@ -74,7 +78,7 @@ pub fn json_schema() -> Value {
             "device": { "type": "array", "items": {
                 "type": "object", "additionalProperties": false, "required": ["name", "owner"],
                 "oneOf": one_of_address,
-                "properties": { "name": name, "owner": { "type": "string" }, "address": host, "addresses": hosts } } },
+                "properties": { "name": name, "owner": { "type": "string" }, "address": host, "addresses": hosts, "public_key": public_key } } },
             "service_account": { "type": "array", "items": {
                 "type": "object", "additionalProperties": false, "required": ["name"],
                 "properties": {
@@ -82,11 +86,18 @@ pub fn json_schema() -> Value {
                     "keys": { "type": "array", "items": {
                         "type": "object", "additionalProperties": false, "required": ["name"],
                         "oneOf": one_of_address,
-                        "properties": { "name": name, "address": host, "addresses": hosts, "expires_at": timestamp } } }
+                        "properties": { "name": name, "address": host, "addresses": hosts, "expires_at": timestamp, "public_key": public_key } } }
                 } } },
             "group": { "type": "array", "items": {
                 "type": "object", "additionalProperties": false, "required": ["name"],
                 "properties": { "name": name, "members": strings } } },
+            "connector": { "type": "array", "items": {
+                "type": "object", "additionalProperties": false, "required": ["name", "public_key", "endpoint"],
+                "properties": {
+                    "name": { "type": "string", "description": "a connector some remote_network lists" },
+                    "public_key": public_key,
+                    "endpoint": { "type": "string", "description": "host:port; an IPv4 address, [IPv6] address or DNS name, port 1-65535, e.g. \"203.0.113.7:51820\"" }
+                } } },
             "allow": { "type": "array", "items": grant },
             "deny": { "type": "array", "items": grant },
             "test": { "type": "array", "items": {

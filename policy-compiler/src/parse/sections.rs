@@ -20,6 +20,7 @@ const SECTIONS: &[&str] = &[
     "device",
     "service_account",
     "group",
+    "connector",
     "allow",
     "deny",
     "test",
@@ -41,6 +42,10 @@ pub(super) struct P<'a> {
     pub(super) addrs: HashMap<IpAddr, String>,
     /// Name span of each grant, parallel to `policy.grants` (file order).
     pub(super) grant_name_spans: Vec<Span>,
+    /// WireGuard keys -> what uses them (and where).
+    pub(super) keys: HashMap<WgKey, (String, Span)>,
+    /// `[[connector]]` names -> where they were declared.
+    pub(super) connector_spans: HashMap<String, Span>,
 }
 
 impl<'a> P<'a> {
@@ -61,6 +66,8 @@ impl<'a> P<'a> {
             groups: HashMap::new(),
             addrs: HashMap::new(),
             grant_name_spans: Vec::new(),
+            keys: HashMap::new(),
+            connector_spans: HashMap::new(),
         }
     }
 }
@@ -114,13 +121,14 @@ impl P<'_> {
             }
         }
         let mut take = |s: &str| sections.remove(s).unwrap_or_default();
-        let (nets, ress, users, devs, sas, groups) = (
+        let (nets, ress, users, devs, sas, groups, conns) = (
             take("remote_network"),
             take("resource"),
             take("user"),
             take("device"),
             take("service_account"),
             take("group"),
+            take("connector"),
         );
         let mut grants: Vec<(Action, Tbl<'_, '_>)> = take("allow")
             .into_iter()
@@ -146,6 +154,9 @@ impl P<'_> {
         }
         for t in &groups {
             self.group(t);
+        }
+        for t in &conns {
+            self.connector(t);
         }
         let mut grant_names = HashMap::new();
         for (action, t) in &grants {
@@ -464,7 +475,10 @@ impl P<'_> {
     }
 
     fn device(&mut self, t: &Tbl<'_, '_>) {
-        t.check_keys(&mut self.sink, &["name", "owner", "address", "addresses"]);
+        t.check_keys(
+            &mut self.sink,
+            &["name", "owner", "address", "addresses", "public_key"],
+        );
         let name = t.string(&mut self.sink, "name", "\"alice-laptop\"");
         let owner = t.string(&mut self.sink, "owner", "\"alice@example.com\"");
         let address = self.addr_strings(t);
@@ -481,6 +495,7 @@ impl P<'_> {
         });
         let Some(name) = name else { return };
         let addrs = address.and_then(|a| self.principal_addrs(&format!("device `{}`", name.0), &a));
+        let public_key = self.opt_public_key(t, &format!("device `{}`", name.0));
         let idx = self.policy.devices.len();
         if self.unique("device", |p| &mut p.devices, &name, idx)
             && let (Some(owner), Some(addresses)) = (owner, addrs)
@@ -491,6 +506,7 @@ impl P<'_> {
                 owner,
                 addresses: addresses.clone(),
                 principal: id,
+                public_key,
             });
             self.policy.principals.push(Principal {
                 id,
@@ -536,7 +552,7 @@ impl P<'_> {
                             };
                             kt.check_keys(
                                 &mut self.sink,
-                                &["name", "address", "addresses", "expires_at"],
+                                &["name", "address", "addresses", "expires_at", "public_key"],
                             );
                             let kexp = kt
                                 .get("expires_at")
@@ -557,6 +573,10 @@ impl P<'_> {
                                 continue;
                             }
                             key_names.insert(kname.0.clone(), kname.1.clone());
+                            let public_key = self.opt_public_key(
+                                &kt,
+                                &format!("service-account key `{sa_name}/{}`", kname.0),
+                            );
                             let Some(addresses) = kaddr.and_then(|a| {
                                 self.principal_addrs(
                                     &format!("service-account key `{sa_name}/{}`", kname.0),
@@ -570,6 +590,7 @@ impl P<'_> {
                                 addresses,
                                 principal: 0,
                                 expires_at: kexp,
+                                public_key,
                             });
                         }
                     }
