@@ -392,6 +392,8 @@ pub fn empty_view(host: &pc::Host, now: i64) -> pc::HostView {
         atom_meta: BTreeMap::new(),
         rule_meta: BTreeMap::new(),
         classes: 0,
+        peers: Vec::new(),
+        tunnel_addresses: Vec::new(),
     }
 }
 

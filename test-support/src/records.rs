@@ -3,7 +3,7 @@
 //! taken from the agent's code).
 
 /// The fields every connection record carries (null when unknown), and per event.
-pub const BASE_FIELDS: [&str; 19] = [
+pub const BASE_FIELDS: [&str; 20] = [
     "timestamp",
     "event",
     "verdict",
@@ -12,6 +12,7 @@ pub const BASE_FIELDS: [&str; 19] = [
     "device",
     "service_account",
     "public_ip",
+    "public_port",
     "src_ip",
     "src_port",
     "resource",

@@ -14,13 +14,32 @@ use gateway_common::{
 };
 use policy_compiler::{HostView, model::RuleKind};
 use serde_json::{Value, json};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// What a record needs besides the event.
 pub struct Context<'a> {
     pub view: &'a HostView,
     pub host: &'a str,
     pub clock: BootClock,
+    /// With a tunnel: the real address and port a source's packets come from (its
+    /// tunnel endpoint), by overlay address.
+    pub endpoints: Option<&'a (dyn Fn(IpAddr) -> Option<SocketAddr> + Send + Sync)>,
+}
+
+/// How a connector finds a device's real address from its overlay address.
+pub type Endpoints = std::sync::Arc<dyn Fn(IpAddr) -> Option<SocketAddr> + Send + Sync>;
+
+/// The source's public address and port: through a tunnel, the endpoint its packets came
+/// from (null when no peer has that overlay address); without a tunnel, the source address
+/// as seen, with no port.
+fn public(src: IpAddr, cx: &Context) -> (Value, Value) {
+    match cx.endpoints {
+        Some(f) => match f(src) {
+            Some(ep) => (json!(ep.ip().to_canonical().to_string()), json!(ep.port())),
+            None => (Value::Null, Value::Null),
+        },
+        None => (json!(src.to_string()), Value::Null),
+    }
 }
 
 pub(crate) fn addr(a: &[u8; 16]) -> IpAddr {
@@ -136,6 +155,7 @@ fn ports(ev: &Event) -> (Value, Value) {
 pub fn record(ev: &Event, cx: &Context) -> Option<Value> {
     let r = resolve(ev, cx)?;
     let (src_port, dst_port) = ports(ev);
+    let (public_ip, public_port) = public(r.src, cx);
     let mut v = json!({
         "timestamp": rfc3339_ms(r.unix_ns),
         "event": r.kind.name(),
@@ -144,8 +164,10 @@ pub fn record(ev: &Event, cx: &Context) -> Option<Value> {
         "user": r.user,
         "device": r.device,
         "service_account": r.service_account,
-        // What the connector saw as the device's address; on a device, its own.
-        "public_ip": r.src.to_string(),
+        // Through a tunnel: the device's real address and port as the connector sees
+        // them. Without: the source address as seen.
+        "public_ip": public_ip,
+        "public_port": public_port,
         "src_ip": r.src.to_string(),
         "src_port": src_port,
         "resource": r.resource,
@@ -260,7 +282,8 @@ pub fn ocsf(ev: &Event, cx: &Context) -> Option<Value> {
             "service_account": r.service_account,
             "connector": connector(cx),
             "remote_network": r.network,
-            "public_ip": r.src.to_string(),
+            "public_ip": public(r.src, cx).0,
+            "public_port": public(r.src, cx).1,
             "distinct_ports": if r.kind == EventKind::ScanAlert { json!(ev.count) } else { Value::Null },
         },
     }))
@@ -335,6 +358,7 @@ mod tests {
             view: &view,
             host: "connector:dc-connector-1",
             clock: BootClock::new(),
+            endpoints: None,
         };
         let r = record(&event(&view, EventKind::FlowEnd), &cx).unwrap();
         assert_eq!(r["event"], "flow_end");
@@ -362,6 +386,7 @@ mod tests {
             view: &view,
             host: "connector:dc-connector-1",
             clock: BootClock::new(),
+            endpoints: None,
         };
         let o = ocsf(&event(&view, EventKind::FlowStart), &cx).unwrap();
         assert_eq!(o["class_uid"], 4001);

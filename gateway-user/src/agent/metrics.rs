@@ -34,12 +34,26 @@ pub struct Metrics {
     /// Host settings checked at start (`host_check`), and the (check, iface) of each risk.
     pub host_checks: u64,
     pub host_risks: Vec<(String, String)>,
+    /// The tunnel's state, when `[tunnel]` is on.
+    pub tunnel: Option<TunnelMetrics>,
     apply_counts: [u64; APPLY_BUCKETS.len()],
     apply_count: u64,
     apply_sum: f64,
 }
 
 pub type Shared = Arc<Mutex<Metrics>>;
+
+/// The tunnel's counters, as the agent last read them.
+#[derive(Clone, Debug, Default)]
+pub struct TunnelMetrics {
+    pub peers: u64,
+    /// Peers with a completed handshake in the last 3 minutes (WireGuard's session life).
+    pub peers_connected: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// Dropped packets by reason (`TunnelDrop::name`).
+    pub drops: Vec<(&'static str, u64)>,
+}
 
 impl Metrics {
     pub fn observe_apply(&mut self, seconds: f64) {
@@ -67,6 +81,25 @@ impl Metrics {
                 if r.passes() { "pass" } else { "drop" },
                 self.verdicts[r as usize]
             );
+        }
+        if let Some(t) = &self.tunnel {
+            let _ = writeln!(
+                s,
+                "# HELP gateway_tunnel_peers WireGuard peers configured, and with a live session.\n\
+                 # TYPE gateway_tunnel_peers gauge\n\
+                 gateway_tunnel_peers{{state=\"configured\"}} {}\n\
+                 gateway_tunnel_peers{{state=\"connected\"}} {}\n\
+                 # HELP gateway_tunnel_bytes_total Plaintext bytes through the tunnel.\n\
+                 # TYPE gateway_tunnel_bytes_total counter\n\
+                 gateway_tunnel_bytes_total{{direction=\"rx\"}} {}\n\
+                 gateway_tunnel_bytes_total{{direction=\"tx\"}} {}\n\
+                 # HELP gateway_tunnel_drops_total Packets the tunnel dropped, by reason.\n\
+                 # TYPE gateway_tunnel_drops_total counter",
+                t.peers, t.peers_connected, t.rx_bytes, t.tx_bytes
+            );
+            for (reason, n) in &t.drops {
+                let _ = writeln!(s, "gateway_tunnel_drops_total{{reason=\"{reason}\"}} {n}");
+            }
         }
         let _ = writeln!(
             s,

@@ -10,6 +10,7 @@ pub mod logs;
 pub mod managed;
 pub mod metrics;
 pub mod pins;
+pub mod tunnel;
 
 use crate::{
     Dataplane,
@@ -78,6 +79,8 @@ fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
 struct Sink {
     out: Box<dyn std::io::Write + Send>,
     format: LogFormat,
+    /// With a tunnel: a device's real address and port, from its overlay address.
+    endpoints: Option<logs::Endpoints>,
 }
 
 impl Sink {
@@ -96,6 +99,7 @@ impl Sink {
         Ok(Sink {
             out,
             format: cfg.log_format,
+            endpoints: None,
         })
     }
 
@@ -208,6 +212,8 @@ async fn run_async(mut cfg: Config) -> Result<()> {
         }
     };
 
+    // The tunnel device exists before the programs attach to it; its peers come after.
+    let mut tunnel = tunnel::AgentTunnel::start(&cfg).await?;
     let attached = pins::attach_all(&mut dp, &cfg)?;
     for (what, how) in &attached {
         match how {
@@ -229,7 +235,11 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     }
 
     pins::remove_stale(&cfg.pin_dir);
+    if let (Some(t), Some(a)) = (tunnel.as_mut(), active.as_ref()) {
+        t.apply(&a.view).await.context("configuring the tunnel")?;
+    }
     let mut sink = Sink::open(&cfg)?;
+    sink.endpoints = tunnel.as_ref().map(|t| t.endpoint_resolver());
     let host = cfg.host_label();
     let rings = dp.take_events().context("event ring buffers")?;
     let register = |rb: RingBuf<MapData>| {
@@ -285,12 +295,20 @@ async fn run_async(mut cfg: Config) -> Result<()> {
             }
             Some(update) = next_update(&mut managed_rx) => {
                 if let Some(a) = apply_update(&mut dp, &mut writer, update, &metrics) {
+                    apply_tunnel(tunnel.as_mut(), &a.view).await;
                     active = Some(a);
                 }
             }
             _ = tick.tick() => {
                 if cfg.policy_file.is_some() {
+                    let before = writer.generation();
                     reload_if_changed(&cfg, &mut dp, &mut writer, &mut active, &metrics);
+                    if writer.generation() != before && let Some(a) = &active {
+                        apply_tunnel(tunnel.as_mut(), &a.view).await;
+                    }
+                }
+                if let Some(t) = tunnel.as_mut() {
+                    t.check_rotation();
                 }
                 if last_reap.elapsed() >= Duration::from_secs(2) {
                     last_reap = Instant::now();
@@ -300,6 +318,12 @@ async fn run_async(mut cfg: Config) -> Result<()> {
                         reap(&mut dp, &mut reaper, &cfg, a, flow_ring.get_mut(), &mut out);
                     }
                     refresh_metrics(&dp, &writer, &reaper, &metrics);
+                    if let Some(t) = &tunnel {
+                        t.write_status();
+                        if let Ok(mut m) = metrics.lock() {
+                            m.tunnel = Some(t.metrics());
+                        }
+                    }
                 }
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -341,6 +365,16 @@ async fn kernel_log_ready(
     match log {
         Some(fd) => Some(fd.readable_mut().await),
         None => std::future::pending().await,
+    }
+}
+
+/// Brings the tunnel's peers, addresses and routes to `view`. A failure is logged; the
+/// data plane still enforces the view, and the next view retries.
+async fn apply_tunnel(tunnel: Option<&mut tunnel::AgentTunnel>, view: &HostView) {
+    if let Some(t) = tunnel
+        && let Err(e) = t.apply(view).await
+    {
+        tracing::error!("configuring the tunnel for the new policy: {e:#}");
     }
 }
 
@@ -407,10 +441,12 @@ fn log_events(
     if batch.is_empty() {
         return;
     }
+    let endpoints = sink.endpoints.clone();
     let cx = logs::Context {
         view: &a.view,
         host,
         clock,
+        endpoints: endpoints.as_deref(),
     };
     let mut counted = Vec::new();
     for ev in batch {
@@ -630,10 +666,23 @@ fn refresh_metrics(
 /// `gateway-agent detach`: removes links (detaching the programs), programs and maps.
 pub fn detach(cfg: &Config) -> Result<Vec<String>> {
     let dir = pins::resolve(&cfg.pin_dir);
-    if !dir.exists() {
-        return Ok(Vec::new());
+    let mut removed = if dir.exists() {
+        pins::detach(&dir)?
+    } else {
+        Vec::new()
+    };
+    // The tunnel device is persistent (it carries the pinned tunnel programs across
+    // restarts); detaching removes it, its routes and the connector's masquerade.
+    if let Some(t) = &cfg.tunnel {
+        if crate::tunnel::tun::delete_link(&t.interface)? {
+            removed.push(format!("tunnel interface {}", t.interface));
+        }
+        if cfg.role == config::Role::Connector && t.masquerade {
+            crate::tunnel::tun::remove_masquerade()?;
+            removed.push(format!("nftables table {}", crate::tunnel::tun::NAT_TABLE));
+        }
     }
-    pins::detach(&dir)
+    Ok(removed)
 }
 
 fn pinned_map(pin_dir: &Path, name: &str) -> Result<Map> {
@@ -641,6 +690,35 @@ fn pinned_map(pin_dir: &Path, name: &str) -> Result<Map> {
     let data = MapData::from_pin(&path)
         .with_context(|| format!("opening {} (is the agent attached?)", path.display()))?;
     Ok(Map::from_map_data(data)?)
+}
+
+/// The tunnel's part of `status`: the configured transport, and what the running agent
+/// last wrote (peers, handshakes, drops). Null without `[tunnel]`.
+fn tunnel_status(cfg: &Config) -> serde_json::Value {
+    let Some(t) = &cfg.tunnel else {
+        return serde_json::Value::Null;
+    };
+    let path = tunnel::status_path(t);
+    let live: Option<serde_json::Value> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok());
+    let up = tunnel_link_up(&t.interface);
+    match live {
+        Some(mut v) => {
+            v["interface_present"] = json!(up);
+            v
+        }
+        None => json!({
+            "transport": tunnel::USERSPACE,
+            "interface": t.interface,
+            "interface_present": up,
+            "note": format!("no state at {} (the agent has not run)", path.display()),
+        }),
+    }
+}
+
+fn tunnel_link_up(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
 /// `gateway-agent status`: attachments, generation and counters, from the pinned state
@@ -696,5 +774,6 @@ pub fn status(cfg: &Config) -> Result<serde_json::Value> {
         "verdicts": reasons,
         "parse_outcomes": outcomes,
         "host_checks": host_check::check(cfg).to_json(),
+        "tunnel": tunnel_status(cfg),
     }))
 }

@@ -49,6 +49,19 @@ enum Command {
         #[arg(long, short, default_value = "text")]
         output: String,
     },
+    /// Print this host's tunnel public key (creating the key file on first use), for the
+    /// policy's `public_key` (standalone mode) or to check enrollment.
+    PublicKey {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Replace this host's tunnel key. The running agent switches within a second:
+    /// sessions under the old key end at once. Managed agents register the new public key
+    /// with the controller; in standalone mode, put the printed key in the policy.
+    RotateKey {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Read the pinned maps (which carry no BTF, so bpftool shows hex).
     Maps {
         #[command(subcommand)]
@@ -89,6 +102,32 @@ fn main() -> Result<()> {
             for r in removed {
                 println!("removed {r}");
             }
+            Ok(())
+        }
+        Command::PublicKey { config } => {
+            let cfg = Config::load(&config)?;
+            let t = tunnel_of(&cfg)?;
+            let (pair, created) = gateway_user::tunnel::keys::load_or_create(&t.private_key_file)?;
+            if created {
+                eprintln!("created {}", t.private_key_file.display());
+            }
+            println!("{}", pair.public_b64());
+            Ok(())
+        }
+        Command::RotateKey { config } => {
+            let cfg = Config::load(&config)?;
+            let t = tunnel_of(&cfg)?;
+            let pair = gateway_user::tunnel::keys::rotate(&t.private_key_file)?;
+            println!("{}", pair.public_b64());
+            eprintln!(
+                "new key in {}; a running agent uses it within a second{}",
+                t.private_key_file.display(),
+                if cfg.controller.is_some() {
+                    " and registers it with the controller"
+                } else {
+                    ". Put the public key above in the policy (`public_key` of this host)"
+                }
+            );
             Ok(())
         }
         Command::Status { config, output } => {
@@ -135,6 +174,12 @@ fn main() -> Result<()> {
     }
 }
 
+fn tunnel_of(cfg: &Config) -> Result<&agent::config::TunnelConfig> {
+    cfg.tunnel
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the configuration has no [tunnel] section"))
+}
+
 fn print_status(st: &serde_json::Value) {
     println!("host:               {}", st["host"].as_str().unwrap_or("?"));
     println!(
@@ -157,11 +202,56 @@ fn print_status(st: &serde_json::Value) {
         }
     );
     print_host_checks(&st["host_checks"]);
+    print_tunnel(&st["tunnel"]);
     println!("verdicts:");
     if let Some(v) = st["verdicts"].as_object() {
         for (k, n) in v {
             if n.as_u64().unwrap_or(0) > 0 {
                 println!("  {k:<24} {n}");
+            }
+        }
+    }
+}
+
+fn print_tunnel(t: &serde_json::Value) {
+    if t.is_null() {
+        println!("tunnel:             off (no [tunnel] section)");
+        return;
+    }
+    println!(
+        "tunnel:             {} on {} (port {}, interface {})",
+        t["transport"].as_str().unwrap_or("?"),
+        t["interface"].as_str().unwrap_or("?"),
+        t["listen_port"],
+        if t["interface_present"] == true {
+            "present"
+        } else {
+            "missing"
+        }
+    );
+    if let Some(k) = t["public_key"].as_str() {
+        println!("  public key        {k}");
+    }
+    if let Some(note) = t["note"].as_str() {
+        println!("  {note}");
+    }
+    for p in t["peers"].as_array().map_or(&[][..], |a| a.as_slice()) {
+        println!(
+            "  peer {:<20} {} endpoint {} handshake {} ago, rx {} tx {} bytes",
+            p["name"].as_str().unwrap_or("?"),
+            p["public_key"].as_str().unwrap_or("?"),
+            p["endpoint"].as_str().unwrap_or("-"),
+            p["last_handshake_secs"]
+                .as_u64()
+                .map_or("never".to_string(), |s| format!("{s}s")),
+            p["rx_bytes"],
+            p["tx_bytes"]
+        );
+    }
+    if let Some(d) = t["drops"].as_object() {
+        for (k, n) in d {
+            if n.as_u64().unwrap_or(0) > 0 {
+                println!("  dropped {k:<18} {n}");
             }
         }
     }

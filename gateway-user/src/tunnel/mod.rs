@@ -362,6 +362,15 @@ impl Tunnel {
         peers.route(overlay).and_then(|p| *lock(&p.endpoint))
     }
 
+    /// [`Tunnel::endpoint_of`] as a shareable function (for the connection logs).
+    pub fn endpoint_resolver(&self) -> Arc<dyn Fn(IpAddr) -> Option<SocketAddr> + Send + Sync> {
+        let shared = self.shared.clone();
+        Arc::new(move |overlay| {
+            let peers = read(&shared.peers);
+            peers.route(overlay).and_then(|p| *lock(&p.endpoint))
+        })
+    }
+
     pub fn peers(&self) -> Vec<PeerStatus> {
         let peers = read(&self.shared.peers);
         let mut out: Vec<PeerStatus> = peers

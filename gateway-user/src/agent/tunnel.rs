@@ -1,0 +1,273 @@
+//! The agent's side of the tunnel: starts the backend `[tunnel]` asks for, turns each
+//! applied view into peers, addresses and routes, follows key rotation, and reports
+//! state for `status`, metrics and connection logs.
+
+use super::config::{Config, Role, Transport, TunnelConfig};
+use crate::tunnel::{
+    Options, PeerChange, PeerSpec, PeerStatus, Tunnel, TunnelDrop,
+    keys::{self, KeyPair},
+    tun,
+};
+use anyhow::{Context as _, Result, bail};
+use ipnet::IpNet;
+use policy_compiler::HostView;
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::SystemTime,
+};
+
+/// A peer as the compiled view gives it, before its endpoint is resolved.
+pub struct ViewPeer {
+    pub name: String,
+    pub public_key: [u8; 32],
+    pub endpoint: Option<String>,
+    pub allowed_ips: Vec<IpNet>,
+}
+
+/// The tunnel's part of a view: peers, and the host's own overlay addresses.
+pub fn view_peers(view: &HostView) -> (Vec<ViewPeer>, Vec<IpAddr>) {
+    let peers = view
+        .peers
+        .iter()
+        .map(|p| ViewPeer {
+            name: p.name.clone(),
+            public_key: p.public_key.0,
+            endpoint: p.endpoint.clone(),
+            allowed_ips: p.allowed_ips.clone(),
+        })
+        .collect();
+    (peers, view.tunnel_addresses.clone())
+}
+
+pub struct AgentTunnel {
+    tunnel: Tunnel,
+    cfg: TunnelConfig,
+    role: Role,
+    key_file: PathBuf,
+    key_stamp: Option<(SystemTime, u64)>,
+    status_file: PathBuf,
+}
+
+impl std::fmt::Debug for AgentTunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentTunnel")
+            .field("interface", &self.cfg.interface)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which backend carries the tunnel, as `status` reports it.
+pub const USERSPACE: &str = "userspace (boringtun)";
+
+/// Where the running agent writes the tunnel's state for `gateway-agent status`.
+pub fn status_path(t: &TunnelConfig) -> PathBuf {
+    t.private_key_file.with_file_name("tunnel-status.json")
+}
+
+fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl AgentTunnel {
+    /// Starts the tunnel with no peers: peers come with the first applied view, after the
+    /// programs are attached to the tunnel interface, so nothing crosses it unenforced.
+    pub async fn start(cfg: &Config) -> Result<Option<AgentTunnel>> {
+        let Some(t) = cfg.tunnel.clone() else {
+            return Ok(None);
+        };
+        match t.transport {
+            Transport::Userspace | Transport::Auto => {}
+            Transport::Kernel => bail!(
+                "[tunnel] transport = \"kernel\": the kernel WireGuard backend is not \
+                 available in this version; use \"userspace\" (or \"auto\")"
+            ),
+        }
+        let (pair, created) = keys::load_or_create(&t.private_key_file)?;
+        if created {
+            tracing::info!(
+                public_key = %pair.public_b64(),
+                file = %t.private_key_file.display(),
+                "created this host's tunnel key"
+            );
+        }
+        let keepalive = match cfg.role {
+            Role::Device if t.persistent_keepalive > 0 => Some(t.persistent_keepalive),
+            _ => None,
+        };
+        if t.insecure_skip_cryptokey_routing {
+            tracing::warn!(
+                "[tunnel] insecure_skip_cryptokey_routing is on: any peer may send with any \
+                 other peer's address. Never in production."
+            );
+        }
+        let tunnel = Tunnel::start(
+            Options {
+                interface: t.interface.clone(),
+                listen_port: t.listen_port,
+                mtu: t.mtu,
+                persistent_keepalive: keepalive,
+                skip_cryptokey_routing: t.insecure_skip_cryptokey_routing,
+            },
+            pair.clone(),
+        )
+        .await
+        .context("starting the userspace tunnel")?;
+        tun::configure_link(&t.interface, t.mtu, &[])?;
+        if cfg.role == Role::Connector {
+            tun::enable_forwarding(true)?;
+            if t.masquerade {
+                tun::install_masquerade(&t.interface)?;
+            } else {
+                tun::remove_masquerade()?;
+            }
+        }
+        tracing::info!(
+            transport = USERSPACE,
+            interface = %t.interface,
+            port = tunnel.local_port(),
+            public_key = %pair.public_b64(),
+            "tunnel up"
+        );
+        let at = AgentTunnel {
+            key_stamp: stamp(&t.private_key_file),
+            key_file: t.private_key_file.clone(),
+            status_file: status_path(&t),
+            tunnel,
+            cfg: t,
+            role: cfg.role,
+        };
+        at.write_status();
+        Ok(Some(at))
+    }
+
+    pub fn public_key(&self) -> String {
+        self.tunnel.public_key()
+    }
+
+    /// Makes peers, addresses and routes those of `view`.
+    pub async fn apply(&mut self, view: &HostView) -> Result<PeerChange> {
+        let (peers, addrs) = view_peers(view);
+        let mut specs = Vec::with_capacity(peers.len());
+        for p in peers {
+            let endpoint = match &p.endpoint {
+                Some(e) => match tokio::net::lookup_host(e.as_str()).await {
+                    Ok(mut it) => it.next(),
+                    Err(err) => {
+                        tracing::warn!(peer = %p.name, endpoint = %e, "cannot resolve the peer's endpoint: {err}");
+                        None
+                    }
+                },
+                None => None,
+            };
+            specs.push(PeerSpec {
+                name: p.name,
+                public_key: p.public_key,
+                endpoint,
+                allowed_ips: p.allowed_ips,
+            });
+        }
+        let change = self.tunnel.set_peers(&specs);
+        let mut routes: Vec<IpNet> = specs.iter().flat_map(|s| s.allowed_ips.clone()).collect();
+        routes.sort();
+        routes.dedup();
+        let own = if self.role == Role::Device {
+            addrs
+        } else {
+            Vec::new()
+        };
+        tun::configure_link(&self.cfg.interface, self.cfg.mtu, &own)?;
+        tun::sync_routes(&self.cfg.interface, &routes)?;
+        if !change.is_empty() {
+            tracing::info!(
+                added = ?change.added,
+                removed = ?change.removed,
+                updated = ?change.updated,
+                peers = specs.len(),
+                "tunnel peers changed"
+            );
+        }
+        self.write_status();
+        Ok(change)
+    }
+
+    /// Picks up a key written by `gateway-agent rotate-key`: sessions under the old key
+    /// end now. Returns the new key pair when it changed.
+    pub fn check_rotation(&mut self) -> Option<KeyPair> {
+        let now = stamp(&self.key_file);
+        if now == self.key_stamp {
+            return None;
+        }
+        self.key_stamp = now;
+        match keys::load(&self.key_file) {
+            Ok(pair) if pair.public_b64() != self.tunnel.public_key() => {
+                self.tunnel.set_key(pair.clone());
+                tracing::info!(public_key = %pair.public_b64(), "tunnel key rotated; sessions under the old key ended");
+                self.write_status();
+                Some(pair)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!("{e:#}; the tunnel keeps its current key");
+                None
+            }
+        }
+    }
+
+    /// The device's public address and port as this connector sees them.
+    pub fn endpoint_of(&self, overlay: IpAddr) -> Option<SocketAddr> {
+        self.tunnel.endpoint_of(overlay)
+    }
+
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.tunnel.peers()
+    }
+
+    pub fn drops(&self) -> Vec<(TunnelDrop, u64)> {
+        self.tunnel.drops()
+    }
+
+    /// For connection logs: overlay address -> the endpoint its peer's packets come from.
+    pub fn endpoint_resolver(&self) -> super::logs::Endpoints {
+        self.tunnel.endpoint_resolver()
+    }
+
+    pub fn metrics(&self) -> super::metrics::TunnelMetrics {
+        let peers = self.tunnel.peers();
+        super::metrics::TunnelMetrics {
+            peers: peers.len() as u64,
+            peers_connected: peers
+                .iter()
+                .filter(|p| p.last_handshake_secs.is_some_and(|s| s < 180))
+                .count() as u64,
+            rx_bytes: peers.iter().map(|p| p.rx_bytes).sum(),
+            tx_bytes: peers.iter().map(|p| p.tx_bytes).sum(),
+            drops: self
+                .tunnel
+                .drops()
+                .into_iter()
+                .map(|(r, n)| (r.name(), n))
+                .collect(),
+        }
+    }
+
+    /// State for `gateway-agent status` (the agent writes it; status reads it).
+    pub fn write_status(&self) {
+        let st = serde_json::json!({
+            "transport": USERSPACE,
+            "interface": self.cfg.interface,
+            "listen_port": self.tunnel.local_port(),
+            "public_key": self.tunnel.public_key(),
+            "peers": self.tunnel.peers(),
+            "drops": self.tunnel.drops().into_iter().map(|(r, n)| (r.name(), n)).collect::<std::collections::BTreeMap<_, _>>(),
+            "updated_unix": crate::writer::unix_now(),
+        });
+        let tmp = self.status_file.with_extension("json.tmp");
+        let ok = std::fs::write(&tmp, format!("{st:#}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &self.status_file));
+        if let Err(e) = ok {
+            tracing::debug!("writing {}: {e}", self.status_file.display());
+        }
+    }
+}
