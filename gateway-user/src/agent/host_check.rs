@@ -412,6 +412,8 @@ pub fn enforcing(cfg: &Config) -> Vec<String> {
     cfg.xdp_interfaces
         .iter()
         .chain(cfg.tc_egress_interfaces.iter())
+        // The agent's own tunnel interface carries the tunnel programs.
+        .chain(cfg.tunnel.iter().map(|t| &t.interface))
         .filter(|i| seen.insert(i.as_str()))
         .cloned()
         .collect()
