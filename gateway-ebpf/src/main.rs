@@ -126,13 +126,19 @@ fn xdp_entry(ctx: &XdpContext, mode: Mode) -> u32 {
 }
 
 /// A packet on an L3 device starts at its IP header; `skb->protocol` (network byte order)
-/// says which.
+/// says which. A VLAN tag has no place there: a writer that claims 802.1Q gets its tag
+/// taken off by the kernel before the hook (and `skb->protocol` set to what followed it);
+/// such a packet is malformed (protocol 0).
 #[inline(always)]
 fn l3_start(ctx: &TcContext) -> Start {
     // SAFETY: `skb` is the context pointer the kernel passed to this program.
-    let raw = unsafe { (*ctx.skb.skb).protocol };
+    let (raw, vlan) = unsafe { ((*ctx.skb.skb).protocol, (*ctx.skb.skb).vlan_present) };
     Start::L3 {
-        protocol: u16::from_be(raw as u16),
+        protocol: if vlan != 0 {
+            0
+        } else {
+            u16::from_be(raw as u16)
+        },
     }
 }
 

@@ -24,6 +24,7 @@ use std::{
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_8021Q: u16 = 0x8100;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -221,6 +222,11 @@ fn the_protocol_must_agree_with_the_packet() {
     assert_eq!(ingress(ETH_P_IP, &v6), Some(Reason::DeniedMalformed));
     // Anything but IP on an L3 device is malformed, not "not IP".
     assert_eq!(ingress(ETH_P_ARP, &v4), Some(Reason::DeniedMalformed));
+    // A VLAN tag claimed in front of an allowed packet: the kernel takes the tag off
+    // before the hook, which finds a tag where an L3 device has none: malformed.
+    let mut tagged = vec![0x00, 0x07, 0x08, 0x00];
+    tagged.extend_from_slice(&v4);
+    assert_eq!(ingress(ETH_P_8021Q, &tagged), Some(Reason::DeniedMalformed));
     // The same at egress, where the drop is seen by the sender.
     let (_, reply) = packet(
         "198.18.1.1",
