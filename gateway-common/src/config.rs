@@ -44,6 +44,19 @@ pub struct DataplaneConfig {
     /// Events per CPU per second, indexed by `EventKind` (index 0 unused). Over budget,
     /// events are counted, not sent.
     pub budget: [u32; crate::event::EVENT_KINDS as usize],
+    /// Non-zero: this host carries protected traffic in the WireGuard tunnel; the fields
+    /// below are set. The shield programs on the physical links read them (which programs
+    /// run where is fixed by what the agent attached, not by this flag).
+    pub tunnel: u8,
+    pub _pad3: u8,
+    /// UDP port of the tunnel's WireGuard listener, in network byte order (as it sits in
+    /// the UDP header). `[0, 0]`: no listener, no handshake limit.
+    pub wg_port: [u8; 2],
+    /// Handshake initiations accepted per source prefix (/32 IPv4, /64 IPv6) per second at
+    /// a shield's ingress, and the burst above that rate. 0: no limit.
+    pub handshakes_per_source: u32,
+    pub handshake_burst: u32,
+    pub _pad4: u32,
 }
 
 impl DataplaneConfig {
@@ -60,7 +73,43 @@ impl DataplaneConfig {
         scan_window_ns: 10_000_000_000,
         // unused, flow_start, flow_end, deny, audit, scan_alert
         budget: [0, 50_000, 50_000, 2_000, 2_000, 100],
+        tunnel: 0,
+        _pad3: 0,
+        wg_port: [0; 2],
+        handshakes_per_source: 0,
+        handshake_burst: 0,
+        _pad4: 0,
     };
+
+    /// This configuration with the tunnel on: WireGuard listening on UDP `wg_port` (0:
+    /// none), `handshakes_per_source` initiations per source prefix per second accepted
+    /// at a shield's ingress, `handshake_burst` above that rate.
+    pub const fn with_tunnel(
+        mut self,
+        wg_port: u16,
+        handshakes_per_source: u32,
+        handshake_burst: u32,
+    ) -> DataplaneConfig {
+        self.tunnel = 1;
+        self.wg_port = wg_port.to_be_bytes();
+        self.handshakes_per_source = handshakes_per_source;
+        self.handshake_burst = handshake_burst;
+        self
+    }
+
+    /// This configuration with the tunnel off (its fields cleared).
+    pub const fn without_tunnel(mut self) -> DataplaneConfig {
+        self.tunnel = 0;
+        self.wg_port = [0; 2];
+        self.handshakes_per_source = 0;
+        self.handshake_burst = 0;
+        self
+    }
+
+    /// The WireGuard port as a number.
+    pub const fn wg_port(&self) -> u16 {
+        u16::from_be_bytes(self.wg_port)
+    }
 }
 
 impl Default for DataplaneConfig {
@@ -83,7 +132,7 @@ mod tests {
     fn layout_has_no_implicit_padding() {
         assert_eq!(
             core::mem::size_of::<DataplaneConfig>(),
-            8 + 16 + 16 + 16 + 24
+            8 + 16 + 16 + 16 + 24 + 16
         );
     }
 }

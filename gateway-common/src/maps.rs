@@ -8,7 +8,7 @@
 //! name changes too, so an agent never re-adopts a map it would misread. Names fit the
 //! kernel's 15-character limit (`BPF_OBJ_NAME_LEN`), so `bpftool` shows them whole.
 
-/// The one table of map names: `map_name!(CONFIG)` is `"CONFIG_V2"`. The constants below
+/// The one table of map names: `map_name!(CONFIG)` is `"CONFIG_V3"`. The constants below
 /// and the kernel's map statics (`#[unsafe(export_name = map_name!(…))]`) both take their
 /// names from here.
 #[macro_export]
@@ -17,7 +17,7 @@ macro_rules! map_name {
         "PARSE_STATS_V2"
     };
     (VERDICT_STATS) => {
-        "VERDICTS_V2"
+        "VERDICTS_V3"
     };
     (FLOWS_TCP) => {
         "FLOWS_TCP_V2"
@@ -59,7 +59,10 @@ macro_rules! map_name {
         "BUDGETS_V2"
     };
     (CONFIG) => {
-        "CONFIG_V2"
+        "CONFIG_V3"
+    };
+    (HANDSHAKES) => {
+        "HANDSHAKES_V1"
     };
     (SCRATCH) => {
         "SCRATCH_V2"
@@ -118,11 +121,14 @@ pub const EVENTS_LOST: &str = map_name!(EVENTS_LOST);
 pub const BUDGETS: &str = map_name!(BUDGETS);
 /// Array with one [`crate::DataplaneConfig`].
 pub const CONFIG: &str = map_name!(CONFIG);
+/// LRU hash source prefix ([`crate::Addr`], /32 or /64) -> [`HandshakeBucket`]: the
+/// shield's token bucket of WireGuard handshake initiations.
+pub const HANDSHAKES: &str = map_name!(HANDSHAKES);
 
 /// Maps that carry state across agent restarts: pinned in the agent's pin folder and
 /// re-adopted by the next agent (a restart keeps policy, flows and counters).
 pub const PERSISTENT: &[&str] = &PINNED;
-const PINNED: [&str; 16] = [
+const PINNED: [&str; 17] = [
     CONFIG,
     ACTIVE,
     SRC,
@@ -139,6 +145,7 @@ const PINNED: [&str; 16] = [
     EVENTS_ALERT,
     EVENTS_LOST,
     BUDGETS,
+    HANDSHAKES,
 ];
 
 /// Per-CPU scratch space of the programs (not pinned: it holds nothing between packets).
@@ -221,6 +228,7 @@ pub const SRC_CAPACITY: u32 = 262_144;
 pub const DST_CAPACITY: u32 = 131_072;
 pub const RULES_CAPACITY: u32 = 1_048_576;
 pub const SOURCES_CAPACITY: u32 = 65_536;
+pub const HANDSHAKES_CAPACITY: u32 = 65_536;
 /// Bytes of each event ring buffer (a power of two, multiple of the page size).
 pub const EVENTS_FLOW_BYTES: u32 = 1 << 22;
 pub const EVENTS_ALERT_BYTES: u32 = 1 << 20;
@@ -229,6 +237,29 @@ pub const EVENTS_ALERT_BYTES: u32 = 1 << 20;
 pub const PROG_XDP: &str = "gateway_xdp";
 /// TC program for tcx egress (connector client-facing links, device uplinks).
 pub const PROG_TC_EGRESS: &str = "gateway_tc_egress";
+
+/// tcx ingress and egress of the tunnel interface (packets start at the IP header).
+pub const PROG_TUN_INGRESS: &str = "gateway_tun_ingress";
+pub const PROG_TUN_EGRESS: &str = "gateway_tun_egress";
+/// The shield on the physical links of a host with the tunnel on: XDP ingress, tcx egress.
+pub const PROG_SHIELD_XDP: &str = "gateway_shield_xdp";
+pub const PROG_SHIELD_TC_EGRESS: &str = "gateway_shield_tc";
+
+/// The token bucket of one source prefix in [`HANDSHAKES`]: `credit_ns` is time-valued
+/// credit (one initiation costs `1e9 / handshakes_per_source` ns; the bucket holds at most
+/// `handshake_burst` of them), refilled by the time elapsed since `last_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HandshakeBucket {
+    pub credit_ns: u64,
+    pub last_ns: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data, `repr(C)`, no padding.
+    unsafe impl aya::Pod for super::HandshakeBucket {}
+}
 
 /// The benchmark object's programs (a separate object the agent never loads).
 pub mod bench {

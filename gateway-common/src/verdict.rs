@@ -48,10 +48,17 @@ pub enum Reason {
     /// IPv6 neighbour discovery (ICMPv6 133-137 with hop limit 255: it never crossed a
     /// router): the link's own business, passed in both directions.
     NeighborDiscovery = 19,
+    /// Shield (a physical link of a host with the tunnel on): the packet's source or
+    /// destination is in protected space. Protected traffic crosses physical links only
+    /// encrypted, inside the tunnel; whatever address this one claims, it did not.
+    DeniedUntunneled = 20,
+    /// Shield ingress: a WireGuard handshake initiation over its source prefix's token
+    /// bucket (/32 IPv4, /64 IPv6).
+    HandshakeRateLimited = 21,
 }
 
 /// Number of reasons (size of the per-CPU counter array).
-pub const REASONS: u32 = 20;
+pub const REASONS: u32 = 22;
 
 impl Reason {
     /// Every reason, in counter-index order.
@@ -76,6 +83,8 @@ impl Reason {
         Self::DeniedDirection,
         Self::DeniedUnconfigured,
         Self::NeighborDiscovery,
+        Self::DeniedUntunneled,
+        Self::HandshakeRateLimited,
     ];
 
     /// The single place where a reason becomes an action.
@@ -101,7 +110,9 @@ impl Reason {
             | Self::DeniedMappedAddress
             | Self::DeniedSourceRoute
             | Self::DeniedDirection
-            | Self::DeniedUnconfigured => false,
+            | Self::DeniedUnconfigured
+            | Self::DeniedUntunneled
+            | Self::HandshakeRateLimited => false,
         }
     }
 
@@ -138,6 +149,8 @@ impl Reason {
             Self::DeniedDirection => "denied_direction",
             Self::DeniedUnconfigured => "denied_unconfigured",
             Self::NeighborDiscovery => "neighbor_discovery",
+            Self::DeniedUntunneled => "denied_untunneled",
+            Self::HandshakeRateLimited => "handshake_rate_limited",
         }
     }
 }

@@ -173,7 +173,7 @@ pub fn emit_flow(
 
 /// The per-source state key: the source's /32 (IPv4) or /64 (IPv6) prefix.
 #[inline(always)]
-fn source_prefix(key: &FlowKey) -> Addr {
+pub fn source_prefix(key: &FlowKey) -> Addr {
     let mut p = key.src;
     if key.family == 6 {
         p[8] = 0;

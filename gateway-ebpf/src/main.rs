@@ -1,5 +1,7 @@
-//! The gateway's kernel programs: XDP ingress and tcx egress, enforcing the compiled policy
-//! with one decision path. The contract they implement is docs/dataplane.md; each step
+//! The gateway's kernel programs, enforcing the compiled policy with one decision path: XDP
+//! ingress and tcx egress on physical links, tcx ingress and egress on the tunnel interface
+//! (packets start at the IP header there), and the shield that replaces the physical links'
+//! programs on a host with the tunnel on ([`shield`]). The contract they implement is docs/dataplane.md; each step
 //! below names the rule it implements.
 //!
 //! Every program has the same shape: a thin entry point that calls [`process`] and maps
@@ -21,6 +23,7 @@ mod decide;
 mod events;
 mod maps;
 mod parse;
+mod shield;
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -42,7 +45,7 @@ use maps::{
     ACTIVE, CONFIG, FLOW_STATS, FLOWS_OTHER, FLOWS_TCP, FRAGS, PARSE_STATS, SCRATCH, VERDICT_STATS,
     bump,
 };
-use parse::{Frame, Parsed, TCP_FIN, TCP_RST};
+use parse::{Frame, Parsed, Start, TCP_FIN, TCP_RST};
 
 /// Per-CPU scratch space for values too big for the 512-byte stack: the parsed packet,
 /// the keys derived from it, and values to insert.
@@ -66,21 +69,81 @@ enum Hook {
     Egress,
 }
 
+/// What a program enforces: the policy (physical links without a tunnel, and the tunnel
+/// interface), or the shield (physical links of a host with the tunnel on).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Policy,
+    Shield,
+}
+
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    let ifindex = ctx.ingress_ifindex() as u32;
-    if process(&ctx, len, ifindex, Hook::Ingress).passes() {
-        xdp_action::XDP_PASS
-    } else {
-        xdp_action::XDP_DROP
-    }
+    xdp_entry(&ctx, Mode::Policy)
+}
+
+/// The shield at XDP ingress of a physical link (docs/dataplane.md, "Shield").
+#[xdp]
+pub fn gateway_shield_xdp(ctx: XdpContext) -> u32 {
+    xdp_entry(&ctx, Mode::Shield)
 }
 
 /// tcx egress. The gateway attaches first in the chain and returns `TCX_NEXT` when it has
 /// no objection, so programs after it still run; a drop is final.
 #[classifier]
 pub fn gateway_tc_egress(ctx: TcContext) -> i32 {
+    tc_entry(&ctx, Hook::Egress, Start::Ethernet, Mode::Policy)
+}
+
+/// The shield at tcx egress of a physical link.
+#[classifier]
+pub fn gateway_shield_tc(ctx: TcContext) -> i32 {
+    tc_entry(&ctx, Hook::Egress, Start::Ethernet, Mode::Shield)
+}
+
+/// tcx ingress of the tunnel interface: decrypted packets, from the IP header on
+/// (docs/dataplane.md, "Tunnel interface").
+#[classifier]
+pub fn gateway_tun_ingress(ctx: TcContext) -> i32 {
+    tc_entry(&ctx, Hook::Ingress, l3_start(&ctx), Mode::Policy)
+}
+
+/// tcx egress of the tunnel interface: packets before encryption, from the IP header on.
+#[classifier]
+pub fn gateway_tun_egress(ctx: TcContext) -> i32 {
+    tc_entry(&ctx, Hook::Egress, l3_start(&ctx), Mode::Policy)
+}
+
+#[inline(always)]
+fn xdp_entry(ctx: &XdpContext, mode: Mode) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let ifindex = ctx.ingress_ifindex() as u32;
+    if process(ctx, len, ifindex, Hook::Ingress, Start::Ethernet, mode).passes() {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
+}
+
+/// A packet on an L3 device starts at its IP header; `skb->protocol` (network byte order)
+/// says which. A VLAN tag has no place there: a writer that claims 802.1Q gets its tag
+/// taken off by the kernel before the hook (and `skb->protocol` set to what followed it);
+/// such a packet is malformed (protocol 0).
+#[inline(always)]
+fn l3_start(ctx: &TcContext) -> Start {
+    // SAFETY: `skb` is the context pointer the kernel passed to this program.
+    let (raw, vlan) = unsafe { ((*ctx.skb.skb).protocol, (*ctx.skb.skb).vlan_present) };
+    Start::L3 {
+        protocol: if vlan != 0 {
+            0
+        } else {
+            u16::from_be(raw as u16)
+        },
+    }
+}
+
+#[inline(always)]
+fn tc_entry(ctx: &TcContext, hook: Hook, start: Start, mode: Mode) -> i32 {
     let len = ctx.len();
     // Headers may sit in paged data; make them linear so direct packet access reaches them.
     // If that fails, the parser finds the frame truncated and the packet is not allowed.
@@ -91,7 +154,7 @@ pub fn gateway_tc_egress(ctx: TcContext) -> i32 {
     });
     // SAFETY: `skb` is the context pointer the kernel passed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if process(&ctx, len as u64, ifindex, Hook::Egress).passes() {
+    if process(ctx, len as u64, ifindex, hook, start, mode).passes() {
         TCX_NEXT
     } else {
         TC_ACT_SHOT as i32
@@ -114,6 +177,8 @@ fn process<C: Frame + aya_ebpf::EbpfContext>(
     len: u64,
     ifindex: u32,
     hook: Hook,
+    start: Start,
+    mode: Mode,
 ) -> Reason {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         // Cannot happen (a one-entry per-CPU array); never allow on the impossible.
@@ -122,7 +187,7 @@ fn process<C: Frame + aya_ebpf::EbpfContext>(
     };
     // SAFETY: this CPU's scratch slot; programs do not nest on one CPU for XDP/TC.
     let scratch = unsafe { &mut *scratch };
-    let outcome = parse::parse(ctx, &mut scratch.parsed);
+    let outcome = parse::parse(ctx, start, &mut scratch.parsed);
     bump(&PARSE_STATS, outcome as u32);
     let reason = if outcome == ParseOutcome::NotIp {
         Reason::NotIp
@@ -142,6 +207,8 @@ fn process<C: Frame + aya_ebpf::EbpfContext>(
                     };
                     if !outcome.has_flow() {
                         refused(&cx, scratch, outcome)
+                    } else if mode == Mode::Shield {
+                        shield::shield(ctx, &cx, scratch, hook == Hook::Ingress)
                     } else if parse::is_neighbor_discovery(&scratch.parsed) {
                         Reason::NeighborDiscovery
                     } else if scratch.parsed.later_fragment {

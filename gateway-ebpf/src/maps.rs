@@ -8,7 +8,8 @@ use gateway_common::{
     kernel_map,
     maps::{
         DST_CAPACITY, EVENTS_ALERT_BYTES, EVENTS_FLOW_BYTES, FLOW_COUNTERS, FLOWS_OTHER_CAPACITY,
-        FLOWS_TCP_CAPACITY, FRAGS_CAPACITY, RULES_CAPACITY, SOURCES_CAPACITY, SRC_CAPACITY,
+        FLOWS_TCP_CAPACITY, FRAGS_CAPACITY, HANDSHAKES_CAPACITY, HandshakeBucket, RULES_CAPACITY,
+        SOURCES_CAPACITY, SRC_CAPACITY,
     },
     parse::PARSE_OUTCOMES,
     policy::{AtomValue, DstKey, RuleKey, RuleValue, SrcKey, SrcValue},
@@ -85,6 +86,12 @@ kernel_map! {
 
 kernel_map! {
     pub static BUDGETS: PerCpuArray<Budget> = PerCpuArray::with_max_entries(EVENT_KINDS, 0);
+}
+
+kernel_map! {
+    /// The shield's WireGuard handshake buckets, per source prefix.
+    pub static HANDSHAKES: LruHashMap<Addr, HandshakeBucket> =
+        LruHashMap::with_max_entries(HANDSHAKES_CAPACITY, 0);
 }
 
 kernel_map! {

@@ -1,4 +1,4 @@
-//! Frame parser: Ethernet (up to two VLAN tags), IPv4 (options walked), IPv6 (bounded
+//! Packet parser: Ethernet (up to two VLAN tags) or a bare IP packet (a TUN device), IPv4 (options walked), IPv6 (bounded
 //! extension-header walk), TCP/UDP/ICMP/ICMPv6, reduced to one `FlowKey`. The rules are
 //! those of docs/dataplane.md, "Parsing: what is malformed".
 //!
@@ -276,20 +276,51 @@ struct IcmpHdr {
     seq: [u8; 2],
 }
 
-/// Parses the frame in `ctx` into `out` and returns the outcome. `out.key` is a key to
-/// decide on only when the outcome `has_flow()`. The parser writes into `out` in place (a
-/// per-CPU scratch slot in the programs): flow keys never get copied around on the
-/// 512-byte stack.
+/// Where a packet starts: an Ethernet frame (physical links), or the IP header itself, as
+/// on a TUN device, with the protocol the kernel recorded for it (`skb->protocol`).
+#[derive(Clone, Copy)]
+pub enum Start {
+    Ethernet,
+    L3 { protocol: u16 },
+}
+
+/// Parses the packet in `ctx`, starting at `start`, into `out` and returns the outcome.
+/// `out.key` is a key to decide on only when the outcome `has_flow()`. The parser writes
+/// into `out` in place (a per-CPU scratch slot in the programs): flow keys never get
+/// copied around on the 512-byte stack.
 #[inline(always)]
-pub fn parse<C: Frame>(ctx: &C, out: &mut Parsed) -> ParseOutcome {
+pub fn parse<C: Frame>(ctx: &C, start: Start, out: &mut Parsed) -> ParseOutcome {
     *out = Parsed::EMPTY;
-    match parse_frame(ctx, out) {
+    match parse_frame(ctx, start, out) {
         Ok(outcome) | Err(outcome) => outcome,
     }
 }
 
 #[inline(always)]
-fn parse_frame<C: Frame>(ctx: &C, out: &mut Parsed) -> Result<ParseOutcome, ParseOutcome> {
+fn parse_frame<C: Frame>(
+    ctx: &C,
+    start: Start,
+    out: &mut Parsed,
+) -> Result<ParseOutcome, ParseOutcome> {
+    let (ethertype, l3) = match start {
+        Start::Ethernet => ethernet(ctx)?,
+        // An L3 device carries IP only: any other protocol is malformed, not "not IP". A
+        // protocol that disagrees with the version nibble fails the version check below.
+        Start::L3 { protocol } if protocol == ETH_P_IP || protocol == ETH_P_IPV6 => (protocol, 0),
+        Start::L3 { .. } => return Err(ParseOutcome::Malformed),
+    };
+    match ethertype {
+        ETH_P_IP => parse_ipv4(ctx, l3, out),
+        ETH_P_IPV6 => parse_ipv6(ctx, l3, out),
+        ETH_P_8021Q | ETH_P_8021AD => Err(ParseOutcome::TooManyVlans),
+        _ => Err(ParseOutcome::NotIp),
+    }
+}
+
+/// The Ethernet header and at most two VLAN tags: the ethertype they end with and the
+/// offset of what follows.
+#[inline(always)]
+fn ethernet<C: Frame>(ctx: &C) -> Result<(u16, usize), ParseOutcome> {
     let eth: &EthHdr = read(ctx, 0)?;
     let mut ethertype = u16::from_be_bytes(eth.ethertype);
     let mut l3 = ETH_HLEN;
@@ -301,12 +332,7 @@ fn parse_frame<C: Frame>(ctx: &C, out: &mut Parsed) -> Result<ParseOutcome, Pars
         ethertype = u16::from_be_bytes(vlan.ethertype);
         l3 += VLAN_HLEN;
     }
-    match ethertype {
-        ETH_P_IP => parse_ipv4(ctx, l3, out),
-        ETH_P_IPV6 => parse_ipv6(ctx, l3, out),
-        ETH_P_8021Q | ETH_P_8021AD => Err(ParseOutcome::TooManyVlans),
-        _ => Err(ParseOutcome::NotIp),
-    }
+    Ok((ethertype, l3))
 }
 
 #[inline(always)]
@@ -661,6 +687,38 @@ fn parse_icmp<C: Frame>(
     }
     out.ports = true;
     Ok(())
+}
+
+/// WireGuard handshake initiation: message type 1 with three reserved zero bytes, 148
+/// bytes in all (the UDP length 156).
+const WG_INITIATION_UDP_LEN: u16 = 8 + 148;
+const WG_INITIATION_TYPE: [u8; 4] = [1, 0, 0, 0];
+
+/// True for a UDP datagram that is (or may be) a WireGuard handshake initiation: UDP
+/// length 156 and a payload starting with type 1 and three zero bytes. A first fragment
+/// with that UDP length counts whatever it holds (its payload may start in a later
+/// fragment); so does one whose payload cannot be read. Call only for parsed UDP that is
+/// not a later fragment.
+#[inline(always)]
+pub fn is_handshake_initiation<C: Frame>(ctx: &C, parsed: &Parsed) -> bool {
+    let l4 = parsed.l4;
+    // Restated bounds: `l4` comes back from the scratch map.
+    if l4 > MAX_L4_OFFSET {
+        return true;
+    }
+    let Ok(udp) = read::<C, UdpHdr>(ctx, l4) else {
+        return true;
+    };
+    if u16::from_be_bytes(udp.len) != WG_INITIATION_UDP_LEN {
+        return false;
+    }
+    if parsed.first_fragment {
+        return true;
+    }
+    match read::<C, [u8; 4]>(ctx, l4 + 8) {
+        Ok(ty) => *ty == WG_INITIATION_TYPE,
+        Err(_) => true,
+    }
 }
 
 /// True for ICMP/ICMPv6 error messages, which quote the packet that caused them.

@@ -198,6 +198,15 @@ impl FlowStats {
     }
 }
 
+/// The tc programs of the object: tcx egress of physical links, the shield's, and the
+/// tunnel interface's ingress and egress.
+const TC_PROGRAMS: [&str; 4] = [
+    maps::PROG_TC_EGRESS,
+    maps::PROG_SHIELD_TC_EGRESS,
+    maps::PROG_TUN_INGRESS,
+    maps::PROG_TUN_EGRESS,
+];
+
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
     ebpf.take_map(name)
         .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
@@ -251,21 +260,21 @@ impl Dataplane {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the gateway eBPF object (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
-        {
+        for name in [maps::PROG_XDP, maps::PROG_SHIELD_XDP] {
             let prog: &mut Xdp = ebpf
-                .program_mut(maps::PROG_XDP)
-                .context("XDP program missing from the object")?
+                .program_mut(name)
+                .with_context(|| format!("XDP program {name} missing from the object"))?
                 .try_into()?;
             prog.load()
-                .context("the kernel verifier rejected the XDP program")?;
+                .with_context(|| format!("the kernel verifier rejected {name}"))?;
         }
-        {
+        for name in TC_PROGRAMS {
             let prog: &mut SchedClassifier = ebpf
-                .program_mut(maps::PROG_TC_EGRESS)
-                .context("TC program missing from the object")?
+                .program_mut(name)
+                .with_context(|| format!("TC program {name} missing from the object"))?
                 .try_into()?;
             prog.load()
-                .context("the kernel verifier rejected the TC program")?;
+                .with_context(|| format!("the kernel verifier rejected {name}"))?;
         }
         let policy = PolicyMaps {
             active: Array::try_from(take(&mut ebpf, maps::ACTIVE)?)?,
@@ -358,6 +367,9 @@ impl Dataplane {
         if name == maps::PROG_XDP {
             return self.xdp();
         }
+        if name == maps::PROG_SHIELD_XDP {
+            return self.shield_xdp();
+        }
         let bench = self
             .bench
             .as_mut()
@@ -381,11 +393,43 @@ impl Dataplane {
 
     /// The TC egress program.
     pub fn tc(&mut self) -> Result<&mut SchedClassifier> {
+        self.tc_named(maps::PROG_TC_EGRESS)
+    }
+
+    /// A tc program of the object by name (`maps::PROG_TC_EGRESS`,
+    /// `maps::PROG_SHIELD_TC_EGRESS`, `maps::PROG_TUN_INGRESS`, `maps::PROG_TUN_EGRESS`).
+    pub fn tc_named(&mut self, name: &str) -> Result<&mut SchedClassifier> {
         Ok(self
             .ebpf
-            .program_mut(maps::PROG_TC_EGRESS)
-            .context("TC program missing from the object")?
+            .program_mut(name)
+            .with_context(|| format!("TC program {name} missing from the object"))?
             .try_into()?)
+    }
+
+    /// The shield's XDP program (physical links of a host with the tunnel on).
+    pub fn shield_xdp(&mut self) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(maps::PROG_SHIELD_XDP)
+            .context("shield XDP program missing from the object")?
+            .try_into()?)
+    }
+
+    /// Attaches the tunnel interface's programs to `iface` with tcx, ingress and egress,
+    /// first in each chain (in the calling thread's network namespace), unpinned: the
+    /// links live as long as this object. The agent pins them instead
+    /// (`agent::pins::attach_tunnel`).
+    pub fn attach_tun(&mut self, iface: &str) -> Result<()> {
+        use aya::programs::{LinkOrder, TcAttachType, tc::TcAttachOptions};
+        for (name, at) in [
+            (maps::PROG_TUN_INGRESS, TcAttachType::Ingress),
+            (maps::PROG_TUN_EGRESS, TcAttachType::Egress),
+        ] {
+            self.tc_named(name)?
+                .attach_with_options(iface, at, TcAttachOptions::TcxOrder(LinkOrder::first()))
+                .with_context(|| format!("attaching {name} (tcx {at:?}) to {iface}"))?;
+        }
+        Ok(())
     }
 
     /// Attaches the XDP program to `iface` (in the calling thread's network namespace).

@@ -8,6 +8,12 @@
 //! in their names. Each step runs at a hook; the direction follows from the host's role
 //! (connector: XDP = outbound, tcx egress = inbound; device: tcx egress = outbound, XDP =
 //! inbound).
+//!
+//! The same cases run a second time through the tunnel interface's programs on a real TUN
+//! device (`adversarial_suite_on_the_tunnel_interface`): each frame loses its Ethernet
+//! header (a TUN device carries bare IP packets, its protocol given beside them), and the
+//! expectations stay, but for one rule of the contract's "Tunnel interface" section: what
+//! is not IP there is malformed (`not_ip` becomes `denied_malformed`).
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
@@ -15,8 +21,9 @@ use gateway_common::{Event, EventKind, FlowState, Reason, event::FlowEndCause};
 use gateway_test_support::{
     skip_unless_privileged,
     testkit::{
-        self, L4, action, fragment_v4, fragment_v6, frame, icmp_error, icmp_error_quoting,
-        load_policy, parse_host, tc_action, unix_now, with_ipv4_option_bytes, with_ipv6_ext,
+        self, L4, Tun, action, fragment_v4, fragment_v6, frame, icmp_error, icmp_error_quoting,
+        load_policy, parse_host, strip_ethernet, tc_action, unix_now, with_ipv4_option_bytes,
+        with_ipv6_ext,
     },
 };
 use gateway_user::Dataplane;
@@ -1749,4 +1756,155 @@ fn adversarial_suite() {
         failures.join("\n")
     );
     eprintln!("{} adversarial cases passed", cases.len());
+}
+
+/// A case's frames as the tunnel interface carries them; `None` when a frame has no IP
+/// packet to give (too short for its Ethernet header).
+fn tunnel_frames(c: &Case) -> Option<Vec<(u16, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for step in &c.steps {
+        if let Step::Out(f, _) | Step::In(f, _) = step {
+            let (ty, p) = strip_ethernet(f)?;
+            out.push((ty, p.to_vec()));
+        }
+    }
+    Some(out)
+}
+
+/// The contract's expectation at the tunnel interface for a frame expected to get `want`
+/// on a physical link: the same, except that a non-IP packet is malformed there.
+fn at_tunnel(want: Reason) -> Reason {
+    match want {
+        Reason::NotIp => Reason::DeniedMalformed,
+        other => other,
+    }
+}
+
+/// [`run_case`] through the tunnel interface: outbound is tun ingress on a connector (a
+/// decrypted packet written into the device) and tun egress on a device (a packet the
+/// stack sends into the tunnel); inbound the other way round. An ingress drop is seen in
+/// the counters; an egress drop also by the sender (ENOBUFS).
+fn run_case_l3(dp: &mut Dataplane, tun: &Tun, c: &Case, failures: &mut Vec<String>) -> bool {
+    let Some(frames) = tunnel_frames(c) else {
+        return false;
+    };
+    let now = unix_now();
+    dp.reset_traffic_state().unwrap();
+    let mut loaded = load_policy(dp, &policy_text(now, &[]), c.host, now).unwrap();
+    let host = parse_host(c.host).unwrap();
+    let connector = matches!(host, policy_compiler::Host::Connector(_));
+    dp.drain_events();
+    let mut frames = frames.into_iter();
+    for (i, step) in c.steps.iter().enumerate() {
+        let mut fail = |msg: String| {
+            failures.push(format!(
+                "{} [{}] (step {}, tunnel): {msg}",
+                c.name,
+                c.why,
+                i + 1
+            ))
+        };
+        let (want, ingress) = match step {
+            Step::Out(_, r) => (at_tunnel(*r), connector),
+            Step::In(_, r) => (at_tunnel(*r), !connector),
+            Step::Revoke(names) => {
+                let text = policy_text(now, names);
+                let parsed = policy_compiler::parse(&text, "fixtures.toml", now).unwrap();
+                let view = policy_compiler::compile(&parsed.policy, &host, now).unwrap();
+                loaded.writer.apply(&mut dp.policy, &view).unwrap();
+                continue;
+            }
+            Step::Sleep(d) => {
+                std::thread::sleep(*d);
+                continue;
+            }
+            Step::Check(f) => {
+                let evs = dp.drain_events();
+                if let Err(e) = f(dp, &evs) {
+                    fail(format!("check: {e}"));
+                }
+                continue;
+            }
+        };
+        let Some((ty, packet)) = frames.next() else {
+            fail("frame missing".into());
+            continue;
+        };
+        let before = dp.verdict_stats().unwrap();
+        let passed = if ingress {
+            if let Err(e) = tun.ingress(ty, &packet) {
+                fail(format!("tun write: {e:#}"));
+                continue;
+            }
+            None
+        } else {
+            match tun.egress(ty, &packet) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    fail(format!("tun send: {e:#}"));
+                    continue;
+                }
+            }
+        };
+        let got = dp.verdict_stats().unwrap().since(&before);
+        if got.single() != Some(want) {
+            fail(format!("reasons {:?}, want {}", got.nonzero(), want.name()));
+        }
+        if let Some(passed) = passed
+            && passed != want.passes()
+        {
+            fail(format!(
+                "{} at tun egress, want {}",
+                if passed { "passed" } else { "dropped" },
+                if want.passes() { "pass" } else { "drop" }
+            ));
+        }
+    }
+    true
+}
+
+#[test]
+fn adversarial_suite_on_the_tunnel_interface() {
+    if skip_unless_privileged!() {
+        return;
+    }
+    let cases = cases();
+    let only = std::env::var("ADVERSARIAL_CASE").ok();
+    let mut failures = Vec::new();
+    let mut hosts: std::collections::HashMap<&str, (Dataplane, Tun)> = Default::default();
+    let (mut ran, mut skipped) = (0, Vec::new());
+    for c in &cases {
+        if only.as_deref().is_some_and(|o| !c.name.contains(o)) {
+            continue;
+        }
+        let (dp, tun) = hosts.entry(c.host).or_insert_with(|| {
+            let mut dp = Dataplane::load().expect("load eBPF object");
+            let tun = Tun::new(&mut dp, true).expect("TUN device with the tunnel programs");
+            (dp, tun)
+        });
+        if run_case_l3(dp, tun, c, &mut failures) {
+            ran += 1;
+        } else {
+            skipped.push(c.name.as_str());
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures in {ran} cases at the tunnel interface:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    if only.is_none() {
+        // Only frames cut inside their Ethernet header have no IP packet to carry.
+        assert!(
+            ran >= cases.len() - 10,
+            "only {ran} of {} cases ran at the tunnel interface; skipped: {skipped:?}",
+            cases.len()
+        );
+    }
+    eprintln!(
+        "{ran} adversarial cases passed at the tunnel interface ({} without an IP packet: \
+         {skipped:?})",
+        skipped.len()
+    );
 }

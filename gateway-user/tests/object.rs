@@ -31,7 +31,16 @@ fn object_map_names() {
     }
     let mut progs: Vec<&str> = obj.programs.keys().map(String::as_str).collect();
     progs.sort_unstable();
-    assert_eq!(progs, [maps::PROG_TC_EGRESS, maps::PROG_XDP]);
+    let mut want = [
+        maps::PROG_SHIELD_TC_EGRESS,
+        maps::PROG_SHIELD_XDP,
+        maps::PROG_TC_EGRESS,
+        maps::PROG_TUN_EGRESS,
+        maps::PROG_TUN_INGRESS,
+        maps::PROG_XDP,
+    ];
+    want.sort_unstable();
+    assert_eq!(progs, want);
 }
 
 #[test]

@@ -154,3 +154,186 @@ pub fn run_tc(prog: &mut aya::programs::SchedClassifier, frame: &[u8]) -> Result
         .context("BPF_PROG_TEST_RUN (tc)")?;
     Ok(result.return_value as i32)
 }
+
+/// The tunnel interface under test: a TUN device in a namespace of its own, with the data
+/// plane's tunnel programs attached at its tcx ingress and egress. BPF_PROG_TEST_RUN cannot
+/// run an L3 tc program (it always hands the program an Ethernet frame), so packets go
+/// through the real device: [`Tun::ingress`] writes one into the TUN file descriptor, as
+/// the tunnel's userspace does with a decrypted packet (the program runs inside the
+/// write); [`Tun::egress`] sends one out of the device through a packet socket, as the
+/// host's stack does (the program runs inside the send, and a drop fails it).
+pub struct Tun {
+    /// The TUN file descriptor (non-blocking).
+    pub fd: std::os::fd::OwnedFd,
+    /// A packet socket bound to nothing, sending on the device.
+    tx: std::os::fd::OwnedFd,
+    pub ifindex: i32,
+    pub name: String,
+    /// Whether writes carry the 4-byte packet-information header (flags, protocol): then
+    /// any protocol can be claimed for any bytes.
+    pub pi: bool,
+    // Last: the namespace goes after the device.
+    pub ns: crate::netns::NetNs,
+}
+
+const IFF_TUN: libc::c_short = 0x0001;
+const IFF_NO_PI: libc::c_short = 0x1000;
+/// `_IOW('T', 202, int)`.
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+/// Opens `/dev/net/tun` and creates TUN device `name` in the calling thread's namespace.
+pub fn open_tun(name: &str, pi: bool) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    let path = c"/dev/net/tun";
+    // SAFETY: a valid C string; the returned fd is checked.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("opening /dev/net/tun");
+    }
+    // SAFETY: `fd` is a fresh descriptor this function owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero ifreq is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes().take(15)) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = IFF_TUN | if pi { 0 } else { IFF_NO_PI };
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: TUNSETIFF reads an ifreq we own.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("TUNSETIFF");
+    }
+    Ok(fd)
+}
+
+impl Tun {
+    /// A namespace with a TUN device (`pi`: with packet information), up, MTU 9000, IPv6
+    /// off on it (no router solicitations of its own leave through the programs), and the
+    /// tunnel programs of `dp` attached to it.
+    pub fn new(dp: &mut gateway_user::Dataplane, pi: bool) -> Result<Tun> {
+        let ns = crate::netns::NetNs::new("ztt")?;
+        ns.exec(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            ],
+        )?;
+        let name = crate::netns::unique_name("ztg");
+        let (fd, tx, ifindex) = ns.run(|| -> Result<_> {
+            use std::os::fd::FromRawFd as _;
+            let fd = open_tun(&name, pi)?;
+            // SAFETY: plain socket call; the fd is checked.
+            let s = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0) };
+            if s < 0 {
+                return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
+            }
+            // SAFETY: a fresh descriptor.
+            let tx = unsafe { std::os::fd::OwnedFd::from_raw_fd(s) };
+            let c = std::ffi::CString::new(name.clone())?;
+            // SAFETY: a valid C string.
+            let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) } as i32;
+            Ok((fd, tx, ifindex))
+        })??;
+        ns.ip(&["link", "set", &name, "mtu", "9000", "up"])?;
+        let tun = Tun {
+            fd,
+            tx,
+            ifindex,
+            name,
+            pi,
+            ns,
+        };
+        let name = tun.name.clone();
+        tun.ns.run(|| dp.attach_tun(&name))??;
+        Ok(tun)
+    }
+
+    /// Writes `packet` into the device as received from the tunnel, claiming `protocol`
+    /// (an ethertype) when the device carries packet information.
+    pub fn ingress(&self, protocol: u16, packet: &[u8]) -> Result<()> {
+        use std::os::fd::AsRawFd as _;
+        let mut buf = Vec::with_capacity(packet.len() + 4);
+        if self.pi {
+            buf.extend_from_slice(&[0, 0]);
+            buf.extend_from_slice(&protocol.to_be_bytes());
+        }
+        buf.extend_from_slice(packet);
+        // SAFETY: writes from a buffer we own.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error()).context("writing into the TUN device");
+        }
+        Ok(())
+    }
+
+    /// Sends `packet` out of the device with `skb->protocol` = `protocol`. `Ok(true)`: the
+    /// egress hook let it go (it was queued for the tunnel); `Ok(false)`: it was dropped
+    /// there (the send fails with ENOBUFS).
+    pub fn egress(&self, protocol: u16, packet: &[u8]) -> Result<bool> {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: an all-zero sockaddr_ll is valid.
+        let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sa.sll_family = libc::AF_PACKET as u16;
+        sa.sll_protocol = protocol.to_be();
+        sa.sll_ifindex = self.ifindex;
+        // SAFETY: sends from a buffer we own to an address we own.
+        let n = unsafe {
+            libc::sendto(
+                self.tx.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&sa as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        let passed = if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOBUFS) {
+                return Err(e).context("sending on the TUN device");
+            }
+            false
+        } else {
+            true
+        };
+        self.read_all();
+        Ok(passed)
+    }
+
+    /// Every packet waiting in the TUN file descriptor (what left through egress), without
+    /// packet information.
+    pub fn read_all(&self) -> Vec<Vec<u8>> {
+        use std::os::fd::AsRawFd as _;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            // SAFETY: reads into a buffer we own.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            let skip = if self.pi { 4 } else { 0 };
+            out.push(buf[skip.min(n as usize)..n as usize].to_vec());
+        }
+        out
+    }
+}
+
+/// An Ethernet frame's IP packet and its ethertype (after at most two VLAN tags): what a
+/// TUN device would carry. `None` for a frame too short for its headers.
+pub fn strip_ethernet(frame: &[u8]) -> Option<(u16, &[u8])> {
+    let mut off = 12;
+    loop {
+        let ty = u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]);
+        if (ty == 0x8100 || ty == 0x88a8) && off < 20 {
+            off += 4;
+            continue;
+        }
+        return Some((ty, &frame[off + 2..]));
+    }
+}

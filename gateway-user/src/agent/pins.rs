@@ -6,8 +6,14 @@
 //! <pin_dir>/maps/<MAP>_V1       every persistent map (policy, flows, counters, events)
 //! <pin_dir>/progs/<program>     the programs currently attached
 //! <pin_dir>/links/xdp-<iface>   one link per attachment; a link holds its program
-//! <pin_dir>/links/tc-<iface>      attached even when no process has it open
+//! <pin_dir>/links/tc-<iface>      attached even when no process has it open (tc-: tcx
+//! <pin_dir>/links/tcin-<iface>    egress, tcin-: tcx ingress, the tunnel interface's)
 //! ```
+//!
+//! With `[tunnel]`, the physical links (`xdp_interfaces`, `tc_egress_interfaces`) run the
+//! shield programs and the tunnel interface runs the policy (docs/dataplane.md, "Tunnel
+//! interface" and "Shield"); a restart that turns the tunnel on or off swaps the programs
+//! of the existing links.
 //!
 //! A starting agent loads the programs against the pinned maps (state re-adopted), then
 //! for each configured interface either swaps the new program into the existing pinned
@@ -180,24 +186,110 @@ pub enum Attached {
     Replaced,
 }
 
-/// Attaches (or re-adopts) every configured interface and pins the programs.
+/// The programs a host runs on its physical links, and on its tunnel interface if any.
+struct Programs {
+    xdp: &'static str,
+    tc_egress: &'static str,
+    tunnel: bool,
+}
+
+fn programs(cfg: &Config) -> Programs {
+    match cfg.tunnel {
+        Some(_) => Programs {
+            xdp: maps::PROG_SHIELD_XDP,
+            tc_egress: maps::PROG_SHIELD_TC_EGRESS,
+            tunnel: true,
+        },
+        None => Programs {
+            xdp: maps::PROG_XDP,
+            tc_egress: maps::PROG_TC_EGRESS,
+            tunnel: false,
+        },
+    }
+}
+
+/// Writes the tunnel's part of the kernel configuration (on/off, WireGuard port, handshake
+/// limits) from `cfg.tunnel` into the `CONFIG` map, keeping the rest as the agent wrote it.
+/// [`attach_all`] calls it before attaching anything.
+pub fn write_tunnel_config(dp: &mut Dataplane, cfg: &Config) -> Result<()> {
+    let current = dp.config()?;
+    let next = match &cfg.tunnel {
+        Some(t) => current.with_tunnel(t.listen_port, t.handshakes_per_source, t.handshake_burst),
+        None => current.without_tunnel(),
+    };
+    dp.set_config(&next)
+}
+
+/// Attaches (or re-adopts) every configured interface and pins the programs. With
+/// `[tunnel]` (its interface already created), the tunnel interface gets the policy
+/// programs and the physical links the shield's.
 pub fn attach_all(dp: &mut Dataplane, cfg: &Config) -> Result<Vec<(String, Attached)>> {
+    write_tunnel_config(dp, cfg)?;
+    let progs = programs(cfg);
     let mut out = Vec::new();
+    // The tunnel first: by the time the physical links stop enforcing the policy, the
+    // tunnel interface does.
+    if progs.tunnel {
+        out.extend(attach_tunnel_links(dp, cfg)?);
+    }
     for iface in &cfg.xdp_interfaces {
-        let r = attach_xdp(dp, cfg, iface).with_context(|| format!("XDP on {iface}"))?;
-        out.push((format!("xdp {iface}"), r));
+        let r = attach_xdp(dp, cfg, progs.xdp, iface).with_context(|| format!("XDP on {iface}"))?;
+        out.push((format!("xdp {iface} ({})", progs.xdp), r));
     }
     for iface in &cfg.tc_egress_interfaces {
-        let r = attach_tc(dp, cfg, iface).with_context(|| format!("TC egress on {iface}"))?;
-        out.push((format!("tc-egress {iface}"), r));
+        let pin = links_dir(&cfg.pin_dir).join(format!("tc-{iface}"));
+        let r = attach_tcx(dp, progs.tc_egress, iface, TcAttachType::Egress, &pin)
+            .with_context(|| format!("TC egress on {iface}"))?;
+        out.push((format!("tc-egress {iface} ({})", progs.tc_egress), r));
     }
-    pin_programs(dp, &cfg.pin_dir)?;
+    pin_programs(dp, cfg)?;
     Ok(out)
 }
 
-fn attach_xdp(dp: &mut Dataplane, cfg: &Config, iface: &str) -> Result<Attached> {
+/// Attaches (or re-adopts) the tunnel interface's programs, tcx ingress and egress, and
+/// pins them. For the agent when it (re)creates the TUN device after [`attach_all`]: a
+/// link whose device was deleted is replaced by a new one on the device of that name.
+pub fn attach_tunnel(dp: &mut Dataplane, cfg: &Config) -> Result<Vec<(String, Attached)>> {
+    write_tunnel_config(dp, cfg)?;
+    let out = attach_tunnel_links(dp, cfg)?;
+    pin_programs(dp, cfg)?;
+    Ok(out)
+}
+
+fn attach_tunnel_links(dp: &mut Dataplane, cfg: &Config) -> Result<Vec<(String, Attached)>> {
+    let Some(tunnel) = &cfg.tunnel else {
+        bail!("no [tunnel] in the configuration");
+    };
+    let iface = &tunnel.interface;
+    let links = links_dir(&cfg.pin_dir);
+    let mut out = Vec::new();
+    for (name, at, pin, what) in [
+        (
+            maps::PROG_TUN_INGRESS,
+            TcAttachType::Ingress,
+            links.join(format!("tcin-{iface}")),
+            "tun-ingress",
+        ),
+        (
+            maps::PROG_TUN_EGRESS,
+            TcAttachType::Egress,
+            links.join(format!("tc-{iface}")),
+            "tun-egress",
+        ),
+    ] {
+        let r = attach_tcx(dp, name, iface, at, &pin)
+            .with_context(|| format!("{what} (tcx) on the tunnel interface {iface}"))?;
+        out.push((format!("{what} {iface}"), r));
+    }
+    Ok(out)
+}
+
+fn attach_xdp(dp: &mut Dataplane, cfg: &Config, name: &str, iface: &str) -> Result<Attached> {
     let pin = links_dir(&cfg.pin_dir).join(format!("xdp-{iface}"));
-    let prog: &mut Xdp = dp.xdp()?;
+    let prog: &mut Xdp = match name {
+        maps::PROG_SHIELD_XDP => dp.shield_xdp()?,
+        _ => dp.xdp()?,
+    };
     if pin.exists() {
         let link: FdLink = PinnedLink::from_pin(&pin)
             .with_context(|| format!("opening pinned link {}", pin.display()))?
@@ -229,39 +321,66 @@ fn attach_xdp(dp: &mut Dataplane, cfg: &Config, iface: &str) -> Result<Attached>
     Ok(Attached::New { mode })
 }
 
-fn attach_tc(dp: &mut Dataplane, cfg: &Config, iface: &str) -> Result<Attached> {
-    let pin = links_dir(&cfg.pin_dir).join(format!("tc-{iface}"));
-    let prog: &mut SchedClassifier = dp.tc()?;
+/// Attaches tc program `name` at `at` of `iface` with tcx, or swaps it into the link pinned
+/// at `pin`. A pinned link whose device is gone (a recreated TUN device) cannot take a new
+/// program: it is unpinned and a new link made.
+fn attach_tcx(
+    dp: &mut Dataplane,
+    name: &str,
+    iface: &str,
+    at: TcAttachType,
+    pin: &Path,
+) -> Result<Attached> {
+    let prog: &mut SchedClassifier = dp.tc_named(name)?;
     if pin.exists() {
-        let link: FdLink = PinnedLink::from_pin(&pin)
-            .with_context(|| format!("opening pinned link {}", pin.display()))?
-            .into();
+        let pinned = PinnedLink::from_pin(pin)
+            .with_context(|| format!("opening pinned link {}", pin.display()))?;
+        let link: FdLink = pinned.into();
         let link = SchedClassifierLink::try_from(link).context("pinned link is not a tcx link")?;
-        prog.attach_to_link(link)
-            .context("replacing the program of the pinned tcx link")?;
-        return Ok(Attached::Replaced);
+        match prog.attach_to_link(link) {
+            Ok(_) => return Ok(Attached::Replaced),
+            Err(e) => {
+                tracing::info!(
+                    %iface,
+                    "the pinned tcx link {} is defunct ({e}); attaching anew",
+                    pin.display()
+                );
+                std::fs::remove_file(pin)
+                    .with_context(|| format!("unpinning the defunct link {}", pin.display()))?;
+            }
+        }
     }
     let id = prog
         .attach_with_options(
             iface,
-            TcAttachType::Egress,
+            at,
             // First in the chain: a program before the gateway's that passes a packet would
             // end the chain before the gateway saw it.
             TcAttachOptions::TcxOrder(LinkOrder::first()),
         )
         .context("tcx attach (needs Linux 6.6 or newer)")?;
     let link: FdLink = prog.take_link(id)?.try_into().context("tcx link")?;
-    link.pin(&pin)
+    link.pin(pin)
         .with_context(|| format!("pinning the tcx link at {}", pin.display()))?;
     Ok(Attached::New { mode: "tcx" })
 }
 
-/// Pins the attached programs for bpftool, replacing older pins.
-fn pin_programs(dp: &mut Dataplane, pin_dir: &Path) -> Result<()> {
-    let dir = progs_dir(pin_dir);
-    for name in [maps::PROG_XDP, maps::PROG_TC_EGRESS] {
+/// Pins the attached programs for bpftool, replacing older pins (also those of programs
+/// this configuration no longer runs, such as the policy XDP program once the tunnel is on).
+fn pin_programs(dp: &mut Dataplane, cfg: &Config) -> Result<()> {
+    let dir = progs_dir(&cfg.pin_dir);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let progs = programs(cfg);
+    let mut names = vec![progs.xdp, progs.tc_egress];
+    if progs.tunnel {
+        names.extend([maps::PROG_TUN_INGRESS, maps::PROG_TUN_EGRESS]);
+    }
+    for name in names {
         let path = dir.join(name);
-        let _ = std::fs::remove_file(&path);
         dp.ebpf_mut()
             .program_mut(name)
             .with_context(|| format!("{name} missing"))?
