@@ -568,6 +568,43 @@ mod tests {
         assert_eq!(cfg.role, Role::Connector);
         assert_eq!(cfg.host_label(), "connector:dc-connector-1");
         assert_eq!(cfg.metrics_listen, Some("127.0.0.1:9477".parse().unwrap()));
+        let t = cfg.tunnel.unwrap();
+        assert_eq!((t.interface.as_str(), t.listen_port), ("ztg0", 51820));
+    }
+
+    #[test]
+    fn tunnel_settings_are_checked() {
+        let base = "role = \"device\"\nname = \"x\"\npolicy_file = \"/p\"\n\
+                    xdp_interfaces = [\"eth0\"]\n[tunnel]\n";
+        let load = |extra: &str| -> Result<Config> {
+            let cfg: Config =
+                toml::from_str(&format!("{base}{extra}")).map_err(|e| anyhow::anyhow!("{e}"))?;
+            cfg.validate()?;
+            Ok(cfg)
+        };
+        let t = load("").unwrap().tunnel.unwrap();
+        assert_eq!(t.transport, Transport::Auto);
+        assert!(t.masquerade && !t.insecure_skip_cryptokey_routing);
+        for (extra, needle) in [
+            (
+                "interface = \"a-very-long-interface\"",
+                "1 to 15 characters",
+            ),
+            ("interface = \"wg 0\"", "1 to 15 characters"),
+            ("interface = \"eth0\"", "also listed as a physical link"),
+            ("mtu = 500", "between 1280"),
+            ("handshakes_per_source = 0", "at least 1"),
+            (
+                "handshake_burst = 1\nhandshakes_per_source = 5",
+                "at least `handshakes_per_source`",
+            ),
+            ("private_key_file = \"wg.key\"", "absolute path"),
+            ("transport = \"quantum\"", "unknown variant"),
+            ("listen_prot = 1", "unknown field"),
+        ] {
+            let err = format!("{:#}", load(extra).expect_err(extra));
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
     }
 
     #[test]
