@@ -17,6 +17,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
+use gateway_test_support::tunnel::NsTunnel;
 use gateway_test_support::{
     net::{TcpOutcome, tcp_echo_servers, tcp_try},
     netns::{NetNs, unique_name, veth_pair},
@@ -24,7 +25,7 @@ use gateway_test_support::{
     skip_unless_privileged,
 };
 use gateway_user::tunnel::{
-    Options, PeerSpec, Tunnel, keys,
+    Options, PeerSpec, keys,
     tun::{configure_link, sync_routes},
 };
 use std::{
@@ -325,6 +326,10 @@ fn udp_round_trip(ns: &NetNs, dst: &str, size: usize) -> Option<usize> {
     .unwrap()
 }
 
+fn delete_link(name: &str, ns: &NetNs) {
+    let _ = ns.ip(&["link", "del", name]);
+}
+
 fn settle() {
     std::thread::sleep(Duration::from_millis(400));
 }
@@ -416,57 +421,37 @@ fn capture(
 
 /// Bob's key, alice's address: a tunnel the test runs in bob's namespace with bob's
 /// private key (an attacker who owns bob's laptop), claiming 100.64.0.10.
-fn rogue_tunnel(w: &World) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+fn rogue_tunnel(w: &World) -> NsTunnel {
     let pair = keys::load(&w.bob.key).unwrap();
     let conn_key = keys::decode_key(&public_key(&w.conn)).unwrap();
-    let path = format!("/run/netns/{}", w.bob.ns.name());
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let h = std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns for this thread only.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let opts = Options {
-            interface: "evil0".into(),
-            listen_port: 0,
-            mtu: 1420,
-            persistent_keepalive: None,
-            skip_cryptokey_routing: false,
-        };
-        let t = rt.block_on(Tunnel::start(opts, pair)).unwrap();
-        configure_link("evil0", 1420, &["100.64.0.10".parse().unwrap()]).unwrap();
+    let opts = Options {
+        interface: "evil0".into(),
+        listen_port: 0,
+        mtu: 1420,
+        persistent_keepalive: None,
+        skip_cryptokey_routing: false,
+    };
+    NsTunnel::start(w.bob.ns.name(), opts, pair, move |t| {
+        configure_link("evil0", 1420, &["100.64.0.10".parse()?])?;
         t.set_peers(&[PeerSpec {
             name: "conn".into(),
             public_key: conn_key,
-            endpoint: Some("198.19.1.1:51820".parse().unwrap()),
-            allowed_ips: vec!["198.18.1.5/32".parse().unwrap()],
+            endpoint: Some("198.19.1.1:51820".parse()?),
+            allowed_ips: vec!["198.18.1.5/32".parse()?],
         }]);
-        sync_routes("evil0", &["198.18.1.5/32".parse().unwrap()]).unwrap();
-        ready_tx.send(()).unwrap();
-        rt.block_on(async {
-            while stop_rx.try_recv().is_err() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
-        drop(t);
-        let _ = Command::new("ip").args(["link", "del", "evil0"]).status();
-    });
-    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    (stop_tx, h)
+        sync_routes("evil0", &["198.18.1.5/32".parse()?])
+    })
+    .unwrap()
 }
 
 /// Datagrams bob-as-alice gets to the resource through bob's own key.
 fn spoof_through_tunnel(w: &World, counter: &AtomicU64) -> u64 {
     let before = counter.load(Ordering::Relaxed);
-    let (stop, h) = rogue_tunnel(w);
+    let rogue = rogue_tunnel(w);
     send_marked(&w.bob.ns, Some("100.64.0.10"), "198.18.1.5:5353", 30);
     settle();
-    stop.send(()).unwrap();
-    h.join().unwrap();
+    drop(rogue);
+    delete_link("evil0", &w.bob.ns);
     counter.load(Ordering::Relaxed) - before
 }
 

@@ -10,90 +10,24 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
+use gateway_test_support::tunnel::NsTunnel as Host;
 use gateway_test_support::{
     net::{tcp_dropped, tcp_echo, tcp_echo_servers},
     netns::{NetNs, unique_name},
     skip_unless_privileged,
 };
 use gateway_user::tunnel::{
-    Options, PeerSpec, Tunnel, TunnelDrop,
+    Options, PeerSpec, TunnelDrop,
     keys::KeyPair,
     tun::{configure_link, enable_forwarding, install_masquerade, sync_routes},
 };
 use ipnet::IpNet;
 use std::{
     net::{IpAddr, SocketAddr},
-    os::fd::AsRawFd as _,
-    sync::mpsc,
     time::Duration,
 };
 
 const T: Duration = Duration::from_millis(1500);
-
-/// A host's tunnel, running on its own thread inside the host's namespace. Commands go in
-/// as closures; dropping it stops the tunnel.
-type Cmd = Box<dyn FnOnce(&Tunnel) + Send>;
-
-struct Host {
-    tx: Option<mpsc::Sender<Cmd>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Host {
-    fn start(
-        ns: &NetNs,
-        opts: Options,
-        keys: KeyPair,
-        setup: impl FnOnce(&Tunnel) + Send + 'static,
-    ) -> Host {
-        let path = format!("/run/netns/{}", ns.name());
-        let (tx, rx) = mpsc::channel::<Cmd>();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let f = std::fs::File::open(&path).unwrap();
-            // SAFETY: setns on a valid namespace fd, for this thread only.
-            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            // Worker threads are spawned from this thread, so they share its namespace.
-            let tunnel = rt.block_on(Tunnel::start(opts, keys)).unwrap();
-            setup(&tunnel);
-            ready_tx.send(()).unwrap();
-            while let Ok(cmd) = rx.recv() {
-                cmd(&tunnel);
-            }
-            drop(tunnel);
-            rt.shutdown_timeout(Duration::from_secs(1));
-        });
-        ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Host {
-            tx: Some(tx),
-            thread: Some(thread),
-        }
-    }
-
-    fn with<R: Send + 'static>(&self, f: impl FnOnce(&Tunnel) -> R + Send + 'static) -> R {
-        let (tx, rx) = mpsc::channel();
-        self.tx
-            .as_ref()
-            .unwrap()
-            .send(Box::new(move |t| tx.send(f(t)).unwrap()))
-            .unwrap();
-        rx.recv_timeout(Duration::from_secs(10)).unwrap()
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 fn net(s: &str) -> IpNet {
     s.parse().unwrap()
@@ -178,8 +112,8 @@ fn device(ns: &NetNs, tun: &str, keys: KeyPair, me: [&str; 2], connector: &KeyPa
     let tun = tun.to_string();
     let addrs: Vec<IpAddr> = me.iter().map(|a| a.parse().unwrap()).collect();
     let conn_key = *connector.public.as_bytes();
-    Host::start(ns, opts(&tun, 0, false), keys, move |t| {
-        configure_link(&tun, 1420, &addrs).unwrap();
+    Host::start(ns.name(), opts(&tun, 0, false), keys, move |t| {
+        configure_link(&tun, 1420, &addrs)?;
         let corp = vec![net("198.18.1.0/24"), net("2001:db8:1::/48")];
         t.set_peers(&[PeerSpec {
             name: "conn".into(),
@@ -187,8 +121,9 @@ fn device(ns: &NetNs, tun: &str, keys: KeyPair, me: [&str; 2], connector: &KeyPa
             endpoint: Some(conn_endpoint()),
             allowed_ips: corp.clone(),
         }]);
-        sync_routes(&tun, &corp).unwrap();
+        sync_routes(&tun, &corp)
     })
+    .unwrap()
 }
 
 fn peer(name: &str, k: &KeyPair, addrs: [&str; 2]) -> PeerSpec {
@@ -202,14 +137,15 @@ fn peer(name: &str, k: &KeyPair, addrs: [&str; 2]) -> PeerSpec {
 
 fn connector(w: &World, keys: KeyPair, peers: Vec<PeerSpec>, skip: bool) -> Host {
     let tun = w.tun.clone();
-    Host::start(&w.conn, opts(&tun, 51820, skip), keys, move |t| {
-        configure_link(&tun, 1420, &[]).unwrap();
+    Host::start(w.conn.name(), opts(&tun, 51820, skip), keys, move |t| {
+        configure_link(&tun, 1420, &[])?;
         t.set_peers(&peers);
         let routes: Vec<IpNet> = peers.iter().flat_map(|p| p.allowed_ips.clone()).collect();
-        sync_routes(&tun, &routes).unwrap();
-        enable_forwarding(true).unwrap();
-        install_masquerade(&tun).unwrap();
+        sync_routes(&tun, &routes)?;
+        enable_forwarding(true)?;
+        install_masquerade(&tun)
     })
+    .unwrap()
 }
 
 const ALICE: [&str; 2] = ["100.64.0.10/32", "2001:db8:ff::10/128"];
@@ -254,13 +190,15 @@ fn run(skip_ckr: bool) -> (bool, bool, bool, u64) {
     }
     std::thread::sleep(Duration::from_millis(300));
     let reached = sink.load(std::sync::atomic::Ordering::Relaxed);
-    let drops = conn.with(|t| {
-        t.drops()
-            .into_iter()
-            .find(|(r, _)| *r == TunnelDrop::CryptokeyRouting)
-            .map(|(_, n)| n)
-            .unwrap_or(0)
-    });
+    let drops = conn
+        .with(|t| {
+            t.drops()
+                .into_iter()
+                .find(|(r, _)| *r == TunnelDrop::CryptokeyRouting)
+                .map(|(_, n)| n)
+                .unwrap_or(0)
+        })
+        .unwrap();
     (alice_v4, alice_v6, spoof_dropped && reached == 0, drops)
 }
 

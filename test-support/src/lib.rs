@@ -9,6 +9,7 @@
 //! * [`process`]: `gateway-agent` and `gateway-controller` run as processes in namespaces,
 //!   supervised, stopped and cleaned up (tests and the demo share them);
 //! * [`records`]: the fields a connection record must carry;
+//! * [`tunnel`]: a userspace tunnel run in-process inside a namespace;
 //! * [`fuzz`]: stateful differential fuzzing of the loaded programs against the reference
 //!   model (`gateway-model`), behind `cargo xtask fuzz-dataplane`.
 
@@ -20,6 +21,7 @@ pub mod netns;
 pub mod privileges;
 pub mod process;
 pub mod records;
+pub mod tunnel;
 
 /// Everything a data-plane test usually needs, in one place.
 pub mod testkit {
