@@ -1,4 +1,4 @@
-//! `bench [--quick] [--only decision,throughput,compile,apply,controller] [--out DIR]`: the
+//! `bench [--quick] [--only decision,throughput,compile,apply,tunnel,controller] [--out DIR]`: the
 //! gateway's benchmark suite (see bench/README.md). Writes `<out>/<run>.json|.md`,
 //! `latest.*` copies and `latest-*.svg` plots; one progress line per step on stderr. Needs
 //! root for the decision, throughput and apply suites (BPF, namespaces).
@@ -11,6 +11,7 @@ mod decision;
 mod policies;
 mod report;
 mod throughput;
+mod tunnel_suite;
 
 use anyhow::{Context as _, Result, bail};
 use std::path::PathBuf;
@@ -51,7 +52,7 @@ fn args() -> Result<Opts> {
             "--out" => opts.out = PathBuf::from(it.next().context("--out needs a directory")?),
             "-h" | "--help" => {
                 println!(
-                    "bench [--quick] [--only decision,throughput,compile,apply,controller] [--out DIR]"
+                    "bench [--quick] [--only decision,throughput,compile,apply,tunnel,controller] [--out DIR]"
                 );
                 std::process::exit(0);
             }
@@ -102,6 +103,9 @@ fn main() -> Result<()> {
     suite("apply", &mut |r| apply::run(&opts, &mut r.apply_sizes));
     suite("throughput", &mut |r| {
         throughput::run(&opts, &mut r.throughput)
+    });
+    suite("tunnel", &mut |r| {
+        tunnel_suite::run(&opts, r.tunnel.get_or_insert_with(Default::default))
     });
     suite("controller", &mut |r| {
         controller_suite::run(&opts, &mut r.controller)

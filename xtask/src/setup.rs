@@ -20,6 +20,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("bpftool", "bpftool"),
     ("sysctl", "procps"),
+    // `cargo xtask bench`: tunnel goodput.
+    ("iperf3", "iperf3"),
 ];
 
 pub fn run() -> Result<()> {
@@ -61,7 +63,7 @@ fn debian_packages() -> Result<String> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        return Ok("present (iproute2, nftables, bpftool, procps)".into());
+        return Ok("present (iproute2, nftables, bpftool, procps, iperf3)".into());
     }
     if !is_root() {
         // Building needs none of them; only the privileged tests do, and those skip when
