@@ -257,3 +257,165 @@ fn the_protocol_must_agree_with_the_packet() {
     );
     assert_eq!(passed, Some(false));
 }
+
+/// The agent's attachment with `[tunnel]`: the tunnel interface gets the policy programs
+/// (pinned links `tcin-<tun>`, `tc-<tun>`), the physical link the shield's; a recreated
+/// TUN device is attached anew by `attach_tunnel`; a restart re-adopts every link; detach
+/// removes them all.
+#[test]
+fn the_agent_attaches_the_tunnel_and_the_shield_with_pins() {
+    use gateway_user::agent::{config::Config, pins};
+    if skip_unless_privileged!() {
+        return;
+    }
+    let ns = gateway_test_support::netns::NetNs::new("ztp").unwrap();
+    ns.ip(&[
+        "link", "add", "phys0", "type", "veth", "peer", "name", "phys1",
+    ])
+    .unwrap();
+    ns.ip(&["link", "set", "phys0", "up"]).unwrap();
+    let tun_name = gateway_test_support::netns::unique_name("ztg");
+    let dir = std::env::temp_dir().join(gateway_test_support::netns::unique_name("ztcfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("policy.toml"), testkit::OPEN_LAB).unwrap();
+    let pin_dir = format!(
+        "/sys/fs/bpf/{}",
+        gateway_test_support::netns::unique_name("ztpin")
+    );
+    let text = format!(
+        "role = \"connector\"\nname = \"lab-connector\"\npolicy_file = \"{}\"\n\
+         pin_dir = \"{pin_dir}\"\nxdp_interfaces = [\"phys0\"]\n\
+         tc_egress_interfaces = [\"phys0\"]\nxdp_mode = \"generic\"\n\n[tunnel]\n\
+         interface = \"{tun_name}\"\nlisten_port = 51820\n",
+        dir.join("policy.toml").display()
+    );
+    std::fs::write(dir.join("agent.toml"), text).unwrap();
+    let mut cfg = Config::load(&dir.join("agent.toml")).unwrap();
+    cfg.pin_dir = pins::prepare(&cfg.pin_dir).unwrap();
+
+    let load = |cfg: &Config| {
+        let mut dp = Dataplane::load_pinned(&pins::maps_dir(&cfg.pin_dir)).unwrap();
+        load_policy(
+            &mut dp,
+            testkit::OPEN_LAB,
+            "connector:lab-connector",
+            unix_now(),
+        )
+        .unwrap();
+        dp
+    };
+    let mut dp = load(&cfg);
+    // The agent's tunnel code creates the device before attaching.
+    let tun = ns
+        .run(|| testkit::open_tun(&tun_name, false))
+        .unwrap()
+        .unwrap();
+    ns.ip(&["link", "set", &tun_name, "up"]).unwrap();
+    let attached = ns.run(|| pins::attach_all(&mut dp, &cfg)).unwrap().unwrap();
+    let names: Vec<&str> = attached.iter().map(|(w, _)| w.as_str()).collect();
+    assert!(
+        attached
+            .iter()
+            .all(|(_, a)| matches!(a, pins::Attached::New { .. })),
+        "{attached:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.contains("gateway_shield_xdp")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.contains("gateway_shield_tc")),
+        "{names:?}"
+    );
+    let mut links = pins::pinned_links(&cfg.pin_dir);
+    links.sort();
+    let mut want = vec![
+        "tc-phys0".to_string(),
+        format!("tc-{tun_name}"),
+        format!("tcin-{tun_name}"),
+        "xdp-phys0".to_string(),
+    ];
+    want.sort();
+    assert_eq!(links, want);
+    let c = dp.config().unwrap();
+    assert_eq!((c.tunnel, c.wg_port()), (1, 51_820));
+    assert_eq!(
+        (c.handshakes_per_source, c.handshake_burst),
+        (
+            cfg.tunnel.as_ref().unwrap().handshakes_per_source,
+            cfg.tunnel.as_ref().unwrap().handshake_burst
+        )
+    );
+
+    let write = |fd: &std::os::fd::OwnedFd, p: &[u8]| {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: writes from a buffer we own.
+        let n = unsafe { libc::write(fd.as_raw_fd(), p.as_ptr().cast(), p.len()) };
+        assert_eq!(n, p.len() as isize);
+    };
+    let (_, allowed) = packet("198.19.0.1", "198.18.1.1", L4::Tcp { src: 1, dst: 22 }, b"");
+    let (_, unknown) = packet(
+        "198.19.0.99",
+        "198.18.1.1",
+        L4::Tcp { src: 1, dst: 22 },
+        b"",
+    );
+    assert_eq!(
+        decided(&dp, || write(&tun, &allowed)),
+        Some(Reason::Allowed)
+    );
+    assert_eq!(
+        decided(&dp, || write(&tun, &unknown)),
+        Some(Reason::DeniedUnknownSource)
+    );
+
+    // The tunnel's code recreates the device: the old links are defunct, new ones made.
+    drop(tun);
+    let tun = ns
+        .run(|| testkit::open_tun(&tun_name, false))
+        .unwrap()
+        .unwrap();
+    ns.ip(&["link", "set", &tun_name, "up"]).unwrap();
+    // Control: nothing enforces on the new device until it is attached.
+    assert_eq!(decided(&dp, || write(&tun, &unknown)), None);
+    let again = ns
+        .run(|| pins::attach_tunnel(&mut dp, &cfg))
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.len(), 2);
+    assert!(
+        again
+            .iter()
+            .all(|(_, a)| matches!(a, pins::Attached::New { .. })),
+        "{again:?}"
+    );
+    assert_eq!(
+        decided(&dp, || write(&tun, &unknown)),
+        Some(Reason::DeniedUnknownSource)
+    );
+
+    // A restart: every link re-adopted, the new programs swapped in.
+    drop(dp);
+    let mut dp = load(&cfg);
+    let readopted = ns.run(|| pins::attach_all(&mut dp, &cfg)).unwrap().unwrap();
+    assert_eq!(readopted.len(), 4);
+    assert!(
+        readopted
+            .iter()
+            .all(|(_, a)| matches!(a, pins::Attached::Replaced)),
+        "{readopted:?}"
+    );
+    assert_eq!(
+        decided(&dp, || write(&tun, &allowed)),
+        Some(Reason::Allowed)
+    );
+    drop(dp);
+    let removed = pins::detach(&cfg.pin_dir).unwrap();
+    assert!(
+        removed
+            .iter()
+            .any(|r| r.contains(&format!("tcin-{tun_name}"))),
+        "{removed:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! oracle     Model::new(policy, role, now) · apply(policy, now) · packet(dir, frame, now) -> Expected
+//!            packet_l3(dir, protocol, packet, now) (tunnel interface) · set_tunnel · shield(hook, frame, now_ns)
 //! wire       frames: Ethernet/VLAN, IPv4 (+options), IPv6 (+extension headers), TCP/UDP/ICMP,
 //!            ICMP errors quoting a packet, host-like fragmentation, a catalog of malformed frames
 //! scenario   generate(seed) -> Scenario { policy_text, role, start, steps } · replay(&scenario)
@@ -17,5 +18,5 @@ pub mod oracle;
 pub mod scenario;
 pub mod wire;
 
-pub use oracle::{Direction, Expected, Model, Role};
+pub use oracle::{Direction, Expected, Model, Role, ShieldHook, Tunnel};
 pub use scenario::{Scenario, Step, generate, replay};

@@ -146,9 +146,17 @@ const REASONS: &[(&str, bool)] = &[
     ("neighbor_discovery", true),
 ];
 
+/// The reasons only a shield returns (docs/dataplane.md, "Shield"); a shield also returns
+/// `not_ip`, `unprotected` and the parse drops.
+const SHIELD_REASONS: &[(&str, bool)] = &[
+    ("denied_untunneled", false),
+    ("handshake_rate_limited", false),
+];
+
 fn expected(reason: &'static str) -> Expected {
     let passes = REASONS
         .iter()
+        .chain(SHIELD_REASONS)
         .find(|(r, _)| *r == reason)
         .is_some_and(|(_, p)| *p);
     Expected {
@@ -216,6 +224,8 @@ struct Pkt<'a> {
     source_route: bool,
     /// IPv6 hop limit (0 for IPv4).
     hop_limit: u8,
+    /// UDP: the header's length field and the bytes after the header.
+    udp: Option<(u16, &'a [u8])>,
 }
 
 impl Pkt<'_> {
@@ -288,11 +298,29 @@ fn parse_frame(f: &[u8]) -> Parse<'_> {
         off += 4;
         tags += 1;
     }
-    let ip = &f[off..];
-    let parsed = match ethertype {
-        0x0800 => parse_v4(ip),
-        0x86dd => parse_v6(ip),
-        _ => return Parse::NotIp,
+    match ethertype {
+        0x0800 | 0x86dd => parse_ip(ethertype, &f[off..]),
+        _ => Parse::NotIp,
+    }
+}
+
+/// A bare IP packet of a TUN device, whose protocol the kernel gives beside it: IPv4 or
+/// IPv6, and it must agree with the version nibble; anything else (a VLAN tag included:
+/// an L3 device has none) is malformed, never `not_ip`.
+fn parse_l3(protocol: u16, packet: &[u8]) -> Parse<'_> {
+    match protocol {
+        0x0800 | 0x86dd => parse_ip(protocol, packet),
+        _ => MALFORMED,
+    }
+}
+
+/// IPv4 (`0x0800`) or IPv6 (`0x86dd`) from its first byte on; the version nibble must
+/// agree (the parsers check it).
+fn parse_ip(ethertype: u16, ip: &[u8]) -> Parse<'_> {
+    let parsed = if ethertype == 0x0800 {
+        parse_v4(ip)
+    } else {
+        parse_v6(ip)
     };
     let Parse::Ip(p) = parsed else {
         return parsed;
@@ -460,6 +488,7 @@ fn transport<'a>(
         icmp: None,
         source_route,
         hop_limit,
+        udp: None,
     };
     if matches!(frag, Frag::Later(_)) {
         return Parse::Ip(p);
@@ -485,6 +514,7 @@ fn transport<'a>(
                 return MALFORMED;
             }
             (p.t.sport, p.t.dport) = (be16(l4, 0), be16(l4, 2));
+            p.udp = Some((be16(l4, 4), &l4[8..]));
         }
         _ if proto == own_icmp => {
             if l4.len() < 8 {
@@ -676,6 +706,10 @@ pub struct Model {
     /// Fragment datagrams whose first fragment opened or matched a flow, per hook, with the
     /// generation it happened under. Index: 0 outbound, 1 inbound.
     frags: [HashMap<FragKey, u64>; 2],
+    /// The tunnel's settings, when the host has the tunnel on (see [`Model::shield`]).
+    tunnel: Option<Tunnel>,
+    /// The shield's handshake buckets by source prefix: credit (ns) and last update (ns).
+    buckets: HashMap<IpAddr, (u64, u64)>,
 }
 
 impl Model {
@@ -690,6 +724,8 @@ impl Model {
             known: std::collections::HashSet::new(),
             flows: HashMap::new(),
             frags: [HashMap::new(), HashMap::new()],
+            tunnel: None,
+            buckets: HashMap::new(),
         };
         m.apply(policy, now_unix);
         m
@@ -733,9 +769,18 @@ impl Model {
         REASONS.iter().map(|(r, _)| *r).collect()
     }
 
+    /// Every reason only [`Model::shield`] returns.
+    pub fn shield_reason_names() -> Vec<&'static str> {
+        SHIELD_REASONS.iter().map(|(r, _)| *r).collect()
+    }
+
     /// Whether a reason passes the frame (`None`: not a reason of the contract).
     pub fn reason_passes(reason: &str) -> Option<bool> {
-        REASONS.iter().find(|(r, _)| *r == reason).map(|(_, p)| *p)
+        REASONS
+            .iter()
+            .chain(SHIELD_REASONS)
+            .find(|(r, _)| *r == reason)
+            .map(|(_, p)| *p)
     }
 
     pub fn policy(&self) -> &Policy {
@@ -769,7 +814,26 @@ impl Model {
     /// What the hook of `dir` does with `frame` (an Ethernet frame as on the wire) at
     /// `now_unix`, updating the model's state as the data plane would.
     pub fn packet(&mut self, dir: Direction, frame: &[u8], now_unix: i64) -> Expected {
-        let p = match parse_frame(frame) {
+        self.decide_parsed(dir, parse_frame(frame), now_unix)
+    }
+
+    /// What the tunnel interface's hook of `dir` does with `packet` (docs/dataplane.md,
+    /// "Tunnel interface"): a bare IP packet, no Ethernet header, that the kernel says is of
+    /// `protocol` (an ethertype). The same rules as [`Model::packet`] from the IP header
+    /// on, with the same state; the directions are the physical links' (connector: tunnel
+    /// ingress outbound, egress inbound; device: egress outbound, ingress inbound).
+    pub fn packet_l3(
+        &mut self,
+        dir: Direction,
+        protocol: u16,
+        packet: &[u8],
+        now_unix: i64,
+    ) -> Expected {
+        self.decide_parsed(dir, parse_l3(protocol, packet), now_unix)
+    }
+
+    fn decide_parsed(&mut self, dir: Direction, parsed: Parse<'_>, now_unix: i64) -> Expected {
+        let p = match parsed {
             Parse::NotIp => return expected("not_ip"),
             Parse::Drop(reason) => return expected(reason),
             Parse::Ip(p) => p,
@@ -1047,5 +1111,111 @@ impl Model {
         } else {
             "unprotected"
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Shield (docs/dataplane.md, "Shield")
+// ---------------------------------------------------------------------------------------
+
+/// The tunnel's settings a shield reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Tunnel {
+    /// The WireGuard listener's UDP port (0: none; no handshake limit).
+    pub wg_port: u16,
+    /// Initiations per source prefix per second, and the burst (0: no limit).
+    pub handshakes_per_source: u32,
+    pub handshake_burst: u32,
+}
+
+/// A shield's hook on a physical link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShieldHook {
+    /// XDP ingress: client links of a connector, a device's uplink.
+    Ingress,
+    /// tcx egress: the same links.
+    Egress,
+}
+
+const SECOND_NS: u64 = 1_000_000_000;
+/// A WireGuard handshake initiation: 148 bytes, so UDP length 156.
+const WG_INITIATION_UDP_LEN: u16 = 156;
+
+impl Model {
+    /// The host turns the tunnel on with these settings (the shield reads them).
+    pub fn set_tunnel(&mut self, tunnel: Tunnel) {
+        self.tunnel = Some(tunnel);
+    }
+
+    /// What a shield hook on a physical link does with `frame` (Ethernet, as on the wire)
+    /// at `now_ns` (any monotonic nanosecond clock; only differences count):
+    ///
+    /// 1. not IP: `not_ip`; what does not parse: the parse drops, as everywhere;
+    /// 2. source or destination in protected space (later fragments included):
+    ///    `denied_untunneled`, in both directions and on both roles;
+    /// 3. at ingress, with a WireGuard port: a handshake initiation to it (UDP length 156
+    ///    and a payload starting with 1, 0, 0, 0; a first fragment with that UDP length
+    ///    counts whatever it holds) takes a token from its source prefix's bucket (/32,
+    ///    /64; `handshake_burst` tokens, one more every `1 / handshakes_per_source` s, a
+    ///    new prefix starts full); none left: `handshake_rate_limited`;
+    /// 4. everything else: `unprotected`.
+    pub fn shield(&mut self, hook: ShieldHook, frame: &[u8], now_ns: u64) -> Expected {
+        let p = match parse_frame(frame) {
+            Parse::NotIp => return expected("not_ip"),
+            Parse::Drop(reason) => return expected(reason),
+            Parse::Ip(p) => p,
+        };
+        if self.is_protected(p.t.src) || self.is_protected(p.t.dst) {
+            return expected("denied_untunneled");
+        }
+        let Some(tunnel) = self.tunnel else {
+            return expected("unprotected");
+        };
+        let initiation = hook == ShieldHook::Ingress
+            && tunnel.wg_port != 0
+            && p.t.proto == UDP
+            && p.t.dport == tunnel.wg_port
+            && match (p.frag, p.udp) {
+                (Frag::Later(_), _) | (_, None) => false,
+                (Frag::First(_), Some((len, _))) => len == WG_INITIATION_UDP_LEN,
+                (Frag::No, Some((len, payload))) => {
+                    len == WG_INITIATION_UDP_LEN && payload.starts_with(&[1, 0, 0, 0])
+                }
+            };
+        if initiation && !self.take_handshake(&tunnel, p.t.src, now_ns) {
+            return expected("handshake_rate_limited");
+        }
+        expected("unprotected")
+    }
+
+    fn take_handshake(&mut self, t: &Tunnel, src: IpAddr, now: u64) -> bool {
+        if t.handshakes_per_source == 0 || t.handshake_burst == 0 {
+            return true;
+        }
+        let cost = SECOND_NS / u64::from(t.handshakes_per_source);
+        let cap = cost * u64::from(t.handshake_burst);
+        let prefix = match src {
+            IpAddr::V4(_) => src,
+            IpAddr::V6(a) => {
+                let mut o = a.octets();
+                o[8..].fill(0);
+                IpAddr::from(o)
+            }
+        };
+        let Some((credit, last)) = self.buckets.get_mut(&prefix) else {
+            self.buckets.insert(prefix, (cap - cost, now));
+            return true;
+        };
+        if now > *last {
+            *credit = credit.saturating_add(now - *last).min(cap);
+            *last = now;
+        }
+        if *credit >= cost {
+            *credit -= cost;
+            true
+        } else {
+            false
+        }
     }
 }

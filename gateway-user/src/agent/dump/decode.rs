@@ -99,11 +99,22 @@ pub fn config_entry(c: &DataplaneConfig) -> Entry {
         budget_text.push(format!("{} {n}", kind.name()));
     }
     let secs = |ns: u64| ns as f64 / 1e9;
+    let tunnel = c.tunnel != 0;
+    let tunnel_text = if tunnel {
+        format!(
+            "on, WireGuard port {}, handshake initiations per source {} per s, burst {}",
+            c.wg_port(),
+            c.handshakes_per_source,
+            c.handshake_burst
+        )
+    } else {
+        "off".to_string()
+    };
     Entry {
         text: format!(
             "role {role}, diagnostics {}, scan hash key {hash_key}\n    deny events per \
              source: {} per {}s; scan alert at {} ports or {} hosts within {}s\n    event \
-             budgets per CPU per second: {}",
+             budgets per CPU per second: {}\n    tunnel {tunnel_text}",
             if c.diagnostics != 0 { "on" } else { "off" },
             c.deny_per_source,
             secs(c.deny_window_ns),
@@ -122,6 +133,10 @@ pub fn config_entry(c: &DataplaneConfig) -> Entry {
             "scan_hosts": c.scan_hosts,
             "scan_window_s": secs(c.scan_window_ns),
             "budget_per_cpu_per_s": budget,
+            "tunnel": tunnel,
+            "wg_port": c.wg_port(),
+            "handshakes_per_source": c.handshakes_per_source,
+            "handshake_burst": c.handshake_burst,
         }),
     }
 }
@@ -388,6 +403,29 @@ pub fn source_entry(a: &Addr, s: &SourceState) -> Entry {
     }
 }
 
+/// A shield's WireGuard handshake bucket: the initiations it holds now (credit over the
+/// cost of one, by `cfg`'s rate), as of its last update.
+pub fn handshake_entry(a: &Addr, b: &HandshakeBucket, cfg: Option<&DataplaneConfig>) -> Entry {
+    let prefix = prefix_text(a, if to_v4(a).is_some() { 128 } else { 64 });
+    let cost = cfg
+        .filter(|c| c.handshakes_per_source != 0)
+        .map(|c| 1_000_000_000 / u64::from(c.handshakes_per_source));
+    let tokens = cost.map(|cost| b.credit_ns / cost);
+    Entry {
+        text: format!(
+            "{prefix}  initiations left {}  as of {}",
+            tokens.map_or_else(|| "?".to_string(), |t| t.to_string()),
+            boot_text(b.last_ns),
+        ),
+        json: json!({
+            "prefix": prefix,
+            "credit_ns": b.credit_ns,
+            "initiations_left": tokens,
+            "last_s": boot_secs(b.last_ns),
+        }),
+    }
+}
+
 pub fn counter_entry(name: &str, value: u64) -> Entry {
     Entry {
         text: format!("{name:<24} {value}"),
@@ -438,6 +476,26 @@ mod tests {
             family: 4,
             _pad: [0; 2],
         }
+    }
+
+    #[test]
+    fn handshake_buckets_and_tunnel_config_decode() {
+        let cfg = DataplaneConfig::DEFAULT.with_tunnel(51_820, 20, 40);
+        let e = config_entry(&cfg);
+        assert_eq!(e.json["tunnel"], true);
+        assert_eq!(e.json["wg_port"], 51_820);
+        assert!(e.text.contains("WireGuard port 51820"), "{}", e.text);
+        assert_eq!(config_entry(&cfg.without_tunnel()).json["tunnel"], false);
+        let b = HandshakeBucket {
+            credit_ns: 3 * 50_000_000 + 1,
+            last_ns: 0,
+        };
+        let e = handshake_entry(&from_v4([192, 0, 2, 7]), &b, Some(&cfg));
+        assert_eq!(e.json["prefix"], "192.0.2.7/32");
+        assert_eq!(e.json["initiations_left"], 3);
+        let e = handshake_entry(&v6("2001:db8:77:1::"), &b, None);
+        assert_eq!(e.json["prefix"], "2001:db8:77:1::/64");
+        assert!(e.json["initiations_left"].is_null());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use gateway_common::{
     addr::to_v4,
     event::{Budget, EVENT_KINDS, ScanKind, SourceState},
     flow::{Direction, proto},
-    maps::{self, FlowCounter, Ring},
+    maps::{self, FlowCounter, HandshakeBucket, Ring},
     policy::{
         AtomValue, DST_KEY_FIXED_BITS, DstKey, RULE_KEY_FIXED_BITS, RuleKey, RuleValue, SrcKey,
         SrcValue, Verdict,

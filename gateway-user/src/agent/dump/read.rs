@@ -145,6 +145,19 @@ pub(super) fn read_map(
             limit,
             source_entry,
         ),
+        maps::HANDSHAKES => {
+            let cfg = open(dir, maps::CONFIG)
+                .ok()
+                .and_then(|d| {
+                    Array::<MapData, DataplaneConfig>::try_from(Map::from_map_data(d).ok()?).ok()
+                })
+                .and_then(|m| m.get(&0, 0).ok());
+            first(
+                crate::batch::read_all::<Addr, HandshakeBucket>(&data)?,
+                limit,
+                |a, b| handshake_entry(a, b, cfg.as_ref()),
+            )
+        }
         maps::VERDICT_STATS => {
             let names: Vec<&str> = Reason::ALL.iter().map(|r| r.name()).collect();
             counters(&data, &names, limit)?
