@@ -427,6 +427,27 @@ async fn connectors_are_policy_objects_and_keys_survive_a_restart() {
         .agents;
     let alice_key = agents[0].public_key.clone();
     assert!(!alice_key.is_empty());
+    // No other host may get her registered key through the policy.
+    let e = admin
+        .update_object(v1::UpdateObjectRequest {
+            object: Some(v1::PolicyObject {
+                kind: ObjectKind::Device as i32,
+                name: "bob-laptop".into(),
+                toml: format!(
+                    "name = \"bob-laptop\"\nowner = \"bob@x.test\"\naddress = \"100.64.0.2\"\npublic_key = \"{alice_key}\"\n"
+                ),
+            }),
+            expected_revision: None,
+            dry_run: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("device `bob-laptop`"),
+        "{}",
+        e.message()
+    );
     ctl.stop().await;
     let ctl = Controller::start(&db).await;
     let agents = ctl

@@ -380,6 +380,7 @@ impl State {
         });
         let parsed = parsed.map_err(|d| Error::InvalidArgument(diag_text(&d)))?;
         let policy = parsed.policy;
+        Self::refuse_taken_keys(g, &policy)?;
 
         // Object changes.
         let old_by = g.objects.by_key();
@@ -486,6 +487,32 @@ impl State {
         }
         self.publish(g);
         Ok(plan)
+    }
+
+    /// Refuses a policy giving another host (or a service-account key) the WireGuard key
+    /// an enrolled agent registered: two peers would share a key.
+    fn refuse_taken_keys(g: &Inner, policy: &Policy) -> Result<(), Error> {
+        let mut agents: Vec<&AgentRow> = g
+            .agents
+            .values()
+            .filter(|a| a.revoked_ms.is_none())
+            .collect();
+        agents.sort_by(|a, b| a.id.cmp(&b.id));
+        for a in agents {
+            let Ok(key) = a.public_key.parse::<pc::WgKey>() else {
+                continue;
+            };
+            if let Some((owner, what)) = policy.key_owner(&key)
+                && owner.is_none_or(|h| gp::host_name(&h) != a.host)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "the public_key of {what} is the key agent {} of {} registered; every \
+                     host needs its own WireGuard key",
+                    a.id, a.host
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn host_change(g: &Inner, p: &HostPlan) -> HostChange {
