@@ -263,6 +263,7 @@ pub fn run(opts: &Opts, out: &mut Option<Summary>) -> Result<()> {
             .enroll(v1::EnrollRequest {
                 token,
                 hostname: "bench".into(),
+                public_key: "aGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGg=".into(),
                 host: None,
             })
             .await?

@@ -20,10 +20,12 @@ pub enum Kind {
     /// `[[allow]]` and `[[deny]]` (one sequence: their order decides rule ids).
     Grant,
     Test,
+    /// `[[connector]]`: a connector's WireGuard key and endpoint.
+    Connector,
 }
 
 /// Kinds in the order the policy text lists them.
-pub const KINDS: [Kind; 8] = [
+pub const KINDS: [Kind; 9] = [
     Kind::RemoteNetwork,
     Kind::Resource,
     Kind::User,
@@ -32,6 +34,7 @@ pub const KINDS: [Kind; 8] = [
     Kind::Group,
     Kind::Grant,
     Kind::Test,
+    Kind::Connector,
 ];
 
 impl Kind {
@@ -46,6 +49,7 @@ impl Kind {
             Kind::Group => "group",
             Kind::Grant => "grant",
             Kind::Test => "test",
+            Kind::Connector => "connector",
         }
     }
 

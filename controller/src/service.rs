@@ -430,9 +430,17 @@ impl Agent for AgentService {
         };
         let s = self.state.clone();
         Ok(Response::new(
-            blocking(move || s.enroll(&r.token, &r.hostname, expected.as_deref(), peer))
-                .await?
-                .into(),
+            blocking(move || {
+                s.enroll(
+                    &r.token,
+                    &r.hostname,
+                    expected.as_deref(),
+                    &r.public_key,
+                    peer,
+                )
+            })
+            .await?
+            .into(),
         ))
     }
 
@@ -460,6 +468,14 @@ impl Agent for AgentService {
         let auth = r.auth.map(AgentCredential::from);
         blocking(move || s.ack(auth.as_ref(), r.generation)).await?;
         Ok(Response::new(v1::AckResponse {}))
+    }
+
+    async fn rotate_key(&self, req: Request<v1::RotateKeyRequest>) -> R<v1::RotateKeyResponse> {
+        let r = req.into_inner();
+        let s = self.state.clone();
+        let auth = r.auth.map(AgentCredential::from);
+        let generation = blocking(move || s.rotate_key(auth.as_ref(), &r.public_key)).await?;
+        Ok(Response::new(v1::RotateKeyResponse { generation }))
     }
 
     async fn report_events(

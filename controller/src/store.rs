@@ -26,7 +26,7 @@ pub mod events;
 pub mod policy;
 pub mod security;
 
-pub use agents::{AgentRow, Enrolled};
+pub use agents::{AgentChange, AgentRow, Enrolled};
 pub use audit::{GENESIS_HASH, audit_hash, record_hash, verify_chain, verify_chain_anchored};
 pub use events::EventStore;
 pub use policy::{DELTA_HISTORY, DeltaRow, HostRow, HostUpdate};
@@ -79,6 +79,9 @@ const MIGRATIONS: &[&str] = &[
     // the last accepted TOTP step survives restarts.
     "CREATE TABLE meta_text (key TEXT PRIMARY KEY, value TEXT NOT NULL);
      ALTER TABLE admin_users ADD COLUMN totp_last_step INTEGER NOT NULL DEFAULT -1;",
+    // 4: each agent's registered WireGuard public key (base64; empty for agents enrolled
+    // before keys existed).
+    "ALTER TABLE agents ADD COLUMN public_key TEXT NOT NULL DEFAULT '';",
 ];
 
 pub(crate) fn db(e: rusqlite::Error) -> Error {

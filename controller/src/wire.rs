@@ -31,6 +31,7 @@ pub fn kind_from_wire(k: i32) -> Result<Kind, Error> {
         Ok(O::Group) => Kind::Group,
         Ok(O::Grant) => Kind::Grant,
         Ok(O::Test) => Kind::Test,
+        Ok(O::Connector) => Kind::Connector,
         _ => return Err(Error::InvalidArgument(format!("invalid object kind {k}"))),
     })
 }
@@ -46,6 +47,7 @@ pub fn kind_to_wire(k: Kind) -> i32 {
         Kind::Group => O::Group,
         Kind::Grant => O::Grant,
         Kind::Test => O::Test,
+        Kind::Connector => O::Connector,
     }) as i32
 }
 
@@ -126,6 +128,7 @@ impl From<HostChange> for v1::HostChange {
             total: Some(h.total.into()),
             metadata_changed: h.metadata_changed,
             connected_agents: h.connected_agents,
+            peers: Some(h.peers.into()),
         }
     }
 }
@@ -250,6 +253,7 @@ impl From<AgentInfo> for v1::AgentInfo {
             last_seen_unix_ms: a.last_seen_ms,
             enrolled_unix_ms: a.enrolled_ms,
             revoked_unix_ms: a.revoked_ms,
+            public_key: a.public_key,
         }
     }
 }

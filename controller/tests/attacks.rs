@@ -1243,6 +1243,7 @@ async fn enrollment_hosts_and_host_names_are_checked_before_the_token_is_used() 
             .enroll(v1::EnrollRequest {
                 token: token.clone(),
                 hostname: bad,
+                public_key: common::wg_key(),
                 ..Default::default()
             })
             .await
@@ -1254,6 +1255,7 @@ async fn enrollment_hosts_and_host_names_are_checked_before_the_token_is_used() 
         .enroll(v1::EnrollRequest {
             token,
             hostname: "conn-1.example".into(),
+            public_key: common::wg_key(),
             ..Default::default()
         })
         .await

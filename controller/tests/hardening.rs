@@ -181,6 +181,7 @@ async fn refusals_reach_the_audit_trail_aggregated_and_bounded() {
             .enroll(v1::EnrollRequest {
                 token: format!("zt-enroll-guess-{i}"),
                 hostname: "h".into(),
+                public_key: common::wg_key(),
                 host: None,
             })
             .await
@@ -315,6 +316,7 @@ async fn a_token_for_another_host_is_refused_and_stays_unused() {
         .enroll(v1::EnrollRequest {
             token: token.clone(),
             hostname: "alice-laptop".into(),
+            public_key: common::wg_key(),
             host: host("device:alice-laptop"),
         })
         .await
@@ -332,6 +334,7 @@ async fn a_token_for_another_host_is_refused_and_stays_unused() {
         .enroll(v1::EnrollRequest {
             token,
             hostname: "conn-1".into(),
+            public_key: common::wg_key(),
             host: host("connector:demo-connector"),
         })
         .await

@@ -148,6 +148,7 @@ async fn json_logs_carry_the_operational_events_and_no_secret() {
         .enroll(v1::EnrollRequest {
             token: token.clone(),
             hostname: "dc-1".into(),
+            public_key: "ZWVlZWVlZWVlZWVlZWVlZWVlZWVlZWVlZWVlZWVlZWU=".into(),
             host: None,
         })
         .await

@@ -726,6 +726,7 @@ async fn tls_only_and_plaintext_is_refused() {
         .enroll(v1::EnrollRequest {
             token: "zt-enroll-nope".into(),
             hostname: String::new(),
+            public_key: common::wg_key(),
             host: None,
         })
         .await

@@ -4,11 +4,11 @@
 use gateway_proto::v1::ObjectKind;
 
 /// Kinds accepted on the command line, for error messages.
-pub const KINDS_HELP: &str = "remote-network, resource, user, device, service-account, group, grant, test (singular or plural, `-` or `_`)";
+pub const KINDS_HELP: &str = "remote-network, resource, user, device, service-account, group, grant, test, connector (singular or plural, `-` or `_`)";
 
 /// The kinds, in policy order, with their snake_case name (the TOML section; `grant`
 /// stands for `[[allow]]` and `[[deny]]`).
-pub const KINDS: [(ObjectKind, &str); 8] = [
+pub const KINDS: [(ObjectKind, &str); 9] = [
     (ObjectKind::RemoteNetwork, "remote_network"),
     (ObjectKind::Resource, "resource"),
     (ObjectKind::User, "user"),
@@ -17,6 +17,7 @@ pub const KINDS: [(ObjectKind, &str); 8] = [
     (ObjectKind::Group, "group"),
     (ObjectKind::Grant, "grant"),
     (ObjectKind::Test, "test"),
+    (ObjectKind::Connector, "connector"),
 ];
 
 /// Parses a kind: `remote-network`, `remote_networks`, `Resource`, `grants`, ...

@@ -806,3 +806,50 @@ fn every_command_has_help() {
     }
     assert!(stdout(&run(&["--help"])).contains("Exit codes"));
 }
+
+#[test]
+fn compile_shows_wireguard_peers() {
+    let f = examples_dir().join("minimal.toml").display().to_string();
+    let o = run(&[
+        "policy",
+        "compile",
+        &f,
+        "--host",
+        "connector:office-connector",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("WireGuard peers (1)")
+            && out.contains(
+                "mJ2dvAxDrVJmHEZ2OUwi6cOmk37pdUWA3dpETQTuV2I= device `dana-laptop` -> 198.19.0.40/32"
+            ),
+        "{out}"
+    );
+    let o = run(&["policy", "compile", &f, "--host", "device:dana-laptop"]);
+    let out = stdout(&o);
+    assert!(out.contains("tunnel addresses: 198.19.0.40"), "{out}");
+    assert!(
+        out.contains(
+            "connector `office-connector` at office-gw.example.com:51820 -> 198.18.100.0/24"
+        ),
+        "{out}"
+    );
+    let o = run(&[
+        "policy",
+        "compile",
+        &f,
+        "--host",
+        "device:dana-laptop",
+        "-o",
+        "json",
+    ]);
+    let v = json(&o);
+    assert_eq!(v["peers"][0]["kind"], "connector");
+    assert_eq!(
+        v["peers"][0]["public_key"],
+        "Vr2zPfC5sc9tYPhB6T5Sgdv0rnNUxHhdjWxd8dFK2QE="
+    );
+    assert_eq!(v["peers"][0]["endpoint"], "office-gw.example.com:51820");
+    assert_eq!(v["tunnel_addresses"][0], "198.19.0.40");
+}

@@ -886,6 +886,7 @@ async fn enroll_agents_events_and_follow() {
         .enroll(v1::EnrollRequest {
             token: j["token"].as_str().unwrap().into(),
             hostname: "conn-host-1".into(),
+            public_key: "ZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmY=".into(),
             host: None,
         })
         .await
@@ -902,8 +903,16 @@ async fn enroll_agents_events_and_follow() {
     assert_eq!(agents[0]["host"], "connector:demo-connector");
     assert_eq!(agents[0]["connected"], false);
     assert_eq!(agents[0]["current_generation"], 1);
+    assert_eq!(
+        agents[0]["public_key"],
+        "ZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmY="
+    );
     let t = ok(&c.ctl(&["agents"]));
     assert!(t.contains("conn-host-1") && t.contains("AGENT"), "{t}");
+    assert!(
+        t.contains("PUBLIC KEY") && t.contains("ZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmY="),
+        "{t}"
+    );
 
     // events: reported through the Agent API, then queried with filters.
     assert!(ok(&c.ctl(&["events"])).contains("no matching events"));
@@ -1284,6 +1293,7 @@ async fn keys_roles_revocation_and_whoami() {
         .enroll(v1::EnrollRequest {
             token: tok.trim().into(),
             hostname: "h".into(),
+            public_key: "Z2dnZ2dnZ2dnZ2dnZ2dnZ2dnZ2dnZ2dnZ2dnZ2dnZ2c=".into(),
             host: None,
         })
         .await

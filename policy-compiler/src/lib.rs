@@ -59,6 +59,14 @@
 //! port intervals whose value differs from the atom default, as aligned power-of-two port
 //! blocks. Each value holds the decision now and the decision after the first expiry that
 //! changes it; [`HostView::recompile_at`] is the first second change.
+//!
+//! # WireGuard peers
+//!
+//! Devices and service-account keys may carry a `public_key`, connectors a
+//! `[[connector]]` (key and endpoint). [`HostView::peers`] lists, on least knowledge, the
+//! WireGuard peers of the host — who may send something its networks pass, or which
+//! connectors carry the networks a device may reach; the rule is in [`peers`].
+//! `recompile_at` also covers the first instant the peers change.
 
 pub mod compile;
 mod diag;

@@ -80,6 +80,61 @@ pub struct Peer {
     pub allowed_ips: Vec<IpNet>,
 }
 
+impl Policy {
+    /// Makes `key` the WireGuard key of `host` (a device, or a connector with a
+    /// `[[connector]]` declaration: without one it has no endpoint and no tunnel), in
+    /// place of the policy's. The controller does this with the keys its enrolled agents
+    /// registered. Returns whether the host has a place for a key.
+    pub fn set_host_key(&mut self, host: &Host, key: WgKey) -> bool {
+        match host {
+            Host::Device(d) => match self.devices.iter_mut().find(|x| &x.name == d) {
+                Some(dev) => {
+                    dev.public_key = Some(key);
+                    true
+                }
+                None => false,
+            },
+            Host::Connector(c) => match self.connectors.iter_mut().find(|x| &x.name == c) {
+                Some(conn) => {
+                    conn.public_key = key;
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
+    /// Who uses `key` in this policy: the host (devices and connectors; `None` for a
+    /// service-account key, which has no agent) and a description for messages.
+    pub fn key_owner(&self, key: &WgKey) -> Option<(Option<Host>, String)> {
+        if let Some(d) = self
+            .devices
+            .iter()
+            .find(|d| d.public_key.as_ref() == Some(key))
+        {
+            return Some((
+                Some(Host::Device(d.name.clone())),
+                format!("device `{}`", d.name),
+            ));
+        }
+        if let Some(c) = self.connectors.iter().find(|c| &c.public_key == key) {
+            return Some((
+                Some(Host::Connector(c.name.clone())),
+                format!("connector `{}`", c.name),
+            ));
+        }
+        for sa in &self.service_accounts {
+            if let Some(k) = sa.keys.iter().find(|k| k.public_key.as_ref() == Some(key)) {
+                return Some((
+                    None,
+                    format!("service-account key `{}/{}`", sa.name, k.name),
+                ));
+            }
+        }
+        None
+    }
+}
+
 /// The compiled entries of a view, indexed for the question "does anything pass".
 pub(crate) struct Entries<'v> {
     /// Atoms with at least one address decided by them (a prefix entirely covered by more

@@ -240,6 +240,44 @@ pub fn rule_from_wire(r: &v1::RuleEntry) -> R<pc::RuleEntry> {
     })
 }
 
+// ------------------------------------------------------------------ peers
+
+/// A WireGuard key from its base64 text.
+pub fn key_from_wire(field: &'static str, s: &str) -> R<pc::WgKey> {
+    // A key is 44 characters; anything much longer is not looked at further.
+    if s.len() > 64 {
+        return Err(ConvertError::Value(
+            field,
+            format!("{} characters", s.len()),
+        ));
+    }
+    s.parse()
+        .map_err(|e: pc::KeyError| ConvertError::Value(field, e.to_string()))
+}
+
+pub fn peer_to_wire(p: &pc::Peer) -> v1::Peer {
+    v1::Peer {
+        name: p.name.clone(),
+        kind: p.kind.as_str().to_string(),
+        public_key: p.public_key.to_string(),
+        endpoint: p.endpoint.clone(),
+        allowed_ips: p.allowed_ips.iter().map(ToString::to_string).collect(),
+    }
+}
+
+pub fn peer_from_wire(p: &v1::Peer) -> R<pc::Peer> {
+    let mut allowed_ips: Vec<IpNet> = p.allowed_ips.iter().map(|a| prefix(a)).collect::<R<_>>()?;
+    allowed_ips.sort();
+    Ok(pc::Peer {
+        name: p.name.clone(),
+        kind: pc::PeerKind::parse(&p.kind)
+            .ok_or_else(|| ConvertError::Value("peer kind", p.kind.clone()))?,
+        public_key: key_from_wire("public_key", &p.public_key)?,
+        endpoint: p.endpoint.clone(),
+        allowed_ips,
+    })
+}
+
 // ------------------------------------------------------------------ metadata
 
 /// The metadata of a view.
@@ -296,6 +334,7 @@ pub fn meta_to_wire(v: &pc::HostView) -> v1::ViewMeta {
             })
             .collect(),
         classes: v.classes,
+        tunnel_addresses: v.tunnel_addresses.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -358,6 +397,11 @@ pub fn set_meta(v: &mut pc::HostView, m: &v1::ViewMeta) -> R<()> {
     v.atom_meta = atom_meta;
     v.rule_meta = rule_meta;
     v.classes = m.classes;
+    v.tunnel_addresses = m
+        .tunnel_addresses
+        .iter()
+        .map(|a| addr(a))
+        .collect::<R<_>>()?;
     Ok(())
 }
 
@@ -372,6 +416,7 @@ pub fn same_meta(a: &pc::HostView, b: &pc::HostView) -> bool {
         && a.atom_meta == b.atom_meta
         && a.rule_meta == b.rule_meta
         && a.classes == b.classes
+        && a.tunnel_addresses == b.tunnel_addresses
 }
 
 // ------------------------------------------------------------------ views
@@ -404,6 +449,7 @@ pub fn view_to_wire(v: &pc::HostView) -> v1::HostView {
         sources: v.sources.iter().map(src_to_wire).collect(),
         atoms: v.atoms.iter().map(dst_to_wire).collect(),
         rules: v.rules.iter().map(rule_to_wire).collect(),
+        peers: v.peers.iter().map(peer_to_wire).collect(),
     }
 }
 
@@ -416,10 +462,17 @@ pub fn view_from_wire(w: &v1::HostView) -> R<pc::HostView> {
     v.sources = w.sources.iter().map(src_from_wire).collect::<R<_>>()?;
     v.atoms = w.atoms.iter().map(dst_from_wire).collect::<R<_>>()?;
     v.rules = w.rules.iter().map(rule_from_wire).collect::<R<_>>()?;
+    v.peers = w.peers.iter().map(peer_from_wire).collect::<R<_>>()?;
+    sort_peers(&mut v.peers);
     v.sources.sort_unstable();
     v.atoms.sort_unstable();
     v.rules.sort_unstable();
     Ok(v)
+}
+
+/// Peers in the compiler's order (by public key).
+fn sort_peers(p: &mut [pc::Peer]) {
+    p.sort_by(|a, b| (a.public_key, &a.name).cmp(&(b.public_key, &b.name)));
 }
 
 // ------------------------------------------------------------------ deltas
@@ -481,6 +534,14 @@ pub fn delta_from_diff(d: &pc::Delta, meta: Option<v1::ViewMeta>) -> v1::ViewDel
             .map(|(k, _)| slot_to_wire(k))
             .collect(),
         meta,
+        peers_upserted: d
+            .peers
+            .added
+            .iter()
+            .map(|(_, p)| peer_to_wire(p))
+            .chain(d.peers.changed.iter().map(|(_, _, p)| peer_to_wire(p)))
+            .collect(),
+        peers_removed: d.peers.removed.iter().map(|(k, _)| k.to_string()).collect(),
     }
 }
 
@@ -492,6 +553,8 @@ pub fn delta_is_empty(d: &v1::ViewDelta) -> bool {
         && d.dst_removed.is_empty()
         && d.rules_upserted.is_empty()
         && d.rules_removed.is_empty()
+        && d.peers_upserted.is_empty()
+        && d.peers_removed.is_empty()
         && d.meta.is_none()
 }
 
@@ -525,6 +588,18 @@ pub fn apply_delta(view: &mut pc::HostView, d: &v1::ViewDelta) -> R<()> {
         let r = rule_from_wire(r)?;
         rules.insert(r.key, r);
     }
+    let mut peers: BTreeMap<pc::WgKey, pc::Peer> = view
+        .peers
+        .iter()
+        .map(|p| (p.public_key, p.clone()))
+        .collect();
+    for k in &d.peers_removed {
+        peers.remove(&key_from_wire("peers_removed", k)?);
+    }
+    for p in &d.peers_upserted {
+        let p = peer_from_wire(p)?;
+        peers.insert(p.public_key, p);
+    }
     let mut next = view.clone();
     if let Some(m) = &d.meta {
         set_meta(&mut next, m)?;
@@ -532,6 +607,8 @@ pub fn apply_delta(view: &mut pc::HostView, d: &v1::ViewDelta) -> R<()> {
     next.sources = src.into_values().collect();
     next.atoms = dst.into_values().collect();
     next.rules = rules.into_values().collect();
+    next.peers = peers.into_values().collect();
+    sort_peers(&mut next.peers);
     *view = next;
     Ok(())
 }

@@ -78,7 +78,7 @@ fn snapshot_round_trip_random() {
 fn snapshot_plus_deltas_equals_fresh_compile() {
     let policies = random_policies(11, 40);
     let all: BTreeSet<Host> = policies.iter().flat_map(hosts).collect();
-    let mut nonempty = 0;
+    let (mut nonempty, mut peer_deltas) = (0, 0);
     for h in &all {
         // The agent starts from a snapshot of the first policy, then follows deltas.
         let first = view(&policies[0], h, NOW);
@@ -91,6 +91,12 @@ fn snapshot_plus_deltas_equals_fresh_compile() {
             if !delta_is_empty(&d) {
                 nonempty += 1;
             }
+            if !d.peers_upserted.is_empty() || !d.peers_removed.is_empty() {
+                peer_deltas += 1;
+            }
+            // Through the encoding, as the agent receives it.
+            let d =
+                gateway_proto::v1::ViewDelta::decode(d.encode_to_vec().as_slice()).expect("decode");
             apply_delta(&mut agent, &d).expect("delta applies");
             assert_eq!(
                 to_kernel(&agent, 1, |t| t as u64),
@@ -102,10 +108,50 @@ fn snapshot_plus_deltas_equals_fresh_compile() {
                 (&agent.sources, &agent.atoms, &agent.rules),
                 (&next.sources, &next.atoms, &next.rules)
             );
+            // Exactly the new view (`compiled_at` travels with the metadata only).
+            let mut exact = agent.clone();
+            exact.compiled_at = next.compiled_at;
+            assert_eq!(exact, next, "{h:?} after policy {i}");
             prev = next;
         }
     }
     assert!(nonempty > 20, "deltas exercised: {nonempty}");
+    assert!(peer_deltas > 10, "peer deltas exercised: {peer_deltas}");
+}
+
+#[test]
+fn rotated_key_is_one_removal_and_one_addition() {
+    let p = random_policies(3, 80)
+        .into_iter()
+        .find(|p| {
+            hosts(p)
+                .iter()
+                .any(|h| matches!(h, Host::Connector(_)) && !view(p, h, NOW).peers.is_empty())
+        })
+        .expect("a connector with peers");
+    let h = hosts(&p)
+        .into_iter()
+        .find(|h| matches!(h, Host::Connector(_)) && !view(&p, h, NOW).peers.is_empty())
+        .unwrap();
+    let old = view(&p, &h, NOW);
+    let mut new = old.clone();
+    let rotated = policy_compiler::WgKey([0xab; 32]);
+    let was = new.peers[0].public_key;
+    new.peers[0].public_key = rotated;
+    new.peers.sort_by_key(|x| x.public_key);
+    let d = delta_to_wire(&old, &new);
+    assert_eq!(d.peers_removed, vec![was.to_string()]);
+    assert_eq!(d.peers_upserted.len(), 1);
+    assert_eq!(d.peers_upserted[0].public_key, rotated.to_string());
+    let mut agent = old.clone();
+    apply_delta(&mut agent, &d).expect("applies");
+    assert_eq!(agent, new);
+    // A malformed key in a delta is refused and changes nothing.
+    let mut bad = d.clone();
+    bad.peers_removed = vec!["AAAA".into()];
+    let mut agent = old.clone();
+    assert!(apply_delta(&mut agent, &bad).is_err());
+    assert_eq!(agent, old);
 }
 
 #[test]

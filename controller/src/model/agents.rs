@@ -72,6 +72,8 @@ pub struct AgentInfo {
     pub last_seen_ms: i64,
     pub enrolled_ms: i64,
     pub revoked_ms: Option<i64>,
+    /// The registered WireGuard public key (base64; empty: none registered).
+    pub public_key: String,
 }
 
 /// The change from one compiled view of a host to the next, in the form agents apply it

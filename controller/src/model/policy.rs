@@ -83,6 +83,8 @@ pub struct HostChange {
     pub metadata_changed: bool,
     /// Agents of the host connected when the plan was made.
     pub connected_agents: u32,
+    /// WireGuard peers added, changed and removed (not in `total`: no map entries).
+    pub peers: EntryCounts,
 }
 
 /// What a change does (or did): objects, hosts, and the policy's warnings.

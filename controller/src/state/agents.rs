@@ -20,6 +20,23 @@ use crate::model::{
 use crate::store::AgentRow;
 use crate::{Error, hash_secret, now_ms, peer_name, shown, try_random_hex};
 
+/// A WireGuard public key from a request: `INVALID_ARGUMENT` naming `field` when it is
+/// empty or not a key.
+fn parse_key(s: &str, field: &str) -> Result<pc::WgKey, Error> {
+    if s.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "missing `{field}`: the agent's WireGuard public key (32 bytes, standard base64, \
+             as `wg pubkey` prints it) is required"
+        )));
+    }
+    gp::key_from_wire("public_key", s).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "invalid `{field}` `{}`: {e}",
+            shown(&s.chars().take(64).collect::<String>())
+        ))
+    })
+}
+
 /// Updates buffered per watching agent; an agent that falls this far behind is
 /// disconnected and resumes from its generation when it reconnects.
 pub const WATCH_BUFFER: usize = 256;
@@ -118,11 +135,14 @@ impl State {
 
     /// Exchanges a token for an agent identity. With `expected_host` (the host the
     /// agent is configured as), a token for another host is refused and stays unused.
+    /// `public_key` (the agent's WireGuard key, base64) is required; the enrollment and
+    /// the views of the host's peers that now carry the key are one commit.
     pub fn enroll(
         &self,
         token: &str,
         hostname: &str,
         expected_host: Option<&str>,
+        public_key: &str,
         peer: Option<std::net::IpAddr>,
     ) -> Result<Enrollment, Error> {
         if let Some(why) = crate::names::problem(hostname, 255).filter(|_| !hostname.is_empty()) {
@@ -134,6 +154,7 @@ impl State {
         if let Some(h) = expected_host {
             crate::names::host(h)?;
         }
+        let key = parse_key(public_key, "EnrollRequest.public_key")?;
         let refused = |detail: &str| {
             debug!(peer = %peer_name(peer), reason = detail, "enrollment refused");
             self.refused(
@@ -154,40 +175,19 @@ impl State {
         let id = format!("agent-{}", try_random_hex(8)?);
         let mut g = self.lock();
         let rev = g.revision;
-        let outcome = g.store.enroll(
-            &hash_secret(token),
-            now,
-            expected_host,
-            |host| AgentRow {
-                id: id.clone(),
-                host: host.to_string(),
-                hostname: hostname.to_string(),
-                credential_hash: hash_secret(&credential),
-                enrolled_ms: now,
-                acked_generation: 0,
-                last_seen_ms: now,
-                revoked_ms: None,
-            },
-            |a| AuditEntry {
-                time_ms: now,
-                actor: format!("agent:{}", a.id),
-                action: "enroll_agent".into(),
-                target: a.host.clone(),
-                before: String::new(),
-                after: format!("agent {} ({})", a.id, a.hostname),
-                revision: rev,
-            },
-        )?;
-        let row = match outcome {
-            crate::store::Enrolled::Agent(row) => row,
-            crate::store::Enrolled::Unknown => {
+        let host = match g
+            .store
+            .token_host(&hash_secret(token), now, expected_host)?
+        {
+            Ok(h) => h,
+            Err(crate::store::Enrolled::Unknown) => {
                 drop(g);
                 refused("unknown, used or expired token");
                 return Err(Error::Unauthenticated(
                     "enrollment token unknown, used or expired".into(),
                 ));
             }
-            crate::store::Enrolled::OtherHost => {
+            Err(crate::store::Enrolled::OtherHost) => {
                 drop(g);
                 refused("token for another host");
                 return Err(Error::FailedPrecondition(format!(
@@ -196,6 +196,39 @@ impl State {
                 )));
             }
         };
+        // The key is checked before the token is used: a refused key leaves it unused.
+        Self::key_free(&g, &key, &host, None)?;
+        let row = AgentRow {
+            id: id.clone(),
+            host: host.clone(),
+            hostname: hostname.to_string(),
+            credential_hash: hash_secret(&credential),
+            enrolled_ms: now,
+            acked_generation: 0,
+            last_seen_ms: now,
+            revoked_ms: None,
+            public_key: key.to_string(),
+        };
+        let audit = AuditEntry {
+            time_ms: now,
+            actor: format!("agent:{id}"),
+            action: "enroll_agent".into(),
+            target: host.clone(),
+            before: String::new(),
+            after: format!("agent {id} ({}), public key {key}", row.hostname),
+            revision: rev,
+        };
+        // The new key is in its peers' views in the same commit as the agent.
+        g.agents.insert(id.clone(), row.clone());
+        let change = crate::store::AgentChange::Enroll {
+            token_hash: &hash_secret(token),
+            now_ms: now,
+            agent: &row,
+        };
+        if let Err(e) = self.commit_agent_change(&mut g, change, audit) {
+            g.agents.remove(&id);
+            return Err(e);
+        }
         let host = gp::parse_host(&row.host).map_err(|e| Error::Internal(e.to_string()))?;
         info!(
             agent = %row.id,
@@ -204,7 +237,6 @@ impl State {
             peer = %peer_name(peer),
             "agent enrolled"
         );
-        g.agents.insert(row.id.clone(), row);
         Ok(Enrollment {
             agent_id: id,
             host,
@@ -386,6 +418,7 @@ impl State {
                     last_seen_ms: a.last_seen_ms,
                     enrolled_ms: a.enrolled_ms,
                     revoked_ms: a.revoked_ms,
+                    public_key: a.public_key.clone(),
                 })
                 .collect();
         out.sort_by(|a, b| (a.enrolled_ms, &a.agent_id).cmp(&(b.enrolled_ms, &b.agent_id)));
@@ -433,16 +466,119 @@ impl State {
             "revoked",
         );
         rec.revision = g.revision;
-        g.store.revoke_agent(id, now, &rec)?;
-        info!(agent = id, host = %rec.target, actor, "agent revoked");
+        // Its key leaves its peers' views in the same commit.
         if let Some(a) = g.agents.get_mut(id) {
             a.revoked_ms = Some(now);
         }
+        let change = crate::store::AgentChange::Revoke { id, now_ms: now };
+        if let Err(e) = self.commit_agent_change(&mut g, change, rec.clone()) {
+            if let Some(a) = g.agents.get_mut(id) {
+                a.revoked_ms = None;
+            }
+            return Err(e);
+        }
+        info!(agent = id, host = %rec.target, actor, "agent revoked");
         // Dropping the senders ends the streams.
         for ws in g.watchers.values_mut() {
             ws.retain(|w| w.agent_id != id);
         }
         Ok(())
+    }
+
+    /// Replaces an agent's WireGuard key. The old key stops at once: the views of the
+    /// host's peers change in the same commit (old key removed, new key added, one delta
+    /// each). Returns the generation of the agent's host after the change.
+    pub fn rotate_key(
+        &self,
+        auth: Option<&AgentCredential>,
+        public_key: &str,
+    ) -> Result<u64, Error> {
+        let mut g = self.lock();
+        let now = now_ms();
+        let (id, host, old) = match Self::authenticate(&mut g, auth) {
+            Ok(a) => {
+                a.last_seen_ms = now;
+                (a.id.clone(), a.host.clone(), a.public_key.clone())
+            }
+            Err(e) => {
+                drop(g);
+                return Err(self.agent_refused(auth, e));
+            }
+        };
+        let key = parse_key(public_key, "RotateKeyRequest.public_key")?;
+        let generation = |g: &Inner| g.hosts.get(&host).map_or(0, |h| h.generation);
+        if old == key.to_string() {
+            return Ok(generation(&g));
+        }
+        Self::key_free(&g, &key, &host, Some(&id))?;
+        let audit = AuditEntry {
+            time_ms: now,
+            actor: format!("agent:{id}"),
+            action: "rotate_agent_key".into(),
+            target: host.clone(),
+            before: old.clone(),
+            after: key.to_string(),
+            revision: g.revision,
+        };
+        let new = key.to_string();
+        if let Some(a) = g.agents.get_mut(&id) {
+            a.public_key = new.clone();
+        }
+        let change = crate::store::AgentChange::SetKey {
+            id: &id,
+            public_key: &new,
+        };
+        if let Err(e) = self.commit_agent_change(&mut g, change, audit) {
+            if let Some(a) = g.agents.get_mut(&id) {
+                a.public_key = old;
+            }
+            return Err(e);
+        }
+        info!(agent = %id, host = %host, public_key = %key, "agent key rotated");
+        Ok(generation(&g))
+    }
+
+    /// Refuses a key another agent, or another host's policy entry, uses already.
+    fn key_free(g: &Inner, key: &pc::WgKey, host: &str, me: Option<&str>) -> Result<(), Error> {
+        let text = key.to_string();
+        if let Some(other) = g
+            .agents
+            .values()
+            .find(|a| a.revoked_ms.is_none() && a.public_key == text && Some(a.id.as_str()) != me)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "invalid `public_key`: agent {} of {} uses this key already; every agent needs                  its own WireGuard key",
+                other.id, other.host
+            )));
+        }
+        if let Some((owner, what)) = g.policy.key_owner(key)
+            && owner.is_none_or(|h| gp::host_name(&h) != host)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "invalid `public_key`: the policy gives this key to {what}; every host needs                  its own WireGuard key"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Commits a change of the agents with the views it changes (every host is
+    /// recompiled with the agents' keys as they are now in `g`) and its audit record,
+    /// and fans the deltas out.
+    fn commit_agent_change(
+        &self,
+        g: &mut Inner,
+        change: crate::store::AgentChange<'_>,
+        audit: AuditEntry,
+    ) -> Result<(), Error> {
+        // A policy that did not load has no views to recompile (see `refresh`).
+        let plans = if g.broken.is_some() {
+            Vec::new()
+        } else {
+            let policy = g.policy.clone();
+            self.plan_hosts(g, &policy, crate::now_unix())
+        };
+        let rev = g.revision;
+        self.commit_with(g, None, rev, &plans, &[audit], Some(&change))
     }
 
     /// Sends a committed host change to the watchers of that host (only them).

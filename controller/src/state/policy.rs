@@ -14,7 +14,7 @@ use crate::model::{
     AuditEntry, ChangeKind, ChangeOpts, EntryCounts, HostChange, ObjectChange, Plan, ViewDelta,
 };
 use crate::objects::{self, Kind, Object, Objects};
-use crate::store::{DELTA_HISTORY, HostUpdate};
+use crate::store::{AgentChange, AgentRow, DELTA_HISTORY, HostUpdate};
 use crate::{Error, now_ms, now_unix, shown};
 
 pub mod explain;
@@ -57,6 +57,38 @@ fn policy_hosts(p: &Policy) -> BTreeSet<String> {
     }
     for d in &p.devices {
         out.insert(gp::host_name(&Host::Device(d.name.clone())));
+    }
+    out
+}
+
+/// `policy` with the WireGuard key each enrolled, non-revoked agent registered in place
+/// of the policy's key of its host (the policy's key is the fallback for hosts without
+/// such an agent). With several agents of one host, the last enrolled wins.
+pub(super) fn with_agent_keys<'p>(
+    policy: &'p Policy,
+    agents: &std::collections::HashMap<String, AgentRow>,
+) -> std::borrow::Cow<'p, Policy> {
+    let mut active: Vec<&AgentRow> = agents
+        .values()
+        .filter(|a| a.revoked_ms.is_none() && !a.public_key.is_empty())
+        .collect();
+    active.sort_by(|a, b| (a.enrolled_ms, &a.id).cmp(&(b.enrolled_ms, &b.id)));
+    let mut out = std::borrow::Cow::Borrowed(policy);
+    for a in active {
+        let (Ok(host), Ok(key)) = (gp::parse_host(&a.host), a.public_key.parse()) else {
+            continue;
+        };
+        let current = match &host {
+            Host::Device(d) => policy
+                .devices
+                .iter()
+                .find(|x| &x.name == d)
+                .and_then(|x| x.public_key),
+            Host::Connector(c) => policy.connector(c).map(|x| x.public_key),
+        };
+        if current != Some(key) {
+            out.to_mut().set_host_key(&host, key);
+        }
     }
     out
 }
@@ -348,6 +380,7 @@ impl State {
         });
         let parsed = parsed.map_err(|d| Error::InvalidArgument(diag_text(&d)))?;
         let policy = parsed.policy;
+        Self::refuse_taken_keys(g, &policy)?;
 
         // Object changes.
         let old_by = g.objects.by_key();
@@ -456,6 +489,32 @@ impl State {
         Ok(plan)
     }
 
+    /// Refuses a policy giving another host (or a service-account key) the WireGuard key
+    /// an enrolled agent registered: two peers would share a key.
+    fn refuse_taken_keys(g: &Inner, policy: &Policy) -> Result<(), Error> {
+        let mut agents: Vec<&AgentRow> = g
+            .agents
+            .values()
+            .filter(|a| a.revoked_ms.is_none())
+            .collect();
+        agents.sort_by(|a, b| a.id.cmp(&b.id));
+        for a in agents {
+            let Ok(key) = a.public_key.parse::<pc::WgKey>() else {
+                continue;
+            };
+            if let Some((owner, what)) = policy.key_owner(&key)
+                && owner.is_none_or(|h| gp::host_name(&h) != a.host)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "the public_key of {what} is the key agent {} of {} registered; every \
+                     host needs its own WireGuard key",
+                    a.id, a.host
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn host_change(g: &Inner, p: &HostPlan) -> HostChange {
         let old = g.hosts.get(&p.host).map(|h| &*h.view);
         let empty;
@@ -467,10 +526,11 @@ impl State {
             }
         };
         let d = pc::diff(old, &p.view);
-        let (src, dst, rules) = (
+        let (src, dst, rules, peers) = (
             EntryCounts::of(&d.src),
             EntryCounts::of(&d.dst),
             EntryCounts::of(&d.rules),
+            EntryCounts::of(&d.peers),
         );
         HostChange {
             host: p.host.clone(),
@@ -480,6 +540,7 @@ impl State {
             dst,
             rules,
             total: EntryCounts::sum(&[src, dst, rules]),
+            peers,
             metadata_changed: p.delta.metadata_changed(),
             connected_agents: g
                 .watchers
@@ -490,9 +551,11 @@ impl State {
 
     /// Compiles every known host and every host of `policy`; returns those whose view
     /// changes.
-    fn plan_hosts(&self, g: &Inner, policy: &Policy, now: i64) -> Vec<HostPlan> {
+    pub(super) fn plan_hosts(&self, g: &Inner, policy: &Policy, now: i64) -> Vec<HostPlan> {
         let mut names: BTreeSet<String> = g.hosts.keys().cloned().collect();
         names.extend(policy_hosts(policy));
+        let keyed = with_agent_keys(policy, &g.agents);
+        let policy = &*keyed;
         let mut out = Vec::new();
         for name in names {
             let Ok(host) = gp::parse_host(&name) else {
@@ -537,6 +600,19 @@ impl State {
         plans: &[HostPlan],
         audit: &[AuditEntry],
     ) -> Result<(), Error> {
+        self.commit_with(g, objects, revision, plans, audit, None)
+    }
+
+    /// [`State::commit`], with a change of the agents in the same transaction.
+    pub(super) fn commit_with(
+        &self,
+        g: &mut Inner,
+        objects: Option<&Objects>,
+        revision: u64,
+        plans: &[HostPlan],
+        audit: &[AuditEntry],
+        agent: Option<&AgentChange<'_>>,
+    ) -> Result<(), Error> {
         let updates: Vec<HostUpdate<'_>> = plans
             .iter()
             .map(|p| HostUpdate {
@@ -547,7 +623,7 @@ impl State {
                 delta: &p.delta,
             })
             .collect();
-        g.store.commit(objects, revision, &updates, audit)?;
+        g.store.commit(objects, revision, &updates, audit, agent)?;
         g.revision = revision;
         for p in plans {
             let hs = g.hosts.entry(p.host.clone()).or_insert_with(|| {

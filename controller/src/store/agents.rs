@@ -1,7 +1,7 @@
 //! The agents' SQL: enrollment tokens (stored hashed, used once) and agents
 //! (credentials stored hashed; acknowledged generation, last seen, revocation).
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::audit::insert_audit;
 use super::{Loaded, Store, db};
@@ -18,13 +18,85 @@ pub struct AgentRow {
     pub acked_generation: u64,
     pub last_seen_ms: i64,
     pub revoked_ms: Option<i64>,
+    /// The registered WireGuard public key (base64); empty for agents enrolled before
+    /// keys existed.
+    pub public_key: String,
 }
 
-/// What an enrollment did.
+/// A change of the agents committed together with the views it changes
+/// ([`Store::commit`]).
+#[derive(Debug)]
+pub enum AgentChange<'a> {
+    /// Consumes the token (which must still be usable) and records the agent.
+    Enroll {
+        token_hash: &'a str,
+        now_ms: i64,
+        agent: &'a AgentRow,
+    },
+    /// Replaces an agent's public key.
+    SetKey { id: &'a str, public_key: &'a str },
+    /// Revokes an agent.
+    Revoke { id: &'a str, now_ms: i64 },
+}
+
+impl AgentChange<'_> {
+    pub(super) fn apply(&self, tx: &Transaction<'_>) -> Result<(), Error> {
+        match self {
+            AgentChange::Enroll {
+                token_hash,
+                now_ms,
+                agent: a,
+            } => {
+                let used = tx
+                    .execute(
+                        "UPDATE tokens SET used_ms = ?2 WHERE hash = ?1 AND used_ms IS NULL AND expires_ms > ?2",
+                        params![token_hash, now_ms],
+                    )
+                    .map_err(db)?;
+                if used != 1 {
+                    return Err(Error::Unauthenticated(
+                        "enrollment token unknown, used or expired".into(),
+                    ));
+                }
+                tx.execute(
+                    "INSERT INTO agents (id, host, hostname, credential_hash, enrolled_ms, acked_generation, last_seen_ms, revoked_ms, public_key)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        a.id,
+                        a.host,
+                        a.hostname,
+                        a.credential_hash,
+                        a.enrolled_ms,
+                        a.acked_generation as i64,
+                        a.last_seen_ms,
+                        a.revoked_ms,
+                        a.public_key
+                    ],
+                )
+                .map_err(db)?;
+            }
+            AgentChange::SetKey { id, public_key } => {
+                tx.execute(
+                    "UPDATE agents SET public_key = ?2 WHERE id = ?1",
+                    params![id, public_key],
+                )
+                .map_err(db)?;
+            }
+            AgentChange::Revoke { id, now_ms } => {
+                tx.execute(
+                    "UPDATE agents SET revoked_ms = ?2 WHERE id = ?1",
+                    params![id, now_ms],
+                )
+                .map_err(db)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a token does not enroll.
 #[derive(Debug)]
 pub enum Enrolled {
-    /// The token was consumed for this agent.
-    Agent(AgentRow),
     /// The token is unknown, used or expired.
     Unknown,
     /// The token is for another host than the agent said it is (left unused).
@@ -37,7 +109,7 @@ impl Store {
         let mut st = self
             .conn
             .prepare(
-                "SELECT id, host, hostname, credential_hash, enrolled_ms, acked_generation, last_seen_ms, revoked_ms FROM agents ORDER BY enrolled_ms, id",
+                "SELECT id, host, hostname, credential_hash, enrolled_ms, acked_generation, last_seen_ms, revoked_ms, public_key FROM agents ORDER BY enrolled_ms, id",
             )
             .map_err(db)?;
         let rows = st
@@ -51,6 +123,7 @@ impl Store {
                     acked_generation: r.get::<_, i64>(5)? as u64,
                     last_seen_ms: r.get(6)?,
                     revoked_ms: r.get(7)?,
+                    public_key: r.get(8)?,
                 })
             })
             .map_err(db)?;
@@ -78,19 +151,17 @@ impl Store {
         tx.commit().map_err(db)
     }
 
-    /// Consumes a token and records the agent it enrolled, atomically. A token that is
-    /// unknown, used or expired, or (with `expected_host`) for another host, changes
-    /// nothing.
-    pub fn enroll(
-        &mut self,
+    /// The host of a usable token (unknown, used or expired: `Unknown`; with
+    /// `expected_host`, for another host: `OtherHost`). Reads only: the token is consumed
+    /// by the commit of the enrollment ([`AgentChange::Enroll`]).
+    pub fn token_host(
+        &self,
         token_hash: &str,
         now_ms: i64,
         expected_host: Option<&str>,
-        make_agent: impl FnOnce(&str) -> AgentRow,
-        audit: impl FnOnce(&AgentRow) -> AuditEntry,
-    ) -> Result<Enrolled, Error> {
-        let tx = self.conn.transaction().map_err(db)?;
-        let host: Option<String> = tx
+    ) -> Result<Result<String, Enrolled>, Error> {
+        let host: Option<String> = self
+            .conn
             .query_row(
                 "SELECT host FROM tokens WHERE hash = ?1 AND used_ms IS NULL AND expires_ms > ?2",
                 params![token_hash, now_ms],
@@ -98,36 +169,11 @@ impl Store {
             )
             .optional()
             .map_err(db)?;
-        let Some(host) = host else {
-            return Ok(Enrolled::Unknown);
-        };
-        if expected_host.is_some_and(|e| e != host) {
-            return Ok(Enrolled::OtherHost);
-        }
-        tx.execute(
-            "UPDATE tokens SET used_ms = ?2 WHERE hash = ?1",
-            params![token_hash, now_ms],
-        )
-        .map_err(db)?;
-        let a = make_agent(&host);
-        tx.execute(
-            "INSERT INTO agents (id, host, hostname, credential_hash, enrolled_ms, acked_generation, last_seen_ms, revoked_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                a.id,
-                a.host,
-                a.hostname,
-                a.credential_hash,
-                a.enrolled_ms,
-                a.acked_generation as i64,
-                a.last_seen_ms,
-                a.revoked_ms
-            ],
-        )
-        .map_err(db)?;
-        insert_audit(&tx, &self.keys, &audit(&a))?;
-        tx.commit().map_err(db)?;
-        Ok(Enrolled::Agent(a))
+        Ok(match host {
+            None => Err(Enrolled::Unknown),
+            Some(h) if expected_host.is_some_and(|e| e != h) => Err(Enrolled::OtherHost),
+            Some(h) => Ok(h),
+        })
     }
 
     pub fn update_agent(&mut self, id: &str, acked: u64, last_seen_ms: i64) -> Result<(), Error> {
@@ -138,15 +184,5 @@ impl Store {
             )
             .map_err(db)?;
         Ok(())
-    }
-
-    /// Revokes an agent, with its audit record.
-    pub fn revoke_agent(&mut self, id: &str, now_ms: i64, audit: &AuditEntry) -> Result<(), Error> {
-        self.exec_audited(
-            "UPDATE agents SET revoked_ms = ?2 WHERE id = ?1",
-            params![id, now_ms],
-            audit,
-        )
-        .map(|_| ())
     }
 }

@@ -5,6 +5,7 @@
 use policy_compiler::HostView;
 use rusqlite::{OptionalExtension, params};
 
+use super::agents::AgentChange;
 use super::audit::insert_audit;
 use super::{Loaded, Store, db};
 use crate::Error;
@@ -110,16 +111,21 @@ impl Store {
         Ok(())
     }
 
-    /// Commits one change atomically: objects (when given), revision, host views,
-    /// generations and deltas (history pruned), and the audit records.
+    /// Commits one change atomically: the agent change (when given), objects (when
+    /// given), revision, host views, generations and deltas (history pruned), and the
+    /// audit records.
     pub fn commit(
         &mut self,
         objects: Option<&Objects>,
         revision: u64,
         hosts: &[HostUpdate<'_>],
         audit: &[AuditEntry],
+        agent: Option<&AgentChange<'_>>,
     ) -> Result<(), Error> {
         let tx = self.conn.transaction().map_err(db)?;
+        if let Some(a) = agent {
+            a.apply(&tx)?;
+        }
         if let Some(objects) = objects {
             tx.execute("DELETE FROM objects", []).map_err(db)?;
             let mut st = tx

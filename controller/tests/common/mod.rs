@@ -127,6 +127,7 @@ pub async fn enroll(ctl: &Controller, host: &str) -> v1::AgentAuth {
         .enroll(v1::EnrollRequest {
             token: tok.token,
             hostname: format!("test-{host}"),
+            public_key: wg_key(),
             host: None,
         })
         .await
@@ -185,4 +186,14 @@ pub fn unkeyed_hash(
         h.update(f.as_bytes());
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A WireGuard public key no other call in this test process returns.
+pub fn wg_key() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut b = [0x42u8; 32];
+    b[..8].copy_from_slice(&n.to_be_bytes());
+    policy_compiler::WgKey(b).to_string()
 }

@@ -8,14 +8,19 @@
 //! that trusts only the deployment's CA; without, plaintext `http://` to a loopback
 //! address only (tests). The agent authenticates with the credential it received at
 //! enrollment, in every call.
+//!
+//! WireGuard: the agent registers its public key at enrollment ([`enroll`]) and when it
+//! rotates it ([`rotate_key`]); its view carries its peers (`HostView::peers`, rebuilt
+//! from snapshots and deltas like the map entries) and its own overlay addresses
+//! (`HostView::tunnel_addresses`).
 
 use super::config::ControllerConfig;
 use anyhow::{Context as _, Result, anyhow, bail};
 use gateway_proto::v1::{
-    self, AckRequest, AgentAuth, EnrollRequest, ReportEventsRequest, WatchRequest,
-    agent_client::AgentClient, watch_response::Update as WireUpdate,
+    self, AckRequest, AgentAuth, EnrollRequest, ReportEventsRequest, RotateKeyRequest,
+    WatchRequest, agent_client::AgentClient, watch_response::Update as WireUpdate,
 };
-use policy_compiler::HostView;
+use policy_compiler::{HostView, WgKey};
 use serde::{Deserialize, Serialize};
 use std::{collections::VecDeque, path::Path, time::Duration};
 use tokio::sync::{mpsc, oneshot};
@@ -141,9 +146,16 @@ impl Link {
 }
 
 /// The stored identity, or a new one from the enrollment token (`enrollment_token` or
-/// `enrollment_token_file`). The identity's host must be the host this agent is
-/// configured as; the controller refuses a token for another host without using it up.
-pub async fn identity(link: &Link, cfg: &ControllerConfig, host: &str) -> Result<Identity> {
+/// `enrollment_token_file`, see [`enroll`]). The identity's host must be the host this
+/// agent is configured as; the controller refuses a token for another host without using
+/// it up. Enrolling needs the agent's WireGuard public key (`public_key`): without one,
+/// an agent that is not enrolled yet stops with an error saying so.
+pub async fn identity(
+    link: &Link,
+    cfg: &ControllerConfig,
+    host: &str,
+    public_key: Option<&WgKey>,
+) -> Result<Identity> {
     if cfg.identity_file.exists() {
         let text = std::fs::read_to_string(&cfg.identity_file)
             .with_context(|| format!("reading {}", cfg.identity_file.display()))?;
@@ -158,6 +170,27 @@ pub async fn identity(link: &Link, cfg: &ControllerConfig, host: &str) -> Result
         }
         return Ok(id);
     }
+    let public_key = public_key.ok_or_else(|| {
+        anyhow!(
+            "not enrolled yet ({} does not exist), and enrolling needs this agent's WireGuard \
+             public key: configure [tunnel]",
+            cfg.identity_file.display()
+        )
+    })?;
+    enroll(link, cfg, host, public_key).await
+}
+
+/// Enrolls with the token of `[controller]` (`enrollment_token` or
+/// `enrollment_token_file`), registering `public_key` as this agent's WireGuard key, and
+/// stores the identity in `identity_file`. The controller refuses (and leaves the token
+/// unused) a token for another host than `host`, and a key that is malformed or already
+/// used by another agent or host.
+pub async fn enroll(
+    link: &Link,
+    cfg: &ControllerConfig,
+    host: &str,
+    public_key: &WgKey,
+) -> Result<Identity> {
     let token = cfg.token()?;
     let token = token.as_deref().ok_or_else(|| {
         anyhow!(
@@ -180,6 +213,7 @@ pub async fn identity(link: &Link, cfg: &ControllerConfig, host: &str) -> Result
             token: token.to_string(),
             hostname,
             host: Some(gateway_proto::host_to_wire(&configured)),
+            public_key: public_key.to_string(),
         })
         .await
         .map_err(|s| anyhow!("enrollment refused: {}: {}", code(&s), s.message()))?
@@ -195,8 +229,26 @@ pub async fn identity(link: &Link, cfg: &ControllerConfig, host: &str) -> Result
         host: enrolled,
     };
     save_identity(&cfg.identity_file, &id)?;
-    tracing::info!(agent_id = %id.agent_id, host = %id.host, "enrolled");
+    tracing::info!(agent_id = %id.agent_id, host = %id.host, public_key = %public_key, "enrolled");
     Ok(id)
+}
+
+/// Registers `public_key` as this agent's new WireGuard key. The controller drops the
+/// old key from every peer's view in the same step as it adds the new one, so call this
+/// only once the tunnel answers with the new private key. Returns the host's generation
+/// after the change (the agent's own view does not change by a rotation).
+pub async fn rotate_key(link: &Link, id: &Identity, public_key: &WgKey) -> Result<u64> {
+    let mut client = link.connect().await.context("connecting")?;
+    let resp = client
+        .rotate_key(RotateKeyRequest {
+            auth: Some(id.auth()),
+            public_key: public_key.to_string(),
+        })
+        .await
+        .map_err(|s| anyhow!("key rotation refused: {}: {}", code(&s), s.message()))?
+        .into_inner();
+    tracing::info!(agent_id = %id.agent_id, public_key = %public_key, "WireGuard key rotated");
+    Ok(resp.generation)
 }
 
 fn code(s: &tonic::Status) -> String {

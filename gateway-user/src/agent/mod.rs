@@ -157,7 +157,8 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     let mut events_tx: Option<mpsc::Sender<gateway_proto::v1::ConnectionEvent>> = None;
     let mut active = if let Some(ctl) = &cfg.controller {
         let link = managed::Link::new(ctl)?;
-        let id = managed::identity(&link, ctl, &cfg.host_label()).await?;
+        // The tunnel's public key goes here once the agent has one (enrollment needs it).
+        let id = managed::identity(&link, ctl, &cfg.host_label(), None).await?;
         let (tx, mut rx) = mpsc::channel(4);
         tokio::spawn(managed::watch(link.clone(), id.clone(), tx));
         let (etx, erx) = mpsc::channel(65_536);

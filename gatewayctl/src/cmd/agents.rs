@@ -31,6 +31,7 @@ pub async fn list(ctl: &Ctl, output: Output) -> R<()> {
                 "last_seen_unix_ms": a.last_seen_unix_ms,
                 "enrolled": format_ms_secs(a.enrolled_unix_ms),
                 "enrolled_unix_ms": a.enrolled_unix_ms,
+                "public_key": (!a.public_key.is_empty()).then_some(&a.public_key),
             })).collect::<Vec<_>>(),
         })),
         Output::Text => {
@@ -48,6 +49,7 @@ pub async fn list(ctl: &Ctl, output: Output) -> R<()> {
                 "generation",
                 "last seen",
                 "enrolled",
+                "public key",
             ]);
             for a in &list {
                 let gen_ = if a.acked_generation == a.current_generation {
@@ -63,6 +65,11 @@ pub async fn list(ctl: &Ctl, output: Output) -> R<()> {
                     gen_,
                     format_ms_secs(a.last_seen_unix_ms),
                     format_ms_secs(a.enrolled_unix_ms),
+                    if a.public_key.is_empty() {
+                        "-".to_string()
+                    } else {
+                        a.public_key.clone()
+                    },
                 ]);
             }
             print!("{}", t.render());

@@ -50,6 +50,7 @@ pub fn plan_json(p: &v1::Plan) -> Value {
             "dst": counts_json(h.dst.as_ref()),
             "rules": counts_json(h.rules.as_ref()),
             "total": counts_json(h.total.as_ref()),
+            "peers": counts_json(h.peers.as_ref()),
             "metadata_changed": h.metadata_changed,
             "connected_agents": h.connected_agents,
         })).collect::<Vec<_>>(),
@@ -135,6 +136,7 @@ pub fn plan_text(p: &v1::Plan) -> String {
                 counts_text("src", h.src.as_ref()),
                 counts_text("dst", h.dst.as_ref()),
                 counts_text("rules", h.rules.as_ref()),
+                counts_text("peers", h.peers.as_ref()),
             ]
             .into_iter()
             .flatten()

@@ -407,6 +407,27 @@ pub fn compile(file: &Path, host: &str, at: &AtArg, output: Output) -> R<()> {
             ports
         );
     }
+    if !v.tunnel_addresses.is_empty() {
+        let own: Vec<String> = v.tunnel_addresses.iter().map(ToString::to_string).collect();
+        println!("\ntunnel addresses: {}", own.join(", "));
+    }
+    println!(
+        "\nWireGuard peers ({}): public key, who, endpoint -> allowed IPs",
+        v.peers.len()
+    );
+    for p in &v.peers {
+        let ips: Vec<String> = p.allowed_ips.iter().map(ToString::to_string).collect();
+        println!(
+            "  {} {} `{}`{} -> {}",
+            p.public_key,
+            p.kind.as_str(),
+            p.name,
+            p.endpoint
+                .as_ref()
+                .map_or_else(String::new, |e| format!(" at {e}")),
+            ips.join(", ")
+        );
+    }
     Ok(())
 }
 
