@@ -152,7 +152,15 @@ fn iperf(n: &Net, secs: u64) -> Result<(f64, f64, u64)> {
     let out = gateway_test_support::process::run_bounded(
         {
             let mut c = command_in(n.dev.name(), Path::new("iperf3"))?;
-            c.args(["-c", "198.18.1.5", "-p", "5201", "-t", &secs.to_string(), "-J"]);
+            c.args([
+                "-c",
+                "198.18.1.5",
+                "-p",
+                "5201",
+                "-t",
+                &secs.to_string(),
+                "-J",
+            ]);
             c
         },
         Duration::from_secs(secs + 20),
@@ -161,8 +169,7 @@ fn iperf(n: &Net, secs: u64) -> Result<(f64, f64, u64)> {
     let _ = server.kill();
     let _ = server.wait();
     let out = out?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
     if let Some(e) = v["error"].as_str() {
         bail!("iperf3: {e}");
     }
@@ -222,7 +229,8 @@ fn goodput(opts: &Opts, out: &mut Summary) -> Result<()> {
     // Plain: routed, the resource routes back through the connector.
     {
         let n = net()?;
-        n.res.ip(&["route", "add", "default", "via", "198.18.1.1"])?;
+        n.res
+            .ip(&["route", "add", "default", "via", "198.18.1.1"])?;
         let (gbps, cpu, retr) = iperf(&n, secs)?;
         progress(&format!("tunnel: plain {gbps:.2} Gbit/s"));
         out.goodput.push(Goodput {
@@ -284,7 +292,11 @@ fn handshakes(opts: &Opts, out: &mut Summary) -> Result<()> {
             name: format!("d{i}"),
             public_key: *k.public.as_bytes(),
             endpoint: None,
-            allowed_ips: vec![format!("100.64.{}.{}/32", i / 250, i % 250 + 1).parse().unwrap()],
+            allowed_ips: vec![
+                format!("100.64.{}.{}/32", i / 250, i % 250 + 1)
+                    .parse()
+                    .unwrap(),
+            ],
         })
         .collect();
     let conn = NsTunnel::start(n.conn.name(), opts_port(), kc, move |t| {
@@ -313,7 +325,9 @@ fn handshakes(opts: &Opts, out: &mut Summary) -> Result<()> {
         while start.elapsed().as_secs_f64() < secs {
             let c = &mut clients[i % 256];
             i += 1;
-            if let TunnResult::WriteToNetwork(p) = c.tunn.format_handshake_initiation(&mut buf, true) {
+            if let TunnResult::WriteToNetwork(p) =
+                c.tunn.format_handshake_initiation(&mut buf, true)
+            {
                 sock.send(p)?;
             }
             if let Ok(len) = sock.recv(&mut rbuf) {
@@ -342,67 +356,83 @@ fn handshakes(opts: &Opts, out: &mut Summary) -> Result<()> {
     let cfg = dp.config()?.with_tunnel(51820, 20, 40);
     dp.set_config(&cfg)?;
     let link = n.conn_link.clone();
-    n.conn
-        .run(|| dp.shield_xdp().and_then(|p| Ok(p.attach(&link, XdpMode::Skb)?)))??;
+    n.conn.run(|| {
+        dp.shield_xdp()
+            .and_then(|p| Ok(p.attach(&link, XdpMode::Skb)?))
+    })??;
     let before_invalid = conn.with(|t| drop_count(t.drops(), TunnelDrop::Invalid))?;
-    let before_shield = dp.verdict_stats()?.reason(gateway_common::Reason::HandshakeRateLimited);
+    let before_shield = dp
+        .verdict_stats()?
+        .reason(gateway_common::Reason::HandshakeRateLimited);
     let flood_secs = if opts.quick { 1.0 } else { 3.0 };
     let legit = peers[0].clone();
-    let (sent, flood_elapsed, hs_ms) = std::thread::scope(|s| -> Result<(u64, f64, Option<f64>)> {
-        let flood = s.spawn(|| {
-            n.dev.run(|| -> Result<(u64, f64)> {
-                let sock = UdpSocket::bind("198.19.1.10:0")?;
+    let (sent, flood_elapsed, hs_ms) =
+        std::thread::scope(|s| -> Result<(u64, f64, Option<f64>)> {
+            let flood = s.spawn(|| {
+                n.dev.run(|| -> Result<(u64, f64)> {
+                    let sock = UdpSocket::bind("198.19.1.10:0")?;
+                    sock.connect("198.19.1.1:51820")?;
+                    let mut pkt = [0u8; 148];
+                    pkt[0] = 1;
+                    let start = Instant::now();
+                    let mut sent = 0u64;
+                    while start.elapsed().as_secs_f64() < flood_secs {
+                        pkt[4..8].copy_from_slice(&(sent as u32).to_le_bytes());
+                        if sock.send(&pkt).is_ok() {
+                            sent += 1;
+                        }
+                    }
+                    Ok((sent, start.elapsed().as_secs_f64()))
+                })
+            });
+            // Meanwhile a real device from another address handshakes.
+            std::thread::sleep(Duration::from_millis(200));
+            n.dev
+                .ip(&["addr", "add", "198.19.1.11/24", "dev", &link_of(&n.dev)?])?;
+            let hs = n.dev.run(|| -> Result<Option<f64>> {
+                let sock = UdpSocket::bind("198.19.1.11:0")?;
                 sock.connect("198.19.1.1:51820")?;
-                let mut pkt = [0u8; 148];
-                pkt[0] = 1;
+                sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+                let mut t = Tunn::new(legit.secret.clone(), cpub, None, None, 9999, None);
+                let mut buf = vec![0u8; 2048];
+                let mut rbuf = vec![0u8; 2048];
                 let start = Instant::now();
-                let mut sent = 0u64;
-                while start.elapsed().as_secs_f64() < flood_secs {
-                    pkt[4..8].copy_from_slice(&(sent as u32).to_le_bytes());
-                    if sock.send(&pkt).is_ok() {
-                        sent += 1;
+                while start.elapsed() < Duration::from_secs(3) {
+                    if let TunnResult::WriteToNetwork(p) =
+                        t.format_handshake_initiation(&mut buf, true)
+                    {
+                        sock.send(p)?;
+                    }
+                    if let Ok(len) = sock.recv(&mut rbuf)
+                        && rbuf[0] == 2
+                        && len == 92
+                    {
+                        return Ok(Some(start.elapsed().as_secs_f64() * 1e3));
                     }
                 }
-                Ok((sent, start.elapsed().as_secs_f64()))
-            })
-        });
-        // Meanwhile a real device from another address handshakes.
-        std::thread::sleep(Duration::from_millis(200));
-        n.dev.ip(&["addr", "add", "198.19.1.11/24", "dev", &link_of(&n.dev)?])?;
-        let hs = n.dev.run(|| -> Result<Option<f64>> {
-            let sock = UdpSocket::bind("198.19.1.11:0")?;
-            sock.connect("198.19.1.1:51820")?;
-            sock.set_read_timeout(Some(Duration::from_millis(200)))?;
-            let mut t = Tunn::new(legit.secret.clone(), cpub, None, None, 9999, None);
-            let mut buf = vec![0u8; 2048];
-            let mut rbuf = vec![0u8; 2048];
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(3) {
-                if let TunnResult::WriteToNetwork(p) = t.format_handshake_initiation(&mut buf, true) {
-                    sock.send(p)?;
-                }
-                if let Ok(len) = sock.recv(&mut rbuf)
-                    && rbuf[0] == 2
-                    && len == 92
-                {
-                    return Ok(Some(start.elapsed().as_secs_f64() * 1e3));
-                }
-            }
-            Ok(None)
-        })??;
-        let (sent, el) = flood.join().map_err(|_| anyhow::anyhow!("flood thread"))???;
-        Ok((sent, el, hs))
-    })?;
+                Ok(None)
+            })??;
+            let (sent, el) = flood
+                .join()
+                .map_err(|_| anyhow::anyhow!("flood thread"))???;
+            Ok((sent, el, hs))
+        })?;
     std::thread::sleep(Duration::from_millis(300));
     h.flood_sent = sent;
     h.flood_sent_per_s = sent as f64 / flood_elapsed;
-    h.flood_dropped_by_shield =
-        dp.verdict_stats()?.reason(gateway_common::Reason::HandshakeRateLimited) - before_shield;
-    h.flood_reached_tunnel = conn.with(|t| drop_count(t.drops(), TunnelDrop::Invalid))? - before_invalid;
+    h.flood_dropped_by_shield = dp
+        .verdict_stats()?
+        .reason(gateway_common::Reason::HandshakeRateLimited)
+        - before_shield;
+    h.flood_reached_tunnel =
+        conn.with(|t| drop_count(t.drops(), TunnelDrop::Invalid))? - before_invalid;
     h.handshake_during_flood_ms = hs_ms;
     progress(&format!(
         "tunnel: flood {:.0}/s from one source, {} dropped by the shield, {} reached the tunnel; real handshake {:?} ms",
-        h.flood_sent_per_s, h.flood_dropped_by_shield, h.flood_reached_tunnel, h.handshake_during_flood_ms
+        h.flood_sent_per_s,
+        h.flood_dropped_by_shield,
+        h.flood_reached_tunnel,
+        h.handshake_during_flood_ms
     ));
     out.handshakes = Some(h);
     drop(conn);

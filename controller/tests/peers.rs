@@ -184,11 +184,10 @@ async fn agent_keys_reach_exactly_the_connectors_that_may_see_them() {
     let mut lab = watch(&ctl, &lab_auth).await;
     assert!(dc.view.peers.is_empty() && lab.view.peers.is_empty());
 
-    // No key, a malformed key, the all-zero key, another agent's key: refused, naming
-    // the field, and the token stays usable.
+    // A malformed key, the all-zero key, another agent's key: refused, naming the
+    // field, and the token stays usable. (No key is an agent without a tunnel: below.)
     let alice_token = token(&ctl, "device:alice-laptop").await;
     for (bad, why) in [
-        (String::new(), "missing `EnrollRequest.public_key`"),
         (
             "not a key".to_string(),
             "invalid `EnrollRequest.public_key`",
@@ -323,6 +322,12 @@ async fn agent_keys_reach_exactly_the_connectors_that_may_see_them() {
     let d = lab.delta().await.expect("grant deleted");
     assert_eq!(d.peers_removed, [key(20)]);
     assert!(lab.view.peers.is_empty());
+
+    // An agent without a tunnel enrolls without a key: accepted, and no connector learns
+    // a peer from it.
+    let again = token(&ctl, "device:alice-laptop").await;
+    enroll_with(&mut agent, &again, "").await.unwrap();
+    assert!(dc.delta().await.is_none() && dc.view.peers.is_empty());
     ctl.stop().await;
 }
 

@@ -135,8 +135,9 @@ impl State {
 
     /// Exchanges a token for an agent identity. With `expected_host` (the host the
     /// agent is configured as), a token for another host is refused and stays unused.
-    /// `public_key` (the agent's WireGuard key, base64) is required; the enrollment and
-    /// the views of the host's peers that now carry the key are one commit.
+    /// `public_key` is the agent's WireGuard key (base64), empty for an agent without a
+    /// tunnel; the enrollment and the views of the host's peers that now carry the key
+    /// are one commit.
     pub fn enroll(
         &self,
         token: &str,
@@ -154,7 +155,11 @@ impl State {
         if let Some(h) = expected_host {
             crate::names::host(h)?;
         }
-        let key = parse_key(public_key, "EnrollRequest.public_key")?;
+        let key = if public_key.is_empty() {
+            None
+        } else {
+            Some(parse_key(public_key, "EnrollRequest.public_key")?)
+        };
         let refused = |detail: &str| {
             debug!(peer = %peer_name(peer), reason = detail, "enrollment refused");
             self.refused(
@@ -197,7 +202,9 @@ impl State {
             }
         };
         // The key is checked before the token is used: a refused key leaves it unused.
-        Self::key_free(&g, &key, &host, None)?;
+        if let Some(key) = &key {
+            Self::key_free(&g, key, &host, None)?;
+        }
         let row = AgentRow {
             id: id.clone(),
             host: host.clone(),
@@ -207,7 +214,7 @@ impl State {
             acked_generation: 0,
             last_seen_ms: now,
             revoked_ms: None,
-            public_key: key.to_string(),
+            public_key: key.map(|k| k.to_string()).unwrap_or_default(),
         };
         let audit = AuditEntry {
             time_ms: now,
@@ -215,7 +222,10 @@ impl State {
             action: "enroll_agent".into(),
             target: host.clone(),
             before: String::new(),
-            after: format!("agent {id} ({}), public key {key}", row.hostname),
+            after: match &key {
+                Some(key) => format!("agent {id} ({}), public key {key}", row.hostname),
+                None => format!("agent {id} ({}), no tunnel key", row.hostname),
+            },
             revision: rev,
         };
         // The new key is in its peers' views in the same commit as the agent.
@@ -547,7 +557,7 @@ impl State {
             .find(|a| a.revoked_ms.is_none() && a.public_key == text && Some(a.id.as_str()) != me)
         {
             return Err(Error::InvalidArgument(format!(
-                "invalid `public_key`: agent {} of {} uses this key already; every agent needs                  its own WireGuard key",
+                "invalid `public_key`: agent {} of {} uses this key already; every agent needs its own WireGuard key",
                 other.id, other.host
             )));
         }
@@ -555,7 +565,7 @@ impl State {
             && owner.is_none_or(|h| gp::host_name(&h) != host)
         {
             return Err(Error::InvalidArgument(format!(
-                "invalid `public_key`: the policy gives this key to {what}; every host needs                  its own WireGuard key"
+                "invalid `public_key`: the policy gives this key to {what}; every host needs its own WireGuard key"
             )));
         }
         Ok(())

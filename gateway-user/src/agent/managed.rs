@@ -170,18 +170,12 @@ pub async fn identity(
         }
         return Ok(id);
     }
-    let public_key = public_key.ok_or_else(|| {
-        anyhow!(
-            "not enrolled yet ({} does not exist), and enrolling needs this agent's WireGuard \
-             public key: configure [tunnel]",
-            cfg.identity_file.display()
-        )
-    })?;
     enroll(link, cfg, host, public_key).await
 }
 
 /// Enrolls with the token of `[controller]` (`enrollment_token` or
-/// `enrollment_token_file`), registering `public_key` as this agent's WireGuard key, and
+/// `enrollment_token_file`), registering `public_key` as this agent's WireGuard key (none:
+/// an agent without a tunnel), and
 /// stores the identity in `identity_file`. The controller refuses (and leaves the token
 /// unused) a token for another host than `host`, and a key that is malformed or already
 /// used by another agent or host.
@@ -189,7 +183,7 @@ pub async fn enroll(
     link: &Link,
     cfg: &ControllerConfig,
     host: &str,
-    public_key: &WgKey,
+    public_key: Option<&WgKey>,
 ) -> Result<Identity> {
     let token = cfg.token()?;
     let token = token.as_deref().ok_or_else(|| {
@@ -213,7 +207,7 @@ pub async fn enroll(
             token: token.to_string(),
             hostname,
             host: Some(gateway_proto::host_to_wire(&configured)),
-            public_key: public_key.to_string(),
+            public_key: public_key.map(ToString::to_string).unwrap_or_default(),
         })
         .await
         .map_err(|s| anyhow!("enrollment refused: {}: {}", code(&s), s.message()))?
@@ -229,7 +223,14 @@ pub async fn enroll(
         host: enrolled,
     };
     save_identity(&cfg.identity_file, &id)?;
-    tracing::info!(agent_id = %id.agent_id, host = %id.host, public_key = %public_key, "enrolled");
+    match public_key {
+        Some(k) => {
+            tracing::info!(agent_id = %id.agent_id, host = %id.host, public_key = %k, "enrolled")
+        }
+        None => {
+            tracing::info!(agent_id = %id.agent_id, host = %id.host, "enrolled (no tunnel key)")
+        }
+    }
     Ok(id)
 }
 

@@ -144,6 +144,16 @@ async fn run_async(mut cfg: Config) -> Result<()> {
         u64::from_ne_bytes(hash_key[8..].try_into().unwrap_or_default()),
     ];
     dp.set_config(&cfg.dataplane.kernel_config(cfg.role, hash_key))?;
+    // The tunnel fields too, before anything attaches (the handshake limit included).
+    pins::write_tunnel_config(&mut dp, &cfg)?;
+    // The tunnel key exists before enrollment, which registers its public half.
+    let tunnel_key = match &cfg.tunnel {
+        Some(t) => Some(crate::tunnel::keys::load_or_create(&t.private_key_file)?),
+        None => None,
+    };
+    let wg_public = tunnel_key
+        .as_ref()
+        .map(|(pair, _)| policy_compiler::WgKey(*pair.public.as_bytes()));
     let adopted = dp.active_generation()?;
     let clock = BootClock::new();
     let mut writer = PolicyWriter::new(adopted, clock);
@@ -155,10 +165,20 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     let now = unix_now();
     let mut managed_rx: Option<mpsc::Receiver<managed::Update>> = None;
     let mut events_tx: Option<mpsc::Sender<gateway_proto::v1::ConnectionEvent>> = None;
+    // Where a rotated tunnel key is registered (managed mode).
+    let mut registrar: Option<(managed::Link, managed::Identity)> = None;
     let mut active = if let Some(ctl) = &cfg.controller {
         let link = managed::Link::new(ctl)?;
-        // The tunnel's public key goes here once the agent has one (enrollment needs it).
-        let id = managed::identity(&link, ctl, &cfg.host_label(), None).await?;
+        let was_enrolled = ctl.identity_file.exists();
+        let id = managed::identity(&link, ctl, &cfg.host_label(), wg_public.as_ref()).await?;
+        // An agent enrolled before it had this key (a new [tunnel], a lost key file)
+        // registers it now.
+        if let (true, Some((_, true)), Some(k)) = (was_enrolled, &tunnel_key, &wg_public) {
+            managed::rotate_key(&link, &id, k)
+                .await
+                .context("registering the new tunnel key with the controller")?;
+        }
+        registrar = Some((link.clone(), id.clone()));
         let (tx, mut rx) = mpsc::channel(4);
         tokio::spawn(managed::watch(link.clone(), id.clone(), tx));
         let (etx, erx) = mpsc::channel(65_536);
@@ -308,8 +328,18 @@ async fn run_async(mut cfg: Config) -> Result<()> {
                         apply_tunnel(tunnel.as_mut(), &a.view).await;
                     }
                 }
-                if let Some(t) = tunnel.as_mut() {
-                    t.check_rotation();
+                if let Some(t) = tunnel.as_mut()
+                    && let Some(pair) = t.check_rotation()
+                    && let Some((link, id)) = &registrar
+                {
+                    let key = policy_compiler::WgKey(*pair.public.as_bytes());
+                    // The controller replaces the old key in every peer's view at once.
+                    if let Err(e) = managed::rotate_key(link, id, &key).await {
+                        tracing::error!(
+                            "registering the rotated tunnel key failed: {e:#}; peers keep the \
+                             old key until it is registered (retry: gateway-agent rotate-key)"
+                        );
+                    }
                 }
                 if last_reap.elapsed() >= Duration::from_secs(2) {
                     last_reap = Instant::now();
