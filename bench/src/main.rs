@@ -1,4 +1,4 @@
-//! `bench [--quick] [--only decision,throughput,compile,apply,tunnel,controller] [--out DIR]`: the
+//! `bench [--quick] [--only decision,throughput,compile,apply,peers,tunnel,controller] [--out DIR]`: the
 //! gateway's benchmark suite (see bench/README.md). Writes `<out>/<run>.json|.md`,
 //! `latest.*` copies and `latest-*.svg` plots; one progress line per step on stderr. Needs
 //! root for the decision, throughput and apply suites (BPF, namespaces).
@@ -8,6 +8,7 @@ mod apply;
 mod compile_suite;
 mod controller_suite;
 mod decision;
+mod peer_change;
 mod policies;
 mod report;
 mod throughput;
@@ -52,7 +53,7 @@ fn args() -> Result<Opts> {
             "--out" => opts.out = PathBuf::from(it.next().context("--out needs a directory")?),
             "-h" | "--help" => {
                 println!(
-                    "bench [--quick] [--only decision,throughput,compile,apply,tunnel,controller] [--out DIR]"
+                    "bench [--quick] [--only decision,throughput,compile,apply,peers,tunnel,controller] [--out DIR]"
                 );
                 std::process::exit(0);
             }
@@ -76,7 +77,7 @@ fn main() -> Result<()> {
         if !wanted(name) {
             return;
         }
-        if !root && name != "compile" && name != "controller" {
+        if !root && name != "compile" && name != "controller" && name != "peers" {
             progress(&format!("{name}: SKIP needs root"));
             r.errors.push(format!("{name}: skipped, needs root"));
             return;
@@ -103,6 +104,9 @@ fn main() -> Result<()> {
     suite("apply", &mut |r| apply::run(&opts, &mut r.apply_sizes));
     suite("throughput", &mut |r| {
         throughput::run(&opts, &mut r.throughput)
+    });
+    suite("peers", &mut |r| {
+        peer_change::run(&opts, &mut r.peer_change)
     });
     suite("tunnel", &mut |r| {
         tunnel_suite::run(&opts, r.tunnel.get_or_insert_with(Default::default))

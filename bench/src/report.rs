@@ -1,7 +1,9 @@
 //! Results: the JSON document, goals, the markdown summary and SVG plots (hand-written
 //! SVG: no font or drawing libraries needed).
 
-use crate::{apply, compile_suite, controller_suite, decision, throughput, tunnel_suite};
+use crate::{
+    apply, compile_suite, controller_suite, decision, peer_change, throughput, tunnel_suite,
+};
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -19,6 +21,7 @@ pub struct Results {
     pub apply_sizes: Vec<apply::Summary>,
     pub controller: Option<controller_suite::Summary>,
     pub tunnel: Option<tunnel_suite::Summary>,
+    pub peer_change: Option<peer_change::PeerChange>,
     pub errors: Vec<String>,
     pub suite_seconds: BTreeMap<String, f64>,
     pub wall_seconds: f64,
@@ -207,6 +210,20 @@ impl Results {
                 gp("tunnel+enforcement").map_or("-".into(), |v| format!("{v:.2}")),
             ),
         ));
+        let p = self.peer_change.as_ref();
+        out.push(goal(
+            "peer change p99 ms (grant added -> both ends hold the peer, 200 agents)",
+            "< 200",
+            p.map(|p| p.p99_ms),
+            |m| m < 200.0,
+            p.map(|p| {
+                format!(
+                    "{} agents, {} rounds, p50 {:.1} ms, max {:.1} ms",
+                    p.agents, p.rounds, p.p50_ms, p.max_ms
+                )
+            })
+            .unwrap_or_default(),
+        ));
         // 8. The control plane under a mixed load.
         let c = self.controller.as_ref();
         out.push(goal(
@@ -245,6 +262,7 @@ impl Results {
             },
             "controller": self.controller,
             "tunnel": self.tunnel,
+            "peer_change": self.peer_change,
             "goals": self.goals(),
             "errors": self.errors,
         })

@@ -14,7 +14,6 @@ use crate::{Opts, progress};
 use anyhow::{Context as _, Result, bail};
 use aya::programs::XdpMode;
 use boringtun::noise::{Tunn, TunnResult};
-use boringtun::x25519::PublicKey;
 use gateway_test_support::{
     netns::{NetNs, command_in, veth_pair},
     testkit::{load_policy, unix_now},
@@ -292,11 +291,12 @@ fn handshakes(opts: &Opts, out: &mut Summary) -> Result<()> {
             name: format!("d{i}"),
             public_key: *k.public.as_bytes(),
             endpoint: None,
-            allowed_ips: vec![
-                format!("100.64.{}.{}/32", i / 250, i % 250 + 1)
-                    .parse()
-                    .unwrap(),
-            ],
+            allowed_ips: vec![ipnet::IpNet::from(std::net::IpAddr::from([
+                100,
+                64,
+                (i / 250) as u8,
+                (i % 250 + 1) as u8,
+            ]))],
         })
         .collect();
     let conn = NsTunnel::start(n.conn.name(), opts_port(), kc, move |t| {
@@ -463,6 +463,5 @@ pub fn run(opts: &Opts, out: &mut Summary) -> Result<()> {
     }
     goodput(opts, out)?;
     handshakes(opts, out)?;
-    let _ = PublicKey::from([0u8; 32]);
     Ok(())
 }

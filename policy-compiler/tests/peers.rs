@@ -278,6 +278,13 @@ fn connector_errors_are_located() {
             "invalid endpoint `bad_host:51820`: `bad_host` is not a DNS name",
         ),
         (
+            block("dc-2", &key(20), "[fd00:1::7]:51820"),
+            "[fd00:1::7]:51820",
+            "invalid endpoint `[fd00:1::7]:51820`: the address is inside remote network `dc`, \
+             which is reached only through the tunnel; give the address devices reach the \
+             connector at from outside",
+        ),
+        (
             "\n[[connector]]\nname = \"dc-2\"\nendpoint = \"192.0.2.1:1\"\n".to_string(),
             "[[connector]]\nname = \"dc-2\"",
             "missing key `public_key` in [[connector]]",

@@ -185,8 +185,14 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 pub fn open_tun(name: &str, pi: bool) -> Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd as _;
     let path = c"/dev/net/tun";
+    // O_CLOEXEC: a child process another test spawns meanwhile must not keep the device.
     // SAFETY: a valid C string; the returned fd is checked.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK) };
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
     if fd < 0 {
         return Err(std::io::Error::last_os_error()).context("opening /dev/net/tun");
     }

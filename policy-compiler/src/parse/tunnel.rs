@@ -102,7 +102,34 @@ impl P<'_> {
         let key = self.public_key(t, &format!("connector `{name}`"));
         let endpoint = t.string(&mut self.sink, "endpoint", "\"203.0.113.7:51820\"");
         let endpoint = endpoint.and_then(|(e, span)| match check_endpoint(&e) {
-            Ok(()) => Some(e),
+            Ok(()) => {
+                // Tunnel packets to an endpoint inside protected space would be dropped
+                // by the shield (it drops whatever reaches protected space outside the
+                // tunnel), so such an endpoint could never work.
+                let ip = e
+                    .parse::<std::net::SocketAddr>()
+                    .ok()
+                    .map(|a| a.ip().to_canonical());
+                let inside = ip.and_then(|ip| {
+                    self.policy
+                        .networks
+                        .iter()
+                        .find(|n| n.cidrs.iter().any(|c| c.contains(&ip)))
+                });
+                match inside {
+                    Some(n) => {
+                        let why = format!(
+                            "the address is inside remote network `{}`, which is reached only \
+                             through the tunnel; give the address devices reach the connector at \
+                             from outside",
+                            n.name
+                        );
+                        self.bad_endpoint(&span, &e, &why);
+                        None
+                    }
+                    None => Some(e),
+                }
+            }
             Err(why) => {
                 self.bad_endpoint(&span, &e, &why);
                 None
