@@ -480,6 +480,13 @@ fn spoof_through_own_tunnel(env: &TunnelEnv, bin: &Path, count: usize) -> Result
     r?
 }
 
+/// The connector's `tunnel.drops.cryptokey_routing` from `gateway-agent status`.
+fn cryptokey_drops(env: &TunnelEnv) -> Option<u64> {
+    let out = env.agents.first()?.status("json").ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["tunnel"]["drops"]["cryptokey_routing"].as_u64()
+}
+
 /// Alice's own marked datagrams to the listener: how many of `count` arrived.
 fn alice_control(env: &TunnelEnv, count: usize) -> Result<u64> {
     let servers = env.servers.as_ref().context("servers started")?;
@@ -735,6 +742,7 @@ pub(crate) fn tunnel_act(
 
     // (b) bob claiming alice's overlay address.
     let servers_marked = |env: &TunnelEnv| env.servers.as_ref().map_or(0, TunnelServers::marked);
+    let drops_before = cryptokey_drops(&env).unwrap_or(0);
     let before = servers_marked(&env);
     let r = spoof_through_own_tunnel(&env, &opts.agent, 30);
     sleep(Duration::from_millis(200))?;
@@ -748,6 +756,24 @@ pub(crate) fn tunnel_act(
             Ok(()) => format!("{got} arrived"),
             Err(e) => format!("the rogue tunnel failed: {e:#}"),
         },
+    );
+    // The spoof did reach the connector, encrypted with bob's key: it dropped it after
+    // decrypting (the source is not one of bob's addresses). Its status is written every
+    // 2 s.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let drops = loop {
+        let now = cryptokey_drops(&env);
+        if now.is_some_and(|n| n > drops_before) || Instant::now() > deadline {
+            break now;
+        }
+        sleep(Duration::from_millis(250))?;
+    };
+    verdict(
+        checks,
+        "  connector status: tunnel.drops.cryptokey_routing",
+        &format!("more than {drops_before} (the spoof arrived, dropped)"),
+        drops.is_some_and(|n| n > drops_before),
+        &drops.map_or("no tunnel status".into(), |n| n.to_string()),
     );
     let control = alice_control(&env, 5)?;
     verdict(
