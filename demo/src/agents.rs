@@ -78,14 +78,28 @@ impl Agent {
         let config = dir.join(format!("{file_stem}.toml"));
         let text = toml::to_string(&cfg).context("writing the agent configuration")?;
         std::fs::write(&config, &text).with_context(|| format!("writing {}", config.display()))?;
-        let stderr = dir.join(format!("{file_stem}.stderr"));
-        created.pin_dirs.push(cfg.pin_dir.clone());
-        let process = AgentProcess::start(label, ns.name(), bin, &config, &stderr)?;
+        Agent::start_written(label, ns, bin, &config, cfg.pin_dir, cfg.log_file, created)
+    }
+
+    /// Starts the agent on a configuration file already written (its stderr goes next to
+    /// it, `<stem>.stderr`).
+    pub(crate) fn start_written(
+        label: &str,
+        ns: &NetNs,
+        bin: &Path,
+        config: &Path,
+        pin_dir: PathBuf,
+        log: PathBuf,
+        created: &mut Created,
+    ) -> Result<Agent> {
+        let stderr = config.with_extension("stderr");
+        created.pin_dirs.push(pin_dir.clone());
+        let process = AgentProcess::start(label, ns.name(), bin, config, &stderr)?;
         created.pids.extend(process.pid());
         Ok(Agent {
             label: label.to_string(),
-            pin_dir: cfg.pin_dir,
-            log: cfg.log_file,
+            pin_dir,
+            log,
             process,
         })
     }

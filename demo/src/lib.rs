@@ -21,6 +21,13 @@
 //! connection logs (which host logged what, with which fields) — and the demo exits
 //! non-zero when one fails.
 //!
+//! A last act (`tunnel.rs`) shows the WireGuard tunnel on fresh hosts: alice, bob and the
+//! connector all run agents with `[tunnel]`; alice reaches her grant through the tunnel
+//! and nothing else, bob claiming her overlay address (with his own key, or as cleartext
+//! frames) gets nothing to the resource, the connector's link carries only WireGuard UDP,
+//! the log names alice's real address and port, and removing her grant cuts her open
+//! connection.
+//!
 //! Agents are started in their namespace with `setns(CLONE_NEWNET)` only (like
 //! `nsenter --net`), not `ip netns exec`: the latter remounts `/sys` in a private mount
 //! namespace, which hides the host's bpffs at /sys/fs/bpf, so pins would live and die in
@@ -40,12 +47,13 @@ mod report;
 mod services;
 mod steps;
 mod traffic;
+mod tunnel;
 
 /// What every module of the demo sees: std and the crates it uses, and each module's items.
 mod prelude {
     pub(crate) use crate::{
         DEMO_POLICY, Options, agents::*, env::*, logs::*, output::*, plan::*, report::*,
-        services::*, steps::*, traffic::*,
+        services::*, steps::*, traffic::*, tunnel::*,
     };
     pub(crate) use anyhow::{Context as _, Result, bail};
     pub(crate) use gateway_test_support::netns::{NetNs, VethEnd, veth_pair};
@@ -213,5 +221,7 @@ fn scenario(opts: &Options, checks: &mut Checks, created: &mut Created) -> Resul
     report_scan(checks, &traffic, &logs);
     report_logs(checks, &logs);
     report_status(checks, &env);
-    teardown(checks, env)
+    teardown(checks, env)?;
+    check_interrupted()?;
+    tunnel_act(opts, &tmp.path, checks, created)
 }
