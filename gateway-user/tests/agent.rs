@@ -70,21 +70,7 @@ fn serve(res: &NetNs) {
 
 /// Counts datagrams arriving on the resource host at `addr`.
 fn udp_counter(res: &NetNs, addr: &str) -> Arc<AtomicU64> {
-    let n = Arc::new(AtomicU64::new(0));
-    let sock = res.run(|| UdpSocket::bind(sa(addr)).unwrap()).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let counter = n.clone();
-    std::thread::spawn(move || {
-        let mut b = [0u8; 64];
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
-            if sock.recv_from(&mut b).is_ok() {
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    });
-    n
+    gateway_test_support::net::udp_counter(res, addr, None).unwrap()
 }
 
 fn records(log: &Path) -> Vec<serde_json::Value> {

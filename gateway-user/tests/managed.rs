@@ -51,8 +51,10 @@ fn tls() -> &'static (String, String, String, String) {
     TLS.get_or_init(|| controller::tls::generate_pem(&["198.19.9.1".to_string()]).unwrap())
 }
 
-/// An admin API key of the running controller.
-static ADMIN_KEY: Mutex<String> = Mutex::new(String::new());
+/// The admin API key of each running controller, by the name of its namespace (tests run
+/// in parallel, each with its own controller).
+static ADMIN_KEYS: Mutex<std::collections::BTreeMap<String, String>> =
+    Mutex::new(std::collections::BTreeMap::new());
 
 /// The controller, run in-process on threads inside the `ctl` namespace.
 struct Controller {
@@ -63,6 +65,7 @@ struct Controller {
 impl Controller {
     fn start(ctl: &NetNs, db: &Path) -> Controller {
         let ns = std::fs::File::open(format!("/run/netns/{}", ctl.name())).unwrap();
+        let ns_name = ctl.name().to_string();
         let db = db.to_path_buf();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -80,9 +83,10 @@ impl Controller {
                 .unwrap();
             rt.block_on(async move {
                 let state = Arc::new(controller::State::open(&db, 30).unwrap());
-                *ADMIN_KEY.lock().unwrap() = state
+                let key = state
                     .bootstrap_admin_key(&format!("test-{}", controller::random_hex(4)))
                     .unwrap();
+                ADMIN_KEYS.lock().unwrap().insert(ns_name, key);
                 let (_, _, cert, key) = tls();
                 let tls = controller::tls::server_config_pem(cert.as_bytes(), key.as_bytes());
                 let (_, task) = controller::spawn_tls(sa(CTL_ADDR), state, Some(tls), async {
@@ -133,7 +137,7 @@ fn admin<T: Send>(
                 controller::tls::connect(&format!("https://{CTL_ADDR}"), Some(tls().0.as_bytes()))
                     .await
                     .unwrap();
-            let key = ADMIN_KEY.lock().unwrap().clone();
+            let key = ADMIN_KEYS.lock().unwrap()[ctl.name()].clone();
             let mut c = controller::auth::admin_client(ch, &key);
             f(&mut c).await
         })
@@ -472,4 +476,279 @@ fn tcp_echo_at(ns: &NetNs, dst: &str) -> bool {
 /// Dropped silently (the gateway's denial), as opposed to refused by a closed port.
 fn tcp_dropped_at(ns: &NetNs, dst: &str) -> bool {
     gateway_test_support::testkit::tcp_dropped(ns, dst, TIMEOUT)
+}
+
+const TUNNEL_POLICY: &str = r#"
+[[remote_network]]
+name = "corp"
+cidrs = ["198.18.1.0/24"]
+connectors = ["conn"]
+
+[[connector]]
+name = "conn"
+public_key = "CONN_KEY"
+endpoint = "198.19.1.1:51820"
+
+[[resource]]
+name = "web"
+network = "corp"
+address = "198.18.1.5"
+tcp = ["443"]
+udp = ["5353"]
+
+[[resource]]
+name = "db"
+network = "corp"
+address = "198.18.1.10"
+tcp = ["5432"]
+
+[[user]]
+email = "alice@example.com"
+
+[[device]]
+name = "alice-laptop"
+owner = "alice@example.com"
+address = "100.64.0.10"
+
+[[allow]]
+name = "alice-web"
+principals = ["alice@example.com"]
+resources = ["web"]
+"#;
+
+const MARK: &[u8] = b"ZTG-MANAGED-TUNNEL";
+
+/// Datagrams with [`MARK`] a tunnel holding `key` (a copy of alice's private key: an
+/// attacker who stole it) delivers to 198.18.1.5:5353 while claiming alice's address.
+fn stolen_key_delivers(
+    alice: &NetNs,
+    key: gateway_user::tunnel::keys::KeyPair,
+    conn_key: [u8; 32],
+    counter: &std::sync::atomic::AtomicU64,
+) -> u64 {
+    use gateway_user::tunnel::{Options, PeerSpec, tun};
+    let before = counter.load(std::sync::atomic::Ordering::Relaxed);
+    let opts = Options {
+        interface: "thief0".into(),
+        listen_port: 0,
+        mtu: 1420,
+        persistent_keepalive: None,
+        skip_cryptokey_routing: false,
+    };
+    let thief = gateway_test_support::tunnel::NsTunnel::start(alice.name(), opts, key, move |t| {
+        tun::configure_link("thief0", 1420, &["100.64.0.10".parse()?])?;
+        t.set_peers(&[PeerSpec {
+            name: "conn".into(),
+            public_key: conn_key,
+            endpoint: Some("198.19.1.1:51820".parse()?),
+            allowed_ips: vec!["198.18.1.5/32".parse()?],
+        }]);
+        // More specific than the agent's route to 198.18.1.0/24.
+        tun::sync_routes("thief0", &["198.18.1.5/32".parse()?])
+    })
+    .unwrap();
+    gateway_test_support::net::send_udp(
+        alice,
+        Some("100.64.0.10".parse().unwrap()),
+        "198.18.1.5:5353",
+        MARK,
+        30,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    drop(thief);
+    let _ = alice.ip(&["link", "del", "thief0"]);
+    counter.load(std::sync::atomic::Ordering::Relaxed) - before
+}
+
+/// The tunnel in managed mode: agents enroll with their own keys, the controller gives
+/// each host its peers, a rotated key replaces the old one everywhere at once (the old
+/// key then delivers nothing; before the rotation the same key did: the control), and
+/// revoking the device's agent takes it off the connector.
+#[test]
+fn managed_tunnel_peers_rotation_and_revocation() {
+    if skip_unless_privileged!() {
+        return;
+    }
+    let alice = NetNs::new("zta").unwrap();
+    let conn = NetNs::new("ztc").unwrap();
+    let res = NetNs::new("ztr").unwrap();
+    let ctl = NetNs::new("ztk").unwrap();
+    let (a_if, ca_if) = veth_pair(&alice, &["198.19.1.10/24"], &conn, &["198.19.1.1/24"]).unwrap();
+    veth_pair(
+        &conn,
+        &["198.18.1.1/24"],
+        &res,
+        &["198.18.1.5/24", "198.18.1.10/24"],
+    )
+    .unwrap();
+    veth_pair(&conn, &["198.19.9.2/24"], &ctl, &["198.19.9.1/24"]).unwrap();
+    alice
+        .ip(&["route", "add", "default", "via", "198.19.1.1"])
+        .unwrap();
+    ctl.ip(&["route", "add", "default", "via", "198.19.9.2"])
+        .unwrap();
+    conn.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
+    serve(&res);
+    let counter =
+        gateway_test_support::net::udp_counter(&res, "198.18.1.5:5353", Some(MARK)).unwrap();
+
+    let dir = std::env::temp_dir().join(unique_name("zgwmtun"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _controller = Controller::start(&ctl, &dir.join("controller.db"));
+    let tunnel = |cfg: &Path, name: &str, port: u16| {
+        let mut text = std::fs::read_to_string(cfg).unwrap();
+        text.push_str(&format!(
+            "\n[tunnel]\ntransport = \"userspace\"\nlisten_port = {port}\nprivate_key_file = \"{}\"\n",
+            dir.join(format!("{name}-wg/wireguard.key")).display()
+        ));
+        std::fs::write(cfg, text).unwrap();
+    };
+    let conn_cfg = agent_config(
+        &dir,
+        "conn",
+        "connector",
+        "conn",
+        &ca_if.iface,
+        &token(&ctl, "connector:conn"),
+    );
+    tunnel(&conn_cfg, "conn", 51820);
+    let alice_cfg = agent_config(
+        &dir,
+        "alice",
+        "device",
+        "alice-laptop",
+        &a_if.iface,
+        &token(&ctl, "device:alice-laptop"),
+    );
+    tunnel(&alice_cfg, "alice", 0);
+    let _cleanup = Cleanup {
+        dir: dir.clone(),
+        configs: vec![conn_cfg.clone(), alice_cfg.clone()],
+    };
+    // The admin writes the connector's key into the policy (`gateway-agent public-key`);
+    // alice's key comes only from her enrollment.
+    let public_key = |cfg: &Path| {
+        let out = Command::new(AGENT)
+            .args(["public-key", "--config"])
+            .arg(cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let conn_key = public_key(&conn_cfg);
+    apply(&ctl, &TUNNEL_POLICY.replace("CONN_KEY", &conn_key));
+    let mut conn_agent = start_agent(&conn, &conn_cfg, &dir.join("conn.stderr"));
+    let mut alice_agent = start_agent(&alice, &alice_cfg, &dir.join("alice.stderr"));
+    let alice_key_file = dir.join("alice-wg/wireguard.key");
+    let first_key = gateway_user::tunnel::keys::load(&alice_key_file).unwrap();
+
+    // Peers from the controller: alice reaches web through the tunnel, not db.
+    wait(
+        || tcp_echo_at(&alice, "198.18.1.5:443"),
+        "alice -> web through the tunnel",
+        &mut alice_agent,
+    );
+    assert!(
+        tcp_dropped_at(&alice, "198.18.1.10:5432"),
+        "alice -> db denied"
+    );
+    let registered = |ctl: &NetNs| -> String {
+        admin(ctl, |c| {
+            Box::pin(async move {
+                c.list_agents(ListAgentsRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .agents
+                    .into_iter()
+                    .find(|a| a.host == "device:alice-laptop")
+                    .map(|a| a.public_key)
+                    .unwrap_or_default()
+            })
+        })
+    };
+    assert_eq!(registered(&ctl), first_key.public_b64(), "the enrolled key");
+    let conn_bytes = gateway_user::tunnel::keys::decode_key(&conn_key).unwrap();
+    // Control: a copy of her current key delivers.
+    assert!(
+        stolen_key_delivers(&alice, first_key.clone(), conn_bytes, &counter) > 0,
+        "control: alice's valid key delivers"
+    );
+
+    // Rotation: the agent registers the new key; the old one delivers nothing after.
+    let out = Command::new(AGENT)
+        .args(["rotate-key", "--config"])
+        .arg(&alice_cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    wait(
+        || registered(&ctl) == new_key,
+        "the rotated key registered",
+        &mut alice_agent,
+    );
+    wait(
+        || tcp_echo_at(&alice, "198.18.1.5:443"),
+        "alice -> web with the new key",
+        &mut alice_agent,
+    );
+    assert_eq!(
+        stolen_key_delivers(&alice, first_key, conn_bytes, &counter),
+        0,
+        "the old key after rotation"
+    );
+
+    // Revocation: the connector drops alice's peer in the same push.
+    let agent_id = admin(&ctl, |c| {
+        Box::pin(async move {
+            c.list_agents(ListAgentsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .agents
+                .into_iter()
+                .find(|a| a.host == "device:alice-laptop")
+                .map(|a| a.agent_id)
+                .unwrap()
+        })
+    });
+    admin(&ctl, move |c| {
+        Box::pin(async move {
+            c.revoke_agent(gateway_proto::v1::RevokeAgentRequest { agent_id })
+                .await
+                .unwrap();
+        })
+    });
+    let conn_status = conn_cfg.clone();
+    conn_agent
+        .wait_until("alice's peer removed from the connector", WAIT, |_| {
+            let out = Command::new(AGENT)
+                .args(["status", "--output", "json", "--config"])
+                .arg(&conn_status)
+                .output()
+                .unwrap();
+            let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            st["tunnel"]["peers"]
+                .as_array()
+                .is_some_and(|p| p.is_empty())
+        })
+        .unwrap();
+    assert!(
+        tcp_dropped_at(&alice, "198.18.1.5:443"),
+        "a revoked device reaches nothing"
+    );
+    conn_agent.stop().unwrap();
+    alice_agent.stop().unwrap();
 }

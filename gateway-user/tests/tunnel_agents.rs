@@ -19,7 +19,7 @@
 
 use gateway_test_support::tunnel::NsTunnel;
 use gateway_test_support::{
-    net::{TcpOutcome, tcp_echo_servers, tcp_try},
+    net::{TcpOutcome, send_udp, tcp_echo_servers, tcp_try, udp_counter},
     netns::{NetNs, unique_name, veth_pair},
     process::AgentProcess,
     skip_unless_privileged,
@@ -257,36 +257,11 @@ fn start(h: &Host) -> AgentProcess {
 
 /// Counts datagrams with [`MARK`] arriving at `addr` on the resource host.
 fn sink(res: &NetNs, addr: &str) -> Arc<AtomicU64> {
-    let n = Arc::new(AtomicU64::new(0));
-    let sock = res.run(|| UdpSocket::bind(addr)).unwrap().unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let c = n.clone();
-    std::thread::spawn(move || {
-        let mut b = [0u8; 256];
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
-            if let Ok((len, _)) = sock.recv_from(&mut b)
-                && b[..len].windows(MARK.len()).any(|w| w == MARK)
-            {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    });
-    n
+    udp_counter(res, addr, Some(MARK)).unwrap()
 }
 
 fn send_marked(ns: &NetNs, from: Option<&str>, to: &str, count: usize) {
-    let from = from.unwrap_or("0.0.0.0").to_string();
-    let to: SocketAddr = to.parse().unwrap();
-    ns.run(move || {
-        let s = UdpSocket::bind(format!("{from}:0")).unwrap();
-        for _ in 0..count {
-            let _ = s.send_to(MARK, to);
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    })
-    .unwrap();
+    send_udp(ns, from.map(|f| f.parse().unwrap()), to, MARK, count).unwrap();
 }
 
 /// A UDP echo server on `addr` inside `ns`, for two minutes at most.

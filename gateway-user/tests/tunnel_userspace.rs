@@ -12,7 +12,7 @@
 
 use gateway_test_support::tunnel::NsTunnel as Host;
 use gateway_test_support::{
-    net::{tcp_dropped, tcp_echo, tcp_echo_servers},
+    net::{send_udp, tcp_dropped, tcp_echo, tcp_echo_servers, udp_counter},
     netns::{NetNs, unique_name},
     skip_unless_privileged,
 };
@@ -178,16 +178,8 @@ fn run(skip_ckr: bool) -> (bool, bool, bool, u64) {
     let spoof_dropped = tcp_dropped(&w.bob, "198.18.1.5:443", T);
     // What reaches the resource at all: a reply would go to Alice's tunnel, not Bob's, so
     // only a count at the resource tells whether the spoof got through one way.
-    let sink = udp_sink(&w.res, "198.18.1.5:5353");
-    for _ in 0..20 {
-        w.bob
-            .run(|| {
-                let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-                s.send_to(b"spoof", "198.18.1.5:5353").unwrap();
-            })
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let sink = udp_counter(&w.res, "198.18.1.5:5353", None).unwrap();
+    send_udp(&w.bob, None, "198.18.1.5:5353", b"spoof", 20).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let reached = sink.load(std::sync::atomic::Ordering::Relaxed);
     let drops = conn
@@ -200,21 +192,6 @@ fn run(skip_ckr: bool) -> (bool, bool, bool, u64) {
         })
         .unwrap();
     (alice_v4, alice_v6, spoof_dropped && reached == 0, drops)
-}
-
-/// Counts datagrams arriving at `addr` inside `ns`.
-fn udp_sink(ns: &NetNs, addr: &str) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
-    let n = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let sock = ns.run(|| std::net::UdpSocket::bind(addr)).unwrap().unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let counter = n.clone();
-    std::thread::spawn(move || {
-        let mut b = [0u8; 64];
-        while let Ok((_, _)) = sock.recv_from(&mut b) {
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
-    n
 }
 
 #[test]

@@ -86,3 +86,61 @@ pub fn tcp_echo_servers(ns: &crate::netns::NetNs, addrs: &[&str]) -> Result<()> 
     }
     Ok(())
 }
+
+/// Counts datagrams arriving at `addr` inside `ns` (those holding `marker`, when given),
+/// for two minutes at most: a listener that would answer, so "0 arrived" means dropped.
+pub fn udp_counter(
+    ns: &crate::netns::NetNs,
+    addr: &str,
+    marker: Option<&'static [u8]>,
+) -> Result<std::sync::Arc<std::sync::atomic::AtomicU64>> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    let addr: std::net::SocketAddr = addr.parse().context("counter address")?;
+    let sock = ns.run(|| std::net::UdpSocket::bind(addr))??;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let n = Arc::new(AtomicU64::new(0));
+    let counter = n.clone();
+    std::thread::spawn(move || {
+        let mut b = vec![0u8; 65536];
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while std::time::Instant::now() < deadline {
+            if let Ok((len, _)) = sock.recv_from(&mut b)
+                && marker.is_none_or(|m| b[..len].windows(m.len()).any(|w| w == m))
+            {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    Ok(n)
+}
+
+/// Sends `count` datagrams of `payload` from inside `ns` to `to`, from address `from`
+/// (any when `None`), 10 ms apart; returns how many the socket took.
+pub fn send_udp(
+    ns: &crate::netns::NetNs,
+    from: Option<std::net::IpAddr>,
+    to: &str,
+    payload: &[u8],
+    count: usize,
+) -> Result<usize> {
+    let to: std::net::SocketAddr = to.parse().context("destination")?;
+    let from = from.unwrap_or(if to.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    });
+    ns.run(move || -> Result<usize> {
+        let s = std::net::UdpSocket::bind((from, 0))?;
+        let mut sent = 0;
+        for _ in 0..count {
+            if s.send_to(payload, to).is_ok() {
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(sent)
+    })?
+}
