@@ -166,6 +166,7 @@ network = "corp"
 address = "198.18.1.5"
 tcp = ["443"]
 udp = ["5353", "7007"]
+icmp = true
 
 [[resource]]
 name = "web-v6"
@@ -173,6 +174,7 @@ network = "corp"
 address = "2001:db8:1::5"
 tcp = ["443"]
 udp = ["7007"]
+icmp = true
 
 [[resource]]
 name = "db"
@@ -551,6 +553,38 @@ fn devices_reach_resources_only_through_the_tunnel() {
         .ns
         .ip(&["addr", "del", "100.64.0.10/32", "dev", &phys])
         .unwrap();
+
+    // ICMP through the tunnel: echo to web (granted, v4 and v6, also past the MTU); to db
+    // (no ICMP grant) nothing comes back, though db answers pings (the connector's own
+    // ping, which crosses no program, is the control).
+    let ping = |ns: &NetNs, args: &[&str]| {
+        ns.exec("ping", args)
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    assert!(
+        ping(&w.alice.ns, &["-c", "2", "-W", "1", "198.18.1.5"]),
+        "alice pings web"
+    );
+    assert!(
+        ping(
+            &w.alice.ns,
+            &["-c", "1", "-W", "1", "-s", "3000", "198.18.1.5"]
+        ),
+        "a 3000-byte ping to web"
+    );
+    assert!(
+        ping(&w.alice.ns, &["-6", "-c", "2", "-W", "1", "2001:db8:1::5"]),
+        "alice pings web over IPv6"
+    );
+    assert!(
+        ping(&w.conn.ns, &["-c", "1", "-W", "1", "198.18.1.10"]),
+        "control: db answers pings"
+    );
+    assert!(
+        !ping(&w.alice.ns, &["-c", "2", "-W", "1", "198.18.1.10"]),
+        "alice has no ICMP grant on db"
+    );
 
     // Datagrams larger than the tunnel MTU (1420): fragmented by alice's stack, each
     // fragment its own WireGuard packet, reassembled at the resource; the echo comes back

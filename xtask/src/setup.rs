@@ -22,6 +22,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("sysctl", "procps"),
     // `cargo xtask bench`: tunnel goodput.
     ("iperf3", "iperf3"),
+    // Namespace tests: ICMP echo through the tunnel.
+    ("ping", "iputils-ping"),
 ];
 
 pub fn run() -> Result<()> {
@@ -63,7 +65,7 @@ fn debian_packages() -> Result<String> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        return Ok("present (iproute2, nftables, bpftool, procps, iperf3)".into());
+        return Ok("present (iproute2, nftables, bpftool, procps, iperf3, iputils-ping)".into());
     }
     if !is_root() {
         // Building needs none of them; only the privileged tests do, and those skip when
