@@ -15,16 +15,16 @@ use anyhow::{Context as _, Result, bail};
 use aya::programs::XdpMode;
 use boringtun::noise::{Tunn, TunnResult};
 use gateway_test_support::{
-    netns::{NetNs, command_in, veth_pair},
+    netns::{NetNs, command_in},
     testkit::{load_policy, unix_now},
-    tunnel::NsTunnel,
+    tunnel::{LAB_TUN, Lab, NsTunnel},
 };
 use gateway_user::{
     Dataplane,
     tunnel::{
         Options, PeerSpec, TunnelDrop,
         keys::KeyPair,
-        tun::{configure_link, enable_forwarding, install_masquerade, sync_routes},
+        tun::configure_link,
     },
 };
 use serde::Serialize;
@@ -96,28 +96,10 @@ principals = ["dev@example.com"]
 resources = ["iperf"]
 "#;
 
-struct Net {
-    dev: NetNs,
-    conn: NetNs,
-    res: NetNs,
-    /// The connector's device-facing link.
-    conn_link: String,
-}
+type Net = Lab;
 
 fn net() -> Result<Net> {
-    let dev = NetNs::new("bnd")?;
-    let conn = NetNs::new("bnc")?;
-    let res = NetNs::new("bnr")?;
-    let (_, c) = veth_pair(&dev, &["198.19.1.10/24"], &conn, &["198.19.1.1/24"])?;
-    veth_pair(&conn, &["198.18.1.1/24"], &res, &["198.18.1.5/24"])?;
-    dev.ip(&["route", "add", "default", "via", "198.19.1.1"])?;
-    conn.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-    Ok(Net {
-        dev,
-        conn,
-        res,
-        conn_link: c.iface,
-    })
+    Lab::new()
 }
 
 fn busy_jiffies() -> u64 {
@@ -193,36 +175,6 @@ fn opts(iface: &str, port: u16) -> Options {
     }
 }
 
-/// Tunnels on both ends: the device routes 198.18.1.0/24 into it, the connector
-/// masquerades toward the resource.
-fn tunnels(n: &Net) -> Result<(NsTunnel, NsTunnel)> {
-    let (kd, kc) = (KeyPair::generate()?, KeyPair::generate()?);
-    let (dpub, cpub) = (*kd.public.as_bytes(), *kc.public.as_bytes());
-    let conn = NsTunnel::start(n.conn.name(), opts("ztgb", 51820), kc, move |t| {
-        configure_link("ztgb", 1420, &[])?;
-        t.set_peers(&[PeerSpec {
-            name: "dev".into(),
-            public_key: dpub,
-            endpoint: None,
-            allowed_ips: vec!["100.64.0.10/32".parse()?],
-        }]);
-        sync_routes("ztgb", &["100.64.0.10/32".parse()?])?;
-        enable_forwarding(false)?;
-        install_masquerade("ztgb")
-    })?;
-    let dev = NsTunnel::start(n.dev.name(), opts("ztgb", 0), kd, move |t| {
-        configure_link("ztgb", 1420, &["100.64.0.10".parse()?])?;
-        t.set_peers(&[PeerSpec {
-            name: "conn".into(),
-            public_key: cpub,
-            endpoint: Some("198.19.1.1:51820".parse()?),
-            allowed_ips: vec!["198.18.1.0/24".parse()?],
-        }]);
-        sync_routes("ztgb", &["198.18.1.0/24".parse()?])
-    })?;
-    Ok((dev, conn))
-}
-
 fn goodput(opts: &Opts, out: &mut Summary) -> Result<()> {
     let secs = if opts.quick { 3 } else { 8 };
     // Plain: routed, the resource routes back through the connector.
@@ -242,14 +194,14 @@ fn goodput(opts: &Opts, out: &mut Summary) -> Result<()> {
     }
     for enforce in [false, true] {
         let n = net()?;
-        let (_dev, _conn) = tunnels(&n)?;
+        let (_dev, _conn) = n.tunnels()?;
         let mut dps = Vec::new();
         if enforce {
             let now = unix_now();
             for (ns, host) in [(&n.dev, "device:dev"), (&n.conn, "connector:conn")] {
                 let mut dp = Dataplane::load()?;
                 load_policy(&mut dp, POLICY, host, now)?;
-                ns.run(|| dp.attach_tun("ztgb"))??;
+                ns.run(|| dp.attach_tun(LAB_TUN))??;
                 dps.push(dp);
             }
         }

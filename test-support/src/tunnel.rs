@@ -100,3 +100,82 @@ impl Drop for NsTunnel {
         }
     }
 }
+
+/// Three hosts for tunnel tests and benchmarks: a device (198.19.1.10, overlay
+/// 100.64.0.10), a connector (198.19.1.1 toward the device, 198.18.1.1 toward the
+/// resource, forwarding on) and a resource host (198.18.1.5) with no route back to the
+/// overlay.
+pub struct Lab {
+    pub dev: crate::netns::NetNs,
+    pub conn: crate::netns::NetNs,
+    pub res: crate::netns::NetNs,
+    /// The connector's device-facing link.
+    pub conn_link: String,
+    /// The device's uplink.
+    pub dev_link: String,
+}
+
+/// The tunnel interface name the lab's tunnels use.
+pub const LAB_TUN: &str = "ztgl";
+
+impl Lab {
+    pub fn new() -> Result<Lab> {
+        use crate::netns::{NetNs, veth_pair};
+        let dev = NetNs::new("lbd")?;
+        let conn = NetNs::new("lbc")?;
+        let res = NetNs::new("lbr")?;
+        let (d, c) = veth_pair(&dev, &["198.19.1.10/24"], &conn, &["198.19.1.1/24"])?;
+        veth_pair(&conn, &["198.18.1.1/24"], &res, &["198.18.1.5/24"])?;
+        dev.ip(&["route", "add", "default", "via", "198.19.1.1"])?;
+        conn.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        Ok(Lab {
+            dev,
+            conn,
+            res,
+            conn_link: c.iface,
+            dev_link: d.iface,
+        })
+    }
+
+    /// Userspace tunnels on the device and the connector ([`LAB_TUN`]): the device routes
+    /// 198.18.1.0/24 into its tunnel, the connector masquerades toward the resource.
+    /// Returns (device tunnel, connector tunnel).
+    pub fn tunnels(&self) -> Result<(NsTunnel, NsTunnel)> {
+        use gateway_user::tunnel::{
+            PeerSpec,
+            tun::{configure_link, enable_forwarding, install_masquerade, sync_routes},
+        };
+        let (kd, kc) = (KeyPair::generate()?, KeyPair::generate()?);
+        let (dpub, cpub) = (*kd.public.as_bytes(), *kc.public.as_bytes());
+        let opts = |port| Options {
+            interface: LAB_TUN.into(),
+            listen_port: port,
+            mtu: 1420,
+            persistent_keepalive: None,
+            skip_cryptokey_routing: false,
+        };
+        let conn = NsTunnel::start(self.conn.name(), opts(51820), kc, move |t| {
+            configure_link(LAB_TUN, 1420, &[])?;
+            t.set_peers(&[PeerSpec {
+                name: "dev".into(),
+                public_key: dpub,
+                endpoint: None,
+                allowed_ips: vec!["100.64.0.10/32".parse()?],
+            }]);
+            sync_routes(LAB_TUN, &["100.64.0.10/32".parse()?])?;
+            enable_forwarding(false)?;
+            install_masquerade(LAB_TUN)
+        })?;
+        let dev = NsTunnel::start(self.dev.name(), opts(0), kd, move |t| {
+            configure_link(LAB_TUN, 1420, &["100.64.0.10".parse()?])?;
+            t.set_peers(&[PeerSpec {
+                name: "conn".into(),
+                public_key: cpub,
+                endpoint: Some("198.19.1.1:51820".parse()?),
+                allowed_ips: vec!["198.18.1.0/24".parse()?],
+            }]);
+            sync_routes(LAB_TUN, &["198.18.1.0/24".parse()?])
+        })?;
+        Ok((dev, conn))
+    }
+}
