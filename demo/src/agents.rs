@@ -12,7 +12,10 @@ pub(crate) use gateway_test_support::{
 pub(crate) struct ControllerSection {
     pub(crate) url: String,
     pub(crate) ca_file: PathBuf,
-    pub(crate) enrollment_token: String,
+    /// None while the configuration only serves `gateway-agent public-key` (the token is
+    /// minted once the policy with the keys is applied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) enrollment_token: Option<String>,
     pub(crate) identity_file: PathBuf,
 }
 
@@ -32,6 +35,42 @@ pub(crate) struct AgentConfig {
     pub(crate) flow_timeouts: DemoTimeouts,
     /// Managed mode: last, because TOML puts tables after plain keys.
     pub(crate) controller: ControllerSection,
+    pub(crate) tunnel: TunnelSection,
+}
+
+/// `[tunnel]` of an agent: WireGuard, userspace backend.
+#[derive(Serialize)]
+pub(crate) struct TunnelSection {
+    pub(crate) transport: &'static str,
+    pub(crate) interface: &'static str,
+    pub(crate) listen_port: u16,
+    pub(crate) private_key_file: PathBuf,
+}
+
+impl TunnelSection {
+    pub(crate) fn userspace(listen_port: u16, private_key_file: PathBuf) -> Self {
+        TunnelSection {
+            transport: "userspace",
+            interface: TUNNEL_IF,
+            listen_port,
+            private_key_file,
+        }
+    }
+}
+
+/// `gateway-agent public-key --config`: creates the host's key on first use, prints the
+/// public half.
+pub(crate) fn public_key(bin: &Path, config: &Path, label: &str) -> Result<String> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["public-key", "--config"]).arg(config);
+    let out = run_bounded(cmd, Duration::from_secs(10))?;
+    if !out.status.success() {
+        bail!(
+            "gateway-agent public-key for {label}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 #[derive(Serialize)]
@@ -65,6 +104,20 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
+    /// The names of the peers in `gateway-agent status --output json` (`tunnel.peers`),
+    /// sorted; None without a tunnel status.
+    pub(crate) fn peers(&self) -> Option<Vec<String>> {
+        let out = self.status("json").ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let mut names: Vec<String> = v["tunnel"]["peers"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["name"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        Some(names)
+    }
+
     /// Writes `<file_stem>.toml` into `dir` and starts the agent on it.
     pub(crate) fn start(
         label: &str,

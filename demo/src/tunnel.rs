@@ -25,11 +25,10 @@ use gateway_user::tunnel::{
 use std::os::fd::AsRawFd as _;
 use std::sync::atomic::AtomicU64;
 
-const WG_PORT: u16 = 51820;
-const ALICE_OVERLAY: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 10);
-const ALICE_OVERLAY6: &str = "2001:db8:ff::10";
-const BOB_OVERLAY: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 11);
-const BOB_OVERLAY6: &str = "2001:db8:ff::11";
+const ALICE_OVERLAY: Ipv4Addr = ALICE.overlay;
+const ALICE_OVERLAY6: &str = ALICE.overlay6;
+const BOB_OVERLAY: Ipv4Addr = BOB.overlay;
+const BOB_OVERLAY6: &str = BOB.overlay6;
 const WEB6: &str = "2001:db8:1::5";
 /// The UDP listener on web that counts marked datagrams (the spoof target).
 const MARK_PORT: u16 = 5353;
@@ -236,14 +235,6 @@ resources = ["db"]
 }
 
 #[derive(Serialize)]
-struct TunnelSection {
-    transport: &'static str,
-    interface: &'static str,
-    listen_port: u16,
-    private_key_file: PathBuf,
-}
-
-#[derive(Serialize)]
 struct TunnelAgentConfig {
     role: &'static str,
     name: &'static str,
@@ -274,12 +265,7 @@ impl TunnelHost {
             log_file: self.log.clone(),
             log_format: "json",
             flow_timeouts: DemoTimeouts::short(),
-            tunnel: TunnelSection {
-                transport: "userspace",
-                interface: "ztg0",
-                listen_port: port,
-                private_key_file: self.key.clone(),
-            },
+            tunnel: TunnelSection::userspace(port, self.key.clone()),
         };
         let text = toml::to_string(&cfg).context("writing a tunnel agent configuration")?;
         std::fs::write(&self.config, text)
@@ -289,17 +275,7 @@ impl TunnelHost {
     /// `gateway-agent public-key --config`: creates the key on first use, prints the
     /// public half.
     fn public_key(&self, bin: &Path) -> Result<String> {
-        let mut cmd = Command::new(bin);
-        cmd.args(["public-key", "--config"]).arg(&self.config);
-        let out = run_bounded(cmd, Duration::from_secs(10))?;
-        if !out.status.success() {
-            bail!(
-                "gateway-agent public-key for {}: {}",
-                self.label,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        public_key(bin, &self.config, &self.label)
     }
 }
 
