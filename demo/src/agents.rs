@@ -2,6 +2,7 @@
 //! itself is `gateway_test_support::process`, shared with the tests).
 
 use crate::prelude::*;
+use std::os::unix::fs::OpenOptionsExt as _;
 
 pub(crate) use gateway_test_support::{
     netns::command_in as ns_command,
@@ -130,7 +131,16 @@ impl Agent {
     ) -> Result<Agent> {
         let config = dir.join(format!("{file_stem}.toml"));
         let text = toml::to_string(&cfg).context("writing the agent configuration")?;
-        std::fs::write(&config, &text).with_context(|| format!("writing {}", config.display()))?;
+        // Mode 0600: it holds the enrollment token (the agent warns about a token others
+        // may read).
+        let _ = std::fs::remove_file(&config);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&config)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("writing {}", config.display()))?;
         Agent::start_written(label, ns, bin, &config, cfg.pin_dir, cfg.log_file, created)
     }
 
