@@ -1,4 +1,6 @@
-//! The last act: the WireGuard tunnel. Fresh hosts, three agents with `[tunnel]`:
+//! The last act: more of the WireGuard tunnel (the main act runs through it too, managed by
+//! the controller). Fresh hosts, three standalone agents with `[tunnel]` and a policy file
+//! (which this act edits to revoke a grant):
 //!
 //! ```text
 //!  alice  198.19.1.10  agent: device alice-laptop, overlay 100.64.0.10 ──veth──┐
@@ -602,7 +604,10 @@ pub(crate) fn tunnel_act(
     checks: &mut Checks,
     created: &mut Created,
 ) -> Result<()> {
-    println!("\n== the WireGuard tunnel: new hosts, all three with agents and [tunnel]");
+    println!(
+        "\n== the WireGuard tunnel, attacked: new hosts, three standalone agents with [tunnel] \
+         and a policy file"
+    );
     let mut env = build(dir, created)?;
     check_interrupted()?;
     for h in [&env.conn, &env.alice, &env.bob] {
