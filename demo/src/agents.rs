@@ -2,6 +2,7 @@
 //! itself is `gateway_test_support::process`, shared with the tests).
 
 use crate::prelude::*;
+use std::os::unix::fs::OpenOptionsExt as _;
 
 pub(crate) use gateway_test_support::{
     netns::command_in as ns_command,
@@ -12,7 +13,10 @@ pub(crate) use gateway_test_support::{
 pub(crate) struct ControllerSection {
     pub(crate) url: String,
     pub(crate) ca_file: PathBuf,
-    pub(crate) enrollment_token: String,
+    /// None while the configuration only serves `gateway-agent public-key` (the token is
+    /// minted once the policy with the keys is applied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) enrollment_token: Option<String>,
     pub(crate) identity_file: PathBuf,
 }
 
@@ -32,6 +36,42 @@ pub(crate) struct AgentConfig {
     pub(crate) flow_timeouts: DemoTimeouts,
     /// Managed mode: last, because TOML puts tables after plain keys.
     pub(crate) controller: ControllerSection,
+    pub(crate) tunnel: TunnelSection,
+}
+
+/// `[tunnel]` of an agent: WireGuard, userspace backend.
+#[derive(Serialize)]
+pub(crate) struct TunnelSection {
+    pub(crate) transport: &'static str,
+    pub(crate) interface: &'static str,
+    pub(crate) listen_port: u16,
+    pub(crate) private_key_file: PathBuf,
+}
+
+impl TunnelSection {
+    pub(crate) fn userspace(listen_port: u16, private_key_file: PathBuf) -> Self {
+        TunnelSection {
+            transport: "userspace",
+            interface: TUNNEL_IF,
+            listen_port,
+            private_key_file,
+        }
+    }
+}
+
+/// `gateway-agent public-key --config`: creates the host's key on first use, prints the
+/// public half.
+pub(crate) fn public_key(bin: &Path, config: &Path, label: &str) -> Result<String> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["public-key", "--config"]).arg(config);
+    let out = run_bounded(cmd, Duration::from_secs(10))?;
+    if !out.status.success() {
+        bail!(
+            "gateway-agent public-key for {label}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 #[derive(Serialize)]
@@ -65,6 +105,20 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
+    /// The names of the peers in `gateway-agent status --output json` (`tunnel.peers`),
+    /// sorted; None without a tunnel status.
+    pub(crate) fn peers(&self) -> Option<Vec<String>> {
+        let out = self.status("json").ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let mut names: Vec<String> = v["tunnel"]["peers"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["name"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        Some(names)
+    }
+
     /// Writes `<file_stem>.toml` into `dir` and starts the agent on it.
     pub(crate) fn start(
         label: &str,
@@ -77,7 +131,16 @@ impl Agent {
     ) -> Result<Agent> {
         let config = dir.join(format!("{file_stem}.toml"));
         let text = toml::to_string(&cfg).context("writing the agent configuration")?;
-        std::fs::write(&config, &text).with_context(|| format!("writing {}", config.display()))?;
+        // Mode 0600: it holds the enrollment token (the agent warns about a token others
+        // may read).
+        let _ = std::fs::remove_file(&config);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&config)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("writing {}", config.display()))?;
         Agent::start_written(label, ns, bin, &config, cfg.pin_dir, cfg.log_file, created)
     }
 

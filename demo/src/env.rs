@@ -20,8 +20,9 @@ pub(crate) struct Env {
     pub(crate) bob: NetNs,
     pub(crate) conn: NetNs,
     pub(crate) res: NetNs,
-    /// alice's uplink, and the connector's links toward alice and bob.
+    /// alice's and bob's uplinks, and the connector's links toward alice and bob.
     pub(crate) alice_if: String,
+    pub(crate) bob_if: String,
     pub(crate) conn_alice_if: String,
     pub(crate) conn_bob_if: String,
 }
@@ -103,27 +104,32 @@ pub(crate) fn build_hosts(created: &mut Created) -> Result<Env> {
     }
     let env = build_env(created)?;
     let (conn_alice_if, conn_bob_if) = (&env.conn_alice_if, &env.conn_bob_if);
+    for c in [&ALICE, &BOB] {
+        progress!(
+            "{:<9} {:<10} {}/24 via {}, overlay {} {} (laptop, agent as device {}, [tunnel])",
+            c.name,
+            match c.name {
+                "alice" => env.alice.name(),
+                _ => env.bob.name(),
+            },
+            c.ip,
+            c.gateway,
+            c.overlay,
+            c.overlay6,
+            c.device
+        );
+    }
     progress!(
-        "alice     {:<10} {}/24 via {}   (laptop, runs the agent as device alice-laptop)",
-        env.alice.name(),
-        ALICE.ip,
-        ALICE.gateway
-    );
-    progress!(
-        "bob       {:<10} {}/24 via {}   (laptop, no agent)",
-        env.bob.name(),
-        BOB.ip,
-        BOB.gateway
-    );
-    progress!(
-        "connector {:<10} {} / {} / {} (forwarding; agent as {CONNECTOR} on {conn_alice_if}, {conn_bob_if})",
+        "connector {:<10} {} / {} / {} (agent as {CONNECTOR} on {conn_alice_if}, {conn_bob_if}; \
+         [tunnel] on {}:{WG_PORT}; masquerades toward the resources)",
         env.conn.name(),
         ALICE.gateway,
         BOB.gateway,
-        CONN_RES_IP
+        CONN_RES_IP,
+        ALICE.gateway
     );
     progress!(
-        "resources {:<10} {WEB} web, {DB} db, {DNS} dns",
+        "resources {:<10} {WEB} web, {DB} db, {WIKI} wiki, {DNS} dns (no route back to the overlay)",
         env.res.name()
     );
     Ok(env)
@@ -151,7 +157,7 @@ pub(crate) fn build_env(created: &mut Created) -> Result<Env> {
         &conn,
         &[&format!("{}/24", ALICE.gateway)],
     )?);
-    let (_bob_if, conn_bob_if) = record(veth_pair(
+    let (bob_if, conn_bob_if) = record(veth_pair(
         &bob,
         &[&format!("{}/24", BOB.ip)],
         &conn,
@@ -164,6 +170,7 @@ pub(crate) fn build_env(created: &mut Created) -> Result<Env> {
         &[
             &format!("{WEB}/24"),
             &format!("{DB}/24"),
+            &format!("{WIKI}/24"),
             &format!("{DNS}/24"),
         ],
     )?);
@@ -176,7 +183,16 @@ pub(crate) fn build_env(created: &mut Created) -> Result<Env> {
     ctl.ip(&["route", "add", "default", "via", &CONN_CTL_IP.to_string()])?;
     alice.ip(&["route", "add", "default", "via", &ALICE.gateway.to_string()])?;
     bob.ip(&["route", "add", "default", "via", &BOB.gateway.to_string()])?;
-    res.ip(&["route", "add", "default", "via", &CONN_RES_IP.to_string()])?;
+    // The physical links only (the controller's host and the laptops' uplinks, for the
+    // cleartext attempts of the teardown): no route back to the overlay, whose replies
+    // reach the laptops because the connector masquerades.
+    res.ip(&[
+        "route",
+        "add",
+        "198.19.0.0/16",
+        "via",
+        &CONN_RES_IP.to_string(),
+    ])?;
     conn.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
     Ok(Env {
         agents: Vec::new(),
@@ -190,6 +206,7 @@ pub(crate) fn build_env(created: &mut Created) -> Result<Env> {
         conn,
         res,
         alice_if,
+        bob_if,
         conn_alice_if,
         conn_bob_if,
     })
@@ -215,35 +232,57 @@ pub(crate) fn teardown(checks: &mut Checks, mut env: Env) -> Result<()> {
             ),
         );
     }
-    let still = probe_once(&env.bob, &probes()[4])?;
-    let alice_web = probe_once(&env.alice, &probes()[0])?;
-    progress!(
-        "with both agents stopped: bob -> web {}, alice -> web {}",
-        if still.blocked() {
-            "still blocked"
-        } else {
-            "GOT THROUGH"
+    let web = web_probe();
+    // Through the tunnel: the userspace backend runs inside the agent, so with the agent
+    // gone nothing is carried (fail closed) until it restarts.
+    let alice_tunnel = probe_once(
+        &env.alice,
+        &Probe {
+            who: Who::Alice,
+            ..web
         },
-        if matches!(alice_web, Outcome::Exchanged { .. }) {
-            "still works"
-        } else {
-            "FAILS"
-        }
+    )?;
+    progress!(
+        "with the agents stopped: alice -> web through the tunnel {}",
+        alice_tunnel.describe()
     );
     checks.check(
-        still.blocked(),
+        alice_tunnel.blocked(),
         format!(
-            "enforcement continues after the agents exit: bob -> web {}",
-            still.describe()
+            "alice -> web with the agents stopped: the userspace tunnel ended with her agent, \
+             nothing may get through: {}",
+            alice_tunnel.describe()
         ),
     );
-    checks.check(
-        matches!(alice_web, Outcome::Exchanged { .. }),
-        format!(
-            "alice -> web after the agents exit: {}",
-            alice_web.describe()
-        ),
-    );
+    // Around the tunnel: a route to web over the physical uplink, in cleartext. The shields
+    // stay attached (pinned) and drop it.
+    let web32 = format!("{WEB}/32");
+    for (ns, c) in [(&env.alice, &ALICE), (&env.bob, &BOB)] {
+        ns.ip(&["route", "replace", &web32, "via", &c.gateway.to_string()])?;
+    }
+    let cleartext = |ns: &NetNs, who| probe_once(ns, &Probe { who, ..web });
+    for (ns, who) in [(&env.alice, Who::Alice), (&env.bob, Who::Bob)] {
+        let c = client(who);
+        let o = cleartext(ns, who)?;
+        progress!(
+            "with the agents stopped: {} -> web in cleartext over the uplink (from {}) {}",
+            c.name,
+            c.ip,
+            if o.blocked() {
+                "still blocked (shields)"
+            } else {
+                "GOT THROUGH"
+            }
+        );
+        checks.check(
+            o.blocked(),
+            format!(
+                "enforcement continues after the agents exit: {} -> web in cleartext {}",
+                c.name,
+                o.describe()
+            ),
+        );
+    }
     for a in env.agents.iter_mut() {
         let r = a.detach();
         match &r {
@@ -260,9 +299,9 @@ pub(crate) fn teardown(checks: &mut Checks, mut env: Env) -> Result<()> {
             format!("{} is gone after detach", a.pin_dir.display()),
         );
     }
-    let after = probe_once(&env.bob, &probes()[4])?;
+    let after = cleartext(&env.bob, Who::Bob)?;
     progress!(
-        "after detach the programs are gone: bob -> web {}",
+        "after detach the programs are gone: bob -> web in cleartext {}",
         if after.reached() {
             "reaches the server (no gateway any more)"
         } else {
@@ -272,7 +311,7 @@ pub(crate) fn teardown(checks: &mut Checks, mut env: Env) -> Result<()> {
     checks.check(
         matches!(after, Outcome::Exchanged { .. }),
         format!(
-            "after detach nothing enforces any more: bob -> web {}",
+            "after detach nothing enforces any more: bob -> web in cleartext {}",
             after.describe()
         ),
     );

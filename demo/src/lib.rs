@@ -1,30 +1,35 @@
 //! The end-to-end demo behind `cargo xtask demo` (binary `gateway-demo`).
 //!
-//! It builds four hosts as network namespaces, runs the real `gateway-agent` on two of
-//! them, drives real traffic, and checks the outcome against the policy
-//! (`examples/demo.toml`, embedded):
+//! It builds five hosts as network namespaces (two laptops, a connector, a resource host
+//! and the controller's host), runs `gateway-controller` and the real `gateway-agent` on both
+//! laptops and the connector, all three with `[tunnel]` (WireGuard, userspace backend), drives
+//! real traffic, and checks the outcome against the policy (`examples/demo.toml`, embedded;
+//! its placeholder keys replaced by the keys the agents create):
 //!
 //! ```text
-//!  alice  198.19.1.10  agent: device alice-laptop ──veth──┐
-//!                                                          connector  agent: connector demo-connector
-//!  bob    198.19.2.11  no agent                   ──veth──┘  (forwarding) ──veth── resources
-//!                                                                                   198.18.1.5  web :443/tcp
-//!                                                                                   198.18.1.10 db  :5432/tcp
-//!                                                                                   198.18.1.53 dns :53/udp
+//!  alice  198.19.1.10  agent: device alice-laptop, overlay 100.64.0.10 ──veth──┐
+//!                                                              connector  agent: connector demo-connector
+//!  bob    198.19.2.11  agent: device bob-laptop,   overlay 100.64.0.11 ──veth──┘  ztg0 :51820, masquerades ──veth── resources
+//!                                                                                                  198.18.1.5  web  :443/tcp
+//!                                                                                                  198.18.1.10 db   :5432/tcp
+//!                                                                                                  198.18.1.20 wiki :80/tcp
+//!                                                                                                  198.18.1.53 dns  :53/udp
 //! ```
 //!
-//! Alice may use web and dns, not db: her own agent stops the rest on her host (TC
-//! egress), so the connector never sees it. Bob has no grant (and a deny rule on db); his
-//! laptop has no agent, so the connector (XDP) stops him, and a port scan from him raises
-//! a `scan_alert`. Every claim is checked — on the client (did it connect, did the echo
-//! come back), on the resource host (which peers did the servers see) and in both agents'
-//! connection logs (which host logged what, with which fields) — and the demo exits
-//! non-zero when one fails.
+//! The agents enroll with the controller with their WireGuard keys; the controller pushes
+//! each its peers. The laptops reach the resources only through the tunnel, from their
+//! overlay addresses. Alice may use web and dns, not db; bob the wiki only (and a deny rule
+//! on db). What a laptop may not send is stopped by its own agent at the egress of its
+//! tunnel interface, before encryption, so the connector never sees it; a port scan from bob
+//! raises a `scan_alert` in bob's own log. Every claim is checked — on the client (did it
+//! connect, did the echo come back), on the resource host (which connections did the
+//! servers accept, from the masquerading connector) and in the three agents' connection logs
+//! (which host logged what, with which fields) — and the demo exits non-zero when one fails.
 //!
-//! A last act (`tunnel.rs`) shows the WireGuard tunnel on fresh hosts: alice, bob and the
-//! connector all run agents with `[tunnel]`; alice reaches her grant through the tunnel
-//! and nothing else, bob claiming her overlay address (with his own key, or as cleartext
-//! frames) gets nothing to the resource, the connector's link carries only WireGuard UDP,
+//! A last act (`tunnel.rs`) shows more of the tunnel on fresh hosts, standalone agents with
+//! a policy file: alice reaches her grant through the tunnel (v4 and v6) and nothing else,
+//! bob claiming her overlay address (with his own key, or as cleartext frames) gets nothing
+//! to the resource, the connector's link carries only WireGuard UDP,
 //! the log names alice's real address and port, and removing her grant cuts her open
 //! connection.
 //!
@@ -202,13 +207,17 @@ fn scenario(opts: &Options, checks: &mut Checks, created: &mut Created) -> Resul
         .with_context(|| format!("creating {}", tmp.path.display()))?;
     created.temp_dir = Some(tmp.path.clone());
 
-    let policy = prepare_policy(opts, &tmp.path, checks)?;
+    let template = prepare_policy(opts, &tmp.path, checks)?;
     check_interrupted()?;
     let mut env = build_hosts(created)?;
     check_interrupted()?;
-    let tokens = start_controller(opts, &mut env, &tmp.path, &policy, checks, created)?;
+    start_controller(opts, &mut env, &tmp.path, created)?;
+    check_interrupted()?;
+    let policy = keys_and_policy(opts, &env, &tmp.path, &template, checks)?;
+    let tokens = apply_policy(opts, &env, &policy, checks)?;
     check_interrupted()?;
     start_agents(opts, &mut env, &tmp.path, &tokens, created)?;
+    check_peers(checks, &env)?;
     check_interrupted()?;
     println!("\n== services on the resource host (echo servers)");
     env.services = Some(Services::start(&env.res)?);
@@ -217,7 +226,7 @@ fn scenario(opts: &Options, checks: &mut Checks, created: &mut Created) -> Resul
     }
     let traffic = drive_traffic(&env)?;
     let logs = collect_logs(&env, checks)?;
-    report_probes(checks, &env, &traffic, &logs)?;
+    report_probes(checks, &traffic, &logs)?;
     report_scan(checks, &traffic, &logs);
     report_logs(checks, &logs);
     report_status(checks, &env);

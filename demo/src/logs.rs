@@ -113,15 +113,19 @@ pub(crate) fn compact(r: &Value) -> String {
 }
 
 /// What should be in the logs once the traffic is done (waited for, bounded).
-pub(crate) fn missing_records(conn: &[Value], dev: &[Value]) -> Vec<String> {
+pub(crate) fn missing_records(conn: &[Value], alice: &[Value], bob: &[Value]) -> Vec<String> {
     let mut missing = Vec::new();
     for p in probes() {
         let c = client(p.who);
+        let own = match p.who {
+            Who::Alice => alice,
+            Who::Bob => bob,
+        };
         let mut want = |log: &[Value], name: &str, event: &str| {
-            if find(log, event, c.ip, p.dst, p.proto).is_empty() {
+            if find(log, event, c.overlay, p.dst, p.proto).is_empty() {
                 missing.push(format!(
                     "{name} log: {event} {} -> {}/{}",
-                    c.ip,
+                    c.overlay,
                     p.dst,
                     p.proto.name()
                 ));
@@ -131,23 +135,17 @@ pub(crate) fn missing_records(conn: &[Value], dev: &[Value]) -> Vec<String> {
             Expect::Allow { .. } => {
                 want(conn, "connector", "flow_start");
                 want(conn, "connector", "flow_end");
-                if p.who == Who::Alice {
-                    want(dev, "device", "flow_start");
-                    want(dev, "device", "flow_end");
-                }
+                want(own, c.device, "flow_start");
+                want(own, c.device, "flow_end");
             }
             Expect::Deny {
-                at: Where::ClientEgress,
+                at: Where::ClientTunnelEgress,
                 ..
-            } => want(dev, "device", "deny"),
-            Expect::Deny {
-                at: Where::Connector,
-                ..
-            } => want(conn, "connector", "deny"),
+            } => want(own, c.device, "deny"),
         }
     }
-    if !conn.iter().any(|r| is_event(r, "scan_alert", BOB.ip)) {
-        missing.push(format!("connector log: scan_alert from {}", BOB.ip));
+    if !bob.iter().any(|r| is_event(r, "scan_alert", BOB.overlay)) {
+        missing.push(format!("bob-laptop log: scan_alert from {}", BOB.overlay));
     }
     missing
 }

@@ -1,8 +1,9 @@
 //! `gateway-demo`: the end-to-end demo (`cargo xtask demo` builds and runs it). Builds two
 //! laptops, a connector, a resource host and a controller host as network namespaces, runs
-//! `gateway-controller`, applies the policy with `gatewayctl`, runs managed `gateway-agent`s on
-//! the connector and on one laptop, drives allowed and denied traffic and a port scan, and
-//! checks every outcome and connection-log record against the policy. Needs root; exits 1
+//! `gateway-controller`, applies the policy (with the agents' WireGuard keys) with `gatewayctl`,
+//! runs managed `gateway-agent`s with `[tunnel]` on the connector and both laptops, drives
+//! allowed and denied traffic and a port scan through the tunnel, and checks every outcome
+//! and connection-log record against the policy. Needs root; exits 1
 //! when anything did not behave as the policy says or something was left behind.
 
 use anyhow::Result;
@@ -27,7 +28,8 @@ struct Cli {
     #[arg(long)]
     controller: Option<PathBuf>,
     /// Policy file [default: the embedded examples/demo.toml]. Its addresses must match the
-    /// demo's hosts.
+    /// demo's hosts, and it must name the placeholder keys of examples/demo.toml (the demo
+    /// puts the agents' keys in their place).
     #[arg(long)]
     policy: Option<PathBuf>,
     /// Keep the temporary folder with the agent configs and connection logs.

@@ -4,6 +4,11 @@
 use crate::prelude::*;
 
 pub(crate) const CONNECTOR: &str = "demo-connector";
+/// The connector's WireGuard port (its `endpoint` in the policy: the connector's address
+/// on alice's link; bob reaches it through the connector's routing).
+pub(crate) const WG_PORT: u16 = 51820;
+/// The tunnel interface every agent creates.
+pub(crate) const TUNNEL_IF: &str = "ztg0";
 pub(crate) const NETWORK: &str = "corp";
 pub(crate) const METRICS_PORT: u16 = 9464;
 /// Flows idle this long get a flow_end record (TCP after its FIN, UDP and ICMP after any
@@ -11,7 +16,8 @@ pub(crate) const METRICS_PORT: u16 = 9464;
 pub(crate) const IDLE_TIMEOUT_SECS: u64 = 2;
 /// Allowed exchanges get this long per step; denied attempts this long before counting as
 /// dropped.
-pub(crate) const ALLOW_TIMEOUT: Duration = Duration::from_millis(1500);
+/// (The first exchange of a laptop includes the WireGuard handshake.)
+pub(crate) const ALLOW_TIMEOUT: Duration = Duration::from_millis(3000);
 pub(crate) const DENY_TIMEOUT: Duration = Duration::from_millis(700);
 pub(crate) const SCAN_TIMEOUT: Duration = Duration::from_millis(800);
 /// 30 well-known ports (443 left out: Bob's attempt on it is its own probe).
@@ -35,8 +41,14 @@ pub(crate) struct Client {
     pub(crate) name: &'static str,
     pub(crate) user: &'static str,
     pub(crate) device: &'static str,
+    /// The laptop's physical address (its uplink to the connector): the tunnel's outer
+    /// address, `public_ip` in the connector's log, no identity.
     pub(crate) ip: Ipv4Addr,
     pub(crate) gateway: Ipv4Addr,
+    /// The device's overlay addresses in the policy (on its tunnel interface): its
+    /// identity, `src_ip` in every log.
+    pub(crate) overlay: Ipv4Addr,
+    pub(crate) overlay6: &'static str,
 }
 
 pub(crate) const ALICE: Client = Client {
@@ -45,6 +57,8 @@ pub(crate) const ALICE: Client = Client {
     device: "alice-laptop",
     ip: Ipv4Addr::new(198, 19, 1, 10),
     gateway: Ipv4Addr::new(198, 19, 1, 1),
+    overlay: Ipv4Addr::new(100, 64, 0, 10),
+    overlay6: "2001:db8:ff::10",
 };
 pub(crate) const BOB: Client = Client {
     name: "bob",
@@ -52,7 +66,21 @@ pub(crate) const BOB: Client = Client {
     device: "bob-laptop",
     ip: Ipv4Addr::new(198, 19, 2, 11),
     gateway: Ipv4Addr::new(198, 19, 2, 1),
+    overlay: Ipv4Addr::new(100, 64, 0, 11),
+    overlay6: "2001:db8:ff::11",
 };
+
+/// The placeholder keys of `examples/demo.toml` (valid keys: base64 of a readable text),
+/// replaced by the public keys the agents create before the policy is applied: (host in
+/// the policy, placeholder).
+pub(crate) const KEY_PLACEHOLDERS: [(&str, &str); 3] = [
+    (CONNECTOR, "ZGVtby1jb25uZWN0b3I6IGtleSBzZXQgYXQgcnVuLi4="),
+    (
+        "alice-laptop",
+        "YWxpY2UtbGFwdG9wOiBrZXkgc2V0IGF0IHJ1bi4uLi4=",
+    ),
+    ("bob-laptop", "Ym9iLWxhcHRvcDoga2V5IHNldCBhdCBydW4uLi4uLi4="),
+];
 
 pub(crate) fn client(who: Who) -> &'static Client {
     match who {
@@ -72,6 +100,7 @@ pub(crate) fn controller_url() -> String {
 }
 pub(crate) const WEB: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 5);
 pub(crate) const DB: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+pub(crate) const WIKI: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 20);
 pub(crate) const DNS: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 53);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -90,18 +119,22 @@ impl Proto {
 }
 
 /// The services of the resource host: (name, address, protocol).
-pub(crate) const SERVICES: [(&str, SocketAddrV4, Proto); 3] = [
+pub(crate) const SERVICES: [(&str, SocketAddrV4, Proto); 4] = [
     ("web", SocketAddrV4::new(WEB, 443), Proto::Tcp),
     ("db", SocketAddrV4::new(DB, 5432), Proto::Tcp),
+    ("wiki", SocketAddrV4::new(WIKI, 80), Proto::Tcp),
     ("dns", SocketAddrV4::new(DNS, 53), Proto::Udp),
 ];
 
+/// Where a denied attempt is stopped and logged.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Where {
-    /// The client's own agent (TC egress on its uplink).
-    ClientEgress,
-    /// The connector (XDP ingress on its client-facing link).
-    Connector,
+    /// The client's own agent, at tcx egress of its tunnel interface, before encryption:
+    /// the attempt never leaves the laptop, the client's log holds the deny and the
+    /// connector never sees it. (With the tunnel every laptop runs an agent and both ends
+    /// compile the same policy, so nothing a laptop sends is denied only at the connector;
+    /// what bypasses the tunnel meets the shields, see the teardown and the tunnel act.)
+    ClientTunnelEgress,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -123,6 +156,23 @@ pub(crate) struct Probe {
     pub(crate) proto: Proto,
     pub(crate) dst: SocketAddrV4,
     pub(crate) expect: Expect,
+}
+
+/// An attempt on web 443/tcp (a listener that answers), denied for bob: what the teardown
+/// repeats.
+pub(crate) fn web_probe() -> Probe {
+    Probe {
+        who: Who::Bob,
+        what: "web",
+        resource: "web",
+        proto: Proto::Tcp,
+        dst: SocketAddrV4::new(WEB, 443),
+        expect: Expect::Deny {
+            at: Where::ClientTunnelEgress,
+            reason: "denied_no_grant",
+            rule: None,
+        },
+    }
 }
 
 pub(crate) fn probes() -> Vec<Probe> {
@@ -155,7 +205,7 @@ pub(crate) fn probes() -> Vec<Probe> {
             proto: Proto::Tcp,
             dst: SocketAddrV4::new(DB, 5432),
             expect: Deny {
-                at: Where::ClientEgress,
+                at: Where::ClientTunnelEgress,
                 reason: "denied_no_grant",
                 rule: None,
             },
@@ -167,9 +217,19 @@ pub(crate) fn probes() -> Vec<Probe> {
             proto: Proto::Tcp,
             dst: SocketAddrV4::new(WEB, 22),
             expect: Deny {
-                at: Where::ClientEgress,
+                at: Where::ClientTunnelEgress,
                 reason: "denied_no_grant",
                 rule: None,
+            },
+        },
+        Probe {
+            who: Who::Bob,
+            what: "wiki",
+            resource: "wiki",
+            proto: Proto::Tcp,
+            dst: SocketAddrV4::new(WIKI, 80),
+            expect: Allow {
+                rule: "contractors-wiki",
             },
         },
         Probe {
@@ -179,7 +239,7 @@ pub(crate) fn probes() -> Vec<Probe> {
             proto: Proto::Tcp,
             dst: SocketAddrV4::new(WEB, 443),
             expect: Deny {
-                at: Where::Connector,
+                at: Where::ClientTunnelEgress,
                 reason: "denied_no_grant",
                 rule: None,
             },
@@ -191,7 +251,7 @@ pub(crate) fn probes() -> Vec<Probe> {
             proto: Proto::Tcp,
             dst: SocketAddrV4::new(DB, 5432),
             expect: Deny {
-                at: Where::Connector,
+                at: Where::ClientTunnelEgress,
                 reason: "denied_by_rule",
                 rule: Some("contractors-no-db"),
             },
@@ -203,7 +263,7 @@ pub(crate) fn probes() -> Vec<Probe> {
             proto: Proto::Udp,
             dst: SocketAddrV4::new(DNS, 53),
             expect: Deny {
-                at: Where::Connector,
+                at: Where::ClientTunnelEgress,
                 reason: "denied_no_grant",
                 rule: None,
             },

@@ -3,55 +3,61 @@
 use crate::prelude::*;
 
 /// Each probe against the policy, on the client, the resource host and in the logs.
-pub(crate) fn report_probes(
-    checks: &mut Checks,
-    env: &Env,
-    traffic: &Traffic,
-    logs: &Logs,
-) -> Result<()> {
-    let (conn, dev) = (&logs.conn, &logs.dev);
+pub(crate) fn report_probes(checks: &mut Checks, traffic: &Traffic, logs: &Logs) -> Result<()> {
+    let conn = &logs.conn;
     let results = &traffic.results;
     println!("\n== what happened (checked against the policy)");
-    let services = env.services.as_ref().context("services started above")?;
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "  {:<6} {:<20} {:<8} {:<34} logged",
+        "  {:<6} {:<20} {:<8} {:<40} logged",
         "who", "destination", "result", "stopped at"
     );
-    for (p, o) in results {
+    for (p, o, seen) in results {
         let c = client(p.who);
+        let own = logs.of(p.who);
         let dst = format!("{} {}/{}", p.what, p.dst.port(), p.proto.name());
         let label = format!("{} -> {} {}/{}", c.name, p.what, p.dst, p.proto.name());
-        let conn_start = find(conn, "flow_start", c.ip, p.dst, p.proto);
-        let conn_end = find(conn, "flow_end", c.ip, p.dst, p.proto);
-        let conn_deny = find(conn, "deny", c.ip, p.dst, p.proto);
-        let dev_deny = find(dev, "deny", c.ip, p.dst, p.proto);
+        let conn_start = find(conn, "flow_start", c.overlay, p.dst, p.proto);
+        let conn_end = find(conn, "flow_end", c.overlay, p.dst, p.proto);
+        let own_deny = find(own, "deny", c.overlay, p.dst, p.proto);
+        // Connections the probe's own service accepted while it ran.
         let service = SERVICES
             .iter()
             .find(|(_, a, pr)| *a == p.dst && *pr == p.proto)
             .map(|(n, _, _)| *n);
-        let server_saw = service.map_or(0, |n| services.saw(n, c.ip));
+        let server_saw: Vec<IpAddr> = seen
+            .iter()
+            .filter(|(n, _)| Some(*n) == service)
+            .map(|(_, ip)| *ip)
+            .collect();
         match p.expect {
             Expect::Allow { rule } => {
                 checks.check(
                     matches!(o, Outcome::Exchanged { .. }),
                     format!("{label} is allowed and must work: {}", o.describe()),
                 );
+                // Resources see the connector: it masquerades, they have no route back
+                // to the overlay.
                 checks.check(
-                    server_saw >= 1,
-                    format!("{label}: the resource host never saw it"),
+                    !server_saw.is_empty()
+                        && server_saw.iter().all(|ip| *ip == IpAddr::V4(CONN_RES_IP)),
+                    format!(
+                        "{label}: the resource host must see it from the connector \
+                         ({CONN_RES_IP}, masquerading), saw {server_saw:?}"
+                    ),
                 );
                 check_allowed_records(checks, &label, p, rule, &conn_start, &conn_end);
-                if p.who == Who::Alice {
-                    let dev_start = find(dev, "flow_start", c.ip, p.dst, p.proto);
-                    checks.check(
-                        dev_start
-                            .iter()
-                            .any(|r| s(r, "rule") == rule && s(r, "host") == "device:alice-laptop"),
-                        format!("{label}: alice's own log has a flow_start naming rule {rule}"),
-                    );
-                }
+                let own_start = find(own, "flow_start", c.overlay, p.dst, p.proto);
+                checks.check(
+                    own_start.iter().any(|r| {
+                        s(r, "rule") == rule && s(r, "host") == format!("device:{}", c.device)
+                    }),
+                    format!(
+                        "{label}: {}'s own log has a flow_start naming rule {rule}",
+                        c.name
+                    ),
+                );
                 let counters = conn_end
                     .first()
                     .map(|r| {
@@ -63,8 +69,8 @@ pub(crate) fn report_probes(
                     .unwrap_or_else(|| "no flow_end".into());
                 let _ = writeln!(
                     table,
-                    "  {:<6} {:<20} {:<8} {:<34} flow_start+flow_end, rule {rule}, {counters}",
-                    c.name, dst, "reached", "-"
+                    "  {:<6} {:<20} {:<8} {:<40} flow_start+flow_end, rule {rule}, {counters}",
+                    c.name, dst, "reached", "- (tunnel)"
                 );
             }
             Expect::Deny { at, reason, rule } => {
@@ -76,13 +82,9 @@ pub(crate) fn report_probes(
                     ),
                 );
                 checks.check(
-                    server_saw == 0,
-                    format!("{label}: the resource host saw {server_saw} connections"),
+                    server_saw.is_empty(),
+                    format!("{label}: the resource host saw connections {server_saw:?}"),
                 );
-                let (here, other, here_name, other_name) = match at {
-                    Where::ClientEgress => (&dev_deny, &conn, "alice's own log", "connector"),
-                    Where::Connector => (&conn_deny, &dev, "connector log", "device"),
-                };
                 let good = |r: &&Value| {
                     s(r, "verdict") == "deny"
                         && s(r, "reason") == reason
@@ -90,46 +92,49 @@ pub(crate) fn report_probes(
                         && s(r, "device") == c.device
                         && s(r, "resource") == p.resource
                         && s(r, "remote_network") == NETWORK
+                        && s(r, "host") == format!("device:{}", c.device)
                         && rule.is_none_or(|rule| s(r, "rule") == rule)
                 };
                 checks.check(
-                    here.iter().any(good),
+                    own_deny.iter().any(good),
                     format!(
-                        "{label}: {here_name} has a deny with reason {reason}{}, user {}, device \
-                         {}, resource {}, network {NETWORK} (got: {})",
+                        "{label}: {}'s own log has a deny with reason {reason}{}, user {}, \
+                         device {}, resource {}, network {NETWORK} (got: {})",
+                        c.name,
                         rule.map(|r| format!(", rule {r}")).unwrap_or_default(),
                         c.user,
                         c.device,
                         p.resource,
-                        here.first()
+                        own_deny
+                            .first()
                             .map(|r| compact(r))
                             .unwrap_or_else(|| "none".into())
                     ),
                 );
-                if at == Where::ClientEgress {
-                    // Stopped on alice's host: the connector never saw the packet.
-                    let seen: Vec<&Value> = other
-                        .iter()
-                        .filter(|r| {
-                            ip_of(&r["src_ip"]) == Some(IpAddr::V4(c.ip))
-                                && ip_of(&r["dst_ip"]) == Some(IpAddr::V4(*p.dst.ip()))
-                                && port_of(&r["dst_port"]) == Some(u64::from(p.dst.port()))
-                        })
-                        .collect();
-                    checks.check(
-                        seen.is_empty(),
-                        format!(
-                            "{label}: stopped on alice's host, yet the {other_name} logged it: {}",
-                            seen.first().map(|r| compact(r)).unwrap_or_default()
-                        ),
-                    );
-                }
-                let where_ = match (at, here.is_empty()) {
-                    (Where::ClientEgress, false) => "alice's laptop (agent, TC egress)",
-                    (Where::Connector, false) => "connector (XDP ingress)",
-                    (_, true) => "? (no deny logged)",
+                // Stopped on the laptop before encryption: the connector never saw it.
+                let seen_conn: Vec<&Value> = conn
+                    .iter()
+                    .filter(|r| {
+                        ip_of(&r["src_ip"]) == Some(IpAddr::V4(c.overlay))
+                            && ip_of(&r["dst_ip"]) == Some(IpAddr::V4(*p.dst.ip()))
+                            && port_of(&r["dst_port"]) == Some(u64::from(p.dst.port()))
+                    })
+                    .collect();
+                checks.check(
+                    seen_conn.is_empty(),
+                    format!(
+                        "{label}: stopped on {}'s laptop, yet the connector logged it: {}",
+                        c.name,
+                        seen_conn.first().map(|r| compact(r)).unwrap_or_default()
+                    ),
+                );
+                let where_ = match (at, own_deny.is_empty()) {
+                    (Where::ClientTunnelEgress, false) => {
+                        format!("{}'s laptop (agent, tunnel egress)", c.name)
+                    }
+                    (_, true) => "? (no deny logged)".into(),
                 };
-                let how = here
+                let how = own_deny
                     .first()
                     .map(|r| {
                         let rule = s(r, "rule");
@@ -146,7 +151,7 @@ pub(crate) fn report_probes(
                     .unwrap_or_default();
                 let _ = writeln!(
                     table,
-                    "  {:<6} {:<20} {:<8} {:<34} {how}",
+                    "  {:<6} {:<20} {:<8} {:<40} {how}",
                     c.name,
                     dst,
                     if o.blocked() { "blocked" } else { "LEAKED" },
@@ -156,45 +161,51 @@ pub(crate) fn report_probes(
         }
     }
     print!("{table}");
-    // Bob (no agent) must not have reached anything on the resource host.
+    // Bob's denied attempts together: nothing reached any server on the resource host.
+    let bob_leaks: Vec<_> = results
+        .iter()
+        .filter(|(p, _, _)| p.who == Who::Bob && matches!(p.expect, Expect::Deny { .. }))
+        .flat_map(|(_, _, seen)| seen.iter())
+        .collect();
     checks.check(
-        services.saw_from(BOB.ip) == 0,
-        format!(
-            "the resource host saw {} connections from bob",
-            services.saw_from(BOB.ip)
-        ),
+        bob_leaks.is_empty(),
+        format!("during bob's denied attempts the resource host accepted {bob_leaks:?}"),
     );
-
     Ok(())
 }
 
-/// The scan: nothing answered, exactly one alert naming bob.
+/// The scan: nothing answered, exactly one alert naming bob, raised by bob's own agent.
 pub(crate) fn report_scan(checks: &mut Checks, traffic: &Traffic, logs: &Logs) {
-    let (conn, scan_results) = (&logs.conn, &traffic.scan);
+    let (own, scan_results) = (&logs.bob, &traffic.scan);
     let scan_blocked = scan_results.iter().filter(|(_, o)| o.blocked()).count();
     let scan_reached: Vec<u16> = scan_results
         .iter()
         .filter(|(_, o)| o.reached())
         .map(|(p, _)| *p)
         .collect();
-    let alerts: Vec<&Value> = conn
+    let alerts: Vec<&Value> = own
         .iter()
-        .filter(|r| is_event(r, "scan_alert", BOB.ip))
+        .filter(|r| is_event(r, "scan_alert", BOB.overlay))
         .collect();
-    let scan_denies: Vec<&Value> = conn
+    let scan_denies: Vec<&Value> = own
         .iter()
         .filter(|r| {
-            is_event(r, "deny", BOB.ip)
+            is_event(r, "deny", BOB.overlay)
                 && ip_of(&r["dst_ip"]) == Some(IpAddr::V4(WEB))
                 && port_of(&r["dst_port"])
                     .is_some_and(|p| SCAN_PORTS.iter().any(|&s| u64::from(s) == p))
         })
         .collect();
-    let suppressed: u64 = conn
+    let suppressed: u64 = own
         .iter()
-        .filter(|r| is_event(r, "deny", BOB.ip))
+        .filter(|r| is_event(r, "deny", BOB.overlay))
         .filter_map(|r| r["suppressed"].as_u64())
         .sum();
+    let conn_alerts = logs
+        .conn
+        .iter()
+        .filter(|r| s(r, "event") == "scan_alert")
+        .count();
     println!("\n== port scan");
     checks.check(
         scan_reached.is_empty(),
@@ -214,7 +225,14 @@ pub(crate) fn report_scan(checks: &mut Checks, traffic: &Traffic, logs: &Logs) {
     );
     checks.check(
         alerts.len() == 1,
-        format!("exactly one scan_alert for bob, got {}", alerts.len()),
+        format!(
+            "exactly one scan_alert for bob in bob-laptop's own log, got {}",
+            alerts.len()
+        ),
+    );
+    checks.check(
+        conn_alerts == 0,
+        format!("the scan never left bob's laptop: the connector logged {conn_alerts} scan_alerts"),
     );
     if let Some(a) = alerts.first() {
         let distinct = a["distinct_ports"].as_u64().unwrap_or(0);
@@ -226,8 +244,13 @@ pub(crate) fn report_scan(checks: &mut Checks, traffic: &Traffic, logs: &Logs) {
             ),
         );
         checks.check(
-            s(a, "user") == BOB.user && s(a, "device") == BOB.device,
-            format!("scan_alert names bob and bob-laptop: {}", compact(a)),
+            s(a, "user") == BOB.user
+                && s(a, "device") == BOB.device
+                && s(a, "host") == format!("device:{}", BOB.device),
+            format!(
+                "scan_alert names bob and bob-laptop, raised on bob-laptop: {}",
+                compact(a)
+            ),
         );
         println!(
             "  scan_alert at {} on {}: {} ({}) hit {distinct} distinct denied ports within 10 s",
@@ -238,8 +261,9 @@ pub(crate) fn report_scan(checks: &mut Checks, traffic: &Traffic, logs: &Logs) {
         );
     }
     println!(
-        "  no port answered; the connector logged {} deny records for the scanned ports (deny \
-         records are rate-limited per source{}; its counters below count every drop)",
+        "  no port answered; bob's own agent dropped every attempt before encryption and logged \
+         {} deny records for the scanned ports (deny records are rate-limited per source{}; its \
+         counters below count every drop)",
         scan_denies.len(),
         if suppressed > 0 {
             format!(", {suppressed} reported as suppressed")
@@ -251,13 +275,13 @@ pub(crate) fn report_scan(checks: &mut Checks, traffic: &Traffic, logs: &Logs) {
 
 /// Field completeness of every record, counts, and sample records.
 pub(crate) fn report_logs(checks: &mut Checks, logs: &Logs) {
-    let (conn, dev, conn_log, dev_log) = (&logs.conn, &logs.dev, &logs.conn_path, &logs.dev_path);
-    let alerts: Vec<&Value> = conn
-        .iter()
-        .filter(|r| is_event(r, "scan_alert", BOB.ip))
-        .collect();
+    let named: [(&str, &[Value], &PathBuf); 3] = [
+        ("connector demo-connector", &logs.conn, &logs.paths[0]),
+        ("device alice-laptop", &logs.alice, &logs.paths[1]),
+        ("device bob-laptop", &logs.bob, &logs.paths[2]),
+    ];
     let mut problems = Vec::new();
-    for (name, recs) in [("connector", conn), ("device", dev)] {
+    for (name, recs, _) in named {
         for r in recs {
             for p in record_problems(r) {
                 problems.push(format!("{name} log: {p} in {}", compact(r)));
@@ -275,10 +299,7 @@ pub(crate) fn report_logs(checks: &mut Checks, logs: &Logs) {
     }
     let count = |recs: &[Value], e: &str| recs.iter().filter(|r| s(r, "event") == e).count();
     println!("\n== connection logs");
-    for (name, recs, path) in [
-        ("connector demo-connector", &conn, &conn_log),
-        ("device alice-laptop", &dev, &dev_log),
-    ] {
+    for (name, recs, path) in named {
         println!(
             "  {name}: {} records ({} flow_start, {} flow_end, {} deny, {} scan_alert) in {}",
             recs.len(),
@@ -295,8 +316,11 @@ pub(crate) fn report_logs(checks: &mut Checks, logs: &Logs) {
         if problems.is_empty() { "yes" } else { "NO" }
     );
     let web = SocketAddrV4::new(WEB, 443);
-    if let Some(r) = find(conn, "flow_end", ALICE.ip, web, Proto::Tcp).first() {
-        println!("\n  alice's web connection as the connector logged it (flow_end):");
+    if let Some(r) = find(&logs.conn, "flow_end", ALICE.overlay, web, Proto::Tcp).first() {
+        println!(
+            "\n  alice's web connection as the connector logged it (flow_end; src_ip her overlay \
+             address, public_ip/public_port where her tunnel's packets came from):"
+        );
         let pretty = serde_json::to_string_pretty(r).unwrap_or_default();
         for l in pretty.lines() {
             println!("    {l}");
@@ -305,33 +329,35 @@ pub(crate) fn report_logs(checks: &mut Checks, logs: &Logs) {
     println!("\n  more samples (one JSON object per line in the log; nulls left out here):");
     let samples = [
         find(
-            dev,
+            &logs.alice,
             "deny",
-            ALICE.ip,
+            ALICE.overlay,
             SocketAddrV4::new(DB, 5432),
             Proto::Tcp,
         )
         .first()
         .copied(),
         find(
-            conn,
+            &logs.bob,
             "deny",
-            BOB.ip,
+            BOB.overlay,
             SocketAddrV4::new(DB, 5432),
             Proto::Tcp,
         )
         .first()
         .copied(),
         find(
-            conn,
+            &logs.conn,
             "flow_end",
-            ALICE.ip,
+            ALICE.overlay,
             SocketAddrV4::new(DNS, 53),
             Proto::Udp,
         )
         .first()
         .copied(),
-        alerts.first().copied(),
+        logs.bob
+            .iter()
+            .find(|r| is_event(r, "scan_alert", BOB.overlay)),
     ];
     for r in samples.into_iter().flatten() {
         println!("    {}", compact(r));
@@ -345,23 +371,24 @@ pub(crate) fn report_status(checks: &mut Checks, env: &Env) {
         let v: Value = serde_json::from_slice(&out.stdout).ok()?;
         v["verdicts"][reason].as_u64()
     };
-    let (conn_agent, dev_agent) = (&env.agents[0], &env.agents[1]);
-    // Bob: web + dns (no grant) and the 30 scanned ports; db is denied by rule.
+    let (alice_agent, bob_agent) = (&env.agents[1], &env.agents[2]);
+    // Bob: web + dns (no grant) and the 30 scanned ports; db is denied by rule. All on his
+    // own laptop.
     let bob_no_grant = 2 + SCAN_PORTS.len() as u64;
-    let c_ng = counter(conn_agent, "denied_no_grant");
+    let b_ng = counter(bob_agent, "denied_no_grant");
     checks.check(
-        c_ng.is_some_and(|n| n >= bob_no_grant),
-        format!("connector counter denied_no_grant >= {bob_no_grant}, got {c_ng:?}"),
+        b_ng.is_some_and(|n| n >= bob_no_grant),
+        format!("bob-laptop counter denied_no_grant >= {bob_no_grant}, got {b_ng:?}"),
     );
-    let c_rule = counter(conn_agent, "denied_by_rule");
+    let b_rule = counter(bob_agent, "denied_by_rule");
     checks.check(
-        c_rule.is_some_and(|n| n >= 1),
-        format!("connector counter denied_by_rule >= 1, got {c_rule:?}"),
+        b_rule.is_some_and(|n| n >= 1),
+        format!("bob-laptop counter denied_by_rule >= 1, got {b_rule:?}"),
     );
-    let d_ng = counter(dev_agent, "denied_no_grant");
+    let a_ng = counter(alice_agent, "denied_no_grant");
     checks.check(
-        d_ng.is_some_and(|n| n >= 2),
-        format!("alice-laptop counter denied_no_grant >= 2, got {d_ng:?}"),
+        a_ng.is_some_and(|n| n >= 2),
+        format!("alice-laptop counter denied_no_grant >= 2, got {a_ng:?}"),
     );
     println!("\n== agent status (gateway-agent status)");
     for a in &env.agents {
@@ -395,7 +422,12 @@ pub(crate) fn report_status(checks: &mut Checks, env: &Env) {
             let lines: Vec<&str> = text
                 .lines()
                 .filter(|l| !l.starts_with('#'))
-                .filter(|l| l.contains("scan") || l.contains("deny") || l.contains("denied"))
+                .filter(|l| {
+                    l.contains("tunnel")
+                        || l.contains("allowed")
+                        || l.contains("deny")
+                        || l.contains("denied")
+                })
                 .filter(|l| !l.ends_with(" 0"))
                 .take(8)
                 .collect();
@@ -430,13 +462,15 @@ pub(crate) fn check_allowed_records(
                 && s(r, "remote_network") == NETWORK
                 && s(r, "rule") == rule
                 && s(r, "host") == format!("connector:{CONNECTOR}")
+                && ip_of(&r["public_ip"]) == Some(IpAddr::V4(c.ip))
         }),
         format!(
             "{label}: the connector logs flow_start with user {}, device {}, resource {}, \
-             connector {CONNECTOR}, network {NETWORK}, rule {rule} (got: {})",
+             connector {CONNECTOR}, network {NETWORK}, rule {rule}, public_ip {} (got: {})",
             c.user,
             c.device,
             p.resource,
+            c.ip,
             starts
                 .first()
                 .map(|r| compact(r))

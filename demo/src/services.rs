@@ -66,22 +66,17 @@ impl Services {
         })
     }
 
-    pub(crate) fn saw(&self, service: &str, peer: Ipv4Addr) -> usize {
-        self.seen
-            .lock()
-            .map(|s| {
-                s.iter()
-                    .filter(|(n, p)| *n == service && *p == IpAddr::V4(peer))
-                    .count()
-            })
-            .unwrap_or(0)
+    /// How many (service, peer) records there are so far.
+    pub(crate) fn count(&self) -> usize {
+        self.seen.lock().map(|s| s.len()).unwrap_or(0)
     }
 
-    pub(crate) fn saw_from(&self, peer: Ipv4Addr) -> usize {
+    /// The records after the first `n` (what a probe made the servers see).
+    pub(crate) fn since(&self, n: usize) -> Vec<(&'static str, IpAddr)> {
         self.seen
             .lock()
-            .map(|s| s.iter().filter(|(_, p)| *p == IpAddr::V4(peer)).count())
-            .unwrap_or(0)
+            .map(|s| s.get(n..).unwrap_or_default().to_vec())
+            .unwrap_or_default()
     }
 }
 

@@ -2,9 +2,10 @@
 
 use crate::prelude::*;
 
-/// Writes the policy into the demo folder and runs `gatewayctl policy check` on it.
-pub(crate) fn prepare_policy(opts: &Options, dir: &Path, checks: &mut Checks) -> Result<PathBuf> {
-    let policy_path = dir.join("demo.toml");
+/// Writes the policy as given (with its placeholder keys) into the demo folder and runs
+/// `gatewayctl policy check` on it; returns its text.
+pub(crate) fn prepare_policy(opts: &Options, dir: &Path, checks: &mut Checks) -> Result<String> {
+    let policy_path = dir.join("demo-template.toml");
     let policy_text = match &opts.policy {
         Some(p) => {
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
@@ -19,33 +20,129 @@ pub(crate) fn prepare_policy(opts: &Options, dir: &Path, checks: &mut Checks) ->
         .unwrap_or_else(|| "examples/demo.toml (embedded)".into());
     println!("\n== policy {shown}");
     print_policy_overview(&policy_text);
+    policy_check(opts, &policy_path, checks)?;
+    Ok(policy_text)
+}
+
+/// `gatewayctl policy check FILE` (its tests included), one check.
+fn policy_check(opts: &Options, path: &Path, checks: &mut Checks) -> Result<()> {
     match &opts.gatewayctl {
         Some(ctl) if ctl.is_file() => {
             let mut cmd = Command::new(ctl);
-            cmd.args(["policy", "check"]).arg(&policy_path);
+            cmd.args(["policy", "check"]).arg(path);
             let out = run_bounded(cmd, Duration::from_secs(30))?;
             let text = String::from_utf8_lossy(&out.stdout);
             let last = text.lines().last().unwrap_or("").to_string();
-            progress!("gatewayctl policy check: {last}");
+            progress!("gatewayctl policy check {}: {last}", path.display());
             let err = String::from_utf8_lossy(&out.stderr);
             if !checks.check(
                 out.status.success(),
-                format!("gatewayctl policy check passes: {last} {}", err.trim()),
+                format!(
+                    "gatewayctl policy check {} passes: {last} {}",
+                    path.display(),
+                    err.trim()
+                ),
             ) {
                 print!("{text}");
             }
         }
         _ => progress!("gatewayctl not given: skipping `gatewayctl policy check`"),
     }
-    Ok(policy_path)
+    Ok(())
 }
 
-/// Enrollment tokens for the two agents, and the CA they pin.
-pub(crate) struct Tokens {
-    pub(crate) connector: String,
-    pub(crate) device: String,
-    pub(crate) ca: PathBuf,
+/// The three agents of the main act: (label, stem of its files, role, name in the policy,
+/// WireGuard listen port).
+pub(crate) const HOSTS: [(&str, &str, &str, u16); 3] = [
+    ("connector", "connector", CONNECTOR, WG_PORT),
+    ("device", "alice-laptop", "alice-laptop", 0),
+    ("device", "bob-laptop", "bob-laptop", 0),
+];
+
+/// Agent `i` of [`HOSTS`] in `env`: its label, namespace and configuration (`token`: the
+/// enrollment token, None while the configuration only serves `public-key`).
+pub(crate) fn agent_config<'e>(
+    env: &'e Env,
+    dir: &Path,
+    i: usize,
+    token: Option<String>,
+) -> (String, &'e NetNs, &'static str, AgentConfig) {
+    let (role, stem, name, port) = HOSTS[i];
+    let pid = std::process::id();
+    let (ns, links) = match i {
+        0 => (
+            &env.conn,
+            vec![env.conn_alice_if.clone(), env.conn_bob_if.clone()],
+        ),
+        1 => (&env.alice, vec![env.alice_if.clone()]),
+        _ => (&env.bob, vec![env.bob_if.clone()]),
+    };
+    let cfg = AgentConfig {
+        role,
+        name: name.into(),
+        pin_dir: PathBuf::from(format!(
+            "/sys/fs/bpf/zt-demo-{pid}-{}",
+            stem.trim_end_matches("-laptop")
+        )),
+        xdp_interfaces: links.clone(),
+        tc_egress_interfaces: links,
+        xdp_mode: "native",
+        log_file: dir.join(format!("{stem}.log")),
+        log_format: "json",
+        metrics_listen: (i == 0).then(|| format!("127.0.0.1:{METRICS_PORT}")),
+        flow_timeouts: DemoTimeouts::short(),
+        controller: ControllerSection {
+            url: controller_url(),
+            ca_file: env.ca.clone(),
+            enrollment_token: token,
+            identity_file: dir.join(format!("{stem}.identity.json")),
+        },
+        tunnel: TunnelSection::userspace(port, dir.join(format!("keys-{stem}/wireguard.key"))),
+    };
+    (format!("{role} {name}"), ns, stem, cfg)
 }
+
+/// Each agent's WireGuard key, created by `gateway-agent public-key --config` on its
+/// configuration, then the policy with these keys in place of the placeholders, checked.
+pub(crate) fn keys_and_policy(
+    opts: &Options,
+    env: &Env,
+    dir: &Path,
+    template: &str,
+    checks: &mut Checks,
+) -> Result<PathBuf> {
+    println!("\n== WireGuard keys (each agent's own; the private halves never leave their host)");
+    let mut policy = template.to_string();
+    for (i, (host, placeholder)) in KEY_PLACEHOLDERS.into_iter().enumerate() {
+        let (label, _, stem, cfg) = agent_config(env, dir, i, None);
+        let config = dir.join(format!("{stem}.toml"));
+        let text = toml::to_string(&cfg).context("writing the agent configuration")?;
+        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+        let key = public_key(&opts.agent, &config, &label)?;
+        progress!(
+            "{label:<26} gateway-agent public-key --config {}: {key}",
+            config.display()
+        );
+        if policy.matches(placeholder).count() != 1 {
+            bail!(
+                "the policy must name the placeholder key {placeholder} of {host} exactly once \
+                 (as examples/demo.toml does): the demo puts {host}'s real key there"
+            );
+        }
+        policy = policy.replace(placeholder, &key);
+    }
+    let path = dir.join("demo.toml");
+    std::fs::write(&path, &policy).with_context(|| format!("writing {}", path.display()))?;
+    progress!(
+        "the policy with these keys in place of the placeholders: {}",
+        path.display()
+    );
+    policy_check(opts, &path, checks)?;
+    Ok(path)
+}
+
+/// Enrollment tokens for the agents of [`HOSTS`], in that order.
+pub(crate) struct Tokens(pub(crate) Vec<String>);
 
 /// `gatewayctl --controller URL ARGS` run on the controller's host.
 pub(crate) fn gatewayctl(opts: &Options, env: &Env, args: &[&str]) -> Result<Output> {
@@ -61,16 +158,13 @@ pub(crate) fn gatewayctl(opts: &Options, env: &Env, args: &[&str]) -> Result<Out
     run_bounded(cmd, Duration::from_secs(30))
 }
 
-/// Starts `gateway-controller` on its host, applies the policy with `gatewayctl apply`
-/// and mints one enrollment token per agent.
+/// Starts `gateway-controller` on its host and waits until it answers.
 pub(crate) fn start_controller(
     opts: &Options,
     env: &mut Env,
     dir: &Path,
-    policy: &Path,
-    checks: &mut Checks,
     created: &mut Created,
-) -> Result<Tokens> {
+) -> Result<()> {
     println!("\n== controller ({})", opts.controller.display());
     if !opts.controller.is_file() {
         bail!(
@@ -132,6 +226,16 @@ pub(crate) fn start_controller(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
+}
+
+/// Applies the policy with `gatewayctl apply` and mints one enrollment token per agent.
+pub(crate) fn apply_policy(
+    opts: &Options,
+    env: &Env,
+    policy: &Path,
+    checks: &mut Checks,
+) -> Result<Tokens> {
     let policy_arg = policy.display().to_string();
     let out = gatewayctl(opts, env, &["apply", "--yes", &policy_arg])?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -164,14 +268,15 @@ pub(crate) fn start_controller(
         progress!("enrollment token for {host} minted (shown once, handed to its agent)");
         Ok(t)
     };
-    Ok(Tokens {
-        connector: token(&format!("connector:{CONNECTOR}"))?,
-        device: token(&format!("device:{}", ALICE.device))?,
-        ca: env.ca.clone(),
-    })
+    HOSTS
+        .iter()
+        .map(|(role, _, name, _)| token(&format!("{role}:{name}")))
+        .collect::<Result<Vec<_>>>()
+        .map(Tokens)
 }
 
-/// Starts the connector's and alice's agents and waits until both enforce.
+/// Starts the connector's, alice's and bob's agents (each enrolls with its token and its
+/// WireGuard key) and waits until each enforces.
 pub(crate) fn start_agents(
     opts: &Options,
     env: &mut Env,
@@ -180,49 +285,9 @@ pub(crate) fn start_agents(
     created: &mut Created,
 ) -> Result<()> {
     println!("\n== agents ({})", opts.agent.display());
-    let pid = std::process::id();
-    let (alice_if, conn_alice_if, conn_bob_if) = (
-        env.alice_if.clone(),
-        env.conn_alice_if.clone(),
-        env.conn_bob_if.clone(),
-    );
-    let conn_cfg = AgentConfig {
-        role: "connector",
-        name: CONNECTOR.into(),
-        pin_dir: PathBuf::from(format!("/sys/fs/bpf/zt-demo-{pid}-connector")),
-        xdp_interfaces: vec![conn_alice_if.clone(), conn_bob_if.clone()],
-        tc_egress_interfaces: vec![conn_alice_if.clone(), conn_bob_if.clone()],
-        xdp_mode: "native",
-        log_file: dir.join("connector.log"),
-        log_format: "json",
-        metrics_listen: Some(format!("127.0.0.1:{METRICS_PORT}")),
-        flow_timeouts: DemoTimeouts::short(),
-        controller: ControllerSection {
-            url: controller_url(),
-            ca_file: tokens.ca.clone(),
-            enrollment_token: tokens.connector.clone(),
-            identity_file: dir.join("connector.identity.json"),
-        },
-    };
-    let dev_cfg = AgentConfig {
-        role: "device",
-        name: ALICE.device.into(),
-        pin_dir: PathBuf::from(format!("/sys/fs/bpf/zt-demo-{pid}-alice")),
-        xdp_interfaces: vec![alice_if.clone()],
-        tc_egress_interfaces: vec![alice_if.clone()],
-        xdp_mode: "native",
-        log_file: dir.join("alice-laptop.log"),
-        log_format: "json",
-        metrics_listen: None,
-        flow_timeouts: DemoTimeouts::short(),
-        controller: ControllerSection {
-            url: controller_url(),
-            ca_file: tokens.ca.clone(),
-            enrollment_token: tokens.device.clone(),
-            identity_file: dir.join("alice-laptop.identity.json"),
-        },
-    };
-    for cfg in [&conn_cfg, &dev_cfg] {
+    for i in 0..HOSTS.len() {
+        let token = tokens.0.get(i).cloned().context("a token per agent")?;
+        let (label, ns, stem, cfg) = agent_config(env, dir, i, Some(token));
         if cfg.pin_dir.exists() {
             bail!(
                 "{} exists already (a crashed earlier demo with the same pid?); remove it \
@@ -230,21 +295,6 @@ pub(crate) fn start_agents(
                 cfg.pin_dir.display()
             );
         }
-    }
-    for (label, ns, stem, cfg) in [
-        (
-            format!("connector {CONNECTOR}"),
-            &env.conn,
-            "connector",
-            conn_cfg,
-        ),
-        (
-            format!("device {}", ALICE.device),
-            &env.alice,
-            "alice-laptop",
-            dev_cfg,
-        ),
-    ] {
         progress!(
             "starting {label}: nsenter --net=/run/netns/{} gateway-agent run --config {}/{stem}.toml",
             ns.name(),
@@ -258,7 +308,7 @@ pub(crate) fn start_agents(
         let err = agent.stderr();
         for l in err
             .lines()
-            .filter(|l| l.contains("attached") || l.contains(" WARN "))
+            .filter(|l| l.contains("attached") || l.contains(" WARN ") || l.contains("enrolled"))
         {
             // The agent's lines start with a timestamp; the level and message are enough.
             let l = l.split_once(' ').map_or(l, |(_, rest)| rest.trim_start());
@@ -269,15 +319,62 @@ pub(crate) fn start_agents(
     Ok(())
 }
 
-/// What the clients experienced.
+/// The peers the controller pushed: the connector's are both laptops (each has a grant
+/// behind it), each laptop's is the connector. Waits (bounded) until they are there.
+pub(crate) fn check_peers(checks: &mut Checks, env: &Env) -> Result<()> {
+    println!("\n== tunnel peers (from the controller, with the keys the agents enrolled)");
+    let want: [Vec<String>; 3] = [
+        vec![ALICE.device.into(), BOB.device.into()],
+        vec![CONNECTOR.into()],
+        vec![CONNECTOR.into()],
+    ];
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(10);
+    let mut got: Vec<Option<Vec<String>>>;
+    loop {
+        got = env.agents.iter().map(Agent::peers).collect();
+        let all = got.iter().zip(&want).all(|(g, w)| g.as_ref() == Some(w));
+        if all || Instant::now() > deadline {
+            break;
+        }
+        sleep(Duration::from_millis(200))?;
+    }
+    for ((a, g), w) in env.agents.iter().zip(&got).zip(&want) {
+        let ok = g.as_ref() == Some(w);
+        progress!(
+            "{:<26} gateway-agent status: tunnel.peers {}{}",
+            a.label,
+            g.as_ref()
+                .map_or("(no tunnel status)".into(), |g| format!("{g:?}")),
+            if ok { "" } else { "  <- WRONG" }
+        );
+        checks.check(
+            ok,
+            format!(
+                "{}: tunnel.peers (pushed by the controller) must be {w:?}, got {g:?}",
+                a.label
+            ),
+        );
+    }
+    progress!("peers in place after {} ms", t0.elapsed().as_millis());
+    Ok(())
+}
+
+/// The (service, peer) connections the resource host's servers accepted.
+pub(crate) type Accepted = Vec<(&'static str, IpAddr)>;
+
+/// What the clients experienced, and what the resource host saw meanwhile.
 pub(crate) struct Traffic {
-    pub(crate) results: Vec<(Probe, Outcome)>,
+    /// Each probe, its outcome, and the (service, peer) connections the resource host's
+    /// servers accepted during it.
+    pub(crate) results: Vec<(Probe, Outcome, Accepted)>,
     pub(crate) scan: Vec<(u16, Outcome)>,
 }
 
 /// Every probe in order, then bob's port scan.
 pub(crate) fn drive_traffic(env: &Env) -> Result<Traffic> {
-    println!("\n== traffic");
+    println!("\n== traffic (through the tunnel, from the overlay addresses)");
+    let services = env.services.as_ref().context("services started above")?;
     let mut results = Vec::new();
     for p in probes() {
         check_interrupted()?;
@@ -286,7 +383,9 @@ pub(crate) fn drive_traffic(env: &Env) -> Result<Traffic> {
             Who::Alice => &env.alice,
             Who::Bob => &env.bob,
         };
+        let seen_before = services.count();
         let o = probe_once(ns, &p)?;
+        let seen = services.since(seen_before);
         let expected = match p.expect {
             Expect::Allow { .. } => "allow",
             Expect::Deny { .. } => "deny",
@@ -298,7 +397,7 @@ pub(crate) fn drive_traffic(env: &Env) -> Result<Traffic> {
             format!("{}/{}", p.dst, p.proto.name()),
             o.describe()
         );
-        results.push((p, o));
+        results.push((p, o, seen));
     }
     check_interrupted()?;
     let scan_t0 = Instant::now();
@@ -318,25 +417,42 @@ pub(crate) fn drive_traffic(env: &Env) -> Result<Traffic> {
     })
 }
 
-/// Both agents' connection logs.
+/// The three agents' connection logs.
 pub(crate) struct Logs {
     pub(crate) conn: Vec<Value>,
-    pub(crate) dev: Vec<Value>,
-    pub(crate) conn_path: PathBuf,
-    pub(crate) dev_path: PathBuf,
+    pub(crate) alice: Vec<Value>,
+    pub(crate) bob: Vec<Value>,
+    /// connector, alice, bob.
+    pub(crate) paths: [PathBuf; 3],
+}
+
+impl Logs {
+    /// The log of `who`'s own agent.
+    pub(crate) fn of(&self, who: Who) -> &[Value] {
+        match who {
+            Who::Alice => &self.alice,
+            Who::Bob => &self.bob,
+        }
+    }
 }
 
 /// Waits (bounded) until every expected record is in the logs, then reads them.
 pub(crate) fn collect_logs(env: &Env, checks: &mut Checks) -> Result<Logs> {
-    let conn_log = env.agents[0].log.clone();
-    let dev_log = env.agents[1].log.clone();
+    let paths: [PathBuf; 3] = [
+        env.agents[0].log.clone(),
+        env.agents[1].log.clone(),
+        env.agents[2].log.clone(),
+    ];
+    let read_all = || {
+        let [c, a, b] = &paths;
+        (read_log(c), read_log(a), read_log(b))
+    };
     let wait_t0 = Instant::now();
     let log_deadline = Instant::now() + Duration::from_secs(IDLE_TIMEOUT_SECS * 3 + 6);
     let mut missing;
     loop {
-        let (conn, _) = read_log(&conn_log);
-        let (dev, _) = read_log(&dev_log);
-        missing = missing_records(&conn, &dev);
+        let ((conn, _), (alice, _), (bob, _)) = read_all();
+        missing = missing_records(&conn, &alice, &bob);
         if missing.is_empty() || Instant::now() > log_deadline {
             break;
         }
@@ -354,9 +470,12 @@ pub(crate) fn collect_logs(env: &Env, checks: &mut Checks) -> Result<Logs> {
     for m in &missing {
         checks.check(false, format!("expected record not logged: {m}"));
     }
-    let (conn, conn_bad) = read_log(&conn_log);
-    let (dev, dev_bad) = read_log(&dev_log);
-    for (name, bad) in [("connector", &conn_bad), ("device", &dev_bad)] {
+    let ((conn, conn_bad), (alice, alice_bad), (bob, bob_bad)) = read_all();
+    for (name, bad) in [
+        ("connector", &conn_bad),
+        ("alice-laptop", &alice_bad),
+        ("bob-laptop", &bob_bad),
+    ] {
         checks.check(
             bad.is_empty(),
             format!(
@@ -369,8 +488,8 @@ pub(crate) fn collect_logs(env: &Env, checks: &mut Checks) -> Result<Logs> {
 
     Ok(Logs {
         conn,
-        dev,
-        conn_path: conn_log,
-        dev_path: dev_log,
+        alice,
+        bob,
+        paths,
     })
 }

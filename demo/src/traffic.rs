@@ -143,7 +143,8 @@ pub(crate) fn probe_once(ns: &NetNs, p: &Probe) -> Result<Outcome> {
     if !allowed {
         msgs.truncate(1);
     }
-    let (dst, proto, src) = (p.dst, p.proto, c.ip);
+    // UDP from the overlay address (the tunnel's; TCP gets it from the route).
+    let (dst, proto, src) = (p.dst, p.proto, c.overlay);
     ns.run(move || match proto {
         Proto::Tcp => tcp_exchange(dst, &msgs, timeout),
         Proto::Udp => udp_exchange(src, dst, &msgs, timeout),

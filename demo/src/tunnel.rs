@@ -1,4 +1,6 @@
-//! The last act: the WireGuard tunnel. Fresh hosts, three agents with `[tunnel]`:
+//! The last act: more of the WireGuard tunnel (the main act runs through it too, managed by
+//! the controller). Fresh hosts, three standalone agents with `[tunnel]` and a policy file
+//! (which this act edits to revoke a grant):
 //!
 //! ```text
 //!  alice  198.19.1.10  agent: device alice-laptop, overlay 100.64.0.10 ──veth──┐
@@ -25,11 +27,10 @@ use gateway_user::tunnel::{
 use std::os::fd::AsRawFd as _;
 use std::sync::atomic::AtomicU64;
 
-const WG_PORT: u16 = 51820;
-const ALICE_OVERLAY: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 10);
-const ALICE_OVERLAY6: &str = "2001:db8:ff::10";
-const BOB_OVERLAY: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 11);
-const BOB_OVERLAY6: &str = "2001:db8:ff::11";
+const ALICE_OVERLAY: Ipv4Addr = ALICE.overlay;
+const ALICE_OVERLAY6: &str = ALICE.overlay6;
+const BOB_OVERLAY: Ipv4Addr = BOB.overlay;
+const BOB_OVERLAY6: &str = BOB.overlay6;
 const WEB6: &str = "2001:db8:1::5";
 /// The UDP listener on web that counts marked datagrams (the spoof target).
 const MARK_PORT: u16 = 5353;
@@ -236,14 +237,6 @@ resources = ["db"]
 }
 
 #[derive(Serialize)]
-struct TunnelSection {
-    transport: &'static str,
-    interface: &'static str,
-    listen_port: u16,
-    private_key_file: PathBuf,
-}
-
-#[derive(Serialize)]
 struct TunnelAgentConfig {
     role: &'static str,
     name: &'static str,
@@ -274,12 +267,7 @@ impl TunnelHost {
             log_file: self.log.clone(),
             log_format: "json",
             flow_timeouts: DemoTimeouts::short(),
-            tunnel: TunnelSection {
-                transport: "userspace",
-                interface: "ztg0",
-                listen_port: port,
-                private_key_file: self.key.clone(),
-            },
+            tunnel: TunnelSection::userspace(port, self.key.clone()),
         };
         let text = toml::to_string(&cfg).context("writing a tunnel agent configuration")?;
         std::fs::write(&self.config, text)
@@ -289,17 +277,7 @@ impl TunnelHost {
     /// `gateway-agent public-key --config`: creates the key on first use, prints the
     /// public half.
     fn public_key(&self, bin: &Path) -> Result<String> {
-        let mut cmd = Command::new(bin);
-        cmd.args(["public-key", "--config"]).arg(&self.config);
-        let out = run_bounded(cmd, Duration::from_secs(10))?;
-        if !out.status.success() {
-            bail!(
-                "gateway-agent public-key for {}: {}",
-                self.label,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        public_key(bin, &self.config, &self.label)
     }
 }
 
@@ -626,7 +604,10 @@ pub(crate) fn tunnel_act(
     checks: &mut Checks,
     created: &mut Created,
 ) -> Result<()> {
-    println!("\n== the WireGuard tunnel: new hosts, all three with agents and [tunnel]");
+    println!(
+        "\n== the WireGuard tunnel, attacked: new hosts, three standalone agents with [tunnel] \
+         and a policy file"
+    );
     let mut env = build(dir, created)?;
     check_interrupted()?;
     for h in [&env.conn, &env.alice, &env.bob] {
