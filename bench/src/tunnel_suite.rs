@@ -21,11 +21,7 @@ use gateway_test_support::{
 };
 use gateway_user::{
     Dataplane,
-    tunnel::{
-        Options, PeerSpec, TunnelDrop,
-        keys::KeyPair,
-        tun::configure_link,
-    },
+    tunnel::{Options, PeerSpec, TunnelDrop, keys::KeyPair, tun::configure_link},
 };
 use serde::Serialize;
 use std::{

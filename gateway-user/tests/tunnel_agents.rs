@@ -707,9 +707,30 @@ fn devices_reach_resources_only_through_the_tunnel() {
         "the connector keeps only peers with a grant"
     );
 
+    assert_eq!(st["tunnel"]["interface_present"], true, "{}", st["tunnel"]);
+    assert_eq!(st["tunnel"]["transport"], "userspace (boringtun)");
+
     for a in [&mut conn, &mut alice, &mut bob] {
         a.stop().unwrap();
     }
+    // The tunnel device outlives the agent (its programs stay attached); detach removes
+    // it and the masquerade.
+    assert!(w.conn.ns.ip(&["link", "show", "ztg0"]).is_ok());
+    let out = gateway_test_support::netns::command_in(w.conn.ns.name(), Path::new(AGENT))
+        .unwrap()
+        .args(["detach", "--config"])
+        .arg(&w.conn.cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("tunnel interface ztg0") && text.contains("zt_gateway_nat"),
+        "{text}"
+    );
+    assert!(
+        w.conn.ns.ip(&["link", "show", "ztg0"]).is_err(),
+        "ztg0 removed"
+    );
 }
 
 /// Control: with cryptokey routing switched off on the connector, the same spoof reaches

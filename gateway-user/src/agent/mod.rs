@@ -733,7 +733,7 @@ fn tunnel_status(cfg: &Config) -> serde_json::Value {
     let live: Option<serde_json::Value> = std::fs::read_to_string(&path)
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok());
-    let up = tunnel_link_up(&t.interface);
+    let up = crate::tunnel::tun::link_exists(&t.interface);
     match live {
         Some(mut v) => {
             v["interface_present"] = json!(up);
@@ -746,10 +746,6 @@ fn tunnel_status(cfg: &Config) -> serde_json::Value {
             "note": format!("no state at {} (the agent has not run)", path.display()),
         }),
     }
-}
-
-fn tunnel_link_up(name: &str) -> bool {
-    std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
 /// `gateway-agent status`: attachments, generation and counters, from the pinned state

@@ -513,7 +513,11 @@ async fn outbound(sh: Arc<Shared>) {
             continue;
         };
         let Some(peer) = read(&sh.peers).route(dst) else {
-            sh.drop_packet(TunnelDrop::NoRoute);
+            // The host's own link-local and multicast chatter on the interface (IPv6
+            // router solicitations, MLD) has no peer by nature: not counted as a drop.
+            if !is_local_chatter(dst) {
+                sh.drop_packet(TunnelDrop::NoRoute);
+            }
             continue;
         };
         let res = lock(&peer.tunn).encapsulate(pkt, &mut out);
@@ -528,6 +532,14 @@ async fn outbound(sh: Arc<Shared>) {
             TunnResult::Err(_) => sh.drop_packet(TunnelDrop::Invalid),
             _ => {}
         }
+    }
+}
+
+/// Multicast, broadcast and link-local destinations: never a peer's.
+fn is_local_chatter(dst: IpAddr) -> bool {
+    match dst {
+        IpAddr::V4(a) => a.is_multicast() || a.is_broadcast() || a.is_link_local(),
+        IpAddr::V6(a) => a.is_multicast() || a.is_unicast_link_local(),
     }
 }
 

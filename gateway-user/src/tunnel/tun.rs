@@ -180,8 +180,15 @@ pub fn delete_link(name: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// Whether the calling thread's network namespace has an interface `name`. (Not
+/// /sys/class/net: sysfs shows the namespace it was mounted in, which is not the current
+/// one for a process that entered a namespace with setns, as `nsenter --net` does.)
 pub fn link_exists(name: &str) -> bool {
-    std::path::Path::new("/sys/class/net").join(name).exists()
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
 }
 
 /// The nftables table of the connector's masquerade.
