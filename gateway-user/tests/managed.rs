@@ -302,15 +302,24 @@ impl Drop for Cleanup {
     }
 }
 
-#[test]
-fn managed_agents_follow_the_controller() {
-    if skip_unless_privileged!() {
-        return;
-    }
-    let alice = NetNs::new("zma").unwrap();
-    let conn = NetNs::new("zmc").unwrap();
-    let res = NetNs::new("zmr").unwrap();
-    let ctl = NetNs::new("zmk").unwrap();
+/// alice ── conn ── res, and the controller's host behind the connector.
+struct Hosts {
+    alice: NetNs,
+    conn: NetNs,
+    res: NetNs,
+    ctl: NetNs,
+    /// alice's uplink and the connector's link to her.
+    a_if: gateway_test_support::netns::VethEnd,
+    ca_if: gateway_test_support::netns::VethEnd,
+}
+
+/// The namespaces and links of a managed test (names start with `prefix`), forwarding on
+/// the connector, echo servers on the resource host.
+fn hosts(prefix: &str) -> Hosts {
+    let alice = NetNs::new(&format!("{prefix}a")).unwrap();
+    let conn = NetNs::new(&format!("{prefix}c")).unwrap();
+    let res = NetNs::new(&format!("{prefix}r")).unwrap();
+    let ctl = NetNs::new(&format!("{prefix}k")).unwrap();
     let (a_if, ca_if) = veth_pair(&alice, &["198.19.1.10/24"], &conn, &["198.19.1.1/24"]).unwrap();
     veth_pair(
         &conn,
@@ -323,13 +332,36 @@ fn managed_agents_follow_the_controller() {
     alice
         .ip(&["route", "add", "default", "via", "198.19.1.1"])
         .unwrap();
-    res.ip(&["route", "add", "default", "via", "198.18.1.1"])
-        .unwrap();
     ctl.ip(&["route", "add", "default", "via", "198.19.9.2"])
         .unwrap();
     conn.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
         .unwrap();
     serve(&res);
+    Hosts {
+        alice,
+        conn,
+        res,
+        ctl,
+        a_if,
+        ca_if,
+    }
+}
+
+#[test]
+fn managed_agents_follow_the_controller() {
+    if skip_unless_privileged!() {
+        return;
+    }
+    let Hosts {
+        alice,
+        conn,
+        res,
+        ctl,
+        a_if,
+        ca_if,
+    } = hosts("zm");
+    res.ip(&["route", "add", "default", "via", "198.18.1.1"])
+        .unwrap();
 
     let dir = std::env::temp_dir().join(unique_name("zgwmgd"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -570,27 +602,15 @@ fn managed_tunnel_peers_rotation_and_revocation() {
     if skip_unless_privileged!() {
         return;
     }
-    let alice = NetNs::new("zta").unwrap();
-    let conn = NetNs::new("ztc").unwrap();
-    let res = NetNs::new("ztr").unwrap();
-    let ctl = NetNs::new("ztk").unwrap();
-    let (a_if, ca_if) = veth_pair(&alice, &["198.19.1.10/24"], &conn, &["198.19.1.1/24"]).unwrap();
-    veth_pair(
-        &conn,
-        &["198.18.1.1/24"],
-        &res,
-        &["198.18.1.5/24", "198.18.1.10/24"],
-    )
-    .unwrap();
-    veth_pair(&conn, &["198.19.9.2/24"], &ctl, &["198.19.9.1/24"]).unwrap();
-    alice
-        .ip(&["route", "add", "default", "via", "198.19.1.1"])
-        .unwrap();
-    ctl.ip(&["route", "add", "default", "via", "198.19.9.2"])
-        .unwrap();
-    conn.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
-        .unwrap();
-    serve(&res);
+    // The resource host has no route back: the connector masquerades tunnel traffic.
+    let Hosts {
+        alice,
+        conn,
+        res,
+        ctl,
+        a_if,
+        ca_if,
+    } = hosts("zt");
     let counter =
         gateway_test_support::net::udp_counter(&res, "198.18.1.5:5353", Some(MARK)).unwrap();
 

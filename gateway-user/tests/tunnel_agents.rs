@@ -31,7 +31,6 @@ use gateway_user::tunnel::{
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::Command,
     sync::{
@@ -311,89 +310,13 @@ fn settle() {
     std::thread::sleep(Duration::from_millis(400));
 }
 
-/// Frames seen on an interface: (IP protocol, source port, destination port, payload
-/// holds MARK), for IPv4/IPv6 frames only.
+/// Frames seen on an interface: (IP protocol, source port, destination port, holds MARK).
 fn capture(
     ns: &NetNs,
     iface: &str,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Vec<(u8, u16, u16, bool)>> {
-    let path = format!("/run/netns/{}", ns.name());
-    let iface = iface.to_string();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns for this thread only.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        // SAFETY: an AF_PACKET socket; all arguments are constants.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW,
-                (libc::ETH_P_ALL as u16).to_be() as i32,
-            )
-        };
-        assert!(fd >= 0);
-        let cname = std::ffi::CString::new(iface.clone()).unwrap();
-        // SAFETY: a valid NUL-terminated name.
-        let idx = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-        // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = idx as i32;
-        // SAFETY: binding the socket to a sockaddr_ll of the right size.
-        let rc = unsafe {
-            libc::bind(
-                fd,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(rc, 0);
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
-        // SAFETY: setting a receive timeout with a valid timeval.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-        }
-        let mut seen = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        while !stop.load(Ordering::Relaxed) {
-            // SAFETY: recv into a buffer of its length.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n <= 14 {
-                continue;
-            }
-            let frame = &buf[..n as usize];
-            let marked = frame.windows(MARK.len()).any(|w| w == MARK);
-            let et = u16::from_be_bytes([frame[12], frame[13]]);
-            let (proto, l4) = match et {
-                0x0800 => (frame[23], 14 + usize::from(frame[14] & 0x0f) * 4),
-                0x86dd => (frame[20], 54),
-                _ => continue,
-            };
-            let ports = if frame.len() >= l4 + 4 {
-                (
-                    u16::from_be_bytes([frame[l4], frame[l4 + 1]]),
-                    u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]),
-                )
-            } else {
-                (0, 0)
-            };
-            seen.push((proto, ports.0, ports.1, marked));
-        }
-        // SAFETY: closing the socket opened above.
-        unsafe { libc::close(fd) };
-        seen
-    })
+) -> std::thread::JoinHandle<anyhow::Result<Vec<gateway_test_support::capture::Frame>>> {
+    gateway_test_support::capture::capture(ns, iface, MARK, stop)
 }
 
 /// Bob's key, alice's address: a tunnel the test runs in bob's namespace with bob's
@@ -474,7 +397,7 @@ fn devices_reach_resources_only_through_the_tunnel() {
     send_marked(&w.alice.ns, None, "198.18.1.5:5353", 5);
     settle();
     stop.store(true, Ordering::Relaxed);
-    let frames = cap.join().unwrap();
+    let frames = cap.join().unwrap().unwrap();
     let from_alice = counter.load(Ordering::Relaxed);
     assert!(
         from_alice >= 4,

@@ -8,11 +8,13 @@
 //!   loading), and traffic helpers that tell a silent drop from a refusal;
 //! * [`process`]: `gateway-agent` and `gateway-controller` run as processes in namespaces,
 //!   supervised, stopped and cleaned up (tests and the demo share them);
+//! * [`capture`]: what crossed a link (AF_PACKET);
 //! * [`records`]: the fields a connection record must carry;
 //! * [`tunnel`]: a userspace tunnel run in-process inside a namespace;
 //! * [`fuzz`]: stateful differential fuzzing of the loaded programs against the reference
 //!   model (`gateway-model`), behind `cargo xtask fuzz-dataplane`.
 
+pub mod capture;
 pub mod frames;
 pub mod fuzz;
 pub mod load;
