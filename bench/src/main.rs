@@ -115,7 +115,7 @@ fn main() -> Result<()> {
         controller_suite::run(&opts, &mut r.controller)
     });
     r.wall_seconds = START.get_or_init(Instant::now).elapsed().as_secs_f64();
-    let paths = report::write(&opts.out, &mut r)?;
+    let paths = report::write(&opts.out, &mut r, opts.only.is_some())?;
     for p in paths {
         progress(&format!("wrote {}", p.display()));
     }

@@ -296,21 +296,26 @@ fn run_name() -> String {
     policy_compiler::format_rfc3339(now).replace(['-', ':'], "")
 }
 
-pub fn write(dir: &Path, r: &mut Results) -> Result<Vec<PathBuf>> {
+/// Writes `<run>.json` and `<run>.md`; a run of every suite (`partial` false) also
+/// replaces `latest.*` and the plots, which a run of some suites leaves alone.
+pub fn write(dir: &Path, r: &mut Results, partial: bool) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let run = run_name();
     let json = serde_json::to_string_pretty(&r.json(&run))?;
     let md = markdown(r, &run);
     let mut out = Vec::new();
-    for (name, body) in [
-        (format!("{run}.json"), &json),
-        (format!("{run}.md"), &md),
-        ("latest.json".to_string(), &json),
-        ("latest.md".to_string(), &md),
-    ] {
+    let mut files = vec![(format!("{run}.json"), &json), (format!("{run}.md"), &md)];
+    if !partial {
+        files.push(("latest.json".to_string(), &json));
+        files.push(("latest.md".to_string(), &md));
+    }
+    for (name, body) in files {
         let p = dir.join(name);
         std::fs::write(&p, body)?;
         out.push(p);
+    }
+    if partial {
+        return Ok(out);
     }
     for (name, svg) in plots(r) {
         let p = dir.join(format!("latest-{name}.svg"));

@@ -474,3 +474,51 @@ async fn connectors_are_policy_objects_and_keys_survive_a_restart() {
     );
     ctl.stop().await;
 }
+
+/// A revoked agent's key is accepted nowhere, even where the policy itself writes it:
+/// revoking alice's agent takes her off dc-1 although her `[[device]]` carries that key.
+#[tokio::test]
+async fn a_revoked_key_is_withdrawn_even_from_the_policy() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let mut admin = ctl.admin().await;
+    let with_key = POLICY.replace(
+        "address = \"100.64.0.1\"",
+        &format!("address = \"100.64.0.1\"\npublic_key = \"{}\"", key(30)),
+    );
+    apply(&mut admin, &with_key).await;
+    let mut agent = ctl.agent().await;
+    let dc_auth = enroll_with(&mut agent, &token(&ctl, "connector:dc-1").await, &key(1))
+        .await
+        .unwrap();
+    let mut dc = watch(&ctl, &dc_auth).await;
+    // The policy's key makes alice a peer of dc-1 before any agent of hers exists.
+    assert_eq!(dc.peer_keys(), [key(30)]);
+    let alice = enroll_with(
+        &mut agent,
+        &token(&ctl, "device:alice-laptop").await,
+        &key(30),
+    )
+    .await
+    .unwrap();
+    admin
+        .revoke_agent(v1::RevokeAgentRequest {
+            agent_id: alice.agent_id.clone(),
+        })
+        .await
+        .unwrap();
+    let d = dc.delta().await.expect("revocation delta");
+    assert_eq!(d.peers_removed, [key(30)]);
+    assert!(dc.view.peers.is_empty());
+    // A new agent of alice's with a new key brings her back.
+    enroll_with(
+        &mut agent,
+        &token(&ctl, "device:alice-laptop").await,
+        &key(31),
+    )
+    .await
+    .unwrap();
+    dc.delta().await.expect("re-enrollment delta");
+    assert_eq!(dc.peer_keys(), [key(31)]);
+    ctl.stop().await;
+}

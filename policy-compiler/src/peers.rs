@@ -104,6 +104,30 @@ impl Policy {
         }
     }
 
+    /// Withdraws `key` wherever the policy uses it (a revoked agent's key): a device or
+    /// service-account key loses it, a connector that has it loses its `[[connector]]`
+    /// block (no tunnel to it). Returns whether anything used it.
+    pub fn withdraw_key(&mut self, key: &WgKey) -> bool {
+        let mut found = false;
+        for d in &mut self.devices {
+            if d.public_key.as_ref() == Some(key) {
+                d.public_key = None;
+                found = true;
+            }
+        }
+        for sa in &mut self.service_accounts {
+            for k in &mut sa.keys {
+                if k.public_key.as_ref() == Some(key) {
+                    k.public_key = None;
+                    found = true;
+                }
+            }
+        }
+        let before = self.connectors.len();
+        self.connectors.retain(|c| &c.public_key != key);
+        found || self.connectors.len() != before
+    }
+
     /// Who uses `key` in this policy: the host (devices and connectors; `None` for a
     /// service-account key, which has no agent) and a description for messages.
     pub fn key_owner(&self, key: &WgKey) -> Option<(Option<Host>, String)> {

@@ -48,6 +48,10 @@ enum Task {
         /// Fewer repetitions and sizes: well under 10 minutes.
         #[arg(long)]
         quick: bool,
+        /// Only these suites (comma-separated): decision, throughput, compile, apply,
+        /// peers, tunnel, controller.
+        #[arg(long, value_name = "SUITES")]
+        only: Option<String>,
     },
     /// Differential fuzzing: random policies and random (valid and malformed) packets
     /// through the loaded XDP/TC programs and the reference evaluator. Prints one JSON
@@ -165,11 +169,14 @@ fn main() -> Result<()> {
             }
             util::run(&mut demo)
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, only } => {
             setup::run()?;
             let mut args = vec!["run", "--release", "--package", "bench", "--"];
             if quick {
                 args.push("--quick");
+            }
+            if let Some(only) = only.as_deref() {
+                args.extend(["--only", only]);
             }
             util::cargo(&args)
         }

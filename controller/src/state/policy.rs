@@ -63,7 +63,9 @@ fn policy_hosts(p: &Policy) -> BTreeSet<String> {
 
 /// `policy` with the WireGuard key each enrolled, non-revoked agent registered in place
 /// of the policy's key of its host (the policy's key is the fallback for hosts without
-/// such an agent). With several agents of one host, the last enrolled wins.
+/// such an agent). With several agents of one host, the last enrolled wins. The key of a
+/// revoked agent is accepted nowhere, even where the policy writes it: revoking an agent
+/// takes its host out of its peers' views unless another agent of the host is active.
 pub(super) fn with_agent_keys<'p>(
     policy: &'p Policy,
     agents: &std::collections::HashMap<String, AgentRow>,
@@ -79,15 +81,32 @@ pub(super) fn with_agent_keys<'p>(
             continue;
         };
         let current = match &host {
-            Host::Device(d) => policy
+            Host::Device(d) => out
                 .devices
                 .iter()
                 .find(|x| &x.name == d)
                 .and_then(|x| x.public_key),
-            Host::Connector(c) => policy.connector(c).map(|x| x.public_key),
+            Host::Connector(c) => out.connector(c).map(|x| x.public_key),
         };
         if current != Some(key) {
             out.to_mut().set_host_key(&host, key);
+        }
+    }
+    // After the active keys are in: a revoked key still in the policy is withdrawn.
+    let live: std::collections::HashSet<&str> = agents
+        .values()
+        .filter(|a| a.revoked_ms.is_none())
+        .map(|a| a.public_key.as_str())
+        .collect();
+    for a in agents.values() {
+        if a.revoked_ms.is_none() || a.public_key.is_empty() || live.contains(a.public_key.as_str())
+        {
+            continue;
+        }
+        if let Ok(key) = a.public_key.parse::<pc::WgKey>()
+            && out.key_owner(&key).is_some()
+        {
+            out.to_mut().withdraw_key(&key);
         }
     }
     out

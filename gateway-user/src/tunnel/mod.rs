@@ -418,13 +418,40 @@ fn new_tunn(keys: &KeyPair, spec: &PeerSpec, slot: u32, keepalive: Option<u16>) 
     )
 }
 
+/// Socket buffers of the tunnel's UDP socket: bursts at line rate overflow the default
+/// ~200 kB before the single receiving task catches up.
+const SOCKET_BUFFER: libc::c_int = 4 << 20;
+
 async fn bind_udp(port: u16) -> Result<UdpSocket> {
     // One dual-stack socket; hosts without IPv6 get an IPv4 one.
-    match UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)).await {
-        Ok(s) => Ok(s),
+    let sock = match UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)).await {
+        Ok(s) => s,
         Err(_) => UdpSocket::bind(("0.0.0.0", port))
             .await
-            .with_context(|| format!("binding the tunnel's UDP port {port}")),
+            .with_context(|| format!("binding the tunnel's UDP port {port}"))?,
+    };
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        // The FORCE variant passes the sysctl cap (root); without it the cap applies.
+        if !set_sockopt(&sock, force, SOCKET_BUFFER) {
+            set_sockopt(&sock, plain, SOCKET_BUFFER);
+        }
+    }
+    Ok(sock)
+}
+
+fn set_sockopt(sock: &UdpSocket, opt: libc::c_int, value: libc::c_int) -> bool {
+    // SAFETY: setsockopt on the socket's own fd with an int of the size given.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
     }
 }
 
@@ -445,14 +472,18 @@ impl Shared {
 
     /// Sends a datagram without waiting: a full socket buffer drops it, as a congested
     /// link would.
-    fn send(&self, data: &[u8], to: SocketAddr) {
-        let to = match (self.udp.local_addr(), to) {
+    /// `to` as the socket must be given it: IPv4-mapped on a dual-stack socket.
+    fn wire_addr(&self, to: SocketAddr) -> SocketAddr {
+        match (self.udp.local_addr(), to) {
             (Ok(SocketAddr::V6(_)), SocketAddr::V4(v4)) => {
                 SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
             }
             _ => to,
-        };
-        if self.udp.try_send_to(data, to).is_err() {
+        }
+    }
+
+    fn send(&self, data: &[u8], to: SocketAddr) {
+        if self.udp.try_send_to(data, self.wire_addr(to)).is_err() {
             self.drop_packet(TunnelDrop::Congested);
         }
     }
@@ -521,15 +552,18 @@ async fn outbound(sh: Arc<Shared>) {
             continue;
         };
         let res = lock(&peer.tunn).encapsulate(pkt, &mut out);
-        match res {
-            TunnResult::WriteToNetwork(data) => match *lock(&peer.endpoint) {
-                Some(to) => {
-                    peer.tx.fetch_add(n as u64, Relaxed);
-                    sh.send(data, to);
+        let endpoint = *lock(&peer.endpoint);
+        match (res, endpoint) {
+            (TunnResult::WriteToNetwork(data), Some(to)) => {
+                peer.tx.fetch_add(n as u64, Relaxed);
+                // Data waits for room in the socket (back-pressure onto the TUN queue)
+                // rather than being dropped at once.
+                if sh.udp.send_to(data, sh.wire_addr(to)).await.is_err() {
+                    sh.drop_packet(TunnelDrop::Congested);
                 }
-                None => sh.drop_packet(TunnelDrop::NoEndpoint),
-            },
-            TunnResult::Err(_) => sh.drop_packet(TunnelDrop::Invalid),
+            }
+            (TunnResult::WriteToNetwork(_), None) => sh.drop_packet(TunnelDrop::NoEndpoint),
+            (TunnResult::Err(_), _) => sh.drop_packet(TunnelDrop::Invalid),
             _ => {}
         }
     }
