@@ -26,12 +26,13 @@
 //! servers accept, from the masquerading connector) and in the three agents' connection logs
 //! (which host logged what, with which fields) — and the demo exits non-zero when one fails.
 //!
-//! A last act (`tunnel.rs`) shows more of the tunnel on fresh hosts, standalone agents with
-//! a policy file: alice reaches her grant through the tunnel (v4 and v6) and nothing else,
-//! bob claiming her overlay address (with his own key, or as cleartext frames) gets nothing
-//! to the resource, the connector's link carries only WireGuard UDP,
-//! the log names alice's real address and port, and removing her grant cuts her open
-//! connection.
+//! Then the tunnel is attacked on the same hosts (`tunnel.rs`): the connector's link to
+//! alice carried only WireGuard UDP (and the agents' TLS to the controller) during the
+//! traffic, the connector's log names alice's real address and tunnel port, bob claiming her
+//! overlay address (with his own key through a tunnel of his own, or as cleartext frames)
+//! gets nothing to the dns server that alice's own datagrams reach, and applying the policy
+//! without alice's grants through the controller cuts her open connection and drops her
+//! from the connector's peers.
 //!
 //! Agents are started in their namespace with `setns(CLONE_NEWNET)` only (like
 //! `nsenter --net`), not `ip netns exec`: the latter remounts `/sys` in a private mount
@@ -224,13 +225,17 @@ fn scenario(opts: &Options, checks: &mut Checks, created: &mut Created) -> Resul
     for (name, addr, proto) in SERVICES {
         progress!("{name:<4} {addr}/{}", proto.name());
     }
-    let traffic = drive_traffic(&env)?;
+    // The connector's link to alice is captured while the traffic runs (checked below).
+    let capture = LinkCapture::start(&env)?;
+    let traffic = drive_traffic(&env);
+    let frames = capture.finish();
+    let (traffic, frames) = (traffic?, frames?);
     let logs = collect_logs(&env, checks)?;
     report_probes(checks, &traffic, &logs)?;
     report_scan(checks, &traffic, &logs);
     report_logs(checks, &logs);
     report_status(checks, &env);
-    teardown(checks, env)?;
     check_interrupted()?;
-    tunnel_act(opts, &tmp.path, checks, created)
+    tunnel_act(opts, &mut env, &tmp.path, checks, &frames, &logs)?;
+    teardown(checks, env)
 }

@@ -4,8 +4,9 @@ use crate::prelude::*;
 
 // ---------------------------------------------------------------- resource host
 
-/// Echo servers in the resource namespace. They record every peer they saw, stop when
-/// dropped, and stop by themselves after `SERVER_LIFETIME`.
+/// Echo servers in the resource namespace. They record every peer they saw (every
+/// accepted connection, every datagram), stop when dropped, and stop by themselves after
+/// `SERVER_LIFETIME`.
 pub(crate) struct Services {
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) threads: Vec<JoinHandle<()>>,
@@ -27,16 +28,21 @@ impl Services {
                         .with_context(|| format!("binding {name} on {addr}"))?;
                     l.set_nonblocking(true)?;
                     threads.push(std::thread::spawn(move || {
+                        let mut conns = Vec::new();
                         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                             match l.accept() {
                                 Ok((c, peer)) => {
                                     if let Ok(mut s) = seen.lock() {
                                         s.push((name, peer.ip()));
                                     }
-                                    echo_tcp(c);
+                                    let stop = stop.clone();
+                                    conns.push(std::thread::spawn(move || echo_tcp(c, &stop)));
                                 }
                                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
                             }
+                        }
+                        for c in conns {
+                            let _ = c.join();
                         }
                     }));
                 }
@@ -71,6 +77,14 @@ impl Services {
         self.seen.lock().map(|s| s.len()).unwrap_or(0)
     }
 
+    /// How many datagrams (or connections) `name` has seen so far.
+    pub(crate) fn count_of(&self, name: &str) -> usize {
+        self.seen
+            .lock()
+            .map(|s| s.iter().filter(|(n, _)| *n == name).count())
+            .unwrap_or(0)
+    }
+
     /// The records after the first `n` (what a probe made the servers see).
     pub(crate) fn since(&self, n: usize) -> Vec<(&'static str, IpAddr)> {
         self.seen
@@ -80,20 +94,24 @@ impl Services {
     }
 }
 
-/// Echoes one connection until EOF (bounded in reads and time).
-pub(crate) fn echo_tcp(c: TcpStream) {
+/// Echoes one connection until EOF or the servers stop; an idle connection stays open
+/// (the revocation check needs one that only the gateway can cut).
+pub(crate) fn echo_tcp(c: TcpStream, stop: &AtomicBool) {
     let mut c = c;
     let _ = c.set_nonblocking(false);
-    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
     let mut b = [0u8; 512];
-    for _ in 0..64 {
+    while !stop.load(Ordering::Relaxed) {
         match c.read(&mut b) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(n) => {
                 if c.write_all(&b[..n]).is_err() {
                     break;
                 }
             }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
         }
     }
 }
