@@ -47,6 +47,9 @@ pub struct AgentTunnel {
     key_file: PathBuf,
     key_stamp: Option<(SystemTime, u64)>,
     status_file: PathBuf,
+    /// Peers' endpoints as the previous run of the agent last saw them (its status file),
+    /// by public key: used once, to reach devices again at once after a restart.
+    remembered: std::collections::HashMap<[u8; 32], SocketAddr>,
 }
 
 impl std::fmt::Debug for AgentTunnel {
@@ -63,6 +66,26 @@ pub const USERSPACE: &str = "userspace (boringtun)";
 /// Where the running agent writes the tunnel's state for `gateway-agent status`.
 pub fn status_path(t: &TunnelConfig) -> PathBuf {
     t.private_key_file.with_file_name("tunnel-status.json")
+}
+
+/// Endpoints in a status file the previous run wrote, by public key.
+fn remembered_endpoints(path: &std::path::Path) -> std::collections::HashMap<[u8; 32], SocketAddr> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Default::default();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Default::default();
+    };
+    v["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let key = keys::decode_key(p["public_key"].as_str()?).ok()?;
+            let ep = p["endpoint"].as_str()?.parse().ok()?;
+            Some((key, ep))
+        })
+        .collect()
 }
 
 fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
@@ -130,7 +153,9 @@ impl AgentTunnel {
             public_key = %pair.public_b64(),
             "tunnel up"
         );
+        let remembered = remembered_endpoints(&status_path(&t));
         let at = AgentTunnel {
+            remembered,
             key_stamp: stamp(&t.private_key_file),
             key_file: t.private_key_file.clone(),
             status_file: status_path(&t),
@@ -149,7 +174,7 @@ impl AgentTunnel {
     /// Makes peers, addresses and routes those of `view`.
     pub async fn apply(&mut self, view: &HostView) -> Result<PeerChange> {
         let (peers, addrs) = view_peers(view);
-        let mut specs = Vec::with_capacity(peers.len());
+        let mut specs: Vec<PeerSpec> = Vec::with_capacity(peers.len());
         for p in peers {
             let endpoint = match &p.endpoint {
                 Some(e) => match tokio::net::lookup_host(e.as_str()).await {
@@ -168,7 +193,29 @@ impl AgentTunnel {
                 allowed_ips: p.allowed_ips,
             });
         }
+        // After a restart: the devices' last known endpoints, and a handshake to each, so
+        // their traffic resumes now rather than when they give up on the old session.
+        let mut revive = Vec::new();
+        if !self.remembered.is_empty() {
+            for s in specs.iter_mut().filter(|s| s.endpoint.is_none()) {
+                if let Some(ep) = self.remembered.remove(&s.public_key) {
+                    s.endpoint = Some(ep);
+                    revive.push(s.public_key);
+                }
+            }
+            self.remembered.clear();
+        }
         let change = self.tunnel.set_peers(&specs);
+        let revived = revive
+            .iter()
+            .filter(|k| self.tunnel.handshake_now(k))
+            .count();
+        if revived > 0 {
+            tracing::info!(
+                peers = revived,
+                "handshaking with peers at their last known endpoints"
+            );
+        }
         let mut routes: Vec<IpNet> = specs.iter().flat_map(|s| s.allowed_ips.clone()).collect();
         routes.sort();
         routes.dedup();

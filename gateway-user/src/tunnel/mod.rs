@@ -343,6 +343,34 @@ impl Tunnel {
         change
     }
 
+    /// Starts a handshake with the peer of `public_key` now (it must have an endpoint):
+    /// a restarted connector reaches its devices at their last known addresses instead of
+    /// waiting for them to notice that their sessions went away.
+    pub fn handshake_now(&self, public_key: &[u8; 32]) -> bool {
+        let peer = {
+            let peers = read(&self.shared.peers);
+            peers
+                .by_key
+                .get(public_key)
+                .and_then(|s| peers.by_slot.get(s).cloned())
+        };
+        let Some(peer) = peer else {
+            return false;
+        };
+        let Some(to) = *lock(&peer.endpoint) else {
+            return false;
+        };
+        let mut out = [0u8; 256];
+        let res = lock(&peer.tunn).format_handshake_initiation(&mut out, false);
+        match res {
+            TunnResult::WriteToNetwork(data) => {
+                self.shared.send(data, to);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Switches to a new key: every session made under the old one ends now, and peers
     /// handshake again with the new key.
     pub fn set_key(&self, new: KeyPair) {
