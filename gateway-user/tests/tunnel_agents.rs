@@ -377,7 +377,7 @@ fn devices_reach_resources_only_through_the_tunnel() {
     if skip_unless_privileged!() {
         return;
     }
-    let (w, [mut conn, mut alice, mut bob]) = setup();
+    let (w, [conn, mut alice, mut bob]) = setup();
     let counter = sink(&w.res, "198.18.1.5:5353");
 
     // Granted, through the tunnel, while the client link is captured.
