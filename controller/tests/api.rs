@@ -51,7 +51,8 @@ async fn apply_plan_and_dry_run() {
     );
     assert_eq!(
         plan.objects.len(),
-        1 + 3 + 2 + 2 + 2 + 3 + 9,
+        // network, connector, resources, users, devices, groups, grants, tests
+        1 + 1 + 4 + 2 + 2 + 2 + 4 + 11,
         "every object listed"
     );
     let hosts: Vec<&str> = plan.hosts.iter().map(|h| h.host.as_str()).collect();
@@ -372,7 +373,8 @@ async fn crud_not_found_invalid_argument() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((t.passed, t.failed), (10, 1), "{:?}", t.results);
+    // The policy's 11 tests and the new port pass; the old port fails.
+    assert_eq!((t.passed, t.failed), (12, 1), "{:?}", t.results);
     assert!(
         !t.results
             .iter()

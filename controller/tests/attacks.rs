@@ -184,8 +184,8 @@ const OBJECTS: [(ObjectKind, &str, &str); 8] = [
     ),
     (
         ObjectKind::Resource,
-        "wiki",
-        "name = \"wiki\"\nnetwork = \"corp\"\naddress = \"198.18.1.20\"\ntcp = [\"443\"]\n",
+        "intranet",
+        "name = \"intranet\"\nnetwork = \"corp\"\naddress = \"198.18.1.21\"\ntcp = [\"443\"]\n",
     ),
     (
         ObjectKind::User,

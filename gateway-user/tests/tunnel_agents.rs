@@ -626,6 +626,16 @@ fn devices_reach_resources_only_through_the_tunnel() {
     open.set_read_timeout(Some(T)).unwrap();
     open.write_all(b"x").unwrap();
     open.read_exact(&mut b).unwrap();
+    // Bob's open connection, whose peer stays: the change must not disturb it.
+    let mut bobs = w
+        .bob
+        .ns
+        .run(|| TcpStream::connect_timeout(&"198.18.1.10:5432".parse().unwrap(), T))
+        .unwrap()
+        .unwrap();
+    bobs.set_read_timeout(Some(T)).unwrap();
+    bobs.write_all(b"b").unwrap();
+    bobs.read_exact(&mut b).unwrap();
     let (kc, ka, kb) = (
         public_key(&w.conn),
         public_key(&w.alice),
@@ -640,6 +650,12 @@ fn devices_reach_resources_only_through_the_tunnel() {
     assert!(
         cut,
         "alice's open connection must stop once her grant is gone"
+    );
+    bobs.write_all(b"c").unwrap();
+    bobs.read_exact(&mut b).unwrap();
+    assert_eq!(
+        &b, b"c",
+        "bob's session and connection carry on through the peer change"
     );
     let peers = conn.status("json").unwrap();
     let st: serde_json::Value = serde_json::from_slice(&peers.stdout).unwrap();

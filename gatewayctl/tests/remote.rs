@@ -337,7 +337,7 @@ async fn apply_dry_run_then_yes() {
     let plan = ok(&c.ctl(&["apply", &demo, "--dry-run"]));
     for want in [
         "plan: revision 0 -> 1",
-        "objects: 22 added, 0 changed, 0 removed",
+        "objects: 27 added, 0 changed, 0 removed",
         "+ added",
         "remote_network",
         "corp",
@@ -389,14 +389,14 @@ async fn apply_dry_run_then_yes() {
     );
     assert_eq!(revision(&c), 1);
     let res = json(&c.ctl(&["list", "resources", "--output", "json"]));
-    assert_eq!(names(&res), ["web", "db", "dns"]);
+    assert_eq!(names(&res), ["web", "db", "wiki", "dns"]);
     assert_eq!(res["revision"], 1);
     let text = ok(&c.ctl(&["list", "resource"]));
     assert!(text.starts_with("KIND"), "{text}");
     assert!(text.contains("address=\"198.18.1.5\""), "{text}");
-    assert!(text.contains("3 resource objects (revision 1)"), "{text}");
+    assert!(text.contains("4 resource objects (revision 1)"), "{text}");
     let all = json(&c.ctl(&["list", "--output", "json"]));
-    assert_eq!(names(&all).len(), 13 + 9); // 13 objects and 9 tests
+    assert_eq!(names(&all).len(), 16 + 11); // 16 objects and 11 tests
 
     // The same file again: no changes, no question asked even without a TTY.
     let again = ok(&c.ctl(&["apply", &demo]));
@@ -627,7 +627,10 @@ async fn objects_get_list_create_update_delete() {
     assert!(out.contains("applied"), "{out}");
     assert_eq!(revision(&c), 2);
     let grants = json(&c.ctl(&["list", "grant", "-o", "json"]));
-    assert_eq!(names(&grants), ["engineering-web", "engineering-dns"]);
+    assert_eq!(
+        names(&grants),
+        ["engineering-web", "engineering-dns", "contractors-wiki"]
+    );
     // Deleting something others refer to: the controller's errors, nothing changed.
     let err = fails(&c.ctl(&["delete", "remote-network", "corp", "--yes"]), 1);
     assert!(err.contains("corp"), "{err}");
@@ -687,11 +690,11 @@ async fn explain_names_the_deciding_grant() {
     let out = ok(&c.ctl(&["explain", "--from", "bob-laptop", "--to", "db", "--at", at]));
     assert!(out.contains("verdict:  deny"), "{out}");
     assert!(
-        out.contains("decided by: rule 3 (deny 'contractors-no-db' -> 'db')"),
+        out.contains("decided by: rule 4 (deny 'contractors-no-db' -> 'db')"),
         "{out}"
     );
     assert!(
-        out.contains(" * rule   3 deny  `contractors-no-db` -> `db`: matched"),
+        out.contains(" * rule   4 deny  `contractors-no-db` -> `db`: matched"),
         "{out}"
     );
     // The same report as the offline command on the same policy.
@@ -743,7 +746,8 @@ async fn explain_names_the_deciding_grant() {
     ]));
     assert_eq!(j["verdict"], "allow");
     assert_eq!(j["rule"]["grant"], "engineering-web");
-    assert_eq!(j["packet"]["src"], "198.19.1.10");
+    // The device's overlay address: its identity on the wire.
+    assert_eq!(j["packet"]["src"], "100.64.0.10");
 
     // Bad arguments: usage errors naming the problem.
     let err = fails(&c.ctl(&["explain", "--from", "nobody", "--to", "web"]), 2);
