@@ -723,31 +723,6 @@ fn pinned_map(pin_dir: &Path, name: &str) -> Result<Map> {
     Ok(Map::from_map_data(data)?)
 }
 
-/// The tunnel's part of `status`: the configured transport, and what the running agent
-/// last wrote (peers, handshakes, drops). Null without `[tunnel]`.
-fn tunnel_status(cfg: &Config) -> serde_json::Value {
-    let Some(t) = &cfg.tunnel else {
-        return serde_json::Value::Null;
-    };
-    let path = tunnel::status_path(t);
-    let live: Option<serde_json::Value> = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok());
-    let up = crate::tunnel::tun::link_exists(&t.interface);
-    match live {
-        Some(mut v) => {
-            v["interface_present"] = json!(up);
-            v
-        }
-        None => json!({
-            "transport": tunnel::USERSPACE,
-            "interface": t.interface,
-            "interface_present": up,
-            "note": format!("no state at {} (the agent has not run)", path.display()),
-        }),
-    }
-}
-
 /// `gateway-agent status`: attachments, generation and counters, from the pinned state
 /// (works while the agent is stopped).
 pub fn status(cfg: &Config) -> Result<serde_json::Value> {
@@ -801,6 +776,6 @@ pub fn status(cfg: &Config) -> Result<serde_json::Value> {
         "verdicts": reasons,
         "parse_outcomes": outcomes,
         "host_checks": host_check::check(cfg).to_json(),
-        "tunnel": tunnel_status(cfg),
+        "tunnel": tunnel::status(cfg),
     }))
 }

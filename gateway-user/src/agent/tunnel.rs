@@ -318,3 +318,28 @@ impl AgentTunnel {
         }
     }
 }
+
+/// The tunnel's part of `status`: the configured transport, and what the running agent
+/// last wrote (peers, handshakes, drops). Null without `[tunnel]`.
+pub fn status(cfg: &Config) -> serde_json::Value {
+    let Some(t) = &cfg.tunnel else {
+        return serde_json::Value::Null;
+    };
+    let path = status_path(t);
+    let live: Option<serde_json::Value> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok());
+    let up = crate::tunnel::tun::link_exists(&t.interface);
+    match live {
+        Some(mut v) => {
+            v["interface_present"] = serde_json::json!(up);
+            v
+        }
+        None => serde_json::json!({
+            "transport": USERSPACE,
+            "interface": t.interface,
+            "interface_present": up,
+            "note": format!("no state at {} (the agent has not run)", path.display()),
+        }),
+    }
+}
