@@ -15,15 +15,17 @@
 //!
 //! The tunnel interface: every sequence runs a second time, from fresh state, through the
 //! tunnel programs (`gateway_tun_ingress`/`gateway_tun_egress`) attached to a real TUN
-//! device ([`crate::testkit::Tun`], opened without packet information as the tunnel's
-//! userspace opens it), judged by [`Model::packet_l3`]. BPF_PROG_TEST_RUN cannot run
+//! device ([`crate::testkit::Tun`]: every other sequence, by policy and role, without
+//! packet information as the tunnel's userspace opens it, or with it), judged by
+//! [`Model::packet_l3`]. BPF_PROG_TEST_RUN cannot run
 //! them: a tc test run always gets an Ethernet frame. Each frame loses its Ethernet header
 //! (and VLAN tags, [`crate::testkit::strip_ethernet`]); the hook follows the direction and
 //! the role as on the physical links (connector: outbound at tun ingress, inbound at tun
 //! egress; device the other way round). Ingress writes the packet into the TUN file
-//! descriptor (the kernel derives `skb->protocol` from the version nibble, and the model is
-//! told that protocol); egress sends it out of the device on a packet socket with the
-//! frame's ethertype as `skb->protocol` (a drop there fails the send). The reason is read
+//! descriptor (without packet information the kernel derives `skb->protocol` from the
+//! version nibble, and the model is told that protocol; with it, the frame's ethertype is
+//! claimed); egress sends it out of the device on a packet socket with the frame's
+//! ethertype as `skb->protocol` (a drop there fails the send). The reason is read
 //! from the verdict counters around each packet. What the kernel refuses before any hook
 //! runs (a TUN write of a version nibble other than 4 or 6, a frame with no IP packet to
 //! give) is counted in `l3.skipped` by cause, never as agreement, and the model does not
@@ -95,6 +97,9 @@ pub struct L3Report {
     /// Of those, through tun ingress (a TUN write) and tun egress (a packet-socket send).
     pub ingress: usize,
     pub egress: usize,
+    /// Of the ingress ones, written with packet information (the frame's ethertype claimed
+    /// as the protocol, whatever the version nibble).
+    pub ingress_pi: usize,
     pub passed: usize,
     pub dropped: usize,
     pub wrong_allow: usize,
@@ -124,7 +129,7 @@ impl L3Report {
 pub enum Hooks<'t> {
     /// XDP and tcx (physical links), with BPF_PROG_TEST_RUN.
     Physical,
-    /// The tunnel programs on this TUN device (without packet information).
+    /// The tunnel programs on this TUN device.
     Tunnel(&'t crate::testkit::Tun),
 }
 
@@ -406,8 +411,9 @@ fn tunnel_packet(
     let hook = if ingress { "ingress" } else { "egress" };
     let nibble = packet.first().map(|b| b >> 4);
     // Without packet information the TUN device takes `skb->protocol` from the version
-    // nibble (and refuses any other nibble); a packet socket sends with the one given.
-    let protocol = if ingress {
+    // nibble (and refuses any other nibble); with it, and on a packet socket, the frame's
+    // ethertype is claimed, whatever the bytes.
+    let protocol = if ingress && !tun.pi {
         match nibble {
             Some(4) => 0x0800,
             Some(6) => 0x86dd,
@@ -434,7 +440,12 @@ fn tunnel_packet(
                 .downcast_ref::<std::io::Error>()
                 .and_then(std::io::Error::raw_os_error)
                 .map_or_else(|| format!("{e:#}"), errno_name);
-            skip(if ingress {
+            skip(if ingress && tun.pi {
+                format!(
+                    "tun write (packet information) refused ({errno}): protocol {protocol:#06x}, {} bytes",
+                    packet.len()
+                )
+            } else if ingress {
                 match nibble {
                     Some(n) => format!("tun write refused ({errno}): version nibble {n}"),
                     None => format!("tun write refused ({errno}): empty packet"),
@@ -474,6 +485,9 @@ fn tunnel_packet(
     report.packets += 1;
     if ingress {
         report.ingress += 1;
+        if tun.pi {
+            report.ingress_pi += 1;
+        }
     } else {
         report.egress += 1;
     }
@@ -535,12 +549,18 @@ pub fn run(
     let started = Instant::now();
     let mut dp = Dataplane::load()?;
     // The tunnel interface: a TUN device as the tunnel's userspace opens it (no packet
-    // information), in a namespace of its own that forwards nothing (a packet that passes
-    // tun ingress ends there, and nothing the stack answers leaves through tun egress).
-    let tun = testkit::Tun::new(&mut dp, false).context("TUN device with the tunnel programs")?;
-    tun.ns
-        .exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"])
-        .context("forwarding off in the tunnel's namespace")?;
+    // information), and one with packet information (any protocol can be claimed for any
+    // bytes at ingress), each in a namespace of its own that forwards nothing (a packet
+    // that passes tun ingress ends there, and nothing the stack answers leaves through tun
+    // egress).
+    let mut tuns = Vec::new();
+    for pi in [false, true] {
+        let tun = testkit::Tun::new(&mut dp, pi).context("TUN device with the tunnel programs")?;
+        tun.ns
+            .exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"])
+            .context("forwarding off in the tunnel's namespace")?;
+        tuns.push(tun);
+    }
     let mut report = Report {
         seed,
         ..Report::default()
@@ -568,7 +588,9 @@ pub fn run(
                 200,
             );
             run_sequence(&mut dp, &s, Hooks::Physical, &mut report)?;
-            run_sequence(&mut dp, &s, Hooks::Tunnel(&tun), &mut report)?;
+            // Every role meets both devices over the policies and sequences.
+            let tun = &tuns[(i + j / roles.len()) % 2];
+            run_sequence(&mut dp, &s, Hooks::Tunnel(tun), &mut report)?;
             if report.packets >= (i + 1) * packets {
                 break;
             }
