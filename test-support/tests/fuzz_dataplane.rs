@@ -45,6 +45,12 @@ fn loaded_programs_agree_with_the_model() {
         "too many packets skipped at the tunnel interface: {l3:?}"
     );
     assert!(l3.ingress > 3_000 && l3.egress > 3_000, "{l3:?}");
+    // Ingress both as the tunnel's userspace writes (the kernel reads the version nibble)
+    // and with a claimed protocol (packet information).
+    assert!(
+        l3.ingress_pi > 1_000 && l3.ingress - l3.ingress_pi > 1_000,
+        "{l3:?}"
+    );
     assert!(l3.passed > 1_000 && l3.dropped > 1_000, "{l3:?}");
     assert!(
         l3.reasons.len() >= 15,
