@@ -17,19 +17,21 @@
 //! tunnel programs (`gateway_tun_ingress`/`gateway_tun_egress`) attached to a real TUN
 //! device ([`crate::testkit::Tun`]: every other sequence, by policy and role, without
 //! packet information as the tunnel's userspace opens it, or with it), judged by
-//! [`Model::packet_l3`]. BPF_PROG_TEST_RUN cannot run
-//! them: a tc test run always gets an Ethernet frame. Each frame loses its Ethernet header
-//! (and VLAN tags, [`crate::testkit::strip_ethernet`]); the hook follows the direction and
-//! the role as on the physical links (connector: outbound at tun ingress, inbound at tun
-//! egress; device the other way round). Ingress writes the packet into the TUN file
-//! descriptor (without packet information the kernel derives `skb->protocol` from the
-//! version nibble, and the model is told that protocol; with it, the frame's ethertype is
-//! claimed); egress sends it out of the device on a packet socket with the frame's
-//! ethertype as `skb->protocol` (a drop there fails the send). The reason is read
-//! from the verdict counters around each packet. What the kernel refuses before any hook
-//! runs (a TUN write of a version nibble other than 4 or 6, a frame with no IP packet to
-//! give) is counted in `l3.skipped` by cause, never as agreement, and the model does not
-//! see it (its state stays the kernel's).
+//! [`Model::packet_l3`]. BPF_PROG_TEST_RUN cannot run them: a tc test run always gets an
+//! Ethernet frame. Each frame loses its Ethernet header (and VLAN tags,
+//! [`crate::testkit::strip_ethernet`]); the hook follows the direction and the role as on
+//! the physical links (connector: outbound at tun ingress, inbound at tun egress; device
+//! the other way round). Ingress writes the packet into the TUN file descriptor (without
+//! packet information the kernel derives `skb->protocol` from the version nibble, and the
+//! model is told that protocol; with it, the frame's ethertype is claimed); egress sends it
+//! out of the device on a packet socket with the frame's ethertype as `skb->protocol` (a
+//! drop there fails the send). The reason is read from the verdict counters around each
+//! packet; whether tun ingress let an IPv4 or IPv6 packet through is seen by packet sockets
+//! bound to the device ([`TunHooks`]). What never meets a hook (a TUN write the kernel
+//! refuses: an empty packet, or without packet information a version nibble other than 4
+//! or 6; an empty packet on the packet socket; a frame with no IP packet to give) is
+//! counted in `l3.skipped` by cause, never as agreement, and the model does not see it (its
+//! state stays the kernel's).
 
 use crate::testkit::{self, action, tc_action};
 use anyhow::{Context as _, Result};
@@ -100,6 +102,9 @@ pub struct L3Report {
     /// Of the ingress ones, written with packet information (the frame's ethertype claimed
     /// as the protocol, whatever the version nibble).
     pub ingress_pi: usize,
+    /// Ingress packets of a claimed protocol other than IPv4 and IPv6, whose outcome no
+    /// witness sees: passed or dropped as their counted reason says.
+    pub ingress_unwitnessed: usize,
     pub passed: usize,
     pub dropped: usize,
     pub wrong_allow: usize,
@@ -130,7 +135,82 @@ pub enum Hooks<'t> {
     /// XDP and tcx (physical links), with BPF_PROG_TEST_RUN.
     Physical,
     /// The tunnel programs on this TUN device.
-    Tunnel(&'t crate::testkit::Tun),
+    Tunnel(&'t TunHooks),
+}
+
+/// A TUN device with the tunnel programs attached, and a witness of what tun ingress let
+/// through: packet sockets bound to the device for IPv4 and IPv6, which the kernel serves
+/// after the tcx ingress hook (protocol-specific taps; the catch-all ones run before it).
+pub struct TunHooks {
+    pub tun: testkit::Tun,
+    witness: Vec<std::os::fd::OwnedFd>,
+}
+
+impl TunHooks {
+    /// `pi`: the device carries packet information (any protocol can be claimed).
+    pub fn new(dp: &mut Dataplane, pi: bool) -> Result<TunHooks> {
+        let tun = testkit::Tun::new(dp, pi).context("TUN device with the tunnel programs")?;
+        // Nothing the stack does with a packet that passed may come back through a hook.
+        tun.ns
+            .exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"])
+            .context("forwarding off in the tunnel's namespace")?;
+        let ifindex = tun.ifindex;
+        let witness = tun.ns.run(|| -> Result<Vec<std::os::fd::OwnedFd>> {
+            use std::os::fd::FromRawFd as _;
+            let mut fds = Vec::new();
+            for proto in [0x0800u16, 0x86dd] {
+                // SAFETY: plain socket call; the fd is checked.
+                let s = unsafe {
+                    libc::socket(
+                        libc::AF_PACKET,
+                        libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                        i32::from(proto.to_be()),
+                    )
+                };
+                if s < 0 {
+                    return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
+                }
+                // SAFETY: a fresh descriptor.
+                let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(s) };
+                // SAFETY: an all-zero sockaddr_ll is valid.
+                let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                sa.sll_family = libc::AF_PACKET as u16;
+                sa.sll_protocol = proto.to_be();
+                sa.sll_ifindex = ifindex;
+                // SAFETY: binds to an address we own.
+                let rc = unsafe {
+                    libc::bind(
+                        s,
+                        (&sa as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                if rc != 0 {
+                    return Err(std::io::Error::last_os_error()).context("binding to the TUN");
+                }
+                fds.push(fd);
+            }
+            Ok(fds)
+        })??;
+        Ok(TunHooks { tun, witness })
+    }
+
+    /// How many packets the stack received from the device (past tun ingress) since the
+    /// last call.
+    fn delivered(&self) -> usize {
+        use std::os::fd::AsRawFd as _;
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        for fd in &self.witness {
+            // Truncated reads are fine: only the count matters.
+            // SAFETY: reads into a buffer we own.
+            while unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) } >= 0
+            {
+                n += 1;
+            }
+        }
+        n
+    }
 }
 
 /// How one packet's outcome compares with the model's.
@@ -389,7 +469,7 @@ fn physical_packet(
 /// role as on the physical links.
 fn tunnel_packet(
     k: &mut Kernel<'_>,
-    tun: &testkit::Tun,
+    hooks: &TunHooks,
     model: &mut Model,
     at: &At<'_>,
     frame: &[u8],
@@ -397,6 +477,7 @@ fn tunnel_packet(
     report: &mut L3Report,
 ) -> Result<()> {
     let (i, dir, label) = (at.step, at.dir, at.label);
+    let tun = &hooks.tun;
     let mut skip = |cause: String| *report.skipped.entry(cause).or_default() += 1;
     let Some((ethertype, packet)) = testkit::strip_ethernet(frame) else {
         skip("no IP packet (frame cut inside its Ethernet header or tags)".into());
@@ -424,12 +505,16 @@ fn tunnel_packet(
     };
     let before = k.dp.verdict_stats()?;
     let sent = if ingress {
-        let r = tun.ingress(protocol, packet).map(|()| None);
+        hooks.delivered();
+        // The hook runs inside the write; what it passes reaches the witness there too.
+        let r = tun
+            .ingress(protocol, packet)
+            .map(|()| hooks.delivered() > 0);
         // Nothing should come back out, but never let the device's queue fill.
         tun.read_all();
         r
     } else {
-        tun.egress(protocol, packet).map(Some)
+        tun.egress(protocol, packet)
     };
     let seen = k.dp.verdict_stats()?.since(&before);
     let sent = match sent {
@@ -472,9 +557,18 @@ fn tunnel_packet(
         (0, _) => "none",
         _ => "several",
     };
-    // Egress: the send says whether the hook let the packet go. Ingress: the write always
-    // succeeds, so the counted reason's action is the outcome.
-    let passed = sent.unwrap_or_else(|| Model::reason_passes(got_name).unwrap_or(false));
+    // Egress: the send says whether the hook let the packet go; ingress: the witness does,
+    // for what it can see (IPv4 and IPv6). Any other protocol (only claimable with packet
+    // information, malformed at the tunnel) has no witness: the counted reason's action.
+    let witnessed = !ingress || matches!(protocol, 0x0800 | 0x86dd);
+    let passed = if witnessed {
+        sent
+    } else {
+        Model::reason_passes(got_name).unwrap_or(false)
+    };
+    if !witnessed {
+        report.ingress_unwitnessed += 1;
+    }
     if at.trace {
         eprintln!(
             "trace {i} {dir:?} {label} (tun {hook}): kernel {:?}, model {}",
@@ -553,14 +647,10 @@ pub fn run(
     // bytes at ingress), each in a namespace of its own that forwards nothing (a packet
     // that passes tun ingress ends there, and nothing the stack answers leaves through tun
     // egress).
-    let mut tuns = Vec::new();
-    for pi in [false, true] {
-        let tun = testkit::Tun::new(&mut dp, pi).context("TUN device with the tunnel programs")?;
-        tun.ns
-            .exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"])
-            .context("forwarding off in the tunnel's namespace")?;
-        tuns.push(tun);
-    }
+    let tuns = [
+        TunHooks::new(&mut dp, false)?,
+        TunHooks::new(&mut dp, true)?,
+    ];
     let mut report = Report {
         seed,
         ..Report::default()
