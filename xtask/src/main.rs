@@ -54,8 +54,9 @@ enum Task {
         only: Option<String>,
     },
     /// Differential fuzzing: random policies and random (valid and malformed) packets
-    /// through the loaded XDP/TC programs and the reference evaluator. Prints one JSON
-    /// line; fails on any mismatch. Needs root.
+    /// through the loaded XDP/TC programs and the reference evaluator, and the same
+    /// sequences through the tunnel programs on a TUN device (`l3` in the output). Prints
+    /// one JSON line; fails on any mismatch at either. Needs root.
     FuzzDataplane {
         /// Random policies to generate.
         #[arg(long, default_value_t = 100)]

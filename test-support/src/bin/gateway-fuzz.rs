@@ -1,6 +1,7 @@
 //! `gateway-fuzz --policies N --packets M [--seed S]`: stateful differential fuzzing of the
 //! loaded data plane against the reference model (see `gateway_test_support::fuzz`). Prints
-//! progress on stderr and one JSON line on stdout; exits 1 on any disagreement. Needs root.
+//! progress on stderr and one JSON line on stdout (`l3`: the tunnel interface); exits 1 on
+//! any disagreement. Needs root.
 
 use anyhow::{Result, bail};
 
@@ -27,9 +28,11 @@ fn main() -> Result<()> {
                      For N random policies, runs sequences of about M packets in all (flows \
                      opened and answered, ICMP errors real and forged, fragments of real \
                      datagrams, policy swaps, time passing, malformed frames) through the \
-                     loaded XDP/tcx programs and the reference model; prints one JSON line \
-                     with wrong_allow, wrong_deny and wrong_reason; exits 1 if any is not 0. \
-                     Needs root."
+                     loaded XDP/tcx programs and the reference model, then through the \
+                     tunnel programs on a TUN device (packets from the IP header on); \
+                     prints one JSON line with wrong_allow, wrong_deny and wrong_reason \
+                     (l3: the same for the tunnel interface, and what never met a hook); \
+                     exits 1 if any is not 0. Needs root."
                 );
                 return Ok(());
             }
@@ -38,12 +41,24 @@ fn main() -> Result<()> {
     }
     let report = gateway_test_support::fuzz::run(policies, packets, seed, |done, r| {
         eprintln!(
-            "fuzz: {done}/{policies} policies, {} packets, {} wrong allow, {} wrong deny, {} wrong reason",
-            r.packets, r.wrong_allow, r.wrong_deny, r.wrong_reason
+            "fuzz: {done}/{policies} policies, {} packets, {} wrong allow, {} wrong deny, {} wrong reason; \
+             tunnel: {} packets ({} skipped), {} wrong allow, {} wrong deny, {} wrong reason",
+            r.packets,
+            r.wrong_allow,
+            r.wrong_deny,
+            r.wrong_reason,
+            r.l3.packets,
+            r.l3.skipped_total(),
+            r.l3.wrong_allow,
+            r.l3.wrong_deny,
+            r.l3.wrong_reason
         );
     })?;
     println!("{}", serde_json::to_string(&report)?);
-    if report.mismatches() > 0 {
+    for e in report.examples.iter().chain(&report.l3.examples) {
+        eprintln!("disagreement: {e}");
+    }
+    if report.all_mismatches() > 0 {
         std::process::exit(1);
     }
     Ok(())
