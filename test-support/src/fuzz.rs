@@ -55,20 +55,13 @@ pub struct Report {
     pub packets: usize,
     pub swaps: usize,
     pub time_steps: usize,
-    /// The data plane passed a packet the model drops.
-    pub wrong_allow: usize,
-    /// The data plane dropped a packet the model passes.
-    pub wrong_deny: usize,
-    /// Same action, another reason.
-    pub wrong_reason: usize,
+    /// Passed, dropped, disagreements and reasons of the packets judged.
+    #[serde(flatten)]
+    pub judged: Judged,
     /// Frames BPF_PROG_TEST_RUN refuses (under an Ethernet header; for tcx, an IP
     /// ethertype without an IP header): not run.
     pub unrunnable: usize,
     pub seed: u64,
-    pub passed: usize,
-    pub dropped: usize,
-    /// Packets per reason, as the data plane counted them.
-    pub reasons: BTreeMap<&'static str, u64>,
     pub seconds: f64,
     /// The first disagreements, described (seed, step, frame).
     pub examples: Vec<String>,
@@ -76,10 +69,58 @@ pub struct Report {
     pub l3: L3Report,
 }
 
+/// What became of the packets judged on one side: passed or dropped, the disagreements
+/// with the model, and the reasons the programs counted.
+#[derive(Debug, Default, Serialize)]
+pub struct Judged {
+    pub passed: usize,
+    pub dropped: usize,
+    /// The data plane passed a packet the model drops.
+    pub wrong_allow: usize,
+    /// The data plane dropped a packet the model passes.
+    pub wrong_deny: usize,
+    /// Same action, another reason.
+    pub wrong_reason: usize,
+    /// Packets per reason, as the programs counted them.
+    pub reasons: BTreeMap<&'static str, u64>,
+}
+
+impl Judged {
+    /// Counts one packet the programs `passed` (or not) with reason `got` against the
+    /// model's `want`; true when they disagree.
+    fn count(&mut self, passed: bool, got: &'static str, want: &gateway_model::Expected) -> bool {
+        *self.reasons.entry(got).or_default() += 1;
+        if passed {
+            self.passed += 1;
+        } else {
+            self.dropped += 1;
+        }
+        match judge(passed, got, want) {
+            Verdict::Agree => false,
+            Verdict::WrongAllow => {
+                self.wrong_allow += 1;
+                true
+            }
+            Verdict::WrongDeny => {
+                self.wrong_deny += 1;
+                true
+            }
+            Verdict::WrongReason => {
+                self.wrong_reason += 1;
+                true
+            }
+        }
+    }
+
+    pub fn mismatches(&self) -> usize {
+        self.wrong_allow + self.wrong_deny + self.wrong_reason
+    }
+}
+
 impl Report {
     /// Disagreements at the physical hooks.
     pub fn mismatches(&self) -> usize {
-        self.wrong_allow + self.wrong_deny + self.wrong_reason
+        self.judged.mismatches()
     }
 
     /// Disagreements at the physical hooks and at the tunnel interface.
@@ -105,23 +146,18 @@ pub struct L3Report {
     /// Ingress packets of a claimed protocol other than IPv4 and IPv6, whose outcome no
     /// witness sees: passed or dropped as their counted reason says.
     pub ingress_unwitnessed: usize,
-    pub passed: usize,
-    pub dropped: usize,
-    pub wrong_allow: usize,
-    pub wrong_deny: usize,
-    pub wrong_reason: usize,
+    #[serde(flatten)]
+    pub judged: Judged,
     /// Packets that never met a hook, by cause (the kernel refused them first, or the
     /// frame had no IP packet to give): not compared, not counted as agreement.
     pub skipped: BTreeMap<String, usize>,
-    /// Packets per reason, as the tunnel programs counted them.
-    pub reasons: BTreeMap<&'static str, u64>,
     /// The first disagreements, described (seed, step, hook, packet).
     pub examples: Vec<String>,
 }
 
 impl L3Report {
     pub fn mismatches(&self) -> usize {
-        self.wrong_allow + self.wrong_deny + self.wrong_reason
+        self.judged.mismatches()
     }
 
     pub fn skipped_total(&self) -> usize {
@@ -427,27 +463,7 @@ fn physical_packet(
         );
     }
     report.packets += 1;
-    *report.reasons.entry(got_name).or_default() += 1;
-    if passed {
-        report.passed += 1;
-    } else {
-        report.dropped += 1;
-    }
-    let problem = match judge(passed, got_name, &want) {
-        Verdict::Agree => false,
-        Verdict::WrongAllow => {
-            report.wrong_allow += 1;
-            true
-        }
-        Verdict::WrongDeny => {
-            report.wrong_deny += 1;
-            true
-        }
-        Verdict::WrongReason => {
-            report.wrong_reason += 1;
-            true
-        }
-    };
+    let problem = report.judged.count(passed, got_name, &want);
     if problem && report.examples.len() < 12 {
         report.examples.push(format!(
             "seed {} {:?} step {i} ({label}) {dir:?} at {}: data plane {} ({got_name}), model {} ({}); kernel clock {}; frame {}",
@@ -585,27 +601,7 @@ fn tunnel_packet(
     } else {
         report.egress += 1;
     }
-    *report.reasons.entry(got_name).or_default() += 1;
-    if passed {
-        report.passed += 1;
-    } else {
-        report.dropped += 1;
-    }
-    let problem = match judge(passed, got_name, &want) {
-        Verdict::Agree => false,
-        Verdict::WrongAllow => {
-            report.wrong_allow += 1;
-            true
-        }
-        Verdict::WrongDeny => {
-            report.wrong_deny += 1;
-            true
-        }
-        Verdict::WrongReason => {
-            report.wrong_reason += 1;
-            true
-        }
-    };
+    let problem = report.judged.count(passed, got_name, &want);
     if problem && report.examples.len() < 12 {
         report.examples.push(format!(
             "seed {} {:?} step {i} ({label}) {dir:?} tun {hook} at {}: tunnel program {} ({:?}), model {} ({}); protocol {protocol:#06x}; packet {}",

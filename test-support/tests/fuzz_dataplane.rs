@@ -14,21 +14,21 @@ fn loaded_programs_agree_with_the_model() {
     // The run must exercise both outcomes, swaps and time, or it proves nothing.
     assert!(report.packets >= 10_000, "{report:?}");
     assert!(
-        report.passed > 1_000 && report.dropped > 1_000,
+        report.judged.passed > 1_000 && report.judged.dropped > 1_000,
         "{report:?}"
     );
     assert!(report.swaps > 10 && report.time_steps > 10, "{report:?}");
     assert!(
-        report.reasons.len() >= 12,
+        report.judged.reasons.len() >= 12,
         "too few reasons exercised: {report:?}"
     );
     assert_eq!(
         report.mismatches(),
         0,
         "wrong allow {}, wrong deny {}, wrong reason {}:\n{}",
-        report.wrong_allow,
-        report.wrong_deny,
-        report.wrong_reason,
+        report.judged.wrong_allow,
+        report.judged.wrong_deny,
+        report.judged.wrong_reason,
         report.examples.join("\n")
     );
     // The same sequences through the tunnel programs on a TUN device: most packets must
@@ -60,18 +60,21 @@ fn loaded_programs_agree_with_the_model() {
         l3.ingress_pi > 1_000 && l3.ingress - l3.ingress_pi > 1_000,
         "{l3:?}"
     );
-    assert!(l3.passed > 1_000 && l3.dropped > 1_000, "{l3:?}");
     assert!(
-        l3.reasons.len() >= 15,
+        l3.judged.passed > 1_000 && l3.judged.dropped > 1_000,
+        "{l3:?}"
+    );
+    assert!(
+        l3.judged.reasons.len() >= 15,
         "too few reasons exercised at the tunnel interface: {l3:?}"
     );
     assert_eq!(
         l3.mismatches(),
         0,
         "tunnel interface: wrong allow {}, wrong deny {}, wrong reason {}:\n{}",
-        l3.wrong_allow,
-        l3.wrong_deny,
-        l3.wrong_reason,
+        l3.judged.wrong_allow,
+        l3.judged.wrong_deny,
+        l3.judged.wrong_reason,
         l3.examples.join("\n")
     );
 }

@@ -44,14 +44,14 @@ fn main() -> Result<()> {
             "fuzz: {done}/{policies} policies, {} packets, {} wrong allow, {} wrong deny, {} wrong reason; \
              tunnel: {} packets ({} skipped), {} wrong allow, {} wrong deny, {} wrong reason",
             r.packets,
-            r.wrong_allow,
-            r.wrong_deny,
-            r.wrong_reason,
+            r.judged.wrong_allow,
+            r.judged.wrong_deny,
+            r.judged.wrong_reason,
             r.l3.packets,
             r.l3.skipped_total(),
-            r.l3.wrong_allow,
-            r.l3.wrong_deny,
-            r.l3.wrong_reason
+            r.l3.judged.wrong_allow,
+            r.l3.judged.wrong_deny,
+            r.l3.judged.wrong_reason
         );
     })?;
     println!("{}", serde_json::to_string(&report)?);
