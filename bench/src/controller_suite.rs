@@ -207,6 +207,57 @@ async fn client(
     Ok((out, errors))
 }
 
+/// A controller in this process (plaintext gRPC on 127.0.0.1, SQLite in `dir`) with an
+/// admin key, for the control-plane suites.
+pub(crate) struct Local {
+    pub state: Arc<controller::State>,
+    pub url: String,
+    pub channel: tonic::transport::Channel,
+    pub admin_key: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Local {
+    pub(crate) async fn start(dir: &std::path::Path) -> Result<Local> {
+        let state = Arc::new(
+            controller::State::open(&dir.join("controller.db"), 30)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        let admin_key = state
+            .bootstrap_admin_key("bench")
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (addr, task) = controller::spawn("127.0.0.1:0".parse()?, state.clone(), async move {
+            let _ = stopped.await;
+        })
+        .await?;
+        let url = format!("http://{addr}");
+        let channel = tonic::transport::Channel::from_shared(url.clone())?
+            .connect()
+            .await?;
+        Ok(Local {
+            state,
+            url,
+            channel,
+            admin_key,
+            stop,
+            task,
+        })
+    }
+
+    pub(crate) fn admin(&self) -> controller::auth::AuthedAdminClient {
+        controller::auth::admin_client(self.channel.clone(), &self.admin_key)
+    }
+
+    pub(crate) async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.state.close_watchers();
+        self.task.await??;
+        Ok(())
+    }
+}
+
 pub fn run(opts: &Opts, out: &mut Option<Summary>) -> Result<()> {
     let (clients, seconds) = if opts.quick { (20, 5.0) } else { (20, 30.0) };
     let dir = std::env::temp_dir().join(format!("zt-bench-controller-{}", std::process::id()));
@@ -216,25 +267,15 @@ pub fn run(opts: &Opts, out: &mut Option<Summary>) -> Result<()> {
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
-        let state = Arc::new(
-            controller::State::open(&dir.join("controller.db"), 30)
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        );
+        let local = Local::start(&dir).await?;
         // The bench is one address making every call: no login or event limits here.
-        state.set_event_quota(1e9, 1e9);
-        let key = state
-            .bootstrap_admin_key("bench")
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (addr, task) = controller::spawn("127.0.0.1:0".parse()?, state.clone(), async move {
-            let _ = stopped.await;
-        })
-        .await?;
-        let url = format!("http://{addr}");
-        let ch = tonic::transport::Channel::from_shared(url.clone())?
-            .connect()
-            .await?;
-        let mut admin = controller::auth::admin_client(ch.clone(), &key);
+        local.state.set_event_quota(1e9, 1e9);
+        let (url, key, ch) = (
+            local.url.clone(),
+            local.admin_key.clone(),
+            local.channel.clone(),
+        );
+        let mut admin = local.admin();
         let text = policy();
         admin
             .apply_policy(v1::ApplyPolicyRequest {
@@ -296,9 +337,7 @@ pub fn run(opts: &Opts, out: &mut Option<Summary>) -> Result<()> {
             errors += e;
         }
         let elapsed = start.elapsed().as_secs_f64();
-        let _ = stop.send(());
-        state.close_watchers();
-        task.await??;
+        local.stop().await?;
         let pick = |f: &dyn Fn(Op) -> bool| -> Vec<f64> {
             all.iter()
                 .filter(|(op, _)| f(*op))

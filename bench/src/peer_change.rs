@@ -11,7 +11,6 @@ use anyhow::{Context as _, Result, bail};
 use gateway_proto::{apply_delta, v1, v1::watch_response::Update, view_from_wire};
 use policy_compiler::{HostView, WgKey};
 use serde::Serialize;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -94,23 +93,9 @@ pub fn run(opts: &Opts, out: &mut Option<PeerChange>) -> Result<()> {
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
-        let state = Arc::new(
-            controller::State::open(&dir.join("controller.db"), 30)
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        );
-        let admin_key = state
-            .bootstrap_admin_key("bench")
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (addr, task) = controller::spawn("127.0.0.1:0".parse()?, state.clone(), async move {
-            let _ = stopped.await;
-        })
-        .await?;
-        let url = format!("http://{addr}");
-        let ch = tonic::transport::Channel::from_shared(url.clone())?
-            .connect()
-            .await?;
-        let mut admin = controller::auth::admin_client(ch.clone(), &admin_key);
+        let local = crate::controller_suite::Local::start(&dir).await?;
+        let (url, ch) = (local.url.clone(), local.channel.clone());
+        let mut admin = local.admin();
         admin
             .apply_policy(v1::ApplyPolicyRequest {
                 policy_toml: policy(),
@@ -201,9 +186,7 @@ pub fn run(opts: &Opts, out: &mut Option<PeerChange>) -> Result<()> {
             }
             ms.push(t0.elapsed().as_secs_f64() * 1e3);
         }
-        let _ = stop.send(());
-        state.close_watchers();
-        task.await??;
+        local.stop().await?;
         if ms.is_empty() {
             bail!("no rounds");
         }

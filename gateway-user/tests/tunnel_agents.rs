@@ -265,6 +265,21 @@ fn send_marked(ns: &NetNs, from: Option<&str>, to: &str, count: usize) {
     send_udp(ns, from.map(|f| f.parse().unwrap()), to, MARK, count).unwrap();
 }
 
+/// A TCP connection from `ns` to the echo server at `dst`, proven open by one echo.
+fn open_echo(ns: &NetNs, dst: &str) -> TcpStream {
+    let dst: SocketAddr = dst.parse().unwrap();
+    let mut c = ns
+        .run(|| TcpStream::connect_timeout(&dst, T))
+        .unwrap()
+        .unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    let mut b = [0u8; 1];
+    c.write_all(b"o").unwrap();
+    c.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"o");
+    c
+}
+
 /// A UDP echo server on `addr` inside `ns`, for two minutes at most.
 fn udp_echo_server(ns: &NetNs, addr: &str) {
     let sock = ns.run(|| UdpSocket::bind(addr)).unwrap().unwrap();
@@ -526,16 +541,8 @@ fn devices_reach_resources_only_through_the_tunnel() {
 
     // Roaming: alice's laptop changes address; her open connection carries on and the
     // connector answers at the new address.
-    let mut open = w
-        .alice
-        .ns
-        .run(|| TcpStream::connect_timeout(&"198.18.1.5:443".parse().unwrap(), T))
-        .unwrap()
-        .unwrap();
-    open.set_read_timeout(Some(T)).unwrap();
+    let mut open = open_echo(&w.alice.ns, "198.18.1.5:443");
     let mut b = [0u8; 1];
-    open.write_all(b"r").unwrap();
-    open.read_exact(&mut b).unwrap();
     let alink = link_of(&w.alice.ns);
     w.alice
         .ns
@@ -617,25 +624,9 @@ fn devices_reach_resources_only_through_the_tunnel() {
     );
 
     // Revocation: alice's open connection stops within one policy push.
-    let mut open = w
-        .alice
-        .ns
-        .run(|| TcpStream::connect_timeout(&"198.18.1.5:443".parse().unwrap(), T))
-        .unwrap()
-        .unwrap();
-    open.set_read_timeout(Some(T)).unwrap();
-    open.write_all(b"x").unwrap();
-    open.read_exact(&mut b).unwrap();
+    let mut open = open_echo(&w.alice.ns, "198.18.1.5:443");
     // Bob's open connection, whose peer stays: the change must not disturb it.
-    let mut bobs = w
-        .bob
-        .ns
-        .run(|| TcpStream::connect_timeout(&"198.18.1.10:5432".parse().unwrap(), T))
-        .unwrap()
-        .unwrap();
-    bobs.set_read_timeout(Some(T)).unwrap();
-    bobs.write_all(b"b").unwrap();
-    bobs.read_exact(&mut b).unwrap();
+    let mut bobs = open_echo(&w.bob.ns, "198.18.1.10:5432");
     let (kc, ka, kb) = (
         public_key(&w.conn),
         public_key(&w.alice),
