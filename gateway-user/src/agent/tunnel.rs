@@ -41,6 +41,10 @@ pub fn view_peers(view: &HostView) -> (Vec<ViewPeer>, Vec<IpAddr>) {
 }
 
 pub struct AgentTunnel {
+    /// The controller's address (managed mode), checked against each view's protected
+    /// space: the shield would cut the agent off from a controller inside it.
+    controller: Option<IpAddr>,
+    warned_controller: bool,
     tunnel: Tunnel,
     cfg: TunnelConfig,
     role: Role,
@@ -66,6 +70,17 @@ pub const USERSPACE: &str = "userspace (boringtun)";
 /// Where the running agent writes the tunnel's state for `gateway-agent status`.
 pub fn status_path(t: &TunnelConfig) -> PathBuf {
     t.private_key_file.with_file_name("tunnel-status.json")
+}
+
+/// The IP address of a controller URL (`https://198.51.100.7:50051`), when it is one.
+fn controller_ip(url: &str) -> Option<IpAddr> {
+    let rest = url.split("://").nth(1)?;
+    let host = rest.split('/').next()?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    host.parse().ok()
 }
 
 /// Endpoints in a status file the previous run wrote, by public key.
@@ -154,7 +169,10 @@ impl AgentTunnel {
             "tunnel up"
         );
         let remembered = remembered_endpoints(&status_path(&t));
+        let controller = cfg.controller.as_ref().and_then(|c| controller_ip(&c.url));
         let at = AgentTunnel {
+            controller,
+            warned_controller: false,
             remembered,
             key_stamp: stamp(&t.private_key_file),
             key_file: t.private_key_file.clone(),
@@ -173,6 +191,18 @@ impl AgentTunnel {
 
     /// Makes peers, addresses and routes those of `view`.
     pub async fn apply(&mut self, view: &HostView) -> Result<PeerChange> {
+        if let Some(ip) = self.controller
+            && !self.warned_controller
+            && view.protected.iter().any(|n| n.contains(&ip))
+        {
+            self.warned_controller = true;
+            tracing::warn!(
+                controller = %ip,
+                "the controller's address is inside protected space: the shield drops this \
+                 host's cleartext traffic to it, and it is not reached through the tunnel \
+                 either; give the controller an address outside every remote network"
+            );
+        }
         let (peers, addrs) = view_peers(view);
         let mut specs: Vec<PeerSpec> = Vec::with_capacity(peers.len());
         for p in peers {
@@ -341,5 +371,27 @@ pub fn status(cfg: &Config) -> serde_json::Value {
             "interface_present": up,
             "note": format!("no state at {} (the agent has not run)", path.display()),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::controller_ip;
+
+    #[test]
+    fn controller_addresses_are_read_from_urls() {
+        assert_eq!(
+            controller_ip("https://198.51.100.7:50051"),
+            "198.51.100.7".parse().ok()
+        );
+        assert_eq!(
+            controller_ip("https://[2001:db8::7]:50051/"),
+            "2001:db8::7".parse().ok()
+        );
+        assert_eq!(
+            controller_ip("http://127.0.0.1:50051"),
+            "127.0.0.1".parse().ok()
+        );
+        assert_eq!(controller_ip("https://controller.example:50051"), None);
     }
 }
