@@ -17,7 +17,7 @@ macro_rules! map_name {
         "PARSE_STATS_V2"
     };
     (VERDICT_STATS) => {
-        "VERDICTS_V3"
+        "VERDICTS_V4"
     };
     (FLOWS_TCP) => {
         "FLOWS_TCP_V2"

@@ -55,10 +55,14 @@ pub enum Reason {
     /// Shield ingress: a WireGuard handshake initiation over its source prefix's token
     /// bucket (/32 IPv4, /64 IPv6).
     HandshakeRateLimited = 21,
+    /// Tunnel interface: a packet outside protected space (neither address in it). Through
+    /// the tunnel a device reaches protected space and nothing else: not the connector's own
+    /// addresses, not the networks beyond it.
+    DeniedOutsideProtected = 22,
 }
 
 /// Number of reasons (size of the per-CPU counter array).
-pub const REASONS: u32 = 22;
+pub const REASONS: u32 = 23;
 
 impl Reason {
     /// Every reason, in counter-index order.
@@ -85,6 +89,7 @@ impl Reason {
         Self::NeighborDiscovery,
         Self::DeniedUntunneled,
         Self::HandshakeRateLimited,
+        Self::DeniedOutsideProtected,
     ];
 
     /// The single place where a reason becomes an action.
@@ -112,7 +117,8 @@ impl Reason {
             | Self::DeniedDirection
             | Self::DeniedUnconfigured
             | Self::DeniedUntunneled
-            | Self::HandshakeRateLimited => false,
+            | Self::HandshakeRateLimited
+            | Self::DeniedOutsideProtected => false,
         }
     }
 
@@ -151,6 +157,7 @@ impl Reason {
             Self::NeighborDiscovery => "neighbor_discovery",
             Self::DeniedUntunneled => "denied_untunneled",
             Self::HandshakeRateLimited => "handshake_rate_limited",
+            Self::DeniedOutsideProtected => "denied_outside_protected",
         }
     }
 }

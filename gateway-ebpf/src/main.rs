@@ -224,6 +224,13 @@ fn process<C: Frame + aya_ebpf::EbpfContext>(
             None => Reason::DeniedUnconfigured,
         }
     };
+    // Through the tunnel, protected space and nothing else (docs/dataplane.md, "Tunnel
+    // interface"): what would pass as outside it on a physical link is dropped here.
+    let reason = if reason == Reason::Unprotected && matches!(start, Start::L3 { .. }) {
+        Reason::DeniedOutsideProtected
+    } else {
+        reason
+    };
     bump(&VERDICT_STATS, reason as u32);
     diagnose(ctx, scratch, reason);
     reason

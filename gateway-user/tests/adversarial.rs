@@ -12,8 +12,9 @@
 //! The same cases run a second time through the tunnel interface's programs on a real TUN
 //! device (`adversarial_suite_on_the_tunnel_interface`): each frame loses its Ethernet
 //! header (a TUN device carries bare IP packets, its protocol given beside them), and the
-//! expectations stay, but for one rule of the contract's "Tunnel interface" section: what
-//! is not IP there is malformed (`not_ip` becomes `denied_malformed`).
+//! expectations stay, but for two rules of the contract's "Tunnel interface" section: what
+//! is not IP there is malformed (`not_ip` becomes `denied_malformed`), and what is outside
+//! protected space is dropped (`unprotected` becomes `denied_outside_protected`).
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
@@ -1772,10 +1773,12 @@ fn tunnel_frames(c: &Case) -> Option<Vec<(u16, Vec<u8>)>> {
 }
 
 /// The contract's expectation at the tunnel interface for a frame expected to get `want`
-/// on a physical link: the same, except that a non-IP packet is malformed there.
+/// on a physical link: the same, except that a non-IP packet is malformed there and a
+/// packet outside protected space is dropped (through the tunnel, protected space only).
 fn at_tunnel(want: Reason) -> Reason {
     match want {
         Reason::NotIp => Reason::DeniedMalformed,
+        Reason::Unprotected => Reason::DeniedOutsideProtected,
         other => other,
     }
 }

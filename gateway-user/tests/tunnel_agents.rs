@@ -337,6 +337,14 @@ fn capture(
 /// Bob's key, alice's address: a tunnel the test runs in bob's namespace with bob's
 /// private key (an attacker who owns bob's laptop), claiming 100.64.0.10.
 fn rogue_tunnel(w: &World) -> NsTunnel {
+    bobs_own_tunnel(w, "100.64.0.10", "198.18.1.5/32")
+}
+
+/// A tunnel in bob's namespace with bob's key, its interface holding `address`, routing
+/// `target` to the connector (what a modified client can do).
+fn bobs_own_tunnel(w: &World, address: &str, target: &str) -> NsTunnel {
+    let (address, target): (std::net::IpAddr, ipnet::IpNet) =
+        (address.parse().unwrap(), target.parse().unwrap());
     let pair = keys::load(&w.bob.key).unwrap();
     let conn_key = keys::decode_key(&public_key(&w.conn)).unwrap();
     let opts = Options {
@@ -347,14 +355,14 @@ fn rogue_tunnel(w: &World) -> NsTunnel {
         skip_cryptokey_routing: false,
     };
     NsTunnel::start(w.bob.ns.name(), opts, pair, move |t| {
-        configure_link("evil0", 1420, &["100.64.0.10".parse()?])?;
+        configure_link("evil0", 1420, &[address])?;
         t.set_peers(&[PeerSpec {
             name: "conn".into(),
             public_key: conn_key,
             endpoint: Some("198.19.1.1:51820".parse()?),
-            allowed_ips: vec!["198.18.1.5/32".parse()?],
+            allowed_ips: vec![target],
         }]);
-        sync_routes("evil0", &["198.18.1.5/32".parse()?])
+        sync_routes("evil0", &[target])
     })
     .unwrap()
 }
@@ -460,6 +468,28 @@ fn devices_reach_resources_only_through_the_tunnel() {
         0,
         "bob-as-alice through his tunnel"
     );
+    // Through the tunnel, protected space only: bob, with his own key and address, routes
+    // the connector's own (unprotected) address into a tunnel; nothing reaches a listener
+    // there, which his cleartext on the link (unprotected: the shield lets it be) does.
+    let on_conn = udp_counter(&w.conn.ns, "198.19.1.1:7777", Some(MARK)).unwrap();
+    send_marked(&w.bob.ns, None, "198.19.1.1:7777", 5);
+    settle();
+    assert!(
+        on_conn.load(Ordering::Relaxed) >= 4,
+        "control: the connector's listener answers"
+    );
+    let before = on_conn.load(Ordering::Relaxed);
+    let own = bobs_own_tunnel(&w, "100.64.0.11", "198.19.1.1/32");
+    send_marked(&w.bob.ns, Some("100.64.0.11"), "198.19.1.1:7777", 30);
+    settle();
+    drop(own);
+    delete_link("evil0", &w.bob.ns);
+    assert_eq!(
+        on_conn.load(Ordering::Relaxed) - before,
+        0,
+        "outside protected space through the tunnel"
+    );
+
     // Cleartext frames claiming alice's address on bob's link: nothing either.
     let phys = link_of(&w.bob.ns);
     w.bob

@@ -153,10 +153,14 @@ const SHIELD_REASONS: &[(&str, bool)] = &[
     ("handshake_rate_limited", false),
 ];
 
+/// The reason only the tunnel interface returns (docs/dataplane.md, "Tunnel interface").
+const TUNNEL_REASONS: &[(&str, bool)] = &[("denied_outside_protected", false)];
+
 fn expected(reason: &'static str) -> Expected {
     let passes = REASONS
         .iter()
         .chain(SHIELD_REASONS)
+        .chain(TUNNEL_REASONS)
         .find(|(r, _)| *r == reason)
         .is_some_and(|(_, p)| *p);
     Expected {
@@ -774,11 +778,17 @@ impl Model {
         SHIELD_REASONS.iter().map(|(r, _)| *r).collect()
     }
 
+    /// Every reason only [`Model::packet_l3`] returns.
+    pub fn tunnel_reason_names() -> Vec<&'static str> {
+        TUNNEL_REASONS.iter().map(|(r, _)| *r).collect()
+    }
+
     /// Whether a reason passes the frame (`None`: not a reason of the contract).
     pub fn reason_passes(reason: &str) -> Option<bool> {
         REASONS
             .iter()
             .chain(SHIELD_REASONS)
+            .chain(TUNNEL_REASONS)
             .find(|(r, _)| *r == reason)
             .map(|(_, p)| *p)
     }
@@ -829,7 +839,12 @@ impl Model {
         packet: &[u8],
         now_unix: i64,
     ) -> Expected {
-        self.decide_parsed(dir, parse_l3(protocol, packet), now_unix)
+        let e = self.decide_parsed(dir, parse_l3(protocol, packet), now_unix);
+        // Through the tunnel a device reaches protected space and nothing else.
+        if e.reason == "unprotected" {
+            return expected("denied_outside_protected");
+        }
+        e
     }
 
     fn decide_parsed(&mut self, dir: Direction, parsed: Parse<'_>, now_unix: i64) -> Expected {

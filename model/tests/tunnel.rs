@@ -101,6 +101,25 @@ fn the_tunnel_interface_decides_bare_ip_packets_by_policy() {
     );
 }
 
+/// "Tunnel interface": through the tunnel, protected space and nothing else — what a
+/// physical link passes as `unprotected` is dropped there, both ways and in both roles.
+#[test]
+fn outside_protected_space_is_dropped_at_the_tunnel_interface() {
+    for mut m in [connector(), model(Role::Device("alice-laptop".into()))] {
+        for dir in [Direction::Outbound, Direction::Inbound] {
+            let e = m.packet_l3(dir, 0x0800, &tcp("198.19.0.10", "203.0.113.7", 1, 22), NOW);
+            assert_eq!(e.reason, "denied_outside_protected", "{dir:?}");
+            assert!(!e.passes);
+        }
+        // Control: the same packet on a physical link is none of the gateway's business.
+        let frame = wire::frame(ip("198.19.0.10"), ip("203.0.113.7"), &L4::tcp(1, 22, 0x02));
+        assert_eq!(
+            m.packet(Direction::Outbound, &frame, NOW).reason,
+            "unprotected"
+        );
+    }
+}
+
 /// "Tunnel interface": the protocol must agree with the version nibble, and what is not IP
 /// is malformed there.
 #[test]
