@@ -290,6 +290,16 @@ fn the_agent_attaches_the_tunnel_and_the_shield_with_pins() {
         dir.join("policy.toml").display()
     );
     std::fs::write(dir.join("agent.toml"), text).unwrap();
+    // Whatever a failed run leaves pinned goes too.
+    struct Cleanup(std::path::PathBuf, std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = pins::detach(&self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _cleanup = Cleanup(pin_dir.clone().into(), dir.clone());
     let mut cfg = Config::load(&dir.join("agent.toml")).unwrap();
     cfg.pin_dir = pins::prepare(&cfg.pin_dir).unwrap();
 
