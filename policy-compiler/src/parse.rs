@@ -121,6 +121,7 @@ pub fn parse(text: &str, file: &str, now: i64) -> Result<Parsed, Vec<Diagnostic>
     policy.reindex();
     let mut sink = p.sink;
     lints::shadow_warnings(&policy, &mut sink, &p.grant_name_spans);
+    lints::tunnel_overlap_warnings(&policy, &mut sink, &p.connector_spans);
     Ok(Parsed {
         policy,
         warnings: sink.finish(),

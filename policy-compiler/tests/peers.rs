@@ -686,3 +686,41 @@ fn peers_match_the_reference_evaluator() {
     );
     assert!(peers > 200 && later_checks > 50 && changed > 5);
 }
+
+/// Overlapping networks behind different tunnel connectors: a located warning (a device
+/// can route each address into one tunnel only); the same overlap behind one connector, or
+/// disjoint networks, draw none.
+#[test]
+fn overlapping_networks_behind_different_connectors_are_a_warning() {
+    let warnings = |text: &str| -> Vec<String> {
+        parse(text, "peers.toml", NOW)
+            .unwrap()
+            .warnings
+            .iter()
+            .filter(|d| d.message.contains("overlap"))
+            .map(|d| d.to_string())
+            .collect()
+    };
+    assert!(warnings(&base("")).is_empty(), "disjoint networks");
+    let text = edited(
+        "cidrs = [\"10.2.0.0/16\"]",
+        "cidrs = [\"10.2.0.0/16\", \"10.1.128.0/17\"]",
+    );
+    let w = warnings(&text);
+    assert_eq!(w.len(), 1, "{w:?}");
+    let line = line_of(&text, "name = \"lab-1\"");
+    assert!(
+        w[0].contains(&format!(":{line}:"))
+            && w[0].contains(
+                "remote networks `dc` (10.1.0.0/16) and `lab` (10.1.128.0/17) overlap but reach \
+                 devices through different connectors (`dc-1`, `lab-1`)"
+            ),
+        "{w:?}"
+    );
+    // The same overlap behind one connector: no warning.
+    let same = text.replace(
+        "connectors = [\"lab-1\"]",
+        "connectors = [\"dc-1\", \"lab-1\"]",
+    );
+    assert!(warnings(&same).is_empty(), "{:?}", warnings(&same));
+}

@@ -333,10 +333,14 @@ impl Tunnel {
             }
         }
         peers.by_slot = by_slot;
+        // In the order of `specs` (the view's: by public key), so that a prefix two peers
+        // claim goes to the same one on every host and every run.
         let mut allowed = AllowedIps::default();
-        for p in peers.by_slot.values() {
-            for net in &p.allowed {
-                allowed.insert(*net, p.slot);
+        for spec in specs {
+            if let Some(slot) = peers.by_key.get(&spec.public_key) {
+                for net in &spec.allowed_ips {
+                    allowed.insert(*net, *slot);
+                }
             }
         }
         peers.allowed = allowed;

@@ -63,6 +63,53 @@ pub(super) fn shadow_warnings(policy: &Policy, sink: &mut Sink<'_>, name_spans: 
     }
 }
 
+/// Warns about remote networks that overlap but reach devices through different tunnel
+/// connectors: a device that may reach both routes each address of the overlap into one
+/// tunnel only (the longer prefix; for the same prefix, one fixed connector), so the other
+/// network's resources there are out of its reach.
+pub(super) fn tunnel_overlap_warnings(
+    policy: &Policy,
+    sink: &mut Sink<'_>,
+    connector_spans: &HashMap<String, Span>,
+) {
+    let tunnel_connector = |n: &crate::model::RemoteNetwork| {
+        n.connectors
+            .iter()
+            .find(|c| policy.connector(c).is_some())
+            .cloned()
+    };
+    let nets = &policy.networks;
+    for (i, a) in nets.iter().enumerate() {
+        for b in &nets[i + 1..] {
+            let (Some(ca), Some(cb)) = (tunnel_connector(a), tunnel_connector(b)) else {
+                continue;
+            };
+            if ca == cb {
+                continue;
+            }
+            let overlap = a.cidrs.iter().find_map(|x| {
+                b.cidrs
+                    .iter()
+                    .find(|y| x.contains(&y.network()) || y.contains(&x.network()))
+                    .map(|y| (*x, *y))
+            });
+            let (Some((x, y)), Some(span)) = (overlap, connector_spans.get(&cb)) else {
+                continue;
+            };
+            sink.warning(
+                span,
+                format!(
+                    "remote networks `{}` ({x}) and `{}` ({y}) overlap but reach devices through \
+                     different connectors (`{ca}`, `{cb}`)",
+                    a.name, b.name
+                ),
+                "a device routes each address into one tunnel only: give the networks \
+                 disjoint cidrs, or the same connector",
+            );
+        }
+    }
+}
+
 fn is_subset(a: &[u32], b: &[u32]) -> bool {
     a.iter().all(|x| b.binary_search(x).is_ok())
 }
