@@ -441,23 +441,9 @@ async fn enroll_watch_fanout_only_affected_hosts() {
     }
     let mut gens = Vec::new();
     for (host, auth) in auths {
-        let mut s = ctl
-            .agent()
-            .await
-            .watch(v1::WatchRequest {
-                auth: Some(auth.clone()),
-                generation: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let m = next(&mut s, 5).await.expect("snapshot");
-        assert_eq!(m.base_generation, 0);
-        let Some(Update::Snapshot(v)) = m.update else {
-            panic!("snapshot expected")
-        };
-        views.push(view_from_wire(&v).unwrap());
-        gens.push(m.generation);
+        let (s, view, generation) = watch_snapshot(&ctl, &auth).await;
+        views.push(view);
+        gens.push(generation);
         streams.push((host, auth, s));
     }
     // Bad credentials and tokens.

@@ -8,8 +8,8 @@
 mod common;
 
 use common::*;
+use gateway_proto::apply_delta;
 use gateway_proto::v1::{self, ObjectKind, watch_response::Update};
-use gateway_proto::{apply_delta, view_from_wire};
 use policy_compiler::{HostView, WgKey};
 use tonic::Code;
 use tonic::Streaming;
@@ -122,24 +122,11 @@ struct Watching {
 }
 
 async fn watch(ctl: &Controller, auth: &v1::AgentAuth) -> Watching {
-    let mut stream = ctl
-        .agent()
-        .await
-        .watch(v1::WatchRequest {
-            auth: Some(auth.clone()),
-            generation: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let m = next(&mut stream, 5).await.expect("snapshot");
-    let Some(Update::Snapshot(v)) = m.update else {
-        panic!("snapshot expected")
-    };
+    let (stream, view, generation) = watch_snapshot(ctl, auth).await;
     Watching {
         stream,
-        view: view_from_wire(&v).unwrap(),
-        generation: m.generation,
+        view,
+        generation,
     }
 }
 

@@ -150,6 +150,39 @@ pub async fn next(
         .and_then(|r| r.expect("stream ok"))
 }
 
+/// Opens `auth`'s watch stream from generation 0 and reads its snapshot: the stream, the
+/// view and its generation.
+#[allow(dead_code)] // not every test binary watches
+pub async fn watch_snapshot(
+    ctl: &Controller,
+    auth: &v1::AgentAuth,
+) -> (
+    tonic::Streaming<v1::WatchResponse>,
+    policy_compiler::HostView,
+    u64,
+) {
+    let mut stream = ctl
+        .agent()
+        .await
+        .watch(v1::WatchRequest {
+            auth: Some(auth.clone()),
+            generation: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let m = next(&mut stream, 5).await.expect("snapshot");
+    assert_eq!(m.base_generation, 0);
+    let Some(v1::watch_response::Update::Snapshot(v)) = m.update else {
+        panic!("snapshot expected")
+    };
+    (
+        stream,
+        gateway_proto::view_from_wire(&v).unwrap(),
+        m.generation,
+    )
+}
+
 pub fn now() -> i64 {
     controller::now_unix()
 }
