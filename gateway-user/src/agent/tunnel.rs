@@ -17,29 +17,6 @@ use std::{
     time::SystemTime,
 };
 
-/// A peer as the compiled view gives it, before its endpoint is resolved.
-pub struct ViewPeer {
-    pub name: String,
-    pub public_key: [u8; 32],
-    pub endpoint: Option<String>,
-    pub allowed_ips: Vec<IpNet>,
-}
-
-/// The tunnel's part of a view: peers, and the host's own overlay addresses.
-pub fn view_peers(view: &HostView) -> (Vec<ViewPeer>, Vec<IpAddr>) {
-    let peers = view
-        .peers
-        .iter()
-        .map(|p| ViewPeer {
-            name: p.name.clone(),
-            public_key: p.public_key.0,
-            endpoint: p.endpoint.clone(),
-            allowed_ips: p.allowed_ips.clone(),
-        })
-        .collect();
-    (peers, view.tunnel_addresses.clone())
-}
-
 pub struct AgentTunnel {
     /// The controller's address (managed mode), checked against each view's protected
     /// space: the shield would cut the agent off from a controller inside it.
@@ -203,9 +180,8 @@ impl AgentTunnel {
                  either; give the controller an address outside every remote network"
             );
         }
-        let (peers, addrs) = view_peers(view);
-        let mut specs: Vec<PeerSpec> = Vec::with_capacity(peers.len());
-        for p in peers {
+        let mut specs: Vec<PeerSpec> = Vec::with_capacity(view.peers.len());
+        for p in &view.peers {
             let endpoint = match &p.endpoint {
                 Some(e) => match tokio::net::lookup_host(e.as_str()).await {
                     Ok(mut it) => it.next(),
@@ -217,10 +193,10 @@ impl AgentTunnel {
                 None => None,
             };
             specs.push(PeerSpec {
-                name: p.name,
-                public_key: p.public_key,
+                name: p.name.clone(),
+                public_key: p.public_key.0,
                 endpoint,
-                allowed_ips: p.allowed_ips,
+                allowed_ips: p.allowed_ips.clone(),
             });
         }
         // After a restart: the devices' last known endpoints, and a handshake to each, so
@@ -250,7 +226,7 @@ impl AgentTunnel {
         routes.sort();
         routes.dedup();
         let own = if self.role == Role::Device {
-            addrs
+            view.tunnel_addresses.clone()
         } else {
             Vec::new()
         };
