@@ -115,12 +115,12 @@ pub fn run_one(rules: u32, changes: usize, deadline_s: f64) -> Result<Summary> {
 
 pub fn run(opts: &Opts, out: &mut Vec<Summary>) -> Result<()> {
     let sizes: &[(u32, usize)] = if opts.quick {
-        &[(1_000, 200), (10_000, 200)]
+        &[(1_000, 200), (10_000, 200), (100_000, 20)]
     } else {
         &[(1_000, 500), (10_000, 500), (100_000, 200)]
     };
     for &(rules, changes) in sizes {
-        let deadline = if opts.quick { 60.0 } else { 300.0 };
+        let deadline = if opts.quick { 45.0 } else { 300.0 };
         let s = run_one(rules, changes, deadline)?;
         progress(&format!(
             "apply: {rules} rules, {} changes: p50 {:.2} ms, p99 {:.2} ms (parse {:.2}, compile {:.2}, write {:.2} ms; {} entries written)",

@@ -8,9 +8,16 @@
 //! no-op's steady cost. The denied case is measured both ways as a check of the method.
 
 use crate::policies::{self, NOW, Probe, frame};
+use crate::working_set::{self, Tuple};
 use crate::{Opts, progress};
 use anyhow::{Context as _, Result, bail};
-use gateway_common::{Reason, maps};
+use gateway_common::{
+    Reason,
+    maps::{
+        self,
+        bench::{WS_NEW_PORT, WS_SAME_PORT},
+    },
+};
 use gateway_test_support::testkit::{load_policy, run_xdp_repeat};
 use gateway_user::Dataplane;
 use serde::Serialize;
@@ -26,9 +33,14 @@ pub struct Row {
     /// Kernel entries of the compiled view (SRC + DST + RULES).
     pub entries: usize,
     pub case: String,
+    /// Distinct flows the case cycles through: 1 is the single-tuple best case (every
+    /// lookup cache-hot).
+    pub working_set: u32,
     pub ns: f64,
     pub noop_ns: f64,
-    /// `repeat` (kernel mean of one repeat loop) or `single-corrected` (see module docs).
+    /// `repeat` (kernel mean of one repeat loop), `single-corrected` (see module docs) or
+    /// `working-set` (a repeat loop of `bench_working_set`, baseline the same program
+    /// tail-calling the no-op).
     pub method: &'static str,
     /// The verdict reason the data plane counted for this case.
     pub reason: String,
@@ -113,6 +125,7 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>, checks: &mut Vec<Check>) -> Result<
             t.elapsed().as_secs_f64()
         ));
         drop(loaded);
+        let sets = WsTuples::find(&g.policy, u64::from(rules))?;
         drop(g);
 
         let noop_frame = frame(&probes.tcp_allow, 0);
@@ -128,6 +141,7 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>, checks: &mut Vec<Check>) -> Result<
                 principals,
                 entries,
                 case: case.to_string(),
+                working_set: 1,
                 ns,
                 noop_ns,
                 method,
@@ -181,6 +195,219 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>, checks: &mut Vec<Check>) -> Result<
                     });
                 }
             }
+        }
+        working_sets(
+            opts,
+            &mut dp,
+            &sets,
+            (rules, rule_ids, principals, entries),
+            rows,
+        )?;
+    }
+    Ok(())
+}
+
+/// The decision tuples of one policy for the working-set cases.
+struct WsTuples {
+    allowed: Vec<Tuple>,
+    allowed_v6: Vec<Tuple>,
+    denied: Vec<Tuple>,
+    spoofed: Vec<Tuple>,
+}
+
+impl WsTuples {
+    fn find(p: &policy_compiler::Policy, seed: u64) -> Result<Self> {
+        let mut rng = policy_compiler::random::Rng(0x5eed_0000 ^ seed);
+        let max = working_set::SIZES[2] as usize;
+        let t = Instant::now();
+        let s = WsTuples {
+            allowed: working_set::allowed(p, false, NOW(), max, &mut rng),
+            allowed_v6: working_set::allowed(p, true, NOW(), max, &mut rng),
+            denied: working_set::denied(p, NOW(), max, &mut rng),
+            spoofed: working_set::spoofed(p, NOW(), max, &mut rng)?,
+        };
+        for (name, v) in [
+            ("allowed IPv4", &s.allowed),
+            ("allowed IPv6", &s.allowed_v6),
+            ("denied", &s.denied),
+        ] {
+            if v.is_empty() {
+                bail!("no {name} tuple in the policy");
+            }
+        }
+        progress(&format!(
+            "decision: working-set tuples: {} allowed IPv4, {} allowed IPv6, {} denied, {} spoofed ({:.1}s)",
+            s.allowed.len(),
+            s.allowed_v6.len(),
+            s.denied.len(),
+            s.spoofed.len(),
+            t.elapsed().as_secs_f64()
+        ));
+        Ok(s)
+    }
+}
+
+/// (case, tuples, family, proto, mode, expected reasons) of a working-set case.
+type WsCase<'a> = (&'a str, &'a [Tuple], u32, u8, u32, &'a [Reason]);
+
+/// The working-set cases: every case of the single-tuple table that has a working-set
+/// meaning, at each size of `working_set::SIZES`.
+fn working_sets(
+    opts: &Opts,
+    dp: &mut Dataplane,
+    sets: &WsTuples,
+    (rules, rule_ids, principals, entries): (u32, usize, usize, usize),
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let rounds = if opts.quick { 3 } else { 5 };
+    let base_repeat: u32 = if opts.quick { 200_000 } else { 1_000_000 };
+    let cases: [WsCase; 5] = [
+        (
+            "tcp-allow/first",
+            &sets.allowed,
+            4,
+            6,
+            WS_NEW_PORT,
+            &[Reason::Allowed],
+        ),
+        (
+            "tcp-allow/established",
+            &sets.allowed,
+            4,
+            6,
+            WS_SAME_PORT,
+            &[Reason::Established],
+        ),
+        (
+            "ipv6-tcp-allow/established",
+            &sets.allowed_v6,
+            6,
+            6,
+            WS_SAME_PORT,
+            &[Reason::Established],
+        ),
+        (
+            "udp-deny/first",
+            &sets.denied,
+            4,
+            17,
+            WS_SAME_PORT,
+            &[Reason::DeniedNoGrant, Reason::DeniedByRule],
+        ),
+        (
+            "spoofed/first",
+            &sets.spoofed,
+            4,
+            6,
+            WS_SAME_PORT,
+            &[Reason::DeniedUnknownSource],
+        ),
+    ];
+    for &n in &working_set::SIZES {
+        for &(case, tuples, family, proto, mode, expected) in &cases {
+            flush_flows(dp)?;
+            let flows = working_set::flows(tuples, n);
+            let f = frame(&tuples[0].probe(proto), 0);
+            working_set::install_dp(
+                dp,
+                &flows,
+                family,
+                mode,
+                working_set::stride(tuples.len(), n),
+            )?;
+            // One pass over the set: the flows of the established cases are opened (the
+            // reason checked on the pass after), every reason is checked.
+            dp.set_working_set_target(maps::PROG_XDP)?;
+            let pass = |dp: &mut Dataplane| -> Result<Vec<(Reason, u64)>> {
+                let before = dp.verdict_stats()?;
+                let mut left = n;
+                while left > 0 {
+                    let r = left.min(1 << 20);
+                    run_xdp_repeat(dp.xdp_named(maps::bench::PROG_WORKING_SET)?, &f, r)?;
+                    let _ = dp.drain_events();
+                    left -= r;
+                }
+                let d = dp.verdict_stats()?.since(&before);
+                Ok(Reason::ALL
+                    .into_iter()
+                    .map(|r| (r, d.reason(r)))
+                    .filter(|(_, c)| *c > 0)
+                    .collect())
+            };
+            let first = pass(dp)?;
+            let seen = if mode == WS_SAME_PORT && expected == [Reason::Established] {
+                pass(dp)?
+            } else {
+                first
+            };
+            // Established flows beyond the flow table's capacity are evicted and decided
+            // again: table pressure, reported as the reasons seen, not an error.
+            let table = if proto == 6 {
+                maps::FLOWS_TCP_CAPACITY
+            } else {
+                maps::FLOWS_OTHER_CAPACITY
+            };
+            let pressure = n > table;
+            if !pressure && seen.iter().any(|(r, _)| !expected.contains(r)) {
+                bail!(
+                    "{case} working set {n} at {rules} rules: reasons {seen:?}, expected {expected:?}"
+                );
+            }
+            let repeat = base_repeat.max(n).min(4 << 20);
+            let _ = dp.drain_events();
+            dp.set_working_set_target(maps::bench::PROG_NOOP)?;
+            let noop = steady(dp, maps::bench::PROG_WORKING_SET, &f, repeat, rounds)?;
+            dp.set_working_set_target(maps::PROG_XDP)?;
+            let mut v = Vec::with_capacity(rounds);
+            for _ in 0..rounds {
+                let (_, d) =
+                    run_xdp_repeat(dp.xdp_named(maps::bench::PROG_WORKING_SET)?, &f, repeat)?;
+                let _ = dp.drain_events();
+                v.push(d.as_nanos() as f64);
+            }
+            let ns = median(&mut v);
+            let reason = seen
+                .iter()
+                .max_by_key(|(_, c)| *c)
+                .map(|(r, _)| *r)
+                .unwrap_or(Reason::DeniedMalformed);
+            progress(&format!(
+                "decision: {rules} rules {case} x{n} flows: {ns:.1} ns (noop {noop:.1} ns, {:.2}x; reasons {seen:?})",
+                ns / noop
+            ));
+            rows.push(Row {
+                rules,
+                rule_ids,
+                principals,
+                entries,
+                case: case.to_string(),
+                working_set: n,
+                ns,
+                noop_ns: noop,
+                method: "working-set",
+                reason: if pressure && seen.len() > 1 {
+                    format!("{reason:?} (+ table pressure: {seen:?})")
+                } else {
+                    format!("{reason:?}")
+                },
+            });
+        }
+    }
+    working_set::clear(dp.bench_object()?)?;
+    Ok(())
+}
+
+/// Empties both flow tables, so that a case starts from no open flow.
+fn flush_flows(dp: &mut Dataplane) -> Result<()> {
+    for proto in [6u8, 17] {
+        let keys: Vec<gateway_common::FlowKey> = dp
+            .flows
+            .table(proto)
+            .keys()
+            .filter_map(Result::ok)
+            .collect();
+        for k in keys {
+            let _ = dp.flows.table_mut(proto).remove(&k);
         }
     }
     Ok(())

@@ -13,6 +13,7 @@ mod policies;
 mod report;
 mod throughput;
 mod tunnel_suite;
+mod working_set;
 
 use anyhow::{Context as _, Result, bail};
 use std::path::PathBuf;
@@ -26,6 +27,13 @@ pub struct Opts {
     pub quick: bool,
     pub only: Option<Vec<String>>,
     pub out: PathBuf,
+    /// `--iface`: the throughput suite runs on this interface only (see
+    /// `throughput::run_nic`).
+    pub iface: Option<String>,
+    /// `--duration`: seconds per engine on `--iface`.
+    pub duration: f64,
+    /// `--rules`: policy size on `--iface`.
+    pub rules: u32,
 }
 
 static START: OnceLock<Instant> = OnceLock::new();
@@ -41,6 +49,9 @@ fn args() -> Result<Opts> {
         quick: false,
         only: None,
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"),
+        iface: None,
+        duration: 10.0,
+        rules: 10_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -51,9 +62,44 @@ fn args() -> Result<Opts> {
                 opts.only = Some(v.split(',').map(str::to_string).collect());
             }
             "--out" => opts.out = PathBuf::from(it.next().context("--out needs a directory")?),
+            "--iface" => opts.iface = Some(it.next().context("--iface needs an interface")?),
+            "--duration" => {
+                opts.duration = it
+                    .next()
+                    .context("--duration needs seconds")?
+                    .parse()
+                    .context("--duration: seconds, e.g. 10")?;
+                if !(opts.duration > 0.0 && opts.duration <= 3600.0) {
+                    bail!("--duration must be between 0 and 3600 seconds");
+                }
+            }
+            "--rules" => {
+                opts.rules = it
+                    .next()
+                    .context("--rules needs a number")?
+                    .parse()
+                    .context("--rules: a number of rules, e.g. 10000")?;
+            }
+            "--summarize" => {
+                let n: usize = it
+                    .next()
+                    .context("--summarize needs a number of runs")?
+                    .parse()
+                    .context("--summarize: a number of runs, e.g. 3")?;
+                let p = report::summarize(&opts.out, n)?;
+                progress(&format!("wrote {}", p.display()));
+                std::process::exit(0);
+            }
             "-h" | "--help" => {
                 println!(
-                    "bench [--quick] [--only decision,throughput,compile,apply,peers,tunnel,controller] [--out DIR]"
+                    "bench [--quick] [--only decision,throughput,compile,apply,peers,tunnel,controller] [--out DIR]\n      \
+                     [--iface IFACE [--duration SECONDS] [--rules N]]\n      \
+                     bench --summarize N   goals over the newest N complete runs -> summary.md\n\n\
+                     --iface IFACE   throughput on a real interface with your own traffic generator:\n\
+                     \x20               the no-op, drop-all and gateway XDP programs are attached to IFACE\n\
+                     \x20               in turn for --duration seconds each (default 10; policy of --rules\n\
+                     \x20               rules, default 10000). Traffic on IFACE is dropped while drop-all\n\
+                     \x20               runs: use a test interface. See bench/README.md."
                 );
                 std::process::exit(0);
             }
@@ -102,8 +148,9 @@ fn main() -> Result<()> {
         decision::run(&opts, &mut r.decision, &mut r.decision_checks)
     });
     suite("apply", &mut |r| apply::run(&opts, &mut r.apply_sizes));
-    suite("throughput", &mut |r| {
-        throughput::run(&opts, &mut r.throughput)
+    suite("throughput", &mut |r| match &opts.iface {
+        Some(iface) => throughput::run_nic(iface, opts.duration, opts.rules, &mut r.throughput),
+        None => throughput::run(&opts, &mut r.throughput),
     });
     suite("peers", &mut |r| {
         peer_change::run(&opts, &mut r.peer_change)

@@ -73,6 +73,18 @@ macro_rules! map_name {
     (TC_PASS_RUNS) => {
         "TC_PASS_RUNS"
     };
+    (WS_FLOWS) => {
+        "WS_FLOWS"
+    };
+    (WS_CONFIG) => {
+        "WS_CONFIG"
+    };
+    (WS_COUNTER) => {
+        "WS_COUNTER"
+    };
+    (WS_TARGET) => {
+        "WS_TARGET"
+    };
 }
 
 /// Declares a kernel map static under its name from [`map_name!`](crate::map_name), keyed by
@@ -275,6 +287,35 @@ pub mod bench {
     pub const PROG_TC_PASS: &str = "bench_tc_pass";
     /// Per-CPU array with one `u64`: runs of `PROG_TC_PASS`.
     pub const TC_PASS_RUNS: &str = map_name!(TC_PASS_RUNS);
+    /// XDP program that rewrites the frame to the next flow of the working set
+    /// (`WS_FLOWS`) and tail-calls the program in `WS_TARGET` slot 0.
+    pub const PROG_WORKING_SET: &str = "bench_working_set";
+    /// Array of [`WsFlow`]: the flows of the working set, in the order they are sent.
+    pub const WS_FLOWS: &str = map_name!(WS_FLOWS);
+    /// Array with one [`WsConfig`].
+    pub const WS_CONFIG: &str = map_name!(WS_CONFIG);
+    /// Per-CPU array with one `u64`: frames rewritten so far (the flow index is this
+    /// counter modulo the working set).
+    pub const WS_COUNTER: &str = map_name!(WS_COUNTER);
+    /// Program array with one slot: the program `PROG_WORKING_SET` runs after rewriting.
+    pub const WS_TARGET: &str = map_name!(WS_TARGET);
+    /// Flows a working set may hold.
+    pub const WS_CAPACITY: u32 = 1 << 20;
+
+    /// One flow of a working set, in wire order: source and destination (16 bytes each;
+    /// an IPv4 address in the last 4), source and destination port (big-endian).
+    pub type WsFlow = [u8; 36];
+
+    /// How the working-set programs rewrite frames: `[flows, family, mode, stride]`.
+    /// `flows` 0 leaves frames untouched; `family` 4 or 6 (the frame's; untagged Ethernet,
+    /// IPv4 without options or IPv6 without extension headers, then TCP or UDP); `mode`
+    /// [`WS_SAME_PORT`] sends each flow with its own source port every time (after the
+    /// first pass every packet belongs to an open flow), [`WS_NEW_PORT`] adds
+    /// `pass * stride` to the source port on pass `pass` over the set (every packet opens a
+    /// new flow; `stride` is the number of source ports the set itself uses).
+    pub type WsConfig = [u32; 4];
+    pub const WS_SAME_PORT: u32 = 0;
+    pub const WS_NEW_PORT: u32 = 1;
 }
 
 #[cfg(test)]

@@ -238,7 +238,11 @@ impl Dataplane {
         let mut bench = EbpfLoader::new()
             .load(BENCH_OBJECT)
             .context("loading the benchmark eBPF object")?;
-        for name in [maps::bench::PROG_NOOP, maps::bench::PROG_DROP_ALL] {
+        for name in [
+            maps::bench::PROG_NOOP,
+            maps::bench::PROG_DROP_ALL,
+            maps::bench::PROG_WORKING_SET,
+        ] {
             let prog: &mut Xdp = bench
                 .program_mut(name)
                 .with_context(|| format!("{name} missing from the benchmark object"))?
@@ -378,6 +382,36 @@ impl Dataplane {
             .program_mut(name)
             .with_context(|| format!("{name} missing from the benchmark object"))?
             .try_into()?)
+    }
+
+    /// The benchmark object (after [`Dataplane::load_with_bench`]): its maps.
+    #[cfg(feature = "testing")]
+    pub fn bench_object(&mut self) -> Result<&mut Ebpf> {
+        self.bench
+            .as_mut()
+            .context("the benchmark object is not loaded (Dataplane::load_with_bench)")
+    }
+
+    /// Makes `maps::bench::PROG_WORKING_SET` tail-call the XDP program `name` (the
+    /// gateway's or a benchmark program) after rewriting each frame.
+    #[cfg(feature = "testing")]
+    pub fn set_working_set_target(&mut self, name: &str) -> Result<()> {
+        let fd = self
+            .xdp_named(name)?
+            .fd()
+            .with_context(|| format!("{name} is not loaded"))?
+            .try_clone()
+            .context("duplicating a program fd")?;
+        let bench = self.bench_object()?;
+        let mut target = aya::maps::ProgramArray::try_from(
+            bench
+                .map_mut(maps::bench::WS_TARGET)
+                .context("WS_TARGET missing from the benchmark object")?,
+        )?;
+        target
+            .set(0, &fd, 0)
+            .with_context(|| format!("putting {name} in the working-set program array"))?;
+        Ok(())
     }
 
     /// The XDP program and the policy maps at once (a thread can run packets while

@@ -52,6 +52,21 @@ enum Task {
         /// peers, tunnel, controller.
         #[arg(long, value_name = "SUITES")]
         only: Option<String>,
+        /// Run the suites this many times, then write bench/results/summary.md: every goal
+        /// with the range of its measured value over the runs.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+        runs: u32,
+        /// Throughput on this real interface with your own traffic generator (only the
+        /// throughput suite runs): the no-op, drop-all and gateway XDP programs are
+        /// attached to IFACE in turn. Not for CI; see bench/README.md.
+        #[arg(long, value_name = "IFACE")]
+        iface: Option<String>,
+        /// Seconds per engine with --iface.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10, requires = "iface")]
+        duration: u32,
+        /// Policy size (rules) with --iface.
+        #[arg(long, value_name = "N", default_value_t = 10_000, requires = "iface")]
+        rules: u32,
     },
     /// Differential fuzzing: random policies and random (valid and malformed) packets
     /// through the loaded XDP/TC programs and the reference evaluator, and the same
@@ -170,16 +185,50 @@ fn main() -> Result<()> {
             }
             util::run(&mut demo)
         }
-        Task::Bench { quick, only } => {
+        Task::Bench {
+            quick,
+            only,
+            runs,
+            iface,
+            duration,
+            rules,
+        } => {
             setup::run()?;
+            let (duration, rules) = (duration.to_string(), rules.to_string());
             let mut args = vec!["run", "--release", "--package", "bench", "--"];
             if quick {
                 args.push("--quick");
             }
-            if let Some(only) = only.as_deref() {
-                args.extend(["--only", only]);
+            match iface.as_deref() {
+                Some(iface) => {
+                    args.extend(["--only", "throughput", "--iface", iface]);
+                    args.extend(["--duration", &duration, "--rules", &rules]);
+                }
+                None => {
+                    if let Some(only) = only.as_deref() {
+                        args.extend(["--only", only]);
+                    }
+                }
             }
-            util::cargo(&args)
+            for i in 1..=runs {
+                if runs > 1 {
+                    eprintln!("xtask bench: run {i} of {runs}");
+                }
+                util::cargo(&args)?;
+            }
+            if runs > 1 {
+                let n = runs.to_string();
+                util::cargo(&[
+                    "run",
+                    "--release",
+                    "--package",
+                    "bench",
+                    "--",
+                    "--summarize",
+                    &n,
+                ])?;
+            }
+            Ok(())
         }
         Task::Lint => {
             setup::run()?;
