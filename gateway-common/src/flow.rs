@@ -164,10 +164,26 @@ pub struct FragState {
     pub _pad: [u8; 3],
 }
 
+/// One slot of a CPU's cache of repeated denials (`DENY_CACHE`, docs/dataplane.md
+/// "Repeated denials"): a policy decision to deny `key`, valid under `generation` until
+/// `valid_until_ns` (boot clock, `u64::MAX` = no expiry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DenyCacheEntry {
+    pub key: FlowKey,
+    pub generation: u32,
+    /// The `Reason` of the decision.
+    pub reason: u8,
+    pub _pad: [u8; 3],
+    pub valid_until_ns: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data, `repr(C)`, no implicit padding (explicit `_pad` fields).
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DenyCacheEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowState {}
     // SAFETY: as above.

@@ -24,6 +24,6 @@ pub mod verdict;
 pub use addr::Addr;
 pub use config::{DataplaneConfig, Role};
 pub use event::{Event, EventKind};
-pub use flow::{Direction, FlowKey, FlowState, FragKey, FragState};
+pub use flow::{DenyCacheEntry, Direction, FlowKey, FlowState, FragKey, FragState};
 pub use parse::ParseOutcome;
 pub use verdict::Reason;

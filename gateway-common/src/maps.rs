@@ -67,6 +67,9 @@ macro_rules! map_name {
     (SCRATCH) => {
         "SCRATCH_V2"
     };
+    (DENY_CACHE) => {
+        "DENY_CACHE_V1"
+    };
     (TRAFFICGEN_TARGET) => {
         "TGEN_TARGET"
     };
@@ -163,9 +166,18 @@ const PINNED: [&str; 17] = [
 /// Per-CPU scratch space of the programs (not pinned: it holds nothing between packets).
 pub const SCRATCH: &str = map_name!(SCRATCH);
 
-/// Every map of the production object: the persistent ones and [`SCRATCH`].
+/// Per-CPU array of [`crate::DenyCacheEntry`], [`DENY_CACHE_SLOTS`] slots: recent
+/// denials of sources over their event limit (not pinned: a cache, checked against the
+/// active generation).
+pub const DENY_CACHE: &str = map_name!(DENY_CACHE);
+/// Slots of [`DENY_CACHE`] per CPU (a power of two).
+pub const DENY_CACHE_SLOTS: u32 = 1024;
+
+/// Every map of the production object: the persistent ones, [`SCRATCH`] and
+/// [`DENY_CACHE`].
 pub const ALL: &[&str] = &{
-    let mut all = [SCRATCH; PINNED.len() + 1];
+    let mut all = [SCRATCH; PINNED.len() + 2];
+    all[PINNED.len() + 1] = DENY_CACHE;
     let mut i = 0;
     while i < PINNED.len() {
         all[i] = PINNED[i];

@@ -11,10 +11,10 @@ use gateway_common::{
     Addr, DataplaneConfig, Event, EventKind, FlowKey, FlowState, Reason,
     event::{ScanKind, SourceState},
     flow::proto,
-    maps::Ring,
+    maps::{DENY_CACHE_SLOTS, Ring},
 };
 
-use crate::maps::{BUDGETS, EVENTS_ALERT, EVENTS_FLOW, EVENTS_LOST, SOURCES, bump};
+use crate::maps::{BUDGETS, DENY_CACHE, EVENTS_ALERT, EVENTS_FLOW, EVENTS_LOST, SOURCES, bump};
 
 const SECOND_NS: u64 = 1_000_000_000;
 
@@ -224,6 +224,8 @@ fn set_bit(set: &mut [u64; 4], h: u32) -> bool {
 /// A limited record (deny, or audit of an unknown source) on the alert ring, limited per
 /// source prefix and per CPU; for denials, scan detection. `ports` says whether the key's
 /// ports were read; `dst_protected` whether the destination is protected (hosts scanned).
+/// True when the source is over its event limit in the current deny and scan windows (the
+/// record was counted on the source, not sent).
 #[inline(always)]
 pub fn on_limited(
     cfg: &DataplaneConfig,
@@ -232,7 +234,7 @@ pub fn on_limited(
     ports: bool,
     dst_protected: bool,
     now: u64,
-) {
+) -> bool {
     let prefix = source_prefix(key);
     let state = match SOURCES.get_ptr_mut(&prefix) {
         Some(s) => Some(s),
@@ -247,7 +249,7 @@ pub fn on_limited(
         if let Some(suppressed) = take_budget(cfg, meta.kind as u32, now) {
             emit(&EVENTS_ALERT, Ring::Alert, meta, suppressed, key, None, now);
         }
-        return;
+        return false;
     };
     // SAFETY: pointer from a successful lookup, valid for this run (RCU). Other CPUs may
     // update the same source at once: the counters are approximate, never unsafe.
@@ -256,7 +258,8 @@ pub fn on_limited(
         s.deny_window_start_ns = now;
         s.deny_events = 0;
     }
-    if s.deny_events < cfg.deny_per_source {
+    let over_limit = s.deny_events >= cfg.deny_per_source;
+    if !over_limit {
         s.deny_events += 1;
         if let Some(suppressed) = take_budget(cfg, meta.kind as u32, now) {
             meta.count = s.deny_suppressed;
@@ -269,7 +272,7 @@ pub fn on_limited(
         s.deny_suppressed = s.deny_suppressed.wrapping_add(1);
     }
     if meta.kind != EventKind::Deny {
-        return;
+        return false;
     }
 
     // Scan detection: distinct denied ports (vertical) and protected hosts (horizontal)
@@ -303,6 +306,105 @@ pub fn on_limited(
             }
         }
     }
+    over_limit
+}
+
+/// The slot of `key` in this CPU's `DENY_CACHE` (keyed multiply-shift hash: an attacker
+/// cannot aim its tuples at one slot).
+#[inline(always)]
+fn deny_slot(cfg: &DataplaneConfig, key: &FlowKey) -> u32 {
+    let (a, b) = addr_words(&key.src);
+    let (c, d) = addr_words(&key.dst);
+    let p = u64::from(u32::from_ne_bytes([
+        key.src_port[0],
+        key.src_port[1],
+        key.dst_port[0],
+        key.dst_port[1],
+    ])) | (u64::from(key.proto) << 32);
+    let m = cfg.hash_key[1] | 1;
+    let mut x = (a ^ cfg.hash_key[0]).wrapping_mul(m);
+    x = (x ^ b).wrapping_mul(m);
+    x = (x ^ c).wrapping_mul(m);
+    x = (x ^ d).wrapping_mul(m);
+    x = (x ^ p).wrapping_mul(m);
+    (x >> 40) as u32 & (DENY_CACHE_SLOTS - 1)
+}
+
+/// Whether a denial may be remembered: a policy decision on a TCP or UDP packet (decided
+/// from addresses, protocol and port alone; ICMP errors depend on open flows).
+#[inline(always)]
+pub fn cacheable(key: &FlowKey, reason: Reason) -> bool {
+    (key.proto == proto::TCP || key.proto == proto::UDP)
+        && matches!(
+            reason,
+            Reason::DeniedUnknownSource
+                | Reason::DeniedNoGrant
+                | Reason::DeniedByRule
+                | Reason::DeniedUnsolicited
+        )
+}
+
+/// Remembers a denial of a source over its event limit (docs/dataplane.md, "Repeated
+/// denials"). Overwrites whatever the slot held.
+#[inline(always)]
+pub fn remember_denial(
+    cfg: &DataplaneConfig,
+    key: &FlowKey,
+    generation: u32,
+    reason: Reason,
+    valid_until_ns: u64,
+) {
+    let Some(e) = DENY_CACHE.get_ptr_mut(deny_slot(cfg, key)) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; programs do not nest on one CPU.
+    unsafe {
+        (*e).key = *key;
+        (*e).generation = generation;
+        (*e).reason = reason as u8;
+        (*e)._pad = [0; 3];
+        (*e).valid_until_ns = valid_until_ns;
+    }
+}
+
+/// A repeated denial: the same tuple denied before under this generation, still valid, and
+/// its source still over its event limit in the current deny and scan windows. The full
+/// path would change nothing but the source's suppressed count (a repeated tuple adds no
+/// port or host to scan detection), so that is all this does. `None`: decide in full.
+#[inline(always)]
+pub fn repeated_denial(
+    cfg: &DataplaneConfig,
+    key: &FlowKey,
+    generation: u32,
+    now: u64,
+) -> Option<Reason> {
+    if key.proto != proto::TCP && key.proto != proto::UDP {
+        return None;
+    }
+    let e = DENY_CACHE.get(deny_slot(cfg, key))?;
+    if e.generation != generation
+        || e.key.src != key.src
+        || e.key.dst != key.dst
+        || e.key.src_port != key.src_port
+        || e.key.dst_port != key.dst_port
+        || e.key.proto != key.proto
+        || e.key.family != key.family
+        || now >= e.valid_until_ns
+    {
+        return None;
+    }
+    let s = SOURCES.get_ptr_mut(&source_prefix(key))?;
+    // SAFETY: pointer from a successful lookup, valid for this run (RCU); approximate
+    // counters as in `on_limited`.
+    let s = unsafe { &mut *s };
+    if now.wrapping_sub(s.deny_window_start_ns) >= cfg.deny_window_ns
+        || now.wrapping_sub(s.scan_window_start_ns) >= cfg.scan_window_ns
+        || s.deny_events < cfg.deny_per_source
+    {
+        return None;
+    }
+    s.deny_suppressed = s.deny_suppressed.wrapping_add(1);
+    Some(Reason::from_u32(u32::from(e.reason)))
 }
 
 #[inline(always)]

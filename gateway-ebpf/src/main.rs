@@ -40,7 +40,7 @@ use gateway_common::{
 };
 
 use decide::{Decision, audit_address, decide_into, is_protected};
-use events::{EventMeta, emit_flow, on_limited};
+use events::{EventMeta, cacheable, emit_flow, on_limited, remember_denial, repeated_denial};
 use maps::{
     ACTIVE, CONFIG, FLOW_STATS, FLOWS_OTHER, FLOWS_TCP, FRAGS, PARSE_STATS, SCRATCH, VERDICT_STATS,
     bump,
@@ -412,17 +412,30 @@ fn deny_meta(cx: &Cx, kind: EventKind, d: &Decision) -> EventMeta {
 /// A limited event (deny, or audit of what has no flow) for this packet.
 #[inline(always)]
 fn report(cx: &Cx, scratch: &Scratch, kind: EventKind, d: &Decision) {
-    let key = &scratch.parsed.key;
-    let dst_protected = is_protected(cx.slot, &key.dst);
+    let dst_protected = is_protected(cx.slot, &scratch.parsed.key.dst);
+    report_at(cx, scratch, kind, d, dst_protected, now_ns());
+}
+
+/// [`report`] when the caller knows whether the destination is protected and the time.
+/// True when the source is over its event limit ([`on_limited`]).
+#[inline(always)]
+fn report_at(
+    cx: &Cx,
+    scratch: &Scratch,
+    kind: EventKind,
+    d: &Decision,
+    dst_protected: bool,
+    now: u64,
+) -> bool {
     let mut meta = deny_meta(cx, kind, d);
     on_limited(
         cx.cfg,
         &mut meta,
-        key,
+        &scratch.parsed.key,
         scratch.parsed.ports,
         dst_protected,
-        now_ns(),
-    );
+        now,
+    )
 }
 
 /// A packet the parser refused: dropped; reported when it touches protected space.
@@ -510,6 +523,14 @@ fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
         // Stale: decided under another generation or past expiry. Decided again below.
     }
     let now = now_ns();
+
+    // 2b. A repeated denial of a source over its event limit: the decision remembered
+    //     (docs/dataplane.md, "Repeated denials").
+    if cached.is_none()
+        && let Some(reason) = repeated_denial(cx.cfg, key, cx.generation, now)
+    {
+        return reason;
+    }
 
     // 3. ICMP errors into protected space: about a reply of an open flow, sent by that
     //    flow's client to that flow's resource.
@@ -604,18 +625,29 @@ fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
         }
         None => false,
     };
+    // The decision names an atom exactly when the destination is protected.
+    let dst_protected = d.atom != 0;
     match d.reason {
         Reason::Unprotected => Reason::Unprotected,
         Reason::Audit => {
             // An unknown source toward an audit-mode address: passed, reported, no flow.
-            report(cx, scratch, EventKind::Audit, &d);
+            report_at(cx, scratch, EventKind::Audit, &d, dst_protected, now);
             Reason::Audit
         }
         _ => {
             if revoked {
                 d.reason = Reason::DeniedEstablished;
             }
-            report(cx, scratch, EventKind::Deny, &d);
+            let over_limit = report_at(cx, scratch, EventKind::Deny, &d, dst_protected, now);
+            if over_limit && !revoked && cacheable(&scratch.parsed.key, d.reason) {
+                remember_denial(
+                    cx.cfg,
+                    &scratch.parsed.key,
+                    cx.generation,
+                    d.reason,
+                    d.valid_until_ns,
+                );
+            }
             d.reason
         }
     }

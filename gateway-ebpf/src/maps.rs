@@ -3,13 +3,13 @@
 
 use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf};
 use gateway_common::{
-    Addr, DataplaneConfig, FlowKey, FlowState, FragKey, FragState,
+    Addr, DataplaneConfig, DenyCacheEntry, FlowKey, FlowState, FragKey, FragState,
     event::{Budget, EVENT_KINDS, SourceState},
     kernel_map,
     maps::{
-        DST_CAPACITY, EVENTS_ALERT_BYTES, EVENTS_FLOW_BYTES, FLOW_COUNTERS, FLOWS_OTHER_CAPACITY,
-        FLOWS_TCP_CAPACITY, FRAGS_CAPACITY, HANDSHAKES_CAPACITY, HandshakeBucket, RULES_CAPACITY,
-        SOURCES_CAPACITY, SRC_CAPACITY,
+        DENY_CACHE_SLOTS, DST_CAPACITY, EVENTS_ALERT_BYTES, EVENTS_FLOW_BYTES, FLOW_COUNTERS,
+        FLOWS_OTHER_CAPACITY, FLOWS_TCP_CAPACITY, FRAGS_CAPACITY, HANDSHAKES_CAPACITY,
+        HandshakeBucket, RULES_CAPACITY, SOURCES_CAPACITY, SRC_CAPACITY,
     },
     parse::PARSE_OUTCOMES,
     policy::{AtomValue, DstKey, RuleKey, RuleValue, SrcKey, SrcValue},
@@ -96,6 +96,12 @@ kernel_map! {
 
 kernel_map! {
     pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+}
+
+kernel_map! {
+    /// Recent denials of sources over their event limit, per CPU (see `events`).
+    pub static DENY_CACHE: PerCpuArray<DenyCacheEntry> =
+        PerCpuArray::with_max_entries(DENY_CACHE_SLOTS, 0);
 }
 
 /// Adds one to a per-CPU counter.

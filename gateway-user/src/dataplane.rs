@@ -560,6 +560,27 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// Every remembered denial of every CPU's `DENY_CACHE` (slots never written are left
+    /// out).
+    #[cfg(feature = "testing")]
+    pub fn deny_cache(&self) -> Result<Vec<gateway_common::DenyCacheEntry>> {
+        let map = self
+            .ebpf
+            .map(maps::DENY_CACHE)
+            .context("DENY_CACHE missing from the object")?;
+        let cache: aya::maps::PerCpuArray<_, gateway_common::DenyCacheEntry> =
+            aya::maps::PerCpuArray::try_from(map)?;
+        let mut out = Vec::new();
+        for slot in 0..maps::DENY_CACHE_SLOTS {
+            for e in cache.get(&slot, 0)?.iter() {
+                if e.generation != 0 {
+                    out.push(*e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Events lost to a full ring buffer, summed over CPUs: (flow ring, alert ring).
     pub fn events_lost(&self) -> Result<(u64, u64)> {
         Ok((

@@ -22,9 +22,9 @@ use gateway_common::{Event, EventKind, FlowState, Reason, event::FlowEndCause};
 use gateway_test_support::{
     skip_unless_privileged,
     testkit::{
-        self, L4, Tun, action, fragment_v4, fragment_v6, frame, icmp_error, icmp_error_quoting,
-        load_policy, parse_host, strip_ethernet, tc_action, unix_now, with_ipv4_option_bytes,
-        with_ipv6_ext,
+        self, L4, Tun, action, expected_key, fragment_v4, fragment_v6, frame, icmp_error,
+        icmp_error_quoting, load_policy, parse_host, strip_ethernet, tc_action, unix_now,
+        with_ipv4_option_bytes, with_ipv6_ext,
     },
 };
 use gateway_user::Dataplane;
@@ -1440,6 +1440,48 @@ fn event_cases() -> Vec<Case> {
                 .chain([check(move |_, evs| match count(evs, EventKind::Deny) {
                     n if n == limit => Ok(()),
                     n => Err(format!("{n} deny events from one /64, want {limit}")),
+                })])
+                .collect(),
+        ),
+        case(
+            "a repeated denial is remembered, counted, and forgotten when the policy changes",
+            "docs/dataplane.md, repeated denials: same reason, same events, never past a policy change",
+            CONN,
+            (0..limit as u16 + 10)
+                .map(|_| Step::Out(pkt(bob(), db(), tcp(40036, 5432)), DeniedByRule))
+                .chain([
+                    check(move |dp, evs| {
+                        if count(evs, EventKind::Deny) != limit {
+                            return Err(format!(
+                                "{} deny events for {} denied packets, want {limit}",
+                                count(evs, EventKind::Deny),
+                                limit + 10
+                            ));
+                        }
+                        let key = expected_key(bob(), db(), tcp(40036, 5432));
+                        let held = dp.deny_cache().map_err(|e| e.to_string())?;
+                        match held.iter().find(|e| e.key == key) {
+                            Some(e) if e.reason == DeniedByRule as u8 => Ok(()),
+                            other => Err(format!(
+                                "the repeated denial is not remembered: {other:?} among {} entries",
+                                held.len()
+                            )),
+                        }
+                    }),
+                    Step::Revoke(&["contractors-no-db"]),
+                    Step::Out(pkt(bob(), db(), tcp(40036, 5432)), Allowed),
+                ])
+                .collect(),
+        ),
+        case(
+            "a repeated denial of an unknown source stays a denial, its count travels",
+            "docs/dataplane.md, repeated denials",
+            CONN,
+            (0..limit as u16 + 20)
+                .map(|_| Step::Out(pkt(stranger(), web(), tcp(40037, 443)), DeniedUnknownSource))
+                .chain([check(move |_, evs| match count(evs, EventKind::Deny) {
+                    n if n == limit => Ok(()),
+                    n => Err(format!("{n} deny events, want {limit}")),
                 })])
                 .collect(),
         ),
