@@ -443,6 +443,8 @@ pub(crate) struct Index {
     pub(crate) group_grants: Vec<Vec<usize>>,
     pub(crate) user_grants: Vec<Vec<usize>>,
     pub(crate) sa_grants: Vec<Vec<usize>>,
+    /// Devices of each user, in device order.
+    pub(crate) user_devices: Vec<Vec<usize>>,
 }
 
 /// The entity whose grants a principal carries.
@@ -533,8 +535,14 @@ impl Policy {
             group_grants: vec![Vec::new(); self.groups.len()],
             user_grants: vec![Vec::new(); self.users.len()],
             sa_grants: vec![Vec::new(); self.service_accounts.len()],
+            user_devices: vec![Vec::new(); self.users.len()],
             ..Default::default()
         };
+        for (di, d) in self.devices.iter().enumerate() {
+            if let Some(v) = ix.user_devices.get_mut(d.owner) {
+                v.push(di);
+            }
+        }
         for p in &self.principals {
             for a in &p.addresses {
                 ix.principal_by_addr.insert(*a, p.id);
@@ -591,9 +599,9 @@ impl Policy {
         sas.sort_unstable();
         sas.dedup();
         let mut out: Vec<u32> = Vec::new();
-        for d in &self.devices {
-            if users.binary_search(&d.owner).is_ok() {
-                out.push(d.principal);
+        for u in users {
+            if let Some(devs) = self.index.user_devices.get(u) {
+                out.extend(devs.iter().map(|&d| self.devices[d].principal));
             }
         }
         for s in sas {
