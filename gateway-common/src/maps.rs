@@ -40,8 +40,14 @@ macro_rules! map_name {
     (DST) => {
         "DST_V1"
     };
+    (DST_HOSTS) => {
+        "DST_HOSTS_V1"
+    };
     (RULES) => {
         "RULES_V1"
+    };
+    (RULES_EXACT) => {
+        "RULES_EXACT_V1"
     };
     (SOURCES) => {
         "SOURCES_V2"
@@ -120,10 +126,18 @@ pub const FLOW_STATS: &str = map_name!(FLOW_STATS);
 pub const ACTIVE: &str = map_name!(ACTIVE);
 /// Hash [`crate::policy::SrcKey`] -> [`crate::policy::SrcValue`].
 pub const SRC: &str = map_name!(SRC);
-/// LPM trie of [`crate::policy::DstKey`] -> [`crate::policy::AtomValue`].
+/// LPM trie of [`crate::policy::DstKey`] -> [`crate::policy::AtomValue`]: the prefixes
+/// shorter than a host (full hosts are in [`DST_HOSTS`]).
 pub const DST: &str = map_name!(DST);
-/// LPM trie of [`crate::policy::RuleKey`] -> [`crate::policy::RuleValue`].
+/// Hash [`crate::policy::DstKey`] -> [`crate::policy::AtomValue`]: the `DST` entries that
+/// are a full host (/32, /128), looked up before the trie.
+pub const DST_HOSTS: &str = map_name!(DST_HOSTS);
+/// LPM trie of [`crate::policy::RuleKey`] -> [`crate::policy::RuleValue`]: port blocks
+/// wider than one port, and rules without ports (full ports are in [`RULES_EXACT`]).
 pub const RULES: &str = map_name!(RULES);
+/// Hash [`crate::policy::RuleKey`] -> [`crate::policy::RuleValue`]: the `RULES` entries
+/// of a single port, looked up before the trie.
+pub const RULES_EXACT: &str = map_name!(RULES_EXACT);
 /// LRU hash source prefix ([`crate::Addr`], /32 or /64) -> [`crate::event::SourceState`].
 pub const SOURCES: &str = map_name!(SOURCES);
 /// Ring buffer of [`crate::Event`]: flow_start, flow_end, audit of principals.
@@ -143,12 +157,14 @@ pub const HANDSHAKES: &str = map_name!(HANDSHAKES);
 /// Maps that carry state across agent restarts: pinned in the agent's pin folder and
 /// re-adopted by the next agent (a restart keeps policy, flows and counters).
 pub const PERSISTENT: &[&str] = &PINNED;
-const PINNED: [&str; 17] = [
+const PINNED: [&str; 19] = [
     CONFIG,
     ACTIVE,
     SRC,
     DST,
+    DST_HOSTS,
     RULES,
+    RULES_EXACT,
     FLOWS_TCP,
     FLOWS_OTHER,
     FRAGS,
@@ -250,7 +266,11 @@ pub const FRAGS_CAPACITY: u32 = 16_384;
 /// Both generations' principals.
 pub const SRC_CAPACITY: u32 = 262_144;
 pub const DST_CAPACITY: u32 = 131_072;
+/// As large as the trie it relieves: a policy may consist of hosts only.
+pub const DST_HOSTS_CAPACITY: u32 = DST_CAPACITY;
 pub const RULES_CAPACITY: u32 = 1_048_576;
+/// As large as the trie it relieves: a policy may consist of single ports only.
+pub const RULES_EXACT_CAPACITY: u32 = RULES_CAPACITY;
 pub const SOURCES_CAPACITY: u32 = 65_536;
 pub const HANDSHAKES_CAPACITY: u32 = 65_536;
 /// Bytes of each event ring buffer (a power of two, multiple of the page size).

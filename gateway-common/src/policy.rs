@@ -4,13 +4,21 @@
 //!
 //! 1. `SRC` (hash): source address -> principal id and principal **class** (principals with
 //!    identical access share one class).
-//! 2. `DST` (LPM trie): destination address -> **address atom** (a disjoint piece of the
-//!    protected space carrying the merged rules of every resource that covers it), plus the
-//!    atom's default verdict. A miss means the destination is outside protected space.
-//! 3. `RULES` (LPM trie): (class, atom, protocol, port) -> verdict and rule id. The compiler
-//!    splits the port space into disjoint intervals and each interval into aligned
-//!    power-of-two blocks, so the port is the trailing, prefix-matched part of the key and
-//!    one lookup answers for any port set. A miss means the atom's default verdict.
+//! 2. `DST_HOSTS` (hash), then `DST` (LPM trie): destination address -> **address atom** (a
+//!    disjoint piece of the protected space carrying the merged rules of every resource that
+//!    covers it), plus the atom's default verdict. A miss in both means the destination is
+//!    outside protected space.
+//! 3. `RULES_EXACT` (hash), then `RULES` (LPM trie): (class, atom, protocol, port) -> verdict
+//!    and rule id. The compiler splits the port space into disjoint intervals and each
+//!    interval into aligned power-of-two blocks, so the port is the trailing, prefix-matched
+//!    part of the key and one lookup answers for any port set. A miss in both means the
+//!    atom's default verdict.
+//!
+//! The hashes hold the full-length entries (a host: /32 or /128; a single port), keyed by
+//! exactly the trie key's data, and the tries only the shorter prefixes: a full-length
+//! entry is the longest match there can be, so hash first and trie on a miss answers as one
+//! trie holding both would, while the common case (a host resource, a single port) costs a
+//! hash lookup instead of a trie walk that grows with the trie.
 //!
 //! Every key starts with a policy **generation** byte. The agent writes generation `g+1`
 //! next to `g`, flips the one-entry `ACTIVE` array, then deletes `g`: a packet reads the
@@ -78,7 +86,8 @@ pub struct SrcValue {
     pub class: u32,
 }
 
-/// Data of the `DST` LPM trie key (the `prefix_len` of the trie key precedes it).
+/// Data of the `DST` LPM trie key (the `prefix_len` of the trie key precedes it), and the
+/// key of the `DST_HOSTS` hash (a full host: every bit significant; no padding).
 /// `prefix_len = 8 + address prefix bits` (IPv4 prefixes: `8 + 96 + len`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -90,7 +99,7 @@ pub struct DstKey {
 /// Bits of [`DstKey`] before the address.
 pub const DST_KEY_FIXED_BITS: u32 = 8;
 
-/// Value of the `DST` LPM trie.
+/// Value of the `DST` LPM trie and the `DST_HOSTS` hash.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct AtomValue {
@@ -104,7 +113,8 @@ pub struct AtomValue {
     pub default_rule: u32,
 }
 
-/// Data of the `RULES` LPM trie key.
+/// Data of the `RULES` LPM trie key, and the key of the `RULES_EXACT` hash (a single port:
+/// every bit significant; no padding).
 /// `prefix_len = RULE_KEY_FIXED_BITS + port prefix bits (0..=16)`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -123,7 +133,7 @@ pub struct RuleKey {
 /// Bits of [`RuleKey`] before the port: generation, proto, class, atom.
 pub const RULE_KEY_FIXED_BITS: u32 = 8 + 8 + 32 + 32;
 
-/// Value of the `RULES` LPM trie.
+/// Value of the `RULES` LPM trie and the `RULES_EXACT` hash.
 ///
 /// Expiry: until `valid_until_ns` (boot clock, `u64::MAX` = never) the entry means
 /// (`verdict`, `rule`); from then on it means (`after_verdict`, `after_rule`), so an

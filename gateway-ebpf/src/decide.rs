@@ -1,7 +1,11 @@
-//! The policy lookups: three, each independent of the policy's size. Source -> class
-//! (hash), destination -> atom (LPM trie), (class, atom, protocol, port) -> verdict (LPM
-//! trie). Precedence (deny over allow, audit, expiry) was resolved by the compiler into the
-//! entries; a miss means the atom's default.
+//! The policy lookups: three, however large the policy. Source -> class (hash),
+//! destination -> atom, (class, atom, protocol, port) -> verdict. The last two are each an
+//! exact-match hash in front of an LPM trie: full hosts (`DST_HOSTS`) and single ports
+//! (`RULES_EXACT`) are found by one hash lookup, and only a miss walks the trie, whose cost
+//! grows with its size. A full-length entry is the longest match there can be, so hash
+//! first, trie on a miss answers exactly as one trie holding both would. Precedence (deny
+//! over allow, audit, expiry) was resolved by the compiler into the entries; a miss means
+//! the atom's default.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use gateway_common::{
@@ -13,7 +17,7 @@ use gateway_common::{
     },
 };
 
-use crate::maps::{DST, RULES, SRC};
+use crate::maps::{DST, DST_HOSTS, RULES, RULES_EXACT, SRC};
 
 /// A policy decision for a packet.
 pub struct Decision {
@@ -38,16 +42,20 @@ impl Decision {
     }
 }
 
-/// The atom of `addr` when it lies in protected space.
+/// The atom of `addr` when it lies in protected space: its host entry, else the longest
+/// shorter prefix.
 #[inline(always)]
 pub fn protected(slot: u8, addr: &Addr) -> Option<&'static AtomValue> {
-    DST.get(Key::new(
-        DST_KEY_FIXED_BITS + 128,
-        DstKey {
-            generation: slot,
-            addr: *addr,
-        },
-    ))
+    let key = DstKey {
+        generation: slot,
+        addr: *addr,
+    };
+    // SAFETY: plain data written whole by the agent, into a map allocated per entry
+    // (`BPF_F_NO_PREALLOC`): a replaced or deleted value is freed only after this run.
+    match unsafe { DST_HOSTS.get(&key) } {
+        Some(host) => Some(host),
+        None => DST.get(Key::new(DST_KEY_FIXED_BITS + 128, key)),
+    }
 }
 
 /// True when `addr` lies in protected space. A separate BPF function: where two such tests
@@ -110,17 +118,26 @@ fn decide(slot: u8, key: &FlowKey, now: u64) -> Decision {
         proto::TCP | proto::UDP => key.dst_port,
         _ => [0, 0],
     };
-    let rule_key = Key::new(
-        RULE_KEY_FIXED_BITS + 16,
-        RuleKey {
-            generation: slot,
-            proto: key.proto,
-            class: src.class.to_be_bytes(),
-            atom: atom.atom.to_be_bytes(),
-            port,
-        },
-    );
-    let (verdict, rule, valid_until_ns) = match RULES.get(rule_key) {
+    let rule_key = RuleKey {
+        generation: slot,
+        proto: key.proto,
+        class: src.class.to_be_bytes(),
+        atom: atom.atom.to_be_bytes(),
+        port,
+    };
+    // The exact port first; on a miss the port blocks. Rules without ports (ICMP; other
+    // protocols have none) are trie entries only: one lookup.
+    let exact = if matches!(key.proto, proto::TCP | proto::UDP) {
+        // SAFETY: as for `DST_HOSTS` in `protected`.
+        unsafe { RULES_EXACT.get(&rule_key) }
+    } else {
+        None
+    };
+    let rule = match exact {
+        Some(exact) => Some(exact),
+        None => RULES.get(Key::new(RULE_KEY_FIXED_BITS + 16, rule_key)),
+    };
+    let (verdict, rule, valid_until_ns) = match rule {
         Some(v) => {
             let (verdict, rule) = v.at(now);
             let until = if now < v.valid_until_ns {

@@ -1,15 +1,19 @@
 //! Every map of the production object, each named from `gateway_common::map_name!` (the
 //! one table of map names, which user space reads through `gateway_common::maps`).
 
-use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf};
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
 use gateway_common::{
     Addr, DataplaneConfig, DenyCacheEntry, FlowKey, FlowState, FragKey, FragState,
     event::{Budget, EVENT_KINDS, SourceState},
     kernel_map,
     maps::{
-        DENY_CACHE_SLOTS, DST_CAPACITY, EVENTS_ALERT_BYTES, EVENTS_FLOW_BYTES, FLOW_COUNTERS,
-        FLOWS_OTHER_CAPACITY, FLOWS_TCP_CAPACITY, FRAGS_CAPACITY, HANDSHAKES_CAPACITY,
-        HandshakeBucket, RULES_CAPACITY, SOURCES_CAPACITY, SRC_CAPACITY,
+        DENY_CACHE_SLOTS, DST_CAPACITY, DST_HOSTS_CAPACITY, EVENTS_ALERT_BYTES, EVENTS_FLOW_BYTES,
+        FLOW_COUNTERS, FLOWS_OTHER_CAPACITY, FLOWS_TCP_CAPACITY, FRAGS_CAPACITY,
+        HANDSHAKES_CAPACITY, HandshakeBucket, RULES_CAPACITY, RULES_EXACT_CAPACITY,
+        SOURCES_CAPACITY, SRC_CAPACITY,
     },
     parse::PARSE_OUTCOMES,
     policy::{AtomValue, DstKey, RuleKey, RuleValue, SrcKey, SrcValue},
@@ -63,7 +67,22 @@ kernel_map! {
 }
 
 kernel_map! {
+    /// The full hosts of `DST` (its key's data, all 136 bits significant), looked up first.
+    /// Allocated per entry (`BPF_F_NO_PREALLOC`), like the trie: capacity costs no memory
+    /// until a policy uses it, and a replaced value is freed only after an RCU grace period.
+    pub static DST_HOSTS: HashMap<DstKey, AtomValue> =
+        HashMap::with_max_entries(DST_HOSTS_CAPACITY, BPF_F_NO_PREALLOC);
+}
+
+kernel_map! {
     pub static RULES: LpmTrie<RuleKey, RuleValue> = LpmTrie::with_max_entries(RULES_CAPACITY, 0);
+}
+
+kernel_map! {
+    /// The single-port entries of `RULES` (all 96 bits significant), looked up first.
+    /// Allocated per entry, as `DST_HOSTS`.
+    pub static RULES_EXACT: HashMap<RuleKey, RuleValue> =
+        HashMap::with_max_entries(RULES_EXACT_CAPACITY, BPF_F_NO_PREALLOC);
 }
 
 kernel_map! {

@@ -35,8 +35,12 @@ pub static BENCH_OBJECT: &[u8] =
 pub struct PolicyMaps {
     pub active: Array<MapData, u32>,
     pub src: HashMap<MapData, SrcKey, SrcValue>,
+    /// Destination prefixes shorter than a host; full hosts are in `dst_hosts`.
     pub dst: LpmTrie<MapData, DstKey, AtomValue>,
+    pub dst_hosts: HashMap<MapData, DstKey, AtomValue>,
+    /// Port blocks and rules without ports; single ports are in `rules_exact`.
     pub rules: LpmTrie<MapData, RuleKey, RuleValue>,
+    pub rules_exact: HashMap<MapData, RuleKey, RuleValue>,
 }
 
 /// The flow tables: TCP, everything else, and fragmented datagrams in flight.
@@ -284,7 +288,9 @@ impl Dataplane {
             active: Array::try_from(take(&mut ebpf, maps::ACTIVE)?)?,
             src: HashMap::try_from(take(&mut ebpf, maps::SRC)?)?,
             dst: LpmTrie::try_from(take(&mut ebpf, maps::DST)?)?,
+            dst_hosts: HashMap::try_from(take(&mut ebpf, maps::DST_HOSTS)?)?,
             rules: LpmTrie::try_from(take(&mut ebpf, maps::RULES)?)?,
+            rules_exact: HashMap::try_from(take(&mut ebpf, maps::RULES_EXACT)?)?,
         };
         let flows = FlowMaps {
             tcp: HashMap::try_from(take(&mut ebpf, maps::FLOWS_TCP)?)?,

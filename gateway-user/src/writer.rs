@@ -27,8 +27,11 @@
 
 use crate::dataplane::PolicyMaps;
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{MapError, lpm_trie::Key};
-use gateway_common::maps;
+use aya::maps::{IterableMap as _, MapError, lpm_trie::Key};
+use gateway_common::{
+    maps,
+    policy::{AtomValue, DstKey, RuleKey, RuleValue},
+};
 use policy_compiler::{HostView, KernelEntries, to_kernel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -183,7 +186,7 @@ impl PolicyWriter {
             .context("switching the active policy generation")?;
         self.generation = next;
         self.grace = Some(std::thread::spawn(rcu_grace_period));
-        let entries = new.src.len() + new.dst.len() + new.rules.len();
+        let entries = new.len();
         self.slots[slot as usize] = Some(new);
         Ok(ApplyStats {
             generation: next,
@@ -197,17 +200,30 @@ impl PolicyWriter {
 
 /// Entries one policy may hold in each policy map: half the map, since the slot being
 /// written and the slot in force live in it together. Names are the metrics' labels.
-pub fn usable_capacity() -> [(&'static str, u32); 3] {
+pub fn usable_capacity() -> [(&'static str, u32); 5] {
     [
         ("src", maps::SRC_CAPACITY / 2),
         ("dst", maps::DST_CAPACITY / 2),
+        ("dst_hosts", maps::DST_HOSTS_CAPACITY / 2),
         ("rules", maps::RULES_CAPACITY / 2),
+        ("rules_exact", maps::RULES_EXACT_CAPACITY / 2),
+    ]
+}
+
+/// Entries of `e` per policy map, in the order of [`usable_capacity`].
+pub fn entry_counts(e: &KernelEntries) -> [usize; 5] {
+    [
+        e.src.len(),
+        e.dst.len(),
+        e.dst_hosts.len(),
+        e.rules.len(),
+        e.rules_exact.len(),
     ]
 }
 
 /// Refuses entries that would not fit beside the policy in force.
 pub fn check_fits(new: &KernelEntries) -> Result<()> {
-    let sizes = [new.src.len(), new.dst.len(), new.rules.len()];
+    let sizes = entry_counts(new);
     for ((map, cap), n) in usable_capacity().into_iter().zip(sizes) {
         if n > cap as usize {
             bail!(
@@ -230,7 +246,9 @@ pub fn next_generation(g: u32) -> u32 {
     }
 }
 
-/// Reads every entry of key slot `slot` back from the maps.
+/// Reads every entry of key slot `slot` back from the maps, each list from its own map:
+/// entries written before the exact-match hashes existed (full hosts and single ports in
+/// the tries) are read where they are, so the next [`sync_slot`] moves them.
 pub fn read_slot(maps: &PolicyMaps, slot: u8) -> Result<KernelEntries> {
     let mut out = KernelEntries {
         generation: slot,
@@ -252,6 +270,8 @@ pub fn read_slot(maps: &PolicyMaps, slot: u8) -> Result<KernelEntries> {
             });
         }
     }
+    out.dst_hosts = crate::batch::read_all::<DstKey, AtomValue>(maps.dst_hosts.map())?;
+    out.dst_hosts.retain(|(k, _)| k.generation == slot);
     for item in maps.rules.iter() {
         let (k, v) = item?;
         if k.data().generation == slot {
@@ -262,9 +282,13 @@ pub fn read_slot(maps: &PolicyMaps, slot: u8) -> Result<KernelEntries> {
             });
         }
     }
+    out.rules_exact = crate::batch::read_all::<RuleKey, RuleValue>(maps.rules_exact.map())?;
+    out.rules_exact.retain(|(k, _)| k.generation == slot);
     out.src.sort_unstable();
     out.dst.sort_unstable();
+    out.dst_hosts.sort_unstable();
     out.rules.sort_unstable();
+    out.rules_exact.sort_unstable();
     Ok(out)
 }
 
@@ -331,14 +355,21 @@ fn merge_diff<K: Ord + Copy, V: PartialEq + Copy>(
 }
 
 /// Brings one slot from `old` to `new` (both sorted, as `to_kernel` and `read_slot` make
-/// them): deletes what is gone, writes what is new or changed. Returns (written, deleted).
+/// them): deletes what is gone, writes what is new or changed, map by map (an entry that
+/// moved from a trie to its hash is deleted from one and written to the other). Returns
+/// (written, deleted).
 fn sync_slot(
     maps: &mut PolicyMaps,
     old: &KernelEntries,
     new: &KernelEntries,
 ) -> Result<(usize, usize)> {
     let PolicyMaps {
-        src, dst, rules, ..
+        src,
+        dst,
+        dst_hosts,
+        rules,
+        rules_exact,
+        ..
     } = maps;
     let (w1, d1) = merge_diff(
         old.src.iter().copied(),
@@ -357,6 +388,14 @@ fn sync_slot(
         },
     )?;
     let (w3, d3) = merge_diff(
+        old.dst_hosts.iter().copied(),
+        new.dst_hosts.iter().copied(),
+        |k, v| match v {
+            Some(v) => dst_hosts.insert(k, v, 0),
+            None => ignore_missing(dst_hosts.remove(&k)),
+        },
+    )?;
+    let (w4, d4) = merge_diff(
         old.rules.iter().map(lpm),
         new.rules.iter().map(lpm),
         |(p, k), v| match v {
@@ -364,7 +403,15 @@ fn sync_slot(
             None => ignore_missing(rules.remove(&Key::new(p, k))),
         },
     )?;
-    Ok((w1 + w2 + w3, d1 + d2 + d3))
+    let (w5, d5) = merge_diff(
+        old.rules_exact.iter().copied(),
+        new.rules_exact.iter().copied(),
+        |k, v| match v {
+            Some(v) => rules_exact.insert(k, v, 0),
+            None => ignore_missing(rules_exact.remove(&k)),
+        },
+    )?;
+    Ok((w1 + w2 + w3 + w4 + w5, d1 + d2 + d3 + d4 + d5))
 }
 
 #[cfg(test)]
@@ -373,12 +420,7 @@ mod tests {
 
     #[test]
     fn a_policy_over_half_a_map_is_refused_whole() {
-        let mut e = KernelEntries {
-            generation: 0,
-            src: Vec::new(),
-            dst: Vec::new(),
-            rules: Vec::new(),
-        };
+        let mut e = KernelEntries::default();
         let half = (maps::SRC_CAPACITY / 2) as usize;
         let entry = e_src();
         e.src = vec![entry; half];

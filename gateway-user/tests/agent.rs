@@ -290,7 +290,13 @@ fn agent_end_to_end() {
         samples["gateway_map_capacity{map=\"rules\"}"],
         f64::from(gateway_common::maps::RULES_CAPACITY / 2)
     );
-    assert!(samples["gateway_map_entries{map=\"rules\"}"] >= 1.0);
+    assert_eq!(
+        samples["gateway_map_capacity{map=\"rules_exact\"}"],
+        f64::from(gateway_common::maps::RULES_EXACT_CAPACITY / 2)
+    );
+    // Every grant of the topology is a single port on a host: all in the exact-match maps.
+    assert!(samples["gateway_map_entries{map=\"rules_exact\"}"] >= 1.0);
+    assert!(samples["gateway_map_entries{map=\"dst_hosts\"}"] >= 1.0);
     assert!(samples["gateway_policy_apply_seconds_count"] >= 1.0);
     assert!(samples["gateway_host_checks_total"] >= 1.0);
     assert_eq!(

@@ -233,7 +233,9 @@ fn kernel_entries(pin: &Path) -> policy_compiler::KernelEntries {
     let maps = PolicyMaps {
         src: HashMap::try_from(pinned(pin, maps::SRC)).unwrap(),
         dst: LpmTrie::try_from(pinned(pin, maps::DST)).unwrap(),
+        dst_hosts: HashMap::try_from(pinned(pin, maps::DST_HOSTS)).unwrap(),
         rules: LpmTrie::try_from(pinned(pin, maps::RULES)).unwrap(),
+        rules_exact: HashMap::try_from(pinned(pin, maps::RULES_EXACT)).unwrap(),
         active,
     };
     let slot = (maps.active.get(&0, 0).unwrap() & 1) as u8;

@@ -203,19 +203,31 @@ fn maps_dump_decodes_pinned_state() {
         "{src:#?}"
     );
 
-    // DST and RULES: web's /32 and its port 443 grant.
+    // DST_HOSTS and RULES_EXACT: web's /32 and its port 443 grant; the tries keep the
+    // shorter prefixes (the network's /16) and hold no full host or single port.
+    let hosts = entries(&dump, maps::DST_HOSTS);
+    assert!(
+        hosts.iter().any(|e| e["prefix"] == "198.18.1.5/32"),
+        "{hosts:#?}"
+    );
     let dst = entries(&dump, maps::DST);
     assert!(
-        dst.iter().any(|e| e["prefix"] == "198.18.1.5/32"),
+        dst.iter().any(|e| e["prefix"] == "198.18.0.0/16"),
         "{dst:#?}"
     );
-    let rules = entries(&dump, maps::RULES);
     assert!(
-        rules
+        !dst.iter().any(|e| e["prefix"] == "198.18.1.5/32"),
+        "{dst:#?}"
+    );
+    let exact = entries(&dump, maps::RULES_EXACT);
+    assert!(
+        exact
             .iter()
             .any(|e| e["protocol"] == "tcp" && e["ports"] == "443-443" && e["verdict"] == "allow"),
-        "{rules:#?}"
+        "{exact:#?}"
     );
+    let rules = entries(&dump, maps::RULES);
+    assert!(!rules.iter().any(|e| e["ports"] == "443-443"), "{rules:#?}");
 
     // The flows the packets opened, by 5-tuple.
     let tcp = entries(&dump, maps::FLOWS_TCP);

@@ -112,7 +112,9 @@ fn mixed_verdict(a: &KernelEntries, b: &KernelEntries, p: &Packet) -> Verdict {
         generation: 0,
         src: a.src.clone(),
         dst: b.dst.clone(),
+        dst_hosts: b.dst_hosts.clone(),
         rules: b.rules.clone(),
+        rules_exact: b.rules_exact.clone(),
     };
     policy_compiler::lookup(&mix, p, 0).0
 }

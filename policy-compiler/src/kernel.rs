@@ -26,15 +26,93 @@ pub struct LpmEntry<K, V> {
 }
 
 /// All entries of one policy generation, sorted.
+///
+/// Destinations and rules are each split over two maps by prefix length: the full-length
+/// entries (a host, a single port) go to an exact-match hash the kernel looks up first,
+/// the rest to the LPM trie it walks on a miss. A full-length entry is the longest match
+/// there can be, so the two answer as one trie holding both would.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct KernelEntries {
     pub generation: u8,
     /// `SRC` hash map.
     pub src: Vec<(SrcKey, SrcValue)>,
-    /// `DST` LPM trie.
+    /// `DST` LPM trie: prefixes shorter than a host.
     pub dst: Vec<LpmEntry<DstKey, AtomValue>>,
-    /// `RULES` LPM trie.
+    /// `DST_HOSTS` hash map: the full hosts (/32 IPv4, /128 IPv6).
+    pub dst_hosts: Vec<(DstKey, AtomValue)>,
+    /// `RULES` LPM trie: port blocks wider than one port, and rules without ports.
     pub rules: Vec<LpmEntry<RuleKey, RuleValue>>,
+    /// `RULES_EXACT` hash map: the single-port entries.
+    pub rules_exact: Vec<(RuleKey, RuleValue)>,
+}
+
+/// `DST` prefix length of a full host: the key's every bit.
+pub const DST_HOST_PREFIX_LEN: u32 = DST_KEY_FIXED_BITS + 128;
+/// `RULES` prefix length of a single port: the key's every bit.
+pub const RULE_EXACT_PREFIX_LEN: u32 = RULE_KEY_FIXED_BITS + 16;
+
+impl KernelEntries {
+    /// Entries over all four policy maps.
+    pub fn len(&self) -> usize {
+        self.src.len()
+            + self.dst.len()
+            + self.dst_hosts.len()
+            + self.rules.len()
+            + self.rules_exact.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Moves every full-length entry of the tries to its hash (`dst` -> `dst_hosts`,
+    /// `rules` -> `rules_exact`) and sorts the four lists.
+    fn split_exact(&mut self) {
+        let (hosts, dst) = std::mem::take(&mut self.dst)
+            .into_iter()
+            .partition::<Vec<_>, _>(|e| e.prefix_len == DST_HOST_PREFIX_LEN);
+        self.dst = dst;
+        self.dst_hosts
+            .extend(hosts.into_iter().map(|e| (e.key, e.value)));
+        let (exact, rules) = std::mem::take(&mut self.rules)
+            .into_iter()
+            .partition::<Vec<_>, _>(|e| e.prefix_len == RULE_EXACT_PREFIX_LEN);
+        self.rules = rules;
+        self.rules_exact
+            .extend(exact.into_iter().map(|e| (e.key, e.value)));
+        self.dst.sort_unstable();
+        self.dst_hosts.sort_unstable();
+        self.rules.sort_unstable();
+        self.rules_exact.sort_unstable();
+    }
+
+    /// The same entries all in the tries, as maps written before the exact-match hashes
+    /// existed hold them (tests of an upgrade).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn all_in_tries(&self) -> KernelEntries {
+        let mut dst = self.dst.clone();
+        dst.extend(self.dst_hosts.iter().map(|&(key, value)| LpmEntry {
+            prefix_len: DST_HOST_PREFIX_LEN,
+            key,
+            value,
+        }));
+        dst.sort_unstable();
+        let mut rules = self.rules.clone();
+        rules.extend(self.rules_exact.iter().map(|&(key, value)| LpmEntry {
+            prefix_len: RULE_EXACT_PREFIX_LEN,
+            key,
+            value,
+        }));
+        rules.sort_unstable();
+        KernelEntries {
+            generation: self.generation,
+            src: self.src.clone(),
+            dst,
+            dst_hosts: Vec::new(),
+            rules,
+            rules_exact: Vec::new(),
+        }
+    }
 }
 
 /// The shared 16-byte form of an address (IPv4 mapped).
@@ -80,7 +158,7 @@ pub fn to_kernel(
         })
         .collect();
     src.sort_unstable();
-    let mut dst: Vec<LpmEntry<DstKey, AtomValue>> = view
+    let dst: Vec<LpmEntry<DstKey, AtomValue>> = view
         .atoms
         .iter()
         .map(|d| LpmEntry {
@@ -97,8 +175,7 @@ pub fn to_kernel(
             },
         })
         .collect();
-    dst.sort_unstable();
-    let mut rules: Vec<LpmEntry<RuleKey, RuleValue>> = view
+    let rules: Vec<LpmEntry<RuleKey, RuleValue>> = view
         .rules
         .iter()
         .map(|r| LpmEntry {
@@ -121,11 +198,14 @@ pub fn to_kernel(
             },
         })
         .collect();
-    rules.sort_unstable();
-    KernelEntries {
+    let mut out = KernelEntries {
         generation,
         src,
         dst,
+        dst_hosts: Vec::new(),
         rules,
-    }
+        rules_exact: Vec::new(),
+    };
+    out.split_exact();
+    out
 }

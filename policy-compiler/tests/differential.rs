@@ -24,6 +24,8 @@ fn kernel_lookup_matches_reference_evaluator() {
         (0usize, 0usize, 0usize, 0usize, 0usize, 0usize);
     let mut verdicts = [0usize; 3];
     let mut entries = 0usize;
+    // Entries per map (src, dst, dst_hosts, rules, rules_exact): both tiers are exercised.
+    let mut per_map = [0usize; 5];
     while policies < POLICIES {
         let text = gen_policy(&mut rng, NOW);
         let policy = match parse(&text, "random.toml", NOW) {
@@ -57,8 +59,24 @@ fn kernel_lookup_matches_reference_evaluator() {
             let view = compile(&policy, host, NOW).unwrap();
             views += 1;
             let k = to_kernel(&view, 7, boot_ns);
-            entries += k.src.len() + k.dst.len() + k.rules.len();
+            entries += k.len();
+            for (n, len) in per_map.iter_mut().zip([
+                k.src.len(),
+                k.dst.len(),
+                k.dst_hosts.len(),
+                k.rules.len(),
+                k.rules_exact.len(),
+            ]) {
+                *n += len;
+            }
+            assert!(
+                k.dst.iter().all(|e| e.prefix_len < DST_HOST_PREFIX_LEN)
+                    && k.rules.iter().all(|e| e.prefix_len < RULE_EXACT_PREFIX_LEN),
+                "a full-length entry left in a trie"
+            );
             let index = KernelIndex::new(&k);
+            // The same entries as maps written before the exact-match tier hold them.
+            let old = k.all_in_tries();
             // Times: now, around every expiry before recompile_at, just before recompile_at.
             let mut times = vec![NOW];
             for g in &policy.grants {
@@ -112,6 +130,7 @@ fn kernel_lookup_matches_reference_evaluator() {
                     let got = index.lookup(&pkt, boot_ns(t));
                     if i < 3 {
                         assert_eq!(lookup(&k, &pkt, boot_ns(t)), got, "index == plain lookup");
+                        assert_eq!(lookup(&old, &pkt, boot_ns(t)), got, "tiers == tries alone");
                         slow_checks += 1;
                     }
                     checks += 1;
@@ -127,8 +146,13 @@ fn kernel_lookup_matches_reference_evaluator() {
             }
         }
     }
+    assert!(
+        per_map.iter().all(|&n| n > 1000),
+        "every map is exercised (src, dst, dst_hosts, rules, rules_exact): {per_map:?}"
+    );
     println!(
-        "{policies} policies ({retries} regenerated), {views} views, {entries} map entries, \
+        "{policies} policies ({retries} regenerated), {views} views, {entries} map entries \
+         {per_map:?}, \
          {with_expiry} views with expiring entries, {checks} packet checks \
          (deny {}, allow {}, audit {}), {slow_checks} also via plain lookup: 0 mismatches",
         verdicts[0], verdicts[1], verdicts[2]

@@ -88,13 +88,15 @@ fn run(
     let peak = (PEAK.load(Ordering::Relaxed) - before) as u64 / 1024;
     let k = to_kernel(&view, 1, |t| t as u64);
     println!(
-        "compile: {secs:.3}s, peak heap {} MB (policy itself: {} MB); {} classes, {} src, {} dst, {} rules entries",
+        "compile: {secs:.3}s, peak heap {} MB (policy itself: {} MB); {} classes, {} src, {} + {} dst (trie + hosts), {} + {} rules entries (trie + exact)",
         peak / 1024,
         before / (1024 * 1024),
         view.classes,
         k.src.len(),
         k.dst.len(),
-        k.rules.len()
+        k.dst_hosts.len(),
+        k.rules.len(),
+        k.rules_exact.len()
     );
     // A device view is small and quick.
     let t = Instant::now();

@@ -135,7 +135,7 @@ impl Metrics {
         }
         let _ = writeln!(
             s,
-            "# HELP gateway_map_capacity Entries each map can hold for one policy (src, dst, rules: half the map, the other half keeps the policy in force during an update).\n# TYPE gateway_map_capacity gauge"
+            "# HELP gateway_map_capacity Entries each map can hold for one policy (src, dst, dst_hosts, rules, rules_exact: half the map, the other half keeps the policy in force during an update).\n# TYPE gateway_map_capacity gauge"
         );
         for (map, (_, cap)) in &self.maps {
             let _ = writeln!(s, "gateway_map_capacity{{map=\"{map}\"}} {cap}");

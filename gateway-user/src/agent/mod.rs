@@ -687,7 +687,7 @@ fn refresh_metrics(
     m.flows_idle_ended = reaper.idle_total;
     m.generation = writer.generation();
     if let Some(e) = writer.active_entries() {
-        let used = [e.src.len(), e.dst.len(), e.rules.len()];
+        let used = crate::writer::entry_counts(e);
         for ((map, usable), n) in crate::writer::usable_capacity().into_iter().zip(used) {
             m.maps.insert(map, (n as u64, u64::from(usable)));
         }

@@ -360,7 +360,15 @@ pub fn compile(file: &Path, host: &str, at: &AtArg, output: Output) -> R<()> {
             });
         println!("  {:<24} class {:<3} {who}", s.addr.to_string(), s.class);
     }
-    println!("\nDST map ({} entries): prefix -> atom", v.atoms.len());
+    let hosts = v
+        .atoms
+        .iter()
+        .filter(|a| a.prefix.prefix_len() == a.prefix.max_prefix_len())
+        .count();
+    println!(
+        "\nDST map ({} entries, {hosts} of them hosts, kept in DST_HOSTS): prefix -> atom",
+        v.atoms.len()
+    );
     for a in &v.atoms {
         let res = v.atom_meta.get(&a.atom).map_or_else(String::new, |m| {
             if m.resources.is_empty() {
@@ -376,8 +384,10 @@ pub fn compile(file: &Path, host: &str, at: &AtArg, output: Output) -> R<()> {
             verdict_name(a.default_verdict)
         );
     }
+    let single = v.rules.iter().filter(|r| r.key.port_bits == 16).count();
     println!(
-        "\nRULES map ({} entries): (class, atom, proto, ports) -> verdict",
+        "\nRULES map ({} entries, {single} of them single ports, kept in RULES_EXACT): (class, \
+         atom, proto, ports) -> verdict",
         v.rules.len()
     );
     for r in &v.rules {

@@ -53,17 +53,30 @@ fn lpm<'e, K, V>(
         .map(|e| &e.value)
 }
 
+/// An exact-match hash map's lookup (the list is sorted by key).
+fn exact<'e, K: Ord, V>(entries: &'e [(K, V)], key: &K) -> Option<&'e V> {
+    entries
+        .binary_search_by(|(k, _)| k.cmp(key))
+        .ok()
+        .map(|i| &entries[i].1)
+}
+
 /// What the XDP program decides for `pkt` with these maps at boot-clock `now_ns`:
-/// `DST` miss -> pass (unprotected, rule 0); `SRC` miss or `RULES` miss -> the atom's
-/// default; otherwise the rule value at `now_ns`. The port looked up is the destination
-/// port for TCP/UDP and 0 otherwise (ICMP rules have no port bits).
+/// the destination's atom from `DST_HOSTS`, else `DST`; a miss in both -> pass
+/// (unprotected, rule 0); `SRC` miss -> the atom's default; the rule from `RULES_EXACT`,
+/// else `RULES`; a miss in both -> the atom's default; otherwise the rule value at
+/// `now_ns`. The port looked up is the destination port for TCP/UDP and 0 otherwise (ICMP
+/// rules have no port bits).
 pub fn lookup(entries: &KernelEntries, pkt: &Packet, now_ns: u64) -> (Verdict, u32) {
     let g = entries.generation;
-    let dkey = dst_bytes(&DstKey {
+    let dst = DstKey {
         generation: g,
         addr: addr16(pkt.dst),
-    });
-    let Some(atom) = lpm(&entries.dst, &dkey, |k| dst_bytes(k).to_vec()) else {
+    };
+    let dkey = dst_bytes(&dst);
+    let Some(atom) = exact(&entries.dst_hosts, &dst)
+        .or_else(|| lpm(&entries.dst, &dkey, |k| dst_bytes(k).to_vec()))
+    else {
         return (Verdict::Allow, 0);
     };
     let default = (Verdict::from_u8(atom.default_verdict), atom.default_rule);
@@ -84,14 +97,17 @@ pub fn lookup(entries: &KernelEntries, pkt: &Packet, now_ns: u64) -> (Verdict, u
         proto::TCP | proto::UDP => pkt.dst_port,
         _ => 0,
     };
-    let rkey = rule_bytes(&RuleKey {
+    let rule = RuleKey {
         generation: g,
         proto: pkt.proto,
         class: src.class.to_be_bytes(),
         atom: atom.atom.to_be_bytes(),
         port: port.to_be_bytes(),
-    });
-    match lpm(&entries.rules, &rkey, |k| rule_bytes(k).to_vec()) {
+    };
+    let rkey = rule_bytes(&rule);
+    match exact(&entries.rules_exact, &rule)
+        .or_else(|| lpm(&entries.rules, &rkey, |k| rule_bytes(k).to_vec()))
+    {
         Some(v) => v.at(now_ns),
         None => default,
     }
@@ -101,8 +117,10 @@ pub fn lookup(entries: &KernelEntries, pkt: &Packet, now_ns: u64) -> (Verdict, u
 #[derive(Debug)]
 pub struct KernelIndex<'e> {
     entries: &'e KernelEntries,
+    dst_hosts: HashMap<DstKey, AtomValue>,
     dst: HashMap<(u32, [u8; 17]), AtomValue>,
     dst_lens: Vec<u32>,
+    rules_exact: HashMap<RuleKey, RuleValue>,
     rules: HashMap<(u32, [u8; 12]), RuleValue>,
     rule_lens: Vec<u32>,
 }
@@ -145,8 +163,10 @@ impl<'e> KernelIndex<'e> {
         }
         KernelIndex {
             entries,
+            dst_hosts: entries.dst_hosts.iter().copied().collect(),
             dst,
             dst_lens,
+            rules_exact: entries.rules_exact.iter().copied().collect(),
             rules,
             rule_lens,
         }
@@ -154,15 +174,16 @@ impl<'e> KernelIndex<'e> {
 
     pub fn lookup(&self, pkt: &Packet, now_ns: u64) -> (Verdict, u32) {
         let g = self.entries.generation;
-        let dkey = dst_bytes(&DstKey {
+        let dst = DstKey {
             generation: g,
             addr: addr16(pkt.dst),
-        });
-        let Some(atom) = self
-            .dst_lens
-            .iter()
-            .find_map(|&l| self.dst.get(&(l, mask(dkey, l))))
-        else {
+        };
+        let dkey = dst_bytes(&dst);
+        let Some(atom) = self.dst_hosts.get(&dst).or_else(|| {
+            self.dst_lens
+                .iter()
+                .find_map(|&l| self.dst.get(&(l, mask(dkey, l))))
+        }) else {
             return (Verdict::Allow, 0);
         };
         let default = (Verdict::from_u8(atom.default_verdict), atom.default_rule);
@@ -179,18 +200,19 @@ impl<'e> KernelIndex<'e> {
             proto::TCP | proto::UDP => pkt.dst_port,
             _ => 0,
         };
-        let rkey = rule_bytes(&RuleKey {
+        let rule = RuleKey {
             generation: g,
             proto: pkt.proto,
             class: class.to_be_bytes(),
             atom: atom.atom.to_be_bytes(),
             port: port.to_be_bytes(),
-        });
-        match self
-            .rule_lens
-            .iter()
-            .find_map(|&l| self.rules.get(&(l, mask(rkey, l))))
-        {
+        };
+        let rkey = rule_bytes(&rule);
+        match self.rules_exact.get(&rule).or_else(|| {
+            self.rule_lens
+                .iter()
+                .find_map(|&l| self.rules.get(&(l, mask(rkey, l))))
+        }) {
             Some(v) => v.at(now_ns),
             None => default,
         }

@@ -127,9 +127,19 @@ pub(super) fn read_map(
         maps::DST => {
             lpm_first::<DstKey, AtomValue>(data, limit, |p, k, v| dst_entry(p, k, v, active_slot))?
         }
+        maps::DST_HOSTS => first(
+            crate::batch::read_all::<DstKey, AtomValue>(&data)?,
+            limit,
+            |k, v| dst_entry(DST_KEY_FIXED_BITS + 128, k, v, active_slot),
+        ),
         maps::RULES => lpm_first::<RuleKey, RuleValue>(data, limit, |p, k, v| {
             rule_entry(p, k, v, active_slot)
         })?,
+        maps::RULES_EXACT => first(
+            crate::batch::read_all::<RuleKey, RuleValue>(&data)?,
+            limit,
+            |k, v| rule_entry(RULE_KEY_FIXED_BITS + 16, k, v, active_slot),
+        ),
         maps::FLOWS_TCP | maps::FLOWS_OTHER => first(
             crate::batch::read_all::<FlowKey, FlowState>(&data)?,
             limit,
