@@ -360,7 +360,7 @@ fn payload_for(frame_bytes: u32) -> usize {
 }
 
 /// Engines the suite compares.
-const ENGINES: [&str; 5] = ["none", "floor", "xdp", "nft", "nft-netdev"];
+const ENGINES: [&str; 6] = ["none", "floor", "floor-read", "xdp", "nft", "nft-netdev"];
 
 /// The stateless netdev-ingress equivalent of the connector's ruleset: the same sets,
 /// verdict maps and class chains (the deny side is decided entirely there: source class,
@@ -488,6 +488,7 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> Result<()> {
                     let prog = match engine {
                         "none" => maps::bench::PROG_NOOP,
                         "floor" => maps::bench::PROG_DROP_ALL,
+                        "floor-read" => maps::bench::PROG_DROP_READ,
                         _ => maps::PROG_XDP,
                     };
                     let iface = topo.rx_if.clone();
@@ -500,6 +501,10 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> Result<()> {
             }
             let threaded = threaded_napi(&topo.rx, &topo.rx_if);
             for tr in &traffic {
+                if engine == "floor-read" && !tr.deny {
+                    // A reference for the drop path only.
+                    continue;
+                }
                 let frame = policies::frame(&tr.tuples[0].probe(17), payload_for(tr.frame_bytes));
                 if tr.flows > 1 {
                     let flows = working_set::flows(&tr.tuples, tr.flows);
@@ -530,7 +535,7 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> Result<()> {
                     let processed = rx1.saturating_sub(rx0);
                     let forwarded = fwd1.saturating_sub(fwd0);
                     let (measure, n) = match (engine, tr.deny) {
-                        ("floor", _) => ("dropped", processed),
+                        ("floor" | "floor-read", _) => ("dropped", processed),
                         ("xdp", true) => ("dropped", denied(&dp)?.saturating_sub(deny0)),
                         // Everything the nft engines did not deliver, they dropped (the
                         // deny traffic has no other way out; listing the ruleset's counter

@@ -90,9 +90,17 @@ fn devices_by_owner(p: &Policy) -> Vec<Vec<IpAddr>> {
     v
 }
 
-/// Up to `max` distinct TCP tuples the evaluator grants, in family `v6`, drawn across the
-/// allow grants (round robin over grants, so sources and resources spread), shuffled.
-pub fn allowed(p: &Policy, v6: bool, now: i64, max: usize, rng: &mut Rng) -> Vec<Tuple> {
+/// Up to `max` distinct TCP tuples `judge` allows, in family `v6`, drawn across the allow
+/// grants (round robin over grants, so sources and resources spread), shuffled. `judge` is
+/// fast (a model of the kernel's lookups); [`check_sample`] then asks the reference
+/// evaluator about a sample.
+pub fn allowed(
+    p: &Policy,
+    v6: bool,
+    max: usize,
+    rng: &mut Rng,
+    judge: &dyn Fn(&Tuple, u8) -> Judged,
+) -> Vec<Tuple> {
     let owners = devices_by_owner(p);
     let mut per_grant: Vec<Vec<Tuple>> = Vec::new();
     for g in &p.grants {
@@ -132,13 +140,15 @@ pub fn allowed(p: &Policy, v6: bool, now: i64, max: usize, rng: &mut Rng) -> Vec
     // Round robin over grants; each candidate checked by the evaluator (a deny grant or an
     // expiry may override an allow).
     let mut budget = max.saturating_mul(4).max(10_000);
+    // Round robin over grants; each candidate judged (a deny grant or an expiry may
+    // override an allow).
     while out.len() < max && budget > 0 {
         let mut any = false;
         for list in &per_grant {
             if let Some(t) = list.get(i) {
                 any = true;
                 budget = budget.saturating_sub(1);
-                if seen.insert(*t) && evaluate(p, &t.packet(6), now).reason == Reason::Granted {
+                if seen.insert(*t) && judge(t, 6) == Judged::Allow {
                     out.push(*t);
                     if out.len() >= max {
                         break;
@@ -155,9 +165,44 @@ pub fn allowed(p: &Policy, v6: bool, now: i64, max: usize, rng: &mut Rng) -> Vec
     out
 }
 
-/// Up to `max` distinct UDP tuples from principals to resources that the evaluator denies
-/// (no grant covers UDP there, or a deny grant), shuffled.
-pub fn denied(p: &Policy, now: i64, max: usize, rng: &mut Rng) -> Vec<Tuple> {
+/// How [`allowed`] and [`denied`] are told a tuple's fate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judged {
+    Allow,
+    Deny,
+    Other,
+}
+
+/// Asks the reference evaluator about every `step`-th tuple (at most `n`): each must
+/// satisfy `want`. The working-set cases then check every packet's reason in the kernel.
+pub fn check_sample(
+    p: &Policy,
+    now: i64,
+    tuples: &[Tuple],
+    proto: u8,
+    n: usize,
+    want: fn(Reason) -> bool,
+) -> Result<usize> {
+    let step = tuples.len().div_ceil(n.max(1)).max(1);
+    let mut asked = 0;
+    for t in tuples.iter().step_by(step) {
+        let r = evaluate(p, &t.packet(proto), now).reason;
+        if !want(r) {
+            bail!("working-set tuple {t:?} (protocol {proto}): the reference evaluator says {r:?}");
+        }
+        asked += 1;
+    }
+    Ok(asked)
+}
+
+/// Up to `max` distinct UDP tuples from principals to resources that `judge` denies (no
+/// grant covers UDP there, or a deny grant), shuffled.
+pub fn denied(
+    p: &Policy,
+    max: usize,
+    rng: &mut Rng,
+    judge: &dyn Fn(&Tuple, u8) -> Judged,
+) -> Vec<Tuple> {
     let owners = devices_by_owner(p);
     let mut out = Vec::new();
     let mut seen = HashSet::new();
@@ -189,14 +234,15 @@ pub fn denied(p: &Policy, now: i64, max: usize, rng: &mut Rng) -> Vec<Tuple> {
             dst: host(&v4[rng.below(v4.len())].address),
             dst_port: 1 + rng.below(60_000) as u16,
         };
-        if seen.insert(t) && is_deny(evaluate(p, &t.packet(17), now).reason) {
+        if seen.insert(t) && judge(&t, 17) == Judged::Deny {
             out.push(t);
         }
     }
     out
 }
 
-fn is_deny(r: Reason) -> bool {
+/// The evaluator's reasons a denied tuple may have.
+pub fn is_deny(r: Reason) -> bool {
     matches!(r, Reason::NoGrant | Reason::DeniedByRule)
 }
 

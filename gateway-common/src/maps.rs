@@ -270,7 +270,7 @@ pub const DST_CAPACITY: u32 = 131_072;
 pub const DST_HOSTS_CAPACITY: u32 = DST_CAPACITY;
 pub const RULES_CAPACITY: u32 = 1_048_576;
 /// As large as the trie it relieves: a policy may consist of single ports only.
-pub const RULES_EXACT_CAPACITY: u32 = RULES_CAPACITY;
+pub const RULES_EXACT_CAPACITY: u32 = 2 * RULES_CAPACITY;
 pub const SOURCES_CAPACITY: u32 = 65_536;
 pub const HANDSHAKES_CAPACITY: u32 = 65_536;
 /// Bytes of each event ring buffer (a power of two, multiple of the page size).
@@ -311,6 +311,9 @@ pub mod bench {
     pub const PROG_NOOP: &str = "bench_noop";
     /// XDP program that drops every frame (benchmark ceiling of the drop path).
     pub const PROG_DROP_ALL: &str = "bench_drop_all";
+    /// XDP program that reads the EtherType, the destination address and the ports, then
+    /// drops: the ceiling of a drop path that looks at the packet.
+    pub const PROG_DROP_READ: &str = "bench_drop_read";
     /// XDP traffic generator (BPF_PROG_TEST_RUN live frames, redirects out of an interface).
     pub const PROG_TRAFFICGEN: &str = "bench_trafficgen";
     /// Array with one `u32`: the interface index the traffic generator transmits on.

@@ -245,6 +245,7 @@ impl Dataplane {
         for name in [
             maps::bench::PROG_NOOP,
             maps::bench::PROG_DROP_ALL,
+            maps::bench::PROG_DROP_READ,
             maps::bench::PROG_WORKING_SET,
         ] {
             let prog: &mut Xdp = bench
