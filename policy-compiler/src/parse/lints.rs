@@ -5,8 +5,14 @@ use std::collections::HashMap;
 use super::Span;
 use crate::diag::Sink;
 use crate::model::{Action, Mode, Policy};
+use ipnet::IpNet;
 
 /// Warns about allow grants every pair of which a deny grant makes pointless.
+///
+/// The denies' enforce-mode resources are indexed by prefix, so each allow pair looks up
+/// only the denies whose resource contains its address (one lookup per prefix length of
+/// the address), not every deny: linear in the grants, where comparing every allow with
+/// every deny took seconds at 20,000 grants.
 pub(super) fn shadow_warnings(policy: &Policy, sink: &mut Sink<'_>, name_spans: &[Span]) {
     let now = policy.parsed_at;
     let denies: Vec<usize> = (0..policy.grants.len())
@@ -19,6 +25,32 @@ pub(super) fn shadow_warnings(policy: &Policy, sink: &mut Sink<'_>, name_spans: 
         .iter()
         .map(|&d| (d, policy.principals_of_grant(d)))
         .collect();
+    // Prefix (normalized) -> (deny grant, index of the pair in it), enforce mode only.
+    let mut by_prefix: HashMap<IpNet, Vec<(usize, usize)>> = HashMap::new();
+    for &d in &denies {
+        for (pair, &r) in policy.grants[d].resources.iter().enumerate() {
+            let res = &policy.resources[r];
+            if res.mode == Mode::Enforce {
+                by_prefix
+                    .entry(res.address.trunc())
+                    .or_default()
+                    .push((d, pair));
+            }
+        }
+    }
+    // The deny pairs whose resource contains `addr`, by deny grant in file order.
+    let containing = |addr: &IpNet| -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for len in 0..=addr.prefix_len() {
+            if let Ok(sup) = IpNet::new(addr.addr(), len)
+                && let Some(v) = by_prefix.get(&sup.trunc())
+            {
+                out.extend_from_slice(v);
+            }
+        }
+        out.sort_unstable();
+        out
+    };
     for (gi, g) in policy.grants.iter().enumerate() {
         if g.action != Action::Allow || !g.is_active(now) {
             continue;
@@ -30,25 +62,35 @@ pub(super) fn shadow_warnings(policy: &Policy, sink: &mut Sink<'_>, name_spans: 
         let mut by: Option<usize> = None;
         let all_shadowed = g.resources.iter().zip(&g.effective).all(|(&r, eff)| {
             let addr = policy.resources[r].address;
-            denies.iter().any(|&d| {
+            let candidates = containing(&addr);
+            let mut found = None;
+            for (i, &(d, _)) in candidates.iter().enumerate() {
+                // A deny grant covers the pair through any of its resources: check the
+                // first time the grant comes up (candidates are sorted by grant).
+                if i > 0 && candidates[i - 1].0 == d {
+                    continue;
+                }
                 let dg = &policy.grants[d];
                 let lasts = match (dg.expires_at, g.expires_at) {
                     (None, _) => true,
                     (Some(_), None) => false,
                     (Some(a), Some(b)) => a >= b,
                 };
-                let covers = dg.resources.iter().zip(&dg.effective).any(|(&r2, e2)| {
-                    let res2 = &policy.resources[r2];
-                    res2.mode == Mode::Enforce
-                        && res2.address.contains(&addr)
-                        && e2.is_superset(eff)
-                });
-                let ok = lasts && covers && is_subset(&mine, &deny_principals[&d]);
-                if ok && by.is_none() {
-                    by = Some(d);
+                let covers = candidates[i..]
+                    .iter()
+                    .take_while(|(d2, _)| *d2 == d)
+                    .any(|&(_, p2)| dg.effective[p2].is_superset(eff));
+                if lasts && covers && is_subset(&mine, &deny_principals[&d]) {
+                    found = Some(d);
+                    break;
                 }
-                ok
-            })
+            }
+            if let Some(d) = found
+                && by.is_none()
+            {
+                by = Some(d);
+            }
+            found.is_some()
         });
         if all_shadowed && let Some(d) = by {
             sink.warning(
