@@ -57,19 +57,6 @@ fn goal(
 }
 
 impl Results {
-    fn dec(&self, rules: u32, case: &str) -> Option<&decision::Row> {
-        self.decision
-            .iter()
-            .find(|r| r.rules == rules && r.case == case)
-    }
-
-    fn tput(&self, rules: u32, engine: &str, traffic: &str) -> Option<f64> {
-        self.throughput
-            .iter()
-            .find(|r| r.rules == rules && r.engine == engine && r.traffic == traffic)
-            .map(|r| r.pps)
-    }
-
     /// The headline apply figures: the 10k-rules size when measured, else the largest.
     fn apply_headline(&self) -> Option<&apply::Summary> {
         self.apply_sizes
@@ -410,8 +397,8 @@ fn run_name() -> String {
     policy_compiler::format_rfc3339(now).replace(['-', ':'], "")
 }
 
-/// Writes `<run>.json` and `<run>.md`; a run of every suite (`partial` false) also
-/// replaces `latest.*` and the plots, which a run of some suites leaves alone.
+/// Writes `<run>.json` and `<run>.md`, and the same as `latest.*` (a run with `--only` is
+/// marked `partial` in the JSON), and the plots of the suites it measured.
 pub fn write(dir: &Path, r: &mut Results, partial: bool) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     r.partial = partial;
@@ -419,19 +406,18 @@ pub fn write(dir: &Path, r: &mut Results, partial: bool) -> Result<Vec<PathBuf>>
     let json = serde_json::to_string_pretty(&r.json(&run))?;
     let md = markdown(r, &run);
     let mut out = Vec::new();
-    let mut files = vec![(format!("{run}.json"), &json), (format!("{run}.md"), &md)];
-    if !partial {
-        files.push(("latest.json".to_string(), &json));
-        files.push(("latest.md".to_string(), &md));
-    }
+    let files = [
+        (format!("{run}.json"), &json),
+        (format!("{run}.md"), &md),
+        ("latest.json".to_string(), &json),
+        ("latest.md".to_string(), &md),
+    ];
     for (name, body) in files {
         let p = dir.join(name);
         std::fs::write(&p, body)?;
         out.push(p);
     }
-    if partial {
-        return Ok(out);
-    }
+    // The plots of the suites this run measured (the others keep their last plot).
     for (name, svg) in plots(r) {
         let p = dir.join(format!("latest-{name}.svg"));
         std::fs::write(&p, svg)?;
@@ -772,8 +758,9 @@ fn esc(s: &str) -> String {
 fn plots(r: &Results) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     if !r.decision.is_empty() {
+        // The working-set cases at 64k flows, and the single-tuple best case beside them.
         let mut cases: Vec<String> = Vec::new();
-        for d in &r.decision {
+        for d in r.decision.iter().filter(|d| d.method == "working-set") {
             if !cases.contains(&d.case) {
                 cases.push(d.case.clone());
             }
@@ -782,50 +769,66 @@ fn plots(r: &Results) -> Vec<(&'static str, String)> {
             .iter()
             .map(|&n| {
                 (
-                    format!("{n} rules"),
-                    cases.iter().map(|c| r.dec(n, c).map(|d| d.ns)).collect(),
+                    format!("{n} rules, 64k flows"),
+                    cases
+                        .iter()
+                        .map(|c| r.dec_ws(n, c, 65_536).map(|d| d.ns))
+                        .collect(),
                 )
             })
             .collect();
         series.push((
-            "noop (10 rules run)".into(),
+            "10k rules, 1 flow".into(),
             cases
                 .iter()
-                .map(|c| r.dec(10, c).map(|d| d.noop_ns))
+                .map(|c| r.dec_ws(10_000, c, 1).map(|d| d.ns))
+                .collect(),
+        ));
+        series.push((
+            "noop".into(),
+            cases
+                .iter()
+                .map(|c| r.dec_ws(10_000, c, 65_536).map(|d| d.noop_ns))
                 .collect(),
         ));
         out.push((
             "decision",
-            bar_chart("Decision cost per packet", "ns per packet", &cases, &series),
+            bar_chart(
+                "Decision cost per packet (BPF_PROG_TEST_RUN, working sets)",
+                "ns per packet",
+                &cases,
+                &series,
+            ),
         ));
     }
     if !r.throughput.is_empty() {
-        let mut groups = Vec::new();
-        let mut keys = Vec::new();
-        for rules in [10u32, 1_000, 10_000] {
-            for t in ["deny", "allow"] {
-                if r.throughput
-                    .iter()
-                    .any(|x| x.rules == rules && x.traffic == t)
-                {
-                    groups.push(format!("{t} @ {rules} rules"));
-                    keys.push((rules, t));
-                }
-            }
-        }
-        let series: Vec<(String, Vec<Option<f64>>)> = ["none", "floor", "xdp", "nft"]
+        let top = r.tput_top();
+        let keys: [(&str, u32); 4] = [
+            ("deny", 1),
+            ("deny-spoofed", 65_536),
+            ("allow", 1),
+            ("allow-flows", 65_536),
+        ];
+        let groups: Vec<String> = keys
             .iter()
-            .map(|e| {
-                (
-                    e.to_string(),
-                    keys.iter().map(|(n, t)| r.tput(*n, e, t)).collect(),
-                )
-            })
+            .map(|(t, f)| format!("{t} x{f} @ {top} rules"))
             .collect();
+        let series: Vec<(String, Vec<Option<f64>>)> =
+            ["none", "floor", "floor-read", "xdp", "nft", "nft-netdev"]
+                .iter()
+                .map(|e| {
+                    (
+                        e.to_string(),
+                        keys.iter()
+                            .map(|(t, f)| r.cell(top, e, t, *f, 64))
+                            .collect(),
+                    )
+                })
+                .collect();
         out.push((
             "throughput",
             bar_chart(
-                "Receiver throughput (deny: dropped, allow: delivered)",
+                "Receiver throughput, 64 B frames (deny: dropped, allow: delivered)",
                 "packets per second",
                 &groups,
                 &series,
