@@ -6,7 +6,6 @@ use policy_compiler::{
     Action, Packet, Policy, PrincipalRef, Reason, evaluate,
     random::{Rng, Scale, scaled_policy},
 };
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 /// The policy's time: the wall clock at the start of the run (the kernel checks expiries
@@ -86,14 +85,24 @@ fn host_addr(net: &ipnet::IpNet) -> IpAddr {
     }
 }
 
-/// Sources a grant principal stands for, in one family.
-fn sources(
+/// The addresses of each user's devices, indexed by user.
+pub fn devices_by_owner(p: &Policy) -> Vec<Vec<IpAddr>> {
+    let mut v = vec![Vec::new(); p.users.len()];
+    for d in &p.devices {
+        v[d.owner].extend(d.addresses.iter().copied());
+    }
+    v
+}
+
+/// Source addresses a grant principal stands for (of a group, the first `per_group` users'
+/// devices and service accounts' keys).
+pub fn principal_sources(
     p: &Policy,
-    devices: &HashMap<usize, Vec<IpAddr>>,
+    by_owner: &[Vec<IpAddr>],
     r: &PrincipalRef,
-    v6: bool,
+    per_group: usize,
 ) -> Vec<IpAddr> {
-    let user = |u: usize| devices.get(&u).cloned().unwrap_or_default();
+    let user = |u: usize| by_owner.get(u).cloned().unwrap_or_default();
     let sa = |a: usize| -> Vec<IpAddr> {
         p.service_accounts[a]
             .keys
@@ -101,32 +110,39 @@ fn sources(
             .flat_map(|k| k.addresses.iter().copied())
             .collect()
     };
-    let all: Vec<IpAddr> = match *r {
+    match *r {
         PrincipalRef::User(u) => user(u),
         PrincipalRef::ServiceAccount(a) => sa(a),
         PrincipalRef::Group(g) => {
             let g = &p.groups[g];
-            let mut v: Vec<IpAddr> = g.users.iter().take(8).flat_map(|&u| user(u)).collect();
-            v.extend(g.service_accounts.iter().take(8).flat_map(|&a| sa(a)));
+            let mut v: Vec<IpAddr> = g
+                .users
+                .iter()
+                .take(per_group)
+                .flat_map(|&u| user(u))
+                .collect();
+            v.extend(
+                g.service_accounts
+                    .iter()
+                    .take(per_group)
+                    .flat_map(|&a| sa(a)),
+            );
             v
         }
-    };
-    all.into_iter().filter(|a| a.is_ipv6() == v6).collect()
+    }
 }
 
 /// A packet an allow grant lets through (the evaluator says `Granted`).
 fn find_allow(p: &Policy, v6: bool, now: i64) -> Option<Probe> {
-    let mut devices: HashMap<usize, Vec<IpAddr>> = HashMap::new();
-    for d in &p.devices {
-        devices
-            .entry(d.owner)
-            .or_default()
-            .extend(d.addresses.iter().copied());
-    }
+    let devices = devices_by_owner(p);
     let mut tries = 0;
     for g in p.grants.iter().filter(|g| g.action == Action::Allow) {
         for pr in &g.principals {
-            for src in sources(p, &devices, pr, v6).into_iter().take(4) {
+            for src in principal_sources(p, &devices, pr, 8)
+                .into_iter()
+                .filter(|a| a.is_ipv6() == v6)
+                .take(4)
+            {
                 for &r in &g.resources {
                     let res = &p.resources[r];
                     if res.address.addr().is_ipv6() != v6 {

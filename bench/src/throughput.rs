@@ -389,16 +389,8 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> Result<()> {
     let sizes: &[u32] = &[10, 1_000, 10_000];
     for &rules in sizes {
         let largest = rules == *sizes.last().unwrap_or(&rules);
-        let mut g = policies::for_rules(rules, 0x7c00 + u64::from(rules))?;
-        // Allowed traffic is UDP (a TCP SYN delivered locally would cost a RST each): one
-        // more resource and grant for it.
-        let grant = udp_grant(&g.policy);
-        g.text.push_str(&grant);
-        g.policy = policies::parse(&g.text, NOW())?;
-        let probes = policies::probes(&g.policy, NOW())?;
-        let udp_allow = policies::udp_allow_probe(&g.policy, NOW())?;
+        let (g, probes, udp_allow, allowed) = bench_policy(rules)?;
         let mut rng = policy_compiler::random::Rng(0x7c00_5eed ^ u64::from(rules));
-        let allowed = allowed_udp(&g.policy)?;
         let spoofed = working_set::spoofed(&g.policy, NOW(), 65_536, &mut rng)?;
         let mut dp = Dataplane::load_with_bench()?;
         load_policy(&mut dp, &g.text, "connector:conn", NOW())?;
@@ -614,6 +606,20 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
+/// The throughput policy of `rules` rules: the generated one plus `bench-udp` (allowed
+/// traffic is UDP: a TCP SYN delivered locally would cost a RST each), its probes, the
+/// allowed UDP probe and every allowed UDP source.
+fn bench_policy(rules: u32) -> Result<(policies::Generated, policies::Probes, Probe, Vec<Tuple>)> {
+    let mut g = policies::for_rules(rules, 0x7c00 + u64::from(rules))?;
+    let grant = udp_grant(&g.policy);
+    g.text.push_str(&grant);
+    g.policy = policies::parse(&g.text, NOW())?;
+    let probes = policies::probes(&g.policy, NOW())?;
+    let udp_allow = policies::udp_allow_probe(&g.policy, NOW())?;
+    let allowed = allowed_udp(&g.policy)?;
+    Ok((g, probes, udp_allow, allowed))
+}
+
 /// The allowed UDP tuples toward `bench-udp`: every IPv4 address of every service-account
 /// key (the grant of [`udp_grant`]), each checked with the reference evaluator.
 fn allowed_udp(p: &policy_compiler::Policy) -> Result<Vec<Tuple>> {
@@ -663,13 +669,7 @@ pub fn run_nic(iface: &str, duration: f64, rules: u32, rows: &mut Vec<Row>) -> R
     if ifindex == 0 {
         bail!("interface {iface} not found");
     }
-    let mut g = policies::for_rules(rules, 0x7c00 + u64::from(rules))?;
-    let grant = udp_grant(&g.policy);
-    g.text.push_str(&grant);
-    g.policy = policies::parse(&g.text, NOW())?;
-    let probes = policies::probes(&g.policy, NOW())?;
-    let udp_allow = policies::udp_allow_probe(&g.policy, NOW())?;
-    let allowed = allowed_udp(&g.policy)?;
+    let (g, probes, udp_allow, allowed) = bench_policy(rules)?;
     progress(&format!(
         "nic: {iface}: policy of {rules} rules (connector view). Send from your generator: \
          allowed UDP {} -> {}:{} (or any of {} service-account sources to that address and \

@@ -9,12 +9,12 @@
 //! tuples of a kind, the tuples repeat with other source ports (still distinct flows, as a
 //! client opening several connections).
 
-use crate::policies::Probe;
+use crate::policies::{Probe, devices_by_owner, principal_sources};
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, MapData};
 use gateway_common::maps::bench::{WS_CAPACITY, WsConfig, WsFlow};
 use gateway_user::Dataplane;
-use policy_compiler::{Action, Packet, Policy, PrincipalRef, Reason, evaluate, random::Rng};
+use policy_compiler::{Action, Packet, Policy, Reason, evaluate, random::Rng};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -60,36 +60,6 @@ fn host(net: &ipnet::IpNet) -> IpAddr {
     }
 }
 
-/// Every source address a grant principal stands for.
-fn sources(p: &Policy, by_owner: &[Vec<IpAddr>], r: &PrincipalRef) -> Vec<IpAddr> {
-    let user = |u: usize| by_owner.get(u).cloned().unwrap_or_default();
-    let sa = |a: usize| -> Vec<IpAddr> {
-        p.service_accounts[a]
-            .keys
-            .iter()
-            .flat_map(|k| k.addresses.iter().copied())
-            .collect()
-    };
-    match *r {
-        PrincipalRef::User(u) => user(u),
-        PrincipalRef::ServiceAccount(a) => sa(a),
-        PrincipalRef::Group(g) => {
-            let g = &p.groups[g];
-            let mut v: Vec<IpAddr> = g.users.iter().flat_map(|&u| user(u)).collect();
-            v.extend(g.service_accounts.iter().flat_map(|&a| sa(a)));
-            v
-        }
-    }
-}
-
-fn devices_by_owner(p: &Policy) -> Vec<Vec<IpAddr>> {
-    let mut v = vec![Vec::new(); p.users.len()];
-    for d in &p.devices {
-        v[d.owner].extend(d.addresses.iter().copied());
-    }
-    v
-}
-
 /// Up to `max` distinct TCP tuples `judge` allows, in family `v6`, drawn across the allow
 /// grants (round robin over grants, so sources and resources spread), shuffled. `judge` is
 /// fast (a model of the kernel's lookups); [`check_sample`] then asks the reference
@@ -111,7 +81,7 @@ pub fn allowed(
         let srcs: Vec<IpAddr> = g
             .principals
             .iter()
-            .flat_map(|r| sources(p, &owners, r))
+            .flat_map(|r| principal_sources(p, &owners, r, usize::MAX))
             .filter(|a| a.is_ipv6() == v6)
             .collect();
         for (ri, &r) in g.resources.iter().enumerate() {
@@ -219,7 +189,7 @@ pub fn denied(
         .grants
         .iter()
         .flat_map(|g| g.principals.iter())
-        .flat_map(|r| sources(p, &owners, r))
+        .flat_map(|r| principal_sources(p, &owners, r, usize::MAX))
         .filter(IpAddr::is_ipv4)
         .collect::<HashSet<_>>()
         .into_iter()
