@@ -238,6 +238,22 @@ fn agent_end_to_end() {
     }
     let mut agent = start_agent(&conn, &cfg, &stderr);
 
+    // --- One agent per pin folder: a second one with the same configuration refuses to
+    // start, names the first, and leaves its pins alone.
+    let stderr2 = dirs.tmp.join("agent2.stderr");
+    let second =
+        AgentProcess::start("second", conn.name(), Path::new(AGENT), &cfg, &stderr2).unwrap();
+    let status = second.wait_exit(Duration::from_secs(20)).unwrap();
+    let err2 = std::fs::read_to_string(&stderr2).unwrap_or_default();
+    let first_pid = agent.pid().unwrap();
+    assert!(
+        !status.success()
+            && err2.contains("an agent is already running with pin folder")
+            && err2.contains(&format!("(pid {first_pid})")),
+        "a second agent on the same pins must refuse, naming pid {first_pid} ({status}):\n{err2}"
+    );
+    assert!(!err2.contains("ready:"), "{err2}");
+
     let err = agent.stderr();
     assert!(
         err.contains(&format!(

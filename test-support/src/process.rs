@@ -202,6 +202,32 @@ impl AgentProcess {
         }
     }
 
+    /// Waits (bounded) for an agent that is expected to refuse to start, and returns how it
+    /// exited. Its pins are not its own (another agent's), so dropping it never detaches;
+    /// one still running at the deadline is killed and the wait fails.
+    pub fn wait_exit(mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        self.detached = true;
+        let Some(mut child) = self.child.take() else {
+            bail!("agent {} was not started", self.label);
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = child.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "agent {} still running after {timeout:?} (killed); its stderr:\n{}",
+                    self.label,
+                    self.stderr_tail(30)
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// SIGKILL (a crash, as far as the agent can tell), reaped. The pins stay: dropping
     /// this value afterwards does not detach, so a new agent can re-adopt them.
     pub fn crash(mut self) {

@@ -133,6 +133,8 @@ pub fn run(cfg: Config) -> Result<()> {
 
 async fn run_async(mut cfg: Config) -> Result<()> {
     cfg.pin_dir = pins::prepare(&cfg.pin_dir)?;
+    // Held until this function returns: no second agent on these pins meanwhile.
+    let _lock = pins::lock(&cfg.pin_dir)?;
     let mut dp = Dataplane::load_pinned(&pins::maps_dir(&cfg.pin_dir))?;
     // The role and tuning go in before anything is attached (programs without a role drop
     // every IP packet). The scan-hash key is drawn afresh: a scanner cannot learn it.

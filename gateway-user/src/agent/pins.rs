@@ -130,6 +130,55 @@ pub fn prepare(pin_dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// One agent per pin folder: an exclusive `flock` on the folder itself, held as long as the
+/// returned file stays open (the agent's whole run; the kernel drops it when the process
+/// ends, even by SIGKILL). A second agent with the same `pin_dir` would otherwise adopt the
+/// first one's maps and swap its programs in under it.
+pub fn lock(pin_dir: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt as _;
+    use std::os::unix::io::AsRawFd as _;
+    let dir = std::fs::File::open(pin_dir)
+        .with_context(|| format!("opening the pin folder {}", pin_dir.display()))?;
+    // SAFETY: a valid open descriptor; flock has no memory arguments.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(dir);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        return Err(err).with_context(|| format!("locking the pin folder {}", pin_dir.display()));
+    }
+    let holder = dir
+        .metadata()
+        .ok()
+        .and_then(|m| lock_holder(m.ino()))
+        .map_or_else(|| "another process".to_string(), |pid| format!("pid {pid}"));
+    bail!(
+        "an agent is already running with pin folder {} ({holder}): stop it first, or give \
+         this one another pin_dir",
+        pin_dir.display()
+    )
+}
+
+/// The process holding a `flock` on the inode `ino`, from /proc/locks
+/// (`1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF`).
+fn lock_holder(ino: u64) -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/locks").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let flock = f.get(1) == Some(&"FLOCK");
+        let same = f
+            .get(5)
+            .and_then(|dev_ino| dev_ino.rsplit(':').next())
+            .and_then(|i| i.parse::<u64>().ok())
+            == Some(ino);
+        if flock && same {
+            f.get(4)?.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
 /// Makes sure a pin folder is the agent's own: creates it mode 0700 when missing, and
 /// refuses one that is a symbolic link or not a folder, belongs to another user, or
 /// that group or others may write to. (Under a world-writable /sys/fs/bpf, another
