@@ -539,14 +539,7 @@ async fn resume_after_missed_changes_converges() {
     apply(&mut admin, DEMO).await;
     let auth = enroll(&ctl, "connector:demo-connector").await;
     let mut agent = ctl.agent().await;
-    let mut s = agent
-        .watch(v1::WatchRequest {
-            auth: Some(auth.clone()),
-            generation: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = open_watch(&mut agent, &auth, 0).await;
     let m = next(&mut s, 5).await.unwrap();
     let Some(Update::Snapshot(v)) = m.update else {
         panic!()
@@ -570,14 +563,7 @@ async fn resume_after_missed_changes_converges() {
     assert_eq!(gen_now, have + 3);
 
     // Resume from the old generation: deltas only, then converged.
-    let mut s = agent
-        .watch(v1::WatchRequest {
-            auth: Some(auth.clone()),
-            generation: have,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = open_watch(&mut agent, &auth, have).await;
     let mut g = have;
     while g < gen_now {
         let m = next(&mut s, 5).await.expect("missed delta");
@@ -599,24 +585,10 @@ async fn resume_after_missed_changes_converges() {
     drop(s);
 
     // Already current: nothing is sent. Unknown or zero generation: a snapshot.
-    let mut s = agent
-        .watch(v1::WatchRequest {
-            auth: Some(auth.clone()),
-            generation: gen_now,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = open_watch(&mut agent, &auth, gen_now).await;
     assert!(next(&mut s, 1).await.is_none());
     for have in [0, 999] {
-        let mut s = agent
-            .watch(v1::WatchRequest {
-                auth: Some(auth.clone()),
-                generation: have,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut s = open_watch(&mut agent, &auth, have).await;
         let m = next(&mut s, 5).await.unwrap();
         assert_eq!((m.generation, m.base_generation), (gen_now, 0));
         let Some(Update::Snapshot(v)) = m.update else {
@@ -942,16 +914,7 @@ async fn restart_loses_nothing() {
     assert_eq!(after.len(), audit.len() + 1);
     assert_eq!(after[audit.len()].action, "create_api_key");
     // The agent's credential still works, and it resumes from its generation with deltas.
-    let mut s = ctl
-        .agent()
-        .await
-        .watch(v1::WatchRequest {
-            auth: Some(auth.clone()),
-            generation: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = open_watch(&mut ctl.agent().await, &auth, 1).await;
     let m = next(&mut s, 5).await.unwrap();
     assert_eq!((m.generation, m.base_generation), (2, 1));
     assert!(matches!(m.update, Some(Update::Delta(_))));

@@ -344,16 +344,7 @@ async fn a_stored_policy_that_does_not_load_leaves_the_controller_serving() {
         .unwrap();
     let (g2, view2) = ctl.state.view("device:alice-laptop").unwrap();
     assert_eq!((g2, &view2.rules), (generation, &view.rules));
-    let mut watch = ctl
-        .agent()
-        .await
-        .watch(v1::WatchRequest {
-            auth: Some(auth.clone()),
-            generation: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = open_watch(&mut ctl.agent().await, &auth, 0).await;
     let m = next(&mut watch, 5).await.unwrap();
     assert_eq!(m.generation, generation);
     // ... refuses changes, saying why ...

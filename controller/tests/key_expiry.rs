@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use gateway_proto::v1::{self, watch_response::Update};
+use gateway_proto::v1::watch_response::Update;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_key_leaves_the_connector_view() {
@@ -45,16 +45,7 @@ resources = ["db"]
     );
     apply(&mut admin, &text).await;
     let auth = enroll(&ctl, "connector:c").await;
-    let mut stream = ctl
-        .agent()
-        .await
-        .watch(v1::WatchRequest {
-            auth: Some(auth.clone()),
-            generation: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_watch(&mut ctl.agent().await, &auth, 0).await;
     let first = next(&mut stream, 5).await.expect("snapshot");
     let Some(Update::Snapshot(snap)) = first.update else {
         panic!("expected a snapshot first");

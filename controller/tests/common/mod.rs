@@ -152,6 +152,23 @@ pub async fn next(
 
 /// Opens `auth`'s watch stream from generation 0 and reads its snapshot: the stream, the
 /// view and its generation.
+/// Opens an agent's watch stream from `generation` on `agent`'s connection.
+#[allow(dead_code)] // not every test binary watches
+pub async fn open_watch(
+    agent: &mut AgentClient<Channel>,
+    auth: &v1::AgentAuth,
+    generation: u64,
+) -> tonic::Streaming<v1::WatchResponse> {
+    agent
+        .watch(v1::WatchRequest {
+            auth: Some(auth.clone()),
+            generation,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 #[allow(dead_code)] // not every test binary watches
 pub async fn watch_snapshot(
     ctl: &Controller,
@@ -161,16 +178,7 @@ pub async fn watch_snapshot(
     policy_compiler::HostView,
     u64,
 ) {
-    let mut stream = ctl
-        .agent()
-        .await
-        .watch(v1::WatchRequest {
-            auth: Some(auth.clone()),
-            generation: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_watch(&mut ctl.agent().await, auth, 0).await;
     let m = next(&mut stream, 5).await.expect("snapshot");
     assert_eq!(m.base_generation, 0);
     let Some(v1::watch_response::Update::Snapshot(v)) = m.update else {
