@@ -579,7 +579,8 @@ impl Policy {
         self.index = ix;
     }
 
-    /// Principal ids a grant applies to (sorted).
+    /// Principal ids a grant applies to (sorted). Reads the index: call it on a policy
+    /// after [`Policy::reindex`] (as `parse` leaves every policy).
     pub fn principals_of_grant(&self, grant: usize) -> Vec<u32> {
         let g = &self.grants[grant];
         let mut users = Vec::new();
