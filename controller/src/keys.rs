@@ -52,7 +52,7 @@ fn prf(key: &[u8], label: &str) -> [u8; 32] {
 pub fn default_key_file(db: &Path) -> PathBuf {
     db.parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("controller.key"), Path::to_path_buf)
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
         .join("controller.key")
 }
 
@@ -199,6 +199,18 @@ mod tests {
         );
         // Two seals of the same secret differ (random nonces).
         assert_ne!(s, k.seal_totp("alice", "JBSWY3DPEHPK3PXP").unwrap());
+    }
+
+    #[test]
+    fn the_default_key_file_is_beside_the_database() {
+        assert_eq!(
+            default_key_file(Path::new("controller.db")),
+            Path::new("./controller.key")
+        );
+        assert_eq!(
+            default_key_file(Path::new("/var/lib/zt/c.db")),
+            Path::new("/var/lib/zt/controller.key")
+        );
     }
 
     #[test]
