@@ -186,7 +186,8 @@ fn print_status(st: &serde_json::Value) {
         "pin folder:         {}",
         st["pin_dir"].as_str().unwrap_or("?")
     );
-    println!("policy generation:  {}", st["policy_generation"]);
+    println!("generation:         {}", st["generation"]);
+    println!("map generation:     {}", st["local_generation"]);
     println!("principals:         {}", st["principals"]);
     println!("flows:              {}", st["flows"]);
     let links: Vec<&str> = st["links"]
