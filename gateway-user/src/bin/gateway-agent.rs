@@ -30,7 +30,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Attach (or re-adopt) the programs, apply the policy file and keep it applied, and
-    /// write connection logs, until SIGINT/SIGTERM. Programs stay attached on exit.
+    /// write connection logs, until SIGINT/SIGTERM. Programs stay attached on exit. SIGHUP
+    /// reopens the log file (after logrotate renamed it) and reloads the policy file.
     Run {
         /// The agent configuration (see deploy/agent.toml).
         #[arg(long, short)]
