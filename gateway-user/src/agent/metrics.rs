@@ -491,23 +491,19 @@ pub fn user_generation(local: u32, metrics: &Shared) -> u64 {
 
 /// Keeps what `attach_all` did for `gateway_attach_info`. A re-adopted XDP link keeps the
 /// mode it was attached with, which the kernel reports per interface.
-pub fn record_attachments(
-    cfg: &super::config::Config,
-    attached: &[(String, super::pins::Attached)],
-    metrics: &Shared,
-) {
+pub fn record_attachments(attached: &[(String, super::pins::Attached)], metrics: &Shared) {
     let modes = super::host_check::xdp_modes();
     let mut out = Vec::new();
     for (what, how) in attached {
-        // `what` is "<hook> <iface> (<program>)", as attach_all names it.
+        // `what` is "<hook> <iface> (<program>)", as `pins::attach_all` names it.
         let mut words = what.split_whitespace();
         let (Some(hook), Some(iface)) = (words.next(), words.next()) else {
             continue;
         };
         let hook = match hook {
             "xdp" => "xdp",
-            "tc-egress" => "tc_egress",
-            "tc-ingress" => "tc_ingress",
+            "tc-egress" | "tun-egress" => "tc_egress",
+            "tc-ingress" | "tun-ingress" => "tc_ingress",
             _ => continue,
         };
         let mode = match (how, hook) {
@@ -524,9 +520,6 @@ pub fn record_attachments(
         });
     }
     out.sort();
-    if out.is_empty() && !cfg.xdp_interfaces.is_empty() {
-        tracing::debug!("no attachment recognised for gateway_attach_info");
-    }
     if let Ok(mut m) = metrics.lock() {
         m.attachments = out;
     }
@@ -555,6 +548,35 @@ mod tests {
             h.readiness(),
             (true, "ready: enforcing policy generation 4\n".into())
         );
+    }
+
+    #[test]
+    fn attachments_are_named_by_interface_hook_and_mode() {
+        use super::super::pins::Attached;
+        let m: Shared = Arc::default();
+        let attached = vec![
+            (
+                "xdp eth0 (xdp_policy)".to_string(),
+                Attached::New { mode: "generic" },
+            ),
+            ("tc-egress eth0 (tc_egress)".to_string(), Attached::Replaced),
+            (
+                "tun-ingress ztg0".to_string(),
+                Attached::New { mode: "tcx" },
+            ),
+        ];
+        record_attachments(&attached, &m);
+        let text = m.lock().unwrap().render();
+        for series in [
+            "gateway_attach_info{iface=\"eth0\",hook=\"xdp\",mode=\"generic\"} 1",
+            "gateway_attach_info{iface=\"eth0\",hook=\"tc_egress\",mode=\"tcx\"} 1",
+            "gateway_attach_info{iface=\"ztg0\",hook=\"tc_ingress\",mode=\"tcx\"} 1",
+        ] {
+            assert!(
+                text.contains(&format!("\n{series}\n")),
+                "{series} in {text}"
+            );
+        }
     }
 
     #[test]

@@ -247,7 +247,7 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     // The tunnel device exists before the programs attach to it; its peers come after.
     let mut tunnel = tunnel::AgentTunnel::start(&cfg).await?;
     let attached = pins::attach_all(&mut dp, &cfg)?;
-    metrics::record_attachments(&cfg, &attached, &metrics);
+    metrics::record_attachments(&attached, &metrics);
     for (what, how) in &attached {
         match how {
             pins::Attached::New { mode } => tracing::info!(%mode, "attached {what}"),
