@@ -665,9 +665,9 @@ fn managed_readiness_notify_and_one_generation() {
     drop(ctl);
 }
 
-/// `systemd-analyze verify` accepts both shipped units (with the binaries where the units
-/// expect them: a scratch root is not needed, verify only checks that ExecStart exists,
-/// so a missing /usr/local/bin binary is reported separately and tolerated here).
+/// `systemd-analyze verify` accepts both shipped units: no unknown key, no bad value.
+/// The one complaint tolerated is that the binaries are not installed in /usr/local/bin on
+/// the machine running the test.
 #[test]
 fn systemd_units_verify() {
     let Ok(v) = Command::new("systemd-analyze").arg("--version").output() else {
@@ -688,8 +688,10 @@ fn systemd_units_verify() {
         let problems: Vec<&str> = text
             .lines()
             .filter(|l| !l.trim().is_empty())
-            .filter(|l| !l.contains("is not executable: No such file or directory"))
-            .filter(|l| !l.contains("Command /usr/local/bin/"))
+            .filter(|l| {
+                !(l.contains("Command /usr/local/bin/gateway-")
+                    && l.ends_with("is not executable: No such file or directory"))
+            })
             .collect();
         assert!(
             problems.is_empty(),
