@@ -187,7 +187,12 @@ fn print_status(st: &serde_json::Value) {
         "pin folder:         {}",
         st["pin_dir"].as_str().unwrap_or("?")
     );
-    println!("generation:         {}", st["generation"]);
+    match &st["generation"] {
+        serde_json::Value::Null => {
+            println!("generation:         unknown (not recorded by the agent)")
+        }
+        g => println!("generation:         {g}"),
+    }
     println!("map generation:     {}", st["local_generation"]);
     println!("principals:         {}", st["principals"]);
     println!("flows:              {}", st["flows"]);
