@@ -398,6 +398,64 @@ async fn watch_once(
     Ok(())
 }
 
+/// Applies a view from the controller and answers the watcher (which then acknowledges
+/// the generation). A failure leaves the previous policy in force.
+/// The controller's generation is the one users see (`gatewayctl agents`, `status`,
+/// metrics); the writer's own counter is logged as `local_generation`, and kept with the
+/// controller's in `generation_file` so that `status` can name both.
+pub(super) fn apply_update(
+    dp: &mut crate::Dataplane,
+    writer: &mut crate::writer::PolicyWriter,
+    update: Update,
+    metrics: &super::metrics::Shared,
+    generation_file: &Option<std::path::PathBuf>,
+) -> Option<super::Active> {
+    let started = std::time::Instant::now();
+    match writer.apply(&mut dp.policy, &update.view) {
+        Ok(stats) => {
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(
+                generation = update.generation,
+                local_generation = stats.generation,
+                map_writes = stats.written + stats.deleted,
+                ms = secs * 1e3,
+                "policy from the controller applied"
+            );
+            if let Some(f) = generation_file
+                && let Err(e) = save_generation(f, update.generation, stats.generation)
+            {
+                tracing::warn!(
+                    "{e:#}; `gateway-agent status` will not know generation {}",
+                    update.generation
+                );
+            }
+            if let Ok(mut m) = metrics.lock() {
+                m.observe_apply(secs);
+                m.last_apply_unix = crate::writer::unix_now() as f64;
+                m.controller_generation = Some(update.generation);
+                m.generation = update.generation;
+                m.local_generation = stats.generation;
+            }
+            let _ = update.done.send(Ok(()));
+            Some(super::Active {
+                view: update.view,
+                source: None,
+            })
+        }
+        Err(e) => {
+            tracing::error!(
+                generation = update.generation,
+                "applying the controller's policy failed, the previous policy stays in force: {e:#}"
+            );
+            if let Ok(mut m) = metrics.lock() {
+                m.policy_errors += 1;
+            }
+            let _ = update.done.send(Err(format!("{e:#}")));
+            None
+        }
+    }
+}
+
 /// The wire form of one of the agent's own JSON log records.
 pub fn wire_event(rec: &serde_json::Value) -> v1::ConnectionEvent {
     let s = |k: &str| rec[k].as_str().map(str::to_string);

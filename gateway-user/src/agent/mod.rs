@@ -190,7 +190,8 @@ async fn run_async(mut cfg: Config) -> Result<()> {
                 ),
             );
             let update = rx.recv().await.context("the controller watch ended")?;
-            let first = apply_update(&mut dp, &mut writer, update, &metrics, &generation_file);
+            let first =
+                managed::apply_update(&mut dp, &mut writer, update, &metrics, &generation_file);
             if first.is_none() {
                 bail!("the controller's first view could not be applied");
             }
@@ -331,7 +332,7 @@ async fn run_async(mut cfg: Config) -> Result<()> {
                 }
             }
             Some(update) = next_update(&mut managed_rx) => {
-                if let Some(a) = apply_update(&mut dp, &mut writer, update, &metrics, &generation_file) {
+                if let Some(a) = managed::apply_update(&mut dp, &mut writer, update, &metrics, &generation_file) {
                     apply_tunnel(tunnel.as_mut(), &a.view).await;
                     active = Some(a);
                 }
@@ -444,64 +445,6 @@ async fn next_update(rx: &mut Option<mpsc::Receiver<managed::Update>>) -> Option
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Applies a view from the controller and answers the watcher (which then acknowledges
-/// the generation). A failure leaves the previous policy in force.
-/// The controller's generation is the one users see (`gatewayctl agents`, `status`,
-/// metrics); the writer's own counter is logged as `local_generation`, and kept with the
-/// controller's in `generation_file` so that `status` can name both.
-fn apply_update(
-    dp: &mut Dataplane,
-    writer: &mut PolicyWriter,
-    update: managed::Update,
-    metrics: &metrics::Shared,
-    generation_file: &Option<std::path::PathBuf>,
-) -> Option<Active> {
-    let started = Instant::now();
-    match writer.apply(&mut dp.policy, &update.view) {
-        Ok(stats) => {
-            let secs = started.elapsed().as_secs_f64();
-            tracing::info!(
-                generation = update.generation,
-                local_generation = stats.generation,
-                map_writes = stats.written + stats.deleted,
-                ms = secs * 1e3,
-                "policy from the controller applied"
-            );
-            if let Some(f) = generation_file
-                && let Err(e) = managed::save_generation(f, update.generation, stats.generation)
-            {
-                tracing::warn!(
-                    "{e:#}; `gateway-agent status` will not know generation {}",
-                    update.generation
-                );
-            }
-            if let Ok(mut m) = metrics.lock() {
-                m.observe_apply(secs);
-                m.last_apply_unix = unix_now() as f64;
-                m.controller_generation = Some(update.generation);
-                m.generation = update.generation;
-                m.local_generation = stats.generation;
-            }
-            let _ = update.done.send(Ok(()));
-            Some(Active {
-                view: update.view,
-                source: None,
-            })
-        }
-        Err(e) => {
-            tracing::error!(
-                generation = update.generation,
-                "applying the controller's policy failed, the previous policy stays in force: {e:#}"
-            );
-            if let Ok(mut m) = metrics.lock() {
-                m.policy_errors += 1;
-            }
-            let _ = update.done.send(Err(format!("{e:#}")));
-            None
-        }
     }
 }
 
