@@ -220,8 +220,16 @@ async fn main() -> anyhow::Result<()> {
                 audit_head_every: std::time::Duration::from_secs(audit_head_every),
                 ..controller::ServeOptions::default()
             };
-            let (addr, task) = controller::spawn_with(listen, state, tls, opts, async {
-                let _ = tokio::signal::ctrl_c().await;
+            let mut sigterm =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("installing the SIGTERM handler")?;
+            let (addr, task) = controller::spawn_with(listen, state, tls, opts, async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = sigterm.recv() => {}
+                }
+                // systemd (Type=notify): stopping.
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             })
             .await?;
             info!(
@@ -234,6 +242,10 @@ async fn main() -> anyhow::Result<()> {
                 db = %db.display(),
                 "listening"
             );
+            // systemd (Type=notify): ready once the listener is bound.
+            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                warn!("notifying systemd (NOTIFY_SOCKET): {e}");
+            }
             task.await??;
             info!("stopped");
             Ok(())

@@ -112,6 +112,8 @@ pub struct Link {
     pub kind: Option<String>,
     /// Administratively up (`IFF_UP`). A tunnel that is down decapsulates nothing.
     pub up: bool,
+    /// The XDP attach mode, when an XDP program is attached (`IFLA_XDP_ATTACHED`).
+    pub xdp: Option<&'static str>,
 }
 
 /// What the IO shell saw: every sysctl it tried (value or why it could not be read), and
@@ -486,10 +488,25 @@ pub fn links() -> Result<Vec<Link>, String> {
                         name: String::new(),
                         kind: None,
                         up: link.header.flags.contains(LinkFlags::Up),
+                        xdp: None,
                     };
                     for a in link.attributes {
                         match a {
                             LinkAttribute::IfName(name) => l.name = name,
+                            LinkAttribute::Xdp(xdp) => {
+                                use netlink_packet_route::link::{LinkXdp, XdpAttached};
+                                for x in xdp {
+                                    if let LinkXdp::Attached(a) = x {
+                                        l.xdp = match a {
+                                            XdpAttached::Driver => Some("native"),
+                                            XdpAttached::SocketBuffer => Some("generic"),
+                                            XdpAttached::Hardware => Some("offload"),
+                                            XdpAttached::Multiple => Some("multi"),
+                                            _ => None,
+                                        };
+                                    }
+                                }
+                            }
                             LinkAttribute::LinkInfo(infos) => {
                                 for i in infos {
                                     if let LinkInfo::Kind(k) = i {
@@ -510,6 +527,18 @@ pub fn links() -> Result<Vec<Link>, String> {
             at += len;
         }
     }
+}
+
+/// The XDP attach mode of each interface with an XDP program (`native`, `generic`,
+/// `offload`, `multi`), from the link dump's `IFLA_XDP`; empty when the dump fails.
+pub fn xdp_modes() -> std::collections::BTreeMap<String, &'static str> {
+    links()
+        .map(|ls| {
+            ls.into_iter()
+                .filter_map(|l| Some((l.name, l.xdp?)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Reads everything [`assess`] needs, in the calling thread's network namespace.
@@ -597,6 +626,7 @@ mod tests {
             name: name.into(),
             kind: kind.map(Into::into),
             up,
+            xdp: None,
         }
     }
 

@@ -289,6 +289,66 @@ pub fn ocsf(ev: &Event, cx: &Context) -> Option<Value> {
     }))
 }
 
+/// Where the connection log is written: a file at the configured path, or stdout.
+///
+/// A file follows logrotate's `create` convention: after the old file is renamed,
+/// [`LogOutput::reopen`] (on SIGHUP) opens a new file at the configured path, so records
+/// stop going to the renamed one.
+pub struct LogOutput {
+    path: Option<std::path::PathBuf>,
+    out: std::io::BufWriter<Box<dyn std::io::Write + Send>>,
+}
+
+impl LogOutput {
+    /// Opens `path` for appending (created mode 0600 with its folder), or stdout.
+    pub fn open(path: Option<&std::path::Path>) -> anyhow::Result<LogOutput> {
+        let out: Box<dyn std::io::Write + Send> = match path {
+            Some(path) => Box::new(open_file(path)?),
+            None => Box::new(std::io::stdout()),
+        };
+        Ok(LogOutput {
+            path: path.map(std::path::Path::to_path_buf),
+            out: std::io::BufWriter::new(out),
+        })
+    }
+
+    /// Flushes what is buffered to the current file and opens the configured path anew.
+    /// Returns the path reopened (none for stdout). On an error the current file stays
+    /// in use, so no record is lost.
+    pub fn reopen(&mut self) -> anyhow::Result<Option<&std::path::Path>> {
+        use std::io::Write as _;
+        let Some(path) = self.path.as_deref() else {
+            return Ok(None);
+        };
+        let _ = self.out.flush();
+        let file = open_file(path)?;
+        self.out = std::io::BufWriter::new(Box::new(file));
+        Ok(Some(path))
+    }
+}
+
+/// The log file at `path`, appended to, private (mode 0600: it names users, devices and
+/// addresses); its folder is created when missing.
+fn open_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context as _;
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    super::config::open_log(path)
+}
+
+impl std::io::Write for LogOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,6 +93,51 @@ fn save_identity(path: &Path, id: &Identity) -> Result<()> {
     written
 }
 
+/// Where a managed agent keeps the controller's generation of the policy it last wrote
+/// (next to the identity: `<identity_file>.generation`), for `gateway-agent status`.
+pub fn generation_file(cfg: &ControllerConfig) -> std::path::PathBuf {
+    let mut p = cfg.identity_file.as_os_str().to_owned();
+    p.push(".generation");
+    std::path::PathBuf::from(p)
+}
+
+/// What [`generation_file`] holds.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Generations {
+    /// The controller's generation (`gatewayctl agents`).
+    generation: u64,
+    /// The agent's own counter in the kernel's `ACTIVE` map when it wrote that policy.
+    local_generation: u32,
+}
+
+/// Records that controller generation `generation` is in the kernel as local generation
+/// `local` (written to a temporary file, then renamed over the old one).
+pub fn save_generation(path: &Path, generation: u64, local: u32) -> Result<()> {
+    let text = serde_json::to_string(&Generations {
+        generation,
+        local_generation: local,
+    })?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let written = std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("recording the policy generation in {}", path.display()));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// The controller's generation of the policy in the kernel, if `path` recorded it for
+/// local generation `local` (none: not recorded, or another policy was written since).
+pub fn read_generation(path: &Path, local: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let g: Generations = serde_json::from_str(&text).ok()?;
+    (g.local_generation == local).then_some(g.generation)
+}
+
 /// How to reach the controller: its URL and, for `https://`, the pinned CA certificate.
 #[derive(Clone, Debug)]
 pub struct Link {
@@ -353,6 +398,64 @@ async fn watch_once(
     Ok(())
 }
 
+/// Applies a view from the controller and answers the watcher (which then acknowledges
+/// the generation). A failure leaves the previous policy in force.
+/// The controller's generation is the one users see (`gatewayctl agents`, `status`,
+/// metrics); the writer's own counter is logged as `local_generation`, and kept with the
+/// controller's in `generation_file` so that `status` can name both.
+pub(super) fn apply_update(
+    dp: &mut crate::Dataplane,
+    writer: &mut crate::writer::PolicyWriter,
+    update: Update,
+    metrics: &super::metrics::Shared,
+    generation_file: &Option<std::path::PathBuf>,
+) -> Option<super::Active> {
+    let started = std::time::Instant::now();
+    match writer.apply(&mut dp.policy, &update.view) {
+        Ok(stats) => {
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(
+                generation = update.generation,
+                local_generation = stats.generation,
+                map_writes = stats.written + stats.deleted,
+                ms = secs * 1e3,
+                "policy from the controller applied"
+            );
+            if let Some(f) = generation_file
+                && let Err(e) = save_generation(f, update.generation, stats.generation)
+            {
+                tracing::warn!(
+                    "{e:#}; `gateway-agent status` will not know generation {}",
+                    update.generation
+                );
+            }
+            if let Ok(mut m) = metrics.lock() {
+                m.observe_apply(secs);
+                m.last_apply_unix = crate::writer::unix_now() as f64;
+                m.controller_generation = Some(update.generation);
+                m.generation = update.generation;
+                m.local_generation = stats.generation;
+            }
+            let _ = update.done.send(Ok(()));
+            Some(super::Active {
+                view: update.view,
+                source: None,
+            })
+        }
+        Err(e) => {
+            tracing::error!(
+                generation = update.generation,
+                "applying the controller's policy failed, the previous policy stays in force: {e:#}"
+            );
+            if let Ok(mut m) = metrics.lock() {
+                m.policy_errors += 1;
+            }
+            let _ = update.done.send(Err(format!("{e:#}")));
+            None
+        }
+    }
+}
+
 /// The wire form of one of the agent's own JSON log records.
 pub fn wire_event(rec: &serde_json::Value) -> v1::ConnectionEvent {
     let s = |k: &str| rec[k].as_str().map(str::to_string);
@@ -446,6 +549,25 @@ pub async fn report(link: Link, id: Identity, mut rx: mpsc::Receiver<v1::Connect
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recorded_generation_counts_only_for_the_policy_it_was_written_with() {
+        let d = std::env::temp_dir().join(format!("zgw-generation-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("identity.json.generation");
+        assert_eq!(read_generation(&f, 10), None, "nothing recorded yet");
+        save_generation(&f, 3, 10).unwrap();
+        assert_eq!(read_generation(&f, 10), Some(3));
+        assert_eq!(
+            read_generation(&f, 11),
+            None,
+            "another policy was written since"
+        );
+        save_generation(&f, 4, 11).unwrap();
+        assert_eq!(read_generation(&f, 11), Some(4));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 
     #[test]
     fn the_identity_is_never_written_through_a_planted_link() {

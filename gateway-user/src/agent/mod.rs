@@ -10,6 +10,7 @@ pub mod logs;
 pub mod managed;
 pub mod metrics;
 pub mod pins;
+mod signals;
 pub mod tunnel;
 
 use crate::{
@@ -21,7 +22,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, RingBuf};
 use config::{Config, LogFormat};
 use gateway_common::{
-    Event, EventKind, FlowKey, FlowState, ParseOutcome, Reason, maps,
+    Event, FlowKey, FlowState, ParseOutcome, Reason, maps,
     policy::{SrcKey, SrcValue},
 };
 use policy_compiler::HostView;
@@ -77,7 +78,7 @@ fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
 
 /// Where connection records go.
 struct Sink {
-    out: Box<dyn std::io::Write + Send>,
+    out: logs::LogOutput,
     format: LogFormat,
     /// With a tunnel: a device's real address and port, from its overlay address.
     endpoints: Option<logs::Endpoints>,
@@ -85,19 +86,8 @@ struct Sink {
 
 impl Sink {
     fn open(cfg: &Config) -> Result<Sink> {
-        let out: Box<dyn std::io::Write + Send> = match &cfg.log_file {
-            Some(path) => {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("creating {}", dir.display()))?;
-                }
-                // Mode 0600: the log names users, devices and addresses.
-                Box::new(std::io::BufWriter::new(config::open_log(path)?))
-            }
-            None => Box::new(std::io::BufWriter::new(std::io::stdout())),
-        };
         Ok(Sink {
-            out,
+            out: logs::LogOutput::open(cfg.log_file.as_deref())?,
             format: cfg.log_format,
             endpoints: None,
         })
@@ -160,6 +150,10 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     let clock = BootClock::new();
     let mut writer = PolicyWriter::new(adopted, clock);
     let metrics: metrics::Shared = Arc::default();
+    // /metrics, /healthz and /readyz answer from here on; /readyz says what is awaited.
+    metrics::listen(&cfg, &metrics).await?;
+    metrics::set_not_ready(&metrics, "loading the policy and attaching the programs");
+    let generation_file = cfg.controller.as_ref().map(managed::generation_file);
 
     // The policy goes in before any attachment, so a fresh host never runs the programs
     // on empty maps. On a restart, a broken or unreachable source leaves the pinned policy
@@ -188,15 +182,31 @@ async fn run_async(mut cfg: Config) -> Result<()> {
         events_tx = Some(etx);
         let first = if adopted == 0 {
             tracing::info!(controller = %ctl.url, "waiting for this host's view");
+            metrics::set_not_ready(
+                &metrics,
+                &format!(
+                    "waiting for this host's view from the controller at {}",
+                    ctl.url
+                ),
+            );
             let update = rx.recv().await.context("the controller watch ended")?;
-            let first = apply_update(&mut dp, &mut writer, update, &metrics);
+            let first =
+                managed::apply_update(&mut dp, &mut writer, update, &metrics, &generation_file);
             if first.is_none() {
                 bail!("the controller's first view could not be applied");
             }
             first
         } else {
+            // The controller's generation of the pinned policy, when this agent wrote it.
+            let known = generation_file
+                .as_deref()
+                .and_then(|f| managed::read_generation(f, adopted));
+            if let (Some(g), Ok(mut m)) = (known, metrics.lock()) {
+                m.controller_generation = Some(g);
+            }
             tracing::info!(
-                generation = adopted,
+                generation = known,
+                local_generation = adopted,
                 "enforcing the pinned policy until the controller sends this host's view"
             );
             None
@@ -238,6 +248,7 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     // The tunnel device exists before the programs attach to it; its peers come after.
     let mut tunnel = tunnel::AgentTunnel::start(&cfg).await?;
     let attached = pins::attach_all(&mut dp, &cfg)?;
+    metrics::record_attachments(&attached, &metrics);
     for (what, how) in &attached {
         match how {
             pins::Attached::New { mode } => tracing::info!(%mode, "attached {what}"),
@@ -248,14 +259,6 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     }
 
     host_check::at_start(&cfg, &metrics);
-
-    if let Some(listen) = cfg.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding the metrics listener {listen}"))?;
-        tracing::info!("metrics on http://{listen}/metrics");
-        tokio::spawn(metrics::serve(listener, metrics.clone()));
-    }
 
     pins::remove_stale(&cfg.pin_dir);
     if let (Some(t), Some(a)) = (tunnel.as_mut(), active.as_ref()) {
@@ -290,7 +293,19 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     let mut reaper = flows::Reaper::default();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    tracing::info!(%host, generation = writer.generation(), "ready: enforcing");
+    // SIGHUP: reopen the connection log and reload the policy file (see `on_sighup`).
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    refresh_metrics(&dp, &writer, &reaper, &metrics);
+    let generation = metrics::user_generation(writer.generation(), &metrics);
+    let enforcing = match (cfg.controller.is_some(), generation) {
+        (true, 0) => "the pinned policy until the controller's view arrives".to_string(),
+        _ => format!("policy generation {generation}"),
+    };
+    metrics::set_ready(&metrics, &format!("enforcing {enforcing}"));
+    tracing::info!(%host, generation, local_generation = writer.generation(), "ready: enforcing");
+    // systemd (Type=notify): started once the policy is live and the programs attached.
+    signals::notify(&[sd_notify::NotifyState::Ready]);
 
     loop {
         tokio::select! {
@@ -317,15 +332,26 @@ async fn run_async(mut cfg: Config) -> Result<()> {
                 }
             }
             Some(update) = next_update(&mut managed_rx) => {
-                if let Some(a) = apply_update(&mut dp, &mut writer, update, &metrics) {
+                if let Some(a) = managed::apply_update(&mut dp, &mut writer, update, &metrics, &generation_file) {
                     apply_tunnel(tunnel.as_mut(), &a.view).await;
                     active = Some(a);
                 }
             }
+            _ = sighup.recv() => {
+                let before = writer.generation();
+                signals::on_sighup(&cfg, &mut sink, &mut dp, &mut writer, &mut active, &metrics);
+                if writer.generation() != before && let Some(a) = &active {
+                    apply_tunnel(tunnel.as_mut(), &a.view).await;
+                }
+                signals::notify(&[sd_notify::NotifyState::Ready]);
+            }
             _ = tick.tick() => {
+                if let Ok(mut m) = metrics.lock() {
+                    m.health.beat = Some(Instant::now());
+                }
                 if cfg.policy_file.is_some() {
                     let before = writer.generation();
-                    reload_if_changed(&cfg, &mut dp, &mut writer, &mut active, &metrics);
+                    reload_if_changed(&cfg, &mut dp, &mut writer, &mut active, &metrics, false);
                     if writer.generation() != before && let Some(a) = &active {
                         apply_tunnel(tunnel.as_mut(), &a.view).await;
                     }
@@ -377,9 +403,12 @@ async fn run_async(mut cfg: Config) -> Result<()> {
             events_tx.as_ref(),
         );
     }
+    signals::notify(&[sd_notify::NotifyState::Stopping]);
+    metrics::set_not_ready(&metrics, "stopping");
     sink.flush();
     tracing::info!(
-        generation = writer.generation(),
+        generation = metrics::user_generation(writer.generation(), &metrics),
+        local_generation = writer.generation(),
         "stopping; programs stay attached and keep enforcing (`gateway-agent detach` removes them)"
     );
     Ok(())
@@ -419,49 +448,6 @@ async fn next_update(rx: &mut Option<mpsc::Receiver<managed::Update>>) -> Option
     }
 }
 
-/// Applies a view from the controller and answers the watcher (which then acknowledges
-/// the generation). A failure leaves the previous policy in force.
-fn apply_update(
-    dp: &mut Dataplane,
-    writer: &mut PolicyWriter,
-    update: managed::Update,
-    metrics: &metrics::Shared,
-) -> Option<Active> {
-    let started = Instant::now();
-    match writer.apply(&mut dp.policy, &update.view) {
-        Ok(stats) => {
-            let secs = started.elapsed().as_secs_f64();
-            tracing::info!(
-                controller_generation = update.generation,
-                generation = stats.generation,
-                map_writes = stats.written + stats.deleted,
-                ms = secs * 1e3,
-                "policy from the controller applied"
-            );
-            if let Ok(mut m) = metrics.lock() {
-                m.observe_apply(secs);
-                m.last_apply_unix = unix_now() as f64;
-            }
-            let _ = update.done.send(Ok(()));
-            Some(Active {
-                view: update.view,
-                source: None,
-            })
-        }
-        Err(e) => {
-            tracing::error!(
-                controller_generation = update.generation,
-                "applying the controller's policy failed, the previous policy stays in force: {e:#}"
-            );
-            if let Ok(mut m) = metrics.lock() {
-                m.policy_errors += 1;
-            }
-            let _ = update.done.send(Err(format!("{e:#}")));
-            None
-        }
-    }
-}
-
 fn log_events(
     batch: &[Event],
     a: &Active,
@@ -493,38 +479,31 @@ fn log_events(
     }
     sink.flush();
     if let Ok(mut m) = metrics.lock() {
-        for rec in counted {
-            let resource = rec["resource"].as_str().unwrap_or("none").to_string();
-            let event = EventKind::ALL
-                .into_iter()
-                .find(|k| Some(k.name()) == rec["event"].as_str())
-                .map_or("unknown", |k| k.name());
-            let verdict = match rec["verdict"].as_str() {
-                Some("allow") => "allow",
-                Some("audit") => "audit",
-                _ => "deny",
-            };
-            *m.by_resource.entry((resource, event, verdict)).or_default() += 1;
+        for rec in &counted {
+            m.count_record(rec);
         }
     }
 }
 
 /// Applies the policy file when it changed, and recompiles when the view asks for it
 /// (an expiry's second change point). A broken edit is reported and changes nothing.
+/// `force` (SIGHUP): read the file even if its time and length did not change.
 fn reload_if_changed(
     cfg: &Config,
     dp: &mut Dataplane,
     writer: &mut PolicyWriter,
     active: &mut Option<Active>,
     metrics: &metrics::Shared,
+    force: bool,
 ) {
     let now = unix_now();
     let fp = cfg.policy_file.as_deref().and_then(fingerprint);
-    let file_changed = match (active.as_ref().and_then(|a| a.source.as_ref()), fp) {
-        (Some((t, l, _)), Some((t2, l2))) => *t != t2 || *l != l2,
-        (None, Some(_)) => true,
-        (_, None) => false,
-    };
+    let file_changed = force
+        || match (active.as_ref().and_then(|a| a.source.as_ref()), fp) {
+            (Some((t, l, _)), Some((t2, l2))) => *t != t2 || *l != l2,
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
     let due = active
         .as_ref()
         .and_then(|a| a.view.recompile_at)
@@ -542,6 +521,12 @@ fn reload_if_changed(
             let source = fp.map(|(t, l)| (t, l, text));
             if same_text && !due {
                 // Touched, not changed.
+                if force {
+                    tracing::info!(
+                        generation = writer.generation(),
+                        "the policy file is unchanged; the policy in force stays"
+                    );
+                }
                 if let Some(a) = active.as_mut() {
                     a.source = source;
                 }
@@ -687,7 +672,11 @@ fn refresh_metrics(
     }
     m.flows_evicted = reaper.evicted_total;
     m.flows_idle_ended = reaper.idle_total;
-    m.generation = writer.generation();
+    m.local_generation = writer.generation();
+    m.generation = match (m.managed, m.controller_generation) {
+        (true, g) => g.unwrap_or(0),
+        (false, _) => u64::from(m.local_generation),
+    };
     if let Some(e) = writer.active_entries() {
         let used = crate::writer::entry_counts(e);
         for ((map, usable), n) in crate::writer::usable_capacity().into_iter().zip(used) {
@@ -760,6 +749,13 @@ pub fn status(cfg: &Config) -> Result<serde_json::Value> {
         let n: u64 = parse.get(&(o as u32), 0)?.iter().sum();
         outcomes.insert(o.name().into(), json!(n));
     }
+    // The generation users see: the controller's (managed mode, when this agent recorded
+    // it for the policy in the kernel; null otherwise), the local one in standalone mode.
+    let user_generation = match &cfg.controller {
+        Some(ctl) => managed::read_generation(&managed::generation_file(ctl), generation)
+            .map_or(serde_json::Value::Null, |g| json!(g)),
+        None => json!(generation),
+    };
     let principals = src
         .keys()
         .filter_map(|k| k.ok())
@@ -769,6 +765,9 @@ pub fn status(cfg: &Config) -> Result<serde_json::Value> {
         "host": cfg.host_label(),
         "pin_dir": cfg.pin_dir.display().to_string(),
         "links": pins::pinned_links(&cfg.pin_dir),
+        "generation": user_generation,
+        "local_generation": generation,
+        // The local generation under its first name, for scripts written before.
         "policy_generation": generation,
         "principals": principals,
         "flows": {

@@ -30,7 +30,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Attach (or re-adopt) the programs, apply the policy file and keep it applied, and
-    /// write connection logs, until SIGINT/SIGTERM. Programs stay attached on exit.
+    /// write connection logs, until SIGINT/SIGTERM. Programs stay attached on exit. SIGHUP
+    /// reopens the log file (after logrotate renamed it) and reloads the policy file.
     Run {
         /// The agent configuration (see deploy/agent.toml).
         #[arg(long, short)]
@@ -186,7 +187,13 @@ fn print_status(st: &serde_json::Value) {
         "pin folder:         {}",
         st["pin_dir"].as_str().unwrap_or("?")
     );
-    println!("policy generation:  {}", st["policy_generation"]);
+    match &st["generation"] {
+        serde_json::Value::Null => {
+            println!("generation:         unknown (not recorded by the agent)")
+        }
+        g => println!("generation:         {g}"),
+    }
+    println!("map generation:     {}", st["local_generation"]);
     println!("principals:         {}", st["principals"]);
     println!("flows:              {}", st["flows"]);
     let links: Vec<&str> = st["links"]
