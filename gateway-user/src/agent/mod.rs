@@ -2,6 +2,7 @@
 //! keeps the local policy file applied, and turns ring-buffer events into connection logs
 //! and Prometheus metrics.
 
+pub mod attachments;
 pub mod config;
 pub mod dump;
 pub mod flows;
@@ -131,10 +132,46 @@ pub fn run(cfg: Config) -> Result<()> {
     rt.block_on(run_async(cfg))
 }
 
+/// Removes what a start created when it fails before `ready` (dropped armed); disarmed
+/// once the agent enforces. Declared after the lock, so it runs while the lock is held.
+struct StartGuard {
+    pin_dir: std::path::PathBuf,
+    before: pins::Snapshot,
+    armed: bool,
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let removed = pins::undo_start(&self.pin_dir, &self.before);
+        if removed.is_empty() {
+            tracing::info!("the failed start created no pins; the pin folder is as it was");
+        } else {
+            tracing::info!(
+                "the failed start removed what it had created: {}",
+                removed.join(", ")
+            );
+        }
+    }
+}
+
 async fn run_async(mut cfg: Config) -> Result<()> {
+    // What the pin folder holds before anything is touched: a failed start leaves it so.
+    let before = pins::snapshot(&pins::resolve(&cfg.pin_dir));
     cfg.pin_dir = pins::prepare(&cfg.pin_dir)?;
     // Held until this function returns: no second agent on these pins meanwhile.
-    let _lock = pins::lock(&cfg.pin_dir)?;
+    let lock = pins::lock(&cfg.pin_dir);
+    let mut guard = StartGuard {
+        pin_dir: cfg.pin_dir.clone(),
+        before,
+        // Refused by the lock: the pins are the running agent's, and stay untouched.
+        armed: lock.is_ok(),
+    };
+    let _lock = lock?;
+    // Interfaces exist and their XDP hook is free (or ours), before anything is loaded.
+    attachments::check_interfaces(&cfg.xdp_interfaces, &cfg.tc_egress_interfaces, &cfg.pin_dir)?;
     let mut dp = Dataplane::load_pinned(&pins::maps_dir(&cfg.pin_dir))?;
     // The role and tuning go in before anything is attached (programs without a role drop
     // every IP packet). The scan-hash key is drawn afresh: a scanner cannot learn it.
@@ -257,7 +294,6 @@ async fn run_async(mut cfg: Config) -> Result<()> {
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
 
-    pins::remove_stale(&cfg.pin_dir);
     if let (Some(t), Some(a)) = (tunnel.as_mut(), active.as_ref()) {
         t.apply(&a.view).await.context("configuring the tunnel")?;
     }
@@ -290,6 +326,10 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     let mut reaper = flows::Reaper::default();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    // From here on the pins are this agent's state: they outlive it.
+    guard.armed = false;
+    // After everything else: a failed start must not have removed an older layout's maps.
+    pins::remove_stale(&cfg.pin_dir);
     tracing::info!(%host, generation = writer.generation(), "ready: enforcing");
 
     loop {
@@ -378,11 +418,43 @@ async fn run_async(mut cfg: Config) -> Result<()> {
         );
     }
     sink.flush();
-    tracing::info!(
-        generation = writer.generation(),
-        "stopping; programs stay attached and keep enforcing (`gateway-agent detach` removes them)"
-    );
+    stop_message(&cfg.pin_dir, writer.generation());
     Ok(())
+}
+
+/// Says on stop what keeps enforcing, from the links as they are now (they may have been
+/// unpinned, or their interfaces deleted, while the agent ran).
+fn stop_message(pin_dir: &Path, generation: u32) {
+    let all = attachments::inspect(pin_dir);
+    let (live, dead): (Vec<_>, Vec<_>) = all.iter().partition(|a| a.live());
+    let names = |v: &[&attachments::Attachment]| {
+        v.iter()
+            .map(|a| a.pin.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if live.is_empty() {
+        tracing::warn!(
+            generation,
+            "stopping; no program of this agent is attached any more (no live pinned link): \
+             nothing enforces the policy on this host until an agent starts again"
+        );
+    } else if dead.is_empty() {
+        tracing::info!(
+            generation,
+            "stopping; programs stay attached and keep enforcing ({}; `gateway-agent detach` \
+             removes them)",
+            names(&live)
+        );
+    } else {
+        tracing::warn!(
+            generation,
+            "stopping; programs stay attached and keep enforcing on {} only; not on {} \
+             (`gateway-agent detach` removes them all)",
+            names(&live),
+            names(&dead)
+        );
+    }
 }
 
 type KernelLogFd = AsyncFd<aya_log::EbpfLogger<crate::dataplane::KernelLog>>;
@@ -700,6 +772,16 @@ fn refresh_metrics(
 pub fn detach(cfg: &Config) -> Result<Vec<String>> {
     let dir = pins::resolve(&cfg.pin_dir);
     let mut removed = if dir.exists() {
+        // Held while detaching: no agent starts on these pins meanwhile. A running agent
+        // would go on running its programs from the links it holds open.
+        let _lock = match pins::try_lock(&dir)? {
+            Ok(l) => l,
+            Err(holder) => bail!(
+                "an agent is running ({holder}) with pin folder {}: stop it first (`systemctl \
+                 stop gateway-agent`), then detach",
+                dir.display()
+            ),
+        };
         pins::detach(&dir)?
     } else {
         Vec::new()
@@ -765,10 +847,17 @@ pub fn status(cfg: &Config) -> Result<serde_json::Value> {
         .filter_map(|k| k.ok())
         .filter(|k| k.generation == slot)
         .count();
+    let attached = attachments::inspect(&cfg.pin_dir);
+    let agent = match pins::running_agent(&cfg.pin_dir) {
+        Some(pid) => json!({ "running": true, "pid": pid }),
+        None => json!({ "running": false }),
+    };
     Ok(json!({
         "host": cfg.host_label(),
         "pin_dir": cfg.pin_dir.display().to_string(),
+        "agent": agent,
         "links": pins::pinned_links(&cfg.pin_dir),
+        "attachments": attached.iter().map(attachments::Attachment::to_json).collect::<Vec<_>>(),
         "policy_generation": generation,
         "principals": principals,
         "flows": {
