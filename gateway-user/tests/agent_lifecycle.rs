@@ -11,7 +11,7 @@
 
 use aya::{
     EbpfLoader,
-    programs::{Xdp, XdpMode},
+    programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::TcAttachOptions},
 };
 use gateway_common::maps::bench;
 use gateway_test_support::{
@@ -351,9 +351,34 @@ fn failed_starts_say_why_and_leave_the_pins_as_they_were() {
         "the earlier state must keep enforcing"
     );
 
-    // --- A valid start afterwards works, re-adopting the state.
+    // --- A valid start afterwards works, re-adopting the state. Another tcx program on
+    // the egress hook is named, not refused (tcx runs several; the gateway's goes first).
+    let pass: &mut SchedClassifier = other
+        .program_mut(bench::PROG_TC_PASS)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    pass.load().unwrap();
+    let pass_id = pass.info().unwrap().id();
+    lab.conn
+        .run(|| {
+            pass.attach_with_options(
+                &ca,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .unwrap()
+        })
+        .unwrap();
     let cfg = lab.config("agent.toml", &[&ca, &dm], &[&ca], "");
     let agent = lab.start(&cfg);
+    assert!(
+        agent.stderr().contains(&format!(
+            "tcx egress of {ca} also runs program {pass_id} (name "
+        )),
+        "{}",
+        agent.stderr()
+    );
     assert!(agent.stderr().contains("re-adopted"), "{}", agent.stderr());
     assert!(lab.denied_dropped() && lab.allowed_answers());
     let text = lab.status_text(&cfg);
@@ -520,6 +545,41 @@ fn detach_refuses_while_an_agent_runs_and_stop_says_what_enforces() {
         lab.denied_dropped(),
         "a stopped agent's programs keep enforcing"
     );
+
+    // --- The interface made again under the same name: a restarted agent replaces the
+    // defunct link with a new one there.
+    lab.conn
+        .ip(&["link", "add", &dm, "type", "bridge"])
+        .unwrap();
+    lab.conn.ip(&["link", "set", &dm, "up"]).unwrap();
+    let again = lab.start(&cfg);
+    assert!(
+        again.stderr().contains("the pinned XDP link") && again.stderr().contains("defunct"),
+        "{}",
+        again.stderr()
+    );
+    let st = lab.status_json(&cfg);
+    let d = att(&st, &format!("xdp-{dm}"));
+    assert_eq!(
+        (d["state"].as_str(), d["mode"].as_str()),
+        (Some("attached"), Some("generic")),
+        "{d}"
+    );
+    assert!(
+        lab.link_text(&dm)
+            .contains(&format!("id {}", d["program_id"])),
+        "{d}"
+    );
+    assert_eq!(again.stop_keeping_pins().unwrap(), "exited on SIGTERM");
+    let err = agent.stderr();
+    let last = err.lines().rev().find(|l| l.contains("stopping;")).unwrap();
+    assert!(
+        last.contains(&format!(
+            "programs stay attached and keep enforcing (tc-{ca}, xdp-{ca}, xdp-{dm};"
+        )),
+        "{last}"
+    );
+    lab.conn.ip(&["link", "del", &dm]).unwrap();
 
     // --- After the stop, detach works (the stale link too) and nothing filters.
     let removed = agent.detach().unwrap();

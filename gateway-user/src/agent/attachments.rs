@@ -250,11 +250,32 @@ pub fn inspect(pin_dir: &Path) -> Vec<Attachment> {
 /// of each XDP interface is free or held by this pin folder's own link.
 pub fn check_interfaces(xdp: &[String], tc_egress: &[String], pin_dir: &Path) -> Result<()> {
     let links = host_check::links().map_err(|e| anyhow::anyhow!("listing interfaces: {e}"))?;
-    check_against(&links, xdp, tc_egress, |iface| {
-        link_facts(&pin_dir.join("links").join(format!("xdp-{iface}")))
+    let ours = |pin: String| {
+        link_facts(&pin_dir.join("links").join(pin))
             .ok()
             .map(|f| f.prog_id)
-    })
+    };
+    check_against(&links, xdp, tc_egress, |iface| ours(format!("xdp-{iface}")))?;
+    // tcx hooks take several programs, and the gateway attaches first in the chain (its
+    // drops are final whatever runs after it): others are named, not refused.
+    for iface in tc_egress {
+        let mine = ours(format!("tc-{iface}"));
+        let Ok((_, progs)) =
+            aya::programs::SchedClassifier::query_tcx(iface, aya::programs::TcAttachType::Egress)
+        else {
+            continue;
+        };
+        for p in progs.iter().filter(|p| Some(p.id()) != mine) {
+            tracing::info!(
+                %iface,
+                "tcx egress of {iface} also runs program {} (name {}), not the gateway's: both \
+                 run (a new gateway link is attached first in the chain)",
+                p.id(),
+                p.name_as_str().unwrap_or("unknown")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// [`check_interfaces`] on a given interface list; `ours(iface)` is the program id of this
@@ -290,4 +311,66 @@ pub fn foreign_xdp_message(iface: &str, prog_id: u32) -> String {
          {iface} xdp off`; a program held by a bpf link goes when its owner removes the link, \
          `bpftool link` lists them) or choose another interface"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::host_check::XdpProgram;
+
+    fn link(name: &str, xdp: &[(&'static str, u32)]) -> Link {
+        Link {
+            name: name.into(),
+            kind: None,
+            up: true,
+            index: 7,
+            xdp: xdp
+                .iter()
+                .map(|&(mode, id)| XdpProgram { mode, id })
+                .collect(),
+        }
+    }
+
+    fn err(r: Result<()>) -> String {
+        format!("{:#}", r.unwrap_err())
+    }
+
+    #[test]
+    fn interfaces_must_exist_and_their_xdp_hook_be_free_or_ours() {
+        let links = [
+            link("eth0", &[]),
+            link("cl0", &[("generic", 42)]),
+            link("ours0", &[("native", 9)]),
+        ];
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let ours = |iface: &str| (iface == "ours0").then_some(9);
+        // Free, and held by this pin folder's own link (a restart re-adopts it).
+        check_against(&links, &s(&["eth0", "ours0"]), &s(&["eth0"]), ours).unwrap();
+        // Missing, in either list.
+        let e = err(check_against(&links, &s(&["eth9"]), &[], ours));
+        assert_eq!(e, "interface eth9 not found (ip link shows the names)");
+        let e = err(check_against(&links, &[], &s(&["eth8"]), ours));
+        assert!(e.starts_with("interface eth8 not found"), "{e}");
+        // Another program on the XDP hook, whatever its mode.
+        let e = err(check_against(&links, &s(&["cl0"]), &[], ours));
+        assert!(
+            e.starts_with("cl0 already has XDP program 42 (name "),
+            "{e}"
+        );
+        assert!(e.contains("`ip link set dev cl0 xdp off`"), "{e}");
+        assert!(e.ends_with("or choose another interface"), "{e}");
+        // A program on ours0 that is not the pinned link's: someone else's.
+        let e = err(check_against(&links, &s(&["ours0"]), &[], |_| Some(8)));
+        assert!(e.starts_with("ours0 already has XDP program 9"), "{e}");
+        // tc egress alone does not care about the XDP hook (tcx takes several programs).
+        check_against(&links, &[], &s(&["cl0"]), ours).unwrap();
+    }
+
+    #[test]
+    fn link_pins_name_their_hook_and_interface() {
+        assert_eq!(Hook::of_pin("xdp-eth0"), Some((Hook::Xdp, "eth0")));
+        assert_eq!(Hook::of_pin("tc-eth0"), Some((Hook::TcxEgress, "eth0")));
+        assert_eq!(Hook::of_pin("tcin-ztg0"), Some((Hook::TcxIngress, "ztg0")));
+        assert_eq!(Hook::of_pin("other"), None);
+    }
 }
