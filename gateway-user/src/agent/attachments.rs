@@ -142,18 +142,6 @@ impl Attachment {
         matches!(self.state, State::Attached { .. } | State::Elsewhere)
     }
 
-    pub fn state_text(&self) -> String {
-        match &self.state {
-            State::Attached { mode } => (*mode).to_string(),
-            State::Elsewhere => {
-                "attached in another network namespace (run status where the agent runs)"
-                    .to_string()
-            }
-            State::Gone => "stale: interface gone (`gateway-agent detach` removes it)".to_string(),
-            State::Unreadable(e) => format!("unreadable: {e}"),
-        }
-    }
-
     pub fn to_json(&self) -> Value {
         let mut v = json!({
             "pin": self.pin,
@@ -244,6 +232,41 @@ pub fn inspect(pin_dir: &Path) -> Vec<Attachment> {
             }
         })
         .collect()
+}
+
+/// Says on stop what keeps enforcing, from the links as they are now (they may have been
+/// unpinned, or their interfaces deleted, while the agent ran).
+pub fn stop_message(pin_dir: &Path, generation: u32) {
+    let all = inspect(pin_dir);
+    let (live, dead): (Vec<_>, Vec<_>) = all.iter().partition(|a| a.live());
+    let names = |v: &[&Attachment]| {
+        v.iter()
+            .map(|a| a.pin.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if live.is_empty() {
+        tracing::warn!(
+            generation,
+            "stopping; no program of this agent is attached any more (no live pinned link): \
+             nothing enforces the policy on this host until an agent starts again"
+        );
+    } else if dead.is_empty() {
+        tracing::info!(
+            generation,
+            "stopping; programs stay attached and keep enforcing ({}; `gateway-agent detach` \
+             removes them)",
+            names(&live)
+        );
+    } else {
+        tracing::warn!(
+            generation,
+            "stopping; programs stay attached and keep enforcing on {} only; not on {} \
+             (`gateway-agent detach` removes them all)",
+            names(&live),
+            names(&dead)
+        );
+    }
 }
 
 /// Before anything is created: every configured interface exists here, and the XDP hook

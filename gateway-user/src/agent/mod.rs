@@ -132,38 +132,13 @@ pub fn run(cfg: Config) -> Result<()> {
     rt.block_on(run_async(cfg))
 }
 
-/// Removes what a start created when it fails before `ready` (dropped armed); disarmed
-/// once the agent enforces. Declared after the lock, so it runs while the lock is held.
-struct StartGuard {
-    pin_dir: std::path::PathBuf,
-    before: pins::Snapshot,
-    armed: bool,
-}
-
-impl Drop for StartGuard {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let removed = pins::undo_start(&self.pin_dir, &self.before);
-        if removed.is_empty() {
-            tracing::info!("the failed start created no pins; the pin folder is as it was");
-        } else {
-            tracing::info!(
-                "the failed start removed what it had created: {}",
-                removed.join(", ")
-            );
-        }
-    }
-}
-
 async fn run_async(mut cfg: Config) -> Result<()> {
     // What the pin folder holds before anything is touched: a failed start leaves it so.
     let before = pins::snapshot(&pins::resolve(&cfg.pin_dir));
     cfg.pin_dir = pins::prepare(&cfg.pin_dir)?;
     // Held until this function returns: no second agent on these pins meanwhile.
     let lock = pins::lock(&cfg.pin_dir);
-    let mut guard = StartGuard {
+    let mut guard = pins::StartGuard {
         pin_dir: cfg.pin_dir.clone(),
         before,
         // Refused by the lock: the pins are the running agent's, and stay untouched.
@@ -418,43 +393,8 @@ async fn run_async(mut cfg: Config) -> Result<()> {
         );
     }
     sink.flush();
-    stop_message(&cfg.pin_dir, writer.generation());
+    attachments::stop_message(&cfg.pin_dir, writer.generation());
     Ok(())
-}
-
-/// Says on stop what keeps enforcing, from the links as they are now (they may have been
-/// unpinned, or their interfaces deleted, while the agent ran).
-fn stop_message(pin_dir: &Path, generation: u32) {
-    let all = attachments::inspect(pin_dir);
-    let (live, dead): (Vec<_>, Vec<_>) = all.iter().partition(|a| a.live());
-    let names = |v: &[&attachments::Attachment]| {
-        v.iter()
-            .map(|a| a.pin.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if live.is_empty() {
-        tracing::warn!(
-            generation,
-            "stopping; no program of this agent is attached any more (no live pinned link): \
-             nothing enforces the policy on this host until an agent starts again"
-        );
-    } else if dead.is_empty() {
-        tracing::info!(
-            generation,
-            "stopping; programs stay attached and keep enforcing ({}; `gateway-agent detach` \
-             removes them)",
-            names(&live)
-        );
-    } else {
-        tracing::warn!(
-            generation,
-            "stopping; programs stay attached and keep enforcing on {} only; not on {} \
-             (`gateway-agent detach` removes them all)",
-            names(&live),
-            names(&dead)
-        );
-    }
 }
 
 type KernelLogFd = AsyncFd<aya_log::EbpfLogger<crate::dataplane::KernelLog>>;

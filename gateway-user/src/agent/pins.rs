@@ -210,6 +210,31 @@ pub fn snapshot(pin_dir: &Path) -> Snapshot {
     }
 }
 
+/// Removes what a start created when it fails before `ready` (dropped armed); disarmed
+/// once the agent enforces. Declared after the lock, so it runs while the lock is held.
+pub struct StartGuard {
+    pub pin_dir: PathBuf,
+    pub before: Snapshot,
+    pub armed: bool,
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let removed = undo_start(&self.pin_dir, &self.before);
+        if removed.is_empty() {
+            tracing::info!("the failed start created no pins; the pin folder is as it was");
+        } else {
+            tracing::info!(
+                "the failed start removed what it had created: {}",
+                removed.join(", ")
+            );
+        }
+    }
+}
+
 /// After a failed start: removes the links (detaching their programs), program and map
 /// pins and folders that were not there at `before`. Links go first, so no program of this
 /// start keeps running on maps about to be unpinned. Returns what it removed.
