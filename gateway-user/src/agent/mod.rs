@@ -137,14 +137,14 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     let before = pins::snapshot(&pins::resolve(&cfg.pin_dir));
     cfg.pin_dir = pins::prepare(&cfg.pin_dir)?;
     // Held until this function returns: no second agent on these pins meanwhile.
-    let lock = pins::lock(&cfg.pin_dir);
+    // Refused by the lock: the pins are the running agent's, and stay untouched.
+    let _lock = pins::lock(&cfg.pin_dir)?;
+    // Declared after the lock, so dropped (undoing a failed start) while it is held.
     let mut guard = pins::StartGuard {
         pin_dir: cfg.pin_dir.clone(),
         before,
-        // Refused by the lock: the pins are the running agent's, and stay untouched.
-        armed: lock.is_ok(),
+        armed: true,
     };
-    let _lock = lock?;
     // Interfaces exist and their XDP hook is free (or ours), before anything is loaded.
     attachments::check_interfaces(&cfg.xdp_interfaces, &cfg.tc_egress_interfaces, &cfg.pin_dir)?;
     let mut dp = Dataplane::load_pinned(&pins::maps_dir(&cfg.pin_dir))?;

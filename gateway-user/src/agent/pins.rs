@@ -211,7 +211,8 @@ pub fn snapshot(pin_dir: &Path) -> Snapshot {
 }
 
 /// Removes what a start created when it fails before `ready` (dropped armed); disarmed
-/// once the agent enforces. Declared after the lock, so it runs while the lock is held.
+/// once the agent enforces. The agent declares it after taking the lock, so it runs while
+/// the lock is held.
 pub struct StartGuard {
     pub pin_dir: PathBuf,
     pub before: Snapshot,
@@ -452,7 +453,11 @@ fn attach_xdp(dp: &mut Dataplane, cfg: &Config, name: &str, iface: &str) -> Resu
         // take a new program: it is unpinned and a new link made.
         let defunct = super::attachments::link_facts(&pin).is_ok_and(|f| f.ifindex == 0);
         if defunct {
-            tracing::info!(%iface, "the pinned XDP link {} is defunct (its interface was deleted); attaching anew", pin.display());
+            tracing::info!(
+                %iface,
+                "the pinned XDP link {} is defunct (its interface was deleted); attaching anew",
+                pin.display()
+            );
             std::fs::remove_file(&pin)
                 .with_context(|| format!("unpinning the defunct link {}", pin.display()))?;
         } else {
