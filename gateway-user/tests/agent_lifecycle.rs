@@ -532,7 +532,8 @@ fn detach_refuses_while_an_agent_runs_and_stop_says_what_enforces() {
     let err = agent.stderr();
     assert!(
         err.contains(&format!(
-            "programs stay attached and keep enforcing on tc-{ca}, xdp-{ca} only; not on xdp-{dm}"
+            "programs stay attached and keep enforcing on tc-{ca}, xdp-{ca} only; not on \
+             xdp-{dm}: interface gone"
         )),
         "{err}"
     );

@@ -194,7 +194,9 @@ pub fn inspect(pin_dir: &Path) -> Vec<Attachment> {
         })
         .unwrap_or_default();
     names.sort();
-    let here = host_check::links().unwrap_or_default();
+    // Without the interface list the mode is unknown; a link with an interface index
+    // still runs there.
+    let here = host_check::links();
     names
         .into_iter()
         .map(|pin| {
@@ -206,8 +208,10 @@ pub fn inspect(pin_dir: &Path) -> Vec<Attachment> {
             let state = match (&facts, hook) {
                 (Err(e), _) => State::Unreadable(e.to_string()),
                 (Ok(f), _) if f.ifindex == 0 => State::Gone,
+                (Ok(_), _) if here.is_err() => State::Attached { mode: "unknown" },
                 (Ok(f), h) => match here
                     .iter()
+                    .flatten()
                     .find(|l| l.name == iface && l.index == f.ifindex)
                 {
                     None => State::Elsewhere,
@@ -264,7 +268,14 @@ pub fn stop_message(pin_dir: &Path, generation: u32) {
             "stopping; programs stay attached and keep enforcing on {} only; not on {} \
              (`gateway-agent detach` removes them all)",
             names(&live),
-            names(&dead)
+            dead.iter()
+                .map(|a| match &a.state {
+                    State::Gone => format!("{}: interface gone", a.pin),
+                    State::Unreadable(e) => format!("{}: unreadable, {e}", a.pin),
+                    _ => a.pin.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
 }
