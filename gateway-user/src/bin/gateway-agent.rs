@@ -246,7 +246,7 @@ fn print_attachments(st: &serde_json::Value) {
             _ => String::new(),
         };
         println!(
-            "  {:<12} {:<16} {what}{ids}",
+            "  {:<12} {:<16} {what:<8}{ids}",
             a["hook"].as_str().unwrap_or("?"),
             a["interface"].as_str().unwrap_or("?")
         );
