@@ -112,8 +112,59 @@ pub struct Link {
     pub kind: Option<String>,
     /// Administratively up (`IFF_UP`). A tunnel that is down decapsulates nothing.
     pub up: bool,
-    /// The XDP attach mode, when an XDP program is attached (`IFLA_XDP_ATTACHED`).
-    pub xdp: Option<&'static str>,
+    /// The interface index (in this network namespace).
+    pub index: u32,
+    /// The XDP programs attached to it (`IFLA_XDP`), by mode.
+    pub xdp: Vec<XdpProgram>,
+}
+
+/// An XDP program attached to an interface, as rtnetlink reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpProgram {
+    /// `native` (driver), `generic` (skb) or `offload` (hardware).
+    pub mode: &'static str,
+    pub id: u32,
+}
+
+/// The XDP programs of one `IFLA_XDP` attribute: one mode with `IFLA_XDP_PROG_ID`, or
+/// several (`XDP_ATTACHED_MULTI`) with an id per mode.
+fn xdp_programs(attrs: &[netlink_packet_route::link::LinkXdp]) -> Vec<XdpProgram> {
+    use netlink_packet_route::link::{LinkXdp, XdpAttached};
+    let mut single = None;
+    let mut out = Vec::new();
+    let mut attached = None;
+    for a in attrs {
+        match a {
+            LinkXdp::Attached(m) => attached = Some(*m),
+            LinkXdp::ProgId(id) => single = Some(*id),
+            LinkXdp::DrvProgId(id) => out.push(XdpProgram {
+                mode: "native",
+                id: *id,
+            }),
+            LinkXdp::SkbProgId(id) => out.push(XdpProgram {
+                mode: "generic",
+                id: *id,
+            }),
+            LinkXdp::HwProgId(id) => out.push(XdpProgram {
+                mode: "offload",
+                id: *id,
+            }),
+            _ => {}
+        }
+    }
+    if out.is_empty()
+        && let Some(id) = single
+    {
+        let mode = match attached {
+            Some(XdpAttached::Driver) => "native",
+            Some(XdpAttached::SocketBuffer) => "generic",
+            Some(XdpAttached::Hardware) => "offload",
+            _ => "unknown",
+        };
+        out.push(XdpProgram { mode, id });
+    }
+    out.retain(|p| p.id != 0);
+    out
 }
 
 /// What the IO shell saw: every sysctl it tried (value or why it could not be read), and
@@ -488,25 +539,13 @@ pub fn links() -> Result<Vec<Link>, String> {
                         name: String::new(),
                         kind: None,
                         up: link.header.flags.contains(LinkFlags::Up),
-                        xdp: None,
+                        index: link.header.index,
+                        xdp: Vec::new(),
                     };
                     for a in link.attributes {
                         match a {
                             LinkAttribute::IfName(name) => l.name = name,
-                            LinkAttribute::Xdp(xdp) => {
-                                use netlink_packet_route::link::{LinkXdp, XdpAttached};
-                                for x in xdp {
-                                    if let LinkXdp::Attached(a) = x {
-                                        l.xdp = match a {
-                                            XdpAttached::Driver => Some("native"),
-                                            XdpAttached::SocketBuffer => Some("generic"),
-                                            XdpAttached::Hardware => Some("offload"),
-                                            XdpAttached::Multiple => Some("multi"),
-                                            _ => None,
-                                        };
-                                    }
-                                }
-                            }
+                            LinkAttribute::Xdp(x) => l.xdp = xdp_programs(&x),
                             LinkAttribute::LinkInfo(infos) => {
                                 for i in infos {
                                     if let LinkInfo::Kind(k) = i {
@@ -535,7 +574,15 @@ pub fn xdp_modes() -> std::collections::BTreeMap<String, &'static str> {
     links()
         .map(|ls| {
             ls.into_iter()
-                .filter_map(|l| Some((l.name, l.xdp?)))
+                .filter_map(|l| {
+                    // More than one program (several modes at once) reads as "multi".
+                    let mode = match l.xdp.as_slice() {
+                        [] => return None,
+                        [one] => one.mode,
+                        _ => "multi",
+                    };
+                    Some((l.name, mode))
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -626,7 +673,8 @@ mod tests {
             name: name.into(),
             kind: kind.map(Into::into),
             up,
-            xdp: None,
+            index: 0,
+            xdp: Vec::new(),
         }
     }
 

@@ -222,7 +222,36 @@ pub fn record(ev: &Event, cx: &Context) -> Option<Value> {
     Some(v)
 }
 
-/// OCSF 1.1 Network Activity (category 4, class 4001).
+/// The reporting host's OS host name (read once).
+fn os_hostname() -> Option<&'static str> {
+    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    })
+    .as_deref()
+}
+
+/// Removes null members (recursively) and objects left empty: OCSF omits what is unknown.
+fn without_nulls(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            for x in o.values_mut() {
+                without_nulls(x);
+            }
+            o.retain(|_, x| !x.is_null() && !matches!(x, Value::Object(m) if m.is_empty()));
+        }
+        Value::Array(a) => a.iter_mut().for_each(without_nulls),
+        _ => {}
+    }
+}
+
+/// OCSF 1.1 Network Activity (category 4, class 4001). `device` is the reporting host (this
+/// agent's); the client is `src_endpoint` (its device or service account as `name`) and
+/// `actor.user`; the resource is `dst_endpoint`. Flow ends carry `start_time`, `end_time`,
+/// `duration` (ms) and `traffic`. Unknown values are left out, never null.
 pub fn ocsf(ev: &Event, cx: &Context) -> Option<Value> {
     let r = resolve(ev, cx)?;
     let (src_port, dst_port) = ports(ev);
@@ -234,59 +263,143 @@ pub fn ocsf(ev: &Event, cx: &Context) -> Option<Value> {
         EventKind::ScanAlert => (99, "Other"),
     };
     let blocked = r.verdict == "deny";
-    let severity_id = match r.kind {
-        EventKind::ScanAlert => 4,
-        EventKind::Deny => 3,
-        _ => 1,
+    let (severity_id, severity) = match r.kind {
+        EventKind::ScanAlert => (4, "High"),
+        EventKind::Deny => (3, "Medium"),
+        _ => (1, "Informational"),
     };
-    Some(json!({
+    // action: 1 Allowed, 2 Denied; disposition: 1 Allowed, 2 Blocked, 17 Logged (audit
+    // mode: let through and recorded).
+    let (action_id, action) = if blocked {
+        (2, "Denied")
+    } else {
+        (1, "Allowed")
+    };
+    let (disposition_id, disposition) = match r.verdict {
+        "deny" => (2, "Blocked"),
+        "audit" => (17, "Logged"),
+        _ => (1, "Allowed"),
+    };
+    let user = match (&r.user, &r.service_account) {
+        (Value::String(u), _) => {
+            json!({ "email_addr": u, "name": u, "type_id": 1, "type": "User" })
+        }
+        (_, Value::String(sa)) => {
+            json!({ "name": sa, "type_id": 99, "type": "Service account" })
+        }
+        _ => Value::Null,
+    };
+    let client_name = if r.device.is_null() {
+        r.service_account.clone()
+    } else {
+        r.device.clone()
+    };
+    let (device_type_id, device_type) = match &cx.view.host {
+        policy_compiler::Host::Connector(_) => (1, "Server"),
+        policy_compiler::Host::Device(_) => (0, "Unknown"),
+    };
+    let time_ms = r.unix_ns / 1_000_000;
+    let (public_ip, public_port) = public(r.src, cx);
+    let mut v = json!({
         "class_uid": 4001,
         "class_name": "Network Activity",
         "category_uid": 4,
         "category_name": "Network Activity",
         "activity_id": activity_id,
         "activity_name": activity,
-        "type_uid": 400100 + activity_id,
-        "time": r.unix_ns / 1_000_000,
+        "type_uid": 400_100 + activity_id,
+        "type_name": format!("Network Activity: {activity}"),
+        "time": time_ms,
         "severity_id": severity_id,
+        "severity": severity,
         "status_id": if blocked { 2 } else { 1 },
-        "action_id": if blocked { 2 } else { 1 },
-        "disposition_id": if blocked { 2 } else { 1 },
+        "status": if blocked { "Failure" } else { "Success" },
+        "action_id": action_id,
+        "action": action,
+        "disposition_id": disposition_id,
+        "disposition": disposition,
         "message": format!("{} {}", r.kind.name(), r.reason.name()),
         "metadata": {
             "version": "1.1.0",
-            "product": { "name": "zt-gateway", "vendor_name": "zt-gateway" },
+            "product": {
+                "name": "zt-gateway",
+                "vendor_name": "zt-gateway",
+                "version": env!("CARGO_PKG_VERSION"),
+            },
             "log_name": "connections",
         },
-        "actor": {
-            "user": { "email_addr": r.user },
+        "device": {
+            "name": cx.host,
+            "hostname": os_hostname(),
+            "type_id": device_type_id,
+            "type": device_type,
         },
-        "device": { "name": r.device, "hostname": cx.host },
-        "src_endpoint": { "ip": r.src.to_string(), "port": src_port, "name": r.device },
+        "actor": { "user": user },
+        "src_endpoint": { "ip": r.src.to_string(), "port": src_port, "name": client_name },
         "dst_endpoint": { "ip": r.dst.to_string(), "port": dst_port, "name": r.resource },
         "connection_info": {
             "protocol_num": ev.key.proto,
             "protocol_name": protocol(ev.key.proto),
+            "protocol_ver_id": if r.src.is_ipv4() { 4 } else { 6 },
+            // 2 Outbound: from the client toward the resource.
             "direction_id": 2,
-        },
-        "traffic": {
-            "packets_out": ev.packets,
-            "bytes_out": ev.bytes,
-            "packets_in": ev.reply_packets,
-            "bytes_in": ev.reply_bytes,
+            "direction": "Outbound",
         },
         "policy": { "name": r.rule, "uid": ev.rule.to_string() },
         "unmapped": {
             "verdict": r.verdict,
             "reason": r.reason.name(),
-            "service_account": r.service_account,
             "connector": connector(cx),
             "remote_network": r.network,
-            "public_ip": public(r.src, cx).0,
-            "public_port": public(r.src, cx).1,
-            "distinct_ports": if r.kind == EventKind::ScanAlert { json!(ev.count) } else { Value::Null },
+            "public_ip": public_ip,
+            "public_port": public_port,
         },
-    }))
+    });
+    let o = v.as_object_mut()?;
+    match r.kind {
+        EventKind::FlowEnd => {
+            let start_ms = cx.clock.boot_to_unix_ns(ev.first_seen_ns) / 1_000_000;
+            o.insert("start_time".into(), json!(start_ms));
+            o.insert("end_time".into(), json!(time_ms));
+            o.insert(
+                "duration".into(),
+                json!(ev.ts_ns.saturating_sub(ev.first_seen_ns) / 1_000_000),
+            );
+            o.insert(
+                "traffic".into(),
+                json!({
+                    "packets_out": ev.packets,
+                    "bytes_out": ev.bytes,
+                    "packets_in": ev.reply_packets,
+                    "bytes_in": ev.reply_bytes,
+                    "packets": ev.packets + ev.reply_packets,
+                    "bytes": ev.bytes + ev.reply_bytes,
+                }),
+            );
+            if let Some(c) = FlowEndCause::from_u8(ev.detail) {
+                o["unmapped"]["end_cause"] = json!(c.name());
+            }
+        }
+        EventKind::ScanAlert => {
+            let kind = ScanKind::from_u8(ev.detail);
+            if let Some(k) = kind {
+                o["unmapped"]["scan"] = json!(k.name());
+            }
+            let field = match kind {
+                Some(ScanKind::Hosts) => "distinct_hosts",
+                _ => "distinct_ports",
+            };
+            o["unmapped"][field] = json!(ev.count);
+            o["unmapped"]["suppressed_budget"] = json!(ev.suppressed);
+        }
+        EventKind::Deny => {
+            o["unmapped"]["suppressed"] = json!(ev.count);
+            o["unmapped"]["suppressed_budget"] = json!(ev.suppressed);
+        }
+        EventKind::FlowStart | EventKind::Audit => {}
+    }
+    without_nulls(&mut v);
+    Some(v)
 }
 
 /// Where the connection log is written: a file at the configured path, or stdout.
@@ -455,6 +568,18 @@ mod tests {
         assert_eq!(o["type_uid"], 400101);
         assert_eq!(o["disposition_id"], 1);
         assert_eq!(o["actor"]["user"]["email_addr"], "alice@example.com");
+        // The reporting host is `device`; the client is the source endpoint.
+        assert_eq!(o["device"]["name"], "connector:dc-connector-1");
+        assert_eq!(o["src_endpoint"]["name"], "alice-laptop");
+        assert_eq!(o["src_endpoint"]["ip"], "198.19.0.10");
+        assert!(o.get("duration").is_none() && o.get("traffic").is_none());
+        let end = ocsf(&event(&view, EventKind::FlowEnd), &cx).unwrap();
+        assert_eq!(end["duration"], 2500);
+        assert_eq!(
+            end["end_time"].as_i64().unwrap() - end["start_time"].as_i64().unwrap(),
+            2500
+        );
+        assert_eq!(end["traffic"]["bytes_in"], 5000);
         assert_eq!(o["dst_endpoint"]["port"], 22);
         assert_eq!(o["dst_endpoint"]["name"], "ssh-bastions");
         assert_eq!(o["policy"]["name"], "engineering-ssh");

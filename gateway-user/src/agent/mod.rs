@@ -2,6 +2,7 @@
 //! keeps the local policy file applied, and turns ring-buffer events into connection logs
 //! and Prometheus metrics.
 
+pub mod attachments;
 pub mod config;
 pub mod dump;
 pub mod flows;
@@ -122,9 +123,20 @@ pub fn run(cfg: Config) -> Result<()> {
 }
 
 async fn run_async(mut cfg: Config) -> Result<()> {
+    // What the pin folder holds before anything is touched: a failed start leaves it so.
+    let before = pins::snapshot(&pins::resolve(&cfg.pin_dir));
     cfg.pin_dir = pins::prepare(&cfg.pin_dir)?;
     // Held until this function returns: no second agent on these pins meanwhile.
+    // Refused by the lock: the pins are the running agent's, and stay untouched.
     let _lock = pins::lock(&cfg.pin_dir)?;
+    // Declared after the lock, so dropped (undoing a failed start) while it is held.
+    let mut guard = pins::StartGuard {
+        pin_dir: cfg.pin_dir.clone(),
+        before,
+        armed: true,
+    };
+    // Interfaces exist and their XDP hook is free (or ours), before anything is loaded.
+    attachments::check_interfaces(&cfg.xdp_interfaces, &cfg.tc_egress_interfaces, &cfg.pin_dir)?;
     let mut dp = Dataplane::load_pinned(&pins::maps_dir(&cfg.pin_dir))?;
     // The role and tuning go in before anything is attached (programs without a role drop
     // every IP packet). The scan-hash key is drawn afresh: a scanner cannot learn it.
@@ -260,7 +272,6 @@ async fn run_async(mut cfg: Config) -> Result<()> {
 
     host_check::at_start(&cfg, &metrics);
 
-    pins::remove_stale(&cfg.pin_dir);
     if let (Some(t), Some(a)) = (tunnel.as_mut(), active.as_ref()) {
         t.apply(&a.view).await.context("configuring the tunnel")?;
     }
@@ -296,6 +307,10 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     // SIGHUP: reopen the connection log and reload the policy file (see `on_sighup`).
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
+    // From here on the pins are this agent's state: they outlive it.
+    guard.armed = false;
+    // After everything else: a failed start must not have removed an older layout's maps.
+    pins::remove_stale(&cfg.pin_dir);
     refresh_metrics(&dp, &writer, &reaper, &metrics);
     let generation = metrics::user_generation(writer.generation(), &metrics);
     let enforcing = match (cfg.controller.is_some(), generation) {
@@ -406,10 +421,10 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     signals::notify(&[sd_notify::NotifyState::Stopping]);
     metrics::set_not_ready(&metrics, "stopping");
     sink.flush();
-    tracing::info!(
-        generation = metrics::user_generation(writer.generation(), &metrics),
-        local_generation = writer.generation(),
-        "stopping; programs stay attached and keep enforcing (`gateway-agent detach` removes them)"
+    attachments::stop_message(
+        &cfg.pin_dir,
+        metrics::user_generation(writer.generation(), &metrics),
+        writer.generation(),
     );
     Ok(())
 }
@@ -689,6 +704,16 @@ fn refresh_metrics(
 pub fn detach(cfg: &Config) -> Result<Vec<String>> {
     let dir = pins::resolve(&cfg.pin_dir);
     let mut removed = if dir.exists() {
+        // Held while detaching: no agent starts on these pins meanwhile. A running agent
+        // would go on running its programs from the links it holds open.
+        let _lock = match pins::try_lock(&dir)? {
+            Ok(l) => l,
+            Err(holder) => bail!(
+                "an agent is running ({holder}) with pin folder {}: stop it first (`systemctl \
+                 stop gateway-agent`), then detach",
+                dir.display()
+            ),
+        };
         pins::detach(&dir)?
     } else {
         Vec::new()
@@ -761,13 +786,20 @@ pub fn status(cfg: &Config) -> Result<serde_json::Value> {
         .filter_map(|k| k.ok())
         .filter(|k| k.generation == slot)
         .count();
+    let attached = attachments::inspect(&cfg.pin_dir);
+    let agent = match pins::running_agent(&cfg.pin_dir) {
+        Some(pid) => json!({ "running": true, "pid": pid }),
+        None => json!({ "running": false }),
+    };
     Ok(json!({
         "host": cfg.host_label(),
         "pin_dir": cfg.pin_dir.display().to_string(),
+        "agent": agent,
         "links": pins::pinned_links(&cfg.pin_dir),
         "generation": user_generation,
         "local_generation": generation,
         // The local generation under its first name, for scripts written before.
+        "attachments": attached.iter().map(attachments::Attachment::to_json).collect::<Vec<_>>(),
         "policy_generation": generation,
         "principals": principals,
         "flows": {

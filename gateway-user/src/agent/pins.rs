@@ -135,28 +135,137 @@ pub fn prepare(pin_dir: &Path) -> Result<PathBuf> {
 /// ends, even by SIGKILL). A second agent with the same `pin_dir` would otherwise adopt the
 /// first one's maps and swap its programs in under it.
 pub fn lock(pin_dir: &Path) -> Result<std::fs::File> {
+    match try_lock(pin_dir)? {
+        Ok(f) => Ok(f),
+        Err(holder) => bail!(
+            "an agent is already running with pin folder {} ({holder}): stop it first, or give \
+             this one another pin_dir",
+            pin_dir.display()
+        ),
+    }
+}
+
+/// The lock of [`lock`], or who holds it (`pid N`, or `another process`).
+pub fn try_lock(pin_dir: &Path) -> Result<std::result::Result<std::fs::File, String>> {
     use std::os::unix::fs::MetadataExt as _;
     use std::os::unix::io::AsRawFd as _;
     let dir = std::fs::File::open(pin_dir)
         .with_context(|| format!("opening the pin folder {}", pin_dir.display()))?;
     // SAFETY: a valid open descriptor; flock has no memory arguments.
     if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(dir);
+        return Ok(Ok(dir));
     }
     let err = std::io::Error::last_os_error();
     if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
         return Err(err).with_context(|| format!("locking the pin folder {}", pin_dir.display()));
     }
-    let holder = dir
+    Ok(Err(dir
         .metadata()
         .ok()
         .and_then(|m| lock_holder(m.ino()))
-        .map_or_else(|| "another process".to_string(), |pid| format!("pid {pid}"));
-    bail!(
-        "an agent is already running with pin folder {} ({holder}): stop it first, or give \
-         this one another pin_dir",
-        pin_dir.display()
-    )
+        .map_or_else(
+            || "another process".to_string(),
+            |pid| format!("pid {pid}"),
+        )))
+}
+
+/// The pid of the agent holding the pin folder's lock, read from /proc/locks without
+/// taking the lock (so a status query never makes a starting agent refuse).
+pub fn running_agent(pin_dir: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    lock_holder(std::fs::metadata(pin_dir).ok()?.ino())
+}
+
+/// What a pin folder held before an agent started: every path under it, and whether it
+/// existed. [`undo_start`] removes what a failed start added, and only that.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    existed: bool,
+    paths: std::collections::BTreeSet<PathBuf>,
+}
+
+/// Every file and folder under `dir` (three levels: the pin layout), relative to it.
+fn listing(dir: &Path) -> std::collections::BTreeSet<PathBuf> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(dir.join(&rel)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let r = rel.join(e.file_name());
+            if e.file_type().is_ok_and(|t| t.is_dir()) && r.components().count() < 3 {
+                todo.push(r.clone());
+            }
+            out.insert(r);
+        }
+    }
+    out
+}
+
+pub fn snapshot(pin_dir: &Path) -> Snapshot {
+    Snapshot {
+        existed: pin_dir.exists(),
+        paths: listing(pin_dir),
+    }
+}
+
+/// Removes what a start created when it fails before `ready` (dropped armed); disarmed
+/// once the agent enforces. The agent declares it after taking the lock, so it runs while
+/// the lock is held.
+pub struct StartGuard {
+    pub pin_dir: PathBuf,
+    pub before: Snapshot,
+    pub armed: bool,
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let removed = undo_start(&self.pin_dir, &self.before);
+        if removed.is_empty() {
+            tracing::info!("the failed start created no pins; the pin folder is as it was");
+        } else {
+            tracing::info!(
+                "the failed start removed what it had created: {}",
+                removed.join(", ")
+            );
+        }
+    }
+}
+
+/// After a failed start: removes the links (detaching their programs), program and map
+/// pins and folders that were not there at `before`. Links go first, so no program of this
+/// start keeps running on maps about to be unpinned. Returns what it removed.
+pub fn undo_start(pin_dir: &Path, before: &Snapshot) -> Vec<String> {
+    let now = listing(pin_dir);
+    let mut added: Vec<&PathBuf> = now.difference(&before.paths).collect();
+    // Links, then other files, then folders deepest first.
+    let rank = |p: &PathBuf| {
+        let is_dir = pin_dir.join(p).is_dir();
+        let link = p.starts_with("links");
+        (is_dir, !link, std::cmp::Reverse(p.components().count()))
+    };
+    added.sort_by_key(|p| rank(p));
+    let mut removed = Vec::new();
+    for rel in added {
+        let path = pin_dir.join(rel);
+        let r = if path.is_dir() {
+            std::fs::remove_dir(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match r {
+            Ok(()) => removed.push(rel.display().to_string()),
+            Err(e) => tracing::warn!("could not remove {}: {e}", path.display()),
+        }
+    }
+    if !before.existed && std::fs::remove_dir(pin_dir).is_ok() {
+        removed.push(pin_dir.display().to_string());
+    }
+    removed
 }
 
 /// The process holding a `flock` on the inode `ino`, from /proc/locks
@@ -340,25 +449,54 @@ fn attach_xdp(dp: &mut Dataplane, cfg: &Config, name: &str, iface: &str) -> Resu
         _ => dp.xdp()?,
     };
     if pin.exists() {
-        let link: FdLink = PinnedLink::from_pin(&pin)
-            .with_context(|| format!("opening pinned link {}", pin.display()))?
-            .into();
-        let link = XdpLink::try_from(link).context("pinned link is not an XDP link")?;
-        prog.attach_to_link(link)
-            .context("replacing the program of the pinned XDP link")?;
-        return Ok(Attached::Replaced);
+        // A link whose interface was deleted (and maybe made again) runs nowhere and cannot
+        // take a new program: it is unpinned and a new link made.
+        let defunct = super::attachments::link_facts(&pin).is_ok_and(|f| f.ifindex == 0);
+        if defunct {
+            tracing::info!(
+                %iface,
+                "the pinned XDP link {} is defunct (its interface was deleted); attaching anew",
+                pin.display()
+            );
+            std::fs::remove_file(&pin)
+                .with_context(|| format!("unpinning the defunct link {}", pin.display()))?;
+        } else {
+            let link: FdLink = PinnedLink::from_pin(&pin)
+                .with_context(|| format!("opening pinned link {}", pin.display()))?
+                .into();
+            let link = XdpLink::try_from(link).context("pinned link is not an XDP link")?;
+            prog.attach_to_link(link)
+                .context("replacing the program of the pinned XDP link")?;
+            return Ok(Attached::Replaced);
+        }
     }
     let (id, mode) = match cfg.xdp_mode {
         XdpModeSetting::Generic => (prog.attach(iface, XdpMode::Skb)?, "generic"),
         XdpModeSetting::Native => match prog.attach(iface, XdpMode::Driver) {
             Ok(id) => (id, "native"),
-            Err(e) => {
+            // Only a driver without XDP support says "not supported"; anything else (a
+            // program attached meanwhile, a missing interface) is an error of its own.
+            Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) => {
                 tracing::warn!(
                     %iface,
-                    "native XDP is not available ({e}); falling back to generic mode, which is \
-                     slower"
+                    "native XDP is not available: the driver does not support it ({e}: {}); \
+                     falling back to generic mode, which is slower",
+                    std::io::Error::from_raw_os_error(libc::EOPNOTSUPP)
                 );
                 (prog.attach(iface, XdpMode::Skb)?, "generic")
+            }
+            Err(e) => {
+                let held = super::host_check::links().ok().and_then(|ls| {
+                    ls.into_iter()
+                        .find(|l| l.name == iface)
+                        .and_then(|l| l.xdp.first().map(|p| p.id))
+                });
+                return Err(match held {
+                    Some(id) => anyhow::anyhow!(super::attachments::foreign_xdp_message(iface, id)),
+                    None => {
+                        anyhow::Error::new(e).context(format!("attaching XDP (native) to {iface}"))
+                    }
+                });
             }
         },
     };
@@ -368,6 +506,20 @@ fn attach_xdp(dp: &mut Dataplane, cfg: &Config, name: &str, iface: &str) -> Resu
     link.pin(&pin)
         .with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
     Ok(Attached::New { mode })
+}
+
+/// The OS error number somewhere in an error's chain of sources.
+fn errno(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(n) = io.raw_os_error()
+        {
+            return Some(n);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Attaches tc program `name` at `at` of `iface` with tcx, or swaps it into the link pinned

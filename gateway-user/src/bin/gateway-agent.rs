@@ -37,12 +37,15 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Remove the links (detaching the programs), program pins and map pins.
+    /// Remove the links (detaching the programs), program pins and map pins, also those of
+    /// deleted interfaces. Refused while an agent runs on the pin folder: stop it first.
     Detach {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Show attachments, the active policy generation and counters from pinned state.
+    /// Show whether an agent runs, each attachment (interface, native/generic XDP or tcx,
+    /// program ids; stale ones of deleted interfaces), the active policy generation and
+    /// counters, from pinned state.
     Status {
         #[arg(long, short)]
         config: PathBuf,
@@ -196,18 +199,7 @@ fn print_status(st: &serde_json::Value) {
     println!("map generation:     {}", st["local_generation"]);
     println!("principals:         {}", st["principals"]);
     println!("flows:              {}", st["flows"]);
-    let links: Vec<&str> = st["links"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
-        .unwrap_or_default();
-    println!(
-        "attachments:        {}",
-        if links.is_empty() {
-            "none".to_string()
-        } else {
-            links.join(", ")
-        }
-    );
+    print_attachments(st);
     print_host_checks(&st["host_checks"]);
     print_tunnel(&st["tunnel"]);
     println!("verdicts:");
@@ -217,6 +209,54 @@ fn print_status(st: &serde_json::Value) {
                 println!("  {k:<24} {n}");
             }
         }
+    }
+}
+
+/// `agent:` and one line per pinned link: hook, interface, mode or state, ids.
+fn print_attachments(st: &serde_json::Value) {
+    let atts = st["attachments"]
+        .as_array()
+        .map_or(&[][..], |a| a.as_slice());
+    let live = atts
+        .iter()
+        .any(|a| matches!(a["state"].as_str(), Some("attached" | "other_namespace")));
+    match (st["agent"]["pid"].as_u64(), live) {
+        (Some(pid), _) => println!("agent:              running (pid {pid})"),
+        (None, true) => {
+            println!("agent:              not running (programs keep enforcing from pins)")
+        }
+        (None, false) => println!("agent:              not running (no program attached)"),
+    }
+    if atts.is_empty() {
+        println!("attachments:        none");
+        return;
+    }
+    println!("attachments:");
+    for a in atts {
+        let what = match a["state"].as_str() {
+            Some("attached") => a["mode"].as_str().unwrap_or("?").to_string(),
+            Some("stale") => {
+                "stale: interface gone (`gateway-agent detach` removes it)".to_string()
+            }
+            Some("other_namespace") => {
+                "in another network namespace (run status where the agent runs)".to_string()
+            }
+            _ => format!("unreadable: {}", a["error"].as_str().unwrap_or("?")),
+        };
+        let ids = match (a["link_id"].as_u64(), a["program_id"].as_u64()) {
+            (Some(l), Some(p)) => format!(
+                "  link {l} program {p}{}",
+                a["program"]
+                    .as_str()
+                    .map_or(String::new(), |n| format!(" ({n})"))
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "  {:<12} {:<16} {what:<8}{ids}",
+            a["hook"].as_str().unwrap_or("?"),
+            a["interface"].as_str().unwrap_or("?")
+        );
     }
 }
 
