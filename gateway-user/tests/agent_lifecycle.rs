@@ -98,17 +98,25 @@ impl Lab {
                 .join(", ")
         };
         let path = self.tmp.join(file);
+        // `extra` may set its own log_file.
+        let log = if extra.contains("log_file") {
+            String::new()
+        } else {
+            format!(
+                "log_file = \"{}\"\n",
+                self.tmp.join("connections.jsonl").display()
+            )
+        };
         std::fs::write(
             &path,
             format!(
                 "role = \"connector\"\nname = \"conn\"\npolicy_file = \"{}\"\npin_dir = \"{}\"\n\
-                 xdp_interfaces = [{}]\ntc_egress_interfaces = [{}]\nlog_file = \"{}\"\n\
+                 xdp_interfaces = [{}]\ntc_egress_interfaces = [{}]\n{log}\
                  policy_poll_ms = 100\n{extra}",
                 self.tmp.join("policy.toml").display(),
                 self.pin.display(),
                 list(xdp),
                 list(tc),
-                self.tmp.join("connections.jsonl").display(),
             ),
         )
         .unwrap();
@@ -221,14 +229,16 @@ impl Lab {
     }
 }
 
-/// A free local TCP port on the connector, held by a listener while the returned value
-/// lives (so an agent configured to listen there fails to start after attaching).
-fn busy_port(conn: &NetNs) -> (std::net::TcpListener, String) {
-    let l = conn
-        .run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    (l, addr)
+/// A `log_file` setting the agent cannot open: its folder would be inside a regular file.
+/// The connection log is opened after the programs are attached, so a start with it fails
+/// after attaching.
+fn unopenable_log(tmp: &Path) -> String {
+    let blocker = tmp.join("not-a-folder");
+    std::fs::write(&blocker, b"").unwrap();
+    format!(
+        "log_file = \"{}\"\n",
+        blocker.join("connections.jsonl").display()
+    )
 }
 
 #[test]
@@ -285,17 +295,16 @@ fn failed_starts_say_why_and_leave_the_pins_as_they_were() {
     );
     lab.conn.run(|| noop.detach(foreign).unwrap()).unwrap();
 
-    // --- A start that fails after attaching (its metrics port is taken): everything it
-    // created goes, and nothing stays attached.
-    let (_held, port) = busy_port(&lab.conn);
-    let cfg = lab.config(
-        "port.toml",
-        &[&ca],
-        &[&ca],
-        &format!("metrics_listen = \"{port}\"\n"),
-    );
+    // --- A start that fails after attaching (its connection log cannot be opened):
+    // everything it created goes, and nothing stays attached.
+    let bad_log = unopenable_log(&lab.tmp);
+    let cfg = lab.config("log.toml", &[&ca], &[&ca], &bad_log);
     let err = lab.start_fails(&cfg);
-    assert!(err.contains("binding the metrics listener"), "{err}");
+    assert!(err.contains("not-a-folder"), "{err}");
+    assert!(
+        err.contains("attached xdp"),
+        "the failure came after attaching: {err}"
+    );
     assert!(err.contains("removed what it had created"), "{err}");
     assert_eq!(lab.pins(), None, "a failed fresh start left pins behind");
     assert!(!lab.link_text(&ca).contains("xdp"), "XDP left attached");
@@ -327,14 +336,9 @@ fn failed_starts_say_why_and_leave_the_pins_as_they_were() {
         Some(&state),
         "the pinned state changed"
     );
-    let cfg = lab.config(
-        "port2.toml",
-        &[&ca, &dm],
-        &[&ca],
-        &format!("metrics_listen = \"{port}\"\n"),
-    );
+    let cfg = lab.config("log2.toml", &[&ca, &dm], &[&ca], &bad_log);
     let err = lab.start_fails(&cfg);
-    assert!(err.contains("binding the metrics listener"), "{err}");
+    assert!(err.contains("not-a-folder"), "{err}");
     assert!(
         err.contains("native XDP is not available") && err.contains(&dm),
         "the bridge driver has no native XDP: {err}"
