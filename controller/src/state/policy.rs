@@ -18,6 +18,8 @@ use crate::store::{AgentChange, AgentRow, DELTA_HISTORY, HostUpdate};
 use crate::{Error, now_ms, now_unix, shown};
 
 pub mod explain;
+mod fields;
+mod locate;
 
 /// What policy reads need, swapped in after every commit.
 #[derive(Debug, Default)]
@@ -142,6 +144,16 @@ struct ObjectSpan {
     file: String,
 }
 
+/// What a change edits, for locating its errors.
+enum Edit<'a> {
+    /// The whole policy (its errors are located in the caller's file before).
+    Whole,
+    /// One object, from its own text.
+    Object(ObjectSpan),
+    /// One object deleted.
+    Delete(&'a Object),
+}
+
 impl State {
     /// Publishes what reads see (after a commit of objects).
     pub(super) fn publish(&self, g: &Inner) {
@@ -219,7 +231,7 @@ impl State {
         let before = g.objects.render();
         let after = new.render();
         let audit = ("apply_policy", "policy".to_string(), before, after);
-        self.change(&mut g, new, None, opts, audit, now)
+        self.change(&mut g, new, Edit::Whole, opts, audit, now)
     }
 
     /// Adds an object.
@@ -247,7 +259,7 @@ impl State {
         self.change(
             &mut g,
             new,
-            Some(span),
+            Edit::Object(span),
             opts,
             ("create_object", target, String::new(), after),
             now,
@@ -291,7 +303,7 @@ impl State {
         self.change(
             &mut g,
             new,
-            Some(span),
+            Edit::Object(span),
             opts,
             ("update_object", target, before, after),
             now,
@@ -311,14 +323,8 @@ impl State {
         let mut new = g.objects.clone();
         let removed = new.list.remove(index);
         let target = format!("{kind}:{name}");
-        self.change(
-            &mut g,
-            new,
-            None,
-            opts,
-            ("delete_object", target, removed.toml, String::new()),
-            now,
-        )
+        let audit = ("delete_object", target, removed.toml.clone(), String::new());
+        self.change(&mut g, new, Edit::Delete(&removed), opts, audit, now)
     }
 
     /// Recompiles every host when a grant has expired since the last compile.
@@ -359,12 +365,18 @@ impl State {
         &self,
         g: &mut Inner,
         new: Objects,
-        span: Option<ObjectSpan>,
+        edit: Edit<'_>,
         opts: &ChangeOpts,
         audit: (&str, String, String, String),
         now: i64,
     ) -> Result<Plan, Error> {
-        if audit.0 != "apply_policy" {
+        let (span, deleted) = match edit {
+            Edit::Whole => (None, None),
+            Edit::Object(s) => (Some(s), None),
+            Edit::Delete(o) => (None, Some(o)),
+        };
+        let action = audit.0;
+        if action != "apply_policy" {
             Self::refuse_if_broken(g)?;
         }
         if let Some(exp) = opts.expected_revision
@@ -377,27 +389,35 @@ impl State {
         }
         // What is validated is what is stored: the objects' canonical text. When an
         // object's own text was given, errors are located in that text instead.
-        let parsed = parse_policy(&new.render(), "policy.toml", now).map_err(|canonical| {
+        // Errors of an object-level change are located in objects, not in the rendered
+        // text (a file the admin does not have).
+        let parsed = parse_policy(&new.render(), locate::RENDERED, now).map_err(|canonical| {
+            if action == "apply_policy" {
+                return Error::InvalidArgument(diag_text(&canonical));
+            }
             let Some(s) = &span else {
-                return canonical;
+                return locate::in_objects(&new, None, canonical, deleted);
             };
             let (text, start) = new.render_with(Some((s.index, &s.text)));
             let lines = s.text.lines().count().max(1) as u32 + s.shift;
-            match parse_policy(&text, "policy.toml", now) {
-                Ok(_) => canonical,
-                Err(diags) => diags
-                    .into_iter()
-                    .map(|mut d| {
-                        if d.line >= start && d.line < start + lines {
-                            d.file = s.file.clone();
-                            d.line = (d.line - start + 1).saturating_sub(s.shift).max(1);
-                        }
-                        d
-                    })
-                    .collect(),
+            match parse_policy(&text, locate::RENDERED, now) {
+                Ok(_) => locate::in_objects(&new, None, canonical, deleted),
+                Err(diags) => {
+                    let diags = diags
+                        .into_iter()
+                        .map(|mut d| {
+                            if d.line >= start && d.line < start + lines {
+                                d.file = s.file.clone();
+                                d.line = (d.line - start + 1).saturating_sub(s.shift).max(1);
+                            }
+                            d
+                        })
+                        .collect();
+                    locate::in_objects(&new, Some((s.index, &s.text)), diags, deleted)
+                }
             }
         });
-        let parsed = parsed.map_err(|d| Error::InvalidArgument(diag_text(&d)))?;
+        let parsed = parsed?;
         let policy = parsed.policy;
         Self::refuse_taken_keys(g, &policy)?;
 
@@ -444,6 +464,11 @@ impl State {
                     kind,
                     name,
                     change,
+                    fields: if change == ChangeKind::Changed {
+                        fields::field_changes(&before, &after)
+                    } else {
+                        Vec::new()
+                    },
                     before,
                     after,
                 })
