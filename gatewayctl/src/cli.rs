@@ -108,7 +108,8 @@ pub enum Command {
     /// since the plan was computed (otherwise exit 1, nothing applied).
     ///
     /// JSON: `{"dry_run", "applied", "plan": {"base_revision", "new_revision",
-    /// "objects": [{"kind", "name", "change", "before", "after"}], "hosts": [{"host",
+    /// "objects": [{"kind", "name", "change", "before", "after", "fields": [{"field",
+    /// "before", "after", "element"}]}], "hosts": [{"host",
     /// "base_generation", "new_generation", "src"|"dst"|"rules"|"total": {"added",
     /// "changed", "removed"}, "metadata_changed", "connected_agents"}], "warnings"}}`.
     Apply {
@@ -122,7 +123,8 @@ pub enum Command {
     },
     /// Show one object as its TOML table.
     ///
-    /// JSON: `{"kind", "name", "toml", "revision"}`.
+    /// JSON: `{"kind", "name", "section", "fields", "toml", "revision"}`: `fields` is the
+    /// table as a JSON object, `section` its header (`allow`/`deny` for a grant).
     Get {
         /// remote-network, resource, user, device, service-account, group, grant, test.
         #[arg(value_name = "KIND", value_parser = kind_arg)]
@@ -135,7 +137,8 @@ pub enum Command {
     },
     /// List the objects of one kind (or all of them).
     ///
-    /// JSON: `{"revision", "objects": [{"kind", "name", "toml"}]}`.
+    /// JSON: `{"revision", "objects": [{"kind", "name", "section", "fields", "toml"}]}`
+    /// (as in `get`).
     List {
         /// remote-network, resource, user, device, service-account, group, grant, test
         /// (default: every kind).
@@ -326,6 +329,32 @@ pub enum Command {
         #[command(flatten)]
         output: OutputArg,
     },
+    /// Show what applying a policy file would change, without applying it.
+    ///
+    /// The controller plans the file against its live policy (a dry run of `apply`) and
+    /// the plan is printed, changed fields included. Exit codes differ from the other
+    /// commands, like diff(1): 0 no changes, 1 changes, 2 errors (an invalid policy, a
+    /// refused request, usage or I/O errors, an unreachable controller).
+    ///
+    /// JSON: `{"changes", "plan": {...}}` (the plan as in `apply --help`).
+    Diff {
+        /// Policy file (TOML).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Print the controller's live policy as a TOML file that `apply` takes back
+    /// unchanged (applying it plans no changes).
+    ///
+    /// The objects are written in policy order, each as its table; comments of the
+    /// files applied earlier are not kept (the controller stores the objects, not the
+    /// files' text). The first lines are a comment naming the revision.
+    Export {
+        /// Write to FILE instead of stdout (replaced atomically).
+        #[arg(long = "out", short = 'o', value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 fn kind_arg(s: &str) -> Result<ObjectKind, String> {
@@ -458,7 +487,9 @@ pub fn remote_output(c: &Command) -> Option<Output> {
             | Command::RevokeAgent { output, .. }
             | Command::Login { output, .. }
             | Command::Whoami { output }
-            | Command::EnrollToken { output, .. } => output,
+            | Command::EnrollToken { output, .. }
+            | Command::Diff { output, .. } => output,
+            Command::Export { .. } => return Some(Output::Text),
         }
         .output,
     )

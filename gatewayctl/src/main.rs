@@ -170,6 +170,8 @@ async fn remote(access: &connect::Access, command: Command) -> R<()> {
         Command::EnrollToken { host, ttl, output } => {
             cmd::agents::enroll_token(&ctl, &host, ttl, output.output).await
         }
+        Command::Diff { file, output } => cmd::diff::diff(&ctl, &file, output.output).await,
+        Command::Export { out } => cmd::export::export(&ctl, out.as_deref()).await,
     }
 }
 
@@ -211,9 +213,15 @@ fn run(cli: Cli) -> R<()> {
                 api_key: cli.api_key.clone(),
                 ca: cli.ca.clone(),
             };
+            let diff = matches!(command, Command::Diff { .. });
             let r = rt.block_on(remote(&access, command));
+            // `diff`: 1 means changes, so every error exits 2.
+            let r = if diff { r.map_err(cmd::diff::error) } else { r };
             // Scripts reading `--output json` get a JSON document on failure too.
-            if json && let Err(f) = &r {
+            if json
+                && let Err(f) = &r
+                && f.reported()
+            {
                 print_json(&f.json());
             }
             r
