@@ -347,9 +347,11 @@ pub enum Command {
     /// Print the controller's live policy as a TOML file that `apply` takes back
     /// unchanged (applying it plans no changes).
     ///
-    /// The objects are written in policy order, each as its table; comments of the
-    /// files applied earlier are not kept (the controller stores the objects, not the
-    /// files' text). The first lines are a comment naming the revision.
+    /// The objects are written in policy order. The comments of the last applied file
+    /// are kept: those above each object, and those inside an object's table while the
+    /// object is unchanged since; an object created or edited since (`create`, `update`)
+    /// is written as its canonical table. The first lines are a comment naming the
+    /// revision.
     Export {
         /// Write to FILE instead of stdout (replaced atomically).
         #[arg(long = "out", short = 'o', value_name = "FILE")]

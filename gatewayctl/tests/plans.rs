@@ -72,7 +72,8 @@ impl Controller {
         self.dir.path().join(name)
     }
 
-    async fn stop(mut self) {
+    /// Stops the controller; its database stays (in the returned folder).
+    async fn stop(mut self) -> tempfile::TempDir {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -84,6 +85,8 @@ impl Controller {
                 .unwrap()
                 .unwrap();
         }
+        let Controller { dir, .. } = self;
+        dir
     }
 }
 
@@ -317,6 +320,17 @@ async fn export_round_trips_through_apply() {
         text.contains("carol@example.com") && text.contains("8443"),
         "{text}"
     );
+    // The applied file's comments: its header, the comments above objects (also above
+    // the edited `web`, whose table is regenerated), and the untouched tables as written.
+    for kept in [
+        "# The policy of `cargo xtask demo`",
+        "# ---------------------------------------------------------------- resources\n\
+         [[resource]]\naddress = \"198.18.1.5\"\nicmp = true\nname = \"web\"",
+        "# Deny wins over any allow, present or future.\n[[deny]]\nname = \"contractors-no-db\"",
+        "[[resource]]\nname = \"db\"\nnetwork = \"corp\"",
+    ] {
+        assert!(text.contains(kept), "`{kept}` missing from:\n{text}");
+    }
     // -o FILE writes the same text.
     let path = c.path("exported.toml");
     let p = path.display().to_string();
@@ -350,7 +364,14 @@ async fn export_round_trips_through_apply() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert!(Path::new(&p).exists());
-    c.stop().await;
+
+    // The comments are stored: a restarted controller hands out the same text.
+    let dir = c.stop().await;
+    let state = controller::State::open(&dir.path().join("controller.db"), 30).unwrap();
+    let (again, rev) = state.policy();
+    assert_eq!(rev, 3);
+    assert!(text.ends_with(&again), "{again}");
+    assert!(again.contains("# Deny wins over any allow"), "{again}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

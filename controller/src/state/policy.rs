@@ -18,6 +18,7 @@ use crate::store::{AgentChange, AgentRow, DELTA_HISTORY, HostUpdate};
 use crate::{Error, now_ms, now_unix, shown};
 
 pub mod explain;
+mod export;
 mod fields;
 mod locate;
 
@@ -25,10 +26,31 @@ mod locate;
 #[derive(Debug, Default)]
 pub(super) struct Snapshot {
     pub(super) objects: Objects,
+    /// The policy text handed out: the objects with the comments of the last applied
+    /// file where they still hold ([`export::text`]).
     pub(super) text: String,
+    /// The text of the last applied file.
+    pub(super) applied: Option<Arc<String>>,
     pub(super) revision: u64,
     /// Why the stored policy does not load, when it does not.
     pub(super) broken: Option<String>,
+}
+
+impl Snapshot {
+    pub(super) fn new(
+        objects: Objects,
+        applied: Option<Arc<String>>,
+        revision: u64,
+        broken: Option<String>,
+    ) -> Snapshot {
+        Snapshot {
+            text: export::text(&objects, applied.as_deref().map(String::as_str)),
+            objects,
+            applied,
+            revision,
+            broken,
+        }
+    }
 }
 
 /// A planned (or committed) host change.
@@ -157,12 +179,18 @@ enum Edit<'a> {
 impl State {
     /// Publishes what reads see (after a commit of objects).
     pub(super) fn publish(&self, g: &Inner) {
-        let snap = Arc::new(Snapshot {
-            objects: g.objects.clone(),
-            text: g.objects.render(),
-            revision: g.revision,
-            broken: g.broken.clone(),
-        });
+        let applied = self.snap().applied.clone();
+        self.publish_with(g, applied);
+    }
+
+    /// Publishes what reads see, with `applied` as the text of the last applied file.
+    fn publish_with(&self, g: &Inner, applied: Option<Arc<String>>) {
+        let snap = Arc::new(Snapshot::new(
+            g.objects.clone(),
+            applied,
+            g.revision,
+            g.broken.clone(),
+        ));
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snap;
     }
 
@@ -231,7 +259,16 @@ impl State {
         let before = g.objects.render();
         let after = new.render();
         let audit = ("apply_policy", "policy".to_string(), before, after);
-        self.change(&mut g, new, Edit::Whole, opts, audit, now)
+        let plan = self.change(&mut g, new, Edit::Whole, opts, audit, now)?;
+        if !opts.dry_run {
+            // Kept for the comments of what is handed out (GetPolicy, export); a failure
+            // here loses comments only, never objects.
+            if let Err(e) = g.store.set_applied_text(text) {
+                tracing::warn!(error = %e, "the applied policy's text was not stored:                     exports lose its comments");
+            }
+            self.publish_with(&g, Some(Arc::new(text.to_string())));
+        }
+        Ok(plan)
     }
 
     /// Adds an object.

@@ -1,5 +1,6 @@
 //! `export [-o FILE]`: the controller's live policy as a TOML file `apply` takes back
-//! with an empty plan.
+//! with an empty plan, with the comments of the last applied file where they still hold
+//! (the controller's GetPolicy text).
 
 use std::io::Write as _;
 use std::path::Path;
@@ -13,7 +14,7 @@ use crate::fail::{Fail, R};
 fn exported(policy: &str, revision: u64) -> String {
     let mut s = format!(
         "# The policy of the controller at revision {revision}, exported by `gatewayctl export`.\n\
-         # Apply it back with `gatewayctl apply FILE`. Comments of files applied before are not kept.\n"
+         # Apply it back with `gatewayctl apply FILE`.\n"
     );
     if !policy.is_empty() {
         s.push('\n');
