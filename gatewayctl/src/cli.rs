@@ -26,7 +26,8 @@ use crate::output::Output;
         object per line; on failure `{\"error\": {\"message\", \"exit_code\", \"diagnostics\"?}}`).\n\n\
         Exit codes: 0 success; 1 policy errors, failing tests, or a request the controller \
         refused (invalid policy, not found, already exists, concurrent change, declined \
-        confirmation); 2 usage or I/O errors (including an unreachable controller).",
+        confirmation); 2 usage or I/O errors (including an unreachable controller). `diff` \
+        differs, like diff(1): 0 no changes, 1 changes, 2 any error.",
     propagate_version = true
 )]
 pub struct Cli {
@@ -101,8 +102,9 @@ pub enum Command {
     ///
     /// The controller validates the whole file (errors are printed located,
     /// `file:line:col: error: ...`, exit 1) and plans the change: objects added, changed
-    /// and removed, and per affected host the entries added/changed/removed and its new
-    /// generation. The plan is shown, then "Apply these changes? [y/N]" is asked on a
+    /// and removed (for a changed one, each field that changed: `~ resource web: tcp +
+    /// "8443"`, `- "22"` for a list element removed, `"a" -> "b"` for a value), and per
+    /// affected host the entries added/changed/removed and its new generation. The plan is shown, then "Apply these changes? [y/N]" is asked on a
     /// terminal (`--yes` skips the question; without a terminal and without `--yes` the
     /// command refuses, exit 2). The change is applied only if nobody changed the policy
     /// since the plan was computed (otherwise exit 1, nothing applied).

@@ -1,7 +1,7 @@
 //! `gatewayctl`: the admin CLI. Offline policy commands (`policy check|explain|compile|
 //! nft|schema`) and remote commands against a controller's Admin gRPC API (`apply`,
 //! `get`, `list`, `create`, `update`, `delete`, `explain`, `events`, `audit`, `agents`,
-//! `enroll-token`, `keys`, `revoke-agent`, `login`, `whoami`).
+//! `enroll-token`, `keys`, `revoke-agent`, `login`, `whoami`, `diff`, `export`).
 //!
 //! Layout: `cli.rs` holds the clap definitions, `cmd/` one module per command group
 //! (`cmd/policy.rs` the offline ones), `connect.rs` the channel, TLS and credential
@@ -12,6 +12,7 @@
 //! controller refused the request (invalid policy, not found, already exists, a
 //! concurrent change, a declined confirmation); 2 usage or I/O errors (bad arguments,
 //! unreadable files, unknown hosts, an unreachable controller, no terminal to confirm on).
+//! `diff` alone, like diff(1): 0 no changes, 1 changes, 2 any error.
 
 mod cli;
 mod cmd;
