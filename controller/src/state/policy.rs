@@ -26,11 +26,13 @@ mod locate;
 #[derive(Debug, Default)]
 pub(super) struct Snapshot {
     pub(super) objects: Objects,
-    /// The policy text handed out: the objects with the comments of the last applied
-    /// file where they still hold ([`export::text`]).
+    /// The objects' canonical text.
     pub(super) text: String,
     /// The text of the last applied file.
     pub(super) applied: Option<Arc<String>>,
+    /// The policy text handed out (GetPolicy): the objects with the comments of the last
+    /// applied file where they still hold ([`export::text`]), made on the first read.
+    pub(super) exported: std::sync::OnceLock<String>,
     pub(super) revision: u64,
     /// Why the stored policy does not load, when it does not.
     pub(super) broken: Option<String>,
@@ -44,9 +46,10 @@ impl Snapshot {
         broken: Option<String>,
     ) -> Snapshot {
         Snapshot {
-            text: export::text(&objects, applied.as_deref().map(String::as_str)),
+            text: objects.render(),
             objects,
             applied,
+            exported: std::sync::OnceLock::new(),
             revision,
             broken,
         }
@@ -216,10 +219,14 @@ impl State {
 
     // -------------------------------------------------------------- policy
 
-    /// The policy text and revision.
+    /// The policy text (with the comments of the last applied file where they still
+    /// hold; applying it back changes nothing) and revision.
     pub fn policy(&self) -> (String, u64) {
         let s = self.snap();
-        (s.text.clone(), s.revision)
+        let text = s
+            .exported
+            .get_or_init(|| export::text(&s.objects, s.applied.as_deref().map(String::as_str)));
+        (text.clone(), s.revision)
     }
 
     pub fn revision(&self) -> u64 {
