@@ -20,7 +20,7 @@ pub use agents::{
 pub use audit::{AuditEntry, AuditRecord, AuditVerification, GENESIS_HASH};
 pub use events::{ConnectionEvent, EventFilter, EventRecord};
 pub use policy::{
-    Assertion, ChangeKind, ChangeOpts, Consideration, EntryCounts, Explanation, HostChange,
-    ObjectChange, Plan, TestOutcome, TestReport,
+    Assertion, ChangeKind, ChangeOpts, Consideration, EntryCounts, Explanation, FieldChange,
+    HostChange, ObjectChange, Plan, TestOutcome, TestReport,
 };
 pub use security::{AdminUserInfo, ApiKeyInfo, Session};

@@ -126,25 +126,41 @@ impl Objects {
     /// The policy text, with object `replace` (index) rendered from the given text
     /// instead; returns the text and the first line (1-based) of that object's block.
     pub fn render_with(&self, replace: Option<(usize, &str)>) -> (String, u32) {
+        let (s, starts) = self.render_lines(replace);
+        let line = replace
+            .and_then(|(r, _)| starts.get(r).copied())
+            .unwrap_or(0);
+        (s, line)
+    }
+
+    /// The policy text as [`Objects::render_with`], and the first line (1-based) of
+    /// every object's block in it.
+    pub fn render_lines(&self, replace: Option<(usize, &str)>) -> (String, Vec<u32>) {
         let mut s = String::new();
-        let mut line = 0;
+        let mut starts = Vec::with_capacity(self.list.len());
+        let mut lines = 0u32;
         for (i, o) in self.list.iter().enumerate() {
             if !s.is_empty() {
                 s.push('\n');
+                lines += 1;
             }
+            starts.push(lines + 1);
             let text = match replace {
-                Some((r, t)) if r == i => {
-                    line = s.matches('\n').count() as u32 + 1;
-                    t
-                }
+                Some((r, t)) if r == i => t,
                 _ => o.toml.as_str(),
             };
             s.push_str(text);
             if !s.ends_with('\n') {
                 s.push('\n');
             }
+            lines += text.matches('\n').count() as u32 + u32::from(!text.ends_with('\n'));
         }
-        (s, line)
+        (s, starts)
+    }
+
+    /// The index of the object whose block holds `line` of [`Objects::render_lines`].
+    pub fn at_line(starts: &[u32], line: u32) -> Option<usize> {
+        starts.iter().rposition(|&s| s <= line)
     }
 
     pub fn by_key(&self) -> BTreeMap<(Kind, String), &Object> {

@@ -206,12 +206,13 @@ impl State {
             .collect();
         let creds = security::Creds::new(loaded.api_keys, loaded.users);
         let (events, _) = broadcast::channel(4096);
-        let snapshot = Snapshot {
-            text: loaded.objects.render(),
-            objects: loaded.objects.clone(),
-            revision: loaded.revision,
-            broken: broken.clone(),
-        };
+        let applied = store.applied_text()?.map(Arc::new);
+        let snapshot = Snapshot::new(
+            loaded.objects.clone(),
+            applied,
+            loaded.revision,
+            broken.clone(),
+        );
         let state = State {
             inner: Mutex::new(Inner {
                 store,

@@ -12,8 +12,8 @@ use crate::auth::Role;
 use crate::model::{
     AdminUserInfo, AgentCredential, AgentInfo, ApiKeyInfo, Assertion, AuditRecord,
     AuditVerification, ChangeKind, ConnectionEvent, Consideration, Enrollment, EnrollmentToken,
-    EntryCounts, EventFilter, EventRecord, Explanation, HostChange, ObjectChange, Plan, Session,
-    TestOutcome, TestReport, ViewDelta, ViewUpdate, WatchUpdate,
+    EntryCounts, EventFilter, EventRecord, Explanation, FieldChange, HostChange, ObjectChange,
+    Plan, Session, TestOutcome, TestReport, ViewDelta, ViewUpdate, WatchUpdate,
 };
 use crate::objects::{Kind, Object};
 
@@ -112,6 +112,18 @@ impl From<ObjectChange> for v1::ObjectChange {
             change: v1::ChangeKind::from(c.change) as i32,
             before: c.before,
             after: c.after,
+            fields: c.fields.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<FieldChange> for v1::FieldChange {
+    fn from(f: FieldChange) -> Self {
+        v1::FieldChange {
+            field: f.field,
+            before: f.before,
+            after: f.after,
+            element: f.element,
         }
     }
 }

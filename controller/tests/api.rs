@@ -254,7 +254,7 @@ async fn crud_not_found_invalid_argument() {
         e.message()
     );
     assert!(e.message().contains("nowhere"), "{}", e.message());
-    // Deleting a resource a grant uses: located in the policy text, nothing changes.
+    // Deleting a resource a grant uses: who uses it, located in objects; nothing changes.
     let e = admin
         .delete_object(v1::DeleteObjectRequest {
             kind: v1::ObjectKind::Resource as i32,
@@ -266,7 +266,9 @@ async fn crud_not_found_invalid_argument() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(
-        e.message().contains("policy.toml:") && e.message().contains("web"),
+        e.message().contains("resource web is used by grant ")
+            && e.message().contains("change or delete those first")
+            && !e.message().contains("policy.toml:"),
         "{}",
         e.message()
     );

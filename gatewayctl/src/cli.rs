@@ -26,7 +26,8 @@ use crate::output::Output;
         object per line; on failure `{\"error\": {\"message\", \"exit_code\", \"diagnostics\"?}}`).\n\n\
         Exit codes: 0 success; 1 policy errors, failing tests, or a request the controller \
         refused (invalid policy, not found, already exists, concurrent change, declined \
-        confirmation); 2 usage or I/O errors (including an unreachable controller).",
+        confirmation); 2 usage or I/O errors (including an unreachable controller). `diff` \
+        differs, like diff(1): 0 no changes, 1 changes, 2 any error.",
     propagate_version = true
 )]
 pub struct Cli {
@@ -101,14 +102,16 @@ pub enum Command {
     ///
     /// The controller validates the whole file (errors are printed located,
     /// `file:line:col: error: ...`, exit 1) and plans the change: objects added, changed
-    /// and removed, and per affected host the entries added/changed/removed and its new
-    /// generation. The plan is shown, then "Apply these changes? [y/N]" is asked on a
+    /// and removed (for a changed one, each field that changed: `~ resource web: tcp +
+    /// "8443"`, `- "22"` for a list element removed, `"a" -> "b"` for a value), and per
+    /// affected host the entries added/changed/removed and its new generation. The plan is shown, then "Apply these changes? [y/N]" is asked on a
     /// terminal (`--yes` skips the question; without a terminal and without `--yes` the
     /// command refuses, exit 2). The change is applied only if nobody changed the policy
     /// since the plan was computed (otherwise exit 1, nothing applied).
     ///
     /// JSON: `{"dry_run", "applied", "plan": {"base_revision", "new_revision",
-    /// "objects": [{"kind", "name", "change", "before", "after"}], "hosts": [{"host",
+    /// "objects": [{"kind", "name", "change", "before", "after", "fields": [{"field",
+    /// "before", "after", "element"}]}], "hosts": [{"host",
     /// "base_generation", "new_generation", "src"|"dst"|"rules"|"total": {"added",
     /// "changed", "removed"}, "metadata_changed", "connected_agents"}], "warnings"}}`.
     Apply {
@@ -122,7 +125,8 @@ pub enum Command {
     },
     /// Show one object as its TOML table.
     ///
-    /// JSON: `{"kind", "name", "toml", "revision"}`.
+    /// JSON: `{"kind", "name", "section", "fields", "toml", "revision"}`: `fields` is the
+    /// table as a JSON object, `section` its header (`allow`/`deny` for a grant).
     Get {
         /// remote-network, resource, user, device, service-account, group, grant, test.
         #[arg(value_name = "KIND", value_parser = kind_arg)]
@@ -135,7 +139,8 @@ pub enum Command {
     },
     /// List the objects of one kind (or all of them).
     ///
-    /// JSON: `{"revision", "objects": [{"kind", "name", "toml"}]}`.
+    /// JSON: `{"revision", "objects": [{"kind", "name", "section", "fields", "toml"}]}`
+    /// (as in `get`).
     List {
         /// remote-network, resource, user, device, service-account, group, grant, test
         /// (default: every kind).
@@ -326,6 +331,34 @@ pub enum Command {
         #[command(flatten)]
         output: OutputArg,
     },
+    /// Show what applying a policy file would change, without applying it.
+    ///
+    /// The controller plans the file against its live policy (a dry run of `apply`) and
+    /// the plan is printed, changed fields included. Exit codes differ from the other
+    /// commands, like diff(1): 0 no changes, 1 changes, 2 errors (an invalid policy, a
+    /// refused request, usage or I/O errors, an unreachable controller).
+    ///
+    /// JSON: `{"changes", "plan": {...}}` (the plan as in `apply --help`).
+    Diff {
+        /// Policy file (TOML).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Print the controller's live policy as a TOML file that `apply` takes back
+    /// unchanged (applying it plans no changes).
+    ///
+    /// The objects are written in policy order. The comments of the last applied file
+    /// are kept: those above each object, and those inside an object's table while the
+    /// object is unchanged since; an object created or edited since (`create`, `update`)
+    /// is written as its canonical table. The first lines are a comment naming the
+    /// revision.
+    Export {
+        /// Write to FILE instead of stdout (replaced atomically).
+        #[arg(long = "out", short = 'o', value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 fn kind_arg(s: &str) -> Result<ObjectKind, String> {
@@ -458,7 +491,9 @@ pub fn remote_output(c: &Command) -> Option<Output> {
             | Command::RevokeAgent { output, .. }
             | Command::Login { output, .. }
             | Command::Whoami { output }
-            | Command::EnrollToken { output, .. } => output,
+            | Command::EnrollToken { output, .. }
+            | Command::Diff { output, .. } => output,
+            Command::Export { .. } => return Some(Output::Text),
         }
         .output,
     )

@@ -1,7 +1,7 @@
 //! `gatewayctl`: the admin CLI. Offline policy commands (`policy check|explain|compile|
 //! nft|schema`) and remote commands against a controller's Admin gRPC API (`apply`,
 //! `get`, `list`, `create`, `update`, `delete`, `explain`, `events`, `audit`, `agents`,
-//! `enroll-token`, `keys`, `revoke-agent`, `login`, `whoami`).
+//! `enroll-token`, `keys`, `revoke-agent`, `login`, `whoami`, `diff`, `export`).
 //!
 //! Layout: `cli.rs` holds the clap definitions, `cmd/` one module per command group
 //! (`cmd/policy.rs` the offline ones), `connect.rs` the channel, TLS and credential
@@ -12,6 +12,7 @@
 //! controller refused the request (invalid policy, not found, already exists, a
 //! concurrent change, a declined confirmation); 2 usage or I/O errors (bad arguments,
 //! unreadable files, unknown hosts, an unreachable controller, no terminal to confirm on).
+//! `diff` alone, like diff(1): 0 no changes, 1 changes, 2 any error.
 
 mod cli;
 mod cmd;
@@ -170,6 +171,8 @@ async fn remote(access: &connect::Access, command: Command) -> R<()> {
         Command::EnrollToken { host, ttl, output } => {
             cmd::agents::enroll_token(&ctl, &host, ttl, output.output).await
         }
+        Command::Diff { file, output } => cmd::diff::diff(&ctl, &file, output.output).await,
+        Command::Export { out } => cmd::export::export(&ctl, out.as_deref()).await,
     }
 }
 
@@ -211,9 +214,15 @@ fn run(cli: Cli) -> R<()> {
                 api_key: cli.api_key.clone(),
                 ca: cli.ca.clone(),
             };
+            let diff = matches!(command, Command::Diff { .. });
             let r = rt.block_on(remote(&access, command));
+            // `diff`: 1 means changes, so every error exits 2.
+            let r = if diff { r.map_err(cmd::diff::error) } else { r };
             // Scripts reading `--output json` get a JSON document on failure too.
-            if json && let Err(f) = &r {
+            if json
+                && let Err(f) = &r
+                && f.reported()
+            {
                 print_json(&f.json());
             }
             r

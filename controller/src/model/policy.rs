@@ -40,6 +40,18 @@ pub struct ObjectChange {
     pub change: ChangeKind,
     pub before: String,
     pub after: String,
+    /// For a changed object: its fields that changed.
+    pub fields: Vec<FieldChange>,
+}
+
+/// One field of a changed object: TOML values before and after (empty when absent); a
+/// list of plain values changes by `element`s added (`after`) and removed (`before`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldChange {
+    pub field: String,
+    pub before: String,
+    pub after: String,
+    pub element: bool,
 }
 
 /// Entries of one map of a view added, changed and removed.

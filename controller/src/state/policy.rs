@@ -18,15 +18,42 @@ use crate::store::{AgentChange, AgentRow, DELTA_HISTORY, HostUpdate};
 use crate::{Error, now_ms, now_unix, shown};
 
 pub mod explain;
+mod export;
+mod fields;
+mod locate;
 
 /// What policy reads need, swapped in after every commit.
 #[derive(Debug, Default)]
 pub(super) struct Snapshot {
     pub(super) objects: Objects,
+    /// The objects' canonical text.
     pub(super) text: String,
+    /// The text of the last applied file.
+    pub(super) applied: Option<Arc<String>>,
+    /// The policy text handed out (GetPolicy): the objects with the comments of the last
+    /// applied file where they still hold ([`export::text`]), made on the first read.
+    pub(super) exported: std::sync::OnceLock<String>,
     pub(super) revision: u64,
     /// Why the stored policy does not load, when it does not.
     pub(super) broken: Option<String>,
+}
+
+impl Snapshot {
+    pub(super) fn new(
+        objects: Objects,
+        applied: Option<Arc<String>>,
+        revision: u64,
+        broken: Option<String>,
+    ) -> Snapshot {
+        Snapshot {
+            text: objects.render(),
+            objects,
+            applied,
+            exported: std::sync::OnceLock::new(),
+            revision,
+            broken,
+        }
+    }
 }
 
 /// A planned (or committed) host change.
@@ -142,15 +169,31 @@ struct ObjectSpan {
     file: String,
 }
 
+/// What a change edits, for locating its errors.
+enum Edit<'a> {
+    /// The whole policy (its errors are located in the caller's file before).
+    Whole,
+    /// One object, from its own text.
+    Object(ObjectSpan),
+    /// One object deleted.
+    Delete(&'a Object),
+}
+
 impl State {
     /// Publishes what reads see (after a commit of objects).
     pub(super) fn publish(&self, g: &Inner) {
-        let snap = Arc::new(Snapshot {
-            objects: g.objects.clone(),
-            text: g.objects.render(),
-            revision: g.revision,
-            broken: g.broken.clone(),
-        });
+        let applied = self.snap().applied.clone();
+        self.publish_with(g, applied);
+    }
+
+    /// Publishes what reads see, with `applied` as the text of the last applied file.
+    fn publish_with(&self, g: &Inner, applied: Option<Arc<String>>) {
+        let snap = Arc::new(Snapshot::new(
+            g.objects.clone(),
+            applied,
+            g.revision,
+            g.broken.clone(),
+        ));
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snap;
     }
 
@@ -176,10 +219,14 @@ impl State {
 
     // -------------------------------------------------------------- policy
 
-    /// The policy text and revision.
+    /// The policy text (with the comments of the last applied file where they still
+    /// hold; applying it back changes nothing) and revision.
     pub fn policy(&self) -> (String, u64) {
         let s = self.snap();
-        (s.text.clone(), s.revision)
+        let text = s
+            .exported
+            .get_or_init(|| export::text(&s.objects, s.applied.as_deref().map(String::as_str)));
+        (text.clone(), s.revision)
     }
 
     pub fn revision(&self) -> u64 {
@@ -219,7 +266,16 @@ impl State {
         let before = g.objects.render();
         let after = new.render();
         let audit = ("apply_policy", "policy".to_string(), before, after);
-        self.change(&mut g, new, None, opts, audit, now)
+        let plan = self.change(&mut g, new, Edit::Whole, opts, audit, now)?;
+        if !opts.dry_run {
+            // Kept for the comments of what is handed out (GetPolicy, export); a failure
+            // here loses comments only, never objects.
+            if let Err(e) = g.store.set_applied_text(text) {
+                tracing::warn!(error = %e, "the applied policy's text was not stored:                     exports lose its comments");
+            }
+            self.publish_with(&g, Some(Arc::new(text.to_string())));
+        }
+        Ok(plan)
     }
 
     /// Adds an object.
@@ -247,7 +303,7 @@ impl State {
         self.change(
             &mut g,
             new,
-            Some(span),
+            Edit::Object(span),
             opts,
             ("create_object", target, String::new(), after),
             now,
@@ -291,7 +347,7 @@ impl State {
         self.change(
             &mut g,
             new,
-            Some(span),
+            Edit::Object(span),
             opts,
             ("update_object", target, before, after),
             now,
@@ -311,14 +367,8 @@ impl State {
         let mut new = g.objects.clone();
         let removed = new.list.remove(index);
         let target = format!("{kind}:{name}");
-        self.change(
-            &mut g,
-            new,
-            None,
-            opts,
-            ("delete_object", target, removed.toml, String::new()),
-            now,
-        )
+        let audit = ("delete_object", target, removed.toml.clone(), String::new());
+        self.change(&mut g, new, Edit::Delete(&removed), opts, audit, now)
     }
 
     /// Recompiles every host when a grant has expired since the last compile.
@@ -359,12 +409,18 @@ impl State {
         &self,
         g: &mut Inner,
         new: Objects,
-        span: Option<ObjectSpan>,
+        edit: Edit<'_>,
         opts: &ChangeOpts,
         audit: (&str, String, String, String),
         now: i64,
     ) -> Result<Plan, Error> {
-        if audit.0 != "apply_policy" {
+        let (span, deleted) = match edit {
+            Edit::Whole => (None, None),
+            Edit::Object(s) => (Some(s), None),
+            Edit::Delete(o) => (None, Some(o)),
+        };
+        let action = audit.0;
+        if action != "apply_policy" {
             Self::refuse_if_broken(g)?;
         }
         if let Some(exp) = opts.expected_revision
@@ -377,27 +433,35 @@ impl State {
         }
         // What is validated is what is stored: the objects' canonical text. When an
         // object's own text was given, errors are located in that text instead.
-        let parsed = parse_policy(&new.render(), "policy.toml", now).map_err(|canonical| {
+        // Errors of an object-level change are located in objects, not in the rendered
+        // text (a file the admin does not have).
+        let parsed = parse_policy(&new.render(), locate::RENDERED, now).map_err(|canonical| {
+            if action == "apply_policy" {
+                return Error::InvalidArgument(diag_text(&canonical));
+            }
             let Some(s) = &span else {
-                return canonical;
+                return locate::in_objects(&new, None, canonical, deleted);
             };
             let (text, start) = new.render_with(Some((s.index, &s.text)));
             let lines = s.text.lines().count().max(1) as u32 + s.shift;
-            match parse_policy(&text, "policy.toml", now) {
-                Ok(_) => canonical,
-                Err(diags) => diags
-                    .into_iter()
-                    .map(|mut d| {
-                        if d.line >= start && d.line < start + lines {
-                            d.file = s.file.clone();
-                            d.line = (d.line - start + 1).saturating_sub(s.shift).max(1);
-                        }
-                        d
-                    })
-                    .collect(),
+            match parse_policy(&text, locate::RENDERED, now) {
+                Ok(_) => locate::in_objects(&new, None, canonical, deleted),
+                Err(diags) => {
+                    let diags = diags
+                        .into_iter()
+                        .map(|mut d| {
+                            if d.line >= start && d.line < start + lines {
+                                d.file = s.file.clone();
+                                d.line = (d.line - start + 1).saturating_sub(s.shift).max(1);
+                            }
+                            d
+                        })
+                        .collect();
+                    locate::in_objects(&new, Some((s.index, &s.text)), diags, deleted)
+                }
             }
         });
-        let parsed = parsed.map_err(|d| Error::InvalidArgument(diag_text(&d)))?;
+        let parsed = parsed?;
         let policy = parsed.policy;
         Self::refuse_taken_keys(g, &policy)?;
 
@@ -444,6 +508,11 @@ impl State {
                     kind,
                     name,
                     change,
+                    fields: if change == ChangeKind::Changed {
+                        fields::field_changes(&before, &after)
+                    } else {
+                        Vec::new()
+                    },
                     before,
                     after,
                 })

@@ -167,4 +167,28 @@ impl Store {
         }
         tx.commit().map_err(db)
     }
+
+    /// The text of the last applied policy file (for its comments), if one was stored.
+    pub fn applied_text(&self) -> Result<Option<String>, Error> {
+        self.conn
+            .query_row(
+                "SELECT value FROM meta_text WHERE key = 'applied_policy'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    /// Stores the text of an applied policy file.
+    pub fn set_applied_text(&mut self, text: &str) -> Result<(), Error> {
+        self.conn
+            .execute(
+                "INSERT INTO meta_text (key, value) VALUES ('applied_policy', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [text],
+            )
+            .map(|_| ())
+            .map_err(db)
+    }
 }

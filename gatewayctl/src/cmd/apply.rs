@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::read_file;
 use crate::connect::Ctl;
 use crate::fail::{Fail, R};
-use crate::output::{Output, plural, print_json};
+use crate::output::{Output, field_lines, fields_json, plural, print_json};
 
 fn change_name(c: i32) -> &'static str {
     match v1::ChangeKind::try_from(c) {
@@ -41,6 +41,7 @@ pub fn plan_json(p: &v1::Plan) -> Value {
             "change": change_name(o.change),
             "before": o.before,
             "after": o.after,
+            "fields": fields_json(&o.fields),
         })).collect::<Vec<_>>(),
         "hosts": p.hosts.iter().map(|h| json!({
             "host": h.host,
@@ -58,7 +59,7 @@ pub fn plan_json(p: &v1::Plan) -> Value {
     })
 }
 
-fn plan_is_empty(p: &v1::Plan) -> bool {
+pub fn plan_is_empty(p: &v1::Plan) -> bool {
     p.objects.is_empty() && p.hosts.is_empty() && p.new_revision == p.base_revision
 }
 
@@ -114,6 +115,19 @@ pub fn plan_text(p: &v1::Plan) -> String {
             s.push_str("  ");
             s.push_str(l);
             s.push('\n');
+        }
+        let fields: Vec<String> = p
+            .objects
+            .iter()
+            .flat_map(|o| field_lines(kind_name(o.kind), &o.name, &o.fields))
+            .collect();
+        if !fields.is_empty() {
+            s.push_str("\nchanged fields:\n");
+            for l in fields {
+                s.push_str("  ");
+                s.push_str(&l);
+                s.push('\n');
+            }
         }
     }
     s.push_str(&format!(
@@ -291,7 +305,7 @@ fn capitalize(s: &str) -> String {
 }
 
 /// The number of located errors in a controller's INVALID_ARGUMENT message.
-fn error_count(diags: &str) -> usize {
+pub fn error_count(diags: &str) -> usize {
     diags
         .lines()
         .filter(|l| l.contains(": error: "))

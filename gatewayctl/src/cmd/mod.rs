@@ -4,8 +4,10 @@
 pub mod agents;
 pub mod apply;
 pub mod audit;
+pub mod diff;
 pub mod events;
 pub mod explain;
+pub mod export;
 pub mod keys;
 pub mod objects;
 pub mod policy;

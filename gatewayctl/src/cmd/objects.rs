@@ -11,21 +11,39 @@ use super::apply::{Change, change};
 use super::read_file;
 use crate::connect::Ctl;
 use crate::fail::{Fail, R};
-use crate::output::{Output, print_json};
+use crate::output::{Output, print_json, toml_json};
 
+/// An object's section (`resource`, `allow`, `deny`, ...) and table.
+fn object_table(o: &v1::PolicyObject) -> Option<(String, toml::Table)> {
+    let doc = o.toml.parse::<toml::Table>().ok()?;
+    let (section, v) = doc.into_iter().next()?;
+    match v {
+        toml::Value::Array(items) => match items.into_iter().next()? {
+            toml::Value::Table(t) => Some((section, t)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// An object as JSON: kind, name, its section (`allow`/`deny` tell a grant's action),
+/// its fields as a JSON object, and the TOML table (documented, kept).
 fn object_json(o: &v1::PolicyObject) -> Value {
-    json!({"kind": kind_name(o.kind), "name": o.name, "toml": o.toml})
+    let (section, fields) = object_table(o).map_or((Value::Null, Value::Null), |(s, t)| {
+        (Value::String(s), toml_json(&toml::Value::Table(t)))
+    });
+    json!({
+        "kind": kind_name(o.kind),
+        "name": o.name,
+        "section": section,
+        "fields": fields,
+        "toml": o.toml,
+    })
 }
 
 /// One line summarizing an object's table: `key=value` pairs besides its name.
 fn object_details(o: &v1::PolicyObject) -> String {
-    let Ok(doc) = o.toml.parse::<toml::Table>() else {
-        return String::new();
-    };
-    let Some((section, toml::Value::Array(items))) = doc.iter().next() else {
-        return String::new();
-    };
-    let Some(t) = items.first().and_then(toml::Value::as_table) else {
+    let Some((section, t)) = object_table(o) else {
         return String::new();
     };
     let key = ObjectKind::try_from(o.kind).map_or("name", name_key);
@@ -33,7 +51,7 @@ fn object_details(o: &v1::PolicyObject) -> String {
     if section == "allow" || section == "deny" {
         parts.push(section.clone());
     }
-    for (k, v) in t {
+    for (k, v) in &t {
         if k == key {
             continue;
         }
