@@ -4,12 +4,14 @@
 pub mod agents;
 pub mod apply;
 pub mod audit;
+pub mod config_cmd;
 pub mod events;
 pub mod explain;
 pub mod keys;
 pub mod objects;
 pub mod policy;
 pub mod session;
+pub mod users;
 
 use std::path::Path;
 
