@@ -297,10 +297,10 @@ pub enum Command {
         #[command(flatten)]
         output: OutputArg,
     },
-    /// Log in as an admin user with password and TOTP code. The session token is stored as
-    /// the credential of the context in use (see `gatewayctl config`); without one it is
-    /// printed, to use as `GATEWAYCTL_API_KEY`. It expires after the controller's
-    /// --session-ttl.
+    /// Log in as an admin user with password and TOTP code. The session token is stored in
+    /// the context in use (see `gatewayctl config`), used instead of its API key until
+    /// `logout`; without a context it is printed, to use as `GATEWAYCTL_API_KEY`. It
+    /// expires after the controller's --session-ttl.
     Login {
         #[arg(long)]
         user: String,
@@ -354,7 +354,7 @@ pub enum Command {
         output: OutputArg,
     },
     /// End the session of `gatewayctl login` on the controller and remove its token from
-    /// the context.
+    /// the context (its API key, if any, stays).
     Logout {
         #[command(flatten)]
         output: OutputArg,
@@ -383,7 +383,7 @@ pub enum ConfigCmd {
     /// their kind.
     ///
     /// JSON: `{"current_context", "contexts": [{"name", "current", "controller", "ca",
-    /// "credential"}]}` (`credential`: `api key`, `session`, `none`).
+    /// "credential"}]}` (`credential`: `api key`, `session`, `api key, session`, `none`).
     GetContexts {
         #[command(flatten)]
         output: OutputArg,

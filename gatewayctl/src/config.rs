@@ -1,7 +1,8 @@
 //! The configuration file with contexts (kubectl's model): each context names a
-//! controller URL, the CA that signed its certificate and a credential (an API key or the
-//! session token `login` stored); `current-context` says which one the remote commands
-//! use.
+//! controller URL, the CA that signed its certificate and a credential: an API key
+//! (`config set-context`) and/or the session token `login` stored, which is used while
+//! it is there (`logout` removes it; the API key stays). `current-context` says which
+//! context the remote commands use.
 //!
 //! ```toml
 //! current-context = "prod"
@@ -9,7 +10,8 @@
 //! [contexts.prod]
 //! controller = "https://ctl.example:50051"
 //! ca = "/etc/zt-gateway/ca.pem"
-//! credential = "zt-session-..."
+//! api-key = "zt-key-..."
+//! session = "zt-session-..."
 //! ```
 //!
 //! Where: `--config FILE`, else `GATEWAYCTL_CONFIG`, else
@@ -50,9 +52,31 @@ pub struct Context {
     /// The CA certificate (PEM) for `https://` URLs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
-    /// An API key (`zt-key-...`) or a session token (`zt-session-...`).
+    /// An API key (`zt-key-...`; any credential the controller takes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
+    pub api_key: Option<String>,
+    /// The session token of `gatewayctl login` (`zt-session-...`): used instead of the
+    /// API key while it is there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+}
+
+impl Context {
+    /// The credential sent: the session, else the API key.
+    pub fn credential(&self) -> Option<&str> {
+        self.session.as_deref().or(self.api_key.as_deref())
+    }
+
+    /// What the context holds, for listings (never the secrets): `api key`, `session`,
+    /// `api key, session` or `none`.
+    pub fn credential_kind(&self) -> &'static str {
+        match (&self.api_key, &self.session) {
+            (None, None) => "none",
+            (Some(_), None) => "api key",
+            (None, Some(_)) => "session",
+            (Some(_), Some(_)) => "api key, session",
+        }
+    }
 }
 
 /// The file's contents.
@@ -63,16 +87,6 @@ pub struct Config {
     pub current_context: Option<String>,
     #[serde(default)]
     pub contexts: BTreeMap<String, Context>,
-}
-
-/// What kind of credential a secret is (for listings: never the secret itself).
-pub fn credential_kind(secret: Option<&str>) -> &'static str {
-    match secret {
-        None => "none",
-        Some(s) if s.starts_with("zt-session-") => "session",
-        Some(s) if s.starts_with("zt-key-") => "api key",
-        Some(_) => "other",
-    }
 }
 
 /// Where the configuration file is (see the module docs); `explicit`: `--config` or
@@ -154,7 +168,7 @@ pub fn load(path: &Path) -> R<Config> {
             e.message()
         ))
     })?;
-    if cfg.contexts.values().any(|c| c.credential.is_some()) {
+    if cfg.contexts.values().any(|c| c.credential().is_some()) {
         check_private(path, "the configuration file")?;
     }
     Ok(cfg)
@@ -264,7 +278,7 @@ pub fn resolve(
         url,
         api_key: api_key
             .map(str::to_string)
-            .or_else(|| ctx.and_then(|c| c.credential.clone())),
+            .or_else(|| ctx.and_then(|c| c.credential().map(str::to_string))),
         ca: ca
             .map(Path::to_path_buf)
             .or_else(|| ctx.and_then(|c| c.ca.clone())),
@@ -306,7 +320,8 @@ mod tests {
             Context {
                 controller: "https://a.example:50051".into(),
                 ca: Some("/a/ca.pem".into()),
-                credential: Some("zt-key-a".into()),
+                api_key: Some("zt-key-a".into()),
+                session: None,
             },
         );
         c.contexts.insert(
@@ -314,7 +329,8 @@ mod tests {
             Context {
                 controller: "http://127.0.0.1:1".into(),
                 ca: None,
-                credential: Some("zt-session-b".into()),
+                api_key: Some("zt-key-b".into()),
+                session: Some("zt-session-b".into()),
             },
         );
         c
@@ -330,7 +346,10 @@ mod tests {
             ("https://a.example:50051", Some("zt-key-a"), Some("a"))
         );
         assert_eq!(r.ca.as_deref(), Some(Path::new("/a/ca.pem")));
-        // --context picks another; a flag beats the context per setting.
+        // --context picks another, its session before its key; a flag beats the context
+        // per setting.
+        let r = resolve(&c, Some("b"), None, None, None).ok().unwrap();
+        assert_eq!(r.api_key.as_deref(), Some("zt-session-b"));
         let r = resolve(&c, Some("b"), None, Some("zt-key-flag"), None)
             .ok()
             .unwrap();

@@ -399,9 +399,20 @@ async fn users_logins_passwords_and_logout_from_the_cli() {
     let d = tempfile::tempdir().unwrap();
     let cfg = d.path().join("gatewayctl.toml");
     let admin_key = ["--api-key", a.key.as_str()];
-    ok(&ctl(
+    // The context holds the admin's API key; a login's session is used instead of it
+    // until logout.
+    ok(&ctl_env(
         &cfg,
-        &["config", "set-context", "a", "--controller", &a.url()],
+        &[
+            "config",
+            "set-context",
+            "a",
+            "--controller",
+            &a.url(),
+            "--api-key-stdin",
+        ],
+        &[],
+        &format!("{}\n", a.key),
     ));
     let as_admin = |args: &[&str], stdin: &str| {
         let mut all = admin_key.to_vec();
@@ -473,7 +484,10 @@ async fn users_logins_passwords_and_logout_from_the_cli() {
     assert_eq!(ok(&o), "", "no token on stdout");
     assert!(err(&o).contains("stored in context `a`"), "{}", err(&o));
     let stored = std::fs::read_to_string(&cfg).unwrap();
-    assert!(stored.contains("credential = \"zt-session-"), "{stored}");
+    assert!(stored.contains("session = \"zt-session-"), "{stored}");
+    assert!(stored.contains(&a.key), "the API key stays: {stored}");
+    let list = ok(&ctl(&cfg, &["config", "get-contexts"]));
+    assert!(list.contains("api key, session"), "{list}");
     assert_eq!(mode(&cfg), 0o600);
     assert_eq!(
         principal(&ctl(&cfg, &["whoami", "-o", "json"])),
@@ -551,13 +565,15 @@ async fn users_logins_passwords_and_logout_from_the_cli() {
         "{}",
         err(&o)
     );
+    let stored = std::fs::read_to_string(&cfg).unwrap();
     assert!(
-        !std::fs::read_to_string(&cfg)
-            .unwrap()
-            .contains("credential")
+        !stored.contains("session") && stored.contains(&a.key),
+        "{stored}"
     );
-    let e = fails(&ctl(&cfg, &["whoami"]), 2);
-    assert!(e.contains("missing credential"), "{e}");
+    assert_eq!(
+        principal(&ctl(&cfg, &["whoami", "-o", "json"])),
+        "key:a-admin"
+    );
 
     // The old password no longer logs in; the new one does.
     let e = fails(&login(&cfg, &codes.peek(), password), 2);
@@ -583,11 +599,7 @@ async fn users_logins_passwords_and_logout_from_the_cli() {
         "{}",
         err(&o)
     );
-    assert!(
-        !std::fs::read_to_string(&cfg)
-            .unwrap()
-            .contains("credential")
-    );
+    assert!(!std::fs::read_to_string(&cfg).unwrap().contains("session"));
     // The old authenticator fails, the new one works.
     let old_code = controller::auth::totp_code(&codes.secret, controller::now_unix());
     let e = fails(&login(&cfg, &old_code, new_password), 2);

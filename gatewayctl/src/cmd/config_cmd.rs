@@ -98,15 +98,21 @@ fn set_context(
         ),
         None => existing.as_ref().and_then(|c| c.ca.clone()),
     };
-    let credential = match (api_key_file, api_key_stdin) {
+    let api_key = match (api_key_file, api_key_stdin) {
         (Some(f), _) => Some(config::credential_from_file(&f)?),
         (None, true) => Some(config::credential_from_stdin()?),
-        (None, false) => existing.as_ref().and_then(|c| c.credential.clone()),
+        (None, false) => existing.as_ref().and_then(|c| c.api_key.clone()),
     };
+    // A session belongs to the controller it was opened on.
+    let session = existing
+        .as_ref()
+        .filter(|c| c.controller == controller)
+        .and_then(|c| c.session.clone());
     let ctx = Context {
         controller,
         ca,
-        credential,
+        api_key,
+        session,
     };
     let verb = if existing.is_some() {
         "changed"
@@ -141,7 +147,7 @@ fn get_contexts(cfg: &Config, output: Output) {
                 "current": Some(n.as_str()) == current,
                 "controller": c.controller,
                 "ca": c.ca.as_ref().map(|p| p.display().to_string()),
-                "credential": config::credential_kind(c.credential.as_deref()),
+                "credential": c.credential_kind(),
             })).collect::<Vec<_>>(),
         })),
         Output::Text => {
@@ -157,7 +163,7 @@ fn get_contexts(cfg: &Config, output: Output) {
                     c.controller.clone(),
                     c.ca.as_ref()
                         .map_or_else(|| "-".into(), |p| p.display().to_string()),
-                    config::credential_kind(c.credential.as_deref()).to_string(),
+                    c.credential_kind().to_string(),
                 ]);
             }
             print!("{}", t.render());

@@ -84,7 +84,7 @@ pub async fn login(
         let Some(c) = cfg.contexts.get_mut(&st.context) else {
             return Err(config::unknown_context(&cfg, &st.context));
         };
-        c.credential = Some(r.session_token.clone());
+        c.session = Some(r.session_token.clone());
         config::save(&st.file, &cfg)?;
         match output {
             Output::Json => print_json(&json!({
@@ -188,9 +188,9 @@ pub async fn logout(ctl: &Ctl, used: Option<&str>, store: Option<&Store>, output
     if let (Some(st), Some(used)) = (store, used) {
         let mut cfg = config::load(&st.file)?;
         if let Some(c) = cfg.contexts.get_mut(&st.context)
-            && c.credential.as_deref() == Some(used)
+            && c.session.as_deref() == Some(used)
         {
-            c.credential = None;
+            c.session = None;
             config::save(&st.file, &cfg)?;
             removed = Some(st.context.clone());
         }
