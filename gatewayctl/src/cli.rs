@@ -21,7 +21,9 @@ use crate::output::Output;
         The other commands talk to a controller (`gateway-controller run`, see --controller): \
         apply a policy file after reviewing its plan, read and change single objects, explain \
         a decision with the live policy, query and follow connection events, read the admin \
-        audit trail, list agents and create their enrollment tokens. Every remote command \
+        audit trail, list agents and create their enrollment tokens, manage API keys and \
+        admin users. Which controller, CA and credential: flags, else environment variables, \
+        else the context of the configuration file (`gatewayctl config`). Every remote command \
         takes `--output json` (one JSON document on stdout; `events --follow`: one JSON \
         object per line; on failure `{\"error\": {\"message\", \"exit_code\", \"diagnostics\"?}}`).\n\n\
         Exit codes: 0 success; 1 policy errors, failing tests, or a request the controller \

@@ -1,12 +1,14 @@
 //! `gatewayctl`: the admin CLI. Offline policy commands (`policy check|explain|compile|
 //! nft|schema`) and remote commands against a controller's Admin gRPC API (`apply`,
 //! `get`, `list`, `create`, `update`, `delete`, `explain`, `events`, `audit`, `agents`,
-//! `enroll-token`, `keys`, `revoke-agent`, `login`, `whoami`).
+//! `enroll-token`, `keys`, `revoke-agent`, `login`, `logout`, `passwd`, `users`,
+//! `whoami`), and `config` for the contexts of the configuration file.
 //!
 //! Layout: `cli.rs` holds the clap definitions, `cmd/` one module per command group
-//! (`cmd/policy.rs` the offline ones), `connect.rs` the channel, TLS and credential
-//! setup, `output.rs` the output formats, `fail.rs` exit codes and error reports; this
-//! file only parses and dispatches.
+//! (`cmd/policy.rs` the offline ones), `config.rs` the configuration file and which
+//! controller, CA and credential a command uses, `connect.rs` the channel, TLS and
+//! credential setup, `output.rs` the output formats, `fail.rs` exit codes and error
+//! reports; this file only parses and dispatches.
 //!
 //! Exit codes: 0 success; 1 the policy has errors or failing `[[test]]` blocks, or the
 //! controller refused the request (invalid policy, not found, already exists, a
@@ -280,6 +282,7 @@ fn main() -> ExitCode {
     let flags = cmd::config_cmd::Flags {
         controller: cli.controller.clone().filter(|_| flag("controller")),
         ca: cli.ca.clone().filter(|_| flag("ca")),
+        api_key: flag("api_key"),
     };
     match run(cli, flags) {
         Ok(()) => ExitCode::SUCCESS,

@@ -181,6 +181,27 @@ async fn config_commands_keep_secrets_private() {
         "{e}"
     );
     assert!(!cfg.exists(), "nothing written");
+    // Nor is a key on the command line stored (it shows in `ps`).
+    let e = fails(
+        &ctl(
+            &cfg,
+            &[
+                "config",
+                "set-context",
+                "a",
+                "--controller",
+                &url,
+                "--api-key",
+                &a.key,
+            ],
+        ),
+        2,
+    );
+    assert!(
+        e.contains("does not store --api-key") && e.contains("--api-key-stdin"),
+        "{e}"
+    );
+    assert!(!cfg.exists(), "nothing written");
     let key_file = secret_file(d.path(), "a.key", &a.key, 0o600);
     let o = ctl(
         &cfg,

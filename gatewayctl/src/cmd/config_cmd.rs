@@ -15,6 +15,8 @@ use crate::output::{Output, print_json};
 pub struct Flags {
     pub controller: Option<String>,
     pub ca: Option<PathBuf>,
+    /// Whether `--api-key` was given (never stored: see `set_context`).
+    pub api_key: bool,
 }
 
 pub fn run(file: &Path, cmd: ConfigCmd, flags: Flags) -> R<()> {
@@ -78,6 +80,13 @@ fn set_context(
             "`{}` is not a context name (1 to 64 characters, no control characters)",
             name.escape_debug()
         )));
+    }
+    if flags.api_key {
+        return Err(Fail::Usage(
+            "set-context does not store --api-key (a secret on the command line shows in `ps` \
+             and the shell history): give it with --api-key-file FILE or --api-key-stdin"
+                .into(),
+        ));
     }
     let existing = cfg.contexts.get(name).cloned();
     let controller = match (flags.controller, &existing) {
