@@ -228,16 +228,17 @@ pub fn lock_file_of(db: &std::path::Path) -> std::path::PathBuf {
     db.with_file_name(name)
 }
 
-/// Takes the exclusive lock of `db` (see [`DbLock`]), creating the database's folder if
-/// missing; fails at once, naming the holder's pid, when another process holds it.
+/// Takes the exclusive lock of `db` (see [`DbLock`]), creating the database's folder
+/// (0700) if missing; fails at once, naming the holder's pid, when another process holds
+/// it.
 pub fn lock_db(db: &std::path::Path) -> anyhow::Result<DbLock> {
     use std::io::{Read as _, Seek as _, Write as _};
     use std::os::fd::AsRawFd as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let path = lock_file_of(db);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        // Created as the database's folder would be (0700).
+        store::create_private_dir(dir)?;
     }
     let mut file = std::fs::OpenOptions::new()
         .read(true)

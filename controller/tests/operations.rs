@@ -136,9 +136,9 @@ async fn a_second_controller_on_the_same_database_is_refused_and_the_first_keeps
         .into_inner();
     assert_eq!(me.principal, "key:bootstrap-admin");
 
-    // Positive control: another database is not locked.
-    let other = d.path().join("other.db");
-    init(&other);
+    // Positive control: another database is not locked. Its folder, created by the
+    // lock, is private like the database's, and so is the lock file.
+    let other = d.path().join("fresh").join("other.db");
     let addr3 = format!("127.0.0.1:{}", free_port());
     let _third = Proc(
         run(&other, &addr3, &d.path().join("third.log"), &[])
@@ -146,6 +146,12 @@ async fn a_second_controller_on_the_same_database_is_refused_and_the_first_keeps
             .unwrap(),
     );
     wait_listening(&addr3);
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&d.path().join("fresh")), 0o700);
+    assert_eq!(mode(&controller::lock_file_of(&other)), 0o600);
     // And once the first stops, its database can be served again.
     drop(first);
     let again = Proc(run(&db, &addr2, &log2, &[]).spawn().unwrap());
