@@ -636,6 +636,18 @@ async fn users_logins_passwords_and_logout_from_the_cli() {
         "{audit}"
     );
 
+    // Nothing to log out without a credential; an API key is not a session.
+    let e = fails(
+        &ctl(
+            &d.path().join("none.toml"),
+            &["--controller", &a.url(), "logout"],
+        ),
+        2,
+    );
+    assert!(e.contains("nothing to log out"), "{e}");
+    let e = fails(&as_admin(&["logout"], ""), 1);
+    assert!(e.contains("is an API key, not a session"), "{e}");
+
     // delete: the user is gone, their session too.
     ok(&as_admin(&["users", "delete", "dana"], ""));
     let list = ok(&as_admin(&["users", "list", "-o", "json"], ""));

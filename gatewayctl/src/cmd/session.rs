@@ -178,6 +178,11 @@ async fn own_call<T>(
 /// the context in use. A session the controller no longer knows (expired, ended) is
 /// removed too.
 pub async fn logout(ctl: &Ctl, used: Option<&str>, store: Option<&Store>, output: Output) -> R<()> {
+    if used.is_none() {
+        return Err(Fail::Usage(
+            "nothing to log out: no session (log in with `gatewayctl login --user NAME`)".into(),
+        ));
+    }
     let mut a = ctl.admin.clone();
     let ended = match own_call(ctl, "log out", a.logout(v1::LogoutRequest {})).await {
         Ok(_) => true,
