@@ -656,3 +656,94 @@ async fn users_logins_passwords_and_logout_from_the_cli() {
     let e = fails(&as_admin(&["users", "delete", "dana"], ""), 1);
     assert!(e.contains("no user named `dana`"), "{e}");
 }
+
+/// Runs `gatewayctl ARGS...` in a new session whose controlling terminal is a
+/// pseudo-terminal on which `typed` was typed (password prompts read /dev/tty).
+fn on_terminal(config: &Path, args: &[&str], typed: &str) -> Output {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::unix::process::CommandExt as _;
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two new file descriptors; no name, default settings.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened and are owned here only.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut m = std::fs::File::from(master);
+    m.write_all(typed.as_bytes()).unwrap();
+    // The echo of what was typed goes to the master: read it away so it never fills.
+    let mut reader = m.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gatewayctl"));
+    c.env_remove("GATEWAYCTL_CONFIG")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let fd = slave.as_raw_fd();
+    // SAFETY: only async-signal-safe calls between fork and exec: a new session, then
+    // the terminal as its controlling terminal.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::setsid() < 0 || libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = c.spawn().unwrap();
+    drop(slave);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let o = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("gatewayctl finishes")
+        .unwrap();
+    drop(m);
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_are_asked_twice_on_the_terminal() {
+    let a = Controller::start("a-admin").await;
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("gatewayctl.toml");
+    let create = |typed: &str| {
+        on_terminal(
+            &cfg,
+            &[
+                "--controller",
+                &a.url(),
+                "--api-key",
+                &a.key,
+                "users",
+                "create",
+                "erin",
+                "--role",
+                "auditor",
+            ],
+            typed,
+        )
+    };
+    let e = fails(&create("correct horse battery\ncorrect horse batterY\n"), 2);
+    assert!(e.contains("the two passwords differ"), "{e}");
+    assert!(a.state.list_admin_users().is_empty(), "nothing created");
+    let text = ok(&create("correct horse battery\ncorrect horse battery\n"));
+    assert!(text.contains("TOTP secret: "), "{text}");
+    let users = a.state.list_admin_users();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].name, "erin");
+}
