@@ -8,7 +8,9 @@
 //!   with the code it opened with. Unknown method names are counted as `unknown`.
 //! * `controller_agents_connected`: agents with an open Watch stream.
 //! * `controller_policy_push_seconds`: from a policy change's commit (when its Admin call
-//!   returns) to each connected agent's acknowledgement of the new generation.
+//!   returns) to each connected agent's acknowledgement of the new generation. Changes
+//!   made by the clock (a grant expiring) are not measured, nor an acknowledgement that
+//!   arrives before the change's call has returned.
 //! * `controller_build_info{version}`: always 1.
 //!
 //! The listener is off unless `--metrics-listen` is given; it serves only `/metrics`.
