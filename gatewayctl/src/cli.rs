@@ -303,6 +303,9 @@ pub enum Command {
     /// the context in use (see `gatewayctl config`), used instead of its API key until
     /// `logout`; without a context it is printed, to use as `GATEWAYCTL_API_KEY`. It
     /// expires after the controller's --session-ttl.
+    ///
+    /// JSON: `{"context", "role", "expires"}` when stored, else `{"session_token", "role",
+    /// "expires"}`.
     Login {
         #[arg(long)]
         user: String,
@@ -348,6 +351,8 @@ pub enum Command {
     Users(UsersCmd),
     /// Change your own password (logged in with `gatewayctl login`): asks the old one and
     /// the new one twice. Your other sessions end; this one stays.
+    ///
+    /// JSON: `{"sessions_ended"}`.
     Passwd {
         /// Read the old and the new password from the first two lines of standard input.
         #[arg(long)]
@@ -357,6 +362,8 @@ pub enum Command {
     },
     /// End the session of `gatewayctl login` on the controller and remove its token from
     /// the context (its API key, if any, stays).
+    ///
+    /// JSON: `{"session_ended", "removed_from_context"}`.
     Logout {
         #[command(flatten)]
         output: OutputArg,
