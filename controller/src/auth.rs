@@ -99,7 +99,7 @@ pub enum Perm {
 pub fn permission(method: &str) -> Perm {
     match method {
         "Login" => Perm::Public,
-        "WhoAmI" => Perm::Any,
+        "WhoAmI" | "Logout" | "ChangePassword" => Perm::Any,
         "GetPolicy" | "GetObject" | "ListObjects" | "Explain" | "TestAccess" | "QueryEvents"
         | "FollowEvents" | "ListAgents" => Perm::Read,
         "ApplyPolicy"
@@ -138,6 +138,9 @@ pub const ADMIN_METHODS: &[&str] = &[
     "CreateAdminUser",
     "ListAdminUsers",
     "DeleteAdminUser",
+    "Logout",
+    "ChangePassword",
+    "ResetAdminUserTotp",
 ];
 
 /// An authenticated caller.

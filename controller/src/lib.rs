@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod keys;
+pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod objects;
@@ -211,6 +212,71 @@ pub fn hash_secret(s: &str) -> String {
     hex(&sha2::Sha256::digest(s.as_bytes()))
 }
 
+/// The exclusive lock of a database: one controller per SQLite file. Held (an `flock`
+/// on `DB.lock` next to the database, which holds the holder's pid) until dropped or
+/// the process ends; the kernel releases it when the process dies, however it dies.
+#[derive(Debug)]
+pub struct DbLock {
+    _file: std::fs::File,
+    pub path: std::path::PathBuf,
+}
+
+/// The lock file of a database: `controller.db` -> `controller.db.lock`.
+pub fn lock_file_of(db: &std::path::Path) -> std::path::PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    db.with_file_name(name)
+}
+
+/// Takes the exclusive lock of `db` (see [`DbLock`]), creating the database's folder
+/// (0700) if missing; fails at once, naming the holder's pid, when another process holds
+/// it.
+pub fn lock_db(db: &std::path::Path) -> anyhow::Result<DbLock> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = lock_file_of(db);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Created as the database's folder would be (0700).
+        store::create_private_dir(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot open the lock file {}: {e}", path.display()))?;
+    // SAFETY: a valid open descriptor; flock takes no memory arguments.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            anyhow::bail!("cannot lock {}: {err}", path.display());
+        }
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        let pid = pid.trim();
+        let holder = if pid.is_empty() {
+            "pid unknown".to_string()
+        } else {
+            format!("pid {pid}")
+        };
+        anyhow::bail!(
+            "a controller is already using {} ({holder}; lock file {}): stop it first, or \
+             give this one another --db",
+            db.display(),
+            path.display()
+        );
+    }
+    let pid = std::process::id();
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{pid}"))
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    Ok(DbLock { _file: file, path })
+}
+
 /// Limits and periodic jobs of a server.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -226,6 +292,9 @@ pub struct ServeOptions {
     pub audit_head_file: Option<std::path::PathBuf>,
     /// How often the head is exported (and logged on stderr) when it changed.
     pub audit_head_every: Duration,
+    /// Where the calls, connected agents and pushes are counted (to serve them with
+    /// [`metrics::serve`]); `None`: counted, but nobody reads them.
+    pub metrics: Option<Arc<metrics::Metrics>>,
 }
 
 impl Default for ServeOptions {
@@ -236,6 +305,7 @@ impl Default for ServeOptions {
             concurrency_per_connection: 32,
             audit_head_file: None,
             audit_head_every: Duration::from_secs(300),
+            metrics: None,
         }
     }
 }
@@ -497,15 +567,29 @@ pub async fn serve_with(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    let admin = auth::AdminGuard::new(
-        AdminServer::new(service::AdminService::new(state.clone())),
-        state.clone(),
+    let m = opts.metrics.clone().unwrap_or_default();
+    let admin = metrics::Measured::admin(
+        auth::AdminGuard::new(
+            AdminServer::new(service::AdminService::with_metrics(
+                state.clone(),
+                m.clone(),
+            )),
+            state.clone(),
+        ),
+        m.clone(),
+    );
+    let agent = metrics::Measured::agent(
+        AgentServer::new(service::AgentService::with_metrics(
+            state.clone(),
+            m.clone(),
+        )),
+        m,
     );
     let result = builder
         .add_service(health)
         .add_service(reflection)
         .add_service(admin)
-        .add_service(AgentServer::new(service::AgentService::new(state.clone())))
+        .add_service(agent)
         .serve_with_incoming_shutdown(incoming(listener, opts.max_connections), {
             // Open streams (watches, followers) end first, so the graceful
             // shutdown does not wait for them.

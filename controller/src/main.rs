@@ -88,6 +88,11 @@ enum Command {
         /// Connection events older than this many days are deleted (checked hourly).
         #[arg(long, default_value_t = 30)]
         event_retention_days: u32,
+        /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP; e.g.
+        /// 127.0.0.1:9478): gRPC calls and latencies by method and code, agents
+        /// connected, policy push latency, build info. Off by default.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Verifies the admin audit trail's hash chain; exit status 1 names the first bad
     /// record.
@@ -195,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
             audit_head_file,
             audit_head_every,
             max_connections,
+            metrics_listen,
         } => {
             if insecure_plaintext && !controller::plaintext_allowed(&listen) {
                 bail!(
@@ -206,6 +212,8 @@ async fn main() -> anyhow::Result<()> {
                 Some(dir) => Some(controller::tls::server_config(dir)?),
                 None => None,
             };
+            // One controller per database, checked before anything opens or migrates it.
+            let _lock = controller::lock_db(&db)?;
             let state = Arc::new(controller::State::open_with(
                 &db,
                 &controller::state::Options {
@@ -214,10 +222,28 @@ async fn main() -> anyhow::Result<()> {
                 },
             )?);
             state.set_session_ttl(session_ttl);
+            let metrics = Arc::new(controller::metrics::Metrics::new());
+            if let Some(addr) = metrics_listen {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("--metrics-listen {addr}"))?;
+                let local = listener.local_addr()?;
+                let m = metrics.clone();
+                tokio::spawn(async move {
+                    let stop = async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    };
+                    if let Err(e) = controller::metrics::serve(listener, m, stop).await {
+                        error!(error = %e, "the metrics listener failed");
+                    }
+                });
+                info!(addr = %local, "serving metrics at /metrics");
+            }
             let opts = controller::ServeOptions {
                 max_connections: connections_within_fd_limit(max_connections),
                 audit_head_file,
                 audit_head_every: std::time::Duration::from_secs(audit_head_every),
+                metrics: Some(metrics),
                 ..controller::ServeOptions::default()
             };
             let mut sigterm =

@@ -10,10 +10,11 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::info;
 
 use crate::auth::Principal;
+use crate::metrics::Metrics;
 use crate::model::{AgentCredential, Assertion, ChangeOpts, ConnectionEvent};
 use crate::objects::Kind;
 use crate::wire::{kind_from_wire, object_to_wire, role_from_wire, role_to_wire};
-use crate::{Error, State};
+use crate::{Error, State, shown};
 
 type R<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -49,15 +50,51 @@ fn actor<T>(req: &Request<T>) -> Result<String, Status> {
     principal(req).map(|p| p.name)
 }
 
+/// Logs a refused policy change: who, what, and why (the status code and the first line
+/// of its message; the change was not applied).
+fn refused_change<T>(
+    r: Result<T, Status>,
+    actor: &str,
+    action: &str,
+    target: &str,
+) -> Result<T, Status> {
+    if let Err(s) = &r {
+        info!(
+            actor,
+            action,
+            target,
+            code = ?s.code(),
+            reason = %s.message().lines().next().unwrap_or_default(),
+            "policy change refused"
+        );
+    }
+    r
+}
+
+/// `KIND:NAME` of an object for logs (`KIND` when the request names none).
+fn target_of(kind: Kind, name: &str) -> String {
+    if name.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}:{}", shown(name))
+    }
+}
+
 /// The Admin service.
 #[derive(Clone, Debug)]
 pub struct AdminService {
     state: Arc<State>,
+    metrics: Arc<Metrics>,
 }
 
 impl AdminService {
     pub fn new(state: Arc<State>) -> Self {
-        AdminService { state }
+        Self::with_metrics(state, Arc::default())
+    }
+
+    /// [`AdminService::new`] counting into `metrics`.
+    pub fn with_metrics(state: Arc<State>, metrics: Arc<Metrics>) -> Self {
+        AdminService { state, metrics }
     }
 }
 
@@ -75,14 +112,23 @@ impl Admin for AdminService {
         let who = actor(&req)?;
         let r = req.into_inner();
         let s = self.state.clone();
-        let plan = blocking(move || {
-            s.apply_policy(
-                &r.policy_toml,
-                &r.file_name,
-                &opts(r.dry_run, r.expected_revision, who),
-            )
-        })
-        .await?;
+        let logged = who.clone();
+        let plan = refused_change(
+            blocking(move || {
+                s.apply_policy(
+                    &r.policy_toml,
+                    &r.file_name,
+                    &opts(r.dry_run, r.expected_revision, who),
+                )
+            })
+            .await,
+            &logged,
+            "apply_policy",
+            "policy",
+        )?;
+        if !r.dry_run {
+            self.metrics.committed(&plan);
+        }
         Ok(Response::new(v1::ApplyPolicyResponse {
             plan: Some(plan.into()),
             applied: !r.dry_run,
@@ -128,10 +174,19 @@ impl Admin for AdminService {
         let r = req.into_inner();
         let (kind, o) = object_arg(r.object)?;
         let s = self.state.clone();
-        let plan = blocking(move || {
-            s.create_object(kind, &o.toml, &opts(r.dry_run, r.expected_revision, who))
-        })
-        .await?;
+        let (logged, target) = (who.clone(), target_of(kind, &o.name));
+        let plan = refused_change(
+            blocking(move || {
+                s.create_object(kind, &o.toml, &opts(r.dry_run, r.expected_revision, who))
+            })
+            .await,
+            &logged,
+            "create_object",
+            &target,
+        )?;
+        if !r.dry_run {
+            self.metrics.committed(&plan);
+        }
         Ok(Response::new(v1::ChangeResponse {
             plan: Some(plan.into()),
             applied: !r.dry_run,
@@ -143,15 +198,24 @@ impl Admin for AdminService {
         let r = req.into_inner();
         let (kind, o) = object_arg(r.object)?;
         let s = self.state.clone();
-        let plan = blocking(move || {
-            s.update_object(
-                kind,
-                &o.name,
-                &o.toml,
-                &opts(r.dry_run, r.expected_revision, who),
-            )
-        })
-        .await?;
+        let (logged, target) = (who.clone(), target_of(kind, &o.name));
+        let plan = refused_change(
+            blocking(move || {
+                s.update_object(
+                    kind,
+                    &o.name,
+                    &o.toml,
+                    &opts(r.dry_run, r.expected_revision, who),
+                )
+            })
+            .await,
+            &logged,
+            "update_object",
+            &target,
+        )?;
+        if !r.dry_run {
+            self.metrics.committed(&plan);
+        }
         Ok(Response::new(v1::ChangeResponse {
             plan: Some(plan.into()),
             applied: !r.dry_run,
@@ -163,10 +227,19 @@ impl Admin for AdminService {
         let r = req.into_inner();
         let kind = kind_from_wire(r.kind)?;
         let s = self.state.clone();
-        let plan = blocking(move || {
-            s.delete_object(kind, &r.name, &opts(r.dry_run, r.expected_revision, who))
-        })
-        .await?;
+        let (logged, target) = (who.clone(), target_of(kind, &r.name));
+        let plan = refused_change(
+            blocking(move || {
+                s.delete_object(kind, &r.name, &opts(r.dry_run, r.expected_revision, who))
+            })
+            .await,
+            &logged,
+            "delete_object",
+            &target,
+        )?;
+        if !r.dry_run {
+            self.metrics.committed(&plan);
+        }
         Ok(Response::new(v1::ChangeResponse {
             plan: Some(plan.into()),
             applied: !r.dry_run,
@@ -388,6 +461,45 @@ impl Admin for AdminService {
         blocking(move || s.delete_admin_user(&r.name, &who)).await?;
         Ok(Response::new(v1::DeleteAdminUserResponse {}))
     }
+
+    async fn logout(&self, req: Request<v1::LogoutRequest>) -> R<v1::LogoutResponse> {
+        let p = principal(&req)?;
+        let s = self.state.clone();
+        blocking(move || s.logout(&p)).await?;
+        Ok(Response::new(v1::LogoutResponse {}))
+    }
+
+    async fn change_password(
+        &self,
+        req: Request<v1::ChangePasswordRequest>,
+    ) -> R<v1::ChangePasswordResponse> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let s = self.state.clone();
+        let permit = self.state.argon_permit().await;
+        let sessions_ended = blocking(move || {
+            let _permit = permit;
+            s.change_password(&p, &r.old_password, &r.new_password)
+        })
+        .await?;
+        Ok(Response::new(v1::ChangePasswordResponse { sessions_ended }))
+    }
+
+    async fn reset_admin_user_totp(
+        &self,
+        req: Request<v1::ResetAdminUserTotpRequest>,
+    ) -> R<v1::ResetAdminUserTotpResponse> {
+        let who = actor(&req)?;
+        let r = req.into_inner();
+        let s = self.state.clone();
+        let (totp_secret, otpauth_uri, sessions_ended) =
+            blocking(move || s.reset_admin_user_totp(&r.name, &who)).await?;
+        Ok(Response::new(v1::ResetAdminUserTotpResponse {
+            totp_secret,
+            otpauth_uri,
+            sessions_ended,
+        }))
+    }
 }
 
 /// Held by a watch stream: says when it ends (the agent went away, fell behind or was
@@ -395,10 +507,12 @@ impl Admin for AdminService {
 struct Connected {
     agent: String,
     host: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Drop for Connected {
     fn drop(&mut self) {
+        self.metrics.agent_disconnected(&self.agent);
         info!(agent = %self.agent, host = %self.host, "agent disconnected");
     }
 }
@@ -407,11 +521,17 @@ impl Drop for Connected {
 #[derive(Clone, Debug)]
 pub struct AgentService {
     state: Arc<State>,
+    metrics: Arc<Metrics>,
 }
 
 impl AgentService {
     pub fn new(state: Arc<State>) -> Self {
-        AgentService { state }
+        Self::with_metrics(state, Arc::default())
+    }
+
+    /// [`AgentService::new`] counting into `metrics`.
+    pub fn with_metrics(state: Arc<State>, metrics: Arc<Metrics>) -> Self {
+        AgentService { state, metrics }
     }
 }
 
@@ -451,9 +571,11 @@ impl Agent for AgentService {
         let s = self.state.clone();
         let auth = r.auth.map(AgentCredential::from);
         let watch = blocking(move || s.watch(auth.as_ref(), r.generation)).await?;
+        self.metrics.agent_connected(&watch.agent_id, &watch.host);
         let connected = Connected {
             agent: watch.agent_id,
             host: watch.host,
+            metrics: self.metrics.clone(),
         };
         let stream = tokio_stream::wrappers::ReceiverStream::new(watch.updates).map(move |u| {
             let _connected = &connected;
@@ -466,7 +588,11 @@ impl Agent for AgentService {
         let r = req.into_inner();
         let s = self.state.clone();
         let auth = r.auth.map(AgentCredential::from);
+        let agent = auth.as_ref().map(|a| a.agent_id.clone());
         blocking(move || s.ack(auth.as_ref(), r.generation)).await?;
+        if let Some(agent) = agent {
+            self.metrics.acked(&agent, r.generation);
+        }
         Ok(Response::new(v1::AckResponse {}))
     }
 

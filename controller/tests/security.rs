@@ -188,6 +188,20 @@ async fn call(c: &mut Client, method: &str) -> Result<(), Status> {
             })
             .await
             .map(|_| ()),
+        "Logout" => c.logout(v1::LogoutRequest {}).await.map(|_| ()),
+        "ChangePassword" => c
+            .change_password(v1::ChangePasswordRequest {
+                old_password: "not the password".into(),
+                new_password: "not the new password".into(),
+            })
+            .await
+            .map(|_| ()),
+        "ResetAdminUserTotp" => c
+            .reset_admin_user_totp(v1::ResetAdminUserTotpRequest {
+                name: "nope".into(),
+            })
+            .await
+            .map(|_| ()),
         other => panic!("the matrix does not know the RPC {other}: add it"),
     }
 }
@@ -202,6 +216,10 @@ const READ: &[&str] = &[
     "FollowEvents",
     "ListAgents",
     "WhoAmI",
+    // Any role, on the caller's own session (API keys are refused with
+    // FAILED_PRECONDITION, which is not a permission denial).
+    "Logout",
+    "ChangePassword",
 ];
 const WRITE: &[&str] = &[
     "ApplyPolicy",
@@ -219,6 +237,7 @@ const ADMIN_ONLY: &[&str] = &[
     "CreateAdminUser",
     "ListAdminUsers",
     "DeleteAdminUser",
+    "ResetAdminUserTotp",
 ];
 
 #[derive(Debug, PartialEq, Eq)]

@@ -21,7 +21,9 @@ use crate::output::Output;
         The other commands talk to a controller (`gateway-controller run`, see --controller): \
         apply a policy file after reviewing its plan, read and change single objects, explain \
         a decision with the live policy, query and follow connection events, read the admin \
-        audit trail, list agents and create their enrollment tokens. Every remote command \
+        audit trail, list agents and create their enrollment tokens, manage API keys and \
+        admin users. Which controller, CA and credential: flags, else environment variables, \
+        else the context of the configuration file (`gatewayctl config`). Every remote command \
         takes `--output json` (one JSON document on stdout; `events --follow`: one JSON \
         object per line; on failure `{\"error\": {\"message\", \"exit_code\", \"diagnostics\"?}}`).\n\n\
         Exit codes: 0 success; 1 policy errors, failing tests, or a request the controller \
@@ -33,16 +35,11 @@ use crate::output::Output;
 pub struct Cli {
     /// The controller's gRPC URL, for the remote commands: `https://HOST:PORT` (with
     /// --ca; a bare HOST:PORT means https), or `http://` to a controller on loopback
-    /// only.
-    #[arg(
-        long,
-        global = true,
-        env = "GATEWAYCTL_CONTROLLER",
-        default_value = "https://127.0.0.1:50051",
-        value_name = "URL"
-    )]
-    pub controller: String,
+    /// only. [default: the context's controller, else https://127.0.0.1:50051]
+    #[arg(long, global = true, env = "GATEWAYCTL_CONTROLLER", value_name = "URL")]
+    pub controller: Option<String>,
     /// API key or session token for the remote commands (sent as `authorization: Bearer`).
+    /// [default: the context's credential]
     #[arg(
         long,
         global = true,
@@ -55,6 +52,14 @@ pub struct Cli {
     /// (an error with an `http://` URL).
     #[arg(long, global = true, env = "GATEWAYCTL_CA", value_name = "FILE")]
     pub ca: Option<std::path::PathBuf>,
+    /// The configuration file with contexts (controller, CA, credential; see `gatewayctl
+    /// config`). [default: $XDG_CONFIG_HOME/zt-gateway/gatewayctl.toml, else
+    /// ~/.config/zt-gateway/gatewayctl.toml]
+    #[arg(long, global = true, env = "GATEWAYCTL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Use this context of the configuration file instead of its current one.
+    #[arg(long, global = true, env = "GATEWAYCTL_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -299,8 +304,13 @@ pub enum Command {
         #[command(flatten)]
         output: OutputArg,
     },
-    /// Log in as an admin user with password and TOTP code; prints a session token to use
-    /// as `GATEWAYCTL_API_KEY` (it expires after the controller's --session-ttl).
+    /// Log in as an admin user with password and TOTP code. The session token is stored in
+    /// the context in use (see `gatewayctl config`), used instead of its API key until
+    /// `logout`; without a context it is printed, to use as `GATEWAYCTL_API_KEY`. It
+    /// expires after the controller's --session-ttl.
+    ///
+    /// JSON: `{"context", "role", "expires"}` when stored, else `{"session_token", "role",
+    /// "expires"}`.
     Login {
         #[arg(long)]
         user: String,
@@ -358,6 +368,114 @@ pub enum Command {
         /// Write to FILE instead of stdout (replaced atomically).
         #[arg(long = "out", short = 'o', value_name = "FILE")]
         out: Option<PathBuf>,
+    },
+    /// The configuration file's contexts: which controller, CA and credential the remote
+    /// commands use.
+    ///
+    /// Each setting comes from its flag, else its environment variable, else the context
+    /// (--context, else the current one), else the default. A context's CA and credential
+    /// are sent only to its own controller. The file is written with mode 0600; a file
+    /// (or --api-key-file) holding a credential that others may read is refused.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Interactive admin users (password + TOTP): create, list, delete, reset-totp. Admin
+    /// only.
+    #[command(subcommand)]
+    Users(UsersCmd),
+    /// Change your own password (logged in with `gatewayctl login`): asks the old one and
+    /// the new one twice. Your other sessions end; this one stays.
+    ///
+    /// JSON: `{"sessions_ended"}`.
+    Passwd {
+        /// Read the old and the new password from the first two lines of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// End the session of `gatewayctl login` on the controller and remove its token from
+    /// the context (its API key, if any, stays).
+    ///
+    /// JSON: `{"session_ended", "removed_from_context"}`.
+    Logout {
+        #[command(flatten)]
+        output: OutputArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Create a context or change it; the first context becomes the current one.
+    ///
+    /// The URL is --controller (needed for a new context), the CA --ca (stored as an
+    /// absolute path); the credential, an API key, from --api-key-file (mode 0600) or
+    /// --api-key-stdin. Settings not given are kept.
+    SetContext {
+        name: String,
+        /// Read the API key from this file (first line; refused if others may read it).
+        #[arg(long, value_name = "FILE", conflicts_with = "api_key_stdin")]
+        api_key_file: Option<PathBuf>,
+        /// Read the API key from the first line of standard input.
+        #[arg(long)]
+        api_key_stdin: bool,
+    },
+    /// Make a context the current one.
+    UseContext { name: String },
+    /// List the contexts (the current one marked `*`); credentials are never shown, only
+    /// their kind.
+    ///
+    /// JSON: `{"current_context", "contexts": [{"name", "current", "controller", "ca",
+    /// "credential"}]}` (`credential`: `api key`, `session`, `api key, session`, `none`).
+    GetContexts {
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Print the current context's name (exit 1 when none is set).
+    CurrentContext,
+    /// Remove a context (and its credential); unsets current-context if it was current.
+    DeleteContext { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsersCmd {
+    /// Create an admin user: the password is asked twice (or read with
+    /// --password-stdin); the TOTP secret and its `otpauth://` URI are printed once, to
+    /// load into an authenticator app.
+    ///
+    /// JSON: `{"name", "role", "totp_secret", "otpauth_uri"}`.
+    Create {
+        /// 1 to 64 letters, digits, `-_.@`.
+        name: String,
+        /// `admin`, `operator` or `auditor`.
+        #[arg(long, value_parser = ["admin", "operator", "auditor"])]
+        role: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Admin users: name, role, created.
+    ///
+    /// JSON: `{"users": [{"name", "role", "created"}]}`.
+    List {
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Delete a user: their sessions end and the API keys they created are revoked.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Give a user a new TOTP secret (printed once) for a lost authenticator; their
+    /// sessions end. Audit-logged.
+    ///
+    /// JSON: `{"name", "totp_secret", "otpauth_uri", "sessions_ended"}`.
+    ResetTotp {
+        name: String,
+        #[command(flatten)]
+        output: OutputArg,
     },
 }
 
@@ -492,7 +610,16 @@ pub fn remote_output(c: &Command) -> Option<Output> {
             | Command::Login { output, .. }
             | Command::Whoami { output }
             | Command::EnrollToken { output, .. }
-            | Command::Diff { output, .. } => output,
+            | Command::Diff { output, .. }
+            | Command::Users(
+                UsersCmd::Create { output, .. }
+                | UsersCmd::List { output }
+                | UsersCmd::Delete { output, .. }
+                | UsersCmd::ResetTotp { output, .. },
+            )
+            | Command::Passwd { output, .. }
+            | Command::Logout { output } => output,
+            Command::Config(_) => return None,
             Command::Export { .. } => return Some(Output::Text),
         }
         .output,

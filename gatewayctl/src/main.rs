@@ -1,12 +1,14 @@
 //! `gatewayctl`: the admin CLI. Offline policy commands (`policy check|explain|compile|
 //! nft|schema`) and remote commands against a controller's Admin gRPC API (`apply`,
 //! `get`, `list`, `create`, `update`, `delete`, `explain`, `events`, `audit`, `agents`,
-//! `enroll-token`, `keys`, `revoke-agent`, `login`, `whoami`, `diff`, `export`).
+//! `enroll-token`, `keys`, `revoke-agent`, `login`, `logout`, `passwd`, `users`,
+//! `whoami`, `diff`, `export`), and `config` for the contexts of the configuration file.
 //!
 //! Layout: `cli.rs` holds the clap definitions, `cmd/` one module per command group
-//! (`cmd/policy.rs` the offline ones), `connect.rs` the channel, TLS and credential
-//! setup, `output.rs` the output formats, `fail.rs` exit codes and error reports; this
-//! file only parses and dispatches.
+//! (`cmd/policy.rs` the offline ones), `config.rs` the configuration file and which
+//! controller, CA and credential a command uses, `connect.rs` the channel, TLS and
+//! credential setup, `output.rs` the output formats, `fail.rs` exit codes and error
+//! reports; this file only parses and dispatches.
 //!
 //! Exit codes: 0 success; 1 the policy has errors or failing `[[test]]` blocks, or the
 //! controller refused the request (invalid policy, not found, already exists, a
@@ -16,21 +18,26 @@
 
 mod cli;
 mod cmd;
+mod config;
 mod connect;
 mod fail;
 mod output;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use policy_compiler::json_schema;
 
-use crate::cli::{AuditAction, Cli, Command, KeysCommand, PolicyCmd, remote_output};
+use crate::cli::{AuditAction, Cli, Command, KeysCommand, PolicyCmd, UsersCmd, remote_output};
 use crate::cmd::at_time;
 use crate::fail::{Fail, R};
 use crate::output::{Output, print_json};
 
-async fn remote(access: &connect::Access, command: Command) -> R<()> {
+async fn remote(
+    access: &connect::Access,
+    store: Option<&cmd::session::Store>,
+    command: Command,
+) -> R<()> {
     // Argument errors first: they need no controller.
     let at = match &command {
         Command::Explain { at, .. } => Some(at_time(at)?),
@@ -38,7 +45,7 @@ async fn remote(access: &connect::Access, command: Command) -> R<()> {
     };
     let ctl = connect::connect(access).await?;
     match command {
-        Command::Policy(_) => Ok(()),
+        Command::Policy(_) | Command::Config(_) => Ok(()),
         Command::Apply {
             file,
             confirm,
@@ -166,18 +173,39 @@ async fn remote(access: &connect::Access, command: Command) -> R<()> {
             totp,
             password_stdin,
             output,
-        } => cmd::session::login(&ctl, &user, totp, password_stdin, output.output).await,
+        } => cmd::session::login(&ctl, &user, totp, password_stdin, store, output.output).await,
         Command::Whoami { output } => cmd::session::whoami(&ctl, output.output).await,
         Command::EnrollToken { host, ttl, output } => {
             cmd::agents::enroll_token(&ctl, &host, ttl, output.output).await
         }
         Command::Diff { file, output } => cmd::diff::diff(&ctl, &file, output.output).await,
         Command::Export { out } => cmd::export::export(&ctl, out.as_deref()).await,
+        Command::Users(UsersCmd::Create {
+            name,
+            role,
+            password_stdin,
+            output,
+        }) => cmd::users::create(&ctl, &name, &role, password_stdin, output.output).await,
+        Command::Users(UsersCmd::List { output }) => cmd::users::list(&ctl, output.output).await,
+        Command::Users(UsersCmd::Delete { name, output }) => {
+            cmd::users::delete(&ctl, &name, output.output).await
+        }
+        Command::Users(UsersCmd::ResetTotp { name, output }) => {
+            cmd::users::reset_totp(&ctl, &name, output.output).await
+        }
+        Command::Passwd {
+            password_stdin,
+            output,
+        } => cmd::session::passwd(&ctl, password_stdin, output.output).await,
+        Command::Logout { output } => {
+            cmd::session::logout(&ctl, access.api_key.as_deref(), store, output.output).await
+        }
     }
 }
 
-fn run(cli: Cli) -> R<()> {
+fn run(cli: Cli, flags: cmd::config_cmd::Flags) -> R<()> {
     match cli.command {
+        Command::Config(c) => cmd::config_cmd::run(&config::path(cli.config.as_deref())?, c, flags),
         Command::Policy(cmd) => match cmd {
             PolicyCmd::Check {
                 files,
@@ -209,13 +237,28 @@ fn run(cli: Cli) -> R<()> {
                 .build()
                 .map_err(|e| Fail::Usage(format!("cannot start the async runtime: {e}")))?;
             let json = remote_output(&command) == Some(Output::Json);
-            let access = connect::Access {
-                url: cli.controller.clone(),
-                api_key: cli.api_key.clone(),
-                ca: cli.ca.clone(),
-            };
             let diff = matches!(command, Command::Diff { .. });
-            let r = rt.block_on(remote(&access, command));
+            let r = (|| {
+                let file = config::path(cli.config.as_deref())?;
+                let cfg = config::load(&file)?;
+                let resolved = config::resolve(
+                    &cfg,
+                    cli.context.as_deref(),
+                    cli.controller.as_deref(),
+                    cli.api_key.as_deref(),
+                    cli.ca.as_deref(),
+                )?;
+                let store = resolved
+                    .context
+                    .clone()
+                    .map(|context| cmd::session::Store { file, context });
+                let access = connect::Access {
+                    url: resolved.url,
+                    api_key: resolved.api_key,
+                    ca: resolved.ca,
+                };
+                rt.block_on(remote(&access, store.as_ref(), command))
+            })();
             // `diff`: 1 means changes, so every error exits 2.
             let r = if diff { r.map_err(cmd::diff::error) } else { r };
             // Scripts reading `--output json` get a JSON document on failure too.
@@ -237,8 +280,20 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    // `config set-context` stores --controller and --ca given as flags, never the
+    // environment's.
+    let flag = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    let flags = cmd::config_cmd::Flags {
+        controller: cli.controller.clone().filter(|_| flag("controller")),
+        ca: cli.ca.clone().filter(|_| flag("ca")),
+        api_key: flag("api_key"),
+    };
+    match run(cli, flags) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if let Some(m) = f.message() {

@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::State;
 use super::limits::{Attempts, Buckets, Rate};
@@ -126,6 +126,40 @@ fn valid_name(what: &str, name: &str) -> Result<(), Error> {
             "invalid {what} name `{}`: 1 to 64 characters of letters, digits, `-_.@`",
             shown(name)
         )))
+    }
+}
+
+/// A new password's bounds: [`MIN_PASSWORD_LEN`] characters to [`MAX_PASSWORD_LEN`] bytes.
+fn check_new_password(password: &str) -> Result<(), Error> {
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "the password must have at least {MIN_PASSWORD_LEN} characters"
+        )));
+    }
+    if password.len() > MAX_PASSWORD_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "the password must have at most {MAX_PASSWORD_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The `otpauth://` URI of a user's TOTP secret, for authenticator apps.
+fn otpauth_uri(name: &str, totp_secret: &str) -> String {
+    format!(
+        "otpauth://totp/zt-gateway:{name}?secret={totp_secret}&issuer=zt-gateway&algorithm=SHA1&digits=6&period=30"
+    )
+}
+
+/// The user of a session principal (`user:NAME`); an API key cannot do `what`.
+fn session_user(p: &Principal, what: &str) -> Result<String, Error> {
+    match p.name.strip_prefix("user:") {
+        Some(u) => Ok(u.to_string()),
+        None => Err(Error::FailedPrecondition(format!(
+            "{} is an API key, not a session: only a user logged in with `gatewayctl login` \
+             can {what} (revoke a key with `gatewayctl keys revoke`)",
+            p.name
+        ))),
     }
 }
 
@@ -420,16 +454,7 @@ impl State {
         actor: &str,
     ) -> Result<(String, String), Error> {
         valid_name("user", name)?;
-        if password.chars().count() < MIN_PASSWORD_LEN {
-            return Err(Error::InvalidArgument(format!(
-                "the password must have at least {MIN_PASSWORD_LEN} characters"
-            )));
-        }
-        if password.len() > MAX_PASSWORD_LEN {
-            return Err(Error::InvalidArgument(format!(
-                "the password must have at most {MAX_PASSWORD_LEN} bytes"
-            )));
-        }
+        check_new_password(password)?;
         if self.creds().users.contains_key(name) {
             return Err(Error::AlreadyExists(format!(
                 "a user named `{name}` exists"
@@ -463,9 +488,7 @@ impl State {
         g.store.insert_user(&row, &a)?;
         info!(user = name, role = %role, actor, "admin user created");
         c.users.insert(name.to_string(), row);
-        let uri = format!(
-            "otpauth://totp/zt-gateway:{name}?secret={totp_secret}&issuer=zt-gateway&algorithm=SHA1&digits=6&period=30"
-        );
+        let uri = otpauth_uri(name, &totp_secret);
         Ok((totp_secret, uri))
     }
 
@@ -519,5 +542,151 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// Ends the caller's own session (Logout). Any role; an API key is
+    /// FAILED_PRECONDITION.
+    pub fn logout(&self, p: &Principal) -> Result<(), Error> {
+        let user = session_user(p, "log out")?;
+        let mut g = self.lock();
+        let mut c = self.creds();
+        if c.sessions.remove(&p.credential).is_none() {
+            return Err(unauth("unknown or ended session"));
+        }
+        let mut a = self.audit_now(&p.name, "logout", "session", "open", "ended");
+        a.revision = g.revision;
+        if let Err(e) = g.store.audit(&a) {
+            tracing::error!(user, error = %e, "recording logout failed");
+        }
+        info!(user, "logged out (session ended)");
+        Ok(())
+    }
+
+    /// Changes the caller's own password (ChangePassword): the old one must match
+    /// (failures count against the user's login window, see [`MAX_LOGIN_FAILURES`]).
+    /// The user's other sessions end; the calling one stays. Returns how many ended.
+    /// Blocking (Argon2): call off the async workers, holding an
+    /// [`State::argon_permit`].
+    pub fn change_password(&self, p: &Principal, old: &str, new: &str) -> Result<u32, Error> {
+        let user = session_user(p, "change their password")?;
+        check_new_password(new)?;
+        if old.len() > MAX_PASSWORD_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "the old password has more than {MAX_PASSWORD_LEN} bytes"
+            )));
+        }
+        if old == new {
+            return Err(Error::InvalidArgument(
+                "the new password is the old one: choose a different one".into(),
+            ));
+        }
+        if let Err(ms) = self
+            .creds()
+            .attempts
+            .begin(&user, now_ms(), MAX_LOGIN_FAILURES)
+        {
+            warn!(
+                user,
+                reason = "too many failed attempts",
+                "password change refused"
+            );
+            return Err(Error::ResourceExhausted(format!(
+                "too many failed attempts for `{user}`: retry in {} s",
+                ms / 1000 + 1
+            )));
+        }
+        let row = self
+            .creds()
+            .users
+            .get(&user)
+            .cloned()
+            .ok_or_else(|| unauth(format!("the user `{user}` no longer exists")))?;
+        if !auth::verify_password(old, &row.password_hash) {
+            warn!(
+                user,
+                reason = "wrong old password",
+                "password change failed"
+            );
+            self.refused(
+                "password_change_failure",
+                p.name.clone(),
+                format!("user:{user}"),
+                "wrong old password".into(),
+            );
+            return Err(unauth("the old password is wrong"));
+        }
+        let hash = auth::hash_password(new)?;
+        let mut g = self.lock();
+        let mut guard = self.creds();
+        let c = &mut *guard;
+        let Some(u) = c.users.get_mut(&user) else {
+            return Err(unauth(format!("the user `{user}` no longer exists")));
+        };
+        let others = c
+            .sessions
+            .iter()
+            .filter(|(h, s)| s.user == user && **h != p.credential)
+            .count();
+        let mut a = self.audit_now(
+            &p.name,
+            "change_password",
+            &format!("user:{user}"),
+            "",
+            &format!("password changed; {others} other sessions ended"),
+        );
+        a.revision = g.revision;
+        g.store.set_user_password(&user, &hash, &a)?;
+        u.password_hash = hash;
+        c.sessions
+            .retain(|h, s| s.user != user || *h == p.credential);
+        c.attempts.clear(&user);
+        info!(
+            user,
+            sessions_ended = others,
+            "password changed (other sessions ended)"
+        );
+        Ok(others as u32)
+    }
+
+    /// Gives a user a new TOTP secret (ResetAdminUserTotp, admin only) and ends all of
+    /// their sessions; returns the secret, its `otpauth://` URI (shown once) and how
+    /// many sessions ended.
+    pub fn reset_admin_user_totp(
+        &self,
+        name: &str,
+        actor: &str,
+    ) -> Result<(String, String, u32), Error> {
+        let not_found = || Error::NotFound(format!("no user named `{}`", shown(name)));
+        if !self.creds().users.contains_key(name) {
+            return Err(not_found());
+        }
+        let secret = auth::new_totp_secret()?;
+        let sealed = self.keys.seal_totp(name, &secret)?;
+        let mut g = self.lock();
+        let mut guard = self.creds();
+        let c = &mut *guard;
+        let Some(u) = c.users.get_mut(name) else {
+            return Err(not_found());
+        };
+        let ended = c.sessions.values().filter(|s| s.user == name).count();
+        let mut a = self.audit_now(
+            actor,
+            "reset_totp",
+            &format!("user:{name}"),
+            "",
+            &format!("new TOTP secret; {ended} sessions ended"),
+        );
+        a.revision = g.revision;
+        g.store.set_user_totp(name, &sealed, &a)?;
+        u.totp_secret = sealed;
+        u.totp_last_step = -1;
+        c.sessions.retain(|_, s| s.user != name);
+        info!(
+            user = name,
+            actor,
+            sessions_ended = ended,
+            "admin user TOTP reset (sessions ended)"
+        );
+        Ok((secret.clone(), otpauth_uri(name, &secret), ended as u32))
     }
 }

@@ -147,6 +147,37 @@ impl Store {
         .map(|_| ())
     }
 
+    /// Replaces a user's password hash, with its audit record.
+    pub fn set_user_password(
+        &mut self,
+        name: &str,
+        password_hash: &str,
+        audit: &AuditEntry,
+    ) -> Result<(), Error> {
+        self.exec_audited(
+            "UPDATE admin_users SET password_hash = ?2 WHERE name = ?1",
+            params![name, password_hash],
+            audit,
+        )
+        .map(|_| ())
+    }
+
+    /// Replaces a user's (sealed) TOTP secret and forgets the last accepted step, with
+    /// its audit record.
+    pub fn set_user_totp(
+        &mut self,
+        name: &str,
+        sealed_secret: &str,
+        audit: &AuditEntry,
+    ) -> Result<(), Error> {
+        self.exec_audited(
+            "UPDATE admin_users SET totp_secret = ?2, totp_last_step = -1 WHERE name = ?1",
+            params![name, sealed_secret],
+            audit,
+        )
+        .map(|_| ())
+    }
+
     /// Records the last accepted TOTP step of a user.
     pub fn set_totp_step(&mut self, user: &str, step: i64) -> Result<(), Error> {
         self.conn

@@ -18,7 +18,7 @@ pub fn role_name(r: i32) -> &'static str {
     }
 }
 
-fn role_wire(r: &str) -> i32 {
+pub fn role_wire(r: &str) -> i32 {
     match r {
         "admin" => v1::Role::Admin as i32,
         "operator" => v1::Role::Operator as i32,

@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod apply;
 pub mod audit;
+pub mod config_cmd;
 pub mod diff;
 pub mod events;
 pub mod explain;
@@ -12,6 +13,7 @@ pub mod keys;
 pub mod objects;
 pub mod policy;
 pub mod session;
+pub mod users;
 
 use std::path::Path;
 
