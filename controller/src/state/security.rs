@@ -359,10 +359,17 @@ impl State {
         ttl_seconds: u64,
         actor: &str,
     ) -> Result<(String, ApiKeyInfo), Error> {
+        if ttl_seconds > MAX_KEY_TTL_SECS {
+            return Err(Error::InvalidArgument(format!(
+                "ttl_seconds {ttl_seconds}: an API key lives at most {} days ({MAX_KEY_TTL_SECS} \
+                 seconds); give a shorter lifetime",
+                MAX_KEY_TTL_SECS / 86_400
+            )));
+        }
         let ttl = if ttl_seconds == 0 {
             DEFAULT_KEY_TTL_SECS
         } else {
-            ttl_seconds.min(MAX_KEY_TTL_SECS)
+            ttl_seconds
         };
         self.create_api_key(name, role, now_ms() + ttl as i64 * 1000, actor)
     }
