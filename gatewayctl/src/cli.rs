@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use gateway_proto::v1::ObjectKind;
-use gatewayctl::remote::{parse_duration, parse_kind};
+use gatewayctl::remote::{
+    MAX_KEY_TTL_SECS, MAX_TOKEN_TTL_SECS, parse_duration_at_most, parse_kind,
+};
 
 use crate::output::Output;
 
@@ -24,9 +26,18 @@ use crate::output::Output;
         audit trail, list agents and create their enrollment tokens. Every remote command \
         takes `--output json` (one JSON document on stdout; `events --follow`: one JSON \
         object per line; on failure `{\"error\": {\"message\", \"exit_code\", \"diagnostics\"?}}`).\n\n\
-        Exit codes: 0 success; 1 policy errors, failing tests, or a request the controller \
-        refused (invalid policy, not found, already exists, concurrent change, declined \
-        confirmation); 2 usage or I/O errors (including an unreachable controller).",
+        Exit codes (every command):\n  \
+        0  success (also a dry run, or an apply with nothing to change)\n  \
+        1  the answer is no: policy errors, failing [[test]] blocks, or the controller \
+        refused the request (invalid policy or object, failing tests, not found, already \
+        exists, a concurrent change, bad/expired/revoked credentials, a role not allowed \
+        to do it), a declined confirmation, a broken audit chain\n  \
+        2  the command could not be carried out: usage errors (unknown options, malformed \
+        values such as `--host web` or `--ttl 800d` beyond its limit), unreadable files, an \
+        unreachable controller, http:// to a TLS controller or https:// to a plaintext one, \
+        a timeout, no terminal to confirm on\n  \
+        141  standard output was closed by its reader (`gatewayctl ... | head`): ends \
+        quietly, as if killed by SIGPIPE",
     propagate_version = true
 )]
 pub struct Cli {
@@ -67,8 +78,8 @@ pub enum KeysCommand {
         /// `admin`, `operator` or `auditor`.
         #[arg(long, value_parser = ["admin", "operator", "auditor"])]
         role: String,
-        /// Lifetime: `30d`, `12h`, ... [default: 90 days; at most 2 years].
-        #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+        /// Lifetime: `30d`, `12h`, ... [default: 90 days; at most 730d, longer is refused].
+        #[arg(long, value_name = "DURATION", value_parser = key_ttl_arg)]
         ttl: Option<u64>,
         #[command(flatten)]
         output: OutputArg,
@@ -206,8 +217,11 @@ pub enum Command {
         #[command(flatten)]
         output: OutputArg,
     },
-    /// Connection events stored by the controller, oldest first; `--follow` then streams
-    /// new ones until Ctrl-C.
+    /// Connection events stored by the controller: the newest matching ones (at most
+    /// --limit), printed oldest first; `--follow` then streams new ones until Ctrl-C.
+    ///
+    /// A malformed filter (`--host web`, `--event denied`, `--verdict allowed`, a bad
+    /// `--since`) is a usage error (exit 2), never an empty answer.
     ///
     /// JSON: `{"events": [{"id", "time", "time_unix_ms", "received_unix_ms", "agent_id",
     /// "event", "verdict", "reason", "user", "device", "service_account", "src_ip",
@@ -239,8 +253,9 @@ pub enum Command {
         /// Events before this instant: RFC 3339, or a duration ago.
         #[arg(long, value_name = "RFC3339")]
         until: Option<String>,
-        /// At most this many (the oldest matching; the controller caps at 10000).
-        #[arg(long, value_name = "N")]
+        /// At most this many: the newest N matching events, still printed oldest first
+        /// (1 to 10000; default 10000).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: Option<u32>,
         /// After the stored events, stream new ones until Ctrl-C.
         #[arg(long, short)]
@@ -320,8 +335,9 @@ pub enum Command {
         /// The host the agent enforces for: `connector:NAME` or `device:NAME`.
         #[arg(long, value_name = "HOST")]
         host: String,
-        /// How long the token is valid: `90s`, `30m`, `1h`, `7d` (at most 365d).
-        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = duration_arg)]
+        /// How long the token is valid: `90s`, `30m`, `1h`, `7d` (at most 365d, longer is
+        /// refused).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = token_ttl_arg)]
         ttl: u64,
         #[command(flatten)]
         output: OutputArg,
@@ -332,8 +348,12 @@ fn kind_arg(s: &str) -> Result<ObjectKind, String> {
     parse_kind(s)
 }
 
-fn duration_arg(s: &str) -> Result<u64, String> {
-    parse_duration(s)
+fn key_ttl_arg(s: &str) -> Result<u64, String> {
+    parse_duration_at_most(s, MAX_KEY_TTL_SECS)
+}
+
+fn token_ttl_arg(s: &str) -> Result<u64, String> {
+    parse_duration_at_most(s, MAX_TOKEN_TTL_SECS)
 }
 
 #[derive(Args, Debug)]

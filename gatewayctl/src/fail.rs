@@ -52,3 +52,38 @@ impl Fail {
 }
 
 pub type R<T> = Result<T, Fail>;
+
+/// Ends the process quietly when the reader of standard output goes away
+/// (`gatewayctl policy nft ... | head`), as if killed by SIGPIPE like other Unix tools,
+/// and only then.
+///
+/// SIGPIPE itself stays ignored (Rust's default): a controller that closes its socket
+/// mid-write (a TLS controller answering a plaintext `http://` request) must give an
+/// error with a message, never kill the process silently. A write to a closed stdout
+/// then fails with EPIPE, `print!` panics with "failed printing to stdout", and this
+/// hook turns that one panic into a death by SIGPIPE (exit status 141 in shells); every
+/// other panic is reported as usual.
+pub fn end_quietly_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        let broken_pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe).to_string();
+        let os_epipe = std::io::Error::from_raw_os_error(libc::EPIPE).to_string();
+        if msg.starts_with("failed printing to stdout")
+            && (msg.contains(&os_epipe) || msg.contains(&broken_pipe))
+        {
+            // SAFETY: restoring the default disposition and raising the signal on this
+            // process; nothing runs after it.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+        }
+        default(info);
+    }));
+}

@@ -8,10 +8,8 @@
 //! setup, `output.rs` the output formats, `fail.rs` exit codes and error reports; this
 //! file only parses and dispatches.
 //!
-//! Exit codes: 0 success; 1 the policy has errors or failing `[[test]]` blocks, or the
-//! controller refused the request (invalid policy, not found, already exists, a
-//! concurrent change, a declined confirmation); 2 usage or I/O errors (bad arguments,
-//! unreadable files, unknown hosts, an unreachable controller, no terminal to confirm on).
+//! Exit codes: the table is in `gatewayctl --help` (`cli.rs`) and the README; gRPC
+//! status codes are mapped to them in one place, `connect::Ctl::fail`.
 
 mod cli;
 mod cmd;
@@ -35,6 +33,30 @@ async fn remote(access: &connect::Access, command: Command) -> R<()> {
         Command::Explain { at, .. } => Some(at_time(at)?),
         _ => None,
     };
+    if let Command::Events {
+        user,
+        device,
+        resource,
+        event,
+        verdict,
+        host,
+        since,
+        until,
+        ..
+    } = &command
+    {
+        cmd::events::check_filters(&cmd::events::EventArgs {
+            user: user.clone(),
+            device: device.clone(),
+            resource: resource.clone(),
+            event: event.clone(),
+            verdict: verdict.clone(),
+            host: host.clone(),
+            since: since.clone(),
+            until: until.clone(),
+            ..Default::default()
+        })?;
+    }
     let ctl = connect::connect(access).await?;
     match command {
         Command::Policy(_) => Ok(()),
@@ -222,12 +244,7 @@ fn run(cli: Cli) -> R<()> {
 }
 
 fn main() -> ExitCode {
-    // Die quietly like other Unix tools when the reader of a pipe goes away
-    // (`gatewayctl policy nft ... | head`) instead of panicking on a failed print.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    fail::end_quietly_on_closed_stdout();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
