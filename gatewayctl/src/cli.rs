@@ -118,6 +118,12 @@ pub enum Command {
     /// command refuses, exit 2). The change is applied only if nobody changed the policy
     /// since the plan was computed (otherwise exit 1, nothing applied).
     ///
+    /// A policy whose own [[test]] blocks fail is refused (exit 1, nothing applied): each
+    /// failing test is printed as `file:line:col: error: test `NAME` fails: FROM -> TO
+    /// expects allow, the policy decides deny (REASON, RULE)`. `--skip-tests` applies it
+    /// anyway: the failing tests are then shown as warnings of the plan, and the audit
+    /// trail records the apply as `apply_policy_skip_tests`.
+    ///
     /// JSON: `{"dry_run", "applied", "plan": {"base_revision", "new_revision",
     /// "objects": [{"kind", "name", "change", "before", "after"}], "hosts": [{"host",
     /// "base_generation", "new_generation", "src"|"dst"|"rules"|"total": {"added",
@@ -126,6 +132,10 @@ pub enum Command {
         /// Policy file (TOML).
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Apply even when the policy's own [[test]] blocks fail (recorded as such in the
+        /// audit trail).
+        #[arg(long)]
+        skip_tests: bool,
         #[command(flatten)]
         confirm: ConfirmArgs,
         #[command(flatten)]

@@ -62,9 +62,17 @@ async fn remote(access: &connect::Access, command: Command) -> R<()> {
         Command::Policy(_) => Ok(()),
         Command::Apply {
             file,
+            skip_tests,
             confirm,
             output,
-        } => cmd::apply::apply(&ctl, &file, confirm.yes, confirm.dry_run, output.output).await,
+        } => {
+            let how = cmd::apply::How {
+                yes: confirm.yes,
+                dry_run: confirm.dry_run,
+                skip_tests,
+            };
+            cmd::apply::apply(&ctl, &file, how, output.output).await
+        }
         Command::Get { kind, name, output } => {
             cmd::objects::get(&ctl, kind, &name, output.output).await
         }

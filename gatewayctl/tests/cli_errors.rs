@@ -563,3 +563,63 @@ async fn malformed_event_filters_are_usage_errors() {
     }
     c.stop().await;
 }
+
+/// `apply` refuses a policy whose own `[[test]]` blocks fail (exit 1, each failing test
+/// located, nothing applied), also with `--dry-run`; `--skip-tests` applies it and shows
+/// the failing tests with the plan. Control: a policy whose tests pass applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_refuses_failing_tests_unless_skipped() {
+    let c = Controller::start(false).await;
+    let demo = std::fs::read_to_string(demo_path()).unwrap();
+    let text = format!(
+        "{demo}\n[[test]]\nname = \"alice reaches the database\"\nfrom = \"alice-laptop\"\n\
+         to = \"198.18.1.10:5432/tcp\"\nexpect = \"allow\"\n"
+    );
+    let f = c.file("failing.toml", &text);
+    let line = text
+        .lines()
+        .position(|l| l == "name = \"alice reaches the database\"")
+        .unwrap();
+    for extra in ["--yes", "--dry-run"] {
+        let err = fails(&c.ctl(&["apply", extra, &f]), 1);
+        assert!(
+            err.contains(&format!(
+                "{f}:{line}:1: error: test `alice reaches the database` fails: alice-laptop -> \
+                 198.18.1.10:5432/tcp expects allow, the policy decides deny"
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains("1 [[test]] block fails; the controller's policy was not changed")
+                && err.contains("--skip-tests"),
+            "{err}"
+        );
+    }
+    assert_eq!(c.state.revision(), 0);
+    // JSON: the error document carries the failing test.
+    let o = c.ctl(&["apply", "--yes", &f, "-o", "json"]);
+    assert_eq!(code(&o), 1);
+    let j = json(&o);
+    assert!(
+        j["error"]["diagnostics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d.as_str().unwrap().contains("alice reaches the database")),
+        "{j}"
+    );
+
+    let o = c.ctl(&["apply", "--yes", "--skip-tests", &f]);
+    let out = ok(&o);
+    assert!(out.contains("applied"), "{out}");
+    assert!(
+        stderr(&o).contains("warning: test `alice reaches the database` fails"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(c.state.revision(), 1);
+    // Control: the demo's own tests pass; it applies without --skip-tests.
+    ok(&c.ctl(&["apply", "--yes", &demo_path()]));
+    assert_eq!(c.state.revision(), 2);
+    c.stop().await;
+}
