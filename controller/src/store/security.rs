@@ -97,6 +97,31 @@ impl Store {
         Ok(())
     }
 
+    /// The API key with this hash, if any (a key minted by another process on this
+    /// database, e.g. `gateway-controller init` while the controller runs).
+    pub fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRow>, Error> {
+        use rusqlite::OptionalExtension as _;
+        self.conn
+            .query_row(
+                "SELECT name, role, hash, created_ms, expires_ms, revoked_ms, created_by
+                 FROM api_keys WHERE hash = ?1",
+                params![hash],
+                |r| {
+                    Ok(ApiKeyRow {
+                        name: r.get(0)?,
+                        role: r.get(1)?,
+                        hash: r.get(2)?,
+                        created_ms: r.get(3)?,
+                        expires_ms: r.get(4)?,
+                        revoked_ms: r.get(5)?,
+                        created_by: r.get(6)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db)
+    }
+
     pub fn insert_api_key(&mut self, k: &ApiKeyRow, audit: &AuditEntry) -> Result<(), Error> {
         self.exec_audited(
             "INSERT INTO api_keys (name, role, hash, created_ms, expires_ms, revoked_ms, created_by)
