@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use gateway_logging::LogFormat;
 use tracing::{error, info, warn};
 
@@ -106,6 +106,18 @@ enum Command {
         #[arg(long, value_name = "HASH")]
         expect_head: Option<String>,
     },
+    /// Print a shell completion script for gateway-controller on stdout (bash, zsh,
+    /// fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (gateway-controller.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// Raises the soft file-descriptor limit to the hard one and keeps `wanted` connections
@@ -166,6 +178,26 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     gateway_logging::init(cli.log_format, true);
     match cli.command {
+        Command::Completions { shell } => {
+            use std::io::Write as _;
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "gateway-controller",
+                &mut script,
+            );
+            // A reader that went away (`| head`) is not an error.
+            match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(Cli::command(), &dir)?;
+            Ok(())
+        }
         Command::Init {
             db,
             tls_dir,

@@ -352,6 +352,21 @@ pub enum Command {
         #[command(flatten)]
         output: OutputArg,
     },
+    /// Print a shell completion script for gatewayctl on stdout.
+    ///
+    /// bash: `gatewayctl completions bash > /etc/bash_completion.d/gatewayctl`; zsh: into
+    /// a folder of `$fpath` as `_gatewayctl`; fish: `~/.config/fish/completions/`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (gatewayctl.1 and one per subcommand) into DIR
+    /// (`cargo xtask man` writes every binary's into target/man).
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 fn kind_arg(s: &str) -> Result<ObjectKind, String> {
@@ -469,7 +484,7 @@ pub enum PolicyCmd {
 pub fn remote_output(c: &Command) -> Option<Output> {
     Some(
         match c {
-            Command::Policy(_) => return None,
+            Command::Policy(_) | Command::Completions { .. } | Command::Man { .. } => return None,
             Command::Apply { output, .. }
             | Command::Get { output, .. }
             | Command::List { output, .. }

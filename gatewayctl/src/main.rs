@@ -19,7 +19,7 @@ mod output;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 use policy_compiler::json_schema;
 
 use crate::cli::{AuditAction, Cli, Command, KeysCommand, PolicyCmd, remote_output};
@@ -59,7 +59,7 @@ async fn remote(access: &connect::Access, command: Command) -> R<()> {
     }
     let ctl = connect::connect(access).await?;
     match command {
-        Command::Policy(_) => Ok(()),
+        Command::Policy(_) | Command::Completions { .. } | Command::Man { .. } => Ok(()),
         Command::Apply {
             file,
             skip_tests,
@@ -230,6 +230,16 @@ fn run(cli: Cli) -> R<()> {
                 Ok(())
             }
         },
+        Command::Completions { shell } => {
+            // Into memory first, then printed: a closed stdout ends quietly (see `fail`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "gatewayctl", &mut script);
+            print!("{}", String::from_utf8_lossy(&script));
+            Ok(())
+        }
+        Command::Man { dir } => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+            .map_err(|e| Fail::Usage(format!("--dir {}: {e}", dir.display()))),
         command => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
