@@ -93,6 +93,27 @@ async fn init_mints_a_working_key_on_a_running_controller() {
     let (ok, second, err) = init(&db, &[]);
     assert!(ok && second.starts_with("zt-key-"), "{err}");
     assert!(err.contains("key=bootstrap-admin-2 "), "{err}");
+    // It is listed before its first use, and its name cannot be taken over the API.
+    let mut admin = controller::auth::admin_client(ch.clone(), &first);
+    let names: Vec<String> = admin
+        .list_api_keys(v1::ListApiKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(names, ["bootstrap-admin", "bootstrap-admin-2"]);
+    let e = admin
+        .create_api_key(v1::CreateApiKeyRequest {
+            name: "bootstrap-admin-2".into(),
+            role: v1::Role::Auditor as i32,
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
     assert_eq!(whoami(&ch, &second).await.unwrap(), "key:bootstrap-admin-2");
 
     // A wrong key is still refused (and again, from the negative cache).

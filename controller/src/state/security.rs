@@ -273,6 +273,21 @@ impl State {
         }
     }
 
+    /// Adds the keys the store holds and memory does not (minted by another process,
+    /// see [`State::load_minted_key`]): for listing keys and checking a new key's name.
+    /// Takes the state lock; call without the credentials lock.
+    fn merge_stored_keys(&self, g: &super::Inner) {
+        match g.store.api_keys() {
+            Ok(rows) => {
+                let mut c = self.creds();
+                for row in rows {
+                    c.keys.entry(row.hash.clone()).or_insert(row);
+                }
+            }
+            Err(e) => debug!(error = %e, "reading the API keys from the database failed"),
+        }
+    }
+
     fn principal_of(&self, secret: &str, hash: &str) -> Result<Principal, Error> {
         if secret.starts_with(KEY_PREFIX) {
             self.load_minted_key(hash);
@@ -384,6 +399,7 @@ impl State {
             created_by: actor.to_string(),
         };
         let mut g = self.lock();
+        self.merge_stored_keys(&g);
         let mut c = self.creds();
         if c.keys.values().any(|k| k.name == name) {
             return Err(Error::AlreadyExists(format!(
@@ -444,6 +460,7 @@ impl State {
     }
 
     pub fn list_api_keys(&self) -> Vec<ApiKeyInfo> {
+        self.merge_stored_keys(&self.lock());
         let c = self.creds();
         let mut out: Vec<_> = c.keys.values().map(key_info).collect();
         out.sort_by(|a, b| (a.created_ms, &a.name).cmp(&(b.created_ms, &b.name)));
@@ -453,6 +470,7 @@ impl State {
     pub fn revoke_api_key(&self, name: &str, actor: &str) -> Result<(), Error> {
         let now = now_ms();
         let mut g = self.lock();
+        self.merge_stored_keys(&g);
         let mut c = self.creds();
         let Some(k) = c.keys.values_mut().find(|k| k.name == name) else {
             return Err(Error::NotFound(format!(
