@@ -3,17 +3,19 @@
 
 use serde_json::{Value, json};
 
-/// Why a command failed.
+/// Why a command failed; the exit codes are the table of `gatewayctl --help`.
 pub enum Fail {
     /// Policy errors (already printed) or failing tests: exit 1.
     Policy,
-    /// A request the controller refused, or a failure: exit 1 (`gatewayctl: error: ...`).
+    /// The answer is no: a request the controller refused (also a refused credential or
+    /// role), a declined confirmation: exit 1 (`gatewayctl: error: ...`).
     Error(String),
     /// Located diagnostics to print as they are: exit 1.
     Raw(String),
     /// Located diagnostics (printed as they are), then a summary: exit 1.
     Diagnostics(String, String),
-    /// Usage or I/O errors: exit 2.
+    /// The command could not be carried out: usage or I/O errors, no answer from the
+    /// controller (unreachable, timeout, TLS on one side only): exit 2.
     Usage(String),
 }
 

@@ -1,7 +1,8 @@
 //! `gatewayctl`: the admin CLI. Offline policy commands (`policy check|explain|compile|
 //! nft|schema`) and remote commands against a controller's Admin gRPC API (`apply`,
 //! `get`, `list`, `create`, `update`, `delete`, `explain`, `events`, `audit`, `agents`,
-//! `enroll-token`, `keys`, `revoke-agent`, `login`, `whoami`).
+//! `enroll-token`, `keys`, `revoke-agent`, `login`, `whoami`), and `completions SHELL`
+//! and the hidden `man --dir DIR`.
 //!
 //! Layout: `cli.rs` holds the clap definitions, `cmd/` one module per command group
 //! (`cmd/policy.rs` the offline ones), `connect.rs` the channel, TLS and credential

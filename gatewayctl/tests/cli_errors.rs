@@ -422,6 +422,15 @@ async fn ttl_beyond_the_limit_is_refused() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("at most 730 days"), "{e:?}");
     assert!(!c.state.list_api_keys().iter().any(|k| k.name == "longer"));
+    let e = admin
+        .create_enrollment_token(v1::CreateEnrollmentTokenRequest {
+            host: "device:x".into(),
+            ttl_seconds: 366 * 86_400,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("at most 365 days"), "{e:?}");
     c.stop().await;
 }
 
