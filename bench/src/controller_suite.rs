@@ -283,6 +283,7 @@ pub fn run(opts: &Opts, out: &mut Option<Summary>) -> Result<()> {
                 file_name: "policy.toml".into(),
                 dry_run: false,
                 expected_revision: None,
+                skip_tests: false,
             })
             .await
             .context("applying the policy")?;

@@ -102,6 +102,7 @@ pub fn run(opts: &Opts, out: &mut Option<PeerChange>) -> Result<()> {
                 file_name: "policy.toml".into(),
                 dry_run: false,
                 expected_revision: None,
+                skip_tests: false,
             })
             .await
             .context("applying the policy")?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use gateway_logging::LogFormat;
 use tracing::{error, info, warn};
 
@@ -31,7 +31,9 @@ struct Cli {
 enum Command {
     /// Prepares a deployment: creates the database, an admin API key (printed once, on
     /// stdout) and, with --tls-dir, the deployment's CA and the controller's certificate.
-    /// Run again on an existing database to mint another admin key (break-glass).
+    /// Run again on an existing database to mint another admin key (break-glass): it gets
+    /// the next free name (`bootstrap-admin-2`, ...; its name is logged on stderr) and
+    /// works at once, also while the controller runs on that database.
     Init {
         /// The SQLite database file (created with its directory if missing).
         #[arg(long, default_value = "/var/lib/zt-gateway/controller.db")]
@@ -42,9 +44,11 @@ enum Command {
         /// A DNS name or IP address agents use to reach the controller (repeatable).
         #[arg(long = "san")]
         sans: Vec<String>,
-        /// Name of the admin API key (unique; names are never reused).
-        #[arg(long, default_value = "bootstrap-admin")]
-        key_name: String,
+        /// Name of the admin API key (unique; names are never reused, and an existing
+        /// name is refused). [default: `bootstrap-admin`, or the first free one of
+        /// `bootstrap-admin-2`, `bootstrap-admin-3`, ...]
+        #[arg(long)]
+        key_name: Option<String>,
         /// The controller's secret key file (created, mode 0600, when missing): keys the
         /// audit chain and seals TOTP secrets. Keep it where the database's readers and
         /// writers cannot read it. [default: controller.key next to the database]
@@ -107,6 +111,18 @@ enum Command {
         #[arg(long, value_name = "HASH")]
         expect_head: Option<String>,
     },
+    /// Print a shell completion script for gateway-controller on stdout (bash, zsh,
+    /// fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (gateway-controller.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// Raises the soft file-descriptor limit to the hard one and keeps `wanted` connections
@@ -148,11 +164,45 @@ fn connections_within_fd_limit(wanted: usize) -> usize {
     }
 }
 
+/// The default name of an `init` key: `bootstrap-admin`, or the first of
+/// `bootstrap-admin-2`, `bootstrap-admin-3`, ... that no key (also no revoked one) has.
+fn free_key_name(state: &controller::State) -> anyhow::Result<String> {
+    const BASE: &str = "bootstrap-admin";
+    let taken: std::collections::HashSet<String> =
+        state.list_api_keys().into_iter().map(|k| k.name).collect();
+    std::iter::once(BASE.to_string())
+        .chain((2..=10_000).map(|i| format!("{BASE}-{i}")))
+        .find(|n| !taken.contains(n))
+        .context(
+            "every name from bootstrap-admin to bootstrap-admin-10000 is taken: give --key-name",
+        )
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     gateway_logging::init(cli.log_format, true);
     match cli.command {
+        Command::Completions { shell } => {
+            use std::io::Write as _;
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "gateway-controller",
+                &mut script,
+            );
+            // A reader that went away (`| head`) is not an error.
+            match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(Cli::command(), &dir)?;
+            Ok(())
+        }
         Command::Init {
             db,
             tls_dir,
@@ -178,9 +228,13 @@ async fn main() -> anyhow::Result<()> {
                     key_file,
                 },
             )?;
+            let key_name = match key_name {
+                Some(n) => n,
+                None => free_key_name(&state)?,
+            };
             let key = state
                 .bootstrap_admin_key(&key_name)
-                .context("creating the admin API key")?;
+                .with_context(|| format!("creating the admin API key `{key_name}`"))?;
             info!(
                 key = %key_name,
                 valid_days = controller::state::DEFAULT_KEY_TTL_SECS / 86_400,

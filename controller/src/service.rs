@@ -34,6 +34,7 @@ fn opts(dry_run: bool, expected_revision: Option<u64>, actor: String) -> ChangeO
         dry_run,
         expected_revision,
         actor,
+        skip_tests: false,
     }
 }
 
@@ -118,7 +119,10 @@ impl Admin for AdminService {
                 s.apply_policy(
                     &r.policy_toml,
                     &r.file_name,
-                    &opts(r.dry_run, r.expected_revision, who),
+                    &ChangeOpts {
+                        skip_tests: r.skip_tests,
+                        ..opts(r.dry_run, r.expected_revision, who)
+                    },
                 )
             })
             .await,

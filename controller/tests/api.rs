@@ -17,6 +17,7 @@ fn apply_req(text: &str, dry_run: bool, expected: Option<u64>) -> v1::ApplyPolic
         file_name: "demo.toml".into(),
         dry_run,
         expected_revision: expected,
+        skip_tests: false,
     }
 }
 

@@ -1181,6 +1181,7 @@ async fn names_with_control_or_invisible_characters_are_refused() {
                 file_name: "policy.toml".into(),
                 dry_run: true,
                 expected_revision: None,
+                skip_tests: false,
             })
             .await
             .unwrap_err();

@@ -383,6 +383,7 @@ async fn an_anchored_head_detects_a_rewrite_even_by_the_key_holder() {
                 file_name: String::new(),
                 dry_run: false,
                 expected_revision: None,
+                skip_tests: false,
             })
             .await
             .unwrap();

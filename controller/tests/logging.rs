@@ -131,6 +131,7 @@ async fn json_logs_carry_the_operational_events_and_no_secret() {
             file_name: "demo.toml".into(),
             dry_run: false,
             expected_revision: None,
+            skip_tests: false,
         })
         .await
         .unwrap();

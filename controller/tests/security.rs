@@ -55,6 +55,7 @@ async fn call(c: &mut Client, method: &str) -> Result<(), Status> {
                 file_name: String::new(),
                 dry_run: true,
                 expected_revision: None,
+                skip_tests: false,
             })
             .await
             .map(|_| ()),

@@ -154,6 +154,7 @@ fn apply(ctl: &NetNs, text: &str) {
                 file_name: "policy.toml".into(),
                 dry_run: false,
                 expected_revision: None,
+                skip_tests: false,
             })
             .await
             .unwrap();

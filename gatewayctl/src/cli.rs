@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use gateway_proto::v1::ObjectKind;
-use gatewayctl::remote::{parse_duration, parse_kind};
+use gatewayctl::remote::{
+    MAX_KEY_TTL_SECS, MAX_TOKEN_TTL_SECS, parse_duration_at_most, parse_kind,
+};
 
 use crate::output::Output;
 
@@ -26,10 +28,19 @@ use crate::output::Output;
         else the context of the configuration file (`gatewayctl config`). Every remote command \
         takes `--output json` (one JSON document on stdout; `events --follow`: one JSON \
         object per line; on failure `{\"error\": {\"message\", \"exit_code\", \"diagnostics\"?}}`).\n\n\
-        Exit codes: 0 success; 1 policy errors, failing tests, or a request the controller \
-        refused (invalid policy, not found, already exists, concurrent change, declined \
-        confirmation); 2 usage or I/O errors (including an unreachable controller). `diff` \
-        differs, like diff(1): 0 no changes, 1 changes, 2 any error.",
+        Exit codes (every command):\n  \
+        0  success (also a dry run, or an apply with nothing to change)\n  \
+        1  the answer is no: policy errors, failing [[test]] blocks, or the controller \
+        refused the request (invalid policy or object, failing tests, not found, already \
+        exists, a concurrent change, bad/expired/revoked credentials, a role not allowed \
+        to do it), a declined confirmation, a broken audit chain\n  \
+        2  the command could not be carried out: usage errors (unknown options, malformed \
+        values such as `--host web` or `--ttl 800d` beyond its limit), unreadable files, an \
+        unreachable controller, http:// to a TLS controller or https:// to a plaintext one, \
+        a timeout, no terminal to confirm on\n  \
+        141  standard output was closed by its reader (`gatewayctl ... | head`): ends \
+        quietly, as if killed by SIGPIPE\n\
+        `diff` alone differs, like diff(1): 0 no changes, 1 changes, 2 any error.",
     propagate_version = true
 )]
 pub struct Cli {
@@ -73,8 +84,8 @@ pub enum KeysCommand {
         /// `admin`, `operator` or `auditor`.
         #[arg(long, value_parser = ["admin", "operator", "auditor"])]
         role: String,
-        /// Lifetime: `30d`, `12h`, ... [default: 90 days; at most 2 years].
-        #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+        /// Lifetime: `30d`, `12h`, ... [default: 90 days; at most 730d, longer is refused].
+        #[arg(long, value_name = "DURATION", value_parser = key_ttl_arg)]
         ttl: Option<u64>,
         #[command(flatten)]
         output: OutputArg,
@@ -114,6 +125,12 @@ pub enum Command {
     /// command refuses, exit 2). The change is applied only if nobody changed the policy
     /// since the plan was computed (otherwise exit 1, nothing applied).
     ///
+    /// A policy whose own [[test]] blocks fail is refused (exit 1, nothing applied): each
+    /// failing test is printed as `file:line:col: error: test `NAME` fails: FROM -> TO
+    /// expects allow, the policy decides deny (REASON, RULE)`. `--skip-tests` applies it
+    /// anyway: the failing tests are then shown as warnings of the plan, and the audit
+    /// trail records the apply as `apply_policy_skip_tests`.
+    ///
     /// JSON: `{"dry_run", "applied", "plan": {"base_revision", "new_revision",
     /// "objects": [{"kind", "name", "change", "before", "after", "fields": [{"field",
     /// "before", "after", "element"}]}], "hosts": [{"host",
@@ -123,6 +140,10 @@ pub enum Command {
         /// Policy file (TOML).
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Apply even when the policy's own [[test]] blocks fail (recorded as such in the
+        /// audit trail).
+        #[arg(long)]
+        skip_tests: bool,
         #[command(flatten)]
         confirm: ConfirmArgs,
         #[command(flatten)]
@@ -216,8 +237,11 @@ pub enum Command {
         #[command(flatten)]
         output: OutputArg,
     },
-    /// Connection events stored by the controller, oldest first; `--follow` then streams
-    /// new ones until Ctrl-C.
+    /// Connection events stored by the controller: the newest matching ones (at most
+    /// --limit), printed oldest first; `--follow` then streams new ones until Ctrl-C.
+    ///
+    /// A malformed filter (`--host web`, `--event denied`, `--verdict allowed`, a bad
+    /// `--since`) is a usage error (exit 2), never an empty answer.
     ///
     /// JSON: `{"events": [{"id", "time", "time_unix_ms", "received_unix_ms", "agent_id",
     /// "event", "verdict", "reason", "user", "device", "service_account", "src_ip",
@@ -249,8 +273,9 @@ pub enum Command {
         /// Events before this instant: RFC 3339, or a duration ago.
         #[arg(long, value_name = "RFC3339")]
         until: Option<String>,
-        /// At most this many (the oldest matching; the controller caps at 10000).
-        #[arg(long, value_name = "N")]
+        /// At most this many: the newest N matching events, still printed oldest first
+        /// (1 to 10000; default 10000).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: Option<u32>,
         /// After the stored events, stream new ones until Ctrl-C.
         #[arg(long, short)]
@@ -335,8 +360,9 @@ pub enum Command {
         /// The host the agent enforces for: `connector:NAME` or `device:NAME`.
         #[arg(long, value_name = "HOST")]
         host: String,
-        /// How long the token is valid: `90s`, `30m`, `1h`, `7d` (at most 365d).
-        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = duration_arg)]
+        /// How long the token is valid: `90s`, `30m`, `1h`, `7d` (at most 365d, longer is
+        /// refused).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = token_ttl_arg)]
         ttl: u64,
         #[command(flatten)]
         output: OutputArg,
@@ -400,6 +426,21 @@ pub enum Command {
     Logout {
         #[command(flatten)]
         output: OutputArg,
+    },
+    /// Print a shell completion script for gatewayctl on stdout.
+    ///
+    /// bash: `gatewayctl completions bash > /etc/bash_completion.d/gatewayctl`; zsh: into
+    /// a folder of `$fpath` as `_gatewayctl`; fish: `~/.config/fish/completions/`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (gatewayctl.1 and one per subcommand) into DIR
+    /// (`cargo xtask man` writes every binary's into target/man).
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 
@@ -483,8 +524,12 @@ fn kind_arg(s: &str) -> Result<ObjectKind, String> {
     parse_kind(s)
 }
 
-fn duration_arg(s: &str) -> Result<u64, String> {
-    parse_duration(s)
+fn key_ttl_arg(s: &str) -> Result<u64, String> {
+    parse_duration_at_most(s, MAX_KEY_TTL_SECS)
+}
+
+fn token_ttl_arg(s: &str) -> Result<u64, String> {
+    parse_duration_at_most(s, MAX_TOKEN_TTL_SECS)
 }
 
 #[derive(Args, Debug)]
@@ -590,7 +635,7 @@ pub enum PolicyCmd {
 pub fn remote_output(c: &Command) -> Option<Output> {
     Some(
         match c {
-            Command::Policy(_) => return None,
+            Command::Policy(_) | Command::Completions { .. } | Command::Man { .. } => return None,
             Command::Apply { output, .. }
             | Command::Get { output, .. }
             | Command::List { output, .. }

@@ -60,6 +60,66 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// What the server at a URL speaks, found by a probe when a connection failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Speaks {
+    Tls,
+    PlaintextHttp2,
+}
+
+/// The client preface of HTTP/2 and an empty SETTINGS frame (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Probes `authority` (HOST:PORT) on a fresh TCP connection, bounded to a few seconds:
+/// sends the HTTP/2 preface and reads the first bytes of the answer. A TLS server
+/// answers with a TLS record (an alert, type 21, or a handshake, 22); a plaintext
+/// HTTP/2 server with a SETTINGS frame (frame type 4 in its fourth byte).
+fn probe(authority: &str) -> Option<Speaks> {
+    use std::io::{Read as _, Write as _};
+    use std::net::ToSocketAddrs as _;
+    let timeout = Duration::from_secs(2);
+    let addr = authority.to_socket_addrs().ok()?.next()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    // A TLS server may close before reading it all: the answer is what counts.
+    let _ = s.write_all(H2_PREFACE);
+    let mut buf = [0u8; 9];
+    let mut n = 0;
+    while n < buf.len() {
+        match s.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    match buf[..n] {
+        [21 | 22, 3, ..] => Some(Speaks::Tls),
+        [_, _, _, 4, ..] if n == 9 => Some(Speaks::PlaintextHttp2),
+        _ => None,
+    }
+}
+
+/// When a connection to `url` failed: a clear usage error if the server speaks TLS and
+/// the URL is `http://`, or plaintext and the URL is `https://`.
+fn mismatch(url: &str) -> Option<Fail> {
+    let (https, authority) = match url.strip_prefix("https://") {
+        Some(a) => (true, a),
+        None => (false, url.strip_prefix("http://")?),
+    };
+    match (https, probe(authority)?) {
+        (false, Speaks::Tls) => Some(Fail::Usage(format!(
+            "the controller at {url} speaks TLS: use https://{authority} and --ca FILE (the \
+             deployment's CA certificate, ca.pem of `gateway-controller init --tls-dir`)"
+        ))),
+        (true, Speaks::PlaintextHttp2) => Some(Fail::Usage(format!(
+            "the controller at {url} speaks plaintext gRPC, not TLS (it runs with \
+             --insecure-plaintext): use http://{authority} without --ca, or run the \
+             controller with --tls-dir"
+        ))),
+        _ => None,
+    }
+}
+
 /// Connects to the controller (bounded); an unreachable controller is a usage error.
 pub async fn connect(access: &Access) -> R<Ctl> {
     let url = gatewayctl::remote::normalize_url(&access.url)
@@ -112,7 +172,7 @@ pub async fn connect(access: &Access) -> R<Ctl> {
     };
     let channel = match tokio::time::timeout(CONNECT_TIMEOUT * 2, ep.connect()).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(unreachable(chain(&e))),
+        Ok(Err(e)) => return Err(mismatch(&url).unwrap_or_else(|| unreachable(chain(&e)))),
         Err(_) => {
             return Err(unreachable(format!(
                 "no connection within {}s",
@@ -127,26 +187,43 @@ pub async fn connect(access: &Access) -> R<Ctl> {
 }
 
 impl Ctl {
-    /// Maps a gRPC error to a failure with a clear message.
+    /// Maps a gRPC error to a failure with a clear message: the one place that turns
+    /// the controller's answers into exit codes (the table is in `gatewayctl --help`):
+    /// the controller answered "no" (invalid, not found, exists, concurrent change,
+    /// unauthenticated, permission denied) is 1; no answer at all (unreachable,
+    /// timeout, a transport failure, TLS on one side only) is 2.
     pub fn fail(&self, what: &str, s: &Status) -> Fail {
         let msg = s.message().trim();
+        // tonic reports a broken connection as UNKNOWN "transport error" with a source.
+        let broken = std::error::Error::source(s).is_some() || msg == "transport error";
+        let transport = || {
+            if msg.is_empty() || broken {
+                chain(s)
+            } else {
+                msg.to_string()
+            }
+        };
         match s.code() {
-            Code::Unavailable => Fail::Usage(format!(
-                "cannot reach the controller at {}: {}",
-                self.url,
-                if msg.is_empty() {
-                    chain(s)
-                } else {
-                    msg.to_string()
-                }
-            )),
+            // No answer: say why when the two sides disagree about TLS.
+            Code::Unavailable | Code::Unknown | Code::Internal
+                if s.code() == Code::Unavailable || broken =>
+            {
+                mismatch(&self.url).unwrap_or_else(|| {
+                    Fail::Usage(format!(
+                        "cannot reach the controller at {}: {}",
+                        self.url,
+                        transport()
+                    ))
+                })
+            }
             Code::DeadlineExceeded => Fail::Usage(format!(
                 "the controller at {} did not answer {what} in time: {msg}",
                 self.url
             )),
             Code::Cancelled => Fail::Usage(format!("{what} was cancelled: {msg}")),
-            Code::Unauthenticated => Fail::Usage(format!(
-                "the controller at {} did not accept our credentials for {what}: {msg}",
+            Code::Unauthenticated => Fail::Error(format!(
+                "the controller at {} did not accept our credentials for {what}: {msg} \
+                 (check --api-key or GATEWAYCTL_API_KEY)",
                 self.url
             )),
             Code::PermissionDenied => Fail::Error(format!("not allowed to {what}: {msg}")),

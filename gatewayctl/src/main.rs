@@ -2,7 +2,8 @@
 //! nft|schema`) and remote commands against a controller's Admin gRPC API (`apply`,
 //! `get`, `list`, `create`, `update`, `delete`, `explain`, `events`, `audit`, `agents`,
 //! `enroll-token`, `keys`, `revoke-agent`, `login`, `logout`, `passwd`, `users`,
-//! `whoami`, `diff`, `export`), and `config` for the contexts of the configuration file.
+//! `whoami`, `diff`, `export`), `config` for the contexts of the configuration file, and
+//! `completions SHELL` and the hidden `man --dir DIR`.
 //!
 //! Layout: `cli.rs` holds the clap definitions, `cmd/` one module per command group
 //! (`cmd/policy.rs` the offline ones), `config.rs` the configuration file and which
@@ -10,11 +11,9 @@
 //! credential setup, `output.rs` the output formats, `fail.rs` exit codes and error
 //! reports; this file only parses and dispatches.
 //!
-//! Exit codes: 0 success; 1 the policy has errors or failing `[[test]]` blocks, or the
-//! controller refused the request (invalid policy, not found, already exists, a
-//! concurrent change, a declined confirmation); 2 usage or I/O errors (bad arguments,
-//! unreadable files, unknown hosts, an unreachable controller, no terminal to confirm on).
-//! `diff` alone, like diff(1): 0 no changes, 1 changes, 2 any error.
+//! Exit codes: the table is in `gatewayctl --help` (`cli.rs`) and the README; gRPC
+//! status codes are mapped to them in one place, `connect::Ctl::fail`. `diff` alone, like
+//! diff(1): 0 no changes, 1 changes, 2 any error.
 
 mod cli;
 mod cmd;
@@ -43,14 +42,49 @@ async fn remote(
         Command::Explain { at, .. } => Some(at_time(at)?),
         _ => None,
     };
+    if let Command::Events {
+        user,
+        device,
+        resource,
+        event,
+        verdict,
+        host,
+        since,
+        until,
+        ..
+    } = &command
+    {
+        cmd::events::check_filters(&cmd::events::EventArgs {
+            user: user.clone(),
+            device: device.clone(),
+            resource: resource.clone(),
+            event: event.clone(),
+            verdict: verdict.clone(),
+            host: host.clone(),
+            since: since.clone(),
+            until: until.clone(),
+            ..Default::default()
+        })?;
+    }
     let ctl = connect::connect(access).await?;
     match command {
-        Command::Policy(_) | Command::Config(_) => Ok(()),
+        Command::Policy(_)
+        | Command::Config(_)
+        | Command::Completions { .. }
+        | Command::Man { .. } => Ok(()),
         Command::Apply {
             file,
+            skip_tests,
             confirm,
             output,
-        } => cmd::apply::apply(&ctl, &file, confirm.yes, confirm.dry_run, output.output).await,
+        } => {
+            let how = cmd::apply::How {
+                yes: confirm.yes,
+                dry_run: confirm.dry_run,
+                skip_tests,
+            };
+            cmd::apply::apply(&ctl, &file, how, output.output).await
+        }
         Command::Get { kind, name, output } => {
             cmd::objects::get(&ctl, kind, &name, output.output).await
         }
@@ -231,6 +265,16 @@ fn run(cli: Cli, flags: cmd::config_cmd::Flags) -> R<()> {
                 Ok(())
             }
         },
+        Command::Completions { shell } => {
+            // Into memory first, then printed: a closed stdout ends quietly (see `fail`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "gatewayctl", &mut script);
+            print!("{}", String::from_utf8_lossy(&script));
+            Ok(())
+        }
+        Command::Man { dir } => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+            .map_err(|e| Fail::Usage(format!("--dir {}: {e}", dir.display()))),
         command => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -274,12 +318,7 @@ fn run(cli: Cli, flags: cmd::config_cmd::Flags) -> R<()> {
 }
 
 fn main() -> ExitCode {
-    // Die quietly like other Unix tools when the reader of a pipe goes away
-    // (`gatewayctl policy nft ... | head`) instead of panicking on a failed print.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    fail::end_quietly_on_closed_stdout();
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,

@@ -67,6 +67,34 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
         })
 }
 
+/// Longest lifetime of an API key (`keys create --ttl`), as the controller enforces it.
+pub const MAX_KEY_TTL_SECS: u64 = 2 * 365 * 86_400;
+/// Longest lifetime of an enrollment token (`enroll-token --ttl`).
+pub const MAX_TOKEN_TTL_SECS: u64 = 365 * 86_400;
+
+/// Parses a duration ([`parse_duration`]) and refuses one longer than `max_secs`,
+/// naming the limit (nothing is capped silently).
+pub fn parse_duration_at_most(s: &str, max_secs: u64) -> Result<u64, String> {
+    let d = parse_duration(s)?;
+    if d > max_secs {
+        return Err(format!(
+            "`{s}` is longer than the limit of {} ({max_secs}s): give a shorter duration",
+            human_duration(max_secs)
+        ));
+    }
+    Ok(d)
+}
+
+/// A duration in the largest whole unit that fits it (`730d`, `36h`, `90s`).
+pub fn human_duration(secs: u64) -> String {
+    for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+        if secs >= n && secs.is_multiple_of(n) {
+            return format!("{}{unit}", secs / n);
+        }
+    }
+    format!("{secs}s")
+}
+
 /// Unix milliseconds as RFC 3339 with milliseconds (`2026-01-01T10:00:00.500Z`).
 pub fn format_ms(ms: i64) -> String {
     let secs = policy_compiler::format_rfc3339(ms.div_euclid(1000));
@@ -198,6 +226,15 @@ mod tests {
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("1w").unwrap_err().contains("1h"));
         assert!(parse_duration("h").is_err());
+        // Longer than the limit: refused with the limit, never capped.
+        assert_eq!(
+            parse_duration_at_most("730d", MAX_KEY_TTL_SECS),
+            Ok(730 * 86_400)
+        );
+        let e = parse_duration_at_most("731d", MAX_KEY_TTL_SECS).unwrap_err();
+        assert!(e.contains("limit of 730d"), "{e}");
+        assert_eq!(human_duration(90), "90s");
+        assert_eq!(human_duration(7200), "2h");
     }
 
     #[test]

@@ -68,6 +68,10 @@ enum Task {
         #[arg(long, value_name = "N", default_value_t = 10_000, requires = "iface")]
         rules: u32,
     },
+    /// Write the man pages of gatewayctl, gateway-agent and gateway-controller (one page
+    /// per command and subcommand) into target/man; read one with `man -l
+    /// target/man/gatewayctl-apply.1`.
+    Man,
     /// Differential fuzzing: random policies and random (valid and malformed) packets
     /// through the loaded XDP/TC programs and the reference evaluator, and the same
     /// sequences through the tunnel programs on a TUN device (`l3` in the output). Prints
@@ -228,6 +232,30 @@ fn main() -> Result<()> {
                     &n,
                 ])?;
             }
+            Ok(())
+        }
+        Task::Man => {
+            let dir = util::root().join("target").join("man");
+            let dir = dir.to_string_lossy();
+            for (package, bin) in [
+                ("gatewayctl", "gatewayctl"),
+                ("gateway-user", "gateway-agent"),
+                ("controller", "gateway-controller"),
+            ] {
+                util::cargo(&[
+                    "run",
+                    "--quiet",
+                    "--package",
+                    package,
+                    "--bin",
+                    bin,
+                    "--",
+                    "man",
+                    "--dir",
+                    &dir,
+                ])?;
+            }
+            println!("man pages in {dir}");
             Ok(())
         }
         Task::Lint => {

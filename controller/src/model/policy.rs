@@ -12,6 +12,9 @@ pub struct ChangeOpts {
     pub expected_revision: Option<u64>,
     /// Who: `key:NAME`, `user:NAME` (the authenticated principal), `local:...`.
     pub actor: String,
+    /// Apply a whole policy even when its own `[[test]]` blocks fail (recorded as such
+    /// in the audit trail); otherwise such a policy is refused.
+    pub skip_tests: bool,
 }
 
 impl Default for ChangeOpts {
@@ -20,6 +23,7 @@ impl Default for ChangeOpts {
             dry_run: false,
             expected_revision: None,
             actor: "local".into(),
+            skip_tests: false,
         }
     }
 }

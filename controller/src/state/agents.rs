@@ -89,11 +89,14 @@ impl State {
         let h = crate::names::host(host)?;
         let token = format!("zt-enroll-{}", try_random_hex(24)?);
         let now = now_ms();
-        let ttl = if ttl_seconds == 0 {
-            3600
-        } else {
-            ttl_seconds.min(365 * 86400)
-        };
+        const MAX_TOKEN_TTL_SECS: u64 = 365 * 86_400;
+        if ttl_seconds > MAX_TOKEN_TTL_SECS {
+            return Err(Error::InvalidArgument(format!(
+                "ttl_seconds {ttl_seconds}: an enrollment token is valid at most 365 days \
+                 ({MAX_TOKEN_TTL_SECS} seconds); give a shorter lifetime"
+            )));
+        }
+        let ttl = if ttl_seconds == 0 { 3600 } else { ttl_seconds };
         let expires = now + ttl as i64 * 1000;
         let mut g = self.lock();
         let audit = AuditEntry {

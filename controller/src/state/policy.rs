@@ -151,6 +151,39 @@ pub(super) fn parse_policy(
     pc::parse(text, file, now)
 }
 
+/// One located line per failing `[[test]]` block of a policy: where it is, its name,
+/// what it sends, what it expects and what the policy decides (reason and rule).
+/// Each comes with the test's name.
+pub(super) fn failing_tests(p: &Policy) -> Vec<(String, String)> {
+    let verdict = |v: pc::Verdict| format!("{v:?}").to_ascii_lowercase();
+    pc::run_tests(p)
+        .iter()
+        .zip(&p.tests)
+        .filter(|(r, _)| !r.passed)
+        .map(|(r, t)| {
+            let reason = format!("{:?}", r.decision.reason);
+            let rule = r
+                .decision
+                .rule
+                .and_then(|id| p.rule(id.0))
+                .map_or_else(|| "default deny".to_string(), ToString::to_string);
+            let line = format!(
+                "{}:{}:{}: error: test `{}` fails: {} -> {} expects {}, the policy decides {} \
+                 ({reason}, {rule})",
+                p.file,
+                r.line,
+                r.column,
+                r.name,
+                t.from,
+                t.to,
+                verdict(r.expected),
+                verdict(r.decision.verdict),
+            );
+            (r.name.clone(), line)
+        })
+        .collect()
+}
+
 pub(super) fn diag_text(d: &[pc::Diagnostic]) -> String {
     d.iter()
         .filter(|d| d.is_error())
@@ -260,18 +293,60 @@ impl State {
         let file = if file.is_empty() { "policy.toml" } else { file };
         let now = now_unix();
         // Located against the caller's own text.
-        parse_policy(text, file, now).map_err(|d| Error::InvalidArgument(diag_text(&d)))?;
+        let parsed =
+            parse_policy(text, file, now).map_err(|d| Error::InvalidArgument(diag_text(&d)))?;
+        // The policy's own [[test]] blocks, located in the caller's text too.
+        let failing = failing_tests(&parsed.policy);
+        if !failing.is_empty() && !opts.skip_tests {
+            return Err(Error::InvalidArgument(format!(
+                "{}\nhelp: {} of the policy's {} [[test]] blocks fail{}; nothing was changed: fix \
+                 the policy or the tests, or apply anyway with skip_tests (`gatewayctl apply \
+                 --skip-tests`, recorded in the audit trail)",
+                failing
+                    .iter()
+                    .map(|(_, l)| l.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                failing.len(),
+                parsed.policy.tests.len(),
+                if failing.len() == 1 { "s" } else { "" },
+            )));
+        }
         let new = objects::split(text, file)?;
         let mut g = self.lock();
         let before = g.objects.render();
         let after = new.render();
-        let audit = ("apply_policy", "policy".to_string(), before, after);
-        let plan = self.change(&mut g, new, Edit::Whole, opts, audit, now)?;
+        let audit = if failing.is_empty() {
+            ("apply_policy", "policy".to_string(), before, after)
+        } else {
+            let names: Vec<&str> = failing.iter().map(|(n, _)| n.as_str()).collect();
+            (
+                "apply_policy_skip_tests",
+                format!("policy (failing tests skipped: {})", names.join(", ")),
+                before,
+                after,
+            )
+        };
+        let mut plan = self.change(&mut g, new, Edit::Whole, opts, audit, now)?;
+        plan.warnings.extend(failing.iter().map(|(_, l)| {
+            format!(
+                "{} (skip_tests: {})",
+                l.replacen(": error: ", ": warning: ", 1),
+                if opts.dry_run {
+                    "would be applied anyway"
+                } else {
+                    "applied anyway"
+                }
+            )
+        }));
         if !opts.dry_run {
             // Kept for the comments of what is handed out (GetPolicy, export); a failure
             // here loses comments only, never objects.
             if let Err(e) = g.store.set_applied_text(text) {
-                tracing::warn!(error = %e, "the applied policy's text was not stored:                     exports lose its comments");
+                tracing::warn!(
+                    error = %e,
+                    "the applied policy's text was not stored: exports lose its comments"
+                );
             }
             self.publish_with(&g, Some(Arc::new(text.to_string())));
         }
@@ -420,7 +495,7 @@ impl State {
             Edit::Delete(o) => (None, Some(o)),
         };
         let action = audit.0;
-        if action != "apply_policy" {
+        if !action.starts_with("apply_policy") {
             Self::refuse_if_broken(g)?;
         }
         if let Some(exp) = opts.expected_revision
@@ -436,7 +511,7 @@ impl State {
         // Errors of an object-level change are located in objects, not in the rendered
         // text (a file the admin does not have).
         let parsed = parse_policy(&new.render(), locate::RENDERED, now).map_err(|canonical| {
-            if action == "apply_policy" {
+            if action.starts_with("apply_policy") {
                 return Error::InvalidArgument(diag_text(&canonical));
             }
             let Some(s) = &span else {

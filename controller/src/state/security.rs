@@ -2,7 +2,9 @@
 //! operations behind `crate::auth`; Login and its bounds in `login`.
 //!
 //! Keys and users are kept in memory (loaded at start, written through to the store
-//! with an audit record in the same transaction); sessions live in memory only, so a
+//! with an audit record in the same transaction; an API key missing from memory is
+//! looked up in the store, bounded, so keys minted by `gateway-controller init` on the
+//! running controller's database work at once); sessions live in memory only, so a
 //! controller restart ends every session (users log in again). Lock order: the main
 //! state lock before the credentials lock.
 
@@ -91,10 +93,24 @@ struct OpenSession {
     expires_ms: i64,
 }
 
+/// How long an API key hash found nowhere (neither in memory nor in the store) is
+/// refused without asking the store again.
+const KEY_MISS_TTL_MS: i64 = 60_000;
+/// Unknown key hashes remembered at most.
+const KEY_MISSES_CAP: usize = 10_000;
+/// At most one store lookup of an unknown API key per this many milliseconds, whatever
+/// the keys presented: random keys cannot make the database work harder than this.
+const KEY_LOOKUP_INTERVAL_MS: i64 = 100;
+
 /// In-memory credentials.
 pub(super) struct Creds {
     /// By the hash of the secret.
     keys: std::collections::HashMap<String, ApiKeyRow>,
+    /// Key hashes the store did not hold either, until when they are refused without a
+    /// lookup (the negative cache).
+    key_misses: std::collections::HashMap<String, i64>,
+    /// When the store may be asked for an unknown key again.
+    next_key_lookup_ms: i64,
     users: std::collections::HashMap<String, UserRow>,
     /// By the hash of the token.
     sessions: std::collections::HashMap<String, OpenSession>,
@@ -106,6 +122,8 @@ impl Creds {
     pub(super) fn new(keys: Vec<ApiKeyRow>, users: Vec<UserRow>) -> Creds {
         Creds {
             keys: keys.into_iter().map(|k| (k.hash.clone(), k)).collect(),
+            key_misses: std::collections::HashMap::new(),
+            next_key_lookup_ms: 0,
             users: users.into_iter().map(|u| (u.name.clone(), u)).collect(),
             sessions: std::collections::HashMap::new(),
             attempts: Attempts::new(ATTEMPTS_CAP, LOGIN_WINDOW_MS),
@@ -247,7 +265,67 @@ impl State {
         r
     }
 
+    /// Loads an API key that is not in memory from the store, if it is there: a key
+    /// minted by another process on this database (`gateway-controller init` for
+    /// break-glass while the controller runs) works at once. Bounded: a hash the store
+    /// does not hold is refused without a lookup for [`KEY_MISS_TTL_MS`], and the store
+    /// is asked at most once per [`KEY_LOOKUP_INTERVAL_MS`] overall.
+    fn load_minted_key(&self, hash: &str) {
+        let now = now_ms();
+        {
+            let mut c = self.creds();
+            if c.keys.contains_key(hash)
+                || c.key_misses.get(hash).is_some_and(|&until| until > now)
+                || now < c.next_key_lookup_ms
+            {
+                return;
+            }
+            c.next_key_lookup_ms = now + KEY_LOOKUP_INTERVAL_MS;
+        }
+        // Lock order: the state lock, then the credentials lock (never both here).
+        let found = self.lock().store.api_key_by_hash(hash);
+        let mut c = self.creds();
+        match found {
+            Ok(Some(row)) => {
+                info!(
+                    key = %row.name,
+                    created_by = %row.created_by,
+                    "API key minted outside this process loaded from the database"
+                );
+                c.keys.insert(row.hash.clone(), row);
+            }
+            Ok(None) => {
+                if c.key_misses.len() >= KEY_MISSES_CAP {
+                    c.key_misses.retain(|_, until| *until > now);
+                    if c.key_misses.len() >= KEY_MISSES_CAP {
+                        c.key_misses.clear();
+                    }
+                }
+                c.key_misses.insert(hash.to_string(), now + KEY_MISS_TTL_MS);
+            }
+            Err(e) => debug!(error = %e, "looking up an API key in the database failed"),
+        }
+    }
+
+    /// Adds the keys the store holds and memory does not (minted by another process,
+    /// see [`State::load_minted_key`]): for listing keys and checking a new key's name.
+    /// Takes the state lock; call without the credentials lock.
+    fn merge_stored_keys(&self, g: &super::Inner) {
+        match g.store.api_keys() {
+            Ok(rows) => {
+                let mut c = self.creds();
+                for row in rows {
+                    c.keys.entry(row.hash.clone()).or_insert(row);
+                }
+            }
+            Err(e) => debug!(error = %e, "reading the API keys from the database failed"),
+        }
+    }
+
     fn principal_of(&self, secret: &str, hash: &str) -> Result<Principal, Error> {
+        if secret.starts_with(KEY_PREFIX) {
+            self.load_minted_key(hash);
+        }
         let now = now_ms();
         let mut c = self.creds();
         if secret.starts_with(KEY_PREFIX) {
@@ -355,6 +433,7 @@ impl State {
             created_by: actor.to_string(),
         };
         let mut g = self.lock();
+        self.merge_stored_keys(&g);
         let mut c = self.creds();
         if c.keys.values().any(|k| k.name == name) {
             return Err(Error::AlreadyExists(format!(
@@ -393,10 +472,17 @@ impl State {
         ttl_seconds: u64,
         actor: &str,
     ) -> Result<(String, ApiKeyInfo), Error> {
+        if ttl_seconds > MAX_KEY_TTL_SECS {
+            return Err(Error::InvalidArgument(format!(
+                "ttl_seconds {ttl_seconds}: an API key lives at most {} days ({MAX_KEY_TTL_SECS} \
+                 seconds); give a shorter lifetime",
+                MAX_KEY_TTL_SECS / 86_400
+            )));
+        }
         let ttl = if ttl_seconds == 0 {
             DEFAULT_KEY_TTL_SECS
         } else {
-            ttl_seconds.min(MAX_KEY_TTL_SECS)
+            ttl_seconds
         };
         self.create_api_key(name, role, now_ms() + ttl as i64 * 1000, actor)
     }
@@ -408,6 +494,7 @@ impl State {
     }
 
     pub fn list_api_keys(&self) -> Vec<ApiKeyInfo> {
+        self.merge_stored_keys(&self.lock());
         let c = self.creds();
         let mut out: Vec<_> = c.keys.values().map(key_info).collect();
         out.sort_by(|a, b| (a.created_ms, &a.name).cmp(&(b.created_ms, &b.name)));
@@ -417,6 +504,7 @@ impl State {
     pub fn revoke_api_key(&self, name: &str, actor: &str) -> Result<(), Error> {
         let now = now_ms();
         let mut g = self.lock();
+        self.merge_stored_keys(&g);
         let mut c = self.creds();
         let Some(k) = c.keys.values_mut().find(|k| k.name == name) else {
             return Err(Error::NotFound(format!(

@@ -101,7 +101,10 @@ impl EventStore {
                 cond(&mut sql, col, "=", SV::Text(v.clone()));
             }
         }
-        sql.push_str(&format!(" ORDER BY time_ms, id LIMIT {limit}"));
+        // The newest `limit` matching events, returned oldest first.
+        let sql = format!(
+            "SELECT * FROM ({sql} ORDER BY time_ms DESC, id DESC LIMIT {limit}) ORDER BY time_ms, id"
+        );
         let mut st = self.conn.prepare(&sql).map_err(db)?;
         let rows = st
             .query_map(rusqlite::params_from_iter(args), |r| {

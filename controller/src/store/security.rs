@@ -46,32 +46,24 @@ impl std::fmt::Debug for UserRow {
     }
 }
 
+/// An `api_keys` row selected as name, role, hash, created_ms, expires_ms, revoked_ms,
+/// created_by.
+fn api_key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRow> {
+    Ok(ApiKeyRow {
+        name: r.get(0)?,
+        role: r.get(1)?,
+        hash: r.get(2)?,
+        created_ms: r.get(3)?,
+        expires_ms: r.get(4)?,
+        revoked_ms: r.get(5)?,
+        created_by: r.get(6)?,
+    })
+}
+
 impl Store {
     /// Every API key and admin user (at start-up).
     pub(super) fn load_security(&self, out: &mut Loaded) -> Result<(), Error> {
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT name, role, hash, created_ms, expires_ms, revoked_ms, created_by
-                 FROM api_keys ORDER BY created_ms, name",
-            )
-            .map_err(db)?;
-        let rows = st
-            .query_map([], |r| {
-                Ok(ApiKeyRow {
-                    name: r.get(0)?,
-                    role: r.get(1)?,
-                    hash: r.get(2)?,
-                    created_ms: r.get(3)?,
-                    expires_ms: r.get(4)?,
-                    revoked_ms: r.get(5)?,
-                    created_by: r.get(6)?,
-                })
-            })
-            .map_err(db)?;
-        for row in rows {
-            out.api_keys.push(row.map_err(db)?);
-        }
+        out.api_keys = self.api_keys()?;
         let mut st = self
             .conn
             .prepare(
@@ -95,6 +87,34 @@ impl Store {
             out.users.push(row.map_err(db)?);
         }
         Ok(())
+    }
+
+    /// Every API key (revoked ones too), oldest first.
+    pub fn api_keys(&self) -> Result<Vec<ApiKeyRow>, Error> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT name, role, hash, created_ms, expires_ms, revoked_ms, created_by
+                 FROM api_keys ORDER BY created_ms, name",
+            )
+            .map_err(db)?;
+        let rows = st.query_map([], api_key_row).map_err(db)?;
+        rows.map(|r| r.map_err(db)).collect()
+    }
+
+    /// The API key with this hash, if any (a key minted by another process on this
+    /// database, e.g. `gateway-controller init` while the controller runs).
+    pub fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRow>, Error> {
+        use rusqlite::OptionalExtension as _;
+        self.conn
+            .query_row(
+                "SELECT name, role, hash, created_ms, expires_ms, revoked_ms, created_by
+                 FROM api_keys WHERE hash = ?1",
+                params![hash],
+                api_key_row,
+            )
+            .optional()
+            .map_err(db)
     }
 
     pub fn insert_api_key(&mut self, k: &ApiKeyRow, audit: &AuditEntry) -> Result<(), Error> {

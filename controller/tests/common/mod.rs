@@ -102,6 +102,7 @@ pub async fn apply(admin: &mut AuthedAdminClient, text: &str) -> v1::Plan {
             file_name: "policy.toml".into(),
             dry_run: false,
             expected_revision: None,
+            skip_tests: false,
         })
         .await
         .expect("apply")

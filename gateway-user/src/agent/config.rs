@@ -45,6 +45,12 @@ pub struct Config {
     /// The policy file (standalone mode): recompiled and applied when it changes.
     /// Exactly one of `policy_file` and `[controller]` is set.
     pub policy_file: Option<PathBuf>,
+    /// Standalone mode: enforce the policy file even when its own `[[test]]` blocks fail
+    /// (each failing test is logged as a warning). By default such a file is refused
+    /// like one with errors: the agent does not start with it, and a running agent
+    /// keeps the previous policy.
+    #[serde(default)]
+    pub skip_policy_tests: bool,
     /// Managed mode: the controller that streams this host's compiled view.
     pub controller: Option<ControllerConfig>,
     /// bpffs folder for pinned maps, programs and links.

@@ -67,6 +67,28 @@ fn compile_file(cfg: &Config, now: i64) -> Result<(HostView, String)> {
     for w in &parsed.warnings {
         tracing::warn!("{w}");
     }
+    let failing: Vec<String> = policy_compiler::run_tests(&parsed.policy)
+        .iter()
+        .filter(|t| !t.passed)
+        .map(|t| t.render(&parsed.policy))
+        .collect();
+    if !failing.is_empty() {
+        if !cfg.skip_policy_tests {
+            bail!(
+                "{} of the policy's [[test]] blocks failed (set `skip_policy_tests = true` \
+                 in the agent configuration to enforce it anyway):\n{}",
+                failing.len(),
+                failing
+                    .iter()
+                    .map(|l| format!("  {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        for l in &failing {
+            tracing::warn!("{l} (enforced anyway: skip_policy_tests)");
+        }
+    }
     let view = policy_compiler::compile(&parsed.policy, &cfg.host(), now)
         .with_context(|| format!("compiling the policy for {}", cfg.host_label()))?;
     Ok((view, text))

@@ -1,7 +1,7 @@
 //! `gateway-agent`: the host agent of the zero-trust gateway.
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use gateway_logging::LogFormat;
 use gateway_user::agent::{self, config::Config};
 use std::path::PathBuf;
@@ -71,6 +71,18 @@ enum Command {
         #[command(subcommand)]
         command: MapsCommand,
     },
+    /// Print a shell completion script for gateway-agent on stdout (bash, zsh, fish,
+    /// elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (gateway-agent.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,10 +104,29 @@ enum MapsCommand {
     },
 }
 
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn print_bytes(b: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().write_all(b) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     gateway_logging::init(cli.log_format, false);
     match cli.command {
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "gateway-agent", &mut script);
+            print_bytes(&script)
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(Cli::command(), &dir)?;
+            Ok(())
+        }
         Command::Run { config } => agent::run(Config::load(&config)?),
         Command::Detach { config } => {
             let cfg = Config::load(&config)?;

@@ -182,6 +182,7 @@ pub enum Change {
     Apply {
         text: String,
         file: String,
+        skip_tests: bool,
     },
     Create {
         kind: ObjectKind,
@@ -212,7 +213,11 @@ impl Change {
         let mut a = ctl.admin.clone();
         let what = self.what();
         let plan = match self {
-            Change::Apply { text, file } => {
+            Change::Apply {
+                text,
+                file,
+                skip_tests,
+            } => {
                 ctl.call(
                     what,
                     a.apply_policy(v1::ApplyPolicyRequest {
@@ -220,6 +225,7 @@ impl Change {
                         file_name: file.clone(),
                         dry_run,
                         expected_revision: expected,
+                        skip_tests: *skip_tests,
                     }),
                 )
                 .await?
@@ -390,24 +396,49 @@ async fn change_inner(ctl: &Ctl, ch: Change, yes: bool, dry_run: bool, output: O
     Ok(())
 }
 
-pub async fn apply(ctl: &Ctl, file: &Path, yes: bool, dry_run: bool, output: Output) -> R<()> {
+/// How `apply` proceeds: `--yes`, `--dry-run`, `--skip-tests`.
+pub struct How {
+    pub yes: bool,
+    pub dry_run: bool,
+    pub skip_tests: bool,
+}
+
+/// The number of failing `[[test]]` blocks in a controller's refusal (0: none).
+fn failing_test_count(diags: &str) -> usize {
+    diags
+        .lines()
+        .filter(|l| l.contains(": error: test `") && l.contains("` fails: "))
+        .count()
+}
+
+pub async fn apply(ctl: &Ctl, file: &Path, how: How, output: Output) -> R<()> {
     let text = read_file(file)?;
     let ch = Change::Apply {
         text,
         file: file.display().to_string(),
+        skip_tests: how.skip_tests,
     };
-    match change(ctl, ch, yes, dry_run, output).await {
+    match change(ctl, ch, how.yes, how.dry_run, output).await {
         // The located errors as they are, then a summary line like `policy check`.
         Err(Fail::Diagnostics(d, _)) => {
+            let tests = failing_test_count(&d);
             let n = error_count(&d);
-            Err(Fail::Diagnostics(
-                d,
+            let summary = if tests > 0 && tests == n {
+                format!(
+                    "`{}`: {tests} [[test]] block{} fail{}; the controller's policy was not \
+                     changed (fix the policy or its tests, or pass --skip-tests to apply anyway)",
+                    file.display(),
+                    plural(tests),
+                    if tests == 1 { "s" } else { "" }
+                )
+            } else {
                 format!(
                     "`{}` has {n} error{}; the controller's policy was not changed",
                     file.display(),
                     plural(n)
-                ),
-            ))
+                )
+            };
+            Err(Fail::Diagnostics(d, summary))
         }
         other => other,
     }

@@ -28,6 +28,7 @@ pub async fn diff(ctl: &Ctl, file: &Path, output: Output) -> R<()> {
         .call(
             "plan the policy",
             a.apply_policy(v1::ApplyPolicyRequest {
+                skip_tests: false,
                 policy_toml: text,
                 file_name: file.display().to_string(),
                 dry_run: true,

@@ -1,6 +1,7 @@
 //! `gatewayctl events`: stored connection events, then (`--follow`) new ones as they
 //! arrive.
 
+use gateway_common::event::EventKind;
 use gateway_proto::v1;
 use gatewayctl::remote::format_ms;
 use gatewayctl::table::Table;
@@ -122,7 +123,10 @@ fn event_row(e: &v1::StoredEvent) -> Vec<String> {
     ]
 }
 
-pub async fn events(ctl: &Ctl, args: &EventArgs, output: Output) -> R<()> {
+/// Refuses a filter no event can match because it is malformed (a usage error naming
+/// the option and the valid forms), before anything is asked of the controller: a
+/// malformed filter must not look like "no matching events".
+pub fn check_filters(args: &EventArgs) -> R<()> {
     if let Some(v) = &args.verdict
         && !matches!(v.as_str(), "allow" | "deny" | "audit")
     {
@@ -130,6 +134,44 @@ pub async fn events(ctl: &Ctl, args: &EventArgs, output: Output) -> R<()> {
             "--verdict: unknown verdict `{v}` (valid: allow, deny, audit)"
         )));
     }
+    if let Some(h) = &args.host {
+        gateway_proto::parse_host(h).map_err(|_| {
+            Fail::Usage(format!(
+                "--host: `{h}` is not a host: write `connector:NAME` or `device:NAME` \
+                 (e.g. `connector:cl0`)"
+            ))
+        })?;
+    }
+    if let Some(e) = &args.event {
+        let names: Vec<&str> = EventKind::ALL.iter().map(|k| k.name()).collect();
+        if !names.contains(&e.as_str()) {
+            return Err(Fail::Usage(format!(
+                "--event: unknown event type `{e}` (valid: {})",
+                names.join(", ")
+            )));
+        }
+    }
+    for (flag, v) in [
+        ("--user", &args.user),
+        ("--device", &args.device),
+        ("--resource", &args.resource),
+    ] {
+        if let Some(v) = v
+            && (v.trim().is_empty() || v.trim() != v)
+        {
+            return Err(Fail::Usage(format!(
+                "{flag}: `{v}` is empty or has leading or trailing spaces: give the name as \
+                 the policy writes it"
+            )));
+        }
+    }
+    time_arg("--since", &args.since)?;
+    time_arg("--until", &args.until)?;
+    Ok(())
+}
+
+pub async fn events(ctl: &Ctl, args: &EventArgs, output: Output) -> R<()> {
+    check_filters(args)?;
     let filter = v1::EventFilter {
         since_unix_ms: time_arg("--since", &args.since)?,
         until_unix_ms: time_arg("--until", &args.until)?,
