@@ -224,6 +224,7 @@ async fn admin_actions_are_logged_and_counted_in_the_metrics() {
             file_name: "bad.toml".into(),
             dry_run: false,
             expected_revision: None,
+            skip_tests: false,
         })
         .await
         .unwrap_err();
@@ -234,6 +235,7 @@ async fn admin_actions_are_logged_and_counted_in_the_metrics() {
             file_name: "demo.toml".into(),
             dry_run: false,
             expected_revision: None,
+            skip_tests: false,
         })
         .await
         .unwrap();
@@ -289,6 +291,7 @@ async fn admin_actions_are_logged_and_counted_in_the_metrics() {
             file_name: "demo.toml".into(),
             dry_run: false,
             expected_revision: None,
+            skip_tests: false,
         })
         .await
         .unwrap()

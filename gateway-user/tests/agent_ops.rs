@@ -414,6 +414,7 @@ impl Controller {
                     file_name: "policy.toml".into(),
                     dry_run: false,
                     expected_revision: None,
+                    skip_tests: false,
                 })
                 .await
                 .unwrap();
