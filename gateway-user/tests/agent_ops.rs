@@ -179,8 +179,48 @@ fn sighup_reopens_the_log_and_reloads_the_policy_and_health_answers() {
     agent.wait_ready(WAIT).unwrap();
     let pid = agent.pid().unwrap();
 
+    // --- Once ready, no thread of the agent holds CAP_SYS_ADMIN or CAP_PERFMON any more
+    // (the test runs as root with every capability, so the agent started with them);
+    // CAP_BPF and CAP_NET_ADMIN stay. The policy reload further down works without them.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let holders = threads_with_capability(pid, CAP_SYS_ADMIN)
+            .into_iter()
+            .chain(threads_with_capability(pid, CAP_PERFMON))
+            .collect::<Vec<_>>();
+        if holders.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "threads still holding CAP_SYS_ADMIN or CAP_PERFMON after ready: {holders:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        threads_with_capability(pid, CAP_BPF).len(),
+        threads,
+        "CAP_BPF stays on every thread"
+    );
+    assert_eq!(
+        threads_with_capability(pid, CAP_NET_ADMIN).len(),
+        threads,
+        "CAP_NET_ADMIN stays on every thread"
+    );
+
     // --- Health, readiness and the operator's metrics, over HTTP.
-    let (code, body) = get(&conn, metrics, "/healthz");
+    // Alive once the loop turned (just after ready it may still say "alive: starting").
+    let deadline = Instant::now() + WAIT;
+    let (code, body) = loop {
+        let (code, body) = get(&conn, metrics, "/healthz");
+        if body == "alive\n" || Instant::now() > deadline {
+            break (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!((code, body.as_str()), (200, "alive\n"));
     let (code, body) = get(&conn, metrics, "/readyz");
     assert_eq!(
@@ -734,4 +774,39 @@ fn the_units_directories_match_the_agents_paths() {
         t.private_key_file.parent().unwrap(),
         Path::new("/var/lib").join(value("StateDirectory"))
     );
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The threads of `pid` whose effective or permitted set holds capability `cap`, from
+/// `/proc/PID/task/TID/status` (`CapEff`, `CapPrm`).
+fn threads_with_capability(pid: u32, cap: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        let held = status.lines().any(|l| {
+            let Some((k, v)) = l.split_once(':') else {
+                return false;
+            };
+            (k == "CapEff" || k == "CapPrm")
+                && u64::from_str_radix(v.trim(), 16).is_ok_and(|bits| bits & (1 << cap) != 0)
+        });
+        if held {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            out.push(format!(
+                "{} ({})",
+                t.file_name().to_string_lossy(),
+                comm.trim()
+            ));
+        }
+    }
+    out
 }

@@ -11,6 +11,7 @@ pub mod logs;
 pub mod managed;
 pub mod metrics;
 pub mod pins;
+mod privileges;
 mod signals;
 pub mod tunnel;
 
@@ -138,6 +139,9 @@ impl Sink {
 pub fn run(cfg: Config) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Capabilities are per thread: each drops the start's once the agent is ready.
+        .on_thread_start(privileges::on_runtime_thread)
+        .on_thread_park(privileges::on_runtime_thread)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
@@ -343,6 +347,10 @@ async fn run_async(mut cfg: Config) -> Result<()> {
     tracing::info!(%host, generation, local_generation = writer.generation(), "ready: enforcing");
     // systemd (Type=notify): started once the policy is live and the programs attached.
     signals::notify(&[sd_notify::NotifyState::Ready]);
+    // Loaded, attached and live: what only that needed goes.
+    if privileges::drop_start_capabilities() {
+        tokio::spawn(privileges::drop_on_every_thread());
+    }
 
     loop {
         tokio::select! {
