@@ -24,6 +24,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
     // Namespace tests: ICMP echo through the tunnel.
     ("ping", "iputils-ping"),
+    // agent_ops: `systemd-analyze verify` of the units in deploy/.
+    ("systemd-analyze", "systemd"),
 ];
 
 pub fn run() -> Result<()> {
