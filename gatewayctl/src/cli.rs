@@ -298,7 +298,8 @@ pub enum Command {
         /// Records before this instant.
         #[arg(long, value_name = "RFC3339")]
         until: Option<String>,
-        /// At most this many (the oldest; the controller caps at 10000).
+        /// At most this many: the newest in the range, printed oldest first (the controller
+        /// caps at 10000).
         #[arg(long, value_name = "N")]
         limit: Option<u32>,
         /// With `verify`: a head hash kept outside the controller earlier (printed by a

@@ -220,8 +220,10 @@ impl Store {
         let mut st = self
             .conn
             .prepare(
-                "SELECT id, time_ms, actor, action, target, before, after, revision, prev_hash, hash FROM audit
-                 WHERE time_ms >= ?1 AND time_ms < ?2 ORDER BY id LIMIT ?3",
+                // The newest `limit` records in the range, returned oldest first.
+                "SELECT * FROM (SELECT id, time_ms, actor, action, target, before, after, revision,
+                 prev_hash, hash FROM audit WHERE time_ms >= ?1 AND time_ms < ?2
+                 ORDER BY id DESC LIMIT ?3) ORDER BY id",
             )
             .map_err(db)?;
         let rows = st
