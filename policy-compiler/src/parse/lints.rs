@@ -38,10 +38,22 @@ pub(super) fn shadow_warnings(policy: &Policy, sink: &mut Sink<'_>, name_spans: 
             }
         }
     }
+    // The prefix lengths indexed, per family (IPv4, IPv6): a containing prefix can only
+    // be of one of these (usually a handful), so only they are looked up, not every length
+    // from 0 to the address's own.
+    let mut lens: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    for p in by_prefix.keys() {
+        lens[usize::from(matches!(p, IpNet::V6(_)))].push(p.prefix_len());
+    }
+    for l in &mut lens {
+        l.sort_unstable();
+        l.dedup();
+    }
     // The deny pairs whose resource contains `addr`, by deny grant in file order.
     let containing = |addr: &IpNet| -> Vec<(usize, usize)> {
         let mut out = Vec::new();
-        for len in 0..=addr.prefix_len() {
+        let family = &lens[usize::from(matches!(addr, IpNet::V6(_)))];
+        for &len in family.iter().take_while(|&&l| l <= addr.prefix_len()) {
             if let Ok(sup) = IpNet::new(addr.addr(), len)
                 && let Some(v) = by_prefix.get(&sup.trunc())
             {
