@@ -494,8 +494,9 @@ impl P<'_> {
             }
         });
         let Some(name) = name else { return };
-        let addrs = address.and_then(|a| self.principal_addrs(&format!("device `{}`", name.0), &a));
-        let public_key = self.opt_public_key(t, &format!("device `{}`", name.0));
+        let what = format!("device `{}`", name.0);
+        let addrs = address.and_then(|a| self.principal_addrs(&what, &a));
+        let public_key = self.opt_public_key(t, &what);
         let idx = self.policy.devices.len();
         if self.unique("device", |p| &mut p.devices, &name, idx)
             && let (Some(owner), Some(addresses)) = (owner, addrs)
@@ -573,16 +574,11 @@ impl P<'_> {
                                 continue;
                             }
                             key_names.insert(kname.0.clone(), kname.1.clone());
-                            let public_key = self.opt_public_key(
-                                &kt,
-                                &format!("service-account key `{sa_name}/{}`", kname.0),
-                            );
-                            let Some(addresses) = kaddr.and_then(|a| {
-                                self.principal_addrs(
-                                    &format!("service-account key `{sa_name}/{}`", kname.0),
-                                    &a,
-                                )
-                            }) else {
+                            let what = format!("service-account key `{sa_name}/{}`", kname.0);
+                            let public_key = self.opt_public_key(&kt, &what);
+                            let Some(addresses) =
+                                kaddr.and_then(|a| self.principal_addrs(&what, &a))
+                            else {
                                 continue;
                             };
                             keys.push(ServiceAccountKey {

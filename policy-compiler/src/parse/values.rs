@@ -55,14 +55,20 @@ fn canonical_net(net: IpNet) -> IpNet {
 /// A principal's address: one host, never IPv4-mapped (such an address is no identity on
 /// the wire, RFC 4291 §2.5.5.2; the data plane drops packets carrying one).
 pub(super) fn parse_host(s: &str) -> Result<IpAddr, (String, String)> {
+    // The common case, a bare address: parsed once (what follows would parse it twice).
+    if !s.contains('/')
+        && let Ok(a) = IpAddr::from_str(s)
+    {
+        return match a {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(Ok(a), |v4| Err(mapped(s, v4))),
+            IpAddr::V4(_) => Ok(a),
+        };
+    }
     let bare = s.split_once('/').map_or(s, |(a, _)| a);
     if let Ok(v6) = Ipv6Addr::from_str(bare)
         && let Some(v4) = v6.to_ipv4_mapped()
     {
-        return Err((
-            format!("`{s}` is an IPv4-mapped IPv6 address"),
-            format!("a principal's IPv4 address is written as IPv4: \"{v4}\""),
-        ));
+        return Err(mapped(s, v4));
     }
     match parse_prefix(s) {
         Ok(n) if n.prefix_len() == n.max_prefix_len() => Ok(n.addr()),
@@ -80,6 +86,13 @@ pub(super) fn parse_host(s: &str) -> Result<IpAddr, (String, String)> {
             },
         )),
     }
+}
+
+fn mapped(s: &str, v4: std::net::Ipv4Addr) -> (String, String) {
+    (
+        format!("`{s}` is an IPv4-mapped IPv6 address"),
+        format!("a principal's IPv4 address is written as IPv4: \"{v4}\""),
+    )
 }
 
 const PORTS_HELP: &str =
