@@ -91,6 +91,9 @@ type Span = Range<usize>;
 type Sp<T> = (T, Span);
 /// A TOML value and where it was written.
 type V<'i> = Spanned<DeValue<'i>>;
+/// The parser's hash maps: names, addresses and keys are looked up once or more per
+/// entry, so the hasher is a fast one (foldhash: seeded per process, unlike FxHash).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Parses, resolves and validates a policy. `file` is only used in diagnostics; `now`
 /// (unix seconds) decides which grants are already expired (a warning) and is the time

@@ -1,8 +1,6 @@
 //! Lints: valid policies that do not do what they seem to (warnings).
 
-use std::collections::HashMap;
-
-use super::Span;
+use super::{HashMap, Span};
 use crate::diag::Sink;
 use crate::model::{Action, Mode, Policy};
 use ipnet::IpNet;
@@ -26,7 +24,7 @@ pub(super) fn shadow_warnings(policy: &Policy, sink: &mut Sink<'_>, name_spans: 
         .map(|&d| (d, policy.principals_of_grant(d)))
         .collect();
     // Prefix (normalized) -> (deny grant, index of the pair in it), enforce mode only.
-    let mut by_prefix: HashMap<IpNet, Vec<(usize, usize)>> = HashMap::new();
+    let mut by_prefix: HashMap<IpNet, Vec<(usize, usize)>> = HashMap::default();
     for &d in &denies {
         for (pair, &r) in policy.grants[d].resources.iter().enumerate() {
             let res = &policy.resources[r];

@@ -2,15 +2,14 @@
 //! `[[deny]]`: principals and resources) and `[[test]]` blocks (a source and a
 //! destination, in the grammar of `crate::target`).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use gateway_common::policy::Verdict;
 
-use super::Span;
 use super::access::Tbl;
 use super::sections::P;
 use super::values::{proto_keys, split_kind, timestamp};
+use super::{HashMap, Span};
 use crate::model::*;
 use crate::target::{Names, family, source_in, target_in};
 

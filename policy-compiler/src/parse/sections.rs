@@ -2,14 +2,13 @@
 //! names of other sections are resolved as the sections are read, in dependency order
 //! (grants and `[[test]]` blocks last, in `references.rs`).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use toml::de::{DeTable, DeValue};
 
 use super::access::{Tbl, type_name};
 use super::values::{parse_host, parse_prefix, proto_keys, split_kind, timestamp};
-use super::{Sp, Span};
+use super::{HashMap, Sp, Span};
 use crate::diag::Sink;
 use crate::model::*;
 
@@ -58,23 +57,23 @@ impl<'a> P<'a> {
                 parsed_at: now,
                 ..Default::default()
             },
-            networks: HashMap::new(),
-            resources: HashMap::new(),
-            users: HashMap::new(),
-            devices: HashMap::new(),
-            sas: HashMap::new(),
-            groups: HashMap::new(),
-            addrs: HashMap::new(),
+            networks: HashMap::default(),
+            resources: HashMap::default(),
+            users: HashMap::default(),
+            devices: HashMap::default(),
+            sas: HashMap::default(),
+            groups: HashMap::default(),
+            addrs: HashMap::default(),
             grant_name_spans: Vec::new(),
-            keys: HashMap::new(),
-            connector_spans: HashMap::new(),
+            keys: HashMap::default(),
+            connector_spans: HashMap::default(),
         }
     }
 }
 
 impl P<'_> {
     pub(super) fn document(&mut self, doc: &DeTable<'_>) {
-        let mut sections: HashMap<&str, Vec<Tbl<'_, '_>>> = HashMap::new();
+        let mut sections: HashMap<&str, Vec<Tbl<'_, '_>>> = HashMap::default();
         for (k, v) in doc.iter() {
             let key = k.get_ref().as_ref();
             let Some(section) = SECTIONS.iter().find(|s| **s == key) else {
@@ -137,6 +136,22 @@ impl P<'_> {
         grants.extend(take("deny").into_iter().map(|t| (Action::Deny, t)));
         grants.sort_by_key(|(_, t)| t.header.start);
         let tests = take("test");
+        // Pre-sized: one entry per block at most (no rehashing as the tables grow).
+        self.networks.reserve(nets.len());
+        self.resources.reserve(ress.len());
+        self.users.reserve(users.len());
+        self.devices.reserve(devs.len());
+        self.sas.reserve(sas.len());
+        self.groups.reserve(groups.len());
+        self.addrs.reserve(devs.len() + sas.len());
+        self.connector_spans.reserve(conns.len());
+        self.grant_name_spans.reserve(grants.len());
+        self.policy.resources.reserve(ress.len());
+        self.policy.users.reserve(users.len());
+        self.policy.devices.reserve(devs.len());
+        self.policy.principals.reserve(devs.len() + sas.len());
+        self.policy.groups.reserve(groups.len());
+        self.policy.grants.reserve(grants.len());
         for t in &nets {
             self.network(t);
         }
@@ -158,11 +173,16 @@ impl P<'_> {
         for t in &conns {
             self.connector(t);
         }
-        let mut grant_names = HashMap::new();
+        let mut grant_names = HashMap::default();
+        grant_names.reserve(grants.len());
         for (action, t) in &grants {
             self.grant(*action, t, &mut grant_names);
         }
         // Rule ids: (grant, resource) pairs in file order, then audit defaults.
+        let pairs: usize = self.policy.grants.iter().map(|g| g.resources.len()).sum();
+        self.policy
+            .rules
+            .reserve(pairs + self.policy.resources.len());
         let mut id = 0u32;
         for g in &mut self.policy.grants {
             g.rules.clear();
@@ -530,7 +550,7 @@ impl P<'_> {
         t.check_keys(&mut self.sink, &["name", "keys"]);
         let name = t.string(&mut self.sink, "name", "\"ci\"");
         let mut keys: Vec<ServiceAccountKey> = Vec::new();
-        let mut key_names: HashMap<String, Span> = HashMap::new();
+        let mut key_names: HashMap<String, Span> = HashMap::default();
         let sa_name = name.as_ref().map(|n| n.0.clone()).unwrap_or_default();
         match t.get("keys") {
             None => {}
