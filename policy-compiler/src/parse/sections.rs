@@ -4,9 +4,8 @@
 
 use std::net::IpAddr;
 
-use toml::de::{DeTable, DeValue};
-
 use super::access::{Tbl, type_name};
+use super::doc::{Table, Val};
 use super::values::{parse_host, parse_prefix, proto_keys, split_kind, timestamp};
 use super::{HashMap, Sp, Span};
 use crate::diag::Sink;
@@ -72,10 +71,10 @@ impl<'a> P<'a> {
 }
 
 impl P<'_> {
-    pub(super) fn document(&mut self, doc: &DeTable<'_>) {
+    pub(super) fn document(&mut self, doc: &Table<'_>) {
         let mut sections: HashMap<&str, Vec<Tbl<'_, '_>>> = HashMap::default();
         for (k, v) in doc.iter() {
-            let key = k.get_ref().as_ref();
+            let key = k.get_ref();
             let Some(section) = SECTIONS.iter().find(|s| **s == key) else {
                 self.sink.error(
                     &k.span(),
@@ -93,10 +92,10 @@ impl P<'_> {
             };
             let list = sections.entry(section).or_default();
             match v.get_ref() {
-                DeValue::Array(arr) => {
+                Val::Array(arr) => {
                     for item in arr.iter() {
                         match item.get_ref() {
-                            DeValue::Table(t) => list.push(Tbl {
+                            Val::Table(t) => list.push(Tbl {
                                 t,
                                 header: item.span(),
                                 section,
@@ -556,9 +555,9 @@ impl P<'_> {
             None => {}
             Some(v) => {
                 match v.get_ref() {
-                    DeValue::Array(arr) => {
+                    Val::Array(arr) => {
                         for item in arr.iter() {
-                            let DeValue::Table(kt) = item.get_ref() else {
+                            let Val::Table(kt) = item.get_ref() else {
                                 self.sink.error(
                                 &item.span(),
                                 format!("service-account keys must be tables, found {}", type_name(item.get_ref())),

@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
 
+use super::doc::Val;
 use ipnet::IpNet;
-use toml::de::DeValue;
 
 use super::access::{Tbl, type_name};
 use super::{Span, V};
@@ -152,12 +152,12 @@ fn port_item_str(sink: &mut Sink<'_>, span: &Span, s: &str) -> Option<(u16, u16)
 
 fn port_item(sink: &mut Sink<'_>, key: &str, v: &V<'_>) -> Option<(u16, u16)> {
     match v.get_ref() {
-        DeValue::Integer(i) => {
+        Val::Integer(i) => {
             let n = i128::from_str_radix(i.as_str(), i.radix()).unwrap_or(i128::MAX);
             let p = port_number(sink, &v.span(), n)?;
             Some((p, p))
         }
-        DeValue::String(s) => port_item_str(sink, &v.span(), s),
+        Val::String(s) => port_item_str(sink, &v.span(), s),
         other => {
             sink.error(
                 &v.span(),
@@ -175,12 +175,12 @@ fn port_item(sink: &mut Sink<'_>, key: &str, v: &V<'_>) -> Option<(u16, u16)> {
 /// `"all"`, `"none"`, a single port string, or a list of ports and ranges.
 fn port_set(sink: &mut Sink<'_>, key: &str, v: &V<'_>) -> Option<PortSet> {
     match v.get_ref() {
-        DeValue::String(s) if s == "all" => Some(PortSet::all()),
-        DeValue::String(s) if s == "none" => Some(PortSet::none()),
-        DeValue::String(_) | DeValue::Integer(_) => {
+        Val::String(s) if s == "all" => Some(PortSet::all()),
+        Val::String(s) if s == "none" => Some(PortSet::none()),
+        Val::String(_) | Val::Integer(_) => {
             port_item(sink, key, v).map(|r| PortSet::from_ranges([r]))
         }
-        DeValue::Array(arr) => {
+        Val::Array(arr) => {
             let mut ok = true;
             let mut ranges = Vec::new();
             for item in arr.iter() {
@@ -231,8 +231,8 @@ pub(super) fn proto_keys(
 
 pub(super) fn timestamp(sink: &mut Sink<'_>, key: &str, v: &V<'_>) -> Option<i64> {
     let text = match v.get_ref() {
-        DeValue::Datetime(d) => d.to_string(),
-        DeValue::String(s) => s.to_string(),
+        Val::Datetime(d) => d.to_string(),
+        Val::String(s) => s.to_string(),
         other => {
             sink.error(
                 &v.span(),
