@@ -55,7 +55,7 @@ impl<'a, 'i> Tbl<'a, 'i> {
         sink: &mut Sink<'_>,
         key: &str,
         example: &str,
-    ) -> Option<Sp<String>> {
+    ) -> Option<Sp<&'a str>> {
         match self.get(key) {
             None => {
                 self.missing(sink, key, example);
@@ -70,7 +70,7 @@ impl<'a, 'i> Tbl<'a, 'i> {
         sink: &mut Sink<'_>,
         key: &str,
         example: &str,
-    ) -> Option<Sp<String>> {
+    ) -> Option<Sp<&'a str>> {
         self.get(key).and_then(|v| as_string(sink, key, v, example))
     }
 
@@ -81,7 +81,7 @@ impl<'a, 'i> Tbl<'a, 'i> {
         key: &str,
         required: bool,
         example: &str,
-    ) -> Option<Vec<Sp<String>>> {
+    ) -> Option<Vec<Sp<&'a str>>> {
         let Some(v) = self.get(key) else {
             if required {
                 self.missing(sink, key, example);
@@ -100,11 +100,11 @@ impl<'a, 'i> Tbl<'a, 'i> {
             );
             return None;
         };
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(arr.len());
         let mut ok = true;
         for item in arr.iter() {
             match item.get_ref().as_str() {
-                Some(s) => out.push((s.to_string(), item.span())),
+                Some(s) => out.push((s, item.span())),
                 None => {
                     sink.error(
                         &item.span(),
@@ -137,9 +137,14 @@ impl<'a, 'i> Tbl<'a, 'i> {
     }
 }
 
-fn as_string(sink: &mut Sink<'_>, key: &str, v: &V<'_>, example: &str) -> Option<Sp<String>> {
+fn as_string<'a>(
+    sink: &mut Sink<'_>,
+    key: &str,
+    v: &'a V<'_>,
+    example: &str,
+) -> Option<Sp<&'a str>> {
     match v.get_ref() {
-        Val::String(s) => Some((s.to_string(), v.span())),
+        Val::String(s) => Some((s, v.span())),
         other => {
             sink.error(
                 &v.span(),

@@ -220,7 +220,7 @@ impl P<'_> {
         &mut self,
         kind: &str,
         map_sel: fn(&mut Self) -> &mut HashMap<String, (usize, Span)>,
-        name: &Sp<String>,
+        name: &Sp<&str>,
         index: usize,
     ) -> bool {
         if name.0.trim().is_empty() {
@@ -231,7 +231,7 @@ impl P<'_> {
             );
             return false;
         }
-        if let Some((_, first)) = map_sel(self).get(&name.0).cloned() {
+        if let Some((_, first)) = map_sel(self).get(name.0).cloned() {
             let (line, col) = self.sink.position(first.start);
             self.sink.error(
                 &name.1,
@@ -242,7 +242,7 @@ impl P<'_> {
             );
             return false;
         }
-        map_sel(self).insert(name.0.clone(), (index, name.1.clone()));
+        map_sel(self).insert(name.0.to_string(), (index, name.1.clone()));
         true
     }
 
@@ -273,12 +273,12 @@ impl P<'_> {
         let idx = self.policy.networks.len();
         if self.unique("remote network", |p| &mut p.networks, &name, idx) {
             self.policy.networks.push(RemoteNetwork {
-                name: name.0,
+                name: name.0.to_string(),
                 cidrs: nets,
                 connectors: connectors
                     .unwrap_or_default()
                     .into_iter()
-                    .map(|c| c.0)
+                    .map(|c| c.0.to_string())
                     .collect(),
             });
         }
@@ -295,7 +295,7 @@ impl P<'_> {
         let (tcp, udp, icmp, ports_ok) = proto_keys(&mut self.sink, t);
         let mode = match t.opt_string(&mut self.sink, "mode", "\"audit\"") {
             None => Some(Mode::Enforce),
-            Some((m, span)) => match m.as_str() {
+            Some((m, span)) => match m {
                 "enforce" => Some(Mode::Enforce),
                 "audit" => Some(Mode::Audit),
                 _ => {
@@ -310,7 +310,7 @@ impl P<'_> {
         };
         let net = network
             .as_ref()
-            .and_then(|(n, span)| match self.networks.get(n) {
+            .and_then(|(n, span)| match self.networks.get(*n) {
                 Some((i, _)) => Some(*i),
                 None => {
                     let known = self.known(&self.networks);
@@ -364,7 +364,7 @@ impl P<'_> {
         let idx = self.policy.resources.len();
         if self.unique("resource", |p| &mut p.resources, &name, idx) {
             self.policy.resources.push(Resource {
-                name: name.0,
+                name: name.0.to_string(),
                 network: net.unwrap_or(0),
                 address: addr.unwrap_or_default(),
                 ports,
@@ -408,13 +408,15 @@ impl P<'_> {
         }
         let idx = self.policy.users.len();
         if self.unique("user", |p| &mut p.users, &email, idx) {
-            self.policy.users.push(User { email: email.0 });
+            self.policy.users.push(User {
+                email: email.0.to_string(),
+            });
         }
     }
 
     /// The address strings of a device or service-account key: `address = "..."` or
     /// `addresses = ["...", "..."]` (one of them, the list not empty).
-    fn addr_strings(&mut self, t: &Tbl<'_, '_>) -> Option<Vec<Sp<String>>> {
+    fn addr_strings<'a>(&mut self, t: &Tbl<'a, '_>) -> Option<Vec<Sp<&'a str>>> {
         const BOTH: &str = "[\"198.19.0.10\", \"2001:db8:ff::10\"]";
         match (t.get("address"), t.get("addresses")) {
             (Some(_), Some(v)) => {
@@ -455,7 +457,7 @@ impl P<'_> {
 
     /// Parses the addresses of `what` (a device or service-account key): hosts, at most one
     /// per family, none used by another principal. Sorted IPv4 first.
-    fn principal_addrs(&mut self, what: &str, items: &[Sp<String>]) -> Option<Vec<IpAddr>> {
+    fn principal_addrs(&mut self, what: &str, items: &[Sp<&str>]) -> Option<Vec<IpAddr>> {
         let mut out: Vec<IpAddr> = Vec::new();
         let mut ok = true;
         for (s, span) in items {
@@ -501,7 +503,7 @@ impl P<'_> {
         let name = t.string(&mut self.sink, "name", "\"alice-laptop\"");
         let owner = t.string(&mut self.sink, "owner", "\"alice@example.com\"");
         let address = self.addr_strings(t);
-        let owner = owner.and_then(|(o, span)| match self.users.get(&o) {
+        let owner = owner.and_then(|(o, span)| match self.users.get(o) {
             Some((i, _)) => Some(*i),
             None => {
                 self.sink.error(
@@ -522,7 +524,7 @@ impl P<'_> {
         {
             let id = self.policy.principals.len() as u32 + 1;
             self.policy.devices.push(Device {
-                name: name.0,
+                name: name.0.to_string(),
                 owner,
                 addresses: addresses.clone(),
                 principal: id,
@@ -537,7 +539,7 @@ impl P<'_> {
                 addresses,
                 expires_at: None,
             });
-        } else if let Some(e) = self.devices.get_mut(&name.0)
+        } else if let Some(e) = self.devices.get_mut(name.0)
             && e.0 == idx
         {
             // Registered but not pushed: later references must not land on another device.
@@ -549,8 +551,8 @@ impl P<'_> {
         t.check_keys(&mut self.sink, &["name", "keys"]);
         let name = t.string(&mut self.sink, "name", "\"ci\"");
         let mut keys: Vec<ServiceAccountKey> = Vec::new();
-        let mut key_names: HashMap<String, Span> = HashMap::default();
-        let sa_name = name.as_ref().map(|n| n.0.clone()).unwrap_or_default();
+        let mut key_names: HashMap<&str, Span> = HashMap::default();
+        let sa_name = name.as_ref().map(|n| n.0).unwrap_or_default();
         match t.get("keys") {
             None => {}
             Some(v) => {
@@ -580,7 +582,7 @@ impl P<'_> {
                             let kname = kt.string(&mut self.sink, "name", "\"key-1\"");
                             let kaddr = self.addr_strings(&kt);
                             let Some(kname) = kname else { continue };
-                            if let Some(first) = key_names.get(&kname.0) {
+                            if let Some(first) = key_names.get(kname.0) {
                                 let (line, col) = self.sink.position(first.start);
                                 self.sink.error(
                                     &kname.1,
@@ -592,7 +594,7 @@ impl P<'_> {
                                 );
                                 continue;
                             }
-                            key_names.insert(kname.0.clone(), kname.1.clone());
+                            key_names.insert(kname.0, kname.1.clone());
                             let what = format!("service-account key `{sa_name}/{}`", kname.0);
                             let public_key = self.opt_public_key(&kt, &what);
                             let Some(addresses) =
@@ -601,7 +603,7 @@ impl P<'_> {
                                 continue;
                             };
                             keys.push(ServiceAccountKey {
-                                name: kname.0,
+                                name: kname.0.to_string(),
                                 addresses,
                                 principal: 0,
                                 expires_at: kexp,
@@ -636,9 +638,10 @@ impl P<'_> {
                     expires_at: k.expires_at,
                 });
             }
-            self.policy
-                .service_accounts
-                .push(ServiceAccount { name: name.0, keys });
+            self.policy.service_accounts.push(ServiceAccount {
+                name: name.0.to_string(),
+                keys,
+            });
         }
     }
 
@@ -657,7 +660,7 @@ impl P<'_> {
             service_accounts: Vec::new(),
         };
         for (m, span) in members.unwrap_or_default() {
-            let (kind, bare) = split_kind(&m);
+            let (kind, bare) = split_kind(m);
             let user = matches!(kind, None | Some("user"))
                 .then(|| self.users.get(bare))
                 .flatten();
@@ -681,7 +684,7 @@ impl P<'_> {
         let Some(name) = name else { return };
         let idx = self.policy.groups.len();
         if self.unique("group", |p| &mut p.groups, &name, idx) {
-            g.name = name.0;
+            g.name = name.0.to_string();
             g.users.sort_unstable();
             g.users.dedup();
             g.service_accounts.sort_unstable();
