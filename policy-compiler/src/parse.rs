@@ -208,4 +208,29 @@ mod tests {
         let text = scaled_policy(&mut Rng(7), &Scale::for_rules(1_000), 1_800_000_000);
         assert!(same(&text));
     }
+
+    /// The same on the repository's policies: the examples parse, the invalid fixtures give
+    /// the same errors either way.
+    #[test]
+    fn fast_path_parses_the_repositorys_policies_as_toml_path() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let (mut valid, mut invalid) = (0, 0);
+        for dir in ["tests/invalid", "tests/data", "../examples"] {
+            for e in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = e.unwrap().path();
+                if path.extension().is_some_and(|x| x == "toml") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    if same(&text) {
+                        valid += 1;
+                    } else {
+                        invalid += 1;
+                    }
+                }
+            }
+        }
+        assert!(
+            valid >= 3 && invalid >= 30,
+            "{valid} valid, {invalid} invalid"
+        );
+    }
 }

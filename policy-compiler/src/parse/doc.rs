@@ -431,6 +431,37 @@ mod tests {
         }
     }
 
+    /// Every policy file of the repository (examples, fixtures, invalid fixtures), also
+    /// with CRLF line ends and a byte-order mark.
+    #[test]
+    fn fast_document_is_tomls_on_the_repositorys_policies() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut dirs = vec![root.join("tests"), root.join("../examples")];
+        let mut files = Vec::new();
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|x| x == "toml") {
+                    files.push(path);
+                }
+            }
+        }
+        let mut taken = 0;
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            taken += usize::from(agrees(&text));
+            agrees(&text.replace('\n', "\r\n"));
+            agrees(&format!("\u{feff}{text}"));
+        }
+        assert!(
+            files.len() >= 40 && taken >= 30,
+            "{} files, {taken} taken",
+            files.len()
+        );
+    }
+
     #[test]
     fn fast_document_gives_up_on_other_forms_and_errors() {
         let ok = "[[user]]\nemail = \"a@b\" # c\n\n[[ user ]]\n\"email\" = 'x@y'\n\
