@@ -13,7 +13,7 @@ use std::borrow::Cow;
 
 use toml::de::{DeTable, DeValue};
 use toml::value::Datetime;
-use toml_parser::decoder::ScalarKind;
+use toml_parser::decoder::{Encoding, ScalarKind};
 use toml_parser::parser::{Event, EventKind, RecursionGuard, ValidateWhitespace};
 use toml_parser::{ParseError, Source};
 
@@ -215,6 +215,19 @@ impl<'i> Builder<'_, 'i> {
 
     fn key(&self, e: &Event) -> Option<Key<'i>> {
         let raw = self.source.get(e)?;
+        // A bare key of letters, digits, `-` and `_` is itself (what decoding checks).
+        let bare = raw.as_str();
+        if e.encoding().is_none()
+            && !bare.is_empty()
+            && bare
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Some(Key {
+                name: Cow::Borrowed(bare),
+                span: e.span().start()..e.span().end(),
+            });
+        }
         let mut name = Cow::Borrowed("");
         let mut error: Option<ParseError> = None;
         raw.decode_key(&mut name, &mut error);
@@ -303,6 +316,22 @@ impl<'i> Builder<'_, 'i> {
         match e.kind() {
             EventKind::Scalar => {
                 let raw = self.source.get(e)?;
+                // A basic string without escapes is its text between the quotes (what
+                // decoding checks: no control character, `"` or `\\` in it).
+                if e.encoding() == Some(Encoding::BasicString)
+                    && let Some(inner) = raw
+                        .as_str()
+                        .strip_prefix('"')
+                        .and_then(|r| r.strip_suffix('"'))
+                    && inner.bytes().all(
+                        |b| matches!(b, b' ' | b'\t' | 0x21 | 0x23..=0x5B | 0x5D..=0x7E | 0x80..),
+                    )
+                {
+                    return Some(Node {
+                        val: Val::String(Cow::Borrowed(inner)),
+                        span: start..e.span().end(),
+                    });
+                }
                 let mut decoded = Cow::Borrowed("");
                 let mut error: Option<ParseError> = None;
                 let kind = raw.decode_scalar(&mut decoded, &mut error);
@@ -466,7 +495,8 @@ mod tests {
     fn fast_document_gives_up_on_other_forms_and_errors() {
         let ok = "[[user]]\nemail = \"a@b\" # c\n\n[[ user ]]\n\"email\" = 'x@y'\n\
                   [[service_account]]\nname = \"ci\"\nkeys = [ { name = \"k\", n = 0x1f },\n  \
-                  {}, ]\nat = 2030-01-01T00:00:00Z\nf = 1.5\nb = [true, [1, \"\\u00e9\"]]\n";
+                  {}, ]\nat = 2030-01-01T00:00:00Z\nf = 1.5\nb = [true, [1, \"\\u00e9\"]]\n\
+                  t = \"a\tb \u{e9} ~!#[]\"\nq = \"\"\nl = 'c:\\d'\n";
         assert!(agrees(ok));
         for other in [
             "name = \"x\"\n[[user]]\n",         // a key outside any block
@@ -479,6 +509,8 @@ mod tests {
             "[[user]]\nemail = \"a\n",          // a syntax error
             "[[user]]\nat = 2030-13-01\n",      // an invalid datetime
             "[[user]]\nemail = \"\\q\"\n",      // an invalid escape
+            "[[user]]\nemail = \"a\u{7f}b\"\n", // a control character
+            "[[user]]\nemail = \"a\u{1}b\"\n",  // a control character
         ] {
             assert!(!agrees(other), "fast path took:\n{other}");
         }
