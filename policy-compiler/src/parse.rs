@@ -57,13 +57,16 @@
 //! Narrowing: when a grant names any of `tcp`, `udp`, `icmp`, it covers exactly what it
 //! names (unnamed protocols: nothing), intersected with each resource's own ports.
 //!
-//! Four layers, a module each: `access` reads the TOML tables (typed getters that report
+//! The TOML document is read by `doc` (straight from `toml_parser`'s events for the usual
+//! forms, by `toml`'s parser for anything else and to report syntax errors). Four layers,
+//! a module each, take it from there: `access` reads the TOML tables (typed getters that report
 //! what was found and what would be valid), `values` parses values (addresses, ports,
 //! timestamps), `sections` validates each section and resolves names between them
 //! (`references`: grants and `[[test]]` blocks), `lints` warns about valid but pointless
 //! grants.
 
 mod access;
+mod doc;
 mod lints;
 mod references;
 mod sections;
@@ -71,9 +74,6 @@ mod tunnel;
 mod values;
 
 use std::ops::Range;
-
-use serde_spanned::Spanned;
-use toml::de::{DeTable, DeValue};
 
 use crate::diag::{Diagnostic, Sink};
 use crate::model::Policy;
@@ -90,7 +90,10 @@ type Span = Range<usize>;
 /// A value and where it was written.
 type Sp<T> = (T, Span);
 /// A TOML value and where it was written.
-type V<'i> = Spanned<DeValue<'i>>;
+type V<'i> = doc::Node<'i>;
+/// The parser's hash maps: names, addresses and keys are looked up once or more per
+/// entry, so the hasher is a fast one (foldhash: seeded per process, unlike FxHash).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Parses, resolves and validates a policy. `file` is only used in diagnostics; `now`
 /// (unix seconds) decides which grants are already expired (a warning) and is the time
@@ -98,22 +101,28 @@ type V<'i> = Spanned<DeValue<'i>>;
 ///
 /// Returns every error (and warning) when there is at least one error.
 pub fn parse(text: &str, file: &str, now: i64) -> Result<Parsed, Vec<Diagnostic>> {
-    let mut sink = Sink::new(file, text);
-    let (doc, errors) = DeTable::parse_recoverable(text);
-    if !errors.is_empty() {
-        for e in errors {
-            let span = e.span().unwrap_or(0..0);
-            let msg = e.message().trim().to_string();
-            sink.error(
-                &span,
-                format!("TOML syntax: {msg}"),
-                "see https://toml.io for the syntax",
-            );
+    parse_with(text, file, now, true)
+}
+
+/// [`parse`]; `fast`: the usual forms are read straight from the parser's events, anything
+/// else (errors included) by `toml`'s own parser, which reports what is wrong. Without
+/// `fast` (tests), every text is read by `toml`'s parser.
+fn parse_with(text: &str, file: &str, now: i64, fast: bool) -> Result<Parsed, Vec<Diagnostic>> {
+    let sink = Sink::new(file, text);
+    let doc = match fast.then(|| doc::fast(text)).flatten() {
+        Some(doc) => doc,
+        None => {
+            let (doc, errors) = doc::from_de(text);
+            if errors.is_empty() {
+                doc
+            } else {
+                return Err(syntax_errors(sink, errors));
+            }
         }
-        return Err(sink.finish());
-    }
+    };
     let mut p = sections::P::new(sink, file, now);
-    p.document(doc.get_ref());
+    p.document(&doc);
+    drop(doc);
     if p.sink.has_errors() {
         return Err(p.sink.finish());
     }
@@ -126,4 +135,102 @@ pub fn parse(text: &str, file: &str, now: i64) -> Result<Parsed, Vec<Diagnostic>
         policy,
         warnings: sink.finish(),
     })
+}
+
+fn syntax_errors(mut sink: Sink<'_>, errors: Vec<toml::de::Error>) -> Vec<Diagnostic> {
+    for e in errors {
+        let span = e.span().unwrap_or(0..0);
+        let msg = e.message().trim().to_string();
+        sink.error(
+            &span,
+            format!("TOML syntax: {msg}"),
+            "see https://toml.io for the syntax",
+        );
+    }
+    sink.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::random::{Rng, Scale, gen_policy, scaled_policy};
+
+    /// What a caller sees of a parse: the policy (its derived index aside, which is built
+    /// from the rest) and the warnings, or the diagnostics.
+    fn seen(r: Result<Parsed, Vec<Diagnostic>>) -> String {
+        match r {
+            Ok(mut p) => {
+                p.policy.index = Default::default();
+                format!("{:?}\n{:?}", p.policy, p.warnings)
+            }
+            Err(d) => format!("{d:?}"),
+        }
+    }
+
+    fn same(text: &str) -> bool {
+        let now = 1_800_000_000;
+        let fast = parse_with(text, "p.toml", now, true);
+        let ok = fast.is_ok();
+        assert_eq!(
+            seen(fast),
+            seen(parse_with(text, "p.toml", now, false)),
+            "fast and toml's path differ on:\n{text}"
+        );
+        ok
+    }
+
+    /// The fast document path and `toml`'s give the same policy, warnings and errors: on
+    /// random policies, and on broken ones (lines deleted, swapped or repeated: unknown
+    /// names, missing keys, duplicate keys, syntax errors).
+    #[test]
+    fn fast_path_parses_as_toml_path() {
+        let (mut valid, mut broken) = (0, 0);
+        for seed in 0..60u64 {
+            let mut rng = Rng(seed);
+            let text = gen_policy(&mut rng, 1_800_000_000);
+            valid += usize::from(same(&text));
+            let lines: Vec<&str> = text.lines().collect();
+            for _ in 0..5 {
+                let mut l = lines.clone();
+                let (a, b) = (rng.below(l.len()), rng.below(l.len()));
+                match rng.below(3) {
+                    0 => {
+                        l.remove(a);
+                    }
+                    1 => l.swap(a, b),
+                    _ => l.insert(a, lines[b]),
+                }
+                broken += usize::from(!same(&l.join("\n")));
+            }
+        }
+        // Both kinds were seen (not every mutation breaks a policy).
+        assert!(valid > 20 && broken > 150, "{valid} valid, {broken} broken");
+        let text = scaled_policy(&mut Rng(7), &Scale::for_rules(1_000), 1_800_000_000);
+        assert!(same(&text));
+    }
+
+    /// The same on the repository's policies: the examples parse, the invalid fixtures give
+    /// the same errors either way.
+    #[test]
+    fn fast_path_parses_the_repositorys_policies_as_toml_path() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let (mut valid, mut invalid) = (0, 0);
+        for dir in ["tests/invalid", "tests/data", "../examples"] {
+            for e in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = e.unwrap().path();
+                if path.extension().is_some_and(|x| x == "toml") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    if same(&text) {
+                        valid += 1;
+                    } else {
+                        invalid += 1;
+                    }
+                }
+            }
+        }
+        assert!(
+            valid >= 3 && invalid >= 30,
+            "{valid} valid, {invalid} invalid"
+        );
+    }
 }

@@ -1,27 +1,27 @@
 //! TOML access: one `[[section]]` table and typed getters that report, located, what was
 //! found and what would be valid.
 
-use toml::de::{DeTable, DeValue};
+use super::doc::{Table, Val};
 
 use super::{Sp, Span, V};
 use crate::diag::Sink;
 
 /// One `[[section]]` table.
 pub(super) struct Tbl<'a, 'i> {
-    pub(super) t: &'a DeTable<'i>,
+    pub(super) t: &'a Table<'i>,
     pub(super) header: Span,
     pub(super) section: &'static str,
 }
 
-pub(super) fn type_name(v: &DeValue<'_>) -> &'static str {
+pub(super) fn type_name(v: &Val<'_>) -> &'static str {
     match v {
-        DeValue::String(_) => "a string",
-        DeValue::Integer(_) => "an integer",
-        DeValue::Float(_) => "a float",
-        DeValue::Boolean(_) => "a boolean",
-        DeValue::Datetime(_) => "a datetime",
-        DeValue::Array(_) => "an array",
-        DeValue::Table(_) => "a table",
+        Val::String(_) => "a string",
+        Val::Integer(_) => "an integer",
+        Val::Float => "a float",
+        Val::Boolean(_) => "a boolean",
+        Val::Datetime(_) => "a datetime",
+        Val::Array(_) => "an array",
+        Val::Table(_) => "a table",
     }
 }
 
@@ -32,7 +32,7 @@ impl<'a, 'i> Tbl<'a, 'i> {
 
     pub(super) fn check_keys(&self, sink: &mut Sink<'_>, allowed: &[&str]) {
         for (k, _) in self.t.iter() {
-            if !allowed.contains(&k.get_ref().as_ref()) {
+            if !allowed.contains(&k.get_ref()) {
                 sink.error(
                     &k.span(),
                     format!("unknown key `{}` in [[{}]]", k.get_ref(), self.section),
@@ -55,7 +55,7 @@ impl<'a, 'i> Tbl<'a, 'i> {
         sink: &mut Sink<'_>,
         key: &str,
         example: &str,
-    ) -> Option<Sp<String>> {
+    ) -> Option<Sp<&'a str>> {
         match self.get(key) {
             None => {
                 self.missing(sink, key, example);
@@ -70,7 +70,7 @@ impl<'a, 'i> Tbl<'a, 'i> {
         sink: &mut Sink<'_>,
         key: &str,
         example: &str,
-    ) -> Option<Sp<String>> {
+    ) -> Option<Sp<&'a str>> {
         self.get(key).and_then(|v| as_string(sink, key, v, example))
     }
 
@@ -81,7 +81,7 @@ impl<'a, 'i> Tbl<'a, 'i> {
         key: &str,
         required: bool,
         example: &str,
-    ) -> Option<Vec<Sp<String>>> {
+    ) -> Option<Vec<Sp<&'a str>>> {
         let Some(v) = self.get(key) else {
             if required {
                 self.missing(sink, key, example);
@@ -100,11 +100,11 @@ impl<'a, 'i> Tbl<'a, 'i> {
             );
             return None;
         };
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(arr.len());
         let mut ok = true;
         for item in arr.iter() {
             match item.get_ref().as_str() {
-                Some(s) => out.push((s.to_string(), item.span())),
+                Some(s) => out.push((s, item.span())),
                 None => {
                     sink.error(
                         &item.span(),
@@ -124,7 +124,7 @@ impl<'a, 'i> Tbl<'a, 'i> {
     pub(super) fn opt_bool(&self, sink: &mut Sink<'_>, key: &str) -> Option<Sp<bool>> {
         let v = self.get(key)?;
         match v.get_ref() {
-            DeValue::Boolean(b) => Some((*b, v.span())),
+            Val::Boolean(b) => Some((*b, v.span())),
             other => {
                 sink.error(
                     &v.span(),
@@ -137,9 +137,14 @@ impl<'a, 'i> Tbl<'a, 'i> {
     }
 }
 
-fn as_string(sink: &mut Sink<'_>, key: &str, v: &V<'_>, example: &str) -> Option<Sp<String>> {
+fn as_string<'a>(
+    sink: &mut Sink<'_>,
+    key: &str,
+    v: &'a V<'_>,
+    example: &str,
+) -> Option<Sp<&'a str>> {
     match v.get_ref() {
-        DeValue::String(s) => Some((s.to_string(), v.span())),
+        Val::String(s) => Some((s, v.span())),
         other => {
             sink.error(
                 &v.span(),

@@ -1,8 +1,6 @@
 //! Lints: valid policies that do not do what they seem to (warnings).
 
-use std::collections::HashMap;
-
-use super::Span;
+use super::{HashMap, Span};
 use crate::diag::Sink;
 use crate::model::{Action, Mode, Policy};
 use ipnet::IpNet;
@@ -26,7 +24,7 @@ pub(super) fn shadow_warnings(policy: &Policy, sink: &mut Sink<'_>, name_spans: 
         .map(|&d| (d, policy.principals_of_grant(d)))
         .collect();
     // Prefix (normalized) -> (deny grant, index of the pair in it), enforce mode only.
-    let mut by_prefix: HashMap<IpNet, Vec<(usize, usize)>> = HashMap::new();
+    let mut by_prefix: HashMap<IpNet, Vec<(usize, usize)>> = HashMap::default();
     for &d in &denies {
         for (pair, &r) in policy.grants[d].resources.iter().enumerate() {
             let res = &policy.resources[r];
@@ -38,10 +36,22 @@ pub(super) fn shadow_warnings(policy: &Policy, sink: &mut Sink<'_>, name_spans: 
             }
         }
     }
+    // The prefix lengths indexed, per family (IPv4, IPv6): a containing prefix can only
+    // be of one of these (usually a handful), so only they are looked up, not every length
+    // from 0 to the address's own.
+    let mut lens: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    for p in by_prefix.keys() {
+        lens[usize::from(matches!(p, IpNet::V6(_)))].push(p.prefix_len());
+    }
+    for l in &mut lens {
+        l.sort_unstable();
+        l.dedup();
+    }
     // The deny pairs whose resource contains `addr`, by deny grant in file order.
     let containing = |addr: &IpNet| -> Vec<(usize, usize)> {
         let mut out = Vec::new();
-        for len in 0..=addr.prefix_len() {
+        let family = &lens[usize::from(matches!(addr, IpNet::V6(_)))];
+        for &len in family.iter().take_while(|&&l| l <= addr.prefix_len()) {
             if let Ok(sup) = IpNet::new(addr.addr(), len)
                 && let Some(v) = by_prefix.get(&sup.trunc())
             {

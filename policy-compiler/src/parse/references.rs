@@ -2,15 +2,14 @@
 //! `[[deny]]`: principals and resources) and `[[test]]` blocks (a source and a
 //! destination, in the grammar of `crate::target`).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use gateway_common::policy::Verdict;
 
-use super::Span;
 use super::access::Tbl;
 use super::sections::P;
 use super::values::{proto_keys, split_kind, timestamp};
+use super::{HashMap, Span};
 use crate::model::*;
 use crate::target::{Names, family, source_in, target_in};
 
@@ -49,7 +48,7 @@ impl P<'_> {
         let expires_at = t
             .get("expires_at")
             .and_then(|v| timestamp(&mut self.sink, "expires_at", v).map(|e| (e, v.span())));
-        let gname = name.as_ref().map(|n| n.0.clone()).unwrap_or_default();
+        let gname = name.as_ref().map(|n| n.0).unwrap_or_default();
         let mut prefs = Vec::new();
         if let Some(list) = &principals {
             if list.is_empty()
@@ -80,7 +79,7 @@ impl P<'_> {
                 );
             }
             for (s, span) in list {
-                let Some(&(r, _)) = self.resources.get(s) else {
+                let Some(&(r, _)) = self.resources.get(*s) else {
                     let known = self.known(&self.resources);
                     self.sink.error(
                         span,
@@ -130,7 +129,7 @@ impl P<'_> {
             );
         }
         let Some(name) = name else { return };
-        if let Some(first) = names.get(&name.0) {
+        if let Some(first) = names.get(name.0) {
             let (line, col) = self.sink.position(first.start);
             self.sink.error(
                 &name.1,
@@ -139,11 +138,11 @@ impl P<'_> {
             );
             return;
         }
-        names.insert(name.0.clone(), name.1.clone());
+        names.insert(name.0.to_string(), name.1.clone());
         self.grant_name_spans.push(name.1.clone());
         let line = self.sink.position(t.header.start).0;
         self.policy.grants.push(Grant {
-            name: name.0,
+            name: name.0.to_string(),
             action,
             principals: prefs,
             resources: res,
@@ -206,25 +205,25 @@ impl P<'_> {
         t.check_keys(&mut self.sink, &["name", "from", "to", "expect", "at"]);
         let name = t
             .opt_string(&mut self.sink, "name", "\"alice can ssh\"")
-            .map(|n| n.0)
+            .map(|n| n.0.to_string())
             .unwrap_or_else(|| format!("test #{}", i + 1));
         let from = t.string(&mut self.sink, "from", "\"alice-laptop\"");
         let to = t.string(&mut self.sink, "to", "\"198.18.1.10:22/tcp\"");
-        let expect = t
-            .string(&mut self.sink, "expect", "\"allow\"")
-            .and_then(|(e, span)| match e.as_str() {
-                "allow" => Some(Verdict::Allow),
-                "deny" => Some(Verdict::Deny),
-                "audit" => Some(Verdict::Audit),
-                _ => {
-                    self.sink.error(
-                        &span,
-                        format!("unknown expectation `{e}`"),
-                        "expect is \"allow\", \"deny\" or \"audit\"",
-                    );
-                    None
-                }
-            });
+        let expect =
+            t.string(&mut self.sink, "expect", "\"allow\"")
+                .and_then(|(e, span)| match e {
+                    "allow" => Some(Verdict::Allow),
+                    "deny" => Some(Verdict::Deny),
+                    "audit" => Some(Verdict::Audit),
+                    _ => {
+                        self.sink.error(
+                            &span,
+                            format!("unknown expectation `{e}`"),
+                            "expect is \"allow\", \"deny\" or \"audit\"",
+                        );
+                        None
+                    }
+                });
         let at = t.get("at").and_then(|v| timestamp(&mut self.sink, "at", v));
         let names = Tables {
             devices: &self.devices,
@@ -275,8 +274,8 @@ impl P<'_> {
                 name,
                 line,
                 column,
-                from: from.0,
-                to: to.0,
+                from: from.0.to_string(),
+                to: to.0.to_string(),
                 src,
                 dst: dst.addr,
                 proto: dst.proto,

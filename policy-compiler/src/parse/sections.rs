@@ -2,14 +2,12 @@
 //! names of other sections are resolved as the sections are read, in dependency order
 //! (grants and `[[test]]` blocks last, in `references.rs`).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
-use toml::de::{DeTable, DeValue};
-
 use super::access::{Tbl, type_name};
+use super::doc::{Table, Val};
 use super::values::{parse_host, parse_prefix, proto_keys, split_kind, timestamp};
-use super::{Sp, Span};
+use super::{HashMap, Sp, Span};
 use crate::diag::Sink;
 use crate::model::*;
 
@@ -58,25 +56,25 @@ impl<'a> P<'a> {
                 parsed_at: now,
                 ..Default::default()
             },
-            networks: HashMap::new(),
-            resources: HashMap::new(),
-            users: HashMap::new(),
-            devices: HashMap::new(),
-            sas: HashMap::new(),
-            groups: HashMap::new(),
-            addrs: HashMap::new(),
+            networks: HashMap::default(),
+            resources: HashMap::default(),
+            users: HashMap::default(),
+            devices: HashMap::default(),
+            sas: HashMap::default(),
+            groups: HashMap::default(),
+            addrs: HashMap::default(),
             grant_name_spans: Vec::new(),
-            keys: HashMap::new(),
-            connector_spans: HashMap::new(),
+            keys: HashMap::default(),
+            connector_spans: HashMap::default(),
         }
     }
 }
 
 impl P<'_> {
-    pub(super) fn document(&mut self, doc: &DeTable<'_>) {
-        let mut sections: HashMap<&str, Vec<Tbl<'_, '_>>> = HashMap::new();
+    pub(super) fn document(&mut self, doc: &Table<'_>) {
+        let mut sections: HashMap<&str, Vec<Tbl<'_, '_>>> = HashMap::default();
         for (k, v) in doc.iter() {
-            let key = k.get_ref().as_ref();
+            let key = k.get_ref();
             let Some(section) = SECTIONS.iter().find(|s| **s == key) else {
                 self.sink.error(
                     &k.span(),
@@ -94,10 +92,10 @@ impl P<'_> {
             };
             let list = sections.entry(section).or_default();
             match v.get_ref() {
-                DeValue::Array(arr) => {
+                Val::Array(arr) => {
                     for item in arr.iter() {
                         match item.get_ref() {
-                            DeValue::Table(t) => list.push(Tbl {
+                            Val::Table(t) => list.push(Tbl {
                                 t,
                                 header: item.span(),
                                 section,
@@ -137,6 +135,22 @@ impl P<'_> {
         grants.extend(take("deny").into_iter().map(|t| (Action::Deny, t)));
         grants.sort_by_key(|(_, t)| t.header.start);
         let tests = take("test");
+        // Pre-sized: one entry per block at most (no rehashing as the tables grow).
+        self.networks.reserve(nets.len());
+        self.resources.reserve(ress.len());
+        self.users.reserve(users.len());
+        self.devices.reserve(devs.len());
+        self.sas.reserve(sas.len());
+        self.groups.reserve(groups.len());
+        self.addrs.reserve(devs.len() + sas.len());
+        self.connector_spans.reserve(conns.len());
+        self.grant_name_spans.reserve(grants.len());
+        self.policy.resources.reserve(ress.len());
+        self.policy.users.reserve(users.len());
+        self.policy.devices.reserve(devs.len());
+        self.policy.principals.reserve(devs.len() + sas.len());
+        self.policy.groups.reserve(groups.len());
+        self.policy.grants.reserve(grants.len());
         for t in &nets {
             self.network(t);
         }
@@ -158,11 +172,16 @@ impl P<'_> {
         for t in &conns {
             self.connector(t);
         }
-        let mut grant_names = HashMap::new();
+        let mut grant_names = HashMap::default();
+        grant_names.reserve(grants.len());
         for (action, t) in &grants {
             self.grant(*action, t, &mut grant_names);
         }
         // Rule ids: (grant, resource) pairs in file order, then audit defaults.
+        let pairs: usize = self.policy.grants.iter().map(|g| g.resources.len()).sum();
+        self.policy
+            .rules
+            .reserve(pairs + self.policy.resources.len());
         let mut id = 0u32;
         for g in &mut self.policy.grants {
             g.rules.clear();
@@ -201,7 +220,7 @@ impl P<'_> {
         &mut self,
         kind: &str,
         map_sel: fn(&mut Self) -> &mut HashMap<String, (usize, Span)>,
-        name: &Sp<String>,
+        name: &Sp<&str>,
         index: usize,
     ) -> bool {
         if name.0.trim().is_empty() {
@@ -212,7 +231,7 @@ impl P<'_> {
             );
             return false;
         }
-        if let Some((_, first)) = map_sel(self).get(&name.0).cloned() {
+        if let Some((_, first)) = map_sel(self).get(name.0).cloned() {
             let (line, col) = self.sink.position(first.start);
             self.sink.error(
                 &name.1,
@@ -223,7 +242,7 @@ impl P<'_> {
             );
             return false;
         }
-        map_sel(self).insert(name.0.clone(), (index, name.1.clone()));
+        map_sel(self).insert(name.0.to_string(), (index, name.1.clone()));
         true
     }
 
@@ -254,12 +273,12 @@ impl P<'_> {
         let idx = self.policy.networks.len();
         if self.unique("remote network", |p| &mut p.networks, &name, idx) {
             self.policy.networks.push(RemoteNetwork {
-                name: name.0,
+                name: name.0.to_string(),
                 cidrs: nets,
                 connectors: connectors
                     .unwrap_or_default()
                     .into_iter()
-                    .map(|c| c.0)
+                    .map(|c| c.0.to_string())
                     .collect(),
             });
         }
@@ -276,7 +295,7 @@ impl P<'_> {
         let (tcp, udp, icmp, ports_ok) = proto_keys(&mut self.sink, t);
         let mode = match t.opt_string(&mut self.sink, "mode", "\"audit\"") {
             None => Some(Mode::Enforce),
-            Some((m, span)) => match m.as_str() {
+            Some((m, span)) => match m {
                 "enforce" => Some(Mode::Enforce),
                 "audit" => Some(Mode::Audit),
                 _ => {
@@ -291,7 +310,7 @@ impl P<'_> {
         };
         let net = network
             .as_ref()
-            .and_then(|(n, span)| match self.networks.get(n) {
+            .and_then(|(n, span)| match self.networks.get(*n) {
                 Some((i, _)) => Some(*i),
                 None => {
                     let known = self.known(&self.networks);
@@ -345,7 +364,7 @@ impl P<'_> {
         let idx = self.policy.resources.len();
         if self.unique("resource", |p| &mut p.resources, &name, idx) {
             self.policy.resources.push(Resource {
-                name: name.0,
+                name: name.0.to_string(),
                 network: net.unwrap_or(0),
                 address: addr.unwrap_or_default(),
                 ports,
@@ -389,13 +408,15 @@ impl P<'_> {
         }
         let idx = self.policy.users.len();
         if self.unique("user", |p| &mut p.users, &email, idx) {
-            self.policy.users.push(User { email: email.0 });
+            self.policy.users.push(User {
+                email: email.0.to_string(),
+            });
         }
     }
 
     /// The address strings of a device or service-account key: `address = "..."` or
     /// `addresses = ["...", "..."]` (one of them, the list not empty).
-    fn addr_strings(&mut self, t: &Tbl<'_, '_>) -> Option<Vec<Sp<String>>> {
+    fn addr_strings<'a>(&mut self, t: &Tbl<'a, '_>) -> Option<Vec<Sp<&'a str>>> {
         const BOTH: &str = "[\"198.19.0.10\", \"2001:db8:ff::10\"]";
         match (t.get("address"), t.get("addresses")) {
             (Some(_), Some(v)) => {
@@ -436,7 +457,7 @@ impl P<'_> {
 
     /// Parses the addresses of `what` (a device or service-account key): hosts, at most one
     /// per family, none used by another principal. Sorted IPv4 first.
-    fn principal_addrs(&mut self, what: &str, items: &[Sp<String>]) -> Option<Vec<IpAddr>> {
+    fn principal_addrs(&mut self, what: &str, items: &[Sp<&str>]) -> Option<Vec<IpAddr>> {
         let mut out: Vec<IpAddr> = Vec::new();
         let mut ok = true;
         for (s, span) in items {
@@ -482,7 +503,7 @@ impl P<'_> {
         let name = t.string(&mut self.sink, "name", "\"alice-laptop\"");
         let owner = t.string(&mut self.sink, "owner", "\"alice@example.com\"");
         let address = self.addr_strings(t);
-        let owner = owner.and_then(|(o, span)| match self.users.get(&o) {
+        let owner = owner.and_then(|(o, span)| match self.users.get(o) {
             Some((i, _)) => Some(*i),
             None => {
                 self.sink.error(
@@ -494,15 +515,16 @@ impl P<'_> {
             }
         });
         let Some(name) = name else { return };
-        let addrs = address.and_then(|a| self.principal_addrs(&format!("device `{}`", name.0), &a));
-        let public_key = self.opt_public_key(t, &format!("device `{}`", name.0));
+        let what = format!("device `{}`", name.0);
+        let addrs = address.and_then(|a| self.principal_addrs(&what, &a));
+        let public_key = self.opt_public_key(t, &what);
         let idx = self.policy.devices.len();
         if self.unique("device", |p| &mut p.devices, &name, idx)
             && let (Some(owner), Some(addresses)) = (owner, addrs)
         {
             let id = self.policy.principals.len() as u32 + 1;
             self.policy.devices.push(Device {
-                name: name.0,
+                name: name.0.to_string(),
                 owner,
                 addresses: addresses.clone(),
                 principal: id,
@@ -517,7 +539,7 @@ impl P<'_> {
                 addresses,
                 expires_at: None,
             });
-        } else if let Some(e) = self.devices.get_mut(&name.0)
+        } else if let Some(e) = self.devices.get_mut(name.0)
             && e.0 == idx
         {
             // Registered but not pushed: later references must not land on another device.
@@ -529,15 +551,15 @@ impl P<'_> {
         t.check_keys(&mut self.sink, &["name", "keys"]);
         let name = t.string(&mut self.sink, "name", "\"ci\"");
         let mut keys: Vec<ServiceAccountKey> = Vec::new();
-        let mut key_names: HashMap<String, Span> = HashMap::new();
-        let sa_name = name.as_ref().map(|n| n.0.clone()).unwrap_or_default();
+        let mut key_names: HashMap<&str, Span> = HashMap::default();
+        let sa_name = name.as_ref().map(|n| n.0).unwrap_or_default();
         match t.get("keys") {
             None => {}
             Some(v) => {
                 match v.get_ref() {
-                    DeValue::Array(arr) => {
+                    Val::Array(arr) => {
                         for item in arr.iter() {
-                            let DeValue::Table(kt) = item.get_ref() else {
+                            let Val::Table(kt) = item.get_ref() else {
                                 self.sink.error(
                                 &item.span(),
                                 format!("service-account keys must be tables, found {}", type_name(item.get_ref())),
@@ -560,7 +582,7 @@ impl P<'_> {
                             let kname = kt.string(&mut self.sink, "name", "\"key-1\"");
                             let kaddr = self.addr_strings(&kt);
                             let Some(kname) = kname else { continue };
-                            if let Some(first) = key_names.get(&kname.0) {
+                            if let Some(first) = key_names.get(kname.0) {
                                 let (line, col) = self.sink.position(first.start);
                                 self.sink.error(
                                     &kname.1,
@@ -572,21 +594,16 @@ impl P<'_> {
                                 );
                                 continue;
                             }
-                            key_names.insert(kname.0.clone(), kname.1.clone());
-                            let public_key = self.opt_public_key(
-                                &kt,
-                                &format!("service-account key `{sa_name}/{}`", kname.0),
-                            );
-                            let Some(addresses) = kaddr.and_then(|a| {
-                                self.principal_addrs(
-                                    &format!("service-account key `{sa_name}/{}`", kname.0),
-                                    &a,
-                                )
-                            }) else {
+                            key_names.insert(kname.0, kname.1.clone());
+                            let what = format!("service-account key `{sa_name}/{}`", kname.0);
+                            let public_key = self.opt_public_key(&kt, &what);
+                            let Some(addresses) =
+                                kaddr.and_then(|a| self.principal_addrs(&what, &a))
+                            else {
                                 continue;
                             };
                             keys.push(ServiceAccountKey {
-                                name: kname.0,
+                                name: kname.0.to_string(),
                                 addresses,
                                 principal: 0,
                                 expires_at: kexp,
@@ -621,9 +638,10 @@ impl P<'_> {
                     expires_at: k.expires_at,
                 });
             }
-            self.policy
-                .service_accounts
-                .push(ServiceAccount { name: name.0, keys });
+            self.policy.service_accounts.push(ServiceAccount {
+                name: name.0.to_string(),
+                keys,
+            });
         }
     }
 
@@ -642,7 +660,7 @@ impl P<'_> {
             service_accounts: Vec::new(),
         };
         for (m, span) in members.unwrap_or_default() {
-            let (kind, bare) = split_kind(&m);
+            let (kind, bare) = split_kind(m);
             let user = matches!(kind, None | Some("user"))
                 .then(|| self.users.get(bare))
                 .flatten();
@@ -666,7 +684,7 @@ impl P<'_> {
         let Some(name) = name else { return };
         let idx = self.policy.groups.len();
         if self.unique("group", |p| &mut p.groups, &name, idx) {
-            g.name = name.0;
+            g.name = name.0.to_string();
             g.users.sort_unstable();
             g.users.dedup();
             g.service_accounts.sort_unstable();

@@ -64,7 +64,7 @@ impl P<'_> {
             .policy
             .networks
             .iter()
-            .any(|n| n.connectors.contains(&name));
+            .any(|n| n.connectors.iter().any(|c| c == name));
         if !listed {
             let mut known: Vec<&str> = self
                 .policy
@@ -89,7 +89,7 @@ impl P<'_> {
                 format!("add it to a network's `connectors`; connectors listed: {known}"),
             );
         }
-        if let Some(first) = self.connector_spans.get(&name).cloned() {
+        if let Some(first) = self.connector_spans.get(name).cloned() {
             let (line, col) = self.sink.position(first.start);
             self.sink.error(
                 &name_span,
@@ -98,10 +98,10 @@ impl P<'_> {
             );
             return;
         }
-        self.connector_spans.insert(name.clone(), name_span);
+        self.connector_spans.insert(name.to_string(), name_span);
         let key = self.public_key(t, &format!("connector `{name}`"));
         let endpoint = t.string(&mut self.sink, "endpoint", "\"203.0.113.7:51820\"");
-        let endpoint = endpoint.and_then(|(e, span)| match check_endpoint(&e) {
+        let endpoint = endpoint.and_then(|(e, span)| match check_endpoint(e) {
             Ok(()) => {
                 // Tunnel packets to an endpoint inside protected space would be dropped
                 // by the shield (it drops whatever reaches protected space outside the
@@ -124,23 +124,23 @@ impl P<'_> {
                              from outside",
                             n.name
                         );
-                        self.bad_endpoint(&span, &e, &why);
+                        self.bad_endpoint(&span, e, &why);
                         None
                     }
                     None => Some(e),
                 }
             }
             Err(why) => {
-                self.bad_endpoint(&span, &e, &why);
+                self.bad_endpoint(&span, e, &why);
                 None
             }
         });
         if let (true, Some(public_key), Some(endpoint)) = (listed, key, endpoint) {
             let line = self.sink.position(t.header.start).0;
             self.policy.connectors.push(Connector {
-                name,
+                name: name.to_string(),
                 public_key,
-                endpoint,
+                endpoint: endpoint.to_string(),
                 line,
             });
         }

@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
 
+use super::doc::Val;
 use ipnet::IpNet;
-use toml::de::DeValue;
 
 use super::access::{Tbl, type_name};
 use super::{Span, V};
@@ -55,14 +55,20 @@ fn canonical_net(net: IpNet) -> IpNet {
 /// A principal's address: one host, never IPv4-mapped (such an address is no identity on
 /// the wire, RFC 4291 §2.5.5.2; the data plane drops packets carrying one).
 pub(super) fn parse_host(s: &str) -> Result<IpAddr, (String, String)> {
+    // The common case, a bare address: parsed once (what follows would parse it twice).
+    if !s.contains('/')
+        && let Ok(a) = IpAddr::from_str(s)
+    {
+        return match a {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(Ok(a), |v4| Err(mapped(s, v4))),
+            IpAddr::V4(_) => Ok(a),
+        };
+    }
     let bare = s.split_once('/').map_or(s, |(a, _)| a);
     if let Ok(v6) = Ipv6Addr::from_str(bare)
         && let Some(v4) = v6.to_ipv4_mapped()
     {
-        return Err((
-            format!("`{s}` is an IPv4-mapped IPv6 address"),
-            format!("a principal's IPv4 address is written as IPv4: \"{v4}\""),
-        ));
+        return Err(mapped(s, v4));
     }
     match parse_prefix(s) {
         Ok(n) if n.prefix_len() == n.max_prefix_len() => Ok(n.addr()),
@@ -80,6 +86,13 @@ pub(super) fn parse_host(s: &str) -> Result<IpAddr, (String, String)> {
             },
         )),
     }
+}
+
+fn mapped(s: &str, v4: std::net::Ipv4Addr) -> (String, String) {
+    (
+        format!("`{s}` is an IPv4-mapped IPv6 address"),
+        format!("a principal's IPv4 address is written as IPv4: \"{v4}\""),
+    )
 }
 
 const PORTS_HELP: &str =
@@ -139,12 +152,12 @@ fn port_item_str(sink: &mut Sink<'_>, span: &Span, s: &str) -> Option<(u16, u16)
 
 fn port_item(sink: &mut Sink<'_>, key: &str, v: &V<'_>) -> Option<(u16, u16)> {
     match v.get_ref() {
-        DeValue::Integer(i) => {
+        Val::Integer(i) => {
             let n = i128::from_str_radix(i.as_str(), i.radix()).unwrap_or(i128::MAX);
             let p = port_number(sink, &v.span(), n)?;
             Some((p, p))
         }
-        DeValue::String(s) => port_item_str(sink, &v.span(), s),
+        Val::String(s) => port_item_str(sink, &v.span(), s),
         other => {
             sink.error(
                 &v.span(),
@@ -162,12 +175,12 @@ fn port_item(sink: &mut Sink<'_>, key: &str, v: &V<'_>) -> Option<(u16, u16)> {
 /// `"all"`, `"none"`, a single port string, or a list of ports and ranges.
 fn port_set(sink: &mut Sink<'_>, key: &str, v: &V<'_>) -> Option<PortSet> {
     match v.get_ref() {
-        DeValue::String(s) if s == "all" => Some(PortSet::all()),
-        DeValue::String(s) if s == "none" => Some(PortSet::none()),
-        DeValue::String(_) | DeValue::Integer(_) => {
+        Val::String(s) if s == "all" => Some(PortSet::all()),
+        Val::String(s) if s == "none" => Some(PortSet::none()),
+        Val::String(_) | Val::Integer(_) => {
             port_item(sink, key, v).map(|r| PortSet::from_ranges([r]))
         }
-        DeValue::Array(arr) => {
+        Val::Array(arr) => {
             let mut ok = true;
             let mut ranges = Vec::new();
             for item in arr.iter() {
@@ -218,8 +231,8 @@ pub(super) fn proto_keys(
 
 pub(super) fn timestamp(sink: &mut Sink<'_>, key: &str, v: &V<'_>) -> Option<i64> {
     let text = match v.get_ref() {
-        DeValue::Datetime(d) => d.to_string(),
-        DeValue::String(s) => s.to_string(),
+        Val::Datetime(d) => d.to_string(),
+        Val::String(s) => s.to_string(),
         other => {
             sink.error(
                 &v.span(),
