@@ -152,9 +152,37 @@ pub struct HostView {
 
 /// Splits `lo..=hi` into aligned power-of-two blocks: (first port, prefix bits).
 pub fn port_blocks(lo: u16, hi: u16) -> Vec<(u16, u8)> {
-    let (mut lo, hi) = (u32::from(lo), u32::from(hi));
-    let mut out = Vec::new();
-    while lo <= hi {
+    PortBlocks::new(lo, hi).collect()
+}
+
+/// The blocks of [`port_blocks`], ascending, without a vector.
+struct PortBlocks {
+    lo: u32,
+    hi: u32,
+}
+
+impl PortBlocks {
+    fn new(lo: u16, hi: u16) -> Self {
+        PortBlocks {
+            lo: u32::from(lo),
+            hi: u32::from(hi),
+        }
+    }
+
+    /// One block of every port (ICMP: port 0, no port bits).
+    fn any() -> Self {
+        Self::new(0, u16::MAX)
+    }
+}
+
+impl Iterator for PortBlocks {
+    type Item = (u16, u8);
+
+    fn next(&mut self) -> Option<(u16, u8)> {
+        let (lo, hi) = (self.lo, self.hi);
+        if lo > hi {
+            return None;
+        }
         let mut size = if lo == 0 {
             1u32 << 16
         } else {
@@ -163,11 +191,13 @@ pub fn port_blocks(lo: u16, hi: u16) -> Vec<(u16, u8)> {
         while lo + size - 1 > hi {
             size >>= 1;
         }
-        out.push((lo as u16, (16 - size.trailing_zeros()) as u8));
-        lo += size;
+        self.lo = lo + size;
+        Some((lo as u16, (16 - size.trailing_zeros()) as u8))
     }
-    out
 }
+
+/// The port ranges of a protocol without ports (ICMP): everything.
+const ALL_PORTS: &[(u16, u16)] = &[(0, u16::MAX)];
 
 /// Most specific prefixes first is what LPM does; this finds, for `p`, every key of `map`
 /// that contains it, using only the prefix lengths that occur.
@@ -218,18 +248,21 @@ fn decide_at(cs: &[Contrib<'_>], t: i64, default: (Verdict, u32)) -> (Verdict, u
 }
 
 /// (value, second change point) of a set of contributions at `now`.
-fn value_of(cs: &[Contrib<'_>], now: i64, default: (Verdict, u32)) -> (RuleVal, Option<i64>) {
+/// `times` is a scratch buffer.
+fn value_of(
+    cs: &[Contrib<'_>],
+    now: i64,
+    default: (Verdict, u32),
+    times: &mut Vec<i64>,
+) -> (RuleVal, Option<i64>) {
     let v0 = decide_at(cs, now, default);
-    let mut times: Vec<i64> = cs
-        .iter()
-        .filter_map(|c| c.expires)
-        .filter(|&e| e > now)
-        .collect();
+    times.clear();
+    times.extend(cs.iter().filter_map(|c| c.expires).filter(|&e| e > now));
     times.sort_unstable();
     times.dedup();
     let mut first: Option<(i64, (Verdict, u32))> = None;
     let mut second = None;
-    for &t in &times {
+    for &t in times.iter() {
         let v = decide_at(cs, t, default);
         match first {
             None if v != v0 => first = Some((t, v)),
@@ -347,12 +380,6 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
         atom_info[id as usize - 1].2.push(*p);
         dst_entries.push((*p, id));
     }
-    let mut resource_atoms: HashMap<usize, Vec<u32>> = HashMap::new();
-    for (i, (_, cov, _, _)) in atom_info.iter().enumerate() {
-        for &r in cov {
-            resource_atoms.entry(r).or_default().push(i as u32 + 1);
-        }
-    }
 
     // Grants that matter here: active now and touching a resource of the view.
     let relevant: Vec<bool> = policy
@@ -415,73 +442,89 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
         }
     }
 
-    // Rules.
+    // Rules, generated in key order: classes ascending, atoms ascending, protocols by
+    // number, ports ascending (the final sort then only checks).
+    let mut resource_atoms: Vec<Vec<u32>> = vec![Vec::new(); policy.resources.len()];
+    for (i, (_, cov, _, _)) in atom_info.iter().enumerate() {
+        for &r in cov {
+            resource_atoms[r].push(i as u32 + 1);
+        }
+    }
     let mut rules: Vec<RuleEntry> = Vec::new();
     let mut recompile_at: Option<i64> = None;
+    // Buffers reused across classes, atoms and protocols.
+    let mut pairs: Vec<(u32, usize, usize)> = Vec::new();
+    let mut cs: Vec<Contrib<'_>> = Vec::new();
+    let mut bounds: Vec<u32> = Vec::new();
+    let mut intervals: Vec<(u32, u32, RuleVal)> = Vec::new();
+    let mut active: Vec<Contrib<'_>> = Vec::new();
+    let mut times: Vec<i64> = Vec::new();
     for (ci, sig) in signatures.iter().enumerate() {
         let class = ci as u32 + 1;
-        let mut by_atom: BTreeMap<u32, Vec<(usize, usize)>> = BTreeMap::new();
+        // (atom, grant, index of the resource in the grant), by atom.
+        pairs.clear();
         for &g in sig {
             for (k, &r) in policy.grants[g].resources.iter().enumerate() {
-                if !view_res[r] {
-                    continue;
-                }
-                for &a in resource_atoms.get(&r).map_or(&[][..], Vec::as_slice) {
-                    by_atom.entry(a).or_default().push((g, k));
+                if view_res[r] {
+                    pairs.extend(resource_atoms[r].iter().map(|&a| (a, g, k)));
                 }
             }
         }
-        for (atom, pairs) in by_atom {
+        pairs.sort_unstable();
+        for group in pairs.chunk_by(|x, y| x.0 == y.0) {
+            let atom = group[0].0;
             let info = &atom_info[atom as usize - 1];
             let default = info.3;
             let v6 = matches!(info.2.first(), Some(IpNet::V6(_)));
-            let icmp = if v6 { proto::ICMPV6 } else { proto::ICMP };
-            let sets: Vec<(ProtoSet, u8, u32, Option<i64>)> = pairs
-                .iter()
-                .map(|&(g, k)| {
+            let (icmp, protos) = if v6 {
+                (proto::ICMPV6, [proto::TCP, proto::UDP, proto::ICMPV6])
+            } else {
+                (proto::ICMP, [proto::ICMP, proto::TCP, proto::UDP])
+            };
+            for pr in protos {
+                let is_icmp = pr == icmp;
+                cs.clear();
+                for &(_, g, k) in group {
                     let gr = &policy.grants[g];
-                    let res = &policy.resources[gr.resources[k]];
-                    let rank = match (gr.action, res.mode) {
+                    let set = &gr.effective[k];
+                    let ranges: &[(u16, u16)] = if is_icmp {
+                        if set.icmp { ALL_PORTS } else { &[] }
+                    } else if pr == proto::TCP {
+                        set.tcp.ranges()
+                    } else {
+                        set.udp.ranges()
+                    };
+                    if ranges.is_empty() {
+                        continue;
+                    }
+                    let rank = match (gr.action, policy.resources[gr.resources[k]].mode) {
                         (Action::Deny, Mode::Enforce) => 0,
                         (Action::Deny, Mode::Audit) => 1,
                         (Action::Allow, _) => 2,
                     };
-                    (gr.effective[k].clone(), rank, gr.rules[k], gr.expires_at)
-                })
-                .collect();
-            for pr in [proto::TCP, proto::UDP, icmp] {
-                let port_sets: Vec<PortSet> = sets
-                    .iter()
-                    .map(|s| s.0.for_proto(pr).unwrap_or_default())
-                    .collect();
-                let cs: Vec<Contrib<'_>> = sets
-                    .iter()
-                    .zip(&port_sets)
-                    .filter(|(_, ps)| !ps.is_empty())
-                    .map(|(s, ps)| Contrib {
-                        ranges: ps.ranges(),
-                        rank: s.1,
-                        rule: s.2,
-                        expires: s.3,
-                    })
-                    .collect();
+                    cs.push(Contrib {
+                        ranges,
+                        rank,
+                        rule: gr.rules[k],
+                        expires: gr.expires_at,
+                    });
+                }
                 if cs.is_empty() {
                     continue;
                 }
-                let is_icmp = pr == icmp;
-                let mut bounds: BTreeSet<u32> = BTreeSet::from([0, 65536]);
+                bounds.clear();
+                bounds.extend([0, 65536]);
                 if !is_icmp {
                     for c in &cs {
                         for &(a, b) in c.ranges {
-                            bounds.insert(u32::from(a));
-                            bounds.insert(u32::from(b) + 1);
+                            bounds.extend([u32::from(a), u32::from(b) + 1]);
                         }
                     }
                 }
-                let bounds: Vec<u32> = bounds.into_iter().collect();
+                bounds.sort_unstable();
+                bounds.dedup();
                 // Maximal intervals of equal value.
-                let mut intervals: Vec<(u32, u32, RuleVal)> = Vec::new();
-                let mut active: Vec<Contrib<'_>> = Vec::new();
+                intervals.clear();
                 for w in bounds.windows(2) {
                     let (lo, hi) = (w[0], w[1] - 1);
                     active.clear();
@@ -491,7 +534,7 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
                             c.ranges.get(i).is_some_and(|r| u32::from(r.0) <= lo)
                         }
                     }));
-                    let (val, second) = value_of(&active, now, default);
+                    let (val, second) = value_of(&active, now, default, &mut times);
                     if let Some(s) = second {
                         recompile_at = Some(recompile_at.map_or(s, |r| r.min(s)));
                     }
@@ -500,35 +543,25 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
                         _ => intervals.push((lo, hi, val)),
                     }
                 }
-                for (lo, hi, val) in intervals {
+                for &(lo, hi, val) in &intervals {
                     if val.valid_until_unix.is_none() && (val.verdict, val.rule) == default {
                         continue;
                     }
-                    if is_icmp {
-                        rules.push(RuleEntry {
-                            key: RuleSlot {
-                                class,
-                                atom,
-                                proto: pr,
-                                port: 0,
-                                port_bits: 0,
-                            },
-                            value: val,
-                        });
-                        continue;
-                    }
-                    for (port, bits) in port_blocks(lo as u16, hi as u16) {
-                        rules.push(RuleEntry {
-                            key: RuleSlot {
-                                class,
-                                atom,
-                                proto: pr,
-                                port,
-                                port_bits: bits,
-                            },
-                            value: val,
-                        });
-                    }
+                    let blocks = if is_icmp {
+                        PortBlocks::any()
+                    } else {
+                        PortBlocks::new(lo as u16, hi as u16)
+                    };
+                    rules.extend(blocks.map(|(port, port_bits)| RuleEntry {
+                        key: RuleSlot {
+                            class,
+                            atom,
+                            proto: pr,
+                            port,
+                            port_bits,
+                        },
+                        value: val,
+                    }));
                 }
             }
         }
@@ -590,14 +623,19 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
             },
         );
     }
-    let mut rule_ids: BTreeSet<u32> = BTreeSet::new();
-    for r in &rules {
-        rule_ids.insert(r.value.rule);
-        rule_ids.insert(r.value.after_rule);
+    // Rule ids of the entries (consecutive entries mostly share theirs), sorted, unique.
+    let mut rule_ids: Vec<u32> = Vec::new();
+    for id in rules
+        .iter()
+        .flat_map(|r| [r.value.rule, r.value.after_rule])
+        .chain(atoms.iter().map(|a| a.default_rule))
+    {
+        if rule_ids.last() != Some(&id) {
+            rule_ids.push(id);
+        }
     }
-    for a in &atoms {
-        rule_ids.insert(a.default_rule);
-    }
+    rule_ids.sort_unstable();
+    rule_ids.dedup();
     let rule_meta = rule_ids
         .into_iter()
         .filter_map(|id| policy.rule(id).map(|m| (id, m.clone())))
