@@ -289,6 +289,89 @@ fn value_of(
     )
 }
 
+/// Buffers of [`intervals_of`], reused from call to call.
+#[derive(Default)]
+struct Scratch<'a> {
+    bounds: Vec<u32>,
+    active: Vec<Contrib<'a>>,
+    times: Vec<i64>,
+}
+
+/// The maximal port intervals `(first, last, value)` of equal value of the contributions
+/// `cs` of one protocol (`whole`: a protocol without ports, one interval), ascending, into
+/// `out`; returns the earliest second change point of their values.
+fn intervals_of<'a>(
+    cs: &[Contrib<'a>],
+    whole: bool,
+    now: i64,
+    default: (Verdict, u32),
+    s: &mut Scratch<'a>,
+    out: &mut Vec<(u32, u32, RuleVal)>,
+) -> Option<i64> {
+    out.clear();
+    if let [c] = cs {
+        // One contribution: its value on its ranges (adjacent ones merged), the default
+        // without expiry elsewhere.
+        let (val, second) = value_of(cs, now, default, &mut s.times);
+        if whole {
+            out.push((0, 65535, val));
+            return second;
+        }
+        let none = value_of(&[], now, default, &mut s.times).0;
+        let mut next = 0u32;
+        for &(a, b) in c.ranges {
+            let (a, b) = (u32::from(a), u32::from(b));
+            if a > next {
+                push_interval(out, next, a - 1, none);
+            }
+            push_interval(out, a, b, val);
+            next = b + 1;
+        }
+        if next <= 65535 {
+            push_interval(out, next, 65535, none);
+        }
+        return second;
+    }
+    let bounds = &mut s.bounds;
+    bounds.clear();
+    bounds.extend([0, 65536]);
+    if !whole {
+        for c in cs {
+            for &(a, b) in c.ranges {
+                bounds.extend([u32::from(a), u32::from(b) + 1]);
+            }
+        }
+    }
+    bounds.sort_unstable();
+    bounds.dedup();
+    let mut first_second: Option<i64> = None;
+    for w in bounds.windows(2) {
+        let (lo, hi) = (w[0], w[1] - 1);
+        s.active.clear();
+        s.active.extend(cs.iter().copied().filter(|c| {
+            whole || {
+                let i = c.ranges.partition_point(|r| u32::from(r.1) < lo);
+                c.ranges.get(i).is_some_and(|r| u32::from(r.0) <= lo)
+            }
+        }));
+        let (val, second) = value_of(&s.active, now, default, &mut s.times);
+        if let Some(t) = second {
+            first_second = Some(first_second.map_or(t, |r| r.min(t)));
+        }
+        push_interval(out, lo, hi, val);
+    }
+    first_second
+}
+
+/// Appends `lo..=hi` with `val` to ascending intervals, extending the last one when it
+/// ends at `lo - 1` with the same value.
+fn push_interval(out: &mut Vec<(u32, u32, RuleVal)>, lo: u32, hi: u32, val: RuleVal) {
+    match out.last_mut() {
+        Some(last) if last.2 == val && last.1 + 1 == lo => last.1 = hi,
+        _ => out.push((lo, hi, val)),
+    }
+}
+
 /// Compiles the view of `host` at `now` (unix seconds).
 pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, CompileError> {
     // Networks and protected space.
@@ -452,122 +535,124 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
     }
     let mut rules: Vec<RuleEntry> = Vec::new();
     let mut recompile_at: Option<i64> = None;
-    // Buffers reused across classes, atoms and protocols.
-    let mut pairs: Vec<(u32, usize, usize)> = Vec::new();
+    // Buffers reused across classes, atoms and protocols: the (grant, index of the
+    // resource in the grant) pairs of each atom of a class, and the atoms that have some.
+    let mut by_atom: Vec<Vec<(usize, usize)>> = vec![Vec::new(); atom_info.len() + 1];
+    let mut touched: Vec<u64> = vec![0; (atom_info.len() + 1).div_ceil(64)];
     let mut cs: Vec<Contrib<'_>> = Vec::new();
-    let mut bounds: Vec<u32> = Vec::new();
     let mut intervals: Vec<(u32, u32, RuleVal)> = Vec::new();
-    let mut active: Vec<Contrib<'_>> = Vec::new();
-    let mut times: Vec<i64> = Vec::new();
+    let mut scratch = Scratch::default();
     for (ci, sig) in signatures.iter().enumerate() {
         let class = ci as u32 + 1;
-        // (atom, grant, index of the resource in the grant), by atom.
-        pairs.clear();
         for &g in sig {
             for (k, &r) in policy.grants[g].resources.iter().enumerate() {
-                if view_res[r] {
-                    pairs.extend(resource_atoms[r].iter().map(|&a| (a, g, k)));
+                if !view_res[r] {
+                    continue;
+                }
+                for &a in &resource_atoms[r] {
+                    let pairs = &mut by_atom[a as usize];
+                    if pairs.is_empty() {
+                        touched[a as usize / 64] |= 1 << (a % 64);
+                    }
+                    pairs.push((g, k));
                 }
             }
         }
-        pairs.sort_unstable();
-        for group in pairs.chunk_by(|x, y| x.0 == y.0) {
-            let atom = group[0].0;
-            let info = &atom_info[atom as usize - 1];
-            let default = info.3;
-            let v6 = matches!(info.2.first(), Some(IpNet::V6(_)));
-            let (icmp, protos) = if v6 {
-                (proto::ICMPV6, [proto::TCP, proto::UDP, proto::ICMPV6])
-            } else {
-                (proto::ICMP, [proto::ICMP, proto::TCP, proto::UDP])
-            };
-            for pr in protos {
-                let is_icmp = pr == icmp;
-                cs.clear();
-                for &(_, g, k) in group {
-                    let gr = &policy.grants[g];
-                    let set = &gr.effective[k];
-                    let ranges: &[(u16, u16)] = if is_icmp {
-                        if set.icmp { ALL_PORTS } else { &[] }
-                    } else if pr == proto::TCP {
-                        set.tcp.ranges()
-                    } else {
-                        set.udp.ranges()
-                    };
-                    if ranges.is_empty() {
+        // Touched atoms, ascending; their lists are emptied for the next class.
+        for (w, word) in touched.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                let atom = (w * 64) as u32 + bits.trailing_zeros();
+                bits &= bits - 1;
+                let mut group = std::mem::take(&mut by_atom[atom as usize]);
+                let info = &atom_info[atom as usize - 1];
+                let default = info.3;
+                let v6 = matches!(info.2.first(), Some(IpNet::V6(_)));
+                let (icmp, protos) = if v6 {
+                    (proto::ICMPV6, [proto::TCP, proto::UDP, proto::ICMPV6])
+                } else {
+                    (proto::ICMP, [proto::ICMP, proto::TCP, proto::UDP])
+                };
+                for pr in protos {
+                    let is_icmp = pr == icmp;
+                    cs.clear();
+                    for &(g, k) in &group {
+                        let gr = &policy.grants[g];
+                        let set = &gr.effective[k];
+                        let ranges: &[(u16, u16)] = if is_icmp {
+                            if set.icmp { ALL_PORTS } else { &[] }
+                        } else if pr == proto::TCP {
+                            set.tcp.ranges()
+                        } else {
+                            set.udp.ranges()
+                        };
+                        if ranges.is_empty() {
+                            continue;
+                        }
+                        let rank = match (gr.action, policy.resources[gr.resources[k]].mode) {
+                            (Action::Deny, Mode::Enforce) => 0,
+                            (Action::Deny, Mode::Audit) => 1,
+                            (Action::Allow, _) => 2,
+                        };
+                        cs.push(Contrib {
+                            ranges,
+                            rank,
+                            rule: gr.rules[k],
+                            expires: gr.expires_at,
+                        });
+                    }
+                    if cs.is_empty() {
                         continue;
                     }
-                    let rank = match (gr.action, policy.resources[gr.resources[k]].mode) {
-                        (Action::Deny, Mode::Enforce) => 0,
-                        (Action::Deny, Mode::Audit) => 1,
-                        (Action::Allow, _) => 2,
-                    };
-                    cs.push(Contrib {
-                        ranges,
-                        rank,
-                        rule: gr.rules[k],
-                        expires: gr.expires_at,
-                    });
-                }
-                if cs.is_empty() {
-                    continue;
-                }
-                bounds.clear();
-                bounds.extend([0, 65536]);
-                if !is_icmp {
-                    for c in &cs {
-                        for &(a, b) in c.ranges {
-                            bounds.extend([u32::from(a), u32::from(b) + 1]);
+                    if let Some(t) =
+                        intervals_of(&cs, is_icmp, now, default, &mut scratch, &mut intervals)
+                    {
+                        recompile_at = Some(recompile_at.map_or(t, |r| r.min(t)));
+                    }
+                    for &(lo, hi, val) in &intervals {
+                        if val.valid_until_unix.is_none() && (val.verdict, val.rule) == default {
+                            continue;
                         }
+                        let blocks = if is_icmp {
+                            PortBlocks::any()
+                        } else {
+                            PortBlocks::new(lo as u16, hi as u16)
+                        };
+                        rules.extend(blocks.map(|(port, port_bits)| RuleEntry {
+                            key: RuleSlot {
+                                class,
+                                atom,
+                                proto: pr,
+                                port,
+                                port_bits,
+                            },
+                            value: val,
+                        }));
                     }
                 }
-                bounds.sort_unstable();
-                bounds.dedup();
-                // Maximal intervals of equal value.
-                intervals.clear();
-                for w in bounds.windows(2) {
-                    let (lo, hi) = (w[0], w[1] - 1);
-                    active.clear();
-                    active.extend(cs.iter().copied().filter(|c| {
-                        is_icmp || {
-                            let i = c.ranges.partition_point(|r| u32::from(r.1) < lo);
-                            c.ranges.get(i).is_some_and(|r| u32::from(r.0) <= lo)
-                        }
-                    }));
-                    let (val, second) = value_of(&active, now, default, &mut times);
-                    if let Some(s) = second {
-                        recompile_at = Some(recompile_at.map_or(s, |r| r.min(s)));
-                    }
-                    match intervals.last_mut() {
-                        Some(last) if last.2 == val && last.1 + 1 == lo => last.1 = hi,
-                        _ => intervals.push((lo, hi, val)),
-                    }
-                }
-                for &(lo, hi, val) in &intervals {
-                    if val.valid_until_unix.is_none() && (val.verdict, val.rule) == default {
-                        continue;
-                    }
-                    let blocks = if is_icmp {
-                        PortBlocks::any()
-                    } else {
-                        PortBlocks::new(lo as u16, hi as u16)
-                    };
-                    rules.extend(blocks.map(|(port, port_bits)| RuleEntry {
-                        key: RuleSlot {
-                            class,
-                            atom,
-                            proto: pr,
-                            port,
-                            port_bits,
-                        },
-                        value: val,
-                    }));
-                }
+                group.clear();
+                by_atom[atom as usize] = group;
             }
         }
     }
+    // Already in order: this only checks (one pass over sorted input).
     rules.sort_unstable();
-    sources.sort_unstable();
+    // Pushed in principal order (ascending ids, consecutive duplicates).
+    let mut principal_ids: Vec<u32> = Vec::with_capacity(sources.len());
+    for s in &sources {
+        if principal_ids.last() != Some(&s.principal) {
+            principal_ids.push(s.principal);
+        }
+    }
+    // The derived order (address, principal, class) on integers: an IPv4 address before
+    // every IPv6 one, each by its numeric value (the order of its octets).
+    sources.sort_unstable_by_key(|s| {
+        let addr = match s.addr {
+            IpAddr::V4(a) => (false, u128::from(u32::from(a))),
+            IpAddr::V6(a) => (true, u128::from(a)),
+        };
+        (addr, s.principal, s.class)
+    });
 
     // Entries and metadata.
     let mut atoms: Vec<DstEntry> = dst_entries
@@ -583,26 +668,28 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
         })
         .collect();
     atoms.sort_unstable();
-    let mut principals = BTreeMap::new();
-    for s in &sources {
-        if let Some(p) = policy.principal(s.principal) {
+    // Principals of the entries, by id: built from ascending ids in one go.
+    principal_ids.sort_unstable();
+    principal_ids.dedup();
+    let principals: BTreeMap<u32, PrincipalMeta> = principal_ids
+        .iter()
+        .filter_map(|&id| policy.principal(id))
+        .map(|p| {
             let (kind, user) = match p.kind {
                 PrincipalKind::Device { user, .. } => {
                     ("device", Some(policy.users[user].email.clone()))
                 }
                 PrincipalKind::ServiceAccountKey { .. } => ("service_account_key", None),
             };
-            principals.insert(
-                p.id,
-                PrincipalMeta {
-                    kind,
-                    name: policy.principal_name(p),
-                    user,
-                    addresses: p.addresses.clone(),
-                },
-            );
-        }
-    }
+            let meta = PrincipalMeta {
+                kind,
+                name: policy.principal_name(p),
+                user,
+                addresses: p.addresses.clone(),
+            };
+            (p.id, meta)
+        })
+        .collect();
     let mut atom_meta = BTreeMap::new();
     for (i, (net, cov, prefixes, _)) in atom_info.iter().enumerate() {
         let mut prefixes = prefixes.clone();
@@ -623,22 +710,23 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
             },
         );
     }
-    // Rule ids of the entries (consecutive entries mostly share theirs), sorted, unique.
-    let mut rule_ids: Vec<u32> = Vec::new();
+    // The policy's rules the entries name (ids 1..=rules), ascending.
+    let mut named = vec![false; policy.rules.len() + 1];
     for id in rules
         .iter()
         .flat_map(|r| [r.value.rule, r.value.after_rule])
         .chain(atoms.iter().map(|a| a.default_rule))
     {
-        if rule_ids.last() != Some(&id) {
-            rule_ids.push(id);
+        if let Some(n) = named.get_mut(id as usize) {
+            *n = true;
         }
     }
-    rule_ids.sort_unstable();
-    rule_ids.dedup();
-    let rule_meta = rule_ids
-        .into_iter()
-        .filter_map(|id| policy.rule(id).map(|m| (id, m.clone())))
+    let rule_meta = (1..named.len())
+        .filter(|&i| named[i])
+        .filter_map(|i| {
+            let id = i as u32;
+            policy.rule(id).map(|m| (id, m.clone()))
+        })
         .collect();
     let mut connectors: Vec<String> = net_ids
         .iter()
