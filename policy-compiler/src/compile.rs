@@ -645,8 +645,9 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
         }
     }
     // The derived order (address, principal, class) on integers: an IPv4 address before
-    // every IPv6 one, each by its numeric value (the order of its octets).
-    sources.sort_unstable_by_key(|s| {
+    // every IPv6 one, each by its numeric value (the order of its octets). Keys are unique;
+    // the stable sort merges the ascending runs principals mostly come in.
+    sources.sort_by_key(|s| {
         let addr = match s.addr {
             IpAddr::V4(a) => (false, u128::from(u32::from(a))),
             IpAddr::V6(a) => (true, u128::from(a)),
