@@ -1,7 +1,7 @@
 //! Compiling a policy into the view of one host: sources -> classes, destinations ->
 //! atoms, (class, atom, protocol, port) -> verdict.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use gateway_common::flow::proto;
@@ -10,6 +10,10 @@ use ipnet::IpNet;
 
 use crate::model::*;
 use crate::peers::{self, Peer};
+
+/// The compiler's own maps: looked up, never iterated (the output does not depend on the
+/// hasher), with a fast fixed-seed hasher.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 
 /// The host a view is compiled for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -394,7 +398,7 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
             ((0..policy.networks.len()).collect(), Some(dev))
         }
     };
-    let mut protected: HashMap<IpNet, usize> = HashMap::new();
+    let mut protected: HashMap<IpNet, usize> = HashMap::default();
     let mut protected_list: Vec<IpNet> = Vec::new();
     for &n in &net_ids {
         for c in &policy.networks[n].cidrs {
@@ -413,7 +417,7 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
 
     // Resources overlapping the protected space.
     let mut view_res = vec![false; policy.resources.len()];
-    let mut res_by_prefix: HashMap<IpNet, Vec<usize>> = HashMap::new();
+    let mut res_by_prefix: HashMap<IpNet, Vec<usize>> = HashMap::default();
     let mut res_lens: BTreeSet<(bool, u8)> = BTreeSet::new();
     let mut emitted: BTreeSet<IpNet> = protected_list.iter().copied().collect();
     for (i, r) in policy.resources.iter().enumerate() {
@@ -430,7 +434,7 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
     }
 
     // Atoms: one per (network, covering resources).
-    let mut atom_of_key: HashMap<(usize, Vec<usize>), u32> = HashMap::new();
+    let mut atom_of_key: HashMap<(usize, Vec<usize>), u32> = HashMap::default();
     let mut atom_info: Vec<AtomInfo> = Vec::new();
     let mut dst_entries: Vec<(IpNet, u32)> = Vec::new();
     for p in &emitted {
@@ -476,8 +480,8 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
         Some(d) => policy.principal(d.principal).into_iter().collect(),
         None => policy.principals.iter().collect(),
     };
-    let mut memo: HashMap<(&[usize], &[usize]), u32> = HashMap::new();
-    let mut class_of_sig: HashMap<Vec<usize>, u32> = HashMap::new();
+    let mut memo: HashMap<(&[usize], &[usize]), u32> = HashMap::default();
+    let mut class_of_sig: HashMap<Vec<usize>, u32> = HashMap::default();
     let mut signatures: Vec<Vec<usize>> = Vec::new();
     let mut sources = Vec::new();
     for p in candidates {
