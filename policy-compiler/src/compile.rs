@@ -1,7 +1,7 @@
 //! Compiling a policy into the view of one host: sources -> classes, destinations ->
 //! atoms, (class, atom, protocol, port) -> verdict.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use gateway_common::flow::proto;
@@ -10,6 +10,10 @@ use ipnet::IpNet;
 
 use crate::model::*;
 use crate::peers::{self, Peer};
+
+/// The compiler's own maps: looked up, never iterated (the output does not depend on the
+/// hasher), with a fast fixed-seed hasher.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 
 /// The host a view is compiled for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -152,9 +156,37 @@ pub struct HostView {
 
 /// Splits `lo..=hi` into aligned power-of-two blocks: (first port, prefix bits).
 pub fn port_blocks(lo: u16, hi: u16) -> Vec<(u16, u8)> {
-    let (mut lo, hi) = (u32::from(lo), u32::from(hi));
-    let mut out = Vec::new();
-    while lo <= hi {
+    PortBlocks::new(lo, hi).collect()
+}
+
+/// The blocks of [`port_blocks`], ascending, without a vector.
+struct PortBlocks {
+    lo: u32,
+    hi: u32,
+}
+
+impl PortBlocks {
+    fn new(lo: u16, hi: u16) -> Self {
+        PortBlocks {
+            lo: u32::from(lo),
+            hi: u32::from(hi),
+        }
+    }
+
+    /// One block of every port (ICMP: port 0, no port bits).
+    fn any() -> Self {
+        Self::new(0, u16::MAX)
+    }
+}
+
+impl Iterator for PortBlocks {
+    type Item = (u16, u8);
+
+    fn next(&mut self) -> Option<(u16, u8)> {
+        let (lo, hi) = (self.lo, self.hi);
+        if lo > hi {
+            return None;
+        }
         let mut size = if lo == 0 {
             1u32 << 16
         } else {
@@ -163,11 +195,13 @@ pub fn port_blocks(lo: u16, hi: u16) -> Vec<(u16, u8)> {
         while lo + size - 1 > hi {
             size >>= 1;
         }
-        out.push((lo as u16, (16 - size.trailing_zeros()) as u8));
-        lo += size;
+        self.lo = lo + size;
+        Some((lo as u16, (16 - size.trailing_zeros()) as u8))
     }
-    out
 }
+
+/// The port ranges of a protocol without ports (ICMP): everything.
+const ALL_PORTS: &[(u16, u16)] = &[(0, u16::MAX)];
 
 /// Most specific prefixes first is what LPM does; this finds, for `p`, every key of `map`
 /// that contains it, using only the prefix lengths that occur.
@@ -218,18 +252,21 @@ fn decide_at(cs: &[Contrib<'_>], t: i64, default: (Verdict, u32)) -> (Verdict, u
 }
 
 /// (value, second change point) of a set of contributions at `now`.
-fn value_of(cs: &[Contrib<'_>], now: i64, default: (Verdict, u32)) -> (RuleVal, Option<i64>) {
+/// `times` is a scratch buffer.
+fn value_of(
+    cs: &[Contrib<'_>],
+    now: i64,
+    default: (Verdict, u32),
+    times: &mut Vec<i64>,
+) -> (RuleVal, Option<i64>) {
     let v0 = decide_at(cs, now, default);
-    let mut times: Vec<i64> = cs
-        .iter()
-        .filter_map(|c| c.expires)
-        .filter(|&e| e > now)
-        .collect();
+    times.clear();
+    times.extend(cs.iter().filter_map(|c| c.expires).filter(|&e| e > now));
     times.sort_unstable();
     times.dedup();
     let mut first: Option<(i64, (Verdict, u32))> = None;
     let mut second = None;
-    for &t in &times {
+    for &t in times.iter() {
         let v = decide_at(cs, t, default);
         match first {
             None if v != v0 => first = Some((t, v)),
@@ -256,6 +293,89 @@ fn value_of(cs: &[Contrib<'_>], now: i64, default: (Verdict, u32)) -> (RuleVal, 
     )
 }
 
+/// Buffers of [`intervals_of`], reused from call to call.
+#[derive(Default)]
+struct Scratch<'a> {
+    bounds: Vec<u32>,
+    active: Vec<Contrib<'a>>,
+    times: Vec<i64>,
+}
+
+/// The maximal port intervals `(first, last, value)` of equal value of the contributions
+/// `cs` of one protocol (`whole`: a protocol without ports, one interval), ascending, into
+/// `out`; returns the earliest second change point of their values.
+fn intervals_of<'a>(
+    cs: &[Contrib<'a>],
+    whole: bool,
+    now: i64,
+    default: (Verdict, u32),
+    s: &mut Scratch<'a>,
+    out: &mut Vec<(u32, u32, RuleVal)>,
+) -> Option<i64> {
+    out.clear();
+    if let [c] = cs {
+        // One contribution: its value on its ranges (adjacent ones merged), the default
+        // without expiry elsewhere.
+        let (val, second) = value_of(cs, now, default, &mut s.times);
+        if whole {
+            out.push((0, 65535, val));
+            return second;
+        }
+        let none = value_of(&[], now, default, &mut s.times).0;
+        let mut next = 0u32;
+        for &(a, b) in c.ranges {
+            let (a, b) = (u32::from(a), u32::from(b));
+            if a > next {
+                push_interval(out, next, a - 1, none);
+            }
+            push_interval(out, a, b, val);
+            next = b + 1;
+        }
+        if next <= 65535 {
+            push_interval(out, next, 65535, none);
+        }
+        return second;
+    }
+    let bounds = &mut s.bounds;
+    bounds.clear();
+    bounds.extend([0, 65536]);
+    if !whole {
+        for c in cs {
+            for &(a, b) in c.ranges {
+                bounds.extend([u32::from(a), u32::from(b) + 1]);
+            }
+        }
+    }
+    bounds.sort_unstable();
+    bounds.dedup();
+    let mut first_second: Option<i64> = None;
+    for w in bounds.windows(2) {
+        let (lo, hi) = (w[0], w[1] - 1);
+        s.active.clear();
+        s.active.extend(cs.iter().copied().filter(|c| {
+            whole || {
+                let i = c.ranges.partition_point(|r| u32::from(r.1) < lo);
+                c.ranges.get(i).is_some_and(|r| u32::from(r.0) <= lo)
+            }
+        }));
+        let (val, second) = value_of(&s.active, now, default, &mut s.times);
+        if let Some(t) = second {
+            first_second = Some(first_second.map_or(t, |r| r.min(t)));
+        }
+        push_interval(out, lo, hi, val);
+    }
+    first_second
+}
+
+/// Appends `lo..=hi` with `val` to ascending intervals, extending the last one when it
+/// ends at `lo - 1` with the same value.
+fn push_interval(out: &mut Vec<(u32, u32, RuleVal)>, lo: u32, hi: u32, val: RuleVal) {
+    match out.last_mut() {
+        Some(last) if last.2 == val && last.1 + 1 == lo => last.1 = hi,
+        _ => out.push((lo, hi, val)),
+    }
+}
+
 /// Compiles the view of `host` at `now` (unix seconds).
 pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, CompileError> {
     // Networks and protected space.
@@ -278,7 +398,7 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
             ((0..policy.networks.len()).collect(), Some(dev))
         }
     };
-    let mut protected: HashMap<IpNet, usize> = HashMap::new();
+    let mut protected: HashMap<IpNet, usize> = HashMap::default();
     let mut protected_list: Vec<IpNet> = Vec::new();
     for &n in &net_ids {
         for c in &policy.networks[n].cidrs {
@@ -297,7 +417,7 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
 
     // Resources overlapping the protected space.
     let mut view_res = vec![false; policy.resources.len()];
-    let mut res_by_prefix: HashMap<IpNet, Vec<usize>> = HashMap::new();
+    let mut res_by_prefix: HashMap<IpNet, Vec<usize>> = HashMap::default();
     let mut res_lens: BTreeSet<(bool, u8)> = BTreeSet::new();
     let mut emitted: BTreeSet<IpNet> = protected_list.iter().copied().collect();
     for (i, r) in policy.resources.iter().enumerate() {
@@ -314,7 +434,7 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
     }
 
     // Atoms: one per (network, covering resources).
-    let mut atom_of_key: HashMap<(usize, Vec<usize>), u32> = HashMap::new();
+    let mut atom_of_key: HashMap<(usize, Vec<usize>), u32> = HashMap::default();
     let mut atom_info: Vec<AtomInfo> = Vec::new();
     let mut dst_entries: Vec<(IpNet, u32)> = Vec::new();
     for p in &emitted {
@@ -347,12 +467,6 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
         atom_info[id as usize - 1].2.push(*p);
         dst_entries.push((*p, id));
     }
-    let mut resource_atoms: HashMap<usize, Vec<u32>> = HashMap::new();
-    for (i, (_, cov, _, _)) in atom_info.iter().enumerate() {
-        for &r in cov {
-            resource_atoms.entry(r).or_default().push(i as u32 + 1);
-        }
-    }
 
     // Grants that matter here: active now and touching a resource of the view.
     let relevant: Vec<bool> = policy
@@ -366,8 +480,8 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
         Some(d) => policy.principal(d.principal).into_iter().collect(),
         None => policy.principals.iter().collect(),
     };
-    let mut memo: HashMap<(&[usize], &[usize]), u32> = HashMap::new();
-    let mut class_of_sig: HashMap<Vec<usize>, u32> = HashMap::new();
+    let mut memo: HashMap<(&[usize], &[usize]), u32> = HashMap::default();
+    let mut class_of_sig: HashMap<Vec<usize>, u32> = HashMap::default();
     let mut signatures: Vec<Vec<usize>> = Vec::new();
     let mut sources = Vec::new();
     for p in candidates {
@@ -415,126 +529,135 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
         }
     }
 
-    // Rules.
+    // Rules, generated in key order: classes ascending, atoms ascending, protocols by
+    // number, ports ascending (the final sort then only checks).
+    let mut resource_atoms: Vec<Vec<u32>> = vec![Vec::new(); policy.resources.len()];
+    for (i, (_, cov, _, _)) in atom_info.iter().enumerate() {
+        for &r in cov {
+            resource_atoms[r].push(i as u32 + 1);
+        }
+    }
     let mut rules: Vec<RuleEntry> = Vec::new();
     let mut recompile_at: Option<i64> = None;
+    // Buffers reused across classes, atoms and protocols: the (grant, index of the
+    // resource in the grant) pairs of each atom of a class, and the atoms that have some.
+    let mut by_atom: Vec<Vec<(usize, usize)>> = vec![Vec::new(); atom_info.len() + 1];
+    let mut touched: Vec<u64> = vec![0; (atom_info.len() + 1).div_ceil(64)];
+    let mut cs: Vec<Contrib<'_>> = Vec::new();
+    let mut intervals: Vec<(u32, u32, RuleVal)> = Vec::new();
+    let mut scratch = Scratch::default();
     for (ci, sig) in signatures.iter().enumerate() {
         let class = ci as u32 + 1;
-        let mut by_atom: BTreeMap<u32, Vec<(usize, usize)>> = BTreeMap::new();
         for &g in sig {
             for (k, &r) in policy.grants[g].resources.iter().enumerate() {
                 if !view_res[r] {
                     continue;
                 }
-                for &a in resource_atoms.get(&r).map_or(&[][..], Vec::as_slice) {
-                    by_atom.entry(a).or_default().push((g, k));
+                for &a in &resource_atoms[r] {
+                    let pairs = &mut by_atom[a as usize];
+                    if pairs.is_empty() {
+                        touched[a as usize / 64] |= 1 << (a % 64);
+                    }
+                    pairs.push((g, k));
                 }
             }
         }
-        for (atom, pairs) in by_atom {
-            let info = &atom_info[atom as usize - 1];
-            let default = info.3;
-            let v6 = matches!(info.2.first(), Some(IpNet::V6(_)));
-            let icmp = if v6 { proto::ICMPV6 } else { proto::ICMP };
-            let sets: Vec<(ProtoSet, u8, u32, Option<i64>)> = pairs
-                .iter()
-                .map(|&(g, k)| {
-                    let gr = &policy.grants[g];
-                    let res = &policy.resources[gr.resources[k]];
-                    let rank = match (gr.action, res.mode) {
-                        (Action::Deny, Mode::Enforce) => 0,
-                        (Action::Deny, Mode::Audit) => 1,
-                        (Action::Allow, _) => 2,
-                    };
-                    (gr.effective[k].clone(), rank, gr.rules[k], gr.expires_at)
-                })
-                .collect();
-            for pr in [proto::TCP, proto::UDP, icmp] {
-                let port_sets: Vec<PortSet> = sets
-                    .iter()
-                    .map(|s| s.0.for_proto(pr).unwrap_or_default())
-                    .collect();
-                let cs: Vec<Contrib<'_>> = sets
-                    .iter()
-                    .zip(&port_sets)
-                    .filter(|(_, ps)| !ps.is_empty())
-                    .map(|(s, ps)| Contrib {
-                        ranges: ps.ranges(),
-                        rank: s.1,
-                        rule: s.2,
-                        expires: s.3,
-                    })
-                    .collect();
-                if cs.is_empty() {
-                    continue;
-                }
-                let is_icmp = pr == icmp;
-                let mut bounds: BTreeSet<u32> = BTreeSet::from([0, 65536]);
-                if !is_icmp {
-                    for c in &cs {
-                        for &(a, b) in c.ranges {
-                            bounds.insert(u32::from(a));
-                            bounds.insert(u32::from(b) + 1);
+        // Touched atoms, ascending; their lists are emptied for the next class.
+        for (w, word) in touched.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                let atom = (w * 64) as u32 + bits.trailing_zeros();
+                bits &= bits - 1;
+                let mut group = std::mem::take(&mut by_atom[atom as usize]);
+                let info = &atom_info[atom as usize - 1];
+                let default = info.3;
+                let v6 = matches!(info.2.first(), Some(IpNet::V6(_)));
+                let (icmp, protos) = if v6 {
+                    (proto::ICMPV6, [proto::TCP, proto::UDP, proto::ICMPV6])
+                } else {
+                    (proto::ICMP, [proto::ICMP, proto::TCP, proto::UDP])
+                };
+                for pr in protos {
+                    let is_icmp = pr == icmp;
+                    cs.clear();
+                    for &(g, k) in &group {
+                        let gr = &policy.grants[g];
+                        let set = &gr.effective[k];
+                        let ranges: &[(u16, u16)] = if is_icmp {
+                            if set.icmp { ALL_PORTS } else { &[] }
+                        } else if pr == proto::TCP {
+                            set.tcp.ranges()
+                        } else {
+                            set.udp.ranges()
+                        };
+                        if ranges.is_empty() {
+                            continue;
                         }
-                    }
-                }
-                let bounds: Vec<u32> = bounds.into_iter().collect();
-                // Maximal intervals of equal value.
-                let mut intervals: Vec<(u32, u32, RuleVal)> = Vec::new();
-                let mut active: Vec<Contrib<'_>> = Vec::new();
-                for w in bounds.windows(2) {
-                    let (lo, hi) = (w[0], w[1] - 1);
-                    active.clear();
-                    active.extend(cs.iter().copied().filter(|c| {
-                        is_icmp || {
-                            let i = c.ranges.partition_point(|r| u32::from(r.1) < lo);
-                            c.ranges.get(i).is_some_and(|r| u32::from(r.0) <= lo)
-                        }
-                    }));
-                    let (val, second) = value_of(&active, now, default);
-                    if let Some(s) = second {
-                        recompile_at = Some(recompile_at.map_or(s, |r| r.min(s)));
-                    }
-                    match intervals.last_mut() {
-                        Some(last) if last.2 == val && last.1 + 1 == lo => last.1 = hi,
-                        _ => intervals.push((lo, hi, val)),
-                    }
-                }
-                for (lo, hi, val) in intervals {
-                    if val.valid_until_unix.is_none() && (val.verdict, val.rule) == default {
-                        continue;
-                    }
-                    if is_icmp {
-                        rules.push(RuleEntry {
-                            key: RuleSlot {
-                                class,
-                                atom,
-                                proto: pr,
-                                port: 0,
-                                port_bits: 0,
-                            },
-                            value: val,
+                        let rank = match (gr.action, policy.resources[gr.resources[k]].mode) {
+                            (Action::Deny, Mode::Enforce) => 0,
+                            (Action::Deny, Mode::Audit) => 1,
+                            (Action::Allow, _) => 2,
+                        };
+                        cs.push(Contrib {
+                            ranges,
+                            rank,
+                            rule: gr.rules[k],
+                            expires: gr.expires_at,
                         });
+                    }
+                    if cs.is_empty() {
                         continue;
                     }
-                    for (port, bits) in port_blocks(lo as u16, hi as u16) {
-                        rules.push(RuleEntry {
+                    if let Some(t) =
+                        intervals_of(&cs, is_icmp, now, default, &mut scratch, &mut intervals)
+                    {
+                        recompile_at = Some(recompile_at.map_or(t, |r| r.min(t)));
+                    }
+                    for &(lo, hi, val) in &intervals {
+                        if val.valid_until_unix.is_none() && (val.verdict, val.rule) == default {
+                            continue;
+                        }
+                        let blocks = if is_icmp {
+                            PortBlocks::any()
+                        } else {
+                            PortBlocks::new(lo as u16, hi as u16)
+                        };
+                        rules.extend(blocks.map(|(port, port_bits)| RuleEntry {
                             key: RuleSlot {
                                 class,
                                 atom,
                                 proto: pr,
                                 port,
-                                port_bits: bits,
+                                port_bits,
                             },
                             value: val,
-                        });
+                        }));
                     }
                 }
+                group.clear();
+                by_atom[atom as usize] = group;
             }
         }
     }
+    // Already in order: this only checks (one pass over sorted input).
     rules.sort_unstable();
-    sources.sort_unstable();
+    // Pushed in principal order (ascending ids, consecutive duplicates).
+    let mut principal_ids: Vec<u32> = Vec::with_capacity(sources.len());
+    for s in &sources {
+        if principal_ids.last() != Some(&s.principal) {
+            principal_ids.push(s.principal);
+        }
+    }
+    // The derived order (address, principal, class) on integers: an IPv4 address before
+    // every IPv6 one, each by its numeric value (the order of its octets). Keys are unique;
+    // the stable sort merges the ascending runs principals mostly come in.
+    sources.sort_by_key(|s| {
+        let addr = match s.addr {
+            IpAddr::V4(a) => (false, u128::from(u32::from(a))),
+            IpAddr::V6(a) => (true, u128::from(a)),
+        };
+        (addr, s.principal, s.class)
+    });
 
     // Entries and metadata.
     let mut atoms: Vec<DstEntry> = dst_entries
@@ -550,26 +673,28 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
         })
         .collect();
     atoms.sort_unstable();
-    let mut principals = BTreeMap::new();
-    for s in &sources {
-        if let Some(p) = policy.principal(s.principal) {
+    // Principals of the entries, by id: built from ascending ids in one go.
+    principal_ids.sort_unstable();
+    principal_ids.dedup();
+    let principals: BTreeMap<u32, PrincipalMeta> = principal_ids
+        .iter()
+        .filter_map(|&id| policy.principal(id))
+        .map(|p| {
             let (kind, user) = match p.kind {
                 PrincipalKind::Device { user, .. } => {
                     ("device", Some(policy.users[user].email.clone()))
                 }
                 PrincipalKind::ServiceAccountKey { .. } => ("service_account_key", None),
             };
-            principals.insert(
-                p.id,
-                PrincipalMeta {
-                    kind,
-                    name: policy.principal_name(p),
-                    user,
-                    addresses: p.addresses.clone(),
-                },
-            );
-        }
-    }
+            let meta = PrincipalMeta {
+                kind,
+                name: policy.principal_name(p),
+                user,
+                addresses: p.addresses.clone(),
+            };
+            (p.id, meta)
+        })
+        .collect();
     let mut atom_meta = BTreeMap::new();
     for (i, (net, cov, prefixes, _)) in atom_info.iter().enumerate() {
         let mut prefixes = prefixes.clone();
@@ -590,17 +715,23 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
             },
         );
     }
-    let mut rule_ids: BTreeSet<u32> = BTreeSet::new();
-    for r in &rules {
-        rule_ids.insert(r.value.rule);
-        rule_ids.insert(r.value.after_rule);
+    // The policy's rules the entries name (ids 1..=rules), ascending.
+    let mut named = vec![false; policy.rules.len() + 1];
+    for id in rules
+        .iter()
+        .flat_map(|r| [r.value.rule, r.value.after_rule])
+        .chain(atoms.iter().map(|a| a.default_rule))
+    {
+        if let Some(n) = named.get_mut(id as usize) {
+            *n = true;
+        }
     }
-    for a in &atoms {
-        rule_ids.insert(a.default_rule);
-    }
-    let rule_meta = rule_ids
-        .into_iter()
-        .filter_map(|id| policy.rule(id).map(|m| (id, m.clone())))
+    let rule_meta = (1..named.len())
+        .filter(|&i| named[i])
+        .filter_map(|i| {
+            let id = i as u32;
+            policy.rule(id).map(|m| (id, m.clone()))
+        })
         .collect();
     let mut connectors: Vec<String> = net_ids
         .iter()
