@@ -165,7 +165,10 @@ pub(crate) struct Entries<'v> {
     /// specific prefixes decides nothing).
     live: Vec<(IpNet, u32)>,
     defaults: HashMap<u32, (Verdict, bool)>,
-    rules: HashMap<(u32, u32), Vec<&'v RuleEntry>>,
+    /// The view's rule entries; sorted by (class, atom) as `compile` emits them, so the
+    /// entries of one pair are one binary search away.
+    rules: &'v [RuleEntry],
+    sorted: bool,
     class_of: HashMap<u32, u32>,
 }
 
@@ -173,10 +176,6 @@ impl<'v> Entries<'v> {
     pub(crate) fn new(sources: &[SrcEntry], atoms: &[DstEntry], rules: &'v [RuleEntry]) -> Self {
         let prefixes: Vec<IpNet> = atoms.iter().map(|a| a.prefix).collect();
         let live = live_prefixes(&prefixes);
-        let mut by = HashMap::<(u32, u32), Vec<&RuleEntry>>::new();
-        for r in rules {
-            by.entry((r.key.class, r.key.atom)).or_default().push(r);
-        }
         Entries {
             live: atoms
                 .iter()
@@ -191,8 +190,26 @@ impl<'v> Entries<'v> {
                     (a.atom, (a.default_verdict, v6))
                 })
                 .collect(),
-            rules: by,
+            rules,
+            sorted: rules.is_sorted_by_key(|r| (r.key.class, r.key.atom)),
             class_of: sources.iter().map(|s| (s.principal, s.class)).collect(),
+        }
+    }
+
+    /// The rule entries of (`class`, `atom`).
+    fn rules_of(&self, class: u32, atom: u32) -> Vec<&'v RuleEntry> {
+        let pair = (class, atom);
+        if self.sorted {
+            let from = self
+                .rules
+                .partition_point(|r| (r.key.class, r.key.atom) < pair);
+            let len = self.rules[from..].partition_point(|r| (r.key.class, r.key.atom) == pair);
+            self.rules[from..from + len].iter().collect()
+        } else {
+            self.rules
+                .iter()
+                .filter(|r| (r.key.class, r.key.atom) == pair)
+                .collect()
         }
     }
 
@@ -201,10 +218,7 @@ impl<'v> Entries<'v> {
         let Some(&(default, v6)) = self.defaults.get(&atom) else {
             return false;
         };
-        let entries = self
-            .rules
-            .get(&(class, atom))
-            .map_or(&[][..], Vec::as_slice);
+        let entries = self.rules_of(class, atom);
         let mut covered: BTreeMap<u8, u32> = BTreeMap::new();
         for e in entries {
             if e.value.at(t).0 != Verdict::Deny {
@@ -328,8 +342,7 @@ pub(crate) fn first_change(
 ) -> Option<i64> {
     let mut times: BTreeSet<i64> = e
         .rules
-        .values()
-        .flatten()
+        .iter()
         .filter_map(|r| r.value.valid_until_unix)
         .collect();
     times.extend(policy.principals.iter().filter_map(|p| p.expires_at));
