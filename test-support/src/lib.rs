@@ -9,12 +9,14 @@
 //! * [`process`]: `gateway-agent` and `gateway-controller` run as processes in namespaces,
 //!   supervised, stopped and cleaned up (tests and the demo share them);
 //! * [`capture`]: what crossed a link (AF_PACKET);
+//! * [`cli_docs`]: the shell completions and man pages every binary ships;
 //! * [`records`]: the fields a connection record must carry;
 //! * [`tunnel`]: a userspace tunnel run in-process inside a namespace;
 //! * [`fuzz`]: stateful differential fuzzing of the loaded programs against the reference
 //!   model (`gateway-model`), behind `cargo xtask fuzz-dataplane`.
 
 pub mod capture;
+pub mod cli_docs;
 pub mod frames;
 pub mod fuzz;
 pub mod load;
