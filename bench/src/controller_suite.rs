@@ -185,6 +185,7 @@ async fn client(
                         }),
                         expected_revision: None,
                         dry_run: false,
+                        skip_tests: false,
                     })
                     .await
                     .is_ok()

@@ -168,6 +168,7 @@ pub fn run(opts: &Opts, out: &mut Option<PeerChange>) -> Result<()> {
                     }),
                     expected_revision: None,
                     dry_run: false,
+                    skip_tests: false,
                 })
                 .await
                 .context("granting")?;

@@ -181,7 +181,14 @@ impl Admin for AdminService {
         let (logged, target) = (who.clone(), target_of(kind, &o.name));
         let plan = refused_change(
             blocking(move || {
-                s.create_object(kind, &o.toml, &opts(r.dry_run, r.expected_revision, who))
+                s.create_object(
+                    kind,
+                    &o.toml,
+                    &ChangeOpts {
+                        skip_tests: r.skip_tests,
+                        ..opts(r.dry_run, r.expected_revision, who)
+                    },
+                )
             })
             .await,
             &logged,
@@ -209,7 +216,10 @@ impl Admin for AdminService {
                     kind,
                     &o.name,
                     &o.toml,
-                    &opts(r.dry_run, r.expected_revision, who),
+                    &ChangeOpts {
+                        skip_tests: r.skip_tests,
+                        ..opts(r.dry_run, r.expected_revision, who)
+                    },
                 )
             })
             .await,
@@ -234,7 +244,14 @@ impl Admin for AdminService {
         let (logged, target) = (who.clone(), target_of(kind, &r.name));
         let plan = refused_change(
             blocking(move || {
-                s.delete_object(kind, &r.name, &opts(r.dry_run, r.expected_revision, who))
+                s.delete_object(
+                    kind,
+                    &r.name,
+                    &ChangeOpts {
+                        skip_tests: r.skip_tests,
+                        ..opts(r.dry_run, r.expected_revision, who)
+                    },
+                )
             })
             .await,
             &logged,

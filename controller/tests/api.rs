@@ -214,6 +214,7 @@ async fn crud_not_found_invalid_argument() {
                 name: "nope".into(),
                 expected_revision: None,
                 dry_run: false,
+                skip_tests: false,
             })
             .await
             .unwrap_err(),
@@ -226,6 +227,7 @@ async fn crud_not_found_invalid_argument() {
                 }),
                 expected_revision: None,
                 dry_run: false,
+                skip_tests: false,
             })
             .await
             .unwrap_err(),
@@ -245,6 +247,7 @@ async fn crud_not_found_invalid_argument() {
             }),
             expected_revision: None,
             dry_run: false,
+            skip_tests: false,
         })
         .await
         .unwrap_err();
@@ -262,6 +265,7 @@ async fn crud_not_found_invalid_argument() {
             name: "web".into(),
             expected_revision: None,
             dry_run: false,
+            skip_tests: false,
         })
         .await
         .unwrap_err();
@@ -279,6 +283,7 @@ async fn crud_not_found_invalid_argument() {
             object: Some(web.clone()),
             expected_revision: None,
             dry_run: false,
+            skip_tests: false,
         })
         .await
         .unwrap_err();
@@ -304,6 +309,7 @@ async fn crud_not_found_invalid_argument() {
             object: Some(ssh.clone()),
             expected_revision: Some(1),
             dry_run: false,
+            skip_tests: false,
         })
         .await
         .unwrap()
@@ -324,6 +330,7 @@ async fn crud_not_found_invalid_argument() {
             object: Some(grant),
             expected_revision: None,
             dry_run: false,
+            skip_tests: false,
         })
         .await
         .unwrap()
@@ -350,6 +357,7 @@ async fn crud_not_found_invalid_argument() {
             object: Some(updated),
             expected_revision: None,
             dry_run: false,
+            skip_tests: false,
         })
         .await
         .unwrap();
@@ -391,6 +399,7 @@ async fn crud_not_found_invalid_argument() {
             name: "eng-ssh".into(),
             expected_revision: None,
             dry_run: false,
+            skip_tests: false,
         })
         .await
         .unwrap();

@@ -303,6 +303,7 @@ async fn agent_keys_reach_exactly_the_connectors_that_may_see_them() {
             name: "bob-bench".into(),
             expected_revision: None,
             dry_run: false,
+            skip_tests: false,
         })
         .await
         .unwrap();
@@ -354,6 +355,7 @@ async fn connectors_are_policy_objects_and_keys_survive_a_restart() {
             }),
             expected_revision: None,
             dry_run: false,
+            skip_tests: false,
         })
         .await
         .unwrap()
@@ -384,6 +386,7 @@ async fn connectors_are_policy_objects_and_keys_survive_a_restart() {
             }),
             expected_revision: None,
             dry_run: false,
+            skip_tests: false,
         })
         .await
         .unwrap_err();
@@ -405,6 +408,7 @@ async fn connectors_are_policy_objects_and_keys_survive_a_restart() {
             name: "dc-1".into(),
             expected_revision: None,
             dry_run: false,
+            skip_tests: false,
         })
         .await
         .unwrap();
@@ -431,6 +435,7 @@ async fn connectors_are_policy_objects_and_keys_survive_a_restart() {
             }),
             expected_revision: None,
             dry_run: false,
+            skip_tests: false,
         })
         .await
         .unwrap_err();

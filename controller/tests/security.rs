@@ -80,6 +80,7 @@ async fn call(c: &mut Client, method: &str) -> Result<(), Status> {
                 }),
                 expected_revision: None,
                 dry_run: true,
+                skip_tests: false,
             })
             .await
             .map(|_| ()),
@@ -92,6 +93,7 @@ async fn call(c: &mut Client, method: &str) -> Result<(), Status> {
                 }),
                 expected_revision: None,
                 dry_run: true,
+                skip_tests: false,
             })
             .await
             .map(|_| ()),
@@ -101,6 +103,7 @@ async fn call(c: &mut Client, method: &str) -> Result<(), Status> {
                 name: "nobody@example.com".into(),
                 expected_revision: None,
                 dry_run: true,
+                skip_tests: false,
             })
             .await
             .map(|_| ()),

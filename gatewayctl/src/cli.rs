@@ -140,10 +140,6 @@ pub enum Command {
         /// Policy file (TOML).
         #[arg(value_name = "FILE")]
         file: PathBuf,
-        /// Apply even when the policy's own [[test]] blocks fail (recorded as such in the
-        /// audit trail).
-        #[arg(long)]
-        skip_tests: bool,
         #[command(flatten)]
         confirm: ConfirmArgs,
         #[command(flatten)]
@@ -541,6 +537,12 @@ pub struct ConfirmArgs {
     /// Only show the plan; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Make the change even when [[test]] blocks fail: `apply`, when the policy's own
+    /// tests fail; `create`, `update`, `delete`, when the change makes tests fail that
+    /// pass today. The failing tests are listed in the plan's warnings and the audit trail
+    /// records the action with `_skip_tests`.
+    #[arg(long)]
+    pub skip_tests: bool,
 }
 
 #[derive(Args, Debug)]

@@ -74,14 +74,13 @@ async fn remote(
         | Command::Man { .. } => Ok(()),
         Command::Apply {
             file,
-            skip_tests,
             confirm,
             output,
         } => {
             let how = cmd::apply::How {
                 yes: confirm.yes,
                 dry_run: confirm.dry_run,
-                skip_tests,
+                skip_tests: confirm.skip_tests,
             };
             cmd::apply::apply(&ctl, &file, how, output.output).await
         }
@@ -94,51 +93,20 @@ async fn remote(
             file,
             confirm,
             output,
-        } => {
-            cmd::objects::create(
-                &ctl,
-                kind,
-                &file,
-                confirm.yes,
-                confirm.dry_run,
-                output.output,
-            )
-            .await
-        }
+        } => cmd::objects::create(&ctl, kind, &file, &confirm, output.output).await,
         Command::Update {
             kind,
             name,
             file,
             confirm,
             output,
-        } => {
-            cmd::objects::update(
-                &ctl,
-                kind,
-                &name,
-                &file,
-                confirm.yes,
-                confirm.dry_run,
-                output.output,
-            )
-            .await
-        }
+        } => cmd::objects::update(&ctl, kind, &name, &file, &confirm, output.output).await,
         Command::Delete {
             kind,
             name,
             confirm,
             output,
-        } => {
-            cmd::objects::delete(
-                &ctl,
-                kind,
-                &name,
-                confirm.yes,
-                confirm.dry_run,
-                output.output,
-            )
-            .await
-        }
+        } => cmd::objects::delete(&ctl, kind, &name, &confirm, output.output).await,
         Command::Explain {
             from, to, output, ..
         } => cmd::explain::explain(&ctl, &from, &to, at, output.output).await,

@@ -208,7 +208,16 @@ async fn plans_show_changed_fields_and_diff_exits_by_outcome() {
         "name = \"web\"\nnetwork = \"corp\"\naddress = \"198.18.1.5\"\ntcp = [\"443\"]\n",
     );
     let out = exits(
-        &c.ctl(&["update", "resource", "web", "-f", &f, "--dry-run"]),
+        // Dropping `icmp` breaks "alice pings the web front end": shown, not refused.
+        &c.ctl(&[
+            "update",
+            "resource",
+            "web",
+            "-f",
+            &f,
+            "--dry-run",
+            "--skip-tests",
+        ]),
         0,
     );
     assert!(
@@ -432,5 +441,53 @@ async fn object_errors_name_objects_and_users() {
     exits(&o, 1);
     assert!(!stderr(&o).contains("policy.toml"), "{}", stderr(&o));
     assert_eq!(revision(&c), 3);
+    c.stop().await;
+}
+
+/// An object-level change may not break a `[[test]]` block that passes today: refused
+/// (exit 1, the test named, nothing changed) unless `--skip-tests`, which makes it, lists
+/// the test in the plan's warnings and records `delete_object_skip_tests`. A change that
+/// breaks no test goes through without the flag (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_changes_that_break_tests_are_refused_unless_skipped() {
+    let c = Controller::start().await;
+    apply_demo(&c);
+    let before = revision(&c);
+    // engineering-dns is what "alice resolves names" relies on.
+    let o = c.ctl(&["delete", "grant", "engineering-dns", "--yes"]);
+    exits(&o, 1);
+    let e = stderr(&o);
+    assert!(
+        e.contains("test `alice resolves names` fails") && e.contains("nothing was changed"),
+        "{e}"
+    );
+    assert_eq!(revision(&c), before, "nothing applied");
+    exits(&c.ctl(&["get", "grant", "engineering-dns"]), 0);
+    // With --skip-tests: made, the broken test in the warnings, audited as such.
+    let o = c.ctl(&[
+        "delete",
+        "grant",
+        "engineering-dns",
+        "--yes",
+        "--skip-tests",
+        "-o",
+        "json",
+    ]);
+    exits(&o, 0);
+    let v = json(&o);
+    assert_eq!(v["applied"], true, "{v}");
+    let warnings = v["plan"]["warnings"].to_string();
+    assert!(warnings.contains("alice resolves names"), "{v}");
+    assert_eq!(revision(&c), before + 1);
+    let audit = json(&c.ctl(&["audit", "-o", "json"]));
+    let last = audit["records"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["action"], "delete_object_skip_tests", "{last}");
+    // The control: a change that breaks no test needs no flag (another port on web).
+    let f = c.file(
+        "web-8443.toml",
+        "name = \"web\"\nnetwork = \"corp\"\naddress = \"198.18.1.5\"\ntcp = [\"443\", \"8443\"]\nicmp = true\n",
+    );
+    exits(&c.ctl(&["update", "resource", "web", "-f", &f, "--yes"]), 0);
+    assert_eq!(revision(&c), before + 2);
     c.stop().await;
 }

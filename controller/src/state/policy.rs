@@ -184,6 +184,26 @@ pub(super) fn failing_tests(p: &Policy) -> Vec<(String, String)> {
         .collect()
 }
 
+impl State {
+    /// The tests of `new` that fail there but passed (or did not exist) in `old`, each as
+    /// `test `NAME` fails: FROM -> TO expects ..., the policy decides ...` (no location: an
+    /// object-level change has no file of the admin's to point into).
+    fn newly_failing_tests(old: &Policy, new: &Policy) -> Vec<String> {
+        let failing_before: std::collections::HashSet<String> = failing_tests(old)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        failing_tests(new)
+            .into_iter()
+            .filter(|(name, _)| !failing_before.contains(name))
+            .map(|(_, line)| match line.split_once(": error: ") {
+                Some((_, what)) => what.to_string(),
+                None => line,
+            })
+            .collect()
+    }
+}
+
 pub(super) fn diag_text(d: &[pc::Diagnostic]) -> String {
     d.iter()
         .filter(|d| d.is_error())
@@ -539,6 +559,22 @@ impl State {
         let parsed = parsed?;
         let policy = parsed.policy;
         Self::refuse_taken_keys(g, &policy)?;
+        // An object-level change may not break a `[[test]]` block that passes today (the
+        // whole-policy apply checks every test itself, above).
+        let broken_tests = if action.starts_with("apply_policy") {
+            Vec::new()
+        } else {
+            Self::newly_failing_tests(&g.policy, &policy)
+        };
+        if !broken_tests.is_empty() && !opts.skip_tests {
+            return Err(Error::InvalidArgument(format!(
+                "{}\nhelp: this change makes {} of the policy's [[test]] blocks fail; nothing \
+                 was changed: change the tests too (`gatewayctl update test NAME`), or make the \
+                 change anyway with skip_tests (`--skip-tests`, recorded in the audit trail)",
+                broken_tests.join("\n"),
+                broken_tests.len(),
+            )));
+        }
 
         // Object changes.
         let old_by = g.objects.by_key();
@@ -593,7 +629,16 @@ impl State {
                 })
                 .collect(),
             hosts: plans.iter().map(|p| Self::host_change(g, p)).collect(),
-            warnings: parsed.warnings.iter().map(ToString::to_string).collect(),
+            warnings: parsed
+                .warnings
+                .iter()
+                .map(ToString::to_string)
+                .chain(
+                    broken_tests
+                        .iter()
+                        .map(|t| format!("{t} (skip_tests: made anyway)")),
+                )
+                .collect(),
         };
         if opts.dry_run {
             debug!(
@@ -609,7 +654,12 @@ impl State {
         let record = AuditEntry {
             time_ms: now_ms(),
             actor: opts.actor.clone(),
-            action: action.to_string(),
+            // A change that broke passing tests on purpose says so, as an apply does.
+            action: if broken_tests.is_empty() {
+                action.to_string()
+            } else {
+                format!("{action}_skip_tests")
+            },
             target,
             before,
             after,

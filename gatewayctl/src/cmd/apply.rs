@@ -187,15 +187,18 @@ pub enum Change {
     Create {
         kind: ObjectKind,
         toml: String,
+        skip_tests: bool,
     },
     Update {
         kind: ObjectKind,
         name: String,
         toml: String,
+        skip_tests: bool,
     },
     Delete {
         kind: ObjectKind,
         name: String,
+        skip_tests: bool,
     },
 }
 
@@ -231,7 +234,11 @@ impl Change {
                 .await?
                 .plan
             }
-            Change::Create { kind, toml } => {
+            Change::Create {
+                kind,
+                toml,
+                skip_tests,
+            } => {
                 ctl.call(
                     what,
                     a.create_object(v1::CreateObjectRequest {
@@ -242,12 +249,18 @@ impl Change {
                         }),
                         expected_revision: expected,
                         dry_run,
+                        skip_tests: *skip_tests,
                     }),
                 )
                 .await?
                 .plan
             }
-            Change::Update { kind, name, toml } => {
+            Change::Update {
+                kind,
+                name,
+                toml,
+                skip_tests,
+            } => {
                 ctl.call(
                     what,
                     a.update_object(v1::UpdateObjectRequest {
@@ -258,12 +271,17 @@ impl Change {
                         }),
                         expected_revision: expected,
                         dry_run,
+                        skip_tests: *skip_tests,
                     }),
                 )
                 .await?
                 .plan
             }
-            Change::Delete { kind, name } => {
+            Change::Delete {
+                kind,
+                name,
+                skip_tests,
+            } => {
                 ctl.call(
                     what,
                     a.delete_object(v1::DeleteObjectRequest {
@@ -271,6 +289,7 @@ impl Change {
                         name: name.clone(),
                         expected_revision: expected,
                         dry_run,
+                        skip_tests: *skip_tests,
                     }),
                 )
                 .await?

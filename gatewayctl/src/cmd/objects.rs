@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::apply::{Change, change};
 use super::read_file;
+use crate::cli::ConfirmArgs;
 use crate::connect::Ctl;
 use crate::fail::{Fail, R};
 use crate::output::{Output, print_json, toml_json};
@@ -147,15 +148,15 @@ pub async fn delete(
     ctl: &Ctl,
     kind: ObjectKind,
     name: &str,
-    yes: bool,
-    dry_run: bool,
+    confirm: &ConfirmArgs,
     output: Output,
 ) -> R<()> {
     let ch = Change::Delete {
         kind,
         name: name.to_string(),
+        skip_tests: confirm.skip_tests,
     };
-    change(ctl, ch, yes, dry_run, output)
+    change(ctl, ch, confirm.yes, confirm.dry_run, output)
         .await
         .map_err(|e| not_found_hint(e, kind))
 }
@@ -164,12 +165,16 @@ pub async fn create(
     ctl: &Ctl,
     kind: ObjectKind,
     file: &Path,
-    yes: bool,
-    dry_run: bool,
+    confirm: &ConfirmArgs,
     output: Output,
 ) -> R<()> {
     let toml = read_file(file)?;
-    change(ctl, Change::Create { kind, toml }, yes, dry_run, output).await
+    let ch = Change::Create {
+        kind,
+        toml,
+        skip_tests: confirm.skip_tests,
+    };
+    change(ctl, ch, confirm.yes, confirm.dry_run, output).await
 }
 
 pub async fn update(
@@ -177,8 +182,7 @@ pub async fn update(
     kind: ObjectKind,
     name: &str,
     file: &Path,
-    yes: bool,
-    dry_run: bool,
+    confirm: &ConfirmArgs,
     output: Output,
 ) -> R<()> {
     let toml = read_file(file)?;
@@ -186,8 +190,9 @@ pub async fn update(
         kind,
         name: name.to_string(),
         toml,
+        skip_tests: confirm.skip_tests,
     };
-    change(ctl, ch, yes, dry_run, output)
+    change(ctl, ch, confirm.yes, confirm.dry_run, output)
         .await
         .map_err(|e| not_found_hint(e, kind))
 }
