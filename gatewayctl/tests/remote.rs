@@ -563,6 +563,8 @@ async fn apply_asks_on_a_terminal() {
             "delete",
             "grant",
             "engineering-dns",
+            // It breaks "alice resolves names": made anyway, still asked about.
+            "--skip-tests",
         ],
         "yes\n",
     );
@@ -1112,7 +1114,14 @@ async fn audit_lists_the_changes() {
     assert_eq!(first.lines().count(), 2, "{first}");
     assert!(first.contains("create_api_key"), "{first}");
     apply_demo(&c);
-    ok(&c.ctl(&["delete", "grant", "engineering-dns", "--yes"]));
+    // It breaks one of the demo's tests: made anyway (audited as delete_object_skip_tests).
+    ok(&c.ctl(&[
+        "delete",
+        "grant",
+        "engineering-dns",
+        "--yes",
+        "--skip-tests",
+    ]));
     ok(&c.ctl(&["enroll-token", "--host", "device:alice-laptop"]));
 
     let t = ok(&c.ctl(&["audit"]));
@@ -1159,7 +1168,7 @@ async fn audit_lists_the_changes() {
     assert_eq!(apply["revision"], 1);
     let del = recs
         .iter()
-        .find(|r| r["action"] == "delete_object")
+        .find(|r| r["action"] == "delete_object_skip_tests")
         .unwrap();
     assert!(del["before"].as_str().unwrap().contains("engineering-dns"));
     assert_eq!(del["after"], "");
