@@ -381,10 +381,19 @@ fn the_agent_attaches_the_tunnel_and_the_shield_with_pins() {
 
     // The tunnel's code recreates the device: the old links are defunct, new ones made.
     drop(tun);
-    let tun = ns
-        .run(|| testkit::open_tun(&tun_name, false))
-        .unwrap()
-        .unwrap();
+    // The kernel unregisters the old device after the last descriptor closes, not always
+    // before this returns: until then the name is busy (EBUSY), so try for a few seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let tun = loop {
+        match ns.run(|| testkit::open_tun(&tun_name, false)).unwrap() {
+            Ok(t) => break t,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("reopening {tun_name}: {e:#}"),
+        }
+    };
     ns.ip(&["link", "set", &tun_name, "up"]).unwrap();
     // Control: nothing enforces on the new device until it is attached.
     assert_eq!(decided(&dp, || write(&tun, &unknown)), None);
