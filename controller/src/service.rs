@@ -29,15 +29,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(Status::from)
 }
 
-fn opts(dry_run: bool, expected_revision: Option<u64>, actor: String) -> ChangeOpts {
-    ChangeOpts {
-        dry_run,
-        expected_revision,
-        actor,
-        skip_tests: false,
-    }
-}
-
 /// The caller, as authenticated by [`crate::auth::AdminGuard`].
 #[allow(clippy::result_large_err)]
 fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
@@ -81,6 +72,27 @@ fn target_of(kind: Kind, name: &str) -> String {
     }
 }
 
+impl AdminService {
+    /// One policy change (apply, create, update, delete): `f` runs on the blocking pool
+    /// with `opts`; a refusal is logged as `action` on `target`, a committed change is
+    /// timed until the agents acknowledge it (the push-latency metric).
+    async fn change(
+        &self,
+        opts: ChangeOpts,
+        action: &str,
+        target: &str,
+        f: impl FnOnce(&State, &ChangeOpts) -> Result<crate::model::Plan, Error> + Send + 'static,
+    ) -> Result<crate::model::Plan, Status> {
+        let (actor, dry_run) = (opts.actor.clone(), opts.dry_run);
+        let s = self.state.clone();
+        let plan = refused_change(blocking(move || f(&s, &opts)).await, &actor, action, target)?;
+        if !dry_run {
+            self.metrics.committed(&plan);
+        }
+        Ok(plan)
+    }
+}
+
 /// The Admin service.
 #[derive(Clone, Debug)]
 pub struct AdminService {
@@ -112,27 +124,18 @@ impl Admin for AdminService {
     ) -> R<v1::ApplyPolicyResponse> {
         let who = actor(&req)?;
         let r = req.into_inner();
-        let s = self.state.clone();
-        let logged = who.clone();
-        let plan = refused_change(
-            blocking(move || {
-                s.apply_policy(
-                    &r.policy_toml,
-                    &r.file_name,
-                    &ChangeOpts {
-                        skip_tests: r.skip_tests,
-                        ..opts(r.dry_run, r.expected_revision, who)
-                    },
-                )
+        let opts = ChangeOpts {
+            dry_run: r.dry_run,
+            expected_revision: r.expected_revision,
+            actor: who,
+            skip_tests: r.skip_tests,
+        };
+        let (text, file) = (r.policy_toml, r.file_name);
+        let plan = self
+            .change(opts, "apply_policy", "policy", move |s, o| {
+                s.apply_policy(&text, &file, o)
             })
-            .await,
-            &logged,
-            "apply_policy",
-            "policy",
-        )?;
-        if !r.dry_run {
-            self.metrics.committed(&plan);
-        }
+            .await?;
         Ok(Response::new(v1::ApplyPolicyResponse {
             plan: Some(plan.into()),
             applied: !r.dry_run,
@@ -177,27 +180,18 @@ impl Admin for AdminService {
         let who = actor(&req)?;
         let r = req.into_inner();
         let (kind, o) = object_arg(r.object)?;
-        let s = self.state.clone();
-        let (logged, target) = (who.clone(), target_of(kind, &o.name));
-        let plan = refused_change(
-            blocking(move || {
-                s.create_object(
-                    kind,
-                    &o.toml,
-                    &ChangeOpts {
-                        skip_tests: r.skip_tests,
-                        ..opts(r.dry_run, r.expected_revision, who)
-                    },
-                )
+        let opts = ChangeOpts {
+            dry_run: r.dry_run,
+            expected_revision: r.expected_revision,
+            actor: who,
+            skip_tests: r.skip_tests,
+        };
+        let target = target_of(kind, &o.name);
+        let plan = self
+            .change(opts, "create_object", &target, move |s, opts| {
+                s.create_object(kind, &o.toml, opts)
             })
-            .await,
-            &logged,
-            "create_object",
-            &target,
-        )?;
-        if !r.dry_run {
-            self.metrics.committed(&plan);
-        }
+            .await?;
         Ok(Response::new(v1::ChangeResponse {
             plan: Some(plan.into()),
             applied: !r.dry_run,
@@ -208,28 +202,18 @@ impl Admin for AdminService {
         let who = actor(&req)?;
         let r = req.into_inner();
         let (kind, o) = object_arg(r.object)?;
-        let s = self.state.clone();
-        let (logged, target) = (who.clone(), target_of(kind, &o.name));
-        let plan = refused_change(
-            blocking(move || {
-                s.update_object(
-                    kind,
-                    &o.name,
-                    &o.toml,
-                    &ChangeOpts {
-                        skip_tests: r.skip_tests,
-                        ..opts(r.dry_run, r.expected_revision, who)
-                    },
-                )
+        let opts = ChangeOpts {
+            dry_run: r.dry_run,
+            expected_revision: r.expected_revision,
+            actor: who,
+            skip_tests: r.skip_tests,
+        };
+        let target = target_of(kind, &o.name);
+        let plan = self
+            .change(opts, "update_object", &target, move |s, opts| {
+                s.update_object(kind, &o.name, &o.toml, opts)
             })
-            .await,
-            &logged,
-            "update_object",
-            &target,
-        )?;
-        if !r.dry_run {
-            self.metrics.committed(&plan);
-        }
+            .await?;
         Ok(Response::new(v1::ChangeResponse {
             plan: Some(plan.into()),
             applied: !r.dry_run,
@@ -240,27 +224,19 @@ impl Admin for AdminService {
         let who = actor(&req)?;
         let r = req.into_inner();
         let kind = kind_from_wire(r.kind)?;
-        let s = self.state.clone();
-        let (logged, target) = (who.clone(), target_of(kind, &r.name));
-        let plan = refused_change(
-            blocking(move || {
-                s.delete_object(
-                    kind,
-                    &r.name,
-                    &ChangeOpts {
-                        skip_tests: r.skip_tests,
-                        ..opts(r.dry_run, r.expected_revision, who)
-                    },
-                )
+        let opts = ChangeOpts {
+            dry_run: r.dry_run,
+            expected_revision: r.expected_revision,
+            actor: who,
+            skip_tests: r.skip_tests,
+        };
+        let target = target_of(kind, &r.name);
+        let name = r.name;
+        let plan = self
+            .change(opts, "delete_object", &target, move |s, opts| {
+                s.delete_object(kind, &name, opts)
             })
-            .await,
-            &logged,
-            "delete_object",
-            &target,
-        )?;
-        if !r.dry_run {
-            self.metrics.committed(&plan);
-        }
+            .await?;
         Ok(Response::new(v1::ChangeResponse {
             plan: Some(plan.into()),
             applied: !r.dry_run,
