@@ -18,7 +18,11 @@ pub mod proto {
 /// reply, both ports hold the echo identifier, so different pings are different flows and
 /// a reply's reversed key is its request's key; other ICMP messages have `src_port` 0 and
 /// `dst_port` = `type << 8 | code`. Other protocols have both ports 0.
-#[repr(C)]
+///
+/// Aligned to 8 bytes (40 bytes, every field at the offset it had unaligned, so no map or
+/// event layout changes): the kernel programs then copy, clear and compare keys and
+/// addresses a word at a time instead of a byte at a time.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct FlowKey {
     pub src: Addr,
@@ -165,8 +169,12 @@ pub struct FragState {
 }
 
 /// One slot of a CPU's cache of repeated denials (`DENY_CACHE`, docs/dataplane.md
-/// "Repeated denials"): a policy decision to deny `key`, valid under `generation` until
-/// `valid_until_ns` (boot clock, `u64::MAX` = no expiry).
+/// "Repeated denials"): a policy decision to deny `key` taken under `generation` while its
+/// source was over its event limit, answered from here until `until_ns`: the first of the
+/// rule's expiry and the ends of the source's deny and scan windows, on the coarse
+/// monotonic clock (`bpf_ktime_get_coarse_ns`, one scheduler tick of resolution: the
+/// precise boot clock costs a fifth of a repeated denial in a VM, where reading the TSC is
+/// slow; `u64::MAX` = no end).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DenyCacheEntry {
@@ -175,7 +183,11 @@ pub struct DenyCacheEntry {
     /// The `Reason` of the decision.
     pub reason: u8,
     pub _pad: [u8; 3],
-    pub valid_until_ns: u64,
+    pub until_ns: u64,
+    /// Denials answered from this slot and not yet added to the source's suppressed
+    /// count (added when the slot stops answering for its tuple or is taken by another).
+    pub suppressed: u32,
+    pub _pad2: u32,
 }
 
 #[cfg(feature = "user")]

@@ -8,7 +8,7 @@
 
 use aya_ebpf::maps::RingBuf;
 use gateway_common::{
-    Addr, DataplaneConfig, Event, EventKind, FlowKey, FlowState, Reason,
+    Addr, DataplaneConfig, DenyCacheEntry, Event, EventKind, FlowKey, FlowState, Reason,
     event::{ScanKind, SourceState},
     flow::proto,
     maps::{DENY_CACHE_SLOTS, Ring},
@@ -224,8 +224,9 @@ fn set_bit(set: &mut [u64; 4], h: u32) -> bool {
 /// A limited record (deny, or audit of an unknown source) on the alert ring, limited per
 /// source prefix and per CPU; for denials, scan detection. `ports` says whether the key's
 /// ports were read; `dst_protected` whether the destination is protected (hosts scanned).
-/// True when the source is over its event limit in the current deny and scan windows (the
-/// record was counted on the source, not sent).
+/// `Some(end)` when the source is over its event limit in the current deny and scan windows
+/// (the record was counted on the source, not sent): `end` is when the first of those
+/// windows ends. `None` otherwise.
 #[inline(always)]
 pub fn on_limited(
     cfg: &DataplaneConfig,
@@ -234,7 +235,7 @@ pub fn on_limited(
     ports: bool,
     dst_protected: bool,
     now: u64,
-) -> bool {
+) -> Option<u64> {
     let prefix = source_prefix(key);
     let state = match SOURCES.get_ptr_mut(&prefix) {
         Some(s) => Some(s),
@@ -249,7 +250,7 @@ pub fn on_limited(
         if let Some(suppressed) = take_budget(cfg, meta.kind as u32, now) {
             emit(&EVENTS_ALERT, Ring::Alert, meta, suppressed, key, None, now);
         }
-        return false;
+        return None;
     };
     // SAFETY: pointer from a successful lookup, valid for this run (RCU). Other CPUs may
     // update the same source at once: the counters are approximate, never unsafe.
@@ -272,7 +273,7 @@ pub fn on_limited(
         s.deny_suppressed = s.deny_suppressed.wrapping_add(1);
     }
     if meta.kind != EventKind::Deny {
-        return false;
+        return None;
     }
 
     // Scan detection: distinct denied ports (vertical) and protected hosts (horizontal)
@@ -306,7 +307,16 @@ pub fn on_limited(
             }
         }
     }
-    over_limit
+    if !over_limit {
+        return None;
+    }
+    let deny_end = s.deny_window_start_ns.wrapping_add(cfg.deny_window_ns);
+    let scan_end = s.scan_window_start_ns.wrapping_add(cfg.scan_window_ns);
+    Some(if deny_end < scan_end {
+        deny_end
+    } else {
+        scan_end
+    })
 }
 
 /// The slot of `key` in this CPU's `DENY_CACHE` (keyed multiply-shift hash: an attacker
@@ -344,66 +354,93 @@ pub fn cacheable(key: &FlowKey, reason: Reason) -> bool {
         )
 }
 
+/// The coarse monotonic clock of `DenyCacheEntry::until_ns`.
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() }
+}
+
+/// Adds the denials a slot answered to its source's suppressed count, and zeroes them.
+#[inline(always)]
+fn settle(e: &mut DenyCacheEntry) {
+    if e.suppressed == 0 {
+        return;
+    }
+    if let Some(s) = SOURCES.get_ptr_mut(&source_prefix(&e.key)) {
+        // SAFETY: pointer from a successful lookup, valid for this run (RCU); approximate
+        // counters as in `on_limited`.
+        let s = unsafe { &mut *s };
+        s.deny_suppressed = s.deny_suppressed.wrapping_add(e.suppressed);
+    }
+    e.suppressed = 0;
+}
+
 /// Remembers a denial of a source over its event limit (docs/dataplane.md, "Repeated
-/// denials"). Overwrites whatever the slot held.
+/// denials") until `until_ns` (boot clock, `now` the time of the decision): the first of
+/// the rule's expiry and the end of the source's windows ([`on_limited`]). Takes the slot
+/// from whatever it held, whose count is settled.
 #[inline(always)]
 pub fn remember_denial(
     cfg: &DataplaneConfig,
     key: &FlowKey,
     generation: u32,
     reason: Reason,
-    valid_until_ns: u64,
+    until_ns: u64,
+    now: u64,
 ) {
     let Some(e) = DENY_CACHE.get_ptr_mut(deny_slot(cfg, key)) else {
         return;
     };
     // SAFETY: this CPU's slot of a per-CPU array; programs do not nest on one CPU.
-    unsafe {
-        (*e).key = *key;
-        (*e).generation = generation;
-        (*e).reason = reason as u8;
-        (*e)._pad = [0; 3];
-        (*e).valid_until_ns = valid_until_ns;
-    }
+    let e = unsafe { &mut *e };
+    settle(e);
+    e.key = *key;
+    e.generation = generation;
+    e.reason = reason as u8;
+    e._pad = [0; 3];
+    // The same span on the coarse clock the fast path reads.
+    e.until_ns = if until_ns == u64::MAX {
+        u64::MAX
+    } else {
+        coarse_now().saturating_add(until_ns.saturating_sub(now))
+    };
+    e._pad2 = 0;
 }
 
-/// A repeated denial: the same tuple denied before under this generation, still valid, and
-/// its source still over its event limit in the current deny and scan windows. The full
-/// path would change nothing but the source's suppressed count (a repeated tuple adds no
-/// port or host to scan detection), so that is all this does. `None`: decide in full.
+/// A repeated denial: the same tuple denied before under this generation, with the rule
+/// not expired and its source still over its event limit in the windows it was over it
+/// in (`until_ns`). The full path would change nothing but the source's suppressed count
+/// (a repeated tuple adds no port or host to scan detection), so that is all this does,
+/// on this CPU's slot alone: no flow table, no source lookup. `None`: decide in full (a
+/// slot past its time settles its count first, so the full path reports it).
+///
+/// Asked before the flow table: a remembered denial under the active generation means no
+/// flow of that tuple exists under it (a flow is made only by an allow under the
+/// generation it carries, and the same tuple under the same generation decides the same
+/// until `until_ns`), so the answer is the one the full path would give.
 #[inline(always)]
-pub fn repeated_denial(
-    cfg: &DataplaneConfig,
-    key: &FlowKey,
-    generation: u32,
-    now: u64,
-) -> Option<Reason> {
+pub fn repeated_denial(cfg: &DataplaneConfig, key: &FlowKey, generation: u32) -> Option<Reason> {
     if key.proto != proto::TCP && key.proto != proto::UDP {
         return None;
     }
-    let e = DENY_CACHE.get(deny_slot(cfg, key))?;
-    if e.generation != generation
-        || e.key.src != key.src
+    let e = DENY_CACHE.get_ptr_mut(deny_slot(cfg, key))?;
+    // SAFETY: this CPU's slot of a per-CPU array; programs do not nest on one CPU.
+    let e = unsafe { &mut *e };
+    if e.key.src != key.src
         || e.key.dst != key.dst
         || e.key.src_port != key.src_port
         || e.key.dst_port != key.dst_port
         || e.key.proto != key.proto
         || e.key.family != key.family
-        || now >= e.valid_until_ns
     {
         return None;
     }
-    let s = SOURCES.get_ptr_mut(&source_prefix(key))?;
-    // SAFETY: pointer from a successful lookup, valid for this run (RCU); approximate
-    // counters as in `on_limited`.
-    let s = unsafe { &mut *s };
-    if now.wrapping_sub(s.deny_window_start_ns) >= cfg.deny_window_ns
-        || now.wrapping_sub(s.scan_window_start_ns) >= cfg.scan_window_ns
-        || s.deny_events < cfg.deny_per_source
-    {
+    if e.generation != generation || coarse_now() >= e.until_ns {
+        settle(e);
         return None;
     }
-    s.deny_suppressed = s.deny_suppressed.wrapping_add(1);
+    e.suppressed = e.suppressed.wrapping_add(1);
     Some(Reason::from_u32(u32::from(e.reason)))
 }
 

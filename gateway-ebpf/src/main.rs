@@ -417,7 +417,7 @@ fn report(cx: &Cx, scratch: &Scratch, kind: EventKind, d: &Decision) {
 }
 
 /// [`report`] when the caller knows whether the destination is protected and the time.
-/// True when the source is over its event limit ([`on_limited`]).
+/// `Some(end)` when the source is over its event limit until `end` ([`on_limited`]).
 #[inline(always)]
 fn report_at(
     cx: &Cx,
@@ -426,7 +426,7 @@ fn report_at(
     d: &Decision,
     dst_protected: bool,
     now: u64,
-) -> bool {
+) -> Option<u64> {
     let mut meta = deny_meta(cx, kind, d);
     on_limited(
         cx.cfg,
@@ -507,7 +507,12 @@ fn later_fragment(cx: &Cx, scratch: &mut Scratch) -> Reason {
 #[inline(always)]
 fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
     let key = &scratch.parsed.key;
-    // 2. Established: one lookup for a flow decided under the active generation.
+    // 2a. A repeated denial of a source over its event limit: the decision remembered
+    //     (docs/dataplane.md, "Repeated denials"); one slot of a per-CPU array.
+    if let Some(reason) = repeated_denial(cx.cfg, key, cx.generation) {
+        return reason;
+    }
+    // 2b. Established: one lookup for a flow decided under the active generation.
     let cached = flows(key.proto).get_ptr_mut(key);
     if let Some(flow) = cached {
         // SAFETY: pointer from a successful lookup, valid for this run (RCU).
@@ -523,14 +528,6 @@ fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
         // Stale: decided under another generation or past expiry. Decided again below.
     }
     let now = now_ns();
-
-    // 2b. A repeated denial of a source over its event limit: the decision remembered
-    //     (docs/dataplane.md, "Repeated denials").
-    if cached.is_none()
-        && let Some(reason) = repeated_denial(cx.cfg, key, cx.generation, now)
-    {
-        return reason;
-    }
 
     // 3. ICMP errors into protected space: about a reply of an open flow, sent by that
     //    flow's client to that flow's resource.
@@ -639,13 +636,17 @@ fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
                 d.reason = Reason::DeniedEstablished;
             }
             let over_limit = report_at(cx, scratch, EventKind::Deny, &d, dst_protected, now);
-            if over_limit && !revoked && cacheable(&scratch.parsed.key, d.reason) {
+            if let Some(windows_end) = over_limit
+                && !revoked
+                && cacheable(&scratch.parsed.key, d.reason)
+            {
                 remember_denial(
                     cx.cfg,
                     &scratch.parsed.key,
                     cx.generation,
                     d.reason,
-                    d.valid_until_ns,
+                    d.valid_until_ns.min(windows_end),
+                    now,
                 );
             }
             d.reason

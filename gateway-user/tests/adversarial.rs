@@ -1475,14 +1475,37 @@ fn event_cases() -> Vec<Case> {
         ),
         case(
             "a repeated denial of an unknown source stays a denial, its count travels",
-            "docs/dataplane.md, repeated denials",
+            "docs/dataplane.md, repeated denials: the next event of the source carries every \
+             denial not reported, those answered from the cache included",
             CONN,
             (0..limit as u16 + 20)
                 .map(|_| Step::Out(pkt(stranger(), web(), tcp(40037, 443)), DeniedUnknownSource))
-                .chain([check(move |_, evs| match count(evs, EventKind::Deny) {
-                    n if n == limit => Ok(()),
-                    n => Err(format!("{n} deny events, want {limit}")),
-                })])
+                .chain([
+                    check(move |_, evs| match count(evs, EventKind::Deny) {
+                        n if n == limit => Ok(()),
+                        n => Err(format!("{n} deny events, want {limit}")),
+                    }),
+                    // The next deny window: the tuple again, decided in full and reported,
+                    // with the 20 denials the limit held back.
+                    Step::Sleep(Duration::from_millis(
+                        gateway_common::DataplaneConfig::DEFAULT.deny_window_ns / 1_000_000 + 100,
+                    )),
+                    Step::Out(pkt(stranger(), web(), tcp(40037, 443)), DeniedUnknownSource),
+                    check(|_, evs| {
+                        let denies: Vec<_> = evs
+                            .iter()
+                            .filter(|e| e.kind == EventKind::Deny as u8)
+                            .collect();
+                        match denies.as_slice() {
+                            [e] if e.count == 20 => Ok(()),
+                            [e] => Err(format!(
+                                "the next deny event says {} denials were held back, want 20",
+                                e.count
+                            )),
+                            other => Err(format!("{} deny events, want one", other.len())),
+                        }
+                    }),
+                ])
                 .collect(),
         ),
         case(
