@@ -12,7 +12,7 @@
 use aya_ebpf::programs::{TcContext, XdpContext};
 use gateway_common::{
     FlowKey, ParseOutcome,
-    addr::{V4_MAPPED_PREFIX, from_v4},
+    addr::V4_MAPPED_PREFIX,
     flow::proto,
     parse::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS},
 };
@@ -124,28 +124,48 @@ pub struct Parsed {
     pub hop_limit: u8,
 }
 
+/// `Parsed` is cleared a word at a time ([`Parsed::clear`]).
+const _: () =
+    assert!(core::mem::size_of::<Parsed>() % 8 == 0 && core::mem::align_of::<Parsed>() == 8);
+
 impl Parsed {
-    pub const EMPTY: Parsed = Parsed {
-        key: FlowKey {
-            src: [0; 16],
-            dst: [0; 16],
-            src_port: [0; 2],
-            dst_port: [0; 2],
-            proto: 0,
-            family: 0,
-            _pad: [0; 2],
-        },
-        l4: 0,
-        tcp_flags: 0,
-        icmp_type: 0,
-        first_fragment: false,
-        later_fragment: false,
-        addrs: false,
-        ports: false,
-        frag_id: [0; 4],
-        frag_proto: 0,
-        hop_limit: 0,
-    };
+    /// Empties it before a frame is parsed: every byte zero (no key, no ports, no flags, no
+    /// fragment, offsets 0), with one 8-byte store per word. A plain assignment of an empty
+    /// value becomes a call of the BPF `memset`, a loop storing one byte at a time (a
+    /// quarter of the cost of a repeated denial, measured with perf); volatile, so the
+    /// stores are not merged back into that call.
+    #[inline(always)]
+    pub fn clear(&mut self) {
+        let words = self as *mut Parsed as *mut u64;
+        for i in 0..core::mem::size_of::<Parsed>() / 8 {
+            // SAFETY: `i` words into `self`, which is 8-aligned and a whole number of words
+            // long (asserted above); zero is a valid value of every field.
+            unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        }
+    }
+}
+
+/// Writes IPv4 `src` and `dst` into `key` as IPv4-mapped addresses (`from_v4`), a word at a
+/// time: `key.src = from_v4(src)` is a byte-at-a-time `memset` call for the zero prefix.
+#[inline(always)]
+fn set_v4(key: &mut FlowKey, src: [u8; 4], dst: [u8; 4]) {
+    let prefix = u32::from_ne_bytes([
+        V4_MAPPED_PREFIX[8],
+        V4_MAPPED_PREFIX[9],
+        V4_MAPPED_PREFIX[10],
+        V4_MAPPED_PREFIX[11],
+    ]);
+    for (addr, v4) in [(&mut key.src, src), (&mut key.dst, dst)] {
+        let words = addr.as_mut_ptr() as *mut u32;
+        // SAFETY: four 4-byte stores into the 16-byte address; `FlowKey` is 8-aligned and
+        // both addresses sit at multiples of 8 in it.
+        unsafe {
+            core::ptr::write_volatile(words, 0);
+            core::ptr::write_volatile(words.add(1), 0);
+            core::ptr::write_volatile(words.add(2), prefix);
+            core::ptr::write_volatile(words.add(3), u32::from_ne_bytes(v4));
+        }
+    }
 }
 
 /// TCP flags.
@@ -290,7 +310,7 @@ pub enum Start {
 /// copied around on the 512-byte stack.
 #[inline(always)]
 pub fn parse<C: Frame>(ctx: &C, start: Start, out: &mut Parsed) -> ParseOutcome {
-    *out = Parsed::EMPTY;
+    out.clear();
     match parse_frame(ctx, start, out) {
         Ok(outcome) | Err(outcome) => outcome,
     }
@@ -345,8 +365,7 @@ fn parse_ipv4<C: Frame>(
     if ip.version_ihl >> 4 != 4 {
         return Err(ParseOutcome::Malformed);
     }
-    out.key.src = from_v4(ip.src);
-    out.key.dst = from_v4(ip.dst);
+    set_v4(&mut out.key, ip.src, ip.dst);
     out.key.proto = ip.proto;
     out.key.family = 4;
     out.addrs = true;
@@ -783,8 +802,7 @@ fn read_quoted_key<C: Frame>(
         if ip.version_ihl >> 4 != 4 || ihl < 20 {
             return Err(ParseOutcome::Malformed);
         }
-        key.src = from_v4(ip.src);
-        key.dst = from_v4(ip.dst);
+        set_v4(key, ip.src, ip.dst);
         key.proto = ip.proto;
         key.family = 4;
         inner + ihl
