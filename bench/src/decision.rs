@@ -106,6 +106,12 @@ fn reason_of(dp: &mut Dataplane, frame: &[u8]) -> Result<Reason> {
 }
 
 pub fn run(opts: &Opts, rows: &mut Vec<Row>, checks: &mut Vec<Check>) -> Result<()> {
+    // BPF_PROG_TEST_RUN runs on the calling thread's CPU. The flow tables are LRU maps
+    // with per-CPU free lists: entries a case opened on one CPU and the flush deleted go
+    // back to that CPU's list, so a case that ran on the other CPU found too few free
+    // entries and evicted its own fresh flows (an established working set measured with
+    // a third of its packets decided again, now and then). One CPU for the whole suite.
+    crate::throughput::pin_self(0);
     let (repeat, rounds, singles) = if opts.quick {
         (200_000u32, 3, 3_000)
     } else {

@@ -120,7 +120,7 @@ fn pin(pid: i32, cpu: usize) {
     }
 }
 
-fn pin_self(cpu: usize) {
+pub(crate) fn pin_self(cpu: usize) {
     pin(0, cpu);
 }
 
