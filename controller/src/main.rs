@@ -44,7 +44,7 @@ enum Command {
             default_value = "/var/lib/zt-gateway/controller.db",
             value_name = "PATH|URL"
         )]
-        db: Db,
+        db: String,
         /// Write ca.pem, ca.key, server.pem, server.key here (must not exist yet).
         #[arg(long)]
         tls_dir: Option<PathBuf>,
@@ -78,7 +78,7 @@ enum Command {
             default_value = "/var/lib/zt-gateway/controller.db",
             value_name = "PATH|URL"
         )]
-        db: Db,
+        db: String,
         /// Serve TLS with server.pem and server.key from this directory (see `init`).
         #[arg(long, required_unless_present = "insecure_plaintext")]
         tls_dir: Option<PathBuf>,
@@ -123,7 +123,7 @@ enum Command {
             default_value = "/var/lib/zt-gateway/controller.db",
             value_name = "PATH|URL"
         )]
-        db: Db,
+        db: String,
         /// The database's key file; required with a PostgreSQL --db. [default:
         /// controller.key next to a SQLite database]
         #[arg(long)]
@@ -232,6 +232,8 @@ async fn main() -> anyhow::Result<()> {
             key_name,
             key_file,
         } => {
+            // Parsed here, not by clap, whose error would echo the URL's password.
+            let db = Db::parse(&db)?;
             if let Some(dir) = &tls_dir {
                 controller::tls::generate(dir, &sans)?;
                 info!(
@@ -278,6 +280,8 @@ async fn main() -> anyhow::Result<()> {
             max_connections,
             metrics_listen,
         } => {
+            // Parsed here, not by clap, whose error would echo the URL's password.
+            let db = Db::parse(&db)?;
             if insecure_plaintext && !controller::plaintext_allowed(&listen) {
                 bail!(
                     "--insecure-plaintext serves loopback addresses only (127.0.0.1, ::1), not \
@@ -361,6 +365,8 @@ async fn main() -> anyhow::Result<()> {
             key_file,
             expect_head,
         } => {
+            // Parsed here, not by clap, whose error would echo the URL's password.
+            let db = Db::parse(&db)?;
             let key_file = match (&db, key_file) {
                 (Db::Sqlite(path), key_file) => {
                     if !path.exists() {
