@@ -280,3 +280,43 @@ fn the_binary_says_what_is_wrong_with_a_postgres_db() {
     assert!(!ok && err.contains("not a valid PostgreSQL URL"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
 }
+
+#[test]
+fn a_controller_reconnects_after_the_server_closed_its_connections() {
+    let Some(pg) = fresh_database(&test_name(
+        "a_controller_reconnects_after_the_server_closed_its_connections",
+    )) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("controller.key");
+    let db = Db::parse(&pg.url).unwrap();
+    let state = open(&db, &key);
+    state.bootstrap_admin_key("before").unwrap();
+    let filter = controller::model::EventFilter::default();
+    state.query_events(&filter, 10).unwrap();
+    // An administrator (or a restart, a failover) closes every connection of the
+    // controller to its database.
+    let admin = db.connect().unwrap();
+    let cut = admin
+        .sql()
+        .query(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()[0]
+        .int(0)
+        .unwrap();
+    assert!(cut >= 2, "the state's and the events' connections: {cut}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The call that finds a connection broken may fail; the next ones work again.
+    let attempts: Vec<bool> = (0..2)
+        .map(|i| state.bootstrap_admin_key(&format!("after-{i}")).is_ok())
+        .collect();
+    assert_eq!(attempts.last(), Some(&true), "{attempts:?}");
+    let _ = state.query_events(&filter, 10);
+    state.query_events(&filter, 10).unwrap();
+    assert!(state.verify_audit(None).unwrap().ok);
+    assert!(state.list_api_keys().iter().any(|k| k.name == "after-1"));
+}

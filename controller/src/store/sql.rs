@@ -380,9 +380,13 @@ fn pg_sql(sql: &str) -> String {
     out
 }
 
-/// A PostgreSQL connection (see the module docs), with its prepared statements.
+/// A PostgreSQL connection (see the module docs), with its prepared statements. A
+/// connection the server closed (a restart, a failover, an administrator) is opened again
+/// by the next call: the call that found it broken fails, the ones after it work again
+/// once the server answers.
 pub struct PgConn {
-    client: tokio_postgres::Client,
+    url: Box<PgUrl>,
+    client: RefCell<tokio_postgres::Client>,
     statements: RefCell<HashMap<String, tokio_postgres::Statement>>,
     /// The URL, without its password (for messages).
     pub(crate) label: String,
@@ -402,6 +406,16 @@ fn wait<F: std::future::Future>(fut: F) -> F::Output {
 impl PgConn {
     /// Connects (within 10 seconds); the error names the URL without its password.
     pub fn connect(url: &PgUrl) -> Result<PgConn, Error> {
+        Ok(PgConn {
+            url: Box::new(url.clone()),
+            client: RefCell::new(PgConn::client(url)?),
+            statements: RefCell::new(HashMap::new()),
+            label: url.to_string(),
+        })
+    }
+
+    /// A new connection whose I/O runs on a thread of its own (ending with it).
+    fn client(url: &PgUrl) -> Result<tokio_postgres::Client, Error> {
         let label = url.to_string();
         let mut config = url.config.clone();
         if config.get_connect_timeout().is_none() {
@@ -444,17 +458,24 @@ impl PgConn {
                 });
             })
             .map_err(|e| Error::Internal(format!("starting the PostgreSQL thread: {e}")))?;
-        let client = rx
-            .recv()
+        rx.recv()
             .map_err(|_| {
                 Error::Internal(format!("PostgreSQL {label}: the connection thread ended"))
             })?
-            .map_err(|e| Error::Unavailable(format!("PostgreSQL {label}: cannot connect: {e}")))?;
-        Ok(PgConn {
-            client,
-            statements: RefCell::new(HashMap::new()),
-            label,
-        })
+            .map_err(|e| Error::Unavailable(format!("PostgreSQL {label}: cannot connect: {e}")))
+    }
+
+    /// Opens the connection again when the server closed it (see [`PgConn`]).
+    fn reopen_if_closed(&self) -> Result<(), Error> {
+        if !self.client.borrow().is_closed() {
+            return Ok(());
+        }
+        tracing::warn!(database = %self.label, "the PostgreSQL connection was closed: reconnecting");
+        let client = PgConn::client(&self.url)?;
+        *self.client.borrow_mut() = client;
+        // Prepared statements belong to the old connection.
+        self.statements.borrow_mut().clear();
+        Ok(())
     }
 
     fn err(&self, e: tokio_postgres::Error) -> Error {
@@ -481,11 +502,14 @@ impl PgConn {
         &mut self,
         f: impl FnOnce(&dyn Sql) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        self.reopen_if_closed()?;
         let PgConn {
             client,
             statements,
             label,
+            ..
         } = self;
+        let client = client.get_mut();
         let tx = wait(client.transaction())
             .map_err(|e| Error::Internal(format!("database ({label}): {}", pg_error_text(&e))))?;
         let t = PgTx {
@@ -528,16 +552,21 @@ impl Sql for PgConn {
         Backend::Postgres
     }
     fn execute(&self, sql: &str, args: &[Value]) -> Result<u64, Error> {
-        let st = self.statement(|s| wait(self.client.prepare(s)), sql)?;
-        wait(self.client.execute(&st, &pg_args(args))).map_err(|e| self.err(e))
+        self.reopen_if_closed()?;
+        let client = self.client.borrow();
+        let st = self.statement(|s| wait(client.prepare(s)), sql)?;
+        wait(client.execute(&st, &pg_args(args))).map_err(|e| self.err(e))
     }
     fn query(&self, sql: &str, args: &[Value]) -> Result<Vec<Row>, Error> {
-        let st = self.statement(|s| wait(self.client.prepare(s)), sql)?;
-        let rows = wait(self.client.query(&st, &pg_args(args))).map_err(|e| self.err(e))?;
+        self.reopen_if_closed()?;
+        let client = self.client.borrow();
+        let st = self.statement(|s| wait(client.prepare(s)), sql)?;
+        let rows = wait(client.query(&st, &pg_args(args))).map_err(|e| self.err(e))?;
         rows.iter().map(pg_row).collect()
     }
     fn batch(&self, sql: &str) -> Result<(), Error> {
-        wait(self.client.batch_execute(sql)).map_err(|e| self.err(e))
+        self.reopen_if_closed()?;
+        wait(self.client.borrow().batch_execute(sql)).map_err(|e| self.err(e))
     }
 }
 
