@@ -1,4 +1,4 @@
-//! The zt-gateway controller as a library: [`Store`] (SQLite persistence) and [`State`]
+//! The zt-gateway controller as a library: [`Store`] (persistence: SQLite or PostgreSQL) and [`State`]
 //! (the policy, per-host compiled views and generations, agents, and the fan-out of
 //! view changes to connected agents), both split by aggregate (policy, agents, events,
 //! audit, security) and speaking the domain types of [`model`]. The gRPC services in
