@@ -1,6 +1,6 @@
-//! The zt-gateway controller as a library: [`Store`] (SQLite persistence) and [`State`]
-//! (the policy, per-host compiled views and generations, agents, and the fan-out of
-//! view changes to connected agents), both split by aggregate (policy, agents, events,
+//! The zt-gateway controller as a library: [`Store`] (persistence: SQLite or
+//! PostgreSQL) and [`State`] (the policy, per-host compiled views and generations,
+//! agents, and the fan-out of view changes to connected agents), both split by aggregate (policy, agents, events,
 //! audit, security) and speaking the domain types of [`model`]. The gRPC services in
 //! [`service`] are thin adapters over [`State`], converting to and from the wire types
 //! ([`wire`]); [`serve`] runs them (plus gRPC health and reflection) on a listener.

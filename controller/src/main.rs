@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::{CommandFactory as _, Parser, Subcommand};
+use controller::store::Db;
 use gateway_logging::LogFormat;
 use tracing::{error, info, warn};
 
@@ -13,7 +14,7 @@ use tracing::{error, info, warn};
 #[command(
     name = "gateway-controller",
     version,
-    about = "The zt-gateway controller: keeps the policy (SQLite), compiles it for every host, \
+    about = "The zt-gateway controller: keeps the policy (SQLite or PostgreSQL), compiles it for every host, \
         and streams each host's compiled view to its agents over gRPC.",
     long_about = None
 )]
@@ -35,9 +36,15 @@ enum Command {
     /// the next free name (`bootstrap-admin-2`, ...; its name is logged on stderr) and
     /// works at once, also while the controller runs on that database.
     Init {
-        /// The SQLite database file (created with its directory if missing).
-        #[arg(long, default_value = "/var/lib/zt-gateway/controller.db")]
-        db: PathBuf,
+        /// The database: a SQLite file (created with its directory if missing), or a
+        /// PostgreSQL URL `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` (the database
+        /// must exist; its tables are created; --key-file is then required).
+        #[arg(
+            long,
+            default_value = "/var/lib/zt-gateway/controller.db",
+            value_name = "PATH|URL"
+        )]
+        db: String,
         /// Write ca.pem, ca.key, server.pem, server.key here (must not exist yet).
         #[arg(long)]
         tls_dir: Option<PathBuf>,
@@ -51,7 +58,9 @@ enum Command {
         key_name: Option<String>,
         /// The controller's secret key file (created, mode 0600, when missing): keys the
         /// audit chain and seals TOTP secrets. Keep it where the database's readers and
-        /// writers cannot read it. [default: controller.key next to the database]
+        /// writers cannot read it. Required with a PostgreSQL --db (every controller on
+        /// that database needs the same file). [default: controller.key next to a SQLite
+        /// database]
         #[arg(long)]
         key_file: Option<PathBuf>,
     },
@@ -60,9 +69,16 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
-        /// The SQLite database file (created with its directory if missing).
-        #[arg(long, default_value = "/var/lib/zt-gateway/controller.db")]
-        db: PathBuf,
+        /// The database: a SQLite file (created with its directory if missing; one
+        /// controller per file, held by a lock file next to it), or a PostgreSQL URL
+        /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` (--key-file required; several
+        /// controllers may run on one PostgreSQL database).
+        #[arg(
+            long,
+            default_value = "/var/lib/zt-gateway/controller.db",
+            value_name = "PATH|URL"
+        )]
+        db: String,
         /// Serve TLS with server.pem and server.key from this directory (see `init`).
         #[arg(long, required_unless_present = "insecure_plaintext")]
         tls_dir: Option<PathBuf>,
@@ -70,8 +86,8 @@ enum Command {
         /// address; credentials travel in clear).
         #[arg(long, conflicts_with = "tls_dir")]
         insecure_plaintext: bool,
-        /// The key file of the database (see `init --key-file`).
-        /// [default: controller.key next to the database]
+        /// The key file of the database (see `init --key-file`); required with a
+        /// PostgreSQL --db. [default: controller.key next to a SQLite database]
         #[arg(long)]
         key_file: Option<PathBuf>,
         /// Append the audit chain's head (time, record id, hash) to this file whenever
@@ -101,9 +117,15 @@ enum Command {
     /// Verifies the admin audit trail's hash chain; exit status 1 names the first bad
     /// record.
     AuditVerify {
-        #[arg(long, default_value = "/var/lib/zt-gateway/controller.db")]
-        db: PathBuf,
-        /// The database's key file. [default: controller.key next to the database]
+        /// The database: a SQLite file or a PostgreSQL URL (see `run --db`).
+        #[arg(
+            long,
+            default_value = "/var/lib/zt-gateway/controller.db",
+            value_name = "PATH|URL"
+        )]
+        db: String,
+        /// The database's key file; required with a PostgreSQL --db. [default:
+        /// controller.key next to a SQLite database]
         #[arg(long)]
         key_file: Option<PathBuf>,
         /// A head hash kept outside earlier (from `audit verify` or --audit-head-file):
@@ -210,6 +232,8 @@ async fn main() -> anyhow::Result<()> {
             key_name,
             key_file,
         } => {
+            // Parsed here, not by clap, whose error would echo the URL's password.
+            let db = Db::parse(&db)?;
             if let Some(dir) = &tls_dir {
                 controller::tls::generate(dir, &sans)?;
                 info!(
@@ -256,6 +280,8 @@ async fn main() -> anyhow::Result<()> {
             max_connections,
             metrics_listen,
         } => {
+            // Parsed here, not by clap, whose error would echo the URL's password.
+            let db = Db::parse(&db)?;
             if insecure_plaintext && !controller::plaintext_allowed(&listen) {
                 bail!(
                     "--insecure-plaintext serves loopback addresses only (127.0.0.1, ::1), not \
@@ -266,8 +292,12 @@ async fn main() -> anyhow::Result<()> {
                 Some(dir) => Some(controller::tls::server_config(dir)?),
                 None => None,
             };
-            // One controller per database, checked before anything opens or migrates it.
-            let _lock = controller::lock_db(&db)?;
+            // One controller per SQLite file, checked before anything opens or migrates it.
+            // (Several controllers on one PostgreSQL database is what PostgreSQL is for.)
+            let _lock = match db.sqlite_path() {
+                Some(path) => Some(controller::lock_db(path)?),
+                None => None,
+            };
             let state = Arc::new(controller::State::open_with(
                 &db,
                 &controller::state::Options {
@@ -319,7 +349,7 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     "TLS"
                 },
-                db = %db.display(),
+                db = %db,
                 "listening"
             );
             // systemd (Type=notify): ready once the listener is bound.
@@ -335,10 +365,20 @@ async fn main() -> anyhow::Result<()> {
             key_file,
             expect_head,
         } => {
-            if !db.exists() {
-                bail!("{} does not exist", db.display());
-            }
-            let key_file = key_file.unwrap_or_else(|| controller::keys::default_key_file(&db));
+            // Parsed here, not by clap, whose error would echo the URL's password.
+            let db = Db::parse(&db)?;
+            let key_file = match (&db, key_file) {
+                (Db::Sqlite(path), key_file) => {
+                    if !path.exists() {
+                        bail!("{} does not exist", path.display());
+                    }
+                    key_file.unwrap_or_else(|| controller::keys::default_key_file(path))
+                }
+                (Db::Postgres(_), Some(k)) => k,
+                (Db::Postgres(url), None) => {
+                    bail!("--key-file is required with a PostgreSQL database ({url})")
+                }
+            };
             if !key_file.exists() {
                 bail!(
                     "the key file {} does not exist: the audit chain is keyed (--key-file)",

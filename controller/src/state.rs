@@ -35,7 +35,7 @@ use tokio::sync::broadcast;
 use crate::keys::Keys;
 use crate::model::EventRecord;
 use crate::objects::Objects;
-use crate::store::{AgentRow, EventStore, Store};
+use crate::store::{AgentRow, Db, EventStore, Store};
 use crate::{Error, now_unix};
 
 mod agents;
@@ -61,8 +61,9 @@ pub use security::{
 pub struct Options {
     /// Connection events older than this are deleted.
     pub retention_days: u32,
-    /// The key file ([`crate::keys`]); default: `controller.key` next to the database.
-    /// Created when missing, unless the database was keyed already.
+    /// The key file ([`crate::keys`]); default: `controller.key` next to a SQLite
+    /// database (required for PostgreSQL). Created when missing, unless the database was
+    /// keyed already.
     pub key_file: Option<PathBuf>,
 }
 
@@ -127,7 +128,7 @@ impl std::fmt::Debug for State {
 impl State {
     /// Opens the store (keys next to the database, see [`Options`]) and loads the
     /// state it holds.
-    pub fn open(db: &Path, retention_days: u32) -> Result<State, Error> {
+    pub fn open(db: impl Into<Db>, retention_days: u32) -> Result<State, Error> {
         State::open_with(
             db,
             &Options {
@@ -139,17 +140,18 @@ impl State {
 
     /// The keys of `db`: read from the key file, or a new key file when the database
     /// has not been keyed yet. A keyed database whose key file is missing is refused.
-    pub fn keys_for(db: &Path, key_file: &Path) -> Result<Keys, Error> {
+    pub fn keys_for(db: impl Into<Db>, key_file: &Path) -> Result<Keys, Error> {
+        let db = db.into();
         if key_file.exists() {
             return Keys::load(key_file);
         }
-        if let Some(fp) = crate::store::key_fingerprint(db)? {
+        if let Some(fp) = crate::store::key_fingerprint(&db)? {
             return Err(Error::Internal(format!(
                 "the key file {} is missing, and {} was keyed (key fingerprint {fp}): \
                  without its key the audit trail cannot be verified nor TOTP codes checked; \
                  restore the key file or give it with --key-file",
                 key_file.display(),
-                db.display()
+                db
             )));
         }
         Keys::create(key_file)
@@ -158,14 +160,22 @@ impl State {
     /// Opens the store and loads the state it holds. A stored policy that does not load
     /// does not stop the controller: it starts with the stored views, serves reads and
     /// agents, and refuses changes (saying why) until a valid policy is applied.
-    pub fn open_with(db: &Path, opts: &Options) -> Result<State, Error> {
-        let key_file = opts
-            .key_file
-            .clone()
-            .unwrap_or_else(|| crate::keys::default_key_file(db));
-        let keys = Arc::new(State::keys_for(db, &key_file)?);
-        let store = Store::open(db, keys.clone())?;
-        let event_store = EventStore::open(db)?;
+    pub fn open_with(db: impl Into<Db>, opts: &Options) -> Result<State, Error> {
+        let db = db.into();
+        let key_file = match (&opts.key_file, &db) {
+            (Some(k), _) => k.clone(),
+            (None, Db::Sqlite(path)) => crate::keys::default_key_file(path),
+            (None, Db::Postgres(url)) => {
+                return Err(Error::InvalidArgument(format!(
+                    "--key-file is required with a PostgreSQL database ({url}): there is no \
+                     folder next to it to keep the key in; give a path on this host (created, \
+                     mode 0600, when missing) and give every controller on {url} the same file"
+                )));
+            }
+        };
+        let keys = Arc::new(State::keys_for(&db, &key_file)?);
+        let store = Store::open(&db, keys.clone())?;
+        let event_store = EventStore::open(&db)?;
         let loaded = store.load()?;
         let now = now_unix();
         let (policy, broken) = if loaded.objects.list.is_empty() {

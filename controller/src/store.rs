@@ -1,5 +1,7 @@
-//! Persistence: one SQLite file (rusqlite, bundled SQLite) with versioned schema
-//! migrations, and the SQL of each aggregate in its own module:
+//! Persistence: SQLite (one file, rusqlite with bundled SQLite; the default) or
+//! PostgreSQL (`--db postgres://...`), behind one [`Store`] API. Each backend has its
+//! own versioned schema migrations; the statements are shared (see [`sql`]). The SQL of
+//! each aggregate is in its own module:
 //!
 //! * [`policy`]: the policy objects and revision, each host's last compiled view,
 //!   generation and recent deltas (one transaction per change, with its audit record);
@@ -8,31 +10,124 @@
 //! * [`audit`]: the admin audit trail, an HMAC chain, and its verification;
 //! * [`security`]: API keys (hashed) and admin users (TOTP secrets sealed).
 //!
-//! This module opens the file (modes, pragmas), migrates it, keys it once, and loads
-//! what the in-memory state starts from.
+//! This module opens the database (file modes and pragmas for SQLite), migrates it, keys
+//! it once, and loads what the in-memory state starts from.
+//!
+//! On PostgreSQL several controllers may share one database: every change is one
+//! transaction (READ COMMITTED), and the two things that must stay linear take a row
+//! lock first (`SELECT ... FOR UPDATE`): the policy revision (`meta` row `revision`,
+//! checked against the revision the change was made from) and the audit chain's head
+//! (`audit_head`), so two controllers never both extend the chain from the same record.
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::Error;
 use crate::keys::Keys;
 use crate::objects::Objects;
+use crate::{Error, vals};
 
 pub mod agents;
 pub mod audit;
 pub mod events;
 pub mod policy;
 pub mod security;
+pub mod sql;
 
 pub use agents::{AgentChange, AgentRow, Enrolled};
 pub use audit::{GENESIS_HASH, audit_hash, record_hash, verify_chain, verify_chain_anchored};
 pub use events::EventStore;
 pub use policy::{DELTA_HISTORY, DeltaRow, HostRow, HostUpdate};
 pub use security::{ApiKeyRow, UserRow};
+pub use sql::{Backend, Conn, PgUrl, Row, Sql, Value};
 
-/// Schema migrations; `schema_version` holds how many have been applied.
+/// Where the database is: a SQLite file, or a PostgreSQL database (by URL).
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(PathBuf),
+    Postgres(Box<PgUrl>),
+}
+
+impl Db {
+    /// `postgres://...` or `postgresql://...`: PostgreSQL; anything else: a SQLite file.
+    pub fn parse(s: &str) -> Result<Db, Error> {
+        let lower = s.get(..13).unwrap_or(s).to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            Ok(Db::Postgres(Box::new(PgUrl::parse(s)?)))
+        } else if s.is_empty() {
+            Err(Error::InvalidArgument(
+                "the database is empty: give a SQLite file path or a postgres:// URL".into(),
+            ))
+        } else {
+            Ok(Db::Sqlite(PathBuf::from(s)))
+        }
+    }
+
+    /// The SQLite file, if this is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Db::Sqlite(p) => Some(p),
+            Db::Postgres(_) => None,
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// A new connection.
+    pub fn connect(&self) -> Result<Conn, Error> {
+        match self {
+            Db::Sqlite(p) => connect(p).map(Conn::Sqlite),
+            Db::Postgres(u) => sql::PgConn::connect(u).map(Conn::Postgres),
+        }
+    }
+}
+
+impl std::str::FromStr for Db {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Db, Error> {
+        Db::parse(s)
+    }
+}
+
+/// The file path, or the URL without its password.
+impl fmt::Display for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Db::Sqlite(p) => write!(f, "{}", p.display()),
+            Db::Postgres(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+impl From<&Path> for Db {
+    fn from(p: &Path) -> Db {
+        Db::Sqlite(p.to_path_buf())
+    }
+}
+impl From<PathBuf> for Db {
+    fn from(p: PathBuf) -> Db {
+        Db::Sqlite(p)
+    }
+}
+impl From<&PathBuf> for Db {
+    fn from(p: &PathBuf) -> Db {
+        Db::Sqlite(p.clone())
+    }
+}
+impl From<&Db> for Db {
+    fn from(d: &Db) -> Db {
+        d.clone()
+    }
+}
+
+/// SQLite's schema migrations; `schema_version` holds how many have been applied.
 const MIGRATIONS: &[&str] = &[
     // 1: the initial schema.
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -84,6 +179,60 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE agents ADD COLUMN public_key TEXT NOT NULL DEFAULT '';",
 ];
 
+/// PostgreSQL's schema migrations (a list of its own; `schema_version` as for SQLite).
+/// The schema is SQLite's at its migration 4, with PostgreSQL's types; the revision row
+/// and the audit head row exist from the start, so that a change can lock them. Names
+/// that are listed in order compare bytewise (`COLLATE "C"`), as SQLite's do, and the
+/// audit record's free text is kept as bytes (`BYTEA`): PostgreSQL's `TEXT` cannot hold
+/// a NUL character, and the chain's hash covers exactly what was recorded.
+const PG_MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
+     INSERT INTO meta (key, value) VALUES ('revision', 0);
+     CREATE TABLE meta_text (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE objects (
+        position BIGINT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL,
+        toml TEXT NOT NULL, UNIQUE (kind, name));
+     CREATE TABLE hosts (
+        host TEXT COLLATE \"C\" PRIMARY KEY, generation BIGINT NOT NULL, view BYTEA NOT NULL);
+     CREATE TABLE host_deltas (
+        host TEXT COLLATE \"C\" NOT NULL, generation BIGINT NOT NULL, base BIGINT NOT NULL,
+        delta BYTEA NOT NULL, PRIMARY KEY (host, generation));
+     CREATE TABLE tokens (
+        hash TEXT PRIMARY KEY, host TEXT NOT NULL, created_ms BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL, used_ms BIGINT);
+     CREATE TABLE agents (
+        id TEXT COLLATE \"C\" PRIMARY KEY, host TEXT NOT NULL, hostname TEXT NOT NULL,
+        credential_hash TEXT NOT NULL, enrolled_ms BIGINT NOT NULL,
+        acked_generation BIGINT NOT NULL DEFAULT 0, last_seen_ms BIGINT NOT NULL,
+        revoked_ms BIGINT, public_key TEXT NOT NULL DEFAULT '');
+     CREATE TABLE events (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, time_ms BIGINT NOT NULL,
+        received_ms BIGINT NOT NULL, agent_id TEXT NOT NULL, host TEXT NOT NULL,
+        event TEXT NOT NULL, verdict TEXT NOT NULL, \"user\" TEXT, device TEXT,
+        resource TEXT, data BYTEA NOT NULL);
+     CREATE INDEX events_time ON events (time_ms);
+     CREATE TABLE audit (
+        id BIGINT PRIMARY KEY, time_ms BIGINT NOT NULL, actor BYTEA NOT NULL,
+        action BYTEA NOT NULL, target BYTEA NOT NULL, before BYTEA NOT NULL,
+        after BYTEA NOT NULL, revision BIGINT NOT NULL, prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL);
+     CREATE TABLE audit_head (
+        one BIGINT PRIMARY KEY CHECK (one = 1), id BIGINT NOT NULL, hash TEXT NOT NULL);
+     INSERT INTO audit_head (one, id, hash) VALUES (1, 0, '');
+     CREATE TABLE api_keys (
+        name TEXT COLLATE \"C\" PRIMARY KEY, role TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
+        created_ms BIGINT NOT NULL, expires_ms BIGINT NOT NULL, revoked_ms BIGINT,
+        created_by TEXT NOT NULL);
+     CREATE TABLE admin_users (
+        name TEXT COLLATE \"C\" PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL,
+        totp_secret TEXT NOT NULL, created_ms BIGINT NOT NULL,
+        totp_last_step BIGINT NOT NULL DEFAULT -1);",
+];
+
+/// The advisory lock PostgreSQL controllers take while migrating (one at a time).
+const PG_MIGRATION_LOCK: i64 = 0x007a_7467_776d_6967;
+
 pub(crate) fn db(e: rusqlite::Error) -> Error {
     Error::Internal(format!("database: {e}"))
 }
@@ -100,16 +249,12 @@ pub struct Loaded {
     pub users: Vec<UserRow>,
 }
 
-/// The SQLite store.
+/// The store: a connection to either backend, and the keys.
 pub struct Store {
-    pub(crate) conn: Connection,
+    pub(crate) conn: Conn,
     pub(crate) keys: Arc<Keys>,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Store")
-    }
+    /// The database, for messages (a PostgreSQL URL without its password).
+    pub(crate) label: String,
 }
 
 /// Creates `dir` (and its parents) if missing, the last one mode 0700.
@@ -175,7 +320,32 @@ pub(crate) fn connect(path: &Path) -> Result<Connection, Error> {
 
 /// The fingerprint of the key a database was keyed with (`None`: not keyed yet, or no
 /// database).
-pub fn key_fingerprint(path: &Path) -> Result<Option<String>, Error> {
+pub fn key_fingerprint(target: &Db) -> Result<Option<String>, Error> {
+    let path = match target {
+        Db::Sqlite(p) => p,
+        Db::Postgres(_) => {
+            let conn = target.connect()?;
+            let c = conn.sql();
+            let has_table = c
+                .query_opt(
+                    "SELECT count(*) FROM information_schema.tables
+                     WHERE table_schema = current_schema() AND table_name = 'meta_text'",
+                    &[],
+                )?
+                .map_or(Ok(0), |r| r.int(0))?
+                > 0;
+            if !has_table {
+                return Ok(None);
+            }
+            return c
+                .query_opt(
+                    "SELECT value FROM meta_text WHERE key = 'key_fingerprint'",
+                    &[],
+                )?
+                .map(|r| r.text(0))
+                .transpose();
+        }
+    };
     if !path.exists() {
         return Ok(None);
     }
@@ -205,9 +375,14 @@ impl Store {
     /// Opens (creating if needed) the database, applies pending migrations, and keys it
     /// with `keys` the first time (see `ensure_keyed`). A database keyed with
     /// another key is refused.
-    pub fn open(path: &Path, keys: Arc<Keys>) -> Result<Store, Error> {
-        let conn = connect(path)?;
-        let mut s = Store { conn, keys };
+    pub fn open(db: impl Into<Db>, keys: Arc<Keys>) -> Result<Store, Error> {
+        let db = db.into();
+        let conn = db.connect()?;
+        let mut s = Store {
+            conn,
+            keys,
+            label: db.to_string(),
+        };
         s.migrate()?;
         s.ensure_keyed()?;
         Ok(s)
@@ -218,37 +393,59 @@ impl Store {
         &self.keys
     }
 
+    /// Which backend this store is on.
+    pub fn backend(&self) -> Backend {
+        self.conn.sql().backend()
+    }
+
     fn migrate(&mut self) -> Result<(), Error> {
-        self.conn
-            .execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            .map_err(db)?;
-        let current: Option<i64> = self
-            .conn
-            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
-            .optional()
-            .map_err(db)?;
-        let current = current.unwrap_or(0) as usize;
-        let chain_legacy = current < 2;
-        if current > MIGRATIONS.len() {
-            return Err(Error::Internal(format!(
-                "database schema version {current} is newer than this controller ({})",
-                MIGRATIONS.len()
-            )));
+        let backend = self.backend();
+        let migrations = match backend {
+            Backend::Sqlite => MIGRATIONS,
+            Backend::Postgres => PG_MIGRATIONS,
+        };
+        let keys = self.keys.clone();
+        let label = self.label.clone();
+        if backend == Backend::Sqlite {
+            self.conn
+                .sql()
+                .batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
         }
-        let tx = self.conn.transaction().map_err(db)?;
-        for m in &MIGRATIONS[current..] {
-            tx.execute_batch(m).map_err(db)?;
-        }
-        tx.execute("DELETE FROM schema_version", []).map_err(db)?;
-        tx.execute(
-            "INSERT INTO schema_version (version) VALUES (?1)",
-            [MIGRATIONS.len() as i64],
-        )
-        .map_err(db)?;
-        if chain_legacy {
-            audit::chain_unhashed(&tx, &self.keys)?;
-        }
-        tx.commit().map_err(db)
+        self.conn.transaction(|tx| {
+            if backend == Backend::Postgres {
+                // Controllers starting together on one database migrate one at a time.
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(?1)",
+                    &vals![PG_MIGRATION_LOCK],
+                )?;
+                tx.batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
+            }
+            let current = tx
+                .query_opt("SELECT version FROM schema_version", &[])?
+                .map_or(Ok(0), |r| r.int(0))? as usize;
+            if current > migrations.len() {
+                return Err(Error::Internal(format!(
+                    "{label}: the database's schema version {current} is newer than this \
+                     controller's ({}): run the newer controller, or restore a backup",
+                    migrations.len()
+                )));
+            }
+            if current == migrations.len() {
+                return Ok(());
+            }
+            for m in &migrations[current..] {
+                tx.batch(m)?;
+            }
+            tx.execute("DELETE FROM schema_version", &[])?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                &vals![migrations.len() as i64],
+            )?;
+            if backend == Backend::Sqlite && current < 2 {
+                audit::chain_unhashed(tx, &keys)?;
+            }
+            Ok(())
+        })
     }
 
     /// Keys the database once: records the key's fingerprint, re-chains the audit trail
@@ -256,40 +453,44 @@ impl Store {
     /// TOTP secrets stored in clear. Afterwards, checks that the key is the database's.
     fn ensure_keyed(&mut self) -> Result<(), Error> {
         let keys = self.keys.clone();
-        let fp: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT value FROM meta_text WHERE key = 'key_fingerprint'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db)?;
-        match fp {
-            Some(fp) if fp == keys.fingerprint() => Ok(()),
-            Some(fp) => Err(Error::Internal(format!(
-                "the database was keyed with another key (fingerprint {fp}; this key file's \
-                 is {}): give the key file it was initialised with (--key-file)",
-                keys.fingerprint()
-            ))),
-            None => {
-                let tx = self.conn.transaction().map_err(db)?;
-                audit::key_chain(&tx, &keys)?;
-                security::seal_plain_totp_secrets(&tx, &keys)?;
-                tx.execute(
-                    "INSERT INTO meta_text (key, value) VALUES ('key_fingerprint', ?1)",
-                    [keys.fingerprint()],
-                )
-                .map_err(db)?;
-                tx.commit().map_err(db)
+        let label = self.label.clone();
+        self.conn.transaction(|tx| {
+            let fp = tx
+                .query_opt(
+                    &format!(
+                        "SELECT value FROM meta_text WHERE key = 'key_fingerprint'{}",
+                        tx.for_update()
+                    ),
+                    &[],
+                )?
+                .map(|r| r.text(0))
+                .transpose()?;
+            match fp {
+                Some(fp) if fp == keys.fingerprint() => Ok(()),
+                Some(fp) => Err(Error::Internal(format!(
+                    "{label} was keyed with another key (fingerprint {fp}; this key file's \
+                     is {}): give the key file it was initialised with (--key-file)",
+                    keys.fingerprint()
+                ))),
+                None => {
+                    audit::key_chain(tx, &keys)?;
+                    security::seal_plain_totp_secrets(tx, &keys)?;
+                    tx.execute(
+                        "INSERT INTO meta_text (key, value) VALUES ('key_fingerprint', ?1)",
+                        &vals![keys.fingerprint()],
+                    )?;
+                    Ok(())
+                }
             }
-        }
+        })
     }
 
     pub fn schema_version(&self) -> Result<i64, Error> {
         self.conn
-            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
-            .map_err(db)
+            .sql()
+            .query_opt("SELECT version FROM schema_version", &[])?
+            .ok_or_else(|| Error::Internal("database: no schema version".into()))?
+            .int(0)
     }
 
     /// Everything the in-memory state starts from.

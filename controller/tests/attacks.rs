@@ -328,13 +328,10 @@ async fn a_stored_policy_that_does_not_load_leaves_the_controller_serving() {
 
     // Someone (a bug, an older version, a hand edit) left an object that does not load.
     {
-        let c = rusqlite::Connection::open(&db).unwrap();
-        let n = c
-            .execute(
-                "UPDATE objects SET toml = '[[group]]\nname = \"engineering\"\nmembers = [\"alice@example.com\"]\n\n[[group.allow]]\nname = \"x\"\n' WHERE kind = 'group' AND name = 'engineering'",
-                [],
-            )
-            .unwrap();
+        let n = raw(&db).execute(
+            "UPDATE objects SET toml = '[[group]]\nname = \"engineering\"\nmembers = [\"alice@example.com\"]\n\n[[group.allow]]\nname = \"x\"\n' WHERE kind = 'group' AND name = 'engineering'",
+            &[],
+        );
         assert_eq!(n, 1);
     }
 
@@ -390,6 +387,9 @@ fn rss_kb(pid: u32) -> (u64, u64) {
 }
 
 fn db_bytes(db: &Path) -> u64 {
+    if on_postgres() {
+        return raw(db).int("SELECT pg_database_size(current_database())", &[]) as u64;
+    }
     ["", "-wal", "-shm"]
         .iter()
         .map(|s| {
@@ -422,8 +422,8 @@ fn run_controller(dir: &Path) -> (Proc, String) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let child = Command::new(env!("CARGO_BIN_EXE_gateway-controller"))
-        .args(["run", "--insecure-plaintext", "--listen", &addr, "--db"])
-        .arg(dir.join("controller.db"))
+        .args(["run", "--insecure-plaintext", "--listen", &addr])
+        .args(db_args(&dir.join("controller.db")))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
         .spawn()
@@ -781,9 +781,8 @@ async fn plaintext_is_served_on_loopback_only() {
             "--insecure-plaintext",
             "--listen",
             "198.18.0.1:50999",
-            "--db",
         ])
-        .arg(d.path().join("controller.db"))
+        .args(db_args(&d.path().join("controller.db")))
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -791,7 +790,7 @@ async fn plaintext_is_served_on_loopback_only() {
     assert!(err.contains("loopback"), "{err}");
     let e = controller::spawn(
         "198.18.0.1:0".parse().unwrap(),
-        std::sync::Arc::new(controller::State::open(&d.path().join("lib.db"), 30).unwrap()),
+        std::sync::Arc::new(open_state(&d.path().join("lib.db"))),
         async {},
     )
     .await
@@ -808,11 +807,13 @@ async fn plaintext_is_served_on_loopback_only() {
 
 // ------------------------------------------------------------------ 9: files
 
+// SQLite only (on both runs of the suite): it is about the database's files, their
+// modes and their bytes; PostgreSQL keeps its files in its own data folder.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_files_are_private_and_totp_secrets_are_not_stored_in_clear() {
     let d = tempfile::tempdir().unwrap();
     let db = d.path().join("state").join("controller.db");
-    let ctl = Controller::start(&db).await;
+    let ctl = Controller::start_sqlite(&db).await;
     apply(&mut ctl.admin().await, DEMO).await;
     let secret = admin_user(&ctl, "fred", v1::Role::Auditor).await;
     assert_eq!(mode(db.parent().unwrap()), 0o700);
@@ -865,8 +866,8 @@ async fn database_files_are_private_and_totp_secrets_are_not_stored_in_clear() {
 
 fn audit_verify(db: &Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_gateway-controller"))
-        .args(["audit-verify", "--db"])
-        .arg(db)
+        .arg("audit-verify")
+        .args(db_args(db))
         .output()
         .unwrap();
     (
@@ -907,46 +908,37 @@ async fn an_insider_with_the_database_but_not_the_key_cannot_rewrite_the_audit_t
     // The insider changes who applied the policy, and recomputes every hash from there
     // on, and the head, with the only algorithm that needs no key.
     {
-        let c = rusqlite::Connection::open(&db).unwrap();
+        let c = raw(&db);
         c.execute(
             "UPDATE audit SET actor = 'key:someone-else' WHERE action = 'apply_policy'",
-            [],
-        )
-        .unwrap();
-        type Row = (i64, i64, String, String, String, String, String, i64);
-        let rows: Vec<Row> = c
-            .prepare("SELECT id, time_ms, actor, action, target, before, after, revision FROM audit ORDER BY id")
-            .unwrap()
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                ))
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+            &[],
+        );
+        let rows = c.query(
+            "SELECT id, time_ms, actor, action, target, before, after, revision FROM audit ORDER BY id",
+            &[],
+        );
         let mut prev = "0".repeat(64);
-        for (id, t, actor, action, target, before, after, rev) in rows {
+        for r in rows {
+            let id = r.int(0).unwrap();
             let h = unkeyed_hash(
-                id as u64, t, &actor, &action, &target, &before, &after, rev as u64, &prev,
+                id as u64,
+                r.int(1).unwrap(),
+                &r.text(2).unwrap(),
+                &r.text(3).unwrap(),
+                &r.text(4).unwrap(),
+                &r.text(5).unwrap(),
+                &r.text(6).unwrap(),
+                r.int(7).unwrap() as u64,
+                &prev,
             );
             c.execute(
                 "UPDATE audit SET prev_hash = ?2, hash = ?3 WHERE id = ?1",
-                rusqlite::params![id, prev, h],
-            )
-            .unwrap();
+                &controller::vals![id, &prev, &h],
+            );
             c.execute(
                 "UPDATE audit_head SET id = ?1, hash = ?2",
-                rusqlite::params![id, h],
-            )
-            .unwrap();
+                &controller::vals![id, &h],
+            );
             prev = h;
         }
     }
@@ -1302,16 +1294,20 @@ async fn event_ingestion_waiting_on_the_database_does_not_hold_up_policy_reads()
     apply(&mut admin, DEMO).await;
     let agent = enroll(&ctl, "connector:demo-connector").await;
 
-    // Another process holds the database's write lock for 3 s.
+    // Another process holds the database's write lock (PostgreSQL: the events table's)
+    // for 3 s.
     let (locked_tx, locked_rx) = std::sync::mpsc::channel();
     let holder = {
-        let db = db.clone();
+        let c = raw(&db);
         std::thread::spawn(move || {
-            let c = rusqlite::Connection::open(&db).unwrap();
-            c.execute_batch("BEGIN IMMEDIATE").unwrap();
+            c.batch(if on_postgres() {
+                "BEGIN; LOCK TABLE events IN EXCLUSIVE MODE"
+            } else {
+                "BEGIN IMMEDIATE"
+            });
             locked_tx.send(()).unwrap();
             std::thread::sleep(Duration::from_secs(3));
-            c.execute_batch("COMMIT").unwrap();
+            c.batch("COMMIT");
         })
     };
     locked_rx.recv().unwrap();

@@ -7,7 +7,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
+
+use common::{open_state, open_store, raw};
 
 use hmac::Mac as _;
 
@@ -169,33 +173,30 @@ fn a_trail_written_by_an_earlier_controller_still_verifies_and_grows() {
         .unwrap();
     // A keyed database with an empty trail, then the earlier controller's records,
     // written as it wrote them.
-    drop(controller::State::open(&db, 30).unwrap());
+    drop(open_state(&db));
     let write_trail = || {
-        let c = rusqlite::Connection::open(&db).unwrap();
-        c.execute_batch("DELETE FROM audit; DELETE FROM audit_head;")
-            .unwrap();
+        let c = raw(&db);
+        c.batch("DELETE FROM audit; DELETE FROM audit_head;");
         for ((t, actor, action, target, before, after, rev), (id, prev, h)) in
             records().into_iter().zip(reference_chain())
         {
             c.execute(
                 "INSERT INTO audit (id, time_ms, actor, action, target, before, after, revision, prev_hash, hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                rusqlite::params![
-                    id as i64, t, actor, action, target, before, after, rev as i64, prev, h
+                &controller::vals![
+                    id as i64, t, actor, action, target, before, after, rev as i64, prev, &h
                 ],
-            )
-            .unwrap();
+            );
             c.execute(
                 "INSERT INTO audit_head (one, id, hash) VALUES (1, ?1, ?2)
                  ON CONFLICT (one) DO UPDATE SET id = excluded.id, hash = excluded.hash",
-                rusqlite::params![id as i64, h],
-            )
-            .unwrap();
+                &controller::vals![id as i64, h],
+            );
         }
     };
     write_trail();
 
-    let state = controller::State::open(&db, 30).unwrap();
+    let state = open_state(&db);
     let v = state.verify_audit(Some(PINNED_HEAD)).unwrap();
     assert!(v.ok, "{v:?}");
     assert_eq!((v.records, v.head_hash.as_str()), (5, PINNED_HEAD));
@@ -232,18 +233,12 @@ fn a_trail_written_by_an_earlier_controller_still_verifies_and_grows() {
 
     // The twin that can fail: one byte changed in an earlier record is found.
     write_trail();
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute("UPDATE audit SET after = 'role auditor' WHERE id = 1", [])
-        .unwrap();
-    let state = controller::State::open(&db, 30).unwrap();
+    raw(&db).execute("UPDATE audit SET after = 'role auditor' WHERE id = 1", &[]);
+    let state = open_state(&db);
     let v = state.verify_audit(None).unwrap();
     assert!(!v.ok && v.first_bad_id == Some(1), "{v:?}");
     let keys = Arc::new(controller::keys::Keys::from_master(&MASTER));
     drop(state);
-    let v = controller::Store::open(&db, keys)
-        .unwrap()
-        .verify_audit(None)
-        .unwrap();
+    let v = open_store(&db, keys).unwrap().verify_audit(None).unwrap();
     assert!(!v.ok && v.first_bad_id == Some(1), "{v:?}");
 }

@@ -3,6 +3,8 @@
 //! wrong keys stay refused. The real binaries, a plaintext controller on loopback.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,8 +28,7 @@ impl Drop for Running {
 fn init(db: &Path, args: &[&str]) -> (bool, String, String) {
     let o = Command::new(CONTROLLER)
         .arg("init")
-        .arg("--db")
-        .arg(db)
+        .args(common::db_args(db))
         .args(args)
         .env_remove("RUST_BACKTRACE")
         .stdin(Stdio::null())
@@ -63,8 +64,8 @@ async fn init_mints_a_working_key_on_a_running_controller() {
     let listen = format!("127.0.0.1:{port}");
     let _ctl = Running(
         Command::new(CONTROLLER)
-            .args(["run", "--insecure-plaintext", "--listen", &listen, "--db"])
-            .arg(&db)
+            .args(["run", "--insecure-plaintext", "--listen", &listen])
+            .args(common::db_args(&db))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

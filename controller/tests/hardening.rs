@@ -349,7 +349,7 @@ async fn an_anchored_head_detects_a_rewrite_even_by_the_key_holder() {
     let d = tempfile::tempdir().unwrap();
     let db = d.path().join("controller.db");
     let head_file = d.path().join("audit-heads.log");
-    let state = Arc::new(controller::State::open(&db, 30).unwrap());
+    let state = Arc::new(open_state(&db));
     let key = state.bootstrap_admin_key("anchor-admin").unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (addr, task) = controller::spawn_with(
@@ -430,40 +430,48 @@ async fn an_anchored_head_detects_a_rewrite_even_by_the_key_holder() {
     // with the key: the chain verifies, but the anchored head is gone.
     let keys = controller::keys::Keys::load(&controller::keys::default_key_file(&db)).unwrap();
     {
-        let c = rusqlite::Connection::open(&db).unwrap();
-        c.execute_batch(
-            "DELETE FROM audit WHERE id = 2; UPDATE audit SET id = id - 1 WHERE id > 2;",
-        )
-        .unwrap();
-        type Row = (i64, i64, String, String, String, String, String, i64);
-        let rows: Vec<Row> = c
-            .prepare("SELECT id, time_ms, actor, action, target, before, after, revision FROM audit ORDER BY id")
-            .unwrap()
-            .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let c = raw(&db);
+        // One by one, in id order (a unique id never collides while it moves down).
+        c.execute("DELETE FROM audit WHERE id = 2", &[]);
+        let ids = c.query("SELECT id FROM audit WHERE id > 2 ORDER BY id", &[]);
+        for r in ids {
+            let id = r.int(0).unwrap();
+            c.execute(
+                "UPDATE audit SET id = ?2 WHERE id = ?1",
+                &controller::vals![id, id - 1],
+            );
+        }
+        let rows = c.query(
+            "SELECT id, time_ms, actor, action, target, before, after, revision FROM audit ORDER BY id",
+            &[],
+        );
         let mut prev = controller::store::GENESIS_HASH.to_string();
-        for (id, t, actor, action, target, before, after, rev) in rows {
+        for r in rows {
+            let id = r.int(0).unwrap();
             let h = controller::store::audit_hash(
-                &keys, id as u64, t, &actor, &action, &target, &before, &after, rev as u64, &prev,
+                &keys,
+                id as u64,
+                r.int(1).unwrap(),
+                &r.text(2).unwrap(),
+                &r.text(3).unwrap(),
+                &r.text(4).unwrap(),
+                &r.text(5).unwrap(),
+                &r.text(6).unwrap(),
+                r.int(7).unwrap() as u64,
+                &prev,
             );
             c.execute(
                 "UPDATE audit SET prev_hash = ?2, hash = ?3 WHERE id = ?1",
-                rusqlite::params![id, prev, h],
-            )
-            .unwrap();
+                &controller::vals![id, &prev, &h],
+            );
             c.execute(
                 "UPDATE audit_head SET id = ?1, hash = ?2",
-                rusqlite::params![id, h],
-            )
-            .unwrap();
+                &controller::vals![id, &h],
+            );
             prev = h;
         }
     }
-    let store = controller::Store::open(&db, Arc::new(keys)).unwrap();
+    let store = open_store(&db, Arc::new(keys)).unwrap();
     let plain = store.verify_audit(None).unwrap();
     assert!(
         plain.ok,
@@ -475,8 +483,8 @@ async fn an_anchored_head_detects_a_rewrite_even_by_the_key_holder() {
     // The command line says so too.
     drop(store);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway-controller"))
-        .args(["audit-verify", "--db"])
-        .arg(&db)
+        .arg("audit-verify")
+        .args(db_args(&db))
         .args(["--expect-head", &anchored])
         .output()
         .unwrap();
@@ -491,7 +499,7 @@ async fn an_anchored_head_detects_a_rewrite_even_by_the_key_holder() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_wait_for_a_free_place() {
     let d = tempfile::tempdir().unwrap();
-    let state = Arc::new(controller::State::open(&d.path().join("c.db"), 30).unwrap());
+    let state = Arc::new(open_state(&d.path().join("c.db")));
     let key = state.bootstrap_admin_key("limit-admin").unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (addr, task) = controller::spawn_with(
@@ -577,6 +585,8 @@ CREATE TABLE admin_users (name TEXT PRIMARY KEY, role TEXT NOT NULL, password_ha
    totp_secret TEXT NOT NULL, created_ms INTEGER NOT NULL);
 ";
 
+// SQLite only (on both runs of the suite): databases from before the key were SQLite
+// files (PostgreSQL databases are keyed when they are created).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_from_before_the_key_is_keyed_once_when_opened() {
     let d = tempfile::tempdir().unwrap();

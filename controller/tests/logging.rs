@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,7 +24,7 @@ fn bin() -> Command {
 
 fn init(db: &Path, extra: &[&str], rust_log: Option<&str>) -> (String, String) {
     let mut c = bin();
-    c.args(["init", "--db"]).arg(db).args(extra);
+    c.arg("init").args(common::db_args(db)).args(extra);
     if let Some(l) = rust_log {
         c.env("RUST_LOG", l);
     }
@@ -104,8 +106,8 @@ async fn json_logs_carry_the_operational_events_and_no_secret() {
     let _ctl = Proc(
         bin()
             .args(["run", "--insecure-plaintext", "--log-format", "json"])
-            .args(["--listen", &addr, "--db"])
-            .arg(&db)
+            .args(["--listen", &addr])
+            .args(common::db_args(&db))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -3,6 +3,8 @@
 //! then exits 0. The socket is a datagram socket of the test's own (what systemd binds).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,8 +26,7 @@ fn ready_once_listening_and_stopping_on_sigterm() {
     let db = dir.path().join("controller.db");
     let o = Command::new(CONTROLLER)
         .arg("init")
-        .arg("--db")
-        .arg(&db)
+        .args(common::db_args(&db))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -38,8 +39,8 @@ fn ready_once_listening_and_stopping_on_sigterm() {
         .port();
     let listen = format!("127.0.0.1:{port}");
     let mut child = Command::new(CONTROLLER)
-        .args(["run", "--insecure-plaintext", "--listen", &listen, "--db"])
-        .arg(&db)
+        .args(["run", "--insecure-plaintext", "--listen", &listen])
+        .args(common::db_args(&db))
         .env("NOTIFY_SOCKET", &socket)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,10 +39,19 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `--db PATH`: the SQLite file, whatever `GATEWAY_TEST_STORE` says.
+fn sqlite_args(db: &Path) -> Vec<OsString> {
+    vec!["--db".into(), db.into()]
+}
+
 fn init(db: &Path) -> String {
+    init_with(common::db_args(db))
+}
+
+fn init_with(db_args: Vec<OsString>) -> String {
     let out = bin()
-        .args(["init", "--db"])
-        .arg(db)
+        .arg("init")
+        .args(db_args)
         .stderr(Stdio::null())
         .output()
         .unwrap();
@@ -49,10 +61,14 @@ fn init(db: &Path) -> String {
 
 /// `gateway-controller run` on `addr` with JSON logs into `log`.
 fn run(db: &Path, addr: &str, log: &Path, extra: &[&str]) -> Command {
+    run_with(common::db_args(db), addr, log, extra)
+}
+
+fn run_with(db_args: Vec<OsString>, addr: &str, log: &Path, extra: &[&str]) -> Command {
     let mut c = bin();
     c.args(["run", "--insecure-plaintext", "--log-format", "json"])
-        .args(["--listen", addr, "--db"])
-        .arg(db)
+        .args(["--listen", addr])
+        .args(db_args)
         .args(extra)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap());
@@ -86,11 +102,16 @@ fn json_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+// SQLite only (on both runs of the suite): the lock file is SQLite's; several
+// controllers on one PostgreSQL database is what PostgreSQL is for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_controller_on_the_same_database_is_refused_and_the_first_keeps_serving() {
     let d = tempfile::tempdir().unwrap();
     let db = d.path().join("c.db");
-    let key = init(&db);
+    let key = init_with(sqlite_args(&db));
+    let run = |db: &Path, addr: &str, log: &Path, extra: &[&str]| {
+        run_with(sqlite_args(db), addr, log, extra)
+    };
     let addr = format!("127.0.0.1:{}", free_port());
     let first = Proc(
         run(&db, &addr, &d.path().join("first.log"), &[])

@@ -502,7 +502,7 @@ fn keys_of(db: &std::path::Path) -> std::sync::Arc<controller::keys::Keys> {
 }
 
 fn verify(db: &std::path::Path) -> controller::model::AuditVerification {
-    controller::Store::open(db, keys_of(db))
+    open_store(db, keys_of(db))
         .unwrap()
         .verify_audit(None)
         .unwrap()
@@ -550,62 +550,63 @@ async fn audit_tampering_is_detected_at_the_record() {
     // Every connection to the database is closed (the state is dropped).
     assert!(verify(&db).ok);
 
-    type Tamper = fn(&rusqlite::Connection);
+    type Tamper = fn(&Raw);
     let cases: [(&str, Tamper, u64); 7] = [
         (
             "field edit",
             |c| {
                 c.execute(
                     "UPDATE audit SET actor = 'key:someone-else' WHERE id = 3",
-                    [],
-                )
-                .unwrap();
+                    &[],
+                );
             },
             3,
         ),
         (
             "time edit",
             |c| {
-                c.execute("UPDATE audit SET time_ms = time_ms + 1 WHERE id = 5", [])
-                    .unwrap();
+                c.execute("UPDATE audit SET time_ms = time_ms + 1 WHERE id = 5", &[]);
             },
             5,
         ),
         (
             "edit with a hash recomputed without the key",
             |c| {
-                let (t, actor, action, target, before, after, rev, prev): (
-                i64, String, String, String, String, String, i64, String,
-            ) = c
-                .query_row(
+                let rows = c.query(
                     "SELECT time_ms, actor, action, target, before, after, revision, prev_hash FROM audit WHERE id = 2",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)),
-                )
-                .unwrap();
-                let after = format!("{after} (forged)");
+                    &[],
+                );
+                let r = &rows[0];
+                let after = format!("{} (forged)", r.text(5).unwrap());
                 let h = unkeyed_hash(
-                    2, t, &actor, &action, &target, &before, &after, rev as u64, &prev,
+                    2,
+                    r.int(0).unwrap(),
+                    &r.text(1).unwrap(),
+                    &r.text(2).unwrap(),
+                    &r.text(3).unwrap(),
+                    &r.text(4).unwrap(),
+                    &after,
+                    r.int(6).unwrap() as u64,
+                    &r.text(7).unwrap(),
                 );
                 c.execute(
                     "UPDATE audit SET after = ?1, hash = ?2 WHERE id = 2",
-                    rusqlite::params![after, h],
-                )
-                .unwrap();
+                    &controller::vals![after, h],
+                );
             },
             2,
         ),
         (
             "deletion",
             |c| {
-                c.execute("DELETE FROM audit WHERE id = 4", []).unwrap();
+                c.execute("DELETE FROM audit WHERE id = 4", &[]);
             },
             4,
         ),
         (
             "deletion of the last record",
             |c| {
-                c.execute("DELETE FROM audit WHERE id = 6", []).unwrap();
+                c.execute("DELETE FROM audit WHERE id = 6", &[]);
             },
             6,
         ),
@@ -613,48 +614,42 @@ async fn audit_tampering_is_detected_at_the_record() {
             "reorder",
             |c| {
                 // Swap the contents (and hashes) of records 3 and 4.
-                c.execute_batch(
+                c.batch(
                     "UPDATE audit SET id = 100 WHERE id = 3;
                  UPDATE audit SET id = 3 WHERE id = 4;
                  UPDATE audit SET id = 4 WHERE id = 100;",
-                )
-                .unwrap();
+                );
             },
             3,
         ),
         (
             "re-linked deletion",
             |c| {
-                // Delete record 2 and renumber the rest down: the links break at 2.
-                c.execute_batch(
-                    "DELETE FROM audit WHERE id = 2;
-                 UPDATE audit SET id = id - 1 WHERE id > 2;",
-                )
-                .unwrap();
+                // Delete record 2 and renumber the rest down (one by one, in id order):
+                // the links break at 2.
+                c.execute("DELETE FROM audit WHERE id = 2", &[]);
+                for r in c.query("SELECT id FROM audit WHERE id > 2 ORDER BY id", &[]) {
+                    let id = r.int(0).unwrap();
+                    c.execute(
+                        "UPDATE audit SET id = ?2 WHERE id = ?1",
+                        &controller::vals![id, id - 1],
+                    );
+                }
             },
             2,
         ),
     ];
     for (what, tamper, bad) in cases {
         let copy = d.path().join("tampered.db");
-        std::fs::copy(&db, &copy).unwrap();
-        let wal = db.with_extension("db-wal");
-        let copy_wal = copy.with_extension("db-wal");
-        let _ = std::fs::remove_file(&copy_wal);
-        if wal.exists() {
-            std::fs::copy(&wal, &copy_wal).unwrap();
-        }
-        {
-            let c = rusqlite::Connection::open(&copy).unwrap();
-            tamper(&c);
-        }
+        copy_db(&db, &copy);
+        tamper(&raw(&copy));
         let v = verify(&copy);
         assert!(!v.ok, "{what}: not detected");
         assert_eq!(v.first_bad_id, Some(bad), "{what}: {}", v.reason);
         // The command line says the same, with exit status 1.
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway-controller"))
-            .args(["audit-verify", "--db"])
-            .arg(&copy)
+            .arg("audit-verify")
+            .args(db_args(&copy))
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{what}");
@@ -663,11 +658,11 @@ async fn audit_tampering_is_detected_at_the_record() {
             err.contains(&format!("BROKEN at record {bad}:")),
             "{what}: {err}"
         );
-        std::fs::remove_file(&copy).unwrap();
+        remove_db(&copy);
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway-controller"))
-        .args(["audit-verify", "--db"])
-        .arg(&db)
+        .arg("audit-verify")
+        .args(db_args(&db))
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -680,8 +675,8 @@ async fn tls_only_and_plaintext_is_refused() {
     let tls_dir = d.path().join("tls");
     // `gateway-controller init`: the CA, the server certificate and an admin key.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway-controller"))
-        .args(["init", "--db"])
-        .arg(&db)
+        .arg("init")
+        .args(db_args(&db))
         .arg("--tls-dir")
         .arg(&tls_dir)
         .args(["--san", "127.0.0.1", "--san", "controller.example"])
@@ -710,8 +705,8 @@ async fn tls_only_and_plaintext_is_refused() {
     }
     // A second init does not overwrite the CA.
     let again = std::process::Command::new(env!("CARGO_BIN_EXE_gateway-controller"))
-        .args(["init", "--db"])
-        .arg(&db)
+        .arg("init")
+        .args(db_args(&db))
         .arg("--tls-dir")
         .arg(&tls_dir)
         .args(["--san", "127.0.0.1", "--key-name", "second"])
@@ -719,7 +714,7 @@ async fn tls_only_and_plaintext_is_refused() {
         .unwrap();
     assert!(!again.status.success());
 
-    let state = std::sync::Arc::new(controller::State::open(&db, 30).unwrap());
+    let state = std::sync::Arc::new(open_state(&db));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (addr, task) = controller::spawn_tls(
         "127.0.0.1:0".parse().unwrap(),

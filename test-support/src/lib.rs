@@ -3,6 +3,8 @@
 //!
 //! * [`privileges`]: the one root/CI rule every privileged test follows (skips are counted
 //!   as skips; in CI they fail);
+//! * [`postgres`]: a fresh PostgreSQL database per test (the cluster `cargo xtask test`
+//!   starts), skipped like a privileged test when there is none;
 //! * [`netns`]: network namespaces and veth pairs a test creates and removes;
 //! * [`testkit`]: frames, the loaded data plane under test (BPF_PROG_TEST_RUN, policy
 //!   loading), and traffic helpers that tell a silent drop from a refusal;
@@ -22,6 +24,7 @@ pub mod fuzz;
 pub mod load;
 pub mod net;
 pub mod netns;
+pub mod postgres;
 pub mod privileges;
 pub mod process;
 pub mod records;

@@ -47,7 +47,7 @@ fn decide(name: &str, root: bool, ci: bool) -> Gate {
 }
 
 /// Leaves a marker for the test runner (see the module docs).
-fn record_skip(name: &str) {
+pub(crate) fn record_skip(name: &str) {
     let Some(dir) = std::env::var_os("ZT_SKIP_DIR") else {
         return;
     };

@@ -19,10 +19,12 @@ struct Cli {
 enum Task {
     /// Install what building and testing need (idempotent): the nightly rust-src component,
     /// bpf-linker built against the nightly toolchain's own LLVM, and Debian packages used
-    /// by the tests (iproute2, nftables, bpftool).
+    /// by the tests (iproute2, nftables, bpftool, postgresql).
     Setup,
-    /// Run setup, then every test in the workspace (root-only tests included), with a
-    /// summary. Privileged tests skip when not root unless CI=true, where they fail.
+    /// Run setup, then every test in the workspace (root-only tests included), then the
+    /// controller's tests again on PostgreSQL (a throwaway cluster on 127.0.0.1, removed
+    /// at the end), with a summary line each. Privileged tests skip when not root unless
+    /// CI=true, where they fail.
     Test {
         /// Extra arguments passed to `cargo test` after `--` (e.g. a test name filter).
         #[arg(last = true)]

@@ -31,6 +31,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 pub fn run() -> Result<()> {
     let started = Instant::now();
     step("Debian packages", debian_packages)?;
+    step("PostgreSQL", postgresql)?;
     step("nightly toolchain", nightly_toolchain)?;
     step("rust-src (nightly)", rust_src)?;
     step("bpf-linker", bpf_linker)?;
@@ -91,6 +92,57 @@ fn debian_packages() -> Result<String> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     Ok(format!("installed {}", missing.join(", ")))
+}
+
+/// The newest installed PostgreSQL's `bin/` folder (Debian: `/usr/lib/postgresql/N/bin`),
+/// where `initdb` and `pg_ctl` are.
+pub fn postgres_bin_dir() -> Option<PathBuf> {
+    let base = Path::new("/usr/lib/postgresql");
+    std::fs::read_dir(base)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let version: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .max_by_key(|(v, _)| *v)
+        .map(|(_, bin)| bin)
+}
+
+/// PostgreSQL's server binaries: `cargo xtask test` runs the controller's suite a second
+/// time on a throwaway cluster of its own.
+fn postgresql() -> Result<String> {
+    if let Some(bin) = postgres_bin_dir() {
+        return Ok(format!("present ({})", bin.display()));
+    }
+    if !is_root() {
+        return Ok(
+            "missing (not root: install with `sudo apt-get install -y --no-install-recommends \
+             postgresql`; the controller's PostgreSQL tests skip without it, and fail in CI)"
+                .into(),
+        );
+    }
+    println!("setup: installing Debian package: postgresql");
+    util::run(
+        Command::new("apt-get")
+            .args(["update", "-qq"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    util::run(
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "postgresql",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    let bin = postgres_bin_dir()
+        .context("postgresql was installed, but /usr/lib/postgresql/*/bin/initdb is missing")?;
+    Ok(format!("installed ({})", bin.display()))
 }
 
 fn nightly_toolchain() -> Result<String> {

@@ -1,38 +1,150 @@
-//! `cargo xtask test`: setup, then every test of the workspace, then one summary line.
+//! `cargo xtask test`: setup, then every test of the workspace, then the controller's
+//! tests again on PostgreSQL (a throwaway cluster of its own), then one summary line each.
 
 use crate::util::{cargo_bin, is_root, root};
 use anyhow::{Context as _, Result, bail};
 use std::{
     io::{BufRead as _, BufReader},
+    path::PathBuf,
     process::{Command, Stdio},
     time::Instant,
 };
+
+/// The variable that gives the tests the cluster (a superuser URL of its `postgres`
+/// database); tests make a database of their own in it.
+const POSTGRES_ENV: &str = "GATEWAY_TEST_POSTGRES";
+
+fn in_ci() -> bool {
+    matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
+}
 
 pub fn run(extra: &[String]) -> Result<()> {
     crate::setup::run()?;
     let started = Instant::now();
     if !is_root() {
-        let ci = matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"));
         println!(
             "test: not root: tests that need BPF and namespaces will {}",
-            if ci { "FAIL (CI=true)" } else { "skip" }
+            if in_ci() { "FAIL (CI=true)" } else { "skip" }
         );
     }
+    // Stopped and removed when this function returns, also on failure.
+    let cluster = match Cluster::start() {
+        Ok(c) => Some(c),
+        Err(e) if in_ci() => return Err(e.context("postgres: cannot start the test cluster")),
+        Err(e) => {
+            println!("postgres: no test cluster ({e:#}): the PostgreSQL tests skip");
+            None
+        }
+    };
+    let url = cluster.as_ref().map(Cluster::url);
+    let all = cargo_test(
+        &["--workspace", "--exclude", "gateway-ebpf"],
+        &[],
+        url.as_deref(),
+        extra,
+    )?;
+    // The controller's suite again, every controller on a fresh PostgreSQL database.
+    let pg = match &url {
+        Some(_) => Some(cargo_test(
+            &["-p", "controller"],
+            &[("GATEWAY_TEST_STORE", "postgres")],
+            url.as_deref(),
+            extra,
+        )?),
+        None => None,
+    };
+    drop(cluster);
+    println!();
+    let mut bad = Vec::new();
+    all.report("summary", started, true, &mut bad);
+    match &pg {
+        // A filter (extra arguments) may match no test of the controller.
+        Some(pg) => pg.report(
+            "summary (controller on PostgreSQL)",
+            pg.started,
+            extra.is_empty(),
+            &mut bad,
+        ),
+        None => {
+            println!("summary (controller on PostgreSQL): skipped (no PostgreSQL cluster)");
+            if in_ci() {
+                bad.push("the controller's suite on PostgreSQL did not run".into());
+            }
+        }
+    }
+    if !bad.is_empty() {
+        bail!("{}", bad.join("; "));
+    }
+    Ok(())
+}
+
+/// What one `cargo test` run did.
+struct Counts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    failures: Vec<String>,
+    skipped: Vec<String>,
+    success: bool,
+    started: Instant,
+}
+
+impl Counts {
+    fn report(&self, what: &str, started: Instant, require_tests: bool, bad: &mut Vec<String>) {
+        for f in &self.failures {
+            println!("  {f}");
+        }
+        for s in &self.skipped {
+            println!("  skipped: {s}");
+        }
+        println!(
+            "{what}: {} passed, {} failed, {} skipped, {} ignored ({:.0}s)",
+            self.passed,
+            self.failed,
+            self.skipped.len(),
+            self.ignored,
+            started.elapsed().as_secs_f64()
+        );
+        if !self.success || self.failed > 0 {
+            bad.push(format!("{what}: tests failed"));
+        }
+        if !self.skipped.is_empty() && in_ci() {
+            bad.push(format!(
+                "{what}: {} tests skipped: in CI a skip is a failure",
+                self.skipped.len()
+            ));
+        }
+        if self.passed == 0 && require_tests {
+            bad.push(format!("{what}: no test ran"));
+        }
+    }
+}
+
+/// Runs `cargo test ARGS --no-fail-fast [-- EXTRA]` with `envs`, echoing its output and
+/// counting its results.
+fn cargo_test(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    postgres: Option<&str>,
+    extra: &[String],
+) -> Result<Counts> {
+    let started = Instant::now();
     // Privileged tests that skip (not root, CI unset) leave a marker here: they are
     // reported as skipped, not passed.
-    let skip_dir = std::env::temp_dir().join(format!("zt-skips-{}", std::process::id()));
+    let skip_dir = std::env::temp_dir().join(format!("zt-skips-{:016x}", rand_u64()));
     let _ = std::fs::remove_dir_all(&skip_dir);
     let mut cmd = Command::new(cargo_bin());
     cmd.env("ZT_SKIP_DIR", &skip_dir);
-    cmd.args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "gateway-ebpf",
-        "--no-fail-fast",
-    ])
-    .current_dir(root())
-    .stdout(Stdio::piped());
+    match postgres {
+        Some(url) => cmd.env(POSTGRES_ENV, url),
+        None => cmd.env_remove(POSTGRES_ENV),
+    };
+    cmd.envs(envs.iter().copied());
+    cmd.arg("test")
+        .args(args)
+        .arg("--no-fail-fast")
+        .current_dir(root())
+        .stdout(Stdio::piped());
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
     }
@@ -69,26 +181,231 @@ pub fn run(extra: &[String]) -> Result<()> {
     let _ = std::fs::remove_dir_all(&skip_dir);
     // A skipped test returned early, so the harness counted it as passed.
     let passed = passed.saturating_sub(skipped.len() as u64);
-    println!();
-    for f in &failures {
-        println!("  {f}");
+    Ok(Counts {
+        passed,
+        failed,
+        ignored,
+        failures,
+        skipped,
+        success: status.success(),
+        started,
+    })
+}
+
+/// A random number (for unique folder names), from the standard library's hasher keys.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// A throwaway PostgreSQL cluster: its own data folder (in a fresh temporary folder),
+/// its own port on 127.0.0.1 (`trust` there only), its socket in that folder. Stopped
+/// (`pg_ctl stop -m fast`) and its folder removed when dropped.
+struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    /// The server runs as this user (initdb refuses root): `postgres` when xtask runs as
+    /// root, else the current user.
+    run_as: Option<String>,
+    port: u16,
+}
+
+impl Cluster {
+    fn start() -> Result<Cluster> {
+        let started = Instant::now();
+        let bin = crate::setup::postgres_bin_dir()
+            .context("no /usr/lib/postgresql/*/bin/initdb (run `cargo xtask setup` as root)")?;
+        let dir = std::env::temp_dir().join(format!("zt-postgres-{:016x}", rand_u64()));
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // From here on, dropping it stops whatever was started and removes the folder.
+        let mut cluster = Cluster {
+            bin,
+            dir,
+            run_as: is_root().then(|| "postgres".to_string()),
+            port: 0,
+        };
+        if let Some(user) = &cluster.run_as {
+            crate::util::run(
+                Command::new("chown")
+                    .arg(format!("{user}:"))
+                    .arg(&cluster.dir)
+                    .stdout(Stdio::null()),
+            )
+            .with_context(|| format!("giving {} to the {user} user", cluster.dir.display()))?;
+        }
+        let data = cluster.data();
+        cluster.pg(
+            "initdb",
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-U",
+                "postgres",
+                "--auth-host=trust",
+                "--auth-local=peer",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
+        )?;
+        // A free port: bind one, let it go, give it to the server.
+        cluster.port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("finding a free port on 127.0.0.1")?
+            .port();
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 \
+             -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            cluster.port,
+            cluster.dir.display()
+        );
+        let log = cluster.dir.join("server.log");
+        cluster
+            .pg(
+                "pg_ctl",
+                &[
+                    "-D",
+                    &data.to_string_lossy(),
+                    "-l",
+                    &log.to_string_lossy(),
+                    "-o",
+                    &options,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+            )
+            .with_context(|| {
+                format!(
+                    "starting the server; its log: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default().trim()
+                )
+            })?;
+        println!(
+            "postgres: cluster on 127.0.0.1:{} (data {}, {}) ready in {:.1}s",
+            cluster.port,
+            data.display(),
+            cluster.bin.display(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(cluster)
     }
-    for s in &skipped {
-        println!("  skipped: {s}");
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
     }
-    println!(
-        "summary: {passed} passed, {failed} failed, {} skipped, {ignored} ignored ({:.0}s)",
-        skipped.len(),
-        started.elapsed().as_secs_f64()
-    );
-    if !status.success() || failed > 0 {
-        bail!("tests failed");
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
-    if !skipped.is_empty() && matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1")) {
-        bail!("{} tests skipped: in CI a skip is a failure", skipped.len());
+
+    /// Runs one of the server's programs (as `run_as`), quietly; its output is in the
+    /// error when it fails.
+    fn pg(&self, program: &str, args: &[&str]) -> Result<()> {
+        let path = self.bin.join(program);
+        let mut cmd = match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&path);
+                c
+            }
+            None => Command::new(&path),
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", path.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{program} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
-    if passed == 0 {
-        bail!("no test ran");
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        if data.join("postmaster.pid").exists()
+            && let Err(e) = self.pg(
+                "pg_ctl",
+                &["-D", &data.to_string_lossy(), "-m", "fast", "-w", "stop"],
+            )
+        {
+            println!("postgres: stopping the cluster failed: {e:#}");
+        }
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => println!("postgres: cluster stopped, {} removed", self.dir.display()),
+            Err(e) => println!("postgres: removing {} failed: {e}", self.dir.display()),
+        }
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// Runs `psql` of the installation in `bin` on 127.0.0.1:`port`.
+    fn psql(bin: &Path, port: u16, sql: &str) -> Option<String> {
+        crate::util::output(
+            &bin.join("psql").to_string_lossy(),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-Atc",
+                sql,
+            ],
+        )
+    }
+
+    #[test]
+    fn a_cluster_serves_on_loopback_and_is_gone_when_dropped() {
+        if crate::setup::postgres_bin_dir().is_none() {
+            assert!(
+                !in_ci(),
+                "PostgreSQL is not installed and CI=true forbids skipping"
+            );
+            eprintln!("SKIP a_cluster_serves_on_loopback: PostgreSQL is not installed");
+            if let Some(dir) = std::env::var_os("ZT_SKIP_DIR") {
+                let _ = std::fs::create_dir_all(&dir);
+                let _ = std::fs::write(
+                    Path::new(&dir).join(format!("xtask-cluster-{}", std::process::id())),
+                    "xtask::test::a_cluster_serves_on_loopback_and_is_gone_when_dropped",
+                );
+            }
+            return;
+        }
+        let cluster = Cluster::start().unwrap();
+        let (dir, port, bin) = (cluster.dir.clone(), cluster.port, cluster.bin.clone());
+        assert!(
+            cluster
+                .url()
+                .starts_with(&format!("postgres://postgres@127.0.0.1:{port}/")),
+            "{}",
+            cluster.url()
+        );
+        assert_eq!(psql(&bin, port, "SELECT 1").as_deref(), Some("1"));
+        assert_eq!(
+            psql(&bin, port, "SHOW listen_addresses").as_deref(),
+            Some("127.0.0.1")
+        );
+        drop(cluster);
+        assert!(!dir.exists(), "{} is removed", dir.display());
+        assert_eq!(psql(&bin, port, "SELECT 1"), None, "the server stopped");
+    }
 }

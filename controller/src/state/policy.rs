@@ -836,7 +836,9 @@ impl State {
                 delta: &p.delta,
             })
             .collect();
-        g.store.commit(objects, revision, &updates, audit, agent)?;
+        let base = g.revision;
+        g.store
+            .commit(objects, base, revision, &updates, audit, agent)?;
         g.revision = revision;
         for p in plans {
             let hs = g.hosts.entry(p.host.clone()).or_insert_with(|| {

@@ -1,12 +1,10 @@
 //! The agents' SQL: enrollment tokens (stored hashed, used once) and agents
 //! (credentials stored hashed; acknowledged generation, last seen, revocation).
 
-use rusqlite::{OptionalExtension, Transaction, params};
-
 use super::audit::insert_audit;
-use super::{Loaded, Store, db};
-use crate::Error;
+use super::{Loaded, Sql, Store};
 use crate::model::AuditEntry;
+use crate::{Error, vals};
 
 #[derive(Clone, Debug)]
 pub struct AgentRow {
@@ -40,19 +38,17 @@ pub enum AgentChange<'a> {
 }
 
 impl AgentChange<'_> {
-    pub(super) fn apply(&self, tx: &Transaction<'_>) -> Result<(), Error> {
+    pub(super) fn apply(&self, tx: &dyn Sql) -> Result<(), Error> {
         match self {
             AgentChange::Enroll {
                 token_hash,
                 now_ms,
                 agent: a,
             } => {
-                let used = tx
-                    .execute(
-                        "UPDATE tokens SET used_ms = ?2 WHERE hash = ?1 AND used_ms IS NULL AND expires_ms > ?2",
-                        params![token_hash, now_ms],
-                    )
-                    .map_err(db)?;
+                let used = tx.execute(
+                    "UPDATE tokens SET used_ms = ?2 WHERE hash = ?1 AND used_ms IS NULL AND expires_ms > ?2",
+                    &vals![*token_hash, *now_ms],
+                )?;
                 if used != 1 {
                     return Err(Error::Unauthenticated(
                         "enrollment token unknown, used or expired".into(),
@@ -61,33 +57,30 @@ impl AgentChange<'_> {
                 tx.execute(
                     "INSERT INTO agents (id, host, hostname, credential_hash, enrolled_ms, acked_generation, last_seen_ms, revoked_ms, public_key)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    params![
-                        a.id,
-                        a.host,
-                        a.hostname,
-                        a.credential_hash,
+                    &vals![
+                        &a.id,
+                        &a.host,
+                        &a.hostname,
+                        &a.credential_hash,
                         a.enrolled_ms,
                         a.acked_generation as i64,
                         a.last_seen_ms,
                         a.revoked_ms,
-                        a.public_key
+                        &a.public_key
                     ],
-                )
-                .map_err(db)?;
+                )?;
             }
             AgentChange::SetKey { id, public_key } => {
                 tx.execute(
                     "UPDATE agents SET public_key = ?2 WHERE id = ?1",
-                    params![id, public_key],
-                )
-                .map_err(db)?;
+                    &vals![*id, *public_key],
+                )?;
             }
             AgentChange::Revoke { id, now_ms } => {
                 tx.execute(
                     "UPDATE agents SET revoked_ms = ?2 WHERE id = ?1",
-                    params![id, now_ms],
-                )
-                .map_err(db)?;
+                    &vals![*id, *now_ms],
+                )?;
             }
         }
         Ok(())
@@ -106,29 +99,21 @@ pub enum Enrolled {
 impl Store {
     /// Every agent (at start-up).
     pub(super) fn load_agents(&self, out: &mut Loaded) -> Result<(), Error> {
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT id, host, hostname, credential_hash, enrolled_ms, acked_generation, last_seen_ms, revoked_ms, public_key FROM agents ORDER BY enrolled_ms, id",
-            )
-            .map_err(db)?;
-        let rows = st
-            .query_map([], |r| {
-                Ok(AgentRow {
-                    id: r.get(0)?,
-                    host: r.get(1)?,
-                    hostname: r.get(2)?,
-                    credential_hash: r.get(3)?,
-                    enrolled_ms: r.get(4)?,
-                    acked_generation: r.get::<_, i64>(5)? as u64,
-                    last_seen_ms: r.get(6)?,
-                    revoked_ms: r.get(7)?,
-                    public_key: r.get(8)?,
-                })
-            })
-            .map_err(db)?;
-        for row in rows {
-            out.agents.push(row.map_err(db)?);
+        for r in self.conn.sql().query(
+            "SELECT id, host, hostname, credential_hash, enrolled_ms, acked_generation, last_seen_ms, revoked_ms, public_key FROM agents ORDER BY enrolled_ms, id",
+            &[],
+        )? {
+            out.agents.push(AgentRow {
+                id: r.text(0)?,
+                host: r.text(1)?,
+                hostname: r.text(2)?,
+                credential_hash: r.text(3)?,
+                enrolled_ms: r.int(4)?,
+                acked_generation: r.int(5)? as u64,
+                last_seen_ms: r.int(6)?,
+                revoked_ms: r.opt_int(7)?,
+                public_key: r.text(8)?,
+            });
         }
         Ok(())
     }
@@ -141,14 +126,14 @@ impl Store {
         expires_ms: i64,
         audit: &AuditEntry,
     ) -> Result<(), Error> {
-        let tx = self.conn.transaction().map_err(db)?;
-        tx.execute(
-            "INSERT INTO tokens (hash, host, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![hash, host, created_ms, expires_ms],
-        )
-        .map_err(db)?;
-        insert_audit(&tx, &self.keys, audit)?;
-        tx.commit().map_err(db)
+        let keys = self.keys.clone();
+        self.conn.transaction(|tx| {
+            tx.execute(
+                "INSERT INTO tokens (hash, host, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+                &vals![hash, host, created_ms, expires_ms],
+            )?;
+            insert_audit(tx, &keys, audit)
+        })
     }
 
     /// The host of a usable token (unknown, used or expired: `Unknown`; with
@@ -160,15 +145,15 @@ impl Store {
         now_ms: i64,
         expected_host: Option<&str>,
     ) -> Result<Result<String, Enrolled>, Error> {
-        let host: Option<String> = self
+        let host = self
             .conn
-            .query_row(
+            .sql()
+            .query_opt(
                 "SELECT host FROM tokens WHERE hash = ?1 AND used_ms IS NULL AND expires_ms > ?2",
-                params![token_hash, now_ms],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db)?;
+                &vals![token_hash, now_ms],
+            )?
+            .map(|r| r.text(0))
+            .transpose()?;
         Ok(match host {
             None => Err(Enrolled::Unknown),
             Some(h) if expected_host.is_some_and(|e| e != h) => Err(Enrolled::OtherHost),
@@ -177,12 +162,10 @@ impl Store {
     }
 
     pub fn update_agent(&mut self, id: &str, acked: u64, last_seen_ms: i64) -> Result<(), Error> {
-        self.conn
-            .execute(
-                "UPDATE agents SET acked_generation = ?2, last_seen_ms = ?3 WHERE id = ?1",
-                params![id, acked as i64, last_seen_ms],
-            )
-            .map_err(db)?;
+        self.conn.sql().execute(
+            "UPDATE agents SET acked_generation = ?2, last_seen_ms = ?3 WHERE id = ?1",
+            &vals![id, acked as i64, last_seen_ms],
+        )?;
         Ok(())
     }
 }

@@ -7,13 +7,11 @@
 //! id, contents and the previous record's hash. Without the key file nobody can compute
 //! a hash that verifies, so rewriting the database is not enough to rewrite the trail.
 
-use rusqlite::{Connection, OptionalExtension, params};
-
-use super::{Store, db};
-use crate::Error;
+use super::{Sql, Store, Value};
 use crate::keys::Keys;
 pub use crate::model::GENESIS_HASH;
 use crate::model::{AuditEntry, AuditRecord, AuditVerification};
+use crate::{Error, vals};
 
 /// The hash of a record (see the module docs).
 pub fn record_hash(keys: &Keys, r: &AuditRecord) -> String {
@@ -167,11 +165,27 @@ pub fn verify_chain_anchored(
     v
 }
 
+/// An `audit` row selected as id, time_ms, actor, action, target, before, after,
+/// revision (and, from `links`, prev_hash, hash).
+fn audit_row(r: &super::Row, links: bool) -> Result<AuditRecord, Error> {
+    Ok(AuditRecord {
+        id: r.int(0)? as u64,
+        time_ms: r.int(1)?,
+        actor: r.text(2)?,
+        action: r.text(3)?,
+        target: r.text(4)?,
+        before: r.text(5)?,
+        after: r.text(6)?,
+        revision: r.int(7)? as u64,
+        prev_hash: if links { r.text(8)? } else { String::new() },
+        hash: if links { r.text(9)? } else { String::new() },
+    })
+}
+
 impl Store {
     pub fn audit(&mut self, a: &AuditEntry) -> Result<(), Error> {
-        let tx = self.conn.transaction().map_err(db)?;
-        insert_audit(&tx, &self.keys, a)?;
-        tx.commit().map_err(db)
+        let keys = self.keys.clone();
+        self.conn.transaction(|tx| insert_audit(tx, &keys, a))
     }
 
     /// Runs one statement and writes an audit record, atomically; returns the rows
@@ -179,14 +193,15 @@ impl Store {
     pub(super) fn exec_audited(
         &mut self,
         sql: &str,
-        args: impl rusqlite::Params,
+        args: &[Value],
         audit: &AuditEntry,
-    ) -> Result<usize, Error> {
-        let tx = self.conn.transaction().map_err(db)?;
-        let n = tx.execute(sql, args).map_err(db)?;
-        insert_audit(&tx, &self.keys, audit)?;
-        tx.commit().map_err(db)?;
-        Ok(n)
+    ) -> Result<u64, Error> {
+        let keys = self.keys.clone();
+        self.conn.transaction(|tx| {
+            let n = tx.execute(sql, args)?;
+            insert_audit(tx, &keys, audit)?;
+            Ok(n)
+        })
     }
 
     /// Checks the whole audit chain against the recorded head (and, when given, that
@@ -203,12 +218,7 @@ impl Store {
 
     /// The recorded head of the audit chain: (record id, hash).
     pub fn head(&self) -> Result<Option<(u64, String)>, Error> {
-        self.conn
-            .query_row("SELECT id, hash FROM audit_head WHERE one = 1", [], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-            })
-            .optional()
-            .map_err(db)
+        head_of(self.conn.sql(), "")
     }
 
     pub fn audit_report(
@@ -217,52 +227,43 @@ impl Store {
         until: Option<i64>,
         limit: u32,
     ) -> Result<Vec<AuditRecord>, Error> {
-        let mut st = self
-            .conn
-            .prepare(
+        self.conn
+            .sql()
+            .query(
                 // The newest `limit` records in the range, returned oldest first.
                 "SELECT * FROM (SELECT id, time_ms, actor, action, target, before, after, revision,
                  prev_hash, hash FROM audit WHERE time_ms >= ?1 AND time_ms < ?2
-                 ORDER BY id DESC LIMIT ?3) ORDER BY id",
-            )
-            .map_err(db)?;
-        let rows = st
-            .query_map(
-                params![
+                 ORDER BY id DESC LIMIT ?3) AS newest ORDER BY id",
+                &vals![
                     since.unwrap_or(i64::MIN),
                     until.unwrap_or(i64::MAX),
                     i64::from(limit)
                 ],
-                |r| {
-                    Ok(AuditRecord {
-                        id: r.get::<_, i64>(0)? as u64,
-                        time_ms: r.get(1)?,
-                        actor: r.get(2)?,
-                        action: r.get(3)?,
-                        target: r.get(4)?,
-                        before: r.get(5)?,
-                        after: r.get(6)?,
-                        revision: r.get::<_, i64>(7)? as u64,
-                        prev_hash: r.get(8)?,
-                        hash: r.get(9)?,
-                    })
-                },
-            )
-            .map_err(db)?;
-        rows.collect::<Result<_, _>>().map_err(db)
+            )?
+            .iter()
+            .map(|r| audit_row(r, true))
+            .collect()
     }
+}
+
+/// The recorded head (`lock`: appended to the query, e.g. `FOR UPDATE`). PostgreSQL's
+/// head row exists from the start, as record 0: no head yet.
+fn head_of(c: &dyn Sql, lock: &str) -> Result<Option<(u64, String)>, Error> {
+    let Some(r) = c.query_opt(
+        &format!("SELECT id, hash FROM audit_head WHERE one = 1{lock}"),
+        &[],
+    )?
+    else {
+        return Ok(None);
+    };
+    let id = r.int(0)? as u64;
+    Ok((id != 0).then(|| r.text(1)).transpose()?.map(|h| (id, h)))
 }
 
 /// Keys the chain once (when the database is keyed): re-chains the records with the
 /// keyed hash, and one record notes the unkeyed head it replaced.
-pub(super) fn key_chain(tx: &Connection, keys: &Keys) -> Result<(), Error> {
-    let old_head: Option<(i64, String)> = tx
-        .query_row("SELECT id, hash FROM audit_head WHERE one = 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()
-        .map_err(db)?;
-    if let Some((id, hash)) = old_head {
+pub(super) fn key_chain(tx: &dyn Sql, keys: &Keys) -> Result<(), Error> {
+    if let Some((id, hash)) = head_of(tx, "")? {
         rechain(tx, keys)?;
         insert_audit(
             tx,
@@ -284,49 +285,47 @@ pub(super) fn key_chain(tx: &Connection, keys: &Keys) -> Result<(), Error> {
 /// Appends an audit record to the chain (inside the caller's transaction): its id
 /// follows the last record's, its `prev_hash` is the last record's hash, and the head
 /// moves to it.
-pub(super) fn insert_audit(conn: &Connection, keys: &Keys, a: &AuditEntry) -> Result<(), Error> {
-    let (last_id, prev) = conn
-        .query_row(
-            "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1",
-            [],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
-        )
-        .optional()
-        .map_err(db)?
-        .unwrap_or((0, GENESIS_HASH.to_string()));
+pub(super) fn insert_audit(conn: &dyn Sql, keys: &Keys, a: &AuditEntry) -> Result<(), Error> {
+    // On PostgreSQL the head row is locked until the transaction ends, so controllers
+    // sharing the database append one after the other: each reads the last record only
+    // once the append before it has committed, and the chain never forks.
+    head_of(conn, conn.for_update())?;
+    let (last_id, prev) =
+        match conn.query_opt("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1", &[])? {
+            Some(r) => (r.int(0)? as u64, r.text(1)?),
+            None => (0, GENESIS_HASH.to_string()),
+        };
     let mut r = AuditRecord::chained(last_id + 1, a.clone(), prev);
     r.hash = record_hash(keys, &r);
     conn.execute(
         "INSERT INTO audit (id, time_ms, actor, action, target, before, after, revision, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
+        &vals![
             r.id as i64,
             r.time_ms,
-            r.actor,
-            r.action,
-            r.target,
-            r.before,
-            r.after,
+            &r.actor,
+            &r.action,
+            &r.target,
+            &r.before,
+            &r.after,
             r.revision as i64,
-            r.prev_hash,
-            r.hash
+            &r.prev_hash,
+            &r.hash
         ],
-    )
-    .map_err(db)?;
+    )?;
     conn.execute(
         "INSERT INTO audit_head (one, id, hash) VALUES (1, ?1, ?2)
          ON CONFLICT (one) DO UPDATE SET id = excluded.id, hash = excluded.hash",
-        params![r.id as i64, r.hash],
-    )
-    .map_err(db)?;
+        &vals![r.id as i64, &r.hash],
+    )?;
     Ok(())
 }
 
 /// Chains the records written before the audit trail had hashes (once, at migration 2):
 /// renumbers them 1.. in their order and links them.
-pub(super) fn chain_unhashed(conn: &Connection, keys: &Keys) -> Result<(), Error> {
+pub(super) fn chain_unhashed(conn: &dyn Sql, keys: &Keys) -> Result<(), Error> {
     let rows = unchained_records(conn)?;
-    conn.execute("DELETE FROM audit", []).map_err(db)?;
+    conn.execute("DELETE FROM audit", &[])?;
     for r in rows {
         let entry = AuditEntry {
             time_ms: r.time_ms,
@@ -344,7 +343,7 @@ pub(super) fn chain_unhashed(conn: &Connection, keys: &Keys) -> Result<(), Error
 
 /// Recomputes every record's links and hashes with `keys`, in id order (when the
 /// database is keyed: the records before were chained without a key).
-fn rechain(conn: &Connection, keys: &Keys) -> Result<(), Error> {
+fn rechain(conn: &dyn Sql, keys: &Keys) -> Result<(), Error> {
     let rows = unchained_records(conn)?;
     let mut prev = GENESIS_HASH.to_string();
     let mut last = None;
@@ -353,9 +352,8 @@ fn rechain(conn: &Connection, keys: &Keys) -> Result<(), Error> {
         let hash = record_hash(keys, &r);
         conn.execute(
             "UPDATE audit SET prev_hash = ?2, hash = ?3 WHERE id = ?1",
-            params![r.id as i64, r.prev_hash, hash],
-        )
-        .map_err(db)?;
+            &vals![r.id as i64, &r.prev_hash, &hash],
+        )?;
         last = Some((r.id, hash.clone()));
         prev = hash;
     }
@@ -363,35 +361,19 @@ fn rechain(conn: &Connection, keys: &Keys) -> Result<(), Error> {
         conn.execute(
             "INSERT INTO audit_head (one, id, hash) VALUES (1, ?1, ?2)
              ON CONFLICT (one) DO UPDATE SET id = excluded.id, hash = excluded.hash",
-            params![id as i64, hash],
-        )
-        .map_err(db)?;
+            &vals![id as i64, hash],
+        )?;
     }
     Ok(())
 }
 
 /// Every record in id order, without their links and hashes (to chain them again).
-fn unchained_records(conn: &Connection) -> Result<Vec<AuditRecord>, Error> {
-    let mut st = conn
-        .prepare(
-            "SELECT id, time_ms, actor, action, target, before, after, revision FROM audit ORDER BY id",
-        )
-        .map_err(db)?;
-    st.query_map([], |r| {
-        Ok(AuditRecord {
-            id: r.get::<_, i64>(0)? as u64,
-            time_ms: r.get(1)?,
-            actor: r.get(2)?,
-            action: r.get(3)?,
-            target: r.get(4)?,
-            before: r.get(5)?,
-            after: r.get(6)?,
-            revision: r.get::<_, i64>(7)? as u64,
-            prev_hash: String::new(),
-            hash: String::new(),
-        })
-    })
-    .map_err(db)?
-    .collect::<Result<_, _>>()
-    .map_err(db)
+fn unchained_records(conn: &dyn Sql) -> Result<Vec<AuditRecord>, Error> {
+    conn.query(
+        "SELECT id, time_ms, actor, action, target, before, after, revision FROM audit ORDER BY id",
+        &[],
+    )?
+    .iter()
+    .map(|r| audit_row(r, false))
+    .collect()
 }

@@ -1,18 +1,13 @@
 //! The connection events' SQL, on a connection of their own ([`EventStore`]).
 
-use std::path::Path;
-
-use rusqlite::{Connection, params};
-
-use super::{connect, db};
-use crate::Error;
+use super::{Conn, Db, Value};
 use crate::model::{ConnectionEvent, EventFilter, EventRecord};
-use crate::wire;
+use crate::{Error, vals, wire};
 
 /// The connection events, on a connection of their own: ingestion and queries never
 /// wait for the policy state (and its lock), and never hold it.
 pub struct EventStore {
-    conn: Connection,
+    conn: Conn,
 }
 
 impl std::fmt::Debug for EventStore {
@@ -23,9 +18,9 @@ impl std::fmt::Debug for EventStore {
 
 impl EventStore {
     /// A second connection to a database [`super::Store::open`] has prepared.
-    pub fn open(path: &Path) -> Result<EventStore, Error> {
+    pub fn open(db: impl Into<Db>) -> Result<EventStore, Error> {
         Ok(EventStore {
-            conn: connect(path)?,
+            conn: db.into().connect()?,
         })
     }
 
@@ -36,61 +31,58 @@ impl EventStore {
         received_ms: i64,
         events: Vec<ConnectionEvent>,
     ) -> Result<Vec<EventRecord>, Error> {
-        let tx = self.conn.transaction().map_err(db)?;
-        let mut out = Vec::with_capacity(events.len());
-        {
-            let mut st = tx
-                .prepare(
-                    "INSERT INTO events (time_ms, received_ms, agent_id, host, event, verdict, user, device, resource, data)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )
-                .map_err(db)?;
+        self.conn.transaction(|tx| {
+            let mut out = Vec::with_capacity(events.len());
             for ev in events {
                 let time_ms = crate::parse_timestamp_ms(&ev.timestamp).unwrap_or(received_ms);
                 let (blob, ev) = wire::encode_event(ev);
-                st.execute(params![
-                    time_ms,
-                    received_ms,
-                    agent_id,
-                    ev.host,
-                    ev.event,
-                    ev.verdict,
-                    ev.user,
-                    ev.device,
-                    ev.resource,
-                    blob
-                ])
-                .map_err(db)?;
+                let id = tx
+                    .query_opt(
+                        "INSERT INTO events (time_ms, received_ms, agent_id, host, event, verdict, \"user\", device, resource, data)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+                        &vals![
+                            time_ms,
+                            received_ms,
+                            agent_id,
+                            &ev.host,
+                            &ev.event,
+                            &ev.verdict,
+                            ev.user.clone(),
+                            ev.device.clone(),
+                            ev.resource.clone(),
+                            blob
+                        ],
+                    )?
+                    .ok_or_else(|| Error::Internal("database: an insert returned no id".into()))?
+                    .int(0)?;
                 out.push(EventRecord {
-                    id: tx.last_insert_rowid() as u64,
+                    id: id as u64,
                     time_ms,
                     received_ms,
                     agent_id: agent_id.to_string(),
                     event: Some(ev),
                 });
             }
-        }
-        tx.commit().map_err(db)?;
-        Ok(out)
+            Ok(out)
+        })
     }
 
     pub fn query_events(&self, f: &EventFilter, limit: u32) -> Result<Vec<EventRecord>, Error> {
         let mut sql =
             String::from("SELECT id, time_ms, received_ms, agent_id, data FROM events WHERE 1 = 1");
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut cond = |sql: &mut String, col: &str, op: &str, v: rusqlite::types::Value| {
+        let mut args: Vec<Value> = Vec::new();
+        let mut cond = |sql: &mut String, col: &str, op: &str, v: Value| {
             args.push(v);
             sql.push_str(&format!(" AND {col} {op} ?{}", args.len()));
         };
-        use rusqlite::types::Value as SV;
         if let Some(s) = f.since_ms {
-            cond(&mut sql, "time_ms", ">=", SV::Integer(s));
+            cond(&mut sql, "time_ms", ">=", Value::Int(s));
         }
         if let Some(u) = f.until_ms {
-            cond(&mut sql, "time_ms", "<", SV::Integer(u));
+            cond(&mut sql, "time_ms", "<", Value::Int(u));
         }
         for (col, v) in [
-            ("user", &f.user),
+            ("\"user\"", &f.user),
             ("device", &f.device),
             ("resource", &f.resource),
             ("event", &f.event),
@@ -98,34 +90,21 @@ impl EventStore {
             ("host", &f.host),
         ] {
             if let Some(v) = v {
-                cond(&mut sql, col, "=", SV::Text(v.clone()));
+                cond(&mut sql, col, "=", Value::Text(v.clone()));
             }
         }
         // The newest `limit` matching events, returned oldest first.
         let sql = format!(
-            "SELECT * FROM ({sql} ORDER BY time_ms DESC, id DESC LIMIT {limit}) ORDER BY time_ms, id"
+            "SELECT * FROM ({sql} ORDER BY time_ms DESC, id DESC LIMIT {limit}) AS newest ORDER BY time_ms, id"
         );
-        let mut st = self.conn.prepare(&sql).map_err(db)?;
-        let rows = st
-            .query_map(rusqlite::params_from_iter(args), |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Vec<u8>>(4)?,
-                ))
-            })
-            .map_err(db)?;
         let mut out = Vec::new();
-        for row in rows {
-            let (id, t, rcv, agent, data) = row.map_err(db)?;
+        for r in self.conn.sql().query(&sql, &args)? {
             out.push(EventRecord {
-                id: id as u64,
-                time_ms: t,
-                received_ms: rcv,
-                agent_id: agent,
-                event: wire::decode_event(&data),
+                id: r.int(0)? as u64,
+                time_ms: r.int(1)?,
+                received_ms: r.int(2)?,
+                agent_id: r.text(3)?,
+                event: wire::decode_event(&r.blob(4)?),
             });
         }
         Ok(out)
@@ -134,7 +113,11 @@ impl EventStore {
     /// Deletes events received before `before_ms`; returns how many.
     pub fn prune_events(&mut self, before_ms: i64) -> Result<usize, Error> {
         self.conn
-            .execute("DELETE FROM events WHERE received_ms < ?1", [before_ms])
-            .map_err(db)
+            .sql()
+            .execute(
+                "DELETE FROM events WHERE received_ms < ?1",
+                &vals![before_ms],
+            )
+            .map(|n| n as usize)
     }
 }

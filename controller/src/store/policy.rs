@@ -2,16 +2,15 @@
 //! compiled view and generation, and the recent deltas agents resume from. A change is
 //! one transaction: objects, revision, views, deltas and its audit record.
 
-use policy_compiler::HostView;
-use rusqlite::{OptionalExtension, params};
-
+use super::Loaded;
+use super::Store;
 use super::agents::AgentChange;
 use super::audit::insert_audit;
-use super::{Loaded, Store, db};
-use crate::Error;
 use crate::model::{AuditEntry, ViewDelta};
 use crate::objects::{Kind, Object, Objects};
 use crate::wire;
+use crate::{Error, vals};
+use policy_compiler::HostView;
 
 /// How many deltas per host are kept for resuming agents.
 pub const DELTA_HISTORY: i64 = 64;
@@ -40,44 +39,24 @@ pub struct HostUpdate<'a> {
 impl Store {
     /// The policy objects, revision, views and deltas (at start-up).
     pub(super) fn load_policy(&self, out: &mut Loaded) -> Result<(), Error> {
-        out.revision = self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()
-            .map_err(db)?
-            .unwrap_or(0) as u64;
-        let mut st = self
-            .conn
-            .prepare("SELECT kind, name, toml FROM objects ORDER BY position")
-            .map_err(db)?;
-        let rows = st
-            .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
-            })
-            .map_err(db)?;
-        for row in rows {
-            let (kind, name, toml) = row.map_err(db)?;
+        let c = self.conn.sql();
+        out.revision = c
+            .query_opt("SELECT value FROM meta WHERE key = 'revision'", &[])?
+            .map_or(Ok(0), |r| r.int(0))? as u64;
+        for r in c.query(
+            "SELECT kind, name, toml FROM objects ORDER BY position",
+            &[],
+        )? {
+            let (kind, name, toml) = (r.text(0)?, r.text(1)?, r.text(2)?);
             let kind = Kind::parse(&kind)
                 .ok_or_else(|| Error::Internal(format!("stored object of unknown kind {kind}")))?;
             out.objects.list.push(Object { kind, name, toml });
         }
-        let mut st = self
-            .conn
-            .prepare("SELECT host, generation, view FROM hosts")
-            .map_err(db)?;
-        let rows = st
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
-            })
-            .map_err(db)?;
-        for row in rows {
-            let (host, generation, blob) = row.map_err(db)?;
+        for r in c.query(
+            "SELECT host, generation, view FROM hosts ORDER BY host",
+            &[],
+        )? {
+            let (host, generation, blob) = (r.text(0)?, r.int(1)?, r.blob(2)?);
             let view = wire::decode_view(&blob)
                 .map_err(|e| Error::Internal(format!("stored view of {host}: {e}")))?;
             out.hosts.push(HostRow {
@@ -86,24 +65,11 @@ impl Store {
                 view,
             });
         }
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT host, generation, base, delta FROM host_deltas ORDER BY host, generation",
-            )
-            .map_err(db)?;
-        let rows = st
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                ))
-            })
-            .map_err(db)?;
-        for row in rows {
-            let (host, g, b, blob) = row.map_err(db)?;
+        for r in c.query(
+            "SELECT host, generation, base, delta FROM host_deltas ORDER BY host, generation",
+            &[],
+        )? {
+            let (host, g, b, blob) = (r.text(0)?, r.int(1)?, r.int(2)?, r.blob(3)?);
             let d = wire::decode_delta(&blob)
                 .map_err(|e| Error::Internal(format!("stored delta of {host}: {e}")))?;
             out.deltas.push((host, g as u64, b as u64, d));
@@ -113,82 +79,105 @@ impl Store {
 
     /// Commits one change atomically: the agent change (when given), objects (when
     /// given), revision, host views, generations and deltas (history pruned), and the
-    /// audit records.
+    /// audit records. `base_revision` is the revision the change was made from: when the
+    /// stored revision is another (another controller on this database committed a
+    /// change since), nothing is written and the change is refused.
+    #[allow(clippy::too_many_arguments)]
     pub fn commit(
         &mut self,
         objects: Option<&Objects>,
+        base_revision: u64,
         revision: u64,
         hosts: &[HostUpdate<'_>],
         audit: &[AuditEntry],
         agent: Option<&AgentChange<'_>>,
     ) -> Result<(), Error> {
-        let tx = self.conn.transaction().map_err(db)?;
-        if let Some(a) = agent {
-            a.apply(&tx)?;
-        }
-        if let Some(objects) = objects {
-            tx.execute("DELETE FROM objects", []).map_err(db)?;
-            let mut st = tx
-                .prepare("INSERT INTO objects (position, kind, name, toml) VALUES (?1, ?2, ?3, ?4)")
-                .map_err(db)?;
-            for (i, o) in objects.list.iter().enumerate() {
-                st.execute(params![i as i64, o.kind.as_str(), o.name, o.toml])
-                    .map_err(db)?;
+        let keys = self.keys.clone();
+        self.conn.transaction(|tx| {
+            // The revision row is locked (PostgreSQL) until this transaction ends: changes
+            // from several controllers on one database are checked and committed one
+            // after the other, each against the revision the one before left.
+            let stored = tx
+                .query_opt(
+                    &format!(
+                        "SELECT value FROM meta WHERE key = 'revision'{}",
+                        tx.for_update()
+                    ),
+                    &[],
+                )?
+                .map_or(Ok(0), |r| r.int(0))? as u64;
+            if stored != base_revision {
+                return Err(Error::FailedPrecondition(format!(
+                    "the policy is at revision {stored} in the database, not {base_revision}: \
+                     another controller changed it; reload it and retry"
+                )));
             }
-        }
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('revision', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [revision as i64],
-        )
-        .map_err(db)?;
-        for h in hosts {
+            if let Some(a) = agent {
+                a.apply(tx)?;
+            }
+            if let Some(objects) = objects {
+                tx.execute("DELETE FROM objects", &[])?;
+                for (i, o) in objects.list.iter().enumerate() {
+                    tx.execute(
+                        "INSERT INTO objects (position, kind, name, toml) VALUES (?1, ?2, ?3, ?4)",
+                        &vals![i as i64, o.kind.as_str(), &o.name, &o.toml],
+                    )?;
+                }
+            }
             tx.execute(
-                "INSERT INTO hosts (host, generation, view) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (host) DO UPDATE SET generation = excluded.generation, view = excluded.view",
-                params![h.host, h.generation as i64, wire::encode_view(h.view)],
-            )
-            .map_err(db)?;
-            if h.base != 0 {
+                "INSERT INTO meta (key, value) VALUES ('revision', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &vals![revision as i64],
+            )?;
+            for h in hosts {
                 tx.execute(
-                    "INSERT OR REPLACE INTO host_deltas (host, generation, base, delta) VALUES (?1, ?2, ?3, ?4)",
-                    params![h.host, h.generation as i64, h.base as i64, wire::encode_delta(h.delta)],
-                )
-                .map_err(db)?;
-                tx.execute(
-                    "DELETE FROM host_deltas WHERE host = ?1 AND generation <= ?2",
-                    params![h.host, h.generation as i64 - DELTA_HISTORY],
-                )
-                .map_err(db)?;
+                    "INSERT INTO hosts (host, generation, view) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (host) DO UPDATE SET generation = excluded.generation, view = excluded.view",
+                    &vals![h.host, h.generation as i64, wire::encode_view(h.view)],
+                )?;
+                if h.base != 0 {
+                    tx.execute(
+                        "INSERT INTO host_deltas (host, generation, base, delta) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (host, generation) DO UPDATE SET base = excluded.base, delta = excluded.delta",
+                        &vals![
+                            h.host,
+                            h.generation as i64,
+                            h.base as i64,
+                            wire::encode_delta(h.delta)
+                        ],
+                    )?;
+                    tx.execute(
+                        "DELETE FROM host_deltas WHERE host = ?1 AND generation <= ?2",
+                        &vals![h.host, h.generation as i64 - DELTA_HISTORY],
+                    )?;
+                }
             }
-        }
-        for a in audit {
-            insert_audit(&tx, &self.keys, a)?;
-        }
-        tx.commit().map_err(db)
+            for a in audit {
+                insert_audit(tx, &keys, a)?;
+            }
+            Ok(())
+        })
     }
 
     /// The text of the last applied policy file (for its comments), if one was stored.
     pub fn applied_text(&self) -> Result<Option<String>, Error> {
         self.conn
-            .query_row(
+            .sql()
+            .query_opt(
                 "SELECT value FROM meta_text WHERE key = 'applied_policy'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db)
+                &[],
+            )?
+            .map(|r| r.text(0))
+            .transpose()
     }
 
     /// Stores the text of an applied policy file.
     pub fn set_applied_text(&mut self, text: &str) -> Result<(), Error> {
-        self.conn
-            .execute(
-                "INSERT INTO meta_text (key, value) VALUES ('applied_policy', ?1)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [text],
-            )
-            .map(|_| ())
-            .map_err(db)
+        self.conn.sql().execute(
+            "INSERT INTO meta_text (key, value) VALUES ('applied_policy', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &vals![text],
+        )?;
+        Ok(())
     }
 }

@@ -2,13 +2,11 @@
 //! (Argon2id password hashes, TOTP secrets sealed with the controller key, the last
 //! accepted TOTP step).
 
-use rusqlite::{Connection, params};
-
 use super::audit::insert_audit;
-use super::{Loaded, Store, db};
-use crate::Error;
+use super::{Loaded, Row, Sql, Store};
 use crate::keys::Keys;
 use crate::model::AuditEntry;
+use crate::{Error, vals};
 
 /// A stored API key (the secret only as its hash).
 #[derive(Clone, Debug)]
@@ -48,15 +46,15 @@ impl std::fmt::Debug for UserRow {
 
 /// An `api_keys` row selected as name, role, hash, created_ms, expires_ms, revoked_ms,
 /// created_by.
-fn api_key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRow> {
+fn api_key_row(r: &Row) -> Result<ApiKeyRow, Error> {
     Ok(ApiKeyRow {
-        name: r.get(0)?,
-        role: r.get(1)?,
-        hash: r.get(2)?,
-        created_ms: r.get(3)?,
-        expires_ms: r.get(4)?,
-        revoked_ms: r.get(5)?,
-        created_by: r.get(6)?,
+        name: r.text(0)?,
+        role: r.text(1)?,
+        hash: r.text(2)?,
+        created_ms: r.int(3)?,
+        expires_ms: r.int(4)?,
+        revoked_ms: r.opt_int(5)?,
+        created_by: r.text(6)?,
     })
 }
 
@@ -64,71 +62,64 @@ impl Store {
     /// Every API key and admin user (at start-up).
     pub(super) fn load_security(&self, out: &mut Loaded) -> Result<(), Error> {
         out.api_keys = self.api_keys()?;
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT name, role, password_hash, totp_secret, created_ms, totp_last_step
-                 FROM admin_users ORDER BY name",
-            )
-            .map_err(db)?;
-        let rows = st
-            .query_map([], |r| {
-                Ok(UserRow {
-                    name: r.get(0)?,
-                    role: r.get(1)?,
-                    password_hash: r.get(2)?,
-                    totp_secret: r.get(3)?,
-                    created_ms: r.get(4)?,
-                    totp_last_step: r.get(5)?,
-                })
-            })
-            .map_err(db)?;
-        for row in rows {
-            out.users.push(row.map_err(db)?);
+        for r in self.conn.sql().query(
+            "SELECT name, role, password_hash, totp_secret, created_ms, totp_last_step
+             FROM admin_users ORDER BY name",
+            &[],
+        )? {
+            out.users.push(UserRow {
+                name: r.text(0)?,
+                role: r.text(1)?,
+                password_hash: r.text(2)?,
+                totp_secret: r.text(3)?,
+                created_ms: r.int(4)?,
+                totp_last_step: r.int(5)?,
+            });
         }
         Ok(())
     }
 
     /// Every API key (revoked ones too), oldest first.
     pub fn api_keys(&self) -> Result<Vec<ApiKeyRow>, Error> {
-        let mut st = self
-            .conn
-            .prepare(
+        self.conn
+            .sql()
+            .query(
                 "SELECT name, role, hash, created_ms, expires_ms, revoked_ms, created_by
                  FROM api_keys ORDER BY created_ms, name",
-            )
-            .map_err(db)?;
-        let rows = st.query_map([], api_key_row).map_err(db)?;
-        rows.map(|r| r.map_err(db)).collect()
+                &[],
+            )?
+            .iter()
+            .map(api_key_row)
+            .collect()
     }
 
     /// The API key with this hash, if any (a key minted by another process on this
     /// database, e.g. `gateway-controller init` while the controller runs).
     pub fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRow>, Error> {
-        use rusqlite::OptionalExtension as _;
         self.conn
-            .query_row(
+            .sql()
+            .query_opt(
                 "SELECT name, role, hash, created_ms, expires_ms, revoked_ms, created_by
                  FROM api_keys WHERE hash = ?1",
-                params![hash],
-                api_key_row,
-            )
-            .optional()
-            .map_err(db)
+                &vals![hash],
+            )?
+            .as_ref()
+            .map(api_key_row)
+            .transpose()
     }
 
     pub fn insert_api_key(&mut self, k: &ApiKeyRow, audit: &AuditEntry) -> Result<(), Error> {
         self.exec_audited(
             "INSERT INTO api_keys (name, role, hash, created_ms, expires_ms, revoked_ms, created_by)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                k.name,
-                k.role,
-                k.hash,
+            &vals![
+                &k.name,
+                &k.role,
+                &k.hash,
                 k.created_ms,
                 k.expires_ms,
                 k.revoked_ms,
-                k.created_by
+                &k.created_by
             ],
             audit,
         )
@@ -139,11 +130,11 @@ impl Store {
         self.exec_audited(
             "INSERT INTO admin_users (name, role, password_hash, totp_secret, created_ms, totp_last_step)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                u.name,
-                u.role,
-                u.password_hash,
-                u.totp_secret,
+            &vals![
+                &u.name,
+                &u.role,
+                &u.password_hash,
+                &u.totp_secret,
                 u.created_ms,
                 u.totp_last_step
             ],
@@ -161,7 +152,7 @@ impl Store {
     ) -> Result<(), Error> {
         self.exec_audited(
             "UPDATE api_keys SET revoked_ms = ?2 WHERE name = ?1",
-            params![name, now_ms],
+            &vals![name, now_ms],
             audit,
         )
         .map(|_| ())
@@ -176,7 +167,7 @@ impl Store {
     ) -> Result<(), Error> {
         self.exec_audited(
             "UPDATE admin_users SET password_hash = ?2 WHERE name = ?1",
-            params![name, password_hash],
+            &vals![name, password_hash],
             audit,
         )
         .map(|_| ())
@@ -192,7 +183,7 @@ impl Store {
     ) -> Result<(), Error> {
         self.exec_audited(
             "UPDATE admin_users SET totp_secret = ?2, totp_last_step = -1 WHERE name = ?1",
-            params![name, sealed_secret],
+            &vals![name, sealed_secret],
             audit,
         )
         .map(|_| ())
@@ -200,12 +191,10 @@ impl Store {
 
     /// Records the last accepted TOTP step of a user.
     pub fn set_totp_step(&mut self, user: &str, step: i64) -> Result<(), Error> {
-        self.conn
-            .execute(
-                "UPDATE admin_users SET totp_last_step = ?2 WHERE name = ?1 AND totp_last_step < ?2",
-                params![user, step],
-            )
-            .map_err(db)?;
+        self.conn.sql().execute(
+            "UPDATE admin_users SET totp_last_step = ?2 WHERE name = ?1 AND totp_last_step < ?2",
+            &vals![user, step],
+        )?;
         Ok(())
     }
 
@@ -217,62 +206,50 @@ impl Store {
         now_ms: i64,
         audit: &AuditEntry,
     ) -> Result<Vec<String>, Error> {
-        let tx = self.conn.transaction().map_err(db)?;
-        tx.execute("DELETE FROM admin_users WHERE name = ?1", [name])
-            .map_err(db)?;
-        let keys: Vec<String> = {
-            let mut st = tx
-                .prepare(
+        let keys = self.keys.clone();
+        self.conn.transaction(|tx| {
+            tx.execute("DELETE FROM admin_users WHERE name = ?1", &vals![name])?;
+            let revoked: Vec<String> = tx
+                .query(
                     "SELECT name FROM api_keys WHERE created_by = ?1 AND revoked_ms IS NULL ORDER BY name",
-                )
-                .map_err(db)?;
-            st.query_map([format!("user:{name}")], |r| r.get(0))
-                .map_err(db)?
-                .collect::<Result<_, _>>()
-                .map_err(db)?
-        };
-        insert_audit(&tx, &self.keys, audit)?;
-        for k in &keys {
-            tx.execute(
-                "UPDATE api_keys SET revoked_ms = ?2 WHERE name = ?1",
-                params![k, now_ms],
-            )
-            .map_err(db)?;
-            insert_audit(
-                &tx,
-                &self.keys,
-                &AuditEntry {
-                    action: "revoke_api_key".into(),
-                    target: format!("api_key:{k}"),
-                    before: "active".into(),
-                    after: format!("revoked: its creator user:{name} was deleted"),
-                    ..audit.clone()
-                },
-            )?;
-        }
-        tx.commit().map_err(db)?;
-        Ok(keys)
+                    &vals![format!("user:{name}")],
+                )?
+                .iter()
+                .map(|r| r.text(0))
+                .collect::<Result<_, _>>()?;
+            insert_audit(tx, &keys, audit)?;
+            for k in &revoked {
+                tx.execute(
+                    "UPDATE api_keys SET revoked_ms = ?2 WHERE name = ?1",
+                    &vals![k, now_ms],
+                )?;
+                insert_audit(
+                    tx,
+                    &keys,
+                    &AuditEntry {
+                        action: "revoke_api_key".into(),
+                        target: format!("api_key:{k}"),
+                        before: "active".into(),
+                        after: format!("revoked: its creator user:{name} was deleted"),
+                        ..audit.clone()
+                    },
+                )?;
+            }
+            Ok(revoked)
+        })
     }
 }
 
 /// Seals the TOTP secrets stored in clear (once, when the database is keyed).
-pub(super) fn seal_plain_totp_secrets(tx: &Connection, keys: &Keys) -> Result<(), Error> {
-    let users: Vec<(String, String)> = {
-        let mut st = tx
-            .prepare("SELECT name, totp_secret FROM admin_users")
-            .map_err(db)?;
-        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(db)?
-            .collect::<Result<_, _>>()
-            .map_err(db)?
-    };
-    for (name, secret) in users {
+pub(super) fn seal_plain_totp_secrets(tx: &dyn Sql, keys: &Keys) -> Result<(), Error> {
+    let users = tx.query("SELECT name, totp_secret FROM admin_users", &[])?;
+    for r in users {
+        let (name, secret) = (r.text(0)?, r.text(1)?);
         if !Keys::is_sealed(&secret) {
             tx.execute(
                 "UPDATE admin_users SET totp_secret = ?2 WHERE name = ?1",
-                params![name, keys.seal_totp(&name, &secret)?],
-            )
-            .map_err(db)?;
+                &vals![&name, keys.seal_totp(&name, &secret)?],
+            )?;
         }
     }
     Ok(())
