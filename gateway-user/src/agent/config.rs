@@ -203,6 +203,11 @@ pub struct ControllerConfig {
     /// The controller's gRPC address: `https://controller.example:50051` (with
     /// `ca_file`); `http://` (plaintext) only to a loopback address, for tests.
     pub url: String,
+    /// Other controllers of the same control plane (replicas on one PostgreSQL database),
+    /// tried in order after `url` when the one in use is unreachable; the agent stays with
+    /// whichever answers and resumes from the generation it has. Same rules as `url`.
+    #[serde(default)]
+    pub fallback_urls: Vec<String>,
     /// The deployment's CA certificate (PEM, `ca.pem` from `gateway-controller init`):
     /// the only CA the agent trusts for the controller. Required with an https URL.
     pub ca_file: Option<PathBuf>,
@@ -219,6 +224,11 @@ pub struct ControllerConfig {
 }
 
 impl ControllerConfig {
+    /// `url`, then every `fallback_urls` entry.
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.url.as_str()).chain(self.fallback_urls.iter().map(String::as_str))
+    }
+
     /// The enrollment token, from `enrollment_token` or `enrollment_token_file` (which
     /// must be readable by its owner only).
     pub fn token(&self) -> Result<Option<String>> {
@@ -470,32 +480,39 @@ impl Config {
             _ => {}
         }
         if let Some(c) = &self.controller {
-            let https = c.url.starts_with("https://");
-            match (&c.ca_file, https) {
-                (None, true) => bail!(
-                    "[controller] url `{}` is https but no `ca_file` is set: give the \
-                     deployment's CA certificate (ca.pem from `gateway-controller init`)",
-                    c.url
-                ),
-                (Some(_), false) => bail!(
-                    "[controller] `ca_file` is set but url `{}` is not https://",
-                    c.url
-                ),
-                _ => {}
-            }
-            if !https && !c.url.starts_with("http://") {
-                bail!(
-                    "[controller] url `{}` must start with https:// (or http:// to a loopback \
-                     address, for tests)",
-                    c.url
-                );
-            }
-            if !https && !gateway_proto::plaintext_allowed(&c.url) {
-                bail!(
-                    "[controller] url `{}`: plaintext (http://) is for loopback addresses only; \
-                     use https:// with `ca_file`",
-                    c.url
-                );
+            let mut seen = std::collections::HashSet::new();
+            for (i, url) in c.urls().enumerate() {
+                let key = if i == 0 {
+                    "url".to_string()
+                } else {
+                    format!("fallback_urls[{}]", i - 1)
+                };
+                if !seen.insert(url) {
+                    bail!("[controller] {key} `{url}` is listed twice");
+                }
+                let https = url.starts_with("https://");
+                match (&c.ca_file, https) {
+                    (None, true) => bail!(
+                        "[controller] {key} `{url}` is https but no `ca_file` is set: give the \
+                         deployment's CA certificate (ca.pem from `gateway-controller init`)"
+                    ),
+                    (Some(_), false) => {
+                        bail!("[controller] `ca_file` is set but {key} `{url}` is not https://")
+                    }
+                    _ => {}
+                }
+                if !https && !url.starts_with("http://") {
+                    bail!(
+                        "[controller] {key} `{url}` must start with https:// (or http:// to a \
+                         loopback address, for tests)"
+                    );
+                }
+                if !https && !gateway_proto::plaintext_allowed(url) {
+                    bail!(
+                        "[controller] {key} `{url}`: plaintext (http://) is for loopback \
+                         addresses only; use https:// with `ca_file`"
+                    );
+                }
             }
             if c.enrollment_token.is_some() && c.enrollment_token_file.is_some() {
                 bail!(
@@ -690,6 +707,51 @@ mod secrets_tests {
             if !ok {
                 let e = format!("{:#}", r.unwrap_err());
                 assert!(e.contains("loopback addresses only"), "{e}");
+            }
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn fallback_controllers_follow_the_rules_of_url() {
+        let d = dir();
+        let p = d.join("a.toml");
+        for (lines, problem) in [
+            (
+                "url = \"http://127.0.0.1:1\"\nfallback_urls = [\"http://127.0.0.1:2\"]\n",
+                None,
+            ),
+            (
+                "url = \"http://127.0.0.1:1\"\nfallback_urls = [\"http://198.19.9.1:2\"]\n",
+                Some("fallback_urls[0] `http://198.19.9.1:2`: plaintext (http://) is for loopback"),
+            ),
+            (
+                "url = \"http://127.0.0.1:1\"\nfallback_urls = [\"http://127.0.0.1:2\", \"http://127.0.0.1:1\"]\n",
+                Some("fallback_urls[1] `http://127.0.0.1:1` is listed twice"),
+            ),
+            (
+                "url = \"https://a.example:1\"\nca_file = \"/ca.pem\"\nfallback_urls = [\"http://127.0.0.1:2\"]\n",
+                Some("`ca_file` is set but fallback_urls[0] `http://127.0.0.1:2` is not https://"),
+            ),
+            (
+                "url = \"http://127.0.0.1:1\"\nfallback_urls = [\"https://b.example:2\"]\n",
+                Some("fallback_urls[0] `https://b.example:2` is https but no `ca_file`"),
+            ),
+        ] {
+            std::fs::write(&p, format!("{MANAGED}{lines}")).unwrap();
+            match (Config::load(&p), problem) {
+                (Ok(cfg), None) => {
+                    let c = cfg.controller.unwrap();
+                    assert_eq!(
+                        c.urls().collect::<Vec<_>>(),
+                        ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+                    );
+                }
+                (Err(e), Some(want)) => {
+                    let e = format!("{e:#}");
+                    assert!(e.contains(want), "{lines}: {e}");
+                }
+                (r, want) => panic!("{lines}: {r:?}, want {want:?}"),
             }
         }
         std::fs::remove_dir_all(&d).unwrap();

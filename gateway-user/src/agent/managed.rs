@@ -138,10 +138,13 @@ pub fn read_generation(path: &Path, local: u32) -> Option<u64> {
     (g.local_generation == local).then_some(g.generation)
 }
 
-/// How to reach the controller: its URL and, for `https://`, the pinned CA certificate.
+/// How to reach the controller: its URLs (`url`, then `fallback_urls`), which one is in
+/// use, and, for `https://`, the pinned CA certificate. Clones share the one in use, so
+/// the watch and the event report follow the same controller.
 #[derive(Clone, Debug)]
 pub struct Link {
-    pub url: String,
+    urls: Vec<String>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     ca: Option<Vec<u8>>,
 }
 
@@ -149,11 +152,12 @@ impl Link {
     /// Reads `ca_file` (if any) from the configuration. Plaintext (no CA) is refused
     /// unless the URL is a loopback address.
     pub fn new(cfg: &ControllerConfig) -> Result<Link> {
-        if cfg.ca_file.is_none() && !gateway_proto::plaintext_allowed(&cfg.url) {
-            bail!(
-                "`{}`: plaintext is for loopback addresses only; use https:// with `ca_file`",
-                cfg.url
-            );
+        for url in cfg.urls() {
+            if cfg.ca_file.is_none() && !gateway_proto::plaintext_allowed(url) {
+                bail!(
+                    "`{url}`: plaintext is for loopback addresses only; use https:// with `ca_file`"
+                );
+            }
         }
         let ca = match &cfg.ca_file {
             Some(path) => Some(
@@ -163,18 +167,60 @@ impl Link {
             None => None,
         };
         Ok(Link {
-            url: cfg.url.clone(),
+            urls: cfg.urls().map(str::to_string).collect(),
+            current: Default::default(),
             ca,
         })
     }
 
-    /// A client: TLS with the pinned CA for https URLs (refused without one), plaintext
-    /// for http URLs (tests).
+    /// The URL of the controller in use (the last one that answered).
+    pub fn url(&self) -> &str {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.urls.get(i).map_or("", String::as_str)
+    }
+
+    /// A client of the controller in use or, when it does not answer, of the next one
+    /// that does (in the configured order, wrapping around); that one is in use after.
+    /// With one URL this is [`Link::connect_to`] of it.
     async fn connect(&self) -> Result<AgentClient<Channel>> {
-        let url = &self.url;
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = self.urls.len().max(1);
+        let start = self.current.load(Relaxed) % n;
+        // With somewhere else to go, give up on an address that does not answer sooner.
+        let timeout = Duration::from_secs(if n > 1 { 3 } else { 10 });
+        let mut failed = Vec::new();
+        for k in 0..n {
+            let i = (start + k) % n;
+            let Some(url) = self.urls.get(i) else {
+                break;
+            };
+            match self.connect_to(url, timeout).await {
+                Ok(client) => {
+                    if i != start {
+                        self.current.store(i, Relaxed);
+                        tracing::warn!(
+                            controller = %url,
+                            unreachable = %failed.join("; "),
+                            "switched to another controller"
+                        );
+                    }
+                    return Ok(client);
+                }
+                Err(e) => failed.push(format!("{url}: {e:#}")),
+            }
+        }
+        if n == 1 {
+            bail!("{}", failed.join("; "));
+        }
+        bail!("no controller answers: {}", failed.join("; "))
+    }
+
+    /// A client of `url`: TLS with the pinned CA for https URLs (refused without one),
+    /// plaintext for http URLs (tests).
+    async fn connect_to(&self, url: &str, timeout: Duration) -> Result<AgentClient<Channel>> {
         let mut ep = Endpoint::from_shared(url.to_string())
             .with_context(|| format!("invalid controller URL `{url}`"))?
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(timeout);
         match &self.ca {
             Some(ca) => {
                 ep = ep.tls_config(
@@ -240,10 +286,12 @@ pub async fn enroll(
     })?;
     let configured =
         gateway_proto::parse_host(host).map_err(|e| anyhow!("this agent's host `{host}`: {e}"))?;
-    let mut client = link
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the controller at {}", cfg.url))?;
+    let mut client = link.connect().await.with_context(|| {
+        format!(
+            "connecting to the controller at {}",
+            cfg.urls().collect::<Vec<_>>().join(" or ")
+        )
+    })?;
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
@@ -308,8 +356,9 @@ pub async fn watch(link: Link, id: Identity, tx: mpsc::Sender<Update>) {
     let mut generation = 0u64;
     let mut backoff = BACKOFF_MIN;
     loop {
-        let url = &link.url;
-        match watch_once(&link, &id, &mut view, &mut generation, &tx, &mut backoff).await {
+        let result = watch_once(&link, &id, &mut view, &mut generation, &tx, &mut backoff).await;
+        let url = link.url();
+        match result {
             Ok(()) => tracing::warn!(controller = %url, "the controller closed the watch stream"),
             Err(e) => tracing::warn!(
                 controller = %url,

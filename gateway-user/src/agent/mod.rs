@@ -219,13 +219,11 @@ async fn run_async(mut cfg: Config) -> Result<()> {
         tokio::spawn(managed::report(link, id, erx));
         events_tx = Some(etx);
         let first = if adopted == 0 {
-            tracing::info!(controller = %ctl.url, "waiting for this host's view");
+            let controllers = ctl.urls().collect::<Vec<_>>().join(" or ");
+            tracing::info!(controller = %controllers, "waiting for this host's view");
             metrics::set_not_ready(
                 &metrics,
-                &format!(
-                    "waiting for this host's view from the controller at {}",
-                    ctl.url
-                ),
+                &format!("waiting for this host's view from the controller at {controllers}"),
             );
             let update = rx.recv().await.context("the controller watch ended")?;
             let first =

@@ -18,9 +18,10 @@ use std::{
 };
 
 pub struct AgentTunnel {
-    /// The controller's address (managed mode), checked against each view's protected
-    /// space: the shield would cut the agent off from a controller inside it.
-    controller: Option<IpAddr>,
+    /// The controllers' addresses (managed mode: `url` and `fallback_urls`), checked
+    /// against each view's protected space: the shield would cut the agent off from a
+    /// controller inside it.
+    controllers: Vec<IpAddr>,
     warned_controller: bool,
     tunnel: Tunnel,
     cfg: TunnelConfig,
@@ -146,9 +147,13 @@ impl AgentTunnel {
             "tunnel up"
         );
         let remembered = remembered_endpoints(&status_path(&t));
-        let controller = cfg.controller.as_ref().and_then(|c| controller_ip(&c.url));
+        let controllers = cfg
+            .controller
+            .as_ref()
+            .map(|c| c.urls().filter_map(controller_ip).collect())
+            .unwrap_or_default();
         let at = AgentTunnel {
-            controller,
+            controllers,
             warned_controller: false,
             remembered,
             key_stamp: stamp(&t.private_key_file),
@@ -168,9 +173,11 @@ impl AgentTunnel {
 
     /// Makes peers, addresses and routes those of `view`.
     pub async fn apply(&mut self, view: &HostView) -> Result<PeerChange> {
-        if let Some(ip) = self.controller
+        if let Some(ip) = self
+            .controllers
+            .iter()
+            .find(|ip| view.protected.iter().any(|n| n.contains(*ip)))
             && !self.warned_controller
-            && view.protected.iter().any(|n| n.contains(&ip))
         {
             self.warned_controller = true;
             tracing::warn!(
