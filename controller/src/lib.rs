@@ -533,10 +533,14 @@ pub async fn serve_with(
                 let file = head_file.clone();
                 let before = exported.clone();
                 let done = tokio::task::spawn_blocking(move || {
+                    s.flush_refusals(false);
+                    // The rest runs on one controller of the database at a time.
+                    if !s.lead_singletons() {
+                        return before;
+                    }
                     if let Err(e) = s.refresh_if_due() {
                         error!(error = %e, "recompiling after an expiry failed");
                     }
-                    s.flush_refusals(false);
                     if prune {
                         match s.prune_events() {
                             Ok(0) => {}

@@ -114,6 +114,8 @@ pub struct State {
     guard: security::Guard,
     /// Repeated refusals, aggregated before they reach the audit trail.
     refusals: Mutex<limits::Refusals>,
+    /// Whether this controller runs the singleton jobs ([`State::lead_singletons`]).
+    leader: crate::store::Leader,
     /// Refusal records not written yet: written by the server's one-second tick (and
     /// before any read of the audit trail), never on the path of the refused call.
     pending_refusals: Mutex<Vec<limits::Record>>,
@@ -126,6 +128,14 @@ impl std::fmt::Debug for State {
 }
 
 impl State {
+    /// Whether this controller runs the jobs that must run once per database, not once
+    /// per controller: expiry recompiles, event retention and the audit head export
+    /// (always on SQLite; on PostgreSQL the holder of an advisory lock: [`crate::store::Leader`]).
+    /// Blocking: call it where the store may be called.
+    pub fn lead_singletons(&self) -> bool {
+        self.leader.lead()
+    }
+
     /// Opens the store (keys next to the database, see [`Options`]) and loads the
     /// state it holds.
     pub fn open(db: impl Into<Db>, retention_days: u32) -> Result<State, Error> {
@@ -256,6 +266,7 @@ impl State {
                 REFUSALS_IMMEDIATE,
             )),
             pending_refusals: Mutex::new(Vec::new()),
+            leader: crate::store::Leader::new(&db),
         };
         // Views may have changed while the controller was down (expired grants).
         state.refresh()?;

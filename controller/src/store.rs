@@ -233,6 +233,99 @@ const PG_MIGRATIONS: &[&str] = &[
 /// The advisory lock PostgreSQL controllers take while migrating (one at a time).
 const PG_MIGRATION_LOCK: i64 = 0x007a_7467_776d_6967;
 
+/// Which controller runs the singleton jobs (expiry recompiles, event retention, the
+/// audit head export): exactly one per database at a time. On SQLite that is the one
+/// controller the lock file admits. On PostgreSQL it is the controller whose own
+/// connection holds a session advisory lock ([`sql::PgLock`]); when that controller dies or
+/// loses its connection the server releases the lock, and another controller takes it at
+/// its next [`Leader::lead`] (the jobs run every second, so within about a second).
+pub struct Leader {
+    inner: std::sync::Mutex<LeaderInner>,
+}
+
+enum LeaderInner {
+    Always,
+    Postgres {
+        url: Box<sql::PgUrl>,
+        conn: Option<sql::PgLock>,
+        held: bool,
+    },
+}
+
+/// The advisory lock key of the singleton jobs (advisory locks are per database).
+const SINGLETON_LOCK: i64 = 0x7a74_6777_6a6f_6273; // "ztgwjobs"
+
+impl Leader {
+    pub fn new(db: &Db) -> Leader {
+        let inner = match db {
+            Db::Sqlite(_) => LeaderInner::Always,
+            Db::Postgres(url) => LeaderInner::Postgres {
+                url: url.clone(),
+                conn: None,
+                held: false,
+            },
+        };
+        Leader {
+            inner: std::sync::Mutex::new(inner),
+        }
+    }
+
+    /// Whether this controller runs the singleton jobs now: checks that the lock it holds
+    /// is still held (its connection alive), or tries to take it. Blocking (one or two
+    /// round trips); logs every change.
+    pub fn lead(&self) -> bool {
+        let mut g = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let LeaderInner::Postgres { url, conn, held } = &mut *g else {
+            return true;
+        };
+        if *held {
+            if conn.as_ref().is_some_and(sql::PgLock::alive) {
+                return true;
+            }
+            *held = false;
+            *conn = None;
+            tracing::warn!(
+                database = %url,
+                "lost the singleton jobs' lock (its PostgreSQL connection closed): another \
+                 controller runs expiry recompiles, event retention and the audit head export"
+            );
+        }
+        if conn.as_ref().is_some_and(|c| !c.alive()) {
+            *conn = None;
+        }
+        if conn.is_none() {
+            match sql::PgLock::connect(url) {
+                Ok(c) => *conn = Some(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the singleton jobs' lock: cannot connect");
+                    return false;
+                }
+            }
+        }
+        match conn.as_ref().map(|c| c.try_take(SINGLETON_LOCK)) {
+            Some(Ok(true)) => {
+                *held = true;
+                tracing::info!(
+                    database = %url,
+                    "this controller runs the singleton jobs (expiry recompiles, event \
+                     retention, the audit head export)"
+                );
+                true
+            }
+            Some(Ok(false)) => false,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "the singleton jobs' lock: cannot ask");
+                *conn = None;
+                false
+            }
+            None => false,
+        }
+    }
+}
+
 pub(crate) fn db(e: rusqlite::Error) -> Error {
     Error::Internal(format!("database: {e}"))
 }

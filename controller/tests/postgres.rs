@@ -320,3 +320,41 @@ fn a_controller_reconnects_after_the_server_closed_its_connections() {
     assert!(state.verify_audit(None).unwrap().ok);
     assert!(state.list_api_keys().iter().any(|k| k.name == "after-1"));
 }
+
+/// The singleton jobs (expiry recompiles, event retention, the audit head export) run on
+/// one controller of a database at a time, and move to another when that one dies.
+#[test]
+fn singleton_jobs_run_on_one_controller_and_move_when_it_dies() {
+    let Some(pg) = fresh_database(&test_name(
+        "singleton_jobs_run_on_one_controller_and_move_when_it_dies",
+    )) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("controller.key");
+    let db = Db::parse(&pg.url).unwrap();
+    let first = open(&db, &key);
+    let second = open(&db, &key);
+    assert!(first.lead_singletons(), "the first to ask runs the jobs");
+    for _ in 0..3 {
+        assert!(!second.lead_singletons(), "two controllers run the jobs");
+        assert!(
+            first.lead_singletons(),
+            "the first lost the jobs while alive"
+        );
+    }
+    // The first dies: its connections close, the server releases the lock.
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !second.lead_singletons() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the jobs did not move to the second controller within 20 s of the first's end"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // And a third controller started now does not take them from the second.
+    let third = open(&db, &key);
+    assert!(!third.lead_singletons());
+    assert!(second.lead_singletons());
+}

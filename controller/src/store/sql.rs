@@ -646,6 +646,42 @@ impl Conn {
     }
 }
 
+/// A PostgreSQL connection of its own holding a session-level advisory lock: the
+/// controller that holds it runs the singleton jobs ([`crate::store::Leader`]). The lock
+/// lives as long as this connection: when the controller dies or its connection breaks,
+/// the server releases it and another controller's next try takes it. Never reopened
+/// behind the caller's back (a new connection would not hold the lock).
+pub struct PgLock {
+    client: tokio_postgres::Client,
+    label: String,
+}
+
+impl PgLock {
+    pub fn connect(url: &PgUrl) -> Result<PgLock, Error> {
+        Ok(PgLock {
+            client: PgConn::client(url)?,
+            label: url.to_string(),
+        })
+    }
+
+    /// Takes lock `key` if no other session holds it; true when this session holds it.
+    pub fn try_take(&self, key: i64) -> Result<bool, Error> {
+        let row = wait(
+            self.client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key]),
+        )
+        .map_err(|e| {
+            Error::Internal(format!("database ({}): {}", self.label, pg_error_text(&e)))
+        })?;
+        Ok(row.get::<_, bool>(0))
+    }
+
+    /// True while the connection (and so any lock it took) is alive; asks the server.
+    pub fn alive(&self) -> bool {
+        !self.client.is_closed() && wait(self.client.simple_query("SELECT 1")).is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
