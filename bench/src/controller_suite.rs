@@ -222,7 +222,7 @@ pub(crate) struct Local {
 impl Local {
     pub(crate) async fn start(dir: &std::path::Path) -> Result<Local> {
         let state = Arc::new(
-            controller::State::open(&dir.join("controller.db"), 30)
+            controller::State::open(dir.join("controller.db"), 30)
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
         );
         let admin_key = state

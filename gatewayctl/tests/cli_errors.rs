@@ -35,7 +35,7 @@ impl Controller {
     async fn start(tls: bool) -> Controller {
         let dir = tempfile::tempdir().unwrap();
         let state =
-            Arc::new(controller::State::open(&dir.path().join("controller.db"), 30).unwrap());
+            Arc::new(controller::State::open(dir.path().join("controller.db"), 30).unwrap());
         let key = state.bootstrap_admin_key("cli-errors").unwrap();
         let (ca, tls_config) = if tls {
             let tls_dir = dir.path().join("tls");

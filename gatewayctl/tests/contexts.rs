@@ -25,7 +25,7 @@ impl Controller {
     async fn start(key_name: &str) -> Controller {
         let dir = tempfile::tempdir().unwrap();
         let state =
-            Arc::new(controller::State::open(&dir.path().join("controller.db"), 30).unwrap());
+            Arc::new(controller::State::open(dir.path().join("controller.db"), 30).unwrap());
         let key = state.bootstrap_admin_key(key_name).unwrap();
         let (tx, rx) = oneshot::channel();
         let (addr, _task) =

@@ -26,7 +26,7 @@ impl Controller {
     async fn start() -> Controller {
         let dir = tempfile::tempdir().unwrap();
         let state =
-            Arc::new(controller::State::open(&dir.path().join("controller.db"), 30).unwrap());
+            Arc::new(controller::State::open(dir.path().join("controller.db"), 30).unwrap());
         let key = state.bootstrap_admin_key("plans-tests").unwrap();
         let (tx, rx) = oneshot::channel();
         let (addr, task) =
@@ -376,7 +376,7 @@ async fn export_round_trips_through_apply() {
 
     // The comments are stored: a restarted controller hands out the same text.
     let dir = c.stop().await;
-    let state = controller::State::open(&dir.path().join("controller.db"), 30).unwrap();
+    let state = controller::State::open(dir.path().join("controller.db"), 30).unwrap();
     let (again, rev) = state.policy();
     assert_eq!(rev, 3);
     assert!(text.ends_with(&again), "{again}");

@@ -41,7 +41,7 @@ impl Controller {
     async fn start() -> Controller {
         let dir = tempfile::tempdir().unwrap();
         let state =
-            Arc::new(controller::State::open(&dir.path().join("controller.db"), 30).unwrap());
+            Arc::new(controller::State::open(dir.path().join("controller.db"), 30).unwrap());
         let key = state.bootstrap_admin_key("gatewayctl-tests").unwrap();
         let (tx, rx) = oneshot::channel();
         let (addr, task) =
