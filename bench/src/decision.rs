@@ -110,8 +110,20 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>, checks: &mut Vec<Check>) -> Result<
     // with per-CPU free lists: entries a case opened on one CPU and the flush deleted go
     // back to that CPU's list, so a case that ran on the other CPU found too few free
     // entries and evicted its own fresh flows (an established working set measured with
-    // a third of its packets decided again, now and then). One CPU for the whole suite.
-    crate::throughput::pin_self(0);
+    // a third of its packets decided again, now and then). The suite runs on a thread of
+    // its own pinned to one CPU (the other suites keep every CPU).
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                crate::throughput::pin_self(0);
+                run_pinned(opts, rows, checks)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the decision suite's thread panicked")))
+    })
+}
+
+fn run_pinned(opts: &Opts, rows: &mut Vec<Row>, checks: &mut Vec<Check>) -> Result<()> {
     let (repeat, rounds, singles) = if opts.quick {
         (200_000u32, 3, 3_000)
     } else {
