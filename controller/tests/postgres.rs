@@ -23,6 +23,24 @@ fn test_name(name: &str) -> String {
     format!("{}::{name}", module_path!())
 }
 
+/// A test's fresh database (dropped with it), a folder for the key file, the key file's path
+/// and the database as `--db` gives it.
+struct Setup {
+    pg: gateway_test_support::postgres::TestDatabase,
+    dir: tempfile::TempDir,
+    key: std::path::PathBuf,
+    db: Db,
+}
+
+/// [`Setup`] for the test `name`; `None`: skipped (no cluster, CI unset).
+fn setup(name: &str) -> Option<Setup> {
+    let pg = fresh_database(&test_name(name))?;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("controller.key");
+    let db = Db::parse(&pg.url).unwrap();
+    Some(Setup { pg, dir, key, db })
+}
+
 /// Opens a controller's state on `db` with the key file `key`.
 fn open(db: &Db, key: &std::path::Path) -> State {
     State::open_with(
@@ -53,14 +71,15 @@ fn together<T: Send + 'static>(f: impl Fn(usize) -> T + Send + Sync + 'static) -
 
 #[test]
 fn two_controllers_on_one_database_apply_one_at_a_time() {
-    let Some(pg) = fresh_database(&test_name(
-        "two_controllers_on_one_database_apply_one_at_a_time",
-    )) else {
+    let Some(Setup {
+        pg: _pg,
+        dir: _dir,
+        key,
+        db,
+    }) = setup("two_controllers_on_one_database_apply_one_at_a_time")
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("controller.key");
-    let db = Db::parse(&pg.url).unwrap();
     let opts = |who: &str, revision: u64| ChangeOpts {
         expected_revision: Some(revision),
         actor: format!("key:{who}"),
@@ -125,12 +144,15 @@ fn two_controllers_on_one_database_apply_one_at_a_time() {
 
 #[test]
 fn two_controllers_append_to_one_audit_chain() {
-    let Some(pg) = fresh_database(&test_name("two_controllers_append_to_one_audit_chain")) else {
+    let Some(Setup {
+        pg: _pg,
+        dir: _dir,
+        key,
+        db,
+    }) = setup("two_controllers_append_to_one_audit_chain")
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("controller.key");
-    let db = Db::parse(&pg.url).unwrap();
     let states = [Arc::new(open(&db, &key)), Arc::new(open(&db, &key))];
     const EACH: usize = 20;
     let s = states.clone();
@@ -166,14 +188,15 @@ fn two_controllers_append_to_one_audit_chain() {
 
 #[test]
 fn a_database_newer_than_the_controller_is_refused_by_name() {
-    let Some(pg) = fresh_database(&test_name(
-        "a_database_newer_than_the_controller_is_refused_by_name",
-    )) else {
+    let Some(Setup {
+        pg,
+        dir: _dir,
+        key,
+        db,
+    }) = setup("a_database_newer_than_the_controller_is_refused_by_name")
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("controller.key");
-    let db = Db::parse(&pg.url).unwrap();
     drop(open(&db, &key));
     let conn = db.connect().unwrap();
     conn.sql()
@@ -283,14 +306,15 @@ fn the_binary_says_what_is_wrong_with_a_postgres_db() {
 
 #[test]
 fn a_controller_reconnects_after_the_server_closed_its_connections() {
-    let Some(pg) = fresh_database(&test_name(
-        "a_controller_reconnects_after_the_server_closed_its_connections",
-    )) else {
+    let Some(Setup {
+        pg: _pg,
+        dir: _dir,
+        key,
+        db,
+    }) = setup("a_controller_reconnects_after_the_server_closed_its_connections")
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("controller.key");
-    let db = Db::parse(&pg.url).unwrap();
     let state = open(&db, &key);
     state.bootstrap_admin_key("before").unwrap();
     let filter = controller::model::EventFilter::default();
@@ -325,14 +349,15 @@ fn a_controller_reconnects_after_the_server_closed_its_connections() {
 /// one controller of a database at a time, and move to another when that one dies.
 #[test]
 fn singleton_jobs_run_on_one_controller_and_move_when_it_dies() {
-    let Some(pg) = fresh_database(&test_name(
-        "singleton_jobs_run_on_one_controller_and_move_when_it_dies",
-    )) else {
+    let Some(Setup {
+        pg: _pg,
+        dir: _dir,
+        key,
+        db,
+    }) = setup("singleton_jobs_run_on_one_controller_and_move_when_it_dies")
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("controller.key");
-    let db = Db::parse(&pg.url).unwrap();
     let first = open(&db, &key);
     let second = open(&db, &key);
     assert!(first.lead_singletons(), "the first to ask runs the jobs");

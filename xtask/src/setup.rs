@@ -80,6 +80,12 @@ fn debian_packages() -> Result<String> {
         ));
     }
     println!("setup: installing Debian packages: {}", missing.join(" "));
+    apt_install(&missing)?;
+    Ok(format!("installed {}", missing.join(", ")))
+}
+
+/// `apt-get update`, then `apt-get install --no-install-recommends PACKAGES` (root only).
+fn apt_install(packages: &[&str]) -> Result<()> {
     util::run(
         Command::new("apt-get")
             .args(["update", "-qq"])
@@ -88,10 +94,9 @@ fn debian_packages() -> Result<String> {
     util::run(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    Ok(format!("installed {}", missing.join(", ")))
+    )
 }
 
 /// The newest installed PostgreSQL's `bin/` folder (Debian: `/usr/lib/postgresql/N/bin`),
@@ -124,22 +129,7 @@ fn postgresql() -> Result<String> {
         );
     }
     println!("setup: installing Debian package: postgresql");
-    util::run(
-        Command::new("apt-get")
-            .args(["update", "-qq"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    util::run(
-        Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-qq",
-                "--no-install-recommends",
-                "postgresql",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
+    apt_install(&["postgresql"])?;
     let bin = postgres_bin_dir()
         .context("postgresql was installed, but /usr/lib/postgresql/*/bin/initdb is missing")?;
     Ok(format!("installed ({})", bin.display()))
