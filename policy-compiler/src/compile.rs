@@ -25,6 +25,20 @@ pub enum Host {
     Device(String),
 }
 
+impl Host {
+    /// Every host of `policy` that gets a view: each connector a remote network lists (once,
+    /// in name order), then each device (in file order).
+    pub fn all(policy: &Policy) -> Vec<Host> {
+        let connectors: BTreeSet<&String> =
+            policy.networks.iter().flat_map(|n| &n.connectors).collect();
+        connectors
+            .into_iter()
+            .map(|c| Host::Connector(c.clone()))
+            .chain(policy.devices.iter().map(|d| Host::Device(d.name.clone())))
+            .collect()
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
     #[error("no remote network lists connector `{0}`")]

@@ -6,8 +6,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeSet;
-
 use policy_compiler::random::*;
 use policy_compiler::*;
 use sha2::{Digest, Sha256};
@@ -50,15 +48,7 @@ fn random_policies(seed: u64, n: usize) -> (String, usize) {
         };
         let policy = parsed.policy;
         done += 1;
-        let mut hosts: Vec<Host> = policy
-            .networks
-            .iter()
-            .flat_map(|n| n.connectors.iter().cloned())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .map(Host::Connector)
-            .collect();
-        hosts.extend(policy.devices.iter().map(|d| Host::Device(d.name.clone())));
+        let hosts = Host::all(&policy);
         for host in &hosts {
             for t in [NOW, NOW + 5400] {
                 h.update(view_json(&policy, host, t));

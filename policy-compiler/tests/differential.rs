@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use policy_compiler::random::*;
@@ -46,15 +45,7 @@ fn kernel_lookup_matches_reference_evaluator() {
             }
         };
         policies += 1;
-        let mut hosts: Vec<Host> = policy
-            .networks
-            .iter()
-            .flat_map(|n| n.connectors.iter().cloned())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .map(Host::Connector)
-            .collect();
-        hosts.extend(policy.devices.iter().map(|d| Host::Device(d.name.clone())));
+        let hosts = Host::all(&policy);
         for host in &hosts {
             let view = compile(&policy, host, NOW).unwrap();
             views += 1;

@@ -630,15 +630,7 @@ fn peers_match_the_reference_evaluator() {
         };
         let p = parsed.policy;
         policies += 1;
-        let mut hosts: Vec<Host> = p
-            .networks
-            .iter()
-            .flat_map(|n| n.connectors.iter().cloned())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .map(Host::Connector)
-            .collect();
-        hosts.extend(p.devices.iter().map(|d| Host::Device(d.name.clone())));
+        let hosts = Host::all(&p);
         // Times: now, and around every grant and key expiry.
         let mut times = vec![NOW];
         let expiries = p

@@ -11,13 +11,7 @@ use prost::Message as _;
 const NOW: i64 = 1_900_000_000;
 
 fn hosts(p: &Policy) -> BTreeSet<Host> {
-    let mut out: BTreeSet<Host> = p
-        .networks
-        .iter()
-        .flat_map(|n| n.connectors.iter().cloned().map(Host::Connector))
-        .collect();
-    out.extend(p.devices.iter().map(|d| Host::Device(d.name.clone())));
-    out
+    Host::all(p).into_iter().collect()
 }
 
 /// `n` valid random policies (the generator sometimes makes invalid ones).

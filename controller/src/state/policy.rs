@@ -76,16 +76,7 @@ pub(super) fn next_expiry(p: &Policy, now: i64) -> Option<i64> {
 }
 
 fn policy_hosts(p: &Policy) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for n in &p.networks {
-        for c in &n.connectors {
-            out.insert(gp::host_name(&Host::Connector(c.clone())));
-        }
-    }
-    for d in &p.devices {
-        out.insert(gp::host_name(&Host::Device(d.name.clone())));
-    }
-    out
+    Host::all(p).iter().map(gp::host_name).collect()
 }
 
 /// `policy` with the WireGuard key each enrolled, non-revoked agent registered in place
