@@ -91,6 +91,29 @@ impl AdminService {
         }
         Ok(plan)
     }
+
+    /// [`AdminService::change`] of one object: the request's `dry_run`, `expected_revision`
+    /// and `skip_tests` as the options, the plan as the answer.
+    async fn object_change(
+        &self,
+        actor: String,
+        (dry_run, expected_revision, skip_tests): (bool, Option<u64>, bool),
+        action: &str,
+        target: &str,
+        f: impl FnOnce(&State, &ChangeOpts) -> Result<crate::model::Plan, Error> + Send + 'static,
+    ) -> R<v1::ChangeResponse> {
+        let opts = ChangeOpts {
+            dry_run,
+            expected_revision,
+            actor,
+            skip_tests,
+        };
+        let plan = self.change(opts, action, target, f).await?;
+        Ok(Response::new(v1::ChangeResponse {
+            plan: Some(plan.into()),
+            applied: !dry_run,
+        }))
+    }
 }
 
 /// The Admin service.
@@ -180,67 +203,37 @@ impl Admin for AdminService {
         let who = actor(&req)?;
         let r = req.into_inner();
         let (kind, o) = object_arg(r.object)?;
-        let opts = ChangeOpts {
-            dry_run: r.dry_run,
-            expected_revision: r.expected_revision,
-            actor: who,
-            skip_tests: r.skip_tests,
-        };
         let target = target_of(kind, &o.name);
-        let plan = self
-            .change(opts, "create_object", &target, move |s, opts| {
-                s.create_object(kind, &o.toml, opts)
-            })
-            .await?;
-        Ok(Response::new(v1::ChangeResponse {
-            plan: Some(plan.into()),
-            applied: !r.dry_run,
-        }))
+        let args = (r.dry_run, r.expected_revision, r.skip_tests);
+        self.object_change(who, args, "create_object", &target, move |s, opts| {
+            s.create_object(kind, &o.toml, opts)
+        })
+        .await
     }
 
     async fn update_object(&self, req: Request<v1::UpdateObjectRequest>) -> R<v1::ChangeResponse> {
         let who = actor(&req)?;
         let r = req.into_inner();
         let (kind, o) = object_arg(r.object)?;
-        let opts = ChangeOpts {
-            dry_run: r.dry_run,
-            expected_revision: r.expected_revision,
-            actor: who,
-            skip_tests: r.skip_tests,
-        };
         let target = target_of(kind, &o.name);
-        let plan = self
-            .change(opts, "update_object", &target, move |s, opts| {
-                s.update_object(kind, &o.name, &o.toml, opts)
-            })
-            .await?;
-        Ok(Response::new(v1::ChangeResponse {
-            plan: Some(plan.into()),
-            applied: !r.dry_run,
-        }))
+        let args = (r.dry_run, r.expected_revision, r.skip_tests);
+        self.object_change(who, args, "update_object", &target, move |s, opts| {
+            s.update_object(kind, &o.name, &o.toml, opts)
+        })
+        .await
     }
 
     async fn delete_object(&self, req: Request<v1::DeleteObjectRequest>) -> R<v1::ChangeResponse> {
         let who = actor(&req)?;
         let r = req.into_inner();
         let kind = kind_from_wire(r.kind)?;
-        let opts = ChangeOpts {
-            dry_run: r.dry_run,
-            expected_revision: r.expected_revision,
-            actor: who,
-            skip_tests: r.skip_tests,
-        };
         let target = target_of(kind, &r.name);
+        let args = (r.dry_run, r.expected_revision, r.skip_tests);
         let name = r.name;
-        let plan = self
-            .change(opts, "delete_object", &target, move |s, opts| {
-                s.delete_object(kind, &name, opts)
-            })
-            .await?;
-        Ok(Response::new(v1::ChangeResponse {
-            plan: Some(plan.into()),
-            applied: !r.dry_run,
-        }))
+        self.object_change(who, args, "delete_object", &target, move |s, opts| {
+            s.delete_object(kind, &name, opts)
+        })
+        .await
     }
 
     async fn explain(&self, req: Request<v1::ExplainRequest>) -> R<v1::ExplainResponse> {
