@@ -293,7 +293,9 @@ impl Leader {
                  controller runs expiry recompiles, event retention and the audit head export"
             );
         }
-        if conn.as_ref().is_some_and(|c| !c.alive()) {
+        // A connection known to be closed is replaced now (no round trip to find out: a
+        // broken one that looks open fails `try_take` below and is replaced next time).
+        if conn.as_ref().is_some_and(sql::PgLock::is_closed) {
             *conn = None;
         }
         if conn.is_none() {

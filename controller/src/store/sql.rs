@@ -676,9 +676,14 @@ impl PgLock {
         Ok(row.get::<_, bool>(0))
     }
 
+    /// True once the connection is known to be closed (no round trip).
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
     /// True while the connection (and so any lock it took) is alive; asks the server.
     pub fn alive(&self) -> bool {
-        !self.client.is_closed() && wait(self.client.simple_query("SELECT 1")).is_ok()
+        !self.is_closed() && wait(self.client.simple_query("SELECT 1")).is_ok()
     }
 }
 
