@@ -56,6 +56,10 @@ pub enum Error {
     ResourceExhausted(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A concurrency conflict: another controller on the database committed a change
+    /// between this one's read and its write; nothing was written (retry).
+    #[error("{0}")]
+    Aborted(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -107,6 +111,7 @@ impl From<Error> for tonic::Status {
             Error::PermissionDenied(m) => Error::PermissionDenied(cap_message(m)),
             Error::ResourceExhausted(m) => Error::ResourceExhausted(cap_message(m)),
             Error::Unavailable(m) => Error::Unavailable(cap_message(m)),
+            Error::Aborted(m) => Error::Aborted(cap_message(m)),
             Error::Internal(m) => Error::Internal(cap_message(m)),
         };
         match e {
@@ -118,6 +123,7 @@ impl From<Error> for tonic::Status {
             Error::PermissionDenied(m) => tonic::Status::permission_denied(m),
             Error::ResourceExhausted(m) => tonic::Status::resource_exhausted(m),
             Error::Unavailable(m) => tonic::Status::unavailable(m),
+            Error::Aborted(m) => tonic::Status::aborted(m),
             Error::Internal(m) => tonic::Status::internal(m),
         }
     }
@@ -295,6 +301,9 @@ pub struct ServeOptions {
     /// Where the calls, connected agents and pushes are counted (to serve them with
     /// [`metrics::serve`]); `None`: counted, but nobody reads them.
     pub metrics: Option<Arc<metrics::Metrics>>,
+    /// How often the state catches up with other controllers on the database without
+    /// being notified (see `state::sync`; on PostgreSQL a commit notifies at once).
+    pub sync_every: Duration,
 }
 
 impl Default for ServeOptions {
@@ -306,6 +315,7 @@ impl Default for ServeOptions {
             audit_head_file: None,
             audit_head_every: Duration::from_secs(300),
             metrics: None,
+            sync_every: Duration::from_secs(1),
         }
     }
 }
@@ -561,6 +571,30 @@ pub async fn serve_with(
             }
         })
     };
+    // Catching up with other controllers on the database: when one notifies a commit,
+    // and once a second whatever happens (see `state::sync`).
+    let syncer = {
+        let state = state.clone();
+        let every = opts.sync_every;
+        let wake = Arc::new(tokio::sync::Notify::new());
+        if let store::Db::Postgres(url) = state.database()
+            && let Err(e) = store::sql::listen(url, store::CHANGES_CHANNEL, &wake)
+        {
+            error!(error = %e, "not listening for other controllers' changes (caught up once a second)");
+        }
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(every) => {}
+                }
+                let s = state.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.sync()).await {
+                    tracing::debug!(error = %e, "catching up with the database failed");
+                }
+            }
+        })
+    };
     let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(opts.max_streams_per_connection)
         .concurrency_limit_per_connection(opts.concurrency_per_connection)
@@ -605,6 +639,7 @@ pub async fn serve_with(
         })
         .await;
     bg.abort();
+    syncer.abort();
     state.close_watchers();
     state.flush_refusals(true);
     result?;

@@ -44,6 +44,7 @@ mod events;
 pub mod limits;
 mod policy;
 mod security;
+mod sync;
 
 pub use crate::model::ChangeOpts;
 pub use agents::WATCH_BUFFER;
@@ -116,6 +117,8 @@ pub struct State {
     refusals: Mutex<limits::Refusals>,
     /// Whether this controller runs the singleton jobs ([`State::lead_singletons`]).
     leader: crate::store::Leader,
+    /// The database (for the listener of other controllers' changes).
+    db: Db,
     /// Refusal records not written yet: written by the server's one-second tick (and
     /// before any read of the audit trail), never on the path of the refused call.
     pending_refusals: Mutex<Vec<limits::Record>>,
@@ -134,6 +137,11 @@ impl State {
     /// Blocking: call it where the store may be called.
     pub fn lead_singletons(&self) -> bool {
         self.leader.lead()
+    }
+
+    /// The database this state is kept in.
+    pub fn database(&self) -> &Db {
+        &self.db
     }
 
     /// Opens the store (keys next to the database, see [`Options`]) and loads the
@@ -184,32 +192,11 @@ impl State {
             }
         };
         let keys = Arc::new(State::keys_for(&db, &key_file)?);
-        let store = Store::open(&db, keys.clone())?;
+        let mut store = Store::open(&db, keys.clone())?;
         let event_store = EventStore::open(&db)?;
         let loaded = store.load()?;
         let now = now_unix();
-        let (policy, broken) = if loaded.objects.list.is_empty() {
-            (Policy::default(), None)
-        } else {
-            match parse_policy(&loaded.objects.render(), "policy.toml", now) {
-                Ok(p) => (p.policy, None),
-                Err(d) => {
-                    let why = format!(
-                        "the stored policy (revision {}) does not load: {}",
-                        loaded.revision,
-                        diag_text(&d)
-                    );
-                    tracing::warn!(
-                        revision = loaded.revision,
-                        problem = %why,
-                        "the stored policy does not load: serving the last compiled views and \
-                         reads only; changes are refused until a valid policy is applied \
-                         (gatewayctl apply)"
-                    );
-                    (Policy::default(), Some(why))
-                }
-            }
-        };
+        let (policy, broken) = stored_policy(&loaded.objects, loaded.revision, now);
         let mut hosts = BTreeMap::new();
         for h in loaded.hosts {
             hosts.insert(h.host, HostState::new(h.generation, Arc::new(h.view)));
@@ -233,6 +220,7 @@ impl State {
             loaded.revision,
             broken.clone(),
         );
+        store.seq = loaded.seq;
         let state = State {
             inner: Mutex::new(Inner {
                 store,
@@ -267,6 +255,7 @@ impl State {
             )),
             pending_refusals: Mutex::new(Vec::new()),
             leader: crate::store::Leader::new(&db),
+            db,
         };
         // Views may have changed while the controller was down (expired grants).
         state.refresh()?;
@@ -283,5 +272,30 @@ impl State {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+/// The policy of stored objects: `(policy, None)`, or an empty stand-in and why the
+/// stored policy does not load (see [`Inner::broken`]).
+fn stored_policy(objects: &Objects, revision: u64, now: i64) -> (Policy, Option<String>) {
+    if objects.list.is_empty() {
+        return (Policy::default(), None);
+    }
+    match parse_policy(&objects.render(), "policy.toml", now) {
+        Ok(p) => (p.policy, None),
+        Err(d) => {
+            let why = format!(
+                "the stored policy (revision {revision}) does not load: {}",
+                diag_text(&d)
+            );
+            tracing::warn!(
+                revision,
+                problem = %why,
+                "the stored policy does not load: serving the last compiled views and \
+                 reads only; changes are refused until a valid policy is applied \
+                 (gatewayctl apply)"
+            );
+            (Policy::default(), Some(why))
+        }
     }
 }

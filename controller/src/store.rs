@@ -177,6 +177,8 @@ const MIGRATIONS: &[&str] = &[
     // 4: each agent's registered WireGuard public key (base64; empty for agents enrolled
     // before keys existed).
     "ALTER TABLE agents ADD COLUMN public_key TEXT NOT NULL DEFAULT '';",
+    // 5: the change sequence (see `Store::seq`).
+    "INSERT INTO meta (key, value) VALUES ('seq', 0) ON CONFLICT (key) DO NOTHING;",
 ];
 
 /// PostgreSQL's schema migrations (a list of its own; `schema_version` as for SQLite).
@@ -228,6 +230,8 @@ const PG_MIGRATIONS: &[&str] = &[
         name TEXT COLLATE \"C\" PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL,
         totp_secret TEXT NOT NULL, created_ms BIGINT NOT NULL,
         totp_last_step BIGINT NOT NULL DEFAULT -1);",
+    // 2: the change sequence (see `Store::seq`).
+    "INSERT INTO meta (key, value) VALUES ('seq', 0) ON CONFLICT (key) DO NOTHING;",
 ];
 
 /// The advisory lock PostgreSQL controllers take while migrating (one at a time).
@@ -328,6 +332,95 @@ impl Leader {
     }
 }
 
+/// Adds one to the change sequence in transaction `tx` (and on PostgreSQL notifies
+/// [`CHANGES_CHANNEL`] at commit); returns the new value. With `expect`, the stored
+/// sequence must be `expect` (the change was made from the state as of it), else nothing
+/// is written: [`Error::Aborted`]. Taking the row serializes the changes of every
+/// controller on the database.
+pub(crate) fn next_seq(tx: &dyn sql::Sql, expect: Option<u64>) -> Result<u64, Error> {
+    let row = match expect {
+        Some(e) => tx.query_opt(
+            "UPDATE meta SET value = value + 1 WHERE key = 'seq' AND value = ?1 RETURNING value",
+            &vals![e as i64],
+        )?,
+        None => tx.query_opt(
+            "UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value",
+            &[],
+        )?,
+    };
+    let Some(row) = row else {
+        return Err(Error::Aborted(format!(
+            "another controller on this database committed a change while this one was \
+             making its own (made from change {}): nothing was written; retry",
+            expect.unwrap_or_default()
+        )));
+    };
+    if tx.backend() == Backend::Postgres {
+        tx.batch(&format!("NOTIFY {CHANGES_CHANNEL}"))?;
+    }
+    Ok(row.int(0)? as u64)
+}
+
+impl Store {
+    /// Runs `f` in one transaction that also adds one to the change sequence (see
+    /// [`next_seq`]; `checked`: refused when the stored sequence is not [`Store::seq`]).
+    /// When nothing else was committed in between, `seq` follows; otherwise the state
+    /// catches up at its next sync.
+    pub(crate) fn changing<T>(
+        &mut self,
+        checked: bool,
+        f: impl FnOnce(&dyn sql::Sql) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let seen = self.seq;
+        let (out, new) = self.conn.transaction(|tx| {
+            let new = next_seq(tx, checked.then_some(seen))?;
+            Ok((f(tx)?, new))
+        })?;
+        if new == seen + 1 {
+            self.seq = new;
+        }
+        Ok(out)
+    }
+}
+
+/// The advisory lock a PostgreSQL controller holds while it makes a change from its
+/// synced state ([`Store::write_lock`]).
+const WRITE_LOCK: i64 = 0x7a74_6777_7772_6974; // "ztgwwrit"
+
+impl Store {
+    /// On PostgreSQL, waits (at most 10 s) until no other controller on the database is
+    /// making a change, and keeps them waiting until [`Store::write_unlock`]: changes
+    /// made from a synced state then commit at the first attempt instead of racing (the
+    /// change sequence's check stays the guarantee). True when taken; SQLite: nothing
+    /// to take (one controller per file).
+    pub fn write_lock(&self) -> Result<bool, Error> {
+        if self.backend() != Backend::Postgres {
+            return Ok(false);
+        }
+        self.conn
+            .sql()
+            .batch(&format!(
+                "SET lock_timeout = '10s'; SELECT pg_advisory_lock({WRITE_LOCK})"
+            ))
+            .map_err(|e| match e {
+                Error::Internal(m) if m.contains("55P03") => Error::Unavailable(format!(
+                    "another controller on {} has been making a change for more than 10 \
+                     seconds: nothing was changed; retry",
+                    self.label
+                )),
+                e => e,
+            })?;
+        Ok(true)
+    }
+
+    /// Releases [`Store::write_lock`] (a closed connection released it already).
+    pub fn write_unlock(&self) -> Result<(), Error> {
+        self.conn
+            .sql()
+            .batch(&format!("SELECT pg_advisory_unlock({WRITE_LOCK})"))
+    }
+}
+
 pub(crate) fn db(e: rusqlite::Error) -> Error {
     Error::Internal(format!("database: {e}"))
 }
@@ -335,6 +428,8 @@ pub(crate) fn db(e: rusqlite::Error) -> Error {
 /// Everything loaded at start-up.
 #[derive(Debug, Default)]
 pub struct Loaded {
+    /// The change sequence before anything else was read ([`Store::seq`]).
+    pub seq: u64,
     pub objects: Objects,
     pub revision: u64,
     pub hosts: Vec<HostRow>,
@@ -350,7 +445,19 @@ pub struct Store {
     pub(crate) keys: Arc<Keys>,
     /// The database, for messages (a PostgreSQL URL without its password).
     pub(crate) label: String,
+    /// The database's change sequence as of what the in-memory state holds. Every
+    /// change another controller must see (policy, views, agents, credentials) adds one
+    /// to the stored sequence (`meta` row `seq`) in its own transaction, and on
+    /// PostgreSQL sends a notification on [`CHANGES_CHANNEL`] at its commit. A controller
+    /// whose `seq` is behind the stored one loads what changed (`State::sync`); a change
+    /// made from an older state than the stored one is refused ([`Error::Aborted`]).
+    pub(crate) seq: u64,
 }
+
+/// The PostgreSQL notification channel of committed changes (a wake-up only: what
+/// changed is read from the tables, by sequence, so a notification lost while a listener
+/// was disconnected loses nothing).
+pub const CHANGES_CHANNEL: &str = "ztgw_changes";
 
 /// Creates `dir` (and its parents) if missing, the last one mode 0700.
 pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
@@ -477,6 +584,7 @@ impl Store {
             conn,
             keys,
             label: db.to_string(),
+            seq: 0,
         };
         s.migrate()?;
         s.ensure_keyed()?;
@@ -588,9 +696,22 @@ impl Store {
             .int(0)
     }
 
-    /// Everything the in-memory state starts from.
+    /// The stored change sequence (see [`Store::seq`]).
+    pub fn stored_seq(&self) -> Result<u64, Error> {
+        Ok(self
+            .conn
+            .sql()
+            .query_opt("SELECT value FROM meta WHERE key = 'seq'", &[])?
+            .map_or(Ok(0), |r| r.int(0))? as u64)
+    }
+
+    /// Everything the in-memory state starts from; `seq` is read first, so what is
+    /// loaded is at least as new as it says.
     pub fn load(&self) -> Result<Loaded, Error> {
-        let mut out = Loaded::default();
+        let mut out = Loaded {
+            seq: self.stored_seq()?,
+            ..Loaded::default()
+        };
         self.load_policy(&mut out)?;
         self.load_agents(&mut out)?;
         self.load_security(&mut out)?;

@@ -110,8 +110,16 @@ fn two_controllers_on_one_database_apply_one_at_a_time() {
         );
         let lost = &results[1 - won[0]];
         match lost {
+            // Made from revision r, it finds the winner's revision r + 1 (by catching up
+            // first, or by the database refusing it and the change being made again).
             Err(Error::FailedPrecondition(m)) => {
-                assert!(m.contains("another controller"), "{m}")
+                assert!(
+                    m.contains(&format!(
+                        "at revision {}, not the expected revision {r}",
+                        r + 1
+                    )),
+                    "{m}"
+                )
             }
             other => panic!("round {round}: the other is refused as a conflict: {other:?}"),
         }

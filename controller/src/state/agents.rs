@@ -86,53 +86,55 @@ impl State {
         ttl_seconds: u64,
         actor: &str,
     ) -> Result<EnrollmentToken, Error> {
-        let h = crate::names::host(host)?;
-        let token = format!("zt-enroll-{}", try_random_hex(24)?);
-        let now = now_ms();
-        const MAX_TOKEN_TTL_SECS: u64 = 365 * 86_400;
-        if ttl_seconds > MAX_TOKEN_TTL_SECS {
-            return Err(Error::InvalidArgument(format!(
-                "ttl_seconds {ttl_seconds}: an enrollment token is valid at most 365 days \
-                 ({MAX_TOKEN_TTL_SECS} seconds); give a shorter lifetime"
-            )));
-        }
-        let ttl = if ttl_seconds == 0 { 3600 } else { ttl_seconds };
-        let expires = now + ttl as i64 * 1000;
-        let mut g = self.lock();
-        let audit = AuditEntry {
-            time_ms: now,
-            actor: actor.to_string(),
-            action: "create_enrollment_token".into(),
-            target: host.to_string(),
-            before: String::new(),
-            after: format!("expires {}", pc::format_rfc3339(expires / 1000)),
-            revision: g.revision,
-        };
-        g.store
-            .insert_token(&hash_secret(&token), host, now, expires, &audit)?;
-        info!(
-            host,
-            actor,
-            expires = %pc::format_rfc3339(expires / 1000),
-            "enrollment token created"
-        );
-        // A host the policy does not name yet starts with an empty view.
-        if !g.hosts.contains_key(host) {
-            let view = gp::empty_view(&h, now / 1000);
-            let plan = HostPlan {
-                host: host.to_string(),
-                base: 0,
-                generation: 1,
-                delta: ViewDelta::between(&view, &view),
-                view: Arc::new(view),
+        self.retrying(|| {
+            let h = crate::names::host(host)?;
+            let token = format!("zt-enroll-{}", try_random_hex(24)?);
+            let now = now_ms();
+            const MAX_TOKEN_TTL_SECS: u64 = 365 * 86_400;
+            if ttl_seconds > MAX_TOKEN_TTL_SECS {
+                return Err(Error::InvalidArgument(format!(
+                    "ttl_seconds {ttl_seconds}: an enrollment token is valid at most 365 days \
+                     ({MAX_TOKEN_TTL_SECS} seconds); give a shorter lifetime"
+                )));
+            }
+            let ttl = if ttl_seconds == 0 { 3600 } else { ttl_seconds };
+            let expires = now + ttl as i64 * 1000;
+            let mut g = self.lock_writing()?;
+            let audit = AuditEntry {
+                time_ms: now,
+                actor: actor.to_string(),
+                action: "create_enrollment_token".into(),
+                target: host.to_string(),
+                before: String::new(),
+                after: format!("expires {}", pc::format_rfc3339(expires / 1000)),
+                revision: g.revision,
             };
-            let rev = g.revision;
-            self.commit(&mut g, None, rev, &[plan], &[])?;
-        }
-        Ok(EnrollmentToken {
-            token,
-            host: host.to_string(),
-            expires_ms: expires,
+            g.store
+                .insert_token(&hash_secret(&token), host, now, expires, &audit)?;
+            info!(
+                host,
+                actor,
+                expires = %pc::format_rfc3339(expires / 1000),
+                "enrollment token created"
+            );
+            // A host the policy does not name yet starts with an empty view.
+            if !g.hosts.contains_key(host) {
+                let view = gp::empty_view(&h, now / 1000);
+                let plan = HostPlan {
+                    host: host.to_string(),
+                    base: 0,
+                    generation: 1,
+                    delta: ViewDelta::between(&view, &view),
+                    view: Arc::new(view),
+                };
+                let rev = g.revision;
+                self.commit(&mut g, None, rev, &[plan], &[])?;
+            }
+            Ok(EnrollmentToken {
+                token,
+                host: host.to_string(),
+                expires_ms: expires,
+            })
         })
     }
 
@@ -149,111 +151,114 @@ impl State {
         public_key: &str,
         peer: Option<std::net::IpAddr>,
     ) -> Result<Enrollment, Error> {
-        if let Some(why) = crate::names::problem(hostname, 255).filter(|_| !hostname.is_empty()) {
-            return Err(Error::InvalidArgument(format!(
-                "invalid `hostname` `{}`: {why}",
-                shown(hostname)
-            )));
-        }
-        if let Some(h) = expected_host {
-            crate::names::host(h)?;
-        }
-        let key = if public_key.is_empty() {
-            None
-        } else {
-            Some(parse_key(public_key, "EnrollRequest.public_key")?)
-        };
-        let refused = |detail: &str| {
-            debug!(peer = %peer_name(peer), reason = detail, "enrollment refused");
-            self.refused(
-                "enroll_refused",
-                peer.map_or_else(|| "peer:unknown".into(), |p| format!("peer:{p}")),
-                "agent".into(),
-                detail.into(),
-            );
-        };
-        if token.len() > 128 {
-            refused("malformed token");
-            return Err(Error::Unauthenticated(
-                "enrollment token unknown, used or expired".into(),
-            ));
-        }
-        let now = now_ms();
-        let credential = format!("zt-agent-{}", try_random_hex(32)?);
-        let id = format!("agent-{}", try_random_hex(8)?);
-        let mut g = self.lock();
-        let rev = g.revision;
-        let host = match g
-            .store
-            .token_host(&hash_secret(token), now, expected_host)?
-        {
-            Ok(h) => h,
-            Err(crate::store::Enrolled::Unknown) => {
-                drop(g);
-                refused("unknown, used or expired token");
+        self.retrying(|| {
+            if let Some(why) = crate::names::problem(hostname, 255).filter(|_| !hostname.is_empty())
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "invalid `hostname` `{}`: {why}",
+                    shown(hostname)
+                )));
+            }
+            if let Some(h) = expected_host {
+                crate::names::host(h)?;
+            }
+            let key = if public_key.is_empty() {
+                None
+            } else {
+                Some(parse_key(public_key, "EnrollRequest.public_key")?)
+            };
+            let refused = |detail: &str| {
+                debug!(peer = %peer_name(peer), reason = detail, "enrollment refused");
+                self.refused(
+                    "enroll_refused",
+                    peer.map_or_else(|| "peer:unknown".into(), |p| format!("peer:{p}")),
+                    "agent".into(),
+                    detail.into(),
+                );
+            };
+            if token.len() > 128 {
+                refused("malformed token");
                 return Err(Error::Unauthenticated(
                     "enrollment token unknown, used or expired".into(),
                 ));
             }
-            Err(crate::store::Enrolled::OtherHost) => {
-                drop(g);
-                refused("token for another host");
-                return Err(Error::FailedPrecondition(format!(
-                    "this token enrolls another host than {}; it was not used",
-                    expected_host.map(shown).unwrap_or_default()
-                )));
+            let now = now_ms();
+            let credential = format!("zt-agent-{}", try_random_hex(32)?);
+            let id = format!("agent-{}", try_random_hex(8)?);
+            let mut g = self.lock_writing()?;
+            let rev = g.revision;
+            let host = match g
+                .store
+                .token_host(&hash_secret(token), now, expected_host)?
+            {
+                Ok(h) => h,
+                Err(crate::store::Enrolled::Unknown) => {
+                    drop(g);
+                    refused("unknown, used or expired token");
+                    return Err(Error::Unauthenticated(
+                        "enrollment token unknown, used or expired".into(),
+                    ));
+                }
+                Err(crate::store::Enrolled::OtherHost) => {
+                    drop(g);
+                    refused("token for another host");
+                    return Err(Error::FailedPrecondition(format!(
+                        "this token enrolls another host than {}; it was not used",
+                        expected_host.map(shown).unwrap_or_default()
+                    )));
+                }
+            };
+            // The key is checked before the token is used: a refused key leaves it unused.
+            if let Some(key) = &key {
+                Self::key_free(&g, key, &host, None)?;
             }
-        };
-        // The key is checked before the token is used: a refused key leaves it unused.
-        if let Some(key) = &key {
-            Self::key_free(&g, key, &host, None)?;
-        }
-        let row = AgentRow {
-            id: id.clone(),
-            host: host.clone(),
-            hostname: hostname.to_string(),
-            credential_hash: hash_secret(&credential),
-            enrolled_ms: now,
-            acked_generation: 0,
-            last_seen_ms: now,
-            revoked_ms: None,
-            public_key: key.map(|k| k.to_string()).unwrap_or_default(),
-        };
-        let audit = AuditEntry {
-            time_ms: now,
-            actor: format!("agent:{id}"),
-            action: "enroll_agent".into(),
-            target: host.clone(),
-            before: String::new(),
-            after: match &key {
-                Some(key) => format!("agent {id} ({}), public key {key}", row.hostname),
-                None => format!("agent {id} ({}), no tunnel key", row.hostname),
-            },
-            revision: rev,
-        };
-        // The new key is in its peers' views in the same commit as the agent.
-        g.agents.insert(id.clone(), row.clone());
-        let change = crate::store::AgentChange::Enroll {
-            token_hash: &hash_secret(token),
-            now_ms: now,
-            agent: &row,
-        };
-        if let Err(e) = self.commit_agent_change(&mut g, change, audit) {
-            g.agents.remove(&id);
-            return Err(e);
-        }
-        let host = gp::parse_host(&row.host).map_err(|e| Error::Internal(e.to_string()))?;
-        info!(
-            agent = %row.id,
-            host = %row.host,
-            hostname = %shown(&row.hostname),
-            peer = %peer_name(peer),
-            "agent enrolled"
-        );
-        Ok(Enrollment {
-            agent_id: id,
-            host,
-            credential,
+            let row = AgentRow {
+                id: id.clone(),
+                host: host.clone(),
+                hostname: hostname.to_string(),
+                credential_hash: hash_secret(&credential),
+                enrolled_ms: now,
+                acked_generation: 0,
+                last_seen_ms: now,
+                revoked_ms: None,
+                public_key: key.map(|k| k.to_string()).unwrap_or_default(),
+            };
+            let audit = AuditEntry {
+                time_ms: now,
+                actor: format!("agent:{id}"),
+                action: "enroll_agent".into(),
+                target: host.clone(),
+                before: String::new(),
+                after: match &key {
+                    Some(key) => format!("agent {id} ({}), public key {key}", row.hostname),
+                    None => format!("agent {id} ({}), no tunnel key", row.hostname),
+                },
+                revision: rev,
+            };
+            // The new key is in its peers' views in the same commit as the agent.
+            g.agents.insert(id.clone(), row.clone());
+            let change = crate::store::AgentChange::Enroll {
+                token_hash: &hash_secret(token),
+                now_ms: now,
+                agent: &row,
+            };
+            if let Err(e) = self.commit_agent_change(&mut g, change, audit) {
+                g.agents.remove(&id);
+                return Err(e);
+            }
+            let host = gp::parse_host(&row.host).map_err(|e| Error::Internal(e.to_string()))?;
+            info!(
+                agent = %row.id,
+                host = %row.host,
+                hostname = %shown(&row.hostname),
+                peer = %peer_name(peer),
+                "agent enrolled"
+            );
+            Ok(Enrollment {
+                agent_id: id,
+                host,
+                credential,
+            })
         })
     }
 
@@ -315,7 +320,9 @@ impl State {
     /// Starts watching: the catch-up (snapshot or missed deltas) is queued first, then
     /// every change of the agent's host.
     pub fn watch(&self, auth: Option<&AgentCredential>, have: u64) -> Result<Watch, Error> {
-        let mut g = self.lock();
+        // An agent enrolled, or a change committed, through another controller a moment
+        // ago is known here.
+        let mut g = self.lock_fresh();
         let now = now_ms();
         let (agent_id, host) = match Self::authenticate(&mut g, auth) {
             Ok(agent) => {
@@ -463,39 +470,41 @@ impl State {
 
     /// Revokes an agent: its credential stops working and its watch streams end.
     pub fn revoke_agent(&self, id: &str, actor: &str) -> Result<(), Error> {
-        let now = now_ms();
-        let mut g = self.lock();
-        let Some(a) = g.agents.get(id) else {
-            return Err(Error::NotFound(format!("no agent `{}`", shown(id))));
-        };
-        if a.revoked_ms.is_some() {
-            return Ok(());
-        }
-        let mut rec = self.audit_now(
-            actor,
-            "revoke_agent",
-            &a.host,
-            &format!("agent {} ({})", a.id, a.hostname),
-            "revoked",
-        );
-        rec.revision = g.revision;
-        // Its key leaves its peers' views in the same commit.
-        if let Some(a) = g.agents.get_mut(id) {
-            a.revoked_ms = Some(now);
-        }
-        let change = crate::store::AgentChange::Revoke { id, now_ms: now };
-        if let Err(e) = self.commit_agent_change(&mut g, change, rec.clone()) {
-            if let Some(a) = g.agents.get_mut(id) {
-                a.revoked_ms = None;
+        self.retrying(|| {
+            let now = now_ms();
+            let mut g = self.lock_writing()?;
+            let Some(a) = g.agents.get(id) else {
+                return Err(Error::NotFound(format!("no agent `{}`", shown(id))));
+            };
+            if a.revoked_ms.is_some() {
+                return Ok(());
             }
-            return Err(e);
-        }
-        info!(agent = id, host = %rec.target, actor, "agent revoked");
-        // Dropping the senders ends the streams.
-        for ws in g.watchers.values_mut() {
-            ws.retain(|w| w.agent_id != id);
-        }
-        Ok(())
+            let mut rec = self.audit_now(
+                actor,
+                "revoke_agent",
+                &a.host,
+                &format!("agent {} ({})", a.id, a.hostname),
+                "revoked",
+            );
+            rec.revision = g.revision;
+            // Its key leaves its peers' views in the same commit.
+            if let Some(a) = g.agents.get_mut(id) {
+                a.revoked_ms = Some(now);
+            }
+            let change = crate::store::AgentChange::Revoke { id, now_ms: now };
+            if let Err(e) = self.commit_agent_change(&mut g, change, rec.clone()) {
+                if let Some(a) = g.agents.get_mut(id) {
+                    a.revoked_ms = None;
+                }
+                return Err(e);
+            }
+            info!(agent = id, host = %rec.target, actor, "agent revoked");
+            // Dropping the senders ends the streams.
+            for ws in g.watchers.values_mut() {
+                ws.retain(|w| w.agent_id != id);
+            }
+            Ok(())
+        })
     }
 
     /// Replaces an agent's WireGuard key. The old key stops at once: the views of the
@@ -506,49 +515,51 @@ impl State {
         auth: Option<&AgentCredential>,
         public_key: &str,
     ) -> Result<u64, Error> {
-        let mut g = self.lock();
-        let now = now_ms();
-        let (id, host, old) = match Self::authenticate(&mut g, auth) {
-            Ok(a) => {
-                a.last_seen_ms = now;
-                (a.id.clone(), a.host.clone(), a.public_key.clone())
+        self.retrying(|| {
+            let mut g = self.lock_writing()?;
+            let now = now_ms();
+            let (id, host, old) = match Self::authenticate(&mut g, auth) {
+                Ok(a) => {
+                    a.last_seen_ms = now;
+                    (a.id.clone(), a.host.clone(), a.public_key.clone())
+                }
+                Err(e) => {
+                    drop(g);
+                    return Err(self.agent_refused(auth, e));
+                }
+            };
+            let key = parse_key(public_key, "RotateKeyRequest.public_key")?;
+            let generation = |g: &Inner| g.hosts.get(&host).map_or(0, |h| h.generation);
+            if old == key.to_string() {
+                return Ok(generation(&g));
             }
-            Err(e) => {
-                drop(g);
-                return Err(self.agent_refused(auth, e));
-            }
-        };
-        let key = parse_key(public_key, "RotateKeyRequest.public_key")?;
-        let generation = |g: &Inner| g.hosts.get(&host).map_or(0, |h| h.generation);
-        if old == key.to_string() {
-            return Ok(generation(&g));
-        }
-        Self::key_free(&g, &key, &host, Some(&id))?;
-        let audit = AuditEntry {
-            time_ms: now,
-            actor: format!("agent:{id}"),
-            action: "rotate_agent_key".into(),
-            target: host.clone(),
-            before: old.clone(),
-            after: key.to_string(),
-            revision: g.revision,
-        };
-        let new = key.to_string();
-        if let Some(a) = g.agents.get_mut(&id) {
-            a.public_key = new.clone();
-        }
-        let change = crate::store::AgentChange::SetKey {
-            id: &id,
-            public_key: &new,
-        };
-        if let Err(e) = self.commit_agent_change(&mut g, change, audit) {
+            Self::key_free(&g, &key, &host, Some(&id))?;
+            let audit = AuditEntry {
+                time_ms: now,
+                actor: format!("agent:{id}"),
+                action: "rotate_agent_key".into(),
+                target: host.clone(),
+                before: old.clone(),
+                after: key.to_string(),
+                revision: g.revision,
+            };
+            let new = key.to_string();
             if let Some(a) = g.agents.get_mut(&id) {
-                a.public_key = old;
+                a.public_key = new.clone();
             }
-            return Err(e);
-        }
-        info!(agent = %id, host = %host, public_key = %key, "agent key rotated");
-        Ok(generation(&g))
+            let change = crate::store::AgentChange::SetKey {
+                id: &id,
+                public_key: &new,
+            };
+            if let Err(e) = self.commit_agent_change(&mut g, change, audit) {
+                if let Some(a) = g.agents.get_mut(&id) {
+                    a.public_key = old;
+                }
+                return Err(e);
+            }
+            info!(agent = %id, host = %host, public_key = %key, "agent key rotated");
+            Ok(generation(&g))
+        })
     }
 
     /// Refuses a key another agent, or another host's policy entry, uses already.
@@ -591,7 +602,7 @@ impl State {
             self.plan_hosts(g, &policy, crate::now_unix())
         };
         let rev = g.revision;
-        self.commit_with(g, None, rev, &plans, &[audit], Some(&change))
+        self.commit_with(g, None, rev, &plans, &[audit], Some(&change), None)
     }
 
     /// Sends a committed host change to the watchers of that host (only them).

@@ -231,7 +231,7 @@ impl State {
     }
 
     /// Publishes what reads see, with `applied` as the text of the last applied file.
-    fn publish_with(&self, g: &Inner, applied: Option<Arc<String>>) {
+    pub(super) fn publish_with(&self, g: &Inner, applied: Option<Arc<String>>) {
         let snap = Arc::new(Snapshot::new(
             g.objects.clone(),
             applied,
@@ -301,99 +301,97 @@ impl State {
 
     /// Replaces the whole policy (declarative apply).
     pub fn apply_policy(&self, text: &str, file: &str, opts: &ChangeOpts) -> Result<Plan, Error> {
-        let file = if file.is_empty() { "policy.toml" } else { file };
-        let now = now_unix();
-        // Located against the caller's own text.
-        let parsed =
-            parse_policy(text, file, now).map_err(|d| Error::InvalidArgument(diag_text(&d)))?;
-        // The policy's own [[test]] blocks, located in the caller's text too.
-        let failing = failing_tests(&parsed.policy);
-        if !failing.is_empty() && !opts.skip_tests {
-            return Err(Error::InvalidArgument(format!(
-                "{}\nhelp: {} of the policy's {} [[test]] blocks fail{}; nothing was changed: fix \
-                 the policy or the tests, or apply anyway with skip_tests (`gatewayctl apply \
-                 --skip-tests`, recorded in the audit trail)",
-                failing
-                    .iter()
-                    .map(|(_, l)| l.as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-                failing.len(),
-                parsed.policy.tests.len(),
-                if failing.len() == 1 { "s" } else { "" },
-            )));
-        }
-        let new = objects::split(text, file)?;
-        let mut g = self.lock();
-        let before = g.objects.render();
-        let after = new.render();
-        let audit = if failing.is_empty() {
-            ("apply_policy", "policy".to_string(), before, after)
-        } else {
-            let names: Vec<&str> = failing.iter().map(|(n, _)| n.as_str()).collect();
-            (
-                "apply_policy_skip_tests",
-                format!("policy (failing tests skipped: {})", names.join(", ")),
-                before,
-                after,
-            )
-        };
-        let mut plan = self.change(&mut g, new, Edit::Whole, opts, audit, now)?;
-        plan.warnings.extend(failing.iter().map(|(_, l)| {
-            format!(
-                "{} (skip_tests: {})",
-                l.replacen(": error: ", ": warning: ", 1),
-                if opts.dry_run {
-                    "would be applied anyway"
-                } else {
-                    "applied anyway"
-                }
-            )
-        }));
-        if !opts.dry_run {
-            // Kept for the comments of what is handed out (GetPolicy, export); a failure
-            // here loses comments only, never objects.
-            if let Err(e) = g.store.set_applied_text(text) {
-                tracing::warn!(
-                    error = %e,
-                    "the applied policy's text was not stored: exports lose its comments"
-                );
+        self.retrying(|| {
+            let file = if file.is_empty() { "policy.toml" } else { file };
+            let now = now_unix();
+            // Located against the caller's own text.
+            let parsed =
+                parse_policy(text, file, now).map_err(|d| Error::InvalidArgument(diag_text(&d)))?;
+            // The policy's own [[test]] blocks, located in the caller's text too.
+            let failing = failing_tests(&parsed.policy);
+            if !failing.is_empty() && !opts.skip_tests {
+                return Err(Error::InvalidArgument(format!(
+                    "{}\nhelp: {} of the policy's {} [[test]] blocks fail{}; nothing was changed: fix \
+                     the policy or the tests, or apply anyway with skip_tests (`gatewayctl apply \
+                     --skip-tests`, recorded in the audit trail)",
+                    failing
+                        .iter()
+                        .map(|(_, l)| l.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    failing.len(),
+                    parsed.policy.tests.len(),
+                    if failing.len() == 1 { "s" } else { "" },
+                )));
             }
-            self.publish_with(&g, Some(Arc::new(text.to_string())));
-        }
-        Ok(plan)
+            let new = objects::split(text, file)?;
+            let mut g = self.lock_writing()?;
+            let before = g.objects.render();
+            let after = new.render();
+            let audit = if failing.is_empty() {
+                ("apply_policy", "policy".to_string(), before, after)
+            } else {
+                let names: Vec<&str> = failing.iter().map(|(n, _)| n.as_str()).collect();
+                (
+                    "apply_policy_skip_tests",
+                    format!("policy (failing tests skipped: {})", names.join(", ")),
+                    before,
+                    after,
+                )
+            };
+            let mut plan = self.change(&mut g, new, Edit::Whole, opts, audit, now, Some(text))?;
+            plan.warnings.extend(failing.iter().map(|(_, l)| {
+                format!(
+                    "{} (skip_tests: {})",
+                    l.replacen(": error: ", ": warning: ", 1),
+                    if opts.dry_run {
+                        "would be applied anyway"
+                    } else {
+                        "applied anyway"
+                    }
+                )
+            }));
+            if !opts.dry_run {
+                // Its text was stored with the change, for its comments (GetPolicy, export).
+                self.publish_with(&g, Some(Arc::new(text.to_string())));
+            }
+            Ok(plan)
+        })
     }
 
     /// Adds an object.
     pub fn create_object(&self, kind: Kind, text: &str, opts: &ChangeOpts) -> Result<Plan, Error> {
-        let now = now_unix();
-        let mut g = self.lock();
-        let (obj, vtext, shift) = objects::parse_object(kind, text, &format!("{kind}"))?;
-        if g.objects.get(kind, &obj.name).is_some() {
-            return Err(Error::AlreadyExists(format!(
-                "a {kind} named `{}` exists (update it instead)",
-                obj.name
-            )));
-        }
-        let mut new = g.objects.clone();
-        let target = format!("{kind}:{}", obj.name);
-        let after = obj.toml.clone();
-        new.insert(obj.clone());
-        let index = new.position(kind, &obj.name).unwrap_or(0);
-        let span = ObjectSpan {
-            index,
-            text: vtext,
-            shift,
-            file: target.clone(),
-        };
-        self.change(
-            &mut g,
-            new,
-            Edit::Object(span),
-            opts,
-            ("create_object", target, String::new(), after),
-            now,
-        )
+        self.retrying(|| {
+            let now = now_unix();
+            let mut g = self.lock_writing()?;
+            let (obj, vtext, shift) = objects::parse_object(kind, text, &format!("{kind}"))?;
+            if g.objects.get(kind, &obj.name).is_some() {
+                return Err(Error::AlreadyExists(format!(
+                    "a {kind} named `{}` exists (update it instead)",
+                    obj.name
+                )));
+            }
+            let mut new = g.objects.clone();
+            let target = format!("{kind}:{}", obj.name);
+            let after = obj.toml.clone();
+            new.insert(obj.clone());
+            let index = new.position(kind, &obj.name).unwrap_or(0);
+            let span = ObjectSpan {
+                index,
+                text: vtext,
+                shift,
+                file: target.clone(),
+            };
+            self.change(
+                &mut g,
+                new,
+                Edit::Object(span),
+                opts,
+                ("create_object", target, String::new(), after),
+                now,
+                None,
+            )
+        })
     }
 
     /// Replaces an object's table (same kind and name).
@@ -404,57 +402,62 @@ impl State {
         text: &str,
         opts: &ChangeOpts,
     ) -> Result<Plan, Error> {
-        let now = now_unix();
-        let mut g = self.lock();
-        let Some(index) = g.objects.position(kind, name) else {
-            return Err(Error::NotFound(format!(
-                "no {kind} named `{}`",
-                shown(name)
-            )));
-        };
-        let target = format!("{kind}:{name}");
-        let (obj, vtext, shift) = objects::parse_object(kind, text, &target)?;
-        if obj.name != name {
-            return Err(Error::InvalidArgument(format!(
-                "{target}: the table names `{}`; renaming is delete + create",
-                shown(&obj.name)
-            )));
-        }
-        let mut new = g.objects.clone();
-        let before = new.list[index].toml.clone();
-        let after = obj.toml.clone();
-        new.list[index] = obj;
-        let span = ObjectSpan {
-            index,
-            text: vtext,
-            shift,
-            file: target.clone(),
-        };
-        self.change(
-            &mut g,
-            new,
-            Edit::Object(span),
-            opts,
-            ("update_object", target, before, after),
-            now,
-        )
+        self.retrying(|| {
+            let now = now_unix();
+            let mut g = self.lock_writing()?;
+            let Some(index) = g.objects.position(kind, name) else {
+                return Err(Error::NotFound(format!(
+                    "no {kind} named `{}`",
+                    shown(name)
+                )));
+            };
+            let target = format!("{kind}:{name}");
+            let (obj, vtext, shift) = objects::parse_object(kind, text, &target)?;
+            if obj.name != name {
+                return Err(Error::InvalidArgument(format!(
+                    "{target}: the table names `{}`; renaming is delete + create",
+                    shown(&obj.name)
+                )));
+            }
+            let mut new = g.objects.clone();
+            let before = new.list[index].toml.clone();
+            let after = obj.toml.clone();
+            new.list[index] = obj;
+            let span = ObjectSpan {
+                index,
+                text: vtext,
+                shift,
+                file: target.clone(),
+            };
+            self.change(
+                &mut g,
+                new,
+                Edit::Object(span),
+                opts,
+                ("update_object", target, before, after),
+                now,
+                None,
+            )
+        })
     }
 
     /// Removes an object.
     pub fn delete_object(&self, kind: Kind, name: &str, opts: &ChangeOpts) -> Result<Plan, Error> {
-        let now = now_unix();
-        let mut g = self.lock();
-        let Some(index) = g.objects.position(kind, name) else {
-            return Err(Error::NotFound(format!(
-                "no {kind} named `{}`",
-                shown(name)
-            )));
-        };
-        let mut new = g.objects.clone();
-        let removed = new.list.remove(index);
-        let target = format!("{kind}:{name}");
-        let audit = ("delete_object", target, removed.toml.clone(), String::new());
-        self.change(&mut g, new, Edit::Delete(&removed), opts, audit, now)
+        self.retrying(|| {
+            let now = now_unix();
+            let mut g = self.lock_writing()?;
+            let Some(index) = g.objects.position(kind, name) else {
+                return Err(Error::NotFound(format!(
+                    "no {kind} named `{}`",
+                    shown(name)
+                )));
+            };
+            let mut new = g.objects.clone();
+            let removed = new.list.remove(index);
+            let target = format!("{kind}:{name}");
+            let audit = ("delete_object", target, removed.toml.clone(), String::new());
+            self.change(&mut g, new, Edit::Delete(&removed), opts, audit, now, None)
+        })
     }
 
     /// Recompiles every host when a grant has expired since the last compile.
@@ -469,28 +472,32 @@ impl State {
     /// Recompiles every host with the current policy (views depend on the time through
     /// grant expiry); changed hosts get a new generation and their agents the delta.
     pub fn refresh(&self) -> Result<(), Error> {
-        let now = now_unix();
-        let mut g = self.lock();
-        if g.broken.is_some() {
-            // Recompiling an empty stand-in would take every host's policy away.
-            return Ok(());
-        }
-        let policy = g.policy.clone();
-        let plans = self.plan_hosts(&g, &policy, now);
-        if !plans.is_empty() {
-            let rev = g.revision;
-            self.commit(&mut g, None, rev, &plans, &[])?;
-            info!(
-                revision = rev,
-                hosts_changed = plans.len(),
-                "views recompiled (the time changed them: an expiry)"
-            );
-        }
-        g.next_expiry = next_expiry(&policy, now);
-        Ok(())
+        self.retrying(|| {
+            let now = now_unix();
+            let mut g = self.lock_writing()?;
+            if g.broken.is_some() {
+                // Recompiling an empty stand-in would take every host's policy away.
+                return Ok(());
+            }
+            let policy = g.policy.clone();
+            let plans = self.plan_hosts(&g, &policy, now);
+            if !plans.is_empty() {
+                let rev = g.revision;
+                self.commit(&mut g, None, rev, &plans, &[])?;
+                info!(
+                    revision = rev,
+                    hosts_changed = plans.len(),
+                    "views recompiled (the time changed them: an expiry)"
+                );
+            }
+            g.next_expiry = next_expiry(&policy, now);
+            Ok(())
+        })
     }
 
-    /// Validates `new`, plans, and (unless a dry run) commits and fans out.
+    /// Validates `new`, plans, and (unless a dry run) commits and fans out; `applied`:
+    /// the text of an applied file, stored with the change.
+    #[allow(clippy::too_many_arguments)]
     fn change(
         &self,
         g: &mut Inner,
@@ -499,6 +506,7 @@ impl State {
         opts: &ChangeOpts,
         audit: (&str, String, String, String),
         now: i64,
+        applied: Option<&str>,
     ) -> Result<Plan, Error> {
         let (span, deleted) = match edit {
             Edit::Whole => (None, None),
@@ -657,12 +665,14 @@ impl State {
             revision: new_revision,
         };
         let objects_changed = new_revision != g.revision;
-        self.commit(
+        self.commit_with(
             g,
             objects_changed.then_some(&new),
             new_revision,
             &plans,
             &[record],
+            None,
+            applied,
         )?;
         g.objects = new;
         g.next_expiry = next_expiry(&policy, now);
@@ -804,10 +814,12 @@ impl State {
         plans: &[HostPlan],
         audit: &[AuditEntry],
     ) -> Result<(), Error> {
-        self.commit_with(g, objects, revision, plans, audit, None)
+        self.commit_with(g, objects, revision, plans, audit, None, None)
     }
 
-    /// [`State::commit`], with a change of the agents in the same transaction.
+    /// [`State::commit`], with a change of the agents and the text of an applied file
+    /// in the same transaction.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn commit_with(
         &self,
         g: &mut Inner,
@@ -816,6 +828,7 @@ impl State {
         plans: &[HostPlan],
         audit: &[AuditEntry],
         agent: Option<&AgentChange<'_>>,
+        applied: Option<&str>,
     ) -> Result<(), Error> {
         let updates: Vec<HostUpdate<'_>> = plans
             .iter()
@@ -829,7 +842,7 @@ impl State {
             .collect();
         let base = g.revision;
         g.store
-            .commit(objects, base, revision, &updates, audit, agent)?;
+            .commit(objects, base, revision, &updates, audit, agent, applied)?;
         g.revision = revision;
         for p in plans {
             let hs = g.hosts.entry(p.host.clone()).or_insert_with(|| {

@@ -131,6 +131,28 @@ impl Creds {
     }
 }
 
+impl Creds {
+    /// Replaces the keys and users with the stored ones (another controller on the
+    /// database changed them). Sessions end whose user was deleted or had their role,
+    /// password or TOTP secret changed there, as they would have on that controller.
+    pub(super) fn reload(&mut self, keys: Vec<ApiKeyRow>, users: Vec<UserRow>) {
+        let users: std::collections::HashMap<String, UserRow> =
+            users.into_iter().map(|u| (u.name.clone(), u)).collect();
+        let same = |a: &UserRow, b: &UserRow| {
+            a.role == b.role && a.password_hash == b.password_hash && a.totp_secret == b.totp_secret
+        };
+        let old = std::mem::take(&mut self.users);
+        self.sessions
+            .retain(|_, s| match (old.get(&s.user), users.get(&s.user)) {
+                (Some(a), Some(b)) => same(a, b),
+                _ => false,
+            });
+        self.users = users;
+        self.keys = keys.into_iter().map(|k| (k.hash.clone(), k)).collect();
+        self.key_misses.clear();
+    }
+}
+
 fn valid_name(what: &str, name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -197,7 +219,7 @@ fn unauth(m: impl Into<String>) -> Error {
 }
 
 impl State {
-    fn creds(&self) -> std::sync::MutexGuard<'_, Creds> {
+    pub(super) fn creds(&self) -> std::sync::MutexGuard<'_, Creds> {
         self.creds.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -432,7 +454,7 @@ impl State {
             revoked_ms: None,
             created_by: actor.to_string(),
         };
-        let mut g = self.lock();
+        let mut g = self.lock_synced()?;
         self.merge_stored_keys(&g);
         let mut c = self.creds();
         if c.keys.values().any(|k| k.name == name) {
@@ -503,7 +525,7 @@ impl State {
 
     pub fn revoke_api_key(&self, name: &str, actor: &str) -> Result<(), Error> {
         let now = now_ms();
-        let mut g = self.lock();
+        let mut g = self.lock_synced()?;
         self.merge_stored_keys(&g);
         let mut c = self.creds();
         let Some(k) = c.keys.values_mut().find(|k| k.name == name) else {
@@ -558,7 +580,7 @@ impl State {
             created_ms: now_ms(),
             totp_last_step: -1,
         };
-        let mut g = self.lock();
+        let mut g = self.lock_synced()?;
         let mut c = self.creds();
         if c.users.contains_key(name) {
             return Err(Error::AlreadyExists(format!(
@@ -599,7 +621,7 @@ impl State {
     /// (their open streams end within a second).
     pub fn delete_admin_user(&self, name: &str, actor: &str) -> Result<(), Error> {
         let now = now_ms();
-        let mut g = self.lock();
+        let mut g = self.lock_synced()?;
         let mut c = self.creds();
         let Some(u) = c.users.get(name) else {
             return Err(Error::NotFound(format!("no user named `{}`", shown(name))));
@@ -704,7 +726,7 @@ impl State {
             return Err(unauth("the old password is wrong"));
         }
         let hash = auth::hash_password(new)?;
-        let mut g = self.lock();
+        let mut g = self.lock_synced()?;
         let mut guard = self.creds();
         let c = &mut *guard;
         let Some(u) = c.users.get_mut(&user) else {
@@ -750,7 +772,7 @@ impl State {
         }
         let secret = auth::new_totp_secret()?;
         let sealed = self.keys.seal_totp(name, &secret)?;
-        let mut g = self.lock();
+        let mut g = self.lock_synced()?;
         let mut guard = self.creds();
         let c = &mut *guard;
         let Some(u) = c.users.get_mut(name) else {

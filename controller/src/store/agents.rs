@@ -99,11 +99,18 @@ pub enum Enrolled {
 impl Store {
     /// Every agent (at start-up).
     pub(super) fn load_agents(&self, out: &mut Loaded) -> Result<(), Error> {
+        out.agents = self.agents()?;
+        Ok(())
+    }
+
+    /// Every agent, as stored.
+    pub fn agents(&self) -> Result<Vec<AgentRow>, Error> {
+        let mut out = Vec::new();
         for r in self.conn.sql().query(
             "SELECT id, host, hostname, credential_hash, enrolled_ms, acked_generation, last_seen_ms, revoked_ms, public_key FROM agents ORDER BY enrolled_ms, id",
             &[],
         )? {
-            out.agents.push(AgentRow {
+            out.push(AgentRow {
                 id: r.text(0)?,
                 host: r.text(1)?,
                 hostname: r.text(2)?,
@@ -115,7 +122,7 @@ impl Store {
                 public_key: r.text(8)?,
             });
         }
-        Ok(())
+        Ok(out)
     }
 
     pub fn insert_token(

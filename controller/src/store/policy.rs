@@ -39,19 +39,8 @@ pub struct HostUpdate<'a> {
 impl Store {
     /// The policy objects, revision, views and deltas (at start-up).
     pub(super) fn load_policy(&self, out: &mut Loaded) -> Result<(), Error> {
+        self.load_objects(out)?;
         let c = self.conn.sql();
-        out.revision = c
-            .query_opt("SELECT value FROM meta WHERE key = 'revision'", &[])?
-            .map_or(Ok(0), |r| r.int(0))? as u64;
-        for r in c.query(
-            "SELECT kind, name, toml FROM objects ORDER BY position",
-            &[],
-        )? {
-            let (kind, name, toml) = (r.text(0)?, r.text(1)?, r.text(2)?);
-            let kind = Kind::parse(&kind)
-                .ok_or_else(|| Error::Internal(format!("stored object of unknown kind {kind}")))?;
-            out.objects.list.push(Object { kind, name, toml });
-        }
         for r in c.query(
             "SELECT host, generation, view FROM hosts ORDER BY host",
             &[],
@@ -79,9 +68,11 @@ impl Store {
 
     /// Commits one change atomically: the agent change (when given), objects (when
     /// given), revision, host views, generations and deltas (history pruned), and the
-    /// audit records. `base_revision` is the revision the change was made from: when the
-    /// stored revision is another (another controller on this database committed a
-    /// change since), nothing is written and the change is refused.
+    /// audit records, and the text of an applied policy file (when given, kept for its
+    /// comments). It must be made from the stored state: when another controller on
+    /// this database committed a change since this one's state was loaded (the change
+    /// sequence moved, [`Store::seq`]), nothing is written ([`Error::Aborted`]); so is it
+    /// when the stored revision is not `base_revision`.
     #[allow(clippy::too_many_arguments)]
     pub fn commit(
         &mut self,
@@ -91,12 +82,14 @@ impl Store {
         hosts: &[HostUpdate<'_>],
         audit: &[AuditEntry],
         agent: Option<&AgentChange<'_>>,
+        applied: Option<&str>,
     ) -> Result<(), Error> {
         let keys = self.keys.clone();
-        self.conn.transaction(|tx| {
-            // The revision row is locked (PostgreSQL) until this transaction ends: changes
-            // from several controllers on one database are checked and committed one
-            // after the other, each against the revision the one before left.
+        // The change sequence's row is taken first and checked against the state this
+        // change was made from (`changing(true, ..)`): changes from several controllers on
+        // one database are committed one after the other, each made from what the one
+        // before left.
+        self.changing(true, |tx| {
             let stored = tx
                 .query_opt(
                     &format!(
@@ -152,11 +145,91 @@ impl Store {
                     )?;
                 }
             }
+            if let Some(text) = applied {
+                tx.execute(
+                    "INSERT INTO meta_text (key, value) VALUES ('applied_policy', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    &vals![text],
+                )?;
+            }
             for a in audit {
                 insert_audit(tx, &keys, a)?;
             }
             Ok(())
         })
+    }
+
+    /// The objects (in policy order) and the revision.
+    pub fn objects(&self) -> Result<(u64, Objects), Error> {
+        let mut out = Loaded::default();
+        self.load_objects(&mut out)?;
+        Ok((out.revision, out.objects))
+    }
+
+    fn load_objects(&self, out: &mut Loaded) -> Result<(), Error> {
+        let c = self.conn.sql();
+        out.revision = c
+            .query_opt("SELECT value FROM meta WHERE key = 'revision'", &[])?
+            .map_or(Ok(0), |r| r.int(0))? as u64;
+        for r in c.query(
+            "SELECT kind, name, toml FROM objects ORDER BY position",
+            &[],
+        )? {
+            let (kind, name, toml) = (r.text(0)?, r.text(1)?, r.text(2)?);
+            let kind = Kind::parse(&kind)
+                .ok_or_else(|| Error::Internal(format!("stored object of unknown kind {kind}")))?;
+            out.objects.list.push(Object { kind, name, toml });
+        }
+        Ok(())
+    }
+
+    /// Every host and its stored generation (no views).
+    pub fn host_generations(&self) -> Result<Vec<(String, u64)>, Error> {
+        self.conn
+            .sql()
+            .query("SELECT host, generation FROM hosts ORDER BY host", &[])?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.int(1)? as u64)))
+            .collect()
+    }
+
+    /// One host's stored view and generation.
+    pub fn host(&self, host: &str) -> Result<Option<HostRow>, Error> {
+        let Some(r) = self.conn.sql().query_opt(
+            "SELECT generation, view FROM hosts WHERE host = ?1",
+            &vals![host],
+        )?
+        else {
+            return Ok(None);
+        };
+        let view = wire::decode_view(&r.blob(1)?)
+            .map_err(|e| Error::Internal(format!("stored view of {host}: {e}")))?;
+        Ok(Some(HostRow {
+            host: host.to_string(),
+            generation: r.int(0)? as u64,
+            view,
+        }))
+    }
+
+    /// One host's stored deltas with `after < generation <= upto`, oldest first:
+    /// (generation, base, delta).
+    pub fn host_deltas(
+        &self,
+        host: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<(u64, u64, ViewDelta)>, Error> {
+        let mut out = Vec::new();
+        for r in self.conn.sql().query(
+            "SELECT generation, base, delta FROM host_deltas
+             WHERE host = ?1 AND generation > ?2 AND generation <= ?3 ORDER BY generation",
+            &vals![host, after as i64, upto as i64],
+        )? {
+            let d = wire::decode_delta(&r.blob(2)?)
+                .map_err(|e| Error::Internal(format!("stored delta of {host}: {e}")))?;
+            out.push((r.int(0)? as u64, r.int(1)? as u64, d));
+        }
+        Ok(out)
     }
 
     /// The text of the last applied policy file (for its comments), if one was stored.
@@ -169,15 +242,5 @@ impl Store {
             )?
             .map(|r| r.text(0))
             .transpose()
-    }
-
-    /// Stores the text of an applied policy file.
-    pub fn set_applied_text(&mut self, text: &str) -> Result<(), Error> {
-        self.conn.sql().execute(
-            "INSERT INTO meta_text (key, value) VALUES ('applied_policy', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &vals![text],
-        )?;
-        Ok(())
     }
 }

@@ -62,12 +62,19 @@ impl Store {
     /// Every API key and admin user (at start-up).
     pub(super) fn load_security(&self, out: &mut Loaded) -> Result<(), Error> {
         out.api_keys = self.api_keys()?;
+        out.users = self.users()?;
+        Ok(())
+    }
+
+    /// Every admin user, as stored.
+    pub fn users(&self) -> Result<Vec<UserRow>, Error> {
+        let mut out = Vec::new();
         for r in self.conn.sql().query(
             "SELECT name, role, password_hash, totp_secret, created_ms, totp_last_step
              FROM admin_users ORDER BY name",
             &[],
         )? {
-            out.users.push(UserRow {
+            out.push(UserRow {
                 name: r.text(0)?,
                 role: r.text(1)?,
                 password_hash: r.text(2)?,
@@ -76,7 +83,7 @@ impl Store {
                 totp_last_step: r.int(5)?,
             });
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Every API key (revoked ones too), oldest first.
@@ -189,13 +196,14 @@ impl Store {
         .map(|_| ())
     }
 
-    /// Records the last accepted TOTP step of a user.
-    pub fn set_totp_step(&mut self, user: &str, step: i64) -> Result<(), Error> {
-        self.conn.sql().execute(
+    /// Records the last accepted TOTP step of a user; false when the stored step is
+    /// this one or later already (the code was accepted before, perhaps by another
+    /// controller on this database): the code must then be refused.
+    pub fn set_totp_step(&mut self, user: &str, step: i64) -> Result<bool, Error> {
+        Ok(self.conn.sql().execute(
             "UPDATE admin_users SET totp_last_step = ?2 WHERE name = ?1 AND totp_last_step < ?2",
             &vals![user, step],
-        )?;
-        Ok(())
+        )? == 1)
     }
 
     /// Deletes an admin user and revokes the API keys they created, atomically, with
@@ -207,7 +215,7 @@ impl Store {
         audit: &AuditEntry,
     ) -> Result<Vec<String>, Error> {
         let keys = self.keys.clone();
-        self.conn.transaction(|tx| {
+        self.changing(false, |tx| {
             tx.execute("DELETE FROM admin_users WHERE name = ?1", &vals![name])?;
             let revoked: Vec<String> = tx
                 .query(

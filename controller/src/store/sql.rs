@@ -414,16 +414,23 @@ impl PgConn {
         })
     }
 
-    /// A new connection whose I/O runs on a thread of its own (ending with it).
-    fn client(url: &PgUrl) -> Result<tokio_postgres::Client, Error> {
-        let label = url.to_string();
+    /// The connection settings of `url`, with a 10-second connect timeout and the
+    /// application name `app` unless the URL sets them.
+    fn config(url: &PgUrl, app: &str) -> tokio_postgres::Config {
         let mut config = url.config.clone();
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(10));
         }
         if config.get_application_name().is_none() {
-            config.application_name("gateway-controller");
+            config.application_name(app);
         }
+        config
+    }
+
+    /// A new connection whose I/O runs on a thread of its own (ending with it).
+    fn client(url: &PgUrl) -> Result<tokio_postgres::Client, Error> {
+        let label = url.to_string();
+        let config = PgConn::config(url, "gateway-controller");
         let (tx, rx) = std::sync::mpsc::channel();
         let thread_label = label.clone();
         std::thread::Builder::new()
@@ -685,6 +692,113 @@ impl PgLock {
     pub fn alive(&self) -> bool {
         !self.is_closed() && wait(self.client.simple_query("SELECT 1")).is_ok()
     }
+}
+
+/// The application name of the listening connection ([`listen`]), as
+/// `pg_stat_activity` shows it.
+pub const LISTENER_APP: &str = "gateway-controller-listen";
+
+/// Listens for notifications on `channel` on a connection of its own, on a thread of its
+/// own, and wakes `wake` for each, and once each time the connection is (re)opened (what
+/// was sent while it was closed is lost: the woken side catches up by itself). A closed
+/// connection is opened again after 0.25 s, doubling up to 5 s while the server does not
+/// answer. Ends when `wake` has no other owner.
+pub fn listen(
+    url: &PgUrl,
+    channel: &'static str,
+    wake: &std::sync::Arc<tokio::sync::Notify>,
+) -> Result<(), Error> {
+    use std::time::Duration;
+    let config = PgConn::config(url, LISTENER_APP);
+    let label = url.to_string();
+    let wake = std::sync::Arc::downgrade(wake);
+    std::thread::Builder::new()
+        .name("postgres-listen".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                tracing::error!("the PostgreSQL listener could not start its runtime");
+                return;
+            };
+            rt.block_on(async move {
+                let mut backoff = Duration::from_millis(250);
+                let mut failing = false;
+                while wake.strong_count() > 0 {
+                    match config.connect(tokio_postgres::NoTls).await {
+                        Ok((client, mut connection)) => {
+                            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                            let driver = tokio::spawn(async move {
+                                while let Some(m) =
+                                    std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                                {
+                                    match m {
+                                        Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                                            if tx.send(()).is_err() {
+                                                return;
+                                            }
+                                        }
+                                        Ok(_) => {}
+                                        Err(_) => return,
+                                    }
+                                }
+                            });
+                            if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")).await
+                            {
+                                tracing::warn!(database = %label, error = %pg_error_text(&e), "LISTEN failed");
+                            } else {
+                                if failing {
+                                    tracing::info!(database = %label, "listening for other controllers' changes again");
+                                }
+                                failing = false;
+                                backoff = Duration::from_millis(250);
+                                if let Some(w) = wake.upgrade() {
+                                    w.notify_one();
+                                }
+                                loop {
+                                    tokio::select! {
+                                        m = rx.recv() => match (m, wake.upgrade()) {
+                                            (Some(()), Some(w)) => w.notify_one(),
+                                            _ => break,
+                                        },
+                                        () = tokio::time::sleep(Duration::from_secs(1)) => {
+                                            if wake.strong_count() == 0 {
+                                                break;
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                            driver.abort();
+                            drop(client);
+                            if wake.strong_count() == 0 {
+                                return;
+                            }
+                            tracing::warn!(
+                                database = %label,
+                                "the connection listening for other controllers' changes closed: \
+                                 reconnecting (changes are caught up by sequence meanwhile)"
+                            );
+                        }
+                        Err(e) => {
+                            if !failing {
+                                tracing::warn!(
+                                    database = %label,
+                                    error = %pg_error_text(&e),
+                                    "cannot listen for other controllers' changes: retrying"
+                                );
+                            }
+                            failing = true;
+                        }
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            });
+        })
+        .map_err(|e| Error::Internal(format!("starting the PostgreSQL listener thread: {e}")))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -48,17 +48,30 @@ impl Controller {
 
     /// A controller serving `state`.
     pub async fn start_state(state: controller::State) -> Controller {
+        Controller::start_with(state, controller::ServeOptions::default()).await
+    }
+
+    /// A controller serving `state` with `opts`.
+    pub async fn start_with(
+        state: controller::State,
+        opts: controller::ServeOptions,
+    ) -> Controller {
         let state = Arc::new(state);
         let admin_key = state
             .bootstrap_admin_key(&format!("test-admin-{}", controller::random_hex(4)))
             .expect("admin key");
         let (tx, rx) = oneshot::channel();
-        let (addr, task) =
-            controller::spawn("127.0.0.1:0".parse().unwrap(), state.clone(), async {
+        let (addr, task) = controller::spawn_with(
+            "127.0.0.1:0".parse().unwrap(),
+            state.clone(),
+            None,
+            opts,
+            async {
                 let _ = rx.await;
-            })
-            .await
-            .expect("serve");
+            },
+        )
+        .await
+        .expect("serve");
         Controller {
             addr,
             state,

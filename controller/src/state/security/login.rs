@@ -253,12 +253,14 @@ impl State {
                 return Err(self.login_failed(user, peer, "unknown user"));
             };
             // A code is accepted once, also across restarts (the step is stored).
-            if u.totp_last_step >= step {
+            // The stored step decides (another controller on the database may have
+            // accepted this code a moment ago).
+            if u.totp_last_step >= step || !g.store.set_totp_step(user, step)? {
+                u.totp_last_step = u.totp_last_step.max(step);
                 drop(c);
                 drop(g);
                 return Err(self.login_failed(user, peer, "TOTP code already used"));
             }
-            g.store.set_totp_step(user, step)?;
             u.totp_last_step = step;
             c.attempts.clear(user);
             c.sessions.retain(|_, s| s.expires_ms > now);
