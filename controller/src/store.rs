@@ -177,8 +177,13 @@ const MIGRATIONS: &[&str] = &[
     // 4: each agent's registered WireGuard public key (base64; empty for agents enrolled
     // before keys existed).
     "ALTER TABLE agents ADD COLUMN public_key TEXT NOT NULL DEFAULT '';",
-    // 5: the change sequence (see `Store::seq`).
-    "INSERT INTO meta (key, value) VALUES ('seq', 0) ON CONFLICT (key) DO NOTHING;",
+    // 5: the change sequence (see `Store::seq`), and the change that last wrote each
+    // host's view and each delta (what a controller catching up reads).
+    "INSERT INTO meta (key, value) VALUES ('seq', 0) ON CONFLICT (key) DO NOTHING;
+     ALTER TABLE hosts ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE host_deltas ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX hosts_seq ON hosts (seq);
+     CREATE INDEX host_deltas_seq ON host_deltas (seq);",
 ];
 
 /// PostgreSQL's schema migrations (a list of its own; `schema_version` as for SQLite).
@@ -230,8 +235,13 @@ const PG_MIGRATIONS: &[&str] = &[
         name TEXT COLLATE \"C\" PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL,
         totp_secret TEXT NOT NULL, created_ms BIGINT NOT NULL,
         totp_last_step BIGINT NOT NULL DEFAULT -1);",
-    // 2: the change sequence (see `Store::seq`).
-    "INSERT INTO meta (key, value) VALUES ('seq', 0) ON CONFLICT (key) DO NOTHING;",
+    // 2: the change sequence (see `Store::seq`), and the change that last wrote each
+    // host's view and each delta (what a controller catching up reads).
+    "INSERT INTO meta (key, value) VALUES ('seq', 0) ON CONFLICT (key) DO NOTHING;
+     ALTER TABLE hosts ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE host_deltas ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;
+     CREATE INDEX hosts_seq ON hosts (seq);
+     CREATE INDEX host_deltas_seq ON host_deltas (seq);",
 ];
 
 /// The advisory lock PostgreSQL controllers take while migrating (one at a time).
@@ -366,15 +376,16 @@ impl Store {
     /// [`next_seq`]; `checked`: refused when the stored sequence is not [`Store::seq`]).
     /// When nothing else was committed in between, `seq` follows; otherwise the state
     /// catches up at its next sync.
+    /// `f` gets the change's sequence number.
     pub(crate) fn changing<T>(
         &mut self,
         checked: bool,
-        f: impl FnOnce(&dyn sql::Sql) -> Result<T, Error>,
+        f: impl FnOnce(&dyn sql::Sql, u64) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let seen = self.seq;
         let (out, new) = self.conn.transaction(|tx| {
             let new = next_seq(tx, checked.then_some(seen))?;
-            Ok((f(tx)?, new))
+            Ok((f(tx, new)?, new))
         })?;
         if new == seen + 1 {
             self.seq = new;

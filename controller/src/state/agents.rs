@@ -491,7 +491,12 @@ impl State {
             if let Some(a) = g.agents.get_mut(id) {
                 a.revoked_ms = Some(now);
             }
-            let change = crate::store::AgentChange::Revoke { id, now_ms: now };
+            let had_key = g.agents.get(id).is_some_and(|a| !a.public_key.is_empty());
+            let change = crate::store::AgentChange::Revoke {
+                id,
+                now_ms: now,
+                had_key,
+            };
             if let Err(e) = self.commit_agent_change(&mut g, change, rec.clone()) {
                 if let Some(a) = g.agents.get_mut(id) {
                     a.revoked_ms = None;
@@ -594,8 +599,9 @@ impl State {
         change: crate::store::AgentChange<'_>,
         audit: AuditEntry,
     ) -> Result<(), Error> {
-        // A policy that did not load has no views to recompile (see `refresh`).
-        let plans = if g.broken.is_some() {
+        // A policy that did not load has no views to recompile (see `refresh`); an agent
+        // without a key is in no view.
+        let plans = if g.broken.is_some() || !change.changes_keys() {
             Vec::new()
         } else {
             let policy = g.policy.clone();

@@ -187,32 +187,45 @@ impl State {
         Ok(revoked.len())
     }
 
-    /// Loads the view of every host whose stored generation is not this controller's,
-    /// with the deltas in between, and sends them to this controller's watchers. Returns
+    /// Loads the views the changes after this controller's sequence wrote, with their
+    /// deltas (two queries), and sends the deltas to this controller's watchers. Returns
     /// how many hosts changed.
     fn sync_hosts(&self, g: &mut Inner) -> Result<usize, Error> {
+        let since = g.store.seq;
+        let rows = g.store.hosts_since(since)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut deltas: HashMap<String, Vec<(u64, u64, ViewDelta)>> = HashMap::new();
+        for (host, generation, base, delta) in g.store.deltas_since(since)? {
+            deltas
+                .entry(host)
+                .or_default()
+                .push((generation, base, delta));
+        }
         let mut changed = 0;
-        for (host, stored) in g.store.host_generations()? {
+        for row in rows {
+            let host = row.host;
             let mine = g.hosts.get(&host).map(|h| h.generation);
-            if mine == Some(stored) {
+            if mine.is_some_and(|m| m >= row.generation) {
                 continue;
             }
-            let Some(row) = g.store.host(&host)? else {
-                continue;
-            };
             changed += 1;
             let view = Arc::new(row.view);
-            let deltas = match mine {
-                Some(m) if m < row.generation => g.store.host_deltas(&host, m, row.generation)?,
-                _ => Vec::new(),
-            };
+            // The missed deltas, in order, from this controller's generation to the view's.
+            let missed: Vec<_> = deltas
+                .remove(&host)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|d| mine.is_some_and(|m| d.0 > m) && d.0 <= row.generation)
+                .collect();
             let chained = mine.is_some_and(|m| {
-                deltas.first().is_some_and(|d| d.1 == m)
-                    && deltas.windows(2).all(|w| w[1].1 == w[0].0)
-                    && deltas.last().is_some_and(|d| d.0 == row.generation)
+                missed.first().is_some_and(|d| d.1 == m)
+                    && missed.windows(2).all(|w| w[1].1 == w[0].0)
+                    && missed.last().is_some_and(|d| d.0 == row.generation)
             });
             let plans: Vec<HostPlan> = if chained {
-                deltas
+                missed
                     .into_iter()
                     .map(|(generation, base, delta)| HostPlan {
                         host: host.clone(),

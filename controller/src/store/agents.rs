@@ -33,11 +33,25 @@ pub enum AgentChange<'a> {
     },
     /// Replaces an agent's public key.
     SetKey { id: &'a str, public_key: &'a str },
-    /// Revokes an agent.
-    Revoke { id: &'a str, now_ms: i64 },
+    /// Revokes an agent (`had_key`: it had a WireGuard key, now out of its peers' views).
+    Revoke {
+        id: &'a str,
+        now_ms: i64,
+        had_key: bool,
+    },
 }
 
 impl AgentChange<'_> {
+    /// Whether the change adds or removes a WireGuard key (the views of the agent's
+    /// peers carry the keys; nothing else of an agent is in a view).
+    pub fn changes_keys(&self) -> bool {
+        match self {
+            AgentChange::Enroll { agent, .. } => !agent.public_key.is_empty(),
+            AgentChange::SetKey { .. } => true,
+            AgentChange::Revoke { had_key, .. } => *had_key,
+        }
+    }
+
     pub(super) fn apply(&self, tx: &dyn Sql) -> Result<(), Error> {
         match self {
             AgentChange::Enroll {
@@ -76,7 +90,7 @@ impl AgentChange<'_> {
                     &vals![*id, *public_key],
                 )?;
             }
-            AgentChange::Revoke { id, now_ms } => {
+            AgentChange::Revoke { id, now_ms, .. } => {
                 tx.execute(
                     "UPDATE agents SET revoked_ms = ?2 WHERE id = ?1",
                     &vals![*id, *now_ms],

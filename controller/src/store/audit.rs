@@ -197,7 +197,7 @@ impl Store {
         audit: &AuditEntry,
     ) -> Result<u64, Error> {
         let keys = self.keys.clone();
-        self.changing(false, |tx| {
+        self.changing(false, |tx, _| {
             let n = tx.execute(sql, args)?;
             insert_audit(tx, &keys, audit)?;
             Ok(n)

@@ -89,7 +89,7 @@ impl Store {
         // change was made from (`changing(true, ..)`): changes from several controllers on
         // one database are committed one after the other, each made from what the one
         // before left.
-        self.changing(true, |tx| {
+        self.changing(true, |tx, seq| {
             let stored = tx
                 .query_opt(
                     &format!(
@@ -124,19 +124,22 @@ impl Store {
             )?;
             for h in hosts {
                 tx.execute(
-                    "INSERT INTO hosts (host, generation, view) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (host) DO UPDATE SET generation = excluded.generation, view = excluded.view",
-                    &vals![h.host, h.generation as i64, wire::encode_view(h.view)],
+                    "INSERT INTO hosts (host, generation, view, seq) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (host) DO UPDATE SET generation = excluded.generation,
+                        view = excluded.view, seq = excluded.seq",
+                    &vals![h.host, h.generation as i64, wire::encode_view(h.view), seq as i64],
                 )?;
                 if h.base != 0 {
                     tx.execute(
-                        "INSERT INTO host_deltas (host, generation, base, delta) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (host, generation) DO UPDATE SET base = excluded.base, delta = excluded.delta",
+                        "INSERT INTO host_deltas (host, generation, base, delta, seq) VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (host, generation) DO UPDATE SET base = excluded.base,
+                            delta = excluded.delta, seq = excluded.seq",
                         &vals![
                             h.host,
                             h.generation as i64,
                             h.base as i64,
-                            wire::encode_delta(h.delta)
+                            wire::encode_delta(h.delta),
+                            seq as i64
                         ],
                     )?;
                     tx.execute(
@@ -183,6 +186,41 @@ impl Store {
         Ok(())
     }
 
+    /// The views written by changes after `seq` (see [`Store::seq`]).
+    pub fn hosts_since(&self, seq: u64) -> Result<Vec<HostRow>, Error> {
+        let mut out = Vec::new();
+        for r in self.conn.sql().query(
+            "SELECT host, generation, view FROM hosts WHERE seq > ?1 ORDER BY host",
+            &vals![seq as i64],
+        )? {
+            let host = r.text(0)?;
+            let view = wire::decode_view(&r.blob(2)?)
+                .map_err(|e| Error::Internal(format!("stored view of {host}: {e}")))?;
+            out.push(HostRow {
+                host,
+                generation: r.int(1)? as u64,
+                view,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The deltas written by changes after `seq`, by host, oldest first.
+    pub fn deltas_since(&self, seq: u64) -> Result<Vec<DeltaRow>, Error> {
+        let mut out = Vec::new();
+        for r in self.conn.sql().query(
+            "SELECT host, generation, base, delta FROM host_deltas WHERE seq > ?1
+             ORDER BY host, generation",
+            &vals![seq as i64],
+        )? {
+            let host = r.text(0)?;
+            let d = wire::decode_delta(&r.blob(3)?)
+                .map_err(|e| Error::Internal(format!("stored delta of {host}: {e}")))?;
+            out.push((host, r.int(1)? as u64, r.int(2)? as u64, d));
+        }
+        Ok(out)
+    }
+
     /// Every host and its stored generation (no views).
     pub fn host_generations(&self) -> Result<Vec<(String, u64)>, Error> {
         self.conn
@@ -191,24 +229,6 @@ impl Store {
             .iter()
             .map(|r| Ok((r.text(0)?, r.int(1)? as u64)))
             .collect()
-    }
-
-    /// One host's stored view and generation.
-    pub fn host(&self, host: &str) -> Result<Option<HostRow>, Error> {
-        let Some(r) = self.conn.sql().query_opt(
-            "SELECT generation, view FROM hosts WHERE host = ?1",
-            &vals![host],
-        )?
-        else {
-            return Ok(None);
-        };
-        let view = wire::decode_view(&r.blob(1)?)
-            .map_err(|e| Error::Internal(format!("stored view of {host}: {e}")))?;
-        Ok(Some(HostRow {
-            host: host.to_string(),
-            generation: r.int(0)? as u64,
-            view,
-        }))
     }
 
     /// One host's stored deltas with `after < generation <= upto`, oldest first:

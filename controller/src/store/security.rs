@@ -215,7 +215,7 @@ impl Store {
         audit: &AuditEntry,
     ) -> Result<Vec<String>, Error> {
         let keys = self.keys.clone();
-        self.changing(false, |tx| {
+        self.changing(false, |tx, _| {
             tx.execute("DELETE FROM admin_users WHERE name = ?1", &vals![name])?;
             let revoked: Vec<String> = tx
                 .query(
