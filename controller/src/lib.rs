@@ -544,6 +544,9 @@ pub async fn serve_with(
                 let before = exported.clone();
                 let done = tokio::task::spawn_blocking(move || {
                     s.flush_refusals(false);
+                    if let Err(e) = s.flush_acks() {
+                        warn!(error = %e, "recording agents' acknowledgements failed (kept for the next attempt)");
+                    }
                     // The rest runs on one controller of the database at a time.
                     if !s.lead_singletons() {
                         return before;
@@ -642,6 +645,9 @@ pub async fn serve_with(
     syncer.abort();
     state.close_watchers();
     state.flush_refusals(true);
+    if let Err(e) = state.flush_acks() {
+        warn!(error = %e, "recording agents' acknowledgements failed");
+    }
     result?;
     Ok(())
 }

@@ -96,6 +96,8 @@ struct Inner {
     hosts: BTreeMap<String, HostState>,
     agents: HashMap<String, AgentRow>,
     watchers: HashMap<String, Vec<Watcher>>,
+    /// Acknowledgements not written yet: agent id -> (generation, when).
+    acks: HashMap<String, (u64, i64)>,
 }
 
 /// The controller state (see the module docs).
@@ -236,6 +238,7 @@ impl State {
                 hosts,
                 agents,
                 watchers: HashMap::new(),
+                acks: HashMap::new(),
             }),
             snapshot: RwLock::new(Arc::new(snapshot)),
             events,

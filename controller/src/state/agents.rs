@@ -417,7 +417,36 @@ impl State {
             a.last_seen_ms = now;
         }
         debug!(agent = %id, host = %host, generation, "generation acknowledged");
-        g.store.update_agent(&id, generation, now)
+        // Written with the others' within a second ([`State::flush_acks`]).
+        g.acks.insert(id, (generation, now));
+        Ok(())
+    }
+
+    /// Writes the acknowledgements received since the last call (one transaction, on
+    /// the events' connection, without the state's lock); returns how many. Called every
+    /// second and at shutdown. What a failed write held is kept for the next call.
+    pub fn flush_acks(&self) -> Result<usize, Error> {
+        let pending = std::mem::take(&mut self.lock().acks);
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<(String, u64, i64)> = pending
+            .iter()
+            .map(|(id, &(g, seen))| (id.clone(), g, seen))
+            .collect();
+        if let Err(e) = self
+            .event_store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record_acks(&rows)
+        {
+            let mut g = self.lock();
+            for (id, v) in pending {
+                g.acks.entry(id).or_insert(v);
+            }
+            return Err(e);
+        }
+        Ok(rows.len())
     }
 
     /// Every agent and its state.

@@ -181,12 +181,36 @@ impl Store {
             Some(h) => Ok(h),
         })
     }
+}
 
-    pub fn update_agent(&mut self, id: &str, acked: u64, last_seen_ms: i64) -> Result<(), Error> {
-        self.conn.sql().execute(
-            "UPDATE agents SET acked_generation = ?2, last_seen_ms = ?3 WHERE id = ?1",
-            &vals![id, acked as i64, last_seen_ms],
+/// Records agents' acknowledged generations and last-seen times: (id, acked, last seen),
+/// one statement per 128 agents (in the caller's transaction).
+pub fn record_acks(tx: &dyn Sql, rows: &[(String, u64, i64)]) -> Result<(), Error> {
+    let mut at = 0;
+    for n in super::sql::chunk_sizes(rows.len(), 128) {
+        let list = (0..n)
+            .map(|i| {
+                format!(
+                    "(?{}, CAST(?{} AS BIGINT), CAST(?{} AS BIGINT))",
+                    3 * i + 1,
+                    3 * i + 2,
+                    3 * i + 3
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let args: Vec<super::Value> = rows[at..at + n]
+            .iter()
+            .flat_map(|(id, acked, seen)| vals![id, *acked as i64, *seen])
+            .collect();
+        tx.execute(
+            &format!(
+                "UPDATE agents SET acked_generation = acks.column2, last_seen_ms = acks.column3
+                 FROM (VALUES {list}) AS acks WHERE agents.id = acks.column1"
+            ),
+            &args,
         )?;
-        Ok(())
+        at += n;
     }
+    Ok(())
 }

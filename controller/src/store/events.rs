@@ -110,6 +110,14 @@ impl EventStore {
         Ok(out)
     }
 
+    /// Records agents' acknowledged generations and last-seen times (see
+    /// [`super::agents::record_acks`]), on this connection: acks never wait for the
+    /// state's lock or its connection.
+    pub fn record_acks(&mut self, rows: &[(String, u64, i64)]) -> Result<(), Error> {
+        self.conn
+            .transaction(|tx| super::agents::record_acks(tx, rows))
+    }
+
     /// Deletes events received before `before_ms`; returns how many.
     pub fn prune_events(&mut self, before_ms: i64) -> Result<usize, Error> {
         self.conn

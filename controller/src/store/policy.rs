@@ -6,6 +6,7 @@ use super::Loaded;
 use super::Store;
 use super::agents::AgentChange;
 use super::audit::insert_audit;
+use super::sql::{Value, insert_rows};
 use crate::model::{AuditEntry, ViewDelta};
 use crate::objects::{Kind, Object, Objects};
 use crate::wire;
@@ -110,43 +111,70 @@ impl Store {
             }
             if let Some(objects) = objects {
                 tx.execute("DELETE FROM objects", &[])?;
-                for (i, o) in objects.list.iter().enumerate() {
-                    tx.execute(
-                        "INSERT INTO objects (position, kind, name, toml) VALUES (?1, ?2, ?3, ?4)",
-                        &vals![i as i64, o.kind.as_str(), &o.name, &o.toml],
-                    )?;
-                }
+                let rows: Vec<Value> = objects
+                    .list
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, o)| vals![i as i64, o.kind.as_str(), &o.name, &o.toml])
+                    .collect();
+                insert_rows(tx, "INSERT INTO objects (position, kind, name, toml)", "", 4, &rows)?;
             }
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES ('revision', ?1)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 &vals![revision as i64],
             )?;
-            for h in hosts {
+            // Many hosts change at once (a grant to a large group): rows go in by the
+            // hundred, not one round trip each.
+            let views: Vec<Value> = hosts
+                .iter()
+                .flat_map(|h| {
+                    vals![h.host, h.generation as i64, wire::encode_view(h.view), seq as i64]
+                })
+                .collect();
+            insert_rows(
+                tx,
+                "INSERT INTO hosts (host, generation, view, seq)",
+                "ON CONFLICT (host) DO UPDATE SET generation = excluded.generation,
+                    view = excluded.view, seq = excluded.seq",
+                4,
+                &views,
+            )?;
+            let moved: Vec<&HostUpdate<'_>> = hosts.iter().filter(|h| h.base != 0).collect();
+            let deltas: Vec<Value> = moved
+                .iter()
+                .flat_map(|h| {
+                    vals![
+                        h.host,
+                        h.generation as i64,
+                        h.base as i64,
+                        wire::encode_delta(h.delta),
+                        seq as i64
+                    ]
+                })
+                .collect();
+            insert_rows(
+                tx,
+                "INSERT INTO host_deltas (host, generation, base, delta, seq)",
+                "ON CONFLICT (host, generation) DO UPDATE SET base = excluded.base,
+                    delta = excluded.delta, seq = excluded.seq",
+                5,
+                &deltas,
+            )?;
+            // The history kept: each host's last DELTA_HISTORY deltas (its generation
+            // was written just above).
+            let names: Vec<Value> = moved.iter().map(|h| Value::from(h.host)).collect();
+            let mut at = 0;
+            for n in super::sql::chunk_sizes(names.len(), 128) {
+                let list = (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
                 tx.execute(
-                    "INSERT INTO hosts (host, generation, view, seq) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (host) DO UPDATE SET generation = excluded.generation,
-                        view = excluded.view, seq = excluded.seq",
-                    &vals![h.host, h.generation as i64, wire::encode_view(h.view), seq as i64],
+                    &format!(
+                        "DELETE FROM host_deltas WHERE host IN ({list}) AND generation <=
+                         (SELECT h.generation FROM hosts h WHERE h.host = host_deltas.host) - {DELTA_HISTORY}"
+                    ),
+                    &names[at..at + n],
                 )?;
-                if h.base != 0 {
-                    tx.execute(
-                        "INSERT INTO host_deltas (host, generation, base, delta, seq) VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT (host, generation) DO UPDATE SET base = excluded.base,
-                            delta = excluded.delta, seq = excluded.seq",
-                        &vals![
-                            h.host,
-                            h.generation as i64,
-                            h.base as i64,
-                            wire::encode_delta(h.delta),
-                            seq as i64
-                        ],
-                    )?;
-                    tx.execute(
-                        "DELETE FROM host_deltas WHERE host = ?1 AND generation <= ?2",
-                        &vals![h.host, h.generation as i64 - DELTA_HISTORY],
-                    )?;
-                }
+                at += n;
             }
             if let Some(text) = applied {
                 tx.execute(

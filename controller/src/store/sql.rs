@@ -694,6 +694,63 @@ impl PgLock {
     }
 }
 
+/// How `n` rows split into multi-row statements: as many of `max` rows (a power of two)
+/// as fit, then the rest in powers of two, largest first; so a connection prepares at
+/// most `log2(max) + 1` shapes of a statement, whatever the row counts.
+pub fn chunk_sizes(n: usize, max: usize) -> Vec<usize> {
+    debug_assert!(max.is_power_of_two());
+    let mut out = vec![max; n / max];
+    let rest = n % max;
+    let mut bit = max >> 1;
+    while bit > 0 {
+        if rest & bit != 0 {
+            out.push(bit);
+        }
+        bit >>= 1;
+    }
+    out
+}
+
+/// `(?1, ?2), (?3, ?4)`: the placeholders of `rows` rows of `cols` values.
+pub fn values_list(rows: usize, cols: usize) -> String {
+    let mut sql = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("?{}", r * cols + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Runs `{head} VALUES (...), (...) {tail}` over `values` (rows of `cols` values, in
+/// order), 128 rows a statement at most (see [`chunk_sizes`]).
+pub fn insert_rows(
+    tx: &dyn Sql,
+    head: &str,
+    tail: &str,
+    cols: usize,
+    values: &[Value],
+) -> Result<(), Error> {
+    debug_assert_eq!(values.len() % cols, 0);
+    let mut at = 0;
+    for n in chunk_sizes(values.len() / cols, 128) {
+        tx.execute(
+            &format!("{head} VALUES {} {tail}", values_list(n, cols)),
+            &values[at..at + n * cols],
+        )?;
+        at += n * cols;
+    }
+    Ok(())
+}
+
 /// The application name of the listening connection ([`listen`]), as
 /// `pg_stat_activity` shows it.
 pub const LISTENER_APP: &str = "gateway-controller-listen";
