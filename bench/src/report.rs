@@ -23,6 +23,8 @@ pub struct Results {
     pub compile: Vec<compile_suite::Row>,
     pub apply_sizes: Vec<apply::Summary>,
     pub controller: Option<controller_suite::Summary>,
+    /// Several controllers under 1000 agents (see `ha_suite`).
+    pub ha: Option<crate::ha_suite::Summary>,
     pub tunnel: Option<tunnel_suite::Summary>,
     pub peer_change: Option<peer_change::PeerChange>,
     pub errors: Vec<String>,
@@ -339,6 +341,52 @@ impl Results {
             })
             .unwrap_or_default(),
         ));
+        // 9. Several controllers under 1000 agents (issue 17).
+        let h = self.ha.as_ref();
+        let pg = h.and_then(|h| h.delivery.iter().find(|d| d.store == "postgres"));
+        let lite = h.and_then(|h| h.delivery.iter().find(|d| d.store == "sqlite"));
+        out.push(goal(
+            "ha: policy change acknowledged by all 1000 agents on 3 controllers (PostgreSQL), p99 ms",
+            "< 100",
+            pg.map(|d| d.acknowledged.p99_ms),
+            |m| m < 100.0,
+            pg.map(|d| {
+                format!(
+                    "p50 {:.1} ms; delivered p99 {:.1} ms; the apply call p50 {:.1} ms; {} missing. \
+                     One controller on SQLite: acknowledged p50 {} / p99 {} ms",
+                    d.acknowledged.p50_ms,
+                    d.delivered.p99_ms,
+                    d.apply.p50_ms,
+                    d.missing,
+                    lite.map_or("-".into(), |l| format!("{:.1}", l.acknowledged.p50_ms)),
+                    lite.map_or("-".into(), |l| format!("{:.1}", l.acknowledged.p99_ms)),
+                )
+            })
+            .unwrap_or_default(),
+        ));
+        let k = h.and_then(|h| h.kill.as_ref());
+        out.push(goal(
+            "ha: kill -9 of the applying controller: its agents' failover p99 ms (nothing lost, none stuck)",
+            "< 2000",
+            k.map(|k| k.failover.p99_ms),
+            |m| m < 2000.0,
+            k.map(|k| {
+                format!(
+                    "{} rounds: {} applies acknowledged, {} failed, {} committed; lost {}, agents stuck {}, \
+                     controllers disagreeing {}; failover p50 {:.0} ms over {} agents",
+                    k.rounds,
+                    k.applies_ok,
+                    k.applies_failed,
+                    k.committed,
+                    k.lost,
+                    k.agents_stuck,
+                    k.controllers_disagree,
+                    k.failover.p50_ms,
+                    k.failover.samples
+                )
+            })
+            .unwrap_or_default(),
+        ));
         out
     }
 
@@ -362,6 +410,7 @@ impl Results {
                 "sizes": self.apply_sizes,
             },
             "controller": self.controller,
+            "ha": self.ha,
             "tunnel": self.tunnel,
             "peer_change": self.peer_change,
             "goals": self.goals(),
@@ -614,6 +663,47 @@ fn markdown(r: &Results, run: &str) -> String {
         }
         if c.errors > 0 {
             let _ = writeln!(s, "\n{} calls failed.", c.errors);
+        }
+    }
+    if let Some(h) = &r.ha {
+        let _ = writeln!(
+            s,
+            "\n## Controllers under {} agents\n\n| store | controllers | changes | apply p50 ms | delivered p50 / p99 ms | acknowledged p50 / p99 / max ms | missing |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            h.agents
+        );
+        for d in &h.delivery {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {} |",
+                d.store,
+                d.controllers,
+                d.changes,
+                d.apply.p50_ms,
+                d.delivered.p50_ms,
+                d.delivered.p99_ms,
+                d.acknowledged.p50_ms,
+                d.acknowledged.p99_ms,
+                d.acknowledged.max_ms,
+                d.missing
+            );
+        }
+        if let Some(k) = &h.kill {
+            let _ = writeln!(
+                s,
+                "\nKill -9 of the controller applying a change, {} rounds: {} acknowledged, {} failed, {} committed; \
+                 lost {}, agents stuck {}, controllers disagreeing {}; failover of {} agents p50 {:.0} / p99 {:.0} / max {:.0} ms.",
+                k.rounds,
+                k.applies_ok,
+                k.applies_failed,
+                k.committed,
+                k.lost,
+                k.agents_stuck,
+                k.controllers_disagree,
+                k.failover.samples,
+                k.failover.p50_ms,
+                k.failover.p99_ms,
+                k.failover.max_ms
+            );
         }
     }
     if !r.errors.is_empty() {

@@ -216,12 +216,38 @@ fn main() -> Result<()> {
                     }
                 }
             }
+            // The ha suite runs `gateway-controller` processes on a PostgreSQL cluster of
+            // its own (stopped and removed when this returns).
+            let ha = iface.is_none()
+                && only
+                    .as_deref()
+                    .is_none_or(|o| o.split(',').any(|s| s == "ha"));
+            let cluster = if ha {
+                util::cargo(&[
+                    "build",
+                    "--release",
+                    "--package",
+                    "controller",
+                    "--bin",
+                    "gateway-controller",
+                ])?;
+                Some(test::Cluster::start()?)
+            } else {
+                None
+            };
+            let url = cluster.as_ref().map(test::Cluster::url);
+            let envs: Vec<(&str, &str)> = url
+                .as_deref()
+                .map(|u| ("GATEWAY_BENCH_POSTGRES", u))
+                .into_iter()
+                .collect();
             for i in 1..=runs {
                 if runs > 1 {
                     eprintln!("xtask bench: run {i} of {runs}");
                 }
-                util::cargo(&args)?;
+                util::cargo_env(&args, &envs)?;
             }
+            drop(cluster);
             if runs > 1 {
                 let n = runs.to_string();
                 util::cargo(&[

@@ -203,7 +203,7 @@ fn rand_u64() -> u64 {
 /// A throwaway PostgreSQL cluster: its own data folder (in a fresh temporary folder),
 /// its own port on 127.0.0.1 (`trust` there only), its socket in that folder. Stopped
 /// (`pg_ctl stop -m fast`) and its folder removed when dropped.
-struct Cluster {
+pub(crate) struct Cluster {
     bin: PathBuf,
     dir: PathBuf,
     /// The server runs as this user (initdb refuses root): `postgres` when xtask runs as
@@ -213,7 +213,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start() -> Result<Cluster> {
+    pub(crate) fn start() -> Result<Cluster> {
         let started = Instant::now();
         let bin = crate::setup::postgres_bin_dir()
             .context("no /usr/lib/postgresql/*/bin/initdb (run `cargo xtask setup` as root)")?;
@@ -297,7 +297,7 @@ impl Cluster {
         self.dir.join("data")
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
