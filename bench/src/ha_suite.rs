@@ -607,8 +607,10 @@ async fn kill_rounds(fleet: &mut Fleet, rounds: usize) -> Result<Kill> {
                 })
                 .await
         });
-        // Mid-apply: the call is under way (its compile and commit take tens of ms).
-        tokio::time::sleep(Duration::from_millis(5 + (r as u64 * 7) % 25)).await;
+        // Mid-apply: the call is under way (its compile and commit take about a hundred
+        // ms at 1000 hosts); the rounds spread the kill over that time and a little past
+        // it, so some changes die before their commit and some after.
+        tokio::time::sleep(Duration::from_millis(10 + (r as u64 * 67) % 200)).await;
         fleet.procs[victim].kill();
         let killed = Instant::now();
         let ok = matches!(call.await, Ok(Ok(_)));
@@ -722,7 +724,7 @@ pub fn run(quick: bool, out: &mut Option<Summary>) -> Result<()> {
         );
     }
     let agents = 1000;
-    let (changes, rounds) = if quick { (10, 3) } else { (30, 9) };
+    let (changes, rounds) = if quick { (10, 4) } else { (30, 12) };
     let dir = std::env::temp_dir().join(format!("zt-bench-ha-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
