@@ -177,6 +177,16 @@ const MIGRATIONS: &[&str] = &[
     // 4: each agent's registered WireGuard public key (base64; empty for agents enrolled
     // before keys existed).
     "ALTER TABLE agents ADD COLUMN public_key TEXT NOT NULL DEFAULT '';",
+    // 5: an index per event filter the API offers, on (column, time_ms, id): a filtered
+    // read of the newest events reads an index's end (see `events::query_sql`).
+    "DROP INDEX events_time;
+     CREATE INDEX events_time ON events (time_ms, id);
+     CREATE INDEX events_user ON events (\"user\", time_ms, id);
+     CREATE INDEX events_device ON events (device, time_ms, id);
+     CREATE INDEX events_resource ON events (resource, time_ms, id);
+     CREATE INDEX events_event ON events (event, time_ms, id);
+     CREATE INDEX events_verdict ON events (verdict, time_ms, id);
+     CREATE INDEX events_host ON events (host, time_ms, id);",
 ];
 
 /// PostgreSQL's schema migrations (a list of its own; `schema_version` as for SQLite).
@@ -228,6 +238,15 @@ const PG_MIGRATIONS: &[&str] = &[
         name TEXT COLLATE \"C\" PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL,
         totp_secret TEXT NOT NULL, created_ms BIGINT NOT NULL,
         totp_last_step BIGINT NOT NULL DEFAULT -1);",
+    // 5: as SQLite's 5 (the event filters' indexes).
+    "DROP INDEX events_time;
+     CREATE INDEX events_time ON events (time_ms, id);
+     CREATE INDEX events_user ON events (\"user\", time_ms, id);
+     CREATE INDEX events_device ON events (device, time_ms, id);
+     CREATE INDEX events_resource ON events (resource, time_ms, id);
+     CREATE INDEX events_event ON events (event, time_ms, id);
+     CREATE INDEX events_verdict ON events (verdict, time_ms, id);
+     CREATE INDEX events_host ON events (host, time_ms, id);",
 ];
 
 /// The advisory lock PostgreSQL controllers take while migrating (one at a time).
