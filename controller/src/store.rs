@@ -238,8 +238,48 @@ const PG_MIGRATIONS: &[&str] = &[
         name TEXT COLLATE \"C\" PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL,
         totp_secret TEXT NOT NULL, created_ms BIGINT NOT NULL,
         totp_last_step BIGINT NOT NULL DEFAULT -1);",
-    // 5: as SQLite's 5 (the event filters' indexes).
+    // 2: SQLite's 5 (the event filters' indexes).
     "DROP INDEX events_time;
+     CREATE INDEX events_time ON events (time_ms, id);
+     CREATE INDEX events_user ON events (\"user\", time_ms, id);
+     CREATE INDEX events_device ON events (device, time_ms, id);
+     CREATE INDEX events_resource ON events (resource, time_ms, id);
+     CREATE INDEX events_event ON events (event, time_ms, id);
+     CREATE INDEX events_verdict ON events (verdict, time_ms, id);
+     CREATE INDEX events_host ON events (host, time_ms, id);",
+    // 3: the events table partitioned by the day it was received (UTC): one partition a
+    // day, `events_pYYYYMMDD`, created ahead and on demand (`events::EventStore`), and
+    // `events_default` for a row no partition takes; retention drops whole days. The
+    // rows move over with their ids, and numbering continues where it stopped.
+    "DROP INDEX events_time, events_user, events_device, events_resource, events_event,
+        events_verdict, events_host;
+     ALTER TABLE events RENAME TO events_unpartitioned;
+     ALTER TABLE events_unpartitioned DROP CONSTRAINT events_pkey;
+     CREATE TABLE events (
+        id BIGINT GENERATED ALWAYS AS IDENTITY, time_ms BIGINT NOT NULL,
+        received_ms BIGINT NOT NULL, agent_id TEXT NOT NULL, host TEXT NOT NULL,
+        event TEXT NOT NULL, verdict TEXT NOT NULL, \"user\" TEXT, device TEXT,
+        resource TEXT, data BYTEA NOT NULL, PRIMARY KEY (id, received_ms))
+        PARTITION BY RANGE (received_ms);
+     CREATE TABLE events_default PARTITION OF events DEFAULT;
+     DO $$
+     DECLARE day BIGINT;
+     BEGIN
+        FOR day IN SELECT DISTINCT received_ms / 86400000 * 86400000 FROM events_unpartitioned
+                   WHERE received_ms >= 0 LOOP
+           EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES FROM (%s) TO (%s)',
+              'events_p' || to_char(to_timestamp(day / 1000) AT TIME ZONE 'UTC', 'YYYYMMDD'),
+              day, day + 86400000);
+        END LOOP;
+        INSERT INTO events (id, time_ms, received_ms, agent_id, host, event, verdict, \"user\",
+                            device, resource, data) OVERRIDING SYSTEM VALUE
+           SELECT id, time_ms, received_ms, agent_id, host, event, verdict, \"user\", device,
+                  resource, data FROM events_unpartitioned;
+        EXECUTE format('SELECT setval(%L, last_value, is_called) FROM %s',
+           pg_get_serial_sequence('events', 'id'),
+           pg_get_serial_sequence('events_unpartitioned', 'id'));
+     END $$;
+     DROP TABLE events_unpartitioned;
      CREATE INDEX events_time ON events (time_ms, id);
      CREATE INDEX events_user ON events (\"user\", time_ms, id);
      CREATE INDEX events_device ON events (device, time_ms, id);

@@ -1,6 +1,16 @@
 //! The connection events' SQL, on a connection of their own ([`EventStore`]).
+//!
+//! On PostgreSQL the events table is partitioned by the day (UTC) an event was received:
+//! `events_pYYYYMMDD`, created [`PARTITIONS_AHEAD`] days ahead by the retention job and
+//! when the event store opens, and on demand before an insert into a day without one;
+//! `events_default` takes what no partition does (a partition that could not be
+//! created), so an insert never fails for lack of a partition. Retention drops the
+//! expired days whole, then deletes the expired rows left (the boundary day, the default
+//! partition). SQLite keeps one table and deletes.
 
-use super::{Conn, Db, Value};
+use std::collections::HashSet;
+
+use super::{Backend, Conn, Db, Value};
 use crate::model::{ConnectionEvent, EventFilter, EventRecord};
 use crate::{Error, vals, wire};
 
@@ -8,6 +18,44 @@ use crate::{Error, vals, wire};
 /// wait for the policy state (and its lock), and never hold it.
 pub struct EventStore {
     conn: Conn,
+    /// PostgreSQL: the days (their first millisecond) whose partition is known to exist.
+    partitions: HashSet<i64>,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// How many days after today have their partition made ahead (PostgreSQL).
+pub const PARTITIONS_AHEAD: i64 = 2;
+
+/// The advisory lock a controller holds while it creates a partition (one at a time).
+const PARTITION_LOCK: i64 = 0x7a74_6777_6576_7470; // "ztgwevtp"
+
+/// The first millisecond of the UTC day of `ms`.
+pub fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(DAY_MS) * DAY_MS
+}
+
+/// The partition of the day starting at `day` (see [`day_of`]): `events_pYYYYMMDD`.
+pub fn partition_name(day: i64) -> String {
+    let date = policy_compiler::format_rfc3339(day / 1000);
+    format!("events_p{}", date[..10].replace('-', ""))
+}
+
+/// The day (first millisecond) of a partition's name; `None` for any other name.
+fn partition_day(name: &str) -> Option<i64> {
+    let ymd = name.strip_prefix("events_p")?;
+    if ymd.len() != 8 || !ymd.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let t = policy_compiler::parse_rfc3339(&format!(
+        "{}-{}-{}T00:00:00Z",
+        &ymd[..4],
+        &ymd[4..6],
+        &ymd[6..]
+    ))
+    .ok()?;
+    let day = t * 1000;
+    (partition_name(day) == name).then_some(day)
 }
 
 impl std::fmt::Debug for EventStore {
@@ -106,9 +154,107 @@ pub fn query_sql(f: &EventFilter, limit: u32) -> (String, Vec<Value>) {
 impl EventStore {
     /// A second connection to a database [`super::Store::open`] has prepared.
     pub fn open(db: impl Into<Db>) -> Result<EventStore, Error> {
-        Ok(EventStore {
+        let mut store = EventStore {
             conn: db.into().connect()?,
+            partitions: HashSet::new(),
+        };
+        store.ensure_ahead();
+        Ok(store)
+    }
+
+    fn on_postgres(&self) -> bool {
+        self.conn.sql().backend() == Backend::Postgres
+    }
+
+    /// PostgreSQL: makes the partitions of today and the [`PARTITIONS_AHEAD`] days after
+    /// it; a failure is logged (events then go to the default partition).
+    fn ensure_ahead(&mut self) {
+        let today = day_of(crate::now_ms());
+        if let Err(e) = self.ensure_partitions(today, today + PARTITIONS_AHEAD * DAY_MS) {
+            tracing::warn!(error = %e, "cannot create the events' partitions ahead");
+        }
+    }
+
+    /// PostgreSQL: makes sure the partitions of the days from `from_ms` to `to_ms` (both
+    /// included) exist (at most 366 days a call). Rows of such a day already in the
+    /// default partition move into the new one. Nothing on SQLite.
+    pub fn ensure_partitions(&mut self, from_ms: i64, to_ms: i64) -> Result<(), Error> {
+        if !self.on_postgres() {
+            return Ok(());
+        }
+        let (from, to) = (day_of(from_ms), day_of(to_ms));
+        if to < from || (to - from) / DAY_MS >= 366 {
+            return Err(Error::InvalidArgument(format!(
+                "events' partitions from {from_ms} to {to_ms}: give at most 366 days, the \
+                 first not after the last"
+            )));
+        }
+        let mut day = from;
+        while day <= to {
+            if !self.partitions.contains(&day) {
+                self.create_partition(day)?;
+                self.partitions.insert(day);
+            }
+            day += DAY_MS;
+        }
+        Ok(())
+    }
+
+    /// Creates the partition of `day` unless it exists (controllers create one at a
+    /// time). When the default partition holds rows of that day, they move into it
+    /// (one transaction: the rows are in one place or the other, never both or neither).
+    fn create_partition(&mut self, day: i64) -> Result<(), Error> {
+        let name = partition_name(day);
+        let (start, end) = (day, day + DAY_MS);
+        self.conn.transaction(|tx| {
+            tx.execute("SELECT pg_advisory_xact_lock(?1)", &vals![PARTITION_LOCK])?;
+            if tx
+                .query_opt("SELECT 1 FROM pg_class WHERE relname = ?1", &vals![&name])?
+                .is_some()
+            {
+                return Ok(());
+            }
+            let stray = tx
+                .query_opt(
+                    "SELECT 1 FROM events_default WHERE received_ms >= ?1 AND received_ms < ?2 LIMIT 1",
+                    &vals![start, end],
+                )?
+                .is_some();
+            if !stray {
+                return tx.batch(&format!(
+                    "CREATE TABLE {name} PARTITION OF events FOR VALUES FROM ({start}) TO ({end})"
+                ));
+            }
+            tx.batch(&format!(
+                "CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS);
+                 WITH moved AS (DELETE FROM events_default
+                                WHERE received_ms >= {start} AND received_ms < {end} RETURNING *)
+                 INSERT INTO {name} SELECT * FROM moved;
+                 ALTER TABLE events ATTACH PARTITION {name} FOR VALUES FROM ({start}) TO ({end});"
+            ))?;
+            tracing::info!(partition = %name, "events of a day without a partition moved into its new partition");
+            Ok(())
         })
+    }
+
+    /// PostgreSQL: the events' day partitions, with their days, oldest first.
+    pub fn partitions(&self) -> Result<Vec<(String, i64)>, Error> {
+        if !self.on_postgres() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for r in self.conn.sql().query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'events'::regclass",
+            &[],
+        )? {
+            let name = r.text(0)?;
+            if let Some(day) = partition_day(&name) {
+                out.push((name, day));
+            }
+        }
+        out.sort_by_key(|(_, d)| *d);
+        Ok(out)
     }
 
     /// Stores events; returns them with their ids, in order. One transaction; the rows
@@ -128,6 +274,11 @@ impl EventStore {
                 (time_ms, blob, ev)
             })
             .collect();
+        if self.on_postgres()
+            && let Err(e) = self.ensure_partitions(received_ms, received_ms)
+        {
+            tracing::warn!(error = %e, "no partition for these events: they go to events_default");
+        }
         let ids = self.conn.transaction(|tx| {
             let mut ids = Vec::with_capacity(rows.len());
             let mut rest = &rows[..];
@@ -196,21 +347,51 @@ impl EventStore {
         Ok(out)
     }
 
-    /// Deletes events received before `before_ms`; returns how many.
+    /// Deletes events received before `before_ms`; returns how many. On PostgreSQL, the
+    /// partitions of days wholly before `before_ms` are dropped (their rows counted
+    /// first), the rows left before it deleted, and the partitions ahead made.
     pub fn prune_events(&mut self, before_ms: i64) -> Result<usize, Error> {
-        self.conn
-            .sql()
-            .execute(
-                "DELETE FROM events WHERE received_ms < ?1",
-                &vals![before_ms],
-            )
-            .map(|n| n as usize)
+        let mut n = 0;
+        if self.on_postgres() {
+            self.ensure_ahead();
+            for (name, day) in self.partitions()? {
+                if day + DAY_MS > before_ms {
+                    break;
+                }
+                n += self.conn.transaction(|tx| {
+                    let rows = tx
+                        .query_opt(&format!("SELECT count(*) FROM {name}"), &[])?
+                        .map_or(Ok(0), |r| r.int(0))?;
+                    tx.batch(&format!("DROP TABLE {name}"))?;
+                    Ok(rows as usize)
+                })?;
+                self.partitions.remove(&day);
+                tracing::info!(partition = %name, "events: expired partition dropped");
+            }
+        }
+        n += self.conn.sql().execute(
+            "DELETE FROM events WHERE received_ms < ?1",
+            &vals![before_ms],
+        )? as usize;
+        Ok(n)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partitions_are_named_by_their_utc_day() {
+        let day = 1_764_460_800_000; // 2025-11-30T00:00:00Z
+        assert_eq!(day_of(day + DAY_MS - 1), day);
+        assert_eq!(day_of(day), day);
+        assert_eq!(partition_name(day), "events_p20251130");
+        assert_eq!(partition_day("events_p20251130"), Some(day));
+        assert_eq!(partition_day("events_p20251301"), None);
+        assert_eq!(partition_day("events_default"), None);
+        assert_eq!(partition_day("events_p2025113"), None);
+    }
 
     #[test]
     fn batches_split_into_few_statement_shapes() {
