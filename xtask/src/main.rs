@@ -1,6 +1,8 @@
 //! `cargo xtask <task>`: the project's own automation, so a fresh machine needs nothing but
 //! this repository and a Rust toolchain.
 
+#[path = "../../test-support/src/pg_cluster.rs"]
+mod pg_cluster;
 mod setup;
 mod test;
 mod util;
