@@ -14,8 +14,8 @@
 //!   failover time (kill to its next watch stream open). The killed controller is started
 //!   again before the next round.
 //!
-//! The PostgreSQL cluster is the one `cargo xtask bench` starts (`GATEWAY_BENCH_POSTGRES`,
-//! a superuser URL); the controllers are the release `gateway-controller` next to this
+//! The PostgreSQL cluster is one of the run's own (`GATEWAY_BENCH_POSTGRES`, a superuser
+//! URL, names another); the controllers are the release `gateway-controller` next to this
 //! binary (`cargo xtask bench` builds it).
 
 use crate::progress;
@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
-/// The variable naming the cluster (set by `cargo xtask bench`).
+/// The variable naming a cluster to use instead of one of the run's own.
 pub const POSTGRES_ENV: &str = "GATEWAY_BENCH_POSTGRES";
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -707,11 +707,15 @@ async fn kill_rounds(fleet: &mut Fleet, rounds: usize) -> Result<Kill> {
 }
 
 pub fn run(quick: bool, out: &mut Option<Summary>) -> Result<()> {
-    let Some(cluster) = std::env::var(POSTGRES_ENV).ok().filter(|u| !u.is_empty()) else {
-        bail!(
-            "the ha suite needs a PostgreSQL cluster: run it with `cargo xtask bench` (which \
-             starts one) or set {POSTGRES_ENV} to a superuser URL"
-        );
+    // A cluster of this run's own unless one is given.
+    let own;
+    let cluster = match std::env::var(POSTGRES_ENV).ok().filter(|u| !u.is_empty()) {
+        Some(url) => url,
+        None => {
+            own = gateway_test_support::pg_cluster::Cluster::start(&[])
+                .map_err(|e| anyhow::anyhow!("starting a PostgreSQL cluster: {e}"))?;
+            own.url()
+        }
     };
     let bin = std::env::current_exe()?
         .parent()

@@ -184,6 +184,16 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE host_deltas ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX hosts_seq ON hosts (seq);
      CREATE INDEX host_deltas_seq ON host_deltas (seq);",
+    // 6: an index per event filter the API offers, on (column, time_ms, id): a filtered
+    // read of the newest events reads an index's end (see `events::query_sql`).
+    "DROP INDEX events_time;
+     CREATE INDEX events_time ON events (time_ms, id);
+     CREATE INDEX events_user ON events (\"user\", time_ms, id);
+     CREATE INDEX events_device ON events (device, time_ms, id);
+     CREATE INDEX events_resource ON events (resource, time_ms, id);
+     CREATE INDEX events_event ON events (event, time_ms, id);
+     CREATE INDEX events_verdict ON events (verdict, time_ms, id);
+     CREATE INDEX events_host ON events (host, time_ms, id);",
 ];
 
 /// PostgreSQL's schema migrations (a list of its own; `schema_version` as for SQLite).
@@ -242,6 +252,55 @@ const PG_MIGRATIONS: &[&str] = &[
      ALTER TABLE host_deltas ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;
      CREATE INDEX hosts_seq ON hosts (seq);
      CREATE INDEX host_deltas_seq ON host_deltas (seq);",
+    // 3: SQLite's 6 (the event filters' indexes).
+    "DROP INDEX events_time;
+     CREATE INDEX events_time ON events (time_ms, id);
+     CREATE INDEX events_user ON events (\"user\", time_ms, id);
+     CREATE INDEX events_device ON events (device, time_ms, id);
+     CREATE INDEX events_resource ON events (resource, time_ms, id);
+     CREATE INDEX events_event ON events (event, time_ms, id);
+     CREATE INDEX events_verdict ON events (verdict, time_ms, id);
+     CREATE INDEX events_host ON events (host, time_ms, id);",
+    // 4: the events table partitioned by the day it was received (UTC): one partition a
+    // day, `events_pYYYYMMDD`, created ahead and on demand (`events::EventStore`), and
+    // `events_default` for a row no partition takes; retention drops whole days. The
+    // rows move over with their ids, and numbering continues where it stopped.
+    "DROP INDEX events_time, events_user, events_device, events_resource, events_event,
+        events_verdict, events_host;
+     ALTER TABLE events RENAME TO events_unpartitioned;
+     ALTER TABLE events_unpartitioned DROP CONSTRAINT events_pkey;
+     CREATE TABLE events (
+        id BIGINT GENERATED ALWAYS AS IDENTITY, time_ms BIGINT NOT NULL,
+        received_ms BIGINT NOT NULL, agent_id TEXT NOT NULL, host TEXT NOT NULL,
+        event TEXT NOT NULL, verdict TEXT NOT NULL, \"user\" TEXT, device TEXT,
+        resource TEXT, data BYTEA NOT NULL, PRIMARY KEY (id, received_ms))
+        PARTITION BY RANGE (received_ms);
+     CREATE TABLE events_default PARTITION OF events DEFAULT;
+     DO $$
+     DECLARE day BIGINT;
+     BEGIN
+        FOR day IN SELECT DISTINCT received_ms / 86400000 * 86400000 FROM events_unpartitioned
+                   WHERE received_ms >= 0 LOOP
+           EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES FROM (%s) TO (%s)',
+              'events_p' || to_char(to_timestamp(day / 1000) AT TIME ZONE 'UTC', 'YYYYMMDD'),
+              day, day + 86400000);
+        END LOOP;
+        INSERT INTO events (id, time_ms, received_ms, agent_id, host, event, verdict, \"user\",
+                            device, resource, data) OVERRIDING SYSTEM VALUE
+           SELECT id, time_ms, received_ms, agent_id, host, event, verdict, \"user\", device,
+                  resource, data FROM events_unpartitioned;
+        EXECUTE format('SELECT setval(%L, last_value, is_called) FROM %s',
+           pg_get_serial_sequence('events', 'id'),
+           pg_get_serial_sequence('events_unpartitioned', 'id'));
+     END $$;
+     DROP TABLE events_unpartitioned;
+     CREATE INDEX events_time ON events (time_ms, id);
+     CREATE INDEX events_user ON events (\"user\", time_ms, id);
+     CREATE INDEX events_device ON events (device, time_ms, id);
+     CREATE INDEX events_resource ON events (resource, time_ms, id);
+     CREATE INDEX events_event ON events (event, time_ms, id);
+     CREATE INDEX events_verdict ON events (verdict, time_ms, id);
+     CREATE INDEX events_host ON events (host, time_ms, id);",
 ];
 
 /// The advisory lock PostgreSQL controllers take while migrating (one at a time).

@@ -24,6 +24,7 @@ pub mod fuzz;
 pub mod load;
 pub mod net;
 pub mod netns;
+pub mod pg_cluster;
 pub mod postgres;
 pub mod privileges;
 pub mod process;

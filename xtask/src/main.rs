@@ -1,6 +1,8 @@
 //! `cargo xtask <task>`: the project's own automation, so a fresh machine needs nothing but
 //! this repository and a Rust toolchain.
 
+#[path = "../../test-support/src/pg_cluster.rs"]
+mod pg_cluster;
 mod setup;
 mod test;
 mod util;
@@ -216,13 +218,13 @@ fn main() -> Result<()> {
                     }
                 }
             }
-            // The ha suite runs `gateway-controller` processes on a PostgreSQL cluster of
-            // its own (stopped and removed when this returns).
+            // The ha suite runs `gateway-controller` processes (on a PostgreSQL cluster the
+            // bench starts).
             let ha = iface.is_none()
                 && only
                     .as_deref()
                     .is_none_or(|o| o.split(',').any(|s| s == "ha"));
-            let cluster = if ha {
+            if ha {
                 util::cargo(&[
                     "build",
                     "--release",
@@ -231,23 +233,13 @@ fn main() -> Result<()> {
                     "--bin",
                     "gateway-controller",
                 ])?;
-                Some(test::Cluster::start()?)
-            } else {
-                None
-            };
-            let url = cluster.as_ref().map(test::Cluster::url);
-            let envs: Vec<(&str, &str)> = url
-                .as_deref()
-                .map(|u| ("GATEWAY_BENCH_POSTGRES", u))
-                .into_iter()
-                .collect();
+            }
             for i in 1..=runs {
                 if runs > 1 {
                     eprintln!("xtask bench: run {i} of {runs}");
                 }
-                util::cargo_env(&args, &envs)?;
+                util::cargo(&args)?;
             }
-            drop(cluster);
             if runs > 1 {
                 let n = runs.to_string();
                 util::cargo(&[

@@ -102,17 +102,7 @@ fn apt_install(packages: &[&str]) -> Result<()> {
 /// The newest installed PostgreSQL's `bin/` folder (Debian: `/usr/lib/postgresql/N/bin`),
 /// where `initdb` and `pg_ctl` are.
 pub fn postgres_bin_dir() -> Option<PathBuf> {
-    let base = Path::new("/usr/lib/postgresql");
-    std::fs::read_dir(base)
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let version: u32 = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
-        })
-        .max_by_key(|(v, _)| *v)
-        .map(|(_, bin)| bin)
+    crate::pg_cluster::bin_dir()
 }
 
 /// PostgreSQL's server binaries: `cargo xtask test` runs the controller's suite a second

@@ -1,11 +1,11 @@
 //! `cargo xtask test`: setup, then every test of the workspace, then the controller's
 //! tests again on PostgreSQL (a throwaway cluster of its own), then one summary line each.
 
+use crate::pg_cluster::Cluster;
 use crate::util::{cargo_bin, is_root, root};
 use anyhow::{Context as _, Result, bail};
 use std::{
     io::{BufRead as _, BufReader},
-    path::PathBuf,
     process::{Command, Stdio},
     time::Instant,
 };
@@ -28,8 +28,24 @@ pub fn run(extra: &[String]) -> Result<()> {
         );
     }
     // Stopped and removed when this function returns, also on failure.
-    let cluster = match Cluster::start() {
-        Ok(c) => Some(c),
+    let cluster = match Cluster::start(&[
+        ("max_connections", "300"),
+        ("fsync", "off"),
+        ("synchronous_commit", "off"),
+        ("full_page_writes", "off"),
+    ])
+    .map_err(anyhow::Error::msg)
+    {
+        Ok(c) => {
+            println!(
+                "postgres: cluster on 127.0.0.1:{} (data {}, {}) ready in {:.1}s",
+                c.port,
+                c.data().display(),
+                c.bin.display(),
+                c.start_seconds
+            );
+            Some(c)
+        }
         Err(e) if in_ci() => return Err(e.context("postgres: cannot start the test cluster")),
         Err(e) => {
             println!("postgres: no test cluster ({e:#}): the PostgreSQL tests skip");
@@ -131,7 +147,8 @@ fn cargo_test(
     let started = Instant::now();
     // Privileged tests that skip (not root, CI unset) leave a marker here: they are
     // reported as skipped, not passed.
-    let skip_dir = std::env::temp_dir().join(format!("zt-skips-{:016x}", rand_u64()));
+    let skip_dir =
+        std::env::temp_dir().join(format!("zt-skips-{:016x}", crate::pg_cluster::rand_u64()));
     let _ = std::fs::remove_dir_all(&skip_dir);
     let mut cmd = Command::new(cargo_bin());
     cmd.env("ZT_SKIP_DIR", &skip_dir);
@@ -192,163 +209,6 @@ fn cargo_test(
     })
 }
 
-/// A random number (for unique folder names), from the standard library's hasher keys.
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.finish()
-}
-
-/// A throwaway PostgreSQL cluster: its own data folder (in a fresh temporary folder),
-/// its own port on 127.0.0.1 (`trust` there only), its socket in that folder. Stopped
-/// (`pg_ctl stop -m fast`) and its folder removed when dropped.
-pub(crate) struct Cluster {
-    bin: PathBuf,
-    dir: PathBuf,
-    /// The server runs as this user (initdb refuses root): `postgres` when xtask runs as
-    /// root, else the current user.
-    run_as: Option<String>,
-    port: u16,
-}
-
-impl Cluster {
-    pub(crate) fn start() -> Result<Cluster> {
-        let started = Instant::now();
-        let bin = crate::setup::postgres_bin_dir()
-            .context("no /usr/lib/postgresql/*/bin/initdb (run `cargo xtask setup` as root)")?;
-        let dir = std::env::temp_dir().join(format!("zt-postgres-{:016x}", rand_u64()));
-        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        // From here on, dropping it stops whatever was started and removes the folder.
-        let mut cluster = Cluster {
-            bin,
-            dir,
-            run_as: is_root().then(|| "postgres".to_string()),
-            port: 0,
-        };
-        if let Some(user) = &cluster.run_as {
-            crate::util::run(
-                Command::new("chown")
-                    .arg(format!("{user}:"))
-                    .arg(&cluster.dir)
-                    .stdout(Stdio::null()),
-            )
-            .with_context(|| format!("giving {} to the {user} user", cluster.dir.display()))?;
-        }
-        let data = cluster.data();
-        cluster.pg(
-            "initdb",
-            &[
-                "-D",
-                &data.to_string_lossy(),
-                "-U",
-                "postgres",
-                "--auth-host=trust",
-                "--auth-local=peer",
-                "--encoding=UTF8",
-                "--no-sync",
-            ],
-        )?;
-        // A free port: bind one, let it go, give it to the server.
-        cluster.port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("finding a free port on 127.0.0.1")?
-            .port();
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-            cluster.port,
-            cluster.dir.display()
-        );
-        let log = cluster.dir.join("server.log");
-        cluster
-            .pg(
-                "pg_ctl",
-                &[
-                    "-D",
-                    &data.to_string_lossy(),
-                    "-l",
-                    &log.to_string_lossy(),
-                    "-o",
-                    &options,
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-            )
-            .with_context(|| {
-                format!(
-                    "starting the server; its log: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default().trim()
-                )
-            })?;
-        println!(
-            "postgres: cluster on 127.0.0.1:{} (data {}, {}) ready in {:.1}s",
-            cluster.port,
-            data.display(),
-            cluster.bin.display(),
-            started.elapsed().as_secs_f64()
-        );
-        Ok(cluster)
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.join("data")
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// Runs one of the server's programs (as `run_as`), quietly; its output is in the
-    /// error when it fails.
-    fn pg(&self, program: &str, args: &[&str]) -> Result<()> {
-        let path = self.bin.join(program);
-        let mut cmd = match &self.run_as {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(&path);
-                c
-            }
-            None => Command::new(&path),
-        };
-        let out = cmd
-            .args(args)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running {}", path.display()))?;
-        if !out.status.success() {
-            bail!(
-                "{program} failed ({}): {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout).trim(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let data = self.data();
-        if data.join("postmaster.pid").exists()
-            && let Err(e) = self.pg(
-                "pg_ctl",
-                &["-D", &data.to_string_lossy(), "-m", "fast", "-w", "stop"],
-            )
-        {
-            println!("postgres: stopping the cluster failed: {e:#}");
-        }
-        match std::fs::remove_dir_all(&self.dir) {
-            Ok(()) => println!("postgres: cluster stopped, {} removed", self.dir.display()),
-            Err(e) => println!("postgres: removing {} failed: {e}", self.dir.display()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,7 +250,7 @@ mod tests {
             }
             return;
         }
-        let cluster = Cluster::start().unwrap();
+        let cluster = Cluster::start(&[]).unwrap();
         let (dir, port, bin) = (cluster.dir.clone(), cluster.port, cluster.bin.clone());
         assert!(
             cluster

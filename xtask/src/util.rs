@@ -19,14 +19,8 @@ pub fn cargo_bin() -> String {
 
 /// Runs cargo with `args` in the workspace root, inheriting stdio; fails on non-zero exit.
 pub fn cargo(args: &[&str]) -> Result<()> {
-    cargo_env(args, &[])
-}
-
-/// [`cargo`] with environment variables `envs` set.
-pub fn cargo_env(args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
     let status = Command::new(cargo_bin())
         .args(args)
-        .envs(envs.iter().copied())
         .current_dir(root())
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;

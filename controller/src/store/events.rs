@@ -1,6 +1,16 @@
 //! The connection events' SQL, on a connection of their own ([`EventStore`]).
+//!
+//! On PostgreSQL the events table is partitioned by the day (UTC) an event was received:
+//! `events_pYYYYMMDD`, created [`PARTITIONS_AHEAD`] days ahead by the retention job and
+//! when the event store opens, and on demand before an insert into a day without one;
+//! `events_default` takes what no partition does (a partition that could not be
+//! created), so an insert never fails for lack of a partition. Retention drops the
+//! expired days whole, then deletes the expired rows left (the boundary day, the default
+//! partition). SQLite keeps one table and deletes.
 
-use super::{Conn, Db, Value};
+use std::collections::HashSet;
+
+use super::{Backend, Conn, Db, Value};
 use crate::model::{ConnectionEvent, EventFilter, EventRecord};
 use crate::{Error, vals, wire};
 
@@ -8,6 +18,44 @@ use crate::{Error, vals, wire};
 /// wait for the policy state (and its lock), and never hold it.
 pub struct EventStore {
     conn: Conn,
+    /// PostgreSQL: the days (their first millisecond) whose partition is known to exist.
+    partitions: HashSet<i64>,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// How many days after today have their partition made ahead (PostgreSQL).
+pub const PARTITIONS_AHEAD: i64 = 2;
+
+/// The advisory lock a controller holds while it creates a partition (one at a time).
+const PARTITION_LOCK: i64 = 0x7a74_6777_6576_7470; // "ztgwevtp"
+
+/// The first millisecond of the UTC day of `ms`.
+pub fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(DAY_MS) * DAY_MS
+}
+
+/// The partition of the day starting at `day` (see [`day_of`]): `events_pYYYYMMDD`.
+pub fn partition_name(day: i64) -> String {
+    let date = policy_compiler::format_rfc3339(day / 1000);
+    format!("events_p{}", date[..10].replace('-', ""))
+}
+
+/// The day (first millisecond) of a partition's name; `None` for any other name.
+fn partition_day(name: &str) -> Option<i64> {
+    let ymd = name.strip_prefix("events_p")?;
+    if ymd.len() != 8 || !ymd.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let t = policy_compiler::parse_rfc3339(&format!(
+        "{}-{}-{}T00:00:00Z",
+        &ymd[..4],
+        &ymd[4..6],
+        &ymd[6..]
+    ))
+    .ok()?;
+    let day = t * 1000;
+    (partition_name(day) == name).then_some(day)
 }
 
 impl std::fmt::Debug for EventStore {
@@ -16,87 +64,253 @@ impl std::fmt::Debug for EventStore {
     }
 }
 
+/// The columns one event fills.
+const INSERT_COLUMNS: usize = 10;
+
+/// The most rows one INSERT carries: 5120 parameters, well under PostgreSQL's cap of
+/// 65535 per statement and SQLite's of 32766.
+pub const CHUNK_ROWS: usize = 512;
+
+const _: () = assert!(CHUNK_ROWS * INSERT_COLUMNS <= 32_766);
+
+/// How `n` rows are split into INSERT statements: as many [`CHUNK_ROWS`] as fit, then
+/// the rest as powers of two, largest first. So a connection prepares at most 10
+/// statement shapes (512, 256, ..., 1 rows), whatever the batch sizes, and a message runs
+/// at most `n / 512 + 9` statements.
+pub fn chunk_sizes(n: usize) -> Vec<usize> {
+    super::sql::chunk_sizes(n, CHUNK_ROWS)
+}
+
+/// The INSERT of `rows` events (`?1` ... `?{10 rows}`), returning their ids.
+fn insert_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO events (time_ms, received_ms, agent_id, host, event, verdict, \"user\", \
+         device, resource, data) VALUES {} RETURNING id",
+        super::sql::values_list(rows, INSERT_COLUMNS)
+    )
+}
+
+/// The statement [`EventStore::query_events`] runs for `f` and `limit`, and its arguments:
+/// the rows matching every filter given, the newest `limit` first (by time, then id),
+/// returned oldest first. Each filter the API offers has an index of its own on
+/// (column, time_ms, id) (`events_time` on (time_ms, id) when only a time range is
+/// given), so the newest rows are read from an index's end and the read stops after
+/// `limit` of them, whatever the table's size.
+pub fn query_sql(f: &EventFilter, limit: u32) -> (String, Vec<Value>) {
+    let mut sql =
+        String::from("SELECT id, time_ms, received_ms, agent_id, data FROM events WHERE 1 = 1");
+    let mut args: Vec<Value> = Vec::new();
+    let mut cond = |sql: &mut String, col: &str, op: &str, v: Value| {
+        args.push(v);
+        sql.push_str(&format!(" AND {col} {op} ?{}", args.len()));
+    };
+    if let Some(s) = f.since_ms {
+        cond(&mut sql, "time_ms", ">=", Value::Int(s));
+    }
+    if let Some(u) = f.until_ms {
+        cond(&mut sql, "time_ms", "<", Value::Int(u));
+    }
+    for (col, v) in [
+        ("\"user\"", &f.user),
+        ("device", &f.device),
+        ("resource", &f.resource),
+        ("event", &f.event),
+        ("verdict", &f.verdict),
+        ("host", &f.host),
+    ] {
+        if let Some(v) = v {
+            cond(&mut sql, col, "=", Value::Text(v.clone()));
+        }
+    }
+    let sql = format!(
+        "SELECT * FROM ({sql} ORDER BY time_ms DESC, id DESC LIMIT {limit}) AS newest ORDER BY time_ms, id"
+    );
+    (sql, args)
+}
+
 impl EventStore {
     /// A second connection to a database [`super::Store::open`] has prepared.
     pub fn open(db: impl Into<Db>) -> Result<EventStore, Error> {
-        Ok(EventStore {
+        let mut store = EventStore {
             conn: db.into().connect()?,
+            partitions: HashSet::new(),
+        };
+        store.ensure_ahead();
+        Ok(store)
+    }
+
+    fn on_postgres(&self) -> bool {
+        self.conn.sql().backend() == Backend::Postgres
+    }
+
+    /// PostgreSQL: makes the partitions of today and the [`PARTITIONS_AHEAD`] days after
+    /// it; a failure is logged (events then go to the default partition).
+    fn ensure_ahead(&mut self) {
+        let today = day_of(crate::now_ms());
+        if let Err(e) = self.ensure_partitions(today, today + PARTITIONS_AHEAD * DAY_MS) {
+            tracing::warn!(error = %e, "cannot create the events' partitions ahead");
+        }
+    }
+
+    /// PostgreSQL: makes sure the partitions of the days from `from_ms` to `to_ms` (both
+    /// included) exist (at most 366 days a call). Rows of such a day already in the
+    /// default partition move into the new one. Nothing on SQLite.
+    pub fn ensure_partitions(&mut self, from_ms: i64, to_ms: i64) -> Result<(), Error> {
+        if !self.on_postgres() {
+            return Ok(());
+        }
+        let (from, to) = (day_of(from_ms), day_of(to_ms));
+        if to < from || (to - from) / DAY_MS >= 366 {
+            return Err(Error::InvalidArgument(format!(
+                "events' partitions from {from_ms} to {to_ms}: give at most 366 days, the \
+                 first not after the last"
+            )));
+        }
+        let mut day = from;
+        while day <= to {
+            if !self.partitions.contains(&day) {
+                self.create_partition(day)?;
+                self.partitions.insert(day);
+            }
+            day += DAY_MS;
+        }
+        Ok(())
+    }
+
+    /// Creates the partition of `day` unless it exists (controllers create one at a
+    /// time). When the default partition holds rows of that day, they move into it
+    /// (one transaction: the rows are in one place or the other, never both or neither).
+    fn create_partition(&mut self, day: i64) -> Result<(), Error> {
+        let name = partition_name(day);
+        let (start, end) = (day, day + DAY_MS);
+        self.conn.transaction(|tx| {
+            tx.execute("SELECT pg_advisory_xact_lock(?1)", &vals![PARTITION_LOCK])?;
+            if tx
+                .query_opt("SELECT 1 FROM pg_class WHERE relname = ?1", &vals![&name])?
+                .is_some()
+            {
+                return Ok(());
+            }
+            let stray = tx
+                .query_opt(
+                    "SELECT 1 FROM events_default WHERE received_ms >= ?1 AND received_ms < ?2 LIMIT 1",
+                    &vals![start, end],
+                )?
+                .is_some();
+            if !stray {
+                return tx.batch(&format!(
+                    "CREATE TABLE {name} PARTITION OF events FOR VALUES FROM ({start}) TO ({end})"
+                ));
+            }
+            tx.batch(&format!(
+                "CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS);
+                 WITH moved AS (DELETE FROM events_default
+                                WHERE received_ms >= {start} AND received_ms < {end} RETURNING *)
+                 INSERT INTO {name} SELECT * FROM moved;
+                 ALTER TABLE events ATTACH PARTITION {name} FOR VALUES FROM ({start}) TO ({end});"
+            ))?;
+            tracing::info!(partition = %name, "events of a day without a partition moved into its new partition");
+            Ok(())
         })
     }
 
-    /// Stores events; returns them with their ids.
+    /// PostgreSQL: the events' day partitions, with their days, oldest first.
+    pub fn partitions(&self) -> Result<Vec<(String, i64)>, Error> {
+        if !self.on_postgres() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for r in self.conn.sql().query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'events'::regclass",
+            &[],
+        )? {
+            let name = r.text(0)?;
+            if let Some(day) = partition_day(&name) {
+                out.push((name, day));
+            }
+        }
+        out.sort_by_key(|(_, d)| *d);
+        Ok(out)
+    }
+
+    /// Stores events; returns them with their ids, in order. One transaction; the rows
+    /// go in with multi-row `INSERT ... RETURNING id` statements of [`CHUNK_ROWS`] rows at
+    /// most (see [`chunk_sizes`]).
     pub fn insert_events(
         &mut self,
         agent_id: &str,
         received_ms: i64,
         events: Vec<ConnectionEvent>,
     ) -> Result<Vec<EventRecord>, Error> {
-        self.conn.transaction(|tx| {
-            let mut out = Vec::with_capacity(events.len());
-            for ev in events {
+        let rows: Vec<(i64, Vec<u8>, ConnectionEvent)> = events
+            .into_iter()
+            .map(|ev| {
                 let time_ms = crate::parse_timestamp_ms(&ev.timestamp).unwrap_or(received_ms);
                 let (blob, ev) = wire::encode_event(ev);
-                let id = tx
-                    .query_opt(
-                        "INSERT INTO events (time_ms, received_ms, agent_id, host, event, verdict, \"user\", device, resource, data)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
-                        &vals![
-                            time_ms,
-                            received_ms,
-                            agent_id,
-                            &ev.host,
-                            &ev.event,
-                            &ev.verdict,
-                            ev.user.clone(),
-                            ev.device.clone(),
-                            ev.resource.clone(),
-                            blob
-                        ],
-                    )?
-                    .ok_or_else(|| Error::Internal("database: an insert returned no id".into()))?
-                    .int(0)?;
-                out.push(EventRecord {
-                    id: id as u64,
-                    time_ms,
-                    received_ms,
-                    agent_id: agent_id.to_string(),
-                    event: Some(ev),
-                });
+                (time_ms, blob, ev)
+            })
+            .collect();
+        if self.on_postgres()
+            && let Err(e) = self.ensure_partitions(received_ms, received_ms)
+        {
+            tracing::warn!(error = %e, "no partition for these events: they go to events_default");
+        }
+        let ids = self.conn.transaction(|tx| {
+            let mut ids = Vec::with_capacity(rows.len());
+            let mut rest = &rows[..];
+            for n in chunk_sizes(rows.len()) {
+                let (chunk, tail) = rest.split_at(n);
+                rest = tail;
+                let mut args = Vec::with_capacity(n * INSERT_COLUMNS);
+                for (time_ms, blob, ev) in chunk {
+                    args.extend(vals![
+                        *time_ms,
+                        received_ms,
+                        agent_id,
+                        &ev.host,
+                        &ev.event,
+                        &ev.verdict,
+                        ev.user.clone(),
+                        ev.device.clone(),
+                        ev.resource.clone(),
+                        blob.clone()
+                    ]);
+                }
+                let mut got = tx
+                    .query(&insert_sql(n), &args)?
+                    .iter()
+                    .map(|r| r.int(0))
+                    .collect::<Result<Vec<i64>, Error>>()?;
+                if got.len() != n {
+                    return Err(Error::Internal(format!(
+                        "database: inserting {n} events returned {} ids",
+                        got.len()
+                    )));
+                }
+                // Neither backend promises RETURNING's order, but both number the rows of
+                // one statement in increasing order of VALUES: sorted, the ids are the rows'.
+                got.sort_unstable();
+                ids.extend(got);
             }
-            Ok(out)
-        })
+            Ok(ids)
+        })?;
+        Ok(rows
+            .into_iter()
+            .zip(ids)
+            .map(|((time_ms, _, ev), id)| EventRecord {
+                id: id as u64,
+                time_ms,
+                received_ms,
+                agent_id: agent_id.to_string(),
+                event: Some(ev),
+            })
+            .collect())
     }
 
+    /// The newest `limit` events matching `f`, oldest first (the SQL: [`query_sql`]).
     pub fn query_events(&self, f: &EventFilter, limit: u32) -> Result<Vec<EventRecord>, Error> {
-        let mut sql =
-            String::from("SELECT id, time_ms, received_ms, agent_id, data FROM events WHERE 1 = 1");
-        let mut args: Vec<Value> = Vec::new();
-        let mut cond = |sql: &mut String, col: &str, op: &str, v: Value| {
-            args.push(v);
-            sql.push_str(&format!(" AND {col} {op} ?{}", args.len()));
-        };
-        if let Some(s) = f.since_ms {
-            cond(&mut sql, "time_ms", ">=", Value::Int(s));
-        }
-        if let Some(u) = f.until_ms {
-            cond(&mut sql, "time_ms", "<", Value::Int(u));
-        }
-        for (col, v) in [
-            ("\"user\"", &f.user),
-            ("device", &f.device),
-            ("resource", &f.resource),
-            ("event", &f.event),
-            ("verdict", &f.verdict),
-            ("host", &f.host),
-        ] {
-            if let Some(v) = v {
-                cond(&mut sql, col, "=", Value::Text(v.clone()));
-            }
-        }
-        // The newest `limit` matching events, returned oldest first.
-        let sql = format!(
-            "SELECT * FROM ({sql} ORDER BY time_ms DESC, id DESC LIMIT {limit}) AS newest ORDER BY time_ms, id"
-        );
+        let (sql, args) = query_sql(f, limit);
         let mut out = Vec::new();
         for r in self.conn.sql().query(&sql, &args)? {
             out.push(EventRecord {
@@ -118,14 +332,67 @@ impl EventStore {
             .transaction(|tx| super::agents::record_acks(tx, rows))
     }
 
-    /// Deletes events received before `before_ms`; returns how many.
+    /// Deletes events received before `before_ms`; returns how many. On PostgreSQL, the
+    /// partitions of days wholly before `before_ms` are dropped (their rows counted
+    /// first), the rows left before it deleted, and the partitions ahead made.
     pub fn prune_events(&mut self, before_ms: i64) -> Result<usize, Error> {
-        self.conn
-            .sql()
-            .execute(
-                "DELETE FROM events WHERE received_ms < ?1",
-                &vals![before_ms],
-            )
-            .map(|n| n as usize)
+        let mut n = 0;
+        if self.on_postgres() {
+            self.ensure_ahead();
+            for (name, day) in self.partitions()? {
+                if day + DAY_MS > before_ms {
+                    break;
+                }
+                n += self.conn.transaction(|tx| {
+                    let rows = tx
+                        .query_opt(&format!("SELECT count(*) FROM {name}"), &[])?
+                        .map_or(Ok(0), |r| r.int(0))?;
+                    tx.batch(&format!("DROP TABLE {name}"))?;
+                    Ok(rows as usize)
+                })?;
+                self.partitions.remove(&day);
+                tracing::info!(partition = %name, "events: expired partition dropped");
+            }
+        }
+        n += self.conn.sql().execute(
+            "DELETE FROM events WHERE received_ms < ?1",
+            &vals![before_ms],
+        )? as usize;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_named_by_their_utc_day() {
+        let day = 1_764_460_800_000; // 2025-11-30T00:00:00Z
+        assert_eq!(day_of(day + DAY_MS - 1), day);
+        assert_eq!(day_of(day), day);
+        assert_eq!(partition_name(day), "events_p20251130");
+        assert_eq!(partition_day("events_p20251130"), Some(day));
+        assert_eq!(partition_day("events_p20251301"), None);
+        assert_eq!(partition_day("events_default"), None);
+        assert_eq!(partition_day("events_p2025113"), None);
+    }
+
+    #[test]
+    fn batches_split_into_few_statement_shapes() {
+        assert_eq!(chunk_sizes(0), Vec::<usize>::new());
+        assert_eq!(chunk_sizes(1), vec![1]);
+        assert_eq!(chunk_sizes(1024), vec![512, 512]);
+        assert_eq!(chunk_sizes(1000), vec![512, 256, 128, 64, 32, 8]);
+        for n in 0..3000 {
+            let c = chunk_sizes(n);
+            assert_eq!(c.iter().sum::<usize>(), n, "{n}");
+            assert!(c.iter().all(|&k| k.is_power_of_two() && k <= CHUNK_ROWS));
+        }
+        assert_eq!(
+            insert_sql(2).rsplit_once("VALUES ").unwrap().1,
+            "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10), \
+             (?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20) RETURNING id"
+        );
     }
 }
