@@ -386,3 +386,62 @@ async fn revocations_through_one_controller_hold_on_the_others() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn controllers_ride_out_a_postgresql_restart() {
+    // A cluster of this test's own (restarting the shared one would cut every other
+    // test); run only where the shared one is (the skip rules of `fresh_database`).
+    let Some(_shared) = fresh_database(&format!(
+        "{}::controllers_ride_out_a_postgresql_restart",
+        module_path!()
+    )) else {
+        return;
+    };
+    let cluster = gateway_test_support::pg_cluster::Cluster::start(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Setup {
+        _pg: _shared,
+        key: dir.path().join("controller.key"),
+        url: cluster.url(),
+        _dir: dir,
+    };
+    let a = db.controller("a", HOUR).await;
+    let b = db.controller("b", HOUR).await;
+    a.state
+        .apply_policy(DEMO, "policy.toml", &admin("a"))
+        .unwrap();
+    let auth = enroll(&a, "connector:demo-connector").await;
+    let (mut stream, generation) = watching(&b, &auth).await;
+
+    cluster.restart().unwrap();
+    // While the server was away the agent kept its stream (the controllers serve what
+    // they hold); the first change after it commits (the connections reopen) and reaches
+    // the agent on B (its listener reconnects and catches up).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut failed = 0;
+    loop {
+        match a
+            .state
+            .apply_policy(&with_resource(1), "policy.toml", &admin("a"))
+        {
+            Ok(_) => break,
+            Err(e) => {
+                failed += 1;
+                assert!(
+                    Instant::now() < deadline,
+                    "no change commits after the restart: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    eprintln!("changes refused while reconnecting: {failed}");
+    let (g, base) = next_delta(&mut stream, 20)
+        .await
+        .expect("the change after the restart reaches the agent on B");
+    assert_eq!(base, generation);
+    assert!(g > generation);
+    assert_eq!(b.state.revision(), a.state.revision());
+    a.stop().await;
+    b.stop().await;
+}

@@ -139,6 +139,27 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Restarts the server (`pg_ctl restart -m fast`: every connection is closed, the
+    /// data stays), waiting until it accepts connections again.
+    pub fn restart(&self) -> Result<(), String> {
+        let log = self.dir.join("server.log");
+        self.pg(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data().to_string_lossy(),
+                "-l",
+                &log.to_string_lossy(),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                "restart",
+            ],
+        )
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.join("data")
     }
