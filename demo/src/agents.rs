@@ -12,6 +12,9 @@ pub(crate) use gateway_test_support::{
 #[derive(Serialize)]
 pub(crate) struct ControllerSection {
     pub(crate) url: String,
+    /// The other controllers on the same database (`--ha`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) fallback_urls: Vec<String>,
     pub(crate) ca_file: PathBuf,
     /// None while the configuration only serves `gateway-agent public-key` (the token is
     /// minted once the policy with the keys is applied).

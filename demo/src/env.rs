@@ -12,6 +12,8 @@ pub(crate) struct Env {
     pub(crate) services: Option<Services>,
     /// The controller process (stopped last).
     pub(crate) controller: Option<Child>,
+    /// With `--ha`, the two other controllers on the same database.
+    pub(crate) standbys: Vec<Child>,
     /// The admin API key `gateway-controller init` printed, and the deployment's CA.
     pub(crate) api_key: String,
     pub(crate) ca: PathBuf,
@@ -28,11 +30,22 @@ pub(crate) struct Env {
 }
 
 impl Env {
-    /// Stops the controller (SIGTERM, then SIGKILL after 5 s).
+    /// Stops the controllers (SIGTERM, then SIGKILL after 5 s); says how each went.
     pub(crate) fn stop_controller(&mut self) -> String {
-        let Some(mut child) = self.controller.take() else {
-            return "not running".into();
-        };
+        let standbys = std::mem::take(&mut self.standbys);
+        let mut how = vec![match self.controller.take() {
+            Some(child) => stop_child(child),
+            None if !standbys.is_empty() => "killed before (--ha)".into(),
+            None => "not running".into(),
+        }];
+        how.extend(standbys.into_iter().map(stop_child));
+        how.join("; ")
+    }
+}
+
+/// SIGTERM, then SIGKILL after 5 s; how it ended.
+fn stop_child(mut child: Child) -> String {
+    {
         // SAFETY: plain kill(2) on our own child's pid, which is not reaped yet.
         unsafe {
             libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
@@ -198,6 +211,7 @@ pub(crate) fn build_env(created: &mut Created) -> Result<Env> {
         agents: Vec::new(),
         services: None,
         controller: None,
+        standbys: Vec::new(),
         api_key: String::new(),
         ca: PathBuf::new(),
         ctl,

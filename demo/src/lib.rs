@@ -47,6 +47,7 @@
 mod output;
 mod agents;
 mod env;
+mod ha;
 mod logs;
 mod plan;
 mod report;
@@ -102,6 +103,8 @@ pub struct Options {
     pub policy: Option<PathBuf>,
     /// Keep the temporary folder (agent configs and logs) instead of removing it.
     pub keep_logs: bool,
+    /// Three controllers on one PostgreSQL database, one killed at the end (`ha`).
+    pub ha: bool,
 }
 
 pub fn run(opts: &Options) -> Result<bool> {
@@ -210,9 +213,11 @@ fn scenario(opts: &Options, checks: &mut Checks, created: &mut Created) -> Resul
 
     let template = prepare_policy(opts, &tmp.path, checks)?;
     check_interrupted()?;
+    // Declared before the hosts: dropped after the controllers stop.
+    let cluster = if opts.ha { Some(ha::cluster()?) } else { None };
     let mut env = build_hosts(created)?;
     check_interrupted()?;
-    start_controller(opts, &mut env, &tmp.path, created)?;
+    start_controller(opts, &mut env, &tmp.path, created, cluster.as_ref())?;
     check_interrupted()?;
     let policy = keys_and_policy(opts, &env, &tmp.path, &template, checks)?;
     let tokens = apply_policy(opts, &env, &policy, checks)?;
@@ -237,5 +242,9 @@ fn scenario(opts: &Options, checks: &mut Checks, created: &mut Created) -> Resul
     report_status(checks, &env);
     check_interrupted()?;
     tunnel_act(opts, &mut env, &tmp.path, checks, &frames, &logs)?;
+    if opts.ha {
+        check_interrupted()?;
+        ha::act(opts, &mut env, &tmp.path, checks)?;
+    }
     teardown(checks, env)
 }

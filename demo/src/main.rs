@@ -35,6 +35,11 @@ struct Cli {
     /// Keep the temporary folder with the agent configs and connection logs.
     #[arg(long)]
     keep_logs: bool,
+    /// Three controllers on one PostgreSQL database (a throwaway cluster of the demo's own,
+    /// from Debian's postgresql package): the agents list all three; at the end the one they
+    /// use is killed (SIGKILL) and a change goes through another.
+    #[arg(long)]
+    ha: bool,
 }
 
 fn sibling(name: &str) -> Option<PathBuf> {
@@ -61,6 +66,7 @@ fn main() -> Result<()> {
         controller,
         policy: cli.policy,
         keep_logs: cli.keep_logs,
+        ha: cli.ha,
     })?;
     if !ok {
         std::process::exit(1);

@@ -93,6 +93,13 @@ pub(crate) fn agent_config<'e>(
         flow_timeouts: DemoTimeouts::short(),
         controller: ControllerSection {
             url: controller_url(),
+            fallback_urls: if env.standbys.is_empty() {
+                Vec::new()
+            } else {
+                (1..=env.standbys.len() as u16)
+                    .map(|i| format!("https://{CTL_IP}:{}", CTL_PORT + i))
+                    .collect()
+            },
             ca_file: env.ca.clone(),
             enrollment_token: token,
             identity_file: dir.join(format!("{stem}.identity.json")),
@@ -146,11 +153,16 @@ pub(crate) struct Tokens(pub(crate) Vec<String>);
 
 /// `gatewayctl --controller URL ARGS` run on the controller's host.
 pub(crate) fn gatewayctl(opts: &Options, env: &Env, args: &[&str]) -> Result<Output> {
+    gatewayctl_at(opts, env, &controller_url(), args)
+}
+
+/// [`gatewayctl`] through the controller at `url`.
+pub(crate) fn gatewayctl_at(opts: &Options, env: &Env, url: &str, args: &[&str]) -> Result<Output> {
     let bin = opts.gatewayctl.as_deref().context(
         "gatewayctl is needed to apply the policy (build it: cargo build -p gatewayctl)",
     )?;
     let mut cmd = ns_command(env.ctl.name(), bin)?;
-    cmd.args(["--controller", &controller_url()])
+    cmd.args(["--controller", url])
         .arg("--ca")
         .arg(&env.ca)
         .env("GATEWAYCTL_API_KEY", &env.api_key)
@@ -158,12 +170,14 @@ pub(crate) fn gatewayctl(opts: &Options, env: &Env, args: &[&str]) -> Result<Out
     run_bounded(cmd, Duration::from_secs(30))
 }
 
-/// Starts `gateway-controller` on its host and waits until it answers.
+/// Starts `gateway-controller` on its host and waits until it answers; with `cluster`
+/// (`--ha`), three of them on one PostgreSQL database (ports CTL_PORT, +1, +2).
 pub(crate) fn start_controller(
     opts: &Options,
     env: &mut Env,
     dir: &Path,
     created: &mut Created,
+    cluster: Option<&crate::ha::Database>,
 ) -> Result<()> {
     println!("\n== controller ({})", opts.controller.display());
     if !opts.controller.is_file() {
@@ -172,12 +186,18 @@ pub(crate) fn start_controller(
             opts.controller.display()
         );
     }
-    let db = dir.join("controller.db");
+    let db = match cluster {
+        Some(c) => c.url.clone().into(),
+        None => dir.join("controller.db").into_os_string(),
+    };
+    let key_file = dir.join("controller.key");
     let tls = dir.join("tls");
     // A new deployment: its own CA, the controller's certificate, the first admin key.
     let mut init = Command::new(&opts.controller);
     init.args(["init", "--db"])
         .arg(&db)
+        .arg("--key-file")
+        .arg(&key_file)
         .arg("--tls-dir")
         .arg(&tls)
         .args(["--san", &CTL_IP.to_string(), "--key-name", "demo-admin"]);
@@ -194,24 +214,42 @@ pub(crate) fn start_controller(
         "gateway-controller init: CA and server certificate in {}, admin API key minted (shown once)",
         tls.display()
     );
-    let listen = format!("{CTL_IP}:{CTL_PORT}");
-    let mut cmd = ns_command(env.ctl.name(), &opts.controller)?;
-    cmd.args(["run", "--listen", &listen, "--tls-dir"])
-        .arg(&tls)
-        .arg("--db")
-        .arg(&db)
-        .stdin(Stdio::null())
-        .stdout(File::create(dir.join("controller.stdout"))?)
-        .stderr(File::create(dir.join("controller.stderr"))?);
-    let child = cmd.spawn().context("starting gateway-controller")?;
-    created.pids.push(child.id());
-    env.controller = Some(child);
-    progress!(
-        "gateway-controller run --listen {listen} --tls-dir {} --db {} (in {})",
-        tls.display(),
-        db.display(),
-        env.ctl.name()
-    );
+    let count = if cluster.is_some() { 3 } else { 1 };
+    for i in 0..count {
+        let listen = format!("{CTL_IP}:{}", CTL_PORT + i);
+        let stem = if i == 0 {
+            "controller".to_string()
+        } else {
+            format!("controller-{}", i + 1)
+        };
+        let mut cmd = ns_command(env.ctl.name(), &opts.controller)?;
+        cmd.args(["run", "--listen", &listen, "--tls-dir"])
+            .arg(&tls)
+            .arg("--db")
+            .arg(&db)
+            .arg("--key-file")
+            .arg(&key_file)
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.join(format!("{stem}.stdout")))?)
+            .stderr(File::create(dir.join(format!("{stem}.stderr")))?);
+        let child = cmd.spawn().context("starting gateway-controller")?;
+        created.pids.push(child.id());
+        if i == 0 {
+            env.controller = Some(child);
+        } else {
+            env.standbys.push(child);
+        }
+        progress!(
+            "gateway-controller run --listen {listen} --tls-dir {} --db {} --key-file {} (in {})",
+            tls.display(),
+            match cluster {
+                Some(c) => c.url.clone(),
+                None => PathBuf::from(&db).display().to_string(),
+            },
+            key_file.display(),
+            env.ctl.name()
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         check_interrupted()?;

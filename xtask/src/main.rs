@@ -1,6 +1,8 @@
 //! `cargo xtask <task>`: the project's own automation, so a fresh machine needs nothing but
 //! this repository and a Rust toolchain.
 
+// Shared with the tests and the bench, which use more of it (restart, for one).
+#[allow(dead_code)]
 #[path = "../../test-support/src/pg_cluster.rs"]
 mod pg_cluster;
 mod setup;
@@ -44,6 +46,11 @@ enum Task {
         /// Keep the agent configurations and connection logs (the folder is printed).
         #[arg(long)]
         keep_logs: bool,
+        /// Three controllers on one PostgreSQL database (a cluster of the demo's own): the
+        /// agents list all three, and at the end the one they use is killed and a change
+        /// goes through another.
+        #[arg(long)]
+        ha: bool,
     },
     /// Run setup, then the benchmark suite (decision cost, throughput against nftables,
     /// compile and apply times); writes bench/results/<run>.json|.md, latest.* and
@@ -137,7 +144,7 @@ fn main() -> Result<()> {
                 &seed.to_string(),
             ])
         }
-        Task::Demo { keep_logs } => {
+        Task::Demo { keep_logs, ha } => {
             if !util::is_root() {
                 anyhow::bail!(
                     "the demo creates network namespaces and loads eBPF programs: run it as \
@@ -190,6 +197,9 @@ fn main() -> Result<()> {
                 .current_dir(&root);
             if keep_logs {
                 demo.arg("--keep-logs");
+            }
+            if ha {
+                demo.arg("--ha");
             }
             util::run(&mut demo)
         }
