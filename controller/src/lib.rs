@@ -501,6 +501,7 @@ pub async fn serve_with(
     use gateway_proto::v1::agent_server::AgentServer;
 
     let local = listener.local_addr()?;
+    state.set_instance(&local.to_string());
     if tls.is_none() && !plaintext_allowed(&local) {
         anyhow::bail!(
             "refusing to serve plaintext on {local}: credentials would cross the network in \
@@ -544,7 +545,7 @@ pub async fn serve_with(
                 let before = exported.clone();
                 let done = tokio::task::spawn_blocking(move || {
                     s.flush_refusals(false);
-                    if let Err(e) = s.flush_acks() {
+                    if let Err(e) = s.flush_acks(now / 1000 % 5 == 0) {
                         warn!(error = %e, "recording agents' acknowledgements failed (kept for the next attempt)");
                     }
                     // The rest runs on one controller of the database at a time.
@@ -645,7 +646,7 @@ pub async fn serve_with(
     syncer.abort();
     state.close_watchers();
     state.flush_refusals(true);
-    if let Err(e) = state.flush_acks() {
+    if let Err(e) = state.flush_acks(false) {
         warn!(error = %e, "recording agents' acknowledgements failed");
     }
     result?;

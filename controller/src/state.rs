@@ -121,6 +121,9 @@ pub struct State {
     leader: crate::store::Leader,
     /// The database (for the listener of other controllers' changes).
     db: Db,
+    /// How this controller is named to the others (its listen address; see
+    /// [`State::set_instance`]).
+    instance: Mutex<String>,
     /// Refusal records not written yet: written by the server's one-second tick (and
     /// before any read of the audit trail), never on the path of the refused call.
     pending_refusals: Mutex<Vec<limits::Record>>,
@@ -139,6 +142,19 @@ impl State {
     /// Blocking: call it where the store may be called.
     pub fn lead_singletons(&self) -> bool {
         self.leader.lead()
+    }
+
+    /// Names this controller to the others of its database (its listen address): what
+    /// `ListAgents` says an agent streaming from it is connected to.
+    pub fn set_instance(&self, name: &str) {
+        *self.instance.lock().unwrap_or_else(|p| p.into_inner()) = name.to_string();
+    }
+
+    fn instance(&self) -> String {
+        self.instance
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The database this state is kept in.
@@ -259,6 +275,7 @@ impl State {
             pending_refusals: Mutex::new(Vec::new()),
             leader: crate::store::Leader::new(&db),
             db,
+            instance: Mutex::new(String::new()),
         };
         // Views may have changed while the controller was down (expired grants).
         state.refresh()?;

@@ -194,6 +194,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX events_event ON events (event, time_ms, id);
      CREATE INDEX events_verdict ON events (verdict, time_ms, id);
      CREATE INDEX events_host ON events (host, time_ms, id);",
+    // 7: the controller an agent's stream is on (see `agents::record_presence`).
+    "ALTER TABLE agents ADD COLUMN connected_to TEXT NOT NULL DEFAULT '';",
 ];
 
 /// PostgreSQL's schema migrations (a list of its own; `schema_version` as for SQLite).
@@ -301,6 +303,8 @@ const PG_MIGRATIONS: &[&str] = &[
      CREATE INDEX events_event ON events (event, time_ms, id);
      CREATE INDEX events_verdict ON events (verdict, time_ms, id);
      CREATE INDEX events_host ON events (host, time_ms, id);",
+    // 5: SQLite's 7 (the controller an agent's stream is on).
+    "ALTER TABLE agents ADD COLUMN IF NOT EXISTS connected_to TEXT NOT NULL DEFAULT '';",
 ];
 
 /// The advisory lock PostgreSQL controllers take while migrating (one at a time).

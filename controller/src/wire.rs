@@ -266,6 +266,7 @@ impl From<AgentInfo> for v1::AgentInfo {
             enrolled_unix_ms: a.enrolled_ms,
             revoked_unix_ms: a.revoked_ms,
             public_key: a.public_key,
+            controller: a.controller,
         }
     }
 }

@@ -55,7 +55,7 @@ fn a_host_keeps_its_last_deltas_and_an_agent_resumes_from_them_after_a_restart()
     // Acknowledged, then the controller restarts: the ack is stored, and an agent 30
     // generations behind resumes with deltas, one an older one with a snapshot.
     state.ack(Some(&auth), current - 30).unwrap();
-    assert_eq!(state.flush_acks().unwrap(), 1);
+    assert_eq!(state.flush_acks(false).unwrap(), 1);
     assert_eq!(
         db.int(
             "SELECT acked_generation FROM agents WHERE id = ?1",

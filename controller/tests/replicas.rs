@@ -187,8 +187,13 @@ async fn a_change_through_one_controller_reaches_the_agents_of_the_others() {
             started.elapsed()
         );
     }
-    // Every controller serves the same revision and views.
+    // Every controller serves the same revision and views (the one whose agents had
+    // nothing to wait for may still be catching up: a notification is a few ms).
     for ctl in [&a, &b, &c] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ctl.state.revision() != 6 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(ctl.state.revision(), 6);
         assert_eq!(
             ctl.state.generations()["connector:demo-connector"],
@@ -442,6 +447,53 @@ async fn controllers_ride_out_a_postgresql_restart() {
     assert_eq!(base, generation);
     assert!(g > generation);
     assert_eq!(b.state.revision(), a.state.revision());
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_controller_says_where_an_agent_is_connected() {
+    let Some(db) = setup("every_controller_says_where_an_agent_is_connected") else {
+        return;
+    };
+    let a = db.controller("a", HOUR).await;
+    let b = db.controller("b", HOUR).await;
+    a.state
+        .apply_policy(DEMO, "policy.toml", &admin("a"))
+        .unwrap();
+    let auth = enroll(&a, "connector:demo-connector").await;
+    let on_a = |ctl: &Controller| {
+        ctl.state
+            .agents()
+            .into_iter()
+            .find(|x| x.agent_id == auth.agent_id)
+            .unwrap()
+    };
+    // Not connected anywhere yet (the control).
+    let before = on_a(&a);
+    assert!(
+        !before.connected && before.controller.is_empty(),
+        "{before:?}"
+    );
+    let (_stream, generation) = watching(&b, &auth).await;
+    // B says so of its own stream at once; A from B's record (written every 5 s).
+    let mine = on_a(&b);
+    assert!(mine.connected, "{mine:?}");
+    assert_eq!(mine.controller, b.addr.to_string());
+    let deadline = Instant::now() + Duration::from_secs(12);
+    loop {
+        let seen = on_a(&a);
+        if seen.connected {
+            assert_eq!(seen.controller, b.addr.to_string(), "{seen:?}");
+            assert_eq!(seen.current_generation, generation);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A never says the agent is connected to B: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     a.stop().await;
     b.stop().await;
 }

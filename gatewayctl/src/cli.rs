@@ -309,9 +309,10 @@ pub enum Command {
     },
     /// Enrolled agents: host, connection, acknowledged vs current generation.
     ///
-    /// JSON: `{"agents": [{"agent_id", "host", "hostname", "connected",
-    /// "acked_generation", "current_generation", "in_sync", "last_seen",
-    /// "last_seen_unix_ms", "enrolled", "enrolled_unix_ms"}]}`.
+    /// JSON: `{"agents": [{"agent_id", "host", "hostname", "connected", "controller" (the
+    /// listen address of the controller its stream is on), "acked_generation",
+    /// "current_generation", "in_sync", "last_seen", "last_seen_unix_ms", "enrolled",
+    /// "enrolled_unix_ms", "public_key"}]}`.
     Agents {
         #[command(flatten)]
         output: OutputArg,

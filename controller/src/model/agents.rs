@@ -64,8 +64,11 @@ pub struct AgentInfo {
     pub host: String,
     /// The host name the agent gave when it enrolled.
     pub hostname: String,
-    /// Whether it has a watch stream open.
+    /// Whether it has a watch stream open (on this controller, or on another one of the
+    /// database that said so in the last 15 s).
     pub connected: bool,
+    /// The controller the stream is on (its listen address), when connected.
+    pub controller: String,
     pub acked_generation: u64,
     /// The current generation of its host.
     pub current_generation: u64,

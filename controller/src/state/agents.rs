@@ -18,6 +18,7 @@ use crate::model::{
     Watch, WatchUpdate,
 };
 use crate::store::AgentRow;
+use crate::store::agents::Presence;
 use crate::{Error, hash_secret, now_ms, peer_name, shown, try_random_hex};
 
 /// A WireGuard public key from a request: `INVALID_ARGUMENT` naming `field` when it is
@@ -36,6 +37,10 @@ fn parse_key(s: &str, field: &str) -> Result<pc::WgKey, Error> {
         ))
     })
 }
+
+/// How recent another controller's record of an agent's stream must be for the agent to
+/// count as connected there (it records every 5 s).
+pub const PRESENCE_FRESH_MS: i64 = 15_000;
 
 /// Updates buffered per watching agent; an agent that falls this far behind is
 /// disconnected and resumes from its generation when it reconnects.
@@ -422,23 +427,51 @@ impl State {
         Ok(())
     }
 
-    /// Writes the acknowledgements received since the last call (one transaction, on
-    /// the events' connection, without the state's lock); returns how many. Called every
-    /// second and at shutdown. What a failed write held is kept for the next call.
-    pub fn flush_acks(&self) -> Result<usize, Error> {
-        let pending = std::mem::take(&mut self.lock().acks);
-        if pending.is_empty() {
+    /// Writes the acknowledgements received since the last call and, with `heartbeat`,
+    /// the presence of every agent streaming from this controller (so that the other
+    /// controllers of the database can say it is connected, and where): one transaction
+    /// on the events' connection, without the state's lock; returns how many agents.
+    /// Called every second (heartbeat every 5 s) and at shutdown. What a failed write
+    /// held is kept for the next call.
+    pub fn flush_acks(&self, heartbeat: bool) -> Result<usize, Error> {
+        let now = now_ms();
+        let me = self.instance();
+        let (pending, rows) = {
+            let mut g = self.lock();
+            let pending = std::mem::take(&mut g.acks);
+            let streaming: std::collections::HashSet<&str> = g
+                .watchers
+                .values()
+                .flatten()
+                .filter(|w| !w.tx.is_closed())
+                .map(|w| w.agent_id.as_str())
+                .collect();
+            let mut rows: BTreeMap<String, Presence> = BTreeMap::new();
+            for (id, &(generation, seen)) in &pending {
+                let on = if streaming.contains(id.as_str()) {
+                    me.clone()
+                } else {
+                    String::new()
+                };
+                rows.insert(id.clone(), (generation, seen, on));
+            }
+            if heartbeat {
+                for id in &streaming {
+                    if let Some(a) = g.agents.get(*id) {
+                        rows.insert(a.id.clone(), (a.acked_generation, now, me.clone()));
+                    }
+                }
+            }
+            (pending, rows.into_iter().collect::<Vec<_>>())
+        };
+        if rows.is_empty() {
             return Ok(0);
         }
-        let rows: Vec<(String, u64, i64)> = pending
-            .iter()
-            .map(|(id, &(g, seen))| (id.clone(), g, seen))
-            .collect();
         if let Err(e) = self
             .event_store
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .record_acks(&rows)
+            .record_presence(&rows)
         {
             let mut g = self.lock();
             for (id, v) in pending {
@@ -449,25 +482,43 @@ impl State {
         Ok(rows.len())
     }
 
-    /// Every agent and its state.
+    /// Every agent and its state: connected when its stream is on this controller, or
+    /// when another controller of the database recorded it within [`PRESENCE_FRESH_MS`].
     pub fn agents(&self) -> Vec<AgentInfo> {
         let g = self.lock();
+        let me = self.instance();
+        let now = now_ms();
+        // What the other controllers recorded (none when the database does not answer).
+        let stored = g.store.presence().unwrap_or_default();
         let mut out: Vec<AgentInfo> =
             g.agents
                 .values()
-                .map(|a| AgentInfo {
-                    agent_id: a.id.clone(),
-                    host: a.host.clone(),
-                    hostname: a.hostname.clone(),
-                    connected: g.watchers.get(&a.host).is_some_and(|ws| {
+                .map(|a| {
+                    let here = g.watchers.get(&a.host).is_some_and(|ws| {
                         ws.iter().any(|w| w.agent_id == a.id && !w.tx.is_closed())
-                    }),
-                    acked_generation: a.acked_generation,
-                    current_generation: g.hosts.get(&a.host).map_or(0, |h| h.generation),
-                    last_seen_ms: a.last_seen_ms,
-                    enrolled_ms: a.enrolled_ms,
-                    revoked_ms: a.revoked_ms,
-                    public_key: a.public_key.clone(),
+                    });
+                    let (acked, seen, on) = stored.get(&a.id).cloned().unwrap_or_default();
+                    let elsewhere =
+                        !here && !on.is_empty() && on != me && now - seen < PRESENCE_FRESH_MS;
+                    AgentInfo {
+                        agent_id: a.id.clone(),
+                        host: a.host.clone(),
+                        hostname: a.hostname.clone(),
+                        connected: here || elsewhere,
+                        controller: if here {
+                            me.clone()
+                        } else if elsewhere {
+                            on
+                        } else {
+                            String::new()
+                        },
+                        acked_generation: a.acked_generation.max(acked),
+                        current_generation: g.hosts.get(&a.host).map_or(0, |h| h.generation),
+                        last_seen_ms: a.last_seen_ms.max(seen),
+                        enrolled_ms: a.enrolled_ms,
+                        revoked_ms: a.revoked_ms,
+                        public_key: a.public_key.clone(),
+                    }
                 })
                 .collect();
         out.sort_by(|a, b| (a.enrolled_ms, &a.agent_id).cmp(&(b.enrolled_ms, &b.agent_id)));

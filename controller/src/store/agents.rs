@@ -183,34 +183,55 @@ impl Store {
     }
 }
 
-/// Records agents' acknowledged generations and last-seen times: (id, acked, last seen),
-/// one statement per 128 agents (in the caller's transaction).
-pub fn record_acks(tx: &dyn Sql, rows: &[(String, u64, i64)]) -> Result<(), Error> {
+/// An agent's presence as a controller records it: acknowledged generation, last seen,
+/// the controller its stream is on (empty: none).
+pub type Presence = (u64, i64, String);
+
+/// Records agents' presence: (id, acked, last seen, controller), one statement per 128
+/// agents (in the caller's transaction).
+pub fn record_presence(tx: &dyn Sql, rows: &[(String, Presence)]) -> Result<(), Error> {
     let mut at = 0;
     for n in super::sql::chunk_sizes(rows.len(), 128) {
         let list = (0..n)
             .map(|i| {
                 format!(
-                    "(?{}, CAST(?{} AS BIGINT), CAST(?{} AS BIGINT))",
-                    3 * i + 1,
-                    3 * i + 2,
-                    3 * i + 3
+                    "(?{}, CAST(?{} AS BIGINT), CAST(?{} AS BIGINT), ?{})",
+                    4 * i + 1,
+                    4 * i + 2,
+                    4 * i + 3,
+                    4 * i + 4
                 )
             })
             .collect::<Vec<_>>()
             .join(", ");
         let args: Vec<super::Value> = rows[at..at + n]
             .iter()
-            .flat_map(|(id, acked, seen)| vals![id, *acked as i64, *seen])
+            .flat_map(|(id, (acked, seen, on))| vals![id, *acked as i64, *seen, on])
             .collect();
         tx.execute(
             &format!(
-                "UPDATE agents SET acked_generation = acks.column2, last_seen_ms = acks.column3
-                 FROM (VALUES {list}) AS acks WHERE agents.id = acks.column1"
+                "UPDATE agents SET acked_generation = p.column2, last_seen_ms = p.column3,
+                    connected_to = p.column4
+                 FROM (VALUES {list}) AS p WHERE agents.id = p.column1"
             ),
             &args,
         )?;
         at += n;
     }
     Ok(())
+}
+
+impl Store {
+    /// Every agent's presence as recorded ([`record_presence`]).
+    pub fn presence(&self) -> Result<std::collections::HashMap<String, Presence>, Error> {
+        self.conn
+            .sql()
+            .query(
+                "SELECT id, acked_generation, last_seen_ms, connected_to FROM agents",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, (r.int(1)? as u64, r.int(2)?, r.text(3)?))))
+            .collect()
+    }
 }

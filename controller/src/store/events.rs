@@ -324,12 +324,14 @@ impl EventStore {
         Ok(out)
     }
 
-    /// Records agents' acknowledged generations and last-seen times (see
-    /// [`super::agents::record_acks`]), on this connection: acks never wait for the
-    /// state's lock or its connection.
-    pub fn record_acks(&mut self, rows: &[(String, u64, i64)]) -> Result<(), Error> {
+    /// Records agents' presence (see [`super::agents::record_presence`]), on this
+    /// connection: acks never wait for the state's lock or its connection.
+    pub fn record_presence(
+        &mut self,
+        rows: &[(String, super::agents::Presence)],
+    ) -> Result<(), Error> {
         self.conn
-            .transaction(|tx| super::agents::record_acks(tx, rows))
+            .transaction(|tx| super::agents::record_presence(tx, rows))
     }
 
     /// Deletes events received before `before_ms`; returns how many. On PostgreSQL, the
