@@ -61,8 +61,13 @@ impl Cluster {
         let bin = bin_dir().ok_or(
             "no /usr/lib/postgresql/*/bin/initdb (run `cargo xtask setup` as root)".to_string(),
         )?;
+        sweep_abandoned(&bin);
         let dir = std::env::temp_dir().join(format!("zt-postgres-{:016x}", rand_u64()));
         std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        // Whose cluster this is: a later start stops it if this process died without
+        // stopping it (Ctrl-C, a kill), see `sweep_abandoned`.
+        std::fs::write(dir.join("owner.pid"), std::process::id().to_string())
+            .map_err(|e| format!("writing {}: {e}", dir.join("owner.pid").display()))?;
         // From here on, dropping it stops whatever was started and removes the folder.
         let mut cluster = Cluster {
             bin,
@@ -196,6 +201,43 @@ impl Cluster {
             ));
         }
         Ok(())
+    }
+}
+
+/// Stops and removes the clusters whose owner process is gone (a test run interrupted by
+/// Ctrl-C or killed before it could stop its cluster): temporary folders
+/// `zt-postgres-*` whose `owner.pid` names no running process.
+fn sweep_abandoned(bin: &Path) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let dir = e.path();
+        if !e.file_name().to_string_lossy().starts_with("zt-postgres-") {
+            continue;
+        }
+        let Some(owner) = std::fs::read_to_string(dir.join("owner.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        let cluster = Cluster {
+            bin: bin.to_path_buf(),
+            run_as: is_root().then(|| "postgres".to_string()),
+            dir: dir.clone(),
+            port: 0,
+            start_seconds: 0.0,
+        };
+        println!(
+            "postgres: the cluster in {} outlived its owner (pid {owner}): stopping it",
+            dir.display()
+        );
+        // Stopped and removed by its Drop.
+        drop(cluster);
     }
 }
 

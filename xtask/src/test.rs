@@ -267,5 +267,34 @@ mod tests {
         drop(cluster);
         assert!(!dir.exists(), "{} is removed", dir.display());
         assert_eq!(psql(&bin, port, "SELECT 1"), None, "the server stopped");
+
+        // A cluster whose owner died without stopping it (Ctrl-C) is stopped and removed
+        // by the next start; one whose owner lives is left alone.
+        let abandoned = Cluster::start(&[]).unwrap();
+        let (dir, port) = (abandoned.dir.clone(), abandoned.port);
+        let dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        let mut dead = dead;
+        dead.wait().unwrap();
+        std::fs::write(dir.join("owner.pid"), dead_pid.to_string()).unwrap();
+        std::mem::forget(abandoned);
+        let alive = Cluster::start(&[]).unwrap();
+        let next = Cluster::start(&[]).unwrap();
+        assert!(
+            !dir.exists(),
+            "the abandoned cluster's {} is removed",
+            dir.display()
+        );
+        assert_eq!(
+            psql(&bin, port, "SELECT 1"),
+            None,
+            "the abandoned server stopped"
+        );
+        assert_eq!(
+            psql(&bin, alive.port, "SELECT 1").as_deref(),
+            Some("1"),
+            "a live owner's cluster is left alone"
+        );
+        drop((alive, next));
     }
 }
