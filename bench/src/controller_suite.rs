@@ -45,7 +45,7 @@ pub struct Summary {
 const DEMO: &str = include_str!("../../examples/demo.toml");
 
 /// The demo policy without its tests and comments: about 1 KB.
-fn policy() -> String {
+pub(crate) fn policy() -> String {
     DEMO.split("# ---------------------------------------------------------------- tests")
         .next()
         .unwrap_or(DEMO)
@@ -55,7 +55,7 @@ fn policy() -> String {
         .collect()
 }
 
-fn stats(mut ms: Vec<f64>, seconds: f64) -> Stats {
+pub(crate) fn stats(mut ms: Vec<f64>, seconds: f64) -> Stats {
     if ms.is_empty() {
         return Stats::default();
     }
@@ -105,7 +105,7 @@ const MIX: [Op; 20] = [
     Op::Report,
 ];
 
-fn event() -> v1::ConnectionEvent {
+pub(crate) fn event() -> v1::ConnectionEvent {
     v1::ConnectionEvent {
         timestamp: "2026-01-01T10:00:00.000Z".into(),
         event: "flow_start".into(),
@@ -221,10 +221,16 @@ pub(crate) struct Local {
 
 impl Local {
     pub(crate) async fn start(dir: &std::path::Path) -> Result<Local> {
-        let state = Arc::new(
+        Local::start_state(
             controller::State::open(dir.join("controller.db"), 30)
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
-        );
+        )
+        .await
+    }
+
+    /// A controller serving `state`.
+    pub(crate) async fn start_state(state: controller::State) -> Result<Local> {
+        let state = Arc::new(state);
         let admin_key = state
             .bootstrap_admin_key("bench")
             .map_err(|e| anyhow::anyhow!("{e}"))?;

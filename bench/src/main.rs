@@ -1,4 +1,4 @@
-//! `bench [--quick] [--only decision,throughput,compile,apply,peers,tunnel,controller,ha] [--out DIR]`: the
+//! `bench [--quick] [--only decision,throughput,compile,apply,peers,tunnel,controller,ha,events] [--out DIR]`: the
 //! gateway's benchmark suite (see bench/README.md). Writes `<out>/<run>.json|.md`,
 //! `latest.*` copies and `latest-*.svg` plots; one progress line per step on stderr. Needs
 //! root for the decision, throughput and apply suites (BPF, namespaces).
@@ -8,6 +8,7 @@ mod apply;
 mod compile_suite;
 mod controller_suite;
 mod decision;
+mod events_suite;
 mod ha_suite;
 mod peer_change;
 mod policies;
@@ -93,7 +94,7 @@ fn args() -> Result<Opts> {
             }
             "-h" | "--help" => {
                 println!(
-                    "bench [--quick] [--only decision,throughput,compile,apply,peers,tunnel,controller,ha] [--out DIR]\n      \
+                    "bench [--quick] [--only decision,throughput,compile,apply,peers,tunnel,controller,ha,events] [--out DIR]\n      \
                      [--iface IFACE [--duration SECONDS] [--rules N]]\n      \
                      bench --summarize N   goals over the newest N complete runs -> summary.md\n\n\
                      --iface IFACE   throughput on a real interface with your own traffic generator:\n\
@@ -124,7 +125,7 @@ fn main() -> Result<()> {
         if !wanted(name) {
             return;
         }
-        if !root && !["compile", "controller", "peers", "ha"].contains(&name) {
+        if !root && !matches!(name, "compile" | "controller" | "peers" | "events" | "ha") {
             progress(&format!("{name}: SKIP needs root"));
             r.errors.push(format!("{name}: skipped, needs root"));
             return;
@@ -161,6 +162,9 @@ fn main() -> Result<()> {
     });
     suite("controller", &mut |r| {
         controller_suite::run(&opts, &mut r.controller)
+    });
+    suite("events", &mut |r| {
+        events_suite::run(&opts, r.events.get_or_insert_with(Default::default))
     });
     suite("ha", &mut |r| ha_suite::run(opts.quick, &mut r.ha));
     r.wall_seconds = START.get_or_init(Instant::now).elapsed().as_secs_f64();

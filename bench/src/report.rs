@@ -2,7 +2,8 @@
 //! SVG: no font or drawing libraries needed).
 
 use crate::{
-    apply, compile_suite, controller_suite, decision, peer_change, throughput, tunnel_suite,
+    apply, compile_suite, controller_suite, decision, events_suite, peer_change, throughput,
+    tunnel_suite,
 };
 use anyhow::Result;
 use gateway_common::maps;
@@ -23,6 +24,7 @@ pub struct Results {
     pub compile: Vec<compile_suite::Row>,
     pub apply_sizes: Vec<apply::Summary>,
     pub controller: Option<controller_suite::Summary>,
+    pub events: Option<events_suite::Summary>,
     /// Several controllers under 1000 agents (see `ha_suite`).
     pub ha: Option<crate::ha_suite::Summary>,
     pub tunnel: Option<tunnel_suite::Summary>,
@@ -341,7 +343,32 @@ impl Results {
             })
             .unwrap_or_default(),
         ));
-        // 9. Several controllers under 1000 agents (issue 17).
+        // 9. Connection events: ingestion from 1000 agents, on PostgreSQL.
+        let pg = self
+            .events
+            .as_ref()
+            .and_then(|e| e.runs.iter().find(|r| r.backend == "postgres"));
+        out.push(goal(
+            "events: stored per second from 1000 reporting agents (PostgreSQL)",
+            ">= 20000",
+            pg.map(|r| r.ingestion.stored_per_sec),
+            |m| m >= 20_000.0,
+            pg.map(|r| {
+                r.reads
+                    .iter()
+                    .map(|q| {
+                        format!(
+                            "by {} p50 {:.1} / p99 {:.1} ms",
+                            q.filter, q.latency.p50_ms, q.latency.p99_ms
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    + &format!(" at {} rows", r.rows)
+            })
+            .unwrap_or_default(),
+        ));
+        // 10. Several controllers under 1000 agents (issue 17).
         let h = self.ha.as_ref();
         let pg = h.and_then(|h| h.delivery.iter().find(|d| d.store == "postgres"));
         let lite = h.and_then(|h| h.delivery.iter().find(|d| d.store == "sqlite"));
@@ -410,6 +437,7 @@ impl Results {
                 "sizes": self.apply_sizes,
             },
             "controller": self.controller,
+            "events": self.events,
             "ha": self.ha,
             "tunnel": self.tunnel,
             "peer_change": self.peer_change,
@@ -663,6 +691,37 @@ fn markdown(r: &Results, run: &str) -> String {
         }
         if c.errors > 0 {
             let _ = writeln!(s, "\n{} calls failed.", c.errors);
+        }
+    }
+    if let Some(e) = &r.events {
+        s.push_str(
+            "\n## Connection events (1000 reporting agents; filtered reads, limit 100)\n\n\
+             | store | stored/s | offered/s | rows read | by user p50 / p99 ms | by host p50 / p99 ms | by resource (6 h) p50 / p99 ms |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        for run in &e.runs {
+            let q = |k: &str| {
+                run.reads
+                    .iter()
+                    .find(|q| q.filter == k)
+                    .map_or("-".into(), |q| {
+                        format!("{:.2} / {:.2}", q.latency.p50_ms, q.latency.p99_ms)
+                    })
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {:.0} | {} | {} | {} | {} |",
+                run.backend,
+                run.ingestion.stored_per_sec,
+                run.ingestion.offered_per_sec,
+                run.rows,
+                q("user"),
+                q("host"),
+                q("resource_6h")
+            );
+        }
+        for run in &e.runs {
+            let _ = writeln!(s, "\n{}: {}.", run.backend, run.note);
         }
     }
     if let Some(h) = &r.ha {
