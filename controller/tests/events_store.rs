@@ -549,3 +549,62 @@ fn events_of_the_unpartitioned_schema_migrate_intact_on_postgres() {
     };
     assert_eq!(store.query_events(&f, 5).unwrap().len(), 5);
 }
+
+/// On PostgreSQL, reported events are stored by a pool of connections: eight threads
+/// storing at once get every event stored once, with its own id, through more than one
+/// connection and never more than `WRITERS`.
+#[test]
+fn writers_store_messages_in_parallel_on_postgres() {
+    let Some(t) = fresh_database("writers_store_messages_in_parallel_on_postgres") else {
+        return;
+    };
+    use controller::store::events::WRITERS;
+    let db = Db::parse(&t.url).unwrap();
+    let store = event_store(&db);
+    let writers = store.writers().expect("a pool on PostgreSQL");
+    let conn = db.connect().unwrap();
+    let connections = || {
+        int(
+            &conn,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()",
+        )
+    };
+    let before = connections();
+    let threads: Vec<_> = (0..8)
+        .map(|k| {
+            let w = writers.clone();
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                for m in 0..10 {
+                    let evs: Vec<ConnectionEvent> =
+                        (0..300).map(|i| ev(k * 10_000 + m * 300 + i)).collect();
+                    let got = w
+                        .insert_events(&format!("a{k}"), 1_700_000_000_000, evs.clone())
+                        .unwrap();
+                    assert_eq!(got.len(), 300);
+                    for (r, e) in got.iter().zip(&evs) {
+                        assert_eq!(r.event.as_ref(), Some(e));
+                    }
+                    out.extend(got.into_iter().map(|r| (r.id, r.event)));
+                }
+                out
+            })
+        })
+        .collect();
+    let mut all = std::collections::HashMap::new();
+    for t in threads {
+        for (id, e) in t.join().unwrap() {
+            assert!(all.insert(id, e).is_none(), "id {id} given twice");
+        }
+    }
+    assert_eq!(all.len(), 8 * 10 * 300);
+    assert_eq!(int(&conn, "SELECT count(*) FROM events"), 24_000);
+    for r in store.query_events(&EventFilter::default(), 10_000).unwrap() {
+        assert_eq!(all[&r.id], r.event, "id {}", r.id);
+    }
+    let used = connections() - before;
+    assert!(
+        (2..=WRITERS as i64).contains(&used),
+        "{used} connections stored events (at most {WRITERS})"
+    );
+}

@@ -96,7 +96,13 @@ impl State {
         if events.is_empty() {
             return Ok(0);
         }
-        let stored = self.event_store().insert_events(agent_id, now, events)?;
+        // PostgreSQL: on a connection of the writers' pool, without the event store's
+        // lock, so that several agents' messages are stored at once.
+        let writers = self.event_store().writers();
+        let stored = match writers {
+            Some(w) => w.insert_events(agent_id, now, events)?,
+            None => self.event_store().insert_events(agent_id, now, events)?,
+        };
         let n = stored.len() as u64;
         debug!(agent = agent_id, host = %host, stored = n, "events stored");
         for e in stored {

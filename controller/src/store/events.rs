@@ -7,8 +7,14 @@
 //! created), so an insert never fails for lack of a partition. Retention drops the
 //! expired days whole, then deletes the expired rows left (the boundary day, the default
 //! partition). SQLite keeps one table and deletes.
+//!
+//! Reported events are stored on PostgreSQL by a pool of up to [`WRITERS`] connections
+//! ([`Writers`]), so that the messages of several agents commit at once; ids are then
+//! unique and increasing within a message, not across messages stored at the same time
+//! (as with several controllers on one database). On SQLite one connection does it all.
 
 use std::collections::HashSet;
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::{Backend, Conn, Db, Value};
 use crate::model::{ConnectionEvent, EventFilter, EventRecord};
@@ -19,7 +25,77 @@ use crate::{Error, vals, wire};
 pub struct EventStore {
     conn: Conn,
     /// PostgreSQL: the days (their first millisecond) whose partition is known to exist.
-    partitions: HashSet<i64>,
+    partitions: Arc<Mutex<HashSet<i64>>>,
+    /// PostgreSQL: the connections that store reported events ([`Writers`]).
+    writers: Option<Arc<Writers>>,
+}
+
+/// How many connections store reported events at once on PostgreSQL: messages of
+/// different agents are stored in parallel, and the server flushes their commits
+/// together, instead of one commit's flush after the other on one connection.
+pub const WRITERS: usize = 4;
+
+/// The connections that store events on PostgreSQL, up to [`WRITERS`], opened when first
+/// needed; a caller waits for one to be free. Used without the event store's lock
+/// ([`EventStore::writers`]).
+pub struct Writers {
+    db: Db,
+    partitions: Arc<Mutex<HashSet<i64>>>,
+    pool: Mutex<Pool>,
+    freed: Condvar,
+}
+
+struct Pool {
+    idle: Vec<Conn>,
+    open: usize,
+}
+
+impl std::fmt::Debug for Writers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Writers")
+    }
+}
+
+impl Writers {
+    /// Stores events as [`EventStore::insert_events`] does, on a connection of the pool.
+    pub fn insert_events(
+        &self,
+        agent_id: &str,
+        received_ms: i64,
+        events: Vec<ConnectionEvent>,
+    ) -> Result<Vec<EventRecord>, Error> {
+        let mut conn = self.take()?;
+        let out = insert(&mut conn, &self.partitions, agent_id, received_ms, events);
+        self.give_back(conn);
+        out
+    }
+
+    fn take(&self) -> Result<Conn, Error> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(c) = pool.idle.pop() {
+                return Ok(c);
+            }
+            if pool.open < WRITERS {
+                pool.open += 1;
+                drop(pool);
+                return self.db.connect().inspect_err(|_| {
+                    self.pool.lock().unwrap_or_else(|p| p.into_inner()).open -= 1;
+                    self.freed.notify_one();
+                });
+            }
+            pool = self.freed.wait(pool).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn give_back(&self, conn: Conn) {
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .idle
+            .push(conn);
+        self.freed.notify_one();
+    }
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -128,12 +204,168 @@ pub fn query_sql(f: &EventFilter, limit: u32) -> (String, Vec<Value>) {
     (sql, args)
 }
 
+/// [`EventStore::ensure_partitions`] on `conn`, `known` the days whose partition exists.
+fn ensure_partitions(
+    conn: &mut Conn,
+    known: &Mutex<HashSet<i64>>,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<(), Error> {
+    if conn.sql().backend() != Backend::Postgres {
+        return Ok(());
+    }
+    let (from, to) = (day_of(from_ms), day_of(to_ms));
+    if to < from || (to - from) / DAY_MS >= 366 {
+        return Err(Error::InvalidArgument(format!(
+            "events' partitions from {from_ms} to {to_ms}: give at most 366 days, the \
+             first not after the last"
+        )));
+    }
+    let mut day = from;
+    while day <= to {
+        let exists = known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&day);
+        if !exists {
+            create_partition(conn, day)?;
+            known.lock().unwrap_or_else(|p| p.into_inner()).insert(day);
+        }
+        day += DAY_MS;
+    }
+    Ok(())
+}
+
+/// Creates the partition of `day` unless it exists (controllers create one at a
+/// time). When the default partition holds rows of that day, they move into it
+/// (one transaction: the rows are in one place or the other, never both or neither).
+fn create_partition(conn: &mut Conn, day: i64) -> Result<(), Error> {
+    let name = partition_name(day);
+    let (start, end) = (day, day + DAY_MS);
+    conn.transaction(|tx| {
+        tx.execute("SELECT pg_advisory_xact_lock(?1)", &vals![PARTITION_LOCK])?;
+        if tx
+            .query_opt("SELECT 1 FROM pg_class WHERE relname = ?1", &vals![&name])?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let stray = tx
+            .query_opt(
+                "SELECT 1 FROM events_default WHERE received_ms >= ?1 AND received_ms < ?2 LIMIT 1",
+                &vals![start, end],
+            )?
+            .is_some();
+        if !stray {
+            return tx.batch(&format!(
+                "CREATE TABLE {name} PARTITION OF events FOR VALUES FROM ({start}) TO ({end})"
+            ));
+        }
+        tx.batch(&format!(
+            "CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS);
+             WITH moved AS (DELETE FROM events_default
+                            WHERE received_ms >= {start} AND received_ms < {end} RETURNING *)
+             INSERT INTO {name} SELECT * FROM moved;
+             ALTER TABLE events ATTACH PARTITION {name} FOR VALUES FROM ({start}) TO ({end});"
+        ))?;
+        tracing::info!(partition = %name, "events of a day without a partition moved into its new partition");
+        Ok(())
+    })
+}
+
+/// [`EventStore::insert_events`] on `conn`.
+fn insert(
+    conn: &mut Conn,
+    known: &Mutex<HashSet<i64>>,
+    agent_id: &str,
+    received_ms: i64,
+    events: Vec<ConnectionEvent>,
+) -> Result<Vec<EventRecord>, Error> {
+    let rows: Vec<(i64, Vec<u8>, ConnectionEvent)> = events
+        .into_iter()
+        .map(|ev| {
+            let time_ms = crate::parse_timestamp_ms(&ev.timestamp).unwrap_or(received_ms);
+            let (blob, ev) = wire::encode_event(ev);
+            (time_ms, blob, ev)
+        })
+        .collect();
+    if conn.sql().backend() == Backend::Postgres
+        && let Err(e) = ensure_partitions(conn, known, received_ms, received_ms)
+    {
+        tracing::warn!(error = %e, "no partition for these events: they go to events_default");
+    }
+    let ids = conn.transaction(|tx| {
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut rest = &rows[..];
+        for n in chunk_sizes(rows.len()) {
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
+            let mut args = Vec::with_capacity(n * INSERT_COLUMNS);
+            for (time_ms, blob, ev) in chunk {
+                args.extend(vals![
+                    *time_ms,
+                    received_ms,
+                    agent_id,
+                    &ev.host,
+                    &ev.event,
+                    &ev.verdict,
+                    ev.user.clone(),
+                    ev.device.clone(),
+                    ev.resource.clone(),
+                    blob.clone()
+                ]);
+            }
+            let mut got = tx
+                .query(&insert_sql(n), &args)?
+                .iter()
+                .map(|r| r.int(0))
+                .collect::<Result<Vec<i64>, Error>>()?;
+            if got.len() != n {
+                return Err(Error::Internal(format!(
+                    "database: inserting {n} events returned {} ids",
+                    got.len()
+                )));
+            }
+            // Neither backend promises RETURNING's order, but both number the rows of
+            // one statement in increasing order of VALUES: sorted, the ids are the rows'.
+            got.sort_unstable();
+            ids.extend(got);
+        }
+        Ok(ids)
+    })?;
+    Ok(rows
+        .into_iter()
+        .zip(ids)
+        .map(|((time_ms, _, ev), id)| EventRecord {
+            id: id as u64,
+            time_ms,
+            received_ms,
+            agent_id: agent_id.to_string(),
+            event: Some(ev),
+        })
+        .collect())
+}
+
 impl EventStore {
     /// A second connection to a database [`super::Store::open`] has prepared.
     pub fn open(db: impl Into<Db>) -> Result<EventStore, Error> {
+        let db = db.into();
+        let partitions = Arc::new(Mutex::new(HashSet::new()));
+        let writers = (db.backend() == Backend::Postgres).then(|| {
+            Arc::new(Writers {
+                db: db.clone(),
+                partitions: partitions.clone(),
+                pool: Mutex::new(Pool {
+                    idle: Vec::new(),
+                    open: 0,
+                }),
+                freed: Condvar::new(),
+            })
+        });
         let mut store = EventStore {
-            conn: db.into().connect()?,
-            partitions: HashSet::new(),
+            conn: db.connect()?,
+            partitions,
+            writers,
         };
         store.ensure_ahead();
         Ok(store)
@@ -141,6 +373,12 @@ impl EventStore {
 
     fn on_postgres(&self) -> bool {
         self.conn.sql().backend() == Backend::Postgres
+    }
+
+    /// PostgreSQL: the pool that stores reported events in parallel; `None` on SQLite
+    /// (one writer at a time: use [`EventStore::insert_events`]).
+    pub fn writers(&self) -> Option<Arc<Writers>> {
+        self.writers.clone()
     }
 
     /// PostgreSQL: makes the partitions of today and the [`PARTITIONS_AHEAD`] days after
@@ -156,62 +394,7 @@ impl EventStore {
     /// included) exist (at most 366 days a call). Rows of such a day already in the
     /// default partition move into the new one. Nothing on SQLite.
     pub fn ensure_partitions(&mut self, from_ms: i64, to_ms: i64) -> Result<(), Error> {
-        if !self.on_postgres() {
-            return Ok(());
-        }
-        let (from, to) = (day_of(from_ms), day_of(to_ms));
-        if to < from || (to - from) / DAY_MS >= 366 {
-            return Err(Error::InvalidArgument(format!(
-                "events' partitions from {from_ms} to {to_ms}: give at most 366 days, the \
-                 first not after the last"
-            )));
-        }
-        let mut day = from;
-        while day <= to {
-            if !self.partitions.contains(&day) {
-                self.create_partition(day)?;
-                self.partitions.insert(day);
-            }
-            day += DAY_MS;
-        }
-        Ok(())
-    }
-
-    /// Creates the partition of `day` unless it exists (controllers create one at a
-    /// time). When the default partition holds rows of that day, they move into it
-    /// (one transaction: the rows are in one place or the other, never both or neither).
-    fn create_partition(&mut self, day: i64) -> Result<(), Error> {
-        let name = partition_name(day);
-        let (start, end) = (day, day + DAY_MS);
-        self.conn.transaction(|tx| {
-            tx.execute("SELECT pg_advisory_xact_lock(?1)", &vals![PARTITION_LOCK])?;
-            if tx
-                .query_opt("SELECT 1 FROM pg_class WHERE relname = ?1", &vals![&name])?
-                .is_some()
-            {
-                return Ok(());
-            }
-            let stray = tx
-                .query_opt(
-                    "SELECT 1 FROM events_default WHERE received_ms >= ?1 AND received_ms < ?2 LIMIT 1",
-                    &vals![start, end],
-                )?
-                .is_some();
-            if !stray {
-                return tx.batch(&format!(
-                    "CREATE TABLE {name} PARTITION OF events FOR VALUES FROM ({start}) TO ({end})"
-                ));
-            }
-            tx.batch(&format!(
-                "CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS);
-                 WITH moved AS (DELETE FROM events_default
-                                WHERE received_ms >= {start} AND received_ms < {end} RETURNING *)
-                 INSERT INTO {name} SELECT * FROM moved;
-                 ALTER TABLE events ATTACH PARTITION {name} FOR VALUES FROM ({start}) TO ({end});"
-            ))?;
-            tracing::info!(partition = %name, "events of a day without a partition moved into its new partition");
-            Ok(())
-        })
+        ensure_partitions(&mut self.conn, &self.partitions, from_ms, to_ms)
     }
 
     /// PostgreSQL: the events' day partitions, with their days, oldest first.
@@ -236,76 +419,21 @@ impl EventStore {
 
     /// Stores events; returns them with their ids, in order. One transaction; the rows
     /// go in with multi-row `INSERT ... RETURNING id` statements of [`CHUNK_ROWS`] rows at
-    /// most (see [`chunk_sizes`]).
+    /// most (see [`chunk_sizes`]). On PostgreSQL the day's partition is made first if
+    /// missing.
     pub fn insert_events(
         &mut self,
         agent_id: &str,
         received_ms: i64,
         events: Vec<ConnectionEvent>,
     ) -> Result<Vec<EventRecord>, Error> {
-        let rows: Vec<(i64, Vec<u8>, ConnectionEvent)> = events
-            .into_iter()
-            .map(|ev| {
-                let time_ms = crate::parse_timestamp_ms(&ev.timestamp).unwrap_or(received_ms);
-                let (blob, ev) = wire::encode_event(ev);
-                (time_ms, blob, ev)
-            })
-            .collect();
-        if self.on_postgres()
-            && let Err(e) = self.ensure_partitions(received_ms, received_ms)
-        {
-            tracing::warn!(error = %e, "no partition for these events: they go to events_default");
-        }
-        let ids = self.conn.transaction(|tx| {
-            let mut ids = Vec::with_capacity(rows.len());
-            let mut rest = &rows[..];
-            for n in chunk_sizes(rows.len()) {
-                let (chunk, tail) = rest.split_at(n);
-                rest = tail;
-                let mut args = Vec::with_capacity(n * INSERT_COLUMNS);
-                for (time_ms, blob, ev) in chunk {
-                    args.extend(vals![
-                        *time_ms,
-                        received_ms,
-                        agent_id,
-                        &ev.host,
-                        &ev.event,
-                        &ev.verdict,
-                        ev.user.clone(),
-                        ev.device.clone(),
-                        ev.resource.clone(),
-                        blob.clone()
-                    ]);
-                }
-                let mut got = tx
-                    .query(&insert_sql(n), &args)?
-                    .iter()
-                    .map(|r| r.int(0))
-                    .collect::<Result<Vec<i64>, Error>>()?;
-                if got.len() != n {
-                    return Err(Error::Internal(format!(
-                        "database: inserting {n} events returned {} ids",
-                        got.len()
-                    )));
-                }
-                // Neither backend promises RETURNING's order, but both number the rows of
-                // one statement in increasing order of VALUES: sorted, the ids are the rows'.
-                got.sort_unstable();
-                ids.extend(got);
-            }
-            Ok(ids)
-        })?;
-        Ok(rows
-            .into_iter()
-            .zip(ids)
-            .map(|((time_ms, _, ev), id)| EventRecord {
-                id: id as u64,
-                time_ms,
-                received_ms,
-                agent_id: agent_id.to_string(),
-                event: Some(ev),
-            })
-            .collect())
+        insert(
+            &mut self.conn,
+            &self.partitions,
+            agent_id,
+            received_ms,
+            events,
+        )
     }
 
     /// The newest `limit` events matching `f`, oldest first (the SQL: [`query_sql`]).
@@ -352,7 +480,10 @@ impl EventStore {
                     tx.batch(&format!("DROP TABLE {name}"))?;
                     Ok(rows as usize)
                 })?;
-                self.partitions.remove(&day);
+                self.partitions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&day);
                 tracing::info!(partition = %name, "events: expired partition dropped");
             }
         }
