@@ -608,9 +608,10 @@ async fn kill_rounds(fleet: &mut Fleet, rounds: usize) -> Result<Kill> {
                 .await
         });
         // Mid-apply: the call is under way (its compile and commit take about a hundred
-        // ms at 1000 hosts); the rounds spread the kill over that time and a little past
-        // it, so some changes die before their commit and some after.
-        tokio::time::sleep(Duration::from_millis(10 + (r as u64 * 67) % 200)).await;
+        // ms at 1000 hosts); the rounds spread the kill over that time and past it, so
+        // some changes die before their commit, some after it and before their answer,
+        // some after the answer.
+        tokio::time::sleep(Duration::from_millis(10 + (r as u64 * 97) % 400)).await;
         fleet.procs[victim].kill();
         let killed = Instant::now();
         let ok = matches!(call.await, Ok(Ok(_)));
