@@ -458,6 +458,17 @@ impl Fleet {
         Ok(controller::auth::admin_client(ch, &self.key))
     }
 
+    /// The policy revision controller `i` serves.
+    async fn revision(&self, i: usize) -> Result<u64> {
+        Ok(self
+            .admin(i)
+            .await?
+            .get_policy(v1::GetPolicyRequest {})
+            .await?
+            .into_inner()
+            .revision)
+    }
+
     /// Waits until `f` holds for every agent (bounded); the number that never did.
     async fn wait(&self, f: impl Fn(&Sim) -> bool, secs: u64) -> Result<usize> {
         let until = Instant::now() + Duration::from_secs(secs);
@@ -574,13 +585,7 @@ async fn kill_rounds(fleet: &mut Fleet, rounds: usize) -> Result<Kill> {
     for r in 0..rounds {
         let victim = r % fleet.urls.len();
         let other = (victim + 1) % fleet.urls.len();
-        let before = fleet
-            .admin(other)
-            .await?
-            .get_policy(v1::GetPolicyRequest {})
-            .await?
-            .into_inner()
-            .revision;
+        let before = fleet.revision(other).await?;
         // The agents whose stream is on the victim, and how many streams each opened.
         let moved: Vec<usize> = (0..fleet.sims.len())
             .filter(|&i| fleet.sims[i].seen.on.load(Ordering::Relaxed) == victim)
@@ -648,21 +653,8 @@ async fn kill_rounds(fleet: &mut Fleet, rounds: usize) -> Result<Kill> {
             }
         }
         // The survivors agree; every agent reaches its host's generation.
-        let after = fleet
-            .admin(other)
-            .await?
-            .get_policy(v1::GetPolicyRequest {})
-            .await?
-            .into_inner()
-            .revision;
-        let third = (victim + 2) % fleet.urls.len();
-        let after3 = fleet
-            .admin(third)
-            .await?
-            .get_policy(v1::GetPolicyRequest {})
-            .await?
-            .into_inner()
-            .revision;
+        let after = fleet.revision(other).await?;
+        let after3 = fleet.revision((victim + 2) % fleet.urls.len()).await?;
         if after != after3 {
             k.controllers_disagree += 1;
         }

@@ -71,6 +71,17 @@ impl Setup {
         .await
     }
 
+    /// Controllers A and B (catching up only when notified, or when they change
+    /// something), the demo policy applied through A.
+    async fn pair(&self) -> (Controller, Controller) {
+        let a = self.controller("a", HOUR).await;
+        let b = self.controller("b", HOUR).await;
+        a.state
+            .apply_policy(DEMO, "policy.toml", &admin("a"))
+            .unwrap();
+        (a, b)
+    }
+
     /// Closes every server connection of controller `who` (its store, events, lock and
     /// listener connections), as a PostgreSQL restart or a network cut would; returns
     /// how many were closed.
@@ -210,11 +221,7 @@ async fn a_controller_whose_connections_were_cut_catches_up_by_sequence() {
     let Some(db) = setup("a_controller_whose_connections_were_cut_catches_up_by_sequence") else {
         return;
     };
-    let a = db.controller("a", HOUR).await;
-    let b = db.controller("b", HOUR).await;
-    a.state
-        .apply_policy(DEMO, "policy.toml", &admin("a"))
-        .unwrap();
+    let (a, b) = db.pair().await;
     let auth = enroll(&a, "connector:demo-connector").await;
     let (mut stream, mut generation) = watching(&b, &auth).await;
     for n in 0..3u32 {
@@ -344,11 +351,7 @@ async fn revocations_through_one_controller_hold_on_the_others() {
     let Some(db) = setup("revocations_through_one_controller_hold_on_the_others") else {
         return;
     };
-    let a = db.controller("a", HOUR).await;
-    let b = db.controller("b", HOUR).await;
-    a.state
-        .apply_policy(DEMO, "policy.toml", &admin("a"))
-        .unwrap();
+    let (a, b) = db.pair().await;
     // An agent enrolled through A, watching on B; an API key minted through A, used on
     // B. Both work (the positive control).
     let auth = enroll(&a, "connector:demo-connector").await;
@@ -410,11 +413,7 @@ async fn controllers_ride_out_a_postgresql_restart() {
         url: cluster.url(),
         _dir: dir,
     };
-    let a = db.controller("a", HOUR).await;
-    let b = db.controller("b", HOUR).await;
-    a.state
-        .apply_policy(DEMO, "policy.toml", &admin("a"))
-        .unwrap();
+    let (a, b) = db.pair().await;
     let auth = enroll(&a, "connector:demo-connector").await;
     let (mut stream, generation) = watching(&b, &auth).await;
 
@@ -456,11 +455,7 @@ async fn every_controller_says_where_an_agent_is_connected() {
     let Some(db) = setup("every_controller_says_where_an_agent_is_connected") else {
         return;
     };
-    let a = db.controller("a", HOUR).await;
-    let b = db.controller("b", HOUR).await;
-    a.state
-        .apply_policy(DEMO, "policy.toml", &admin("a"))
-        .unwrap();
+    let (a, b) = db.pair().await;
     let auth = enroll(&a, "connector:demo-connector").await;
     let on_a = |ctl: &Controller| {
         ctl.state
