@@ -208,6 +208,38 @@ async fn client(
     Ok((out, errors))
 }
 
+/// Mints an enrollment token for `host` through `admin` and enrolls an agent with it
+/// through `agent` (`public_key`: base64, empty for none): the agent's credentials.
+pub(crate) async fn enroll(
+    admin: &mut controller::auth::AuthedAdminClient,
+    agent: &mut v1::agent_client::AgentClient<tonic::transport::Channel>,
+    host: &str,
+    hostname: &str,
+    public_key: &str,
+) -> Result<v1::AgentAuth> {
+    let token = admin
+        .create_enrollment_token(v1::CreateEnrollmentTokenRequest {
+            host: host.into(),
+            ttl_seconds: 600,
+        })
+        .await?
+        .into_inner()
+        .token;
+    let e = agent
+        .enroll(v1::EnrollRequest {
+            token,
+            hostname: hostname.into(),
+            public_key: public_key.into(),
+            host: None,
+        })
+        .await?
+        .into_inner();
+    Ok(v1::AgentAuth {
+        agent_id: e.agent_id,
+        credential: e.credential,
+    })
+}
+
 /// A controller in this process (plaintext gRPC on 127.0.0.1, SQLite in `dir`) with an
 /// admin key, for the control-plane suites.
 pub(crate) struct Local {
@@ -300,27 +332,14 @@ pub fn run(opts: &Opts, out: &mut Option<Summary>) -> Result<()> {
             .into_inner()
             .policy_toml
             .len();
-        let token = admin
-            .create_enrollment_token(v1::CreateEnrollmentTokenRequest {
-                host: "connector:demo-connector".into(),
-                ttl_seconds: 600,
-            })
-            .await?
-            .into_inner()
-            .token;
-        let enrolled = v1::agent_client::AgentClient::new(ch)
-            .enroll(v1::EnrollRequest {
-                token,
-                hostname: "bench".into(),
-                public_key: "aGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGg=".into(),
-                host: None,
-            })
-            .await?
-            .into_inner();
-        let agent = v1::AgentAuth {
-            agent_id: enrolled.agent_id,
-            credential: enrolled.credential,
-        };
+        let agent = enroll(
+            &mut admin,
+            &mut v1::agent_client::AgentClient::new(ch),
+            "connector:demo-connector",
+            "bench",
+            "aGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGg=",
+        )
+        .await?;
         progress(&format!(
             "controller: {clients} clients for {seconds:.0} s, policy {policy_bytes} bytes"
         ));

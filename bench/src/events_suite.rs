@@ -195,23 +195,14 @@ async fn ingest(opts: &crate::Opts, local: &Local, db: &Db, backend: &str) -> Re
     let t = Instant::now();
     let mut ids = Vec::with_capacity(AGENTS);
     for i in 0..AGENTS {
-        let token = admin
-            .create_enrollment_token(v1::CreateEnrollmentTokenRequest {
-                host: "connector:demo-connector".into(),
-                ttl_seconds: 600,
-            })
-            .await?
-            .into_inner()
-            .token;
-        let e = agent_api
-            .enroll(v1::EnrollRequest {
-                token,
-                hostname: format!("bench-{i}"),
-                public_key: String::new(),
-                host: None,
-            })
-            .await?
-            .into_inner();
+        let e = crate::controller_suite::enroll(
+            &mut admin,
+            &mut agent_api,
+            "connector:demo-connector",
+            &format!("bench-{i}"),
+            "",
+        )
+        .await?;
         ids.push(managed::Identity {
             agent_id: e.agent_id,
             credential: e.credential,

@@ -41,17 +41,14 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
-fn latency(mut ms: Vec<f64>) -> Latency {
-    if ms.is_empty() {
-        return Latency::default();
-    }
-    ms.sort_by(f64::total_cmp);
-    let at = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+/// The percentiles of `ms` (the controller suite's, without a rate).
+fn latency(ms: Vec<f64>) -> Latency {
+    let s = crate::controller_suite::stats(ms, 1.0);
     Latency {
-        samples: ms.len(),
-        p50_ms: at(0.5),
-        p99_ms: at(0.99),
-        max_ms: ms[ms.len() - 1],
+        samples: s.calls,
+        p50_ms: s.p50_ms,
+        p99_ms: s.p99_ms,
+        max_ms: s.max_ms,
     }
 }
 
@@ -384,29 +381,16 @@ impl Fleet {
                 let ch = channels[(enrolled.len() + i) % channels.len()].clone();
                 let (key, host) = (key.clone(), host.clone());
                 batch.push(tokio::spawn(async move {
-                    let mut admin = controller::auth::admin_client(ch.clone(), &key);
-                    let token = admin
-                        .create_enrollment_token(v1::CreateEnrollmentTokenRequest {
-                            host: host.clone(),
-                            ttl_seconds: 600,
-                        })
-                        .await?
-                        .into_inner()
-                        .token;
-                    let r = v1::agent_client::AgentClient::new(ch)
-                        .enroll(v1::EnrollRequest {
-                            token,
-                            hostname: format!("sim-{host}"),
-                            public_key: String::new(),
-                            host: None,
-                        })
-                        .await?
-                        .into_inner();
+                    let auth = crate::controller_suite::enroll(
+                        &mut controller::auth::admin_client(ch.clone(), &key),
+                        &mut v1::agent_client::AgentClient::new(ch),
+                        &host,
+                        &format!("sim-{host}"),
+                        "",
+                    )
+                    .await?;
                     Ok::<_, anyhow::Error>(Sim {
-                        auth: v1::AgentAuth {
-                            agent_id: r.agent_id,
-                            credential: r.credential,
-                        },
+                        auth,
                         host,
                         seen: Arc::new(Seen::default()),
                     })

@@ -113,29 +113,17 @@ pub fn run(opts: &Opts, out: &mut Option<PeerChange>) -> Result<()> {
         let mut agent = v1::agent_client::AgentClient::new(ch);
         let (tx, mut rx) = mpsc::unbounded_channel();
         for (i, (host, k)) in hosts.iter().enumerate() {
-            let token = admin
-                .create_enrollment_token(v1::CreateEnrollmentTokenRequest {
-                    host: host.clone(),
-                    ttl_seconds: 600,
-                })
-                .await?
-                .into_inner()
-                .token;
-            let e = agent
-                .enroll(v1::EnrollRequest {
-                    token,
-                    hostname: format!("bench-{i}"),
-                    host: None,
-                    public_key: k.to_string(),
-                })
-                .await?
-                .into_inner();
+            let auth = crate::controller_suite::enroll(
+                &mut admin,
+                &mut agent,
+                host,
+                &format!("bench-{i}"),
+                &k.to_string(),
+            )
+            .await?;
             tokio::spawn(watcher(
                 url.clone(),
-                v1::AgentAuth {
-                    agent_id: e.agent_id,
-                    credential: e.credential,
-                },
+                auth,
                 i,
                 tx.clone(),
             ));
