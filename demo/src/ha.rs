@@ -121,20 +121,11 @@ pub(crate) fn act(opts: &Options, env: &mut Env, dir: &Path, checks: &mut Checks
             "gatewayctl --controller {} apply --yes {} (alice's grants back): {}",
             url(2),
             policy.display(),
-            if out.status.success() {
-                "applied".to_string()
-            } else {
-                String::from_utf8_lossy(&out.stderr).trim().to_string()
-            }
+            apply_outcome(&out)
         ),
     );
-    let t0 = Instant::now();
-    let changed = env.agents[0].process.wait_until_or(
-        "\"tunnel peers changed\" after the change through the third controller",
-        Duration::from_secs(10),
-        |a| a.count("tunnel peers changed") > peer_changes,
-        check_interrupted,
-    );
+    let changed =
+        connector_peers_changed(env, peer_changes, "the change through the third controller");
     let peers = env.agents[0].peers().unwrap_or_default();
     let mut want = vec![ALICE.device.to_string(), BOB.device.to_string()];
     want.sort();
@@ -145,7 +136,7 @@ pub(crate) fn act(opts: &Options, env: &mut Env, dir: &Path, checks: &mut Checks
             "the connector has the change made through another controller: tunnel.peers {peers:?} \
              (want {want:?}), {}",
             match &changed {
-                Ok(()) => format!("{} ms after the apply", t0.elapsed().as_millis()),
+                Ok(took) => format!("{} ms after the apply", took.as_millis()),
                 Err(e) => format!("{e:#}"),
             }
         ),

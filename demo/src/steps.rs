@@ -170,6 +170,32 @@ pub(crate) fn gatewayctl_at(opts: &Options, env: &Env, url: &str, args: &[&str])
     run_bounded(cmd, Duration::from_secs(30))
 }
 
+/// What `gatewayctl apply` said: `applied`, or its error.
+pub(crate) fn apply_outcome(out: &Output) -> String {
+    if out.status.success() {
+        "applied".to_string()
+    } else {
+        String::from_utf8_lossy(&out.stderr).trim().to_string()
+    }
+}
+
+/// Waits (10 s at most) until the connector (agent 0) has logged `tunnel peers changed`
+/// more than `before` times, `what` naming the change; how long it took.
+pub(crate) fn connector_peers_changed(
+    env: &mut Env,
+    before: usize,
+    what: &str,
+) -> Result<Duration> {
+    let t0 = Instant::now();
+    env.agents[0].process.wait_until_or(
+        &format!("\"tunnel peers changed\" after {what}"),
+        Duration::from_secs(10),
+        |a| a.count("tunnel peers changed") > before,
+        check_interrupted,
+    )?;
+    Ok(t0.elapsed())
+}
+
 /// Starts `gateway-controller` on its host and waits until it answers; with `cluster`
 /// (`--ha`), three of them on one PostgreSQL database (ports CTL_PORT, +1, +2).
 pub(crate) fn start_controller(

@@ -396,23 +396,13 @@ fn revoke(opts: &Options, env: &mut Env, dir: &Path, checks: &mut Checks) -> Res
         "gatewayctl apply --yes {} (without {}): {}",
         path.display(),
         removed.join(", "),
-        if out.status.success() {
-            "applied".to_string()
-        } else {
-            String::from_utf8_lossy(&out.stderr).trim().to_string()
-        }
+        apply_outcome(&out)
     );
-    let t0 = Instant::now();
-    let changed = env.agents[0].process.wait_until_or(
-        "\"tunnel peers changed\" after the new policy",
-        Duration::from_secs(10),
-        |a| a.count("tunnel peers changed") > changes_before,
-        check_interrupted,
-    );
+    let changed = connector_peers_changed(env, changes_before, "the new policy");
     progress!(
         "connector: \"tunnel peers changed\" {}",
         match &changed {
-            Ok(()) => format!("after {} ms", t0.elapsed().as_millis()),
+            Ok(took) => format!("after {} ms", took.as_millis()),
             Err(e) => format!("never came: {e:#}"),
         }
     );
