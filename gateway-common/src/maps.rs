@@ -76,6 +76,9 @@ macro_rules! map_name {
     (DENY_CACHE) => {
         "DENY_CACHE_V1"
     };
+    (SRC_FILTER) => {
+        "SRC_FILTER_V1"
+    };
     (TRAFFICGEN_TARGET) => {
         "TGEN_TARGET"
     };
@@ -189,11 +192,40 @@ pub const DENY_CACHE: &str = map_name!(DENY_CACHE);
 /// Slots of [`DENY_CACHE`] per CPU (a power of two).
 pub const DENY_CACHE_SLOTS: u32 = 1024;
 
-/// Every map of the production object: the persistent ones, [`SCRATCH`] and
-/// [`DENY_CACHE`].
+/// Array of `u64`, [`SRC_FILTER_WORDS`] entries: the source filter, a one-hash Bloom filter
+/// of every address the source map held since the object was loaded and of every open
+/// flow's source at load ([`src_filter_bit`]). Words 0 and 1 are its hash key (word 0 is
+/// zero until user space has built it: the programs skip the filter then), the bits follow.
+/// Not pinned: each load builds its own.
+pub const SRC_FILTER: &str = map_name!(SRC_FILTER);
+/// Bits of [`SRC_FILTER`] (2^21: 256 KiB, in a core's L2 cache; a policy of 110k sources
+/// sets about 5 % of them).
+pub const SRC_FILTER_BITS_LOG2: u32 = 21;
+/// Entries of [`SRC_FILTER`]: the two key words, then the bits.
+pub const SRC_FILTER_WORDS: u32 = 2 + (1 << SRC_FILTER_BITS_LOG2) / 64;
+
+/// The bit of [`SRC_FILTER`] an address sets (an index into the bits, which start at word
+/// 2): a multiply-shift hash keyed by the filter's two key words (`mul` odd), so a sender
+/// cannot aim its addresses at set bits.
+#[inline(always)]
+pub fn src_filter_bit(key: u64, mul: u64, addr: &crate::Addr) -> u32 {
+    let a = u64::from_ne_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let b = u64::from_ne_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    let mut x = (a ^ key).wrapping_mul(mul);
+    x = (x ^ b).wrapping_mul(mul);
+    (x >> (64 - SRC_FILTER_BITS_LOG2)) as u32
+}
+
+/// Every map of the production object: the persistent ones, [`SCRATCH`], [`DENY_CACHE`]
+/// and [`SRC_FILTER`].
 pub const ALL: &[&str] = &{
-    let mut all = [SCRATCH; PINNED.len() + 2];
+    let mut all = [SCRATCH; PINNED.len() + 3];
     all[PINNED.len() + 1] = DENY_CACHE;
+    all[PINNED.len() + 2] = SRC_FILTER;
     let mut i = 0;
     while i < PINNED.len() {
         all[i] = PINNED[i];

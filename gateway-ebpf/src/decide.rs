@@ -17,7 +17,9 @@ use gateway_common::{
     },
 };
 
-use crate::maps::{DST, DST_HOSTS, RULES, RULES_EXACT, SRC};
+use gateway_common::maps::src_filter_bit;
+
+use crate::maps::{DST, DST_HOSTS, RULES, RULES_EXACT, SRC, SRC_FILTER};
 
 /// A policy decision for a packet.
 pub struct Decision {
@@ -76,15 +78,38 @@ pub fn audit_address(slot: u8, addr: &Addr) -> bool {
     }
 }
 
+/// False when `addr` is no principal's source and no open flow's (docs/dataplane.md,
+/// "Sources no principal has"): its bit in `SRC_FILTER` is clear. The filter holds every
+/// source the source map held since the object was loaded, and every open flow's source
+/// at load, so a clear bit means no flow of that source exists under any generation and the
+/// source map has no entry for it. True when the bit is set (possibly another address's)
+/// or when user space has not built the filter yet.
+#[inline(always)]
+pub fn maybe_principal(addr: &Addr) -> bool {
+    let key = match SRC_FILTER.get(0) {
+        Some(k) if *k != 0 => *k,
+        _ => return true,
+    };
+    let Some(mul) = SRC_FILTER.get(1) else {
+        return true;
+    };
+    let bit = src_filter_bit(key, *mul, addr);
+    match SRC_FILTER.get(2 + (bit >> 6)) {
+        Some(word) => *word & (1u64 << (bit & 63)) != 0,
+        None => true,
+    }
+}
+
 /// A separate BPF function (not inlined) with an out parameter, so its keys do not add to
-/// the caller's stack frame.
+/// the caller's stack frame. `candidate`: the source may be a principal
+/// ([`maybe_principal`]); when false the source map is not asked (it has no entry).
 #[inline(never)]
-pub fn decide_into(slot: u8, key: &FlowKey, now: u64, out: &mut Decision) {
-    *out = decide(slot, key, now);
+pub fn decide_into(slot: u8, key: &FlowKey, now: u64, candidate: bool, out: &mut Decision) {
+    *out = decide(slot, key, now, candidate);
 }
 
 #[inline(always)]
-fn decide(slot: u8, key: &FlowKey, now: u64) -> Decision {
+fn decide(slot: u8, key: &FlowKey, now: u64, candidate: bool) -> Decision {
     let Some(atom) = protected(slot, &key.dst) else {
         // Not toward protected space: not ours, unless the packet claims to come from it.
         return if protected(slot, &key.src).is_some() {
@@ -98,9 +123,14 @@ fn decide(slot: u8, key: &FlowKey, now: u64) -> Decision {
         _pad: [0; 3],
         addr: key.src,
     };
-    // SAFETY: values are plain data written whole by the agent; a concurrent update can at
-    // worst give this packet the neighbouring generation's value of the same slot.
-    let Some(src) = (unsafe { SRC.get(&src) }) else {
+    let found = if candidate {
+        // SAFETY: values are plain data written whole by the agent; a concurrent update can
+        // at worst give this packet the neighbouring generation's value of the same slot.
+        unsafe { SRC.get(&src) }
+    } else {
+        None
+    };
+    let Some(src) = found else {
         let audit = Verdict::from_u8(atom.default_verdict) == Verdict::Audit;
         return Decision {
             reason: if audit {

@@ -39,7 +39,7 @@ use gateway_common::{
     Reason, Role, event::FlowEndCause, flow::proto, maps::FlowCounter,
 };
 
-use decide::{Decision, audit_address, decide_into, is_protected};
+use decide::{Decision, audit_address, decide_into, is_protected, maybe_principal};
 use events::{EventMeta, cacheable, emit_flow, on_limited, remember_denial, repeated_denial};
 use maps::{
     ACTIVE, CONFIG, FLOW_STATS, FLOWS_OTHER, FLOWS_TCP, FRAGS, PARSE_STATS, SCRATCH, VERDICT_STATS,
@@ -512,8 +512,16 @@ fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
     if let Some(reason) = repeated_denial(cx.cfg, key, cx.generation) {
         return reason;
     }
-    // 2b. Established: one lookup for a flow decided under the active generation.
-    let cached = flows(key.proto).get_ptr_mut(key);
+    // 2b. A source no principal has, now or since the object was loaded, and no open flow
+    //     has (docs/dataplane.md, "Sources no principal has"): no flow to look up, no
+    //     source entry to ask for; the steps below decide it without either.
+    let candidate = maybe_principal(&key.src);
+    // 2c. Established: one lookup for a flow decided under the active generation.
+    let cached = if candidate {
+        flows(key.proto).get_ptr_mut(key)
+    } else {
+        None
+    };
     if let Some(flow) = cached {
         // SAFETY: pointer from a successful lookup, valid for this run (RCU).
         let f = unsafe { &mut *flow };
@@ -530,8 +538,9 @@ fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
     let now = now_ns();
 
     // 3. ICMP errors into protected space: about a reply of an open flow, sent by that
-    //    flow's client to that flow's resource.
-    if parse::is_icmp_error(&scratch.parsed)
+    //    flow's client to that flow's resource (so from a possible principal).
+    if candidate
+        && parse::is_icmp_error(&scratch.parsed)
         && parse::quoted_key(
             ctx,
             scratch.parsed.l4,
@@ -552,7 +561,7 @@ fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
     // 4. Policy.
     let key = &scratch.parsed.key;
     let mut d = Decision::simple(Reason::DeniedMalformed);
-    decide_into(cx.slot, key, now, &mut d);
+    decide_into(cx.slot, key, now, candidate, &mut d);
     let principal_passes = d.principal != 0 && matches!(d.reason, Reason::Allowed | Reason::Audit);
     if principal_passes {
         match cached {
@@ -659,8 +668,11 @@ fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
 fn inbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
     scratch.reversed = scratch.parsed.key.reversed();
     let mut revoked = false;
-    // 2. Replies of an open flow (an echo request is never a reply).
-    if !parse::is_echo_request(&scratch.parsed)
+    // 2. Replies of an open flow (an echo request is never a reply), toward a possible
+    //    principal: every flow's client is one.
+    let candidate = maybe_principal(&scratch.parsed.key.dst);
+    if candidate
+        && !parse::is_echo_request(&scratch.parsed)
         && let Some(flow) = flows(scratch.reversed.proto).get_ptr_mut(&scratch.reversed)
     {
         // SAFETY: pointer from a successful lookup, valid for this run (RCU).
@@ -671,7 +683,7 @@ fn inbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
             // stops its replies too.
             let now = now_ns();
             let mut d = Decision::simple(Reason::DeniedMalformed);
-            decide_into(cx.slot, &scratch.reversed, now, &mut d);
+            decide_into(cx.slot, &scratch.reversed, now, true, &mut d);
             if d.principal != 0 && matches!(d.reason, Reason::Allowed | Reason::Audit) {
                 f.generation = cx.generation;
                 f.valid_until_ns = d.valid_until_ns;
@@ -699,8 +711,9 @@ fn inbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
     }
 
     // 3. ICMP errors toward a client: about an original-direction packet of an open flow,
-    //    sent to that flow's client.
-    if parse::is_icmp_error(&scratch.parsed)
+    //    sent to that flow's client (a possible principal).
+    if candidate
+        && parse::is_icmp_error(&scratch.parsed)
         && parse::quoted_key(
             ctx,
             scratch.parsed.l4,

@@ -13,7 +13,7 @@ use gateway_common::{
         DENY_CACHE_SLOTS, DST_CAPACITY, DST_HOSTS_CAPACITY, EVENTS_ALERT_BYTES, EVENTS_FLOW_BYTES,
         FLOW_COUNTERS, FLOWS_OTHER_CAPACITY, FLOWS_TCP_CAPACITY, FRAGS_CAPACITY,
         HANDSHAKES_CAPACITY, HandshakeBucket, RULES_CAPACITY, RULES_EXACT_CAPACITY,
-        SOURCES_CAPACITY, SRC_CAPACITY,
+        SOURCES_CAPACITY, SRC_CAPACITY, SRC_FILTER_WORDS,
     },
     parse::PARSE_OUTCOMES,
     policy::{AtomValue, DstKey, RuleKey, RuleValue, SrcKey, SrcValue},
@@ -121,6 +121,12 @@ kernel_map! {
     /// Recent denials of sources over their event limit, per CPU (see `events`).
     pub static DENY_CACHE: PerCpuArray<DenyCacheEntry> =
         PerCpuArray::with_max_entries(DENY_CACHE_SLOTS, 0);
+}
+
+kernel_map! {
+    /// Which sources may be principals (`gateway_common::maps::SRC_FILTER`): written by
+    /// user space only, read here.
+    pub static SRC_FILTER: Array<u64> = Array::with_max_entries(SRC_FILTER_WORDS, 0);
 }
 
 /// Adds one to a per-CPU counter.

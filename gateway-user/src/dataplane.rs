@@ -41,6 +41,10 @@ pub struct PolicyMaps {
     /// Port blocks and rules without ports; single ports are in `rules_exact`.
     pub rules: LpmTrie<MapData, RuleKey, RuleValue>,
     pub rules_exact: HashMap<MapData, RuleKey, RuleValue>,
+    /// Which addresses may be sources in `src` (`None`: maps opened from pins by a reader,
+    /// without the object's filter); the writer adds a generation's sources before making
+    /// it active.
+    pub src_filter: Option<crate::src_filter::SourceFilter>,
 }
 
 /// The flow tables: TCP, everything else, and fragmented datagrams in flight.
@@ -292,13 +296,16 @@ impl Dataplane {
             dst_hosts: HashMap::try_from(take(&mut ebpf, maps::DST_HOSTS)?)?,
             rules: LpmTrie::try_from(take(&mut ebpf, maps::RULES)?)?,
             rules_exact: HashMap::try_from(take(&mut ebpf, maps::RULES_EXACT)?)?,
+            src_filter: Some(crate::src_filter::SourceFilter::new(Array::try_from(
+                take(&mut ebpf, maps::SRC_FILTER)?,
+            )?)),
         };
         let flows = FlowMaps {
             tcp: HashMap::try_from(take(&mut ebpf, maps::FLOWS_TCP)?)?,
             other: HashMap::try_from(take(&mut ebpf, maps::FLOWS_OTHER)?)?,
             frags: HashMap::try_from(take(&mut ebpf, maps::FRAGS)?)?,
         };
-        Ok(Self {
+        let mut dp = Self {
             config: Array::try_from(take(&mut ebpf, maps::CONFIG)?)?,
             parse_stats: PerCpuArray::try_from(take(&mut ebpf, maps::PARSE_STATS)?)?,
             verdict_stats: PerCpuArray::try_from(take(&mut ebpf, maps::VERDICT_STATS)?)?,
@@ -316,7 +323,38 @@ impl Dataplane {
             ebpf,
             #[cfg(feature = "testing")]
             bench: None,
-        })
+        };
+        // From what pinned maps already hold, before any program of this object runs.
+        dp.rebuild_source_filter()?;
+        Ok(dp)
+    }
+
+    /// Rebuilds the source filter from the maps (`crate::src_filter`): every source entry
+    /// of both slots and every open flow's source. Done at load; again by whoever wrote the
+    /// source map other than through the policy writer.
+    pub fn rebuild_source_filter(&mut self) -> Result<()> {
+        let mut sources: Vec<gateway_common::Addr> =
+            crate::batch::read_all::<SrcKey, SrcValue>(self.policy.src.map())
+                .context("reading the source map for the source filter")?
+                .into_iter()
+                .map(|(k, _)| k.addr)
+                .collect();
+        sources.extend(
+            self.flows
+                .all()
+                .context("reading the flow tables for the source filter")?
+                .into_iter()
+                .map(|(k, _)| k.src),
+        );
+        match self.policy.src_filter.as_mut() {
+            Some(f) => f.rebuild(sources),
+            None => Ok(()),
+        }
+    }
+
+    /// The share of the source filter's bits set (`crate::src_filter`).
+    pub fn source_filter_fill(&self) -> Option<f64> {
+        self.policy.src_filter.as_ref().map(|f| f.fill())
     }
 
     /// Writes the run-time configuration (role, tuning, hash key). The programs drop every

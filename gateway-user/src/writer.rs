@@ -181,6 +181,12 @@ impl PolicyWriter {
         };
         let (written, deleted) = sync_slot(maps, &old, &new)
             .with_context(|| format!("writing policy generation {next} (slot {slot})"))?;
+        // Its sources pass the source filter before the generation is active.
+        if let Some(filter) = maps.src_filter.as_mut() {
+            filter
+                .add(new.src.iter().map(|(k, _)| &k.addr))
+                .with_context(|| format!("policy generation {next} not applied"))?;
+        }
         maps.active
             .set(0, next, 0)
             .context("switching the active policy generation")?;

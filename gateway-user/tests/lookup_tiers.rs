@@ -448,6 +448,8 @@ fn entries_of_an_older_layout_decide_the_same_and_move_on_apply() {
     for e in &old {
         write_raw(&mut dp, e);
     }
+    // As a load over pinned maps would find them.
+    dp.rebuild_source_filter().unwrap();
     dp.policy.active.set(0, 1, 0).unwrap();
     assert_eq!(read_slot(&dp.policy, 1).unwrap(), old[1]);
     assert!(read_slot(&dp.policy, 1).unwrap().dst_hosts.is_empty());

@@ -237,6 +237,7 @@ fn kernel_entries(pin: &Path) -> policy_compiler::KernelEntries {
         dst_hosts: HashMap::try_from(pinned(pin, maps::DST_HOSTS)).unwrap(),
         rules: LpmTrie::try_from(pinned(pin, maps::RULES)).unwrap(),
         rules_exact: HashMap::try_from(pinned(pin, maps::RULES_EXACT)).unwrap(),
+        src_filter: None,
         active,
     };
     let slot = (maps.active.get(&0, 0).unwrap() & 1) as u8;
