@@ -314,6 +314,9 @@ fn agent_end_to_end() {
     assert!(samples["gateway_map_entries{map=\"rules_exact\"}"] >= 1.0);
     assert!(samples["gateway_map_entries{map=\"dst_hosts\"}"] >= 1.0);
     assert!(samples["gateway_policy_apply_seconds_count"] >= 1.0);
+    // The source filter holds the policy's principals: some bits, far from full.
+    let fill = samples["gateway_source_filter_fill"];
+    assert!(fill > 0.0 && fill < 0.01, "source filter fill {fill}");
     assert!(samples["gateway_host_checks_total"] >= 1.0);
     assert_eq!(
         samples[&format!("gateway_host_risk{{check=\"tunnel\",iface=\"{vx}\"}}")],

@@ -92,6 +92,8 @@ pub struct Metrics {
     pub suppressed: Vec<(&'static str, u64)>,
     /// Flow-table counters, indexed like `maps::FlowCounter::ALL`.
     pub flow_stats: [u64; gateway_common::maps::FLOW_COUNTERS as usize],
+    /// Share of the source filter's bits set (`crate::src_filter`).
+    pub source_filter_fill: f64,
     pub flows_evicted: u64,
     pub flows_idle_ended: u64,
     /// The policy generation users see: the controller's (managed mode), or the local
@@ -273,6 +275,13 @@ impl Metrics {
         for (map, (_, cap)) in &self.maps {
             let _ = writeln!(s, "gateway_map_capacity{{map=\"{map}\"}} {cap}");
         }
+        let _ = writeln!(
+            s,
+            "# HELP gateway_source_filter_fill Share of the source filter's bits set: the chance that a packet from a source no principal has still costs a flow-table and a source-map lookup (rebuilt above 0.25).\n\
+             # TYPE gateway_source_filter_fill gauge\n\
+             gateway_source_filter_fill {:.6}",
+            self.source_filter_fill
+        );
         let _ = writeln!(
             s,
             "# HELP gateway_events_lost_total Events dropped because their ring buffer was full.\n\

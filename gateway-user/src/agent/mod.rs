@@ -419,6 +419,7 @@ async fn run_async(mut cfg: Config) -> Result<()> {
                         let mut out = Output { host: &host, clock, sink: &mut sink, metrics: &metrics, upstream: up };
                         reap(&mut dp, &mut reaper, &cfg, a, flow_ring.get_mut(), &mut out);
                     }
+                    tend_source_filter(&mut dp);
                     refresh_metrics(&dp, &writer, &reaper, &metrics);
                     if let Some(t) = &tunnel {
                         t.write_status();
@@ -684,6 +685,29 @@ fn reap(
     }
 }
 
+/// Share of the source filter's bits above which it is rebuilt from the present sources
+/// (it only grows; a policy alone sets at most ~12 %: 2 x 131k sources in 2^21 bits).
+const SOURCE_FILTER_REBUILD_FILL: f64 = 0.25;
+
+/// Rebuilds the source filter when principals' churn has filled it (`crate::src_filter`):
+/// a full filter is never wrong, only no longer a shortcut.
+fn tend_source_filter(dp: &mut Dataplane) {
+    let Some(fill) = dp.source_filter_fill() else {
+        return;
+    };
+    if fill <= SOURCE_FILTER_REBUILD_FILL {
+        return;
+    }
+    match dp.rebuild_source_filter() {
+        Ok(()) => tracing::info!(
+            "source filter rebuilt from the present sources: {:.1} % of its bits were set, now {:.1} %",
+            fill * 100.0,
+            dp.source_filter_fill().unwrap_or(0.0) * 100.0
+        ),
+        Err(e) => tracing::warn!("rebuilding the source filter: {e:#}"),
+    }
+}
+
 fn refresh_metrics(
     dp: &Dataplane,
     writer: &PolicyWriter,
@@ -713,6 +737,7 @@ fn refresh_metrics(
     if let Some(s) = suppressed {
         m.suppressed = s.iter().map(|(k, n)| (k.name(), *n)).collect();
     }
+    m.source_filter_fill = dp.source_filter_fill().unwrap_or(0.0);
     m.flows_evicted = reaper.evicted_total;
     m.flows_idle_ended = reaper.idle_total;
     m.local_generation = writer.generation();
