@@ -30,7 +30,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{IterableMap as _, MapError, lpm_trie::Key};
 use gateway_common::{
     maps,
-    policy::{AtomValue, DstKey, RuleKey, RuleValue},
+    policy::{AtomValue, DstKey, RuleKey, RuleValue, SrcKey, SrcValue},
 };
 use policy_compiler::{HostView, KernelEntries, to_kernel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -177,7 +177,16 @@ impl PolicyWriter {
         }
         let old = match self.slots[slot as usize].take() {
             Some(old) => old,
-            None => read_slot(maps, slot).context("reading the inactive policy slot")?,
+            None => {
+                // Both slots in one pass: the next apply then reads nothing back.
+                let [s0, s1] = read_slots(maps).context("reading the policy slots back")?;
+                let (this, other) = if slot == 0 { (s0, s1) } else { (s1, s0) };
+                let other_slot = usize::from(1 - slot);
+                if self.slots[other_slot].is_none() {
+                    self.slots[other_slot] = Some(other);
+                }
+                this
+            }
         };
         let (written, deleted) = sync_slot(maps, &old, &new)
             .with_context(|| format!("writing policy generation {next} (slot {slot})"))?;
@@ -256,45 +265,54 @@ pub fn next_generation(g: u32) -> u32 {
 /// entries written before the exact-match hashes existed (full hosts and single ports in
 /// the tries) are read where they are, so the next [`sync_slot`] moves them.
 pub fn read_slot(maps: &PolicyMaps, slot: u8) -> Result<KernelEntries> {
-    let mut out = KernelEntries {
-        generation: slot,
+    let [s0, s1] = read_slots(maps)?;
+    Ok(if slot & 1 == 0 { s0 } else { s1 })
+}
+
+/// Both key slots in one pass over the maps (as [`read_slot`] reads one): the hashes in
+/// batches, the tries entry by entry (they have no batch read).
+pub fn read_slots(maps: &PolicyMaps) -> Result<[KernelEntries; 2]> {
+    let mut out = [0u8, 1].map(|generation| KernelEntries {
+        generation,
         ..KernelEntries::default()
-    };
-    for item in maps.src.iter() {
-        let (k, v) = item?;
-        if k.generation == slot {
-            out.src.push((k, v));
-        }
+    });
+    let at = |generation: u8| usize::from(generation & 1);
+    for (k, v) in crate::batch::read_all::<SrcKey, SrcValue>(maps.src.map())? {
+        out[at(k.generation)].src.push((k, v));
     }
     for item in maps.dst.iter() {
         let (k, v) = item?;
-        if k.data().generation == slot {
-            out.dst.push(policy_compiler::LpmEntry {
+        out[at(k.data().generation)]
+            .dst
+            .push(policy_compiler::LpmEntry {
                 prefix_len: k.prefix_len(),
                 key: k.data(),
                 value: v,
             });
-        }
     }
-    out.dst_hosts = crate::batch::read_all::<DstKey, AtomValue>(maps.dst_hosts.map())?;
-    out.dst_hosts.retain(|(k, _)| k.generation == slot);
+    for (k, v) in crate::batch::read_all::<DstKey, AtomValue>(maps.dst_hosts.map())? {
+        out[at(k.generation)].dst_hosts.push((k, v));
+    }
     for item in maps.rules.iter() {
         let (k, v) = item?;
-        if k.data().generation == slot {
-            out.rules.push(policy_compiler::LpmEntry {
+        out[at(k.data().generation)]
+            .rules
+            .push(policy_compiler::LpmEntry {
                 prefix_len: k.prefix_len(),
                 key: k.data(),
                 value: v,
             });
-        }
     }
-    out.rules_exact = crate::batch::read_all::<RuleKey, RuleValue>(maps.rules_exact.map())?;
-    out.rules_exact.retain(|(k, _)| k.generation == slot);
-    out.src.sort_unstable();
-    out.dst.sort_unstable();
-    out.dst_hosts.sort_unstable();
-    out.rules.sort_unstable();
-    out.rules_exact.sort_unstable();
+    for (k, v) in crate::batch::read_all::<RuleKey, RuleValue>(maps.rules_exact.map())? {
+        out[at(k.generation)].rules_exact.push((k, v));
+    }
+    for e in &mut out {
+        e.src.sort_unstable();
+        e.dst.sort_unstable();
+        e.dst_hosts.sort_unstable();
+        e.rules.sort_unstable();
+        e.rules_exact.sort_unstable();
+    }
     Ok(out)
 }
 
