@@ -202,7 +202,11 @@ impl PolicyWriter {
         self.generation = next;
         self.grace = Some(std::thread::spawn(rcu_grace_period));
         let entries = new.len();
+        let first_fill = old.is_empty() && entries > 0;
         self.slots[slot as usize] = Some(new);
+        if first_fill {
+            self.mirror(maps, view);
+        }
         Ok(ApplyStats {
             generation: next,
             written,
@@ -210,6 +214,32 @@ impl PolicyWriter {
             entries,
             elapsed: started.elapsed(),
         })
+    }
+}
+
+impl PolicyWriter {
+    /// After a first fill (the policy written into an empty slot: a fresh start), writes the
+    /// same policy into the other slot too, once no packet reads it any more, so the next
+    /// change writes only its difference instead of the whole policy. The other slot is
+    /// not in force: a failure here leaves it unknown (the next apply reads it back), never
+    /// a packet decided from it.
+    fn mirror(&mut self, maps: &mut PolicyMaps, view: &HostView) {
+        let other = ((self.generation & 1) ^ 1) as u8;
+        if let Some(g) = self.grace.take() {
+            let _ = g.join();
+        }
+        let clock = self.clock;
+        let new = to_kernel(view, other, |t| clock.unix_to_boot_ns(t));
+        let old = match self.slots[usize::from(other)].take() {
+            Some(old) => old,
+            None => match read_slot(maps, other) {
+                Ok(old) => old,
+                Err(_) => return,
+            },
+        };
+        if sync_slot(maps, &old, &new).is_ok() {
+            self.slots[usize::from(other)] = Some(new);
+        }
     }
 }
 

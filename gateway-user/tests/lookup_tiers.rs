@@ -499,3 +499,40 @@ fn entries_of_an_older_layout_decide_the_same_and_move_on_apply() {
         failures.join("\n")
     );
 }
+
+/// A first fill (the policy into an empty slot: a fresh start) writes the policy into the
+/// other slot too, so the next change writes only its difference, not the whole policy
+/// (at 100k rules the whole policy is ~1.6 s of writes).
+#[test]
+fn a_first_fill_writes_both_slots_so_the_next_change_writes_only_its_difference() {
+    if skip_unless_privileged!() {
+        return;
+    }
+    let now = unix_now();
+    let policy = parse(now);
+    let view = policy_compiler::compile(&policy, &Host::Connector("conn".into()), now).unwrap();
+    let clock = BootClock::new();
+    let compiled = |slot: u8| policy_compiler::to_kernel(&view, slot, |t| clock.unix_to_boot_ns(t));
+    let mut dp = Dataplane::load().unwrap();
+    dp.set_config(&testkit::config_for(&Host::Connector("conn".into())))
+        .unwrap();
+    let mut writer = PolicyWriter::new(dp.active_generation().unwrap(), clock);
+    let first = writer.apply(&mut dp.policy, &view).unwrap();
+    assert_eq!(first.generation, 1);
+    assert_eq!(
+        read_slot(&dp.policy, 1).unwrap(),
+        compiled(1),
+        "slot in force"
+    );
+    assert_eq!(
+        read_slot(&dp.policy, 0).unwrap(),
+        compiled(0),
+        "the other slot, mirrored"
+    );
+    // The same policy again (a change elsewhere in the fleet): nothing to write.
+    let second = writer.apply(&mut dp.policy, &view).unwrap();
+    assert_eq!(second.generation, 2);
+    assert_eq!((second.written, second.deleted), (0, 0), "{second:?}");
+    let failures = check_probes(&mut dp, &policy, &probes(), now);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
