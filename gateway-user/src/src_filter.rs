@@ -103,6 +103,10 @@ impl SourceFilter {
             let bit = src_filter_bit(self.key, self.mul, a) as usize;
             let (w, b) = (bit / 64, 1u64 << (bit % 64));
             let old = self.bits.get(w).copied().unwrap_or(u64::MAX);
+            if old & b != 0 {
+                // Already in the map (every apply adds the whole policy's sources).
+                continue;
+            }
             let word = words.entry(w).or_insert(old);
             *word |= b;
         }
