@@ -32,7 +32,7 @@ use gateway_common::{
     maps,
     policy::{AtomValue, DstKey, RuleKey, RuleValue, SrcKey, SrcValue},
 };
-use policy_compiler::{HostView, KernelEntries, to_kernel};
+use policy_compiler::{HostView, KernelEntries, RuleOrder, to_kernel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Converts unix time to the boot clock the kernel reads (`bpf_ktime_get_boot_ns`), with an
@@ -337,11 +337,7 @@ pub fn read_slots(maps: &PolicyMaps) -> Result<[KernelEntries; 2]> {
         out[at(k.generation)].rules_exact.push((k, v));
     }
     for e in &mut out {
-        e.src.sort_unstable();
-        e.dst.sort_unstable();
-        e.dst_hosts.sort_unstable();
-        e.rules.sort_unstable();
-        e.rules_exact.sort_unstable();
+        e.sort();
     }
     Ok(out)
 }
@@ -356,6 +352,19 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
 /// An LPM entry as a (key, value) pair for [`merge_diff`].
 fn lpm<K: Copy, V: Copy>(e: &policy_compiler::LpmEntry<K, V>) -> ((u32, K), V) {
     ((e.prefix_len, e.key), e.value)
+}
+
+/// A `RULES` entry as an ordered (key, value) pair for [`merge_diff`].
+fn rule(e: &policy_compiler::LpmEntry<RuleKey, RuleValue>) -> (RuleOrder, RuleValue) {
+    (RuleOrder::of(e.prefix_len, e.key), e.value)
+}
+
+/// A `RULES_EXACT` entry as an ordered (key, value) pair for [`merge_diff`].
+fn rule_exact(e: &(RuleKey, RuleValue)) -> (RuleOrder, RuleValue) {
+    (
+        RuleOrder::of(policy_compiler::RULE_EXACT_PREFIX_LEN, e.0),
+        e.1,
+    )
 }
 
 /// Walks two key-sorted entry lists together and calls `op` with `(k, None)` for keys only
@@ -449,20 +458,24 @@ fn sync_slot(
             None => ignore_missing(dst_hosts.remove(&k)),
         },
     )?;
+    // Rules in the order the lists keep them (`RuleOrder`).
     let (w4, d4) = merge_diff(
-        old.rules.iter().map(lpm),
-        new.rules.iter().map(lpm),
-        |(p, k), v| match v {
-            Some(v) => rules.insert(&Key::new(p, k), v, 0),
-            None => ignore_missing(rules.remove(&Key::new(p, k))),
+        old.rules.iter().map(rule),
+        new.rules.iter().map(rule),
+        |o, v| {
+            let k = Key::new(o.prefix_len, o.key());
+            match v {
+                Some(v) => rules.insert(&k, v, 0),
+                None => ignore_missing(rules.remove(&k)),
+            }
         },
     )?;
     let (w5, d5) = merge_diff(
-        old.rules_exact.iter().copied(),
-        new.rules_exact.iter().copied(),
-        |k, v| match v {
-            Some(v) => rules_exact.insert(k, v, 0),
-            None => ignore_missing(rules_exact.remove(&k)),
+        old.rules_exact.iter().map(rule_exact),
+        new.rules_exact.iter().map(rule_exact),
+        |o, v| match v {
+            Some(v) => rules_exact.insert(o.key(), v, 0),
+            None => ignore_missing(rules_exact.remove(&o.key())),
         },
     )?;
     Ok((w1 + w2 + w3 + w4 + w5, d1 + d2 + d3 + d4 + d5))

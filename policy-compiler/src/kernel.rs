@@ -25,7 +25,7 @@ pub struct LpmEntry<K, V> {
     pub value: V,
 }
 
-/// All entries of one policy generation, sorted.
+/// All entries of one policy generation, each list in its order ([`KernelEntries::sort`]).
 ///
 /// Destinations and rules are each split over two maps by prefix length: the full-length
 /// entries (a host, a single port) go to an exact-match hash the kernel looks up first,
@@ -65,25 +65,17 @@ impl KernelEntries {
         self.len() == 0
     }
 
-    /// Moves every full-length entry of the tries to its hash (`dst` -> `dst_hosts`,
-    /// `rules` -> `rules_exact`) and sorts the four lists.
-    fn split_exact(&mut self) {
-        let (hosts, dst) = std::mem::take(&mut self.dst)
-            .into_iter()
-            .partition::<Vec<_>, _>(|e| e.prefix_len == DST_HOST_PREFIX_LEN);
-        self.dst = dst;
-        self.dst_hosts
-            .extend(hosts.into_iter().map(|e| (e.key, e.value)));
-        let (exact, rules) = std::mem::take(&mut self.rules)
-            .into_iter()
-            .partition::<Vec<_>, _>(|e| e.prefix_len == RULE_EXACT_PREFIX_LEN);
-        self.rules = rules;
-        self.rules_exact
-            .extend(exact.into_iter().map(|e| (e.key, e.value)));
-        self.dst.sort_unstable();
-        self.dst_hosts.sort_unstable();
-        self.rules.sort_unstable();
-        self.rules_exact.sort_unstable();
+    /// Puts every list in its order: the derived order of its entries, except the rules,
+    /// which go by [`RuleOrder`] (the order the compiler makes them in). Lists already in
+    /// order (a view's) cost one pass; entries read back from the maps are sorted.
+    pub fn sort(&mut self) {
+        sort_by_key_if_needed(&mut self.src, |e| *e);
+        sort_by_key_if_needed(&mut self.dst, |e| *e);
+        sort_by_key_if_needed(&mut self.dst_hosts, |e| *e);
+        sort_by_key_if_needed(&mut self.rules, |e| RuleOrder::of(e.prefix_len, e.key));
+        sort_by_key_if_needed(&mut self.rules_exact, |e| {
+            RuleOrder::of(RULE_EXACT_PREFIX_LEN, e.0)
+        });
     }
 
     /// The same entries all in the tries, as maps written before the exact-match hashes
@@ -96,22 +88,68 @@ impl KernelEntries {
             key,
             value,
         }));
-        dst.sort_unstable();
         let mut rules = self.rules.clone();
         rules.extend(self.rules_exact.iter().map(|&(key, value)| LpmEntry {
             prefix_len: RULE_EXACT_PREFIX_LEN,
             key,
             value,
         }));
-        rules.sort_unstable();
-        KernelEntries {
+        let mut all = KernelEntries {
             generation: self.generation,
             src: self.src.clone(),
             dst,
             dst_hosts: Vec::new(),
             rules,
             rules_exact: Vec::new(),
+        };
+        all.sort();
+        all
+    }
+}
+
+/// The order of rule keys in [`KernelEntries`] (and of the writer's diff): class, atom,
+/// protocol, port, then prefix length. It is the order the compiler generates rules in
+/// (`RuleSlot`'s: class, atom, protocol, port, port bits), so turning a view into entries
+/// sorts nothing; the key's big-endian fields compare as their numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RuleOrder {
+    generation: u8,
+    class: [u8; 4],
+    atom: [u8; 4],
+    proto: u8,
+    port: [u8; 2],
+    /// The `RULES` prefix length (single ports: [`RULE_EXACT_PREFIX_LEN`]).
+    pub prefix_len: u32,
+}
+
+impl RuleOrder {
+    pub fn of(prefix_len: u32, k: RuleKey) -> Self {
+        RuleOrder {
+            generation: k.generation,
+            class: k.class,
+            atom: k.atom,
+            proto: k.proto,
+            port: k.port,
+            prefix_len,
         }
+    }
+
+    /// The map key this order was made from.
+    pub fn key(&self) -> RuleKey {
+        RuleKey {
+            generation: self.generation,
+            proto: self.proto,
+            class: self.class,
+            atom: self.atom,
+            port: self.port,
+        }
+    }
+}
+
+/// Sorts `v` by `key` unless it is in that order already (one pass).
+fn sort_by_key_if_needed<T, K: Ord>(v: &mut [T], key: impl Fn(&T) -> K) {
+    if !v.is_sorted_by_key(&key) {
+        v.sort_unstable_by_key(key);
     }
 }
 
@@ -140,7 +178,7 @@ pub fn to_kernel(
     generation: u8,
     unix_to_boot_ns: impl Fn(i64) -> u64,
 ) -> KernelEntries {
-    let mut src: Vec<(SrcKey, SrcValue)> = view
+    let src: Vec<(SrcKey, SrcValue)> = view
         .sources
         .iter()
         .map(|s| {
@@ -157,55 +195,75 @@ pub fn to_kernel(
             )
         })
         .collect();
-    src.sort_unstable();
-    let dst: Vec<LpmEntry<DstKey, AtomValue>> = view
+    // Full hosts to their hash, shorter prefixes to the trie; the same for single ports.
+    let hosts = view
         .atoms
         .iter()
-        .map(|d| LpmEntry {
-            prefix_len: dst_prefix_len(&d.prefix),
-            key: DstKey {
-                generation,
-                addr: addr16(d.prefix.network()),
-            },
-            value: AtomValue {
-                atom: d.atom,
-                default_verdict: d.default_verdict as u8,
-                _pad: [0; 3],
-                default_rule: d.default_rule,
-            },
-        })
-        .collect();
-    let rules: Vec<LpmEntry<RuleKey, RuleValue>> = view
-        .rules
-        .iter()
-        .map(|r| LpmEntry {
-            prefix_len: RULE_KEY_FIXED_BITS + u32::from(r.key.port_bits),
-            key: RuleKey {
-                generation,
-                proto: r.key.proto,
-                class: r.key.class.to_be_bytes(),
-                atom: r.key.atom.to_be_bytes(),
-                port: r.key.port.to_be_bytes(),
-            },
-            value: RuleValue {
-                verdict: r.value.verdict as u8,
-                after_verdict: r.value.after_verdict as u8,
-                _pad: [0; 2],
-                rule: r.value.rule,
-                after_rule: r.value.after_rule,
-                _pad2: [0; 4],
-                valid_until_ns: r.value.valid_until_unix.map_or(u64::MAX, &unix_to_boot_ns),
-            },
-        })
-        .collect();
+        .filter(|d| dst_prefix_len(&d.prefix) == DST_HOST_PREFIX_LEN)
+        .count();
+    let mut dst = Vec::with_capacity(view.atoms.len() - hosts);
+    let mut dst_hosts = Vec::with_capacity(hosts);
+    for d in &view.atoms {
+        let prefix_len = dst_prefix_len(&d.prefix);
+        let key = DstKey {
+            generation,
+            addr: addr16(d.prefix.network()),
+        };
+        let value = AtomValue {
+            atom: d.atom,
+            default_verdict: d.default_verdict as u8,
+            _pad: [0; 3],
+            default_rule: d.default_rule,
+        };
+        if prefix_len == DST_HOST_PREFIX_LEN {
+            dst_hosts.push((key, value));
+        } else {
+            dst.push(LpmEntry {
+                prefix_len,
+                key,
+                value,
+            });
+        }
+    }
+    let exact = view.rules.iter().filter(|r| r.key.port_bits == 16).count();
+    let mut rules = Vec::with_capacity(view.rules.len() - exact);
+    let mut rules_exact = Vec::with_capacity(exact);
+    for r in &view.rules {
+        let prefix_len = RULE_KEY_FIXED_BITS + u32::from(r.key.port_bits);
+        let key = RuleKey {
+            generation,
+            proto: r.key.proto,
+            class: r.key.class.to_be_bytes(),
+            atom: r.key.atom.to_be_bytes(),
+            port: r.key.port.to_be_bytes(),
+        };
+        let value = RuleValue {
+            verdict: r.value.verdict as u8,
+            after_verdict: r.value.after_verdict as u8,
+            _pad: [0; 2],
+            rule: r.value.rule,
+            after_rule: r.value.after_rule,
+            _pad2: [0; 4],
+            valid_until_ns: r.value.valid_until_unix.map_or(u64::MAX, &unix_to_boot_ns),
+        };
+        if prefix_len == RULE_EXACT_PREFIX_LEN {
+            rules_exact.push((key, value));
+        } else {
+            rules.push(LpmEntry {
+                prefix_len,
+                key,
+                value,
+            });
+        }
+    }
     let mut out = KernelEntries {
         generation,
         src,
         dst,
-        dst_hosts: Vec::new(),
+        dst_hosts,
         rules,
-        rules_exact: Vec::new(),
+        rules_exact,
     };
-    out.split_exact();
+    out.sort();
     out
 }

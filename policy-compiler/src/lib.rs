@@ -94,7 +94,9 @@ pub use eval::{
     Consideration, Decision, Explanation, Outcome, Packet, Reason, RuleRef, evaluate, explain,
 };
 pub use gateway_common::policy::Verdict;
-pub use kernel::{DST_HOST_PREFIX_LEN, KernelEntries, LpmEntry, RULE_EXACT_PREFIX_LEN, to_kernel};
+pub use kernel::{
+    DST_HOST_PREFIX_LEN, KernelEntries, LpmEntry, RULE_EXACT_PREFIX_LEN, RuleOrder, to_kernel,
+};
 #[cfg(any(test, feature = "testing"))]
 pub use kernel::{KernelIndex, lookup};
 pub use model::{

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use gateway_common::flow::proto;
 use gateway_common::policy::{AtomValue, DstKey, RuleKey, RuleValue, SrcKey, Verdict};
 
-use super::{KernelEntries, LpmEntry, addr16};
+use super::{KernelEntries, LpmEntry, RuleOrder, addr16};
 use crate::eval::Packet;
 
 fn dst_bytes(k: &DstKey) -> [u8; 17] {
@@ -53,10 +53,15 @@ fn lpm<'e, K, V>(
         .map(|e| &e.value)
 }
 
-/// An exact-match hash map's lookup (the list is sorted by key).
-fn exact<'e, K: Ord, V>(entries: &'e [(K, V)], key: &K) -> Option<&'e V> {
+/// An exact-match hash map's lookup (the list is sorted by `order` of its keys).
+fn exact<'e, K, V, O: Ord>(
+    entries: &'e [(K, V)],
+    key: &K,
+    order: impl Fn(&K) -> O,
+) -> Option<&'e V> {
+    let want = order(key);
     entries
-        .binary_search_by(|(k, _)| k.cmp(key))
+        .binary_search_by(|(k, _)| order(k).cmp(&want))
         .ok()
         .map(|i| &entries[i].1)
 }
@@ -74,7 +79,7 @@ pub fn lookup(entries: &KernelEntries, pkt: &Packet, now_ns: u64) -> (Verdict, u
         addr: addr16(pkt.dst),
     };
     let dkey = dst_bytes(&dst);
-    let Some(atom) = exact(&entries.dst_hosts, &dst)
+    let Some(atom) = exact(&entries.dst_hosts, &dst, |k| *k)
         .or_else(|| lpm(&entries.dst, &dkey, |k| dst_bytes(k).to_vec()))
     else {
         return (Verdict::Allow, 0);
@@ -105,8 +110,10 @@ pub fn lookup(entries: &KernelEntries, pkt: &Packet, now_ns: u64) -> (Verdict, u
         port: port.to_be_bytes(),
     };
     let rkey = rule_bytes(&rule);
-    match exact(&entries.rules_exact, &rule)
-        .or_else(|| lpm(&entries.rules, &rkey, |k| rule_bytes(k).to_vec()))
+    match exact(&entries.rules_exact, &rule, |k| {
+        RuleOrder::of(crate::RULE_EXACT_PREFIX_LEN, *k)
+    })
+    .or_else(|| lpm(&entries.rules, &rkey, |k| rule_bytes(k).to_vec()))
     {
         Some(v) => v.at(now_ns),
         None => default,
