@@ -26,7 +26,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     // agent_ops: `systemd-analyze verify` of the units in deploy/.
     ("systemd-analyze", "systemd"),
+    // The Admin Console's real-browser test: the system Chromium, driven from Node.
+    ("chromium", "chromium"),
+    ("node", "nodejs"),
+    ("npm", "npm"),
 ];
+
+/// The browser test's Node packages (package.json and package-lock.json committed there).
+pub const BROWSER_TEST_DIR: &str = "controller/tests/console-browser";
 
 pub fn run() -> Result<()> {
     let started = Instant::now();
@@ -35,6 +42,7 @@ pub fn run() -> Result<()> {
     step("nightly toolchain", nightly_toolchain)?;
     step("rust-src (nightly)", rust_src)?;
     step("bpf-linker", bpf_linker)?;
+    step("browser test packages (npm)", browser_packages)?;
     println!("setup: done in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -68,7 +76,8 @@ fn debian_packages() -> Result<String> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        return Ok("present (iproute2, nftables, bpftool, procps, iperf3, iputils-ping)".into());
+        let all: Vec<&str> = DEBIAN_PACKAGES.iter().map(|(_, p)| *p).collect();
+        return Ok(format!("present ({})", all.join(", ")));
     }
     if !is_root() {
         // Building needs none of them; only the privileged tests do, and those skip when
@@ -82,6 +91,34 @@ fn debian_packages() -> Result<String> {
     println!("setup: installing Debian packages: {}", missing.join(" "));
     apt_install(&missing)?;
     Ok(format!("installed {}", missing.join(", ")))
+}
+
+/// `npm ci` in [`BROWSER_TEST_DIR`] when its packages are missing or older than its lock
+/// file: playwright-core (which never downloads a browser here: the test points it at the
+/// system Chromium) and axe-core, at the versions the lock file pins.
+fn browser_packages() -> Result<String> {
+    let dir = util::root().join(BROWSER_TEST_DIR);
+    let lock = dir.join("package-lock.json");
+    let installed = dir.join("node_modules").join(".package-lock.json");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(have), Some(want)) = (modified(&installed), modified(&lock))
+        && have >= want
+    {
+        return Ok(format!("present ({})", dir.join("node_modules").display()));
+    }
+    if !has_command("npm") {
+        return Ok("npm missing (not root: install nodejs and npm; the console's browser test \
+                   skips without them, and fails in CI)"
+            .into());
+    }
+    util::run(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+            .current_dir(&dir),
+    )
+    .context("npm ci of the console's browser test packages")?;
+    Ok(format!("installed into {}", dir.join("node_modules").display()))
 }
 
 /// `apt-get update`, then `apt-get install --no-install-recommends PACKAGES` (root only).
