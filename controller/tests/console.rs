@@ -1,0 +1,573 @@
+//! The admin console over HTTP against a real controller: the console security policy
+//! (password + TOTP login, idle timeout and re-authentication, CSRF, allowed source
+//! networks, security headers, plaintext only on loopback), the authorization of every
+//! route (the equivalent RPC's permission), and escaping of names.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Controller, DEMO, tempdir};
+use controller::auth::{self, Role};
+use controller::console::{self, ConsoleOptions};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::sync::oneshot;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// A console served over a controller's state.
+struct Site {
+    base: String,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn site(ctl: &Controller, opts: ConsoleOptions) -> Site {
+    let (tx, rx) = oneshot::channel();
+    let (addr, _task) = console::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        ctl.state.clone(),
+        opts,
+        async {
+            let _ = rx.await;
+        },
+    )
+    .await
+    .unwrap();
+    Site {
+        base: format!("http://{addr}"),
+        _stop: tx,
+    }
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: String,
+}
+
+impl Resp {
+    fn location(&self) -> &str {
+        self.headers
+            .get("location")
+            .map_or("", |v| v.to_str().unwrap())
+    }
+}
+
+/// A browser stand-in: keeps cookies, sends forms.
+struct Browser {
+    base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+    cookies: HashMap<String, String>,
+    set_cookies: Vec<String>,
+}
+
+impl Browser {
+    fn new(site: &Site) -> Browser {
+        Browser {
+            base: site.base.clone(),
+            client: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+            cookies: HashMap::new(),
+            set_cookies: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, method: &str, path: &str, body: Option<String>) -> Resp {
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if !self.cookies.is_empty() {
+            let c: Vec<String> = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            req = req.header("cookie", c.join("; "));
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/x-www-form-urlencoded");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .expect("answer in time")
+            .expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        for v in headers.get_all("set-cookie") {
+            let v = v.to_str().unwrap().to_string();
+            let (kv, _) = v.split_once(';').unwrap_or((&v, ""));
+            let (k, val) = kv.split_once('=').unwrap();
+            if val.is_empty() || v.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_string(), val.to_string());
+            }
+            self.set_cookies.push(v.clone());
+        }
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Resp {
+        self.send("GET", path, None).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Resp {
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", enc(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        self.send("POST", path, Some(body)).await
+    }
+
+    /// Logs in through the login form; the response to the login POST.
+    async fn login(&mut self, user: &str, password: &str, code: &str) -> Resp {
+        let page = self.get("/login").await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let csrf = csrf_of(&page.body);
+        self.post(
+            "/login",
+            &[
+                ("csrf", &csrf),
+                ("user", user),
+                ("password", password),
+                ("totp", code),
+            ],
+        )
+        .await
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The CSRF token of the first form of a page.
+fn csrf_of(body: &str) -> String {
+    let at = body.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
+    body[at..at + 64].to_string()
+}
+
+/// A new admin user of `role`: its name and TOTP secret.
+fn user(ctl: &Controller, role: Role) -> (String, String) {
+    let name = format!("{}-{}", role.as_str(), controller::random_hex(4));
+    let (secret, _) = ctl
+        .state
+        .create_admin_user(&name, role, PASSWORD, "test")
+        .unwrap();
+    (name, secret)
+}
+
+fn code(secret: &str) -> String {
+    auth::totp_code(secret, controller::now_unix())
+}
+
+/// A browser logged in as a new user of `role`.
+async fn logged_in(ctl: &Controller, site: &Site, role: Role) -> (Browser, String) {
+    let (name, secret) = user(ctl, role);
+    let mut b = Browser::new(site);
+    let r = b.login(&name, PASSWORD, &code(&secret)).await;
+    assert_eq!(r.status, 303, "login: {}", r.body);
+    assert_eq!(r.location(), "/");
+    (b, name)
+}
+
+#[tokio::test]
+async fn login_needs_password_and_a_right_totp_code() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let site = site(&ctl, ConsoleOptions::default()).await;
+    let (name, secret) = user(&ctl, Role::Admin);
+    let mut b = Browser::new(&site);
+
+    // Password only: refused, saying how to enroll TOTP; no session.
+    let r = b.login(&name, PASSWORD, "").await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("requires a TOTP code"), "{}", r.body);
+    assert!(r.body.contains("gatewayctl users reset-totp"), "{}", r.body);
+    assert!(!b.cookies.contains_key("zt-console"));
+    assert_eq!(b.get("/").await.status, 303);
+
+    // Password + wrong code: refused.
+    let good = code(&secret);
+    let wrong = if good == "000000" { "111111" } else { "000000" };
+    let r = b.login(&name, PASSWORD, wrong).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("login failed"), "{}", r.body);
+    assert!(!b.cookies.contains_key("zt-console"));
+    let r = b.get("/").await;
+    assert_eq!((r.status, r.location()), (303, "/login?why=none"));
+
+    // Wrong password + right code: refused.
+    let r = b.login(&name, "not the password at all", &good).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+
+    // Password + right code: a session; the cookie's attributes.
+    let r = b.login(&name, PASSWORD, &good).await;
+    assert_eq!((r.status, r.location()), (303, "/"), "{}", r.body);
+    let set = b
+        .set_cookies
+        .iter()
+        .find(|c| c.starts_with("zt-console="))
+        .unwrap();
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(attr), "{set} lacks {attr}");
+    }
+    let r = b.get("/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("<h1>Overview</h1>"), "{}", r.body);
+    assert!(r.body.contains(&format!("user:{name}")));
+
+    // The same code again (another browser): refused (one use per step).
+    let mut other = Browser::new(&site);
+    let r = other.login(&name, PASSWORD, &good).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+
+    // The login is in the audit trail, saying it was the console.
+    let audit = ctl.state.audit_report(None, None, 1000).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "console_login" && a.actor == format!("user:{name}")),
+        "{audit:?}"
+    );
+}
+
+#[tokio::test]
+async fn idle_timeout_and_reauthentication_force_a_new_login() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+
+    // Idle timeout 1 s: used within it, the session lives; idle past it, it ends.
+    let idle = site(
+        &ctl,
+        ConsoleOptions {
+            idle: Duration::from_secs(1),
+            ..ConsoleOptions::default()
+        },
+    )
+    .await;
+    let (mut b, name) = logged_in(&ctl, &idle, Role::Auditor).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(b.get("/").await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let r = b.get("/").await;
+    assert_eq!((r.status, r.location()), (303, "/login?why=idle"));
+    let r = b.get("/login?why=idle").await;
+    assert!(r.body.contains("idle timeout"), "{}", r.body);
+    // Ended for good, and its API session with it (recorded).
+    assert_eq!(b.get("/").await.status, 303);
+    let audit = ctl.state.audit_report(None, None, 1000).unwrap();
+    assert!(audit.iter().any(|a| a.action == "console_session_end"
+        && a.actor == format!("user:{name}")
+        && a.after == "idle timeout"));
+
+    // Re-authentication after 2 s, however active the session is.
+    let reauth = site(
+        &ctl,
+        ConsoleOptions {
+            reauth: Duration::from_secs(2),
+            ..ConsoleOptions::default()
+        },
+    )
+    .await;
+    let (mut b, _) = logged_in(&ctl, &reauth, Role::Auditor).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(b.get("/").await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let r = b.get("/").await;
+    assert_eq!((r.status, r.location()), (303, "/login?why=reauth"));
+}
+
+#[tokio::test]
+async fn a_post_without_the_sessions_csrf_token_is_refused() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let site = site(&ctl, ConsoleOptions::default()).await;
+    let (mut b, _) = logged_in(&ctl, &site, Role::Operator).await;
+    let page = b.get("/").await;
+    assert_eq!(page.status, 200);
+    let token = csrf_of(&page.body);
+
+    // Logging out is a change: without the token, or with another, refused; the
+    // session lives on.
+    let r = b.post("/logout", &[]).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("CSRF"), "{}", r.body);
+    assert_eq!(b.get("/").await.status, 200);
+    let wrong = "0".repeat(64);
+    let r = b.post("/logout", &[("csrf", &wrong)]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(b.get("/").await.status, 200);
+
+    // Another session's token does not work either.
+    let (mut other, _) = logged_in(&ctl, &site, Role::Operator).await;
+    let other_token = csrf_of(&other.get("/").await.body);
+    assert_ne!(other_token, token);
+    let r = b.post("/logout", &[("csrf", &other_token)]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(b.get("/").await.status, 200);
+
+    // The same POST with the token works: the session ends.
+    let r = b.post("/logout", &[("csrf", &token)]).await;
+    assert_eq!((r.status, r.location()), (303, "/login?why=out"));
+    assert_eq!(b.get("/").await.status, 303);
+    assert_eq!(other.get("/").await.status, 200);
+
+    // The login form has its own token: a login POST without it is refused.
+    let (name, secret) = user(&ctl, Role::Admin);
+    let mut fresh = Browser::new(&site);
+    let r = fresh
+        .post(
+            "/login",
+            &[
+                ("user", &name),
+                ("password", PASSWORD),
+                ("totp", &code(&secret)),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(!fresh.cookies.contains_key("zt-console"));
+}
+
+#[tokio::test]
+async fn sources_outside_the_allowed_networks_are_refused() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let elsewhere = site(
+        &ctl,
+        ConsoleOptions {
+            allow: vec!["198.18.0.0/15".parse().unwrap()],
+            ..ConsoleOptions::default()
+        },
+    )
+    .await;
+    let mut b = Browser::new(&elsewhere);
+    let r = b.get("/login").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("--console-allow"), "{}", r.body);
+    assert!(r.body.contains("127.0.0.1"), "{}", r.body);
+    let r = b.get(&console::asset_paths().0.clone()).await;
+    assert_eq!(r.status, 403);
+
+    // Positive control: the same console allowing loopback serves it.
+    let here = site(
+        &ctl,
+        ConsoleOptions {
+            allow: vec![
+                "198.18.0.0/15".parse().unwrap(),
+                "127.0.0.0/8".parse().unwrap(),
+            ],
+            ..ConsoleOptions::default()
+        },
+    )
+    .await;
+    let mut b = Browser::new(&here);
+    assert_eq!(b.get("/login").await.status, 200);
+    logged_in(&ctl, &here, Role::Auditor).await;
+}
+
+#[tokio::test]
+async fn plaintext_is_refused_off_loopback() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let e = console::spawn(
+        "198.18.0.1:0".parse().unwrap(),
+        ctl.state.clone(),
+        ConsoleOptions::default(),
+        async {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("refusing to serve the admin console in plaintext"),
+        "{e}"
+    );
+    assert!(e.contains("--tls-dir"), "{e}");
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let site = site(&ctl, ConsoleOptions::default()).await;
+    let (mut b, _) = logged_in(&ctl, &site, Role::Admin).await;
+    let (css, js) = console::asset_paths().clone();
+    let mut anonymous = Browser::new(&site);
+    let mut responses = vec![
+        ("/login (anonymous)", anonymous.get("/login").await),
+        ("/ (anonymous)", anonymous.get("/").await),
+        ("404", b.get("/no/such/page").await),
+        ("css", b.get(&css).await),
+        ("js", b.get(&js).await),
+        ("bad form", b.post("/logout", &[]).await),
+    ];
+    for r in console::ROUTES.iter().filter(|r| r.method == "GET") {
+        let path = r
+            .path
+            .replace("{kind}", "resource")
+            .replace("{name}", "web");
+        responses.push((r.path, b.get(&path).await));
+    }
+    for (what, r) in &responses {
+        let h = |n: &str| r.headers.get(n).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(
+            h("content-security-policy").as_deref(),
+            Some(console::CSP),
+            "{what}"
+        );
+        assert!(console::CSP.contains("script-src 'self'") && !console::CSP.contains("unsafe"));
+        assert_eq!(
+            h("x-content-type-options").as_deref(),
+            Some("nosniff"),
+            "{what}"
+        );
+        assert_eq!(
+            h("referrer-policy").as_deref(),
+            Some("no-referrer"),
+            "{what}"
+        );
+        let cache = h("cache-control").unwrap_or_default();
+        if *what == "css" || *what == "js" {
+            assert_eq!(r.status, 200, "{what}");
+            assert!(cache.contains("immutable"), "{what}: {cache}");
+        } else {
+            assert_eq!(cache, "no-store", "{what}");
+        }
+        // No inline script or style in any page.
+        assert!(
+            !r.body.contains("<script>") && !r.body.contains("<style"),
+            "{what}"
+        );
+        assert!(
+            !r.body.contains(" style=") && !r.body.contains(" onclick="),
+            "{what}"
+        );
+    }
+    let page = &responses[0].1;
+    assert!(
+        page.body.contains(&format!("<script src=\"{js}\" defer>")),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("<html lang=\"en\">"));
+}
+
+#[tokio::test]
+async fn every_route_is_allowed_exactly_when_its_rpc_is() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let mut admin = ctl.admin().await;
+    common::apply(&mut admin, DEMO).await;
+    let site = site(&ctl, ConsoleOptions::default()).await;
+    for role in [Role::Admin, Role::Operator, Role::Auditor] {
+        let (mut b, _) = logged_in(&ctl, &site, role).await;
+        let mut posts = Vec::new();
+        for r in console::ROUTES {
+            if r.rpc == "Login" {
+                continue;
+            }
+            let allowed = role.allows(auth::permission(r.rpc));
+            let path = r
+                .path
+                .replace("{kind}", "resource")
+                .replace("{name}", "web");
+            if r.method == "POST" {
+                posts.push((r, path, allowed));
+                continue;
+            }
+            let resp = b.get(&path).await;
+            if allowed {
+                assert_eq!(resp.status, 200, "{role} GET {path}: {}", resp.body);
+            } else {
+                assert_eq!(resp.status, 403, "{role} GET {path}: {}", resp.body);
+                assert!(resp.body.contains(r.rpc), "{}", resp.body);
+            }
+        }
+        // The POSTs (logout last: it ends the session).
+        posts.sort_by_key(|(r, _, _)| r.path == "/logout");
+        for (r, path, allowed) in posts {
+            let token = csrf_of(&b.get("/").await.body);
+            let resp = b.post(&path, &[("csrf", &token)]).await;
+            if allowed {
+                assert_ne!(resp.status, 403, "{role} POST {path}: {}", resp.body);
+            } else {
+                assert_eq!(resp.status, 403, "{role} POST {path}: {}", resp.body);
+                assert!(resp.body.contains(r.rpc), "{}", resp.body);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn names_are_escaped_in_every_page() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let evil = "<script>alert(1)</script>";
+    let attr = "x\" onmouseover=\"alert(2)";
+    let text = format!(
+        "{DEMO}\n[[resource]]\nname = \"{evil}\"\nnetwork = \"corp\"\naddress = \"198.18.1.99\"\ntcp = [\"9\"]\n\n\
+         [[resource]]\nname = '{attr}'\nnetwork = \"corp\"\naddress = \"198.18.1.98\"\ntcp = [\"9\"]\n"
+    );
+    let mut admin = ctl.admin().await;
+    common::apply(&mut admin, &text).await;
+    let site = site(&ctl, ConsoleOptions::default()).await;
+    let (mut b, _) = logged_in(&ctl, &site, Role::Admin).await;
+    let pages = [
+        "/objects/resource".to_string(),
+        format!("/objects/resource?q={}", enc(evil)),
+        format!("/objects/resource/{}", enc(evil)),
+        format!("/objects/resource/{}", enc(attr)),
+        "/policy".to_string(),
+        format!("/explain?from={}&to={}", enc(evil), enc(attr)),
+        format!("/activity?user={}&resource={}", enc(evil), enc(attr)),
+        format!("/audit?actor={}", enc(attr)),
+        format!("/objects/{}", enc(evil)),
+    ];
+    let mut seen = 0;
+    for p in &pages {
+        let r = b.get(p).await;
+        assert!(!r.body.contains(evil), "{p}: {}", r.body);
+        assert!(!r.body.contains("\" onmouseover=\""), "{p}: {}", r.body);
+        if r.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;") {
+            seen += 1;
+        }
+    }
+    // Positive control: the names are there, escaped.
+    assert!(seen >= 6, "the name shows escaped on {seen} pages");
+    let r = b.get("/objects/resource").await;
+    assert!(
+        r.body.contains("x&quot; onmouseover=&quot;alert(2)"),
+        "{}",
+        r.body
+    );
+    let _ = Arc::clone(&ctl.state);
+}
