@@ -186,12 +186,44 @@ fn code(secret: &str) -> String {
 
 /// A browser logged in as a new user of `role`.
 async fn logged_in(ctl: &Controller, site: &Site, role: Role) -> (Browser, String) {
+    let (b, name, _) = logged_in_totp(ctl, site, role).await;
+    (b, name)
+}
+
+/// [`logged_in`], with the user's TOTP secret.
+async fn logged_in_totp(ctl: &Controller, site: &Site, role: Role) -> (Browser, String, String) {
     let (name, secret) = user(ctl, role);
     let mut b = Browser::new(site);
     let r = b.login(&name, PASSWORD, &code(&secret)).await;
     assert_eq!(r.status, 303, "login: {}", r.body);
     assert_eq!(r.location(), "/");
-    (b, name)
+    (b, name, secret)
+}
+
+/// The code of the next TOTP step (the login used this one's; one step of skew is
+/// accepted).
+fn next_code(secret: &str) -> String {
+    auth::totp_code(secret, controller::now_unix() + 30)
+}
+
+/// Posts the apply form's fields.
+async fn post_apply(b: &mut Browser, f: Vec<(String, String)>) -> Resp {
+    let body = f
+        .iter()
+        .map(|(k, v)| format!("{k}={}", enc(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    b.send("POST", "/policy/apply", Some(body)).await
+}
+
+/// A form's hidden `name` value in a page.
+fn hidden(body: &str, name: &str) -> String {
+    let key = format!("name=\"{name}\" value=\"");
+    let at = body
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+        + key.len();
+    body[at..].split('"').next().unwrap().to_string()
 }
 
 #[tokio::test]
@@ -570,4 +602,247 @@ async fn names_are_escaped_in_every_page() {
         r.body
     );
     let _ = Arc::clone(&ctl.state);
+}
+
+#[tokio::test]
+async fn a_policy_is_applied_through_its_plan_with_a_fresh_totp_code() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let mut admin = ctl.admin().await;
+    common::apply(&mut admin, DEMO).await;
+    let before = ctl.state.revision();
+    let site = site(&ctl, ConsoleOptions::default()).await;
+    let text = format!(
+        "{DEMO}\n[[resource]]\nname = \"console-added\"\nnetwork = \"corp\"\naddress = \"198.18.1.77\"\ntcp = [\"7\"]\n"
+    );
+
+    // The auditor may neither plan nor apply (403, nothing changed).
+    let (mut aud, _, aud_secret) = logged_in_totp(&ctl, &site, Role::Auditor).await;
+    let token = csrf_of(&aud.get("/").await.body);
+    let r = aud
+        .post("/policy/plan", &[("csrf", &token), ("policy", &text)])
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = aud
+        .post(
+            "/policy/apply",
+            &[
+                ("csrf", &token),
+                ("policy", &text),
+                ("totp", &next_code(&aud_secret)),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(ctl.state.revision(), before);
+
+    // An operator plans: the plan shows, nothing is applied.
+    let (mut op, name, secret) = logged_in_totp(&ctl, &site, Role::Operator).await;
+    let page = op.get("/policy").await;
+    assert!(page.body.contains("id=\"plan-form\""), "{}", page.body);
+    let token = csrf_of(&page.body);
+    let r = op
+        .post("/policy/plan", &[("csrf", &token), ("policy", &text)])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("console-added"), "{}", r.body);
+    assert!(r.body.contains("<td>added</td>"), "{}", r.body);
+    assert_eq!(ctl.state.revision(), before);
+    let expected = hidden(&r.body, "expected_revision");
+    assert_eq!(expected, before.to_string());
+
+    // A bad policy: its located error, nothing applied.
+    let r = op
+        .post(
+            "/policy/plan",
+            &[("csrf", &token), ("policy", "[[resource]]\nname = 1\n")],
+        )
+        .await;
+    assert!(r.body.contains("console.toml:"), "{}", r.body);
+    assert_eq!(ctl.state.revision(), before);
+
+    // Confirming with a wrong code: refused, nothing applied.
+    let good = next_code(&secret);
+    let wrong = if good == "000000" { "111111" } else { "000000" };
+    let form = |totp: &str| {
+        vec![
+            ("csrf".to_string(), token.clone()),
+            ("expected_revision".to_string(), expected.clone()),
+            ("policy".to_string(), text.clone()),
+            ("totp".to_string(), totp.to_string()),
+        ]
+    };
+    let r = post_apply(&mut op, form(wrong)).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(ctl.state.revision(), before);
+
+    // With the right code: applied, audited with the user as actor, from the console.
+    let r = post_apply(&mut op, form(&good)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("id=\"applied\""), "{}", r.body);
+    assert!(ctl.state.revision() > before);
+    assert!(
+        ctl.state
+            .object(controller::Kind::Resource, "console-added")
+            .is_ok()
+    );
+    let audit = ctl.state.audit_report(None, None, 1000).unwrap();
+    let actor = format!("user:{name}");
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "apply_policy" && a.actor == actor),
+        "{audit:?}"
+    );
+    assert!(
+        audit.iter().any(|a| a.action == "console_apply_policy"
+            && a.actor == actor
+            && a.after.contains("admin console")),
+        "{audit:?}"
+    );
+
+    // The same code again (a replay): refused, nothing applied.
+    let now = ctl.state.revision();
+    let replay = text.replace("198.18.1.77", "198.18.1.78");
+    let mut f = form(&good);
+    f[1].1 = now.to_string();
+    f[2].1 = replay;
+    let r = post_apply(&mut op, f).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("already used"), "{}", r.body);
+    assert_eq!(ctl.state.revision(), now);
+}
+
+#[tokio::test]
+async fn keys_users_and_agents_are_managed_by_admins_with_a_fresh_totp_code() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let mut admin = ctl.admin().await;
+    common::apply(&mut admin, DEMO).await;
+    let agent = common::enroll(&ctl, "connector:demo-connector").await;
+    let site = site(&ctl, ConsoleOptions::default()).await;
+    let key_active = |name: &str| {
+        ctl.state
+            .list_api_keys()
+            .iter()
+            .any(|k| k.name == name && k.revoked_ms.is_none())
+    };
+    let revoked = || {
+        ctl.state
+            .agents()
+            .iter()
+            .any(|a| a.agent_id == agent.agent_id && a.revoked_ms.is_some())
+    };
+    async fn act(b: &mut Browser, path: &str, secret: &str, fields: &[(&str, &str)]) -> Resp {
+        let token = csrf_of(&b.get("/").await.body);
+        let totp = next_code(secret);
+        let mut f = vec![("csrf", token.as_str()), ("totp", totp.as_str())];
+        f.extend_from_slice(fields);
+        b.post(path, &f).await
+    }
+
+    // Operator: refused on the admin-only actions (403, nothing changed).
+    let (mut op, _, op_secret) = logged_in_totp(&ctl, &site, Role::Operator).await;
+    let r = act(
+        &mut op,
+        "/keys/create",
+        &op_secret,
+        &[("name", "k1"), ("role", "auditor")],
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(!key_active("k1"));
+    let r = act(
+        &mut op,
+        "/agents/revoke",
+        &op_secret,
+        &[("agent_id", &agent.agent_id)],
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(!revoked());
+    let r = act(
+        &mut op,
+        "/users/create",
+        &op_secret,
+        &[("name", "u1"), ("role", "auditor"), ("password", PASSWORD)],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(op.get("/keys").await.status == 403 && op.get("/users").await.status == 403);
+
+    // Admin: creates a key (its secret shown once), audited from the console.
+    let (mut a1, n1, s1) = logged_in_totp(&ctl, &site, Role::Admin).await;
+    let r = act(
+        &mut a1,
+        "/keys/create",
+        &s1,
+        &[("name", "k1"), ("role", "auditor")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("zt-key-"), "{}", r.body);
+    assert!(key_active("k1"));
+    // The same code again: refused; the key stays.
+    let token = csrf_of(&a1.get("/").await.body);
+    let r = a1
+        .post(
+            "/keys/revoke",
+            &[("csrf", &token), ("totp", &next_code(&s1)), ("name", "k1")],
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(key_active("k1"));
+
+    // Another admin revokes it, creates and deletes a user, revokes the agent.
+    let (mut a2, _, s2) = logged_in_totp(&ctl, &site, Role::Admin).await;
+    let r = act(&mut a2, "/keys/revoke", &s2, &[("name", "k1")]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!key_active("k1"));
+    let (mut a3, _, s3) = logged_in_totp(&ctl, &site, Role::Admin).await;
+    let r = act(
+        &mut a3,
+        "/users/create",
+        &s3,
+        &[("name", "u1"), ("role", "auditor"), ("password", PASSWORD)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("otpauth://"), "{}", r.body);
+    assert!(ctl.state.list_admin_users().iter().any(|u| u.name == "u1"));
+    let (mut a4, _, s4) = logged_in_totp(&ctl, &site, Role::Admin).await;
+    let r = act(&mut a4, "/users/delete", &s4, &[("name", "u1")]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!ctl.state.list_admin_users().iter().any(|u| u.name == "u1"));
+    let (mut a5, n5, s5) = logged_in_totp(&ctl, &site, Role::Admin).await;
+    assert!(
+        a5.get("/agents")
+            .await
+            .body
+            .contains(&format!("revoke-{}", agent.agent_id))
+    );
+    let r = act(
+        &mut a5,
+        "/agents/revoke",
+        &s5,
+        &[("agent_id", &agent.agent_id)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(revoked());
+
+    let audit = ctl.state.audit_report(None, None, 1000).unwrap();
+    for (action, actor) in [
+        ("create_api_key", &n1),
+        ("console_create_api_key", &n1),
+        ("revoke_agent", &n5),
+        ("console_revoke_agent", &n5),
+    ] {
+        assert!(
+            audit
+                .iter()
+                .any(|a| a.action == action && a.actor == format!("user:{actor}")),
+            "{action} by {actor}: {audit:?}"
+        );
+    }
 }

@@ -20,6 +20,7 @@
 //! browser): each request is authorized with it, so what ends API sessions (user deleted,
 //! password changed, TOTP reset, `--session-ttl`) ends console sessions too.
 
+mod actions;
 mod pages;
 mod session;
 
@@ -187,6 +188,41 @@ pub const ROUTES: &[Route] = &[
         method: "GET",
         path: "/policy",
         rpc: "GetPolicy",
+    },
+    Route {
+        method: "POST",
+        path: "/policy/plan",
+        rpc: "ApplyPolicy",
+    },
+    Route {
+        method: "POST",
+        path: "/policy/apply",
+        rpc: "ApplyPolicy",
+    },
+    Route {
+        method: "POST",
+        path: "/agents/revoke",
+        rpc: "RevokeAgent",
+    },
+    Route {
+        method: "POST",
+        path: "/keys/create",
+        rpc: "CreateApiKey",
+    },
+    Route {
+        method: "POST",
+        path: "/keys/revoke",
+        rpc: "RevokeApiKey",
+    },
+    Route {
+        method: "POST",
+        path: "/users/create",
+        rpc: "CreateAdminUser",
+    },
+    Route {
+        method: "POST",
+        path: "/users/delete",
+        rpc: "DeleteAdminUser",
     },
     Route {
         method: "GET",
@@ -451,6 +487,7 @@ async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Respon
 pub fn router(console: Arc<Console>) -> Router {
     Router::new()
         .merge(pages::routes())
+        .merge(actions::routes())
         .route("/static/{file}", axum::routing::get(asset))
         .fallback(|| async {
             Reject::Page(

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, html};
 
+use super::actions::totp_input;
 use super::session::{cookie, cookie_name, login_cookie_name, same, set_cookie};
 use super::{Authed, Console, Peer, Reject, asset_paths};
 use crate::auth::{self, Role};
@@ -17,7 +18,7 @@ use crate::model::EventFilter;
 use crate::objects::{KINDS, Kind};
 
 type Con = AxState<Arc<Console>>;
-type Fields = Vec<(String, String)>;
+pub(super) type Fields = Vec<(String, String)>;
 
 /// Rows on one page of a list at most (and the default).
 pub const PAGE_MAX: usize = 200;
@@ -49,7 +50,7 @@ pub(super) fn routes() -> Router<Arc<Console>> {
 
 /// The value of field `name` (empty when absent), at most `max` characters: a longer
 /// one is a clear 400.
-fn field(f: &Fields, name: &str, max: usize) -> Result<String, Reject> {
+pub(super) fn field(f: &Fields, name: &str, max: usize) -> Result<String, Reject> {
     let v = f
         .iter()
         .find(|(k, _)| k == name)
@@ -64,7 +65,7 @@ fn field(f: &Fields, name: &str, max: usize) -> Result<String, Reject> {
 }
 
 /// An optional number field (`None` when empty), at most `max`.
-fn number(f: &Fields, name: &str, max: u64) -> Result<Option<u64>, Reject> {
+pub(super) fn number(f: &Fields, name: &str, max: u64) -> Result<Option<u64>, Reject> {
     let v = field(f, name, 20)?;
     if v.trim().is_empty() {
         return Ok(None);
@@ -155,7 +156,7 @@ fn layout(title: &str, who: Option<&Authed>, body: Markup) -> Markup {
     }
 }
 
-fn page(title: &str, who: &Authed, body: Markup) -> Response {
+pub(super) fn page(title: &str, who: &Authed, body: Markup) -> Response {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         layout(title, Some(who), body).into_string(),
@@ -387,7 +388,7 @@ async fn logout(
 
 // ------------------------------------------------------------------ views
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::Error> + Send + 'static,
 ) -> Result<T, Reject> {
     tokio::task::spawn_blocking(f)
@@ -543,9 +544,19 @@ async fn policy(
 ) -> Result<Response, Reject> {
     let a = c.authorize(&headers, peer, "GetPolicy", None)?;
     let (text, revision) = c.state.policy();
+    let may_apply = a.principal.role.allows(auth::permission("ApplyPolicy"));
     let body = html! {
         p { "Revision " (revision) }
         pre id="policy-text" { (text) }
+        @if may_apply {
+            h2 { "Apply a new policy" }
+            form id="plan-form" method="post" action="/policy/plan" {
+                input type="hidden" name="csrf" value=(a.csrf);
+                label for="plan-policy" { "Policy text (the whole policy; you see its plan before anything is applied)" }
+                textarea id="plan-policy" name="policy" rows="20" required { (text) }
+                p { button type="submit" { "Plan" } }
+            }
+        }
     };
     Ok(page("Policy", &a, body))
 }
@@ -824,6 +835,7 @@ async fn agents(
     let (limit, offset) = paging(&q)?;
     let s = c.state.clone();
     let list = blocking(move || Ok(s.agents())).await?;
+    let may_revoke = a.principal.role.allows(auth::permission("RevokeAgent"));
     let shown: Vec<_> = list.iter().skip(offset).take(limit).collect();
     let more = list.len() > offset + shown.len();
     let body = html! {
@@ -831,6 +843,7 @@ async fn agents(
             thead { tr {
                 th { "Agent" } th { "Host" } th { "Hostname" } th { "Status" } th { "Controller" }
                 th { "Acknowledged generation" } th { "Current generation" } th { "Last seen" }
+                @if may_revoke { th { "Revoke" } }
             } }
             tbody {
                 @for x in &shown {
@@ -839,6 +852,18 @@ async fn agents(
                         td { @if x.revoked_ms.is_some() { "revoked" } @else if x.connected { "online" } @else { "offline" } }
                         td { (x.controller) }
                         td { (x.acked_generation) } td { (x.current_generation) } td { (time(x.last_seen_ms)) }
+                        @if may_revoke {
+                            td {
+                                @if x.revoked_ms.is_none() {
+                                    form id=(format!("revoke-{}", x.agent_id)) method="post" action="/agents/revoke" {
+                                        input type="hidden" name="csrf" value=(a.csrf);
+                                        input type="hidden" name="agent_id" value=(x.agent_id);
+                                        (totp_input(&format!("revoke-totp-{}", x.agent_id)))
+                                        button type="submit" { "Revoke" }
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -954,16 +979,37 @@ async fn keys(
     let list = blocking(move || Ok(s.list_api_keys())).await?;
     let body = html! {
         table id="keys-table" {
-            thead { tr { th { "Name" } th { "Role" } th { "Created" } th { "Created by" } th { "Expires" } th { "Status" } } }
+            thead { tr { th { "Name" } th { "Role" } th { "Created" } th { "Created by" } th { "Expires" } th { "Status" } th { "Revoke" } } }
             tbody {
                 @for k in &list {
                     tr {
                         td { (k.name) } td { (k.role.map_or("unknown", Role::as_str)) }
                         td { (time(k.created_ms)) } td { (k.created_by) } td { (time(k.expires_ms)) }
                         td { @if k.revoked_ms.is_some() { "revoked" } @else { "active" } }
+                        td {
+                            @if k.revoked_ms.is_none() {
+                                form id=(format!("revoke-key-{}", k.name)) method="post" action="/keys/revoke" {
+                                    input type="hidden" name="csrf" value=(a.csrf);
+                                    input type="hidden" name="name" value=(k.name);
+                                    (totp_input(&format!("revoke-key-totp-{}", k.name)))
+                                    button type="submit" { "Revoke" }
+                                }
+                            }
+                        }
                     }
                 }
             }
+        }
+        h2 { "Create an API key" }
+        form id="key-create-form" method="post" action="/keys/create" {
+            input type="hidden" name="csrf" value=(a.csrf);
+            label for="key-name" { "Name (letters, digits, -_.@)" }
+            input id="key-name" name="name" type="text" maxlength="64" required;
+            (role_select("key-role"))
+            label for="key-ttl" { "Lifetime in days (empty: 90)" }
+            input id="key-ttl" name="ttl_days" type="number" min="1" max="730";
+            (totp_input("key-totp"))
+            p { button type="submit" { "Create" } }
         }
     };
     Ok(page("API keys", &a, body))
@@ -978,13 +1024,45 @@ async fn users(
     let list = c.state.list_admin_users();
     let body = html! {
         table id="users-table" {
-            thead { tr { th { "Name" } th { "Role" } th { "Created" } } }
+            thead { tr { th { "Name" } th { "Role" } th { "Created" } th { "Delete" } } }
             tbody {
                 @for u in &list {
-                    tr { td { (u.name) } td { (u.role.map_or("unknown", Role::as_str)) } td { (time(u.created_ms)) } }
+                    tr {
+                        td { (u.name) } td { (u.role.map_or("unknown", Role::as_str)) } td { (time(u.created_ms)) }
+                        td {
+                            form id=(format!("delete-user-{}", u.name)) method="post" action="/users/delete" {
+                                input type="hidden" name="csrf" value=(a.csrf);
+                                input type="hidden" name="name" value=(u.name);
+                                (totp_input(&format!("delete-user-totp-{}", u.name)))
+                                button type="submit" { "Delete" }
+                            }
+                        }
+                    }
                 }
             }
         }
+        h2 { "Create an admin user" }
+        form id="user-create-form" method="post" action="/users/create" {
+            input type="hidden" name="csrf" value=(a.csrf);
+            label for="user-name" { "Name (letters, digits, -_.@)" }
+            input id="user-name" name="name" type="text" maxlength="64" required;
+            (role_select("user-role"))
+            label for="user-password" { "Initial password (at least 12 characters)" }
+            input id="user-password" name="password" type="password" autocomplete="new-password" minlength="12" maxlength="1024" required;
+            (totp_input("user-totp"))
+            p { button type="submit" { "Create" } }
+        }
     };
     Ok(page("Admin users", &a, body))
+}
+
+fn role_select(id: &str) -> Markup {
+    html! {
+        label for=(id) { "Role" }
+        select id=(id) name="role" {
+            option value="auditor" { "auditor" }
+            option value="operator" { "operator" }
+            option value="admin" { "admin" }
+        }
+    }
 }
