@@ -122,7 +122,35 @@ impl Browser {
     }
 
     async fn get(&mut self, path: &str) -> Resp {
+        if path.starts_with("/activity/stream") {
+            // A stream: its status and headers, not its endless body.
+            let resp = self.open_stream(path).await;
+            return Resp {
+                status: resp.status().as_u16(),
+                headers: resp.headers().clone(),
+                body: String::new(),
+            };
+        }
         self.send("GET", path, None).await
+    }
+
+    /// A GET whose body is read as it comes.
+    async fn open_stream(&mut self, path: &str) -> hyper::Response<hyper::body::Incoming> {
+        let c: Vec<String> = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let req = hyper::Request::builder()
+            .uri(format!("{}{path}", self.base))
+            .header("cookie", c.join("; "))
+            .header("accept", "text/event-stream")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .expect("answer in time")
+            .expect("request")
     }
 
     async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Resp {
@@ -845,4 +873,107 @@ async fn keys_users_and_agents_are_managed_by_admins_with_a_fresh_totp_code() {
             "{action} by {actor}: {audit:?}"
         );
     }
+}
+
+/// The next `event: activity` data of an SSE body within `within` (`None`: none came).
+async fn next_activity(
+    body: &mut hyper::body::Incoming,
+    buf: &mut String,
+    within: Duration,
+) -> Option<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(end) = buf.find("\n\n") {
+            let msg: String = buf.drain(..end + 2).collect();
+            if msg.lines().any(|l| l == "event: activity") {
+                let data = msg.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+                return Some(serde_json::from_str(data).unwrap());
+            }
+            continue;
+        }
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .ok()??
+            .ok()?;
+        if let Ok(data) = frame.into_data() {
+            buf.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+}
+
+#[tokio::test]
+async fn live_activity_arrives_within_a_second() {
+    use gateway_proto::v1;
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let mut admin = ctl.admin().await;
+    common::apply(&mut admin, DEMO).await;
+    let agent = common::enroll(&ctl, "connector:demo-connector").await;
+    let site = site(&ctl, ConsoleOptions::default()).await;
+    let (mut b, _) = logged_in(&ctl, &site, Role::Auditor).await;
+    let page = b.get("/activity?user=alice%40example.com").await;
+    assert!(
+        page.body
+            .contains("data-stream=\"/activity/stream?user=alice%40example.com&amp;\""),
+        "{}",
+        page.body
+    );
+    let resp = b
+        .open_stream("/activity/stream?user=alice%40example.com")
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let mut buf = String::new();
+
+    let report = |user: &str, resource: &str| {
+        let ctl = &ctl;
+        let agent = agent.clone();
+        let e = v1::ConnectionEvent {
+            timestamp: "2026-12-01T00:00:00Z".into(),
+            event: "deny".into(),
+            verdict: "deny".into(),
+            reason: "no_grant".into(),
+            user: Some(user.into()),
+            resource: Some(resource.into()),
+            host: "connector:demo-connector".into(),
+            ..Default::default()
+        };
+        async move {
+            ctl.agent()
+                .await
+                .report_events(tokio_stream::iter(vec![v1::ReportEventsRequest {
+                    auth: Some(agent),
+                    events: vec![e],
+                }]))
+                .await
+                .unwrap();
+        }
+    };
+    // Another user's event does not match the page's filter: nothing arrives.
+    report("bob@example.com", "db").await;
+    assert!(
+        next_activity(&mut body, &mut buf, Duration::from_millis(1500))
+            .await
+            .is_none()
+    );
+    // Alice's arrives within a second of being reported.
+    let t = std::time::Instant::now();
+    report("alice@example.com", "web").await;
+    let e = next_activity(&mut body, &mut buf, Duration::from_secs(1))
+        .await
+        .expect("the event within 1 s");
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert_eq!(e["user"], "alice@example.com");
+    assert_eq!(e["resource"], "web");
+    assert_eq!(e["verdict"], "deny");
+
+    // Logging out ends the stream.
+    let token = csrf_of(&b.get("/").await.body);
+    assert_eq!(b.post("/logout", &[("csrf", &token)]).await.status, 303);
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ends with the session");
 }

@@ -241,6 +241,11 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "GET",
+        path: "/activity/stream",
+        rpc: "FollowEvents",
+    },
+    Route {
+        method: "GET",
         path: "/agents",
         rpc: "ListAgents",
     },

@@ -39,6 +39,7 @@ pub(super) fn routes() -> Router<Arc<Console>> {
         .route("/explain", get(explain))
         .route("/activity", get(activity))
         .route("/activity/export", get(activity_export))
+        .route("/activity/stream", get(activity_stream))
         .route("/agents", get(agents))
         .route("/audit", get(audit))
         .route("/audit/export", get(audit_export))
@@ -686,6 +687,7 @@ async fn activity(
             a id="export-csv" href=(format!("/activity/export?{query}format=csv")) { "Export CSV" } " · "
             a id="export-json" href=(format!("/activity/export?{query}format=json")) { "Export JSON" }
         }
+        p id="activity-live" data-stream=(format!("/activity/stream?{query}")) aria-live="polite" { "live: off (needs JavaScript)" }
         table id="activity-table" {
             thead { tr {
                 th { "Time" } th { "Host" } th { "Event" } th { "Verdict" } th { "User" }
@@ -1065,4 +1067,74 @@ fn role_select(id: &str) -> Markup {
             option value="admin" { "admin" }
         }
     }
+}
+
+/// One event as the live Activity page shows it (JSON of the `activity` SSE event).
+fn event_json(e: &crate::model::EventRecord) -> String {
+    let ev = e.event.clone().unwrap_or_default();
+    serde_json::json!({
+        "id": e.id,
+        "time": time(e.time_ms),
+        "host": ev.host,
+        "event": ev.event,
+        "verdict": ev.verdict,
+        "user": ev.user.unwrap_or_default(),
+        "device": ev.device.unwrap_or_default(),
+        "resource": ev.resource.unwrap_or_default(),
+        "connector": ev.connector.unwrap_or_default(),
+        "dst": format!(
+            "{}:{}/{}",
+            ev.dst_ip.unwrap_or_default(),
+            ev.dst_port.unwrap_or(0),
+            ev.protocol.unwrap_or_default()
+        ),
+        "reason": ev.reason,
+    })
+    .to_string()
+}
+
+/// Live activity (FollowEvents): the events matching the page's filters as they are
+/// stored, as server-sent events (`event: activity`, JSON data), until the session ends
+/// or reaches its re-authentication interval, or the API session behind it ends.
+async fn activity_stream(
+    AxState(c): Con,
+    axum::Extension(Peer(peer)): axum::Extension<Peer>,
+    headers: HeaderMap,
+    Query(q): Query<Fields>,
+) -> Result<Response, Reject> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let a = c.authorize(&headers, peer, "FollowEvents", None)?;
+    let (filter, connector) = event_filter(&q)?;
+    let mut rx = c.state.follow_events(filter, a.principal);
+    let (tx, out) = tokio::sync::mpsc::channel::<Result<Event, std::convert::Infallible>>(256);
+    let console = c.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = tx.closed() => break,
+                _ = tick.tick() => {
+                    if !console.sessions.alive(&console, &headers) {
+                        break;
+                    }
+                }
+                r = rx.recv() => match r {
+                    Some(Ok(e)) => {
+                        if !connector.is_empty() && connector_of(&e) != connector {
+                            continue;
+                        }
+                        let ev = Event::default().event("activity").id(e.id.to_string()).data(event_json(&e));
+                        if tx.send(Ok(ev)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Err(_)) | None => break,
+                },
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(out);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

@@ -139,6 +139,17 @@ impl Sessions {
         Ok((s.token.clone(), s.csrf.clone()))
     }
 
+    /// Whether the request's session is still open and within its re-authentication
+    /// interval (a live stream ends when it is not; the idle clock is not restarted).
+    pub(crate) fn alive(&self, console: &Console, headers: &HeaderMap) -> bool {
+        let Some(id) = cookie(headers, cookie_name(console.opts.tls.is_some())) else {
+            return false;
+        };
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(&hash_secret(id))
+            .is_some_and(|s| now_ms() - s.created_ms < console.opts.reauth.as_millis() as i64)
+    }
+
     /// Ends the request's session (logout): its principal, to end the API session.
     pub(crate) fn remove(&self, headers: &HeaderMap) -> Option<Principal> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
