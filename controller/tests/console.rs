@@ -977,3 +977,103 @@ async fn live_activity_arrives_within_a_second() {
     .await;
     assert!(ended.is_ok(), "the stream ends with the session");
 }
+
+/// One HTTPS request to the console at `addr` trusting only `ca_pem`, with `cookie`.
+async fn https_get(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    path: &str,
+    cookie: Option<&str>,
+) -> hyper::Response<hyper::body::Incoming> {
+    use rustls_pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the deployment's certificate");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .uri(path)
+        .header("host", addr.to_string());
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    send.send_request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn with_the_deployments_certificate_it_serves_https_and_host_prefixed_cookies() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let (ca, _, cert, key) = controller::tls::generate_pem(&["127.0.0.1".into()]).unwrap();
+    let opts = ConsoleOptions {
+        tls: Some(console::tls_config_pem(cert.as_bytes(), key.as_bytes()).unwrap()),
+        ..ConsoleOptions::default()
+    };
+    let (tx, rx) = oneshot::channel::<()>();
+    let (addr, _task) = console::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        ctl.state.clone(),
+        opts,
+        async {
+            let _ = rx.await;
+        },
+    )
+    .await
+    .unwrap();
+    let r = https_get(addr, &ca, "/login", None).await;
+    assert_eq!(r.status(), 200);
+    let set: Vec<String> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        set.iter().any(|c| c.starts_with("__Host-zt-console-login=")
+            && c.contains("Secure")
+            && c.contains("HttpOnly")
+            && c.contains("SameSite=Strict")
+            && c.contains("Path=/")),
+        "{set:?}"
+    );
+    assert!(r.headers().contains_key("strict-transport-security"));
+    // Without a session: to the login page; a plaintext cookie name is not a session.
+    let r = https_get(addr, &ca, "/", Some("zt-console=0123")).await;
+    assert_eq!(r.status(), 303);
+    // Plaintext HTTP to the TLS listener gets no page.
+    let plain = Browser::new(&Site {
+        base: format!("http://{addr}"),
+        _stop: oneshot::channel().0,
+    });
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        plain.client.request(
+            hyper::Request::builder()
+                .uri(format!("http://{addr}/login"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(r.is_err() || r.unwrap().status() != 200);
+    drop(tx);
+}
