@@ -926,12 +926,12 @@ async fn live_activity_arrives_within_a_second() {
     let mut body = resp.into_body();
     let mut buf = String::new();
 
-    let report = |user: &str, resource: &str| {
+    let report = |user: &str, resource: &str, event: &str| {
         let ctl = &ctl;
         let agent = agent.clone();
         let e = v1::ConnectionEvent {
-            timestamp: "2026-12-01T00:00:00Z".into(),
-            event: "deny".into(),
+            timestamp: policy_compiler::format_rfc3339(controller::now_unix()),
+            event: event.into(),
             verdict: "deny".into(),
             reason: "no_grant".into(),
             user: Some(user.into()),
@@ -951,7 +951,7 @@ async fn live_activity_arrives_within_a_second() {
         }
     };
     // Another user's event does not match the page's filter: nothing arrives.
-    report("bob@example.com", "db").await;
+    report("bob@example.com", "db", "deny").await;
     assert!(
         next_activity(&mut body, &mut buf, Duration::from_millis(1500))
             .await
@@ -959,7 +959,7 @@ async fn live_activity_arrives_within_a_second() {
     );
     // Alice's arrives within a second of being reported.
     let t = std::time::Instant::now();
-    report("alice@example.com", "web").await;
+    report("alice@example.com", "web", "deny").await;
     let e = next_activity(&mut body, &mut buf, Duration::from_secs(1))
         .await
         .expect("the event within 1 s");
@@ -967,6 +967,15 @@ async fn live_activity_arrives_within_a_second() {
     assert_eq!(e["user"], "alice@example.com");
     assert_eq!(e["resource"], "web");
     assert_eq!(e["verdict"], "deny");
+    // The overview counts the last hour's denies and scan alerts.
+    report("alice@example.com", "web", "scan_alert").await;
+    let r = b.get("/").await;
+    assert!(
+        r.body
+            .contains("3 denied connections, 1 scan alerts, 3 events"),
+        "{}",
+        r.body
+    );
 
     // Logging out ends the stream.
     let token = csrf_of(&b.get("/").await.body);

@@ -454,7 +454,7 @@ async fn overview(
         section aria-labelledby="events-h" {
             h2 id="events-h" { "Last hour" }
             p id="events-summary" {
-                (count("deny")) " denied connections, " (count("scan")) " scan alerts, "
+                (count("deny")) " denied connections, " (count("scan_alert")) " scan alerts, "
                 (events.len()) " events"
             }
         }
