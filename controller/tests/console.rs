@@ -1086,3 +1086,132 @@ async fn with_the_deployments_certificate_it_serves_https_and_host_prefixed_cook
     assert!(r.is_err() || r.unwrap().status() != 200);
     drop(tx);
 }
+
+#[tokio::test]
+async fn input_is_bounded_with_clear_errors_and_lists_are_paginated() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let mut admin = ctl.admin().await;
+    let mut text = DEMO.to_string();
+    for i in 0..7 {
+        text.push_str(&format!(
+            "\n[[resource]]\nname = \"page-{i}\"\nnetwork = \"corp\"\naddress = \"198.18.2.{i}\"\ntcp = [\"9\"]\n"
+        ));
+    }
+    common::apply(&mut admin, &text).await;
+    let before = ctl.state.revision();
+    let site = site(&ctl, ConsoleOptions::default()).await;
+    let (mut b, name, secret) = logged_in_totp(&ctl, &site, Role::Admin).await;
+    let token = csrf_of(&b.get("/").await.body);
+
+    // A body over the limit: refused, nothing applied.
+    let huge = "x".repeat(console::MAX_BODY + 1);
+    let r = b
+        .post(
+            "/policy/apply",
+            &[
+                ("csrf", &token),
+                ("totp", &next_code(&secret)),
+                ("policy", &huge),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(ctl.state.revision(), before);
+    // A field over its length: a clear, located error.
+    let long = "k".repeat(65);
+    let r = b
+        .post(
+            "/keys/create",
+            &[
+                ("csrf", &token),
+                ("totp", &next_code(&secret)),
+                ("name", &long),
+                ("role", "auditor"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body
+            .contains("the field `name` has 65 characters; at most 64"),
+        "{}",
+        r.body
+    );
+    assert!(!ctl.state.list_api_keys().iter().any(|k| k.name == long));
+    let r = b.get("/objects/resource?limit=100000").await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("`limit`"), "{}", r.body);
+
+    // Search and pages.
+    let r = b.get("/objects/resource?q=page-&limit=3").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("7 of "), "{}", r.body);
+    assert_eq!(r.body.matches("<pre>[[resource]]").count(), 3, "{}", r.body);
+    assert!(
+        r.body.contains("q=page-&amp;offset=3&amp;limit=3"),
+        "{}",
+        r.body
+    );
+    let r = b.get("/objects/resource?q=page-&offset=6&limit=3").await;
+    assert_eq!(r.body.matches("<pre>[[resource]]").count(), 1, "{}", r.body);
+    assert!(!r.body.contains("Next page"));
+    assert!(r.body.contains("Previous page"));
+
+    // Deleting the user ends their console session at once.
+    assert_eq!(b.get("/").await.status, 200);
+    ctl.state.delete_admin_user(&name, "test").unwrap();
+    let r = b.get("/").await;
+    assert_eq!((r.status, r.location()), (303, "/login?why=ended"));
+}
+
+#[tokio::test]
+async fn the_controller_serves_the_console_with_its_flag() {
+    let (_d, db) = tempdir();
+    // Plaintext off loopback: refused at start, saying what to do.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway-controller"))
+        .arg("run")
+        .args(common::db_args(&db))
+        .args(["--insecure-plaintext", "--listen", "127.0.0.1:0"])
+        .args(["--console-listen", "198.18.0.1:8443"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--console-listen 198.18.0.1:8443"), "{err}");
+    assert!(err.contains("plaintext"), "{err}");
+
+    // On loopback it serves the login page.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway-controller"))
+        .arg("run")
+        .args(common::db_args(&db))
+        .args(["--insecure-plaintext", "--listen", "127.0.0.1:0"])
+        .args(["--console-listen", &format!("127.0.0.1:{port}")])
+        .args(["--console-idle", "60", "--console-allow", "127.0.0.0/8"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let site = Site {
+        base: format!("http://127.0.0.1:{port}"),
+        _stop: oneshot::channel().0,
+    };
+    let mut b = Browser::new(&site);
+    let mut status = 0;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            status = b.get("/login").await.status;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 200);
+}
