@@ -1215,3 +1215,58 @@ async fn the_controller_serves_the_console_with_its_flag() {
     let _ = child.wait();
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_resource_page_shows_who_can_reach_it_and_through_which_connector() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let mut admin = ctl.admin().await;
+    common::apply(&mut admin, DEMO).await;
+    let site = site(&ctl, ConsoleOptions::default()).await;
+    let (mut b, _) = logged_in(&ctl, &site, Role::Operator).await;
+    let row =
+        |from: &str, verdict: &str| format!("<tr><td>{from}</td><td>device</td><td>{verdict}</td>");
+    // The DEMO's grants: alice may use web, bob the wiki; nobody the database.
+    let web = b.get("/objects/resource/web").await;
+    assert_eq!(web.status, 200, "{}", web.body);
+    assert!(
+        web.body.contains("Through connector(s): demo-connector"),
+        "{}",
+        web.body
+    );
+    assert!(
+        web.body.contains(&row("alice-laptop", "allow")),
+        "{}",
+        web.body
+    );
+    assert!(
+        web.body.contains(&row("bob-laptop", "deny")),
+        "{}",
+        web.body
+    );
+    let wiki = b.get("/objects/resource/wiki").await;
+    assert!(
+        wiki.body.contains(&row("bob-laptop", "allow")),
+        "{}",
+        wiki.body
+    );
+    assert!(
+        wiki.body.contains(&row("alice-laptop", "deny")),
+        "{}",
+        wiki.body
+    );
+    let dbp = b.get("/objects/resource/db").await;
+    assert!(
+        dbp.body.contains(&row("alice-laptop", "deny")),
+        "{}",
+        dbp.body
+    );
+    assert!(
+        dbp.body.contains(&row("bob-laptop", "deny")),
+        "{}",
+        dbp.body
+    );
+    // The same decisions as Explain's.
+    let e = ctl.state.explain("bob-laptop", "wiki", None).unwrap();
+    assert_eq!(format!("{:?}", e.verdict).to_lowercase(), "allow");
+}

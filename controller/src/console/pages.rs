@@ -531,9 +531,38 @@ async fn object(
     let a = c.authorize(&headers, peer, "GetObject", None)?;
     let kind = kind_arg(&kind)?;
     let (o, revision) = c.state.object(kind, &name)?;
+    let reach = if kind == Kind::Resource {
+        Some(reach(&c, &o).await)
+    } else {
+        None
+    };
     let body = html! {
         p { "Revision " (revision) }
         pre id="object-toml" { (o.toml) }
+        @match &reach {
+            Some(Ok((rows, connectors, more))) => {
+                h2 { "Who can reach it" }
+                p id="reach-connectors" {
+                    "Through connector(s): "
+                    @if connectors.is_empty() { "none (its remote network names no connector)" }
+                    @else { (connectors.join(", ")) }
+                }
+                table id="reach-table" {
+                    thead { tr { th { "From" } th { "Kind" } th { "Verdict" } th { "Reason" } th { "Rule" } } }
+                    tbody {
+                        @for r in rows {
+                            tr {
+                                td { (r.0) } td { (r.1) } td { (format!("{:?}", r.2.got).to_lowercase()) }
+                                td { (r.2.reason) } td { @if r.2.rule_id > 0 { (r.2.rule_id) } }
+                            }
+                        }
+                    }
+                }
+                @if *more { p { "Only the first " (REACH_MAX) " devices and service accounts are shown." } }
+            }
+            Some(Err(m)) => { p class="error" id="reach-error" { "Who can reach it could not be decided: " (m) } }
+            None => {}
+        }
     };
     Ok(page(&format!("{kind} {}", o.name), &a, body))
 }
@@ -1137,4 +1166,83 @@ async fn activity_stream(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// Devices and service accounts a resource page decides at most.
+const REACH_MAX: usize = 200;
+
+/// Who can reach a resource: for each device and service account (at most
+/// [`REACH_MAX`]), the decision of the published policy for it and the resource, as
+/// TestAccess computes it (one evaluation of the policy's own evaluator, no second one);
+/// and the connectors of the resource's remote network.
+async fn reach(
+    c: &Console,
+    o: &crate::Object,
+) -> Result<
+    (
+        Vec<(String, Kind, crate::model::TestOutcome)>,
+        Vec<String>,
+        bool,
+    ),
+    String,
+> {
+    let table: toml::Table = o.toml.parse().map_err(|e| format!("{e}"))?;
+    let section = table
+        .values()
+        .find_map(|v| {
+            v.as_array()
+                .and_then(|a| a.first())
+                .and_then(|t| t.as_table())
+                .cloned()
+        })
+        .unwrap_or_default();
+    let network = section
+        .get("network")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    let connectors: Vec<String> = c
+        .state
+        .object(Kind::RemoteNetwork, network)
+        .ok()
+        .and_then(|(n, _)| n.toml.parse::<toml::Table>().ok())
+        .and_then(|t| {
+            t.values().find_map(|v| {
+                v.as_array()
+                    .and_then(|a| a.first())
+                    .and_then(|t| t.as_table())
+                    .cloned()
+            })
+        })
+        .and_then(|t| t.get("connectors").and_then(|v| v.as_array()).cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    let mut from: Vec<(String, Kind)> = Vec::new();
+    for k in [Kind::Device, Kind::ServiceAccount] {
+        from.extend(c.state.objects(Some(k)).0.into_iter().map(|o| (o.name, k)));
+    }
+    let more = from.len() > REACH_MAX;
+    from.truncate(REACH_MAX);
+    let assertions: Vec<crate::model::Assertion> = from
+        .iter()
+        .map(|(f, _)| crate::model::Assertion {
+            name: String::new(),
+            from: f.clone(),
+            to: o.name.clone(),
+            expect: "allow".into(),
+            at: None,
+        })
+        .collect();
+    let s = c.state.clone();
+    let report = tokio::task::spawn_blocking(move || s.test_access(&assertions, false))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let rows = from
+        .into_iter()
+        .zip(report.results)
+        .map(|((f, k), r)| (f, k, r))
+        .collect();
+    Ok((rows, connectors, more))
 }
