@@ -320,21 +320,22 @@ async fn idle_timeout_and_reauthentication_force_a_new_login() {
     let (_d, db) = tempdir();
     let ctl = Controller::start(&db).await;
 
-    // Idle timeout 1 s: used within it, the session lives; idle past it, it ends.
+    // Idle timeout 2 s: used within it (every 0.5 s, 3 s in all: longer than the
+    // timeout), the session lives; idle past it, it ends.
     let idle = site(
         &ctl,
         ConsoleOptions {
-            idle: Duration::from_secs(1),
+            idle: Duration::from_secs(2),
             ..ConsoleOptions::default()
         },
     )
     .await;
     let (mut b, name) = logged_in(&ctl, &idle, Role::Auditor).await;
-    for _ in 0..3 {
+    for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(b.get("/").await.status, 200);
     }
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
     let r = b.get("/").await;
     assert_eq!((r.status, r.location()), (303, "/login?why=idle"));
     let r = b.get("/login?why=idle").await;
@@ -346,21 +347,23 @@ async fn idle_timeout_and_reauthentication_force_a_new_login() {
         && a.actor == format!("user:{name}")
         && a.after == "idle timeout"));
 
-    // Re-authentication after 2 s, however active the session is.
+    // Re-authentication after 3 s, however active the session is.
     let reauth = site(
         &ctl,
         ConsoleOptions {
-            reauth: Duration::from_secs(2),
+            reauth: Duration::from_secs(3),
             ..ConsoleOptions::default()
         },
     )
     .await;
     let (mut b, _) = logged_in(&ctl, &reauth, Role::Auditor).await;
-    for _ in 0..3 {
+    let t0 = std::time::Instant::now();
+    for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(b.get("/").await.status, 200);
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_millis(3300).saturating_sub(t0.elapsed())).await;
     let r = b.get("/").await;
     assert_eq!((r.status, r.location()), (303, "/login?why=reauth"));
 }
@@ -1269,4 +1272,36 @@ async fn a_resource_page_shows_who_can_reach_it_and_through_which_connector() {
     // The same decisions as Explain's.
     let e = ctl.state.explain("bob-laptop", "wiki", None).unwrap();
     assert_eq!(format!("{:?}", e.verdict).to_lowercase(), "allow");
+}
+
+#[tokio::test]
+async fn a_live_stream_ends_when_its_session_goes_idle() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let site = site(
+        &ctl,
+        ConsoleOptions {
+            idle: Duration::from_secs(2),
+            ..ConsoleOptions::default()
+        },
+    )
+    .await;
+    let (mut b, _) = logged_in(&ctl, &site, Role::Auditor).await;
+    let resp = b.open_stream("/activity/stream").await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let t0 = std::time::Instant::now();
+    // Open while the session is not idle...
+    let early = tokio::time::timeout(Duration::from_millis(1200), async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+    assert!(early.is_err(), "the stream ended too early");
+    // ...and ended once it is (idle 2 s, checked every second).
+    let ended = tokio::time::timeout(Duration::from_secs(4), async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived the idle timeout");
+    assert!(t0.elapsed() >= Duration::from_secs(2));
 }

@@ -139,15 +139,19 @@ impl Sessions {
         Ok((s.token.clone(), s.csrf.clone()))
     }
 
-    /// Whether the request's session is still open and within its re-authentication
-    /// interval (a live stream ends when it is not; the idle clock is not restarted).
+    /// Whether the request's session is still open, within its re-authentication
+    /// interval and not idle (a live stream ends when it is not; a stream does not
+    /// restart the idle clock: the user's requests do).
     pub(crate) fn alive(&self, console: &Console, headers: &HeaderMap) -> bool {
         let Some(id) = cookie(headers, cookie_name(console.opts.tls.is_some())) else {
             return false;
         };
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.get(&hash_secret(id))
-            .is_some_and(|s| now_ms() - s.created_ms < console.opts.reauth.as_millis() as i64)
+        let now = now_ms();
+        open.get(&hash_secret(id)).is_some_and(|s| {
+            now - s.created_ms < console.opts.reauth.as_millis() as i64
+                && now - s.last_ms < console.opts.idle.as_millis() as i64
+        })
     }
 
     /// Ends the request's session (logout): its principal, to end the API session.
