@@ -141,9 +141,8 @@ impl std::fmt::Debug for Console {
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub IpAddr);
 
-/// A console route: HTTP method, path (with `{param}`s), the Admin RPC it is
-/// equivalent to (its permission decides), and whether it is a sensitive action that
-/// needs a fresh TOTP code.
+/// A console route: HTTP method, path (with `{param}`s), and the Admin RPC it is
+/// equivalent to (its permission decides).
 #[derive(Clone, Copy, Debug)]
 pub struct Route {
     pub method: &'static str,
@@ -151,8 +150,10 @@ pub struct Route {
     pub rpc: &'static str,
 }
 
-/// Every console route and its equivalent Admin RPC (the login page and the static
-/// assets need no session: they are `Login`).
+/// Every console route and its equivalent Admin RPC. The login page and form are
+/// `Login` (no session); the hash-versioned assets under `/static/` need no session
+/// either. The sensitive actions (apply, revoke, key and user changes) also need a fresh
+/// TOTP code in their form.
 pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
