@@ -1305,3 +1305,36 @@ async fn a_live_stream_ends_when_its_session_goes_idle() {
     assert!(ended.is_ok(), "the stream outlived the idle timeout");
     assert!(t0.elapsed() >= Duration::from_secs(2));
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_is_dropped() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let site = site(&ctl, ConsoleOptions::default()).await;
+    let addr = site.base.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(b"GET /login HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), tcp.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the half-sent request still holds its connection"
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(9), "{:?}", t0.elapsed());
+    // Positive control: a whole request is answered.
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(b"GET /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tcp.read_to_end(&mut buf).await.unwrap();
+    assert!(
+        buf.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+}

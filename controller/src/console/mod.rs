@@ -565,7 +565,12 @@ pub async fn serve(
                     app.call(req).await
                 }
             });
-            let builder = hyper::server::conn::http1::Builder::new();
+            // A client must send its request head within 10 s: slow clients cannot hold
+            // the connection places.
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
             let r = match tls {
                 Some(tls) => {
                     match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
