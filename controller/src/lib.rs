@@ -14,6 +14,7 @@
 //! ```
 
 pub mod auth;
+pub mod console;
 pub mod keys;
 pub mod metrics;
 pub mod model;

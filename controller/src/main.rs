@@ -113,6 +113,23 @@ enum Command {
         /// connected, policy push latency, build info. Off by default.
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<SocketAddr>,
+        /// Serve the admin console (web pages for admins and auditors) at ADDR: HTTPS
+        /// with --tls-dir's certificate; with --insecure-plaintext, loopback addresses
+        /// only. Off by default.
+        #[arg(long, value_name = "ADDR")]
+        console_listen: Option<SocketAddr>,
+        /// Console sessions must log in again (password + TOTP) this many seconds after
+        /// logging in. A console session also ends with the API session behind it
+        /// (--session-ttl): the shorter of the two applies.
+        #[arg(long, value_name = "SECS", default_value_t = controller::console::DEFAULT_REAUTH.as_secs())]
+        console_reauth: u64,
+        /// Console sessions unused for this many seconds end.
+        #[arg(long, value_name = "SECS", default_value_t = controller::console::DEFAULT_IDLE.as_secs())]
+        console_idle: u64,
+        /// Only these source networks may use the console (CIDR, repeatable; default:
+        /// any).
+        #[arg(long, value_name = "CIDR")]
+        console_allow: Vec<ipnet::IpNet>,
     },
     /// Verifies the admin audit trail's hash chain; exit status 1 names the first bad
     /// record.
@@ -279,6 +296,10 @@ async fn main() -> anyhow::Result<()> {
             audit_head_every,
             max_connections,
             metrics_listen,
+            console_listen,
+            console_reauth,
+            console_idle,
+            console_allow,
         } => {
             // Parsed here, not by clap, whose error would echo the URL's password.
             let db = Db::parse(&db)?;
@@ -322,6 +343,27 @@ async fn main() -> anyhow::Result<()> {
                     }
                 });
                 info!(addr = %local, "serving metrics at /metrics");
+            }
+            if let Some(addr) = console_listen {
+                if console_reauth == 0 || console_idle == 0 {
+                    bail!("--console-reauth and --console-idle must be at least 1 second");
+                }
+                let copts = controller::console::ConsoleOptions {
+                    tls: match &tls_dir {
+                        Some(dir) => Some(controller::console::tls_config(dir)?),
+                        None => None,
+                    },
+                    reauth: std::time::Duration::from_secs(console_reauth),
+                    idle: std::time::Duration::from_secs(console_idle),
+                    allow: console_allow,
+                };
+                let (local, _task) =
+                    controller::console::spawn(addr, state.clone(), copts, async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    })
+                    .await
+                    .with_context(|| format!("--console-listen {addr}"))?;
+                info!(addr = %local, "serving the admin console");
             }
             let opts = controller::ServeOptions {
                 max_connections: connections_within_fd_limit(max_connections),

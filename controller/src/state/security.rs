@@ -20,6 +20,7 @@ use crate::model::{AdminUserInfo, ApiKeyInfo, AuditEntry};
 use crate::store::{ApiKeyRow, UserRow};
 use crate::{Error, hash_secret, now_ms, peer_name, shown, try_random_hex};
 
+mod console;
 mod login;
 
 pub use login::{LOGIN_WINDOW_MS, LoginLimits, MAX_LOGIN_FAILURES};
