@@ -46,6 +46,21 @@ fn decide(name: &str, root: bool, ci: bool) -> Gate {
     }
 }
 
+/// For a test that needs tools `cargo xtask setup` installs (`what` says which): `false`
+/// (run) when `present`; otherwise a skip with a printed reason and a marker outside CI
+/// (`true`), and a failure under `CI=true`.
+pub fn skip_without(name: &str, what: &str, present: bool) -> bool {
+    if present {
+        return false;
+    }
+    if in_ci() {
+        panic!("{name} needs {what} and CI=true forbids skipping: run `cargo xtask setup`");
+    }
+    eprintln!("SKIP {name}: needs {what} (`cargo xtask setup` installs it); CI is not set");
+    record_skip(name);
+    true
+}
+
 /// Leaves a marker for the test runner (see the module docs).
 pub(crate) fn record_skip(name: &str) {
     let Some(dir) = std::env::var_os("ZT_SKIP_DIR") else {

@@ -107,9 +107,11 @@ fn browser_packages() -> Result<String> {
         return Ok(format!("present ({})", dir.join("node_modules").display()));
     }
     if !has_command("npm") {
-        return Ok("npm missing (not root: install nodejs and npm; the console's browser test \
+        return Ok(
+            "npm missing (not root: install nodejs and npm; the console's browser test \
                    skips without them, and fails in CI)"
-            .into());
+                .into(),
+        );
     }
     util::run(
         Command::new("npm")
@@ -118,7 +120,10 @@ fn browser_packages() -> Result<String> {
             .current_dir(&dir),
     )
     .context("npm ci of the console's browser test packages")?;
-    Ok(format!("installed into {}", dir.join("node_modules").display()))
+    Ok(format!(
+        "installed into {}",
+        dir.join("node_modules").display()
+    ))
 }
 
 /// `apt-get update`, then `apt-get install --no-install-recommends PACKAGES` (root only).

@@ -42,8 +42,9 @@ pub use session::Sessions;
 
 /// Largest request body accepted (a policy text fits; a page's forms are far smaller).
 pub const MAX_BODY: usize = 1024 * 1024;
-/// Default re-authentication interval.
-pub const DEFAULT_REAUTH: Duration = Duration::from_secs(8 * 3600);
+/// Default re-authentication interval: half the API session's default life (1 h), so the
+/// console's own policy is the stricter one.
+pub const DEFAULT_REAUTH: Duration = Duration::from_secs(30 * 60);
 /// Default idle timeout.
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(15 * 60);
 /// Console sessions open at once at most (the oldest is ended beyond).
