@@ -187,32 +187,83 @@ async fn apply(
     Ok(page("Policy applied", &a, body))
 }
 
+/// What one removal action is: its RPC, the form field naming the object, how the object is
+/// named in the audit target (`KIND:NAME`) and on the page, and the past tense shown.
+struct Removal {
+    rpc: &'static str,
+    field: &'static str,
+    kind: &'static str,
+    shown: &'static str,
+    done: &'static str,
+}
+
+/// Revoke an agent, revoke an API key, delete an admin user: authorized as its RPC, the
+/// object named by a form field, a fresh TOTP code, the same `State` call as the RPC's with
+/// actor `user:NAME`, a `console_*` audit record, and a notice.
+async fn remove(
+    c: Arc<Console>,
+    peer: Peer,
+    headers: HeaderMap,
+    f: Fields,
+    r: Removal,
+    op: impl FnOnce(&crate::State, &str, &str) -> Result<(), crate::Error> + Send + 'static,
+) -> Result<Response, Reject> {
+    let a = authorize(&c, &headers, peer, r.rpc, &f)?;
+    let name = field(&f, r.field, 128)?;
+    if name.is_empty() {
+        return Err(Reject::bad(format!(
+            "name the {} (`{}`)",
+            r.shown.to_lowercase(),
+            r.field
+        )));
+    }
+    fresh_totp(&c, &a, peer, &f).await?;
+    let (s, who, n) = (c.state.clone(), a.principal.name.clone(), name.clone());
+    blocking(move || op(&s, &n, &who)).await?;
+    audited(
+        &c,
+        &a,
+        &format!("console_{}", snake(r.rpc)),
+        &format!("{}:{name}", r.kind),
+        &format!("{} from the admin console", r.rpc),
+    )?;
+    Ok(page(
+        &format!("{} {}", r.shown, r.done),
+        &a,
+        html! { p class="notice" id="done" { (r.shown) " " (name) " " (r.done) "." } },
+    ))
+}
+
+/// `RevokeApiKey` -> `revoke_api_key`.
+fn snake(rpc: &str) -> String {
+    let mut out = String::new();
+    for (i, ch) in rpc.chars().enumerate() {
+        if ch.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(ch.to_ascii_lowercase());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
 async fn revoke_agent(
     AxState(c): Con,
     axum::Extension(peer): PeerX,
     headers: HeaderMap,
     Form(f): Form<Fields>,
 ) -> Result<Response, Reject> {
-    let a = authorize(&c, &headers, peer, "RevokeAgent", &f)?;
-    let id = field(&f, "agent_id", 128)?;
-    if id.is_empty() {
-        return Err(Reject::bad("give the agent to revoke (`agent_id`)"));
-    }
-    fresh_totp(&c, &a, peer, &f).await?;
-    let (s, who, i) = (c.state.clone(), a.principal.name.clone(), id.clone());
-    blocking(move || s.revoke_agent(&i, &who)).await?;
-    audited(
-        &c,
-        &a,
-        "console_revoke_agent",
-        &format!("agent:{id}"),
-        "RevokeAgent from the admin console",
-    )?;
-    Ok(page(
-        "Agent revoked",
-        &a,
-        html! { p class="notice" id="done" { "Agent " (id) " revoked." } },
-    ))
+    let r = Removal {
+        rpc: "RevokeAgent",
+        field: "agent_id",
+        kind: "agent",
+        shown: "Agent",
+        done: "revoked",
+    };
+    remove(c, peer, headers, f, r, |s, id, who| s.revoke_agent(id, who)).await
 }
 
 fn role_field(f: &Fields) -> Result<Role, Reject> {
@@ -258,23 +309,14 @@ async fn revoke_key(
     headers: HeaderMap,
     Form(f): Form<Fields>,
 ) -> Result<Response, Reject> {
-    let a = authorize(&c, &headers, peer, "RevokeApiKey", &f)?;
-    let name = field(&f, "name", 64)?;
-    fresh_totp(&c, &a, peer, &f).await?;
-    let (s, who, n) = (c.state.clone(), a.principal.name.clone(), name.clone());
-    blocking(move || s.revoke_api_key(&n, &who)).await?;
-    audited(
-        &c,
-        &a,
-        "console_revoke_api_key",
-        &format!("api_key:{name}"),
-        "RevokeApiKey from the admin console",
-    )?;
-    Ok(page(
-        "API key revoked",
-        &a,
-        html! { p class="notice" id="done" { "API key " (name) " revoked." } },
-    ))
+    let r = Removal {
+        rpc: "RevokeApiKey",
+        field: "name",
+        kind: "api_key",
+        shown: "API key",
+        done: "revoked",
+    };
+    remove(c, peer, headers, f, r, |s, n, who| s.revoke_api_key(n, who)).await
 }
 
 async fn create_user(
@@ -316,21 +358,15 @@ async fn delete_user(
     headers: HeaderMap,
     Form(f): Form<Fields>,
 ) -> Result<Response, Reject> {
-    let a = authorize(&c, &headers, peer, "DeleteAdminUser", &f)?;
-    let name = field(&f, "name", 64)?;
-    fresh_totp(&c, &a, peer, &f).await?;
-    let (s, who, n) = (c.state.clone(), a.principal.name.clone(), name.clone());
-    blocking(move || s.delete_admin_user(&n, &who)).await?;
-    audited(
-        &c,
-        &a,
-        "console_delete_admin_user",
-        &format!("user:{name}"),
-        "DeleteAdminUser from the admin console",
-    )?;
-    Ok(page(
-        "Admin user deleted",
-        &a,
-        html! { p class="notice" id="done" { "User " (name) " deleted." } },
-    ))
+    let r = Removal {
+        rpc: "DeleteAdminUser",
+        field: "name",
+        kind: "user",
+        shown: "User",
+        done: "deleted",
+    };
+    remove(c, peer, headers, f, r, |s, n, who| {
+        s.delete_admin_user(n, who)
+    })
+    .await
 }
