@@ -1793,6 +1793,8 @@ fn adversarial_suite() {
     if skip_unless_privileged!() {
         return;
     }
+    // The deny cache and the event budgets are per CPU: every packet of a case on one CPU.
+    gateway_test_support::testkit::pin_to_current_cpu().expect("pinning the test thread");
     let cases = cases();
     assert!(
         cases.len() >= 250,
@@ -1936,6 +1938,8 @@ fn adversarial_suite_on_the_tunnel_interface() {
     if skip_unless_privileged!() {
         return;
     }
+    // As in `adversarial_suite`: a TUN write runs the programs on the writer's CPU.
+    gateway_test_support::testkit::pin_to_current_cpu().expect("pinning the test thread");
     let cases = cases();
     let only = std::env::var("ADVERSARIAL_CASE").ok();
     let mut failures = Vec::new();

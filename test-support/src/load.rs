@@ -343,3 +343,30 @@ pub fn strip_ethernet(frame: &[u8]) -> Option<(u16, &[u8])> {
         return Some((ty, &frame[off + 2..]));
     }
 }
+
+/// Pins the calling thread to the CPU it runs on, for tests of per-CPU state (the deny
+/// cache, the event budgets): BPF_PROG_TEST_RUN and a TUN write run the programs on the
+/// caller's CPU, and a thread the scheduler moves between two packets would find another
+/// CPU's slots.
+pub fn pin_to_current_cpu() -> Result<usize> {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    anyhow::ensure!(
+        cpu >= 0,
+        "sched_getcpu: {}",
+        std::io::Error::last_os_error()
+    );
+    let cpu = cpu as usize;
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE (a CPU number the kernel gave).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size given.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    anyhow::ensure!(
+        rc == 0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(cpu)
+}
