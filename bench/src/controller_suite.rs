@@ -147,7 +147,10 @@ async fn client(
         i += 1;
         let t = Instant::now();
         let ok = match op {
-            Op::GetPolicy => admin.get_policy(v1::GetPolicyRequest {}).await.is_ok(),
+            Op::GetPolicy => admin
+                .get_policy(v1::GetPolicyRequest::default())
+                .await
+                .is_ok(),
             Op::ListObjects => admin
                 .list_objects(v1::ListObjectsRequest::default())
                 .await
@@ -327,7 +330,7 @@ pub fn run(opts: &Opts, out: &mut Option<Summary>) -> Result<()> {
             .await
             .context("applying the policy")?;
         let policy_bytes = admin
-            .get_policy(v1::GetPolicyRequest {})
+            .get_policy(v1::GetPolicyRequest::default())
             .await?
             .into_inner()
             .policy_toml

@@ -447,7 +447,7 @@ impl Fleet {
         Ok(self
             .admin(i)
             .await?
-            .get_policy(v1::GetPolicyRequest {})
+            .get_policy(v1::GetPolicyRequest::default())
             .await?
             .into_inner()
             .revision)

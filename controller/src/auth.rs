@@ -100,8 +100,15 @@ pub fn permission(method: &str) -> Perm {
     match method {
         "Login" => Perm::Public,
         "WhoAmI" | "Logout" | "ChangePassword" => Perm::Any,
-        "GetPolicy" | "GetObject" | "ListObjects" | "Explain" | "TestAccess" | "QueryEvents"
-        | "FollowEvents" | "ListAgents" => Perm::Read,
+        "GetPolicy"
+        | "ListPolicyRevisions"
+        | "GetObject"
+        | "ListObjects"
+        | "Explain"
+        | "TestAccess"
+        | "QueryEvents"
+        | "FollowEvents"
+        | "ListAgents" => Perm::Read,
         "ApplyPolicy"
         | "CreateObject"
         | "UpdateObject"
@@ -116,6 +123,7 @@ pub fn permission(method: &str) -> Perm {
 pub const ADMIN_METHODS: &[&str] = &[
     "ApplyPolicy",
     "GetPolicy",
+    "ListPolicyRevisions",
     "GetObject",
     "ListObjects",
     "CreateObject",

@@ -165,11 +165,32 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn get_policy(&self, _: Request<v1::GetPolicyRequest>) -> R<v1::GetPolicyResponse> {
-        let (policy_toml, revision) = self.state.policy();
+    async fn get_policy(&self, req: Request<v1::GetPolicyRequest>) -> R<v1::GetPolicyResponse> {
+        let (policy_toml, revision) = self.state.policy_at(req.into_inner().revision)?;
         Ok(Response::new(v1::GetPolicyResponse {
             policy_toml,
             revision,
+        }))
+    }
+
+    async fn list_policy_revisions(
+        &self,
+        req: Request<v1::ListPolicyRevisionsRequest>,
+    ) -> R<v1::ListPolicyRevisionsResponse> {
+        let r = req.into_inner();
+        let revisions = self.state.policy_revisions(r.before, r.limit)?;
+        Ok(Response::new(v1::ListPolicyRevisionsResponse {
+            revisions: revisions
+                .into_iter()
+                .map(|r| v1::PolicyRevision {
+                    revision: r.revision,
+                    time_ms: r.time_ms,
+                    actor: r.actor,
+                    action: r.action,
+                    bytes: r.bytes,
+                })
+                .collect(),
+            current: self.state.revision(),
         }))
     }
 

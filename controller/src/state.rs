@@ -277,6 +277,8 @@ impl State {
             db,
             instance: Mutex::new(String::new()),
         };
+        // A database from before revisions were kept keeps the current one's text now.
+        state.keep_current_revision()?;
         // Views may have changed while the controller was down (expired grants).
         state.refresh()?;
         state.prune_events()?;

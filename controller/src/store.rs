@@ -39,7 +39,7 @@ pub mod sql;
 pub use agents::{AgentChange, AgentRow, Enrolled};
 pub use audit::{GENESIS_HASH, audit_hash, record_hash, verify_chain, verify_chain_anchored};
 pub use events::EventStore;
-pub use policy::{DELTA_HISTORY, DeltaRow, HostRow, HostUpdate};
+pub use policy::{DELTA_HISTORY, DeltaRow, HostRow, HostUpdate, REVISIONS_KEPT, RevisionInfo};
 pub use security::{ApiKeyRow, UserRow};
 pub use sql::{Backend, Conn, PgUrl, Row, Sql, Value};
 
@@ -196,6 +196,11 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX events_host ON events (host, time_ms, id);",
     // 7: the controller an agent's stream is on (see `agents::record_presence`).
     "ALTER TABLE agents ADD COLUMN connected_to TEXT NOT NULL DEFAULT '';",
+    // 8: the policy's text at each revision (the last `policy::REVISIONS_KEPT`), for
+    // GetPolicy at a revision and diffs between two.
+    "CREATE TABLE IF NOT EXISTS policy_revisions (
+        revision INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, actor TEXT NOT NULL,
+        action TEXT NOT NULL, text TEXT NOT NULL);",
 ];
 
 /// PostgreSQL's schema migrations (a list of its own; `schema_version` as for SQLite).
@@ -305,6 +310,10 @@ const PG_MIGRATIONS: &[&str] = &[
      CREATE INDEX events_host ON events (host, time_ms, id);",
     // 5: SQLite's 7 (the controller an agent's stream is on).
     "ALTER TABLE agents ADD COLUMN IF NOT EXISTS connected_to TEXT NOT NULL DEFAULT '';",
+    // 6: SQLite's 8 (the policy's text at each revision).
+    "CREATE TABLE IF NOT EXISTS policy_revisions (
+        revision BIGINT PRIMARY KEY, time_ms BIGINT NOT NULL, actor TEXT NOT NULL,
+        action TEXT NOT NULL, text TEXT NOT NULL);",
 ];
 
 /// The advisory lock PostgreSQL controllers take while migrating (one at a time).

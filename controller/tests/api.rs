@@ -72,7 +72,7 @@ async fn apply_plan_and_dry_run() {
     );
     // Nothing changed.
     let cur = admin
-        .get_policy(v1::GetPolicyRequest {})
+        .get_policy(v1::GetPolicyRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -153,7 +153,7 @@ async fn apply_plan_and_dry_run() {
     );
     assert_eq!(
         admin
-            .get_policy(v1::GetPolicyRequest {})
+            .get_policy(v1::GetPolicyRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -170,7 +170,7 @@ async fn crud_not_found_invalid_argument() {
     let mut admin = ctl.admin().await;
     apply(&mut admin, DEMO).await;
     let before = admin
-        .get_policy(v1::GetPolicyRequest {})
+        .get_policy(v1::GetPolicyRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -289,7 +289,7 @@ async fn crud_not_found_invalid_argument() {
         .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists);
     let after = admin
-        .get_policy(v1::GetPolicyRequest {})
+        .get_policy(v1::GetPolicyRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -492,7 +492,7 @@ async fn enroll_watch_fanout_only_affected_hosts() {
 
     apply(&mut admin, &demo_plus_db_grant()).await;
     let text = admin
-        .get_policy(v1::GetPolicyRequest {})
+        .get_policy(v1::GetPolicyRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -846,7 +846,7 @@ async fn restart_loses_nothing() {
         .unwrap();
     assert_eq!(r.into_inner().accepted, 1);
     let policy = admin
-        .get_policy(v1::GetPolicyRequest {})
+        .get_policy(v1::GetPolicyRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -868,7 +868,7 @@ async fn restart_loses_nothing() {
     let ctl = Controller::start(&db).await;
     let mut admin = ctl.admin().await;
     let p2 = admin
-        .get_policy(v1::GetPolicyRequest {})
+        .get_policy(v1::GetPolicyRequest::default())
         .await
         .unwrap()
         .into_inner();

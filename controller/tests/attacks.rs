@@ -80,7 +80,7 @@ fn grants_of(ctl: &Controller, host: &str) -> BTreeSet<String> {
 async fn policy_text(ctl: &Controller) -> String {
     ctl.admin()
         .await
-        .get_policy(v1::GetPolicyRequest {})
+        .get_policy(v1::GetPolicyRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -1275,7 +1275,10 @@ async fn small_responses_are_not_held_back() {
     let mut times = Vec::new();
     for _ in 0..31 {
         let t = Instant::now();
-        admin.get_policy(v1::GetPolicyRequest {}).await.unwrap();
+        admin
+            .get_policy(v1::GetPolicyRequest::default())
+            .await
+            .unwrap();
         times.push(t.elapsed());
     }
     times.sort();
@@ -1331,7 +1334,10 @@ async fn event_ingestion_waiting_on_the_database_does_not_hold_up_policy_reads()
     for _ in 0..3 {
         let t = Instant::now();
         tokio::time::timeout(Duration::from_secs(1), async {
-            admin.get_policy(v1::GetPolicyRequest {}).await.unwrap();
+            admin
+                .get_policy(v1::GetPolicyRequest::default())
+                .await
+                .unwrap();
             admin
                 .list_objects(v1::ListObjectsRequest::default())
                 .await

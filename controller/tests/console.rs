@@ -497,7 +497,8 @@ async fn every_response_carries_the_security_headers() {
         let path = r
             .path
             .replace("{kind}", "resource")
-            .replace("{name}", "web");
+            .replace("{name}", "web")
+            .replace("{revision}", "1");
         responses.push((r.path, b.get(&path).await));
     }
     for (what, r) in &responses {
@@ -562,7 +563,8 @@ async fn every_route_is_allowed_exactly_when_its_rpc_is() {
             let path = r
                 .path
                 .replace("{kind}", "resource")
-                .replace("{name}", "web");
+                .replace("{name}", "web")
+                .replace("{revision}", "1");
             if r.method == "POST" {
                 posts.push((r, path, allowed));
                 continue;
@@ -1337,4 +1339,86 @@ async fn a_client_that_never_finishes_its_request_is_dropped() {
         "{}",
         String::from_utf8_lossy(&buf)
     );
+}
+
+#[tokio::test]
+async fn revisions_and_the_difference_between_two() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let mut admin = ctl.admin().await;
+    common::apply(&mut admin, DEMO).await;
+    let evil = "<script>alert(1)</script>";
+    let second = format!(
+        "{DEMO}\n[[resource]]\nname = \"{evil}\"\nnetwork = \"corp\"\naddress = \"198.18.1.99\"\ntcp = [\"9\"]\n"
+    );
+    common::apply(&mut admin, &second).await;
+    let site = site(&ctl, ConsoleOptions::default()).await;
+    let (mut b, _) = logged_in(&ctl, &site, Role::Auditor).await;
+
+    let list = b.get("/policy/revisions").await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    assert!(
+        list.body.contains("id=\"revisions-table\""),
+        "{}",
+        list.body
+    );
+    assert!(list.body.contains("href=\"/policy/revisions/1\""));
+    assert!(list.body.contains(">2</a> (current)"), "{}", list.body);
+    assert!(list.body.contains("apply_policy"));
+    assert!(
+        list.body.contains("/policy/diff?from=1&amp;to=2"),
+        "{}",
+        list.body
+    );
+
+    // Revision 1's text is what GetPolicy gave then: no evil resource.
+    let one = b.get("/policy/revisions/1").await;
+    assert_eq!(one.status, 200, "{}", one.body);
+    assert!(one.body.contains("name = &quot;web&quot;"), "{}", one.body);
+    assert!(!one.body.contains("198.18.1.99"));
+    let two = b.get("/policy/revisions/2").await;
+    assert!(two.body.contains("198.18.1.99"));
+
+    // The difference: the added resource's lines, escaped, and nothing removed.
+    let d = b.get("/policy/diff?from=1&to=2").await;
+    assert_eq!(d.status, 200, "{}", d.body);
+    assert!(!d.body.contains(evil), "{}", d.body);
+    assert!(
+        d.body
+            .contains("<span class=\"diff-add\">+name = &quot;&lt;script&gt;alert(1)&lt;/script&gt;&quot;</span>"),
+        "{}",
+        d.body
+    );
+    assert!(
+        d.body
+            .contains("<span class=\"diff-add\">+address = &quot;198.18.1.99&quot;</span>")
+    );
+    assert!(!d.body.contains("class=\"diff-del\""), "{}", d.body);
+    assert!(d.body.contains("lines added, 0 removed"), "{}", d.body);
+    // Reversed: the same lines removed.
+    let r = b.get("/policy/diff?from=2&to=1").await;
+    assert!(
+        r.body
+            .contains("<span class=\"diff-del\">-address = &quot;198.18.1.99&quot;</span>")
+    );
+    let same = b.get("/policy/diff?from=2&to=2").await;
+    assert!(same.body.contains("id=\"diff-none\""), "{}", same.body);
+    let form = b.get("/policy/diff").await;
+    assert_eq!(form.status, 200);
+    assert!(form.body.contains("id=\"diff-form\""));
+
+    // Bad input: clear and located, nothing else.
+    for (path, status, says) in [
+        ("/policy/revisions/abc", 400, "is not a revision"),
+        ("/policy/revisions/0", 400, "numbered from 1"),
+        ("/policy/revisions/9", 404, "no revision 9"),
+        ("/policy/diff?from=1&to=9", 404, "no revision 9"),
+        ("/policy/diff?from=x&to=1", 400, "the field `from`"),
+        ("/policy/diff?from=0&to=1", 400, "numbered from 1"),
+        ("/policy/revisions?before=-1", 400, "the field `before`"),
+    ] {
+        let r = b.get(path).await;
+        assert_eq!(r.status, status, "{path}: {}", r.body);
+        assert!(r.body.contains(says), "{path}: {}", r.body);
+    }
 }

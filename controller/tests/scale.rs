@@ -163,7 +163,7 @@ async fn two_hundred_agents_change_to_all_acked_latency() {
     // Converged: every agent holds exactly a fresh compile of the final policy, and got
     // exactly one message per change of its own view.
     let text = admin
-        .get_policy(v1::GetPolicyRequest {})
+        .get_policy(v1::GetPolicyRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -59,7 +59,14 @@ async fn call(c: &mut Client, method: &str) -> Result<(), Status> {
             })
             .await
             .map(|_| ()),
-        "GetPolicy" => c.get_policy(v1::GetPolicyRequest {}).await.map(|_| ()),
+        "GetPolicy" => c
+            .get_policy(v1::GetPolicyRequest::default())
+            .await
+            .map(|_| ()),
+        "ListPolicyRevisions" => c
+            .list_policy_revisions(v1::ListPolicyRevisionsRequest::default())
+            .await
+            .map(|_| ()),
         "GetObject" => c
             .get_object(v1::GetObjectRequest {
                 kind: v1::ObjectKind::Resource as i32,
@@ -212,6 +219,7 @@ async fn call(c: &mut Client, method: &str) -> Result<(), Status> {
 
 const READ: &[&str] = &[
     "GetPolicy",
+    "ListPolicyRevisions",
     "GetObject",
     "ListObjects",
     "Explain",

@@ -406,6 +406,10 @@ pub enum Command {
     /// only.
     #[command(subcommand)]
     Users(UsersCmd),
+    /// The controller's kept policy revisions (the last 100): list them, print one, or
+    /// diff two.
+    #[command(subcommand)]
+    Revisions(RevisionsCmd),
     /// Change your own password (logged in with `gatewayctl login`): asks the old one and
     /// the new one twice. Your other sessions end; this one stays.
     ///
@@ -473,6 +477,45 @@ pub enum ConfigCmd {
     CurrentContext,
     /// Remove a context (and its credential); unsets current-context if it was current.
     DeleteContext { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RevisionsCmd {
+    /// The kept revisions, newest first: number, when, who, which change, size.
+    ///
+    /// JSON: `{"current", "revisions": [{"revision", "time", "time_unix_ms", "actor",
+    /// "action", "bytes"}]}`.
+    List {
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// Only revisions below this one (paging).
+        #[arg(long, value_name = "REVISION")]
+        before: Option<u64>,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Print the policy text at a revision (as `export` printed it then).
+    Show {
+        /// The revision number.
+        revision: u64,
+    },
+    /// A unified diff of the policy text from revision FROM to revision TO (default: the
+    /// current one). Exit 0 no difference, 1 differences, 2 errors (like diff(1)).
+    Diff {
+        /// The older revision.
+        from: u64,
+        /// The newer revision (default: the current one).
+        to: Option<u64>,
+        /// Lines of context around each change.
+        #[arg(
+            long = "unified",
+            short = 'U',
+            value_name = "LINES",
+            default_value_t = 3
+        )]
+        lines: usize,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -668,7 +711,9 @@ pub fn remote_output(c: &Command) -> Option<Output> {
             )
             | Command::Passwd { output, .. }
             | Command::Logout { output } => output,
+            Command::Revisions(RevisionsCmd::List { output, .. }) => output,
             Command::Config(_) => return None,
+            Command::Revisions(_) => return Some(Output::Text),
             Command::Export { .. } => return Some(Output::Text),
         }
         .output,

@@ -264,8 +264,11 @@ impl Ctl {
 
     async fn policy(&self) -> R<v1::GetPolicyResponse> {
         let mut a = self.admin.clone();
-        self.call("read the policy", a.get_policy(v1::GetPolicyRequest {}))
-            .await
+        self.call(
+            "read the policy",
+            a.get_policy(v1::GetPolicyRequest::default()),
+        )
+        .await
     }
 
     /// The controller's current policy parsed locally (for resolving names), if valid.

@@ -27,7 +27,9 @@ use std::process::ExitCode;
 use clap::{CommandFactory as _, FromArgMatches as _};
 use policy_compiler::json_schema;
 
-use crate::cli::{AuditAction, Cli, Command, KeysCommand, PolicyCmd, UsersCmd, remote_output};
+use crate::cli::{
+    AuditAction, Cli, Command, KeysCommand, PolicyCmd, RevisionsCmd, UsersCmd, remote_output,
+};
 use crate::cmd::at_time;
 use crate::fail::{Fail, R};
 use crate::output::{Output, print_json};
@@ -182,6 +184,17 @@ async fn remote(
         }
         Command::Diff { file, output } => cmd::diff::diff(&ctl, &file, output.output).await,
         Command::Export { out } => cmd::export::export(&ctl, out.as_deref()).await,
+        Command::Revisions(RevisionsCmd::List {
+            limit,
+            before,
+            output,
+        }) => cmd::revisions::list(&ctl, limit, before, output.output).await,
+        Command::Revisions(RevisionsCmd::Show { revision }) => {
+            cmd::revisions::show(&ctl, revision).await
+        }
+        Command::Revisions(RevisionsCmd::Diff { from, to, lines }) => {
+            cmd::revisions::diff(&ctl, from, to, lines).await
+        }
         Command::Users(UsersCmd::Create {
             name,
             role,
@@ -249,7 +262,10 @@ fn run(cli: Cli, flags: cmd::config_cmd::Flags) -> R<()> {
                 .build()
                 .map_err(|e| Fail::Usage(format!("cannot start the async runtime: {e}")))?;
             let json = remote_output(&command) == Some(Output::Json);
-            let diff = matches!(command, Command::Diff { .. });
+            let diff = matches!(
+                command,
+                Command::Diff { .. } | Command::Revisions(RevisionsCmd::Diff { .. })
+            );
             let r = (|| {
                 let file = config::path(cli.config.as_deref())?;
                 let cfg = config::load(&file)?;

@@ -1385,3 +1385,68 @@ async fn audit_verify_checks_an_anchored_head() {
     fails(&c.ctl(&["audit", "--expect-head", &head]), 2);
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revisions_list_show_and_diff() {
+    let c = Controller::start().await;
+    let none = ok(&c.ctl(&["revisions", "list"]));
+    assert!(none.contains("no revisions kept"), "{none}");
+    // Nothing to show before the first change: a clear NOT_FOUND, exit 1 like other
+    // refused requests; `diff` exits 2 on errors (1 means differences).
+    let e = fails(&c.ctl(&["revisions", "show", "1"]), 1);
+    assert!(e.contains("no revision 1"), "{e}");
+    fails(&c.ctl(&["revisions", "diff", "1", "2"]), 2);
+
+    apply_demo(&c);
+    let first = ok(&c.ctl(&["export"]));
+    ok(&c.ctl(&[
+        "delete",
+        "grant",
+        "engineering-dns",
+        "--yes",
+        "--skip-tests",
+    ]));
+    assert_eq!(revision(&c), 2);
+
+    let list = json(&c.ctl(&["revisions", "list", "--output", "json"]));
+    assert_eq!(list["current"], 2);
+    let revs = list["revisions"].as_array().unwrap();
+    assert_eq!(revs.len(), 2);
+    assert_eq!(revs[0]["revision"], 2);
+    assert_eq!(revs[0]["action"], "delete_object_skip_tests");
+    assert_eq!(revs[0]["actor"], "key:gatewayctl-tests");
+    assert_eq!(revs[1]["action"], "apply_policy");
+    let table = ok(&c.ctl(&["revisions", "list"]));
+    assert!(table.contains("2 (current)"), "{table}");
+
+    // `show` prints what `export` printed then (export adds its two-line header).
+    let shown = ok(&c.ctl(&["revisions", "show", "1"]));
+    assert!(
+        first.ends_with(&shown),
+        "show 1:\n{shown}\nexport then:\n{first}"
+    );
+    assert!(shown.contains("engineering-dns"));
+
+    // The diff names the removed grant's lines and nothing else; exit 1 = differences.
+    let o = c.ctl(&["revisions", "diff", "1", "2"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let d = stdout(&o);
+    assert!(d.starts_with("--- revision 1\n+++ revision 2\n"), "{d}");
+    let removed: Vec<&str> = d
+        .lines()
+        .filter(|l| l.starts_with('-') && !l.starts_with("---"))
+        .collect();
+    assert!(removed.iter().any(|l| l.contains("engineering-dns")), "{d}");
+    assert!(
+        !d.lines()
+            .any(|l| l.starts_with('+') && !l.starts_with("+++")),
+        "{d}"
+    );
+    // TO defaults to the current revision; the same revision twice is no difference.
+    assert_eq!(stdout(&c.ctl(&["revisions", "diff", "1"])), d);
+    assert_eq!(ok(&c.ctl(&["revisions", "diff", "2", "2"])), "");
+    let e = fails(&c.ctl(&["revisions", "diff", "1", "9"]), 2);
+    assert!(e.contains("no revision 9"), "{e}");
+    let e = fails(&c.ctl(&["revisions", "show", "0"]), 2);
+    assert!(e.contains("revisions start at 1"), "{e}");
+}

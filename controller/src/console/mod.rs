@@ -192,6 +192,21 @@ pub const ROUTES: &[Route] = &[
         rpc: "GetPolicy",
     },
     Route {
+        method: "GET",
+        path: "/policy/revisions",
+        rpc: "ListPolicyRevisions",
+    },
+    Route {
+        method: "GET",
+        path: "/policy/revisions/{revision}",
+        rpc: "GetPolicy",
+    },
+    Route {
+        method: "GET",
+        path: "/policy/diff",
+        rpc: "GetPolicy",
+    },
+    Route {
         method: "POST",
         path: "/policy/plan",
         rpc: "ApplyPolicy",

@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Form, Path, Query, State as AxState};
@@ -36,6 +37,9 @@ pub(super) fn routes() -> Router<Arc<Console>> {
         .route("/objects/{kind}", get(objects))
         .route("/objects/{kind}/{name}", get(object))
         .route("/policy", get(policy))
+        .route("/policy/revisions", get(revisions))
+        .route("/policy/revisions/{revision}", get(revision))
+        .route("/policy/diff", get(diff))
         .route("/explain", get(explain))
         .route("/activity", get(activity))
         .route("/activity/export", get(activity_export))
@@ -576,7 +580,9 @@ async fn policy(
     let (text, revision) = c.state.policy();
     let may_apply = a.principal.role.allows(auth::permission("ApplyPolicy"));
     let body = html! {
-        p { "Revision " (revision) }
+        p { "Revision " (revision) " — "
+            a href="/policy/revisions" { "revisions and their changes" } }
+        (diff_form(revision.saturating_sub(1), revision))
         pre id="policy-text" { (text) }
         @if may_apply {
             h2 { "Apply a new policy" }
@@ -589,6 +595,223 @@ async fn policy(
         }
     };
     Ok(page("Policy", &a, body))
+}
+
+/// Kept revisions one revisions page lists.
+const REVISIONS_PAGE: u32 = 50;
+/// Diff lines one diff page shows at most (the rest: `gatewayctl revisions diff`).
+pub const DIFF_LINES_MAX: usize = 5000;
+/// How long one diff may search for the smallest difference (past it, a correct but
+/// larger diff is shown).
+const DIFF_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The form comparing two revisions (GET /policy/diff).
+fn diff_form(from: u64, to: u64) -> Markup {
+    html! {
+        form id="diff-form" method="get" action="/policy/diff" {
+            label for="diff-from" { "Compare revision" }
+            input id="diff-from" name="from" type="number" min="1" value=(from.max(1)) required;
+            label for="diff-to" { "with revision" }
+            input id="diff-to" name="to" type="number" min="1" value=(to.max(1)) required;
+            button type="submit" { "Show the difference" }
+        }
+    }
+}
+
+async fn revisions(
+    AxState(c): Con,
+    axum::Extension(Peer(peer)): axum::Extension<Peer>,
+    headers: HeaderMap,
+    Query(q): Query<Fields>,
+) -> Result<Response, Reject> {
+    let a = c.authorize(&headers, peer, "ListPolicyRevisions", None)?;
+    let before = number(&q, "before", i64::MAX as u64)?.unwrap_or(0);
+    let s = c.state.clone();
+    let (list, current) = blocking(move || {
+        // One more than shown: is there a next page?
+        Ok((
+            s.policy_revisions(before, REVISIONS_PAGE + 1)?,
+            s.revision(),
+        ))
+    })
+    .await?;
+    let more = list.len() > REVISIONS_PAGE as usize;
+    let shown = &list[..list.len().min(REVISIONS_PAGE as usize)];
+    let body = html! {
+        p { "The policy is at revision " (current) ". The controller keeps the texts of the last "
+            (crate::store::REVISIONS_KEPT) " revisions." }
+        (diff_form(current.saturating_sub(1), current))
+        @if shown.is_empty() {
+            p id="revisions-none" { "No revision texts are kept yet." }
+        } @else {
+            table id="revisions-table" {
+                thead { tr { th { "Revision" } th { "Time" } th { "Actor" } th { "Change" } th { "Bytes" } th { "Difference" } } }
+                tbody {
+                    @for r in shown {
+                        tr {
+                            td { a href=(format!("/policy/revisions/{}", r.revision)) { (r.revision) }
+                                 @if r.revision == current { " (current)" } }
+                            td { (time(r.time_ms)) }
+                            td { @if r.actor.is_empty() { "-" } @else { (r.actor) } }
+                            td { (r.action) }
+                            td { (r.bytes) }
+                            td {
+                                @if r.revision > 1 {
+                                    a href=(format!("/policy/diff?from={}&to={}", r.revision - 1, r.revision)) { "from " (r.revision - 1) }
+                                }
+                                @if r.revision != current {
+                                    " " a href=(format!("/policy/diff?from={}&to={current}", r.revision)) { "to current" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if more {
+            @if let Some(last) = shown.last() {
+                nav aria-label="Pages" class="pager" {
+                    a href=(format!("/policy/revisions?before={}", last.revision)) { "Older revisions" }
+                }
+            }
+        }
+    };
+    Ok(page("Policy revisions", &a, body))
+}
+
+/// A revision number from the path (a clear 400 otherwise).
+fn revision_arg(v: &str) -> Result<u64, Reject> {
+    match v.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(Reject::bad(format!(
+            "`{}` is not a revision: revisions are numbered from 1",
+            crate::shown(v)
+        ))),
+    }
+}
+
+async fn revision(
+    AxState(c): Con,
+    axum::Extension(Peer(peer)): axum::Extension<Peer>,
+    headers: HeaderMap,
+    Path(n): Path<String>,
+) -> Result<Response, Reject> {
+    let a = c.authorize(&headers, peer, "GetPolicy", None)?;
+    let n = revision_arg(&n)?;
+    let s = c.state.clone();
+    let ((text, at), current) = blocking(move || Ok((s.policy_at(n)?, s.revision()))).await?;
+    let body = html! {
+        p { "Revision " (at) @if at == current { " (current)" } " — "
+            a href="/policy/revisions" { "all revisions" } }
+        (diff_form(at, current))
+        pre id="revision-text" { (text) }
+    };
+    Ok(page(&format!("Policy revision {at}"), &a, body))
+}
+
+/// One line of a rendered diff: its class (`add`, `del`, `ctx`, `hunk`) and text.
+type DiffLine = (&'static str, String);
+
+/// The unified diff of two texts as lines (hunk headers included), at most
+/// `DIFF_LINES_MAX`, and how many more there were.
+fn diff_lines(old: &str, new: &str) -> (Vec<DiffLine>, usize, usize, usize) {
+    use similar::ChangeTag;
+    let d = similar::TextDiff::configure()
+        .timeout(DIFF_TIMEOUT)
+        .diff_lines(old, new);
+    let (mut out, mut more, mut added, mut removed) = (Vec::new(), 0, 0, 0);
+    for group in d.grouped_ops(3) {
+        let (Some(first), Some(last)) = (group.first(), group.last()) else {
+            continue;
+        };
+        let (o, n) = (first.old_range().start, first.new_range().start);
+        let (oe, ne) = (last.old_range().end, last.new_range().end);
+        let mut lines = vec![(
+            "hunk",
+            format!("@@ -{},{} +{},{} @@", o + 1, oe - o, n + 1, ne - n),
+        )];
+        for op in &group {
+            for ch in d.iter_changes(op) {
+                let (class, sign) = match ch.tag() {
+                    ChangeTag::Insert => {
+                        added += 1;
+                        ("add", '+')
+                    }
+                    ChangeTag::Delete => {
+                        removed += 1;
+                        ("del", '-')
+                    }
+                    ChangeTag::Equal => ("ctx", ' '),
+                };
+                let line = ch.value();
+                lines.push((
+                    class,
+                    format!("{sign}{}", line.strip_suffix('\n').unwrap_or(line)),
+                ));
+            }
+        }
+        for l in lines {
+            if out.len() < DIFF_LINES_MAX {
+                out.push(l);
+            } else {
+                more += 1;
+            }
+        }
+    }
+    (out, more, added, removed)
+}
+
+async fn diff(
+    AxState(c): Con,
+    axum::Extension(Peer(peer)): axum::Extension<Peer>,
+    headers: HeaderMap,
+    Query(q): Query<Fields>,
+) -> Result<Response, Reject> {
+    let a = c.authorize(&headers, peer, "GetPolicy", None)?;
+    let current = c.state.revision();
+    let (from, to) = (
+        number(&q, "from", i64::MAX as u64)?,
+        number(&q, "to", i64::MAX as u64)?,
+    );
+    let (Some(from), Some(to)) = (from, to) else {
+        let body = html! {
+            p { "Choose two revisions (the policy is at revision " (current) ")." }
+            (diff_form(current.saturating_sub(1), current))
+        };
+        return Ok(page("Policy difference", &a, body));
+    };
+    if from == 0 || to == 0 {
+        return Err(Reject::bad("revisions are numbered from 1"));
+    }
+    let s = c.state.clone();
+    let (lines, more, added, removed) = blocking(move || {
+        let (old, _) = s.policy_at(from)?;
+        let (new, _) = s.policy_at(to)?;
+        Ok(diff_lines(&old, &new))
+    })
+    .await?;
+    let body = html! {
+        p { "From revision " a href=(format!("/policy/revisions/{from}")) { (from) }
+            " to revision " a href=(format!("/policy/revisions/{to}")) { (to) } ": "
+            span id="diff-summary" { (added) " lines added, " (removed) " removed" } }
+        (diff_form(from, to))
+        @if lines.is_empty() {
+            p id="diff-none" { "The two revisions' texts are the same." }
+        } @else {
+            pre id="diff" class="diff" {
+                @for (class, line) in &lines {
+                    span class=(format!("diff-{class}")) { (line) } "\n"
+                }
+            }
+            @if more > 0 {
+                p id="diff-truncated" class="notice" {
+                    (more) " more lines are not shown; the whole difference: "
+                    code { "gatewayctl revisions diff " (from) " " (to) }
+                }
+            }
+        }
+    };
+    Ok(page(&format!("Policy difference {from} → {to}"), &a, body))
 }
 
 async fn explain(

@@ -14,7 +14,9 @@ use crate::model::{
     AuditEntry, ChangeKind, ChangeOpts, EntryCounts, HostChange, ObjectChange, Plan, ViewDelta,
 };
 use crate::objects::{self, Kind, Object, Objects};
-use crate::store::{AgentChange, AgentRow, DELTA_HISTORY, HostUpdate};
+use crate::store::{
+    AgentChange, AgentRow, DELTA_HISTORY, HostUpdate, REVISIONS_KEPT, RevisionInfo,
+};
 use crate::{Error, now_ms, now_unix, shown};
 
 pub mod explain;
@@ -275,6 +277,53 @@ impl State {
 
     pub fn revision(&self) -> u64 {
         self.snap().revision
+    }
+
+    /// Keeps the current revision's text when the database has none for it (one made
+    /// before revisions were kept); nothing for revision 0 or a broken policy.
+    pub(super) fn keep_current_revision(&self) -> Result<(), Error> {
+        let mut g = self.lock();
+        if g.revision == 0 || g.broken.is_some() {
+            return Ok(());
+        }
+        let (text, revision) = self.policy();
+        g.store.keep_revision(revision, now_ms(), &text)
+    }
+
+    /// The kept revisions, newest first (at most `limit`, 1 to 1000, default 100; those
+    /// below `before` when it is not 0).
+    pub fn policy_revisions(&self, before: u64, limit: u32) -> Result<Vec<RevisionInfo>, Error> {
+        let limit = if limit == 0 { 100 } else { limit.min(1000) };
+        self.lock().store.revisions(before, limit)
+    }
+
+    /// The policy text at `revision` (0: the current one) and that revision. A revision
+    /// that is not kept (older than the last [`REVISIONS_KEPT`], or never made) is
+    /// `NotFound`, saying which are kept.
+    pub fn policy_at(&self, revision: u64) -> Result<(String, u64), Error> {
+        let (text, current) = self.policy();
+        if revision == 0 || revision == current {
+            return Ok((text, current));
+        }
+        let g = self.lock();
+        if let Some(text) = g.store.revision_text(revision)? {
+            return Ok((text, revision));
+        }
+        let kept = g.store.revisions(0, REVISIONS_KEPT as u32)?;
+        Err(Error::NotFound(match (kept.last(), kept.first()) {
+            _ if revision > current => {
+                format!("no revision {revision}: the policy is at revision {current}")
+            }
+            (Some(oldest), Some(_)) => format!(
+                "revision {revision} is not kept: the controller keeps the texts of the last \
+                 {REVISIONS_KEPT} revisions ({} to {current} here)",
+                oldest.revision
+            ),
+            _ => format!(
+                "revision {revision} is not kept: no revision texts are kept yet (the \
+                 policy is at revision {current})"
+            ),
+        }))
     }
 
     /// Every object (of `kind`, when given) and the revision.
@@ -841,8 +890,21 @@ impl State {
             })
             .collect();
         let base = g.revision;
-        g.store
-            .commit(objects, base, revision, &updates, audit, agent, applied)?;
+        // The text GetPolicy gives at the new revision, kept for diffs between revisions.
+        let revision_text = objects.map(|o| {
+            let snap = self.snap();
+            export::text(o, applied.or(snap.applied.as_deref().map(String::as_str)))
+        });
+        g.store.commit(
+            objects,
+            base,
+            revision,
+            &updates,
+            audit,
+            agent,
+            applied,
+            revision_text.as_deref(),
+        )?;
         g.revision = revision;
         for p in plans {
             let hs = g.hosts.entry(p.host.clone()).or_insert_with(|| {

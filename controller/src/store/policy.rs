@@ -16,6 +16,25 @@ use policy_compiler::HostView;
 /// How many deltas per host are kept for resuming agents.
 pub const DELTA_HISTORY: i64 = 64;
 
+/// How many policy revisions keep their text (GetPolicy at a revision, diffs): the
+/// newest ones; older texts are deleted as new revisions are written.
+pub const REVISIONS_KEPT: u64 = 100;
+
+/// A kept policy revision (without its text).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevisionInfo {
+    pub revision: u64,
+    /// When it was made (unix ms).
+    pub time_ms: i64,
+    /// Who made it (the audit actor: `user:NAME`, `key:NAME`, ...); empty for a
+    /// revision recorded at an upgrade.
+    pub actor: String,
+    /// The change that made it (the audit action: `apply_policy`, `update_object`, ...).
+    pub action: String,
+    /// The text's length in bytes.
+    pub bytes: u64,
+}
+
 /// A host's stored state.
 #[derive(Clone, Debug)]
 pub struct HostRow {
@@ -73,7 +92,9 @@ impl Store {
     /// comments). It must be made from the stored state: when another controller on
     /// this database committed a change since this one's state was loaded (the change
     /// sequence moved, [`Store::seq`]), nothing is written ([`Error::Aborted`]); so is it
-    /// when the stored revision is not `base_revision`.
+    /// when the stored revision is not `base_revision`. `revision_text`: the policy's
+    /// text at `revision` (given when the objects changed), kept with the first audit
+    /// entry's time, actor and action ([`REVISIONS_KEPT`] revisions are kept).
     #[allow(clippy::too_many_arguments)]
     pub fn commit(
         &mut self,
@@ -84,6 +105,7 @@ impl Store {
         audit: &[AuditEntry],
         agent: Option<&AgentChange<'_>>,
         applied: Option<&str>,
+        revision_text: Option<&str>,
     ) -> Result<(), Error> {
         let keys = self.keys.clone();
         // The change sequence's row is taken first and checked against the state this
@@ -183,11 +205,76 @@ impl Store {
                     &vals![text],
                 )?;
             }
+            if let Some(text) = revision_text {
+                let (time_ms, actor, action) = audit.first().map_or((0, "", ""), |a| {
+                    (a.time_ms, a.actor.as_str(), a.action.as_str())
+                });
+                insert_revision(tx, revision, time_ms, actor, action, text)?;
+            }
             for a in audit {
                 insert_audit(tx, &keys, a)?;
             }
             Ok(())
         })
+    }
+
+    /// Keeps the text of `revision` when none is kept (a database from before revisions
+    /// were kept, at start-up): nothing is replaced.
+    pub fn keep_revision(&mut self, revision: u64, time_ms: i64, text: &str) -> Result<(), Error> {
+        self.conn.sql().execute(
+            "INSERT INTO policy_revisions (revision, time_ms, actor, action, text)
+             VALUES (?1, ?2, '', 'kept_at_upgrade', ?3) ON CONFLICT (revision) DO NOTHING",
+            &vals![revision as i64, time_ms, text],
+        )?;
+        Ok(())
+    }
+
+    /// The kept revisions, newest first: at most `limit`, those below `before` when
+    /// it is not 0.
+    pub fn revisions(&self, before: u64, limit: u32) -> Result<Vec<RevisionInfo>, Error> {
+        let before = if before == 0 {
+            i64::MAX
+        } else {
+            before.min(i64::MAX as u64) as i64
+        };
+        let c = self.conn.sql();
+        let bytes = match c.backend() {
+            super::sql::Backend::Sqlite => "length(CAST(text AS BLOB))",
+            super::sql::Backend::Postgres => "octet_length(text)",
+        };
+        c.query(
+            &format!(
+                "SELECT revision, time_ms, actor, action, {bytes} FROM policy_revisions
+                 WHERE revision < ?1 ORDER BY revision DESC LIMIT ?2"
+            ),
+            &vals![before, i64::from(limit)],
+        )?
+        .into_iter()
+        .map(|r| {
+            Ok(RevisionInfo {
+                revision: r.int(0)? as u64,
+                time_ms: r.int(1)?,
+                actor: r.text(2)?,
+                action: r.text(3)?,
+                bytes: r.int(4)? as u64,
+            })
+        })
+        .collect()
+    }
+
+    /// The text of a kept revision.
+    pub fn revision_text(&self, revision: u64) -> Result<Option<String>, Error> {
+        if revision > i64::MAX as u64 {
+            return Ok(None);
+        }
+        self.conn
+            .sql()
+            .query_opt(
+                "SELECT text FROM policy_revisions WHERE revision = ?1",
+                &vals![revision as i64],
+            )?
+            .map(|r| r.text(0))
+            .transpose()
     }
 
     /// The objects (in policy order) and the revision.
@@ -291,4 +378,27 @@ impl Store {
             .map(|r| r.text(0))
             .transpose()
     }
+}
+
+/// Writes a revision's text and deletes the texts [`REVISIONS_KEPT`] revisions older.
+fn insert_revision(
+    tx: &dyn super::sql::Sql,
+    revision: u64,
+    time_ms: i64,
+    actor: &str,
+    action: &str,
+    text: &str,
+) -> Result<(), Error> {
+    tx.execute(
+        "INSERT INTO policy_revisions (revision, time_ms, actor, action, text)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (revision) DO UPDATE SET time_ms = excluded.time_ms,
+            actor = excluded.actor, action = excluded.action, text = excluded.text",
+        &vals![revision as i64, time_ms, actor, action, text],
+    )?;
+    tx.execute(
+        "DELETE FROM policy_revisions WHERE revision <= ?1",
+        &vals![revision.saturating_sub(REVISIONS_KEPT) as i64],
+    )?;
+    Ok(())
 }

@@ -225,6 +225,20 @@ await check('apply a policy through the plan page with a fresh TOTP code', async
   expect((await a.$('#object-toml')) !== null, 'the applied resource is not there');
 });
 
+await check('the revisions list and the difference between the last two', async () => {
+  const r = await a.goto(`${URL}/policy/revisions`);
+  expect(r.status() === 200, `status ${r.status()}`);
+  const rows = await a.$$eval('#revisions-table tbody tr', (els) => els.length);
+  expect(rows >= 2, `${rows} revisions listed`);
+  await accessible(admin.context, '/policy/revisions');
+  // The newest revision's "from N-1" link.
+  await Promise.all([a.waitForNavigation(), a.click('#revisions-table tbody tr:first-child td:last-child a')]);
+  const added = await a.$$eval('#diff .diff-add', (els) => els.map((e) => e.textContent));
+  expect(added.some((t) => t.includes('browser-added')), `added lines: ${added.join(' | ')}`);
+  await shot(a, 'policy-diff');
+  await accessible(admin.context, a.url().slice(URL.length));
+});
+
 await check('a POST without the CSRF token is refused', async () => {
   const r = await a.request.post(`${URL}/keys/create`, {
     form: { name: 'no-csrf', totp: totp(env('ADMIN_SECRET'), 1) },

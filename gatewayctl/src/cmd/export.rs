@@ -49,7 +49,10 @@ fn write_atomically(path: &Path, text: &str) -> R<()> {
 pub async fn export(ctl: &Ctl, out: Option<&Path>) -> R<()> {
     let mut a = ctl.admin.clone();
     let r = ctl
-        .call("read the policy", a.get_policy(v1::GetPolicyRequest {}))
+        .call(
+            "read the policy",
+            a.get_policy(v1::GetPolicyRequest::default()),
+        )
         .await?;
     let text = exported(&r.policy_toml, r.revision);
     match out {

@@ -12,6 +12,7 @@ pub mod export;
 pub mod keys;
 pub mod objects;
 pub mod policy;
+pub mod revisions;
 pub mod session;
 pub mod users;
 
