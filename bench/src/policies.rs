@@ -76,7 +76,10 @@ pub struct Probes {
     pub v6_allow: Probe,
 }
 
-fn host_addr(net: &ipnet::IpNet) -> IpAddr {
+fn host_addr(address: &policy_compiler::model::Address) -> IpAddr {
+    let Some(net) = address.net() else {
+        return IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    };
     match net {
         ipnet::IpNet::V4(n) if n.prefix_len() < 32 => {
             IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) + 1))
@@ -145,7 +148,7 @@ fn find_allow(p: &Policy, v6: bool, now: i64) -> Option<Probe> {
             {
                 for &r in &g.resources {
                     let res = &p.resources[r];
-                    if res.address.addr().is_ipv6() != v6 {
+                    if res.address.net().is_none_or(|n| n.addr().is_ipv6() != v6) {
                         continue;
                     }
                     for port in [22u16, 443, 5432, 8000] {
@@ -203,7 +206,7 @@ pub fn probes(p: &Policy, now: i64) -> Result<Probes> {
     let udp_deny = p
         .resources
         .iter()
-        .filter(|r| r.address.addr().is_ipv4())
+        .filter(|r| r.address.net().is_some_and(|n| n.addr().is_ipv4()))
         .map(|r| Probe {
             src: tcp_allow.src,
             dst: host_addr(&r.address),

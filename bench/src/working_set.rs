@@ -51,7 +51,10 @@ impl Tuple {
     }
 }
 
-fn host(net: &ipnet::IpNet) -> IpAddr {
+fn host(address: &policy_compiler::model::Address) -> IpAddr {
+    let Some(net) = address.net() else {
+        return IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    };
     match net {
         ipnet::IpNet::V4(n) if n.prefix_len() < 32 => {
             IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) + 1))
@@ -86,7 +89,7 @@ pub fn allowed(
             .collect();
         for (ri, &r) in g.resources.iter().enumerate() {
             let res = &p.resources[r];
-            if res.address.addr().is_ipv6() != v6 {
+            if res.address.net().is_none_or(|n| n.addr().is_ipv6() != v6) {
                 continue;
             }
             let Some(port) = g.effective[ri].tcp.first() else {
@@ -179,7 +182,7 @@ pub fn denied(
     let v4: Vec<&policy_compiler::model::Resource> = p
         .resources
         .iter()
-        .filter(|r| r.address.addr().is_ipv4())
+        .filter(|r| r.address.net().is_some_and(|n| n.addr().is_ipv4()))
         .collect();
     if v4.is_empty() {
         return out;
@@ -228,7 +231,7 @@ pub fn spoofed(p: &Policy, now: i64, n: usize, rng: &mut Rng) -> Result<Vec<Tupl
     let targets: Vec<IpAddr> = p
         .resources
         .iter()
-        .filter(|r| r.address.addr().is_ipv4() && r.audit_rule.is_none())
+        .filter(|r| r.address.net().is_some_and(|n| n.addr().is_ipv4()) && r.audit_rule.is_none())
         .map(|r| host(&r.address))
         .collect();
     if targets.is_empty() {

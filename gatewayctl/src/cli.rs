@@ -225,7 +225,8 @@ pub enum Command {
         #[arg(long, value_name = "PRINCIPAL")]
         from: String,
         /// Destination: `198.18.1.10:22/tcp`, `[2001:db8::5]:443/udp`, `198.18.1.1/icmp`,
-        /// or a resource name.
+        /// a DNS name in place of the address (`db.prod.internal:5432/tcp`), or a resource
+        /// name.
         #[arg(long, value_name = "DEST")]
         to: String,
         #[command(flatten)]
@@ -633,7 +634,8 @@ pub enum PolicyCmd {
         #[arg(long, value_name = "PRINCIPAL")]
         from: String,
         /// Destination: `198.18.1.10:22/tcp`, `[2001:db8::5]:443/udp`, `198.18.1.1/icmp`,
-        /// or a resource name (its address and first port).
+        /// a DNS name in place of the address (`db.prod.internal:5432/tcp`), or a resource
+        /// name (its address or name, and first port).
         #[arg(long, value_name = "DEST")]
         to: String,
         #[command(flatten)]

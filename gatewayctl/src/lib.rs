@@ -27,7 +27,7 @@ pub mod remote;
 pub mod table;
 
 /// Accepted `--to` forms, for error messages.
-pub const TO_FORMS: &str = "`addr:port/tcp`, `addr:port/udp`, `[v6addr]:port/tcp`, `addr/icmp` (e.g. `198.18.1.10:22/tcp`, `[2001:db8::5]:443/tcp`, `198.18.1.1/icmp`) or a resource name";
+pub const TO_FORMS: &str = "`addr:port/tcp`, `addr:port/udp`, `[v6addr]:port/tcp`, `addr/icmp` (e.g. `198.18.1.10:22/tcp`, `[2001:db8::5]:443/tcp`, `198.18.1.1/icmp`), a DNS name in place of addr (`db.prod.internal:5432/tcp`, `app.corp.test/icmp`) or a resource name";
 
 /// Name of an IP protocol number for reports.
 pub fn proto_name(p: u8) -> String {

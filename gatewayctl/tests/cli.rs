@@ -586,7 +586,10 @@ fn explain_bad_arguments_name_what_is_valid() {
         ("198.18.1.5:70000/tcp", "is not a port"),
         ("198.18.1.5:22/sctp", "unknown protocol `sctp`"),
         ("198.18.1.5/tcp", "has no port"),
-        ("db.example.com:22/tcp", "is not an IP address"),
+        (
+            "db..example.com:22/tcp",
+            "is not an IP address or a DNS name",
+        ),
         ("no-such-resource", "is not a destination"),
     ] {
         let o = run(&[
@@ -852,4 +855,115 @@ fn compile_shows_wireguard_peers() {
     );
     assert_eq!(v["peers"][0]["endpoint"], "office-gw.example.com:51820");
     assert_eq!(v["tunnel_addresses"][0], "198.19.0.40");
+}
+
+#[test]
+fn explain_and_check_a_policy_with_resources_by_dns_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("names.toml");
+    std::fs::write(
+        &file,
+        r#"[[remote_network]]
+name = "corp"
+cidrs = ["198.18.0.0/16"]
+connectors = ["conn-1"]
+
+[[resource]]
+name = "app"
+network = "corp"
+address = "app.corp.test"
+tcp = ["8080"]
+
+[[resource]]
+name = "admin"
+network = "corp"
+address = "admin.corp.test"
+tcp = ["8080"]
+
+[[resource]]
+name = "wild"
+network = "corp"
+address = "*.wild.test"
+tcp = ["443"]
+
+[[user]]
+email = "alice@example.com"
+
+[[device]]
+name = "alice-laptop"
+owner = "alice@example.com"
+address = "198.19.0.10"
+
+[[allow]]
+name = "alice-app"
+principals = ["alice@example.com"]
+resources = ["app", "wild"]
+"#,
+    )
+    .expect("write");
+    let file = file.display().to_string();
+    let explain = |to: &str| {
+        let o = run(&[
+            "policy",
+            "explain",
+            &file,
+            "--from",
+            "alice-laptop",
+            "--to",
+            to,
+            "-o",
+            "json",
+        ]);
+        assert_eq!(code(&o), 0, "{to}: {}", stderr(&o));
+        json(&o)
+    };
+    let v = explain("app.corp.test:8080/tcp");
+    assert_eq!(v["verdict"], "allow");
+    assert_eq!(v["rule"]["grant"], "alice-app");
+    assert_eq!(v["packet"]["dst"], "app.corp.test");
+    assert_eq!(v["resources"], serde_json::json!(["app"]));
+    let v = explain("admin.corp.test:8080/tcp");
+    assert_eq!(
+        (v["verdict"].as_str(), v["reason"].as_str()),
+        (Some("deny"), Some("no_grant"))
+    );
+    assert_eq!(explain("x.wild.test:443/tcp")["verdict"], "allow");
+    assert_eq!(explain("x.y.wild.test:443/tcp")["reason"], "unprotected");
+    assert_eq!(explain("admin")["reason"], "no_grant");
+    // Text output names the destination by its name.
+    let o = run(&[
+        "policy",
+        "explain",
+        &file,
+        "--from",
+        "alice-laptop",
+        "--to",
+        "app.corp.test:8080/tcp",
+    ]);
+    assert!(
+        stdout(&o).contains("-> app.corp.test:8080/tcp"),
+        "{}",
+        stdout(&o)
+    );
+    // A wildcard resource is no single destination: a usage error that says so.
+    let o = run(&[
+        "policy",
+        "explain",
+        &file,
+        "--from",
+        "alice-laptop",
+        "--to",
+        "wild",
+    ]);
+    assert_eq!(code(&o), 2, "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("is the wildcard `*.wild.test`"),
+        "{}",
+        stderr(&o)
+    );
+    // `check` passes and warns that no agent serves names yet.
+    let o = run(&["policy", "check", &file]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(all.contains("no agent answers DNS for names yet"), "{all}");
 }

@@ -625,7 +625,7 @@ fn nft_verdicts_match_the_evaluator() {
 
     let mut ns = Namespaces::new();
     let lab = build_lab(&mut ns, &sources);
-    let targets: Vec<Target> = packets.iter().map(|p| p.3).collect();
+    let targets: Vec<Target> = packets.iter().map(|p| p.3.clone()).collect();
     let rx = receivers(&lab, &targets);
 
     // Sanity: with no ruleset every sample arrives (the lab itself drops nothing).

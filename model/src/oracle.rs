@@ -618,10 +618,12 @@ fn connector_sources(
     let mut sas = std::collections::HashSet::new();
     for g in &policy.grants {
         if g.expires_at.is_some_and(|e| now >= e)
-            || !g
-                .resources
-                .iter()
-                .any(|&r| overlaps(&policy.resources[r].address))
+            || !g.resources.iter().any(|&r| {
+                policy.resources[r]
+                    .address
+                    .net()
+                    .is_some_and(|n| overlaps(&n))
+            })
         {
             continue;
         }

@@ -409,7 +409,7 @@ impl Gen {
             .policy
             .resources
             .iter()
-            .map(|r| r.address)
+            .filter_map(|r| r.address.net())
             .filter(|a| {
                 self.protected.iter().any(|c| c.contains(a))
                     && v6.is_none_or(|v| a.addr().is_ipv6() == v)

@@ -435,14 +435,18 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
     let mut res_lens: BTreeSet<(bool, u8)> = BTreeSet::new();
     let mut emitted: BTreeSet<IpNet> = protected_list.iter().copied().collect();
     for (i, r) in policy.resources.iter().enumerate() {
-        let inside = in_protected(&r.address);
-        let contains = !inside && protected_list.iter().any(|c| r.address.contains(c));
+        // Name resources have no address here: see `names` below.
+        let Some(address) = r.address.net() else {
+            continue;
+        };
+        let inside = in_protected(&address);
+        let contains = !inside && protected_list.iter().any(|c| address.contains(c));
         if inside || contains {
             view_res[i] = true;
-            res_by_prefix.entry(r.address).or_default().push(i);
-            res_lens.insert((matches!(r.address, IpNet::V6(_)), r.address.prefix_len()));
+            res_by_prefix.entry(address).or_default().push(i);
+            res_lens.insert((matches!(address, IpNet::V6(_)), address.prefix_len()));
             if inside {
-                emitted.insert(r.address);
+                emitted.insert(address);
             }
         }
     }

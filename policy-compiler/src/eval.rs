@@ -57,7 +57,8 @@ impl Packet {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
-    /// Destination outside every remote network: not ours to decide.
+    /// Destination outside every remote network, or a DNS name no resource has: not
+    /// ours to decide.
     Unprotected,
     /// Source is no device or service-account key.
     UnknownSource,
@@ -123,7 +124,8 @@ pub struct Explanation {
     pub decision: Decision,
     /// Device name or `sa/key` of the source, if it is a principal.
     pub principal: Option<String>,
-    /// Resources whose address covers the destination.
+    /// Resources whose address covers the destination (for a DNS name: those with the
+    /// most specific pattern matching it).
     pub resources: Vec<String>,
     pub considered: Vec<Consideration>,
 }
@@ -174,24 +176,85 @@ impl Explanation {
 /// parsed), never from what the compiler derives (`Grant::effective`, the policy's
 /// lookup index): a bug there stays visible to the differential tests.
 pub fn evaluate(policy: &Policy, pkt: &Packet, now: i64) -> Decision {
-    decide(policy, pkt, now, None)
+    decide(policy, pkt, Dst::Addr(pkt.dst.to_canonical()), now, None)
 }
 
 /// [`evaluate`] plus every grant that matched or was considered, and why.
 pub fn explain(policy: &Policy, pkt: &Packet, now: i64) -> Explanation {
+    explain_dst(policy, pkt, Dst::Addr(pkt.dst.to_canonical()), now)
+}
+
+/// Decides a packet to the DNS name `name` (lower-case, no trailing dot): the device's
+/// resolver answered the name with a proxy address of the family of `pkt.dst` (whose
+/// value is otherwise unused). The resources covering it are those with the most
+/// specific pattern matching it ([`crate::names`]); a name no resource has is
+/// `Unprotected` (the resolver forwards it upstream: its traffic goes to the address
+/// it resolves to, and is decided by that address).
+pub fn evaluate_name(policy: &Policy, pkt: &Packet, name: &str, now: i64) -> Decision {
+    let dst = Dst::Name(name, pkt.dst.to_canonical().is_ipv6());
+    decide(policy, pkt, dst, now, None)
+}
+
+/// [`evaluate_name`] plus every grant that matched or was considered, and why.
+pub fn explain_name(policy: &Policy, pkt: &Packet, name: &str, now: i64) -> Explanation {
+    let dst = Dst::Name(name, pkt.dst.to_canonical().is_ipv6());
+    explain_dst(policy, pkt, dst, now)
+}
+
+fn explain_dst(policy: &Policy, pkt: &Packet, dst: Dst<'_>, now: i64) -> Explanation {
     let mut considered = Vec::new();
-    let decision = decide(policy, pkt, now, Some(&mut considered));
-    let dst = pkt.dst.to_canonical();
+    let decision = decide(policy, pkt, dst, now, Some(&mut considered));
+    let covering = covering(policy, dst);
     Explanation {
         decision,
         principal: source_of(policy, pkt.src.to_canonical()).map(|s| s.name),
         resources: policy
             .resources
             .iter()
-            .filter(|r| r.address.contains(&dst))
-            .map(|r| r.name.clone())
+            .enumerate()
+            .filter(|(i, _)| covering.contains(i))
+            .map(|(_, r)| r.name.clone())
             .collect(),
         considered,
+    }
+}
+
+/// Where a packet goes: an address, or a DNS name (reached at a proxy address of the
+/// family given: `true` for IPv6).
+#[derive(Clone, Copy, Debug)]
+enum Dst<'a> {
+    Addr(IpAddr),
+    Name(&'a str, bool),
+}
+
+impl Dst<'_> {
+    fn is_ipv6(&self) -> bool {
+        match self {
+            Dst::Addr(a) => a.is_ipv6(),
+            Dst::Name(_, v6) => *v6,
+        }
+    }
+}
+
+/// The resources covering `dst` (by index): those whose address contains it, or those
+/// with the most specific name pattern matching it.
+fn covering(policy: &Policy, dst: Dst<'_>) -> Vec<usize> {
+    match dst {
+        Dst::Addr(a) => policy
+            .resources
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.address.contains(&a))
+            .map(|(i, _)| i)
+            .collect(),
+        Dst::Name(n, _) => crate::names::most_specific(
+            n,
+            policy
+                .resources
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.address.name().map(|p| (p, i))),
+        ),
     }
 }
 
@@ -266,12 +329,12 @@ fn pair_ports(res: &Resource, g: &Grant) -> ProtoSet {
     }
 }
 
-/// Lowest audit-default rule among audit-mode resources covering `dst`.
-fn audit_default(policy: &Policy, dst: IpAddr) -> Option<u32> {
-    policy
-        .resources
+/// Lowest audit-default rule among the audit-mode resources of `covering`.
+fn audit_default(policy: &Policy, covering: &[usize]) -> Option<u32> {
+    covering
         .iter()
-        .filter(|r| r.mode == Mode::Audit && r.address.contains(&dst))
+        .map(|&i| &policy.resources[i])
+        .filter(|r| r.mode == Mode::Audit)
         .filter_map(|r| r.audit_rule)
         .min()
 }
@@ -279,24 +342,29 @@ fn audit_default(policy: &Policy, dst: IpAddr) -> Option<u32> {
 fn decide(
     policy: &Policy,
     pkt: &Packet,
+    dst: Dst<'_>,
     now: i64,
     mut log: Option<&mut Vec<Consideration>>,
 ) -> Decision {
     let src = pkt.src.to_canonical();
-    let dst = pkt.dst.to_canonical();
-    // 1. Unprotected destination.
-    if !policy
-        .networks
-        .iter()
-        .any(|n| n.cidrs.iter().any(|c| c.contains(&dst)))
-    {
+    let covering = covering(policy, dst);
+    // 1. Unprotected destination: an address outside every remote network, a name no
+    // resource has.
+    let protected = match dst {
+        Dst::Addr(a) => policy
+            .networks
+            .iter()
+            .any(|n| n.cidrs.iter().any(|c| c.contains(&a))),
+        Dst::Name(..) => !covering.is_empty(),
+    };
+    if !protected {
         return Decision {
             verdict: Verdict::Allow,
             reason: Reason::Unprotected,
             rule: None,
         };
     }
-    let audit = audit_default(policy, dst);
+    let audit = audit_default(policy, &covering);
     let fallback = |reason_audit: Reason, reason_deny: Reason| match audit {
         Some(r) => Decision {
             verdict: Verdict::Audit,
@@ -322,7 +390,7 @@ fn decide(
         let for_me = grant_names(policy, g, source.who);
         for (k, &r) in g.resources.iter().enumerate() {
             let res = &policy.resources[r];
-            let covers = res.address.contains(&dst);
+            let covers = covering.contains(&r);
             let matches = covers && ports_match(res, g, pkt, dst.is_ipv6());
             let active = g.expires_at.is_none_or(|e| now < e);
             if let Some(log) = log.as_deref_mut() {

@@ -22,7 +22,10 @@
 //! For a packet `src -> dst` (protocol, destination port) at time `now` (unix seconds):
 //!
 //! 1. `dst` outside every remote network's `cidrs` -> **Allow**, reason `Unprotected`
-//!    (not our business; rule 0).
+//!    (not our business; rule 0). A packet to a DNS name (the proxy address a device's
+//!    resolver answered it with, [`eval::evaluate_name`]) is decided like a packet to an
+//!    address, with `R` below being the resources whose name pattern is the most specific
+//!    one matching the name ([`names`]); a name no resource has is `Unprotected`.
 //! 2. `src` is no device's and no unexpired service-account key's address -> reason
 //!    `UnknownSource`: **Audit** if some resource whose address covers `dst` is in audit
 //!    mode (rule: the lowest audit-default rule id among them), else **Deny** (rule 0).
@@ -74,6 +77,7 @@ pub mod diff;
 pub mod eval;
 pub mod kernel;
 pub mod model;
+pub mod names;
 pub mod nft;
 pub mod parse;
 pub mod peers;

@@ -11,6 +11,7 @@ use gateway_common::flow::proto;
 use gateway_common::policy::Verdict;
 use ipnet::IpNet;
 
+pub use crate::names::NamePattern;
 pub use crate::wgkey::{KeyError, WgKey};
 
 /// A set of ports: sorted, disjoint, non-adjacent inclusive ranges.
@@ -224,12 +225,60 @@ pub struct RemoteNetwork {
 pub struct Resource {
     pub name: String,
     pub network: usize,
-    /// Host addresses are /32 or /128 prefixes.
-    pub address: IpNet,
+    /// An address or CIDR (host addresses are /32 or /128 prefixes), or a DNS name.
+    pub address: Address,
     pub ports: ProtoSet,
     pub mode: Mode,
     /// Rule id of this resource's audit default (audit-mode resources only).
     pub audit_rule: Option<u32>,
+}
+
+/// Where a resource is: an address or CIDR, or a DNS name or wildcard that the
+/// connectors of its remote network resolve (see [`crate::names`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Address {
+    Net(IpNet),
+    Name(NamePattern),
+}
+
+impl Address {
+    /// The address or CIDR, if the resource has one.
+    pub fn net(&self) -> Option<IpNet> {
+        match self {
+            Address::Net(n) => Some(*n),
+            Address::Name(_) => None,
+        }
+    }
+
+    /// The DNS name or wildcard, if the resource has one.
+    pub fn name(&self) -> Option<&NamePattern> {
+        match self {
+            Address::Net(_) => None,
+            Address::Name(p) => Some(p),
+        }
+    }
+
+    /// Whether the resource's address or CIDR contains `a` (never for a name: a
+    /// name's traffic goes to the proxy address the device's resolver gave it, and is
+    /// decided by the name).
+    pub fn contains(&self, a: &IpAddr) -> bool {
+        self.net().is_some_and(|n| n.contains(a))
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Net(n) => write!(f, "{n}"),
+            Address::Name(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+impl From<IpNet> for Address {
+    fn from(n: IpNet) -> Address {
+        Address::Net(n)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -401,11 +450,27 @@ pub struct PolicyTest {
     pub from: String,
     pub to: String,
     pub src: IpAddr,
+    /// The address; for a DNS name (`dst_name`), the unspecified address of the family
+    /// asked for.
     pub dst: IpAddr,
+    /// The DNS name tested, when `to` is one.
+    pub dst_name: Option<String>,
     pub proto: u8,
     pub dst_port: u16,
     pub expect: Verdict,
     pub at: Option<i64>,
+}
+
+impl PolicyTest {
+    /// The destination tested, as a [`crate::target::Target`].
+    pub fn target(&self) -> crate::target::Target {
+        crate::target::Target {
+            addr: self.dst,
+            proto: self.proto,
+            port: self.dst_port,
+            name: self.dst_name.clone(),
+        }
+    }
 }
 
 /// A parsed, resolved and validated policy.

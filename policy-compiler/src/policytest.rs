@@ -2,8 +2,8 @@
 
 use gateway_common::policy::Verdict;
 
-use crate::eval::{Decision, Packet, evaluate};
-use crate::model::{Policy, PolicyTest};
+use crate::eval::Decision;
+use crate::model::Policy;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TestResult {
@@ -39,16 +39,6 @@ impl TestResult {
     }
 }
 
-fn packet(t: &PolicyTest) -> Packet {
-    Packet {
-        src: t.src,
-        dst: t.dst,
-        proto: t.proto,
-        src_port: 40000,
-        dst_port: t.dst_port,
-    }
-}
-
 /// Runs every `[[test]]` block; blocks without `at` run at the policy's `parsed_at`.
 pub fn run_tests(policy: &Policy) -> Vec<TestResult> {
     policy
@@ -56,7 +46,7 @@ pub fn run_tests(policy: &Policy) -> Vec<TestResult> {
         .iter()
         .map(|t| {
             let at = t.at.unwrap_or(policy.parsed_at);
-            let decision = evaluate(policy, &packet(t), at);
+            let decision = t.target().evaluate(policy, t.src, at);
             TestResult {
                 name: t.name.clone(),
                 line: t.line,

@@ -371,7 +371,7 @@ pub fn random_packet(
     spaces.extend(
         p.resources
             .iter()
-            .map(|r| r.address)
+            .filter_map(|r| r.address.net())
             .filter(|a| dst_space.iter().any(|c| c.contains(a) || a.contains(c))),
     );
     let dst = if dst_space.len() > 2 && rng.chance(10) {

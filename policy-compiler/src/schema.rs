@@ -10,6 +10,10 @@ pub fn json_schema() -> Value {
         "type": "string",
         "description": "IPv4/IPv6 host address or CIDR, e.g. \"198.18.0.10\", \"198.18.0.0/24\", \"2001:db8::/48\""
     });
+    let resource_address = json!({
+        "type": "string",
+        "description": "IPv4/IPv6 host address or CIDR (\"198.18.0.10\", \"198.18.0.0/24\", \"2001:db8::/48\"), a DNS name (\"db.prod.internal\") or a wildcard (\"*.corp.example.com\": one more label, \"**.corp.example.com\": one or more)"
+    });
     let host = json!({
         "type": "string",
         "description": "IPv4 or IPv6 host address, e.g. \"198.19.0.10\" or \"2001:db8:ff::10\""
@@ -68,7 +72,7 @@ pub fn json_schema() -> Value {
             "resource": { "type": "array", "items": {
                 "type": "object", "additionalProperties": false, "required": ["name", "network", "address"],
                 "properties": {
-                    "name": name, "network": { "type": "string" }, "address": address,
+                    "name": name, "network": { "type": "string" }, "address": resource_address,
                     "tcp": ports, "udp": ports, "icmp": { "type": "boolean" },
                     "mode": { "enum": ["enforce", "audit"], "default": "enforce" }
                 } } },

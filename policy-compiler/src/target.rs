@@ -11,7 +11,12 @@
 //! * `ADDR:PORT/tcp` or `ADDR:PORT/udp`: an IPv6 address in brackets
 //!   (`[2001:db8::5]:443/tcp`); brackets around IPv4 are accepted; PORT is 0-65535;
 //! * `ADDR/icmp` or `ADDR/icmpv6`, brackets optional: both words mean the ICMP of the
-//!   address's family (ICMP for IPv4, ICMPv6 for IPv6).
+//!   address's family (ICMP for IPv4, ICMPv6 for IPv6);
+//! * a DNS name in place of ADDR (`db.prod.internal:5432/tcp`, `app.corp.test/icmp`): a
+//!   packet to the proxy address the device's resolver answers the name with, IPv4 (the
+//!   `/icmpv6` form: IPv6), decided by the name ([`crate::eval::evaluate_name`]). A
+//!   resource whose address is one name stands for that name; a wildcard resource is no
+//!   destination (name one of its names).
 //!
 //! Protocol words are lower case. An IPv4-mapped IPv6 address (`::ffff:198.18.0.1`) is read
 //! as the IPv4 address.
@@ -36,15 +41,21 @@ use crate::eval::Packet;
 use crate::model::{Policy, Resource, ServiceAccount, address_like};
 
 /// A destination: address, IP protocol number and destination port (0 for ICMP).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Target {
+    /// The address; for a DNS name, the unspecified address (`0.0.0.0`, `::`) of the
+    /// family the device asked for (the proxy address its resolver answered with
+    /// stands for the name).
     pub addr: IpAddr,
     pub proto: u8,
     pub port: u16,
+    /// A DNS name (lower-case, no trailing dot), when the destination is one.
+    pub name: Option<String>,
 }
 
 impl Target {
-    /// The evaluator's packet from `src` to this target (source port 40000).
+    /// The evaluator's packet from `src` to this target (source port 40000); for a name,
+    /// decide it with [`Target::evaluate`] / [`Target::explain`], which use the name.
     pub fn packet(&self, src: IpAddr) -> Packet {
         Packet {
             src,
@@ -54,12 +65,53 @@ impl Target {
             dst_port: self.port,
         }
     }
+
+    /// The decision for a packet from `src` to this target (an address or a name).
+    pub fn evaluate(&self, policy: &Policy, src: IpAddr, now: i64) -> crate::eval::Decision {
+        let pkt = self.packet(src);
+        match &self.name {
+            Some(n) => crate::eval::evaluate_name(policy, &pkt, n, now),
+            None => crate::eval::evaluate(policy, &pkt, now),
+        }
+    }
+
+    /// [`Target::evaluate`] with everything that was looked at.
+    pub fn explain(&self, policy: &Policy, src: IpAddr, now: i64) -> crate::eval::Explanation {
+        let pkt = self.packet(src);
+        match &self.name {
+            Some(n) => crate::eval::explain_name(policy, &pkt, n, now),
+            None => crate::eval::explain(policy, &pkt, now),
+        }
+    }
+
+    /// The target `name` with the family of `v6`.
+    fn named(name: String, v6: bool, proto: u8, port: u16) -> Target {
+        Target {
+            addr: if v6 {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            },
+            proto,
+            port,
+            name: Some(name),
+        }
+    }
 }
 
 /// In the grammar: `198.18.1.10:22/tcp`, `[2001:db8::5]:443/udp`, `198.18.1.1/icmp`,
 /// `2001:db8::1/icmpv6` (other protocols: `ADDR/proto-N`, which does not parse back).
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(n) = &self.name {
+            return match self.proto {
+                proto::TCP => write!(f, "{n}:{}/tcp", self.port),
+                proto::UDP => write!(f, "{n}:{}/udp", self.port),
+                proto::ICMP => write!(f, "{n}/icmp"),
+                proto::ICMPV6 => write!(f, "{n}/icmpv6"),
+                other => write!(f, "{n}/proto-{other}"),
+            };
+        }
         match self.proto {
             proto::TCP | proto::UDP => {
                 let p = if self.proto == proto::TCP {
@@ -111,6 +163,11 @@ pub enum TargetError {
         to: String,
         protocol: String,
     },
+    /// A resource whose address is a wildcard: no one name to test.
+    Wildcard {
+        to: String,
+        pattern: String,
+    },
 }
 
 impl TargetError {
@@ -127,9 +184,17 @@ impl TargetError {
             TargetError::Unbracketed { protocol, .. } => {
                 Some(format!("e.g. `[2001:db8::5]:443/{protocol}`"))
             }
-            TargetError::BadAddress { .. } => None,
+            TargetError::BadAddress { .. } => Some(
+                "a DNS name in a destination has a dot (`db.corp.test:5432/tcp`); a one-label \
+                 name is reached by its resource's name"
+                    .into(),
+            ),
             TargetError::BadPort { .. } => Some("ports are 0-65535".into()),
             TargetError::UnknownProtocol { .. } => Some("valid: tcp, udp, icmp, icmpv6".into()),
+            TargetError::Wildcard { pattern, .. } => Some(format!(
+                "name one of its names, e.g. `{}:PORT/tcp`",
+                pattern.trim_start_matches("**.").trim_start_matches("*.")
+            )),
         }
     }
 }
@@ -143,7 +208,15 @@ impl fmt::Display for TargetError {
             TargetError::Unbracketed { to, .. } => {
                 write!(f, "IPv6 address in `{to}` must be in brackets")
             }
-            TargetError::BadAddress { addr, .. } => write!(f, "`{addr}` is not an IP address"),
+            TargetError::BadAddress { addr, .. } => {
+                write!(f, "`{addr}` is not an IP address or a DNS name")
+            }
+            TargetError::Wildcard { to, pattern } => {
+                write!(
+                    f,
+                    "resource `{to}` is the wildcard `{pattern}`, not one name"
+                )
+            }
             TargetError::BadPort { port, .. } => write!(f, "`{port}` is not a port"),
             TargetError::UnknownProtocol { to, protocol } => {
                 write!(f, "unknown protocol `{protocol}` in `{to}`")
@@ -320,18 +393,38 @@ pub(crate) fn target_in<N: Names + ?Sized>(names: &N, to: &str) -> Result<Target
     let Some(r) = names.resource(to) else {
         return parse_target(to);
     };
-    let addr = r.address.network();
+    let addr = match &r.address {
+        crate::model::Address::Net(n) => n.network(),
+        crate::model::Address::Name(crate::names::NamePattern::Exact(n)) => {
+            let (proto, port) = if let Some(port) = r.ports.tcp.first() {
+                (proto::TCP, port)
+            } else if let Some(port) = r.ports.udp.first() {
+                (proto::UDP, port)
+            } else {
+                (proto::ICMP, 0)
+            };
+            return Ok(Target::named(n.clone(), false, proto, port));
+        }
+        crate::model::Address::Name(p) => {
+            return Err(TargetError::Wildcard {
+                to: to.to_string(),
+                pattern: p.to_string(),
+            });
+        }
+    };
     Ok(if let Some(port) = r.ports.tcp.first() {
         Target {
             addr,
             proto: proto::TCP,
             port,
+            name: None,
         }
     } else if let Some(port) = r.ports.udp.first() {
         Target {
             addr,
             proto: proto::UDP,
             port,
+            name: None,
         }
     } else {
         Target {
@@ -342,6 +435,7 @@ pub(crate) fn target_in<N: Names + ?Sized>(names: &N, to: &str) -> Result<Target
                 proto::ICMP
             },
             port: 0,
+            name: None,
         }
     })
 }
@@ -379,6 +473,41 @@ pub fn parse_target(to: &str) -> Result<Target, TargetError> {
                 addr: inner.to_string(),
             })
     };
+    // A DNS name where an address would be: `app.corp.test:443/tcp`, `app.corp.test/icmp`
+    // (IPv4: the device asks for A records first), `app.corp.test/icmpv6`.
+    let name_of = |x: &str| -> Option<String> {
+        // A name in a destination has a dot: a one-label word is more likely a resource
+        // name mistyped than a name (a one-label name is reached by its resource's name).
+        if IpAddr::from_str(x).is_ok() || x.starts_with('[') || !x.contains('.') {
+            return None;
+        }
+        crate::names::parse_name(x).ok()
+    };
+    match protocol {
+        "icmp" | "icmpv6" if name_of(addr_port).is_some() => {
+            let n = name_of(addr_port).unwrap_or_default();
+            let v6 = protocol == "icmpv6";
+            let p = if v6 { proto::ICMPV6 } else { proto::ICMP };
+            return Ok(Target::named(n, v6, p, 0));
+        }
+        "tcp" | "udp" => {
+            if let Some((a, p)) = addr_port.rsplit_once(':')
+                && let Some(n) = name_of(a)
+            {
+                let port = p.parse().map_err(|_| TargetError::BadPort {
+                    to: to.to_string(),
+                    port: p.to_string(),
+                })?;
+                let pr = if protocol == "tcp" {
+                    proto::TCP
+                } else {
+                    proto::UDP
+                };
+                return Ok(Target::named(n, false, pr, port));
+            }
+        }
+        _ => {}
+    }
     match protocol {
         "icmp" | "icmpv6" => {
             let addr = addr_of(addr_port)?;
@@ -391,6 +520,7 @@ pub fn parse_target(to: &str) -> Result<Target, TargetError> {
                 addr,
                 proto,
                 port: 0,
+                name: None,
             })
         }
         "tcp" | "udp" => {
@@ -416,7 +546,12 @@ pub fn parse_target(to: &str) -> Result<Target, TargetError> {
             } else {
                 proto::UDP
             };
-            Ok(Target { addr, proto, port })
+            Ok(Target {
+                addr,
+                proto,
+                port,
+                name: None,
+            })
         }
         _ => Err(TargetError::UnknownProtocol {
             to: to.to_string(),

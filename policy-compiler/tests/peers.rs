@@ -489,7 +489,7 @@ fn destinations(p: &Policy, space: &[IpNet]) -> Vec<IpAddr> {
     let all = p
         .resources
         .iter()
-        .map(|r| r.address)
+        .filter_map(|r| r.address.net())
         .chain(p.networks.iter().flat_map(|n| n.cidrs.iter().copied()));
     for n in all {
         let (a, b) = first_last(&n);

@@ -94,6 +94,7 @@ fn t(addr: &str, proto: u8, port: u16) -> Target {
         addr: ip(addr),
         proto,
         port,
+        name: None,
     }
 }
 
@@ -157,6 +158,27 @@ fn destinations_icmp() {
 }
 
 #[test]
+fn destinations_by_dns_name() {
+    let named = |to: &str| parse_target(to).unwrap();
+    let t = named("DB.Example.com.:22/tcp");
+    assert_eq!(
+        (t.name.as_deref(), t.proto, t.port, t.addr),
+        (Some("db.example.com"), proto::TCP, 22, ip("0.0.0.0"))
+    );
+    assert_eq!(t.to_string(), "db.example.com:22/tcp");
+    let t = named("db.example.com:53/udp");
+    assert_eq!((t.proto, t.port), (proto::UDP, 53));
+    let t = named("db.example.com/icmp");
+    assert_eq!((t.proto, t.addr), (proto::ICMP, ip("0.0.0.0")));
+    let t = named("db.example.com/icmpv6");
+    assert_eq!((t.proto, t.addr), (proto::ICMPV6, ip("::")));
+    // Addresses stay addresses; names are not brackets' business.
+    assert_eq!(named("198.18.1.1:22/tcp").name, None);
+    assert!(parse_target("[db.example.com]:22/tcp").is_err());
+    assert!(parse_target("db.example.com:99999/tcp").is_err());
+}
+
+#[test]
 fn destination_errors() {
     let cases: &[(&str, &str)] = &[
         ("198.18.1.1:22", "`198.18.1.1:22` is not a destination"),
@@ -169,15 +191,24 @@ fn destination_errors() {
         // An opening bracket passes the bracket rule; the address does not parse.
         (
             "[2001:db8::5:443/tcp",
-            "`[2001:db8::5` is not an IP address",
+            "`[2001:db8::5` is not an IP address or a DNS name",
         ),
-        ("[2001:db8::1/icmp", "`[2001:db8::1` is not an IP address"),
         (
-            "db.example.com:22/tcp",
-            "`db.example.com` is not an IP address",
+            "[2001:db8::1/icmp",
+            "`[2001:db8::1` is not an IP address or a DNS name",
         ),
-        ("198.18.1.1:22/icmp", "`198.18.1.1:22` is not an IP address"),
-        ("fe80::1%eth0/icmp", "`fe80::1%eth0` is not an IP address"),
+        (
+            "db..example.com:22/tcp",
+            "`db..example.com` is not an IP address or a DNS name",
+        ),
+        (
+            "198.18.1.1:22/icmp",
+            "`198.18.1.1:22` is not an IP address or a DNS name",
+        ),
+        (
+            "fe80::1%eth0/icmp",
+            "`fe80::1%eth0` is not an IP address or a DNS name",
+        ),
         ("198.18.1.1:65536/tcp", "`65536` is not a port"),
         ("198.18.1.1:/tcp", "`` is not a port"),
         ("198.18.1.1:-1/udp", "`-1` is not a port"),

@@ -211,7 +211,7 @@ pub fn explain(file: &Path, from: &str, to: &str, at: &AtArg, output: Output) ->
     let target = resolve_to(&policy, to).map_err(|e| Fail::Usage(format!("--to: {e}")))?;
     let src = resolve_from(&policy, from, target.addr)
         .map_err(|e| Fail::Usage(format!("--from: {e}")))?;
-    let e = policy_compiler::explain(&policy, &target.packet(src), at);
+    let e = target.explain(&policy, src, at);
     let d = e.decision;
     let deciding = d.rule.and_then(|r| policy.rule(r.0));
     match output {
@@ -221,7 +221,10 @@ pub fn explain(file: &Path, from: &str, to: &str, at: &AtArg, output: Output) ->
                 "src": src,
                 "principal": e.principal,
                 "to": to,
-                "dst": target.addr,
+                "dst": match &target.name {
+                    Some(n) => n.clone(),
+                    None => target.addr.to_string(),
+                },
                 "proto": proto_name(target.proto),
                 "dst_port": target.port,
                 "at": format_rfc3339(at),

@@ -28,11 +28,10 @@ pub(super) fn shadow_warnings(policy: &Policy, sink: &mut Sink<'_>, name_spans: 
     for &d in &denies {
         for (pair, &r) in policy.grants[d].resources.iter().enumerate() {
             let res = &policy.resources[r];
-            if res.mode == Mode::Enforce {
-                by_prefix
-                    .entry(res.address.trunc())
-                    .or_default()
-                    .push((d, pair));
+            if res.mode == Mode::Enforce
+                && let Some(net) = res.address.net()
+            {
+                by_prefix.entry(net.trunc()).or_default().push((d, pair));
             }
         }
     }
@@ -71,7 +70,11 @@ pub(super) fn shadow_warnings(policy: &Policy, sink: &mut Sink<'_>, name_spans: 
         }
         let mut by: Option<usize> = None;
         let all_shadowed = g.resources.iter().zip(&g.effective).all(|(&r, eff)| {
-            let addr = policy.resources[r].address;
+            // Names are not checked (a deny shadows a name only through the same
+            // pattern); the lint stays quiet rather than guess.
+            let Some(addr) = policy.resources[r].address.net() else {
+                return false;
+            };
             let candidates = containing(&addr);
             let mut found = None;
             for (i, &(d, _)) in candidates.iter().enumerate() {

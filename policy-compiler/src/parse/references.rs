@@ -278,6 +278,7 @@ impl P<'_> {
                 to: to.0.to_string(),
                 src,
                 dst: dst.addr,
+                dst_name: dst.name,
                 proto: dst.proto,
                 dst_port: dst.port,
                 expect,

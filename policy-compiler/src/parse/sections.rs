@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use super::access::{Tbl, type_name};
 use super::doc::{Table, Val};
 use super::values::{parse_host, parse_prefix, proto_keys, split_kind, timestamp};
@@ -324,16 +326,29 @@ impl P<'_> {
             });
         let addr = address
             .as_ref()
-            .and_then(|(s, span)| match parse_prefix(s) {
-                Ok(a) => Some(a),
+            .and_then(|(s, span)| match resource_address(s) {
+                Ok(a) => {
+                    if let (Address::Name(p), Some((n, _))) = (&a, &name) {
+                        self.sink.warning(
+                            span,
+                            format!(
+                                "resource `{n}` is the DNS name `{p}`: this version decides and \
+                                 explains it, but no agent answers DNS for names yet, so no \
+                                 device reaches it (nothing is opened)"
+                            ),
+                            "give the resource its address or CIDR to reach it today",
+                        );
+                    }
+                    Some(a)
+                }
                 Err((m, h)) => {
                     self.sink.error(span, m, h);
                     None
                 }
             });
-        if let (Some(net), Some(addr), Some((s, span))) = (net, addr, &address) {
+        if let (Some(net), Some(Address::Net(addr)), Some((s, span))) = (net, &addr, &address) {
             let n = &self.policy.networks[net];
-            if !n.cidrs.is_empty() && !n.cidrs.iter().any(|c| c.contains(&addr)) {
+            if !n.cidrs.is_empty() && !n.cidrs.iter().any(|c| c.contains(addr)) {
                 let cidrs: Vec<String> = n.cidrs.iter().map(|c| c.to_string()).collect();
                 self.sink.error(
                     span,
@@ -366,7 +381,7 @@ impl P<'_> {
             self.policy.resources.push(Resource {
                 name: name.0.to_string(),
                 network: net.unwrap_or(0),
-                address: addr.unwrap_or_default(),
+                address: addr.unwrap_or(Address::Net(IpNet::default())),
                 ports,
                 mode: mode.unwrap_or(Mode::Enforce),
                 audit_rule: None,
@@ -692,4 +707,30 @@ impl P<'_> {
             self.policy.groups.push(g);
         }
     }
+}
+
+/// A resource's `address`: an IP address or CIDR, else a DNS name or wildcard
+/// ([`crate::names`]). A string that looks like neither gets the error of the form it
+/// is closer to (letters or `*`: a name; otherwise an address).
+fn resource_address(s: &str) -> Result<Address, (String, String)> {
+    let err = match parse_prefix(s) {
+        Ok(n) => return Ok(Address::Net(n)),
+        Err(e) => e,
+    };
+    let looks_like_name = !s.contains(['/', ':'])
+        && s.chars()
+            .any(|c| c.is_ascii_alphabetic() || c == '*' || c == '_');
+    if !looks_like_name {
+        return Err(err);
+    }
+    NamePattern::parse(s).map(Address::Name).map_err(|(m, h)| {
+        (
+            format!("`{s}` is not a DNS name: {m}"),
+            format!(
+                "{h}; a resource's address is an IP address, a CIDR, a name \
+                 (\"db.prod.internal\"), or a wildcard (\"*.corp.example.com\": one label, \
+                 \"**.corp.example.com\": any depth)"
+            ),
+        )
+    })
 }

@@ -84,14 +84,7 @@ impl State {
             .tests
             .last()
             .ok_or_else(|| Error::Internal("explain: no test block".into()))?;
-        let pkt = pc::Packet {
-            src: t.src,
-            dst: t.dst,
-            proto: t.proto,
-            src_port: 40000,
-            dst_port: t.dst_port,
-        };
-        let e = pc::explain(&p, &pkt, at);
+        let e = t.target().explain(&p, t.src, at);
         let d = e.decision;
         Ok(Explanation {
             verdict: d.verdict,

@@ -1,0 +1,482 @@
+//! Resources by DNS name: parsing and validation (located errors), and the decision for a
+//! packet to a name (the proxy address a device's resolver answers it with). The expected
+//! verdicts are written out by hand; the random check below decides "which resources own a
+//! name" with a matcher of its own, written from the rules in `names.rs`'s docs.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::IpAddr;
+
+use policy_compiler::target::{TargetError, parse_target, resolve_target};
+use policy_compiler::*;
+
+const NOW: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+
+/// `app` and `admin` are one server (one real address behind the names); alice may reach
+/// `app` only. `*.wild.test` is granted to alice, `special.wild.test` (a resource of its
+/// own) is not. `**.deep.test` is granted to bob.
+const POLICY: &str = r#"[[remote_network]]
+name = "corp"
+cidrs = ["198.18.0.0/16"]
+connectors = ["conn-1"]
+
+[[resource]]
+name = "app"
+network = "corp"
+address = "app.corp.test"
+tcp = ["8080"]
+
+[[resource]]
+name = "admin"
+network = "corp"
+address = "Admin.Corp.Test."
+tcp = ["8080"]
+
+[[resource]]
+name = "wild"
+network = "corp"
+address = "*.wild.test"
+tcp = ["443"]
+icmp = true
+
+[[resource]]
+name = "special"
+network = "corp"
+address = "special.wild.test"
+tcp = ["443"]
+
+[[resource]]
+name = "deep"
+network = "corp"
+address = "**.deep.test"
+udp = ["53"]
+
+[[resource]]
+name = "audited"
+network = "corp"
+address = "*.audit.test"
+tcp = ["22"]
+mode = "audit"
+
+[[resource]]
+name = "server"
+network = "corp"
+address = "198.18.2.10"
+tcp = ["8080"]
+
+[[user]]
+email = "alice@example.com"
+
+[[user]]
+email = "bob@example.com"
+
+[[device]]
+name = "alice-laptop"
+owner = "alice@example.com"
+addresses = ["198.19.0.10", "2001:db8:ff::10"]
+
+[[device]]
+name = "bob-laptop"
+owner = "bob@example.com"
+address = "198.19.0.11"
+
+[[allow]]
+name = "alice-app"
+principals = ["alice@example.com"]
+resources = ["app", "wild"]
+
+[[allow]]
+name = "bob-deep"
+principals = ["bob@example.com"]
+resources = ["deep"]
+"#;
+
+const ALICE: &str = "198.19.0.10";
+const ALICE6: &str = "2001:db8:ff::10";
+const BOB: &str = "198.19.0.11";
+
+fn policy() -> Policy {
+    parse(POLICY, "names.toml", NOW).unwrap().policy
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// The decision for `src` -> `to` (the `--to` grammar).
+fn decide(p: &Policy, src: &str, to: &str) -> (Verdict, Reason) {
+    let t = resolve_target(p, to).unwrap();
+    let d = t.evaluate(p, ip(src), NOW);
+    (d.verdict, d.reason)
+}
+
+#[test]
+fn names_parse_lower_cased_and_each_warns_that_no_agent_serves_it_yet() {
+    let parsed = parse(POLICY, "names.toml", NOW).unwrap();
+    let p = &parsed.policy;
+    let shown: Vec<String> = p.resources.iter().map(|r| r.address.to_string()).collect();
+    assert_eq!(
+        shown,
+        [
+            "app.corp.test",
+            "admin.corp.test",
+            "*.wild.test",
+            "special.wild.test",
+            "**.deep.test",
+            "*.audit.test",
+            "198.18.2.10/32"
+        ]
+    );
+    let w: Vec<String> = parsed.warnings.iter().map(|d| d.short()).collect();
+    assert_eq!(w.len(), 6, "{w:#?}");
+    assert!(w[0].starts_with("9:11: warning: resource `app` is the DNS name `app.corp.test`"));
+    assert!(
+        w.iter().all(|w| w.contains("no device reaches it")),
+        "{w:#?}"
+    );
+}
+
+#[test]
+fn bad_names_are_located_errors_and_addresses_keep_their_errors() {
+    let cases = [
+        ("a..corp.test", "is not a DNS name: an empty label"),
+        ("-a.corp.test", "starts or ends with `-`"),
+        ("a.*.test", "`*` that is not the whole first label"),
+        ("*.*.test", "a second `*`"),
+        ("**", "is not a DNS name"),
+        ("a b.test", "has ` `"),
+        ("x.123", "ends in an all-digit label"),
+        ("198.18.300.1", "is not a valid IP address or CIDR"),
+        ("198.18.0.0/33", "is not a valid CIDR"),
+        ("app.corp.test/24", "is not a valid CIDR"),
+    ];
+    for (addr, says) in cases {
+        let text = POLICY.replacen(
+            "address = \"app.corp.test\"",
+            &format!("address = \"{addr}\""),
+            1,
+        );
+        let errs = match parse(&text, "names.toml", NOW) {
+            Ok(_) => panic!("`{addr}` was accepted"),
+            Err(d) => d,
+        };
+        let first = errs.iter().find(|d| d.is_error()).unwrap();
+        assert_eq!((first.line, first.column), (9, 11), "{addr}: {first}");
+        assert!(first.message.contains(says), "{addr}: {}", first.message);
+        assert!(first.help.is_some(), "{addr}: no help");
+    }
+    // A name longer than 253 characters, and a label longer than 63.
+    for addr in [
+        format!("{}test", "abcdefgh.".repeat(29)),
+        format!("{}.corp.test", "a".repeat(64)),
+    ] {
+        let text = POLICY.replacen(
+            "address = \"app.corp.test\"",
+            &format!("address = \"{addr}\""),
+            1,
+        );
+        assert!(parse(&text, "names.toml", NOW).is_err(), "{addr} accepted");
+    }
+}
+
+#[test]
+fn a_name_is_decided_by_its_own_resource_never_by_another_on_the_same_server() {
+    let p = policy();
+    assert_eq!(
+        decide(&p, ALICE, "app.corp.test:8080/tcp"),
+        (Verdict::Allow, Reason::Granted)
+    );
+    // The same server under another name: not alice's.
+    assert_eq!(
+        decide(&p, ALICE, "admin.corp.test:8080/tcp"),
+        (Verdict::Deny, Reason::NoGrant)
+    );
+    // Nor the server's real address (a resource of its own, not granted).
+    assert_eq!(
+        decide(&p, ALICE, "198.18.2.10:8080/tcp"),
+        (Verdict::Deny, Reason::NoGrant)
+    );
+    // The resource's ports only; bob has nothing there; an unknown source is unknown.
+    assert_eq!(
+        decide(&p, ALICE, "app.corp.test:9090/tcp"),
+        (Verdict::Deny, Reason::NoGrant)
+    );
+    assert_eq!(
+        decide(&p, ALICE, "app.corp.test:8080/udp"),
+        (Verdict::Deny, Reason::NoGrant)
+    );
+    assert_eq!(
+        decide(&p, BOB, "app.corp.test:8080/tcp"),
+        (Verdict::Deny, Reason::NoGrant)
+    );
+    assert_eq!(
+        decide(&p, "198.19.9.9", "app.corp.test:8080/tcp"),
+        (Verdict::Deny, Reason::UnknownSource)
+    );
+    // Case and a trailing dot do not matter; the resource's name stands for its name.
+    assert_eq!(
+        decide(&p, ALICE, "APP.Corp.TEST.:8080/tcp"),
+        (Verdict::Allow, Reason::Granted)
+    );
+    assert_eq!(decide(&p, ALICE, "app"), (Verdict::Allow, Reason::Granted));
+    assert_eq!(decide(&p, ALICE, "admin"), (Verdict::Deny, Reason::NoGrant));
+    // IPv6: the proxy address of the other family decides the same.
+    let t = parse_target("app.corp.test/icmpv6").unwrap();
+    assert_eq!(t.name.as_deref(), Some("app.corp.test"));
+    assert!(t.addr.is_ipv6());
+    assert_eq!(
+        t.evaluate(&p, ip(ALICE6), NOW).reason,
+        Reason::NoGrant,
+        "app has no icmp"
+    );
+}
+
+#[test]
+fn wildcards_cover_the_depth_they_say_and_the_most_specific_resource_decides() {
+    let p = policy();
+    for name in ["a.wild.test", "b.wild.test"] {
+        assert_eq!(
+            decide(&p, ALICE, &format!("{name}:443/tcp")),
+            (Verdict::Allow, Reason::Granted),
+            "{name}"
+        );
+        assert_eq!(
+            decide(&p, ALICE, &format!("{name}/icmp")),
+            (Verdict::Allow, Reason::Granted)
+        );
+    }
+    // Not the suffix itself, not two labels deep: no resource has those names (the
+    // resolver forwards them; their traffic is decided by the address they resolve to).
+    for name in ["wild.test", "x.a.wild.test", "awild.test"] {
+        assert_eq!(
+            decide(&p, ALICE, &format!("{name}:443/tcp")),
+            (Verdict::Allow, Reason::Unprotected),
+            "{name}"
+        );
+    }
+    // `special.wild.test` has a resource of its own: the wildcard grant does not open it.
+    assert_eq!(
+        decide(&p, ALICE, "special.wild.test:443/tcp"),
+        (Verdict::Deny, Reason::NoGrant)
+    );
+    // Any depth, not the suffix itself.
+    for name in ["a.deep.test", "x.y.z.deep.test"] {
+        assert_eq!(
+            decide(&p, BOB, &format!("{name}:53/udp")),
+            (Verdict::Allow, Reason::Granted),
+            "{name}"
+        );
+        assert_eq!(
+            decide(&p, ALICE, &format!("{name}:53/udp")),
+            (Verdict::Deny, Reason::NoGrant)
+        );
+    }
+    assert_eq!(
+        decide(&p, BOB, "deep.test:53/udp"),
+        (Verdict::Allow, Reason::Unprotected)
+    );
+    // An audit-mode name: audited, not denied.
+    assert_eq!(
+        decide(&p, ALICE, "db.audit.test:22/tcp"),
+        (Verdict::Audit, Reason::AuditNoGrant)
+    );
+    // A wildcard resource is no single destination.
+    assert!(matches!(
+        resolve_target(&p, "wild"),
+        Err(TargetError::Wildcard { .. })
+    ));
+}
+
+#[test]
+fn explain_names_the_covering_resources_and_the_deciding_grant() {
+    let p = policy();
+    let t = resolve_target(&p, "a.wild.test:443/tcp").unwrap();
+    let e = t.explain(&p, ip(ALICE), NOW);
+    assert_eq!(e.resources, ["wild"]);
+    assert_eq!(e.principal.as_deref(), Some("alice-laptop"));
+    let matched: Vec<&str> = e
+        .considered
+        .iter()
+        .filter(|c| c.outcome == Outcome::Matched)
+        .map(|c| c.grant.as_str())
+        .collect();
+    assert_eq!(matched, ["alice-app"]);
+    assert_eq!(t.to_string(), "a.wild.test:443/tcp");
+    let e = resolve_target(&p, "special.wild.test:443/tcp")
+        .unwrap()
+        .explain(&p, ip(ALICE), NOW);
+    assert_eq!(e.resources, ["special"]);
+}
+
+#[test]
+fn test_blocks_take_names_and_say_where_a_wildcard_is_no_destination() {
+    let ok = format!(
+        "{POLICY}
+[[test]]
+name = \"app by name\"
+from = \"alice-laptop\"
+to = \"app.corp.test:8080/tcp\"
+expect = \"allow\"
+
+[[test]]
+name = \"admin by resource\"
+from = \"alice-laptop\"
+to = \"admin\"
+expect = \"deny\"
+
+[[test]]
+name = \"a wildcard name\"
+from = \"alice-laptop\"
+to = \"b.wild.test:443/tcp\"
+expect = \"allow\"
+"
+    );
+    let p = parse(&ok, "names.toml", NOW).unwrap().policy;
+    let results = run_tests(&p);
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|r| r.passed), "{results:#?}");
+    // Positive control: the same block expecting the wrong verdict fails.
+    let flipped = ok.replacen("expect = \"deny\"", "expect = \"allow\"", 1);
+    let p = parse(&flipped, "names.toml", NOW).unwrap().policy;
+    assert_eq!(run_tests(&p).iter().filter(|r| !r.passed).count(), 1);
+
+    let bad = format!(
+        "{POLICY}
+[[test]]
+name = \"wildcard\"
+from = \"alice-laptop\"
+to = \"wild\"
+expect = \"allow\"
+"
+    );
+    let errs = parse(&bad, "names.toml", NOW).unwrap_err();
+    let e = errs.iter().find(|d| d.is_error()).unwrap();
+    assert!(e.message.contains("is the wildcard `*.wild.test`"), "{e}");
+    assert_eq!(e.line as usize, POLICY.lines().count() + 5);
+}
+
+/// A tiny generator (no shared code with the crate's).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Which of `patterns` own `name`, from the rules as written: exact beats any wildcard;
+/// among wildcards the longer suffix; at the same suffix `*.` beats `**.`.
+fn owners_by_the_rules(patterns: &[String], name: &str) -> Vec<usize> {
+    let labels: Vec<&str> = name.split('.').collect();
+    let score = |p: &str| -> Option<(u32, usize, u32)> {
+        if let Some(suf) = p.strip_prefix("**.") {
+            let s: Vec<&str> = suf.split('.').collect();
+            (labels.len() > s.len() && labels[labels.len() - s.len()..] == s[..]).then_some((
+                0,
+                s.len(),
+                0,
+            ))
+        } else if let Some(suf) = p.strip_prefix("*.") {
+            let s: Vec<&str> = suf.split('.').collect();
+            (labels.len() == s.len() + 1 && labels[1..] == s[..]).then_some((0, s.len(), 1))
+        } else {
+            (p == name).then_some((1, labels.len(), 0))
+        }
+    };
+    let scored: Vec<(usize, (u32, usize, u32))> = patterns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| score(p).map(|s| (i, s)))
+        .collect();
+    let Some(best) = scored.iter().map(|(_, s)| *s).max() else {
+        return Vec::new();
+    };
+    scored
+        .into_iter()
+        .filter(|(_, s)| *s == best)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[test]
+fn random_names_are_owned_as_the_rules_say() {
+    let labels = ["a", "b", "corp", "x-1", "_srv", "test"];
+    let mut rng = Rng(0x5eed_0019);
+    let mut checked = 0;
+    let mut owned = 0;
+    for _ in 0..300 {
+        // A policy of 1-6 name resources, one device granted all of them.
+        let n = 1 + rng.below(6);
+        let mut patterns = Vec::new();
+        let mut text = String::from(
+            "[[remote_network]]\nname = \"n\"\ncidrs = [\"198.18.0.0/16\"]\nconnectors = [\"c\"]\n\n\
+             [[user]]\nemail = \"u@example.com\"\n\n[[device]]\nname = \"d\"\nowner = \"u@example.com\"\n\
+             address = \"198.19.0.1\"\n\n",
+        );
+        for i in 0..n {
+            let depth = 1 + rng.below(3);
+            let mut name: Vec<&str> = (0..depth)
+                .map(|_| labels[rng.below(labels.len())])
+                .collect();
+            name.push("test");
+            let base = name.join(".");
+            let p = match rng.below(3) {
+                0 => base,
+                1 => format!("*.{base}"),
+                _ => format!("**.{base}"),
+            };
+            // Resource i allows port 1000 + i only: the port says which resource decided.
+            text.push_str(&format!(
+                "[[resource]]\nname = \"r{i}\"\nnetwork = \"n\"\naddress = \"{p}\"\ntcp = [\"{}\"]\n\n",
+                1000 + i
+            ));
+            patterns.push(p);
+        }
+        text.push_str("[[allow]]\nname = \"all\"\nprincipals = [\"u@example.com\"]\nresources = [");
+        text.push_str(
+            &(0..n)
+                .map(|i| format!("\"r{i}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        text.push_str("]\n");
+        let p = parse(&text, "r.toml", NOW).unwrap().policy;
+        for _ in 0..20 {
+            let depth = 1 + rng.below(5);
+            let mut name: Vec<&str> = (0..depth)
+                .map(|_| labels[rng.below(labels.len())])
+                .collect();
+            name.push("test");
+            let name = name.join(".");
+            let owners = owners_by_the_rules(&patterns, &name);
+            for i in 0..n {
+                let t = parse_target(&format!("{name}:{}/tcp", 1000 + i)).unwrap();
+                let d = t.evaluate(&p, ip("198.19.0.1"), NOW);
+                let want = if owners.is_empty() {
+                    (Verdict::Allow, Reason::Unprotected)
+                } else if owners.contains(&i) {
+                    (Verdict::Allow, Reason::Granted)
+                } else {
+                    (Verdict::Deny, Reason::NoGrant)
+                };
+                assert_eq!(
+                    (d.verdict, d.reason),
+                    want,
+                    "{name} port {} in {patterns:?}",
+                    1000 + i
+                );
+                checked += 1;
+            }
+            owned += usize::from(!owners.is_empty());
+        }
+    }
+    assert!(
+        checked > 5_000 && owned > 500,
+        "{checked} checked, {owned} owned"
+    );
+}
