@@ -356,6 +356,7 @@ async fn main() -> anyhow::Result<()> {
                     reauth: std::time::Duration::from_secs(console_reauth),
                     idle: std::time::Duration::from_secs(console_idle),
                     allow: console_allow,
+                    ..controller::console::ConsoleOptions::default()
                 };
                 let (local, _task) =
                     controller::console::spawn(addr, state.clone(), copts, async {

@@ -1422,3 +1422,105 @@ async fn revisions_and_the_difference_between_two() {
         assert!(r.body.contains(says), "{path}: {}", r.body);
     }
 }
+
+/// Reads what the server sends on `s` until it closes or `within` passes.
+async fn read_all(s: &mut tokio::net::TcpStream, within: Duration) -> (String, bool) {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&buf).into_owned(), true),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => return (String::from_utf8_lossy(&buf).into_owned(), false),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_trickled_body_times_out_and_one_source_cannot_take_every_connection() {
+    use tokio::io::AsyncWriteExt as _;
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let site = site(
+        &ctl,
+        ConsoleOptions {
+            request_timeout: Duration::from_secs(1),
+            per_source: 3,
+            ..ConsoleOptions::default()
+        },
+    )
+    .await;
+    let addr = site.base.trim_start_matches("http://").to_string();
+    let request = |body_len: usize, body: &str| {
+        format!(
+            "POST /login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {body_len}\r\n\r\n{body}"
+        )
+    };
+
+    // A body announced as 100 bytes, 5 sent: answered 408 (with the security headers)
+    // and closed, within the timeout and not long after.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(request(100, "user=").as_bytes())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (got, closed) = read_all(&mut slow, Duration::from_secs(5)).await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(
+        got.to_lowercase()
+            .contains("content-security-policy: default-src 'none'"),
+        "{got}"
+    );
+    assert!(closed, "the connection stayed open");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // Control: the whole request, at once, is answered (a login form error, not 408).
+    let mut whole = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = "user=x&password=y&totp=123456&csrf=z";
+    whole
+        .write_all(request(body.len(), body).as_bytes())
+        .await
+        .unwrap();
+    let (got, _) = read_all(&mut whole, Duration::from_secs(3)).await;
+    assert!(
+        got.starts_with("HTTP/1.1 ") && !got.starts_with("HTTP/1.1 408"),
+        "{got}"
+    );
+    drop(whole);
+    drop(slow);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Three idle connections from this address hold its places: a fourth is closed at
+    // once, unanswered; when one of the three goes, a new one is served.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fourth = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _ = fourth
+        .write_all(format!("GET /login HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await;
+    let (got, closed) = read_all(&mut fourth, Duration::from_secs(3)).await;
+    assert!(
+        closed && got.is_empty(),
+        "a fourth connection was served: {got}"
+    );
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    again
+        .write_all(
+            format!("GET /login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let (got, _) = read_all(&mut again, Duration::from_secs(3)).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+}

@@ -61,7 +61,20 @@ pub struct ConsoleOptions {
     pub idle: Duration,
     /// Source networks allowed to use the console (empty: any).
     pub allow: Vec<ipnet::IpNet>,
+    /// A request must have arrived whole (head and body) and been answered (its
+    /// response head) within this long: a client trickling its body cannot hold a
+    /// connection place (a 408 ends it).
+    pub request_timeout: Duration,
+    /// Connections one source address may hold at once (of [`MAX_CONNECTIONS`]).
+    pub per_source: usize,
 }
+
+/// Connections open at once at most.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Default [`ConsoleOptions::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`ConsoleOptions::per_source`].
+pub const DEFAULT_PER_SOURCE: usize = 32;
 
 impl Default for ConsoleOptions {
     fn default() -> Self {
@@ -70,6 +83,8 @@ impl Default for ConsoleOptions {
             reauth: DEFAULT_REAUTH,
             idle: DEFAULT_IDLE,
             allow: Vec::new(),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            per_source: DEFAULT_PER_SOURCE,
         }
     }
 }
@@ -81,6 +96,8 @@ impl std::fmt::Debug for ConsoleOptions {
             .field("reauth", &self.reauth)
             .field("idle", &self.idle)
             .field("allow", &self.allow)
+            .field("request_timeout", &self.request_timeout)
+            .field("per_source", &self.per_source)
             .finish()
     }
 }
@@ -442,6 +459,12 @@ async fn security_headers(
         }
     };
     let cacheable = is_asset && resp.status().is_success();
+    add_headers(&mut resp, console.opts.tls.is_some(), cacheable);
+    resp
+}
+
+/// The security headers of every response (see [`security_headers`]).
+fn add_headers(resp: &mut Response, tls: bool, cacheable: bool) {
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -456,7 +479,7 @@ async fn security_headers(
         HeaderValue::from_static("no-referrer"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    if console.opts.tls.is_some() {
+    if tls {
         h.insert(
             header::STRICT_TRANSPORT_SECURITY,
             HeaderValue::from_static("max-age=31536000"),
@@ -470,7 +493,6 @@ async fn security_headers(
     } else {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
-    resp
 }
 
 /// The console's assets, compiled in.
@@ -541,6 +563,7 @@ pub async fn serve(
         );
     }
     let tls = opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let (request_timeout, per_source) = (opts.request_timeout, opts.per_source.max(1));
     let console = Arc::new(Console {
         state,
         opts,
@@ -548,7 +571,11 @@ pub async fn serve(
     });
     let app = router(console);
     let mut shutdown = std::pin::pin!(shutdown);
-    let conns = Arc::new(tokio::sync::Semaphore::new(256));
+    let conns = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let by_source = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        IpAddr,
+        usize,
+    >::new()));
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let (tcp, addr) = tokio::select! {
@@ -567,18 +594,43 @@ pub async fn serve(
             warn!(peer = %addr, "console: too many connections; this one is closed");
             continue;
         };
+        let Some(source_slot) = SourceSlot::take(&by_source, addr.ip(), per_source) else {
+            warn!(
+                peer = %addr,
+                per_source,
+                "console: this source holds too many connections; this one is closed"
+            );
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let tls = tls.clone();
+        let is_tls = tls.is_some();
         tasks.spawn(async move {
-            let _slot = slot;
+            let (_slot, _source_slot) = (slot, source_slot);
             let peer = Peer(addr.ip());
             let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(peer);
                 let mut app = app.clone();
                 async move {
                     use tower::Service as _;
-                    app.call(req).await
+                    // Reading the body is the handler's: the timeout covers it (a
+                    // server-sent event stream answers at once and streams after).
+                    match tokio::time::timeout(request_timeout, app.call(req)).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            warn!(peer = %peer.0, "console: a request did not arrive whole in time");
+                            let mut r = Reject::Page(
+                                StatusCode::REQUEST_TIMEOUT,
+                                "the request did not arrive whole in time".into(),
+                            )
+                            .into_response();
+                            add_headers(&mut r, is_tls, false);
+                            r.headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                            Ok(r)
+                        }
+                    }
                 }
             });
             // A client must send its request head within 10 s: slow clients cannot hold
@@ -611,6 +663,48 @@ pub async fn serve(
     }
     tasks.abort_all();
     Ok(())
+}
+
+/// A connection place of one source address, given back when dropped.
+struct SourceSlot {
+    map: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl SourceSlot {
+    fn take(
+        map: &Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+        max: usize,
+    ) -> Option<SourceSlot> {
+        let mut m = map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            map: map.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut m = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Binds `addr` and serves the console (see [`serve`]); returns the bound address and
