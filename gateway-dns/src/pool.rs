@@ -82,7 +82,11 @@ fn fnv1a(bytes: &[u8]) -> u64 {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    h
+    // FNV's low bits depend only on the bytes' low bits; fold the high bits in (as the
+    // MurmurHash3 finalizer does) before the slot is taken modulo the capacity.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
 }
 
 /// Whether `name` is what the stub hands to the pool: lower-case ASCII letters, digits, `-`,
@@ -406,6 +410,30 @@ mod tests {
         );
         assert_eq!(p.get_or_alloc("a.test.")?, a);
         assert_eq!(p.name_of("100.97.0.0".parse()?), None);
+        Ok(())
+    }
+
+    #[test]
+    fn colliding_names_probe_to_free_slots() -> Result<()> {
+        let p = pool(None)?;
+        let start = |n: &str| fnv1a(n.as_bytes()) % p.capacity();
+        // Four names that all start at the same slot.
+        let names: Vec<String> = (0..10_000)
+            .map(|i| format!("n{i}.test."))
+            .filter(|n| start(n) == start("n0.test."))
+            .take(4)
+            .collect();
+        assert_eq!(names.len(), 4);
+        let mut v4s: Vec<Ipv4Addr> = names
+            .iter()
+            .map(|n| p.get_or_alloc(n).map(|a| a.v4))
+            .collect::<Result<_, _>>()?;
+        for (n, a) in names.iter().zip(&v4s) {
+            assert_eq!(p.name_of(IpAddr::V4(*a)).as_deref(), Some(n.as_str()));
+        }
+        v4s.sort();
+        v4s.dedup();
+        assert_eq!(v4s.len(), 4, "an address was given twice");
         Ok(())
     }
 
