@@ -140,3 +140,90 @@ pub(crate) fn is_response_to(bytes: &[u8], id: u16, q: &Query) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::RecordType;
+
+    fn request(edns: Option<u16>) -> Message {
+        let mut m = Message::new();
+        m.set_id(9).set_recursion_desired(true);
+        m.add_query(Query::query(
+            Name::from_ascii("app.corp.test.").unwrap(),
+            RecordType::A,
+        ));
+        if let Some(size) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(size);
+            m.set_edns(e);
+        }
+        m
+    }
+
+    #[test]
+    fn udp_answers_over_the_limit_are_truncated() {
+        let q = request(None).queries()[0].clone();
+        let many: Vec<Record> = (0..40)
+            .map(|i| {
+                Record::from_rdata(
+                    q.name().clone(),
+                    30,
+                    RData::A(A(Ipv4Addr::new(100, 96, 0, i))),
+                )
+            })
+            .collect();
+        for (req, udp, fits) in [
+            (request(None), true, false),
+            (request(Some(1400)), true, true),
+            (request(Some(600)), true, false),
+            (request(None), false, true),
+        ] {
+            let b = response(&req, ResponseCode::NoError, many.clone(), udp, 1232);
+            let m = Message::from_vec(&b).unwrap();
+            assert_eq!(m.truncated(), !fits, "{:?} udp={udp}", req.extensions());
+            assert_eq!(m.answers().len(), if fits { 40 } else { 0 });
+            assert_eq!(m.queries(), req.queries());
+            assert_eq!(m.extensions().is_some(), req.extensions().is_some());
+            let limit = if !udp {
+                65535
+            } else {
+                req.extensions()
+                    .as_ref()
+                    .map_or(512, |e| e.max_payload().min(1232))
+            };
+            assert!(b.len() <= usize::from(limit), "{} > {limit}", b.len());
+        }
+        // One record fits without EDNS.
+        let one = response(
+            &request(None),
+            ResponseCode::NoError,
+            many[..1].to_vec(),
+            true,
+            1232,
+        );
+        assert!(!Message::from_vec(&one).unwrap().truncated());
+    }
+
+    #[test]
+    fn canonical_names_are_lower_case_ldh_only() {
+        let n = |s: &str| Name::from_ascii(s).unwrap();
+        assert_eq!(
+            canonical(&n("App.Corp.TEST.")).as_deref(),
+            Some("app.corp.test.")
+        );
+        assert_eq!(
+            canonical(&n("_sip._tcp.corp.test.")).as_deref(),
+            Some("_sip._tcp.corp.test.")
+        );
+        assert_eq!(
+            canonical(&Name::from_labels(vec![&b"app.corp"[..], &b"test"[..]]).unwrap()),
+            None
+        );
+        assert_eq!(
+            canonical(&Name::from_labels(vec![&b"\xc3\xa4pp"[..], &b"test"[..]]).unwrap()),
+            None
+        );
+        assert_eq!(canonical(&Name::root()), None);
+    }
+}
