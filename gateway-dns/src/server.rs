@@ -511,9 +511,10 @@ impl Inner {
                 {
                     return Ok(());
                 }
+                // A run whose task ended without a result (the hook panicked) is stale.
                 Some(Prep::Pending {
                     matched: m, v4, rx, ..
-                }) if *m == matched && *v4 == alloc.v4 => rx.clone(),
+                }) if *m == matched && *v4 == alloc.v4 && rx.has_changed().is_ok() => rx.clone(),
                 _ => {
                     let id = self.next_prep.fetch_add(1, Ordering::Relaxed);
                     let (tx, rx) = watch::channel(None);

@@ -21,6 +21,7 @@ fn names() -> Arc<TestNames> {
         ("slow.corp.test.", "slow"),
         ("fail.corp.test.", "fail"),
         ("hang.corp.test.", "hang"),
+        ("panic.corp.test.", "panic"),
     ])
 }
 
@@ -571,4 +572,20 @@ async fn upstream_down_or_silent_gives_servfail_within_the_timeout() {
         "{s:?}"
     );
     drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_hook_gives_servfail_and_is_tried_again() {
+    let up = Upstream::start().await;
+    let intent = Arc::new(Recorder::default());
+    let run = start(config(vec![up.addr]), names(), intent.clone()).await;
+    for i in 1..=2 {
+        let m = ask(run.addr, "panic.corp.test.", RecordType::A).await;
+        assert_eq!(m.response_code(), ResponseCode::ServFail);
+        assert_eq!(run.stub.stats().prepares, i, "the hook was not run again");
+    }
+    // The positive control: another name in the same stub is answered.
+    assert!(in_pool(
+        a_of(&ask(run.addr, "app.corp.test.", RecordType::A).await)[0]
+    ));
 }

@@ -146,7 +146,8 @@ pub struct Call {
     pub ended: Instant,
 }
 
-/// Records calls. Names starting with `slow` take 300 ms, `fail` fails, `hang` takes 60 s.
+/// Records calls. Names starting with `slow` take 300 ms, `fail` fails, `hang` takes 60 s,
+/// `panic` panics (unrecorded).
 #[derive(Default)]
 pub struct Recorder {
     pub calls: Mutex<Vec<Call>>,
@@ -174,6 +175,9 @@ impl Intent for Recorder {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             } else if name.starts_with("hang") {
                 tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            if name.starts_with("panic") {
+                panic!("the hook panicked (on purpose, in a test)");
             }
             let fail = name.starts_with("fail");
             self.calls.lock().unwrap().push(Call {
