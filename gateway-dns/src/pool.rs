@@ -106,7 +106,7 @@ pub(crate) fn is_canonical(name: &str) -> bool {
 }
 
 impl Pool {
-    /// A pool over the two prefixes, loading `file` if it exists (a missing file is an empty pool;
+    /// A pool over the two prefixes, loading `file` if it exists (a missing file is created, empty;
     /// any other problem with it is an error naming the file and line).
     pub fn new(v4: Ipv4Net, v6: Ipv6Net, file: Option<PathBuf>) -> Result<Self> {
         let v4 = v4.trunc();
@@ -129,7 +129,11 @@ impl Pool {
                     let state = pool.parse(path, &text)?;
                     *pool.lock() = state;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // Written now, so that a path that cannot be written fails at start rather
+                    // than at the first name.
+                    write_atomically(path, pool.render().0.as_bytes())?;
+                }
                 Err(e) => {
                     return Err(anyhow!(e)).with_context(|| {
                         format!("reading the proxy address file {}", path.display())

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use gateway_dns::Names;
+use gateway_dns::{Names, Stub};
 use hickory_proto::op::{Message, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -588,4 +588,113 @@ async fn a_panicking_hook_gives_servfail_and_is_tried_again() {
     assert!(in_pool(
         a_of(&ask(run.addr, "app.corp.test.", RecordType::A).await)[0]
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_beyond_max_inflight_get_servfail_at_once() {
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = config(vec![silent.local_addr().unwrap()]);
+    cfg.max_inflight = 2;
+    cfg.upstream_timeout = Duration::from_millis(800);
+    let run = start(cfg, names(), Arc::new(Recorder::default())).await;
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let addr = run.addr;
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let m = ask(addr, &format!("q{i}.example.test."), RecordType::A).await;
+            (m.response_code(), t.elapsed())
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut fast = 0;
+    for t in tasks {
+        let (rcode, took) = t.await.unwrap();
+        assert_eq!(rcode, ResponseCode::ServFail);
+        if took < Duration::from_millis(400) {
+            fast += 1;
+        }
+    }
+    let s = run.stub.stats();
+    assert_eq!(
+        (fast, s.overloaded, s.upstream_timeouts),
+        (3, 3, 2),
+        "{s:?}"
+    );
+    // The positive control: with the slots free again, a query is served.
+    assert!(in_pool(
+        a_of(&ask(run.addr, "app.corp.test.", RecordType::A).await)[0]
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tcp_connections_are_closed_and_ipv6_loopback_works() {
+    let up = Upstream::start().await;
+    let mut cfg = config(vec![up.addr]);
+    cfg.listen = vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
+    cfg.tcp_idle_timeout = Duration::from_millis(300);
+    let run = start(cfg, names(), Arc::new(Recorder::default())).await;
+    let v6 = run.stub.local_addrs()[1];
+    assert!(v6.is_ipv6());
+    let over_v6 =
+        Message::from_vec(&udp_raw6(v6, &query("app.corp.test.", RecordType::A, false)).await)
+            .unwrap();
+    let over_v4 = ask(run.addr, "app.corp.test.", RecordType::A).await;
+    assert_eq!(a_of(&over_v6), a_of(&over_v4));
+    // A connection in use stays open; an idle one is closed after the timeout.
+    let mut s = TcpStream::connect(v6).await.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        tcp_exchange(&mut s, &query("app.corp.test.", RecordType::A, false)).await;
+    }
+    let t = Instant::now();
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        t.elapsed() >= Duration::from_millis(250) && t.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+async fn udp_raw6(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let s = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
+    s.send_to(bytes, addr).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    buf[..n].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_file_that_cannot_be_written_fails_at_bind() {
+    let up = Upstream::start().await;
+    let dir = temp_dir("unwritable");
+    let mut cfg = config(vec![up.addr]);
+    cfg.pool_file = Some(dir.join("missing-dir").join("pool.jsonl"));
+    let err = format!(
+        "{:#}",
+        Stub::bind(cfg.clone(), names(), Arc::new(Recorder::default()))
+            .await
+            .unwrap_err()
+    );
+    assert!(err.contains("missing-dir/pool.jsonl"), "{err}");
+    // The positive control: a writable path is created at bind, with the header.
+    cfg.pool_file = Some(dir.join("pool.jsonl"));
+    let stub = Stub::bind(cfg, names(), Arc::new(Recorder::default()))
+        .await
+        .unwrap();
+    assert!(
+        std::fs::read_to_string(dir.join("pool.jsonl"))
+            .unwrap()
+            .contains("gateway-dns proxy addresses")
+    );
+    drop(stub);
+    std::fs::remove_dir_all(dir).unwrap();
 }
