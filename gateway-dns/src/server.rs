@@ -31,7 +31,8 @@ pub struct Stats {
     pub forwarded: u64,
     /// SERVFAIL answers (hook failed or timed out, pool exhausted, no upstream answered, overload).
     pub servfail: u64,
-    /// FORMERR answers (unparseable after the header, not exactly one question).
+    /// FORMERR answers (unparseable after the header, not exactly one question), and BADVERS
+    /// (an EDNS version other than 0 in a query for a name the device may reach).
     pub formerr: u64,
     /// NOTIMP answers (opcode other than QUERY).
     pub notimp: u64,
@@ -428,6 +429,18 @@ impl Inner {
                 raw: bytes.to_vec(),
             };
         };
+        // RFC 6891: an EDNS version the stub does not speak (it speaks 0) gets BADVERS.
+        if msg.extensions().as_ref().is_some_and(|e| e.version() > 0) {
+            bump(&self.counters.formerr);
+            let b = wire::response(
+                &msg,
+                ResponseCode::BADVERS,
+                Vec::new(),
+                false,
+                self.cfg.edns_payload,
+            );
+            return Step::Reply(b);
+        }
         if !matches!(q.query_type(), RecordType::A | RecordType::AAAA) {
             bump(&self.counters.nodata);
             let b = wire::response(

@@ -698,3 +698,59 @@ async fn a_pool_file_that_cannot_be_written_fails_at_bind() {
     drop(stub);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_edns_version_gets_badvers() {
+    let up = Upstream::start().await;
+    let run = start(
+        config(vec![up.addr]),
+        names(),
+        Arc::new(Recorder::default()),
+    )
+    .await;
+    for (version, want) in [(1, ResponseCode::BADVERS), (0, ResponseCode::NoError)] {
+        let mut m = Message::from_vec(&query("app.corp.test.", RecordType::A, true)).unwrap();
+        m.extensions_mut().as_mut().unwrap().set_version(version);
+        let r = Message::from_vec(
+            &udp_raw(run.addr, &m.to_vec().unwrap(), Duration::from_secs(5))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        // 16 is BADVERS in an answer to a query (hickory reads it as its twin BADSIG).
+        assert_eq!(
+            u16::from(r.response_code()),
+            u16::from(want),
+            "version {version}"
+        );
+        assert_eq!(r.extensions().as_ref().map(|e| e.version()), Some(0));
+        assert_eq!(r.answers().is_empty(), version == 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_moving_to_another_resource_runs_the_hook_again() {
+    let up = Upstream::start().await;
+    let intent = Arc::new(Recorder::default());
+    let run = start(config(vec![up.addr]), names(), intent.clone()).await;
+    let a = a_of(&ask(run.addr, "app.corp.test.", RecordType::A).await);
+    assert_eq!(
+        a_of(&ask(run.addr, "app.corp.test.", RecordType::A).await),
+        a
+    );
+    assert_eq!(
+        intent.calls_for("app.corp.test.").len(),
+        1,
+        "the same resource: no new run"
+    );
+    run.stub
+        .set_names(TestNames::new(&[("app.corp.test.", "app-v2")]) as Arc<dyn Names>);
+    assert_eq!(
+        a_of(&ask(run.addr, "app.corp.test.", RecordType::A).await),
+        a,
+        "the pair stays"
+    );
+    let calls = intent.calls_for("app.corp.test.");
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1].resource, "app-v2");
+}
