@@ -967,3 +967,29 @@ resources = ["app", "wild"]
     let all = format!("{}{}", stdout(&o), stderr(&o));
     assert!(all.contains("no agent answers DNS for names yet"), "{all}");
 }
+
+#[test]
+fn compile_lists_the_name_patterns_of_a_view_with_their_atoms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("names.toml");
+    std::fs::write(
+        &file,
+        "[[remote_network]]\nname = \"corp\"\ncidrs = [\"198.18.0.0/16\"]\nconnectors = [\"conn-1\"]\n\n\
+         [[resource]]\nname = \"app\"\nnetwork = \"corp\"\naddress = \"app.corp.test\"\ntcp = [\"8080\"]\n\n\
+         [[user]]\nemail = \"alice@example.com\"\n\n\
+         [[device]]\nname = \"alice-laptop\"\nowner = \"alice@example.com\"\naddress = \"198.19.0.10\"\n\n\
+         [[allow]]\nname = \"alice-app\"\nprincipals = [\"alice@example.com\"]\nresources = [\"app\"]\n",
+    )
+    .expect("write");
+    let f = file.display().to_string();
+    let o = run(&["policy", "compile", &f, "--host", "device:alice-laptop"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("DNS names (1)"), "{out}");
+    assert!(
+        out.contains("app.corp.test") && out.contains("corp: app"),
+        "{out}"
+    );
+    // The rules of alice's class reach the name's atoms, TCP 8080 allowed.
+    assert!(out.contains("8080"), "{out}");
+}

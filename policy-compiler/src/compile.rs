@@ -138,6 +138,25 @@ pub struct AtomMeta {
     /// Every resource covering the atom.
     pub resources: Vec<String>,
     pub prefixes: Vec<IpNet>,
+    /// A name atom's pattern (it has no prefixes: the device's agent puts the proxy
+    /// addresses of the names it answers under it, [`HostView::names`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// The atoms of one DNS name pattern of the view: packets to a proxy address that stands
+/// for a name this pattern owns ([`crate::names`]: the most specific one) are decided
+/// under `v4` or `v6` (the address's family).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct NameAtoms {
+    pub pattern: String,
+    pub v4: u32,
+    pub v6: u32,
+    /// What a DST entry of these atoms carries (as [`DstEntry`]): the verdict and rule
+    /// when no rule entry matches.
+    #[serde(serialize_with = "ser_verdict")]
+    pub default_verdict: Verdict,
+    pub default_rule: u32,
 }
 
 /// Everything one host needs: map entries (sorted, deterministic) and user-side metadata.
@@ -166,6 +185,52 @@ pub struct HostView {
     pub peers: Vec<Peer>,
     /// The host's own overlay addresses (a device: its `addresses`; a connector: empty).
     pub tunnel_addresses: Vec<IpAddr>,
+    /// The DNS name patterns of the view's resources, sorted, with their atoms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<NameAtoms>,
+}
+
+impl HostView {
+    /// The atoms of the pattern that owns the DNS name `name` (lower-case, no trailing
+    /// dot) in this view: the most specific of [`HostView::names`] matching it
+    /// ([`crate::names`]), or `None` (a name no resource of the view has: the device's
+    /// resolver forwards it).
+    pub fn name_atoms(&self, name: &str) -> Option<&NameAtoms> {
+        let parsed: Vec<(crate::names::NamePattern, &NameAtoms)> = self
+            .names
+            .iter()
+            .filter_map(|n| {
+                crate::names::NamePattern::parse(&n.pattern)
+                    .ok()
+                    .map(|p| (p, n))
+            })
+            .collect();
+        crate::names::most_specific(name, parsed.iter().map(|(p, n)| (p, *n)))
+            .first()
+            .copied()
+    }
+
+    /// The DST entries that make `v4` and `v6` stand for the DNS name `name` (what the
+    /// device's agent writes before its resolver answers the name with them), or `None`
+    /// when no pattern of the view owns the name.
+    pub fn proxy_entries(
+        &self,
+        name: &str,
+        v4: std::net::Ipv4Addr,
+        v6: std::net::Ipv6Addr,
+    ) -> Option<[DstEntry; 2]> {
+        let n = self.name_atoms(name)?;
+        let entry = |prefix: IpNet, atom: u32| DstEntry {
+            prefix,
+            atom,
+            default_verdict: n.default_verdict,
+            default_rule: n.default_rule,
+        };
+        Some([
+            entry(IpNet::V4(ipnet::Ipv4Net::from(v4)), n.v4),
+            entry(IpNet::V6(ipnet::Ipv6Net::from(v6)), n.v6),
+        ])
+    }
 }
 
 /// Splits `lo..=hi` into aligned power-of-two blocks: (first port, prefix bits).
@@ -486,6 +551,63 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
         dst_entries.push((*p, id));
     }
 
+    // Name atoms: per distinct pattern of the view's networks' name resources, one IPv4
+    // and one IPv6 atom (their ICMP differs), after every address atom; no DST entries.
+    let net_in_view = {
+        let mut v = vec![false; policy.networks.len()];
+        for &n in &net_ids {
+            v[n] = true;
+        }
+        v
+    };
+    let mut by_pattern: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, r) in policy.resources.iter().enumerate() {
+        if let Some(p) = r.address.name()
+            && net_in_view.get(r.network).copied().unwrap_or(false)
+        {
+            by_pattern.entry(p.to_string()).or_default().push(i);
+        }
+    }
+    let address_atoms = atom_info.len();
+    let mut names: Vec<NameAtoms> = Vec::with_capacity(by_pattern.len());
+    for (pattern, covering) in by_pattern {
+        let network = covering
+            .iter()
+            .map(|&r| policy.resources[r].network)
+            .min()
+            .unwrap_or(0);
+        let default = covering
+            .iter()
+            .filter_map(|&r| policy.resources[r].audit_rule)
+            .min()
+            .map_or(
+                (Verdict::Deny, gateway_common::policy::RULE_DEFAULT_DENY),
+                |r| (Verdict::Audit, r),
+            );
+        for &r in &covering {
+            view_res[r] = true;
+        }
+        let v4 = atom_info.len() as u32 + 1;
+        atom_info.push((network, covering.clone(), Vec::new(), default));
+        atom_info.push((network, covering, Vec::new(), default));
+        names.push(NameAtoms {
+            pattern,
+            v4,
+            v6: v4 + 1,
+            default_verdict: default.0,
+            default_rule: default.1,
+        });
+    }
+    // An atom's family: its prefixes' (address atoms), every second one of a name pair.
+    let atom_v6 = |atom: u32| -> bool {
+        let i = atom as usize - 1;
+        if i < address_atoms {
+            matches!(atom_info[i].2.first(), Some(IpNet::V6(_)))
+        } else {
+            (i - address_atoms) % 2 == 1
+        }
+    };
+
     // Grants that matter here: active now and touching a resource of the view.
     let relevant: Vec<bool> = policy
         .grants
@@ -589,7 +711,7 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
                 let mut group = std::mem::take(&mut by_atom[atom as usize]);
                 let info = &atom_info[atom as usize - 1];
                 let default = info.3;
-                let v6 = matches!(info.2.first(), Some(IpNet::V6(_)));
+                let v6 = atom_v6(atom);
                 let (icmp, protos) = if v6 {
                     (proto::ICMPV6, [proto::TCP, proto::UDP, proto::ICMPV6])
                 } else {
@@ -714,6 +836,10 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
         })
         .collect();
     let mut atom_meta = BTreeMap::new();
+    let name_of_atom: HashMap<u32, &str> = names
+        .iter()
+        .flat_map(|n| [(n.v4, n.pattern.as_str()), (n.v6, n.pattern.as_str())])
+        .collect();
     for (i, (net, cov, prefixes, _)) in atom_info.iter().enumerate() {
         let mut prefixes = prefixes.clone();
         prefixes.sort_unstable();
@@ -730,6 +856,7 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
                     .map(|&r| policy.resources[r].name.clone())
                     .collect(),
                 prefixes,
+                name: name_of_atom.get(&(i as u32 + 1)).map(|p| p.to_string()),
             },
         );
     }
@@ -739,6 +866,7 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
         .iter()
         .flat_map(|r| [r.value.rule, r.value.after_rule])
         .chain(atoms.iter().map(|a| a.default_rule))
+        .chain(atom_info[address_atoms..].iter().map(|a| a.3.1))
     {
         if let Some(n) = named.get_mut(id as usize) {
             *n = true;
@@ -793,6 +921,7 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
         classes: signatures.len() as u32,
         peers,
         tunnel_addresses,
+        names,
     })
 }
 

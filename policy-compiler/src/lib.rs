@@ -89,8 +89,8 @@ pub mod target;
 mod wgkey;
 
 pub use compile::{
-    AtomMeta, CompileError, DstEntry, Host, HostView, PrincipalMeta, RuleEntry, RuleSlot, RuleVal,
-    SrcEntry, compile, port_blocks,
+    AtomMeta, CompileError, DstEntry, Host, HostView, NameAtoms, PrincipalMeta, RuleEntry,
+    RuleSlot, RuleVal, SrcEntry, compile, port_blocks,
 };
 pub use diag::{Diagnostic, Severity};
 pub use diff::{Delta, DstVal, MapDelta, diff};

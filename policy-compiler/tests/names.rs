@@ -446,6 +446,11 @@ fn random_names_are_owned_as_the_rules_say() {
         );
         text.push_str("]\n");
         let p = parse(&text, "r.toml", NOW).unwrap().policy;
+        let view = compile(&p, &Host::Device("d".into()), NOW).unwrap();
+        let (v4, v6): (std::net::Ipv4Addr, std::net::Ipv6Addr) = (
+            "100.96.1.1".parse().unwrap(),
+            "2001:db8:fd::1".parse().unwrap(),
+        );
         for _ in 0..20 {
             let depth = 1 + rng.below(5);
             let mut name: Vec<&str> = (0..depth)
@@ -470,6 +475,27 @@ fn random_names_are_owned_as_the_rules_say() {
                     "{name} port {} in {patterns:?}",
                     1000 + i
                 );
+                // The device's compiled view, with the proxy entries its agent writes for
+                // the name, decides the same in the kernel's lookup (no entries: a name no
+                // pattern owns, forwarded by the resolver).
+                match view.proxy_entries(&name, v4, v6) {
+                    None => assert!(owners.is_empty(), "{name}: no entries in {patterns:?}"),
+                    Some(entries) => {
+                        let mut with = view.clone();
+                        with.atoms.extend(entries);
+                        with.atoms.sort_unstable();
+                        let k = to_kernel(&with, 0, |t| (t as u64) * 1_000_000_000);
+                        let mut pkt = t.packet(ip("198.19.0.1"));
+                        pkt.dst = IpAddr::V4(v4);
+                        let got = lookup(&k, &pkt, NOW as u64 * 1_000_000_000);
+                        assert_eq!(
+                            got,
+                            (d.verdict, d.rule_id()),
+                            "kernel: {name} port {} in {patterns:?}",
+                            1000 + i
+                        );
+                    }
+                }
                 checked += 1;
             }
             owned += usize::from(!owners.is_empty());
@@ -479,4 +505,91 @@ fn random_names_are_owned_as_the_rules_say() {
         checked > 5_000 && owned > 500,
         "{checked} checked, {owned} owned"
     );
+}
+
+#[test]
+fn compiled_views_with_the_agents_proxy_entries_decide_names_as_the_evaluator() {
+    let now_ns = |t: i64| (t as u64).saturating_mul(1_000_000_000);
+    let p = policy();
+    let (v4, v6): (std::net::Ipv4Addr, std::net::Ipv6Addr) = (
+        "100.96.0.7".parse().unwrap(),
+        "2001:db8:fd::7".parse().unwrap(),
+    );
+    let mut checked = 0;
+    for host in [
+        Host::Device("alice-laptop".into()),
+        Host::Device("bob-laptop".into()),
+        Host::Connector("conn-1".into()),
+    ] {
+        let view = compile(&p, &host, NOW).unwrap();
+        assert_eq!(
+            view.names.len(),
+            6,
+            "{host:?}: every name pattern of the view"
+        );
+        for (name, port, proto_word) in [
+            ("app.corp.test", 8080, "tcp"),
+            ("admin.corp.test", 8080, "tcp"),
+            ("a.wild.test", 443, "tcp"),
+            ("special.wild.test", 443, "tcp"),
+            ("x.y.deep.test", 53, "udp"),
+            ("db.audit.test", 22, "tcp"),
+            ("app.corp.test", 9090, "tcp"),
+        ] {
+            let entries = view.proxy_entries(name, v4, v6).expect(name);
+            let mut with = view.clone();
+            with.atoms.extend(entries);
+            with.atoms.sort_unstable();
+            let k = to_kernel(&with, 0, now_ns);
+            for (src, dst) in [
+                (ALICE, IpAddr::V4(v4)),
+                (BOB, IpAddr::V4(v4)),
+                (ALICE6, IpAddr::V6(v6)),
+            ] {
+                let t = parse_target(&format!("{name}:{port}/{proto_word}")).unwrap();
+                let mut pkt = t.packet(ip(src));
+                pkt.dst = dst;
+                let want = eval::evaluate_name(&p, &pkt, name, NOW);
+                // A device's view holds its own sources only.
+                let mine = match &host {
+                    Host::Device(d) => p
+                        .devices
+                        .iter()
+                        .find(|x| &x.name == d)
+                        .is_some_and(|x| x.addresses.contains(&ip(src))),
+                    Host::Connector(_) => true,
+                };
+                if !mine {
+                    continue;
+                }
+                let got = lookup(&k, &pkt, now_ns(NOW));
+                assert_eq!(
+                    got,
+                    (want.verdict, want.rule_id()),
+                    "{host:?}: {src} -> {name}:{port}/{proto_word} at {dst}"
+                );
+                checked += 1;
+            }
+        }
+        // A name no pattern owns gets no proxy entries (the resolver forwards it).
+        assert!(view.proxy_entries("x.a.wild.test", v4, v6).is_none());
+        assert!(view.proxy_entries("wild.test", v4, v6).is_none());
+        // Without the proxy entries a proxy address is nobody's: not protected here.
+        let k = to_kernel(&view, 0, now_ns);
+        let t = parse_target(&format!("{}:8080/tcp", v4)).unwrap();
+        assert_eq!(lookup(&k, &t.packet(ip(ALICE)), now_ns(NOW)).1, 0);
+    }
+    assert!(checked >= 40, "{checked}");
+    // Views of a policy without names do not carry the field at all (their JSON, and so
+    // every existing view's hash, is unchanged).
+    let plain = POLICY
+        .split("[[resource]]\nname = \"app\"")
+        .next()
+        .unwrap()
+        .to_string()
+        + "[[resource]]\nname = \"server\"\nnetwork = \"corp\"\naddress = \"198.18.2.10\"\ntcp = [\"8080\"]\n";
+    let pv = parse(&plain, "plain.toml", NOW).unwrap().policy;
+    let v = compile(&pv, &Host::Connector("conn-1".into()), NOW).unwrap();
+    assert!(v.names.is_empty());
+    assert!(!serde_json::to_string(&v).unwrap().contains("\"names\""));
 }

@@ -308,6 +308,7 @@ pub fn meta_to_wire(v: &pc::HostView) -> v1::ViewMeta {
                 network: a.network.clone(),
                 resources: a.resources.clone(),
                 prefixes: a.prefixes.iter().map(ToString::to_string).collect(),
+                name: a.name.clone(),
             })
             .collect(),
         rules: v
@@ -335,6 +336,17 @@ pub fn meta_to_wire(v: &pc::HostView) -> v1::ViewMeta {
             .collect(),
         classes: v.classes,
         tunnel_addresses: v.tunnel_addresses.iter().map(ToString::to_string).collect(),
+        names: v
+            .names
+            .iter()
+            .map(|n| v1::NameAtoms {
+                pattern: n.pattern.clone(),
+                v4: n.v4,
+                v6: n.v6,
+                default_verdict: verdict_to_wire(n.default_verdict),
+                default_rule: n.default_rule,
+            })
+            .collect(),
     }
 }
 
@@ -366,8 +378,21 @@ pub fn set_meta(v: &mut pc::HostView, m: &v1::ViewMeta) -> R<()> {
                 network: a.network.clone(),
                 resources: a.resources.clone(),
                 prefixes: a.prefixes.iter().map(|p| prefix(p)).collect::<R<_>>()?,
+                name: a.name.clone(),
             },
         );
+    }
+    let mut names = Vec::with_capacity(m.names.len());
+    for n in &m.names {
+        pc::names::NamePattern::parse(&n.pattern)
+            .map_err(|(e, _)| ConvertError::Value("name pattern", format!("{}: {e}", n.pattern)))?;
+        names.push(pc::NameAtoms {
+            pattern: n.pattern.clone(),
+            v4: n.v4,
+            v6: n.v6,
+            default_verdict: verdict_from_wire(n.default_verdict)?,
+            default_rule: n.default_rule,
+        });
     }
     let mut rule_meta = BTreeMap::new();
     for r in &m.rules {
@@ -402,6 +427,7 @@ pub fn set_meta(v: &mut pc::HostView, m: &v1::ViewMeta) -> R<()> {
         .iter()
         .map(|a| addr(a))
         .collect::<R<_>>()?;
+    v.names = names;
     Ok(())
 }
 
@@ -417,6 +443,7 @@ pub fn same_meta(a: &pc::HostView, b: &pc::HostView) -> bool {
         && a.rule_meta == b.rule_meta
         && a.classes == b.classes
         && a.tunnel_addresses == b.tunnel_addresses
+        && a.names == b.names
 }
 
 // ------------------------------------------------------------------ views
@@ -439,6 +466,7 @@ pub fn empty_view(host: &pc::Host, now: i64) -> pc::HostView {
         classes: 0,
         peers: Vec::new(),
         tunnel_addresses: Vec::new(),
+        names: Vec::new(),
     }
 }
 

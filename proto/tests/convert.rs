@@ -199,3 +199,93 @@ fn plaintext_only_to_loopback() {
         assert!(!plaintext_allowed(bad), "{bad}");
     }
 }
+
+#[test]
+fn name_atoms_travel_in_snapshots_and_deltas() {
+    let base = r#"[[remote_network]]
+name = "corp"
+cidrs = ["198.18.0.0/16"]
+connectors = ["conn-1"]
+
+[[resource]]
+name = "server"
+network = "corp"
+address = "198.18.2.10"
+tcp = ["8080"]
+
+[[user]]
+email = "alice@example.com"
+
+[[device]]
+name = "alice-laptop"
+owner = "alice@example.com"
+address = "198.19.0.10"
+
+[[allow]]
+name = "alice-server"
+principals = ["alice@example.com"]
+resources = ["server"]
+"#;
+    let named = format!(
+        "{base}
+[[resource]]
+name = \"app\"
+network = \"corp\"
+address = \"app.corp.test\"
+tcp = [\"8080\"]
+
+[[resource]]
+name = \"wild\"
+network = \"corp\"
+address = \"*.wild.test\"
+tcp = [\"443\"]
+mode = \"audit\"
+
+[[allow]]
+name = \"alice-app\"
+principals = [\"alice@example.com\"]
+resources = [\"app\"]
+"
+    );
+    let parse = |t: &str| policy_compiler::parse(t, "n.toml", NOW).unwrap().policy;
+    for h in [
+        Host::Device("alice-laptop".into()),
+        Host::Connector("conn-1".into()),
+    ] {
+        let without = view(&parse(base), &h, NOW);
+        let with = view(&parse(&named), &h, NOW + 1);
+        assert!(without.names.is_empty());
+        assert_eq!(
+            with.names
+                .iter()
+                .map(|n| n.pattern.as_str())
+                .collect::<Vec<_>>(),
+            ["*.wild.test", "app.corp.test"],
+            "{h:?}"
+        );
+        assert_eq!(
+            with.names[0].default_verdict,
+            policy_compiler::Verdict::Audit
+        );
+        assert_eq!(
+            view_from_wire(&view_to_wire(&with)).expect("valid"),
+            with,
+            "{h:?}"
+        );
+        // A delta adds them (they are metadata), and removes them again.
+        let mut agent = view_from_wire(&view_to_wire(&without)).expect("valid");
+        let d = delta_to_wire(&without, &with);
+        assert!(!delta_is_empty(&d));
+        apply_delta(&mut agent, &d).expect("applies");
+        assert_eq!(agent.names, with.names, "{h:?}");
+        assert_eq!(agent.atom_meta, with.atom_meta);
+        let d = delta_to_wire(&with, &without);
+        apply_delta(&mut agent, &d).expect("applies");
+        assert!(agent.names.is_empty());
+    }
+    // A pattern that is no pattern does not decode.
+    let v = view(&parse(&named), &Host::Connector("conn-1".into()), NOW);
+    let mut w = view_to_wire(&v);
+    w.meta.as_mut().unwrap().names[0].pattern = "a..b".into();
+    assert!(view_from_wire(&w).is_err());
+}

@@ -387,6 +387,25 @@ pub fn compile(file: &Path, host: &str, at: &AtArg, output: Output) -> R<()> {
             verdict_name(a.default_verdict)
         );
     }
+    if !v.names.is_empty() {
+        println!(
+            "\nDNS names ({}): pattern -> atoms (IPv4, IPv6) of the proxy addresses the \
+             device's resolver answers with",
+            v.names.len()
+        );
+        for n in &v.names {
+            let res = v.atom_meta.get(&n.v4).map_or_else(String::new, |m| {
+                format!("{}: {}", m.network, m.resources.join(", "))
+            });
+            println!(
+                "  {:<24} atoms {}, {} default {:<5} {res}",
+                n.pattern,
+                n.v4,
+                n.v6,
+                verdict_name(n.default_verdict)
+            );
+        }
+    }
     let single = v.rules.iter().filter(|r| r.key.port_bits == 16).count();
     println!(
         "\nRULES map ({} entries, {single} of them single ports, kept in RULES_EXACT): (class, \
