@@ -302,6 +302,19 @@ fn ancestors<'m, T>(
 /// (network, covering resources, prefixes, default) of one atom.
 type AtomInfo = (usize, Vec<usize>, Vec<IpNet>, (Verdict, u32));
 
+/// What an atom covered by `covering` decides when no rule entry matches: the lowest
+/// audit-default rule of its audit-mode resources, else the default deny.
+fn atom_default(policy: &Policy, covering: &[usize]) -> (Verdict, u32) {
+    covering
+        .iter()
+        .filter_map(|&r| policy.resources[r].audit_rule)
+        .min()
+        .map_or(
+            (Verdict::Deny, gateway_common::policy::RULE_DEFAULT_DENY),
+            |r| (Verdict::Audit, r),
+        )
+}
+
 #[derive(Clone, Copy)]
 struct Contrib<'a> {
     ranges: &'a [(u16, u16)],
@@ -533,15 +546,7 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
             Some(id) => *id,
             None => {
                 let id = atom_info.len() as u32 + 1;
-                let default = key
-                    .1
-                    .iter()
-                    .filter_map(|&r| policy.resources[r].audit_rule)
-                    .min()
-                    .map_or(
-                        (Verdict::Deny, gateway_common::policy::RULE_DEFAULT_DENY),
-                        |r| (Verdict::Audit, r),
-                    );
+                let default = atom_default(policy, &key.1);
                 atom_info.push((key.0, key.1.clone(), Vec::new(), default));
                 atom_of_key.insert(key, id);
                 id
@@ -576,14 +581,7 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
             .map(|&r| policy.resources[r].network)
             .min()
             .unwrap_or(0);
-        let default = covering
-            .iter()
-            .filter_map(|&r| policy.resources[r].audit_rule)
-            .min()
-            .map_or(
-                (Verdict::Deny, gateway_common::policy::RULE_DEFAULT_DENY),
-                |r| (Verdict::Audit, r),
-            );
+        let default = atom_default(policy, &covering);
         for &r in &covering {
             view_res[r] = true;
         }
