@@ -201,6 +201,8 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS policy_revisions (
         revision INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, actor TEXT NOT NULL,
         action TEXT NOT NULL, text TEXT NOT NULL);",
+    // 9: when each agent acknowledged the generation it is at (0: never).
+    "ALTER TABLE agents ADD COLUMN acked_ms INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// PostgreSQL's schema migrations (a list of its own; `schema_version` as for SQLite).
@@ -314,6 +316,8 @@ const PG_MIGRATIONS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS policy_revisions (
         revision BIGINT PRIMARY KEY, time_ms BIGINT NOT NULL, actor TEXT NOT NULL,
         action TEXT NOT NULL, text TEXT NOT NULL);",
+    // 7: SQLite's 9 (when each agent acknowledged its generation).
+    "ALTER TABLE agents ADD COLUMN IF NOT EXISTS acked_ms BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// The advisory lock PostgreSQL controllers take while migrating (one at a time).

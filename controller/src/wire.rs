@@ -261,6 +261,7 @@ impl From<AgentInfo> for v1::AgentInfo {
             hostname: a.hostname,
             connected: a.connected,
             acked_generation: a.acked_generation,
+            acked_unix_ms: a.acked_ms,
             current_generation: a.current_generation,
             last_seen_unix_ms: a.last_seen_ms,
             enrolled_unix_ms: a.enrolled_ms,

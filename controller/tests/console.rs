@@ -1524,3 +1524,73 @@ async fn a_trickled_body_times_out_and_one_source_cannot_take_every_connection()
     let (got, _) = read_all(&mut again, Duration::from_secs(3)).await;
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
 }
+
+#[tokio::test]
+async fn the_overview_says_when_the_revision_reached_every_agent() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let mut admin = ctl.admin().await;
+    common::apply(&mut admin, DEMO).await;
+    let agent = common::enroll(&ctl, "connector:demo-connector").await;
+    let auth = controller::model::AgentCredential {
+        agent_id: agent.agent_id.clone(),
+        credential: agent.credential.clone(),
+    };
+    let site = site(&ctl, ConsoleOptions::default()).await;
+    let (mut b, _) = logged_in(&ctl, &site, Role::Auditor).await;
+    let revision_line = |body: &str| {
+        let from = body
+            .find("id=\"policy-revision\"")
+            .expect("the revision line");
+        body[from..from + body[from..].find("</p>").unwrap()].to_string()
+    };
+
+    // Not acknowledged yet: said so, and no time in the agent's row.
+    let page = b.get("/").await;
+    let line = revision_line(&page.body);
+    assert!(line.contains("Policy revision 1, made "), "{line}");
+    assert!(
+        line.contains("1 of 1 agents have not acknowledged"),
+        "{line}"
+    );
+    assert!(page.body.contains("<th>Acknowledged at</th>"));
+
+    // The agent acknowledges its host's generation: in force on every agent, since then.
+    let generation = ctl.state.generations()["connector:demo-connector"];
+    let before = controller::now_ms();
+    ctl.state.ack(Some(&auth), generation).unwrap();
+    let page = b.get("/").await;
+    let line = revision_line(&page.body);
+    assert!(line.contains("in force on every agent since "), "{line}");
+    assert!(line.contains(" ms after it was made)"), "{line}");
+    let agents = ctl.state.agents();
+    let acked = agents[0].acked_ms;
+    assert!(acked >= before && acked <= controller::now_ms(), "{acked}");
+    assert!(
+        page.body
+            .contains(&policy_compiler::format_rfc3339(acked.div_euclid(1000))),
+        "the agent's row has its acknowledgement time"
+    );
+
+    // Kept across a restart of the controller (written with the acknowledgements), and
+    // acknowledging the same generation again does not move it.
+    ctl.state.flush_acks(false).unwrap();
+    ctl.state.ack(Some(&auth), generation).unwrap();
+    ctl.state.flush_acks(false).unwrap();
+    assert_eq!(ctl.state.agents()[0].acked_ms, acked);
+    let again = common::open_state(&db);
+    assert_eq!(again.agents()[0].acked_ms, acked);
+
+    // A new revision that changes the connector's view: behind again until acknowledged.
+    common::apply(
+        &mut admin,
+        &DEMO.replacen("tcp = [\"443\"]", "tcp = [\"8443\"]", 1),
+    )
+    .await;
+    let line = revision_line(&b.get("/").await.body);
+    assert!(line.contains("Policy revision 2"), "{line}");
+    assert!(
+        line.contains("1 of 1 agents have not acknowledged"),
+        "{line}"
+    );
+}

@@ -523,7 +523,7 @@ fn events_of_the_unpartitioned_schema_migrate_intact_on_postgres() {
     let mut store = event_store(&db);
     let conn = db.connect().unwrap();
     // Migrated to the newest schema (the partitioning is migration 4).
-    assert_eq!(int(&conn, "SELECT version FROM schema_version"), 6);
+    assert_eq!(int(&conn, "SELECT version FROM schema_version"), 7);
     assert_eq!(conn.sql().query(all, &[]).unwrap(), before);
     assert_eq!(int(&conn, "SELECT count(*) FROM events_default"), 0);
     let placed = conn

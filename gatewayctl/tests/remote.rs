@@ -909,6 +909,9 @@ async fn enroll_agents_events_and_follow() {
     assert_eq!(agents[0]["host"], "connector:demo-connector");
     assert_eq!(agents[0]["connected"], false);
     assert_eq!(agents[0]["current_generation"], 1);
+    // Not acknowledged yet: no time.
+    assert_eq!(agents[0]["acked_unix_ms"], 0);
+    assert!(agents[0]["acked"].is_null());
     assert_eq!(
         agents[0]["public_key"],
         "ZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmY="

@@ -414,18 +414,35 @@ async fn overview(
 ) -> Result<Response, Reject> {
     let a = c.authorize(&headers, peer, "ListAgents", None)?;
     let s = c.state.clone();
-    let (agents, revision, events) = blocking(move || {
+    let (agents, revision, revised_ms, events) = blocking(move || {
         let hour = crate::now_ms() - 3_600_000;
         let f = EventFilter {
             since_ms: Some(hour),
             ..EventFilter::default()
         };
         let events = s.query_events(&f, EXPORT_MAX)?;
-        Ok((s.agents(), s.revision(), events))
+        let revision = s.revision();
+        // When the current revision was made (its kept text's time), if it is kept.
+        let revised_ms = s
+            .policy_revisions(0, 1)?
+            .first()
+            .filter(|r| r.revision == revision)
+            .map(|r| r.time_ms);
+        Ok((s.agents(), revision, revised_ms, events))
     })
     .await?;
     let live: Vec<_> = agents.iter().filter(|x| x.revoked_ms.is_none()).collect();
     let online = live.iter().filter(|x| x.connected).count();
+    let behind = live
+        .iter()
+        .filter(|x| x.acked_generation != x.current_generation)
+        .count();
+    // Every live agent at its host's current generation: the revision reached them all
+    // when the last of them acknowledged (or when it was made, if none had to).
+    let reached = (behind == 0 && !live.is_empty()).then(|| {
+        let last_ack = live.iter().map(|x| x.acked_ms).max().unwrap_or(0);
+        revised_ms.map_or(last_ack, |r| r.max(last_ack))
+    });
     let count = |what: &str| {
         events
             .iter()
@@ -440,15 +457,27 @@ async fn overview(
         section aria-labelledby="agents-h" {
             h2 id="agents-h" { "Agents" }
             p id="agents-summary" { (online) " online, " (live.len() - online) " offline" }
-            p id="policy-revision" { "Policy revision " (revision) }
+            p id="policy-revision" {
+                "Policy revision " (revision)
+                @if let Some(t) = revised_ms { ", made " (time(t)) }
+                ": "
+                @if live.is_empty() { "no agents enrolled" }
+                @else if let Some(at) = reached {
+                    "in force on every agent since " (time(at))
+                    @if let Some(t) = revised_ms { @if at >= t { " (" (at - t) " ms after it was made)" } }
+                }
+                @else { (behind) " of " (live.len()) " agents have not acknowledged their current generation" }
+            }
             table id="overview-agents" {
-                thead { tr { th { "Agent" } th { "Host" } th { "Online" } th { "Acknowledged generation" } th { "Current generation" } th { "Last seen" } } }
+                thead { tr { th { "Agent" } th { "Host" } th { "Online" } th { "Acknowledged generation" } th { "Acknowledged at" } th { "Current generation" } th { "Last seen" } } }
                 tbody {
                     @for x in &live {
                         tr {
                             td { (x.agent_id) } td { (x.host) }
                             td { @if x.connected { "yes" } @else { "no" } }
-                            td { (x.acked_generation) } td { (x.current_generation) }
+                            td { (x.acked_generation) }
+                            td { @if x.acked_ms > 0 { (time(x.acked_ms)) } @else { "-" } }
+                            td { (x.current_generation) }
                             td { (time(x.last_seen_ms)) }
                         }
                     }

@@ -70,6 +70,9 @@ pub struct AgentInfo {
     /// The controller the stream is on (its listen address), when connected.
     pub controller: String,
     pub acked_generation: u64,
+    /// When it acknowledged `acked_generation` (unix ms; 0: never, or before this was
+    /// recorded).
+    pub acked_ms: i64,
     /// The current generation of its host.
     pub current_generation: u64,
     pub last_seen_ms: i64,

@@ -224,6 +224,7 @@ impl State {
                 credential_hash: hash_secret(&credential),
                 enrolled_ms: now,
                 acked_generation: 0,
+                acked_ms: 0,
                 last_seen_ms: now,
                 revoked_ms: None,
                 public_key: key.map(|k| k.to_string()).unwrap_or_default(),
@@ -418,6 +419,9 @@ impl State {
             )));
         }
         if let Some(a) = g.agents.get_mut(&id) {
+            if a.acked_generation != generation {
+                a.acked_ms = now;
+            }
             a.acked_generation = generation;
             a.last_seen_ms = now;
         }
@@ -497,7 +501,17 @@ impl State {
                     let here = g.watchers.get(&a.host).is_some_and(|ws| {
                         ws.iter().any(|w| w.agent_id == a.id && !w.tx.is_closed())
                     });
-                    let (acked, seen, on) = stored.get(&a.id).cloned().unwrap_or_default();
+                    let ((acked, seen, on), stored_acked_ms) =
+                        stored.get(&a.id).cloned().unwrap_or_default();
+                    // When the generation it is at was acknowledged: from whichever
+                    // controller saw the newer acknowledgement.
+                    let acked_ms = if acked > a.acked_generation {
+                        stored_acked_ms
+                    } else if acked == a.acked_generation {
+                        a.acked_ms.max(stored_acked_ms)
+                    } else {
+                        a.acked_ms
+                    };
                     let elsewhere =
                         !here && !on.is_empty() && on != me && now - seen < PRESENCE_FRESH_MS;
                     AgentInfo {
@@ -513,6 +527,7 @@ impl State {
                             String::new()
                         },
                         acked_generation: a.acked_generation.max(acked),
+                        acked_ms,
                         current_generation: g.hosts.get(&a.host).map_or(0, |h| h.generation),
                         last_seen_ms: a.last_seen_ms.max(seen),
                         enrolled_ms: a.enrolled_ms,

@@ -14,6 +14,8 @@ pub struct AgentRow {
     pub credential_hash: String,
     pub enrolled_ms: i64,
     pub acked_generation: u64,
+    /// When it acknowledged `acked_generation` (unix ms; 0: never).
+    pub acked_ms: i64,
     pub last_seen_ms: i64,
     pub revoked_ms: Option<i64>,
     /// The registered WireGuard public key (base64); empty for agents enrolled before
@@ -121,7 +123,7 @@ impl Store {
     pub fn agents(&self) -> Result<Vec<AgentRow>, Error> {
         let mut out = Vec::new();
         for r in self.conn.sql().query(
-            "SELECT id, host, hostname, credential_hash, enrolled_ms, acked_generation, last_seen_ms, revoked_ms, public_key FROM agents ORDER BY enrolled_ms, id",
+            "SELECT id, host, hostname, credential_hash, enrolled_ms, acked_generation, last_seen_ms, revoked_ms, public_key, acked_ms FROM agents ORDER BY enrolled_ms, id",
             &[],
         )? {
             out.push(AgentRow {
@@ -131,6 +133,7 @@ impl Store {
                 credential_hash: r.text(3)?,
                 enrolled_ms: r.int(4)?,
                 acked_generation: r.int(5)? as u64,
+                acked_ms: r.int(9)?,
                 last_seen_ms: r.int(6)?,
                 revoked_ms: r.opt_int(7)?,
                 public_key: r.text(8)?,
@@ -211,7 +214,9 @@ pub fn record_presence(tx: &dyn Sql, rows: &[(String, Presence)]) -> Result<(), 
         tx.execute(
             &format!(
                 "UPDATE agents SET acked_generation = p.column2, last_seen_ms = p.column3,
-                    connected_to = p.column4
+                    connected_to = p.column4,
+                    acked_ms = CASE WHEN agents.acked_generation <> p.column2 THEN p.column3
+                                    ELSE agents.acked_ms END
                  FROM (VALUES {list}) AS p WHERE agents.id = p.column1"
             ),
             &args,
@@ -222,16 +227,22 @@ pub fn record_presence(tx: &dyn Sql, rows: &[(String, Presence)]) -> Result<(), 
 }
 
 impl Store {
-    /// Every agent's presence as recorded ([`record_presence`]).
-    pub fn presence(&self) -> Result<std::collections::HashMap<String, Presence>, Error> {
+    /// Every agent's presence as recorded ([`record_presence`]), with when it
+    /// acknowledged the generation it is at (unix ms; 0: never).
+    pub fn presence(&self) -> Result<std::collections::HashMap<String, (Presence, i64)>, Error> {
         self.conn
             .sql()
             .query(
-                "SELECT id, acked_generation, last_seen_ms, connected_to FROM agents",
+                "SELECT id, acked_generation, last_seen_ms, connected_to, acked_ms FROM agents",
                 &[],
             )?
             .iter()
-            .map(|r| Ok((r.text(0)?, (r.int(1)? as u64, r.int(2)?, r.text(3)?))))
+            .map(|r| {
+                Ok((
+                    r.text(0)?,
+                    ((r.int(1)? as u64, r.int(2)?, r.text(3)?), r.int(4)?),
+                ))
+            })
             .collect()
     }
 }

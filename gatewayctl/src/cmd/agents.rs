@@ -26,6 +26,8 @@ pub async fn list(ctl: &Ctl, output: Output) -> R<()> {
                 "connected": a.connected,
                 "controller": (!a.controller.is_empty()).then_some(&a.controller),
                 "acked_generation": a.acked_generation,
+                "acked": (a.acked_unix_ms > 0).then(|| format_ms_secs(a.acked_unix_ms)),
+                "acked_unix_ms": a.acked_unix_ms,
                 "current_generation": a.current_generation,
                 "in_sync": a.acked_generation == a.current_generation,
                 "last_seen": format_ms_secs(a.last_seen_unix_ms),
