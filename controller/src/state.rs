@@ -84,7 +84,11 @@ struct Inner {
     // The policy aggregate.
     objects: Objects,
     revision: u64,
-    policy: Policy,
+    /// The parsed policy (shared with the published snapshot).
+    policy: Arc<Policy>,
+    /// The text GetPolicy gives at `revision`, when the last commit made it (the
+    /// revision's kept text): the next published snapshot starts with it.
+    exported: Option<(u64, String)>,
     /// Why the stored policy did not load, when it did not: the controller serves what
     /// it has (the stored views, reads) and refuses changes other than a whole new
     /// policy (ApplyPolicy), which repairs it.
@@ -232,11 +236,13 @@ impl State {
         let creds = security::Creds::new(loaded.api_keys, loaded.users);
         let (events, _) = broadcast::channel(4096);
         let applied = store.applied_text()?.map(Arc::new);
+        let policy = Arc::new(policy);
         let snapshot = Snapshot::new(
             loaded.objects.clone(),
             applied,
             loaded.revision,
             broken.clone(),
+            policy.clone(),
         );
         store.seq = loaded.seq;
         let state = State {
@@ -250,6 +256,7 @@ impl State {
                 objects: loaded.objects,
                 revision: loaded.revision,
                 policy,
+                exported: None,
                 broken,
                 hosts,
                 agents,

@@ -1594,3 +1594,45 @@ async fn the_overview_says_when_the_revision_reached_every_agent() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn who_can_reach_a_resource_lists_service_account_keys_and_every_device() {
+    let (_d, db) = tempdir();
+    let ctl = Controller::start(&db).await;
+    let text = format!(
+        "{DEMO}\n[[service_account]]\nname = \"ci\"\nkeys = [{{ name = \"k1\", address = \"198.19.1.1\" }}, {{ name = \"k6\", address = \"2001:db8:ff::99\" }}]\n\n\
+         [[allow]]\nname = \"ci-web\"\nprincipals = [\"ci\"]\nresources = [\"web\"]\n"
+    );
+    let mut admin = ctl.admin().await;
+    common::apply(&mut admin, &text).await;
+    let site = site(&ctl, ConsoleOptions::default()).await;
+    let (mut b, _) = logged_in(&ctl, &site, Role::Auditor).await;
+    let page = b.get("/objects/resource/web").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(!page.body.contains("id=\"reach-error\""), "{}", page.body);
+    let table = {
+        let from = page
+            .body
+            .find("id=\"reach-table\"")
+            .expect("the reach table");
+        page.body[from..from + page.body[from..].find("</table>").unwrap()].to_string()
+    };
+    let row = |who: &str| {
+        let at = table
+            .find(&format!("<td>{who}</td>"))
+            .unwrap_or_else(|| panic!("no row for {who}: {table}"));
+        table[at..at + table[at..].find("</tr>").unwrap()].to_string()
+    };
+    // The IPv4 key reaches web (its grant); the IPv6-only key has no address of web's
+    // family: a denial that says why, not an error of the whole page.
+    assert!(row("ci/k1").contains("<td>allow</td>"), "{}", row("ci/k1"));
+    assert!(row("ci/k6").contains("<td>deny</td>"), "{}", row("ci/k6"));
+    assert!(
+        row("ci/k6").contains("has no IPv4 address"),
+        "{}",
+        row("ci/k6")
+    );
+    // Every device is listed, with the demo's own decisions.
+    assert!(row("alice-laptop").contains("<td>allow</td>"));
+    assert!(row("bob-laptop").contains("<td>deny</td>"));
+}

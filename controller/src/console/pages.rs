@@ -1470,31 +1470,43 @@ async fn reach(
         .iter()
         .filter_map(|v| v.as_str().map(str::to_string))
         .collect();
-    let mut from: Vec<(String, Kind)> = Vec::new();
-    for k in [Kind::Device, Kind::ServiceAccount] {
-        from.extend(c.state.objects(Some(k)).0.into_iter().map(|o| (o.name, k)));
-    }
+    // Devices and service-account keys, each decided as Explain decides it (the
+    // published policy's own evaluator; no parse per request).
+    let mut from = c.state.principal_names();
     let more = from.len() > REACH_MAX;
     from.truncate(REACH_MAX);
-    let assertions: Vec<crate::model::Assertion> = from
-        .iter()
-        .map(|(f, _)| crate::model::Assertion {
-            name: String::new(),
-            from: f.clone(),
-            to: o.name.clone(),
-            expect: "allow".into(),
-            at: None,
-        })
-        .collect();
     let s = c.state.clone();
-    let report = tokio::task::spawn_blocking(move || s.test_access(&assertions, false))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let rows = from
-        .into_iter()
-        .zip(report.results)
-        .map(|((f, k), r)| (f, k, r))
-        .collect();
+    let to = o.name.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        from.into_iter()
+            .map(|(f, k)| {
+                let outcome = match s.explain(&f, &to, None) {
+                    Ok(e) => crate::model::TestOutcome {
+                        name: f.clone(),
+                        passed: e.verdict != policy_compiler::Verdict::Deny,
+                        expected: policy_compiler::Verdict::Allow,
+                        got: e.verdict,
+                        reason: e.reason,
+                        rule_id: e.rule_id,
+                        message: String::new(),
+                    },
+                    // A principal without an address of the resource's family cannot
+                    // reach it: said as a denial with the reason.
+                    Err(err) => crate::model::TestOutcome {
+                        name: f.clone(),
+                        passed: false,
+                        expected: policy_compiler::Verdict::Allow,
+                        got: policy_compiler::Verdict::Deny,
+                        reason: err.to_string(),
+                        rule_id: 0,
+                        message: String::new(),
+                    },
+                };
+                (f, k, outcome)
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     Ok((rows, connectors, more))
 }

@@ -38,6 +38,8 @@ pub(super) struct Snapshot {
     pub(super) revision: u64,
     /// Why the stored policy does not load, when it does not.
     pub(super) broken: Option<String>,
+    /// The parsed policy (an empty stand-in when `broken`).
+    pub(super) policy: Arc<Policy>,
 }
 
 impl Snapshot {
@@ -46,6 +48,7 @@ impl Snapshot {
         applied: Option<Arc<String>>,
         revision: u64,
         broken: Option<String>,
+        policy: Arc<Policy>,
     ) -> Snapshot {
         Snapshot {
             text: objects.render(),
@@ -54,6 +57,7 @@ impl Snapshot {
             exported: std::sync::OnceLock::new(),
             revision,
             broken,
+            policy,
         }
     }
 }
@@ -234,12 +238,21 @@ impl State {
 
     /// Publishes what reads see, with `applied` as the text of the last applied file.
     pub(super) fn publish_with(&self, g: &Inner, applied: Option<Arc<String>>) {
-        let snap = Arc::new(Snapshot::new(
+        let snap = Snapshot::new(
             g.objects.clone(),
             applied,
             g.revision,
             g.broken.clone(),
-        ));
+            g.policy.clone(),
+        );
+        // The text this revision's commit made for its revision record is what GetPolicy
+        // gives: the first reader does not make it again.
+        if let Some((rev, text)) = &g.exported
+            && *rev == g.revision
+        {
+            let _ = snap.exported.set(text.clone());
+        }
+        let snap = Arc::new(snap);
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snap;
     }
 
@@ -725,7 +738,7 @@ impl State {
         )?;
         g.objects = new;
         g.next_expiry = next_expiry(&policy, now);
-        g.policy = policy;
+        g.policy = Arc::new(policy);
         info!(
             actor = %opts.actor,
             action,
@@ -905,6 +918,7 @@ impl State {
             applied,
             revision_text.as_deref(),
         )?;
+        g.exported = revision_text.map(|t| (revision, t));
         g.revision = revision;
         for p in plans {
             let hs = g.hosts.entry(p.host.clone()).or_insert_with(|| {

@@ -155,7 +155,7 @@ impl State {
         };
         g.objects = objects;
         g.revision = revision;
-        g.policy = policy;
+        g.policy = Arc::new(policy);
         g.broken = broken;
         let applied = g.store.applied_text()?.map(Arc::new);
         self.publish_with(g, applied);

@@ -66,25 +66,56 @@ impl State {
             })
     }
 
+    /// Every principal of the published policy as a `from` of the `[[test]]` grammar:
+    /// device names, then each service account's keys (`account/key`).
+    pub fn principal_names(&self) -> Vec<(String, Kind)> {
+        let snap = self.snap();
+        let p = &snap.policy;
+        p.devices
+            .iter()
+            .map(|d| (d.name.clone(), Kind::Device))
+            .chain(p.service_accounts.iter().flat_map(|sa| {
+                sa.keys
+                    .iter()
+                    .map(move |k| (format!("{}/{}", sa.name, k.name), Kind::ServiceAccount))
+            }))
+            .collect()
+    }
+
     /// Decides one packet (`from`/`to` in the `[[test]]` syntax) at `at` (default now).
+    ///
+    /// Decided on the published snapshot's parsed policy (no parse per call; an Explain
+    /// never waits for a change in progress), with the `[[test]]` grammar of `from` and
+    /// `to` (`policy_compiler::target`).
     pub fn explain(&self, from: &str, to: &str, at: Option<i64>) -> Result<Explanation, Error> {
         let now = now_unix();
         let at = at.unwrap_or(now);
-        let p = self.with_tests(
-            &[(
-                "__explain__".into(),
-                from.into(),
-                to.into(),
-                "allow".into(),
-                Some(at),
-            )],
-            now,
-        )?;
-        let t = p
-            .tests
-            .last()
-            .ok_or_else(|| Error::Internal("explain: no test block".into()))?;
-        let e = t.target().explain(&p, t.src, at);
+        for (what, v) in [("from", from), ("to", to)] {
+            if let Some(why) = crate::names::problem(v, 256) {
+                return Err(Error::InvalidArgument(format!(
+                    "invalid `{what}` `{}`: {why}",
+                    shown(v)
+                )));
+            }
+        }
+        let snap = self.snap();
+        Self::refuse_broken(&snap.broken)?;
+        let p = &*snap.policy;
+        let target = pc::target::resolve_target(p, to).map_err(|e| {
+            let hint = e.hint().map(|h| format!(" ({h})")).unwrap_or_default();
+            Error::InvalidArgument(format!(
+                "`to`: {e}{hint}; write \"addr:port/tcp\", \"addr:port/udp\", \
+                 \"[v6addr]:port/tcp\", \"addr/icmp\", a DNS name in place of addr, or a \
+                 resource name"
+            ))
+        })?;
+        let src = pc::target::resolve_source(p, from, target.addr).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "`from`: {e}; write a device name, a service-account key as \
+                 \"sa-name/key-name\", or an IP address"
+            ))
+        })?;
+        let e = target.explain(p, src, at);
         let d = e.decision;
         Ok(Explanation {
             verdict: d.verdict,
