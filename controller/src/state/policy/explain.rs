@@ -152,7 +152,7 @@ impl State {
                     }
                 })
                 .collect(),
-            text: e.render(&p),
+            text: e.render(p),
             at,
         })
     }
