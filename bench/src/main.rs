@@ -1,4 +1,4 @@
-//! `bench [--quick] [--only decision,throughput,compile,apply,peers,tunnel,controller,ha,events] [--out DIR]`: the
+//! `bench [--quick] [--only decision,throughput,compile,apply,peers,tunnel,controller,ha,events,console] [--out DIR]`: the
 //! gateway's benchmark suite (see bench/README.md). Writes `<out>/<run>.json|.md`,
 //! `latest.*` copies and `latest-*.svg` plots; one progress line per step on stderr. Needs
 //! root for the decision, throughput and apply suites (BPF, namespaces).
@@ -6,6 +6,7 @@
 mod alloc;
 mod apply;
 mod compile_suite;
+mod console_suite;
 mod controller_suite;
 mod decision;
 mod events_suite;
@@ -94,7 +95,7 @@ fn args() -> Result<Opts> {
             }
             "-h" | "--help" => {
                 println!(
-                    "bench [--quick] [--only decision,throughput,compile,apply,peers,tunnel,controller,ha,events] [--out DIR]\n      \
+                    "bench [--quick] [--only decision,throughput,compile,apply,peers,tunnel,controller,ha,events,console] [--out DIR]\n      \
                      [--iface IFACE [--duration SECONDS] [--rules N]]\n      \
                      bench --summarize N   goals over the newest N complete runs -> summary.md\n\n\
                      --iface IFACE   throughput on a real interface with your own traffic generator:\n\
@@ -125,7 +126,12 @@ fn main() -> Result<()> {
         if !wanted(name) {
             return;
         }
-        if !root && !matches!(name, "compile" | "controller" | "peers" | "events" | "ha") {
+        if !root
+            && !matches!(
+                name,
+                "compile" | "controller" | "peers" | "events" | "ha" | "console"
+            )
+        {
             progress(&format!("{name}: SKIP needs root"));
             r.errors.push(format!("{name}: skipped, needs root"));
             return;
@@ -167,6 +173,9 @@ fn main() -> Result<()> {
         events_suite::run(&opts, r.events.get_or_insert_with(Default::default))
     });
     suite("ha", &mut |r| ha_suite::run(opts.quick, &mut r.ha));
+    suite("console", &mut |r| {
+        console_suite::run(&opts, &mut r.console)
+    });
     r.wall_seconds = START.get_or_init(Instant::now).elapsed().as_secs_f64();
     let paths = report::write(&opts.out, &mut r, opts.only.is_some())?;
     for p in paths {

@@ -2,8 +2,8 @@
 //! SVG: no font or drawing libraries needed).
 
 use crate::{
-    apply, compile_suite, controller_suite, decision, events_suite, peer_change, throughput,
-    tunnel_suite,
+    apply, compile_suite, console_suite, controller_suite, decision, events_suite, peer_change,
+    throughput, tunnel_suite,
 };
 use anyhow::Result;
 use gateway_common::maps;
@@ -27,6 +27,8 @@ pub struct Results {
     pub events: Option<events_suite::Summary>,
     /// Several controllers under 1000 agents (see `ha_suite`).
     pub ha: Option<crate::ha_suite::Summary>,
+    /// The Admin Console's page times (see `console_suite`).
+    pub console: Option<console_suite::Summary>,
     pub tunnel: Option<tunnel_suite::Summary>,
     pub peer_change: Option<peer_change::PeerChange>,
     pub errors: Vec<String>,
@@ -414,6 +416,52 @@ impl Results {
             })
             .unwrap_or_default(),
         ));
+        // 11. The Admin Console (issue 18).
+        let c = self.console.as_ref();
+        out.push(goal(
+            "console: page p99 ms at 10k resources / 100k events (worst page)",
+            "< 100",
+            c.map(|c| c.worst_p99_ms),
+            |m| m < 100.0,
+            c.map(|c| {
+                let mut by_p99: Vec<&console_suite::Page> = c.pages.iter().collect();
+                by_p99.sort_by(|a, b| b.latency.p99_ms.total_cmp(&a.latency.p99_ms));
+                format!(
+                    "worst: {} (p50 {:.1} ms, {} bytes; {} clients at once: p99 {:.1} ms); next: {}; {} pages x {} requests",
+                    c.worst_page,
+                    by_p99.first().map_or(0.0, |p| p.latency.p50_ms),
+                    by_p99.first().map_or(0, |p| p.bytes),
+                    c.concurrent_clients,
+                    c.concurrent.as_ref().map_or(0.0, |p| p.latency.p99_ms),
+                    by_p99
+                        .iter()
+                        .skip(1)
+                        .take(2)
+                        .map(|p| format!("{} {:.1} ms", p.page, p.latency.p99_ms))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    c.pages.len(),
+                    c.requests
+                )
+            })
+            .unwrap_or_default(),
+        ));
+        out.push(goal(
+            "console: event to Activity page p99 ms",
+            "< 1000",
+            c.map(|c| c.event_to_row.p99_ms),
+            |m| m < 1000.0,
+            c.map(|c| {
+                format!(
+                    "arrival in the page's live stream: p50 {:.1} ms, max {:.1} ms over {} events at {:.0}/s",
+                    c.event_to_row.p50_ms,
+                    c.event_to_row.max_ms,
+                    c.event_to_row.calls,
+                    c.stream_pace_per_sec
+                )
+            })
+            .unwrap_or_default(),
+        ));
         out
     }
 
@@ -439,6 +487,7 @@ impl Results {
             "controller": self.controller,
             "events": self.events,
             "ha": self.ha,
+            "console": self.console,
             "tunnel": self.tunnel,
             "peer_change": self.peer_change,
             "goals": self.goals(),
@@ -764,6 +813,60 @@ fn markdown(r: &Results, run: &str) -> String {
                 k.failover.max_ms
             );
         }
+    }
+    if let Some(c) = &r.console {
+        let _ = writeln!(
+            s,
+            "\n## Admin Console ({} resources, {} users, {} devices, {} service accounts, {} groups, {} grants, {} tests; {} agents; {} events; policy of {} bytes)\n\n\
+             Server time per page: request to the body's last byte on loopback, {} requests each, one client.\n\n\
+             | page | bytes | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: |",
+            c.resources,
+            c.users,
+            c.devices,
+            c.service_accounts,
+            c.groups,
+            c.grants,
+            c.tests,
+            c.agents,
+            c.events,
+            c.policy_bytes,
+            c.requests
+        );
+        for p in &c.pages {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.2} | {:.2} | {:.2} |",
+                p.page, p.bytes, p.latency.p50_ms, p.latency.p99_ms, p.latency.max_ms
+            );
+        }
+        if let Some(p) = &c.concurrent {
+            let _ = writeln!(
+                s,
+                "| {} ({} clients at once) | {} | {:.2} | {:.2} | {:.2} |",
+                p.page,
+                c.concurrent_clients,
+                p.bytes,
+                p.latency.p50_ms,
+                p.latency.p99_ms,
+                p.latency.max_ms
+            );
+        }
+        for p in &c.downloads {
+            let _ = writeln!(
+                s,
+                "| download: {} | {} | {:.2} | {:.2} | {:.2} |",
+                p.page, p.bytes, p.latency.p50_ms, p.latency.p99_ms, p.latency.max_ms
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nEvent to the Activity page's live stream ({} events, {:.0}/s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms.",
+            c.event_to_row.calls,
+            c.stream_pace_per_sec,
+            c.event_to_row.p50_ms,
+            c.event_to_row.p99_ms,
+            c.event_to_row.max_ms
+        );
     }
     if !r.errors.is_empty() {
         s.push_str("\n## Errors\n\n");
