@@ -3,7 +3,8 @@
 //!
 //! A name is case-insensitive and kept lower-case, without a trailing dot. Labels are 1 to
 //! 63 letters, digits, `-` (not first or last) and `_`; the whole name at most 253
-//! characters; the last label is not all digits (it would read as an address). A wildcard
+//! characters; the last label is not all digits (it would read as an address), and at most
+//! one label is (`198.18.1.x` is an address with a mistake, refused). A wildcard
 //! is the whole first label, `*` or `**`, followed by at least one label.
 //!
 //! When several resources' patterns match a query name, the **most specific** pattern
@@ -71,6 +72,20 @@ pub fn parse_name(s: &str) -> Result<String, NameError> {
     }
     for l in n.split('.') {
         label_ok(l).map_err(|m| (m, hint()))?;
+    }
+    // Two or more all-digit labels: an IP address with a mistake (`198.18.1.x`,
+    // `10.0.0.1o`) far more often than a name; refused rather than read as a name.
+    let numeric = n
+        .split('.')
+        .filter(|l| l.chars().all(|c| c.is_ascii_digit()))
+        .count();
+    if numeric >= 2 {
+        return Err((
+            format!("`{s}` looks like an IP address with a mistake, not a DNS name"),
+            "write the address as digits and dots (\"198.18.0.10\"), or a name with at most \
+             one all-digit label"
+                .into(),
+        ));
     }
     let last = n.rsplit('.').next().unwrap_or_default();
     if last.chars().all(|c| c.is_ascii_digit()) {
@@ -235,6 +250,9 @@ mod tests {
             "***.test",
             "1.2.3",
             "198.18.0.10",
+            "198.18.1.x",
+            "10.0.0.1o",
+            "10.x.0.1",
             "a.123",
             "é.test",
             &format!("{}.test", "a".repeat(64)),

@@ -146,6 +146,8 @@ fn bad_names_are_located_errors_and_addresses_keep_their_errors() {
         ("**", "is not a DNS name"),
         ("a b.test", "has ` `"),
         ("x.123", "ends in an all-digit label"),
+        ("198.18.1.x", "looks like an IP address with a mistake"),
+        ("10.0.0.1o", "looks like an IP address with a mistake"),
         ("198.18.300.1", "is not a valid IP address or CIDR"),
         ("198.18.0.0/33", "is not a valid CIDR"),
         ("app.corp.test/24", "is not a valid CIDR"),
