@@ -393,51 +393,38 @@ pub(crate) fn target_in<N: Names + ?Sized>(names: &N, to: &str) -> Result<Target
     let Some(r) = names.resource(to) else {
         return parse_target(to);
     };
-    let addr = match &r.address {
-        crate::model::Address::Net(n) => n.network(),
-        crate::model::Address::Name(crate::names::NamePattern::Exact(n)) => {
-            let (proto, port) = if let Some(port) = r.ports.tcp.first() {
-                (proto::TCP, port)
-            } else if let Some(port) = r.ports.udp.first() {
-                (proto::UDP, port)
-            } else {
-                (proto::ICMP, 0)
-            };
-            return Ok(Target::named(n.clone(), false, proto, port));
-        }
-        crate::model::Address::Name(p) => {
-            return Err(TargetError::Wildcard {
-                to: to.to_string(),
-                pattern: p.to_string(),
-            });
-        }
-    };
-    Ok(if let Some(port) = r.ports.tcp.first() {
-        Target {
-            addr,
-            proto: proto::TCP,
-            port,
-            name: None,
-        }
-    } else if let Some(port) = r.ports.udp.first() {
-        Target {
-            addr,
-            proto: proto::UDP,
-            port,
-            name: None,
-        }
-    } else {
-        Target {
-            addr,
-            proto: if addr.is_ipv6() {
+    // Its first port: TCP, else UDP, else ICMP of its family.
+    let first = r
+        .ports
+        .tcp
+        .first()
+        .map(|p| (proto::TCP, p))
+        .or_else(|| r.ports.udp.first().map(|p| (proto::UDP, p)));
+    match &r.address {
+        crate::model::Address::Net(n) => {
+            let addr = n.network();
+            let icmp = if addr.is_ipv6() {
                 proto::ICMPV6
             } else {
                 proto::ICMP
-            },
-            port: 0,
-            name: None,
+            };
+            let (proto, port) = first.unwrap_or((icmp, 0));
+            Ok(Target {
+                addr,
+                proto,
+                port,
+                name: None,
+            })
         }
-    })
+        crate::model::Address::Name(crate::names::NamePattern::Exact(n)) => {
+            let (proto, port) = first.unwrap_or((proto::ICMP, 0));
+            Ok(Target::named(n.clone(), false, proto, port))
+        }
+        crate::model::Address::Name(p) => Err(TargetError::Wildcard {
+            to: to.to_string(),
+            pattern: p.to_string(),
+        }),
+    }
 }
 
 /// Resolves a source against `policy` (see the module docs), before the destination is
@@ -484,11 +471,12 @@ pub fn parse_target(to: &str) -> Result<Target, TargetError> {
         crate::names::parse_name(x).ok()
     };
     match protocol {
-        "icmp" | "icmpv6" if name_of(addr_port).is_some() => {
-            let n = name_of(addr_port).unwrap_or_default();
-            let v6 = protocol == "icmpv6";
-            let p = if v6 { proto::ICMPV6 } else { proto::ICMP };
-            return Ok(Target::named(n, v6, p, 0));
+        "icmp" | "icmpv6" => {
+            if let Some(n) = name_of(addr_port) {
+                let v6 = protocol == "icmpv6";
+                let p = if v6 { proto::ICMPV6 } else { proto::ICMP };
+                return Ok(Target::named(n, v6, p, 0));
+            }
         }
         "tcp" | "udp" => {
             if let Some((a, p)) = addr_port.rsplit_once(':')
