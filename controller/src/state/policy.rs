@@ -299,6 +299,15 @@ impl State {
         if g.revision == 0 || g.broken.is_some() {
             return Ok(());
         }
+        // Kept already (every start after the first): nothing to write.
+        if g.store
+            .revisions(g.revision + 1, 1)?
+            .first()
+            .map(|r| r.revision)
+            == Some(g.revision)
+        {
+            return Ok(());
+        }
         let (text, revision) = self.policy();
         g.store.keep_revision(revision, now_ms(), &text)
     }
@@ -314,9 +323,9 @@ impl State {
     /// that is not kept (older than the last [`REVISIONS_KEPT`], or never made) is
     /// `NotFound`, saying which are kept.
     pub fn policy_at(&self, revision: u64) -> Result<(String, u64), Error> {
-        let (text, current) = self.policy();
+        let current = self.revision();
         if revision == 0 || revision == current {
-            return Ok((text, current));
+            return Ok(self.policy());
         }
         let g = self.lock();
         if let Some(text) = g.store.revision_text(revision)? {

@@ -17,19 +17,12 @@ impl State {
         now: i64,
     ) -> Result<Policy, Error> {
         for (name, from, to, expect, _) in blocks {
-            for (what, v) in [
+            refuse_bad_fields(&[
                 ("name", name),
                 ("from", from),
                 ("to", to),
                 ("expect", expect),
-            ] {
-                if let Some(why) = crate::names::problem(v, 256) {
-                    return Err(Error::InvalidArgument(format!(
-                        "invalid `{what}` `{}`: {why}",
-                        shown(v)
-                    )));
-                }
-            }
+            ])?;
         }
         // The published snapshot: an Explain never waits for a change in progress.
         let mut text = {
@@ -90,14 +83,7 @@ impl State {
     pub fn explain(&self, from: &str, to: &str, at: Option<i64>) -> Result<Explanation, Error> {
         let now = now_unix();
         let at = at.unwrap_or(now);
-        for (what, v) in [("from", from), ("to", to)] {
-            if let Some(why) = crate::names::problem(v, 256) {
-                return Err(Error::InvalidArgument(format!(
-                    "invalid `{what}` `{}`: {why}",
-                    shown(v)
-                )));
-            }
-        }
+        refuse_bad_fields(&[("from", from), ("to", to)])?;
         let snap = self.snap();
         Self::refuse_broken(&snap.broken)?;
         let p = &*snap.policy;
@@ -205,6 +191,20 @@ impl State {
             results,
         })
     }
+}
+
+/// Refuses a field of an Explain or an assertion that [`crate::names::problem`] finds no
+/// text to look up (at most 256 characters), naming the field.
+fn refuse_bad_fields(fields: &[(&str, &str)]) -> Result<(), Error> {
+    for (what, v) in fields {
+        if let Some(why) = crate::names::problem(v, 256) {
+            return Err(Error::InvalidArgument(format!(
+                "invalid `{what}` `{}`: {why}",
+                shown(v)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `NoGrant` -> `no_grant`.
