@@ -749,35 +749,26 @@ fn diff_lines(old: &str, new: &str) -> (Vec<DiffLine>, usize, usize, usize) {
         .timeout(DIFF_TIMEOUT)
         .diff_lines(old, new);
     let (mut out, mut more, mut added, mut removed) = (Vec::new(), 0, 0, 0);
-    for group in d.grouped_ops(3) {
-        let (Some(first), Some(last)) = (group.first(), group.last()) else {
-            continue;
-        };
-        let (o, n) = (first.old_range().start, first.new_range().start);
-        let (oe, ne) = (last.old_range().end, last.new_range().end);
-        let mut lines = vec![(
-            "hunk",
-            format!("@@ -{},{} +{},{} @@", o + 1, oe - o, n + 1, ne - n),
-        )];
-        for op in &group {
-            for ch in d.iter_changes(op) {
-                let (class, sign) = match ch.tag() {
-                    ChangeTag::Insert => {
-                        added += 1;
-                        ("add", '+')
-                    }
-                    ChangeTag::Delete => {
-                        removed += 1;
-                        ("del", '-')
-                    }
-                    ChangeTag::Equal => ("ctx", ' '),
-                };
-                let line = ch.value();
-                lines.push((
-                    class,
-                    format!("{sign}{}", line.strip_suffix('\n').unwrap_or(line)),
-                ));
-            }
+    // The hunks of a unified diff with 3 lines of context (`gatewayctl revisions diff`'s).
+    for hunk in d.unified_diff().context_radius(3).iter_hunks() {
+        let mut lines = vec![("hunk", hunk.header().to_string())];
+        for ch in hunk.iter_changes() {
+            let (class, sign) = match ch.tag() {
+                ChangeTag::Insert => {
+                    added += 1;
+                    ("add", '+')
+                }
+                ChangeTag::Delete => {
+                    removed += 1;
+                    ("del", '-')
+                }
+                ChangeTag::Equal => ("ctx", ' '),
+            };
+            let line = ch.value();
+            lines.push((
+                class,
+                format!("{sign}{}", line.strip_suffix('\n').unwrap_or(line)),
+            ));
         }
         for l in lines {
             if out.len() < DIFF_LINES_MAX {
