@@ -311,8 +311,9 @@ pub enum Command {
     /// Enrolled agents: host, connection, acknowledged vs current generation.
     ///
     /// JSON: `{"agents": [{"agent_id", "host", "hostname", "connected", "controller" (the
-    /// listen address of the controller its stream is on), "acked_generation",
-    /// "current_generation", "in_sync", "last_seen", "last_seen_unix_ms", "enrolled",
+    /// listen address of the controller its stream is on), "acked_generation", "acked" and
+    /// "acked_unix_ms" (when it acknowledged it; null / 0: not yet), "current_generation",
+    /// "in_sync", "last_seen", "last_seen_unix_ms", "enrolled",
     /// "enrolled_unix_ms", "public_key"}]}`.
     Agents {
         #[command(flatten)]
