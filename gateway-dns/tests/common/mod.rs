@@ -52,9 +52,19 @@ pub fn upstream_answer(q: &[u8]) -> Option<Vec<u8>> {
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
+        // UDP and TCP on one port: the UDP port the kernel picks may be taken for TCP
+        // (by another test's connection), so pick again, as `Stub::bind` does.
+        let mut attempt = 0;
+        let (udp, addr, tcp) = loop {
+            attempt += 1;
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            match TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, addr, tcp),
+                Err(e) if attempt >= 20 => panic!("no port free for UDP and TCP: {e}"),
+                Err(_) => continue,
+            }
+        };
         let queries = Arc::new(Mutex::new(Vec::new()));
         let count = Arc::new(AtomicUsize::new(0));
         let (qs, c) = (queries.clone(), count.clone());
