@@ -157,6 +157,11 @@ pub struct NameAtoms {
     #[serde(serialize_with = "ser_verdict")]
     pub default_verdict: Verdict,
     pub default_rule: u32,
+    /// The connector peer a device reaches this pattern's resources through (the
+    /// connector carrying the network's tunnel, [`crate::peers`]); `None` in a connector's
+    /// view, and for a device that reaches none of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 /// Everything one host needs: map entries (sorted, deterministic) and user-side metadata.
@@ -594,6 +599,7 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
             v6: v4 + 1,
             default_verdict: default.0,
             default_rule: default.1,
+            peer: None,
         });
     }
     // An atom's family: its prefixes' (address atoms), every second one of a name pair.
@@ -894,8 +900,19 @@ pub fn compile(policy: &Policy, host: &Host, now: i64) -> Result<HostView, Compi
     }
     // Peers, and the first instant they change (a grant or key expiry the entries carry
     // as their `after_*` value changes the peers without a second change).
-    let entries = peers::Entries::new(&sources, &atoms, &rules);
+    let name_networks: Vec<(u32, u32, usize)> = names
+        .iter()
+        .map(|n| (n.v4, n.v6, atom_info[n.v4 as usize - 1].0))
+        .collect();
+    let entries = peers::Entries::new(&sources, &atoms, &rules).with_names(&names, &name_networks);
     let peers = peers::peers_at(policy, host, &entries, now);
+    if matches!(host, Host::Device(_)) {
+        for (n, &(_, _, network)) in names.iter_mut().zip(&name_networks) {
+            n.peer = peers::tunnel_connector(policy, network)
+                .filter(|c| peers.iter().any(|p| p.name == c.name))
+                .map(|c| c.name.clone());
+        }
+    }
     if let Some(t) = peers::first_change(policy, host, &entries, &peers, now, recompile_at) {
         recompile_at = Some(t);
     }

@@ -170,6 +170,9 @@ pub(crate) struct Entries<'v> {
     rules: &'v [RuleEntry],
     sorted: bool,
     class_of: HashMap<u32, u32>,
+    /// Name atoms (v4, v6) and the index of their network: no prefixes, but they pass
+    /// like any atom ([`crate::compile::NameAtoms`]).
+    names: Vec<(u32, u32, usize)>,
 }
 
 impl<'v> Entries<'v> {
@@ -193,7 +196,32 @@ impl<'v> Entries<'v> {
             rules,
             sorted: rules.is_sorted_by_key(|r| (r.key.class, r.key.atom)),
             class_of: sources.iter().map(|s| (s.principal, s.class)).collect(),
+            names: Vec::new(),
         }
+    }
+
+    /// Adds the view's name atoms: `networks` holds (v4 atom, v6 atom, network index) for
+    /// each of `names`, in order.
+    pub(crate) fn with_names(
+        mut self,
+        names: &[crate::compile::NameAtoms],
+        networks: &[(u32, u32, usize)],
+    ) -> Self {
+        for n in names {
+            self.defaults.insert(n.v4, (n.default_verdict, false));
+            self.defaults.insert(n.v6, (n.default_verdict, true));
+        }
+        self.names = networks.to_vec();
+        self
+    }
+
+    /// Whether some packet of `class` passes toward some atom of the view.
+    fn any_passes(&self, class: u32, t: i64) -> bool {
+        self.live.iter().any(|&(_, a)| self.passes(class, a, t))
+            || self
+                .names
+                .iter()
+                .any(|&(v4, v6, _)| self.passes(class, v4, t) || self.passes(class, v6, t))
     }
 
     /// The rule entries of (`class`, `atom`).
@@ -260,9 +288,7 @@ fn connector_peers(policy: &Policy, e: &Entries<'_>, t: i64) -> Vec<Peer> {
             continue;
         }
         let class = e.class_of.get(&p.id).copied().unwrap_or(0);
-        let passes = *memo
-            .entry(class)
-            .or_insert_with(|| e.live.iter().any(|&(_, a)| e.passes(class, a, t)));
+        let passes = *memo.entry(class).or_insert_with(|| e.any_passes(class, t));
         if !passes {
             continue;
         }
@@ -302,12 +328,21 @@ fn device_peers(policy: &Policy, device: &str, e: &Entries<'_>, t: i64) -> Vec<P
             }
         }
     }
+    // A name resource has no prefix: its network is reached through the connector, and the
+    // proxy addresses of its names are routed to that connector as the device answers them.
+    for &(v4, v6, network) in &e.names {
+        if e.passes(class, v4, t) || e.passes(class, v6, t) {
+            if let Some(r) = reached.get_mut(network) {
+                *r = true;
+            }
+        }
+    }
     let mut by_connector: BTreeMap<&str, BTreeSet<IpNet>> = BTreeMap::new();
     for (i, n) in policy.networks.iter().enumerate() {
         if !reached[i] {
             continue;
         }
-        let Some(c) = n.connectors.iter().find_map(|c| policy.connector(c)) else {
+        let Some(c) = tunnel_connector(policy, i) else {
             continue;
         };
         by_connector
@@ -328,6 +363,20 @@ fn device_peers(policy: &Policy, device: &str, e: &Entries<'_>, t: i64) -> Vec<P
             })
         })
         .collect()
+}
+
+/// The connector carrying network `network`'s tunnel: the first of its `connectors` with a
+/// `[[connector]]` declaration.
+pub(crate) fn tunnel_connector(
+    policy: &Policy,
+    network: usize,
+) -> Option<&crate::model::Connector> {
+    policy
+        .networks
+        .get(network)?
+        .connectors
+        .iter()
+        .find_map(|c| policy.connector(c))
 }
 
 /// The first instant after `now` (and before `until`, when given) at which the peers

@@ -595,3 +595,70 @@ fn compiled_views_with_the_agents_proxy_entries_decide_names_as_the_evaluator() 
     assert!(v.names.is_empty());
     assert!(!serde_json::to_string(&v).unwrap().contains("\"names\""));
 }
+
+/// A tunnel for names: with only name resources granted, the device still gets the
+/// network's connector as its peer, each of its name patterns says which peer resolves it,
+/// and the connector has the device as its peer; a device granted nothing has neither.
+#[test]
+fn devices_reaching_only_names_are_peers_of_the_connector_that_resolves_them() {
+    let key = |b: u8| format!("\"{}\"", WgKey([b; 32]));
+    let text = POLICY
+        .replace("[[resource]]\nname = \"server\"\nnetwork = \"corp\"\naddress = \"198.18.2.10\"\ntcp = [\"8080\"]\n", "")
+        .replace(
+            "addresses = [\"198.19.0.10\", \"2001:db8:ff::10\"]",
+            &format!("addresses = [\"198.19.0.10\", \"2001:db8:ff::10\"]\npublic_key = {}", key(1)),
+        )
+        .replace(
+            "address = \"198.19.0.11\"",
+            &format!("address = \"198.19.0.11\"\npublic_key = {}", key(2)),
+        )
+        + &format!(
+            "\n[[connector]]\nname = \"conn-1\"\npublic_key = {}\nendpoint = \"198.19.255.1:51820\"\n\n\
+             [[user]]\nemail = \"carol@example.com\"\n\n[[device]]\nname = \"idle\"\nowner = \"carol@example.com\"\naddress = \"198.19.0.12\"\npublic_key = {}\n",
+            key(9),
+            key(3)
+        );
+    let p = parse(&text, "tunnel-names.toml", NOW).unwrap().policy;
+    assert!(
+        p.resources.iter().all(|r| r.address.name().is_some()),
+        "names only"
+    );
+    let alice = compile(&p, &Host::Device("alice-laptop".into()), NOW).unwrap();
+    assert_eq!(
+        alice
+            .peers
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["conn-1"]
+    );
+    assert!(!alice.names.is_empty());
+    assert!(
+        alice
+            .names
+            .iter()
+            .all(|n| n.peer.as_deref() == Some("conn-1")),
+        "{:?}",
+        alice.names
+    );
+    let conn = compile(&p, &Host::Connector("conn-1".into()), NOW).unwrap();
+    let peers: Vec<&str> = conn.peers.iter().map(|p| p.name.as_str()).collect();
+    assert!(
+        peers.contains(&"alice-laptop") && peers.contains(&"bob-laptop"),
+        "{peers:?}"
+    );
+    // `idle` (carol's) is granted nothing, but `*.audit.test` is audit mode: every active principal
+    // passes there (as the evaluator says), so it is a peer too.
+    assert!(peers.contains(&"idle"), "{peers:?}");
+    assert!(
+        conn.names.iter().all(|n| n.peer.is_none()),
+        "connector views name no peer"
+    );
+    // Without the audit resource, `idle` reaches nothing and is nobody's peer.
+    let strict = text.replace("mode = \"audit\"", "");
+    let p = parse(&strict, "strict.toml", NOW).unwrap().policy;
+    let conn = compile(&p, &Host::Connector("conn-1".into()), NOW).unwrap();
+    assert!(!conn.peers.iter().any(|p| p.name == "idle"));
+    let idle = compile(&p, &Host::Device("idle".into()), NOW).unwrap();
+    assert!(idle.peers.is_empty(), "{:?}", idle.peers);
+}

@@ -345,6 +345,7 @@ pub fn meta_to_wire(v: &pc::HostView) -> v1::ViewMeta {
                 v6: n.v6,
                 default_verdict: verdict_to_wire(n.default_verdict),
                 default_rule: n.default_rule,
+                peer: n.peer.clone().unwrap_or_default(),
             })
             .collect(),
     }
@@ -392,6 +393,7 @@ pub fn set_meta(v: &mut pc::HostView, m: &v1::ViewMeta) -> R<()> {
             v6: n.v6,
             default_verdict: verdict_from_wire(n.default_verdict)?,
             default_rule: n.default_rule,
+            peer: (!n.peer.is_empty()).then(|| n.peer.clone()),
         });
     }
     let mut rule_meta = BTreeMap::new();
