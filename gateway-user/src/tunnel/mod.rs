@@ -8,6 +8,7 @@
 //! on the tunnel interface then enforce the policy on the plaintext: after decryption on
 //! connectors, before encryption on devices.
 
+pub mod control;
 pub mod keys;
 pub mod table;
 pub mod tun;
@@ -42,6 +43,8 @@ const HANDSHAKES_BEFORE_COOKIES: u64 = 1_000;
 /// At most one log record per peer in this interval for packets dropped by cryptokey
 /// routing; the others are counted and reported with the next record.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Control messages waiting for the agent; beyond, they are dropped (and counted).
+const CONTROL_QUEUE: usize = 1024;
 
 /// One peer as the policy gives it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,6 +136,9 @@ struct Peers {
     by_key: HashMap<[u8; 32], u32>,
     allowed: AllowedIps,
     next_slot: u32,
+    /// Routes added at run time ([`Tunnel::add_route`]: a device's proxy addresses), by
+    /// the peer's key; kept across [`Tunnel::set_peers`] while that peer stays.
+    extra: HashMap<IpNet, [u8; 32]>,
 }
 
 impl Peers {
@@ -152,6 +158,10 @@ struct Shared {
     tun: AsyncFd<OwnedFd>,
     drops: [AtomicU64; TunnelDrop::ALL.len()],
     started: Instant,
+    control: tokio::sync::mpsc::Sender<control::ControlMessage>,
+    /// Which control messages this host takes ([`control`]): false, a device's (from its
+    /// connectors); true, a connector's (from its devices).
+    control_to_connector: std::sync::atomic::AtomicBool,
 }
 
 /// What changed when a new peer list was applied.
@@ -186,6 +196,7 @@ pub struct PeerStatus {
 pub struct Tunnel {
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
+    control_rx: Mutex<Option<tokio::sync::mpsc::Receiver<control::ControlMessage>>>,
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -215,7 +226,10 @@ impl Tunnel {
             .map_err(|e| anyhow::anyhow!("registering the TUN device with the runtime: {e}"))?;
         let udp = bind_udp(opts.listen_port).await?;
         let limiter = Arc::new(RateLimiter::new(&keys.public, HANDSHAKES_BEFORE_COOKIES));
+        let (control, control_rx) = tokio::sync::mpsc::channel(CONTROL_QUEUE);
         let shared = Arc::new(Shared {
+            control,
+            control_to_connector: std::sync::atomic::AtomicBool::new(false),
             opts,
             keys: RwLock::new(keys),
             limiter: RwLock::new(limiter),
@@ -230,7 +244,80 @@ impl Tunnel {
             tokio::spawn(inbound(shared.clone())),
             tokio::spawn(timers(shared.clone())),
         ];
-        Ok(Tunnel { shared, tasks })
+        Ok(Tunnel {
+            shared,
+            tasks,
+            control_rx: Mutex::new(Some(control_rx)),
+        })
+    }
+
+    /// Which control messages this host takes: [`control::Direction::ToConnector`] on a
+    /// connector, [`control::Direction::ToDevice`] (the default) on a device.
+    pub fn accept_control(&self, dir: control::Direction) {
+        self.shared
+            .control_to_connector
+            .store(dir == control::Direction::ToConnector, Relaxed);
+    }
+
+    /// The control messages peers send this host ([`control`]); the first call takes them.
+    pub fn take_control(&self) -> Option<tokio::sync::mpsc::Receiver<control::ControlMessage>> {
+        lock(&self.control_rx).take()
+    }
+
+    /// Sends `payload` to peer `peer` (by name) on the control channel: from `src` (a
+    /// device's overlay address) to the control address, or from the control address to
+    /// `dst` (a device's), as `dir` says. False when there is no such peer, no endpoint
+    /// yet, or the payload is too large.
+    pub fn send_control(
+        &self,
+        peer: &str,
+        dir: control::Direction,
+        overlay: std::net::Ipv4Addr,
+        payload: &[u8],
+    ) -> bool {
+        let packet = match dir {
+            control::Direction::ToConnector => {
+                control::build(overlay, control::CONTROL_ADDR, payload)
+            }
+            control::Direction::ToDevice => control::build(control::CONTROL_ADDR, overlay, payload),
+        };
+        let Some(packet) = packet else {
+            return false;
+        };
+        let Some(peer) = read(&self.shared.peers)
+            .by_slot
+            .values()
+            .find(|p| p.name == peer)
+            .cloned()
+        else {
+            return false;
+        };
+        let mut out = vec![0u8; packet.len() + 256];
+        let res = lock(&peer.tunn).encapsulate(&packet, &mut out);
+        let endpoint = *lock(&peer.endpoint);
+        match (res, endpoint) {
+            (TunnResult::WriteToNetwork(data), Some(to)) => {
+                peer.tx.fetch_add(packet.len() as u64, Relaxed);
+                self.shared.send(data, to);
+                true
+            }
+            // Queued behind a handshake (the initiation went out above) or nowhere to go.
+            (TunnResult::Done, Some(_)) => true,
+            _ => false,
+        }
+    }
+
+    /// Routes `net` to peer `peer` (by name) from now on, beside the policy's prefixes: a
+    /// device's proxy addresses to the connector that resolves their name. Kept across
+    /// [`Tunnel::set_peers`] while the peer stays. False when there is no such peer.
+    pub fn add_route(&self, peer: &str, net: IpNet) -> bool {
+        let mut peers = write(&self.shared.peers);
+        let Some(p) = peers.by_slot.values().find(|p| p.name == peer).cloned() else {
+            return false;
+        };
+        peers.extra.insert(net, p.key);
+        peers.allowed.insert(net, p.slot);
+        true
     }
 
     /// The UDP port the tunnel listens on.
@@ -341,6 +428,14 @@ impl Tunnel {
                 for net in &spec.allowed_ips {
                     allowed.insert(*net, *slot);
                 }
+            }
+        }
+        let p = &mut *peers;
+        let by_key = &p.by_key;
+        p.extra.retain(|_, k| by_key.contains_key(k));
+        for (net, k) in &peers.extra {
+            if let Some(slot) = peers.by_key.get(k) {
+                allowed.insert(*net, *slot);
             }
         }
         peers.allowed = allowed;
@@ -707,8 +802,33 @@ async fn inbound(sh: Arc<Shared>) {
 }
 
 /// Cryptokey routing: the source must route back to the peer that sent the packet.
+/// Control packets ([`control`]) go to the agent, never to the tunnel interface.
 fn deliver(sh: &Shared, peer: &Peer, packet: &[u8], src: IpAddr) {
     let owner = read(&sh.peers).allowed.lookup(src);
+    if control::is_control(packet) {
+        let dir = if sh.control_to_connector.load(Relaxed) {
+            control::Direction::ToConnector
+        } else {
+            control::Direction::ToDevice
+        };
+        // A device's control packet must come from one of its own addresses.
+        let sender_ok = dir == control::Direction::ToDevice || owner == Some(peer.slot);
+        match control::parse(packet, dir) {
+            Some((from, payload)) if sender_ok => {
+                let msg = control::ControlMessage {
+                    peer: peer.name.clone(),
+                    from: IpAddr::V4(from),
+                    payload: bytes::Bytes::copy_from_slice(payload),
+                };
+                peer.rx.fetch_add(packet.len() as u64, Relaxed);
+                if sh.control.try_send(msg).is_err() {
+                    sh.drop_packet(TunnelDrop::Congested);
+                }
+            }
+            _ => sh.drop_packet(TunnelDrop::Invalid),
+        }
+        return;
+    }
     if owner != Some(peer.slot) && !sh.opts.skip_cryptokey_routing {
         sh.cryptokey_drop(peer, src);
         return;
