@@ -15,6 +15,9 @@
 //!   run, and again when the name's [`Matched`] changed; concurrent queries share one run. A
 //!   failing or slow (past [`Config::prepare_timeout`]) hook gives SERVFAIL.
 //!
+//! The connector's half, [`resolve`], resolves a resource's name itself (A and AAAA
+//! through its own resolvers, the TTL clamped).
+//!
 //! # No existence leak
 //!
 //! A name the device may **not** reach is treated exactly like a name that is no resource at all:
@@ -33,6 +36,7 @@
 
 mod config;
 mod pool;
+mod resolve;
 mod server;
 mod wire;
 
@@ -43,6 +47,7 @@ use std::pin::Pin;
 pub use config::Config;
 pub use hickory_proto::rr::Name;
 pub use pool::{Pool, PoolError};
+pub use resolve::{Resolved, ResolverConfig, nameservers, resolve};
 pub use server::{ShutdownHandle, Stats, Stub};
 
 /// The resource a query name belongs to, as the agent's [`Names`] reports it. Opaque to this
