@@ -131,6 +131,7 @@ fn parse_with(text: &str, file: &str, now: i64, fast: bool) -> Result<Parsed, Ve
     let mut sink = p.sink;
     lints::shadow_warnings(&policy, &mut sink, &p.grant_name_spans);
     lints::tunnel_overlap_warnings(&policy, &mut sink, &p.connector_spans);
+    lints::names_without_tunnel(&policy, &mut sink, &p.dns_name_spans);
     Ok(Parsed {
         policy,
         warnings: sink.finish(),

@@ -111,7 +111,7 @@ fn decide(p: &Policy, src: &str, to: &str) -> (Verdict, Reason) {
 }
 
 #[test]
-fn names_parse_lower_cased_and_each_warns_that_no_agent_serves_it_yet() {
+fn names_parse_lower_cased_and_each_warns_when_no_tunnel_reaches_it() {
     let parsed = parse(POLICY, "names.toml", NOW).unwrap();
     let p = &parsed.policy;
     let shown: Vec<String> = p.resources.iter().map(|r| r.address.to_string()).collect();
@@ -127,13 +127,24 @@ fn names_parse_lower_cased_and_each_warns_that_no_agent_serves_it_yet() {
             "198.18.2.10/32"
         ]
     );
+    // `corp` has no `[[connector]]`: no tunnel, so no device reaches its names.
     let w: Vec<String> = parsed.warnings.iter().map(|d| d.short()).collect();
     assert_eq!(w.len(), 6, "{w:#?}");
-    assert!(w[0].starts_with("9:11: warning: resource `app` is the DNS name `app.corp.test`"));
+    assert!(
+        w[0].starts_with("9:11: warning: resource `app` is the DNS name `app.corp.test`"),
+        "{w:#?}"
+    );
     assert!(
         w.iter().all(|w| w.contains("no device reaches it")),
         "{w:#?}"
     );
+    // With the connector declared, nothing to warn about.
+    let tunneled = format!(
+        "{POLICY}\n[[connector]]\nname = \"conn-1\"\npublic_key = \"{}\"\nendpoint = \"198.19.255.1:51820\"\n",
+        WgKey([7; 32])
+    );
+    let parsed = parse(&tunneled, "names.toml", NOW).unwrap();
+    assert!(parsed.warnings.is_empty(), "{:#?}", parsed.warnings);
 }
 
 #[test]

@@ -165,6 +165,34 @@ pub(super) fn tunnel_overlap_warnings(
     }
 }
 
+/// Warns about DNS-name resources of networks without a tunnel connector: a device reaches
+/// a name only through the proxy address its resolver hands out, routed into the tunnel to
+/// the connector that resolves the name; without one, no device reaches it.
+pub(super) fn names_without_tunnel(policy: &Policy, sink: &mut Sink<'_>, spans: &[(String, Span)]) {
+    for (name, span) in spans {
+        let Some(r) = policy.resources.iter().find(|r| &r.name == name) else {
+            continue;
+        };
+        let Some(net) = policy.networks.get(r.network) else {
+            continue;
+        };
+        if net.connectors.iter().any(|c| policy.connector(c).is_some()) {
+            continue;
+        }
+        sink.warning(
+            span,
+            format!(
+                "resource `{name}` is the DNS name `{}`, but remote network `{}` has no \
+                 connector with a `[[connector]]` declaration: devices reach names only \
+                 through the tunnel, so no device reaches it",
+                r.address, net.name
+            ),
+            "declare the network's connector in a `[[connector]]` block (its public key and \
+             endpoint), and turn on `[names]` in the devices' agent configuration",
+        );
+    }
+}
+
 fn is_subset(a: &[u32], b: &[u32]) -> bool {
     a.iter().all(|x| b.binary_search(x).is_ok())
 }

@@ -46,6 +46,8 @@ pub(super) struct P<'a> {
     pub(super) keys: HashMap<WgKey, (String, Span)>,
     /// `[[connector]]` names -> where they were declared.
     pub(super) connector_spans: HashMap<String, Span>,
+    /// Resources that are DNS names, with their `address` span (for the tunnel lint).
+    pub(super) dns_name_spans: Vec<(String, Span)>,
 }
 
 impl<'a> P<'a> {
@@ -68,6 +70,7 @@ impl<'a> P<'a> {
             grant_name_spans: Vec::new(),
             keys: HashMap::default(),
             connector_spans: HashMap::default(),
+            dns_name_spans: Vec::new(),
         }
     }
 }
@@ -328,16 +331,8 @@ impl P<'_> {
             .as_ref()
             .and_then(|(s, span)| match resource_address(s) {
                 Ok(a) => {
-                    if let (Address::Name(p), Some((n, _))) = (&a, &name) {
-                        self.sink.warning(
-                            span,
-                            format!(
-                                "resource `{n}` is the DNS name `{p}`: this version decides and \
-                                 explains it, but no agent answers DNS for names yet, so no \
-                                 device reaches it (nothing is opened)"
-                            ),
-                            "give the resource its address or CIDR to reach it today",
-                        );
+                    if let (Address::Name(_), Some((n, _))) = (&a, &name) {
+                        self.dns_name_spans.push((n.to_string(), span.clone()));
                     }
                     Some(a)
                 }
