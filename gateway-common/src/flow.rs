@@ -136,6 +136,10 @@ impl FlowState {
     pub const SEEN_FIN_REPLY: u32 = 4;
     /// TCP: a RST in either direction.
     pub const SEEN_RST: u32 = 8;
+    /// Connector tunnel interface: a flow toward a DNS resource's proxy address, whose
+    /// packets are rewritten to the real address (the key keeps the proxy address; the
+    /// real one is in `NAT`). docs/dataplane.md, "Names on the connector".
+    pub const TRANSLATED: u32 = 16;
 }
 
 /// Names one fragmented datagram, so that its later fragments (which carry no ports) can

@@ -17,6 +17,7 @@ pub mod config;
 pub mod event;
 pub mod flow;
 pub mod maps;
+pub mod names;
 pub mod parse;
 pub mod policy;
 pub mod verdict;

@@ -70,6 +70,12 @@ macro_rules! map_name {
     (HANDSHAKES) => {
         "HANDSHAKES_V1"
     };
+    (NAMES) => {
+        "NAMES_V1"
+    };
+    (NAT) => {
+        "NAT_V1"
+    };
     (SCRATCH) => {
         "SCRATCH_V2"
     };
@@ -156,11 +162,19 @@ pub const CONFIG: &str = map_name!(CONFIG);
 /// LRU hash source prefix ([`crate::Addr`], /32 or /64) -> [`HandshakeBucket`]: the
 /// shield's token bucket of WireGuard handshake initiations.
 pub const HANDSHAKES: &str = map_name!(HANDSHAKES);
+/// Hash [`crate::names::NameKey`] -> [`crate::names::NameValue`]: on a connector, which real
+/// address and atom a device's proxy address for a DNS resource stands for (written by
+/// the agent; docs/dataplane.md, "Names on the connector").
+pub const NAMES: &str = map_name!(NAMES);
+/// LRU hash [`crate::FlowKey`] -> [`crate::names::NatValue`]: per translated flow, its
+/// original tuple (device -> proxy) -> the real address, and its reply tuple as it
+/// arrives (real -> device) -> the proxy address.
+pub const NAT: &str = map_name!(NAT);
 
 /// Maps that carry state across agent restarts: pinned in the agent's pin folder and
 /// re-adopted by the next agent (a restart keeps policy, flows and counters).
 pub const PERSISTENT: &[&str] = &PINNED;
-const PINNED: [&str; 19] = [
+const PINNED: [&str; 21] = [
     CONFIG,
     ACTIVE,
     SRC,
@@ -180,6 +194,8 @@ const PINNED: [&str; 19] = [
     EVENTS_LOST,
     BUDGETS,
     HANDSHAKES,
+    NAMES,
+    NAT,
 ];
 
 /// Per-CPU scratch space of the programs (not pinned: it holds nothing between packets).
@@ -305,6 +321,10 @@ pub const RULES_CAPACITY: u32 = 1_048_576;
 pub const RULES_EXACT_CAPACITY: u32 = 2 * RULES_CAPACITY;
 pub const SOURCES_CAPACITY: u32 = 65_536;
 pub const HANDSHAKES_CAPACITY: u32 = 65_536;
+/// (device, proxy address) pairs of DNS resources on a connector.
+pub const NAMES_CAPACITY: u32 = 65_536;
+/// Two entries per translated flow, for as many flows as both flow tables hold.
+pub const NAT_CAPACITY: u32 = 2 * (FLOWS_TCP_CAPACITY + FLOWS_OTHER_CAPACITY);
 /// Bytes of each event ring buffer (a power of two, multiple of the page size).
 pub const EVENTS_FLOW_BYTES: u32 = 1 << 22;
 pub const EVENTS_ALERT_BYTES: u32 = 1 << 20;
