@@ -108,6 +108,15 @@ pub fn decide_into(slot: u8, key: &FlowKey, now: u64, candidate: bool, out: &mut
     *out = decide(slot, key, now, candidate);
 }
 
+/// [`decide_into`] with the destination's atom given instead of looked up: a DNS
+/// resource's proxy address on a connector (its atom comes from `NAMES`, docs/dataplane.md
+/// "Names on the connector"). `flags`: bit 0 the key slot, bit 1 `candidate`. Not inlined,
+/// with an out parameter, as [`decide_into`].
+#[inline(never)]
+pub fn decide_atom_into(key: &FlowKey, now: u64, flags: u32, atom: &AtomValue, out: &mut Decision) {
+    *out = decide_atom((flags & 1) as u8, key, now, flags & 2 != 0, atom);
+}
+
 #[inline(always)]
 fn decide(slot: u8, key: &FlowKey, now: u64, candidate: bool) -> Decision {
     let Some(atom) = protected(slot, &key.dst) else {
@@ -118,6 +127,12 @@ fn decide(slot: u8, key: &FlowKey, now: u64, candidate: bool) -> Decision {
             Decision::simple(Reason::Unprotected)
         };
     };
+    decide_atom(slot, key, now, candidate, atom)
+}
+
+/// The decision toward a destination whose atom is `atom`: source, then rules.
+#[inline(always)]
+fn decide_atom(slot: u8, key: &FlowKey, now: u64, candidate: bool, atom: &AtomValue) -> Decision {
     let src = SrcKey {
         generation: slot,
         _pad: [0; 3],

@@ -22,6 +22,7 @@
 mod decide;
 mod events;
 mod maps;
+mod names;
 mod parse;
 mod shield;
 
@@ -40,6 +41,7 @@ use gateway_common::{
 };
 
 use decide::{Decision, audit_address, decide_into, is_protected, maybe_principal};
+use names::{NameScratch, Rewrite, decide_name, forget_nat, nat_insert, nat_real, nat_reply};
 use events::{EventMeta, cacheable, emit_flow, on_limited, remember_denial, repeated_denial};
 use maps::{
     ACTIVE, CONFIG, FLOW_STATS, FLOWS_OTHER, FLOWS_TCP, FRAGS, PARSE_STATS, SCRATCH, VERDICT_STATS,
@@ -56,6 +58,7 @@ pub struct Scratch {
     state: FlowState,
     frag_key: FragKey,
     frag_state: FragState,
+    names: NameScratch,
 }
 
 /// Bytes of headers TC makes linear before parsing (Ethernet, two VLAN tags, IPv6 with
@@ -172,7 +175,7 @@ fn direction(role: Role, hook: Hook) -> Direction {
 
 /// Decides one packet and counts the reason.
 #[inline(always)]
-fn process<C: Frame + aya_ebpf::EbpfContext>(
+fn process<C: Frame + Rewrite + aya_ebpf::EbpfContext>(
     ctx: &C,
     len: u64,
     ifindex: u32,
@@ -204,6 +207,8 @@ fn process<C: Frame + aya_ebpf::EbpfContext>(
                         dir,
                         generation,
                         slot: (generation & 1) as u8,
+                        // Names are translated on a connector's tunnel interface only.
+                        names: role == Role::Connector && matches!(start, Start::L3 { .. }),
                     };
                     if !outcome.has_flow() {
                         refused(&cx, scratch, outcome)
@@ -272,6 +277,10 @@ struct Cx<'a> {
     /// uses the key slot `generation & 1`, so it sees one policy, never a mix of two.
     generation: u32,
     slot: u8,
+    /// A connector's tunnel interface: DNS resources' proxy addresses are decided by
+    /// `NAMES` and translated (docs/dataplane.md, "Names on the connector"). Constant false
+    /// on physical links, where the compiler drops every branch it guards.
+    names: bool,
 }
 
 #[inline(always)]
@@ -329,12 +338,14 @@ fn note(f: &mut FlowState, tcp_flags: u8, reply: bool) {
     }
 }
 
-/// True when `key` names a flow decided under the active generation and not expired.
+/// True when `key` names a flow decided under the active generation and not expired, and
+/// not translated: an ICMP error about a translated flow would quote addresses the other
+/// side never saw, and is not translated (docs/dataplane.md, "Names on the connector").
 #[inline(always)]
 fn open_flow(key: &FlowKey, generation: u32) -> bool {
     // SAFETY: read-only look at plain data.
     match unsafe { flows(key.proto).get(key) } {
-        Some(f) => current(f, generation),
+        Some(f) => current(f, generation) && f.flags & FlowState::TRANSLATED == 0,
         None => false,
     }
 }
@@ -478,6 +489,20 @@ fn later_fragment(cx: &Cx, scratch: &mut Scratch) -> Reason {
     let dst = is_protected(cx.slot, &key.dst);
     let src = is_protected(cx.slot, &key.src);
     if !dst && !src {
+        // A later fragment toward a proxy address: never translated (it has no ports to
+        // find its flow by), dropped.
+        if cx.names && cx.dir == Direction::Outbound {
+            scratch.names.key.device = key.src;
+            scratch.names.key.proxy = key.dst;
+            // SAFETY: read-only look at plain data.
+            if let Some(v) = unsafe { maps::NAMES.get(&scratch.names.key) } {
+                scratch.names.atom = if cx.slot == 0 { v.atoms[0] } else { v.atoms[1] };
+                let mut d = Decision::simple(Reason::DeniedFragment);
+                d.atom = scratch.names.atom.atom;
+                report(cx, scratch, EventKind::Deny, &d);
+                return Reason::DeniedFragment;
+            }
+        }
         return Reason::Unprotected;
     }
     let toward = if cx.dir == Direction::Outbound {
@@ -505,7 +530,7 @@ fn later_fragment(cx: &Cx, scratch: &mut Scratch) -> Reason {
 
 /// docs/dataplane.md, "Outbound hooks, in order".
 #[inline(always)]
-fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
+fn outbound<C: Frame + Rewrite>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
     let key = &scratch.parsed.key;
     // 2a. A repeated denial of a source over its event limit: the decision remembered
     //     (docs/dataplane.md, "Repeated denials"); one slot of a per-CPU array.
@@ -526,6 +551,9 @@ fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
         // SAFETY: pointer from a successful lookup, valid for this run (RCU).
         let f = unsafe { &mut *flow };
         if current(f, cx.generation) {
+            if cx.names && f.flags & FlowState::TRANSLATED != 0 {
+                return established_translated(ctx, cx, scratch, f);
+            }
             count(&mut f.packets, &mut f.bytes, cx.len);
             note(f, scratch.parsed.tcp_flags, false);
             if scratch.parsed.first_fragment {
@@ -562,6 +590,25 @@ fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
     let key = &scratch.parsed.key;
     let mut d = Decision::simple(Reason::DeniedMalformed);
     decide_into(cx.slot, key, now, candidate, &mut d);
+    // Toward no protected address: a DNS resource's proxy address on a connector's tunnel
+    // interface is decided by its atom in `NAMES` (never an ICMP error: not translated).
+    let named = cx.names
+        && d.atom == 0
+        && matches!(d.reason, Reason::Unprotected | Reason::DeniedUnsolicited)
+        && !parse::is_icmp_error(&scratch.parsed)
+        && decide_name(cx.slot, key, now, candidate, &mut d, &mut scratch.names);
+    if named {
+        if scratch.parsed.first_fragment {
+            // Its later fragments could not be rewritten: no fragment is translated.
+            d.reason = Reason::DeniedFragment;
+            report_at(cx, scratch, EventKind::Deny, &d, true, now);
+            return Reason::DeniedFragment;
+        }
+        if d.principal == 0 && d.reason == Reason::Audit {
+            // Names are principals' flows; an unknown source is never translated.
+            d.reason = Reason::DeniedUnknownSource;
+        }
+    }
     let principal_passes = d.principal != 0 && matches!(d.reason, Reason::Allowed | Reason::Audit);
     if principal_passes {
         match cached {
@@ -577,9 +624,12 @@ fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
                 f.principal = d.principal;
                 f.atom = d.atom;
                 f.reason = d.reason as u8;
+                if named {
+                    f.flags |= FlowState::TRANSLATED;
+                }
             }
             None => {
-                let mut flags = 0u32;
+                let mut flags = if named { FlowState::TRANSLATED } else { 0 };
                 if scratch.parsed.tcp_flags & TCP_FIN != 0 {
                     flags |= FlowState::SEEN_FIN_ORIG;
                 }
@@ -616,17 +666,32 @@ fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
                 emit_flow(cx.cfg, kind, 0, key, &scratch.state, cx.dir as u8, now);
             }
         }
+        if named {
+            // Sent to the real address this flow started with (`NAT`), the name's now for a
+            // new flow.
+            nat_insert(&scratch.parsed.key, &mut scratch.names);
+            let p = &scratch.parsed;
+            if !ctx.rewrite(p, true, &p.key.dst, &scratch.names.real) {
+                return Reason::DeniedMalformed;
+            }
+            return d.reason;
+        }
         if scratch.parsed.first_fragment {
             follow_fragments(cx, scratch, false);
         }
         return d.reason;
     }
     // Anything else ends a stale flow: it is no principal's allowed flow any more.
+    let mut translated = false;
     let revoked = match cached {
         Some(flow) => {
             // SAFETY: as above.
             let f = unsafe { &*flow };
+            translated = f.flags & FlowState::TRANSLATED != 0;
             end_flow(cx, key, f, now);
+            if translated {
+                forget_nat(&scratch.parsed.key, &mut scratch.names);
+            }
             true
         }
         None => false,
@@ -634,6 +699,12 @@ fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
     // The decision names an atom exactly when the destination is protected.
     let dst_protected = d.atom != 0;
     match d.reason {
+        // A translated flow whose name went from `NAMES`: ended, and so is its packet.
+        Reason::Unprotected if translated => {
+            d.reason = Reason::DeniedEstablished;
+            report_at(cx, scratch, EventKind::Deny, &d, dst_protected, now);
+            Reason::DeniedEstablished
+        }
         Reason::Unprotected => Reason::Unprotected,
         Reason::Audit => {
             // An unknown source toward an audit-mode address: passed, reported, no flow.
@@ -645,8 +716,10 @@ fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
                 d.reason = Reason::DeniedEstablished;
             }
             let over_limit = report_at(cx, scratch, EventKind::Deny, &d, dst_protected, now);
+            // `NAMES` changes without a new generation: its decisions are not remembered.
             if let Some(windows_end) = over_limit
                 && !revoked
+                && !(cx.names && (named || d.atom == 0))
                 && cacheable(&scratch.parsed.key, d.reason)
             {
                 remember_denial(
@@ -663,9 +736,64 @@ fn outbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
     }
 }
 
+/// An established translated flow (connector tunnel, docs/dataplane.md "Names on the
+/// connector"): its packet goes to the real address it started with.
+#[inline(always)]
+fn established_translated<C: Rewrite>(
+    ctx: &C,
+    cx: &Cx,
+    scratch: &mut Scratch,
+    f: &mut FlowState,
+) -> Reason {
+    if scratch.parsed.first_fragment {
+        // Its later fragments could not be rewritten: no fragment is translated.
+        let mut d = Decision::simple(Reason::DeniedFragment);
+        d.atom = f.atom;
+        d.principal = f.principal;
+        report(cx, scratch, EventKind::Deny, &d);
+        return Reason::DeniedFragment;
+    }
+    if !nat_real(&scratch.parsed.key, &mut scratch.names) {
+        // Neither `NAT` nor `NAMES` knows where it goes: ended.
+        let now = now_ns();
+        let mut d = Decision::simple(Reason::DeniedEstablished);
+        d.atom = f.atom;
+        d.principal = f.principal;
+        end_flow(cx, &scratch.parsed.key, f, now);
+        report_at(cx, scratch, EventKind::Deny, &d, true, now);
+        return Reason::DeniedEstablished;
+    }
+    let p = &scratch.parsed;
+    if !ctx.rewrite(p, true, &p.key.dst, &scratch.names.real) {
+        return Reason::DeniedMalformed;
+    }
+    count(&mut f.packets, &mut f.bytes, cx.len);
+    note(f, scratch.parsed.tcp_flags, false);
+    Reason::Established
+}
+
 /// docs/dataplane.md, "Inbound hooks, in order".
 #[inline(always)]
-fn inbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
+fn inbound<C: Frame + Rewrite>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
+    // 1b. A reply of a translated flow (connector tunnel): from the real address, it gets
+    //     the proxy address back, in the packet and in its key; the steps below see the
+    //     flow's own tuple (docs/dataplane.md, "Names on the connector").
+    if cx.names && nat_reply(&scratch.parsed.key, &mut scratch.names) {
+        if scratch.parsed.first_fragment {
+            report(
+                cx,
+                scratch,
+                EventKind::Deny,
+                &Decision::simple(Reason::DeniedFragment),
+            );
+            return Reason::DeniedFragment;
+        }
+        let p = &scratch.parsed;
+        if !ctx.rewrite(p, false, &p.key.src, &scratch.names.proxy) {
+            return Reason::DeniedMalformed;
+        }
+        scratch.parsed.key.src = scratch.names.proxy;
+    }
     scratch.reversed = scratch.parsed.key.reversed();
     let mut revoked = false;
     // 2. Replies of an open flow (an echo request is never a reply), toward a possible
@@ -684,6 +812,24 @@ fn inbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
             let now = now_ns();
             let mut d = Decision::simple(Reason::DeniedMalformed);
             decide_into(cx.slot, &scratch.reversed, now, true, &mut d);
+            let translated = f.flags & FlowState::TRANSLATED != 0;
+            // A translated flow is decided again by its name (`NAMES`): a removed name
+            // or a revoked grant ends it.
+            if cx.names
+                && translated
+                && d.atom == 0
+                && matches!(d.reason, Reason::Unprotected | Reason::DeniedUnsolicited)
+                && !decide_name(
+                    cx.slot,
+                    &scratch.reversed,
+                    now,
+                    true,
+                    &mut d,
+                    &mut scratch.names,
+                )
+            {
+                d = Decision::simple(Reason::DeniedEstablished);
+            }
             if d.principal != 0 && matches!(d.reason, Reason::Allowed | Reason::Audit) {
                 f.generation = cx.generation;
                 f.valid_until_ns = d.valid_until_ns;
@@ -694,6 +840,9 @@ fn inbound<C: Frame>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reason {
                 f.last_seen_ns = now;
             } else {
                 end_flow(cx, &scratch.reversed, f, now);
+                if translated {
+                    forget_nat(&scratch.reversed, &mut scratch.names);
+                }
                 live = false;
                 // A denial revokes; a flow that is merely no longer ours (unprotected, or
                 // an unknown source toward audit mode) is forgotten and the packet goes on.

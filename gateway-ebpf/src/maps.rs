@@ -12,9 +12,10 @@ use gateway_common::{
     maps::{
         DENY_CACHE_SLOTS, DST_CAPACITY, DST_HOSTS_CAPACITY, EVENTS_ALERT_BYTES, EVENTS_FLOW_BYTES,
         FLOW_COUNTERS, FLOWS_OTHER_CAPACITY, FLOWS_TCP_CAPACITY, FRAGS_CAPACITY,
-        HANDSHAKES_CAPACITY, HandshakeBucket, RULES_CAPACITY, RULES_EXACT_CAPACITY,
+        HANDSHAKES_CAPACITY, HandshakeBucket, NAMES_CAPACITY, NAT_CAPACITY, RULES_CAPACITY, RULES_EXACT_CAPACITY,
         SOURCES_CAPACITY, SRC_CAPACITY, SRC_FILTER_WORDS,
     },
+    names::{NameKey, NameValue, NatValue},
     parse::PARSE_OUTCOMES,
     policy::{AtomValue, DstKey, RuleKey, RuleValue, SrcKey, SrcValue},
     verdict::REASONS,
@@ -111,6 +112,20 @@ kernel_map! {
     /// The shield's WireGuard handshake buckets, per source prefix.
     pub static HANDSHAKES: LruHashMap<Addr, HandshakeBucket> =
         LruHashMap::with_max_entries(HANDSHAKES_CAPACITY, 0);
+}
+
+kernel_map! {
+    /// Connector tunnel only: (device, proxy address) -> real address and atoms of a DNS
+    /// resource, written by the agent. Allocated per entry, as `DST_HOSTS`: a replaced
+    /// value is freed only after this run.
+    pub static NAMES: HashMap<NameKey, NameValue> =
+        HashMap::with_max_entries(NAMES_CAPACITY, BPF_F_NO_PREALLOC);
+}
+
+kernel_map! {
+    /// Connector tunnel only: the address each translated flow's packets get, per
+    /// direction's tuple (see `gateway_common::maps::NAT`).
+    pub static NAT: LruHashMap<FlowKey, NatValue> = LruHashMap::with_max_entries(NAT_CAPACITY, 0);
 }
 
 kernel_map! {
