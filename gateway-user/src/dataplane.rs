@@ -129,6 +129,8 @@ pub struct Dataplane {
     bench: Option<Ebpf>,
     pub policy: PolicyMaps,
     pub flows: FlowMaps,
+    /// DNS resources on a connector: `NAMES` and `NAT`.
+    pub names: crate::names_map::NameMaps,
     config: Array<MapData, DataplaneConfig>,
     parse_stats: PerCpuArray<MapData, u64>,
     verdict_stats: PerCpuArray<MapData, u64>,
@@ -305,7 +307,9 @@ impl Dataplane {
             other: HashMap::try_from(take(&mut ebpf, maps::FLOWS_OTHER)?)?,
             frags: HashMap::try_from(take(&mut ebpf, maps::FRAGS)?)?,
         };
+        let names = crate::names_map::NameMaps::take(&mut ebpf)?;
         let mut dp = Self {
+            names,
             config: Array::try_from(take(&mut ebpf, maps::CONFIG)?)?,
             parse_stats: PerCpuArray::try_from(take(&mut ebpf, maps::PARSE_STATS)?)?,
             verdict_stats: PerCpuArray::try_from(take(&mut ebpf, maps::VERDICT_STATS)?)?,

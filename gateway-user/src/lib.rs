@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod batch;
 pub mod dataplane;
+pub mod names_map;
 pub mod src_filter;
 pub mod tunnel;
 pub mod writer;

@@ -15,7 +15,7 @@
 //! the last known) counters — never at a FIN or RST an attacker can forge.
 
 use super::config::FlowTimeouts;
-use crate::dataplane::FlowMaps;
+use crate::{dataplane::FlowMaps, names_map::NameMaps};
 use anyhow::Result;
 use gateway_common::{Event, EventKind, FlowKey, FlowState, FragKey, event::FlowEndCause};
 use std::collections::HashMap;
@@ -76,6 +76,7 @@ impl Reaper {
     pub fn scan(
         &mut self,
         maps: &mut FlowMaps,
+        names: &mut NameMaps,
         timeouts: &FlowTimeouts,
         now: u64,
         drain_rings: impl FnOnce(&mut Self),
@@ -110,6 +111,10 @@ impl Reaper {
                 ended.push(flow_end(&key, &st, last, FlowEndCause::Idle));
                 stats.idle_ended += 1;
             }
+            // A translated flow (DNS resource on a connector) leaves its NAT entries.
+            if st.flags & FlowState::TRANSLATED != 0 {
+                names.forget_flow(&key)?;
+            }
             self.flows.remove(&key);
         }
         // Known flows the table no longer has, and no revocation ended: evicted.
@@ -121,6 +126,9 @@ impl Reaper {
             .collect();
         for key in gone {
             if let Some(seen) = self.flows.remove(&key) {
+                if seen.state.flags & FlowState::TRANSLATED != 0 {
+                    names.forget_flow(&key)?;
+                }
                 ended.push(flow_end(&key, &seen.state, now, FlowEndCause::Evicted));
                 stats.evicted += 1;
             }

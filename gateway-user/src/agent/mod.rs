@@ -645,7 +645,7 @@ fn reap(
 ) {
     let now = boot_ns();
     let mut pending = Vec::new();
-    let result = reaper.scan(&mut dp.flows, &cfg.flow_timeouts, now, |r| {
+    let result = reaper.scan(&mut dp.flows, &mut dp.names, &cfg.flow_timeouts, now, |r| {
         pending = drain(flow_ring);
         r.note_events(&pending, now);
     });

@@ -367,6 +367,40 @@ pub fn frag_entry(k: &FragKey, v: &FragState) -> Entry {
     }
 }
 
+/// A `NAMES` entry: (device, proxy) -> real address, atom per key slot.
+pub fn name_entry(
+    k: &gateway_common::names::NameKey,
+    v: &gateway_common::names::NameValue,
+) -> Entry {
+    Entry {
+        text: format!(
+            "{} via {} -> {}  atom slot0 {} slot1 {}",
+            addr(&k.device),
+            addr(&k.proxy),
+            addr(&v.real),
+            v.atoms[0].atom,
+            v.atoms[1].atom
+        ),
+        json: json!({
+            "device": addr(&k.device).to_string(),
+            "proxy": addr(&k.proxy).to_string(),
+            "real": addr(&v.real).to_string(),
+            "atoms": [v.atoms[0].atom, v.atoms[1].atom],
+        }),
+    }
+}
+
+/// A `NAT` entry: a translated flow's tuple -> the address its packets get.
+pub fn nat_entry(k: &FlowKey, v: &gateway_common::names::NatValue) -> Entry {
+    Entry {
+        text: format!("{}  -> {}", five_tuple(k), addr(&v.addr)),
+        json: json!({
+            "flow": flow_key_json(k),
+            "addr": addr(&v.addr).to_string(),
+        }),
+    }
+}
+
 pub fn source_entry(a: &Addr, s: &SourceState) -> Entry {
     let prefix = prefix_text(a, if to_v4(a).is_some() { 128 } else { 64 });
     let alerted: Vec<&str> = [ScanKind::Ports, ScanKind::Hosts]

@@ -150,6 +150,19 @@ pub(super) fn read_map(
             limit,
             frag_entry,
         ),
+        maps::NAMES => first(
+            crate::batch::read_all::<
+                gateway_common::names::NameKey,
+                gateway_common::names::NameValue,
+            >(&data)?,
+            limit,
+            name_entry,
+        ),
+        maps::NAT => first(
+            crate::batch::read_all::<FlowKey, gateway_common::names::NatValue>(&data)?,
+            limit,
+            nat_entry,
+        ),
         maps::SOURCES => first(
             crate::batch::read_all::<Addr, SourceState>(&data)?,
             limit,
