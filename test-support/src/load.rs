@@ -281,6 +281,13 @@ impl Tun {
     /// egress hook let it go (it was queued for the tunnel); `Ok(false)`: it was dropped
     /// there (the send fails with ENOBUFS).
     pub fn egress(&self, protocol: u16, packet: &[u8]) -> Result<bool> {
+        Ok(self.egress_read(protocol, packet)?.is_some())
+    }
+
+    /// [`Tun::egress`], returning what left the device: `Some(packets)` (as the egress
+    /// hook left them: rewritten ones rewritten) when the hook let it go, `None` when it
+    /// was dropped there.
+    pub fn egress_read(&self, protocol: u16, packet: &[u8]) -> Result<Option<Vec<Vec<u8>>>> {
         use std::os::fd::AsRawFd as _;
         // SAFETY: an all-zero sockaddr_ll is valid.
         let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -307,8 +314,8 @@ impl Tun {
         } else {
             true
         };
-        self.read_all();
-        Ok(passed)
+        let out = self.read_all();
+        Ok(passed.then_some(out))
     }
 
     /// Every packet waiting in the TUN file descriptor (what left through egress), without
