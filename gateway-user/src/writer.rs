@@ -122,8 +122,19 @@ pub fn rcu_grace_period() {
     }
 }
 
+/// What the DNS resources add to every apply ([`PolicyWriter::set_hook`]): a device's
+/// proxy addresses as destination entries of their names' atoms, and a connector's name
+/// translations pointed at the new generation's atoms before it is switched on.
+pub trait ApplyHook: Send {
+    /// Destination entries written with `view`'s own.
+    fn extra_atoms(&self, view: &HostView) -> Vec<policy_compiler::DstEntry>;
+    /// Runs after key slot `slot` holds `view` and before it becomes active.
+    fn before_flip(&self, view: &HostView, slot: u8) -> Result<()>;
+}
+
 /// Applies compiled views to a host's policy maps.
 pub struct PolicyWriter {
+    hook: Option<Box<dyn ApplyHook>>,
     clock: BootClock,
     generation: u32,
     /// What each key slot holds, when known.
@@ -138,6 +149,7 @@ impl PolicyWriter {
     /// are unknown (they are read back from the maps on first use).
     pub fn new(generation: u32, clock: BootClock) -> Self {
         PolicyWriter {
+            hook: None,
             clock,
             generation,
             slots: [None, None],
@@ -163,8 +175,31 @@ impl PolicyWriter {
         self.slots[(self.generation & 1) as usize].as_ref()
     }
 
+    /// Adds `hook` to every apply from now on.
+    pub fn set_hook(&mut self, hook: Box<dyn ApplyHook>) {
+        self.hook = Some(hook);
+    }
+
     /// Makes `view` the enforced policy, atomically (see the module docs).
     pub fn apply(&mut self, maps: &mut PolicyMaps, view: &HostView) -> Result<ApplyStats> {
+        let mut extra = self
+            .hook
+            .as_ref()
+            .map(|h| h.extra_atoms(view))
+            .unwrap_or_default();
+        // The view's own prefixes win (the agent keeps proxy space out of them).
+        extra.retain(|e| !view.atoms.iter().any(|a| a.prefix == e.prefix));
+        if extra.is_empty() {
+            return self.apply_view(maps, view);
+        }
+        let mut with = view.clone();
+        with.atoms.extend(extra);
+        with.atoms.sort();
+        with.atoms.dedup();
+        self.apply_view(maps, &with)
+    }
+
+    fn apply_view(&mut self, maps: &mut PolicyMaps, view: &HostView) -> Result<ApplyStats> {
         let started = Instant::now();
         let next = next_generation(self.generation);
         let slot = (next & 1) as u8;
@@ -194,6 +229,10 @@ impl PolicyWriter {
         if let Some(filter) = maps.src_filter.as_mut() {
             filter
                 .add(new.src.iter().map(|(k, _)| &k.addr))
+                .with_context(|| format!("policy generation {next} not applied"))?;
+        }
+        if let Some(h) = &self.hook {
+            h.before_flip(view, slot)
                 .with_context(|| format!("policy generation {next} not applied"))?;
         }
         maps.active
