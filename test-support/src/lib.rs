@@ -19,6 +19,7 @@
 
 pub mod capture;
 pub mod cli_docs;
+pub mod dns;
 pub mod frames;
 pub mod fuzz;
 pub mod load;
