@@ -642,6 +642,7 @@ fn ocsf_records_of_every_kind_match_the_schema() {
         host: "connector:dc-connector-1",
         clock: BootClock::new(),
         endpoints: None,
+        names: None,
     };
     let principal = |name: &str| {
         *view

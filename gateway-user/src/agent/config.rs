@@ -84,6 +84,96 @@ pub struct Config {
     /// `[tunnel]`: the WireGuard tunnel between devices and connectors. Absent: no tunnel
     /// (the data plane trusts overlay source addresses, as before the tunnel existed).
     pub tunnel: Option<TunnelConfig>,
+    /// `[names]`: DNS resources (needs `[tunnel]`). On a device it turns on the stub
+    /// resolver; a connector resolves names for its devices whether or not it is given
+    /// (these settings, or their defaults).
+    pub names: Option<NamesConfig>,
+}
+
+/// `[names]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NamesConfig {
+    /// Devices: where the stub resolver listens (UDP and TCP). Empty (the default): the
+    /// device's first IPv4 tunnel address, port 53. Point the system resolver (or
+    /// systemd-resolved's per-link DNS for the resources' domains) there.
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+    /// Devices: where every other query is forwarded. Connectors: the resolvers that
+    /// resolve resources' names. Empty (the default): the nameservers of
+    /// /etc/resolv.conf (a device's own stub address left out).
+    #[serde(default)]
+    pub upstreams: Vec<SocketAddr>,
+    /// Devices: proxy addresses handed out for names.
+    #[serde(default = "default_proxy_v4")]
+    pub proxy_v4: ipnet::Ipv4Net,
+    #[serde(default = "default_proxy_v6")]
+    pub proxy_v6: ipnet::Ipv6Net,
+    /// Devices: where the name -> proxy address pairs are kept across restarts.
+    #[serde(default = "default_pool_file")]
+    pub pool_file: PathBuf,
+    /// Connectors: the TTL of a resolution is the answer's, clamped to this range (s).
+    #[serde(default = "default_min_ttl")]
+    pub min_ttl_secs: u64,
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl_secs: u64,
+}
+
+fn default_proxy_v4() -> ipnet::Ipv4Net {
+    ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(100, 96, 0, 0), 11).unwrap_or_default()
+}
+fn default_proxy_v6() -> ipnet::Ipv6Net {
+    ipnet::Ipv6Net::new(
+        std::net::Ipv6Addr::new(0xfd00, 0x6e61, 0x6d65, 0, 0, 0, 0, 0),
+        107,
+    )
+    .unwrap_or_default()
+}
+fn default_pool_file() -> PathBuf {
+    PathBuf::from("/var/lib/zt-gateway/names.json")
+}
+fn default_min_ttl() -> u64 {
+    30
+}
+fn default_max_ttl() -> u64 {
+    3600
+}
+
+impl Default for NamesConfig {
+    fn default() -> Self {
+        NamesConfig {
+            listen: Vec::new(),
+            upstreams: Vec::new(),
+            proxy_v4: default_proxy_v4(),
+            proxy_v6: default_proxy_v6(),
+            pool_file: default_pool_file(),
+            min_ttl_secs: default_min_ttl(),
+            max_ttl_secs: default_max_ttl(),
+        }
+    }
+}
+
+impl NamesConfig {
+    fn validate(&self) -> Result<()> {
+        if self.proxy_v4.prefix_len() > 24 || self.proxy_v6.prefix_len() > 120 {
+            bail!(
+                "[names] `proxy_v4` {} / `proxy_v6` {}: at most /24 and /120 (room for the \
+                 names a device uses)",
+                self.proxy_v4,
+                self.proxy_v6
+            );
+        }
+        if self.min_ttl_secs == 0 || self.max_ttl_secs < self.min_ttl_secs {
+            bail!(
+                "[names] `min_ttl_secs` must be at least 1 and `max_ttl_secs` at least \
+                 `min_ttl_secs`"
+            );
+        }
+        if !self.pool_file.is_absolute() {
+            bail!("[names] `pool_file` must be an absolute path");
+        }
+        Ok(())
+    }
 }
 
 /// Which WireGuard implementation carries the tunnel.
@@ -456,6 +546,15 @@ impl Config {
         if !self.pin_dir.is_absolute() {
             bail!("`pin_dir` must be an absolute path on bpffs, e.g. /sys/fs/bpf/zt-gateway");
         }
+        if let Some(n) = &self.names {
+            if self.tunnel.is_none() {
+                bail!(
+                    "[names] needs [tunnel]: proxy addresses are reached only through the \
+                     tunnel"
+                );
+            }
+            n.validate()?;
+        }
         if let Some(t) = &self.tunnel {
             t.validate()?;
             if self.xdp_interfaces.contains(&t.interface)
@@ -593,6 +692,43 @@ mod tests {
         assert_eq!(cfg.metrics_listen, Some("127.0.0.1:9477".parse().unwrap()));
         let t = cfg.tunnel.unwrap();
         assert_eq!((t.interface.as_str(), t.listen_port), ("ztg0", 51820));
+    }
+
+    #[test]
+    fn names_settings_are_checked() {
+        let base = "role = \"device\"\nname = \"x\"\npolicy_file = \"/p\"\n\
+                    xdp_interfaces = [\"eth0\"]\n";
+        let load = |extra: &str| -> Result<Config> {
+            let cfg: Config =
+                toml::from_str(&format!("{base}{extra}")).map_err(|e| anyhow::anyhow!("{e}"))?;
+            cfg.validate()?;
+            Ok(cfg)
+        };
+        let n = load("[tunnel]\n[names]\n").unwrap().names.unwrap();
+        assert_eq!(n, NamesConfig::default());
+        assert_eq!(n.proxy_v4.to_string(), "100.96.0.0/11");
+        assert_eq!(n.proxy_v6.to_string(), "fd00:6e61:6d65::/107");
+        for (extra, needle) in [
+            ("[names]\n", "needs [tunnel]"),
+            (
+                "[tunnel]\n[names]\nproxy_v4 = \"100.96.0.0/30\"",
+                "at most /24",
+            ),
+            ("[tunnel]\n[names]\nmin_ttl_secs = 0", "at least 1"),
+            (
+                "[tunnel]\n[names]\nmin_ttl_secs = 60\nmax_ttl_secs = 30",
+                "at least `min_ttl_secs`",
+            ),
+            (
+                "[tunnel]\n[names]\npool_file = \"names.json\"",
+                "absolute path",
+            ),
+            ("[tunnel]\n[names]\nupstream = []", "unknown field"),
+            ("[tunnel]\n[names]\nproxy_v4 = \"100.96.0.1\"", "invalid"),
+        ] {
+            let err = format!("{:#}", load(extra).expect_err(extra));
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -24,7 +24,16 @@ pub struct Context<'a> {
     /// With a tunnel: the real address and port a source's packets come from (its
     /// tunnel endpoint), by overlay address.
     pub endpoints: Option<&'a (dyn Fn(IpAddr) -> Option<SocketAddr> + Send + Sync)>,
+    /// With DNS resources: the name a flow's (source, destination) stands for, and the
+    /// address it resolved to.
+    pub names: Option<&'a NameFn>,
 }
+
+/// (source, destination) -> the DNS name and the address it resolved to.
+pub type NameFn = dyn Fn(IpAddr, IpAddr) -> Option<(String, Option<IpAddr>)> + Send + Sync;
+
+/// How a record finds the DNS name of a flow's destination (`agent/names.rs`).
+pub type NameLookup = std::sync::Arc<NameFn>;
 
 /// How a connector finds a device's real address from its overlay address.
 pub type Endpoints = std::sync::Arc<dyn Fn(IpAddr) -> Option<SocketAddr> + Send + Sync>;
@@ -182,6 +191,14 @@ pub fn record(ev: &Event, cx: &Context) -> Option<Value> {
         "host": cx.host,
     });
     let obj = v.as_object_mut()?;
+    // DNS resources: the name asked for and the address it resolved to.
+    if let Some((name, real)) = cx.names.and_then(|f| f(r.src, r.dst)) {
+        obj.insert("dns_name".into(), json!(name));
+        obj.insert(
+            "resolved_ip".into(),
+            real.map_or(Value::Null, |a| json!(a.to_string())),
+        );
+    }
     match r.kind {
         EventKind::FlowEnd => {
             obj.insert("packets".into(), json!(ev.packets));
@@ -532,6 +549,7 @@ mod tests {
             host: "connector:dc-connector-1",
             clock: BootClock::new(),
             endpoints: None,
+            names: None,
         };
         let r = record(&event(&view, EventKind::FlowEnd), &cx).unwrap();
         assert_eq!(r["event"], "flow_end");
@@ -560,6 +578,7 @@ mod tests {
             host: "connector:dc-connector-1",
             clock: BootClock::new(),
             endpoints: None,
+            names: None,
         };
         let o = ocsf(&event(&view, EventKind::FlowStart), &cx).unwrap();
         assert_eq!(o["class_uid"], 4001);

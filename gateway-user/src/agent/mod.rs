@@ -10,6 +10,7 @@ pub mod host_check;
 pub mod logs;
 pub mod managed;
 pub mod metrics;
+pub mod names;
 pub mod pins;
 mod privileges;
 mod signals;
@@ -106,6 +107,8 @@ struct Sink {
     format: LogFormat,
     /// With a tunnel: a device's real address and port, from its overlay address.
     endpoints: Option<logs::Endpoints>,
+    /// With DNS resources: a flow's name and resolved address.
+    names: Option<logs::NameLookup>,
 }
 
 impl Sink {
@@ -114,6 +117,7 @@ impl Sink {
             out: logs::LogOutput::open(cfg.log_file.as_deref())?,
             format: cfg.log_format,
             endpoints: None,
+            names: None,
         })
     }
 
@@ -296,11 +300,31 @@ async fn run_async(mut cfg: Config) -> Result<()> {
 
     host_check::at_start(&cfg, &metrics);
 
+    // DNS resources: the writer's hook and the control channel, before the first tunnel
+    // configuration (a device routes its proxy space into the tunnel).
+    let kernel_names = match cfg.role {
+        config::Role::Connector if tunnel.is_some() => {
+            Some(names::kernel_names(&pins::maps_dir(&cfg.pin_dir))?)
+        }
+        _ => None,
+    };
+    let mut names = names::AgentNames::start(
+        cfg.role,
+        cfg.names.as_ref(),
+        tunnel.as_mut(),
+        kernel_names,
+        &mut writer,
+    )?;
     if let (Some(t), Some(a)) = (tunnel.as_mut(), active.as_ref()) {
         t.apply(&a.view).await.context("configuring the tunnel")?;
     }
+    if let (Some(n), Some(a)) = (names.as_mut(), active.as_ref()) {
+        n.after_apply(&a.view).await;
+    }
     let mut sink = Sink::open(&cfg)?;
     sink.endpoints = tunnel.as_ref().map(|t| t.endpoint_resolver());
+    sink.names = names.as_ref().map(|n| n.lookup());
+    let mut reapply_rx = names.as_mut().and_then(|n| n.reapply.take());
     let host = cfg.host_label();
     let rings = dp.take_events().context("event ring buffers")?;
     let register = |rb: RingBuf<MapData>| {
@@ -374,9 +398,24 @@ async fn run_async(mut cfg: Config) -> Result<()> {
                     log_events(&batch, a, &host, clock, &mut sink, &metrics, events_tx.as_ref());
                 }
             }
+            Some(done) = next_reapply(&mut reapply_rx) => {
+                // The stub answered a new name: its proxy addresses go in with the view in
+                // force (the writer's hook adds them), before the answer is sent.
+                let r = match &active {
+                    Some(a) => writer
+                        .apply(&mut dp.policy, &a.view)
+                        .map(|_| ())
+                        .map_err(|e| format!("{e:#}")),
+                    None => Err("no policy in force yet".to_string()),
+                };
+                let _ = done.send(r);
+            }
             Some(update) = next_update(&mut managed_rx) => {
                 if let Some(a) = managed::apply_update(&mut dp, &mut writer, update, &metrics, &generation_file) {
                     apply_tunnel(tunnel.as_mut(), &a.view).await;
+                    if let Some(n) = names.as_mut() {
+                        n.after_apply(&a.view).await;
+                    }
                     active = Some(a);
                 }
             }
@@ -385,6 +424,9 @@ async fn run_async(mut cfg: Config) -> Result<()> {
                 signals::on_sighup(&cfg, &mut sink, &mut dp, &mut writer, &mut active, &metrics);
                 if writer.generation() != before && let Some(a) = &active {
                     apply_tunnel(tunnel.as_mut(), &a.view).await;
+                    if let Some(n) = names.as_mut() {
+                        n.after_apply(&a.view).await;
+                    }
                 }
                 signals::notify(&[sd_notify::NotifyState::Ready]);
             }
@@ -397,6 +439,9 @@ async fn run_async(mut cfg: Config) -> Result<()> {
                     reload_if_changed(&cfg, &mut dp, &mut writer, &mut active, &metrics, false);
                     if writer.generation() != before && let Some(a) = &active {
                         apply_tunnel(tunnel.as_mut(), &a.view).await;
+                    if let Some(n) = names.as_mut() {
+                        n.after_apply(&a.view).await;
+                    }
                     }
                 }
                 if let Some(t) = tunnel.as_mut()
@@ -485,6 +530,15 @@ async fn apply_tunnel(tunnel: Option<&mut tunnel::AgentTunnel>, view: &HostView)
 }
 
 /// The next view from the controller, or never in standalone mode.
+async fn next_reapply(
+    rx: &mut Option<mpsc::Receiver<names::ReapplyDone>>,
+) -> Option<names::ReapplyDone> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_update(rx: &mut Option<mpsc::Receiver<managed::Update>>) -> Option<managed::Update> {
     match rx {
         Some(rx) => rx.recv().await,
@@ -505,11 +559,13 @@ fn log_events(
         return;
     }
     let endpoints = sink.endpoints.clone();
+    let names = sink.names.clone();
     let cx = logs::Context {
         view: &a.view,
         host,
         clock,
         endpoints: endpoints.as_deref(),
+        names: names.as_deref(),
     };
     let mut counted = Vec::new();
     for ev in batch {

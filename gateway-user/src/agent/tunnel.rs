@@ -23,7 +23,10 @@ pub struct AgentTunnel {
     /// controller inside it.
     controllers: Vec<IpAddr>,
     warned_controller: bool,
-    tunnel: Tunnel,
+    tunnel: std::sync::Arc<Tunnel>,
+    /// Routes into the tunnel interface beside the peers' prefixes: a device's proxy
+    /// address space (`[names]`).
+    extra_routes: Vec<IpNet>,
     cfg: TunnelConfig,
     role: Role,
     key_file: PathBuf,
@@ -132,6 +135,7 @@ impl AgentTunnel {
         .context("starting the userspace tunnel")?;
         tun::configure_link(&t.interface, t.mtu, &[])?;
         if cfg.role == Role::Connector {
+            tunnel.accept_control(crate::tunnel::control::Direction::ToConnector);
             tun::enable_forwarding(true)?;
             if t.masquerade {
                 tun::install_masquerade(&t.interface)?;
@@ -159,7 +163,8 @@ impl AgentTunnel {
             key_stamp: stamp(&t.private_key_file),
             key_file: t.private_key_file.clone(),
             status_file: status_path(&t),
-            tunnel,
+            tunnel: std::sync::Arc::new(tunnel),
+            extra_routes: Vec::new(),
             cfg: t,
             role: cfg.role,
         };
@@ -169,6 +174,16 @@ impl AgentTunnel {
 
     pub fn public_key(&self) -> String {
         self.tunnel.public_key()
+    }
+
+    /// The running tunnel (the control channel and run-time routes of `[names]`).
+    pub fn handle(&self) -> std::sync::Arc<Tunnel> {
+        self.tunnel.clone()
+    }
+
+    /// Routes `nets` into the tunnel interface from the next [`AgentTunnel::apply`] on.
+    pub fn set_extra_routes(&mut self, nets: Vec<IpNet>) {
+        self.extra_routes = nets;
     }
 
     /// Makes peers, addresses and routes those of `view`.
@@ -230,6 +245,7 @@ impl AgentTunnel {
             );
         }
         let mut routes: Vec<IpNet> = specs.iter().flat_map(|s| s.allowed_ips.clone()).collect();
+        routes.extend(self.extra_routes.iter().copied());
         routes.sort();
         routes.dedup();
         let own = if self.role == Role::Device {
