@@ -18,12 +18,22 @@ async fn names_resolve_with_clamped_ttls_and_failures_are_errors() {
     let r = resolve(&cfg, "db.corp.test.").await.unwrap();
     assert_eq!(r.v4, vec![Ipv4Addr::new(198, 18, 0, 53)]);
     assert!(r.v6.is_empty());
-    assert_eq!(r.ttl, Duration::from_secs(1234), "the answer's TTL, inside the range");
+    assert_eq!(
+        r.ttl,
+        Duration::from_secs(1234),
+        "the answer's TTL, inside the range"
+    );
     cfg.max_ttl = Duration::from_secs(600);
-    assert_eq!(resolve(&cfg, "db.corp.test.").await.unwrap().ttl, Duration::from_secs(600));
+    assert_eq!(
+        resolve(&cfg, "db.corp.test.").await.unwrap().ttl,
+        Duration::from_secs(600)
+    );
     cfg.min_ttl = Duration::from_secs(2000);
     cfg.max_ttl = Duration::from_secs(3600);
-    assert_eq!(resolve(&cfg, "db.corp.test.").await.unwrap().ttl, Duration::from_secs(2000));
+    assert_eq!(
+        resolve(&cfg, "db.corp.test.").await.unwrap().ttl,
+        Duration::from_secs(2000)
+    );
 
     let e = resolve(&cfg, "nxhost.corp.test.").await.unwrap_err();
     assert!(format!("{e:#}").contains("NXDOMAIN"), "{e:#}");

@@ -41,12 +41,12 @@ use gateway_common::{
 };
 
 use decide::{Decision, audit_address, decide_into, is_protected, maybe_principal};
-use names::{NameScratch, Rewrite, decide_name, forget_nat, nat_insert, nat_real, nat_reply};
 use events::{EventMeta, cacheable, emit_flow, on_limited, remember_denial, repeated_denial};
 use maps::{
     ACTIVE, CONFIG, FLOW_STATS, FLOWS_OTHER, FLOWS_TCP, FRAGS, PARSE_STATS, SCRATCH, VERDICT_STATS,
     bump,
 };
+use names::{NameScratch, Rewrite, decide_name, forget_nat, nat_insert, nat_real, nat_reply};
 use parse::{Frame, Parsed, Start, TCP_FIN, TCP_RST};
 
 /// Per-CPU scratch space for values too big for the 512-byte stack: the parsed packet,

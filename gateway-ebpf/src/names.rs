@@ -39,7 +39,16 @@ pub struct NameScratch {
 /// True when `addr` is IPv4-mapped (an IPv4 address in the 16-byte form).
 #[inline(always)]
 pub fn is_v4(addr: &Addr) -> bool {
-    addr[0] | addr[1] | addr[2] | addr[3] | addr[4] | addr[5] | addr[6] | addr[7] | addr[8] | addr[9]
+    addr[0]
+        | addr[1]
+        | addr[2]
+        | addr[3]
+        | addr[4]
+        | addr[5]
+        | addr[6]
+        | addr[7]
+        | addr[8]
+        | addr[9]
         == 0
         && addr[10] == 0xff
         && addr[11] == 0xff
@@ -218,7 +227,11 @@ impl Rewrite for TcContext {
                         0,
                     )
                 };
-                if diff < 0 || self.l4_csum_replace(l4 + off, 0, diff as u64, flags).is_err() {
+                if diff < 0
+                    || self
+                        .l4_csum_replace(l4 + off, 0, diff as u64, flags)
+                        .is_err()
+                {
                     return false;
                 }
             }

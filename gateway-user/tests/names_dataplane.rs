@@ -240,9 +240,7 @@ fn lab() -> Lab {
         .unwrap();
     tun.ns.ip(&["link", "set", &out_name, "up"]).unwrap();
     for net in ["198.18.0.0/16", "2001:db8:1::/48"] {
-        tun.ns
-            .ip(&["route", "add", net, "dev", &out_name])
-            .unwrap();
+        tun.ns.ip(&["route", "add", net, "dev", &out_name]).unwrap();
     }
     let mut lab = Lab {
         out,
@@ -300,7 +298,11 @@ impl Lab {
         assert_eq!(out.len(), 1, "forwarded packets: {out:?}");
         let got = out.into_iter().next().unwrap();
         let (src, dst) = addrs(p);
-        assert_eq!(addrs(&got), (src, ip(real)), "rewritten to the real address");
+        assert_eq!(
+            addrs(&got),
+            (src, ip(real)),
+            "rewritten to the real address"
+        );
         assert_ne!(dst, ip(real));
         assert_checksums(&got);
         got
@@ -384,15 +386,26 @@ fn an_allowed_name_is_translated_both_ways() {
     lab.passes_to(&tcp(D1, 40_000, P, 5432), R_DB, Reason::Established);
     // The flow is keyed by the proxy address, and translated.
     let k = key(D1, 40_000, P, 5432);
-    let flow = lab.dp.flows.get(&k).unwrap().expect("the flow is keyed D -> P");
+    let flow = lab
+        .dp
+        .flows
+        .get(&k)
+        .unwrap()
+        .expect("the flow is keyed D -> P");
     assert_ne!(flow.flags & gateway_common::FlowState::TRANSLATED, 0);
     assert_eq!(lab.dp.names.nat_real(&k).unwrap(), Some(ip(R_DB)));
 
     // The reply from the real address leaves with the proxy address.
     let before = lab.dp.verdict_stats().unwrap();
-    let back = lab.reply(&tcp(R_DB, 5432, D1, 40_000)).expect("the reply passes");
+    let back = lab
+        .reply(&tcp(R_DB, 5432, D1, 40_000))
+        .expect("the reply passes");
     assert_eq!(
-        lab.dp.verdict_stats().unwrap().since(&before).reason(Reason::Reply),
+        lab.dp
+            .verdict_stats()
+            .unwrap()
+            .since(&before)
+            .reason(Reason::Reply),
         1
     );
     assert_eq!(addrs(&back), (ip(P), ip(D1)));
@@ -431,11 +444,17 @@ fn unknown_names_other_atoms_and_strangers_are_dropped() {
     }
     let mut lab = lab();
     // No NAMES entry: an address outside protected space.
-    lab.dropped(&tcp(D1, 40_001, P_UNKNOWN, 5432), Reason::DeniedOutsideProtected);
+    lab.dropped(
+        &tcp(D1, 40_001, P_UNKNOWN, 5432),
+        Reason::DeniedOutsideProtected,
+    );
     // A name whose atom the device has no grant for: dropped, not translated.
     lab.name(D1, P_WEB, R_WEB, R_WEB);
     lab.dropped(&tcp(D1, 40_002, P_WEB, 80), Reason::DeniedNoGrant);
-    assert_eq!(lab.dp.names.nat_real(&key(D1, 40_002, P_WEB, 80)).unwrap(), None);
+    assert_eq!(
+        lab.dp.names.nat_real(&key(D1, 40_002, P_WEB, 80)).unwrap(),
+        None
+    );
     assert!(lab.dp.names.nat_entries().unwrap().is_empty());
     // A port the grant does not name.
     lab.name(D1, P, R_DB, R_DB);
@@ -483,7 +502,10 @@ fn an_open_flow_keeps_its_real_address_when_the_name_resolves_again() {
     // A stale re-decision (a new generation) does not move the open flow either.
     lab.apply(&format!("{POLICY}\n# another generation\n"));
     let a = lab.atom(lab.slot(), R_DB);
-    lab.dp.names.set_slot_atoms(lab.slot(), |_, _| Some(a)).unwrap();
+    lab.dp
+        .names
+        .set_slot_atoms(lab.slot(), |_, _| Some(a))
+        .unwrap();
     lab.passes_to(&tcp(D1, 40_000, P, 5432), R_DB, Reason::Allowed);
     lab.passes_to(&tcp(D1, 40_001, P, 5432), R_DB2, Reason::Allowed);
     // Both flows' replies find their proxy.
@@ -495,10 +517,7 @@ fn an_open_flow_keeps_its_real_address_when_the_name_resolves_again() {
 
 /// POLICY without tester's grant.
 fn revoked_policy() -> String {
-    POLICY.replace(
-        "resources = [\"db\", \"db6\"]",
-        "resources = [\"db6\"]",
-    )
+    POLICY.replace("resources = [\"db\", \"db6\"]", "resources = [\"db6\"]")
 }
 
 #[test]
@@ -527,8 +546,16 @@ fn a_policy_flip_keeps_or_revokes_named_flows() {
     lab.dropped(&tcp(D1, 40_000, P, 5432), Reason::DeniedEstablished);
     let k = key(D1, 40_000, P, 5432);
     assert_eq!(lab.dp.flows.get(&k).unwrap(), None, "the flow ended");
-    assert_eq!(lab.dp.names.nat_real(&k).unwrap(), None, "its NAT entries went");
-    assert_eq!(lab.reply(&tcp(R_DB, 5432, D1, 40_001)), None, "a reply of the other flow");
+    assert_eq!(
+        lab.dp.names.nat_real(&k).unwrap(),
+        None,
+        "its NAT entries went"
+    );
+    assert_eq!(
+        lab.reply(&tcp(R_DB, 5432, D1, 40_001)),
+        None,
+        "a reply of the other flow"
+    );
     lab.dropped(&tcp(D1, 40_001, P, 5432), Reason::DeniedNoGrant);
 
     // Back to the grant, then the name removed for the new slot (`None`): flows end.

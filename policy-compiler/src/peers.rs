@@ -331,10 +331,10 @@ fn device_peers(policy: &Policy, device: &str, e: &Entries<'_>, t: i64) -> Vec<P
     // A name resource has no prefix: its network is reached through the connector, and the
     // proxy addresses of its names are routed to that connector as the device answers them.
     for &(v4, v6, network) in &e.names {
-        if e.passes(class, v4, t) || e.passes(class, v6, t) {
-            if let Some(r) = reached.get_mut(network) {
-                *r = true;
-            }
+        if (e.passes(class, v4, t) || e.passes(class, v6, t))
+            && let Some(r) = reached.get_mut(network)
+        {
+            *r = true;
         }
     }
     let mut by_connector: BTreeMap<&str, BTreeSet<IpNet>> = BTreeMap::new();
