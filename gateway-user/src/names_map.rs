@@ -21,6 +21,9 @@ use std::{
     path::Path,
 };
 
+/// One `NAMES` entry: (device, proxy, real address, atoms per key slot).
+pub type NameEntry = (IpAddr, IpAddr, IpAddr, [AtomValue; 2]);
+
 /// `NAMES` and `NAT`, typed.
 pub struct NameMaps {
     pub names: HashMap<MapData, NameKey, NameValue>,
@@ -137,7 +140,7 @@ impl NameMaps {
     }
 
     /// Every entry: (device, proxy, real, atoms).
-    pub fn entries(&self) -> Result<Vec<(IpAddr, IpAddr, IpAddr, [AtomValue; 2])>> {
+    pub fn entries(&self) -> Result<Vec<NameEntry>> {
         let all: Vec<(NameKey, NameValue)> = crate::batch::read_all(self.names.map())?;
         Ok(all
             .into_iter()
