@@ -687,7 +687,7 @@ fn outbound<C: Frame + Rewrite>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reas
         Some(flow) => {
             // SAFETY: as above.
             let f = unsafe { &*flow };
-            translated = f.flags & FlowState::TRANSLATED != 0;
+            translated = cx.names && f.flags & FlowState::TRANSLATED != 0;
             end_flow(cx, key, f, now);
             if translated {
                 forget_nat(&scratch.parsed.key, &mut scratch.names);
@@ -812,11 +812,10 @@ fn inbound<C: Frame + Rewrite>(ctx: &C, cx: &Cx, scratch: &mut Scratch) -> Reaso
             let now = now_ns();
             let mut d = Decision::simple(Reason::DeniedMalformed);
             decide_into(cx.slot, &scratch.reversed, now, true, &mut d);
-            let translated = f.flags & FlowState::TRANSLATED != 0;
+            let translated = cx.names && f.flags & FlowState::TRANSLATED != 0;
             // A translated flow is decided again by its name (`NAMES`): a removed name
             // or a revoked grant ends it.
-            if cx.names
-                && translated
+            if translated
                 && d.atom == 0
                 && matches!(d.reason, Reason::Unprotected | Reason::DeniedUnsolicited)
                 && !decide_name(
