@@ -711,3 +711,43 @@ fn truncated_headers_toward_a_proxy_never_pass() {
     p6[4..6].copy_from_slice(&10u16.to_be_bytes());
     lab.dropped(&p6, Reason::DeniedMalformed);
 }
+
+#[test]
+fn the_reaper_forgets_a_translated_flows_nat_entries() {
+    if skip_unless_privileged!() {
+        return;
+    }
+    let mut lab = lab();
+    lab.name(D1, P, R_DB, R_DB);
+    lab.passes_to(&tcp(D1, 40_000, P, 5432), R_DB, Reason::Allowed);
+    assert!(lab.reply(&tcp(R_DB, 5432, D1, 40_000)).is_some());
+    assert_eq!(lab.dp.names.nat_entries().unwrap().len(), 2);
+    // Every timeout 0: the agent's next scan ends the flow as idle.
+    let none = gateway_user::agent::config::FlowTimeouts {
+        tcp_unreplied: 0,
+        tcp_established: 0,
+        tcp_closing: 0,
+        tcp_reset: 0,
+        udp_unreplied: 0,
+        udp_replied: 0,
+        other: 0,
+        fragments: 0,
+    };
+    let mut reaper = gateway_user::agent::flows::Reaper::default();
+    let Lab { dp, .. } = &mut lab;
+    let (ended, _) = reaper
+        .scan(&mut dp.flows, &mut dp.names, &none, 1, |_| {})
+        .unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(
+        ended[0].key,
+        key(D1, 40_000, P, 5432),
+        "flow_end keeps D -> P"
+    );
+    assert!(
+        lab.dp.names.nat_entries().unwrap().is_empty(),
+        "both NAT entries went"
+    );
+    // The reply has no way back any more.
+    assert_eq!(lab.reply(&tcp(R_DB, 5432, D1, 40_000)), None);
+}
