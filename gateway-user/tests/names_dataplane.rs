@@ -751,3 +751,89 @@ fn the_reaper_forgets_a_translated_flows_nat_entries() {
     // The reply has no way back any more.
     assert_eq!(lab.reply(&tcp(R_DB, 5432, D1, 40_000)), None);
 }
+
+#[test]
+fn icmp_errors_about_translated_flows_are_not_translated() {
+    if skip_unless_privileged!() {
+        return;
+    }
+    let mut lab = lab();
+    lab.name(D1, P, R_DB, R_DB);
+    lab.passes_to(&tcp(D1, 40_000, P, 5432), R_DB, Reason::Allowed);
+    let reply = testkit::frame(
+        ip(P),
+        ip(D1),
+        L4::Tcp {
+            src: 5432,
+            dst: 40_000,
+        },
+        &[],
+        b"",
+    );
+    // The device about the flow's reply, toward the proxy address: not related, dropped.
+    let err = testkit::icmp_error(ip(D1), ip(P), &reply);
+    let (_, err) = strip_ethernet(&err).unwrap();
+    let (stats, out) = lab.send(err);
+    assert_eq!(
+        stats.reason(Reason::IcmpErrorRelated),
+        0,
+        "{:?}",
+        stats.nonzero()
+    );
+    assert!(
+        stats.reason(Reason::DeniedOutsideProtected) >= 1,
+        "{:?}",
+        stats.nonzero()
+    );
+    assert!(out.is_empty());
+    // A router about the flow's packet (as the proxy or as the real address): dropped.
+    for quoted_dst in [P, R_DB] {
+        let orig = testkit::frame(
+            ip(D1),
+            ip(quoted_dst),
+            L4::Tcp {
+                src: 40_000,
+                dst: 5432,
+            },
+            &[],
+            b"",
+        );
+        let err = testkit::icmp_error(ip("100.64.0.1"), ip(D1), &orig);
+        let (_, err) = strip_ethernet(&err).unwrap();
+        assert_eq!(lab.reply(err), None, "an error quoting {quoted_dst}");
+    }
+}
+
+#[test]
+fn a_real_address_of_the_other_family_is_never_translated() {
+    if skip_unless_privileged!() {
+        return;
+    }
+    let mut lab = lab();
+    let a = lab.atom(lab.slot(), R_DB);
+    // Written past NameMaps::set, which refuses it.
+    lab.dp
+        .names
+        .names
+        .insert(
+            gateway_common::names::NameKey {
+                device: addr_of(ip(D1)),
+                proxy: addr_of(ip(P)),
+            },
+            gateway_common::names::NameValue {
+                real: addr_of(ip(R_DB6)),
+                atoms: [a, a],
+            },
+            0,
+        )
+        .unwrap();
+    lab.dropped(&tcp(D1, 40_000, P, 5432), Reason::DeniedNoGrant);
+    assert!(lab.dp.names.nat_entries().unwrap().is_empty());
+    // A slot whose atom was never written fails closed.
+    lab.dp
+        .names
+        .set(ip(D1), ip(P), ip(R_DB), [AtomValue::default(); 2])
+        .unwrap();
+    lab.dropped(&tcp(D1, 40_001, P, 5432), Reason::DeniedNoGrant);
+    assert!(lab.dp.names.nat_entries().unwrap().is_empty());
+}
