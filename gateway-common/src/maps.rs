@@ -323,8 +323,10 @@ pub const SOURCES_CAPACITY: u32 = 65_536;
 pub const HANDSHAKES_CAPACITY: u32 = 65_536;
 /// (device, proxy address) pairs of DNS resources on a connector.
 pub const NAMES_CAPACITY: u32 = 65_536;
-/// Two entries per translated flow, for as many flows as both flow tables hold.
-pub const NAT_CAPACITY: u32 = 2 * (FLOWS_TCP_CAPACITY + FLOWS_OTHER_CAPACITY);
+/// Two entries per translated flow: 65,536 open flows to DNS resources at once (an LRU
+/// map is allocated whole, on every host; the least recently used translation goes first,
+/// and its flow then takes the name's current address).
+pub const NAT_CAPACITY: u32 = 131_072;
 /// Bytes of each event ring buffer (a power of two, multiple of the page size).
 pub const EVENTS_FLOW_BYTES: u32 = 1 << 22;
 pub const EVENTS_ALERT_BYTES: u32 = 1 << 20;
