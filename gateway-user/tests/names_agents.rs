@@ -116,7 +116,8 @@ fn write_cfg(w: &World, h: &Host, device: bool) {
             "conn",
             w.conn_link.clone(),
             51820,
-            "[names]\nupstreams = [\"198.18.1.53:53\"]\nmin_ttl_secs = 1\n".to_string(),
+            "[names]\nupstreams = [\"198.18.1.53:53\"]\nmin_ttl_secs = 1\nmax_names_per_device = 4\n"
+                .to_string(),
         )
     };
     let pin = format!("/sys/fs/bpf/{}", unique_name("ztgn"));
@@ -277,7 +278,12 @@ fn world() -> World {
     tagged_server(&res, "198.18.1.6:443");
     tcp_echo_servers(&res, &["198.18.1.5:8443", "198.18.1.6:8443"]).unwrap();
     let inside = Zone::default();
-    for n in ["admin.corp.test", "a.w.corp.test", "b.w.corp.test"] {
+    for n in [
+        "admin.corp.test",
+        "a.w.corp.test",
+        "b.w.corp.test",
+        "c.w.corp.test",
+    ] {
         inside.set(n, &["198.18.1.5"], 300);
     }
     // A short TTL: the connector renews app's resolution every 2 s.
@@ -528,6 +534,13 @@ fn dns_resources_reach_only_the_named_resource() {
         TcpOutcome::Echoed,
         "control: the real address answers once granted by address"
     );
+    // A device holds a bounded number of names (here 4: app, a.w, b.w, admin): a fifth,
+    // which resolves on the connector, is refused and answered SERVFAIL.
+    let fifth = ask(&w, "c.w.corp.test", false);
+    assert_eq!(fifth.rcode, dns::ResponseCode::ServFail, "{fifth:?}");
+    assert!(fifth.addrs.is_empty());
+    conn.wait_for("max_names_per_device", Duration::from_secs(5))
+        .unwrap();
     drop(held);
     let _ = alice.stop();
     let _ = conn.stop();

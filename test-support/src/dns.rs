@@ -2,7 +2,8 @@
 //! runs) and a client that asks one question.
 
 use anyhow::{Context as _, Result};
-use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
+pub use hickory_proto::op::ResponseCode;
+use hickory_proto::op::{Message, MessageType, Query};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::collections::HashMap;

@@ -117,6 +117,14 @@ pub struct NamesConfig {
     pub min_ttl_secs: u64,
     #[serde(default = "default_max_ttl")]
     pub max_ttl_secs: u64,
+    /// Connectors: names one device may hold at once (a wildcard has endless names);
+    /// beyond, its requests for new names are refused until an old one is gone.
+    #[serde(default = "default_max_names")]
+    pub max_names_per_device: usize,
+}
+
+fn default_max_names() -> usize {
+    1024
 }
 
 fn default_proxy_v4() -> ipnet::Ipv4Net {
@@ -149,6 +157,7 @@ impl Default for NamesConfig {
             pool_file: default_pool_file(),
             min_ttl_secs: default_min_ttl(),
             max_ttl_secs: default_max_ttl(),
+            max_names_per_device: default_max_names(),
         }
     }
 }
@@ -171,6 +180,9 @@ impl NamesConfig {
         }
         if !self.pool_file.is_absolute() {
             bail!("[names] `pool_file` must be an absolute path");
+        }
+        if self.max_names_per_device == 0 {
+            bail!("[names] `max_names_per_device` must be at least 1");
         }
         Ok(())
     }
@@ -724,6 +736,7 @@ mod tests {
                 "absolute path",
             ),
             ("[tunnel]\n[names]\nupstream = []", "unknown field"),
+            ("[tunnel]\n[names]\nmax_names_per_device = 0", "at least 1"),
             ("[tunnel]\n[names]\nproxy_v4 = \"100.96.0.1\"", "invalid"),
         ] {
             let err = format!("{:#}", load(extra).expect_err(extra));

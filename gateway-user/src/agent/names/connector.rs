@@ -22,7 +22,14 @@ pub trait KernelNames: Send {
 struct Entry {
     name: String,
     real: IpAddr,
+    /// When the device last asked for the name.
+    asked: Instant,
 }
+
+/// An entry the device has not asked for in this long is removed (its open flows keep
+/// their translation until the next policy change decides them again); the device asks
+/// again with its next query after 30 s.
+const IDLE: Duration = Duration::from_secs(3600);
 
 struct Resolution {
     addrs: gateway_dns::Resolved,
@@ -36,7 +43,15 @@ struct ConnectorState {
     resolved: Mutex<HashMap<String, Resolution>>,
     resolver: gateway_dns::ResolverConfig,
     tunnel: Arc<crate::tunnel::Tunnel>,
+    /// Requests being served at once (each may wait for a resolution); beyond, refused.
+    inflight: Arc<tokio::sync::Semaphore>,
+    max_per_device: usize,
+    /// Refusals logged: at most one line per second, with the count of the others.
+    refusals: Mutex<(Option<Instant>, u64)>,
 }
+
+/// Requests a connector serves at once, from all devices.
+const MAX_INFLIGHT: usize = 64;
 
 /// The connector's side: answers devices' requests and keeps `NAMES` current.
 #[derive(Clone)]
@@ -58,6 +73,9 @@ impl ConnectorNames {
             resolved: Mutex::new(HashMap::new()),
             resolver,
             tunnel,
+            inflight: Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT)),
+            max_per_device: cfg.max_names_per_device,
+            refusals: Mutex::new((None, 0)),
         })))
     }
 
@@ -83,7 +101,13 @@ impl ConnectorNames {
             return;
         };
         let id = req.id;
-        let reply = match self.serve(msg.from, &req).await {
+        let served = match self.0.inflight.clone().try_acquire_owned() {
+            Ok(_permit) => self.serve(msg.from, &req).await,
+            Err(_) => Err(anyhow::anyhow!(
+                "busy: {MAX_INFLIGHT} name requests are being served; ask again"
+            )),
+        };
+        let reply = match served {
             Ok((r, resolve_ms)) => Reply {
                 id,
                 v4: r.v4,
@@ -93,7 +117,7 @@ impl ConnectorNames {
                 error: None,
             },
             Err(e) => {
-                tracing::warn!(device = %msg.peer, name = %req.name, "name request refused: {e:#}");
+                self.log_refusal(&msg.peer, &req.name, &e);
                 Reply {
                     id,
                     v4: Vec::new(),
@@ -110,6 +134,18 @@ impl ConnectorNames {
         self.0
             .tunnel
             .send_control(&msg.peer, control::Direction::ToDevice, overlay, &bytes);
+    }
+
+    fn log_refusal(&self, device: &str, name: &str, e: &anyhow::Error) {
+        let mut r = lock(&self.0.refusals);
+        let now = Instant::now();
+        match r.0 {
+            Some(last) if now.duration_since(last) < Duration::from_secs(1) => r.1 += 1,
+            _ => {
+                tracing::warn!(device = %device, name = %name, suppressed = r.1, "name request refused: {e:#}");
+                *r = (Some(now), 0);
+            }
+        }
     }
 
     /// Returns the resolution and how long resolving took (0 when cached).
@@ -160,6 +196,19 @@ impl ConnectorNames {
             .collect();
         let mut kernel = lock(&self.0.kernel);
         let mut entries = lock(&self.0.entries);
+        // A device holds a bounded number of names (a wildcard has endless ones).
+        let held = entries
+            .iter()
+            .filter(|((d, _), _)| own.contains(d))
+            .map(|(_, e)| e.name.as_str())
+            .collect::<std::collections::HashSet<_>>();
+        if !held.contains(name.as_str()) && held.len() >= self.0.max_per_device {
+            bail!(
+                "the device holds {} names, the most this connector keeps for one device \
+                 (`max_names_per_device`)",
+                held.len()
+            );
+        }
         for (proxy, v6) in [(IpAddr::V4(req.v4), false), (IpAddr::V6(req.v6), true)] {
             let atoms = [atom_value(&n, v6); 2];
             for &dev in own.iter().filter(|a| a.is_ipv6() == v6) {
@@ -171,6 +220,7 @@ impl ConnectorNames {
                             Entry {
                                 name: name.clone(),
                                 real,
+                                asked: Instant::now(),
                             },
                         );
                     }
@@ -223,6 +273,28 @@ impl ConnectorNames {
                     .filter(|n| resolved.get(n).is_none_or(|r| r.until <= now))
                     .collect()
             };
+            // Entries the device stopped asking for go, then resolutions no entry uses.
+            {
+                let mut kernel = lock(&self.0.kernel);
+                let mut entries = lock(&self.0.entries);
+                let idle: Vec<(IpAddr, IpAddr)> = entries
+                    .iter()
+                    .filter(|(_, e)| e.asked.elapsed() > IDLE)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for (device, proxy) in idle {
+                    if kernel.remove(device, proxy).is_ok() {
+                        entries.remove(&(device, proxy));
+                    }
+                }
+            }
+            {
+                let used: std::collections::HashSet<String> = lock(&self.0.entries)
+                    .values()
+                    .map(|e| e.name.clone())
+                    .collect();
+                lock(&self.0.resolved).retain(|n, _| used.contains(n));
+            }
             for name in due {
                 let addrs = match self.resolution(&name).await {
                     Ok((a, _)) => a,
