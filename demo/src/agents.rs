@@ -40,6 +40,19 @@ pub(crate) struct AgentConfig {
     /// Managed mode: last, because TOML puts tables after plain keys.
     pub(crate) controller: ControllerSection,
     pub(crate) tunnel: TunnelSection,
+    /// `[names]`: DNS resources (alice runs the stub resolver; the connector resolves).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) names: Option<NamesSection>,
+}
+
+/// `[names]` of an agent.
+#[derive(Serialize)]
+pub(crate) struct NamesSection {
+    pub(crate) upstreams: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) proxy_v6: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) pool_file: Option<PathBuf>,
 }
 
 /// `[tunnel]` of an agent: WireGuard, userspace backend.

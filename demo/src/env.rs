@@ -185,6 +185,7 @@ pub(crate) fn build_env(created: &mut Created) -> Result<Env> {
             &format!("{DB}/24"),
             &format!("{WIKI}/24"),
             &format!("{DNS}/24"),
+            &format!("{ZONE}/24"),
         ],
     )?);
     record(veth_pair(

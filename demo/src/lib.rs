@@ -49,6 +49,7 @@ mod agents;
 mod env;
 mod ha;
 mod logs;
+mod names;
 mod plan;
 mod report;
 mod services;
@@ -59,7 +60,7 @@ mod tunnel;
 /// What every module of the demo sees: std and the crates it uses, and each module's items.
 mod prelude {
     pub(crate) use crate::{
-        DEMO_POLICY, Options, agents::*, env::*, logs::*, output::*, plan::*, report::*,
+        DEMO_POLICY, Options, agents::*, env::*, logs::*, names::*, output::*, plan::*, report::*,
         services::*, steps::*, traffic::*, tunnel::*,
     };
     pub(crate) use anyhow::{Context as _, Result, bail};
@@ -240,6 +241,8 @@ fn scenario(opts: &Options, checks: &mut Checks, created: &mut Created) -> Resul
     report_scan(checks, &traffic, &logs);
     report_logs(checks, &logs);
     report_status(checks, &env);
+    check_interrupted()?;
+    names_act(opts, &env, &tmp.path, checks)?;
     check_interrupted()?;
     tunnel_act(opts, &mut env, &tmp.path, checks, &frames, &logs)?;
     if opts.ha {

@@ -102,6 +102,17 @@ pub(crate) const WEB: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 5);
 pub(crate) const DB: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
 pub(crate) const WIKI: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 20);
 pub(crate) const DNS: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 53);
+/// The resource network's DNS server (a zone the demo serves): what the connector resolves
+/// resources' names with.
+pub(crate) const ZONE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 54);
+/// Alice's own upstream resolver (on her loopback): names she may not reach go there.
+pub(crate) const OUTSIDE_ZONE: &str = "127.0.0.1:5301";
+/// Alice's IPv6 proxy addresses (documentation space, as everything in the demo).
+pub(crate) const PROXY_V6: &str = "2001:db8:ffff::/107";
+/// The DNS resource the names act adds: served by web's address, granted to engineering.
+pub(crate) const INTRANET: &str = "intranet.corp.test";
+/// A DNS resource granted to nobody, on the same server.
+pub(crate) const PAYROLL: &str = "payroll.corp.test";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Proto {

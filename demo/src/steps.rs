@@ -105,6 +105,21 @@ pub(crate) fn agent_config<'e>(
             identity_file: dir.join(format!("{stem}.identity.json")),
         },
         tunnel: TunnelSection::userspace(port, dir.join(format!("keys-{stem}/wireguard.key"))),
+        // The connector resolves names with the resource network's zone server; alice's
+        // stub forwards every other name to a zone server on her own loopback.
+        names: match i {
+            0 => Some(NamesSection {
+                upstreams: vec![format!("{ZONE}:53")],
+                proxy_v6: None,
+                pool_file: None,
+            }),
+            1 => Some(NamesSection {
+                upstreams: vec![OUTSIDE_ZONE.to_string()],
+                proxy_v6: Some(PROXY_V6),
+                pool_file: Some(dir.join(format!("{stem}-names.json"))),
+            }),
+            _ => None,
+        },
     };
     (format!("{role} {name}"), ns, stem, cfg)
 }
