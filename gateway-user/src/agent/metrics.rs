@@ -112,6 +112,8 @@ pub struct Metrics {
     pub host_risks: Vec<(String, String)>,
     /// The tunnel's state, when `[tunnel]` is on.
     pub tunnel: Option<TunnelMetrics>,
+    /// The device's DNS stub resolver's counters, when it runs (`[names]`).
+    pub dns: Option<gateway_dns::Stats>,
     apply_counts: [u64; APPLY_BUCKETS.len()],
     apply_count: u64,
     apply_sum: f64,
@@ -235,6 +237,40 @@ impl Metrics {
             for (reason, n) in &t.drops {
                 let _ = writeln!(s, "gateway_tunnel_drops_total{{reason=\"{reason}\"}} {n}");
             }
+        }
+        if let Some(d) = &self.dns {
+            let _ = writeln!(
+                s,
+                "# HELP gateway_dns_queries_total Queries the DNS stub resolver handled, by outcome \
+                 (answered: a proxy address; nodata: another type for such a name; forwarded: \
+                 relayed upstream).\n\
+                 # TYPE gateway_dns_queries_total counter"
+            );
+            for (outcome, n) in [
+                ("answered", d.answered),
+                ("nodata", d.nodata),
+                ("forwarded", d.forwarded),
+                ("servfail", d.servfail),
+                ("formerr", d.formerr),
+                ("notimp", d.notimp),
+                ("dropped", d.dropped),
+                ("overloaded", d.overloaded),
+            ] {
+                let _ = writeln!(s, "gateway_dns_queries_total{{outcome=\"{outcome}\"}} {n}");
+            }
+            let _ = writeln!(
+                s,
+                "# HELP gateway_dns_upstream_failures_total Upstream resolvers that timed out or failed.\n\
+                 # TYPE gateway_dns_upstream_failures_total counter\n\
+                 gateway_dns_upstream_failures_total{{kind=\"timeout\"}} {}\n\
+                 gateway_dns_upstream_failures_total{{kind=\"error\"}} {}\n\
+                 # HELP gateway_dns_prepares_total Names prepared before their answer (connector \
+                 resolution, proxy entries), and those that failed.\n\
+                 # TYPE gateway_dns_prepares_total counter\n\
+                 gateway_dns_prepares_total{{result=\"run\"}} {}\n\
+                 gateway_dns_prepares_total{{result=\"failed\"}} {}",
+                d.upstream_timeouts, d.upstream_errors, d.prepares, d.prepare_failures
+            );
         }
         let _ = writeln!(
             s,
@@ -607,6 +643,32 @@ mod tests {
             text.contains("\ngateway_flow_end_bytes_total{direction=\"reply\"} 1500\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn dns_stub_counters_appear_only_when_the_stub_runs() {
+        let mut m = Metrics::default();
+        assert!(!m.render().contains("gateway_dns_"), "no stub, no series");
+        m.dns = Some(gateway_dns::Stats {
+            answered: 7,
+            forwarded: 3,
+            prepare_failures: 1,
+            upstream_timeouts: 2,
+            ..Default::default()
+        });
+        let text = m.render();
+        for series in [
+            "gateway_dns_queries_total{outcome=\"answered\"} 7",
+            "gateway_dns_queries_total{outcome=\"forwarded\"} 3",
+            "gateway_dns_queries_total{outcome=\"servfail\"} 0",
+            "gateway_dns_prepares_total{result=\"failed\"} 1",
+            "gateway_dns_upstream_failures_total{kind=\"timeout\"} 2",
+        ] {
+            assert!(
+                text.contains(&format!("\n{series}\n")),
+                "{series} in {text}"
+            );
+        }
     }
 
     #[test]

@@ -472,6 +472,11 @@ async fn run_async(mut cfg: Config) -> Result<()> {
                             m.tunnel = Some(t.metrics());
                         }
                     }
+                    if let Some(st) = names.as_ref().and_then(|n| n.stub_stats())
+                        && let Ok(mut m) = metrics.lock()
+                    {
+                        m.dns = Some(st);
+                    }
                 }
             }
             _ = tokio::signal::ctrl_c() => break,
